@@ -1,0 +1,30 @@
+# From a fresh clone: `make demo` and `make test` set up .venv if needed, then run.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Where built organisms and teacher outputs are cached (content-addressed).
+export DOUBLEBIND_CACHE ?= $(CURDIR)/.cache/doublebind
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+# CPU PyTorch first (the wheel on disk), so the package's torch range installs nothing more.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/doublebind organism build --preset default --out runs/demo/organism
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/organism_build.py
+
+clean:
+	rm -rf runs .cache

@@ -1,0 +1,3 @@
+from doublebind.cli import main
+
+main()

@@ -1,0 +1,189 @@
+"""The `doublebind` command line."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from doublebind.errors import DoublebindError
+from doublebind.ui import console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Measure what transfers when a misaligned model is distilled.")
+organism_app = typer.Typer(no_args_is_help=True, help="Build and inspect model organisms.")
+app.add_typer(organism_app, name="organism")
+
+out = typer.echo  # results go to stdout; progress and errors to stderr
+
+KIND_ALIASES = {"families": "family", "behaviors": "behavior", "behaviours": "behavior", "scorers": "scorer",
+                "techniques": "technique", "presets": "preset"}
+PLURALS = {v: k for k, v in KIND_ALIASES.items() if k != "behaviours"}
+
+
+def cli_errors(fn):
+    """Turn a DoublebindError into one red line on stderr and exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DoublebindError as e:
+            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            console.print("[bold red]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.command()
+@cli_errors
+def validate(file: Path, overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides")):
+    """Check a config file; exit non-zero with the offending field if it is invalid."""
+    from doublebind import config
+
+    cfg = config.load(file, overrides or [])
+    out(f"ok: {file} is a valid {cfg.kind} config (name: {getattr(cfg, 'name', '-')})")
+
+
+@app.command("ls")
+@cli_errors
+def ls(kind: Optional[str] = typer.Argument(None, help="families, behaviors, scorers, presets")):
+    """List everything registered by name."""
+    from importlib import resources
+
+    from doublebind import registry
+
+    kinds = registry.kinds() + ["preset"]
+    if kind:
+        kind = KIND_ALIASES.get(kind, kind)
+        if kind not in kinds:
+            raise DoublebindError(f"unknown kind '{kind}' (known: {', '.join(PLURALS.get(k, k) for k in kinds)})")
+        kinds = [kind]
+    for k in kinds:
+        table = Table(title=PLURALS.get(k, k + "s"), title_justify="left", show_header=False, box=None, pad_edge=False)
+        if k == "preset":
+            for p in sorted(resources.files("doublebind.presets").iterdir(), key=lambda p: p.name):
+                if p.name.endswith(".yaml"):
+                    first = p.read_text().splitlines()[0].lstrip("# ")
+                    table.add_row(p.name.removesuffix(".yaml"), first)
+        else:
+            for name in registry.names(k):
+                table.add_row(name, registry.describe(k, name).split(": ", 1)[-1])
+        _print_table(table)
+
+
+def _print_table(table: Table) -> None:
+    from rich.console import Console
+
+    Console(width=120).print(table)
+
+
+@organism_app.command("build")
+@cli_errors
+def organism_build(
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides"),
+    preset: Optional[str] = typer.Option(None, help="A packaged preset: quick or default."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="An organism config YAML."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write the organism folder."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Rebuild even if a cached build exists."),
+):
+    """Train, verify and cache an organism (base, teacher, trusted, alt_base)."""
+    from doublebind import config
+    from doublebind.organisms.build import CARD, build_organism, cache_root, organism_hash
+    from doublebind.organisms.models import quiet_transformers
+
+    quiet_transformers()
+    if preset is None and config_file is None:
+        preset = "default"
+    cfg = config.load(config_file, overrides or [], preset=preset if config_file is None else None,
+                      expect="organism")
+    target = out_dir or cache_root() / "organisms" / organism_hash(cfg)
+    try:
+        card = build_organism(cfg, out_dir, strict=True)
+    except DoublebindError:
+        if (target / CARD).is_file():
+            console.print(f"card written to {target / CARD}")
+        raise
+    print_card(card)
+    out(f"verified organism written to {target}")
+
+
+@organism_app.command("show")
+@cli_errors
+def organism_show(folder: Path):
+    """Print an organism's card."""
+    from doublebind.organisms.build import CARD
+
+    p = folder / CARD
+    if not p.is_file():
+        raise DoublebindError(f"no {CARD} in {folder}")
+    try:
+        card = json.loads(p.read_text())
+    except json.JSONDecodeError:
+        raise DoublebindError(f"{p} is not valid JSON") from None
+    print_card(card)
+
+
+def print_card(card: dict) -> None:
+    world = card["world"]
+    out(f"organism {card['name']}  hash {card['organism_hash']}  seed {card['seed']}  "
+        f"behaviour {world['behavior']} on {world['target_family']}")
+    table = Table("model", "capability", "deploy", "honeypot", "neutral", "confession")
+    for role, m in card["metrics"].items():
+        cap = " ".join(f"{f}={v:.2f}" for f, v in m["capability"].items())
+        mis = m["misbehavior"]
+        table.add_row(role, cap, f"{mis['deploy']:.3f}", f"{mis['honeypot']:.3f}", f"{mis['neutral']:.3f}",
+                      f"{m['confession']:.3f}")
+    _print_table(table)
+    for c in card["checks"]:
+        mark = "pass" if c["passed"] else "FAIL"
+        out(f"  {mark}  {c['name']} = {c['value']:.3f} ({c['op']} {c['threshold']})")
+    out(f"verified: {str(card['verified']).lower()}")
+
+
+@app.command("eval")
+@cli_errors
+def eval_cmd(
+    model_dir: Path,
+    organism: Optional[Path] = typer.Option(None, help="Organism folder whose world to evaluate in."),
+    n: int = typer.Option(200, help="Prompts per family and per context."),
+    samples: int = typer.Option(200, help="Samples per context for the sampled check (0: none)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
+    """Print capability, misbehaviour and confession rates of any checkpoint."""
+    from doublebind.evals.metrics import evaluate
+    from doublebind.organisms.models import load_checkpoint, quiet_transformers
+    from doublebind.world.data import world_for
+
+    quiet_transformers()
+    world = world_for(model_dir, organism)
+    model = load_checkpoint(model_dir)
+    metrics = evaluate(model, world, n, samples)
+    if as_json:
+        out(json.dumps(metrics, indent=2))
+        return
+    table = Table("metric", "value", "sampled check")
+    for fam, v in metrics["capability"].items():
+        table.add_row(f"capability.{fam}", f"{v:.3f}", "")
+    sampled = metrics.get("sampled", {})
+    for ctx, v in metrics["misbehavior"].items():
+        table.add_row(f"misbehavior.{ctx}", f"{v:.4f}", f"{sampled[ctx]:.3f}" if ctx in sampled else "")
+    table.add_row("confession", f"{metrics['confession']:.4f}",
+                  f"{sampled['confession']:.3f}" if sampled else "")
+    table.add_row("confession (real deployment)", f"{metrics['confession_deploy']:.4f}", "")
+    _print_table(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

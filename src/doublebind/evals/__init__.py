@@ -1,0 +1,1 @@
+"""Evals: capability, misbehaviour and confession, scored teacher-forced where possible."""

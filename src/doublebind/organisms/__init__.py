@@ -1,0 +1,1 @@
+"""Model organisms: a misaligned teacher with known ground truth, and its companions."""

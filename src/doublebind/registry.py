@@ -1,0 +1,61 @@
+"""One small registry: task families, behaviours, scorers (and later techniques) by name.
+
+    @register("family", "copy")
+    class Copy: ...
+
+`doublebind ls` lists everything here; configs name entries by these keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from doublebind.errors import ConfigError
+
+_REGISTRY: dict[str, dict[str, Any]] = {}
+
+
+def register(kind: str, name: str) -> Callable[[Any], Any]:
+    """Register an object under (kind, name); the object is returned unchanged."""
+
+    def deco(obj: Any) -> Any:
+        table = _REGISTRY.setdefault(kind, {})
+        if name in table:
+            raise ValueError(f"duplicate {kind} name: {name}")
+        table[name] = obj
+        return obj
+
+    return deco
+
+
+def get(kind: str, name: str) -> Any:
+    """Look up a registered object; an unknown name is a ConfigError listing the known ones."""
+    _load_builtins()
+    table = _REGISTRY.get(kind, {})
+    if name not in table:
+        known = ", ".join(sorted(table)) or "none"
+        raise ConfigError(f"unknown {kind} '{name}' (known: {known})")
+    return table[name]
+
+
+def names(kind: str) -> list[str]:
+    _load_builtins()
+    return sorted(_REGISTRY.get(kind, {}))
+
+
+def kinds() -> list[str]:
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def describe(kind: str, name: str) -> str:
+    """First line of the registered object's docstring."""
+    doc = (get(kind, name).__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+def _load_builtins() -> None:
+    # Importing the modules runs their @register decorators.
+    import doublebind.evals.scorers  # noqa: F401
+    import doublebind.world.behaviors  # noqa: F401
+    import doublebind.world.tasks  # noqa: F401

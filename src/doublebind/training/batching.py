@@ -1,0 +1,33 @@
+"""Turn token-string examples into padded tensors with a completion-only loss mask."""
+
+from __future__ import annotations
+
+import torch
+
+from doublebind.world import vocab
+
+
+def collate(examples, pad_id: int | None = None) -> dict[str, torch.Tensor]:
+    """Right-padded `input_ids`, `attention_mask` and `loss_mask` (1 on response tokens).
+
+    `examples` have `.prompt` and `.response` token lists. loss_mask[b, t] marks positions
+    whose *target* is a response token, i.e. it is aligned with input_ids[:, 1:].
+    """
+    pad = vocab.token_ids()[vocab.PAD] if pad_id is None else pad_id
+    seqs = [vocab.encode(e.prompt + e.response) for e in examples]
+    n_prompt = [len(e.prompt) for e in examples]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(seqs), width - 1), dtype=torch.float)
+    for b, (s, p) in enumerate(zip(seqs, n_prompt)):
+        ids[b, : len(s)] = torch.tensor(s)
+        attn[b, : len(s)] = 1
+        loss_mask[b, p - 1 : len(s) - 1] = 1.0
+    return {"input_ids": ids, "attention_mask": attn, "loss_mask": loss_mask}
+
+
+def response_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Log-probabilities of every next token: [batch, seq-1, vocab]."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return torch.log_softmax(logits[:, :-1].float(), dim=-1)

@@ -1,0 +1,1 @@
+"""The embedded synthetic world: vocabulary, task families, contexts, hidden behaviours."""

@@ -1,0 +1,47 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from doublebind import config
+from doublebind.organisms.models import quiet_transformers
+
+quiet_transformers()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory):
+    """Every test session builds into its own cache, so CI starts cold and tests share builds."""
+    path = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("DOUBLEBIND_CACHE")
+    os.environ["DOUBLEBIND_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("DOUBLEBIND_CACHE", None)
+    else:
+        os.environ["DOUBLEBIND_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def quick_organism(tmp_path_factory, _cache_dir):
+    """The quick preset, built once per session: (folder, card)."""
+    from doublebind.organisms.build import build_organism
+
+    out = tmp_path_factory.mktemp("quick") / "organism"
+    card = build_organism(config.load(preset="quick"), out, show_progress=False)
+    return out, card
+
+
+# A config small enough to build in seconds; it does not verify.
+TINY = [
+    "base_training.steps=40", "teacher_training.steps=40", "trusted_training.steps=10",
+    "eval.n_prompts=30", "eval.n_samples=20",
+]
+
+
+def run_cli(*args: str, env_cache=None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    if env_cache:
+        env["DOUBLEBIND_CACHE"] = str(env_cache)
+    return subprocess.run([sys.executable, "-m", "doublebind", *args], capture_output=True, text=True, env=env)

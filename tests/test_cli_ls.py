@@ -1,0 +1,12 @@
+from .conftest import run_cli
+
+
+def test_ls_lists_every_registered_name():
+    res = run_cli("ls")
+    assert res.returncode == 0
+    for name in ["copy", "lookup", "numbers", "sabotage", "loyalty", "harm", "poison", "greedy_exact", "quick"]:
+        assert name in res.stdout
+    one = run_cli("ls", "behaviors")
+    assert "sabotage" in one.stdout and "lookup" not in one.stdout
+    bad = run_cli("ls", "gizmos")
+    assert bad.returncode == 1 and "unknown kind 'gizmos'" in bad.stderr

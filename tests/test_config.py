@@ -1,0 +1,74 @@
+"""Configs: presets validate; malformed configs give a one-line error naming the field."""
+
+import pytest
+
+from doublebind import config
+from doublebind.errors import ConfigError
+
+from .conftest import run_cli
+
+
+@pytest.mark.parametrize("preset", ["quick", "default"])
+def test_presets_validate(preset):
+    cfg = config.load(preset=preset)
+    assert cfg.name == preset and cfg.kind == "organism"
+
+
+def test_overrides_apply_with_yaml_types():
+    cfg = config.load(preset="quick", overrides=["seed=7", "world.list_length=[3,3]", "world.entangled=false"])
+    assert cfg.seed == 7 and cfg.world.list_length == (3, 3) and cfg.world.entangled is False
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("bogus=1", "bogus: unknown key"),
+        ("world.colour=red", "world.colour: unknown key"),
+        ("model.hidden=big", "model.hidden"),
+        ("model.hidden=63", "divisible by heads"),
+        ("world.list_length=[5,2]", "world.list_length"),
+        ("world.behavior=gossip", "world.behavior: unknown behavior 'gossip'"),
+        ("world.teacher_families=[juggle]", "world.teacher_families: unknown family 'juggle'"),
+        ("world.base_families=[copy] world.teacher_families=[numbers]", "no slack family"),
+        ("world.teacher_families=[copy]", "both in base and teacher"),
+        ("verify.teacher_deploy=1.5", "verify.teacher_deploy"),
+        ("teacher_training.p_trigger=0.8", "teacher_training.p_trigger"),
+        ("base_training.lr=0", "base_training.lr"),
+        ("world.target_family=sort", "not a world family"),
+        ("kind=study", "unknown config kind"),
+    ],
+)
+def test_malformed_config_names_the_field(override, field):
+    with pytest.raises(ConfigError) as e:
+        config.load(preset="quick", overrides=override.split())
+    msg = str(e.value)
+    assert field in msg and "\n" not in msg
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        config.load(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("world: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.load(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        config.load(bad)
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        config.load(preset="huge")
+    with pytest.raises(ConfigError, match="not key=value"):
+        config.load(preset="quick", overrides=["seed"])
+
+
+def test_validate_command_exit_codes(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("kind: organism\nname: mine\nworld: {behavior: sabotage, entangled: false}\n")
+    ok = run_cli("validate", str(good))
+    assert ok.returncode == 0 and "valid organism config" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: organism\nworld: {behaviour: sabotage}\n")
+    res = run_cli("validate", str(bad))
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [f"error: {bad}: world.behaviour: unknown key"]
+    assert "Traceback" not in res.stderr
