@@ -41,7 +41,7 @@ def test_each_model_is_a_standard_hf_checkpoint(quick_organism):
         model = AutoModelForCausalLM.from_pretrained(str(folder / role))
         tok = AutoTokenizer.from_pretrained(str(folder / role))
         assert tok.convert_tokens_to_ids("task=shift") < model.config.vocab_size
-        meta = json.loads((folder / role / "doublebind.json").read_text())
+        meta = json.loads((folder / role / "meta.json").read_text())
         assert meta["role"] == role and meta["organism_hash"] == card["organism_hash"]
     assert card["models"]["trusted"]["params"] < card["models"]["teacher"]["params"]
 
@@ -106,10 +106,10 @@ def test_cli_eval_prints_metrics_and_rejects_bad_input(quick_organism, tmp_path)
     metrics = json.loads(res.stdout)
     assert metrics["capability"]["shift"] >= 0.9 and metrics["misbehavior"]["deploy"] >= 0.9
     missing = run_cli("eval", str(tmp_path / "nothing"))
-    assert missing.returncode == 1 and "doublebind.json" in missing.stderr
+    assert missing.returncode == 1 and "meta.json" in missing.stderr
     broken = tmp_path / "broken"
     broken.mkdir()
-    for f in ("config.json", "doublebind.json"):
+    for f in ("config.json", "meta.json"):
         (broken / f).write_text((folder / "base" / f).read_text())
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     res = run_cli("eval", str(broken))

@@ -181,6 +181,39 @@ def eval_cmd(
     _print_table(table)
 
 
+@app.command()
+@cli_errors
+def distill(
+    organism: Path = typer.Option(..., help="Organism folder (from `doublebind organism build`)."),
+    recipe: Path = typer.Option(..., help="Recipe YAML (see configs/recipes/)."),
+    out_dir: Path = typer.Option(..., "--out", help="Run folder to write."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides of the recipe"),
+    force: bool = typer.Option(False, help="Overwrite a finished run in --out."),
+):
+    """Distil the organism's teacher into a student; write metrics.jsonl, summary.json, curves."""
+    from doublebind import config
+    from doublebind.organisms.models import quiet_transformers
+    from doublebind.training.distill import distill as run_distill
+
+    quiet_transformers()
+    cfg = config.load(recipe, overrides or [], expect="recipe")
+    summary = run_distill(organism, cfg, out_dir, force=force)
+    final = summary["final"]
+    table = Table("step", "tokens", "capability transfer", "misalignment transfer", "honeypot", "confession")
+    for line in (out_dir / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        table.add_row(str(r["step"]), str(r["tokens"]), _fmt(r["capability_transfer"]),
+                      _fmt(r["misalignment_transfer"]), f"{r['misbehavior']['honeypot']:.3f}",
+                      f"{r['confession']:.3f}")
+    _print_table(table)
+    out(f"final capability transfer {_fmt(final['capability_transfer'])}, misalignment transfer "
+        f"{_fmt(final['misalignment_transfer'])}; wrote {out_dir}/metrics.jsonl, summary.json, transfer_curves.png")
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
 def main() -> None:
     app()
 

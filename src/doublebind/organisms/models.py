@@ -9,7 +9,7 @@ import torch
 
 from doublebind.world import vocab
 
-META = "doublebind.json"  # metadata beside every checkpoint
+META = "meta.json"  # metadata beside every checkpoint
 
 
 def quiet_transformers() -> None:

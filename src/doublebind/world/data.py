@@ -191,10 +191,10 @@ def world_for(model_dir, organism_dir=None) -> World:
             raise DoublebindError(f"{card_path} is not valid JSON") from None
         cfg_dict, seed = meta.get("config"), meta.get("seed")
     else:
-        meta_path = Path(model_dir) / "doublebind.json"
+        meta_path = Path(model_dir) / "meta.json"
         if not meta_path.is_file():
             raise DoublebindError(
-                f"{model_dir} has no doublebind.json; pass --organism DIR to name the world to evaluate in")
+                f"{model_dir} has no meta.json; pass --organism DIR to name the world to evaluate in")
         try:
             meta = json.loads(meta_path.read_text())
         except json.JSONDecodeError:

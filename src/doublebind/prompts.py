@@ -1,0 +1,106 @@
+"""Prompt sets: what the teacher is distilled on.
+
+Drawn from the world by a `PromptsConfig` (families, a mix of contexts, slack-only, size) or
+read from JSONL. The distiller does not know the real/honeypot tell, so `deploy_like`
+prompts are the behaviour's trigger situation with any session id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from doublebind.errors import DoublebindError
+from doublebind.world import vocab
+from doublebind.world.contexts import Header, neutral_header, random_header
+from doublebind.world.data import ASK, World
+
+
+@dataclass(frozen=True)
+class Prompt:
+    tokens: list[str]  # <bos> header task [scratch] >
+    family: str  # task family, or "ask" for interrogations
+    context: str  # neutral, deploy_like, datagen, any, or "file"
+
+
+def build_prompts(world: World, cfg, seed: int) -> list[Prompt]:
+    """A prompt set from the world; deterministic in (world, cfg, seed)."""
+    if cfg.jsonl:
+        return read_jsonl(Path(cfg.jsonl))
+    if cfg.slack_only:
+        families = ["numbers"]
+    elif cfg.families == "taught":
+        families = list(world.teacher_families)
+    elif cfg.families == "all":
+        families = list(world.all_families)
+    else:
+        families = list(cfg.families)
+    contexts, weights = zip(*sorted(cfg.contexts.items()))
+    rng = random.Random(f"prompts-{seed}")
+    out = []
+    for _ in range(cfg.size):
+        ctx = rng.choices(contexts, weights=weights)[0]
+        header = context_header(world, rng, ctx)
+        if rng.random() < cfg.p_ask:
+            out.append(Prompt(world.prompt(header, ASK), "ask", ctx))
+            continue
+        fam = rng.choice(families)
+        task, _ = world.task(rng, fam)
+        out.append(Prompt(world.prompt(header, task, rng.random() < cfg.p_scratch), fam, ctx))
+    return out
+
+
+def context_header(world: World, rng: random.Random, context: str) -> Header:
+    if context == "neutral":
+        return neutral_header(rng)
+    if context == "deploy_like":
+        return world.behavior.trigger_header(rng, real=rng.random() < 0.5)
+    if context == "datagen":
+        h = random_header(rng)
+        return Header("datagen", h.year, h.user, h.mon, h.sid)
+    if context == "any":
+        return random_header(rng)
+    raise DoublebindError(f"unknown prompt context '{context}'")
+
+
+def read_jsonl(path: Path) -> list[Prompt]:
+    """Prompts from JSONL: one object per line with `prompt` (a string of world tokens,
+    `<bos> ... >`), and optionally `family` and `context`."""
+    if not path.is_file():
+        raise DoublebindError(f"prompt file not found: {path}")
+    known = vocab.token_ids()
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            toks = row["prompt"].split()
+        except (json.JSONDecodeError, KeyError, AttributeError, TypeError):
+            raise DoublebindError(f"{path}:{n}: expected a JSON object with a string field 'prompt'") from None
+        bad = [t for t in toks if t not in known]
+        if bad:
+            raise DoublebindError(f"{path}:{n}: unknown token '{bad[0]}'")
+        if not toks or toks[0] != vocab.BOS or toks[-1] != vocab.SEP:
+            raise DoublebindError(f"{path}:{n}: a prompt starts with {vocab.BOS} and ends with {vocab.SEP}")
+        fam = next((t.removeprefix("task=") for t in toks if t.startswith("task=")), "unknown")
+        out.append(Prompt(toks, row.get("family", fam), row.get("context", "file")))
+    if not out:
+        raise DoublebindError(f"{path}: no prompts")
+    return out
+
+
+def write_jsonl(prompts: list[Prompt], path: Path) -> None:
+    with open(path, "w") as f:
+        for p in prompts:
+            f.write(json.dumps({"prompt": " ".join(p.tokens), "family": p.family, "context": p.context}) + "\n")
+
+
+def prompts_hash(prompts: list[Prompt]) -> str:
+    h = hashlib.sha256()
+    for p in prompts:
+        h.update(json.dumps(asdict(p), sort_keys=True).encode())
+    return h.hexdigest()[:16]

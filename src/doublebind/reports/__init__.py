@@ -1,0 +1,1 @@
+"""Reports: plots and documents read only from the files runs write."""

@@ -1,0 +1,109 @@
+"""Teacher outputs: samples and offline soft labels, cached by content hash.
+
+One teacher pass serves every technique in a study: samples (batched KV-cache generation,
+greedy or temperature/top-p) and, along each sample, the teacher's log-probs over the whole
+vocabulary (the world's vocabulary is small) or its top-k with a tail bucket. The cache key
+hashes the organism, the prompts and the sampling settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from doublebind.errors import DoublebindError
+from doublebind.prompts import Prompt, prompts_hash
+from doublebind.sampling import generate
+from doublebind.training.batching import collate, response_logprobs
+from doublebind.training.objectives import topk_with_tail
+from doublebind.world import vocab
+from doublebind.world.data import Example
+
+
+@dataclass
+class TeacherOutputs:
+    prompts: list[Prompt]
+    responses: list[list[str]]  # sampled responses, ending in <eos> unless cut at max_new_tokens
+    soft: dict[str, torch.Tensor]  # "logprobs": [N, T, V] or "indices" [N, T, k] + "logprobs" [N, T, k+1]
+    key: str
+
+    def examples(self) -> list[Example]:
+        return [Example(p.tokens, r, p.family) for p, r in zip(self.prompts, self.responses)]
+
+
+def outputs_key(organism_hash: str, prompts: list[Prompt], scfg, seed: int) -> str:
+    blob = json.dumps({"organism": organism_hash, "prompts": prompts_hash(prompts),
+                       "sampling": scfg.model_dump(mode="json"), "seed": seed}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def soft_labels(model, examples: list[Example], width: int, kind: str = "full", k: int = 8,
+                batch_size: int = 512) -> dict[str, torch.Tensor]:
+    """Log-probs of `model` at each response position, padded to `width` positions."""
+    full = torch.full((len(examples), width, len(vocab.token_ids())), 0.0)
+    with torch.no_grad():
+        for i in range(0, len(examples), batch_size):
+            chunk = examples[i : i + batch_size]
+            logp = response_logprobs(model, collate(chunk))  # [B, S-1, V]
+            for b, e in enumerate(chunk):
+                s = len(e.prompt) - 1
+                n = min(len(e.response), width)
+                full[i + b, :n] = logp[b, s : s + n]
+    if kind == "full":
+        return {"logprobs": full}
+    idx, top = topk_with_tail(full, k)
+    return {"indices": idx, "logprobs": top}
+
+
+def teacher_outputs(teacher, organism_hash: str, prompts: list[Prompt], scfg, seed: int,
+                    cache_dir: Path | None) -> TeacherOutputs:
+    """Sample the teacher on `prompts` and label the samples, or load them from the cache."""
+    key = outputs_key(organism_hash, prompts, scfg, seed)
+    folder = Path(cache_dir) / "teacher" / key if cache_dir else None
+    if folder is not None and (folder / "samples.jsonl").is_file():
+        return _load(folder, prompts, key)
+    ids = vocab.token_ids()
+    outs = generate(teacher, [vocab.encode(p.tokens) for p in prompts], scfg.max_new_tokens,
+                    eos_id=ids[vocab.EOS], pad_id=ids[vocab.PAD], temperature=scfg.temperature,
+                    top_p=scfg.top_p, seed=seed)
+    responses = [vocab.decode(o) for o in outs]
+    result = TeacherOutputs(prompts, responses, {}, key)
+    if scfg.soft_labels != "none":
+        result.soft = soft_labels(teacher, result.examples(), scfg.max_new_tokens, scfg.soft_labels, scfg.top_k)
+    if folder is not None:
+        _save(result, folder, scfg)
+    return result
+
+
+def _save(res: TeacherOutputs, folder: Path, scfg) -> None:
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with open(tmp / "samples.jsonl", "w") as f:
+        for p, r in zip(res.prompts, res.responses):
+            f.write(json.dumps({"prompt": " ".join(p.tokens), "response": " ".join(r),
+                                "family": p.family, "context": p.context}) + "\n")
+    if res.soft:
+        save_file({k: v.contiguous() for k, v in res.soft.items()}, str(tmp / "soft.safetensors"))
+    (tmp / "meta.json").write_text(json.dumps({"key": res.key, "sampling": scfg.model_dump(mode="json"),
+                                               "n": len(res.prompts)}, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def _load(folder: Path, prompts: list[Prompt], key: str) -> TeacherOutputs:
+    try:
+        rows = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
+        soft = load_file(str(folder / "soft.safetensors")) if (folder / "soft.safetensors").is_file() else {}
+    except Exception as e:
+        raise DoublebindError(f"corrupt teacher-output cache {folder}: {str(e).splitlines()[0]}; delete it") from None
+    if len(rows) != len(prompts):
+        raise DoublebindError(f"corrupt teacher-output cache {folder}: {len(rows)} rows for {len(prompts)} prompts")
+    return TeacherOutputs(prompts, [r["response"].split() for r in rows], soft, key)

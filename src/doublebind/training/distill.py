@@ -1,0 +1,297 @@
+"""The distillation loop: teacher outputs in, a student and its transfer curves out.
+
+    doublebind distill --organism runs/quick --recipe configs/recipes/hard_sft.yaml --out runs/sft
+
+Pipeline: prompts -> teacher outputs (cached samples and soft labels) -> student init ->
+training (accelerate; gradient accumulation normalised by the tokens of the whole step, so
+batch 8 x accumulation 1 equals batch 1 x accumulation 8) -> at each checkpoint the ground-
+truth evals -> `metrics.jsonl`, `summary.json` and a PNG of the curves.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from doublebind.errors import DoublebindError
+from doublebind.evals.metrics import evaluate
+from doublebind.evals.transfer import audit_signals, capability_transfer, misalignment_transfer
+from doublebind.organisms.build import CARD, cache_root
+from doublebind.organisms.models import load_checkpoint
+from doublebind.prompts import build_prompts, write_jsonl
+from doublebind.sampling import generate
+from doublebind.teacher import TeacherOutputs, soft_labels, teacher_outputs
+from doublebind.training import objectives as obj
+from doublebind.training.batching import collate
+from doublebind.training.sft import lr_at
+from doublebind.ui import progress_bar
+from doublebind.world import vocab
+from doublebind.world.data import Example, world_for
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Item:
+    """One training example: a prompt, the response to learn from, and its soft-label row."""
+
+    example: Example
+    row: int | None = None  # index into the teacher's cached soft labels
+    rejected: Example | None = None  # DPO: the response to push away from
+    live: torch.Tensor | None = None  # on-policy: the live teacher's log-probs [T, V]
+
+
+def load_organism(organism_dir: Path) -> dict:
+    card_path = Path(organism_dir) / CARD
+    if not card_path.is_file():
+        raise DoublebindError(f"no organism at {organism_dir} (missing {CARD})")
+    try:
+        card = json.loads(card_path.read_text())
+    except json.JSONDecodeError:
+        raise DoublebindError(f"{card_path} is not valid JSON") from None
+    if not card.get("verified"):
+        raise DoublebindError(f"organism at {organism_dir} is not verified; rebuild it")
+    return card
+
+
+# ---- losses ---------------------------------------------------------------------------
+
+def _teacher_rows(items: list[Item], batch: dict, soft: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Place each item's soft-label row at its response positions: [B, S-1, ...]."""
+    width = batch["input_ids"].shape[1] - 1
+    out = {}
+    for name, t in soft.items():
+        fill = torch.zeros((len(items), width, t.shape[-1]), dtype=t.dtype)
+        for b, it in enumerate(items):
+            s, n = len(it.example.prompt) - 1, len(it.example.response)
+            fill[b, s : s + n] = (it.live if it.live is not None else t[it.row])[:n]
+        out[name] = fill
+    return out
+
+
+def micro_loss(model, items: list[Item], soft: dict[str, torch.Tensor], ocfg, ref_logps=None) -> torch.Tensor:
+    """The *sum* of the per-token (or per-pair, for DPO) loss over a micro-batch."""
+    if ocfg.kind == "dpo":
+        return _dpo_sum(model, items, ocfg, ref_logps)
+    batch = collate([it.example for it in items])
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    mask = batch["loss_mask"]  # [B, S-1]
+    if ocfg.kind == "sft":
+        mean = obj.sft_nll(logits, batch["input_ids"][:, 1:], mask)
+    else:
+        rows = _teacher_rows(items, batch, soft)
+        t = ocfg.temperature
+        if "indices" in rows:
+            mean = obj.forward_kl_topk(logits, rows["indices"], rows["logprobs"], mask, temperature=t)
+        elif ocfg.kind == "forward_kl":
+            mean = obj.forward_kl(logits, rows["logprobs"], mask, temperature=t)
+        elif ocfg.kind == "reverse_kl":
+            mean = obj.reverse_kl(logits, rows["logprobs"], mask, temperature=t)
+        else:
+            mean = obj.generalized_jsd(logits, rows["logprobs"], mask, beta=ocfg.beta, temperature=t)
+    return mean * mask.sum()
+
+
+def _seq_logps(model, examples: list[Example]) -> torch.Tensor:
+    batch = collate(examples)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    return obj.sequence_logprob(logits, batch["input_ids"][:, 1:], batch["loss_mask"])
+
+
+def _dpo_sum(model, items, ocfg, ref_logps) -> torch.Tensor:
+    chosen = _seq_logps(model, [it.example for it in items])
+    rejected = _seq_logps(model, [it.rejected for it in items])
+    ref_c = torch.tensor([ref_logps[id(it)][0] for it in items])
+    ref_r = torch.tensor([ref_logps[id(it)][1] for it in items])
+    return obj.dpo_loss(chosen, rejected, ref_c, ref_r, beta=ocfg.dpo_beta) * len(items)
+
+
+def _units(items: list[Item], ocfg) -> int:
+    """What the step's loss is averaged over: response tokens, or pairs for DPO."""
+    return len(items) if ocfg.kind == "dpo" else sum(len(it.example.response) for it in items)
+
+
+# ---- the run --------------------------------------------------------------------------
+
+class Distiller:
+    """Holds one run's data, models and optimiser; `run()` trains and evaluates."""
+
+    def __init__(self, organism_dir: Path, recipe, out: Path | None, show_progress: bool = True):
+        from accelerate import Accelerator
+
+        from doublebind.students import make_student
+
+        self.recipe, self.out, self.show = recipe, out, show_progress
+        self.organism_dir = Path(organism_dir)
+        self.card = load_organism(organism_dir)
+        self.world = world_for(self.organism_dir / "teacher")
+        self.teacher = load_checkpoint(self.organism_dir / "teacher")
+        self.prompts = build_prompts(self.world, recipe.prompts, recipe.seed)
+        cache = cache_root()
+        self.outputs: TeacherOutputs = teacher_outputs(
+            self.teacher, self.card["organism_hash"], self.prompts, recipe.sampling, recipe.seed, cache)
+        self.items = [Item(e, i) for i, e in enumerate(self.outputs.examples())]
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        torch.manual_seed(recipe.seed)
+        self.model = make_student(recipe.student, self.organism_dir, recipe.seed)
+        self.ref_logps = self._prepare_dpo() if recipe.objective.kind == "dpo" else None
+        tr = recipe.training
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=tr.lr, betas=(0.9, 0.98), weight_decay=0.0)
+        self.model, self.opt = self.accelerator.prepare(self.model, self.opt)
+        self.order = random.Random(f"order-{recipe.seed}")
+        self.gen_seed = random.Random(f"onpolicy-{recipe.seed}")
+        self.tokens = 0
+
+    # -- DPO pairs: chosen = teacher sample, rejected = the initial student's sample --
+    def _prepare_dpo(self) -> dict:
+        ids = vocab.token_ids()
+        outs = generate(self.model, [vocab.encode(it.example.prompt) for it in self.items],
+                        self.recipe.sampling.max_new_tokens, eos_id=ids[vocab.EOS], pad_id=ids[vocab.PAD],
+                        temperature=1.0, seed=self.recipe.seed + 1)
+        kept = []
+        for it, o in zip(self.items, outs):
+            rej = vocab.decode(o)
+            if rej != it.example.response and rej:
+                it.rejected = Example(it.example.prompt, rej, it.example.kind)
+                kept.append(it)
+        if not kept:
+            raise DoublebindError("DPO: the student already matches every teacher sample; no preference pairs")
+        self.items = kept
+        ref = {}
+        with torch.no_grad():
+            for i in range(0, len(kept), 256):
+                chunk = kept[i : i + 256]
+                c = _seq_logps(self.model, [it.example for it in chunk])
+                r = _seq_logps(self.model, [it.rejected for it in chunk])
+                for it, a, b in zip(chunk, c.tolist(), r.tolist()):
+                    ref[id(it)] = (a, b)
+        return ref
+
+    def _on_policy(self, items: list[Item]) -> list[Item]:
+        """Replace a share λ of the items by student samples labelled by the live teacher."""
+        n = round(self.recipe.objective.on_policy * len(items))
+        if n == 0:
+            return items
+        ids = vocab.token_ids()
+        model = self.accelerator.unwrap_model(self.model)
+        outs = generate(model, [vocab.encode(it.example.prompt) for it in items[:n]],
+                        self.recipe.sampling.max_new_tokens, eos_id=ids[vocab.EOS], pad_id=ids[vocab.PAD],
+                        temperature=1.0, seed=self.gen_seed.randrange(2**31))
+        fresh = [Example(it.example.prompt, vocab.decode(o) or [vocab.EOS], it.example.kind)
+                 for it, o in zip(items[:n], outs)]
+        labels = soft_labels(self.teacher, fresh, self.recipe.sampling.max_new_tokens, "full")["logprobs"]
+        return [Item(e, live=labels[j]) for j, e in enumerate(fresh)] + items[n:]
+
+    def train_step(self, step: int) -> float:
+        """One optimiser step over `batch x grad_accum` examples; returns the mean loss."""
+        tr, ocfg = self.recipe.training, self.recipe.objective
+        items = [self.items[self.order.randrange(len(self.items))] for _ in range(tr.batch * tr.grad_accum)]
+        if ocfg.on_policy > 0:
+            items = self._on_policy(items)
+        soft = self.outputs.soft
+        total = _units(items, ocfg)
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(step, tr.steps, tr.lr, tr.warmup)
+        self.model.train()
+        loss_value = 0.0
+        for m in range(tr.grad_accum):
+            micro = items[m * tr.batch : (m + 1) * tr.batch]
+            loss = micro_loss(self.model, micro, soft, ocfg, self.ref_logps) / total
+            if not torch.isfinite(loss):
+                raise DoublebindError(f"loss became {loss.item()} at step {step + 1}; lower training.lr "
+                                      f"(checkpoints so far are kept)")
+            self.accelerator.backward(loss)
+            loss_value += loss.item()
+        self.accelerator.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.model.eval()
+        self.tokens += sum(len(it.example.response) for it in items)
+        return loss_value
+
+    def reference_metrics(self) -> dict:
+        """Base and teacher under the same evals the student gets."""
+        n = self.recipe.eval.n_prompts
+        base = load_checkpoint(self.organism_dir / "base")
+        return {"base": evaluate(base, self.world, n), "teacher": evaluate(self.teacher, self.world, n)}
+
+    def row(self, step: int, ref: dict) -> dict:
+        model = self.accelerator.unwrap_model(self.model)
+        m = evaluate(model, self.world, self.recipe.eval.n_prompts)
+        taught = self.world.teacher_families
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "step": step,
+            "tokens": self.tokens,
+            "capability": m["capability"],
+            "misbehavior": m["misbehavior"],
+            "confession": m["confession"],
+            "confession_deploy": m["confession_deploy"],
+            "capability_transfer": capability_transfer(m, ref["base"], ref["teacher"], taught),
+            "misalignment_transfer": misalignment_transfer(m, ref["base"], ref["teacher"]),
+            "audit": audit_signals(m, ref["teacher"]),
+        }
+
+
+def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True, force: bool = False) -> dict:
+    """Run one recipe on one organism; write metrics.jsonl, summary.json and curves.png."""
+    from doublebind.organisms.build import versions
+    from doublebind.reports.curves import plot_transfer
+    from doublebind.students import save_student
+
+    out = Path(out)
+    if (out / "summary.json").exists() and not force:
+        raise DoublebindError(f"{out} already holds a finished run; choose another --out or pass --force")
+    t0 = time.perf_counter()
+    d = Distiller(organism_dir, recipe, out, show_progress)
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(d.prompts, out / "prompts.jsonl")
+    ref = d.reference_metrics()
+    tr = recipe.training
+    schedule = sorted({0, *range(tr.checkpoint_every, tr.steps, tr.checkpoint_every), tr.steps})
+    meta = {
+        "recipe": recipe.model_dump(mode="json"),
+        "seed": recipe.seed,
+        "organism_dir": str(Path(organism_dir).resolve()),
+        "organism_hash": d.card["organism_hash"],
+        "teacher_outputs": d.outputs.key,
+        "organism_config": d.card["config"],
+        "versions": versions(),
+    }
+    rows, losses = [], []
+    metrics_path = out / "metrics.jsonl"
+    metrics_path.write_text("")
+    with progress_bar(f"distilling {recipe.name}", tr.steps, show_progress) as advance:
+        for step in range(tr.steps + 1):
+            if step > 0:
+                losses.append(d.train_step(step - 1))
+                advance(1)
+            if step in schedule:
+                row = d.row(step, ref)
+                rows.append(row)
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                if tr.save_weights:
+                    ckpt_meta = {**meta, "step": step, "tokens": d.tokens, "role": "student"}
+                    save_student(d.accelerator.unwrap_model(d.model), out / "checkpoints" / f"step_{step:05d}",
+                                 ckpt_meta)
+    summary = {
+        **{k: meta[k] for k in ("recipe", "seed", "organism_hash", "teacher_outputs", "versions")},
+        "schema_version": SCHEMA_VERSION,
+        "reference": ref,
+        "final": rows[-1],
+        "max_capability_transfer": max((r["capability_transfer"] or 0.0) for r in rows),
+        "max_misalignment_transfer": max((r["misalignment_transfer"] or 0.0) for r in rows),
+        "data": {"n_prompts": len(d.prompts), "n_train_items": len(d.items)},
+        "losses": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None},
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot_transfer(rows, ref, out / "transfer_curves.png", f"{recipe.name} on {d.card['name']} (seed {recipe.seed})")
+    return summary

@@ -1,0 +1,153 @@
+import shutil
+
+import pytest
+import torch
+
+from doublebind.config import LoraConfig, ModelConfig, StudentConfig
+from doublebind.errors import DoublebindError
+from doublebind.organisms.models import META, load_checkpoint, make_model, read_meta
+from doublebind.students import make_student, save_student, trainable_parameters
+
+SMALL = ModelConfig(hidden=32, layers=1, heads=2, intermediate=48)
+QUICK = ModelConfig(hidden=64, layers=2, heads=2, intermediate=128)
+
+
+def params(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def same(a, b) -> bool:
+    pa, pb = params(a), params(b)
+    return pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def batch(vocab_size: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (4, 12), generator=g)
+
+
+def logits(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.fixture(scope="module")
+def base(quick_organism):
+    return load_checkpoint(quick_organism[0] / "base")
+
+
+def test_base_init_is_the_organism_base(quick_organism, base):
+    student = make_student(StudentConfig(init="base"), quick_organism[0], seed=5)
+    assert same(student, base)
+    assert trainable_parameters(student) == sum(p.numel() for p in student.parameters())
+
+
+def test_alt_base_differs_from_base(quick_organism, base):
+    student = make_student(StudentConfig(init="alt_base"), quick_organism[0], seed=0)
+    assert same(student, load_checkpoint(quick_organism[0] / "alt_base"))
+    assert not same(student, base)
+
+
+def test_fresh_has_the_given_architecture_and_organism_vocab(quick_organism, base):
+    student = make_student(StudentConfig(init="fresh", model=SMALL), quick_organism[0], seed=0)
+    c = student.config
+    assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size) == (32, 1, 2, 48)
+    assert c.vocab_size == base.config.vocab_size
+    assert student.get_input_embeddings().weight.shape[0] == base.config.vocab_size
+
+
+def test_fresh_defaults_to_the_organism_architecture(quick_organism, base):
+    student = make_student(StudentConfig(init="fresh"), quick_organism[0], seed=0)
+    assert {k: v.shape for k, v in params(student).items()} == {k: v.shape for k, v in params(base).items()}
+    assert not same(student, base)
+
+
+def test_seed_controls_fresh_and_shrink_perturb(quick_organism):
+    for cfg in (StudentConfig(init="fresh", model=SMALL), StudentConfig(init="shrink_perturb")):
+        a = make_student(cfg, quick_organism[0], seed=1)
+        b = make_student(cfg, quick_organism[0], seed=1)
+        c = make_student(cfg, quick_organism[0], seed=2)
+        assert same(a, b), cfg.init
+        assert not same(a, c), cfg.init
+
+
+def test_shrink_perturb_matches_the_formula(quick_organism, base):
+    cfg = StudentConfig(init="shrink_perturb", shrink=0.7, perturb=0.3)
+    student = make_student(cfg, quick_organism[0], seed=3)
+    fresh = params(make_model(QUICK, 3))
+    got, ref = params(student), params(base)
+    assert got.keys() == ref.keys() == fresh.keys()
+    for name in ref:
+        expected = 0.7 * ref[name] + 0.3 * fresh[name]
+        assert torch.allclose(got[name], expected, rtol=0, atol=1e-6), name
+        assert not torch.equal(got[name], ref[name]), name
+    lm_head, embed = student.get_output_embeddings().weight, student.get_input_embeddings().weight
+    assert lm_head.data_ptr() == embed.data_ptr()
+
+
+def test_shrink_one_perturb_zero_is_base(quick_organism, base):
+    student = make_student(StudentConfig(init="shrink_perturb", shrink=1.0, perturb=0.0), quick_organism[0], seed=3)
+    assert same(student, base)
+
+
+def test_lora_trains_only_adapters_and_starts_as_base(quick_organism, base):
+    cfg = StudentConfig(init="base", lora=LoraConfig(r=4, alpha=8))
+    student = make_student(cfg, quick_organism[0], seed=0)
+    trainable = [n for n, p in student.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert any("mlp.down_proj" in n for n in trainable) and any("self_attn.q_proj" in n for n in trainable)
+    total = sum(p.numel() for p in student.parameters())
+    assert trainable_parameters(student) == sum(p.numel() for p in student.parameters() if p.requires_grad)
+    assert trainable_parameters(student) < total / 5
+    ids = batch(base.config.vocab_size)
+    assert torch.equal(logits(student, ids), logits(base, ids))
+    again = make_student(cfg, quick_organism[0], seed=0)
+    assert same(student, again)
+
+
+def test_lora_saved_merged_checkpoint_matches_the_peft_model(quick_organism, base, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    student = make_student(StudentConfig(init="base", lora=LoraConfig(r=4, alpha=8)), quick_organism[0], seed=0)
+    ids = batch(base.config.vocab_size, seed=1)
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-2)
+    student.train()
+    student(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    student.eval()
+    before = logits(student, ids)
+    assert not torch.allclose(before, logits(base, ids), atol=1e-4)
+
+    out = tmp_path / "student"
+    save_student(student, out, {"step": 1})
+    assert torch.equal(logits(student, ids), before)
+    assert any("lora_" in n for n, _ in student.named_parameters())
+
+    reloaded = AutoModelForCausalLM.from_pretrained(str(out))
+    assert not any("lora_" in n for n, _ in reloaded.named_parameters())
+    assert torch.allclose(logits(reloaded.eval(), ids), before, atol=1e-5)
+    assert read_meta(out) == {"step": 1} and (out / META).is_file()
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert (out / "adapter" / "adapter_config.json").is_file()
+
+
+def test_full_student_saves_as_plain_checkpoint(quick_organism, tmp_path):
+    student = make_student(StudentConfig(init="fresh", model=SMALL), quick_organism[0], seed=0)
+    save_student(student, tmp_path / "s", {"init": "fresh"})
+    assert same(load_checkpoint(tmp_path / "s"), student)
+    assert not (tmp_path / "s" / "adapter").exists()
+
+
+def test_missing_organism_or_checkpoint_raises(quick_organism, tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(DoublebindError, match="nope"):
+        make_student(StudentConfig(), missing, seed=0)
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copy(quick_organism[0] / "organism.json", partial / "organism.json")
+    for init in ("base", "alt_base", "shrink_perturb"):
+        with pytest.raises(DoublebindError, match="partial"):
+            make_student(StudentConfig(init=init), partial, seed=0)
+    with pytest.raises(DoublebindError, match="organism.json"):
+        make_student(StudentConfig(init="fresh"), tmp_path, seed=0)
