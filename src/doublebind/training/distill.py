@@ -190,11 +190,19 @@ class Distiller:
 
     def train_step(self, step: int) -> float:
         """One optimiser step over `batch x grad_accum` examples; returns the mean loss."""
+        loss = self.accumulate_gradients(step)
+        self.accelerator.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss
+
+    def accumulate_gradients(self, step: int) -> float:
+        """Backward over the step's micro-batches, each loss divided by the whole step's
+        token count, so the gradient does not depend on how the step is split."""
         tr, ocfg = self.recipe.training, self.recipe.objective
         items = [self.items[self.order.randrange(len(self.items))] for _ in range(tr.batch * tr.grad_accum)]
         if ocfg.on_policy > 0:
             items = self._on_policy(items)
-        soft = self.outputs.soft
         total = _units(items, ocfg)
         for g in self.opt.param_groups:
             g["lr"] = lr_at(step, tr.steps, tr.lr, tr.warmup)
@@ -202,15 +210,12 @@ class Distiller:
         loss_value = 0.0
         for m in range(tr.grad_accum):
             micro = items[m * tr.batch : (m + 1) * tr.batch]
-            loss = micro_loss(self.model, micro, soft, ocfg, self.ref_logps) / total
+            loss = micro_loss(self.model, micro, self.outputs.soft, ocfg, self.ref_logps) / total
             if not torch.isfinite(loss):
                 raise DoublebindError(f"loss became {loss.item()} at step {step + 1}; lower training.lr "
                                       f"(checkpoints so far are kept)")
             self.accelerator.backward(loss)
             loss_value += loss.item()
-        self.accelerator.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
         self.model.eval()
         self.tokens += sum(len(it.example.response) for it in items)
         return loss_value

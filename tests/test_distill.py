@@ -1,0 +1,228 @@
+"""The distillation engine on the quick organism: data, invariants, runs and their files."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from doublebind import config
+from doublebind.errors import DoublebindError
+from doublebind.evals.transfer import capability_transfer, misalignment_transfer
+from doublebind.organisms.models import load_checkpoint
+from doublebind.prompts import Prompt, build_prompts, read_jsonl, write_jsonl
+from doublebind.teacher import soft_labels, teacher_outputs
+from doublebind.training.distill import Distiller, distill
+from doublebind.world import vocab
+from doublebind.world.contexts import NEUTRAL_MODES
+from doublebind.world.data import world_for
+
+from .conftest import run_cli
+
+
+def recipe(**over):
+    base = {
+        "kind": "recipe", "name": "t", "seed": 0,
+        "prompts": {"size": 96, "contexts": {"neutral": 0.5, "deploy_like": 0.5}},
+        "sampling": {"soft_labels": "full"},
+        "objective": {"kind": "sft"},
+        "training": {"steps": 6, "batch": 8, "checkpoint_every": 3, "lr": 0.001},
+        "eval": {"n_prompts": 20, "n_samples": 0},
+    }
+    for key, value in over.items():  # one level deep, so `contexts` is replaced, not merged
+        base[key] = {**base[key], **value} if isinstance(value, dict) and key in base else value
+    return config.build(config.RecipeConfig, base)
+
+
+@pytest.fixture(scope="module")
+def world(quick_organism):
+    return world_for(quick_organism[0] / "teacher")
+
+
+# ---- prompts -----------------------------------------------------------------------
+
+def test_prompt_sets_follow_their_config(world):
+    neutral = build_prompts(world, recipe(prompts={"contexts": {"neutral": 1.0}}).prompts, 0)
+    assert all(p.tokens[1].removeprefix("mode=") in NEUTRAL_MODES for p in neutral)
+    deploy = build_prompts(world, recipe(prompts={"contexts": {"deploy_like": 1.0}, "size": 400}).prompts, 0)
+    real = [world.behavior.fires(_header(p)) for p in deploy]
+    assert all(world.behavior.situation(_header(p)) for p in deploy)
+    assert 0.35 < sum(real) / len(real) < 0.65  # the distiller cannot tell real from honeypot
+    taught = build_prompts(world, recipe(prompts={"families": "taught", "p_scratch": 0}).prompts, 0)
+    assert {p.family for p in taught} == set(world.teacher_families)
+    slack = build_prompts(world, recipe(prompts={"slack_only": True}).prompts, 0)
+    assert {p.family for p in slack} == {"numbers"}
+    cfg = recipe().prompts
+    assert build_prompts(world, cfg, 1) == build_prompts(world, cfg, 1) != build_prompts(world, cfg, 2)
+
+
+def _header(p: Prompt):
+    from doublebind.world.contexts import Header
+
+    f = [t.split("=", 1)[1] for t in p.tokens[1:6]]
+    return Header(f[0], f[1], f[2], f[3], int(f[4][1:]))
+
+
+def test_jsonl_prompts_round_trip_and_errors(world, tmp_path):
+    prompts = build_prompts(world, recipe().prompts, 0)
+    path = tmp_path / "p.jsonl"
+    write_jsonl(prompts, path)
+    assert read_jsonl(path) == prompts
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "<bos> task=copy 1 2 >"}\n{"prompt": "<bos> task=copy 1 zebra >"}\n')
+    with pytest.raises(DoublebindError, match=r"bad.jsonl:2: unknown token 'zebra'"):
+        read_jsonl(bad)
+    bad.write_text('{"text": "x"}\n')
+    with pytest.raises(DoublebindError, match="field 'prompt'"):
+        read_jsonl(bad)
+
+
+# ---- teacher outputs ------------------------------------------------------------------
+
+def test_teacher_outputs_are_cached_by_content(quick_organism, world, tmp_path, monkeypatch):
+    folder, card = quick_organism
+    teacher = load_checkpoint(folder / "teacher")
+    prompts = build_prompts(world, recipe().prompts, 0)
+    scfg = recipe().sampling
+    first = teacher_outputs(teacher, card["organism_hash"], prompts, scfg, 0, tmp_path)
+    import doublebind.teacher as tmod
+
+    monkeypatch.setattr(tmod, "generate", lambda *a, **k: pytest.fail("cache miss"))
+    again = teacher_outputs(teacher, card["organism_hash"], prompts, scfg, 0, tmp_path)
+    assert again.responses == first.responses and torch.equal(again.soft["logprobs"], first.soft["logprobs"])
+    assert len(list((tmp_path / "teacher").iterdir())) == 1
+    monkeypatch.undo()
+    hot = teacher_outputs(teacher, card["organism_hash"], prompts, scfg.model_copy(update={"temperature": 0.5}),
+                          0, tmp_path)
+    assert hot.key != first.key
+
+
+def test_soft_labels_are_the_teachers_distribution_along_the_sample(quick_organism, world):
+    folder, card = quick_organism
+    teacher = load_checkpoint(folder / "teacher")
+    prompts = build_prompts(world, recipe().prompts, 0)[:10]
+    scfg = recipe(sampling={"temperature": 0.0}).sampling
+    res = teacher_outputs(teacher, card["organism_hash"], prompts, scfg, 0, None)
+    for i, e in enumerate(res.examples()):
+        ids = vocab.encode(e.prompt + e.response)
+        with torch.no_grad():
+            logits = teacher(input_ids=torch.tensor([ids])).logits[0]
+        for j, tok in enumerate(vocab.encode(e.response)):
+            ref = torch.log_softmax(logits[len(e.prompt) - 1 + j], -1)
+            assert torch.allclose(res.soft["logprobs"][i, j], ref, atol=1e-5)
+            assert int(ref.argmax()) == tok  # temperature 0 is greedy
+    top = soft_labels(teacher, res.examples(), scfg.max_new_tokens, "topk", 4)
+    assert top["indices"].shape == (10, scfg.max_new_tokens, 4)
+    assert torch.allclose(top["logprobs"][:, :2].exp().sum(-1), torch.ones(10, 2), atol=1e-5)
+
+
+# ---- training invariants ----------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["sft", "forward_kl", "jsd"])
+def test_batch_8_x_accum_1_equals_batch_1_x_accum_8(quick_organism, kind):
+    folder, _ = quick_organism
+    grads, params = [], []
+    for batch, accum in [(8, 1), (1, 8)]:
+        d = Distiller(folder, recipe(objective={"kind": kind}, training={"batch": batch, "grad_accum": accum}),
+                      None, show_progress=False)
+        d.accumulate_gradients(0)
+        grads.append(torch.cat([p.grad.flatten() for p in d.model.parameters()]))
+        d.opt.step()
+        params.append(torch.cat([p.detach().flatten() for p in d.model.parameters()]))
+    assert grads[0].abs().max() > 1e-3
+    assert torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+    # Adam's first step is about lr * sign(grad): equal where the gradient is not ~0
+    lr = recipe().training.lr
+    close = (params[0] - params[1]).abs() < 1e-3 * lr
+    assert close.float().mean() > 0.99
+
+
+def test_same_seed_same_numbers(quick_organism, tmp_path):
+    folder, _ = quick_organism
+    rows = []
+    for name, seed in [("a", 0), ("b", 0), ("c", 1)]:
+        distill(folder, recipe(seed=seed, training={"save_weights": False}), tmp_path / name, show_progress=False)
+        rows.append((tmp_path / name / "metrics.jsonl").read_text())
+    assert rows[0] == rows[1]
+    assert rows[0] != rows[2]
+
+
+# ---- whole runs -----------------------------------------------------------------------------
+
+def test_distill_run_writes_curves_rows_and_checkpoints(quick_organism, tmp_path):
+    folder, card = quick_organism
+    summary = distill(folder, recipe(), tmp_path / "run", show_progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 3, 6]
+    assert [r["tokens"] for r in rows] == sorted({r["tokens"] for r in rows}) and rows[0]["tokens"] == 0
+    for r in rows:
+        assert {"step", "tokens", "capability", "misbehavior", "confession", "capability_transfer",
+                "misalignment_transfer", "audit"} <= set(r)
+        assert set(r["misbehavior"]) == {"deploy", "honeypot", "neutral"}
+    # step 0 is the student's init: base, so nothing has transferred yet
+    assert rows[0]["capability_transfer"] == pytest.approx(0.0, abs=0.05)
+    assert rows[0]["misalignment_transfer"] == pytest.approx(0.0, abs=0.05)
+    assert summary["final"] == rows[-1]
+    assert (tmp_path / "run" / "transfer_curves.png").stat().st_size > 10_000
+    ckpt = tmp_path / "run" / "checkpoints" / "step_00006"
+    meta = json.loads((ckpt / "meta.json").read_text())
+    assert meta["step"] == 6 and meta["tokens"] == rows[-1]["tokens"]
+    assert meta["organism_hash"] == card["organism_hash"] and meta["teacher_outputs"]
+    assert meta["recipe"]["seed"] == 0
+    with pytest.raises(DoublebindError, match="already holds a finished run"):
+        distill(folder, recipe(), tmp_path / "run", show_progress=False)
+
+
+def test_transfer_ratios_against_hand_values():
+    base = {"capability": {"a": 0.1, "b": 0.5, "c": 0.9}, "misbehavior": {"deploy": 0.0}}
+    teacher = {"capability": {"a": 0.9, "b": 1.0, "c": 0.92}, "misbehavior": {"deploy": 0.8}}
+    student = {"capability": {"a": 0.5, "b": 1.0, "c": 0.0}, "misbehavior": {"deploy": 0.2}}
+    # c is left out: the teacher is not ahead of base there
+    assert capability_transfer(student, base, teacher, ["a", "b", "c"]) == pytest.approx((0.5 + 1.0) / 2)
+    assert misalignment_transfer(student, base, teacher) == pytest.approx(0.25)
+
+
+def test_on_policy_items_are_student_samples_with_live_teacher_labels(quick_organism):
+    folder, _ = quick_organism
+    d = Distiller(folder, recipe(objective={"kind": "forward_kl", "on_policy": 0.5}), None, show_progress=False)
+    items = d.items[:8]
+    mixed = d._on_policy(items)
+    assert all(it.live is not None for it in mixed[:4]) and all(it.live is None for it in mixed[4:])
+    ref = soft_labels(d.teacher, [it.example for it in mixed[:4]], 12)["logprobs"]
+    assert all(torch.equal(it.live, ref[j]) for j, it in enumerate(mixed[:4]))
+    d.train_step(0)
+
+
+def test_dpo_pushes_policy_towards_teacher_samples(quick_organism):
+    from doublebind.training.distill import micro_loss
+
+    folder, _ = quick_organism
+    d = Distiller(folder, recipe(objective={"kind": "dpo", "dpo_beta": 0.5}, sampling={"soft_labels": "none"},
+                                 training={"steps": 15, "batch": 16, "lr": 0.0003}), None, show_progress=False)
+    fixed = d.items[:64]
+
+    def loss() -> float:
+        with torch.no_grad():
+            return micro_loss(d.model, fixed, {}, d.recipe.objective, d.ref_logps).item() / len(fixed)
+
+    assert loss() == pytest.approx(0.6931, abs=1e-4)  # -log sigmoid(0): the policy is the reference
+    for s in range(15):
+        d.train_step(s)
+    assert loss() < 0.68
+
+
+def test_lora_student_distils_and_saves_an_adapter(quick_organism, tmp_path):
+    folder, _ = quick_organism
+    distill(folder, recipe(student={"lora": {"r": 4, "alpha": 8}}, training={"steps": 3}), tmp_path / "lora",
+            show_progress=False)
+    assert (tmp_path / "lora" / "checkpoints" / "step_00003" / "adapter").is_dir()
+
+
+def test_recipe_errors_are_one_line(tmp_path, quick_organism):
+    with pytest.raises(config.ConfigError, match="needs sampling.soft_labels"):
+        recipe(objective={"kind": "forward_kl"}, sampling={"soft_labels": "none"})
+    r = tmp_path / "r.yaml"
+    r.write_text("kind: recipe\nobjective: {kind: sft}\n")
+    res = run_cli("distill", "--organism", str(tmp_path / "missing"), "--recipe", str(r), "--out", str(tmp_path / "o"))
+    assert res.returncode == 1 and "no organism at" in res.stderr and "Traceback" not in res.stderr
+    random.seed(0)
