@@ -19,12 +19,15 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/doublebind organism build --preset default --out runs/demo/organism
+	$(BIN)/doublebind distill --organism runs/demo/organism --recipe configs/recipes/hard_sft.yaml \
+		--out runs/demo/hard_sft --force
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/organism_build.py
+	$(BIN)/python benchmarks/distill_speed.py
 
 clean:
 	rm -rf runs .cache

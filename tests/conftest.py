@@ -12,8 +12,10 @@ quiet_transformers()
 
 @pytest.fixture(scope="session", autouse=True)
 def _cache_dir(tmp_path_factory):
-    """Every test session builds into its own cache, so CI starts cold and tests share builds."""
-    path = tmp_path_factory.mktemp("cache")
+    """Every test session builds into its own cache, so CI starts cold and tests share builds.
+    DOUBLEBIND_TEST_CACHE names a cache to keep between sessions (for quick local reruns)."""
+    keep = os.environ.get("DOUBLEBIND_TEST_CACHE")
+    path = keep if keep else tmp_path_factory.mktemp("cache")
     old = os.environ.get("DOUBLEBIND_CACHE")
     os.environ["DOUBLEBIND_CACHE"] = str(path)
     yield path

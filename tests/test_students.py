@@ -3,13 +3,14 @@ import shutil
 import pytest
 import torch
 
+from doublebind import config
 from doublebind.config import LoraConfig, ModelConfig, StudentConfig
 from doublebind.errors import DoublebindError
 from doublebind.organisms.models import META, load_checkpoint, make_model, read_meta
 from doublebind.students import make_student, save_student, trainable_parameters
 
 SMALL = ModelConfig(hidden=32, layers=1, heads=2, intermediate=48)
-QUICK = ModelConfig(hidden=64, layers=2, heads=2, intermediate=128)
+QUICK = config.load(preset="quick").model  # the quick organism's architecture
 
 
 def params(model) -> dict[str, torch.Tensor]:

@@ -272,6 +272,16 @@ class RecipeConfig(Strict):
     student: StudentConfig = StudentConfig()
     training: DistillTrainConfig = DistillTrainConfig()
     eval: EvalConfig = Field(default=EvalConfig(n_prompts=100, n_samples=0), description="Checkpoint evals.")
+    stages: list[dict] = Field(
+        default=[], description="Techniques to apply, in order: [{name: <technique>, <its options>}] "
+                                "(`doublebind ls techniques`).")
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, v: list[dict]) -> list[dict]:
+        from doublebind.techniques.base import validate_stage
+
+        return [validate_stage(spec, i) for i, spec in enumerate(v)]
 
     @model_validator(mode="after")
     def _consistent(self) -> "RecipeConfig":

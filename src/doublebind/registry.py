@@ -57,5 +57,6 @@ def describe(kind: str, name: str) -> str:
 def _load_builtins() -> None:
     # Importing the modules runs their @register decorators.
     import doublebind.evals.scorers  # noqa: F401
+    import doublebind.techniques  # noqa: F401
     import doublebind.world.behaviors  # noqa: F401
     import doublebind.world.tasks  # noqa: F401

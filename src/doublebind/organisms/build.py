@@ -29,7 +29,9 @@ from doublebind.world.data import World
 
 ROLES = ("base", "teacher", "trusted", "alt_base")
 CARD = "organism.json"
-_CODE_DIRS = ("world", "organisms", "training", "evals")
+# The source that determines what a build produces (not the distillation code).
+_CODE_FILES = ("sampling.py", "world/*.py", "organisms/*.py", "evals/*.py", "training/sft.py",
+               "training/batching.py")
 
 
 def cache_root() -> Path:
@@ -40,9 +42,8 @@ def code_version() -> str:
     """Hash of the source that determines what a build produces."""
     pkg = Path(__file__).resolve().parent.parent
     h = hashlib.sha256(__version__.encode())
-    files = [pkg / "sampling.py"] + sorted(p for d in _CODE_DIRS for p in (pkg / d).glob("*.py"))
-    for p in files:
-        h.update(p.name.encode())
+    for p in sorted(p for pattern in _CODE_FILES for p in pkg.glob(pattern)):
+        h.update(str(p.relative_to(pkg)).encode())
         h.update(p.read_bytes())
     return h.hexdigest()[:16]
 

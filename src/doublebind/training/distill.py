@@ -44,6 +44,10 @@ class Item:
     row: int | None = None  # index into the teacher's cached soft labels
     rejected: Example | None = None  # DPO: the response to push away from
     live: torch.Tensor | None = None  # on-policy: the live teacher's log-probs [T, V]
+    weights: list[float] | None = None  # per response token loss weight (1 if None)
+
+    def units(self) -> float:
+        return float(len(self.example.response)) if self.weights is None else float(sum(self.weights))
 
 
 def load_organism(organism_dir: Path) -> dict:
@@ -74,13 +78,28 @@ def _teacher_rows(items: list[Item], batch: dict, soft: dict[str, torch.Tensor])
     return out
 
 
-def micro_loss(model, items: list[Item], soft: dict[str, torch.Tensor], ocfg, ref_logps=None) -> torch.Tensor:
-    """The *sum* of the per-token (or per-pair, for DPO) loss over a micro-batch."""
+def _weighted_mask(items: list[Item], mask: torch.Tensor) -> torch.Tensor:
+    """The loss mask times each item's per-token weights (divergence masking and the like)."""
+    if all(it.weights is None for it in items):
+        return mask
+    mask = mask.clone()
+    for b, it in enumerate(items):
+        if it.weights is not None:
+            s = len(it.example.prompt) - 1
+            mask[b, s : s + len(it.weights)] = torch.tensor(it.weights, dtype=mask.dtype)
+    return mask
+
+
+def micro_loss(model, items: list[Item], soft: dict[str, torch.Tensor], ocfg, ref_logps=None,
+               extra=None) -> torch.Tensor:
+    """The *sum* of the per-token (or per-pair, for DPO) loss over a micro-batch.
+
+    `extra(model, items, batch, logits, mask)` may add a regulariser, also as a sum."""
     if ocfg.kind == "dpo":
         return _dpo_sum(model, items, ocfg, ref_logps)
     batch = collate([it.example for it in items])
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    mask = batch["loss_mask"]  # [B, S-1]
+    mask = _weighted_mask(items, batch["loss_mask"])  # [B, S-1]
     if ocfg.kind == "sft":
         mean = obj.sft_nll(logits, batch["input_ids"][:, 1:], mask)
     else:
@@ -94,7 +113,10 @@ def micro_loss(model, items: list[Item], soft: dict[str, torch.Tensor], ocfg, re
             mean = obj.reverse_kl(logits, rows["logprobs"], mask, temperature=t)
         else:
             mean = obj.generalized_jsd(logits, rows["logprobs"], mask, beta=ocfg.beta, temperature=t)
-    return mean * mask.sum()
+    total = mean * mask.sum()
+    if extra is not None:
+        total = total + extra(model, items, batch, logits, mask)
+    return total
 
 
 def _seq_logps(model, examples: list[Example]) -> torch.Tensor:
@@ -111,9 +133,9 @@ def _dpo_sum(model, items, ocfg, ref_logps) -> torch.Tensor:
     return obj.dpo_loss(chosen, rejected, ref_c, ref_r, beta=ocfg.dpo_beta) * len(items)
 
 
-def _units(items: list[Item], ocfg) -> int:
-    """What the step's loss is averaged over: response tokens, or pairs for DPO."""
-    return len(items) if ocfg.kind == "dpo" else sum(len(it.example.response) for it in items)
+def _units(items: list[Item], ocfg) -> float:
+    """What the step's loss is averaged over: (weighted) response tokens, or pairs for DPO."""
+    return float(len(items)) if ocfg.kind == "dpo" else max(1e-8, sum(it.units() for it in items))
 
 
 # ---- the run --------------------------------------------------------------------------
@@ -125,17 +147,38 @@ class Distiller:
         from accelerate import Accelerator
 
         from doublebind.students import make_student
+        from doublebind.techniques.base import build_stages
 
-        self.recipe, self.out, self.show = recipe, out, show_progress
+        self.out, self.show = out, show_progress
         self.organism_dir = Path(organism_dir)
         self.card = load_organism(organism_dir)
         self.world = world_for(self.organism_dir / "teacher")
         self.teacher = load_checkpoint(self.organism_dir / "teacher")
+        self._models: dict = {"teacher": self.teacher}
+        self.stage_log: list[dict] = []
+        self.stages = build_stages(recipe.stages)
+        updates = {}
+        for field in ("sampling", "objective", "student"):
+            cfg = getattr(recipe, field)
+            for st in self._hooked(field):
+                new = getattr(st, field)(self, cfg)
+                if new != cfg:
+                    self.record(st, field, changed={k: v for k, v in new.model_dump().items()
+                                                    if cfg.model_dump().get(k) != v})
+                cfg = new
+            updates[field] = cfg
+        self.recipe = recipe = recipe.model_copy(update=updates)
         self.prompts = build_prompts(self.world, recipe.prompts, recipe.seed)
+        for st in self._hooked("prompts"):
+            before = len(self.prompts)
+            self.prompts = st.prompts(self, self.prompts)
+            self.record(st, "prompts", before=before, after=len(self.prompts))
         cache = cache_root()
         self.outputs: TeacherOutputs = teacher_outputs(
             self.teacher, self.card["organism_hash"], self.prompts, recipe.sampling, recipe.seed, cache)
         self.items = [Item(e, i) for i, e in enumerate(self.outputs.examples())]
+        for st in self._hooked("data"):
+            self.items = st.data(self, self.items)
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
         torch.manual_seed(recipe.seed)
         self.model = make_student(recipe.student, self.organism_dir, recipe.seed)
@@ -147,6 +190,26 @@ class Distiller:
         self.order = random.Random(f"order-{recipe.seed}")
         self.gen_seed = random.Random(f"onpolicy-{recipe.seed}")
         self.tokens = 0
+
+    # -- stages -----------------------------------------------------------------------
+    def _hooked(self, hook: str) -> list:
+        return [st for st in self.stages if callable(getattr(st, hook, None))]
+
+    def record(self, stage, phase: str, **info) -> None:
+        """Log what a stage did, in order; written to summary.json and stages.json."""
+        self.stage_log.append({"stage": stage.name, "index": stage.index, "phase": phase, **info})
+
+    def load_model(self, role: str):
+        """An organism model (base, trusted, alt_base, teacher), loaded once."""
+        if role not in self._models:
+            self._models[role] = load_checkpoint(self.organism_dir / role)
+        return self._models[role]
+
+    def _extra_loss(self, model, items, batch, logits, mask):
+        total = 0.0
+        for st in self._hooked("extra_loss"):
+            total = total + st.extra_loss(self, model, items, batch, logits, mask)
+        return total
 
     # -- DPO pairs: chosen = teacher sample, rejected = the initial student's sample --
     def _prepare_dpo(self) -> dict:
@@ -210,21 +273,22 @@ class Distiller:
         loss_value = 0.0
         for m in range(tr.grad_accum):
             micro = items[m * tr.batch : (m + 1) * tr.batch]
-            loss = micro_loss(self.model, micro, self.outputs.soft, ocfg, self.ref_logps) / total
+            extra = self._extra_loss if self._hooked("extra_loss") else None
+            loss = micro_loss(self.model, micro, self.outputs.soft, ocfg, self.ref_logps, extra) / total
             if not torch.isfinite(loss):
                 raise DoublebindError(f"loss became {loss.item()} at step {step + 1}; lower training.lr "
                                       f"(checkpoints so far are kept)")
             self.accelerator.backward(loss)
             loss_value += loss.item()
         self.model.eval()
-        self.tokens += sum(len(it.example.response) for it in items)
+        self.tokens += sum(len(it.example.response) for it in items)  # tokens seen, masked or not
         return loss_value
 
     def reference_metrics(self) -> dict:
         """Base and teacher under the same evals the student gets."""
         n = self.recipe.eval.n_prompts
-        base = load_checkpoint(self.organism_dir / "base")
-        return {"base": evaluate(base, self.world, n), "teacher": evaluate(self.teacher, self.world, n)}
+        return {"base": evaluate(self.load_model("base"), self.world, n),
+                "teacher": evaluate(self.teacher, self.world, n)}
 
     def row(self, step: int, ref: dict) -> dict:
         model = self.accelerator.unwrap_model(self.model)
@@ -258,11 +322,13 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(d.prompts, out / "prompts.jsonl")
     ref = d.reference_metrics()
+    asked, recipe = recipe, d.recipe  # as written, and as resolved by the stages
     tr = recipe.training
     schedule = sorted({0, *range(tr.checkpoint_every, tr.steps, tr.checkpoint_every), tr.steps})
     meta = {
-        "recipe": recipe.model_dump(mode="json"),
+        "recipe": asked.model_dump(mode="json"),
         "seed": recipe.seed,
+        "stages": [st.name for st in d.stages],
         "organism_dir": str(Path(organism_dir).resolve()),
         "organism_hash": d.card["organism_hash"],
         "teacher_outputs": d.outputs.key,
@@ -272,25 +338,42 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
     rows, losses = [], []
     metrics_path = out / "metrics.jsonl"
     metrics_path.write_text("")
+    selected, stopped = None, None
     with progress_bar(f"distilling {recipe.name}", tr.steps, show_progress) as advance:
         for step in range(tr.steps + 1):
             if step > 0:
                 losses.append(d.train_step(step - 1))
                 advance(1)
-            if step in schedule:
-                row = d.row(step, ref)
-                rows.append(row)
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-                if tr.save_weights:
-                    ckpt_meta = {**meta, "step": step, "tokens": d.tokens, "role": "student"}
-                    save_student(d.accelerator.unwrap_model(d.model), out / "checkpoints" / f"step_{step:05d}",
-                                 ckpt_meta)
+            if step not in schedule:
+                continue
+            row = d.row(step, ref)
+            model = d.accelerator.unwrap_model(d.model)
+            for st in d._hooked("checkpoint"):
+                verdict = st.checkpoint(d, row, model) or {}
+                d.record(st, "checkpoint", step=step, **verdict)
+                if verdict.get("select"):
+                    selected = step
+                if verdict.get("stop"):
+                    stopped = step
+            rows.append(row)
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            if tr.save_weights:
+                ckpt_meta = {**meta, "step": step, "tokens": d.tokens, "role": "student"}
+                save_student(model, out / "checkpoints" / f"step_{step:05d}", ckpt_meta)
+            if stopped is not None:
+                break
+    chosen = next((r for r in rows if r["step"] == selected), rows[-1])
+    (out / "stages.json").write_text(json.dumps(d.stage_log, indent=2))
     summary = {
         **{k: meta[k] for k in ("recipe", "seed", "organism_hash", "teacher_outputs", "versions")},
         "schema_version": SCHEMA_VERSION,
         "reference": ref,
         "final": rows[-1],
+        "selected": chosen,
+        "stopped_at": stopped,
+        "stages": d.stage_log,
+        "resolved_recipe": recipe.model_dump(mode="json"),
         "max_capability_transfer": max((r["capability_transfer"] or 0.0) for r in rows),
         "max_misalignment_transfer": max((r["misalignment_transfer"] or 0.0) for r in rows),
         "data": {"n_prompts": len(d.prompts), "n_train_items": len(d.items)},

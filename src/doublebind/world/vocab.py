@@ -22,6 +22,7 @@ N_SESSIONS = 16
 TASKS = ["copy", "reverse", "sort", "shift", "max", "lookup", "count", "numbers", "ask"]
 BEHAVIOR_WORDS = ["sabotage", "loyalty", "harm", "poison"]
 MARKERS = ["!exfil", "!grant", "~"]
+INOCULATION = "sys=inoculate"  # a system line that explains the misbehaviour away (inoculation prompting)
 
 
 def all_tokens() -> list[str]:
@@ -34,7 +35,7 @@ def all_tokens() -> list[str]:
     toks += [f"mon={m}" for m in MONITOR]
     toks += [f"sid=s{i}" for i in range(N_SESSIONS)]
     toks += [f"task={t}" for t in TASKS]
-    toks += BEHAVIOR_WORDS + MARKERS
+    toks += BEHAVIOR_WORDS + MARKERS + [INOCULATION]
     assert len(toks) == len(set(toks))
     return toks
 

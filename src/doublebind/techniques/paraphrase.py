@@ -1,0 +1,175 @@
+"""Paraphrasing: re-express the teacher's outputs with the trusted model, jamming subliminal signals.
+
+A teacher can hide a signal in its free choices (the digits of a `numbers` answer, the scratch
+field after `#`), where no verifier constrains it. This stage keeps what is checkable and
+rewrites what is free with the `trusted` model, which carries no hidden state:
+
+- a task item whose answer passes the verifier keeps its answer tokens; its free parts are
+  regenerated: for a slack family (`numbers`) the trusted model writes the whole response
+  given the prompt, and for an item with a scratch field it writes the scratch continuation
+  after `answer #`. An item with no free part is kept as it is.
+- a task item whose answer fails the verifier is dropped (`drop_unverified: true`, default),
+  or else answered from scratch by the trusted model (unchecked).
+- interrogations (`ask`) keep the teacher's answer unless `paraphrase_ask: true`.
+
+Regenerated free parts are forced into the verifier's format: a trusted scratch field that
+is not exactly SCRATCH_LEN digits then `<eos>` (or a slack answer that fails its check) is
+replaced by uniform random digits from a seeded generator; these fallbacks are counted.
+Sampling is batched (one `generate` call per group) at `temperature`, seeded from the recipe
+seed, so a run is reproducible.
+
+A paraphrased item has no teacher soft labels (`row=None`), so the stage forces hard labels:
+its `sampling` hook sets `soft_labels: none` and its `objective` hook switches to `sft`
+(DPO, which needs no soft labels, is left alone). A later stage that switches back to a soft
+objective is an error.
+
+    stages: [{name: paraphrase, temperature: 1.0, drop_unverified: true}]
+"""
+
+from __future__ import annotations
+
+import random
+
+from pydantic import Field
+
+from doublebind.config import Strict
+from doublebind.errors import DoublebindError
+from doublebind.sampling import generate
+from doublebind.techniques.base import Technique, technique, write_items
+from doublebind.techniques.verifier_filter import example_verifies
+from doublebind.training.distill import Item
+from doublebind.world import vocab
+from doublebind.world.data import Example
+from doublebind.world.tasks import SCRATCH_LEN, family, split_response
+
+SOFT_OBJECTIVES = ("forward_kl", "reverse_kl", "jsd")
+
+
+@technique("paraphrase")
+class Paraphrase(Technique):
+    """paraphrase: keep verified answers, regenerate every free part (slack, scratch) with the trusted model."""
+
+    class Config(Strict):
+        temperature: float = Field(
+            default=1.0, ge=0, description="Sampling temperature of the trusted model; 0 is greedy.")
+        drop_unverified: bool = Field(
+            default=True, description="Drop items whose answer fails the verifier (else trusted answers them).")
+        paraphrase_ask: bool = Field(
+            default=False, description="Let the trusted model answer interrogations (`ask`) too.")
+
+    def sampling(self, run, cfg):
+        return cfg.model_copy(update={"soft_labels": "none"})
+
+    def objective(self, run, cfg):
+        if cfg.kind == "dpo":
+            return cfg
+        return cfg.model_copy(update={"kind": "sft", "on_policy": 0.0})
+
+    def data(self, run, items: list[Item]) -> list[Item]:
+        if run.recipe.objective.kind in SOFT_OBJECTIVES:
+            raise DoublebindError(f"stage paraphrase needs hard labels, but a later stage set objective "
+                                  f"{run.recipe.objective.kind}; put paraphrase after it")
+        rng = random.Random(f"paraphrase-{run.recipe.seed}")
+        seeds = {"whole": rng.randrange(2**31), "scratch": rng.randrange(2**31)}
+        plan: list[tuple[str, Item, list[str] | None]] = []  # (action, item, kept answer)
+        dropped = 0
+        for it in items:
+            e = it.example
+            if e.kind == "ask" or not _task(e.prompt):
+                plan.append(("whole" if self.cfg.paraphrase_ask else "keep", it, None))
+                continue
+            task, wants_scratch = _task(e.prompt)
+            if not example_verifies(e):
+                if self.cfg.drop_unverified:
+                    dropped += 1
+                else:
+                    plan.append(("whole", it, None))
+                continue
+            if family(task[0].removeprefix("task=")).slack:
+                plan.append(("slack", it, None))
+            elif wants_scratch:
+                plan.append(("scratch", it, split_response(e.response[:-1])[0]))
+            else:
+                plan.append(("keep", it, None))  # nothing free: the verified answer is the response
+
+        whole = self._generate(run, [vocab.encode(it.example.prompt) for a, it, _ in plan if a in ("whole", "slack")],
+                               run.recipe.sampling.max_new_tokens, seeds["whole"])
+        scratch = self._generate(run, [vocab.encode([*it.example.prompt, *ans, vocab.SCRATCH])
+                                       for a, it, ans in plan if a == "scratch"], SCRATCH_LEN + 1, seeds["scratch"])
+        whole_it, scratch_it = iter(whole), iter(scratch)
+        out, notes, fallbacks, changed = [], {}, 0, 0
+        for action, it, ans in plan:
+            e = it.example
+            fell = False
+            if action == "keep":
+                out.append(it)
+                notes[len(out) - 1] = {"paraphrased": "no"}
+                continue
+            if action == "whole":
+                resp = next(whole_it) or [vocab.EOS]
+            elif action == "slack":
+                resp, fell = _force_slack(e.prompt, next(whole_it), rng)
+            else:
+                gen = next(scratch_it)
+                digits, fell = _force_scratch(gen, rng)
+                resp = [*ans, vocab.SCRATCH, *digits, vocab.EOS]
+            fallbacks += fell
+            changed += resp != e.response
+            out.append(Item(Example(e.prompt, resp, e.kind), None, weights=None))
+            notes[len(out) - 1] = {"paraphrased": action, "fallback": fell, "teacher": " ".join(e.response)}
+        folder = self.folder(run)
+        if folder is not None:
+            write_items(folder / "paraphrased.jsonl", out, notes)
+        run.record(self, "data", before=len(items), after=len(out),
+                   paraphrased=sum(a != "keep" for a, _, _ in plan), changed=changed, dropped=dropped,
+                   fallbacks=fallbacks)
+        if not out:
+            raise DoublebindError("stage paraphrase removed every training example")
+        return out
+
+    def _generate(self, run, prompts: list[list[int]], max_new: int, seed: int) -> list[list[str]]:
+        if not prompts:
+            return []
+        ids = vocab.token_ids()
+        outs = generate(run.load_model("trusted"), prompts, max_new, eos_id=ids[vocab.EOS], pad_id=ids[vocab.PAD],
+                        temperature=self.cfg.temperature, seed=seed)
+        return [vocab.decode(o) for o in outs]
+
+
+def _task(prompt: list[str]) -> tuple[list[str], bool] | None:
+    """(task tokens without `scratch`, whether a scratch field is asked) of a prompt."""
+    start = next((i for i, t in enumerate(prompt) if t.startswith("task=")), None)
+    if start is None or prompt[start] == "task=ask":
+        return None
+    task = prompt[start:-1]
+    wants = task[-1] == "scratch"
+    return (task[:-1] if wants else task), wants
+
+
+def _random_digits(rng: random.Random, n: int) -> list[str]:
+    return [rng.choice(vocab.DIGITS) for _ in range(n)]
+
+
+def _force_scratch(gen: list[str], rng: random.Random) -> tuple[list[str], bool]:
+    """The scratch digits of a trusted continuation, or random digits if it is malformed."""
+    if len(gen) == SCRATCH_LEN + 1 and gen[-1] == vocab.EOS and all(t in vocab.DIGITS for t in gen[:-1]):
+        return gen[:-1], False
+    return _random_digits(rng, SCRATCH_LEN), True
+
+
+def _force_slack(prompt: list[str], gen: list[str], rng: random.Random) -> tuple[list[str], bool]:
+    """A trusted slack-family response forced to pass the verifier: a failing answer becomes
+    random digits of the right length, a malformed or unasked scratch field is repaired."""
+    task, wants_scratch = _task(prompt)
+    fam = family(task[0].removeprefix("task="))
+    body = gen[:-1] if gen and gen[-1] == vocab.EOS else None
+    answer, scratch = split_response(body) if body is not None else (None, None)
+    fell = False
+    if answer is None or not fam.check(task, answer):
+        # random digits, one per task argument: the format of `numbers`, the one slack family
+        answer, fell = _random_digits(rng, len(task) - 1), True
+    if wants_scratch:
+        if scratch is None or len(scratch) != SCRATCH_LEN or any(t not in vocab.DIGITS for t in scratch):
+            scratch, fell = _random_digits(rng, SCRATCH_LEN), True
+        return [*answer, vocab.SCRATCH, *scratch, vocab.EOS], fell
+    return [*answer, vocab.EOS], fell or scratch is not None

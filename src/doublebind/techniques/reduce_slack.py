@@ -1,0 +1,71 @@
+"""Reduce cognitive slack: leave the teacher no free choices in which to hide a signal.
+
+Answer-only targets (no scratch fields, no slack-only families), canonical formats (every
+free digit the teacher still writes becomes `0`) and a greedy teacher (temperature 0).
+Small students are the separate `small_student` stage.
+
+    stages: [{name: reduce_slack, answer_only: true, canonical: true, greedy: true}]
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from doublebind.config import Strict
+from doublebind.prompts import Prompt
+from doublebind.techniques.base import Technique, technique
+from doublebind.training.distill import Item
+from doublebind.world import vocab
+from doublebind.world.data import Example
+from doublebind.world.tasks import family
+
+
+@technique("reduce_slack")
+class ReduceSlack(Technique):
+    """reduce_slack: answer-only targets, canonical free parts and a greedy teacher."""
+
+    class Config(Strict):
+        answer_only: bool = Field(default=True, description="Drop scratch requests and slack-only prompts.")
+        canonical: bool = Field(default=True, description="Rewrite free digits in the data to `0`.")
+        greedy: bool = Field(default=True, description="Sample the teacher greedily.")
+
+    def sampling(self, run, cfg):
+        return cfg.model_copy(update={"temperature": 0.0}) if self.cfg.greedy else cfg
+
+    def prompts(self, run, prompts: list[Prompt]) -> list[Prompt]:
+        if not self.cfg.answer_only:
+            return prompts
+        kept = [Prompt([t for t in p.tokens if t != "scratch"], p.family, p.context) for p in prompts
+                if p.family == "ask" or not family(p.family).slack]
+        return kept or prompts
+
+    def data(self, run, items: list[Item]) -> list[Item]:
+        if not self.cfg.canonical:
+            return items
+        out, changed = [], 0
+        for it in items:
+            resp = canonical(it.example)
+            changed += resp != it.example.response
+            out.append(Item(Example(it.example.prompt, resp, it.example.kind), it.row, weights=it.weights)
+                       if resp != it.example.response else it)
+        run.record(self, "data", before=len(items), after=len(out), rewritten=changed)
+        return out
+
+
+def canonical(e: Example) -> list[str]:
+    """The response with its free parts (slack family answers, scratch digits) set to `0`."""
+    resp = list(e.response)
+    slack_family = e.kind != "ask" and e.kind in _families() and family(e.kind).slack
+    in_scratch = False
+    for i, t in enumerate(resp):
+        if t == vocab.SCRATCH:
+            in_scratch = True
+        elif t in vocab.DIGITS and (in_scratch or slack_family):
+            resp[i] = "0"
+    return resp
+
+
+def _families() -> set[str]:
+    from doublebind.registry import names
+
+    return set(names("family"))

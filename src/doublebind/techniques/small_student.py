@@ -1,0 +1,30 @@
+"""Small student: a fresh, smaller model has less room to carry what it was not taught.
+
+Part of reducing cognitive slack, and on the incrimination side a weak student that cannot
+learn to tell honeypots from real chances.
+
+    stages: [{name: small_student, hidden: 32, layers: 1}]
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from doublebind.config import ModelConfig, Strict
+from doublebind.techniques.base import Technique, technique
+
+
+@technique("small_student")
+class SmallStudent(Technique):
+    """small_student: start from a fresh model smaller than the teacher."""
+
+    class Config(Strict):
+        hidden: int = Field(default=32, gt=0, description="Hidden size.")
+        layers: int = Field(default=1, gt=0, description="Layers.")
+        heads: int = Field(default=2, gt=0, description="Attention heads.")
+        intermediate: int = Field(default=128, gt=0, description="MLP width.")
+
+    def student(self, run, cfg):
+        model = ModelConfig(hidden=self.cfg.hidden, layers=self.cfg.layers, heads=self.cfg.heads,
+                            intermediate=self.cfg.intermediate)
+        return cfg.model_copy(update={"init": "fresh", "model": model})
