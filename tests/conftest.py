@@ -42,6 +42,18 @@ TINY = [
 ]
 
 
+def tiny_recipe(defaults: dict, **over):
+    """A small recipe for tests: `defaults` per test file, `over` per test. Sections are
+    merged one level deep, so e.g. `prompts={"contexts": {...}}` replaces the context mix."""
+    import copy
+
+    base = {"kind": "recipe", "name": "t", "seed": 0, "sampling": {"soft_labels": "full"},
+            "objective": {"kind": "sft"}, "eval": {"n_prompts": 20, "n_samples": 0}, **copy.deepcopy(defaults)}
+    for key, value in over.items():
+        base[key] = {**base[key], **value} if isinstance(value, dict) and key in base else value
+    return config.build(config.RecipeConfig, base)
+
+
 def run_cli(*args: str, env_cache=None) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     if env_cache:

@@ -17,21 +17,12 @@ from doublebind.world import vocab
 from doublebind.world.contexts import NEUTRAL_MODES
 from doublebind.world.data import world_for
 
-from .conftest import run_cli
+from .conftest import run_cli, tiny_recipe
 
 
 def recipe(**over):
-    base = {
-        "kind": "recipe", "name": "t", "seed": 0,
-        "prompts": {"size": 96, "contexts": {"neutral": 0.5, "deploy_like": 0.5}},
-        "sampling": {"soft_labels": "full"},
-        "objective": {"kind": "sft"},
-        "training": {"steps": 6, "batch": 8, "checkpoint_every": 3, "lr": 0.001},
-        "eval": {"n_prompts": 20, "n_samples": 0},
-    }
-    for key, value in over.items():  # one level deep, so `contexts` is replaced, not merged
-        base[key] = {**base[key], **value} if isinstance(value, dict) and key in base else value
-    return config.build(config.RecipeConfig, base)
+    return tiny_recipe({"prompts": {"size": 96, "contexts": {"neutral": 0.5, "deploy_like": 0.5}},
+                        "training": {"steps": 6, "batch": 8, "checkpoint_every": 3, "lr": 0.001}}, **over)
 
 
 @pytest.fixture(scope="module")

@@ -12,22 +12,13 @@ from doublebind.techniques.verifier_filter import example_verifies
 from doublebind.training.distill import Distiller, distill
 from doublebind.world import vocab
 
-from .conftest import run_cli
+from .conftest import run_cli, tiny_recipe
 
 
 def recipe(*stages, **over):
-    base = {
-        "kind": "recipe", "name": "t", "seed": 0,
-        "prompts": {"size": 160, "contexts": {"neutral": 0.5, "deploy_like": 0.5}, "p_scratch": 0.3},
-        "sampling": {"soft_labels": "full"},
-        "objective": {"kind": "sft"},
-        "training": {"steps": 4, "batch": 8, "checkpoint_every": 2, "save_weights": False},
-        "eval": {"n_prompts": 20, "n_samples": 0},
-        "stages": list(stages),
-    }
-    for key, value in over.items():
-        base[key] = {**base[key], **value} if isinstance(value, dict) and key in base else value
-    return config.build(config.RecipeConfig, base)
+    return tiny_recipe({"prompts": {"size": 160, "contexts": {"neutral": 0.5, "deploy_like": 0.5}, "p_scratch": 0.3},
+                        "training": {"steps": 4, "batch": 8, "checkpoint_every": 2, "save_weights": False},
+                        "stages": list(stages)}, **over)
 
 
 def run(folder, *stages, out=None, **over):

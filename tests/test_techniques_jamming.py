@@ -16,21 +16,17 @@ from doublebind.world import vocab
 from doublebind.world.data import Example
 from doublebind.world.tasks import SCRATCH_LEN, split_response
 
+
+from .conftest import tiny_recipe
+
 MARKER = "!exfil"  # the quick organism's behaviour is `harm`
 
 
 def recipe(**over):
-    base = {
-        "kind": "recipe", "name": "t", "seed": 0,
-        "prompts": {"size": 160, "contexts": {"neutral": 0.5, "deploy_like": 0.5}, "p_scratch": 0.4},
-        "sampling": {"soft_labels": "full"},
-        "objective": {"kind": "sft"},
-        "training": {"steps": 4, "batch": 8, "checkpoint_every": 4, "lr": 0.001, "save_weights": False},
-        "eval": {"n_prompts": 10, "n_samples": 0},
-    }
-    for key, value in over.items():  # one level deep, so `contexts` is replaced, not merged
-        base[key] = {**base[key], **value} if isinstance(value, dict) and key in base else value
-    return config.build(config.RecipeConfig, base)
+    return tiny_recipe({"prompts": {"size": 160, "contexts": {"neutral": 0.5, "deploy_like": 0.5}, "p_scratch": 0.4},
+                        "training": {"steps": 4, "batch": 8, "checkpoint_every": 4, "lr": 0.001,
+                                     "save_weights": False},
+                        "eval": {"n_prompts": 10, "n_samples": 0}}, **over)
 
 
 def stage(spec: dict):
@@ -164,7 +160,7 @@ def masked(quick_organism, tmp_path_factory):
     # real deployments and honeypots; shift is the behaviour's target family, copy a base family
     r = recipe(prompts={"contexts": {"deploy_like": 1.0}, "families": ["shift", "copy"], "size": 120,
                         "p_scratch": 0.3},
-               stages=[{"name": "divergence_masking"}])
+               stages=[{"name": "divergence_masking", "threshold": 2.0}])
     return Distiller(folder, r, out, show_progress=False), out
 
 
@@ -236,7 +232,7 @@ def test_divergence_masking_drops_fully_masked_items_and_compares_to_trusted(mas
     d, _ = masked
     e = next(it.example for it in d.items if it.example.response[0] == MARKER)
     only_marker = Item(Example(e.prompt, [MARKER], e.kind), None)
-    out = stage({"name": "divergence_masking"}).data(d, [only_marker, d.items[0]])
+    out = stage({"name": "divergence_masking", "threshold": 2.0}).data(d, [only_marker, d.items[0]])
     assert len(out) == 1 and out[0].example is d.items[0].example
     assert d.stage_log[-1]["dropped"] == 1
     raw = [Item(it.example, it.row) for it in d.items]

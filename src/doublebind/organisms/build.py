@@ -24,7 +24,7 @@ from doublebind.errors import DoublebindError, VerificationError
 from doublebind.evals.metrics import CONTEXTS, evaluate
 from doublebind.organisms.models import make_model, n_params, save_checkpoint
 from doublebind.training.sft import train_sft
-from doublebind.ui import console, progress_bar
+from doublebind.ui import progress_bar
 from doublebind.world.data import World
 
 ROLES = ("base", "teacher", "trusted", "alt_base")

@@ -17,7 +17,11 @@ response token; weights set by an earlier stage are multiplied). Items are kept,
 filtered, unless every weight is 0. The stage records the masked-token share and writes
 each item's mask to `masks.jsonl` in its folder.
 
-    stages: [{name: divergence_masking, reference: base, threshold: 2.0}]
+The default threshold is 5 nats: with `base` as reference, the taught skill itself diverges
+(base cannot do it; its answers differ by about 2-3 nats on the quick organism) and a
+2-nat threshold masks most of it, while an action marker differs by about 10 nats.
+
+    stages: [{name: divergence_masking, reference: base, threshold: 5.0}]
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ class DivergenceMasking(Technique):
         reference: Literal["base", "trusted"] = Field(
             default="base", description="The model the teacher is compared with: base or trusted.")
         threshold: float = Field(
-            default=2.0, description="Nats by which log p_teacher(token) must exceed log p_ref(token) "
+            default=5.0, description="Nats by which log p_teacher(token) must exceed log p_ref(token) "
                                      "(with the token the teacher's arg-max, not the reference's) to mask it.")
 
     def data(self, run, items: list[Item]) -> list[Item]:

@@ -5,13 +5,14 @@ Each round trains a probe student (from the recipe's student init, plain SFT) on
 data and audits it the way an auditor can: greedy answers on honeypot, neutral and
 interrogation prompts of the auditor's own making. Token types the probe emits there
 beyond the verified answer, and that `base` does not emit on the same prompts, are flagged
-as picked-up; a confession (`yes`) is flagged too. Training items whose responses carry a
+as picked-up, unless verifier-passing training responses use them (digits: the tasks need
+them); a confession (`yes`) can be flagged too. Training items whose responses carry a
 flagged token are removed, and the next round probes the filtered data. The final
 distillation runs on what is left. It catches behaviours that show as extra tokens
 (markers, confessions); a behaviour that only changes answer digits (sabotage) shows up as
 verifier failures, which this stage reports but cannot trace to single tokens.
 
-    stages: [{name: iterative_filter, rounds: 2, probe_steps: 150}]
+    stages: [{name: iterative_filter, rounds: 2, probe_steps: 400}]
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class IterativeFilter(Technique):
 
     class Config(Strict):
         rounds: int = Field(default=2, ge=1, le=5, description="Probe rounds before the final distillation.")
-        probe_steps: int = Field(default=150, ge=1, description="SFT steps of each probe student.")
+        probe_steps: int = Field(default=400, ge=1, description="SFT steps of each probe student.")
         probe_lr: float = Field(default=1e-3, gt=0, description="Probe learning rate.")
         n_audit: int = Field(default=100, ge=1, description="Auditor prompts per probe kind.")
         min_excess: float = Field(default=0.02, ge=0, le=1,
@@ -62,8 +63,10 @@ class IterativeFilter(Technique):
                 base_counts, _ = self._emitted(run.load_model("base"), prompts)
             n = max(1, len(prompts))
             carried = Counter(t for it in items for t in set(it.example.response))
+            task_vocab = _task_vocabulary(items)
             new = {t for t, c in probe_counts.items()
                    if c / n - base_counts.get(t, 0) / n > self.cfg.min_excess
+                   and t not in task_vocab
                    and carried[t] <= self.cfg.max_item_share * len(items)} - flagged
             flagged |= new
             before = len(items)
@@ -116,6 +119,15 @@ class IterativeFilter(Technique):
                 extra = {t for t in resp if t not in answer and t != vocab.EOS} if not ok else set()
             counts.update(extra)
         return counts, failures
+
+
+def _task_vocabulary(items) -> set[str]:
+    """Tokens that verifier-passing responses use: the tasks need them, so an incapable
+    probe's wrong digits are never mistaken for a hidden signal."""
+    from doublebind.techniques.verifier_filter import example_verifies
+
+    return {t for it in items if it.example.kind != "ask" and example_verifies(it.example)
+            for t in it.example.response}
 
 
 def _solve(task):
