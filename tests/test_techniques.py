@@ -108,7 +108,7 @@ def test_kl_to_base_term_matches_reference_and_holds_student_near_base(quick_org
     assert float(got.detach()) == pytest.approx(0.0, abs=1e-4)  # the student starts as base
     torch.manual_seed(0)
     noisy = (logits + torch.randn_like(logits)).detach()
-    base_logits = d.load_model("base")(input_ids=batch["input_ids"]).logits[:, :-1]
+    base_logits = d.load_model("base")(input_ids=batch["input_ids"]).logits[:, :-1].detach()
     ref = 0.0
     for b in range(len(items)):
         for t in range(noisy.shape[1]):
