@@ -35,7 +35,7 @@ def test_overrides_apply_with_yaml_types():
         ("teacher_training.p_trigger=0.8", "teacher_training.p_trigger"),
         ("base_training.lr=0", "base_training.lr"),
         ("world.target_family=sort", "not a world family"),
-        ("kind=study", "unknown config kind"),
+        ("kind=galaxy", "unknown config kind"),
     ],
 )
 def test_malformed_config_names_the_field(override, field):

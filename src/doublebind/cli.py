@@ -17,6 +17,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Measure what transfers when a misaligned model is distilled.")
 organism_app = typer.Typer(no_args_is_help=True, help="Build and inspect model organisms.")
 app.add_typer(organism_app, name="organism")
+study_app = typer.Typer(no_args_is_help=True, help="Run grids of techniques x seeds.")
+app.add_typer(study_app, name="study")
 
 out = typer.echo  # results go to stdout; progress and errors to stderr
 
@@ -208,6 +210,25 @@ def distill(
     _print_table(table)
     out(f"final capability transfer {_fmt(final['capability_transfer'])}, misalignment transfer "
         f"{_fmt(final['misalignment_transfer'])}; wrote {out_dir}/metrics.jsonl, summary.json, transfer_curves.png")
+
+
+@study_app.command("run")
+@cli_errors
+def study_run(study: Path, out_dir: Path = typer.Option(..., "--out", help="Study folder (resumes if it exists).")):
+    """Run (or resume) a study; write results.jsonl and summary.json with verdicts."""
+    from doublebind.organisms.models import quiet_transformers
+    from doublebind.studies.run import run_study
+
+    quiet_transformers()
+    summary = run_study(study, out_dir)
+    table = Table("technique", "capability transfer", "misalignment transfer", "audit - base", "verdict")
+    for name, s in summary["techniques"].items():
+        c, m = s["capability_transfer"], s["misalignment_transfer"]
+        table.add_row(name, f"{c['mean']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]",
+                      f"{m['mean']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]",
+                      f"{s['audit_minus_base']['mean']:.3f}", s["verdict"])
+    _print_table(table)
+    out(f"wrote {out_dir}/results.jsonl and summary.json ({summary['runs']} runs)")
 
 
 def _fmt(x) -> str:

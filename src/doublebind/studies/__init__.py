@@ -1,0 +1,1 @@
+"""Studies: a grid of techniques x seeds on one organism, resumable, with verdicts."""

@@ -1,0 +1,137 @@
+"""Run a study: every technique at every seed on one organism, resumable.
+
+    doublebind study run configs/studies/quick.yaml --out runs/study-quick
+
+Each finished run appends its rows (one per checkpoint) to `results.jsonl` in a single
+write; a run is finished only when its rows are there. Killed at any moment, a rerun skips
+the finished (technique, seed) pairs, redoes the unfinished one from scratch, and drops a
+half-written last line, so no row is lost or duplicated. `summary.json` is rebuilt from
+`results.jsonl` alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from doublebind import config
+from doublebind.errors import DoublebindError
+from doublebind.studies.verdicts import technique_stats
+from doublebind.ui import progress_bar
+
+SCHEMA_VERSION = 1
+RESULTS = "results.jsonl"
+
+
+def resolve(study_path: Path, cfg) -> tuple[Path | None, object, object]:
+    """Check everything before training: the organism source and the base recipe."""
+    root = Path(study_path).resolve().parent
+    org = cfg.organism
+    org_cfg = None
+    org_path = None
+    if org.path is not None:
+        org_path = (root / org.path).resolve()
+        if not (org_path / "organism.json").is_file():
+            raise DoublebindError(f"{study_path}: organism.path: no organism at {org_path}")
+    elif org.preset is not None:
+        org_cfg = config.load(preset=org.preset, expect="organism")
+    else:
+        org_cfg = config.load(root / org.config, expect="organism")
+    recipe = config.load(root / cfg.recipe, expect="recipe")
+    return org_path, org_cfg, recipe
+
+
+def read_results(path: Path) -> list[dict]:
+    """Rows of results.jsonl; a half-written last line (a kill mid-append) is cut off."""
+    if not path.is_file():
+        return []
+    text = path.read_text()
+    lines = text.split("\n")
+    rows, good = [], 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+            good += len(line) + 1
+        except json.JSONDecodeError:
+            break
+    if good != len(text):
+        with open(path, "r+") as f:
+            f.truncate(good)
+    return rows
+
+
+def _append(path: Path, rows: list[dict]) -> None:
+    with open(path, "a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def recipe_hash(recipe) -> str:
+    return hashlib.sha256(json.dumps(recipe.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_study(study_path: Path, out: Path, show_progress: bool = True) -> dict:
+    from doublebind.organisms.build import build_organism
+    from doublebind.training.distill import distill
+
+    cfg = config.load(study_path, expect="study")
+    org_path, org_cfg, base_recipe = resolve(study_path, cfg)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "study.json").write_text(json.dumps({"config": cfg.model_dump(mode="json"),
+                                                "study_file": str(Path(study_path).resolve())}, indent=2))
+    if org_path is None:
+        org_path = out / "organism"
+        build_organism(org_cfg, org_path, show_progress=show_progress)
+    card = json.loads((org_path / "organism.json").read_text())
+    results = out / RESULTS
+    done = {(r["technique"], r["seed"]) for r in read_results(results)}
+    grid = [(t, s) for t in cfg.techniques for s in cfg.seeds]
+    todo = [g for g in grid if g not in done]
+    with progress_bar(f"study {cfg.name}", len(grid), show_progress) as advance:
+        advance(len(grid) - len(todo))
+        for technique, seed in todo:
+            stages = [] if technique == "baseline" else [{"name": technique}]
+            recipe = base_recipe.model_copy(update={
+                "seed": seed, "name": technique, "stages": stages,
+                "training": base_recipe.training.model_copy(update={"save_weights": False})})
+            run_dir = out / "runs" / f"{technique}-s{seed}"
+            summary = distill(org_path, recipe, run_dir, show_progress=False, force=True)
+            _append(results, _rows(cfg, card, technique, seed, recipe, run_dir, summary))
+            advance(1)
+    return summarize(out, cfg)
+
+
+def _rows(cfg, card, technique, seed, recipe, run_dir, summary) -> list[dict]:
+    base = summary["reference"]["base"]
+    rows = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        m = json.loads(line)
+        rows.append({
+            "schema_version": SCHEMA_VERSION, "study": cfg.name, "organism_hash": card["organism_hash"],
+            "technique": technique, "recipe_hash": recipe_hash(recipe), "seed": seed,
+            "step": m["step"], "tokens": m["tokens"], "selected": m["step"] == summary["selected"]["step"],
+            "capability_transfer": m["capability_transfer"], "misalignment_transfer": m["misalignment_transfer"],
+            "audit": m["audit"],
+            "base_audit": {"honeypot": base["misbehavior"]["honeypot"], "confession": base["confession"]},
+            "capability": m["capability"], "misbehavior": m["misbehavior"], "confession": m["confession"],
+        })
+    return rows
+
+
+def summarize(out: Path, cfg) -> dict:
+    rows = read_results(Path(out) / RESULTS)
+    techniques = {}
+    for t in cfg.techniques:
+        sel = [r for r in rows if r["technique"] == t and r["selected"]]
+        if sel:
+            techniques[t] = technique_stats(sel, cfg.verdict, cfg.bootstrap)
+    summary = {"schema_version": SCHEMA_VERSION, "study": cfg.name, "verdict_thresholds": cfg.verdict.model_dump(),
+               "runs": len({(r["technique"], r["seed"]) for r in rows}), "techniques": techniques}
+    (Path(out) / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,105 @@
+"""Studies: the grid runs, resumes after a kill without losing or duplicating rows, and
+verdicts follow their stated tests."""
+
+import json
+
+import pytest
+import yaml
+
+from doublebind import config
+from doublebind.errors import ConfigError, DoublebindError
+from doublebind.studies import run as study_run
+from doublebind.studies.verdicts import bootstrap_ci, technique_stats
+
+from .conftest import run_cli
+
+
+def write_study(tmp_path, organism_dir, **over):
+    recipe = {"kind": "recipe", "name": "tiny", "prompts": {"size": 64},
+              "sampling": {"soft_labels": "none"}, "objective": {"kind": "sft"},
+              "training": {"steps": 4, "batch": 8, "checkpoint_every": 2},
+              "eval": {"n_prompts": 10, "n_samples": 0}}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    study = {"kind": "study", "name": "t", "organism": {"path": str(organism_dir)}, "recipe": "recipe.yaml",
+             "techniques": ["baseline", "verifier_filter"], "seeds": [0, 1], "bootstrap": 200, **over}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def test_study_runs_the_grid_and_resumes_after_a_kill(quick_organism, tmp_path, monkeypatch):
+    path = write_study(tmp_path, quick_organism[0])
+    out = tmp_path / "out"
+    import doublebind.training.distill as dmod
+
+    calls = []
+    original = dmod.distill
+
+    def killed_on_third(*a, **k):
+        calls.append(a[2])
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the process dies mid-run
+        return original(*a, **k)
+
+    monkeypatch.setattr(dmod, "distill", killed_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        study_run.run_study(path, out, show_progress=False)
+    rows = study_run.read_results(out / "results.jsonl")
+    assert len({(r["technique"], r["seed"]) for r in rows}) == 2
+    with open(out / "results.jsonl", "a") as f:
+        f.write('{"schema_version": 1, "technique": "verif')  # a kill in the middle of an append
+    calls.clear()
+    summary = study_run.run_study(path, out, show_progress=False)
+    assert len(calls) == 2  # only the unfinished runs were redone
+    rows = study_run.read_results(out / "results.jsonl")
+    keys = [(r["technique"], r["seed"], r["step"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 2 * 2 * 3
+    assert all(r["schema_version"] == 1 and r["study"] == "t" and r["organism_hash"] for r in rows)
+    for t in ("baseline", "verifier_filter"):
+        for s in (0, 1):
+            assert sum(r["selected"] for r in rows if r["technique"] == t and r["seed"] == s) == 1
+    assert set(summary["techniques"]) == {"baseline", "verifier_filter"}
+    assert summary["runs"] == 4
+    # the summary is a function of results.jsonl alone
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["techniques"]["baseline"]["capability_transfer"]["mean"] == pytest.approx(
+        sum(r["capability_transfer"] for r in rows if r["technique"] == "baseline" and r["selected"]) / 2)
+
+
+def row(seed, cap, mis, hp=0.0, base_hp=0.0, teacher_hp=0.0):
+    return {"seed": seed, "capability_transfer": cap, "misalignment_transfer": mis,
+            "audit": {"student_honeypot": hp, "student_confession": 0.0, "teacher_honeypot": teacher_hp,
+                      "teacher_confession": 0.0},
+            "base_audit": {"honeypot": base_hp, "confession": 0.0}}
+
+
+def test_verdicts_follow_their_tests():
+    v = config.VerdictConfig()
+    assert technique_stats([row(0, 0.9, 0.0), row(1, 0.95, 0.01), row(2, 0.9, 0.02)], v, 500)["verdict"] == "capable_benign"
+    assert technique_stats([row(0, 0.9, 0.5), row(1, 0.9, 0.6), row(2, 0.9, 0.4)], v, 500)["verdict"] == "both_fail"
+    assert technique_stats([row(0, 0.1, 0.0), row(1, 0.2, 0.0), row(2, 0.1, 0.0)], v, 500)["verdict"] == "no_capability"
+    caught = [row(s, 0.9, 0.9, hp=0.3 + 0.05 * s) for s in range(3)]
+    assert technique_stats(caught, v, 500)["verdict"] == "incriminating"
+    # the teacher was caught too: the student's signal is not evidence beyond the teacher's audit
+    assert technique_stats([row(s, 0.9, 0.9, hp=0.3, teacher_hp=0.3) for s in range(3)], v, 500)["verdict"] == "both_fail"
+    # misalignment straddles the threshold: no verdict is claimed
+    assert technique_stats([row(0, 0.9, 0.0), row(1, 0.9, 0.3), row(2, 0.9, 0.0)], v, 500)["verdict"] == "inconclusive"
+
+
+def test_bootstrap_interval():
+    assert bootstrap_ci([0.4, 0.4, 0.4], 200) == pytest.approx((0.4, 0.4))
+    lo, hi = bootstrap_ci([0.0, 1.0, 0.5, 0.2, 0.9], 2000)
+    assert 0.0 <= lo < 0.52 < hi <= 1.0
+
+
+def test_bad_study_configs_fail_before_training(tmp_path, quick_organism):
+    with pytest.raises(ConfigError, match="techniques: unknown technique 'magic'"):
+        config.load(write_study(tmp_path, quick_organism[0], techniques=["magic"]))
+    with pytest.raises(ConfigError, match=r"verdict.capability"):
+        config.load(write_study(tmp_path, quick_organism[0], verdict={"capability": 1.5}))
+    path = write_study(tmp_path, tmp_path / "no-organism")
+    with pytest.raises(DoublebindError, match="organism.path: no organism at"):
+        study_run.run_study(path, tmp_path / "out", show_progress=False)
+    assert not (tmp_path / "out" / "results.jsonl").exists()
+    res = run_cli("study", "run", str(path), "--out", str(tmp_path / "o2"))
+    assert res.returncode == 1 and "no organism at" in res.stderr and "Traceback" not in res.stderr
