@@ -231,6 +231,20 @@ def study_run(study: Path, out_dir: Path = typer.Option(..., "--out", help="Stud
     out(f"wrote {out_dir}/results.jsonl and summary.json ({summary['runs']} runs)")
 
 
+@app.command()
+@cli_errors
+def report(study_dir: Path):
+    """Write report.md and a self-contained report.html for a study folder."""
+    import sys
+
+    from doublebind.organisms.models import quiet_transformers
+    from doublebind.reports.study_report import write_report
+
+    quiet_transformers()
+    md, html = write_report(study_dir, command=" ".join(["doublebind", *sys.argv[1:]]))
+    out(f"wrote {md} and {html}")
+
+
 def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
