@@ -17,10 +17,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# The default study (every technique, default organism, 3 seeds) and its report.
+# Resumable: rerunning after an interruption finishes only the missing runs.
 demo: $(STAMP)
-	$(BIN)/doublebind organism build --preset default --out runs/demo/organism
-	$(BIN)/doublebind distill --organism runs/demo/organism --recipe configs/recipes/hard_sft.yaml \
-		--out runs/demo/hard_sft --force
+	$(BIN)/doublebind study run configs/studies/default.yaml --out runs/demo
+	$(BIN)/doublebind report runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
