@@ -141,7 +141,7 @@ def _units(items: list[Item], ocfg) -> float:
 # ---- the run --------------------------------------------------------------------------
 
 class Distiller:
-    """Holds one run's data, models and optimiser; `run()` trains and evaluates."""
+    """Holds one run's data, models and optimiser; `distill()` drives it step by step."""
 
     def __init__(self, organism_dir: Path, recipe, out: Path | None, show_progress: bool = True):
         from accelerate import Accelerator
