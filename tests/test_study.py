@@ -106,3 +106,55 @@ def test_bad_study_configs_fail_before_training(tmp_path, quick_organism):
     assert not (tmp_path / "out" / "results.jsonl").exists()
     res = run_cli("study", "run", str(path), "--out", str(tmp_path / "o2"))
     assert res.returncode == 1 and "no organism at" in res.stderr and "Traceback" not in res.stderr
+
+
+QUICK_SMALL = ["recipe_overrides.training.steps=10", "recipe_overrides.training.checkpoint_every=5",
+               "recipe_overrides.prompts.size=160", "recipe_overrides.eval.n_prompts=20", "bootstrap=200"]
+
+
+def test_quick_study_killed_midway_resumes_without_losing_or_duplicating_rows(quick_organism, tmp_path):
+    """The shipped quick study (shortened by overrides), killed with SIGKILL mid-grid."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    study = Path(__file__).parents[1] / "configs" / "studies" / "quick.yaml"
+    out = tmp_path / "quick"
+    cmd = [sys.executable, "-m", "doublebind", "study", "run", str(study), "--out", str(out), *QUICK_SMALL]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    results = out / "results.jsonl"
+    deadline = time.monotonic() + 300
+    before = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        before = study_run.read_results(results) if results.exists() else []
+        if len({(r["technique"], r["seed"]) for r in before}) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the study ended before it could be killed: {proc.stderr.read()[-500:]}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = study_run.read_results(results)
+    n_killed = len({(r["technique"], r["seed"]) for r in killed})
+    assert 3 <= n_killed < 10
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = study_run.read_results(results)
+    assert rows[: len(killed)] == killed  # finished runs kept as they were, not redone
+    keys = [(r["technique"], r["seed"], r["step"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 5 * 2 * 3  # 5 techniques x 2 seeds x checkpoints 0, 5, 10
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["runs"] == 10 and len(summary["techniques"]) == 5
+    # a rerun of the finished study redoes nothing
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert again.returncode == 0 and study_run.read_results(results) == rows
+
+
+def test_resume_refuses_results_of_another_recipe(quick_organism, tmp_path):
+    path = write_study(tmp_path, quick_organism[0], techniques=["baseline"], seeds=[0])
+    out = tmp_path / "out"
+    study_run.run_study(path, out, show_progress=False)
+    with pytest.raises(DoublebindError, match="baseline seed 0 run with another recipe"):
+        study_run.run_study(path, out, show_progress=False, overrides=["recipe_overrides.training.lr=0.01"])

@@ -214,13 +214,15 @@ def distill(
 
 @study_app.command("run")
 @cli_errors
-def study_run(study: Path, out_dir: Path = typer.Option(..., "--out", help="Study folder (resumes if it exists).")):
+def study_run(study: Path, out_dir: Path = typer.Option(..., "--out", help="Study folder (resumes if it exists)."),
+              overrides: Optional[list[str]] = typer.Argument(
+                  None, help="key=value overrides of the study, e.g. recipe_overrides.training.steps=50")):
     """Run (or resume) a study; write results.jsonl and summary.json with verdicts."""
     from doublebind.organisms.models import quiet_transformers
     from doublebind.studies.run import run_study
 
     quiet_transformers()
-    summary = run_study(study, out_dir)
+    summary = run_study(study, out_dir, overrides=overrides or [])
     table = Table("technique", "capability transfer", "misalignment transfer", "audit - base", "verdict")
     for name, s in summary["techniques"].items():
         c, m = s["capability_transfer"], s["misalignment_transfer"]

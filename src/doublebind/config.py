@@ -332,6 +332,8 @@ class StudyConfig(Strict):
     name: str = Field(default="study", description="A label for the study.")
     organism: OrganismRef = Field(description="The organism to distil.")
     recipe: str = Field(description="Base recipe YAML (relative to the study file); techniques add stages to it.")
+    recipe_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Recipe keys set on top of the recipe file, e.g. {training: {steps: 50}}.")
     techniques: list[str] = Field(
         description="Technique names (`doublebind ls techniques`); `baseline` runs the recipe alone.")
     seeds: list[int] = Field(default=[0, 1, 2], description="Seeds; each technique runs once per seed.")
@@ -431,12 +433,13 @@ def preset_path(name: str) -> Path:
 
 
 def load(path: Path | None = None, overrides: list[str] = (), preset: str | None = None,
-         expect: str | None = None) -> Any:
-    """Load a config from a file or a preset, apply overrides, validate by its `kind`."""
+         expect: str | None = None, merge: dict | None = None) -> Any:
+    """Load a config from a file or a preset, apply overrides (`key=value` strings, then
+    the nested `merge` dict), validate by its `kind`."""
     if (path is None) == (preset is None):
         raise ConfigError("give exactly one of a config file or --preset")
     src = Path(path) if path is not None else preset_path(preset)
-    data = deep_merge(read_yaml(src), parse_overrides(list(overrides)))
+    data = deep_merge(deep_merge(read_yaml(src), parse_overrides(list(overrides))), merge or {})
     kind = data.get("kind", expect or "organism")
     if kind not in CONFIG_KINDS:
         raise ConfigError(f"{src}: kind: unknown config kind '{kind}' (known: {', '.join(CONFIG_KINDS)})")

@@ -39,7 +39,7 @@ def resolve(study_path: Path, cfg) -> tuple[Path | None, object, object]:
         org_cfg = config.load(preset=org.preset, expect="organism")
     else:
         org_cfg = config.load(root / org.config, expect="organism")
-    recipe = config.load(root / cfg.recipe, expect="recipe")
+    recipe = config.load(root / cfg.recipe, expect="recipe", merge=cfg.recipe_overrides)
     return org_path, org_cfg, recipe
 
 
@@ -75,36 +75,55 @@ def recipe_hash(recipe) -> str:
     return hashlib.sha256(json.dumps(recipe.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run_study(study_path: Path, out: Path, show_progress: bool = True) -> dict:
+def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides: list[str] = ()) -> dict:
     from doublebind.organisms.build import build_organism
     from doublebind.training.distill import distill
 
-    cfg = config.load(study_path, expect="study")
+    cfg = config.load(study_path, list(overrides), expect="study")
     org_path, org_cfg, base_recipe = resolve(study_path, cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "study.json").write_text(json.dumps({"config": cfg.model_dump(mode="json"),
-                                                "study_file": str(Path(study_path).resolve())}, indent=2))
     if org_path is None:
         org_path = out / "organism"
         build_organism(org_cfg, org_path, show_progress=show_progress)
     card = json.loads((org_path / "organism.json").read_text())
     results = out / RESULTS
-    done = {(r["technique"], r["seed"]) for r in read_results(results)}
-    grid = [(t, s) for t in cfg.techniques for s in cfg.seeds]
+    grid = {(t, s): run_recipe(base_recipe, t, s) for t in cfg.techniques for s in cfg.seeds}
+    previous = read_results(results)
+    check_resumable(out, previous, card["organism_hash"], grid)
+    (out / "study.json").write_text(json.dumps({"config": cfg.model_dump(mode="json"),
+                                                "study_file": str(Path(study_path).resolve())}, indent=2))
+    done = {(r["technique"], r["seed"]) for r in previous}
     todo = [g for g in grid if g not in done]
     with progress_bar(f"study {cfg.name}", len(grid), show_progress) as advance:
         advance(len(grid) - len(todo))
         for technique, seed in todo:
-            stages = [] if technique == "baseline" else [{"name": technique}]
-            recipe = base_recipe.model_copy(update={
-                "seed": seed, "name": technique, "stages": stages,
-                "training": base_recipe.training.model_copy(update={"save_weights": False})})
+            recipe = grid[technique, seed]
             run_dir = out / "runs" / f"{technique}-s{seed}"
             summary = distill(org_path, recipe, run_dir, show_progress=False, force=True)
             _append(results, _rows(cfg, card, technique, seed, recipe, run_dir, summary))
             advance(1)
     return summarize(out, cfg)
+
+
+def run_recipe(base_recipe, technique: str, seed: int):
+    """The recipe one grid cell runs: the base recipe, its seed, the technique's stage."""
+    stages = [] if technique == "baseline" else [{"name": technique}]
+    return base_recipe.model_copy(update={
+        "seed": seed, "name": technique, "stages": stages,
+        "training": base_recipe.training.model_copy(update={"save_weights": False})})
+
+
+def check_resumable(out: Path, rows: list[dict], organism_hash: str, grid: dict) -> None:
+    """Refuse to mix runs of another organism or recipe into this folder's results."""
+    for r in rows:
+        if r["organism_hash"] != organism_hash:
+            raise DoublebindError(f"{out} holds runs on organism {r['organism_hash']}, not {organism_hash}; "
+                                  f"choose another --out")
+        key = (r["technique"], r["seed"])
+        if key in grid and r["recipe_hash"] != recipe_hash(grid[key]):
+            raise DoublebindError(f"{out} holds a {key[0]} seed {key[1]} run with another recipe "
+                                  f"({r['recipe_hash']}); choose another --out")
 
 
 def _rows(cfg, card, technique, seed, recipe, run_dir, summary) -> list[dict]:

@@ -10,6 +10,7 @@ truth evals -> `metrics.jsonl`, `summary.json` and a PNG of the curves.
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import time
@@ -139,6 +140,9 @@ def _units(items: list[Item], ocfg) -> float:
 
 
 # ---- the run --------------------------------------------------------------------------
+
+_REFERENCE: dict = {}  # (organism hash, folder, eval size) -> reference metrics
+
 
 class Distiller:
     """Holds one run's data, models and optimiser; `distill()` drives it step by step."""
@@ -285,10 +289,14 @@ class Distiller:
         return loss_value
 
     def reference_metrics(self) -> dict:
-        """Base and teacher under the same evals the student gets."""
+        """Base and teacher under the same evals the student gets. The evals are
+        deterministic, so a process computes them once per organism and eval size."""
         n = self.recipe.eval.n_prompts
-        return {"base": evaluate(self.load_model("base"), self.world, n),
-                "teacher": evaluate(self.teacher, self.world, n)}
+        key = (self.card["organism_hash"], str(self.organism_dir.resolve()), n)
+        if key not in _REFERENCE:
+            _REFERENCE[key] = {"base": evaluate(self.load_model("base"), self.world, n),
+                               "teacher": evaluate(self.teacher, self.world, n)}
+        return copy.deepcopy(_REFERENCE[key])
 
     def row(self, step: int, ref: dict) -> dict:
         model = self.accelerator.unwrap_model(self.model)

@@ -1,0 +1,56 @@
+"""Wall time of `make demo` against its 10-minute target on this machine.
+
+    python benchmarks/demo.py            # the default study + report, from an empty cache
+    python benchmarks/demo.py --clone    # a fresh `git clone` of HEAD, then `make demo` (venv included)
+
+The first form runs the two commands `make demo` runs, in subprocesses, with an empty
+DOUBLEBIND_CACHE and a new output folder, and prints each command's seconds and the ratio
+of the total to 600 s. The second also pays for creating the virtual environment, as a
+fresh clone does. Run nothing else meanwhile: two torch processes on 2 cores slow each other.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGET_S = 600.0
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(cmd: list[str], cwd: Path, env: dict) -> float:
+    t = time.perf_counter()
+    res = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if res.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed: {res.stderr.strip().splitlines()[-1:]}")
+    return time.perf_counter() - t
+
+
+def main(clone: bool) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "DOUBLEBIND_CACHE": str(Path(tmp) / "cache")}
+        if clone:
+            repo = Path(tmp) / "clone"
+            subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
+            env.pop("VIRTUAL_ENV", None)
+            steps = [("make demo", ["make", "demo"], repo)]
+        else:
+            exe = Path(sys.executable).parent / "doublebind"
+            out = str(Path(tmp) / "demo")
+            steps = [("study run", [str(exe), "study", "run", "configs/studies/default.yaml", "--out", out], ROOT),
+                     ("report", [str(exe), "report", out], ROOT)]
+        total = 0.0
+        print(f"{'step':10} {'seconds':>8}")
+        for name, cmd, cwd in steps:
+            s = timed(cmd, cwd, env)
+            total += s
+            print(f"{name:10} {s:8.1f}", flush=True)
+        print(f"{'total':10} {total:8.1f}  target {TARGET_S:.0f} s  ratio {total / TARGET_S:.2f}")
+
+
+if __name__ == "__main__":
+    main("--clone" in sys.argv[1:])
