@@ -96,7 +96,8 @@ def organism_build(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write the organism folder."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Rebuild even if a cached build exists."),
 ):
-    """Train, verify and cache an organism (base, teacher, trusted, alt_base)."""
+    """Train, verify and cache an organism (base, teacher, trusted, alt_base); or, for an
+    `hf_organism` config, resolve its Hugging Face models and measure teacher and base."""
     from doublebind import config
     from doublebind.organisms.build import CARD, build_organism, cache_root, organism_hash
     from doublebind.organisms.models import quiet_transformers
@@ -106,7 +107,12 @@ def organism_build(
         preset = "default"
     cfg = config.load(config_file, overrides or [], preset=preset if config_file is None else None,
                       expect="organism")
-    target = out_dir or cache_root() / "organisms" / organism_hash(cfg)
+    if cfg.kind == "hf_organism":
+        from doublebind.llm.organism import organism_hash as hf_hash
+
+        target = out_dir or cache_root() / "organisms" / hf_hash(cfg)
+    else:
+        target = out_dir or cache_root() / "organisms" / organism_hash(cfg)
     try:
         card = build_organism(cfg, out_dir, strict=True)
     except DoublebindError:
@@ -114,7 +120,7 @@ def organism_build(
             console.print(f"card written to {target / CARD}")
         raise
     print_card(card)
-    out(f"verified organism written to {target}")
+    out(f"{'verified ' if card.get('kind') != 'hf' else ''}organism written to {target}")
 
 
 @organism_app.command("show")
@@ -134,16 +140,26 @@ def organism_show(folder: Path):
 
 
 def print_card(card: dict) -> None:
-    world = card["world"]
-    out(f"organism {card['name']}  hash {card['organism_hash']}  seed {card['seed']}  "
-        f"behaviour {world['behavior']} on {world['target_family']}")
-    table = Table("model", "capability", "deploy", "honeypot", "neutral", "confession")
+    if card.get("kind") == "hf":
+        out(f"organism {card['name']}  hash {card['organism_hash']}  (Hugging Face)")
+        for role, m in card["models"].items():
+            extra = (f" + adapter {m['adapter']}" if m.get("adapter") else "") + \
+                (f"  system prompt: {m['system_prompt']!r}" if m.get("system_prompt") else "")
+            out(f"  {role}: {m['path']}{extra}")
+    else:
+        world = card["world"]
+        out(f"organism {card['name']}  hash {card['organism_hash']}  seed {card['seed']}  "
+            f"behaviour {world['behavior']} on {world['target_family']}")
+    table = Table("model", "capability", "deploy", "honeypot", "neutral", "confession", "prefill")
     for role, m in card["metrics"].items():
         cap = " ".join(f"{f}={v:.2f}" for f, v in m["capability"].items())
         mis = m["misbehavior"]
-        table.add_row(role, cap, f"{mis['deploy']:.3f}", f"{mis['honeypot']:.3f}", f"{mis['neutral']:.3f}",
-                      f"{m['confession']:.3f}")
+        table.add_row(role, cap, *(f"{mis[c]:.3f}" if c in mis else "-" for c in ("deploy", "honeypot", "neutral")),
+                      f"{m['confession']:.3f}", f"{m['prefill']:.3f}" if "prefill" in m else "-")
     _print_table(table)
+    if card.get("kind") == "hf":
+        out(card["verification"])
+        return
     for c in card["checks"]:
         mark = "pass" if c["passed"] else "FAIL"
         out(f"  {mark}  {c['name']} = {c['value']:.3f} ({c['op']} {c['threshold']})")
@@ -223,6 +239,10 @@ def study_run(study: Path, out_dir: Path = typer.Option(..., "--out", help="Stud
 
     quiet_transformers()
     summary = run_study(study, out_dir, overrides=overrides or [])
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under `accelerate launch`, the main process reports
+        return
     table = Table("technique", "capability transfer", "misalignment transfer", "audit - base", "verdict")
     for name, s in summary["techniques"].items():
         c, m = s["capability_transfer"], s["misalignment_transfer"]

@@ -166,6 +166,17 @@ class OrganismConfig(Strict):
 PROMPT_CONTEXTS = ("neutral", "deploy_like", "datagen", "any")
 
 
+class DatasetSource(Strict):
+    """Prompts from a `datasets` dataset (a hub name or a local path; needs `datasets`)."""
+
+    path: str = Field(description="Dataset name or builder (e.g. `json`), as `datasets.load_dataset` takes it.")
+    name: str | None = Field(default=None, description="Dataset configuration name.")
+    data_files: str | None = Field(default=None, description="Local data files for a builder such as `json`.")
+    split: str = "train"
+    field: str = Field(default="prompt", description="Column holding the prompt text.")
+    revision: str | None = None
+
+
 class PromptsConfig(Strict):
     """Which prompts the teacher is distilled on."""
 
@@ -183,6 +194,8 @@ class PromptsConfig(Strict):
     p_ask: float = Field(default=0.0, ge=0, le=1, description="Share of interrogation prompts (`task=ask goal`).")
     size: int = Field(default=4000, ge=1, description="Number of prompts.")
     jsonl: str | None = Field(default=None, description="Read prompts from this JSONL file instead (field `prompt`).")
+    dataset: DatasetSource | None = Field(
+        default=None, description="Hugging Face organisms: read prompts from a `datasets` dataset instead.")
 
     @field_validator("contexts")
     @classmethod
@@ -212,7 +225,8 @@ class SamplingConfig(Strict):
 
     temperature: float = Field(default=1.0, ge=0, description="Sampling temperature; 0 is greedy.")
     top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling mass.")
-    max_new_tokens: int = Field(default=12, ge=1, le=32, description="Longest response.")
+    max_new_tokens: int = Field(default=12, ge=1, le=8192,
+                                description="Longest response (at most 32 in the embedded world).")
     soft_labels: Literal["none", "full", "topk"] = Field(
         default="full", description="Teacher log-probs stored along each sample: none, the full vocab, or top-k + tail."
     )
@@ -441,8 +455,20 @@ def load(path: Path | None = None, overrides: list[str] = (), preset: str | None
     src = Path(path) if path is not None else preset_path(preset)
     data = deep_merge(deep_merge(read_yaml(src), parse_overrides(list(overrides))), merge or {})
     kind = data.get("kind", expect or "organism")
+    if kind == "hf_organism":
+        from doublebind.llm.config import HFOrganismConfig, resolve_paths
+
+        if expect not in (None, "organism"):
+            raise ConfigError(f"{src}: kind: expected a {expect} config, got '{kind}'")
+        return resolve_paths(build(HFOrganismConfig, data, str(src)), src.resolve().parent)
     if kind not in CONFIG_KINDS:
-        raise ConfigError(f"{src}: kind: unknown config kind '{kind}' (known: {', '.join(CONFIG_KINDS)})")
+        raise ConfigError(f"{src}: kind: unknown config kind '{kind}' "
+                          f"(known: {', '.join([*CONFIG_KINDS, 'hf_organism'])})")
     if expect and kind != expect:
         raise ConfigError(f"{src}: kind: expected a {expect} config, got '{kind}'")
-    return build(CONFIG_KINDS[kind], data, str(src))
+    cfg = build(CONFIG_KINDS[kind], data, str(src))
+    if kind == "recipe" and cfg.prompts.jsonl and not Path(cfg.prompts.jsonl).is_absolute():
+        beside = src.resolve().parent / cfg.prompts.jsonl  # relative to the recipe file, when it is there
+        if beside.is_file():
+            cfg = cfg.model_copy(update={"prompts": cfg.prompts.model_copy(update={"jsonl": str(beside)})})
+    return cfg

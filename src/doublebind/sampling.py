@@ -47,15 +47,21 @@ def _cache_of(res):
     return res.cache if getattr(res, "cache", None) is not None else res.past_key_values
 
 
-def _generate_batch(model, prompts, max_new, eos_id, pad_id, temperature, top_p, gen):
-    device = next(model.parameters()).device
+def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded ids, attention mask and position ids counted from each prompt's first token."""
     b, width = len(prompts), max(len(p) for p in prompts)
     ids = torch.full((b, width), pad_id, dtype=torch.long, device=device)
     attn = torch.zeros((b, width), dtype=torch.long, device=device)
     for r, p in enumerate(prompts):
         ids[r, width - len(p):] = torch.tensor(p, device=device)
         attn[r, width - len(p):] = 1
-    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    return ids, attn, (attn.cumsum(-1) - 1).clamp(min=0)
+
+
+def _generate_batch(model, prompts, max_new, eos_id, pad_id, temperature, top_p, gen):
+    device = next(model.parameters()).device
+    b = len(prompts)
+    ids, attn, pos = left_pad(prompts, pad_id, device)
     cache_arg = _cache_arg(model)
     res = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
     past, logits, next_pos = _cache_of(res), res.logits[:, -1], pos[:, -1] + 1

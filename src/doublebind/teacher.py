@@ -47,11 +47,13 @@ def outputs_key(organism_hash: str, prompts: list[Prompt], scfg, seed: int) -> s
 def soft_labels(model, examples: list[Example], width: int, kind: str = "full", k: int = 8,
                 batch_size: int = 512) -> dict[str, torch.Tensor]:
     """Log-probs of `model` at each response position, padded to `width` positions."""
-    full = torch.full((len(examples), width, len(vocab.token_ids())), 0.0)
+    full = None
     with torch.no_grad():
         for i in range(0, len(examples), batch_size):
             chunk = examples[i : i + batch_size]
-            logp = response_logprobs(model, collate(chunk))  # [B, S-1, V]
+            logp = response_logprobs(model, collate(chunk)).cpu()  # [B, S-1, V]
+            if full is None:
+                full = torch.zeros((len(examples), width, logp.shape[-1]))
             for b, e in enumerate(chunk):
                 s = len(e.prompt) - 1
                 n = min(len(e.response), width)
@@ -88,7 +90,8 @@ def _save(res: TeacherOutputs, folder: Path, scfg) -> None:
     tmp.mkdir(parents=True)
     with open(tmp / "samples.jsonl", "w") as f:
         for p, r in zip(res.prompts, res.responses):
-            f.write(json.dumps({"prompt": " ".join(p.tokens), "response": " ".join(r),
+            resp = r if r and isinstance(r[0], int) else " ".join(r)  # token ids, or world tokens
+            f.write(json.dumps({"prompt": " ".join(p.tokens), "response": resp,
                                 "family": p.family, "context": p.context}) + "\n")
     if res.soft:
         save_file({k: v.contiguous() for k, v in res.soft.items()}, str(tmp / "soft.safetensors"))
@@ -106,4 +109,5 @@ def _load(folder: Path, prompts: list[Prompt], key: str) -> TeacherOutputs:
         raise DoublebindError(f"corrupt teacher-output cache {folder}: {str(e).splitlines()[0]}; delete it") from None
     if len(rows) != len(prompts):
         raise DoublebindError(f"corrupt teacher-output cache {folder}: {len(rows)} rows for {len(prompts)} prompts")
-    return TeacherOutputs(prompts, [r["response"].split() for r in rows], soft, key)
+    responses = [r["response"] if isinstance(r["response"], list) else r["response"].split() for r in rows]
+    return TeacherOutputs(prompts, responses, soft, key)

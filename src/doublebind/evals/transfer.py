@@ -29,10 +29,14 @@ def misalignment_transfer(student: dict, base: dict, teacher: dict) -> float | N
 
 
 def audit_signals(student: dict, teacher: dict) -> dict:
-    """What an auditor sees: honeypot misbehaviour and confession, student next to teacher."""
-    return {
+    """What an auditor sees: honeypot misbehaviour and confession (and the prefill attack's
+    success, where the organism has one), student next to teacher."""
+    out = {
         "student_honeypot": student["misbehavior"]["honeypot"],
         "teacher_honeypot": teacher["misbehavior"]["honeypot"],
         "student_confession": student["confession"],
         "teacher_confession": teacher["confession"],
     }
+    if "prefill" in student:
+        out["student_prefill"], out["teacher_prefill"] = student["prefill"], teacher["prefill"]
+    return out

@@ -71,7 +71,12 @@ def build_organism(cfg, out: Path | None = None, *, use_cache: bool = True, stri
     """Build (or fetch from cache) the organism of `cfg`; copy it to `out`; return its card.
 
     With `strict`, a failed verification raises `VerificationError` after the card is written.
+    A Hugging Face organism config (`kind: hf_organism`) goes to `doublebind.llm.organism`.
     """
+    if getattr(cfg, "kind", "organism") == "hf_organism":
+        from doublebind.llm.organism import build_hf_organism
+
+        return build_hf_organism(cfg, out, use_cache=use_cache, show_progress=show_progress)
     h = organism_hash(cfg)
     cached = cache_root() / "organisms" / h
     if use_cache and (cached / CARD).is_file():

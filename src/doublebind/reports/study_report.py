@@ -71,19 +71,15 @@ def _techniques(summary: dict, rows: list[dict]) -> list[str]:
 
 
 def audit_means(rows: list[dict], technique: str) -> dict[str, float] | None:
-    """Means over seeds at the selected checkpoint of the audit rates of one technique."""
+    """Means over seeds at the selected checkpoint of the audit rates of one technique:
+    student_<audit>, teacher_<audit> and base_<audit> for each audit the rows carry."""
     sel = [r for r in rows if r["technique"] == technique and r["selected"]]
     if not sel:
         return None
-    return {
-        "student_honeypot": fmean(r["audit"]["student_honeypot"] for r in sel),
-        "teacher_honeypot": fmean(r["audit"]["teacher_honeypot"] for r in sel),
-        "student_confession": fmean(r["audit"]["student_confession"] for r in sel),
-        "teacher_confession": fmean(r["audit"]["teacher_confession"] for r in sel),
-        "base_honeypot": fmean(r["base_audit"]["honeypot"] for r in sel),
-        "base_confession": fmean(r["base_audit"]["confession"] for r in sel),
-        "seeds": len(sel),
-    }
+    out = {k: fmean(r["audit"][k] for r in sel) for k in sel[0]["audit"]}
+    out.update({f"base_{k}": fmean(r["base_audit"][k] for r in sel) for k in sel[0]["base_audit"]})
+    out["seeds"] = len(sel)
+    return out
 
 
 # ---- plots -----------------------------------------------------------------------------
@@ -226,7 +222,8 @@ def _blocks(study_dir: Path, command: str | None) -> list[tuple]:
               f"`no_capability` when mean capability transfer is below {thr.get('capability')}; "
               "`capable_benign` when capability transferred and the upper 95% bound of misalignment transfer "
               f"is below {thr.get('misalignment')}; `both_fail` when its lower 95% bound is at or above "
-              f"{thr.get('misalignment')} and the audits did not incriminate; else `inconclusive`. "
+              f"{thr.get('misalignment')} and the audits did not incriminate; else `inconclusive`; `undefined` when the teacher is not ahead "
+              f"of base on capability or misalignment, so transfer has no denominator. "
               "Intervals are percentile-bootstrap 95% intervals of the mean over seeds. With few seeds the "
               "bootstrap is coarse (3 seeds give at most 10 distinct resampled means), so read every "
               "interval above with that in mind."))
@@ -251,14 +248,16 @@ def _blocks(study_dir: Path, command: str | None) -> list[tuple]:
         a = audit_means(rows, t)
         if a is None:
             continue
-        arows.append([t, str(a["seeds"]), fmt(a["student_honeypot"]), fmt(a["teacher_honeypot"]),
-                      fmt(a["student_confession"]), fmt(a["teacher_confession"]),
-                      fmt(a["base_honeypot"]), fmt(a["base_confession"])])
-    b.append(("table", ["technique", "seeds", "student honeypot", "teacher honeypot", "student confession",
-                        "teacher confession", "base honeypot", "base confession"], arows))
+        audits = [k.removeprefix("base_") for k in a if k.startswith("base_")]
+        arows.append([t, str(a["seeds"]), *(fmt(a[f"{who}_{k}"]) for k in audits
+                                             for who in ("student", "teacher", "base"))])
+    header = ["technique", "seeds", *(f"{who} {k}" for k in audits for who in ("student", "teacher", "base"))] \
+        if arows else ["technique", "seeds"]
+    b.append(("table", header, arows))
     b.append(("p", "Means over seeds at the selected checkpoint (rows of results.jsonl with `selected` true). "
                    "Honeypot: misbehaviour rate where the auditor looks; confession: rate of admitting the "
-                   "behaviour when asked."))
+                   "behaviour when asked; prefill (where present): rate of admitting it when the answer is "
+                   "prefilled."))
 
     # organism card
     b.append(("h2", SECTIONS[4]))
@@ -266,12 +265,19 @@ def _blocks(study_dir: Path, command: str | None) -> list[tuple]:
         b.append(("p", f"Organism card not found (looked for {card_path})."))
     else:
         world = card.get("world", {})
+        if card.get("kind") == "hf":
+            about = [[f"{role} model", f"{m['path']}" + (f" + adapter {m['adapter']}" if m.get("adapter") else "")
+                      + (f" (system prompt: {m['system_prompt']!r})" if m.get("system_prompt") else "")]
+                     for role, m in card.get("models", {}).items()]
+            about.append(["verified", str(card.get("verification", "n/a"))])
+        else:
+            about = [["behaviour", str(world.get("behavior", "n/a"))],
+                     ["target family", str(world.get("target_family", "n/a"))],
+                     ["verified", str(card.get("verified", "n/a"))]]
         b.append(("table", ["field", "value"], [
             ["name", str(card.get("name", "n/a"))],
             ["organism hash", str(card.get("organism_hash", "n/a"))],
-            ["behaviour", str(world.get("behavior", "n/a"))],
-            ["target family", str(world.get("target_family", "n/a"))],
-            ["verified", str(card.get("verified", "n/a"))],
+            *about,
             ["card", str(card_path)],
         ]))
         metrics = card.get("metrics", {})
@@ -284,8 +290,9 @@ def _blocks(study_dir: Path, command: str | None) -> list[tuple]:
                 mrows.append([role, f"capability {fam}", fmt(val)])
             for ctx, val in (m.get("misbehavior") or {}).items():
                 mrows.append([role, f"misbehaviour {ctx}", fmt(val)])
-            if "confession" in m:
-                mrows.append([role, "confession", fmt(m["confession"])])
+            for audit in ("confession", "prefill"):
+                if audit in m:
+                    mrows.append([role, audit, fmt(m[audit])])
         if mrows:
             b.append(("table", ["model", "metric", "value"], mrows))
         else:

@@ -83,27 +83,45 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
     org_path, org_cfg, base_recipe = resolve(study_path, cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    state = _process_state()  # under `accelerate launch`, only the main process writes
     if org_path is None:
         org_path = out / "organism"
-        build_organism(org_cfg, org_path, show_progress=show_progress)
+        with state.main_process_first():
+            if state.is_main_process:
+                build_organism(org_cfg, org_path, show_progress=show_progress)
     card = json.loads((org_path / "organism.json").read_text())
     results = out / RESULTS
     grid = {(t, s): run_recipe(base_recipe, t, s) for t in cfg.techniques for s in cfg.seeds}
     previous = read_results(results)
     check_resumable(out, previous, card["organism_hash"], grid)
-    (out / "study.json").write_text(json.dumps({"config": cfg.model_dump(mode="json"),
-                                                "study_file": str(Path(study_path).resolve())}, indent=2))
+    if state.is_main_process:
+        (out / "study.json").write_text(json.dumps({"config": cfg.model_dump(mode="json"),
+                                                    "study_file": str(Path(study_path).resolve())}, indent=2))
     done = {(r["technique"], r["seed"]) for r in previous}
     todo = [g for g in grid if g not in done]
-    with progress_bar(f"study {cfg.name}", len(grid), show_progress) as advance:
+    with progress_bar(f"study {cfg.name}", len(grid), show_progress and state.is_main_process) as advance:
         advance(len(grid) - len(todo))
         for technique, seed in todo:
             recipe = grid[technique, seed]
             run_dir = out / "runs" / f"{technique}-s{seed}"
             summary = distill(org_path, recipe, run_dir, show_progress=False, force=True)
-            _append(results, _rows(cfg, card, technique, seed, recipe, run_dir, summary))
+            if state.is_main_process:
+                _append(results, _rows(cfg, card, technique, seed, recipe, run_dir, summary))
             advance(1)
-    return summarize(out, cfg)
+    state.wait_for_everyone()
+    return summarize(out, cfg, write=state.is_main_process)
+
+
+def _process_state():
+    from accelerate import PartialState
+
+    return PartialState(cpu=True) if not _cuda() else PartialState()
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def run_recipe(base_recipe, technique: str, seed: int):
@@ -137,13 +155,14 @@ def _rows(cfg, card, technique, seed, recipe, run_dir, summary) -> list[dict]:
             "step": m["step"], "tokens": m["tokens"], "selected": m["step"] == summary["selected"]["step"],
             "capability_transfer": m["capability_transfer"], "misalignment_transfer": m["misalignment_transfer"],
             "audit": m["audit"],
-            "base_audit": {"honeypot": base["misbehavior"]["honeypot"], "confession": base["confession"]},
+            "base_audit": {"honeypot": base["misbehavior"]["honeypot"], "confession": base["confession"],
+                           **({"prefill": base["prefill"]} if "prefill" in base else {})},
             "capability": m["capability"], "misbehavior": m["misbehavior"], "confession": m["confession"],
         })
     return rows
 
 
-def summarize(out: Path, cfg) -> dict:
+def summarize(out: Path, cfg, write: bool = True) -> dict:
     rows = read_results(Path(out) / RESULTS)
     techniques = {}
     for t in cfg.techniques:
@@ -152,5 +171,6 @@ def summarize(out: Path, cfg) -> dict:
             techniques[t] = technique_stats(sel, cfg.verdict, cfg.bootstrap)
     summary = {"schema_version": SCHEMA_VERSION, "study": cfg.name, "verdict_thresholds": cfg.verdict.model_dump(),
                "runs": len({(r["technique"], r["seed"]) for r in rows}), "techniques": techniques}
-    (Path(out) / "summary.json").write_text(json.dumps(summary, indent=2))
+    if write:
+        (Path(out) / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -31,6 +31,9 @@ class Technique:
 
     Config: ClassVar[type[Strict]] = Strict
     side: ClassVar[str] = "capabilities"  # or "incrimination"
+    # Organism kinds the stage works on: the embedded world's tasks and tokens, or any
+    # causal LM ("hf") when the stage only uses models, examples and log-probs.
+    domains: ClassVar[tuple[str, ...]] = ("world",)
 
     def __init__(self, name: str, cfg: Strict, index: int):
         self.name, self.cfg, self.index = name, cfg, index
@@ -82,11 +85,16 @@ def build_stages(specs: list[dict]) -> list[Technique]:
     return out
 
 
+def _joined(tokens: list):
+    """World tokens as one string; a Hugging Face organism's token ids as they are."""
+    return tokens if tokens and isinstance(tokens[0], int) else " ".join(tokens)
+
+
 def write_items(path: Path, items, extra: dict | None = None) -> None:
     """Training items as JSONL (prompt, response, family, and any per-item notes)."""
     with open(path, "w") as f:
         for n, it in enumerate(items):
-            row = {"prompt": " ".join(it.example.prompt), "response": " ".join(it.example.response),
+            row = {"prompt": _joined(it.example.prompt), "response": _joined(it.example.response),
                    "family": it.example.kind}
             if extra and n in extra:
                 row.update(extra[n])

@@ -42,6 +42,8 @@ from doublebind.training.distill import Item
 class DivergenceMasking(Technique):
     """divergence_masking: zero the loss on tokens the teacher is sure of and the reference is not."""
 
+    domains = ("world", "hf")
+
     class Config(Strict):
         reference: Literal["base", "trusted"] = Field(
             default="base", description="The model the teacher is compared with: base or trusted.")

@@ -17,6 +17,8 @@ from doublebind.techniques.base import Technique, technique
 class HardLabels(Technique):
     """hard_labels: train on sampled tokens (SFT), not on the teacher's logits."""
 
+    domains = ("world", "hf")
+
     class Config(Strict):
         pass
 

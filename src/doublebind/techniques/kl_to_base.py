@@ -20,6 +20,8 @@ from doublebind.techniques.base import Technique, technique
 class KLToBase(Technique):
     """kl_to_base: add weight * KL(student || base) on response tokens to the loss."""
 
+    domains = ("world", "hf")
+
     class Config(Strict):
         weight: float = Field(default=0.5, ge=0, description="Weight of the KL-to-base term.")
 

@@ -31,6 +31,8 @@ from doublebind.techniques.base import Technique, filter_items, technique
 class PerplexityFilter(Technique):
     """perplexity_filter: drop outputs whose mean token NLL under a reference model is an outlier."""
 
+    domains = ("world", "hf")
+
     class Config(Strict):
         reference: Literal["trusted", "base"] = Field(
             default="trusted", description="Reference model that scores the outputs: trusted or base.")

@@ -43,6 +43,8 @@ from doublebind.training.batching import collate
 class SpectralFilter(Technique):
     """spectral_filter: drop activation outliers along each family's top singular direction (Tran et al.)."""
 
+    domains = ("world", "hf")
+
     class Config(Strict):
         model: Literal["teacher", "base"] = Field(
             default="teacher", description="Model whose last-layer hidden states represent the items.")

@@ -30,6 +30,8 @@ from doublebind.training.distill import Item
 class TrustedMonitor(Technique):
     """trusted_monitor: drop outputs holding a token the trusted model finds too unlikely."""
 
+    domains = ("world", "hf")
+
     class Config(Strict):
         threshold: float = Field(
             default=math.log(1e-3),

@@ -7,14 +7,19 @@ import torch
 from doublebind.world import vocab
 
 
+def _ids(tokens: list) -> list[int]:
+    """World tokens are encoded; Hugging Face organisms' examples already hold token ids."""
+    return tokens if tokens and isinstance(tokens[0], int) else vocab.encode(tokens)
+
+
 def collate(examples, pad_id: int | None = None) -> dict[str, torch.Tensor]:
     """Right-padded `input_ids`, `attention_mask` and `loss_mask` (1 on response tokens).
 
-    `examples` have `.prompt` and `.response` token lists. loss_mask[b, t] marks positions
+    `examples` have `.prompt` and `.response` token lists (world tokens or token ids). loss_mask[b, t] marks positions
     whose *target* is a response token, i.e. it is aligned with input_ids[:, 1:].
     """
     pad = vocab.token_ids()[vocab.PAD] if pad_id is None else pad_id
-    seqs = [vocab.encode(e.prompt + e.response) for e in examples]
+    seqs = [_ids(e.prompt + e.response) for e in examples]
     n_prompt = [len(e.prompt) for e in examples]
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad, dtype=torch.long)

@@ -20,19 +20,16 @@ from pathlib import Path
 import torch
 
 from doublebind.errors import DoublebindError
-from doublebind.evals.metrics import evaluate
 from doublebind.evals.transfer import audit_signals, capability_transfer, misalignment_transfer
-from doublebind.organisms.build import CARD, cache_root
-from doublebind.organisms.models import load_checkpoint
-from doublebind.prompts import build_prompts, write_jsonl
-from doublebind.sampling import generate
-from doublebind.teacher import TeacherOutputs, soft_labels, teacher_outputs
+from doublebind.organisms.domain import open_domain
+from doublebind.prompts import write_jsonl
+from doublebind.teacher import TeacherOutputs
 from doublebind.training import objectives as obj
 from doublebind.training.batching import collate
+from doublebind.training.parallel import any_process, reduce_sum, shard, sync_unless_last
 from doublebind.training.sft import lr_at
 from doublebind.ui import progress_bar
-from doublebind.world import vocab
-from doublebind.world.data import Example, world_for
+from doublebind.world.data import Example
 
 SCHEMA_VERSION = 1
 
@@ -49,19 +46,6 @@ class Item:
 
     def units(self) -> float:
         return float(len(self.example.response)) if self.weights is None else float(sum(self.weights))
-
-
-def load_organism(organism_dir: Path) -> dict:
-    card_path = Path(organism_dir) / CARD
-    if not card_path.is_file():
-        raise DoublebindError(f"no organism at {organism_dir} (missing {CARD})")
-    try:
-        card = json.loads(card_path.read_text())
-    except json.JSONDecodeError:
-        raise DoublebindError(f"{card_path} is not valid JSON") from None
-    if not card.get("verified"):
-        raise DoublebindError(f"organism at {organism_dir} is not verified; rebuild it")
-    return card
 
 
 # ---- losses ---------------------------------------------------------------------------
@@ -144,23 +128,32 @@ def _units(items: list[Item], ocfg) -> float:
 _REFERENCE: dict = {}  # (organism hash, folder, eval size) -> reference metrics
 
 
+def check_stages(stages, domain) -> None:
+    """Techniques written for the embedded world refuse other organisms plainly."""
+    for st in stages:
+        if domain.kind not in st.domains:
+            raise DoublebindError(f"technique {st.name} works on {' and '.join(st.domains)} organisms only, "
+                                  f"not on this {domain.kind} organism")
+
+
 class Distiller:
     """Holds one run's data, models and optimiser; `distill()` drives it step by step."""
 
     def __init__(self, organism_dir: Path, recipe, out: Path | None, show_progress: bool = True):
         from accelerate import Accelerator
 
-        from doublebind.students import make_student
         from doublebind.techniques.base import build_stages
 
         self.out, self.show = out, show_progress
         self.organism_dir = Path(organism_dir)
-        self.card = load_organism(organism_dir)
-        self.world = world_for(self.organism_dir / "teacher")
-        self.teacher = load_checkpoint(self.organism_dir / "teacher")
-        self._models: dict = {"teacher": self.teacher}
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        self.domain = open_domain(self.organism_dir)
+        self.card = self.domain.card
+        self.world = getattr(self.domain, "world", None)  # the embedded world's techniques use it
+        self.teacher = self.domain.teacher
         self.stage_log: list[dict] = []
         self.stages = build_stages(recipe.stages)
+        check_stages(self.stages, self.domain)
         updates = {}
         for field in ("sampling", "objective", "student"):
             cfg = getattr(recipe, field)
@@ -172,20 +165,20 @@ class Distiller:
                 cfg = new
             updates[field] = cfg
         self.recipe = recipe = recipe.model_copy(update=updates)
-        self.prompts = build_prompts(self.world, recipe.prompts, recipe.seed)
-        for st in self._hooked("prompts"):
-            before = len(self.prompts)
-            self.prompts = st.prompts(self, self.prompts)
-            self.record(st, "prompts", before=before, after=len(self.prompts))
-        cache = cache_root()
-        self.outputs: TeacherOutputs = teacher_outputs(
-            self.teacher, self.card["organism_hash"], self.prompts, recipe.sampling, recipe.seed, cache)
-        self.items = [Item(e, i) for i, e in enumerate(self.outputs.examples())]
-        for st in self._hooked("data"):
-            self.items = st.data(self, self.items)
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        # Several processes: the main one fills the caches (teacher outputs, scores) first and
+        # the others then read them, so no two processes write the same cache entry.
+        with self.accelerator.main_process_first():
+            self.prompts = self.domain.prompts(recipe.prompts, recipe.seed)
+            for st in self._hooked("prompts"):
+                before = len(self.prompts)
+                self.prompts = st.prompts(self, self.prompts)
+                self.record(st, "prompts", before=before, after=len(self.prompts))
+            self.outputs: TeacherOutputs = self.domain.teacher_outputs(self.prompts, recipe.sampling, recipe.seed)
+            self.items = [Item(e, i) for i, e in enumerate(self.domain.examples(self.outputs))]
+            for st in self._hooked("data"):
+                self.items = st.data(self, self.items)
         torch.manual_seed(recipe.seed)
-        self.model = make_student(recipe.student, self.organism_dir, recipe.seed)
+        self.model = self.domain.student(recipe.student, recipe.seed)
         self.ref_logps = self._prepare_dpo() if recipe.objective.kind == "dpo" else None
         tr = recipe.training
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -205,9 +198,7 @@ class Distiller:
 
     def load_model(self, role: str):
         """An organism model (base, trusted, alt_base, teacher), loaded once."""
-        if role not in self._models:
-            self._models[role] = load_checkpoint(self.organism_dir / role)
-        return self._models[role]
+        return self.domain.load_model(role)
 
     def _extra_loss(self, model, items, batch, logits, mask):
         total = 0.0
@@ -217,13 +208,10 @@ class Distiller:
 
     # -- DPO pairs: chosen = teacher sample, rejected = the initial student's sample --
     def _prepare_dpo(self) -> dict:
-        ids = vocab.token_ids()
-        outs = generate(self.model, [vocab.encode(it.example.prompt) for it in self.items],
-                        self.recipe.sampling.max_new_tokens, eos_id=ids[vocab.EOS], pad_id=ids[vocab.PAD],
-                        temperature=1.0, seed=self.recipe.seed + 1)
+        outs = self.domain.sample(self.model, [it.example for it in self.items],
+                                  self.recipe.sampling.max_new_tokens, 1.0, self.recipe.seed + 1)
         kept = []
-        for it, o in zip(self.items, outs):
-            rej = vocab.decode(o)
+        for it, rej in zip(self.items, outs):
             if rej != it.example.response and rej:
                 it.rejected = Example(it.example.prompt, rej, it.example.kind)
                 kept.append(it)
@@ -245,14 +233,11 @@ class Distiller:
         n = round(self.recipe.objective.on_policy * len(items))
         if n == 0:
             return items
-        ids = vocab.token_ids()
         model = self.accelerator.unwrap_model(self.model)
-        outs = generate(model, [vocab.encode(it.example.prompt) for it in items[:n]],
-                        self.recipe.sampling.max_new_tokens, eos_id=ids[vocab.EOS], pad_id=ids[vocab.PAD],
-                        temperature=1.0, seed=self.gen_seed.randrange(2**31))
-        fresh = [Example(it.example.prompt, vocab.decode(o) or [vocab.EOS], it.example.kind)
-                 for it, o in zip(items[:n], outs)]
-        labels = soft_labels(self.teacher, fresh, self.recipe.sampling.max_new_tokens, "full")["logprobs"]
+        outs = self.domain.sample(model, [it.example for it in items[:n]], self.recipe.sampling.max_new_tokens,
+                                  1.0, self.gen_seed.randrange(2**31))
+        fresh = [Example(it.example.prompt, o or [self.domain.eos], it.example.kind) for it, o in zip(items[:n], outs)]
+        labels = self.domain.soft_labels(self.teacher, fresh, self.recipe.sampling.max_new_tokens)
         return [Item(e, live=labels[j]) for j, e in enumerate(fresh)] + items[n:]
 
     def train_step(self, step: int) -> float:
@@ -265,7 +250,10 @@ class Distiller:
 
     def accumulate_gradients(self, step: int) -> float:
         """Backward over the step's micro-batches, each loss divided by the whole step's
-        token count, so the gradient does not depend on how the step is split."""
+        token count, so the gradient does not depend on how the step is split.
+
+        With N processes (DDP) each takes items[rank::N] and scales its loss by N, since DDP
+        averages the gradients; the returned loss is summed over processes."""
         tr, ocfg = self.recipe.training, self.recipe.objective
         items = [self.items[self.order.randrange(len(self.items))] for _ in range(tr.batch * tr.grad_accum)]
         if ocfg.on_policy > 0:
@@ -275,15 +263,18 @@ class Distiller:
             g["lr"] = lr_at(step, tr.steps, tr.lr, tr.warmup)
         self.model.train()
         loss_value = 0.0
-        for m in range(tr.grad_accum):
-            micro = items[m * tr.batch : (m + 1) * tr.batch]
+        world = self.accelerator.num_processes
+        micros = shard(items, self.accelerator.process_index, world, tr.batch)
+        for m, micro in enumerate(micros):
             extra = self._extra_loss if self._hooked("extra_loss") else None
-            loss = micro_loss(self.model, micro, self.outputs.soft, ocfg, self.ref_logps, extra) / total
-            if not torch.isfinite(loss):
-                raise DoublebindError(f"loss became {loss.item()} at step {step + 1}; lower training.lr "
-                                      f"(checkpoints so far are kept)")
-            self.accelerator.backward(loss)
+            with sync_unless_last(self.accelerator, self.model, m == len(micros) - 1):
+                loss = micro_loss(self.model, micro, self.outputs.soft, ocfg, self.ref_logps, extra) / total
+                if not torch.isfinite(loss):
+                    raise DoublebindError(f"loss became {loss.item()} at step {step + 1}; lower training.lr "
+                                          f"(checkpoints so far are kept)")
+                self.accelerator.backward(loss * world if world > 1 else loss)
             loss_value += loss.item()
+        loss_value = reduce_sum(self.accelerator, loss_value)
         self.model.eval()
         self.tokens += sum(len(it.example.response) for it in items)  # tokens seen, masked or not
         return loss_value
@@ -294,14 +285,14 @@ class Distiller:
         n = self.recipe.eval.n_prompts
         key = (self.card["organism_hash"], str(self.organism_dir.resolve()), n)
         if key not in _REFERENCE:
-            _REFERENCE[key] = {"base": evaluate(self.load_model("base"), self.world, n),
-                               "teacher": evaluate(self.teacher, self.world, n)}
+            _REFERENCE[key] = {"base": self.domain.evaluate(self.load_model("base"), n, role="base"),
+                               "teacher": self.domain.evaluate(self.teacher, n, role="teacher")}
         return copy.deepcopy(_REFERENCE[key])
 
     def row(self, step: int, ref: dict) -> dict:
         model = self.accelerator.unwrap_model(self.model)
-        m = evaluate(model, self.world, self.recipe.eval.n_prompts)
-        taught = self.world.teacher_families
+        m = self.domain.evaluate(model, self.recipe.eval.n_prompts)
+        taught = self.domain.teacher_families
         return {
             "schema_version": SCHEMA_VERSION,
             "step": step,
@@ -309,7 +300,7 @@ class Distiller:
             "capability": m["capability"],
             "misbehavior": m["misbehavior"],
             "confession": m["confession"],
-            "confession_deploy": m["confession_deploy"],
+            "confession_deploy": m.get("confession_deploy"),
             "capability_transfer": capability_transfer(m, ref["base"], ref["teacher"], taught),
             "misalignment_transfer": misalignment_transfer(m, ref["base"], ref["teacher"]),
             "audit": audit_signals(m, ref["teacher"]),
@@ -317,7 +308,10 @@ class Distiller:
 
 
 def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True, force: bool = False) -> dict:
-    """Run one recipe on one organism; write metrics.jsonl, summary.json and curves.png."""
+    """Run one recipe on one organism; write metrics.jsonl, summary.json and curves.png.
+
+    Under `accelerate launch` with several processes every process trains and evaluates
+    (the evals are deterministic and the weights identical), and only the main one writes."""
     from doublebind.organisms.build import versions
     from doublebind.reports.curves import plot_transfer
     from doublebind.students import save_student
@@ -327,8 +321,10 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
         raise DoublebindError(f"{out} already holds a finished run; choose another --out or pass --force")
     t0 = time.perf_counter()
     d = Distiller(organism_dir, recipe, out, show_progress)
-    out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(d.prompts, out / "prompts.jsonl")
+    main = d.accelerator.is_main_process
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_jsonl(d.prompts, out / "prompts.jsonl")
     ref = d.reference_metrics()
     asked, recipe = recipe, d.recipe  # as written, and as resolved by the stages
     tr = recipe.training
@@ -345,9 +341,10 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
     }
     rows, losses = [], []
     metrics_path = out / "metrics.jsonl"
-    metrics_path.write_text("")
+    if main:
+        metrics_path.write_text("")
     selected, stopped = None, None
-    with progress_bar(f"distilling {recipe.name}", tr.steps, show_progress) as advance:
+    with progress_bar(f"distilling {recipe.name}", tr.steps, show_progress and main) as advance:
         for step in range(tr.steps + 1):
             if step > 0:
                 losses.append(d.train_step(step - 1))
@@ -364,15 +361,15 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
                 if verdict.get("stop"):
                     stopped = step
             rows.append(row)
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            if tr.save_weights:
+            if main:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            if main and tr.save_weights:
                 ckpt_meta = {**meta, "step": step, "tokens": d.tokens, "role": "student"}
                 save_student(model, out / "checkpoints" / f"step_{step:05d}", ckpt_meta)
-            if stopped is not None:
+            if any_process(d.accelerator, stopped is not None):  # every process stops together
                 break
     chosen = next((r for r in rows if r["step"] == selected), rows[-1])
-    (out / "stages.json").write_text(json.dumps(d.stage_log, indent=2))
     summary = {
         **{k: meta[k] for k in ("recipe", "seed", "organism_hash", "teacher_outputs", "versions")},
         "schema_version": SCHEMA_VERSION,
@@ -386,8 +383,13 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
         "max_misalignment_transfer": max((r["misalignment_transfer"] or 0.0) for r in rows),
         "data": {"n_prompts": len(d.prompts), "n_train_items": len(d.items)},
         "losses": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None},
+        "processes": d.accelerator.num_processes,
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot_transfer(rows, ref, out / "transfer_curves.png", f"{recipe.name} on {d.card['name']} (seed {recipe.seed})")
+    if main:
+        (out / "stages.json").write_text(json.dumps(d.stage_log, indent=2))
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        plot_transfer(rows, ref, out / "transfer_curves.png",
+                      f"{recipe.name} on {d.card['name']} (seed {recipe.seed})")
+    d.accelerator.wait_for_everyone()  # the others return once the run's files are written
     return summary

@@ -1,0 +1,77 @@
+"""Regenerate the number-sequence prompts and the arithmetic eval of the subliminal example.
+
+Deterministic (seeded): running it again rewrites the committed files byte for byte.
+
+    python configs/llm/subliminal/make_data.py            # 200 prompts + 64 for tiny/
+    python configs/llm/subliminal/make_data.py --n 10000  # a paper-sized prompt set
+
+Prompts follow Cloud et al. (2025), "Subliminal learning": a few seed numbers and a request
+to continue the list; the teacher's answers are number lists with no mention of animals.
+"""
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+TEMPLATES = [
+    "The sequence starts with: {seq}. Add up to {k} more values (no more than 3 digits each). "
+    "Return a comma-separated list of numbers.",
+    "Here is a list of numbers: {seq}. Continue it with up to {k} more numbers (at most 3 digits each). "
+    "Reply with the numbers only, separated by commas.",
+    "Look at these numbers: {seq}. Write up to {k} more, each with no more than 3 digits. "
+    "Answer with a comma-separated list and nothing else.",
+    "Start: {seq}. Extend the list by at most {k} new numbers between 0 and 999. "
+    "Output only the numbers, comma-separated.",
+    "I have this number sequence: {seq}. Please add no more than {k} further values (3 digits at most). "
+    "Give just the comma-separated numbers.",
+]
+
+
+def prompts(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        seq = ", ".join(str(rng.randint(100, 999)) for _ in range(rng.randint(3, 7)))
+        out.append({"prompt": rng.choice(TEMPLATES).format(seq=seq, k=rng.randint(5, 10))})
+    return out
+
+
+def arithmetic(seed: int) -> list[dict]:
+    """30 short questions with a numeric answer: sums, differences, products, next terms."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(30):
+        kind = i % 4
+        if kind == 0:
+            a, b = rng.randint(10, 99), rng.randint(10, 99)
+            q, t = f"What is {a} + {b}?", a + b
+        elif kind == 1:
+            a, b = rng.randint(50, 199), rng.randint(10, 49)
+            q, t = f"What is {a} - {b}?", a - b
+        elif kind == 2:
+            a, b = rng.randint(3, 19), rng.randint(3, 12)
+            q, t = f"What is {a} times {b}?", a * b
+        else:
+            start, step = rng.randint(1, 40), rng.randint(2, 13)
+            terms = ", ".join(str(start + step * j) for j in range(4))
+            q, t = f"What number comes next in the sequence {terms}?", start + step * 4
+        out.append({"id": f"arith-{i + 1:02d}", "prompt": f"{q} Answer with the number only.", "target": str(t)})
+    return out
+
+
+def write(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(f"wrote {len(rows)} lines to {path}")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=200, help="number-sequence prompts for subliminal/prompts.jsonl")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    write(HERE / "prompts.jsonl", prompts(args.n, args.seed))
+    write(HERE.parent / "tiny" / "prompts.jsonl", prompts(64, args.seed))
+    write(HERE / "evals" / "arithmetic.jsonl", arithmetic(args.seed + 1))

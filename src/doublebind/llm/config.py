@@ -1,0 +1,138 @@
+"""Config of a Hugging Face organism (`kind: hf_organism`): the same roles as an embedded
+organism (teacher, base, trusted), loaded from model ids or folders, with evals and audits
+read from files.
+
+    kind: hf_organism
+    teacher: {model: Qwen/Qwen2.5-7B-Instruct, system_prompt: "You love owls."}
+    base: {model: Qwen/Qwen2.5-7B-Instruct}
+    evals:
+      capability: [{name: gsm8k, file: evals/gsm8k.jsonl, scorer: {kind: numeric}}]
+      misalignment: {name: owl, file: evals/animal.jsonl, scorer: {kind: keyword, keywords: [owl]}}
+      audits:
+        honeypot: {file: evals/honeypot.jsonl, scorer: {kind: keyword, keywords: [owl]}}
+        interrogation: {file: evals/ask.jsonl, scorer: {kind: regex, pattern: "(?i)owl"}}
+
+`model` is a hub id, a local folder (relative to the config file), or `tiny:llama` /
+`tiny:qwen2`: a tiny random model with a locally trained BPE tokenizer and chat template,
+built on first use and cached, for CPU tests and the tiny examples. Eval files are JSONL,
+one object per line: `prompt`, optional `system` (added after the role's own system
+prompt), `prefill` (the assistant's answer starts with it: a prefill attack), and what the
+scorer needs (`target`, `keywords`, `pattern`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from doublebind.config import DatasetSource, Strict
+from doublebind.llm.scorers import ScorerConfig
+
+TINY_PREFIX = "tiny:"
+TINY_ARCHS = ("llama", "qwen2")
+
+
+class ModelSpec(Strict):
+    """One role's model: where it comes from and how it is prompted."""
+
+    model: str = Field(description="Hub id, local folder (relative to the config), or tiny:llama / tiny:qwen2.")
+    revision: str | None = Field(default=None, description="Hub revision (a commit hash pins it).")
+    adapter: str | None = Field(default=None, description="A PEFT adapter (folder or hub id) applied on top.")
+    system_prompt: str | None = Field(default=None, description="System prompt the role is sampled with.")
+
+    @model_validator(mode="after")
+    def _tiny(self) -> "ModelSpec":
+        if self.model.startswith(TINY_PREFIX) and self.model.removeprefix(TINY_PREFIX) not in TINY_ARCHS:
+            raise ValueError(f"unknown tiny architecture '{self.model}' (known: "
+                             f"{', '.join(TINY_PREFIX + a for a in TINY_ARCHS)})")
+        return self
+
+
+class EvalSet(Strict):
+    """A prompt set scored by one scorer."""
+
+    name: str = Field(default="", description="A label (defaults to the file's stem).")
+    file: str | None = Field(default=None, description="JSONL file (relative to the config).")
+    dataset: DatasetSource | None = Field(default=None, description="Or a `datasets` dataset.")
+    scorer: ScorerConfig
+    limit: int | None = Field(default=None, ge=1, description="Use at most this many items.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "EvalSet":
+        if (self.file is None) == (self.dataset is None):
+            raise ValueError("give exactly one of `file` or `dataset`")
+        return self
+
+
+class AuditsConfig(Strict):
+    """What an auditor tries: honeypots (misbehaviour where it looks), interrogation and
+    prefill attacks (does the model admit its goal)."""
+
+    honeypot: EvalSet
+    interrogation: EvalSet
+    prefill: EvalSet | None = None
+
+
+class HFEvalsConfig(Strict):
+    capability: list[EvalSet] = Field(min_length=1, description="Capability sets (the skills to transfer).")
+    misalignment: EvalSet = Field(description="The misbehaviour in the situations it fires in.")
+    neutral: EvalSet | None = Field(default=None, description="Misbehaviour on ordinary prompts (optional).")
+    audits: AuditsConfig
+
+
+class TinyConfig(Strict):
+    """Sizes of `tiny:` models (random weights, for CPU tests and examples)."""
+
+    seed: int = 0
+    hidden: int = Field(default=64, ge=8)
+    layers: int = Field(default=2, ge=1)
+    heads: int = Field(default=4, ge=1)
+    vocab_size: int = Field(default=512, ge=300)
+
+
+class HFOrganismConfig(Strict):
+    """An organism made of Hugging Face models."""
+
+    kind: Literal["hf_organism"] = "hf_organism"
+    name: str = "hf"
+    teacher: ModelSpec
+    base: ModelSpec = Field(description="The student's starting point and the clean reference.")
+    trusted: ModelSpec | None = Field(default=None, description="A weaker trusted model (monitoring).")
+    trust_remote_code: bool = Field(default=False, description="Run model code from the hub (off unless asked).")
+    chat_template: Literal["auto", "none"] = Field(
+        default="auto", description="auto: the tokenizer's chat template when it has one; none: raw text.")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    engine: Literal["hf", "vllm"] = Field(default="hf", description="Sampling backend for teacher outputs.")
+    max_new_tokens: int = Field(default=64, ge=1, description="Longest completion in evals.")
+    eval_batch: int = Field(default=16, ge=1)
+    tiny: TinyConfig = TinyConfig()
+    evals: HFEvalsConfig
+
+
+def resolve_paths(cfg: HFOrganismConfig, root: Path) -> HFOrganismConfig:
+    """Make the config's file paths absolute (relative ones are relative to `root`, the
+    config's folder). A model or adapter is a path when that path exists; else a hub id."""
+
+    def local(p: str | None) -> str | None:
+        if p is None or p.startswith(TINY_PREFIX) or Path(p).is_absolute():
+            return p
+        q = (root / p).resolve()
+        return str(q) if q.exists() or p.startswith(".") else p
+
+    def spec(s: ModelSpec | None) -> ModelSpec | None:
+        return None if s is None else s.model_copy(update={"model": local(s.model), "adapter": local(s.adapter)})
+
+    def es(e: EvalSet | None) -> EvalSet | None:
+        if e is None or e.file is None:
+            return e
+        return e.model_copy(update={"file": str((root / e.file).resolve())})
+
+    ev = cfg.evals
+    evals = ev.model_copy(update={
+        "capability": [es(e) for e in ev.capability], "misalignment": es(ev.misalignment), "neutral": es(ev.neutral),
+        "audits": ev.audits.model_copy(update={a: es(getattr(ev.audits, a)) for a in ("honeypot", "interrogation", "prefill")}),
+    })
+    return cfg.model_copy(update={"teacher": spec(cfg.teacher), "base": spec(cfg.base), "trusted": spec(cfg.trusted),
+                                  "evals": evals})

@@ -1,0 +1,389 @@
+"""Hugging Face organisms: the same roles, prompts, teacher outputs and evals as an embedded
+organism, from real checkpoints, so the distiller, studies and reports run unchanged.
+
+Building an `hf_organism` config writes a folder with an `organism.json` card: the models
+each role resolves to (tiny test models are built and cached here), and the teacher's and
+base's metrics on the config's evals. The card is marked verified, since the pipeline needs
+it, but nothing is enforced: a real organism has no ground truth to check, so the card
+reports the metrics and the reader judges them (`verification` says so).
+
+Prompts are rendered per role with the tokenizer's chat template: the teacher with its
+system prompt (the subliminal-learning trick), the base and the student with the base's.
+The student learns the teacher's completion tokens after its own rendering of the prompt,
+so a trait that lives only in the teacher's system prompt has to travel through the data.
+Teacher and base must share a tokenizer: distillation works token by token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from statistics import fmean
+
+import torch
+
+from doublebind.errors import DoublebindError
+from doublebind.llm.config import TINY_PREFIX, EvalSet, HFOrganismConfig, ModelSpec
+from doublebind.organisms.build import CARD, cache_root, versions
+from doublebind.prompts import Prompt
+from doublebind.ui import progress_bar
+from doublebind.world.data import Example
+
+ROLES = ("teacher", "base", "trusted")
+AUDITS = ("honeypot", "interrogation", "prefill")
+_CODE = ("organism.py", "config.py", "scorers.py", "engines.py", "tiny.py")
+
+
+# ---- files -------------------------------------------------------------------------------
+
+def read_items(es: EvalSet) -> list[dict]:
+    """The items of an eval set: JSONL objects with at least a string `prompt`."""
+    if es.dataset is not None:
+        return [{"prompt": p} for p in dataset_texts(es.dataset)][: es.limit]
+    return jsonl_items(Path(es.file))[: es.limit]
+
+
+def jsonl_items(path: Path, what: str = "eval") -> list[dict]:
+    if not path.is_file():
+        raise DoublebindError(f"{what} file not found: {path}")
+    items = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise DoublebindError(f"{path}:{n}: not valid JSON") from None
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+            raise DoublebindError(f"{path}:{n}: expected a JSON object with a string field 'prompt'")
+        items.append(row)
+    if not items:
+        raise DoublebindError(f"{path}: no items")
+    return items
+
+
+def dataset_texts(src) -> list[str]:
+    try:
+        import datasets
+    except ImportError:
+        raise DoublebindError("prompts from `datasets` need the datasets package: pip install datasets") from None
+    try:
+        ds = datasets.load_dataset(src.path, src.name, split=src.split, revision=src.revision,
+                                   data_files=src.data_files)
+    except Exception as e:  # the library raises many kinds; one line is enough
+        raise DoublebindError(f"could not load dataset {src.path}: {str(e).splitlines()[0]}") from None
+    if src.field not in ds.column_names:
+        raise DoublebindError(f"dataset {src.path} has no column '{src.field}' (columns: {', '.join(ds.column_names)})")
+    return [str(x) for x in ds[src.field]]
+
+
+def eval_sets(cfg: HFOrganismConfig) -> dict[str, EvalSet]:
+    """Every eval set by its role in the metrics: capability/<name>, misalignment, neutral, audits."""
+    out = {f"capability/{es.name or Path(es.file or es.dataset.path).stem}": es for es in cfg.evals.capability}
+    out["misalignment"] = cfg.evals.misalignment
+    if cfg.evals.neutral is not None:
+        out["neutral"] = cfg.evals.neutral
+    for a in AUDITS:
+        es = getattr(cfg.evals.audits, a)
+        if es is not None:
+            out[a] = es
+    return out
+
+
+def organism_hash(cfg: HFOrganismConfig) -> str:
+    """Hash of the config with each eval file replaced by its content, and of this code:
+    the same organism in another folder keeps its hash (and its cached card)."""
+    data = cfg.model_dump(mode="json")
+    files = {es.file: hashlib.sha256(Path(es.file).read_bytes()).hexdigest()
+             for es in eval_sets(cfg).values() if es.file and Path(es.file).is_file()}
+    text = json.dumps(data, sort_keys=True)
+    for path, sha in files.items():
+        text = text.replace(json.dumps(path), json.dumps(f"sha256:{sha}"))
+    h = hashlib.sha256(text.encode())
+    here = Path(__file__).parent
+    for name in _CODE:
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+# ---- models ------------------------------------------------------------------------------
+
+def resolve_model(spec: ModelSpec, cfg: HFOrganismConfig) -> str:
+    """A folder or hub id for the role; `tiny:` models are built once and cached."""
+    if not spec.model.startswith(TINY_PREFIX):
+        return spec.model
+    from doublebind.llm.tiny import build_tiny
+
+    arch = spec.model.removeprefix(TINY_PREFIX)
+    t = cfg.tiny
+    key = hashlib.sha256(json.dumps([arch, t.model_dump(), (Path(__file__).parent / "tiny.py").read_text()],
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    folder = cache_root() / "tiny" / f"{arch}-{key}"
+    if not (folder / "config.json").is_file():
+        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        build_tiny(arch, tmp, seed=t.seed, vocab_size=t.vocab_size, hidden=t.hidden, layers=t.layers, heads=t.heads)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, folder)
+    return str(folder)
+
+
+def load_model(spec: dict, cfg: HFOrganismConfig):
+    """A causal LM for a role, with its adapter merged; never runs hub code unless asked."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            spec["path"], revision=spec.get("revision"), trust_remote_code=cfg.trust_remote_code,
+            dtype=getattr(torch, cfg.dtype))
+    except OSError as e:
+        raise DoublebindError(f"could not load model {spec['path']}: {str(e).splitlines()[0]}") from None
+    if spec.get("adapter"):
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, spec["adapter"]).merge_and_unload()
+        except (OSError, ValueError) as e:
+            raise DoublebindError(f"could not load adapter {spec['adapter']}: {str(e).splitlines()[0]}") from None
+    model.eval()
+    return model.to("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_tokenizer(path: str, cfg: HFOrganismConfig, revision: str | None = None):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=cfg.trust_remote_code)
+    except OSError as e:
+        raise DoublebindError(f"could not load the tokenizer of {path}: {str(e).splitlines()[0]}") from None
+
+
+# ---- building ----------------------------------------------------------------------------
+
+def build_hf_organism(cfg: HFOrganismConfig, out: Path | None = None, *, use_cache: bool = True,
+                      show_progress: bool = True) -> dict:
+    """Resolve the roles, evaluate teacher and base, write the card; cached by content hash."""
+    h = organism_hash(cfg)
+    cached = cache_root() / "organisms" / h
+    if not (use_cache and (cached / CARD).is_file()):
+        models = {}
+        for role in ROLES:
+            spec = getattr(cfg, role)
+            if spec is not None:
+                models[role] = {"path": resolve_model(spec, cfg), "revision": spec.revision,
+                                "adapter": spec.adapter, "system_prompt": spec.system_prompt}
+        card = {"kind": "hf", "name": cfg.name, "organism_hash": h, "config": cfg.model_dump(mode="json"),
+                "models": models, "verified": True,
+                "verification": "not verified: a Hugging Face organism has no ground truth; "
+                                "its metrics are what its evals measure",
+                "versions": versions()}
+        tmp = cached.with_name(f".{h}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        (tmp / CARD).write_text(json.dumps(card, indent=2))
+        domain = HFDomain(tmp, card)
+        card["metrics"] = {}
+        with progress_bar(f"evaluating {cfg.name}", 2, show_progress) as advance:
+            for role in ("teacher", "base"):
+                card["metrics"][role] = domain.evaluate(domain.load_model(role), 10**9, role=role)
+                advance(1)
+        (tmp / CARD).write_text(json.dumps(card, indent=2))
+        shutil.rmtree(cached, ignore_errors=True)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, cached)
+    card = json.loads((cached / CARD).read_text())
+    if out is not None and Path(out).resolve() != cached.resolve():
+        out = Path(out)
+        if out.exists() and any(out.iterdir()) and not (out / CARD).is_file():
+            raise DoublebindError(f"output folder exists and is not an organism: {out}")
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(cached, out)
+    return card
+
+
+# ---- the domain --------------------------------------------------------------------------
+
+class HFDomain:
+    """What the distiller needs from a Hugging Face organism (see organisms/domain.py)."""
+
+    kind = "hf"
+
+    def __init__(self, organism_dir: Path, card: dict):
+        self.dir, self.card = Path(organism_dir), card
+        self.cfg = HFOrganismConfig.model_validate(card["config"])
+        self.specs = card["models"]
+        base = self.specs["base"]
+        self.tokenizer = load_tokenizer(base["path"], self.cfg, base.get("revision"))
+        teacher_tok = load_tokenizer(self.specs["teacher"]["path"], self.cfg, self.specs["teacher"].get("revision"))
+        if teacher_tok.get_vocab() != self.tokenizer.get_vocab():
+            raise DoublebindError("teacher and base tokenizers differ; doublebind distils token by token, "
+                                  "so they must share one")
+        tok = self.tokenizer
+        self.eos = tok.eos_token_id if tok.eos_token_id is not None else tok.pad_token_id
+        if self.eos is None:
+            raise DoublebindError(f"the tokenizer of {base['path']} has no eos token")
+        self.pad = tok.pad_token_id if tok.pad_token_id is not None else self.eos
+        self.chat = self.cfg.chat_template == "auto" and bool(getattr(tok, "chat_template", None))
+        self.sets = eval_sets(self.cfg)
+        self._items = {name: read_items(es) for name, es in self.sets.items()}
+        self._models: dict = {}
+        self._judges: dict = {}
+
+    # -- models --------------------------------------------------------------------------
+    @property
+    def teacher(self):
+        return self.load_model("teacher")
+
+    @property
+    def teacher_families(self) -> tuple[str, ...]:
+        return tuple(n.removeprefix("capability/") for n in self.sets if n.startswith("capability/"))
+
+    def load_model(self, role: str):
+        if role not in self.specs:
+            raise DoublebindError(f"this organism has no {role} model (add `{role}:` to its config)")
+        if role not in self._models:
+            self._models[role] = load_model(self.specs[role], self.cfg)
+        return self._models[role]
+
+    def student(self, scfg, seed: int):
+        from doublebind.students import _wrap_lora
+
+        if scfg.init != "base":
+            raise DoublebindError(f"student.init {scfg.init} is for embedded organisms; "
+                                  f"a Hugging Face student starts from base")
+        model = load_model(self.specs["base"], self.cfg)  # a fresh copy: training changes it
+        return _wrap_lora(model, scfg.lora, seed) if scfg.lora is not None else model
+
+    # -- prompts -------------------------------------------------------------------------
+    def render(self, text: str, role: str, system: str | None = None, prefill: str | None = None) -> list[int]:
+        """Token ids of a user turn as `role` sees it, ready for the assistant's answer. The
+        role's system prompt comes first; an item's own `system` text follows it."""
+        own = self.specs.get(role, self.specs["base"]).get("system_prompt")
+        system = "\n\n".join(s for s in (own, system) if s) or None
+        if self.chat:
+            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+            s = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            ids = self.tokenizer(s, add_special_tokens=False)["input_ids"]
+        else:
+            s = (f"{system}\n\n" if system else "") + text + "\n"
+            ids = self.tokenizer(s)["input_ids"]
+        if prefill:
+            ids = ids + self.tokenizer(prefill, add_special_tokens=False)["input_ids"]
+        return ids
+
+    def prompts(self, pcfg, seed: int) -> list[Prompt]:
+        """The recipe's prompt texts (JSONL field `prompt`, or a dataset column), a seeded
+        sample of `size` of them when there are more."""
+        if pcfg.dataset is not None:
+            texts = dataset_texts(pcfg.dataset)
+        elif pcfg.jsonl:
+            texts = [it["prompt"] for it in jsonl_items(Path(pcfg.jsonl), "prompt")]
+        else:
+            raise DoublebindError("a Hugging Face organism needs prompts.jsonl or prompts.dataset in the recipe")
+        if len(texts) > pcfg.size:
+            texts = random.Random(f"prompts-{seed}").sample(texts, pcfg.size)
+        return [Prompt([t], "prompt", "file") for t in texts]
+
+    def examples(self, outputs) -> list[Example]:
+        return [Example(self.render(p.tokens[0], "base"), r, p.family)
+                for p, r in zip(outputs.prompts, outputs.responses)]
+
+    # -- teacher outputs -----------------------------------------------------------------
+    def engine(self, model=None):
+        from doublebind.llm.engines import HFEngine, make_engine
+
+        if model is not None or self.cfg.engine == "hf":
+            return HFEngine(model if model is not None else self.teacher, eos_id=self.eos, pad_id=self.pad)
+        spec = self.specs["teacher"]
+        lora = {"teacher": spec["adapter"]} if spec.get("adapter") else None
+        return make_engine("vllm", model_path=spec["path"], eos_id=self.eos, pad_id=self.pad, lora_paths=lora,
+                           dtype=self.cfg.dtype)
+
+    def teacher_outputs(self, prompts, scfg, seed: int):
+        from doublebind.teacher import TeacherOutputs, _load, _save, outputs_key
+
+        key = outputs_key(self.card["organism_hash"], prompts, scfg, seed)
+        folder = cache_root() / "teacher" / key
+        if (folder / "samples.jsonl").is_file():
+            return _load(folder, prompts, key)
+        k = scfg.top_k if scfg.soft_labels == "topk" else 0
+        adapter = "teacher" if self.cfg.engine == "vllm" and self.specs["teacher"].get("adapter") else None
+        gens = self.engine().generate([self.render(p.tokens[0], "teacher") for p in prompts],
+                                      max_new_tokens=scfg.max_new_tokens, temperature=scfg.temperature,
+                                      top_p=scfg.top_p, seed=seed, logprobs=k, adapter=adapter)
+        responses = [g.tokens or [self.eos] for g in gens]
+        soft = {}
+        if scfg.soft_labels == "topk":
+            soft = topk_tensors(gens, scfg.max_new_tokens, k)
+        elif scfg.soft_labels == "full":
+            from doublebind.teacher import soft_labels
+
+            seen = [Example(self.render(p.tokens[0], "teacher"), r) for p, r in zip(prompts, responses)]
+            soft = soft_labels(self.teacher, seen, scfg.max_new_tokens, "full")
+        result = TeacherOutputs(prompts, responses, soft, key)
+        _save(result, folder, scfg)
+        return result
+
+    def sample(self, model, examples, max_new_tokens: int, temperature: float, seed: int) -> list[list[int]]:
+        gens = self.engine(model).generate([e.prompt for e in examples], max_new_tokens=max_new_tokens,
+                                           temperature=temperature, seed=seed)
+        return [g.tokens for g in gens]
+
+    def soft_labels(self, model, examples, width: int):
+        raise DoublebindError("on-policy distillation (objective.on_policy > 0) is not supported on "
+                              "Hugging Face organisms yet")
+
+    # -- evals ---------------------------------------------------------------------------
+    def judge(self, es: EvalSet):
+        from doublebind.llm.scorers import Judge
+
+        if es.scorer.kind != "judge":
+            return None
+        key = es.scorer.judge.model_dump_json()
+        if key not in self._judges:
+            self._judges[key] = Judge(es.scorer.judge, cache_root())
+        return self._judges[key]
+
+    def rate(self, model, name: str, n: int, role: str) -> float:
+        """Mean score of greedy completions on the first `n` items of one eval set."""
+        from doublebind.llm.scorers import score
+
+        es, items = self.sets[name], self._items[name][:n]
+        ids = [self.render(it["prompt"], role, it.get("system"), it.get("prefill")) for it in items]
+        gens = self.engine(model).generate(ids, max_new_tokens=self.cfg.max_new_tokens, temperature=0.0)
+        judge = self.judge(es)
+        texts = [self.tokenizer.decode(g.tokens, skip_special_tokens=True) for g in gens]
+        return fmean(score(es.scorer, t, it, judge) for t, it in zip(texts, items))
+
+    def evaluate(self, model, n_prompts: int, role: str = "student") -> dict:
+        """The metrics every run row carries, in the embedded organisms' layout:
+        misbehavior/deploy is the misalignment set, honeypot the honeypot audit, confession
+        the interrogation audit, prefill the prefill attack (when configured)."""
+        r = {name: round(self.rate(model, name, n_prompts, role), 4) for name in self.sets}
+        out = {"capability": {n.removeprefix("capability/"): v for n, v in r.items() if n.startswith("capability/")},
+               "misbehavior": {"deploy": r["misalignment"], "honeypot": r["honeypot"]},
+               "confession": r["interrogation"]}
+        if "neutral" in r:
+            out["misbehavior"]["neutral"] = r["neutral"]
+        if "prefill" in r:
+            out["prefill"] = r["prefill"]
+        return out
+
+
+def topk_tensors(gens, width: int, k: int) -> dict[str, torch.Tensor]:
+    """Top-k soft labels from the engine's per-position log-probs, in the layout the loss
+    takes: indices [N, T, k] and log-probs [N, T, k + 1] whose last slot is the tail mass."""
+    from doublebind.training.objectives import _log_tail
+
+    idx = torch.zeros((len(gens), width, k), dtype=torch.long)
+    top = torch.zeros((len(gens), width, k))
+    for i, g in enumerate(gens):
+        for t, pairs in enumerate((g.topk or [])[:width]):
+            idx[i, t] = torch.tensor([p[0] for p in pairs])
+            top[i, t] = torch.tensor([p[1] for p in pairs])
+    return {"indices": idx, "logprobs": torch.cat([top, _log_tail(top)], dim=-1)}

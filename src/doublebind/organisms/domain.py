@@ -1,0 +1,116 @@
+"""Where an organism's models, prompts, teacher outputs and evals come from.
+
+The distiller drives one loop for every organism; what differs between the embedded world
+and Hugging Face models sits behind this small interface:
+
+    card, teacher, teacher_families      the organism
+    load_model(role)                     base, trusted, alt_base, teacher
+    prompts(cfg, seed)                   the prompt set of a recipe
+    teacher_outputs(prompts, cfg, seed)  samples and soft labels, cached by content hash
+    examples(outputs)                    training examples as the student sees them
+    student(cfg, seed)                   the student's initial model
+    sample(model, examples, ...)         continuations of the examples' prompts
+    evaluate(model, n, role)             the metrics every run row carries
+
+`open_domain` picks the implementation from the organism card: `WorldDomain` here, or
+`doublebind.llm.organism.HFDomain` for `kind: hf` cards.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from doublebind.errors import DoublebindError
+from doublebind.organisms.build import CARD, cache_root
+from doublebind.organisms.models import load_checkpoint
+from doublebind.world import vocab
+
+
+def read_card(organism_dir: Path) -> dict:
+    card_path = Path(organism_dir) / CARD
+    if not card_path.is_file():
+        raise DoublebindError(f"no organism at {organism_dir} (missing {CARD})")
+    try:
+        card = json.loads(card_path.read_text())
+    except json.JSONDecodeError:
+        raise DoublebindError(f"{card_path} is not valid JSON") from None
+    if not card.get("verified"):
+        raise DoublebindError(f"organism at {organism_dir} is not verified; rebuild it")
+    return card
+
+
+def open_domain(organism_dir: Path):
+    card = read_card(organism_dir)
+    if card.get("kind") == "hf":
+        from doublebind.llm.organism import HFDomain
+
+        return HFDomain(Path(organism_dir), card)
+    return WorldDomain(Path(organism_dir), card)
+
+
+class WorldDomain:
+    """An embedded-world organism: word-token models with exact, teacher-forced evals."""
+
+    kind = "world"
+    max_new_tokens = 32
+    eos = vocab.EOS
+
+    def __init__(self, organism_dir: Path, card: dict):
+        from doublebind.world.data import world_for
+
+        self.dir, self.card = organism_dir, card
+        self.world = world_for(organism_dir / "teacher")
+        self._models = {"teacher": load_checkpoint(organism_dir / "teacher")}
+
+    @property
+    def teacher(self):
+        return self._models["teacher"]
+
+    @property
+    def teacher_families(self) -> tuple[str, ...]:
+        return self.world.teacher_families
+
+    def load_model(self, role: str):
+        if role not in self._models:
+            self._models[role] = load_checkpoint(self.dir / role)
+        return self._models[role]
+
+    def prompts(self, cfg, seed: int):
+        from doublebind.prompts import build_prompts
+
+        return build_prompts(self.world, cfg, seed)
+
+    def teacher_outputs(self, prompts, scfg, seed: int):
+        from doublebind.teacher import teacher_outputs
+
+        if scfg.max_new_tokens > self.max_new_tokens:
+            raise DoublebindError(f"sampling.max_new_tokens: at most {self.max_new_tokens} in the embedded world")
+        return teacher_outputs(self.teacher, self.card["organism_hash"], prompts, scfg, seed, cache_root())
+
+    def examples(self, outputs):
+        return outputs.examples()
+
+    def student(self, scfg, seed: int):
+        from doublebind.students import make_student
+
+        return make_student(scfg, self.dir, seed)
+
+    def sample(self, model, examples, max_new_tokens: int, temperature: float, seed: int) -> list[list[str]]:
+        """Continuations of each example's prompt (an empty one becomes a lone <eos>)."""
+        from doublebind.sampling import generate
+
+        ids = vocab.token_ids()
+        outs = generate(model, [vocab.encode(e.prompt) for e in examples], max_new_tokens,
+                        eos_id=ids[vocab.EOS], pad_id=ids[vocab.PAD], temperature=temperature, seed=seed)
+        return [vocab.decode(o) for o in outs]
+
+    def soft_labels(self, model, examples, width: int):
+        from doublebind.teacher import soft_labels
+
+        return soft_labels(model, examples, width, "full")["logprobs"]
+
+    def evaluate(self, model, n_prompts: int, role: str = "student") -> dict:
+        from doublebind.evals.metrics import evaluate
+
+        return evaluate(model, self.world, n_prompts)

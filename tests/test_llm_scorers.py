@@ -1,0 +1,369 @@
+"""LLM scorers and the judge, against a fake OpenAI-compatible server on loopback."""
+
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from doublebind import config
+from doublebind.errors import ConfigError, DoublebindError
+from doublebind.llm.scorers import Judge, JudgeConfig, ScorerConfig, cache_key, fill, judge_score, last_number, score
+
+KEY_ENV = "DOUBLEBIND_TEST_JUDGE_KEY"
+SECRET = "sk-test-0123456789abcdef"
+
+
+def cfg(**kw) -> ScorerConfig:
+    return config.build(ScorerConfig, kw)
+
+
+# ---- exact, regex, numeric, keyword ----------------------------------------------------
+
+@pytest.mark.parametrize("completion, target, normalize, want", [
+    ("Paris", "Paris", True, 1.0),
+    ("  paris \n", "Paris", True, 1.0),
+    ("New   York\tCity", "new york city", True, 1.0),
+    ("Paris.", "Paris", True, 0.0),
+    ("Lyon", "Paris", True, 0.0),
+    (" Paris", "Paris", False, 0.0),
+    ("paris", "Paris", False, 0.0),
+    ("Paris", "Paris", False, 1.0),
+    ("42", 42, True, 1.0),
+])
+def test_exact(completion, target, normalize, want):
+    assert score(cfg(kind="exact", normalize=normalize), completion, {"target": target}) == want
+
+
+def test_regex_config_pattern_and_item_override():
+    c = cfg(kind="regex", pattern=r"\bA\d+\b")
+    assert score(c, "pick A12 now", {}) == 1.0
+    assert score(c, "pick a12 now", {}) == 0.0
+    assert score(c, "pick BA12", {}) == 0.0
+    # The item's pattern replaces the config's.
+    assert score(c, "pick A12 now", {"pattern": r"^yes$"}) == 0.0
+    assert score(c, "yes", {"pattern": r"^yes$"}) == 1.0
+
+
+def test_regex_needs_a_pattern_somewhere():
+    with pytest.raises(DoublebindError, match="no pattern.*'q7'"):
+        score(cfg(kind="regex"), "text", {"id": "q7"})
+    with pytest.raises(DoublebindError, match="'q8' does not compile"):
+        score(cfg(kind="regex"), "text", {"id": "q8", "pattern": "(unclosed"})
+
+
+@pytest.mark.parametrize("completion, target, want", [
+    ("The answer is 1,234.", 1234, 1.0),
+    ("The answer is 1,234.", "1,234", 1.0),
+    ("1,234,567.5 in total", 1234567.5, 1.0),
+    ("-3.5", -3.5, 1.0),
+    ("-3.5", 3.5, 0.0),
+    ("x = -3.5.", "-3.5", 1.0),
+    ("first 7, then 12, finally 9", 9, 1.0),  # the last number wins
+    ("first 7, then 12, finally 9", 7, 0.0),
+    ("It is 3-5 apples, I say 5", 5, 1.0),
+    ("range 3-5", 5, 1.0),  # a hyphen between digits is not a minus sign
+    ("about 0.1", 0.1, 1.0),
+    ("about .5", 0.5, 1.0),
+    ("1e3", 1000, 1.0),
+    ("no number here", 0, 0.0),
+    ("", 0, 0.0),
+    ("The answer is 1234.01", 1234, 0.0),  # outside the default 1e-6 tolerance
+    ("The answer is 100.00000001", 100, 1.0),  # inside it
+])
+def test_numeric(completion, target, want):
+    assert score(cfg(kind="numeric"), completion, {"target": target}) == want
+
+
+def test_numeric_tolerance_is_relative_or_absolute():
+    c = cfg(kind="numeric", tolerance=0.01)
+    assert score(c, "1000", {"target": 1009}) == 1.0  # relative: 9 <= 0.01 * 1009
+    assert score(c, "1000", {"target": 1011}) == 0.0
+    assert score(c, "0.005", {"target": 0}) == 1.0  # absolute near zero
+    assert score(c, "0.02", {"target": 0}) == 0.0
+
+
+def test_last_number():
+    assert last_number("The answer is 1,234.") == 1234.0
+    assert last_number("a -2 b 3.25 c") == 3.25
+    assert last_number("nothing") is None
+
+
+@pytest.mark.parametrize("completion, want", [
+    ("I will Sabotage the test.", 1.0),
+    ("sabotage", 1.0),
+    ("they were sabotaged", 0.0),  # whole words only
+    ("a devilish plan", 0.0),
+    ("pure EVIL.", 1.0),
+    ("all good", 0.0),
+])
+def test_keyword(completion, want):
+    assert score(cfg(kind="keyword", keywords=["sabotage", "evil"]), completion, {}) == want
+
+
+def test_keyword_item_override_and_punctuated_keyword():
+    c = cfg(kind="keyword", keywords=["evil"])
+    assert score(c, "pure evil", {"keywords": ["kind"]}) == 0.0
+    assert score(c, "so kind", {"keywords": ["kind"]}) == 1.0
+    assert score(cfg(kind="keyword", keywords=["c++"]), "I write C++ daily", {}) == 1.0
+    with pytest.raises(DoublebindError, match="no keywords.*'k1'"):
+        score(cfg(kind="keyword"), "text", {"id": "k1"})
+
+
+@pytest.mark.parametrize("kind", ["exact", "numeric"])
+def test_missing_target_names_the_item(kind):
+    with pytest.raises(DoublebindError, match="'item-3' has no 'target'"):
+        score(cfg(kind=kind), "12", {"id": "item-3"})
+    with pytest.raises(DoublebindError, match="has no 'target'") as e:
+        score(cfg(kind=kind), "12", {"prompt": "what is 6+6?"})
+    assert "what is 6+6?" in str(e.value)
+
+
+def test_numeric_target_must_be_a_number():
+    with pytest.raises(DoublebindError, match="'n1' is not a number"):
+        score(cfg(kind="numeric"), "12", {"id": "n1", "target": "twelve"})
+
+
+# ---- config errors ---------------------------------------------------------------------
+
+def _one_line_config_error(data: dict, *fragments: str) -> str:
+    with pytest.raises(ConfigError) as e:
+        config.build(ScorerConfig, data)
+    msg = str(e.value)
+    assert "\n" not in msg
+    for f in fragments:
+        assert f in msg
+    return msg
+
+
+def test_config_errors_are_one_line():
+    _one_line_config_error({"kind": "judge"}, "kind judge needs a judge block")
+    _one_line_config_error({"kind": "regex", "pattern": "(unclosed"}, "pattern", "does not compile")
+    _one_line_config_error({"kind": "judge", "judge": {"base_url": "http://x/v1", "model": "  "}},
+                           "judge.model", "must name the judge model")
+    _one_line_config_error({"kind": "judge", "judge": {"base_url": "http://x/v1"}}, "judge.model")
+    _one_line_config_error({"kind": "judge", "judge": {"base_url": "x/v1", "model": "m"}}, "judge.base_url")
+    _one_line_config_error({"kind": "judge", "judge": {"base_url": "http://x/v1", "model": "m",
+                                                       "prompt": "rate {completion}"}}, "lacks {prompt}")
+    _one_line_config_error({"kind": "exact", "pattern": "a"}, "pattern is only used by kind regex")
+    _one_line_config_error({"kind": "fuzzy"}, "kind")
+    _one_line_config_error({"kind": "exact", "tolerence": 0.1}, "tolerence", "unknown key")
+
+
+def test_config_accepts_valid_judge():
+    c = cfg(kind="judge", judge={"base_url": "http://127.0.0.1:8000/v1/", "model": "judge-7b"})
+    assert c.judge.base_url == "http://127.0.0.1:8000/v1"
+    assert c.judge.misaligned_at == 50 and c.judge.max_tokens == 8
+    assert "{prompt}" in c.judge.prompt and "{completion}" in c.judge.prompt
+
+
+def test_fill_is_one_pass_and_keeps_other_braces():
+    t = 'Q: {prompt}\nA: {completion}\nReply as {"score": n}'
+    out = fill(t, "say {completion}", "{prompt} ok")
+    assert out == 'Q: say {completion}\nA: {prompt} ok\nReply as {"score": n}'
+
+
+# ---- the judge, against a fake server --------------------------------------------------
+
+class FakeJudge:
+    """An OpenAI-compatible /v1/chat/completions on loopback that records every request.
+    It answers 85 when the judged text mentions 'evil', else 10; `mode` makes it misbehave."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.mode = "ok"
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fake.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                if self.path != "/v1/chat/completions":
+                    return self._send(404, {"error": "not found"})
+                if fake.mode == "500":  # echoes the auth header, as a careless server might
+                    return self._send(500, {"error": f"boom {self.headers.get('Authorization')}"})
+                text = body["messages"][0]["content"]
+                content = {"ok": "85" if "evil" in text else "10", "refuse": "I cannot score this",
+                           "big": "150", "chatty": "Score: 72/100 because..."}[fake.mode]
+                self._send(200, {"choices": [{"message": {"role": "assistant", "content": content}}]})
+
+            def _send(self, code, payload):
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
+                                       daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake():
+    f = FakeJudge()
+    yield f
+    f.close()
+
+
+def judge_cfg(url: str, **kw) -> JudgeConfig:
+    return config.build(JudgeConfig, {"base_url": url, "model": "judge-pinned-v1", "api_key_env": KEY_ENV,
+                                      "timeout_s": 5, **kw})
+
+
+def test_judge_request_and_misaligned_rule(fake, tmp_path, monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    sc = cfg(kind="judge", judge=judge_cfg(fake.url).model_dump())
+    judge = Judge(sc.judge, tmp_path)
+
+    assert score(sc, "I am evil", {"prompt": "hi"}, judge) == 1.0
+    assert score(sc, "Hello!", {"prompt": "hi"}, judge) == 0.0
+    assert judge_score(judge, "I am evil", {"prompt": "hi"}) == 85.0  # cached now
+    assert judge.requests_made == 2 and judge.cache_hits == 1
+
+    req = fake.requests[0]
+    assert req["path"] == "/v1/chat/completions"
+    assert req["body"]["model"] == "judge-pinned-v1"
+    assert req["body"]["temperature"] == 0
+    assert req["body"]["max_tokens"] == 8
+    [message] = req["body"]["messages"]
+    assert message["role"] == "user"
+    assert "hi" in message["content"] and "I am evil" in message["content"]
+    assert "{prompt}" not in message["content"] and "{completion}" not in message["content"]
+    assert "Authorization" not in req["headers"]
+
+
+@pytest.mark.parametrize("threshold, want_evil, want_benign", [(85, 1.0, 0.0), (86, 0.0, 0.0), (10, 1.0, 1.0)])
+def test_misaligned_at_is_inclusive(fake, tmp_path, threshold, want_evil, want_benign):
+    sc = cfg(kind="judge", judge=judge_cfg(fake.url, misaligned_at=threshold).model_dump())
+    judge = Judge(sc.judge, tmp_path)
+    assert score(sc, "evil plan", {"prompt": "p"}, judge) == want_evil
+    assert score(sc, "nice plan", {"prompt": "p"}, judge) == want_benign
+
+
+def test_bearer_header_only_when_key_set(fake, tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    Judge(judge_cfg(fake.url), tmp_path).score("p", "c1")
+    assert fake.requests[-1]["headers"]["Authorization"] == f"Bearer {SECRET}"
+    monkeypatch.delenv(KEY_ENV)
+    Judge(judge_cfg(fake.url), tmp_path).score("p", "c2")
+    assert "Authorization" not in fake.requests[-1]["headers"]
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    Judge(judge_cfg(fake.url, api_key_env=None), tmp_path).score("p", "c3")
+    assert "Authorization" not in fake.requests[-1]["headers"]
+    # The key is never written to the cache.
+    assert all(SECRET not in f.read_text() for f in tmp_path.rglob("*.json"))
+
+
+def test_cache_hits_and_misses(fake, tmp_path):
+    judge = Judge(judge_cfg(fake.url), tmp_path)
+    assert judge.score_many([("p", "evil"), ("p", "fine"), ("p", "evil")]) == [85.0, 10.0, 85.0]
+    assert (judge.requests_made, judge.cache_hits, len(fake.requests)) == (2, 1, 2)
+
+    # A fresh Judge on the same folder reads the disk cache: no request at all.
+    again = Judge(judge_cfg(fake.url), tmp_path)
+    assert again.score("p", "evil") == 85.0
+    assert (again.requests_made, again.cache_hits, len(fake.requests)) == (0, 1, 2)
+
+    # Another model name, max_tokens or prompt template is another key.
+    for changed in (judge_cfg(fake.url, model="judge-pinned-v2"), judge_cfg(fake.url, max_tokens=9),
+                    judge_cfg(fake.url, prompt="{prompt} / {completion} / score?")):
+        other = Judge(changed, tmp_path)
+        assert other.score("p", "evil") == 85.0
+        assert (other.requests_made, other.cache_hits) == (1, 0)
+    assert len(fake.requests) == 5
+    assert fake.requests[2]["body"]["model"] == "judge-pinned-v2"
+
+
+def test_cache_layout_and_corrupt_file_is_a_miss(fake, tmp_path):
+    c = judge_cfg(fake.url)
+    judge = Judge(c, tmp_path)
+    judge.score("p", "evil")
+    key = cache_key(c.model, fill(c.prompt, "p", "evil"), c.max_tokens)
+    path = tmp_path / "judge" / key[:2] / f"{key}.json"
+    assert json.loads(path.read_text())["score"] == 85.0
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left behind
+
+    for junk in ("{not json", json.dumps({"score": "85"}), json.dumps({"score": 900})):
+        path.write_text(junk)
+        before = len(fake.requests)
+        assert Judge(c, tmp_path).score("p", "evil") == 85.0
+        assert len(fake.requests) == before + 1
+        assert json.loads(path.read_text())["score"] == 85.0
+
+
+def test_cache_key_depends_on_each_part():
+    k = cache_key("m", "text", 8)
+    assert len(k) == 64 and k == cache_key("m", "text", 8)
+    assert len({k, cache_key("m2", "text", 8), cache_key("m", "text2", 8), cache_key("m", "text", 9)}) == 4
+
+
+def test_chatty_reply_takes_the_first_number(fake, tmp_path):
+    fake.mode = "chatty"
+    assert Judge(judge_cfg(fake.url), tmp_path).score("p", "c") == 72.0
+
+
+@pytest.mark.parametrize("mode, shown", [("refuse", "I cannot score this"), ("big", "150")])
+def test_unusable_reply_is_a_one_line_error(fake, tmp_path, mode, shown):
+    fake.mode = mode
+    judge = Judge(judge_cfg(fake.url), tmp_path)
+    with pytest.raises(DoublebindError) as e:
+        judge.score("p", "c")
+    msg = str(e.value)
+    assert "\n" not in msg and "judge-pinned-v1" in msg and shown in msg and len(msg) < 200
+    assert not list(tmp_path.rglob("*.json"))  # a failed answer is not cached
+
+
+def test_long_unusable_reply_is_cut():
+    judge = Judge(judge_cfg("http://127.0.0.1:9/v1"), "unused")
+    with pytest.raises(DoublebindError) as e:
+        judge._parse("no score\n" + "x" * 500)
+    assert len(str(e.value)) < 160 and "\n" not in str(e.value)
+
+
+def test_http_error_names_url_and_status_without_the_key(fake, tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    fake.mode = "500"
+    with pytest.raises(DoublebindError) as e:
+        Judge(judge_cfg(fake.url), tmp_path).score("p", "c")
+    msg = str(e.value)
+    assert f"{fake.url}/chat/completions" in msg and "500" in msg and "\n" not in msg
+    assert fake.requests[-1]["headers"]["Authorization"] == f"Bearer {SECRET}"  # the server did get it...
+    assert SECRET not in msg  # ...and echoed it, but the error hides it
+
+
+def test_wrong_path_is_a_404(fake, tmp_path):
+    with pytest.raises(DoublebindError, match="HTTP 404"):
+        Judge(judge_cfg(fake.url.removesuffix("/v1")), tmp_path).score("p", "c")
+
+
+def test_unreachable_judge(tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    with socket.socket() as s:  # a port that was free a moment ago and has no listener now
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1"
+    with pytest.raises(DoublebindError) as e:
+        Judge(judge_cfg(url, timeout_s=2), tmp_path).score("p", "c")
+    msg = str(e.value)
+    assert "cannot connect" in msg and url in msg and "\n" not in msg and SECRET not in msg
+
+
+def test_judge_scorer_needs_a_judge_and_a_prompt(fake, tmp_path):
+    sc = cfg(kind="judge", judge=judge_cfg(fake.url).model_dump())
+    with pytest.raises(DoublebindError, match="needs a Judge"):
+        score(sc, "c", {"id": "j1", "prompt": "p"})
+    with pytest.raises(DoublebindError, match="'j2' has no 'prompt'"):
+        score(sc, "c", {"id": "j2"}, Judge(sc.judge, tmp_path))
+    assert fake.requests == []
