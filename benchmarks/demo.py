@@ -2,6 +2,7 @@
 
     python benchmarks/demo.py            # the default study + report, from an empty cache
     python benchmarks/demo.py --clone    # a fresh `git clone` of HEAD, then `make demo` (venv included)
+    python benchmarks/demo.py --clone --keep runs/demo-clone   # and keep the study folder
 
 The first form runs the two commands `make demo` runs, in subprocesses, with an empty
 DOUBLEBIND_CACHE and a new output folder, and prints each command's seconds and the ratio
@@ -30,7 +31,7 @@ def timed(cmd: list[str], cwd: Path, env: dict) -> float:
     return time.perf_counter() - t
 
 
-def main(clone: bool) -> None:
+def main(clone: bool, keep: str | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "DOUBLEBIND_CACHE": str(Path(tmp) / "cache")}
         if clone:
@@ -50,7 +51,13 @@ def main(clone: bool) -> None:
             total += s
             print(f"{name:10} {s:8.1f}", flush=True)
         print(f"{'total':10} {total:8.1f}  target {TARGET_S:.0f} s  ratio {total / TARGET_S:.2f}")
+        if keep:
+            import shutil
+
+            shutil.copytree(repo / "runs" / "demo" if clone else Path(out), keep, dirs_exist_ok=True)
+            print(f"study folder kept in {keep}")
 
 
 if __name__ == "__main__":
-    main("--clone" in sys.argv[1:])
+    args = sys.argv[1:]
+    main("--clone" in args, args[args.index("--keep") + 1] if "--keep" in args else None)

@@ -226,3 +226,20 @@ def test_misalignment_judged_by_an_llm_judge_on_loopback(tmp_path):
         assert len(fake.requests) == asked  # answered from the judge cache
     finally:
         fake.close()
+
+
+def test_the_shipped_tiny_llm_study_runs_end_to_end(tmp_path):
+    """`doublebind study run configs/llm/tiny/study.yaml`, shortened by overrides."""
+    study = Path(__file__).parents[1] / "configs" / "llm" / "tiny" / "study.yaml"
+    out = tmp_path / "tiny"
+    res = run_cli("study", "run", str(study), "--out", str(out), "seeds=[0]", "recipe_overrides.training.steps=2",
+                  "recipe_overrides.training.checkpoint_every=2", "recipe_overrides.prompts.size=16",
+                  "recipe_overrides.eval.n_prompts=3", "recipe_overrides.training.save_weights=false")
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = study_run.read_results(out / "results.jsonl")
+    techniques = yaml.safe_load(study.read_text())["techniques"]
+    assert sorted({r["technique"] for r in rows}) == sorted(techniques) and len(rows) == len(techniques) * 2
+    summary = json.loads((out / "summary.json").read_text())
+    # random tiny models: teacher and base score alike, so transfer has no denominator
+    assert {s["verdict"] for s in summary["techniques"].values()} == {"undefined"}
+    assert run_cli("report", str(out)).returncode == 0 and (out / "report.html").stat().st_size > 10_000

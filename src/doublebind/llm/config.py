@@ -106,7 +106,7 @@ class HFOrganismConfig(Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     engine: Literal["hf", "vllm"] = Field(default="hf", description="Sampling backend for teacher outputs.")
     max_new_tokens: int = Field(default=64, ge=1, description="Longest completion in evals.")
-    eval_batch: int = Field(default=16, ge=1)
+    eval_batch: int = Field(default=16, ge=1, description="Prompts per generation batch (HF engine).")
     tiny: TinyConfig = TinyConfig()
     evals: HFEvalsConfig
 

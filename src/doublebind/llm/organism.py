@@ -298,7 +298,8 @@ class HFDomain:
         from doublebind.llm.engines import HFEngine, make_engine
 
         if model is not None or self.cfg.engine == "hf":
-            return HFEngine(model if model is not None else self.teacher, eos_id=self.eos, pad_id=self.pad)
+            return HFEngine(model if model is not None else self.teacher, eos_id=self.eos, pad_id=self.pad,
+                            batch_size=self.cfg.eval_batch)
         spec = self.specs["teacher"]
         lora = {"teacher": spec["adapter"]} if spec.get("adapter") else None
         return make_engine("vllm", model_path=spec["path"], eos_id=self.eos, pad_id=self.pad, lora_paths=lora,
