@@ -3,19 +3,26 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 # Where built organisms and teacher outputs are cached (content-addressed).
 export DOUBLEBIND_CACHE ?= $(CURDIR)/.cache/doublebind
 
 .PHONY: setup demo test bench clean
 
-setup: $(STAMP)
+setup: $(DEV_STAMP)
 
 # CPU PyTorch first (the wheel on disk), so the package's torch range installs nothing more.
+# The demo needs the package alone; the tests also need the dev extras (pytest, datasets,
+# inspect_ai).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e .
 	touch $(STAMP)
+
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(DEV_STAMP)
 
 # The default study (every technique, default organism, 3 seeds) and its report.
 # Resumable: rerunning after an interruption finishes only the missing runs.
@@ -23,10 +30,10 @@ demo: $(STAMP)
 	$(BIN)/doublebind study run configs/studies/default.yaml --out runs/demo
 	$(BIN)/doublebind report runs/demo
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/organism_build.py
 	$(BIN)/python benchmarks/distill_speed.py
 

@@ -243,3 +243,23 @@ def test_the_shipped_tiny_llm_study_runs_end_to_end(tmp_path):
     # random tiny models: teacher and base score alike, so transfer has no denominator
     assert {s["verdict"] for s in summary["techniques"].values()} == {"undefined"}
     assert run_cli("report", str(out)).returncode == 0 and (out / "report.html").stat().st_size > 10_000
+
+
+def test_a_qwen2_organism_distils_too(tmp_path):
+    from doublebind.training.distill import distill
+
+    path = organism_yaml(tmp_path, teacher={"model": "tiny:qwen2", "system_prompt": SYSTEM},
+                         base={"model": "tiny:qwen2"}, trusted=None)
+    card = build_hf_organism(config.load(path), tmp_path / "org", show_progress=False)
+    assert "qwen2" in Path(card["models"]["base"]["path"]).name
+    s = distill(tmp_path / "org", recipe(), tmp_path / "run", show_progress=False)
+    assert s["data"]["n_train_items"] == 16 and math.isfinite(s["losses"]["last"])
+    with pytest.raises(DoublebindError, match="no trusted model"):
+        distill(tmp_path / "org", recipe(stages=[{"name": "trusted_monitor"}]), tmp_path / "r2", show_progress=False)
+
+
+def test_inspect_tasks_are_registered_as_an_entry_point():
+    from importlib.metadata import entry_points
+
+    eps = {ep.name: ep.value for ep in entry_points(group="inspect_ai")}
+    assert eps.get("doublebind") == "doublebind.llm.inspect_tasks"

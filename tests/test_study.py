@@ -158,3 +158,15 @@ def test_resume_refuses_results_of_another_recipe(quick_organism, tmp_path):
     study_run.run_study(path, out, show_progress=False)
     with pytest.raises(DoublebindError, match="baseline seed 0 run with another recipe"):
         study_run.run_study(path, out, show_progress=False, overrides=["recipe_overrides.training.lr=0.01"])
+
+
+def test_study_techniques_may_carry_options(tmp_path, quick_organism):
+    path = write_study(tmp_path, quick_organism[0],
+                       techniques=["baseline", {"name": "iterative_filter", "rounds": 1, "probe_steps": 5}])
+    cfg = config.load(path)
+    assert cfg.technique_stages() == {"baseline": [],
+                                      "iterative_filter": [{"name": "iterative_filter", "rounds": 1, "probe_steps": 5}]}
+    with pytest.raises(ConfigError, match=r"techniques: .*probe_steps"):
+        config.load(write_study(tmp_path, quick_organism[0], techniques=[{"name": "iterative_filter", "probe_steps": 0}]))
+    with pytest.raises(ConfigError, match="listed twice"):
+        config.load(write_study(tmp_path, quick_organism[0], techniques=["verifier_filter", {"name": "verifier_filter"}]))

@@ -348,23 +348,37 @@ class StudyConfig(Strict):
     recipe: str = Field(description="Base recipe YAML (relative to the study file); techniques add stages to it.")
     recipe_overrides: dict[str, Any] = Field(
         default_factory=dict, description="Recipe keys set on top of the recipe file, e.g. {training: {steps: 50}}.")
-    techniques: list[str] = Field(
-        description="Technique names (`doublebind ls techniques`); `baseline` runs the recipe alone.")
+    techniques: list[str | dict[str, Any]] = Field(
+        description="Technique names (`doublebind ls techniques`), or {name: <technique>, <its options>}; "
+                    "`baseline` runs the recipe alone.")
     seeds: list[int] = Field(default=[0, 1, 2], description="Seeds; each technique runs once per seed.")
     verdict: VerdictConfig = VerdictConfig()
     bootstrap: int = Field(default=2000, ge=100, description="Bootstrap resamples for the confidence intervals.")
 
     @field_validator("techniques")
     @classmethod
-    def _techniques(cls, v: list[str]) -> list[str]:
+    def _techniques(cls, v: list) -> list:
+        from doublebind.techniques.base import validate_stage
+
         if not v:
             raise ValueError("must name at least one technique")
-        for name in v:
-            if name != "baseline":
-                _known("technique", name)
-        if len(set(v)) != len(v):
+        for i, entry in enumerate(v):
+            if isinstance(entry, dict):
+                validate_stage(entry, i)
+            elif entry != "baseline":
+                _known("technique", entry)
+        names = [e["name"] if isinstance(e, dict) else e for e in v]
+        if len(set(names)) != len(names):
             raise ValueError("a technique is listed twice")
         return v
+
+    def technique_stages(self) -> dict[str, list[dict]]:
+        """Each technique's name and the stages it adds to the recipe (none for baseline)."""
+        out = {}
+        for e in self.techniques:
+            name = e["name"] if isinstance(e, dict) else e
+            out[name] = [] if name == "baseline" else [e if isinstance(e, dict) else {"name": e}]
+        return out
 
     @field_validator("seeds")
     @classmethod

@@ -91,7 +91,8 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
                 build_organism(org_cfg, org_path, show_progress=show_progress)
     card = json.loads((org_path / "organism.json").read_text())
     results = out / RESULTS
-    grid = {(t, s): run_recipe(base_recipe, t, s) for t in cfg.techniques for s in cfg.seeds}
+    grid = {(t, s): run_recipe(base_recipe, t, stages, s)
+            for t, stages in cfg.technique_stages().items() for s in cfg.seeds}
     previous = read_results(results)
     check_resumable(out, previous, card["organism_hash"], grid)
     if state.is_main_process:
@@ -104,7 +105,7 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
         for technique, seed in todo:
             recipe = grid[technique, seed]
             run_dir = out / "runs" / f"{technique}-s{seed}"
-            summary = distill(org_path, recipe, run_dir, show_progress=False, force=True)
+            summary = distill(org_path, recipe, run_dir, show_progress=False, force=True, plot=False)
             if state.is_main_process:
                 _append(results, _rows(cfg, card, technique, seed, recipe, run_dir, summary))
             advance(1)
@@ -124,9 +125,8 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def run_recipe(base_recipe, technique: str, seed: int):
+def run_recipe(base_recipe, technique: str, stages: list[dict], seed: int):
     """The recipe one grid cell runs: the base recipe, its seed, the technique's stage."""
-    stages = [] if technique == "baseline" else [{"name": technique}]
     return base_recipe.model_copy(update={
         "seed": seed, "name": technique, "stages": stages,
         "training": base_recipe.training.model_copy(update={"save_weights": False})})
@@ -165,7 +165,7 @@ def _rows(cfg, card, technique, seed, recipe, run_dir, summary) -> list[dict]:
 def summarize(out: Path, cfg, write: bool = True) -> dict:
     rows = read_results(Path(out) / RESULTS)
     techniques = {}
-    for t in cfg.techniques:
+    for t in cfg.technique_stages():
         sel = [r for r in rows if r["technique"] == t and r["selected"]]
         if sel:
             techniques[t] = technique_stats(sel, cfg.verdict, cfg.bootstrap)

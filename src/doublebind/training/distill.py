@@ -150,7 +150,6 @@ class Distiller:
         self.domain = open_domain(self.organism_dir)
         self.card = self.domain.card
         self.world = getattr(self.domain, "world", None)  # the embedded world's techniques use it
-        self.teacher = self.domain.teacher
         self.stage_log: list[dict] = []
         self.stages = build_stages(recipe.stages)
         check_stages(self.stages, self.domain)
@@ -187,6 +186,11 @@ class Distiller:
         self.order = random.Random(f"order-{recipe.seed}")
         self.gen_seed = random.Random(f"onpolicy-{recipe.seed}")
         self.tokens = 0
+
+    @property
+    def teacher(self):
+        """The teacher model, loaded when first needed (cached teacher outputs may spare it)."""
+        return self.domain.teacher
 
     # -- stages -----------------------------------------------------------------------
     def _hooked(self, hook: str) -> list:
@@ -307,8 +311,10 @@ class Distiller:
         }
 
 
-def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True, force: bool = False) -> dict:
-    """Run one recipe on one organism; write metrics.jsonl, summary.json and curves.png.
+def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True, force: bool = False,
+            plot: bool = True) -> dict:
+    """Run one recipe on one organism; write metrics.jsonl, summary.json and (with `plot`)
+    transfer_curves.png; a study plots from its results instead.
 
     Under `accelerate launch` with several processes every process trains and evaluates
     (the evals are deterministic and the weights identical), and only the main one writes."""
@@ -389,7 +395,8 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
     if main:
         (out / "stages.json").write_text(json.dumps(d.stage_log, indent=2))
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        plot_transfer(rows, ref, out / "transfer_curves.png",
-                      f"{recipe.name} on {d.card['name']} (seed {recipe.seed})")
+        if plot:
+            plot_transfer(rows, ref, out / "transfer_curves.png",
+                          f"{recipe.name} on {d.card['name']} (seed {recipe.seed})")
     d.accelerator.wait_for_everyone()  # the others return once the run's files are written
     return summary
