@@ -28,7 +28,9 @@ here, no GPU):
   `prepare`. Clipping is DeepSpeed's (`gradient_clipping` in the config; accelerate's
   `clip_grad_norm_` does nothing). ZeRO-3 checkpoints also need `get_state_dict` on every
   process (with `zero3_save_16bit_model: true`).
-- `study run` appends results from every process (src/doublebind/studies/run.py).
+
+`study run` under several processes: every process trains each run, and only the main one
+builds the organism and appends the study's rows (src/doublebind/studies/run.py).
 """
 
 from __future__ import annotations
