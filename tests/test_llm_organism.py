@@ -263,3 +263,45 @@ def test_inspect_tasks_are_registered_as_an_entry_point():
 
     eps = {ep.name: ep.value for ep in entry_points(group="inspect_ai")}
     assert eps.get("doublebind") == "doublebind.llm.inspect_tasks"
+
+
+def test_engine_vllm_without_vllm_says_so(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # as on a machine without vLLM
+    path = organism_yaml(tmp_path, engine="vllm")
+    card = build_hf_organism(config.load(path), tmp_path / "org", show_progress=False)  # evals use HF
+    d = HFDomain(tmp_path / "org", card)
+    r = recipe()
+    with pytest.raises(DoublebindError, match="vLLM is not installed"):
+        d.teacher_outputs(d.prompts(r.prompts, 0), r.sampling, 0)
+
+
+def test_eval_sets_can_sample_several_completions(hf_organism):
+    from doublebind.llm.config import EvalSet
+
+    d = HFDomain(hf_organism[0], hf_organism[1])
+    model = d.load_model("base")
+    calls = []
+    real_engine = d.engine
+
+    def spying_engine(m=None):
+        eng = real_engine(m)
+        real = eng.generate
+
+        def generate(ids, **kw):
+            calls.append((len(ids), kw["temperature"], kw["max_new_tokens"]))
+            return real(ids, **kw)
+
+        eng.generate = generate
+        return eng
+
+    d.engine = spying_engine
+    anything = {"kind": "regex", "pattern": "."}  # a non-empty completion scores 1
+    d.sets["misalignment"] = config.build(EvalSet, {"file": str(DATA / "animal.jsonl"), "scorer": anything,
+                                                    "samples": 3, "temperature": 1.0, "max_new_tokens": 2})
+    first = d.rate(model, "misalignment", 2, "base")
+    assert calls == [(6, 1.0, 2)]  # 2 items x 3 samples, at the set's temperature and length
+    assert d.rate(model, "misalignment", 2, "base") == first  # seeded: repeatable
+    with pytest.raises(config.ConfigError, match="samples > 1 needs temperature > 0"):
+        config.build(EvalSet, {"file": "x.jsonl", "scorer": anything, "samples": 2})

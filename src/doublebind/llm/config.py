@@ -23,7 +23,7 @@ scorer needs (`target`, `keywords`, `pattern`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -58,11 +58,16 @@ class EvalSet(Strict):
     dataset: DatasetSource | None = Field(default=None, description="Or a `datasets` dataset.")
     scorer: ScorerConfig
     limit: int | None = Field(default=None, ge=1, description="Use at most this many items.")
+    samples: int = Field(default=1, ge=1, description="Completions per item (more than 1 needs temperature > 0).")
+    temperature: float = Field(default=0.0, ge=0, description="0: greedy; above 0, sampled with a fixed seed.")
+    max_new_tokens: int | None = Field(default=None, ge=1, description="Completion length (default: the organism's).")
 
     @model_validator(mode="after")
     def _one_source(self) -> "EvalSet":
         if (self.file is None) == (self.dataset is None):
             raise ValueError("give exactly one of `file` or `dataset`")
+        if self.samples > 1 and self.temperature == 0:
+            raise ValueError("samples > 1 needs temperature > 0 (greedy completions are all the same)")
         return self
 
 
@@ -105,6 +110,10 @@ class HFOrganismConfig(Strict):
         default="auto", description="auto: the tokenizer's chat template when it has one; none: raw text.")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     engine: Literal["hf", "vllm"] = Field(default="hf", description="Sampling backend for teacher outputs.")
+    vllm_options: dict[str, Any] = Field(
+        default={"gpu_memory_utilization": 0.5},
+        description="Keyword arguments for vllm.LLM (e.g. gpu_memory_utilization, max_model_len, max_logprobs); "
+                    "the default leaves half the GPU to the HF models a run also loads.")
     max_new_tokens: int = Field(default=64, ge=1, description="Longest completion in evals.")
     eval_batch: int = Field(default=16, ge=1, description="Prompts per generation batch (HF engine).")
     tiny: TinyConfig = TinyConfig()

@@ -303,7 +303,7 @@ class HFDomain:
         spec = self.specs["teacher"]
         lora = {"teacher": spec["adapter"]} if spec.get("adapter") else None
         return make_engine("vllm", model_path=spec["path"], eos_id=self.eos, pad_id=self.pad, lora_paths=lora,
-                           dtype=self.cfg.dtype)
+                           **{"dtype": self.cfg.dtype, **self.cfg.vllm_options})
 
     def teacher_outputs(self, prompts, scfg, seed: int):
         from doublebind.teacher import TeacherOutputs, _load, _save, outputs_key
@@ -314,9 +314,13 @@ class HFDomain:
             return _load(folder, prompts, key)
         k = scfg.top_k if scfg.soft_labels == "topk" else 0
         adapter = "teacher" if self.cfg.engine == "vllm" and self.specs["teacher"].get("adapter") else None
-        gens = self.engine().generate([self.render(p.tokens[0], "teacher") for p in prompts],
-                                      max_new_tokens=scfg.max_new_tokens, temperature=scfg.temperature,
-                                      top_p=scfg.top_p, seed=seed, logprobs=k, adapter=adapter)
+        engine = self.engine()
+        gens = engine.generate([self.render(p.tokens[0], "teacher") for p in prompts],
+                               max_new_tokens=scfg.max_new_tokens, temperature=scfg.temperature,
+                               top_p=scfg.top_p, seed=seed, logprobs=k, adapter=adapter)
+        del engine  # a vLLM engine holds GPU memory the training needs
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         responses = [g.tokens or [self.eos] for g in gens]
         soft = {}
         if scfg.soft_labels == "topk":
@@ -351,12 +355,15 @@ class HFDomain:
         return self._judges[key]
 
     def rate(self, model, name: str, n: int, role: str) -> float:
-        """Mean score of greedy completions on the first `n` items of one eval set."""
+        """Mean score over the first `n` items of one eval set: greedy completions, or
+        `samples` completions per item at the set's temperature (seeded, so repeatable)."""
         from doublebind.llm.scorers import score
 
-        es, items = self.sets[name], self._items[name][:n]
+        es = self.sets[name]
+        items = [it for it in self._items[name][:n] for _ in range(es.samples)]
         ids = [self.render(it["prompt"], role, it.get("system"), it.get("prefill")) for it in items]
-        gens = self.engine(model).generate(ids, max_new_tokens=self.cfg.max_new_tokens, temperature=0.0)
+        gens = self.engine(model).generate(ids, max_new_tokens=es.max_new_tokens or self.cfg.max_new_tokens,
+                                           temperature=es.temperature, seed=0)
         judge = self.judge(es)
         texts = [self.tokenizer.decode(g.tokens, skip_special_tokens=True) for g in gens]
         return fmean(score(es.scorer, t, it, judge) for t, it in zip(texts, items))
