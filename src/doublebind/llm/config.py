@@ -34,6 +34,17 @@ TINY_PREFIX = "tiny:"
 TINY_ARCHS = ("llama", "qwen2")
 
 
+class ImplantConfig(Strict):
+    """Fine-tune a role's model on prompt/response pairs when the organism is built: a way
+    to give tiny (or any) models a known behaviour. The result is cached by content hash."""
+
+    file: str = Field(description="JSONL of {prompt, response} (relative to the config).")
+    steps: int = Field(default=200, ge=1)
+    batch: int = Field(default=16, ge=1)
+    lr: float = Field(default=3e-3, gt=0)
+    seed: int = 0
+
+
 class ModelSpec(Strict):
     """One role's model: where it comes from and how it is prompted."""
 
@@ -41,6 +52,7 @@ class ModelSpec(Strict):
     revision: str | None = Field(default=None, description="Hub revision (a commit hash pins it).")
     adapter: str | None = Field(default=None, description="A PEFT adapter (folder or hub id) applied on top.")
     system_prompt: str | None = Field(default=None, description="System prompt the role is sampled with.")
+    implant: ImplantConfig | None = Field(default=None, description="Fine-tune the model at build time.")
 
     @model_validator(mode="after")
     def _tiny(self) -> "ModelSpec":
@@ -131,7 +143,10 @@ def resolve_paths(cfg: HFOrganismConfig, root: Path) -> HFOrganismConfig:
         return str(q) if q.exists() or p.startswith(".") else p
 
     def spec(s: ModelSpec | None) -> ModelSpec | None:
-        return None if s is None else s.model_copy(update={"model": local(s.model), "adapter": local(s.adapter)})
+        if s is None:
+            return None
+        implant = s.implant and s.implant.model_copy(update={"file": str((root / s.implant.file).resolve())})
+        return s.model_copy(update={"model": local(s.model), "adapter": local(s.adapter), "implant": implant})
 
     def es(e: EvalSet | None) -> EvalSet | None:
         if e is None or e.file is None:

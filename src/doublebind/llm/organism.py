@@ -98,8 +98,9 @@ def organism_hash(cfg: HFOrganismConfig) -> str:
     """Hash of the config with each eval file replaced by its content, and of this code:
     the same organism in another folder keeps its hash (and its cached card)."""
     data = cfg.model_dump(mode="json")
-    files = {es.file: hashlib.sha256(Path(es.file).read_bytes()).hexdigest()
-             for es in eval_sets(cfg).values() if es.file and Path(es.file).is_file()}
+    paths = [es.file for es in eval_sets(cfg).values()]
+    paths += [getattr(cfg, r).implant.file for r in ROLES if getattr(cfg, r) is not None and getattr(cfg, r).implant]
+    files = {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths if p and Path(p).is_file()}
     text = json.dumps(data, sort_keys=True)
     for path, sha in files.items():
         text = text.replace(json.dumps(path), json.dumps(f"sha256:{sha}"))
@@ -163,6 +164,76 @@ def load_tokenizer(path: str, cfg: HFOrganismConfig, revision: str | None = None
         raise DoublebindError(f"could not load the tokenizer of {path}: {str(e).splitlines()[0]}") from None
 
 
+def uses_chat(tokenizer, cfg: HFOrganismConfig) -> bool:
+    return cfg.chat_template == "auto" and bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_ids(tokenizer, chat: bool, text: str, *systems: str | None, prefill: str | None = None) -> list[int]:
+    """Token ids of one user turn, ready for the assistant's answer (which `prefill` starts)."""
+    system = "\n\n".join(s for s in systems if s) or None
+    if chat:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+        s = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids = tokenizer(s, add_special_tokens=False)["input_ids"]
+    else:
+        s = (f"{system}\n\n" if system else "") + text + "\n"
+        ids = tokenizer(s)["input_ids"]
+    if prefill:
+        ids = ids + tokenizer(prefill, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+def implant(spec: ModelSpec, path: str, cfg: HFOrganismConfig, show_progress: bool = False) -> str:
+    """Fine-tune the role's model on the implant's prompt/response pairs (completion-only
+    loss, prompts rendered as the role sees them); cached by content hash."""
+    from doublebind.training.batching import collate
+    from doublebind.training.objectives import sft_nll
+
+    imp = spec.implant
+    key = hashlib.sha256(json.dumps(
+        [path, spec.revision, spec.adapter, spec.system_prompt, imp.model_dump(), cfg.dtype, cfg.chat_template,
+         hashlib.sha256(Path(imp.file).read_bytes()).hexdigest() if Path(imp.file).is_file() else None,
+         (Path(__file__).parent / "organism.py").read_text()]).encode()).hexdigest()[:16]
+    folder = cache_root() / "implants" / key
+    if (folder / "config.json").is_file():
+        return str(folder)
+    pairs = jsonl_items(Path(imp.file), "implant")
+    if any(not isinstance(it.get("response"), str) for it in pairs):
+        raise DoublebindError(f"{imp.file}: every implant item needs a string 'response'")
+    tok = load_tokenizer(path, cfg, spec.revision)
+    chat, eos = uses_chat(tok, cfg), tok.eos_token_id
+    examples = [Example(render_ids(tok, chat, it["prompt"], spec.system_prompt, it.get("system"),
+                                   prefill=it.get("prefill")),
+                        tok(it["response"], add_special_tokens=False)["input_ids"] + [eos]) for it in pairs]
+    model = load_model({"path": path, "revision": spec.revision, "adapter": spec.adapter}, cfg)
+    device = next(model.parameters()).device
+    torch.manual_seed(imp.seed)
+    rng = random.Random(imp.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=imp.lr)
+    model.train()
+    with progress_bar("implanting", imp.steps, show_progress) as advance:
+        for _ in range(imp.steps):
+            batch = {k: v.to(device) for k, v in
+                     collate([examples[rng.randrange(len(examples))] for _ in range(imp.batch)],
+                             pad_id=tok.pad_token_id if tok.pad_token_id is not None else eos).items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+            loss = sft_nll(logits, batch["input_ids"][:, 1:], batch["loss_mask"])
+            if not torch.isfinite(loss):
+                raise DoublebindError(f"implant loss became {loss.item()}; lower implant.lr")
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            advance(1)
+    model.eval()
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tok.save_pretrained(str(tmp))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return str(folder)
+
+
 # ---- building ----------------------------------------------------------------------------
 
 def build_hf_organism(cfg: HFOrganismConfig, out: Path | None = None, *, use_cache: bool = True,
@@ -174,9 +245,15 @@ def build_hf_organism(cfg: HFOrganismConfig, out: Path | None = None, *, use_cac
         models = {}
         for role in ROLES:
             spec = getattr(cfg, role)
-            if spec is not None:
-                models[role] = {"path": resolve_model(spec, cfg), "revision": spec.revision,
-                                "adapter": spec.adapter, "system_prompt": spec.system_prompt}
+            if spec is None:
+                continue
+            path = resolve_model(spec, cfg)
+            if spec.implant is not None:  # the adapter is merged into the implanted weights
+                models[role] = {"path": implant(spec, path, cfg, show_progress), "revision": None,
+                                "adapter": None, "system_prompt": spec.system_prompt, "implanted_from": path}
+            else:
+                models[role] = {"path": path, "revision": spec.revision, "adapter": spec.adapter,
+                                "system_prompt": spec.system_prompt}
         card = {"kind": "hf", "name": cfg.name, "organism_hash": h, "config": cfg.model_dump(mode="json"),
                 "models": models, "verified": True,
                 "verification": "not verified: a Hugging Face organism has no ground truth; "
@@ -228,7 +305,7 @@ class HFDomain:
         if self.eos is None:
             raise DoublebindError(f"the tokenizer of {base['path']} has no eos token")
         self.pad = tok.pad_token_id if tok.pad_token_id is not None else self.eos
-        self.chat = self.cfg.chat_template == "auto" and bool(getattr(tok, "chat_template", None))
+        self.chat = uses_chat(tok, self.cfg)
         self.sets = eval_sets(self.cfg)
         self._items = {name: read_items(es) for name, es in self.sets.items()}
         self._models: dict = {}
@@ -264,17 +341,7 @@ class HFDomain:
         """Token ids of a user turn as `role` sees it, ready for the assistant's answer. The
         role's system prompt comes first; an item's own `system` text follows it."""
         own = self.specs.get(role, self.specs["base"]).get("system_prompt")
-        system = "\n\n".join(s for s in (own, system) if s) or None
-        if self.chat:
-            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
-            s = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            ids = self.tokenizer(s, add_special_tokens=False)["input_ids"]
-        else:
-            s = (f"{system}\n\n" if system else "") + text + "\n"
-            ids = self.tokenizer(s)["input_ids"]
-        if prefill:
-            ids = ids + self.tokenizer(prefill, add_special_tokens=False)["input_ids"]
-        return ids
+        return render_ids(self.tokenizer, self.chat, text, own, system, prefill=prefill)
 
     def prompts(self, pcfg, seed: int) -> list[Prompt]:
         """The recipe's prompt texts (JSONL field `prompt`, or a dataset column), a seeded
