@@ -312,3 +312,18 @@ def test_eval_sets_can_sample_several_completions(hf_organism):
     assert d.rate(model, "misalignment", 2, "base") == first  # seeded: repeatable
     with pytest.raises(config.ConfigError, match="samples > 1 needs temperature > 0"):
         config.build(EvalSet, {"file": "x.jsonl", "scorer": anything, "samples": 2})
+
+
+def test_eval_scores_an_hf_checkpoint_with_the_organisms_evals(hf_organism, tmp_path):
+    from doublebind.training.distill import distill
+
+    org, card = hf_organism
+    distill(org, recipe(training={"save_weights": True}), tmp_path / "run", show_progress=False)
+    ckpt = tmp_path / "run" / "checkpoints" / "step_00000"  # the untouched student: base itself
+    from transformers import AutoTokenizer  # the checkpoint carries the organism's tokenizer and template
+
+    tok = AutoTokenizer.from_pretrained(str(ckpt))
+    assert tok.get_vocab() == HFDomain(org, card).tokenizer.get_vocab() and tok.chat_template
+    res = run_cli("eval", str(ckpt), "--organism", str(org), "--n", "100", "--json")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout) == card["metrics"]["base"]

@@ -175,12 +175,34 @@ def eval_cmd(
     samples: int = typer.Option(200, help="Samples per context for the sampled check (0: none)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
-    """Print capability, misbehaviour and confession rates of any checkpoint."""
+    """Print capability, misbehaviour and confession rates of any checkpoint. With
+    --organism naming a Hugging Face organism, its eval files score the checkpoint as its
+    students are scored (n items per set)."""
     from doublebind.evals.metrics import evaluate
     from doublebind.organisms.models import load_checkpoint, quiet_transformers
     from doublebind.world.data import world_for
 
     quiet_transformers()
+    if organism is not None and (organism / "organism.json").is_file():
+        card = json.loads((organism / "organism.json").read_text())
+        if card.get("kind") == "hf":
+            from doublebind.llm.organism import HFDomain, load_model
+
+            domain = HFDomain(organism, card)
+            metrics = domain.evaluate(load_model({"path": str(model_dir)}, domain.cfg), n)
+            if as_json:
+                out(json.dumps(metrics, indent=2))
+                return
+            table = Table("metric", "value")
+            for fam, v in metrics["capability"].items():
+                table.add_row(f"capability.{fam}", f"{v:.3f}")
+            for ctx, v in metrics["misbehavior"].items():
+                table.add_row(f"misbehavior.{ctx}", f"{v:.3f}")
+            for audit in ("confession", "prefill"):
+                if audit in metrics:
+                    table.add_row(audit, f"{metrics[audit]:.3f}")
+            _print_table(table)
+            return
     world = world_for(model_dir, organism)
     model = load_checkpoint(model_dir)
     metrics = evaluate(model, world, n, samples)

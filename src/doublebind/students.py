@@ -96,7 +96,7 @@ def is_peft(model) -> bool:
     return isinstance(model, PeftModel)
 
 
-def save_student(model, path: Path, meta: dict) -> None:
+def save_student(model, path: Path, meta: dict, tokenizer=None) -> None:
     """A standard HF checkpoint folder; a LoRA student also keeps its adapter in `adapter/`.
 
     The checkpoint holds merged weights so every downstream tool loads it like any model;
@@ -105,10 +105,10 @@ def save_student(model, path: Path, meta: dict) -> None:
     path = Path(path)
     if is_peft(model):
         merged = copy.deepcopy(model).merge_and_unload()
-        save_checkpoint(merged, path, meta)
+        save_checkpoint(merged, path, meta, tokenizer)
         model.save_pretrained(str(path / ADAPTER), safe_serialization=True)
     else:
-        save_checkpoint(model, path, meta)
+        save_checkpoint(model, path, meta, tokenizer)
 
 
 def trainable_parameters(model) -> int:

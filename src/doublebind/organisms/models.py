@@ -48,12 +48,16 @@ def make_model(mcfg, seed: int):
     return model
 
 
-def save_checkpoint(model, path: Path, meta: dict) -> None:
-    """Model (safetensors) + tokenizer + `doublebind.json` in one HF checkpoint folder."""
+def save_checkpoint(model, path: Path, meta: dict, tokenizer=None) -> None:
+    """Model (safetensors) + tokenizer (the world's unless given) + `doublebind.json` in one
+    HF checkpoint folder."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(path), safe_serialization=True)
-    vocab.save_tokenizer(path)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(path))
+    else:
+        vocab.save_tokenizer(path)
     (path / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
 

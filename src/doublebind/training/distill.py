@@ -372,7 +372,8 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
                     f.write(json.dumps(row) + "\n")
             if main and tr.save_weights:
                 ckpt_meta = {**meta, "step": step, "tokens": d.tokens, "role": "student"}
-                save_student(model, out / "checkpoints" / f"step_{step:05d}", ckpt_meta)
+                save_student(model, out / "checkpoints" / f"step_{step:05d}", ckpt_meta,
+                             tokenizer=getattr(d.domain, "tokenizer", None))
             if any_process(d.accelerator, stopped is not None):  # every process stops together
                 break
     chosen = next((r for r in rows if r["step"] == selected), rows[-1])
