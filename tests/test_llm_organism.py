@@ -180,6 +180,9 @@ def test_bad_hf_configs_fail_in_one_line(tmp_path):
     bad = organism_yaml(tmp_path, teacher={"model": "tiny:gpt7"})
     res = run_cli("validate", str(bad))
     assert res.returncode != 0 and "unknown tiny architecture 'tiny:gpt7'" in res.stderr and "Traceback" not in res.stderr
+    nowhere = organism_yaml(tmp_path, teacher={"model": "./no-such-model"})
+    res = run_cli("organism", "build", "--config", str(nowhere), "--out", str(tmp_path / "o0"))
+    assert res.returncode == 1 and "model folder not found: " in res.stderr and "Traceback" not in res.stderr
     missing = organism_yaml(tmp_path)
     (tmp_path / "ask.jsonl").unlink()
     with pytest.raises(DoublebindError, match="eval file not found: .*ask.jsonl"):

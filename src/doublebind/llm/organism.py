@@ -115,6 +115,9 @@ def organism_hash(cfg: HFOrganismConfig) -> str:
 
 def resolve_model(spec: ModelSpec, cfg: HFOrganismConfig) -> str:
     """A folder or hub id for the role; `tiny:` models are built once and cached."""
+    for what, p in (("model", spec.model), ("adapter", spec.adapter)):
+        if p and Path(p).is_absolute() and not Path(p).exists():  # a path, not a hub id
+            raise DoublebindError(f"{what} folder not found: {p}")
     if not spec.model.startswith(TINY_PREFIX):
         return spec.model
     from doublebind.llm.tiny import build_tiny
