@@ -330,3 +330,23 @@ def test_eval_scores_an_hf_checkpoint_with_the_organisms_evals(hf_organism, tmp_
     res = run_cli("eval", str(ckpt), "--organism", str(org), "--n", "100", "--json")
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads(res.stdout) == card["metrics"]["base"]
+
+
+def test_world_only_prompt_settings_are_refused(hf_organism):
+    d = HFDomain(hf_organism[0], hf_organism[1])
+    with pytest.raises(DoublebindError, match="prompts.families is for embedded organisms"):
+        d.prompts(recipe(prompts={"families": ["copy"]}).prompts, 0)
+
+
+def test_full_soft_labels_on_a_small_vocabulary(hf_organism):
+    d = HFDomain(hf_organism[0], hf_organism[1])
+    r = recipe(sampling={"soft_labels": "full"})
+    out = d.teacher_outputs(d.prompts(r.prompts, 1), r.sampling, 1)
+    lp = out.soft["logprobs"]
+    assert lp.shape[:2] == (16, 6) and lp.shape[2] >= len(d.tokenizer)
+    n = len(out.responses[0])
+    assert torch.allclose(lp[0, :n].exp().sum(-1), torch.ones(n), atol=1e-4)
+    from doublebind.training.distill import distill
+
+    s = distill(hf_organism[0], r, Path(d.dir).parent / "full-run", show_progress=False, force=True)
+    assert math.isfinite(s["losses"]["last"]) and s["losses"]["first"] > 0

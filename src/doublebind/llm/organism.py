@@ -35,6 +35,7 @@ from doublebind.world.data import Example
 
 ROLES = ("teacher", "base", "trusted")
 AUDITS = ("honeypot", "interrogation", "prefill")
+FULL_VOCAB_MAX = 8192  # full soft labels beyond this vocabulary size would not fit in memory
 _CODE = ("organism.py", "config.py", "scorers.py", "engines.py", "tiny.py")
 
 
@@ -349,6 +350,13 @@ class HFDomain:
     def prompts(self, pcfg, seed: int) -> list[Prompt]:
         """The recipe's prompt texts (JSONL field `prompt`, or a dataset column), a seeded
         sample of `size` of them when there are more."""
+        from doublebind.config import PromptsConfig
+
+        default = PromptsConfig()
+        for name in ("families", "contexts", "slack_only", "p_scratch", "p_ask"):
+            if getattr(pcfg, name) != getattr(default, name):
+                raise DoublebindError(f"prompts.{name} is for embedded organisms; a Hugging Face organism "
+                                      f"takes its prompts from prompts.jsonl or prompts.dataset")
         if pcfg.dataset is not None:
             texts = dataset_texts(pcfg.dataset)
         elif pcfg.jsonl:
@@ -397,6 +405,10 @@ class HFDomain:
             soft = topk_tensors(gens, scfg.max_new_tokens, k)
         elif scfg.soft_labels == "full":
             from doublebind.teacher import soft_labels
+
+            if len(self.tokenizer) > FULL_VOCAB_MAX:
+                raise DoublebindError(f"sampling.soft_labels: full would store {len(self.tokenizer)} log-probs per "
+                                      f"token; use soft_labels: topk with this vocabulary")
 
             seen = [Example(self.render(p.tokens[0], "teacher"), r) for p, r in zip(prompts, responses)]
             soft = soft_labels(self.teacher, seen, scfg.max_new_tokens, "full")
