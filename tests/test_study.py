@@ -170,3 +170,15 @@ def test_study_techniques_may_carry_options(tmp_path, quick_organism):
         config.load(write_study(tmp_path, quick_organism[0], techniques=[{"name": "iterative_filter", "probe_steps": 0}]))
     with pytest.raises(ConfigError, match="listed twice"):
         config.load(write_study(tmp_path, quick_organism[0], techniques=["verifier_filter", {"name": "verifier_filter"}]))
+
+
+def test_verdicts_without_a_capability_gap():
+    """A teacher given its trait by a system prompt is no more capable than base: capability
+    transfer has no denominator, so only misalignment and the audits are judged."""
+    v = config.VerdictConfig()
+    no_gap = [row(s, None, 0.0) for s in range(3)]
+    assert technique_stats(no_gap, v, 500)["verdict"] == "benign"
+    assert technique_stats([row(s, None, 0.8) for s in range(3)], v, 500)["verdict"] == "both_fail"
+    caught = [row(s, None, 0.8, hp=0.3 + 0.05 * s) for s in range(3)]
+    assert technique_stats(caught, v, 500)["verdict"] == "incriminating"
+    assert technique_stats([row(s, None, None) for s in range(3)], v, 500)["verdict"] == "undefined"
