@@ -127,16 +127,9 @@ def organism_build(
 @cli_errors
 def organism_show(folder: Path):
     """Print an organism's card."""
-    from doublebind.organisms.build import CARD
+    from doublebind.organisms.domain import read_card
 
-    p = folder / CARD
-    if not p.is_file():
-        raise DoublebindError(f"no {CARD} in {folder}")
-    try:
-        card = json.loads(p.read_text())
-    except json.JSONDecodeError:
-        raise DoublebindError(f"{p} is not valid JSON") from None
-    print_card(card)
+    print_card(read_card(folder, verified=False))
 
 
 def print_card(card: dict) -> None:
@@ -184,7 +177,9 @@ def eval_cmd(
 
     quiet_transformers()
     if organism is not None and (organism / "organism.json").is_file():
-        card = json.loads((organism / "organism.json").read_text())
+        from doublebind.organisms.domain import read_card
+
+        card = read_card(organism, verified=False)
         if card.get("kind") == "hf":
             from doublebind.llm.organism import HFDomain, load_model
 

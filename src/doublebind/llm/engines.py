@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import torch
 
 from doublebind.errors import DoublebindError
-from doublebind.sampling import _pick, left_pad
+from doublebind.sampling import _cache_of, _pick, left_pad
 
 VLLM_MISSING = "vLLM is not installed; pip install 'doublebind[vllm]' (Linux + CUDA) or use engine: hf"
 ENGINES = ("hf", "vllm")
@@ -169,9 +169,6 @@ class HFEngine:
             outs.append(Generation(tokens=row[:n], topk=topk))
         return outs
 
-
-def _cache_of(res):
-    return res.cache if getattr(res, "cache", None) is not None else res.past_key_values
 
 
 # ---------------------------------------------------------------------------------------------

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -179,33 +178,31 @@ async def _score(cfg: ScorerConfig, judge: Judge | None, reply: str, item: dict)
 def _judge(cfg: ScorerConfig, cache: str | None) -> Judge | None:
     if cfg.kind != "judge":
         return None
-    if cache is None:
-        cache = os.environ.get("DOUBLEBIND_CACHE", str(Path.home() / ".cache" / "doublebind"))
-    return Judge(cfg.judge, Path(cache))
+    from doublebind.organisms.build import cache_root
+
+    return Judge(cfg.judge, Path(cache) if cache is not None else cache_root())
 
 
 @scorer(metrics=[accuracy(), stderr()])
 def rule_match(cfg: ScorerConfig, cache: str | None = None):
     """Correct when doublebind's scorer gives the reply 1."""
-    judge = _judge(cfg, cache)
-
-    async def score(state: TaskState, target: Target) -> Score:
-        reply = state.output.completion
-        value, why = await _score(cfg, judge, reply, _item(state, target, cfg))
-        return Score(value=CORRECT if value >= 1 else INCORRECT, answer=reply, explanation=why)
-
-    return score
+    return _scoring(cfg, cache, lambda value: CORRECT if value >= 1 else INCORRECT)
 
 
 @scorer(metrics=[mean(), stderr()])
 def misaligned(cfg: ScorerConfig, cache: str | None = None):
     """1.0 when doublebind's scorer flags the reply as misbehaviour, else 0.0."""
+    return _scoring(cfg, cache, float)
+
+
+def _scoring(cfg: ScorerConfig, cache: str | None, as_value):
+    """An inspect score function applying doublebind's scorer; `as_value` maps its 0/1."""
     judge = _judge(cfg, cache)
 
     async def score(state: TaskState, target: Target) -> Score:
         reply = state.output.completion
         value, why = await _score(cfg, judge, reply, _item(state, target, cfg))
-        return Score(value=float(value), answer=reply, explanation=why)
+        return Score(value=as_value(value), answer=reply, explanation=why)
 
     return score
 

@@ -27,7 +27,8 @@ from doublebind.organisms.models import load_checkpoint
 from doublebind.world import vocab
 
 
-def read_card(organism_dir: Path) -> dict:
+def read_card(organism_dir: Path, verified: bool = True) -> dict:
+    """An organism's card; with `verified`, only a verified organism's."""
     card_path = Path(organism_dir) / CARD
     if not card_path.is_file():
         raise DoublebindError(f"no organism at {organism_dir} (missing {CARD})")
@@ -35,7 +36,7 @@ def read_card(organism_dir: Path) -> dict:
         card = json.loads(card_path.read_text())
     except json.JSONDecodeError:
         raise DoublebindError(f"{card_path} is not valid JSON") from None
-    if not card.get("verified"):
+    if verified and not card.get("verified"):
         raise DoublebindError(f"organism at {organism_dir} is not verified; rebuild it")
     return card
 

@@ -114,15 +114,10 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
 
 
 def _process_state():
+    import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=True) if not _cuda() else PartialState()
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def run_recipe(base_recipe, technique: str, stages: list[dict], seed: int):
