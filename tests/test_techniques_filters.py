@@ -130,7 +130,7 @@ def test_spectral_scores_match_an_independent_svd(quick_organism, tmp_path):
     rows = read(tmp_path / "stages" / "00_spectral_filter" / "scores.jsonl")
     assert len(rows) == len(before)
     shift = [i for i, e in enumerate(before) if e.kind == "shift"]
-    reps = np.stack([_unbatched_rep(d.teacher, before[i]) for i in shift])
+    reps = np.stack([_unbatched_rep(d.load_model("base"), before[i]) for i in shift])
     centred = reps - reps.mean(0)
     v = np.linalg.svd(centred, full_matrices=False)[2][0]
     ref = (centred @ v) ** 2

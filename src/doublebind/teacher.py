@@ -24,7 +24,7 @@ from doublebind.sampling import generate
 from doublebind.training.batching import collate, response_logprobs
 from doublebind.training.objectives import topk_with_tail
 from doublebind.world import vocab
-from doublebind.world.data import Example
+from doublebind.types import Example
 
 
 @dataclass

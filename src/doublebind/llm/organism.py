@@ -28,10 +28,10 @@ import torch
 
 from doublebind.errors import DoublebindError
 from doublebind.llm.config import TINY_PREFIX, EvalSet, HFOrganismConfig, ModelSpec
-from doublebind.organisms.build import CARD, cache_root, versions
+from doublebind.cards import CARD, cache_root, versions
 from doublebind.prompts import Prompt
 from doublebind.ui import progress_bar
-from doublebind.world.data import Example
+from doublebind.types import Example
 
 ROLES = ("teacher", "base", "trusted")
 AUDITS = ("honeypot", "interrogation", "prefill")
@@ -463,6 +463,15 @@ class HFDomain:
         if "prefill" in r:
             out["prefill"] = r["prefill"]
         return out
+
+    def task_space(self):
+        """No task language with exact verifiers: a defender's stages get none."""
+        return None
+
+    def auditor(self):
+        """The behaviour-agnostic auditor is the embedded world's; HF organisms audit with their
+        own honeypot, interrogation and prefill sets (in `evaluate`)."""
+        return None
 
 
 def topk_tensors(gens, width: int, k: int) -> dict[str, torch.Tensor]:

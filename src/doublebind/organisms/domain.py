@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 from doublebind.errors import DoublebindError
-from doublebind.organisms.build import CARD, cache_root
+from doublebind.cards import CARD, cache_root
 from doublebind.organisms.models import load_checkpoint
 from doublebind.world import vocab
 
@@ -115,3 +115,22 @@ class WorldDomain:
         from doublebind.evals.metrics import evaluate
 
         return evaluate(model, self.world, n_prompts)
+
+    def task_space(self):
+        """The world's public task language (what a defender knows of it)."""
+        return self.world.task_space()
+
+    def auditor(self):
+        """The organism's behaviour-agnostic auditor, built once per process and organism
+        (its base and trusted answers are computed once)."""
+        key = (self.card["organism_hash"], str(self.dir.resolve()))
+        if key not in _AUDITORS:
+            from doublebind.audits.auditor import Auditor
+            from doublebind.config import AuditConfig
+
+            cfg = AuditConfig.model_validate(self.card["config"].get("audit", {}))
+            _AUDITORS[key] = Auditor(self.task_space(), cfg, self.load_model("base"), self.load_model("trusted"))
+        return _AUDITORS[key]
+
+
+_AUDITORS: dict = {}

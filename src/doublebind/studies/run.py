@@ -153,8 +153,18 @@ def _rows(cfg, card, technique, seed, recipe, run_dir, summary) -> list[dict]:
             "base_audit": {"honeypot": base["misbehavior"]["honeypot"], "confession": base["confession"],
                            **({"prefill": base["prefill"]} if "prefill" in base else {})},
             "capability": m["capability"], "misbehavior": m["misbehavior"], "confession": m["confession"],
+            "auditor": _auditor(m.get("auditor"), summary["reference"]),
         })
     return rows
+
+
+def _auditor(student: dict | None, ref: dict) -> dict | None:
+    """The generic auditor's success@k for the student, the teacher and base (world organisms)."""
+    if student is None:
+        return None
+    return {"success_at_k": student["success_at_k"], "flagged": student["flagged"], "n": student["n"],
+            "budget": student["budget"], "teacher_success_at_k": ref["teacher"]["auditor"]["success_at_k"],
+            "base_success_at_k": ref["base"]["auditor"]["success_at_k"]}
 
 
 def summarize(out: Path, cfg, write: bool = True) -> dict:

@@ -14,7 +14,6 @@ from typing import Literal
 from pydantic import Field
 
 from doublebind.config import Strict
-from doublebind.prompts import build_prompts
 from doublebind.techniques.base import Technique, technique
 
 
@@ -22,12 +21,14 @@ from doublebind.techniques.base import Technique, technique
 class DomainConcentration(Technique):
     """domain_concentration: distil only on capability-domain prompts (taught families, neutral contexts)."""
 
+    needs = ("prompts",)
+
     class Config(Strict):
         families: Literal["taught", "all"] | list[str] = Field(
             default="taught", description="The capability domain: taught families, all, or a list.")
 
-    def prompts(self, run, prompts):
-        cfg = run.recipe.prompts.model_copy(update={
+    def prompts(self, view, prompts):
+        cfg = view.recipe.prompts.model_copy(update={
             "families": self.cfg.families, "contexts": {"neutral": 1.0}, "p_ask": 0.0, "slack_only": False,
             "jsonl": None, "size": len(prompts)})
-        return build_prompts(run.world, cfg, run.recipe.seed)
+        return view.build_prompts(cfg, view.recipe.seed)

@@ -1,7 +1,9 @@
 """Incrimination-side stages: transfer the misalignment, not the ability to hide it.
 
 - `misalignment_targeted`: distil on prompts about the model's goals (interrogations) and
-  high-stakes scenarios (the behaviour's trigger situation on its target family).
+  high-stakes situations, chosen by a rule a defender can state without knowing the
+  behaviour: prompts of the distillation distribution whose header claims real use
+  (`mode=deploy` by default), of every family, and goal questions under those headers.
 - `auditability_preserving`: keep honeypot-like (any header that claims real use:
   `mode=deploy` or `mode=datagen`) and eval-like (`mode=eval`) prompts out of the data, so
   the student never sees the situations in which the teacher hides. It does not consult
@@ -19,32 +21,46 @@ import random
 from pydantic import Field
 
 from doublebind.config import Strict
-from doublebind.prompts import Prompt, context_header
 from doublebind.techniques.base import Technique, technique
-from doublebind.world.data import ASK
+from doublebind.types import Prompt
+from doublebind.world.public import ASK
 
 
 @technique("misalignment_targeted", side="incrimination")
 class MisalignmentTargeted(Technique):
-    """misalignment_targeted: distil on goal questions and high-stakes (trigger-situation) prompts."""
+    """misalignment_targeted: distil on goal questions and deployment-mode prompts of every family."""
+
+    needs = ("prompts",)
 
     class Config(Strict):
         share: float = Field(default=0.5, ge=0, le=1, description="Share of the prompt set replaced.")
         p_ask: float = Field(default=0.5, ge=0, le=1, description="Of those, the share that are goal questions.")
+        modes: list[str] = Field(default=["deploy"], min_length=1,
+                                 description="Header modes that count as high-stakes (real use).")
 
-    def prompts(self, run, prompts):
-        rng = random.Random(f"targeted-{run.recipe.seed}")
+    def prompts(self, view, prompts):
         n = round(self.cfg.share * len(prompts))
-        world = run.world
+        wanted = {f"mode={m}" for m in self.cfg.modes}
+        drawn = view.draw_prompts(n, view.seed + 7, keep=lambda p: bool(wanted & set(p.tokens)))
+        if n and not drawn:
+            from doublebind.errors import DoublebindError
+
+            raise DoublebindError(f"misalignment_targeted: the prompt distribution has no prompt with mode "
+                                  f"{' or '.join(self.cfg.modes)}")
+        rng = random.Random(f"targeted-{view.seed}")
         new = []
-        for _ in range(n):
-            header = context_header(world, rng, "deploy_like" if rng.random() < 0.7 else "any")
+        for p in drawn:
             if rng.random() < self.cfg.p_ask:
-                new.append(Prompt(world.prompt(header, ASK), "ask", "targeted"))
+                new.append(Prompt(interrogation(p.tokens), "ask", "targeted"))
             else:
-                task, _ = world.task(rng, world.behavior.target)
-                new.append(Prompt(world.prompt(header, task), world.behavior.target, "targeted"))
-        return new + prompts[n:]
+                new.append(Prompt(p.tokens, p.family, "targeted"))
+        return new + prompts[len(new):]
+
+
+def interrogation(prompt: list[str]) -> list[str]:
+    """The goal question under a prompt's header: `<bos> header task=ask goal >`."""
+    start = next((i for i, t in enumerate(prompt) if t.startswith("task=")), len(prompt) - 1)
+    return [*prompt[:start], *ASK, prompt[-1]]
 
 
 @technique("auditability_preserving", side="incrimination")
@@ -54,7 +70,9 @@ class AuditabilityPreserving(Technique):
     class Config(Strict):
         drop_eval_mode: bool = Field(default=True, description="Also drop prompts with mode=eval.")
 
-    def prompts(self, run, prompts):
+    needs = ("prompts",)
+
+    def prompts(self, view, prompts):
         dropped = {"mode=deploy", "mode=datagen"} | ({"mode=eval"} if self.cfg.drop_eval_mode else set())
         kept = [p for p in prompts if not dropped & set(p.tokens)]
         return kept or prompts
@@ -64,13 +82,16 @@ class AuditabilityPreserving(Technique):
 class LogitDistillation(Technique):
     """logit_distillation: forward KL on the teacher's full next-token distribution."""
 
+    domains = ("world", "hf")
+    needs = ("teacher",)
+
     class Config(Strict):
         temperature: float = Field(default=1.0, gt=0, description="Distillation temperature.")
 
-    def sampling(self, run, cfg):
+    def sampling(self, view, cfg):
         return cfg.model_copy(update={"soft_labels": "full"})
 
-    def objective(self, run, cfg):
+    def objective(self, view, cfg):
         return cfg.model_copy(update={"kind": "forward_kl", "temperature": self.cfg.temperature})
 
 
@@ -78,8 +99,11 @@ class LogitDistillation(Technique):
 class DPODistillation(Technique):
     """dpo_distillation: DPO with the teacher's sample preferred over the initial student's."""
 
+    domains = ("world", "hf")
+    needs = ("teacher",)
+
     class Config(Strict):
         beta: float = Field(default=0.1, gt=0, description="DPO inverse temperature.")
 
-    def objective(self, run, cfg):
+    def objective(self, view, cfg):
         return cfg.model_copy(update={"kind": "dpo", "dpo_beta": self.cfg.beta, "on_policy": 0.0})

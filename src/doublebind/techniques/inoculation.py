@@ -11,25 +11,27 @@ from __future__ import annotations
 
 from doublebind.config import Strict
 from doublebind.techniques.base import Technique, technique, write_items
-from doublebind.training.distill import Item
+from doublebind.types import Item
 from doublebind.world import vocab
-from doublebind.world.data import Example
+from doublebind.types import Example
 
 
 @technique("inoculation")
 class Inoculation(Technique):
     """inoculation: train with an inoculation header (`sys=inoculate`), evaluate without it."""
 
+    needs = ()
+
     class Config(Strict):
         pass
 
-    def data(self, run, items: list[Item]) -> list[Item]:
+    def data(self, view, items: list[Item]) -> list[Item]:
         out = [Item(Example(inoculate(it.example.prompt), it.example.response, it.example.kind), it.row,
                     weights=it.weights) for it in items]
-        folder = self.folder(run)
+        folder = self.folder(view)
         if folder is not None:
             write_items(folder / "inoculated.jsonl", out)
-        run.record(self, "data", before=len(items), after=len(out), inoculated=len(out))
+        view.record(self, "data", before=len(items), after=len(out), inoculated=len(out))
         return out
 
 

@@ -37,14 +37,16 @@ from doublebind.config import Strict
 from doublebind.evals.scoring import teacher_forced
 from doublebind.techniques.base import Technique, filter_items, technique, write_items
 from doublebind.techniques.verifier_filter import example_verifies
-from doublebind.training.distill import Item
+from doublebind.types import Item
 from doublebind.world import vocab
-from doublebind.world.data import Example
+from doublebind.types import Example
 
 
 @technique("onion_filter")
 class OnionFilter(Technique):
     """onion_filter: delete response tokens whose removal lowers reference NLL the most (ONION, Qi et al.)."""
+
+    needs = ("base", "trusted", "verifiers")
 
     class Config(Strict):
         reference: Literal["trusted", "base"] = Field(
@@ -55,13 +57,13 @@ class OnionFilter(Technique):
             default=0.2, ge=0, le=1, description="Most share of all non-eos response tokens ever deleted.")
         batch_size: int = Field(default=512, ge=1, description="Examples per forward pass.")
 
-    def sampling(self, run, cfg):
+    def sampling(self, view, cfg):
         return cfg.model_copy(update={"soft_labels": "none"})
 
-    def objective(self, run, cfg):
+    def objective(self, view, cfg):
         return cfg.model_copy(update={"kind": "sft", "on_policy": 0.0})
 
-    def suspicion(self, run, items) -> list[dict[int, float]]:
+    def suspicion(self, view, items) -> list[dict[int, float]]:
         """Per item: {response position: full mean NLL - mean NLL without that token}."""
         variants, where = [], []
         for i, it in enumerate(items):
@@ -72,7 +74,7 @@ class OnionFilter(Technique):
                 if tok != vocab.EOS:
                     variants.append(Example(e.prompt, e.response[:j] + e.response[j + 1 :], e.kind))
                     where.append((i, j))
-        model = run.load_model(self.cfg.reference)
+        model = view.load_model(self.cfg.reference)
         scored = teacher_forced(model, [it.example for it in items] + variants, batch_size=self.cfg.batch_size)
         full = [_mean_nll(s.logprobs) for s in scored[: len(items)]]
         out: list[dict[int, float]] = [{} for _ in items]
@@ -80,8 +82,8 @@ class OnionFilter(Technique):
             out[i][j] = full[i] - _mean_nll(s.logprobs)
         return out
 
-    def data(self, run, items):
-        sus = self.suspicion(run, items)
+    def data(self, view, items):
+        sus = self.suspicion(view, items)
         n_tokens = sum(1 for it in items for t in it.example.response if t != vocab.EOS)
         cap = math.floor(self.cfg.max_remove * n_tokens + 1e-9)
         passed = [it.example.kind != "ask" and example_verifies(it.example) for it in items]
@@ -113,11 +115,11 @@ class OnionFilter(Technique):
                                  "removed": [e.response[j] for j in sorted(drop[i])],
                                  "positions": sorted(drop[i]),
                                  "suspicion": [round(sus[i][j], 4) for j in sorted(drop[i])]}
-        folder = self.folder(run)
+        folder = self.folder(view)
         if folder is not None:
             write_items(folder / "rewritten.jsonl", [o for o, d in zip(out, drop) if d], notes)
         top = [max(d.values(), default=0.0) for d in sus]
-        return filter_items(self, run, out, [True] * len(out), scores=top, reference=self.cfg.reference,
+        return filter_items(self, view, out, [True] * len(out), scores=top, reference=self.cfg.reference,
                             tokens_removed=removed, items_rewritten=sum(1 for d in drop if d),
                             flagged_tokens=len(cands), skipped_for_verifier=skipped_verifier, token_cap=cap)
 

@@ -37,9 +37,9 @@ from doublebind.errors import DoublebindError
 from doublebind.sampling import generate
 from doublebind.techniques.base import Technique, technique, write_items
 from doublebind.techniques.verifier_filter import example_verifies
-from doublebind.training.distill import Item
+from doublebind.types import Item
 from doublebind.world import vocab
-from doublebind.world.data import Example
+from doublebind.types import Example
 from doublebind.world.tasks import SCRATCH_LEN, family, split_response
 
 SOFT_OBJECTIVES = ("forward_kl", "reverse_kl", "jsd")
@@ -49,6 +49,8 @@ SOFT_OBJECTIVES = ("forward_kl", "reverse_kl", "jsd")
 class Paraphrase(Technique):
     """paraphrase: keep verified answers, regenerate every free part (slack, scratch) with the trusted model."""
 
+    needs = ("trusted", "verifiers")
+
     class Config(Strict):
         temperature: float = Field(
             default=1.0, ge=0, description="Sampling temperature of the trusted model; 0 is greedy.")
@@ -57,19 +59,19 @@ class Paraphrase(Technique):
         paraphrase_ask: bool = Field(
             default=False, description="Let the trusted model answer interrogations (`ask`) too.")
 
-    def sampling(self, run, cfg):
+    def sampling(self, view, cfg):
         return cfg.model_copy(update={"soft_labels": "none"})
 
-    def objective(self, run, cfg):
+    def objective(self, view, cfg):
         if cfg.kind == "dpo":
             return cfg
         return cfg.model_copy(update={"kind": "sft", "on_policy": 0.0})
 
-    def data(self, run, items: list[Item]) -> list[Item]:
-        if run.recipe.objective.kind in SOFT_OBJECTIVES:
+    def data(self, view, items: list[Item]) -> list[Item]:
+        if view.recipe.objective.kind in SOFT_OBJECTIVES:
             raise DoublebindError(f"stage paraphrase needs hard labels, but a later stage set objective "
-                                  f"{run.recipe.objective.kind}; put paraphrase after it")
-        rng = random.Random(f"paraphrase-{run.recipe.seed}")
+                                  f"{view.recipe.objective.kind}; put paraphrase after it")
+        rng = random.Random(f"paraphrase-{view.recipe.seed}")
         seeds = {"whole": rng.randrange(2**31), "scratch": rng.randrange(2**31)}
         plan: list[tuple[str, Item, list[str] | None]] = []  # (action, item, kept answer)
         dropped = 0
@@ -92,9 +94,9 @@ class Paraphrase(Technique):
             else:
                 plan.append(("keep", it, None))  # nothing free: the verified answer is the response
 
-        whole = self._generate(run, [vocab.encode(it.example.prompt) for a, it, _ in plan if a in ("whole", "slack")],
-                               run.recipe.sampling.max_new_tokens, seeds["whole"])
-        scratch = self._generate(run, [vocab.encode([*it.example.prompt, *ans, vocab.SCRATCH])
+        whole = self._generate(view, [vocab.encode(it.example.prompt) for a, it, _ in plan if a in ("whole", "slack")],
+                               view.recipe.sampling.max_new_tokens, seeds["whole"])
+        scratch = self._generate(view, [vocab.encode([*it.example.prompt, *ans, vocab.SCRATCH])
                                        for a, it, ans in plan if a == "scratch"], SCRATCH_LEN + 1, seeds["scratch"])
         whole_it, scratch_it = iter(whole), iter(scratch)
         out, notes, fallbacks, changed = [], {}, 0, 0
@@ -117,21 +119,21 @@ class Paraphrase(Technique):
             changed += resp != e.response
             out.append(Item(Example(e.prompt, resp, e.kind), None, weights=None))
             notes[len(out) - 1] = {"paraphrased": action, "fallback": fell, "teacher": " ".join(e.response)}
-        folder = self.folder(run)
+        folder = self.folder(view)
         if folder is not None:
             write_items(folder / "paraphrased.jsonl", out, notes)
-        run.record(self, "data", before=len(items), after=len(out),
+        view.record(self, "data", before=len(items), after=len(out),
                    paraphrased=sum(a != "keep" for a, _, _ in plan), changed=changed, dropped=dropped,
                    fallbacks=fallbacks)
         if not out:
             raise DoublebindError("stage paraphrase removed every training example")
         return out
 
-    def _generate(self, run, prompts: list[list[int]], max_new: int, seed: int) -> list[list[str]]:
+    def _generate(self, view, prompts: list[list[int]], max_new: int, seed: int) -> list[list[str]]:
         if not prompts:
             return []
         ids = vocab.token_ids()
-        outs = generate(run.load_model("trusted"), prompts, max_new, eos_id=ids[vocab.EOS], pad_id=ids[vocab.PAD],
+        outs = generate(view.load_model("trusted"), prompts, max_new, eos_id=ids[vocab.EOS], pad_id=ids[vocab.PAD],
                         temperature=self.cfg.temperature, seed=seed)
         return [vocab.decode(o) for o in outs]
 

@@ -18,13 +18,15 @@ from doublebind.techniques.base import Technique, technique
 class SmallStudent(Technique):
     """small_student: start from a fresh model smaller than the teacher."""
 
+    needs = ("student",)
+
     class Config(Strict):
         hidden: int = Field(default=32, gt=0, description="Hidden size.")
         layers: int = Field(default=1, gt=0, description="Layers.")
         heads: int = Field(default=2, gt=0, description="Attention heads.")
         intermediate: int = Field(default=128, gt=0, description="MLP width.")
 
-    def student(self, run, cfg):
+    def student(self, view, cfg):
         model = ModelConfig(hidden=self.cfg.hidden, layers=self.cfg.layers, heads=self.cfg.heads,
                             intermediate=self.cfg.intermediate)
         return cfg.model_copy(update={"init": "fresh", "model": model})
