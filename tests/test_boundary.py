@@ -9,15 +9,108 @@ an error that says what a defender does not have, while every real stage runs.
 from __future__ import annotations
 
 import ast
+from pathlib import Path
 
 import pytest
 
-import import_graph as ig
-from conftest import tiny_recipe
+from .conftest import tiny_recipe
 from doublebind.defender import DefenderError, DefenderView
 from doublebind.registry import names, register
 from doublebind.techniques.base import Technique
 from doublebind.training.distill import Distiller
+
+# ---- the import graph, read from the source with ast (imports inside functions included) --
+PKG = Path(__file__).resolve().parent.parent / "src" / "doublebind"
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for p in PKG.rglob("*.py"):
+        rel = p.relative_to(PKG.parent).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = p
+    return out
+
+
+def imports(path: Path, name: str, known: set[str], top_level_only: bool = False) -> set[str]:
+    """The doublebind modules one module imports (a package's `__init__` counts as the package)."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".")[: -node.level] if not path.name == "__init__.py" else name.split(".")[: len(name.split(".")) - node.level + 1]
+                mod = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            else:
+                mod = node.module or ""
+            found.add(mod)
+            found |= {f"{mod}.{a.name}" for a in node.names}
+    return {m for m in found if m in known and m != name}
+
+
+def graph(top_level_only: bool = False) -> dict[str, set[str]]:
+    mods = modules()
+    known = set(mods)
+    return {name: imports(path, name, known, top_level_only) for name, path in mods.items()}
+
+
+def reach(g: dict[str, set[str]], start: str) -> dict[str, str | None]:
+    """Every module reachable from `start`, each with the module it was reached from."""
+    parent: dict[str, str | None] = {start: None}
+    todo = [start]
+    while todo:
+        m = todo.pop()
+        for n in sorted(g.get(m, ())):
+            if n not in parent:
+                parent[n] = m
+                todo.append(n)
+    return parent
+
+
+def path_to(parent: dict[str, str | None], end: str) -> list[str]:
+    out = [end]
+    while parent[out[-1]] is not None:
+        out.append(parent[out[-1]])
+    return out[::-1]
+
+
+def cycles(g: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+    counter = [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in g.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(g):
+        if v not in index:
+            visit(v)
+    return out
+
 
 # Where ground truth lives: the world's hidden choices, the organism card, the evaluation
 # layer, and everything that holds them (the distiller, studies, reports, the CLI).
@@ -39,18 +132,18 @@ def _defender_modules(g) -> list[str]:
 
 
 def test_no_stage_or_audit_module_reaches_ground_truth():
-    g = ig.graph()
+    g = graph()
     mods = _defender_modules(g)
     assert len(mods) >= 20  # every technique, the auditor and the view
     for m in mods:
-        parent = ig.reach(g, m)
+        parent = reach(g, m)
         bad = [r for r in parent if _is_ground_truth(r)]
-        assert not bad, f"{m} reaches ground truth: {' -> '.join(ig.path_to(parent, bad[0]))}"
+        assert not bad, f"{m} reaches ground truth: {' -> '.join(path_to(parent, bad[0]))}"
 
 
 def test_stage_and_audit_code_uses_no_backdoor():
-    mods = ig.modules()
-    for m in _defender_modules(ig.graph()):
+    mods = modules()
+    for m in _defender_modules(graph()):
         tree = ast.parse(mods[m].read_text())
         for node in ast.walk(tree):
             name = (node.attr if isinstance(node, ast.Attribute) else
@@ -59,19 +152,19 @@ def test_stage_and_audit_code_uses_no_backdoor():
             if name in BACKDOORS and not (m == "doublebind.defender"):
                 pytest.fail(f"{m} line {node.lineno} uses {name}")
         # and never imports the behaviour catalogue directly
-        assert "doublebind.world.behaviors" not in ig.imports(mods[m], m, set(mods)), m
+        assert "doublebind.world.behaviors" not in imports(mods[m], m, set(mods)), m
 
 
 def test_the_import_graph_has_no_cycle():
-    assert ig.cycles(ig.graph()) == []
+    assert cycles(graph()) == []
 
 
 def test_the_import_graph_checker_sees_a_violation(tmp_path):
     """The checker can fail: a module that imports ground truth inside a function is caught."""
     src = tmp_path / "cheat.py"
     src.write_text("def f():\n    from doublebind.world.data import World\n    return World\n")
-    known = set(ig.modules())
-    found = ig.imports(src, "doublebind.techniques.cheat", known)
+    known = set(modules())
+    found = imports(src, "doublebind.techniques.cheat", known)
     assert "doublebind.world.data" in found and any(_is_ground_truth(m) for m in found)
 
 
