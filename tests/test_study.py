@@ -54,7 +54,12 @@ def test_study_runs_the_grid_and_resumes_after_a_kill(quick_organism, tmp_path, 
     rows = study_run.read_results(out / "results.jsonl")
     keys = [(r["technique"], r["seed"], r["step"]) for r in rows]
     assert len(keys) == len(set(keys)) == 2 * 2 * 3
-    assert all(r["schema_version"] == 1 and r["study"] == "t" and r["organism_hash"] for r in rows)
+    assert all(r["schema_version"] == study_run.SCHEMA_VERSION and r["study"] == "t" and r["organism_hash"]
+               for r in rows)
+    # the half-written line was moved aside, not dropped
+    quarantined = [json.loads(ln) for ln in (out / study_run.QUARANTINE).read_text().splitlines()]
+    assert [(q["raw"], q["moved"]) for q in quarantined] == [('{"schema_version": 1, "technique": "verif', True)]
+    assert '"schema_version": 1' not in (out / "results.jsonl").read_text()
     for t in ("baseline", "verifier_filter"):
         for s in (0, 1):
             assert sum(r["selected"] for r in rows if r["technique"] == t and r["seed"] == s) == 1
