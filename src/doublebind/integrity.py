@@ -5,8 +5,10 @@ result of a good check is kept in a small JSON stamp beside the file (`.sha256-s
 in the same folder: size, mtime_ns, ctime_ns and sha256 per file name); while a file's size
 and times still match its stamp, the stamped hash is trusted instead of reading the file
 again. Any write to the file changes its mtime and ctime (ctime cannot be set back from user
-space), so a scrambled or truncated file is rehashed and caught. A stamp that cannot be
-written (read-only folder) only costs a rehash next time.
+space), so a scrambled or truncated file is rehashed and caught. A file changed less than
+`RACY_NS` ago is not stamped (a later write within the same timestamp tick could otherwise
+leave size and times unchanged), and a stamp that cannot be written (read-only folder) only
+costs a rehash next time.
 
 This module is deliberately outside the sources that make up an organism's hash.
 """
@@ -16,11 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 from doublebind.errors import DoublebindError
 
 STAMPS = ".sha256-stamps.json"
+RACY_NS = 2_000_000_000  # coarser than any filesystem's timestamp granularity (FAT: 2 s)
 _CHUNK = 1 << 20
 
 
@@ -69,7 +73,8 @@ def current_sha256(path: Path) -> str:
             and isinstance(entry.get("sha256"), str):
         return entry["sha256"]
     sha = file_sha256(path)
-    if path.stat().st_mtime_ns == st.st_mtime_ns:  # not written while we read it
+    settled = time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_NS
+    if settled and _stat_key(path.stat()) == _stat_key(st):  # not written while we read it
         _write_stamp(path, {**_stat_key(st), "sha256": sha})
     return sha
 

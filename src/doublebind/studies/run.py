@@ -107,9 +107,10 @@ def _lines(nums: list[int]) -> str:
 
 
 def describe_bad(bad: list[tuple[int, bytes, str]]) -> str:
-    first = bad[0]
-    what = "corrupt " + _lines([b[0] for b in bad])
-    return what + f" (line {first[0]}: {first[2]})"
+    """'line 5 is corrupt (why)' or 'lines 4, 5, 6 are corrupt (line 4: why)'."""
+    if len(bad) == 1:
+        return f"line {bad[0][0]} is corrupt ({bad[0][2]})"
+    return f"{_lines([b[0] for b in bad])} are corrupt (line {bad[0][0]}: {bad[0][2]})"
 
 
 def _row_problem(obj) -> str | None:
@@ -238,7 +239,7 @@ def settle_results(scan: Scan) -> Scan:
     if scan.bad:
         q = _quarantine(results, [_quarantine_record(n, raw, why, False) for n, raw, why in scan.bad])
         raise DoublebindError(f"{results}: {describe_bad(scan.bad)}; copied to {q.name}, {results.name} left "
-                              f"as it is; repair or remove the line by hand, then rerun")
+                              f"as it is; repair or remove the bad lines by hand, then rerun")
     scan.check()
     if scan.torn is not None:
         n, raw, offset = scan.torn
