@@ -197,3 +197,11 @@ def test_rows_of_an_older_schema_are_refused_in_one_line(study):
     res = run_cli("report", str(out))
     assert res.returncode == 1 and "older doublebind" in res.stderr and "Traceback" not in res.stderr
     assert [ln for ln in res.stderr.splitlines() if ln.strip()][0].startswith("error:")
+
+
+def test_out_that_is_a_file_is_refused(finished, tmp_path):
+    path, _ = finished
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(DoublebindError, match="is a file, not a study folder"):
+        study_run.run_study(path, tmp_path / "f", show_progress=False)
+    assert (tmp_path / "f").read_text() == "x"

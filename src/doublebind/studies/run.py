@@ -271,6 +271,8 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
     cfg = config.load(study_path, list(overrides), expect="study")
     org_path, org_cfg, base_recipe = resolve(study_path, cfg)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DoublebindError(f"--out {out} is a file, not a study folder")
     out.mkdir(parents=True, exist_ok=True)
     state = _process_state()  # under `accelerate launch`, only the main process writes
     if org_path is None:
