@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from doublebind.errors import DoublebindError
 from doublebind.integrity import CorruptCacheError, file_sha256, verify_file
 from doublebind.prompts import Prompt, prompts_hash
 from doublebind.sampling import generate
