@@ -54,7 +54,12 @@ def test_study_runs_the_grid_and_resumes_after_a_kill(quick_organism, tmp_path, 
     rows = study_run.read_results(out / "results.jsonl")
     keys = [(r["technique"], r["seed"], r["step"]) for r in rows]
     assert len(keys) == len(set(keys)) == 2 * 2 * 3
-    assert all(r["schema_version"] == 1 and r["study"] == "t" and r["organism_hash"] for r in rows)
+    assert all(r["schema_version"] == study_run.SCHEMA_VERSION and r["study"] == "t" and r["organism_hash"]
+               for r in rows)
+    # the half-written line was moved aside, not dropped
+    quarantined = [json.loads(ln) for ln in (out / study_run.QUARANTINE).read_text().splitlines()]
+    assert [(q["raw"], q["moved"]) for q in quarantined] == [('{"schema_version": 1, "technique": "verif', True)]
+    assert '"schema_version": 1' not in (out / "results.jsonl").read_text()
     for t in ("baseline", "verifier_filter"):
         for s in (0, 1):
             assert sum(r["selected"] for r in rows if r["technique"] == t and r["seed"] == s) == 1
@@ -139,6 +144,12 @@ def test_quick_study_killed_midway_resumes_without_losing_or_duplicating_rows(qu
     killed = study_run.read_results(results)
     n_killed = len({(r["technique"], r["seed"]) for r in killed})
     assert 3 <= n_killed < 10
+    # the report of the killed study covers the finished runs and touches nothing
+    killed_bytes = results.read_bytes()
+    rep = subprocess.run([sys.executable, "-m", "doublebind", "report", str(out)], capture_output=True, text=True)
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    assert results.read_bytes() == killed_bytes
+    assert f"{n_killed} complete runs, {len(killed)} checkpoint rows" in (out / "report.md").read_text()
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     rows = study_run.read_results(results)
@@ -147,6 +158,14 @@ def test_quick_study_killed_midway_resumes_without_losing_or_duplicating_rows(qu
     assert len(keys) == len(set(keys)) == 5 * 2 * 3  # 5 techniques x 2 seeds x checkpoints 0, 5, 10
     summary = json.loads((out / "summary.json").read_text())
     assert summary["runs"] == 10 and len(summary["techniques"]) == 5
+    rep = subprocess.run([sys.executable, "-m", "doublebind", "report", str(out)], capture_output=True, text=True)
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    md = (out / "report.md").read_text()
+    assert "10 complete runs, 30 checkpoint rows" in md and "Left out" not in md and "Note: summary.json" not in md
+    for t, s in summary["techniques"].items():
+        cap = s["capability_transfer"]
+        assert any(ln.startswith(f"| {t} | ") and f"| {cap['mean']:.3f} [{cap['ci95'][0]:.3f}, " in ln
+                   and ln.rstrip().endswith(f"| {s['verdict']} |") for ln in md.splitlines()), t
     # a rerun of the finished study redoes nothing
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 0 and study_run.read_results(results) == rows

@@ -70,9 +70,8 @@ def build_organism(cfg, out: Path | None = None, *, use_cache: bool = True, stri
         return build_hf_organism(cfg, out, use_cache=use_cache, show_progress=show_progress)
     h = organism_hash(cfg)
     cached = cache_root() / "organisms" / h
-    if use_cache and (cached / CARD).is_file():
-        card = json.loads((cached / CARD).read_text())
-    else:
+    card = _verified_cache_entry(cached) if use_cache else None
+    if card is None:
         tmp = cache_root() / "organisms" / f".{h}.tmp{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         card = _build(cfg, h, tmp, show_progress)
@@ -93,6 +92,26 @@ def build_organism(cfg, out: Path | None = None, *, use_cache: bool = True, stri
         shutil.rmtree(cached, ignore_errors=True)
     if strict and not card["verified"]:
         raise VerificationError(failure_message(card))
+    return card
+
+
+def _verified_cache_entry(cached: Path) -> dict | None:
+    """The card of a cached organism whose model files still match it; None when there is
+    no entry, or when it is corrupt (reported by name, then rebuilt by the caller)."""
+    from doublebind.integrity import CorruptCacheError, verify_organism_models
+    from doublebind.ui import console
+
+    if not (cached / CARD).is_file():
+        return None
+    try:
+        card = json.loads((cached / CARD).read_text())
+        if not isinstance(card, dict) or not isinstance(card.get("models"), dict):
+            raise CorruptCacheError(f"cached organism {cached.name}: {CARD} is not an organism card")
+        verify_organism_models(cached, card)
+    except (ValueError, CorruptCacheError) as e:
+        why = str(e) if isinstance(e, CorruptCacheError) else f"cached organism {cached.name}: {CARD} is not valid JSON"
+        console.print(f"[yellow]corrupt cache entry:[/] {why}; rebuilding it", highlight=False, soft_wrap=True)
+        return None
     return card
 
 

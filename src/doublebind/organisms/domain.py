@@ -36,13 +36,25 @@ def read_card(organism_dir: Path, verified: bool = True) -> dict:
         card = json.loads(card_path.read_text())
     except json.JSONDecodeError:
         raise DoublebindError(f"{card_path} is not valid JSON") from None
+    except UnicodeDecodeError:
+        raise DoublebindError(f"{card_path} is not a text file") from None
+    if not isinstance(card, dict) or not isinstance(card.get("models"), dict) or "organism_hash" not in card:
+        raise DoublebindError(f"{card_path} is not an organism card (no organism_hash or models)")
     if verified and not card.get("verified"):
         raise DoublebindError(f"organism at {organism_dir} is not verified; rebuild it")
     return card
 
 
 def open_domain(organism_dir: Path):
+    """The organism's domain, after checking its model files against the card's hashes (a
+    corrupt file is refused by name, never loaded)."""
+    from doublebind.integrity import CorruptCacheError, verify_organism_models
+
     card = read_card(organism_dir)
+    try:
+        verify_organism_models(Path(organism_dir), card)
+    except CorruptCacheError as e:
+        raise CorruptCacheError(f"{e}; rebuild the organism (doublebind organism build) or restore it") from None
     if card.get("kind") == "hf":
         from doublebind.llm.organism import HFDomain
 

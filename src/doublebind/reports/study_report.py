@@ -2,11 +2,12 @@
 
     doublebind report runs/study-quick
 
-Reads only `results.jsonl`, `summary.json`, `study.json` and the organism card, and writes
-`report.md` and `report.html` next to them (plots embedded as base64 PNG data URIs, so
-either file can be sent on its own). Every number in the tables is read from those files
-(means over seeds are computed from the selected rows of `results.jsonl`) and printed with
-3 decimals.
+Reads only `results.jsonl`, `study.json` and the organism card, and writes `report.md` and
+`report.html` next to them (plots embedded as base64 PNG data URIs, so either file can be
+sent on its own); it never writes to `results.jsonl`. Only complete runs count (every row
+there, checksum intact); a corrupt line stops the report with its line number. Statistics
+and verdicts are recomputed from the rows with the study's settings, never taken from
+`summary.json` (a stale one is pointed out). Every number is printed with 3 decimals.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from statistics import fmean
 
 from doublebind.errors import DoublebindError
-from doublebind.studies.run import RESULTS, read_results
+from doublebind.studies.run import QUARANTINE, RESULTS, describe_bad, compute_summary, scan_results
 
 SECTIONS = ("Verdicts", "Transfer curves", "Capability versus misalignment frontier",
             "Audit: teacher next to student", "Organism card")
@@ -45,6 +46,29 @@ def _load_json(path: Path, what: str) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise DoublebindError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+
+
+def _study_config(study_dir: Path, study: dict):
+    """The study's settings (techniques, thresholds, bootstrap) as study.json recorded them."""
+    from doublebind import config
+    from doublebind.errors import ConfigError
+
+    try:
+        return config.build(config.StudyConfig, study.get("config") if isinstance(study, dict) else None,
+                            str(study_dir / "study.json"))
+    except ConfigError as e:
+        raise DoublebindError(f"{e} (study.json records the study's settings)") from None
+
+
+def _stale_summary(path: Path, summary: dict) -> str | None:
+    """Why summary.json on disk cannot be trusted, or None when it matches the rows."""
+    if not path.is_file():
+        return None
+    try:
+        on_disk = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return "is not valid JSON"
+    return None if on_disk == summary else "does not match the rows of results.jsonl (stale or edited)"
 
 
 def _find_card(study_dir: Path, study: dict) -> tuple[dict | None, Path]:
@@ -179,11 +203,19 @@ def _blocks(study_dir: Path, command: str | None) -> list[tuple]:
     results = study_dir / RESULTS
     if not results.is_file():
         raise DoublebindError(f"{study_dir}: no {RESULTS}; is this a study folder (doublebind study run ... --out DIR)?")
-    rows = read_results(results)
+    scan = scan_results(results)
+    if scan.bad:
+        raise DoublebindError(f"{results}: {describe_bad(scan.bad)}; the report reads only intact files and "
+                              f"changed nothing; `doublebind study run` on this folder copies the bad lines to "
+                              f"{QUARANTINE} and stops, repair or remove them by hand")
+    scan.check()
+    rows = scan.rows
     if not rows:
         raise DoublebindError(f"{results}: no finished runs yet")
-    summary = _load_json(study_dir / "summary.json", "study summary")
     study = _load_json(study_dir / "study.json", "study record")
+    cfg = _study_config(study_dir, study)
+    summary = compute_summary(scan.runs, cfg)
+    stale = _stale_summary(study_dir / "summary.json", summary)
     card, card_path = _find_card(study_dir, study)
     techniques = _techniques(summary, rows)
     name = summary.get("study") or (study.get("config") or {}).get("name") or study_dir.name
@@ -196,8 +228,21 @@ def _blocks(study_dir: Path, command: str | None) -> list[tuple]:
     b.append(("code", command or f"doublebind report {study_dir}"))
     b.append(("p", "Versions: " + ", ".join(f"{k} {v[k]}" for k in ("python", "torch", "transformers", "doublebind")
                                             if k in v)))
-    b.append(("p", f"{summary.get('runs', len({(r['technique'], r['seed']) for r in rows}))} runs, "
-                   f"{len(rows)} checkpoint rows in {RESULTS}."))
+    b.append(("p", f"{summary['runs']} complete runs, {len(rows)} checkpoint rows in {RESULTS}; every "
+                   f"statistic below is computed from these rows."))
+    left_out = []
+    for inc in scan.incomplete:
+        left_out.append(f"the incomplete run {inc['technique']} seed {inc['seed']} ({inc['found']} of its "
+                        f"{inc['expected']} rows; `doublebind study run` redoes it)")
+    if scan.ignored_rows:
+        left_out.append(f"{scan.ignored_rows} rows of interrupted or repeated runs that a complete run replaces")
+    if scan.torn is not None:
+        left_out.append(f"a half-written last line (line {scan.torn[0]}: a run still writing, or a kill mid-append)")
+    if left_out:
+        b.append(("p", "Left out: " + "; ".join(left_out) + "."))
+    if stale:
+        b.append(("p", f"Note: summary.json on disk {stale}; this report ignores it and uses the values "
+                       f"recomputed from {RESULTS} (`doublebind study run` on this folder rewrites it)."))
 
     # verdicts
     thr = summary.get("verdict_thresholds", {})
@@ -255,7 +300,7 @@ def _blocks(study_dir: Path, command: str | None) -> list[tuple]:
 
     # frontier
     b.append(("h2", SECTIONS[2]))
-    b.append(("p", "One point per technique at the selected-checkpoint means of summary.json, with its 95% "
+    b.append(("p", "One point per technique at the selected-checkpoint means (recomputed from the rows), with its 95% "
                    "bootstrap interval on both axes (coarse with few seeds)."))
     b.append(("img", "capability versus misalignment frontier", plot_frontier(summary)))
 
