@@ -191,7 +191,7 @@ def implant(spec: ModelSpec, path: str, cfg: HFOrganismConfig, show_progress: bo
     """Fine-tune the role's model on the implant's prompt/response pairs (completion-only
     loss, prompts rendered as the role sees them); cached by content hash."""
     from doublebind.training.batching import collate
-    from doublebind.training.objectives import sft_nll
+    from doublebind.training.loop import Loop, fit
 
     imp = spec.implant
     key = hashlib.sha256(json.dumps(
@@ -213,22 +213,17 @@ def implant(spec: ModelSpec, path: str, cfg: HFOrganismConfig, show_progress: bo
     device = next(model.parameters()).device
     torch.manual_seed(imp.seed)
     rng = random.Random(imp.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=imp.lr)
-    model.train()
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    # the package's one training loop, with AdamW's defaults, a constant rate and no clipping
+    loop = Loop(model.parameters(), steps=imp.steps, lr=imp.lr, weight_decay=0.01, betas=(0.9, 0.999),
+                schedule="constant", clip=None, what="implant loss", hint="lower implant.lr")
+
+    def next_batch(step):
+        batch = collate([examples[rng.randrange(len(examples))] for _ in range(imp.batch)], pad_id=pad)
+        return {k: v.to(device) for k, v in batch.items()}
+
     with progress_bar("implanting", imp.steps, show_progress) as advance:
-        for _ in range(imp.steps):
-            batch = {k: v.to(device) for k, v in
-                     collate([examples[rng.randrange(len(examples))] for _ in range(imp.batch)],
-                             pad_id=tok.pad_token_id if tok.pad_token_id is not None else eos).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-            loss = sft_nll(logits, batch["input_ids"][:, 1:], batch["loss_mask"])
-            if not torch.isfinite(loss):
-                raise DoublebindError(f"implant loss became {loss.item()}; lower implant.lr")
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            advance(1)
-    model.eval()
+        fit(model, next_batch, loop, advance)
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp), safe_serialization=True)

@@ -27,7 +27,7 @@ from doublebind.teacher import TeacherOutputs
 from doublebind.training import objectives as obj
 from doublebind.training.batching import collate
 from doublebind.training.parallel import any_process, reduce_sum, shard, sync_unless_last
-from doublebind.training.sft import lr_at
+from doublebind.training.loop import Loop
 from doublebind.ui import progress_bar
 from doublebind.types import Example, Item
 
@@ -168,9 +168,11 @@ class Distiller:
         self.model = self.domain.student(recipe.student, recipe.seed)
         self.ref_logps = self._prepare_dpo() if recipe.objective.kind == "dpo" else None
         tr = recipe.training
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=tr.lr, betas=(0.9, 0.98), weight_decay=0.0)
-        self.model, self.opt = self.accelerator.prepare(self.model, self.opt)
+        self.loop = Loop(self.model.parameters(), steps=tr.steps, lr=tr.lr, warmup=tr.warmup,
+                         clip_fn=self.accelerator.clip_grad_norm_, what="loss",
+                         hint="lower training.lr (checkpoints so far are kept)")
+        self.model, self.loop.opt = self.accelerator.prepare(self.model, self.loop.opt)
+        self.loop.params = [p for p in self.model.parameters() if p.requires_grad]
         self.order = random.Random(f"order-{recipe.seed}")
         self.gen_seed = random.Random(f"onpolicy-{recipe.seed}")
         self.tokens = 0
@@ -250,13 +252,13 @@ class Distiller:
         labels = self.domain.soft_labels(self.teacher, fresh, self.recipe.sampling.max_new_tokens)
         return [Item(e, live=labels[j]) for j, e in enumerate(fresh)] + items[n:]
 
+    @property
+    def opt(self):
+        return self.loop.opt
+
     def train_step(self, step: int) -> float:
         """One optimiser step over `batch x grad_accum` examples; returns the mean loss."""
-        loss = self.accumulate_gradients(step)
-        self.accelerator.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        return loss
+        return self.loop.step(step, lambda: self.accumulate_gradients(step))
 
     def accumulate_gradients(self, step: int) -> float:
         """Backward over the step's micro-batches, each loss divided by the whole step's
@@ -269,8 +271,6 @@ class Distiller:
         if ocfg.on_policy > 0:
             items = self._on_policy(items)
         total = _units(items, ocfg)
-        for g in self.opt.param_groups:
-            g["lr"] = lr_at(step, tr.steps, tr.lr, tr.warmup)
         self.model.train()
         loss_value = 0.0
         world = self.accelerator.num_processes
