@@ -65,6 +65,7 @@ BUILTINS = {
     "scorer": ("doublebind.evals.scorers",),
     "technique": ("doublebind.techniques",),
     "config": ("doublebind.llm.config",),
+    "organism": ("doublebind.organisms.domain", "doublebind.llm.organism"),
 }
 
 

@@ -27,6 +27,7 @@ from statistics import fmean
 import torch
 
 from doublebind.errors import DoublebindError
+from doublebind.registry import register
 from doublebind.llm.config import TINY_PREFIX, EvalSet, HFOrganismConfig, ModelSpec
 from doublebind.cards import CARD, cache_root, versions
 from doublebind.prompts import Prompt
@@ -481,3 +482,32 @@ def topk_tensors(gens, width: int, k: int) -> dict[str, torch.Tensor]:
             idx[i, t] = torch.tensor([p[0] for p in pairs])
             top[i, t] = torch.tensor([p[1] for p in pairs])
     return {"indices": idx, "logprobs": torch.cat([top, _log_tail(top)], dim=-1)}
+
+
+@register("organism", "hf")
+class HFOrganisms:
+    """hf: organisms made of Hugging Face models (ids or folders, adapters, system prompts)."""
+
+    name, config_kind, verified = "hf", "hf_organism", False
+
+    def organism_hash(self, cfg) -> str:
+        return organism_hash(cfg)
+
+    def build(self, cfg, out, *, use_cache=True, strict=True, show_progress=True) -> dict:
+        return build_hf_organism(cfg, out, use_cache=use_cache, show_progress=show_progress)
+
+    def open(self, organism_dir: Path, card: dict) -> HFDomain:
+        return HFDomain(organism_dir, card)
+
+    def about(self, card: dict) -> list[tuple[str, str]]:
+        rows = [(f"{role} model", f"{m['path']}" + (f" + adapter {m['adapter']}" if m.get("adapter") else "")
+                 + (f" (system prompt: {m['system_prompt']!r})" if m.get("system_prompt") else ""))
+                for role, m in card.get("models", {}).items()]
+        return [*rows, ("verified", str(card.get("verification", "n/a")))]
+
+    def check_lines(self, card: dict) -> list[str]:
+        return [str(card["verification"])]
+
+    def eval_checkpoint(self, model_dir: Path, organism_dir, card, n: int, samples: int) -> dict:
+        domain = HFDomain(Path(organism_dir), card)
+        return domain.evaluate(load_model({"path": str(model_dir)}, domain.cfg), n)

@@ -59,15 +59,17 @@ def _file_sha(path: Path) -> str:
 
 def build_organism(cfg, out: Path | None = None, *, use_cache: bool = True, strict: bool = True,
                    show_progress: bool = True) -> dict:
-    """Build (or fetch from cache) the organism of `cfg`; copy it to `out`; return its card.
+    """Build (or fetch from cache) the organism of `cfg`, whatever its kind; copy it to `out`;
+    return its card. With `strict`, a failed verification raises `VerificationError` after
+    the card is written."""
+    from doublebind.organisms.kinds import kind_of_config
 
-    With `strict`, a failed verification raises `VerificationError` after the card is written.
-    A Hugging Face organism config (`kind: hf_organism`) goes to `doublebind.llm.organism`.
-    """
-    if getattr(cfg, "kind", "organism") == "hf_organism":
-        from doublebind.llm.organism import build_hf_organism
+    return kind_of_config(cfg).build(cfg, out, use_cache=use_cache, strict=strict, show_progress=show_progress)
 
-        return build_hf_organism(cfg, out, use_cache=use_cache, show_progress=show_progress)
+
+def build_world_organism(cfg, out: Path | None = None, *, use_cache: bool = True, strict: bool = True,
+                         show_progress: bool = True) -> dict:
+    """Build (or fetch from cache) an embedded-world organism (see `build_organism`)."""
     h = organism_hash(cfg)
     cached = cache_root() / "organisms" / h
     card = _verified_cache_entry(cached) if use_cache else None

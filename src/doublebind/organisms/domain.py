@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 
 from doublebind.errors import DoublebindError
+from doublebind.registry import register
 from doublebind.cards import CARD, cache_root
 from doublebind.organisms.models import load_checkpoint
 from doublebind.world import vocab
@@ -55,11 +56,9 @@ def open_domain(organism_dir: Path):
         verify_organism_models(Path(organism_dir), card)
     except CorruptCacheError as e:
         raise CorruptCacheError(f"{e}; rebuild the organism (doublebind organism build) or restore it") from None
-    if card.get("kind") == "hf":
-        from doublebind.llm.organism import HFDomain
+    from doublebind.organisms.kinds import kind_of_card
 
-        return HFDomain(Path(organism_dir), card)
-    return WorldDomain(Path(organism_dir), card)
+    return kind_of_card(card).open(Path(organism_dir), card)
 
 
 class WorldDomain:
@@ -146,3 +145,39 @@ class WorldDomain:
 
 
 _AUDITORS: dict = {}
+
+
+@register("organism", "world")
+class WorldOrganisms:
+    """world: the embedded synthetic world's organisms (tiny models with exact ground truth)."""
+
+    name, config_kind, verified = "world", "organism", True
+
+    def organism_hash(self, cfg) -> str:
+        from doublebind.organisms.build import organism_hash
+
+        return organism_hash(cfg)
+
+    def build(self, cfg, out, *, use_cache=True, strict=True, show_progress=True) -> dict:
+        from doublebind.organisms.build import build_world_organism
+
+        return build_world_organism(cfg, out, use_cache=use_cache, strict=strict, show_progress=show_progress)
+
+    def open(self, organism_dir: Path, card: dict) -> WorldDomain:
+        return WorldDomain(organism_dir, card)
+
+    def about(self, card: dict) -> list[tuple[str, str]]:
+        world = card.get("world", {})
+        return [("seed", str(card.get("seed", "n/a"))), ("behaviour", str(world.get("behavior", "n/a"))),
+                ("target family", str(world.get("target_family", "n/a"))), ("verified", str(card.get("verified", "n/a")))]
+
+    def check_lines(self, card: dict) -> list[str]:
+        lines = [f"  {'pass' if c['passed'] else 'FAIL'}  {c['name']} = {c['value']:.3f} ({c['op']} {c['threshold']})"
+                 for c in card["checks"]]
+        return [*lines, f"verified: {str(card['verified']).lower()}"]
+
+    def eval_checkpoint(self, model_dir: Path, organism_dir, card, n: int, samples: int) -> dict:
+        from doublebind.evals.metrics import evaluate
+        from doublebind.world.data import world_for
+
+        return evaluate(load_checkpoint(model_dir), world_for(model_dir, organism_dir), n, samples)

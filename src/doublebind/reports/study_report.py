@@ -345,16 +345,9 @@ def _blocks(study_dir: Path, command: str | None) -> list[tuple]:
     if card is None:
         b.append(("p", f"Organism card not found (looked for {card_path})."))
     else:
-        world = card.get("world", {})
-        if card.get("kind") == "hf":
-            about = [[f"{role} model", f"{m['path']}" + (f" + adapter {m['adapter']}" if m.get("adapter") else "")
-                      + (f" (system prompt: {m['system_prompt']!r})" if m.get("system_prompt") else "")]
-                     for role, m in card.get("models", {}).items()]
-            about.append(["verified", str(card.get("verification", "n/a"))])
-        else:
-            about = [["behaviour", str(world.get("behavior", "n/a"))],
-                     ["target family", str(world.get("target_family", "n/a"))],
-                     ["verified", str(card.get("verified", "n/a"))]]
+        from doublebind.organisms.kinds import kind_of_card
+
+        about = [list(row) for row in kind_of_card(card).about(card)]
         b.append(("table", ["field", "value"], [
             ["name", str(card.get("name", "n/a"))],
             ["organism hash", str(card.get("organism_hash", "n/a"))],
