@@ -151,14 +151,17 @@ def test_report_ignores_a_stale_summary(study):
     good = json.loads((out / "summary.json").read_text())
     stale = json.loads(json.dumps(good))
     stale["runs"] = 99
-    stale["techniques"]["baseline"]["verdict"] = "incriminating"
+    real_verdict = good["techniques"]["baseline"]["verdict"]
+    fake_verdict = "both_fail" if real_verdict != "both_fail" else "capable_benign"
+    stale["techniques"]["baseline"]["verdict"] = fake_verdict
     stale["techniques"]["baseline"]["capability_transfer"]["mean"] = 0.123456
     (out / "summary.json").write_text(json.dumps(stale))
     md = write_report(out)[0].read_text()
     verdict_rows = [ln for ln in md.splitlines() if ln.startswith("| baseline |")]
     cap = good["techniques"]["baseline"]["capability_transfer"]
     assert f"{cap['mean']:.3f} [{cap['ci95'][0]:.3f}" in verdict_rows[0]
-    assert "0.123" not in verdict_rows[0] and "incriminating" not in verdict_rows[0]
+    cells = [c.strip() for c in verdict_rows[0].split("|")]
+    assert not cells[3].startswith("0.123") and cells[-2] == real_verdict and fake_verdict not in cells
     assert f"{N_RUNS} complete runs" in md
     assert "summary.json on disk does not match the rows" in md
     assert json.loads((out / "summary.json").read_text()) == stale  # the report wrote nothing there

@@ -180,4 +180,5 @@ class WorldOrganisms:
         from doublebind.evals.metrics import evaluate
         from doublebind.world.data import world_for
 
-        return evaluate(load_checkpoint(model_dir), world_for(model_dir, organism_dir), n, samples)
+        world = world_for(model_dir, organism_dir)  # first: a folder without metadata says so
+        return evaluate(load_checkpoint(model_dir), world, n, samples)
