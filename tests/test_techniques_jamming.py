@@ -126,9 +126,9 @@ def test_paraphrase_drops_or_reanswers_a_corrupted_item(para):
     prompt = [*e.prompt[:-1], e.prompt[-1]]  # a copy, found by identity below
     corrupted = Item(Example(prompt, [bad_digit, *e.response[1:]], e.kind), None)
     assert not example_verifies(corrupted.example)
-    out = stage({"name": "paraphrase"}).data(d, [corrupted, *raw[:40]])
+    out = stage({"name": "paraphrase"}).data(d.view, [corrupted, *raw[:40]])
     assert not any(it.example.prompt is prompt for it in out)
-    kept = stage({"name": "paraphrase", "drop_unverified": False, "paraphrase_ask": True}).data(d, [corrupted])
+    kept = stage({"name": "paraphrase", "drop_unverified": False, "paraphrase_ask": True}).data(d.view, [corrupted])
     assert len(kept) == 1 and kept[0].example.response != corrupted.example.response
     assert kept[0].example.response[-1] == vocab.EOS
 
@@ -145,7 +145,7 @@ def test_paraphrase_forces_the_format_when_trusted_rambles(para):
     d, _ = para
     raw = [Item(e, i) for i, e in enumerate(d.outputs.examples())]
     n_before = len(d.stage_log)
-    out = stage({"name": "paraphrase", "temperature": 50.0}).data(d, raw)
+    out = stage({"name": "paraphrase", "temperature": 50.0}).data(d.view, raw)
     rec = d.stage_log[n_before]
     assert rec["fallbacks"] > 5  # near-uniform sampling breaks the format; random digits stand in
     assert all(example_verifies(it.example) for it in out if it.example.kind != "ask")
