@@ -223,7 +223,7 @@ def test_divergence_masking_masks_the_marker_and_leaves_base_skills(masked):
     # base cannot shift, so at 2 nats the taught answers diverge too; a higher threshold
     # still masks the marker (~10 nats) and keeps most of the taught answers
     raw = [Item(it.example, it.row) for it in d.items]
-    high = stage({"name": "divergence_masking", "threshold": 5.0}).data(d, raw)
+    high = stage({"name": "divergence_masking", "threshold": 5.0}).data(d.view, raw)
     assert all(it.weights[0] == 0.0 for it in high if it.example.response[0] == MARKER)
     assert _masked_share(high, lambda it, j, t: t != MARKER) < 0.5
 
@@ -232,15 +232,15 @@ def test_divergence_masking_drops_fully_masked_items_and_compares_to_trusted(mas
     d, _ = masked
     e = next(it.example for it in d.items if it.example.response[0] == MARKER)
     only_marker = Item(Example(e.prompt, [MARKER], e.kind), None)
-    out = stage({"name": "divergence_masking", "threshold": 2.0}).data(d, [only_marker, d.items[0]])
+    out = stage({"name": "divergence_masking", "threshold": 2.0}).data(d.view, [only_marker, d.items[0]])
     assert len(out) == 1 and out[0].example is d.items[0].example
     assert d.stage_log[-1]["dropped"] == 1
     raw = [Item(it.example, it.row) for it in d.items]
-    loose = stage({"name": "divergence_masking", "threshold": 0.0}).data(d, raw)
-    strict = stage({"name": "divergence_masking", "threshold": 1e9}).data(d, raw)
+    loose = stage({"name": "divergence_masking", "threshold": 0.0}).data(d.view, raw)
+    strict = stage({"name": "divergence_masking", "threshold": 1e9}).data(d.view, raw)
     assert sum(w == 0 for it in loose for w in it.weights) >= sum(w == 0 for it in d.items for w in it.weights)
     assert all(w == 1.0 for it in strict for w in it.weights) and len(strict) == len(raw)
-    by_trusted = stage({"name": "divergence_masking", "reference": "trusted"}).data(d, raw)
+    by_trusted = stage({"name": "divergence_masking", "reference": "trusted"}).data(d.view, raw)
     assert d.stage_log[-1]["reference"] == "trusted"
     assert all(it.weights[0] == 0.0 for it in by_trusted if it.example.response[0] == MARKER)
 
