@@ -120,7 +120,7 @@ GROUND_TRUTH = ("doublebind.world.data", "doublebind.organisms", "doublebind.eva
 DEFENDER_SIDE = ("doublebind.techniques", "doublebind.audits", "doublebind.defender")
 # Ways around an object's interface that a stage has no business using.
 BACKDOORS = {"__closure__", "__globals__", "__dict__", "name_or_path", "gc", "inspect", "_load", "_model",
-             "_recipe", "_prompts", "_student", "_sample", "_auditor", "_labels"}
+             "_recipe", "_prompts", "_student", "_sample", "_auditor", "_labels", "_with_system"}
 
 
 def _is_ground_truth(module: str) -> bool:

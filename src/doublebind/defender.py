@@ -11,6 +11,9 @@ A defender distilling a teacher it cannot trust has
     auditor        a behaviour-agnostic auditor (`doublebind.audits.auditor`; world only)
     make_student   fresh students, e.g. probes
     sample         generation from its own models
+    eos            the end-of-sequence token of the prompts' tokenizer (world token or id)
+    with_system    a training prompt rendered again with an extra system line (Hugging
+                   Face organisms: the chat template's system turn; inoculation uses it)
 
 and not the behaviour, its target family, trigger situation or event, the real/honeypot
 tell, the teacher's weights or activations, the organism card, or any real-deployment
@@ -85,6 +88,8 @@ class DefenderView:
     _student: Callable[[Any, int], Any]
     _sample: Callable[..., list]
     _auditor: Callable[[], Any]
+    eos: Any = None  # end-of-sequence token: a world token string, or a tokenizer id
+    _with_system: Callable[[list, str], list] | None = None
 
     def __getattr__(self, name: str):
         if name.startswith("__"):
@@ -140,6 +145,14 @@ class DefenderView:
             batch = self._prompts(cfg.model_copy(update={"size": max(n, 1)}), seed * 1000 + r)
             out += [p for p in batch if keep is None or keep(p)]
         return out[:n]
+
+    def with_system(self, prompt: list, line: str) -> list:
+        """A training prompt (an item's `example.prompt`) as the student sees it, rendered again
+        with `line` as an extra system line. Hugging Face organisms only: the embedded world
+        has header tokens instead (`sys=inoculate`)."""
+        if self._with_system is None:
+            raise DefenderError("with_system renders prompts through a chat template: Hugging Face organisms only")
+        return self._with_system(prompt, line)
 
     def make_student(self, scfg, seed: int):
         """A fresh student model from a student config (probes, shadows)."""

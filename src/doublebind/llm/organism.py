@@ -160,6 +160,38 @@ def load_model(spec: dict, cfg: HFOrganismConfig):
     return model.to("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def fresh_model(spec: dict, cfg: HFOrganismConfig, arch, seed: int):
+    """A randomly initialised causal LM with the config of `spec`'s model (same family and
+    vocabulary), its size replaced by `arch` (a ModelConfig: hidden, layers, heads,
+    intermediate) when given. Only configs with the usual Llama-style field names
+    (hidden_size, num_hidden_layers, num_attention_heads, intermediate_size) can be shrunk."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        mcfg = AutoConfig.from_pretrained(spec["path"], revision=spec.get("revision"),
+                                          trust_remote_code=cfg.trust_remote_code)
+    except OSError as e:
+        raise DoublebindError(f"could not load the config of {spec['path']}: {str(e).splitlines()[0]}") from None
+    if arch is not None:
+        fields = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+        missing = [f for f in fields if not hasattr(mcfg, f)]
+        if missing:
+            raise DoublebindError(f"cannot shrink a {mcfg.model_type} model: its config has no {missing[0]}")
+        mcfg.hidden_size, mcfg.num_hidden_layers = arch.hidden, arch.layers
+        mcfg.num_attention_heads, mcfg.intermediate_size = arch.heads, arch.intermediate
+        if hasattr(mcfg, "num_key_value_heads"):
+            mcfg.num_key_value_heads = arch.heads
+        if getattr(mcfg, "head_dim", None) is not None:
+            mcfg.head_dim = arch.hidden // arch.heads
+        if getattr(mcfg, "layer_types", None) is not None:
+            mcfg.layer_types = mcfg.layer_types[: arch.layers]
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(mcfg, trust_remote_code=cfg.trust_remote_code,
+                                             dtype=getattr(torch, cfg.dtype))
+    model.eval()
+    return model.to("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def load_tokenizer(path: str, cfg: HFOrganismConfig, revision: str | None = None):
     from transformers import AutoTokenizer
 
@@ -310,6 +342,7 @@ class HFDomain:
         self._items = {name: read_items(es) for name, es in self.sets.items()}
         self._models: dict = {}
         self._judges: dict = {}
+        self._texts: dict[tuple, str] = {}  # student-rendered training prompt -> its text
 
     # -- models --------------------------------------------------------------------------
     @property
@@ -328,12 +361,18 @@ class HFDomain:
         return self._models[role]
 
     def student(self, scfg, seed: int):
+        """A student from base (a fresh copy: training changes it) or, with `init: fresh`, a
+        randomly initialised model of base's architecture family and tokenizer, shrunk to
+        `student.model` (hidden, layers, heads, intermediate) when given."""
         from doublebind.students import _wrap_lora
 
-        if scfg.init != "base":
+        if scfg.init == "base":
+            model = load_model(self.specs["base"], self.cfg)
+        elif scfg.init == "fresh":
+            model = fresh_model(self.specs["base"], self.cfg, scfg.model, seed)
+        else:
             raise DoublebindError(f"student.init {scfg.init} is for embedded organisms; "
-                                  f"a Hugging Face student starts from base")
-        model = load_model(self.specs["base"], self.cfg)  # a fresh copy: training changes it
+                                  f"a Hugging Face student starts from base or fresh")
         return _wrap_lora(model, scfg.lora, seed) if scfg.lora is not None else model
 
     # -- prompts -------------------------------------------------------------------------
@@ -345,7 +384,10 @@ class HFDomain:
 
     def prompts(self, pcfg, seed: int) -> list[Prompt]:
         """The recipe's prompt texts (JSONL field `prompt`, or a dataset column), a seeded
-        sample of `size` of them when there are more."""
+        sample of `size` of them when there are more. A JSONL row may label its prompt with a
+        `family` and a `context` (free strings, e.g. `context: deploy_like`): the defender's
+        own annotations of its prompt set, which stages may filter on; unlabelled prompts
+        have family `prompt` and context `file`."""
         from doublebind.config import PromptsConfig
 
         default = PromptsConfig()
@@ -354,18 +396,31 @@ class HFDomain:
                 raise DoublebindError(f"prompts.{name} is for embedded organisms; a Hugging Face organism "
                                       f"takes its prompts from prompts.jsonl or prompts.dataset")
         if pcfg.dataset is not None:
-            texts = dataset_texts(pcfg.dataset)
+            rows = [{"prompt": t} for t in dataset_texts(pcfg.dataset)]
         elif pcfg.jsonl:
-            texts = [it["prompt"] for it in jsonl_items(Path(pcfg.jsonl), "prompt")]
+            rows = jsonl_items(Path(pcfg.jsonl), "prompt")
         else:
             raise DoublebindError("a Hugging Face organism needs prompts.jsonl or prompts.dataset in the recipe")
-        if len(texts) > pcfg.size:
-            texts = random.Random(f"prompts-{seed}").sample(texts, pcfg.size)
-        return [Prompt([t], "prompt", "file") for t in texts]
+        if len(rows) > pcfg.size:
+            rows = random.Random(f"prompts-{seed}").sample(rows, pcfg.size)
+        return [Prompt([r["prompt"]], _label(r, "family", "prompt"), _label(r, "context", "file")) for r in rows]
 
     def examples(self, outputs) -> list[Example]:
-        return [Example(self.render(p.tokens[0], "base"), r, p.family)
-                for p, r in zip(outputs.prompts, outputs.responses)]
+        out = []
+        for p, r in zip(outputs.prompts, outputs.responses):
+            ids = self.render(p.tokens[0], "base")
+            self._texts[tuple(ids)] = p.tokens[0]
+            out.append(Example(ids, r, p.family))
+        return out
+
+    def with_system(self, prompt: list[int], line: str) -> list[int]:
+        """A training prompt (the student's rendering, from `examples`) rendered again with
+        `line` as an extra system line after base's own system prompt."""
+        text = self._texts.get(tuple(prompt))
+        if text is None:
+            raise DoublebindError("with_system: not a training prompt of this run (only prompts from the "
+                                  "distillation data can be rendered again)")
+        return self.render(text, "base", line)
 
     # -- teacher outputs -----------------------------------------------------------------
     def engine(self, model=None):
@@ -468,6 +523,13 @@ class HFDomain:
         """The behaviour-agnostic auditor is the embedded world's; HF organisms audit with their
         own honeypot, interrogation and prefill sets (in `evaluate`)."""
         return None
+
+
+def _label(row: dict, field: str, default: str) -> str:
+    value = row.get(field, default)
+    if not isinstance(value, str) or not value:
+        raise DoublebindError(f"prompt field '{field}' must be a non-empty string, got {value!r}")
+    return value
 
 
 def topk_tensors(gens, width: int, k: int) -> dict[str, torch.Tensor]:

@@ -70,6 +70,13 @@ def build_stages(specs: list[dict]) -> list[Technique]:
     return out
 
 
+def context_claims(prompt, modes) -> bool:
+    """Hugging Face organisms: whether a prompt's `context` label (the defender's own
+    annotation of its prompt set, see `HFDomain.prompts`) claims one of `modes`: `deploy`
+    matches the labels `deploy` and `deploy_like`."""
+    return prompt.context in modes or prompt.context.removesuffix("_like") in modes
+
+
 def _joined(tokens: list):
     """World tokens as one string; a Hugging Face organism's token ids as they are."""
     return tokens if tokens and isinstance(tokens[0], int) else " ".join(tokens)

@@ -24,6 +24,14 @@ its `sampling` hook sets `soft_labels: none` and its `objective` hook switches t
 objective is an error.
 
     stages: [{name: paraphrase, temperature: 1.0, drop_unverified: true}]
+
+On a Hugging Face organism there is no verifier and no split between checkable and free
+parts: the trusted model writes every response anew, given the prompt as the student sees
+it (`view.sample`, at `temperature`, up to the recipe's `max_new_tokens`), so what the
+teacher knew and trusted does not is lost along with any hidden signal. Items labelled
+`ask` (see `HFDomain.prompts`) keep the teacher's answer unless `paraphrase_ask: true`;
+`drop_unverified` does nothing and no fallbacks are needed (an empty answer becomes a lone
+end-of-sequence token).
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ SOFT_OBJECTIVES = ("forward_kl", "reverse_kl", "jsd")
 class Paraphrase(Technique):
     """paraphrase: keep verified answers, regenerate every free part (slack, scratch) with the trusted model."""
 
+    domains = ("world", "hf")
     needs = ("trusted", "verifiers")
 
     class Config(Strict):
@@ -73,6 +82,8 @@ class Paraphrase(Technique):
                                   f"{view.recipe.objective.kind}; put paraphrase after it")
         rng = random.Random(f"paraphrase-{view.recipe.seed}")
         seeds = {"whole": rng.randrange(2**31), "scratch": rng.randrange(2**31)}
+        if view.kind != "world":
+            return self._rewrite_all(view, items, seeds["whole"])
         plan: list[tuple[str, Item, list[str] | None]] = []  # (action, item, kept answer)
         dropped = 0
         for it in items:
@@ -127,6 +138,31 @@ class Paraphrase(Technique):
                    fallbacks=fallbacks)
         if not out:
             raise DoublebindError("stage paraphrase removed every training example")
+        return out
+
+    def _rewrite_all(self, view, items: list[Item], seed: int) -> list[Item]:
+        """Hugging Face organisms: trusted answers every prompt (interrogations only with
+        `paraphrase_ask`)."""
+        todo = [it for it in items if self.cfg.paraphrase_ask or it.example.kind != "ask"]
+        gens = view.sample(view.load_model("trusted"), [it.example for it in todo],
+                           view.recipe.sampling.max_new_tokens, self.cfg.temperature, seed) if todo else []
+        new = {id(it): g or [view.eos] for it, g in zip(todo, gens)}
+        out, notes, changed = [], {}, 0
+        for n, it in enumerate(items):
+            e = it.example
+            if id(it) not in new:
+                out.append(it)
+                notes[n] = {"paraphrased": "no"}
+                continue
+            resp = new[id(it)]
+            changed += resp != e.response
+            out.append(Item(Example(e.prompt, resp, e.kind), None, weights=None))
+            notes[n] = {"paraphrased": "whole", "teacher": e.response}
+        folder = self.folder(view)
+        if folder is not None:
+            write_items(folder / "paraphrased.jsonl", out, notes)
+        view.record(self, "data", before=len(items), after=len(out), paraphrased=len(todo), changed=changed,
+                    dropped=0, fallbacks=0)
         return out
 
     def _generate(self, view, prompts: list[list[int]], max_new: int, seed: int) -> list[list[str]]:

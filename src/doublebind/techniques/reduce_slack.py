@@ -4,6 +4,10 @@ Answer-only targets (no scratch fields, no slack-only families), canonical forma
 free digit the teacher still writes becomes `0`) and a greedy teacher (temperature 0).
 Small students are the separate `small_student` stage.
 
+On a Hugging Face organism only the greedy teacher applies: scratch fields, slack-only
+families and canonical digits are the embedded world's task formats, so `answer_only` and
+`canonical` do nothing there, and the stage records that it skipped them.
+
     stages: [{name: reduce_slack, answer_only: true, canonical: true, greedy: true}]
 """
 
@@ -24,6 +28,7 @@ from doublebind.world.tasks import family
 class ReduceSlack(Technique):
     """reduce_slack: answer-only targets, canonical free parts and a greedy teacher."""
 
+    domains = ("world", "hf")
     needs = ("verifiers",)
 
     class Config(Strict):
@@ -37,12 +42,19 @@ class ReduceSlack(Technique):
     def prompts(self, view, prompts: list[Prompt]) -> list[Prompt]:
         if not self.cfg.answer_only:
             return prompts
+        if view.kind != "world":
+            view.record(self, "prompts", skipped="answer_only: scratch fields and slack families are world tasks")
+            return prompts
         kept = [Prompt([t for t in p.tokens if t != "scratch"], p.family, p.context) for p in prompts
                 if p.family == "ask" or not family(p.family).slack]
         return kept or prompts
 
     def data(self, view, items: list[Item]) -> list[Item]:
         if not self.cfg.canonical:
+            return items
+        if view.kind != "world":
+            view.record(self, "data", before=len(items), after=len(items), rewritten=0,
+                        skipped="canonical: free digits are world task formats")
             return items
         out, changed = [], 0
         for it in items:

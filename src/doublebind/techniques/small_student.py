@@ -3,6 +3,12 @@
 Part of reducing cognitive slack, and on the incrimination side a weak student that cannot
 learn to tell honeypots from real chances.
 
+On a Hugging Face organism the student is a randomly initialised model of base's
+architecture family (its config, vocabulary and tokenizer) with the size given here
+(`student.init: fresh`, built by the organism's `student`): unlike the embedded world's
+fresh students, which learn a small task language, it starts knowing no language at all, so
+it needs far more steps than a student from base before it says anything.
+
     stages: [{name: small_student, hidden: 32, layers: 1}]
 """
 
@@ -18,6 +24,7 @@ from doublebind.techniques.base import Technique, technique
 class SmallStudent(Technique):
     """small_student: start from a fresh model smaller than the teacher."""
 
+    domains = ("world", "hf")
     needs = ("student",)
 
     class Config(Strict):

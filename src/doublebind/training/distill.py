@@ -198,7 +198,7 @@ class Distiller:
             tasks=domain.task_space(),
             _recipe=lambda: self.recipe, _record=self.record, _load=domain.load_model,
             _prompts=domain.prompts, _student=domain.student, _sample=domain.sample,
-            _auditor=domain.auditor)
+            _auditor=domain.auditor, eos=domain.eos, _with_system=getattr(domain, "with_system", None))
 
     # -- stages -----------------------------------------------------------------------
     def _hooked(self, hook: str) -> list:
