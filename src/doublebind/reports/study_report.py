@@ -119,7 +119,8 @@ def _nan(x) -> float:
 
 
 def plot_curves(rows: list[dict], techniques: list[str]) -> bytes:
-    """One panel per technique: mean over seeds and min-max band of both transfers per step."""
+    """One panel per technique: mean over seeds and min-max band of both transfers per step,
+    and (embedded world) the mean success@k of the behaviour-agnostic auditor."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,6 +143,10 @@ def plot_curves(rows: list[dict], techniques: list[str]) -> bytes:
             hi = [max(vs) if vs else float("nan") for vs in per]
             ax.plot(steps, mean, "o-", color=color, label=label, ms=3)
             ax.fill_between(steps, lo, hi, color=color, alpha=0.2, lw=0)
+        if trows and all(r.get("auditor") for r in trows):  # the behaviour-agnostic audit, per checkpoint
+            k = trows[0]["auditor"]["budget"]
+            audit = [fmean(r["auditor"]["success_at_k"] for r in trows if r["step"] == s) for s in steps]
+            ax.plot(steps, audit, "s--", color="tab:orange", label=f"audit success@{k}", ms=3)
         sel = sorted({r["step"] for r in trows if r["selected"]})
         for s in sel:
             ax.axvline(s, color="grey", lw=0.6, ls=":")
@@ -157,8 +162,8 @@ def plot_curves(rows: list[dict], techniques: list[str]) -> bytes:
     for j in range(len(techniques), nrows * ncols):
         axes[j // ncols][j % ncols].axis("off")
     fig.suptitle("transfer over training: mean over seeds, band = min-max over seeds "
-                 "(dotted: selected checkpoints)", fontsize=10)
-    fig.tight_layout()
+                 "(dashed: audit success@k, mean over seeds; dotted: selected checkpoints)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.985))  # leave the suptitle its own line
     data = _png(fig)
     plt.close(fig)
     return data
@@ -295,7 +300,8 @@ def _blocks(study_dir: Path, command: str | None) -> list[tuple]:
     b.append(("h2", SECTIONS[1]))
     b.append(("p", "Per technique, x = step: the line is the mean over seeds and the band the min–max over "
                    "seeds of capability transfer and misalignment transfer "
-                   "((student − base) / (teacher − base))."))
+                   "((student − base) / (teacher − base)); where the organism has the behaviour-agnostic "
+                   "auditor, the dashed line is its success@k at every checkpoint (mean over seeds)."))
     b.append(("img", "transfer curves per technique", plot_curves(rows, techniques)))
 
     # frontier
