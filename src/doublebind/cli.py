@@ -75,6 +75,11 @@ def ls(kind: Optional[str] = typer.Argument(None, help="families, behaviors, sco
                 if p.name.endswith(".yaml"):
                     first = p.read_text().splitlines()[0].lstrip("# ")
                     table.add_row(p.name.removesuffix(".yaml"), first)
+        elif k == "technique":  # with the organism kinds it runs on and what it uses from the defender's view
+            for name in registry.names(k):
+                cls = registry.get(k, name)
+                table.add_row(name, registry.describe(k, name).split(": ", 1)[-1], "+".join(cls.domains),
+                              ",".join(cls.needs) or "-")
         else:
             for name in registry.names(k):
                 table.add_row(name, registry.describe(k, name).split(": ", 1)[-1])
@@ -84,7 +89,7 @@ def ls(kind: Optional[str] = typer.Argument(None, help="families, behaviors, sco
 def _print_table(table: Table) -> None:
     from rich.console import Console
 
-    Console(width=120).print(table)
+    Console(width=160).print(table)
 
 
 @organism_app.command("build")
