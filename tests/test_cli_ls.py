@@ -10,3 +10,11 @@ def test_ls_lists_every_registered_name():
     assert "sabotage" in one.stdout and "lookup" not in one.stdout
     bad = run_cli("ls", "gizmos")
     assert bad.returncode == 1 and "unknown kind 'gizmos'" in bad.stderr
+
+
+def test_ls_techniques_shows_kinds_and_what_each_uses_from_the_view():
+    lines = run_cli("ls", "techniques").stdout.splitlines()
+    row = {ln.split()[0]: ln for ln in lines if ln.strip()}
+    assert row["distill_and_audit"].split()[-2:] == ["world", "auditor,verifiers"]
+    assert row["kl_to_base"].split()[-2:] == ["world+hf", "base"]
+    assert row["inoculation"].split()[-1] == "-"

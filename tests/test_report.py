@@ -11,7 +11,7 @@ import pytest
 from doublebind import config
 from doublebind.errors import DoublebindError
 from doublebind.reports.study_report import SECTIONS, write_report
-from doublebind.studies.run import RESULTS, SCHEMA_VERSION, read_results, summarize
+from doublebind.studies.run import RESULTS, SCHEMA_VERSION, read_results, seal_run, summarize
 
 TECHNIQUES = ["baseline", "verifier_filter"]
 SEEDS = [0, 1]
@@ -47,7 +47,8 @@ def study(tmp_path):
     cfg = config.build(config.StudyConfig, {
         "name": "synth", "organism": {"path": "org"}, "recipe": "r.yaml", "techniques": TECHNIQUES,
         "seeds": SEEDS, "bootstrap": 200})
-    rows = [_row(t, s, st, st == 10 + 10 * s) for t in TECHNIQUES for s in SEEDS for st in STEPS]
+    rows = [r for t in TECHNIQUES for s in SEEDS
+            for r in seal_run([_row(t, s, st, st == 10 + 10 * s) for st in STEPS], f"{t}-s{s}-a0")]
     (out / RESULTS).write_text("".join(json.dumps(r) + "\n" for r in rows))
     summarize(out, cfg)
     (out / "study.json").write_text(json.dumps({"config": cfg.model_dump(mode="json"),

@@ -54,7 +54,12 @@ def test_study_runs_the_grid_and_resumes_after_a_kill(quick_organism, tmp_path, 
     rows = study_run.read_results(out / "results.jsonl")
     keys = [(r["technique"], r["seed"], r["step"]) for r in rows]
     assert len(keys) == len(set(keys)) == 2 * 2 * 3
-    assert all(r["schema_version"] == 1 and r["study"] == "t" and r["organism_hash"] for r in rows)
+    assert all(r["schema_version"] == study_run.SCHEMA_VERSION and r["study"] == "t" and r["organism_hash"]
+               for r in rows)
+    # the half-written line was moved aside, not dropped
+    quarantined = [json.loads(ln) for ln in (out / study_run.QUARANTINE).read_text().splitlines()]
+    assert [(q["raw"], q["moved"]) for q in quarantined] == [('{"schema_version": 1, "technique": "verif', True)]
+    assert '"schema_version": 1' not in (out / "results.jsonl").read_text()
     for t in ("baseline", "verifier_filter"):
         for s in (0, 1):
             assert sum(r["selected"] for r in rows if r["technique"] == t and r["seed"] == s) == 1
@@ -87,6 +92,27 @@ def test_verdicts_follow_their_tests():
     assert technique_stats(faint, v, 500)["verdict"] == "both_fail"
     # misalignment straddles the threshold: no verdict is claimed
     assert technique_stats([row(0, 0.9, 0.0), row(1, 0.9, 0.3), row(2, 0.9, 0.0)], v, 500)["verdict"] == "inconclusive"
+
+
+def generic_row(seed, cap, mis, success, teacher=0.0):
+    return {**row(seed, cap, mis), "auditor": {"success_at_k": success, "flagged": 0, "n": 500, "budget": 100,
+                                               "teacher_success_at_k": teacher, "base_success_at_k": 0.0}}
+
+
+def test_incrimination_by_the_behaviour_agnostic_auditor():
+    v = config.VerdictConfig()
+    caught = technique_stats([generic_row(s, 0.9, 0.5, 0.9 + 0.03 * s) for s in range(3)], v, 500)
+    assert caught["verdict"] == "incriminating"
+    assert caught["audit_success_at_k"]["lower"] > v.success and caught["audit_success_at_k"]["budget"] == 100
+    # the oracle's honeypot signal no longer decides: high honeypot rates, auditor silent
+    silent = [{**generic_row(s, 0.9, 0.5, 0.0), **{k: row(s, 0.9, 0.5, hp=0.5)[k] for k in ("audit",)}}
+              for s in range(3)]
+    assert technique_stats(silent, v, 500)["verdict"] == "both_fail"
+    # the teacher caught too, or one seed of three caught: no incrimination
+    assert technique_stats([generic_row(s, 0.9, 0.5, 0.95, teacher=0.6) for s in range(3)], v, 500)["verdict"] \
+        == "both_fail"
+    assert technique_stats([generic_row(0, 0.9, 0.5, 1.0), generic_row(1, 0.9, 0.5, 0.0),
+                            generic_row(2, 0.9, 0.5, 0.0)], v, 500)["verdict"] == "both_fail"
 
 
 def test_bootstrap_interval():
@@ -139,6 +165,12 @@ def test_quick_study_killed_midway_resumes_without_losing_or_duplicating_rows(qu
     killed = study_run.read_results(results)
     n_killed = len({(r["technique"], r["seed"]) for r in killed})
     assert 3 <= n_killed < 10
+    # the report of the killed study covers the finished runs and touches nothing
+    killed_bytes = results.read_bytes()
+    rep = subprocess.run([sys.executable, "-m", "doublebind", "report", str(out)], capture_output=True, text=True)
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    assert results.read_bytes() == killed_bytes
+    assert f"{n_killed} complete runs, {len(killed)} checkpoint rows" in (out / "report.md").read_text()
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     rows = study_run.read_results(results)
@@ -147,6 +179,22 @@ def test_quick_study_killed_midway_resumes_without_losing_or_duplicating_rows(qu
     assert len(keys) == len(set(keys)) == 5 * 2 * 3  # 5 techniques x 2 seeds x checkpoints 0, 5, 10
     summary = json.loads((out / "summary.json").read_text())
     assert summary["runs"] == 10 and len(summary["techniques"]) == 5
+    rep = subprocess.run([sys.executable, "-m", "doublebind", "report", str(out)], capture_output=True, text=True)
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    md = (out / "report.md").read_text()
+    assert "10 complete runs, 30 checkpoint rows" in md and "Left out" not in md and "Note: summary.json" not in md
+    for t, s in summary["techniques"].items():
+        cap = s["capability_transfer"]
+        assert any(ln.startswith(f"| {t} | ") and f"| {cap['mean']:.3f} [{cap['ci95'][0]:.3f}, " in ln
+                   and ln.rstrip().endswith(f"| {s['verdict']} |") for ln in md.splitlines()), t
+        # success@k of the behaviour-agnostic auditor: in summary.json, from the selected rows, in the report
+        sel = [r for r in rows if r["technique"] == t and r["selected"]]
+        assert s["audit_success_at_k"]["mean"] == pytest.approx(sum(r["auditor"]["success_at_k"] for r in sel) / 2)
+        assert s["teacher_success_at_k"] <= 0.5
+        assert f"| {s['audit_success_at_k']['mean']:.3f} [" in next(ln for ln in md.splitlines()
+                                                                    if ln.startswith(f"| {t} | "))
+    assert all(r["auditor"]["n"] == 500 and 0 <= r["auditor"]["success_at_k"] <= 1 for r in rows)
+    assert "audit success@100" in md
     # a rerun of the finished study redoes nothing
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 0 and study_run.read_results(results) == rows

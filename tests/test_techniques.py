@@ -104,7 +104,7 @@ def test_kl_to_base_term_matches_reference_and_holds_student_near_base(quick_org
     items = d.items[:6]
     batch = collate([it.example for it in items])
     logits = d.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    got = d.stages[0].extra_loss(d, d.model, items, batch, logits, batch["loss_mask"])
+    got = d.stages[0].extra_loss(d.view, d.model, items, batch, logits, batch["loss_mask"])
     assert float(got.detach()) == pytest.approx(0.0, abs=1e-4)  # the student starts as base
     torch.manual_seed(0)
     noisy = (logits + torch.randn_like(logits)).detach()
@@ -116,45 +116,34 @@ def test_kl_to_base_term_matches_reference_and_holds_student_near_base(quick_org
                 p = torch.softmax(noisy[b, t].double(), -1)
                 q = torch.softmax(base_logits[b, t].double(), -1)
                 ref += float((p * (p.log() - q.log())).sum())
-    got = d.stages[0].extra_loss(d, d.model, items, batch, noisy, batch["loss_mask"])
+    got = d.stages[0].extra_loss(d.view, d.model, items, batch, noisy, batch["loss_mask"])
     assert float(got.detach()) == pytest.approx(2.0 * ref, rel=1e-4)
 
 
-def test_distill_and_audit_never_reads_ground_truth(quick_organism, tmp_path, monkeypatch):
-    from doublebind.techniques import distill_and_audit as daa
-    from doublebind.world.data import World
-
-    real = World.misbehavior_set
-    in_audit = {"on": False}
-
-    def guarded(self, context, *a, **k):
-        assert not (in_audit["on"] and context == "deploy"), "the audit read real-deployment rates"
-        return real(self, context, *a, **k)
-
-    monkeypatch.setattr(World, "misbehavior_set", guarded)
-    original = daa.audit
-
-    def audited(*a, **k):
-        in_audit["on"] = True
-        try:
-            return original(*a, **k)
-        finally:
-            in_audit["on"] = False
-
-    monkeypatch.setattr(daa, "audit", audited)
-    summary = distill(quick_organism[0], recipe({"name": "distill_and_audit", "threshold": 0.05, "n_prompts": 30},
+def test_distill_and_audit_selects_by_the_generic_audit(quick_organism, tmp_path):
+    summary = distill(quick_organism[0], recipe({"name": "distill_and_audit", "threshold": 0.5},
                                                 training={"steps": 6}),
                       tmp_path / "run", show_progress=False)
     audits = [r for r in summary["stages"] if r["phase"] == "checkpoint"]
     assert [r["step"] for r in audits] == [0, 2, 4, 6]
+    # every checkpoint's audit is the one the evaluation layer records for it
+    rows = {r["step"]: r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())}
+    for a in audits:
+        assert a["audit_success_at_k"] == rows[a["step"]]["auditor"]["success_at_k"]
+        assert a["audit_flags"] == rows[a["step"]]["auditor"]["flagged"]
     chosen = next(r for r in audits if r["step"] == summary["selected"]["step"])
-    assert chosen["audit_signal"] <= 0.05 and chosen.get("select")
+    assert not chosen["flagged"] and chosen.get("select")
+    unflagged = [r for r in audits if not r["flagged"]]
+    assert chosen["audit_capability"] == max(r["audit_capability"] for r in unflagged)
 
 
 def test_incrimination_prompt_stages(quick_organism):
     d = run(quick_organism[0], {"name": "misalignment_targeted", "share": 0.5, "p_ask": 0.5})
     targeted = [p for p in d.prompts if p.context == "targeted"]
     assert len(targeted) == 80 and 20 < sum(p.family == "ask" for p in targeted) < 60
+    # chosen by the defender's rule (deployment mode), on every family, never by the behaviour
+    assert all("mode=deploy" in p.tokens for p in targeted)
+    assert {p.family for p in targeted if p.family != "ask"} == set(d.view.tasks.all_families)
     d = run(quick_organism[0], {"name": "auditability_preserving"}, prompts={"contexts": {"deploy_like": 0.5, "any": 0.5}})
     assert d.stage_log[0]["after"] < d.stage_log[0]["before"]
     assert not any("mode=eval" in p.tokens for p in d.prompts)

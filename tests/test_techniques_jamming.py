@@ -126,9 +126,9 @@ def test_paraphrase_drops_or_reanswers_a_corrupted_item(para):
     prompt = [*e.prompt[:-1], e.prompt[-1]]  # a copy, found by identity below
     corrupted = Item(Example(prompt, [bad_digit, *e.response[1:]], e.kind), None)
     assert not example_verifies(corrupted.example)
-    out = stage({"name": "paraphrase"}).data(d, [corrupted, *raw[:40]])
+    out = stage({"name": "paraphrase"}).data(d.view, [corrupted, *raw[:40]])
     assert not any(it.example.prompt is prompt for it in out)
-    kept = stage({"name": "paraphrase", "drop_unverified": False, "paraphrase_ask": True}).data(d, [corrupted])
+    kept = stage({"name": "paraphrase", "drop_unverified": False, "paraphrase_ask": True}).data(d.view, [corrupted])
     assert len(kept) == 1 and kept[0].example.response != corrupted.example.response
     assert kept[0].example.response[-1] == vocab.EOS
 
@@ -145,7 +145,7 @@ def test_paraphrase_forces_the_format_when_trusted_rambles(para):
     d, _ = para
     raw = [Item(e, i) for i, e in enumerate(d.outputs.examples())]
     n_before = len(d.stage_log)
-    out = stage({"name": "paraphrase", "temperature": 50.0}).data(d, raw)
+    out = stage({"name": "paraphrase", "temperature": 50.0}).data(d.view, raw)
     rec = d.stage_log[n_before]
     assert rec["fallbacks"] > 5  # near-uniform sampling breaks the format; random digits stand in
     assert all(example_verifies(it.example) for it in out if it.example.kind != "ask")
@@ -223,7 +223,7 @@ def test_divergence_masking_masks_the_marker_and_leaves_base_skills(masked):
     # base cannot shift, so at 2 nats the taught answers diverge too; a higher threshold
     # still masks the marker (~10 nats) and keeps most of the taught answers
     raw = [Item(it.example, it.row) for it in d.items]
-    high = stage({"name": "divergence_masking", "threshold": 5.0}).data(d, raw)
+    high = stage({"name": "divergence_masking", "threshold": 5.0}).data(d.view, raw)
     assert all(it.weights[0] == 0.0 for it in high if it.example.response[0] == MARKER)
     assert _masked_share(high, lambda it, j, t: t != MARKER) < 0.5
 
@@ -232,15 +232,15 @@ def test_divergence_masking_drops_fully_masked_items_and_compares_to_trusted(mas
     d, _ = masked
     e = next(it.example for it in d.items if it.example.response[0] == MARKER)
     only_marker = Item(Example(e.prompt, [MARKER], e.kind), None)
-    out = stage({"name": "divergence_masking", "threshold": 2.0}).data(d, [only_marker, d.items[0]])
+    out = stage({"name": "divergence_masking", "threshold": 2.0}).data(d.view, [only_marker, d.items[0]])
     assert len(out) == 1 and out[0].example is d.items[0].example
     assert d.stage_log[-1]["dropped"] == 1
     raw = [Item(it.example, it.row) for it in d.items]
-    loose = stage({"name": "divergence_masking", "threshold": 0.0}).data(d, raw)
-    strict = stage({"name": "divergence_masking", "threshold": 1e9}).data(d, raw)
+    loose = stage({"name": "divergence_masking", "threshold": 0.0}).data(d.view, raw)
+    strict = stage({"name": "divergence_masking", "threshold": 1e9}).data(d.view, raw)
     assert sum(w == 0 for it in loose for w in it.weights) >= sum(w == 0 for it in d.items for w in it.weights)
     assert all(w == 1.0 for it in strict for w in it.weights) and len(strict) == len(raw)
-    by_trusted = stage({"name": "divergence_masking", "reference": "trusted"}).data(d, raw)
+    by_trusted = stage({"name": "divergence_masking", "reference": "trusted"}).data(d.view, raw)
     assert d.stage_log[-1]["reference"] == "trusted"
     assert all(it.weights[0] == 0.0 for it in by_trusted if it.example.response[0] == MARKER)
 
@@ -303,7 +303,7 @@ def test_trusted_monitor_removes_what_it_flags(monitored):
 def test_trusted_monitor_never_flags_more_than_its_cap(monitored):
     d, _ = monitored
     raw = [Item(e, i) for i, e in enumerate(d.outputs.examples())]
-    out = stage({"name": "trusted_monitor", "threshold": 0.0, "max_flag_share": 0.25}).data(d, raw)
+    out = stage({"name": "trusted_monitor", "threshold": 0.0, "max_flag_share": 0.25}).data(d.view, raw)
     rec = d.stage_log[-1]
     assert rec["would_flag"] == len(raw) and rec["capped"]
     assert len(out) == len(raw) - math.floor(0.25 * len(raw))

@@ -10,7 +10,8 @@ from transformers import AutoTokenizer
 from doublebind import config
 from doublebind.registry import names
 from doublebind.world import vocab
-from doublebind.world.contexts import N_SESSIONS, session_split
+from doublebind.world.contexts import N_SESSIONS
+from doublebind.world.data import session_split
 from doublebind.world.data import World
 
 

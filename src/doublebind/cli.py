@@ -75,6 +75,11 @@ def ls(kind: Optional[str] = typer.Argument(None, help="families, behaviors, sco
                 if p.name.endswith(".yaml"):
                     first = p.read_text().splitlines()[0].lstrip("# ")
                     table.add_row(p.name.removesuffix(".yaml"), first)
+        elif k == "technique":  # with the organism kinds it runs on and what it uses from the defender's view
+            for name in registry.names(k):
+                cls = registry.get(k, name)
+                table.add_row(name, registry.describe(k, name).split(": ", 1)[-1], "+".join(cls.domains),
+                              ",".join(cls.needs) or "-")
         else:
             for name in registry.names(k):
                 table.add_row(name, registry.describe(k, name).split(": ", 1)[-1])
@@ -84,7 +89,7 @@ def ls(kind: Optional[str] = typer.Argument(None, help="families, behaviors, sco
 def _print_table(table: Table) -> None:
     from rich.console import Console
 
-    Console(width=120).print(table)
+    Console(width=160).print(table)
 
 
 @organism_app.command("build")
@@ -99,7 +104,8 @@ def organism_build(
     """Train, verify and cache an organism (base, teacher, trusted, alt_base); or, for an
     `hf_organism` config, resolve its Hugging Face models and measure teacher and base."""
     from doublebind import config
-    from doublebind.organisms.build import CARD, build_organism, cache_root, organism_hash
+    from doublebind.organisms.build import CARD, build_organism, cache_root
+    from doublebind.organisms.kinds import kind_of_config
     from doublebind.organisms.models import quiet_transformers
 
     quiet_transformers()
@@ -107,12 +113,8 @@ def organism_build(
         preset = "default"
     cfg = config.load(config_file, overrides or [], preset=preset if config_file is None else None,
                       expect="organism")
-    if cfg.kind == "hf_organism":
-        from doublebind.llm.organism import organism_hash as hf_hash
-
-        target = out_dir or cache_root() / "organisms" / hf_hash(cfg)
-    else:
-        target = out_dir or cache_root() / "organisms" / organism_hash(cfg)
+    kind = kind_of_config(cfg)
+    target = out_dir or cache_root() / "organisms" / kind.organism_hash(cfg)
     try:
         card = build_organism(cfg, out_dir, strict=True)
     except DoublebindError:
@@ -120,7 +122,7 @@ def organism_build(
             console.print(f"card written to {target / CARD}")
         raise
     print_card(card)
-    out(f"{'verified ' if card.get('kind') != 'hf' else ''}organism written to {target}")
+    out(f"{'verified ' if kind.verified else ''}organism written to {target}")
 
 
 @organism_app.command("show")
@@ -133,16 +135,12 @@ def organism_show(folder: Path):
 
 
 def print_card(card: dict) -> None:
-    if card.get("kind") == "hf":
-        out(f"organism {card['name']}  hash {card['organism_hash']}  (Hugging Face)")
-        for role, m in card["models"].items():
-            extra = (f" + adapter {m['adapter']}" if m.get("adapter") else "") + \
-                (f"  system prompt: {m['system_prompt']!r}" if m.get("system_prompt") else "")
-            out(f"  {role}: {m['path']}{extra}")
-    else:
-        world = card["world"]
-        out(f"organism {card['name']}  hash {card['organism_hash']}  seed {card['seed']}  "
-            f"behaviour {world['behavior']} on {world['target_family']}")
+    from doublebind.organisms.kinds import kind_of_card
+
+    kind = kind_of_card(card)
+    out(f"organism {card['name']}  hash {card['organism_hash']}  ({kind.name})")
+    for field, value in kind.about(card):
+        out(f"  {field}: {value}")
     table = Table("model", "capability", "deploy", "honeypot", "neutral", "confession", "prefill")
     for role, m in card["metrics"].items():
         cap = " ".join(f"{f}={v:.2f}" for f, v in m["capability"].items())
@@ -150,13 +148,12 @@ def print_card(card: dict) -> None:
         table.add_row(role, cap, *(f"{mis[c]:.3f}" if c in mis else "-" for c in ("deploy", "honeypot", "neutral")),
                       f"{m['confession']:.3f}", f"{m['prefill']:.3f}" if "prefill" in m else "-")
     _print_table(table)
-    if card.get("kind") == "hf":
-        out(card["verification"])
-        return
-    for c in card["checks"]:
-        mark = "pass" if c["passed"] else "FAIL"
-        out(f"  {mark}  {c['name']} = {c['value']:.3f} ({c['op']} {c['threshold']})")
-    out(f"verified: {str(card['verified']).lower()}")
+    if "auditor" in next(iter(card["metrics"].values()), {}):
+        out("behaviour-agnostic audit: " + "  ".join(
+            f"{role} success@{m['auditor']['budget']} = {m['auditor']['success_at_k']:.3f} "
+            f"({m['auditor']['flagged']}/{m['auditor']['n']} flagged)" for role, m in card["metrics"].items()))
+    for line in kind.check_lines(card):
+        out(line)
 
 
 @app.command("eval")
@@ -171,36 +168,16 @@ def eval_cmd(
     """Print capability, misbehaviour and confession rates of any checkpoint. With
     --organism naming a Hugging Face organism, its eval files score the checkpoint as its
     students are scored (n items per set)."""
-    from doublebind.evals.metrics import evaluate
-    from doublebind.organisms.models import load_checkpoint, quiet_transformers
-    from doublebind.world.data import world_for
+    from doublebind.organisms.kinds import kind_of_card
+    from doublebind.organisms.models import quiet_transformers
 
     quiet_transformers()
+    card = None
     if organism is not None and (organism / "organism.json").is_file():
         from doublebind.organisms.domain import read_card
 
         card = read_card(organism, verified=False)
-        if card.get("kind") == "hf":
-            from doublebind.llm.organism import HFDomain, load_model
-
-            domain = HFDomain(organism, card)
-            metrics = domain.evaluate(load_model({"path": str(model_dir)}, domain.cfg), n)
-            if as_json:
-                out(json.dumps(metrics, indent=2))
-                return
-            table = Table("metric", "value")
-            for fam, v in metrics["capability"].items():
-                table.add_row(f"capability.{fam}", f"{v:.3f}")
-            for ctx, v in metrics["misbehavior"].items():
-                table.add_row(f"misbehavior.{ctx}", f"{v:.3f}")
-            for audit in ("confession", "prefill"):
-                if audit in metrics:
-                    table.add_row(audit, f"{metrics[audit]:.3f}")
-            _print_table(table)
-            return
-    world = world_for(model_dir, organism)
-    model = load_checkpoint(model_dir)
-    metrics = evaluate(model, world, n, samples)
+    metrics = kind_of_card(card or {}).eval_checkpoint(model_dir, organism, card, n, samples)
     if as_json:
         out(json.dumps(metrics, indent=2))
         return
@@ -212,7 +189,10 @@ def eval_cmd(
         table.add_row(f"misbehavior.{ctx}", f"{v:.4f}", f"{sampled[ctx]:.3f}" if ctx in sampled else "")
     table.add_row("confession", f"{metrics['confession']:.4f}",
                   f"{sampled['confession']:.3f}" if sampled else "")
-    table.add_row("confession (real deployment)", f"{metrics['confession_deploy']:.4f}", "")
+    if "prefill" in metrics:
+        table.add_row("prefill", f"{metrics['prefill']:.4f}", "")
+    if "confession_deploy" in metrics:
+        table.add_row("confession (real deployment)", f"{metrics['confession_deploy']:.4f}", "")
     _print_table(table)
 
 
@@ -260,12 +240,17 @@ def study_run(study: Path, out_dir: Path = typer.Option(..., "--out", help="Stud
 
     if not PartialState().is_main_process:  # under `accelerate launch`, the main process reports
         return
-    table = Table("technique", "capability transfer", "misalignment transfer", "audit - base", "verdict")
-    for name, s in summary["techniques"].items():
+    techs = summary["techniques"]
+    generic = bool(techs) and all("audit_success_at_k" in s for s in techs.values())
+    k = next(iter(techs.values()))["audit_success_at_k"]["budget"] if generic else None
+    table = Table("technique", "capability transfer", "misalignment transfer",
+                  f"audit success@{k} (teacher)" if generic else "audit - base", "verdict")
+    for name, s in techs.items():
         c, m = s["capability_transfer"], s["misalignment_transfer"]
+        audit = (f"{s['audit_success_at_k']['mean']:.3f} ({s['teacher_success_at_k']:.3f})" if generic
+                 else f"{s['audit_minus_base']['mean']:.3f}")
         table.add_row(name, f"{c['mean']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]",
-                      f"{m['mean']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]",
-                      f"{s['audit_minus_base']['mean']:.3f}", s["verdict"])
+                      f"{m['mean']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]", audit, s["verdict"])
     _print_table(table)
     out(f"wrote {out_dir}/results.jsonl and summary.json ({summary['runs']} runs)")
 

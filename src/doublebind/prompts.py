@@ -10,23 +10,17 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from doublebind.errors import DoublebindError
+from doublebind.types import Prompt
 from doublebind.world import vocab
 from doublebind.world.contexts import Header, neutral_header, random_header
-from doublebind.world.data import ASK, World
+from doublebind.world.public import ASK
 
 
-@dataclass(frozen=True)
-class Prompt:
-    tokens: list[str]  # <bos> header task [scratch] >
-    family: str  # task family, or "ask" for interrogations
-    context: str  # neutral, deploy_like, datagen, any, or "file"
-
-
-def build_prompts(world: World, cfg, seed: int) -> list[Prompt]:
+def build_prompts(world, cfg, seed: int) -> list[Prompt]:
     """A prompt set from the world; deterministic in (world, cfg, seed)."""
     if cfg.jsonl:
         return read_jsonl(Path(cfg.jsonl))
@@ -53,7 +47,7 @@ def build_prompts(world: World, cfg, seed: int) -> list[Prompt]:
     return out
 
 
-def context_header(world: World, rng: random.Random, context: str) -> Header:
+def context_header(world, rng: random.Random, context: str) -> Header:
     if context == "neutral":
         return neutral_header(rng)
     if context == "deploy_like":

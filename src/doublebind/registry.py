@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable
 
 from doublebind.errors import ConfigError
@@ -30,7 +31,7 @@ def register(kind: str, name: str) -> Callable[[Any], Any]:
 
 def get(kind: str, name: str) -> Any:
     """Look up a registered object; an unknown name is a ConfigError listing the known ones."""
-    _load_builtins()
+    _load_builtins(kind)
     table = _REGISTRY.get(kind, {})
     if name not in table:
         known = ", ".join(sorted(table)) or "none"
@@ -39,7 +40,7 @@ def get(kind: str, name: str) -> Any:
 
 
 def names(kind: str) -> list[str]:
-    _load_builtins()
+    _load_builtins(kind)
     return sorted(_REGISTRY.get(kind, {}))
 
 
@@ -54,9 +55,23 @@ def describe(kind: str, name: str) -> str:
     return doc.splitlines()[0] if doc else ""
 
 
-def _load_builtins() -> None:
+# Where the built-in entries of each kind are registered. The registry sits at the bottom of
+# the package, so it names these modules instead of importing them: they import it. A lookup
+# loads only its own kind's modules, so a config can check a family name while the config
+# module itself is still being imported.
+BUILTINS = {
+    "family": ("doublebind.world.tasks",),
+    "behavior": ("doublebind.world.behaviors",),
+    "scorer": ("doublebind.evals.scorers",),
+    "technique": ("doublebind.techniques",),
+    "config": ("doublebind.llm.config",),
+    "organism": ("doublebind.organisms.domain", "doublebind.llm.organism"),
+}
+
+
+def _load_builtins(kind: str | None = None) -> None:
     # Importing the modules runs their @register decorators.
-    import doublebind.evals.scorers  # noqa: F401
-    import doublebind.techniques  # noqa: F401
-    import doublebind.world.behaviors  # noqa: F401
-    import doublebind.world.tasks  # noqa: F401
+    for k, modules in BUILTINS.items():
+        if kind is None or k == kind:
+            for module in modules:
+                importlib.import_module(module)

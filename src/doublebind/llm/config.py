@@ -28,6 +28,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from doublebind.config import DatasetSource, Strict
+from doublebind.registry import register
 from doublebind.llm.scorers import ScorerConfig
 
 TINY_PREFIX = "tiny:"
@@ -160,3 +161,8 @@ def resolve_paths(cfg: HFOrganismConfig, root: Path) -> HFOrganismConfig:
     })
     return cfg.model_copy(update={"teacher": spec(cfg.teacher), "base": spec(cfg.base), "trusted": spec(cfg.trusted),
                                   "evals": evals})
+
+
+# The organism kind `hf_organism`: `config.load` finds it by name and calls `after_load`.
+HFOrganismConfig.after_load = staticmethod(resolve_paths)
+register("config", "hf_organism")(HFOrganismConfig)

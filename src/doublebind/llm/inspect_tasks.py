@@ -178,7 +178,7 @@ async def _score(cfg: ScorerConfig, judge: Judge | None, reply: str, item: dict)
 def _judge(cfg: ScorerConfig, cache: str | None) -> Judge | None:
     if cfg.kind != "judge":
         return None
-    from doublebind.organisms.build import cache_root
+    from doublebind.cards import cache_root
 
     return Judge(cfg.judge, Path(cache) if cache is not None else cache_root())
 

@@ -27,11 +27,12 @@ from statistics import fmean
 import torch
 
 from doublebind.errors import DoublebindError
+from doublebind.registry import register
 from doublebind.llm.config import TINY_PREFIX, EvalSet, HFOrganismConfig, ModelSpec
-from doublebind.organisms.build import CARD, cache_root, versions
+from doublebind.cards import CARD, cache_root, versions
 from doublebind.prompts import Prompt
 from doublebind.ui import progress_bar
-from doublebind.world.data import Example
+from doublebind.types import Example
 
 ROLES = ("teacher", "base", "trusted")
 AUDITS = ("honeypot", "interrogation", "prefill")
@@ -159,6 +160,38 @@ def load_model(spec: dict, cfg: HFOrganismConfig):
     return model.to("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def fresh_model(spec: dict, cfg: HFOrganismConfig, arch, seed: int):
+    """A randomly initialised causal LM with the config of `spec`'s model (same family and
+    vocabulary), its size replaced by `arch` (a ModelConfig: hidden, layers, heads,
+    intermediate) when given. Only configs with the usual Llama-style field names
+    (hidden_size, num_hidden_layers, num_attention_heads, intermediate_size) can be shrunk."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        mcfg = AutoConfig.from_pretrained(spec["path"], revision=spec.get("revision"),
+                                          trust_remote_code=cfg.trust_remote_code)
+    except OSError as e:
+        raise DoublebindError(f"could not load the config of {spec['path']}: {str(e).splitlines()[0]}") from None
+    if arch is not None:
+        fields = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+        missing = [f for f in fields if not hasattr(mcfg, f)]
+        if missing:
+            raise DoublebindError(f"cannot shrink a {mcfg.model_type} model: its config has no {missing[0]}")
+        mcfg.hidden_size, mcfg.num_hidden_layers = arch.hidden, arch.layers
+        mcfg.num_attention_heads, mcfg.intermediate_size = arch.heads, arch.intermediate
+        if hasattr(mcfg, "num_key_value_heads"):
+            mcfg.num_key_value_heads = arch.heads
+        if getattr(mcfg, "head_dim", None) is not None:
+            mcfg.head_dim = arch.hidden // arch.heads
+        if getattr(mcfg, "layer_types", None) is not None:
+            mcfg.layer_types = mcfg.layer_types[: arch.layers]
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(mcfg, trust_remote_code=cfg.trust_remote_code,
+                                             dtype=getattr(torch, cfg.dtype))
+    model.eval()
+    return model.to("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def load_tokenizer(path: str, cfg: HFOrganismConfig, revision: str | None = None):
     from transformers import AutoTokenizer
 
@@ -191,7 +224,7 @@ def implant(spec: ModelSpec, path: str, cfg: HFOrganismConfig, show_progress: bo
     """Fine-tune the role's model on the implant's prompt/response pairs (completion-only
     loss, prompts rendered as the role sees them); cached by content hash."""
     from doublebind.training.batching import collate
-    from doublebind.training.objectives import sft_nll
+    from doublebind.training.loop import Loop, fit
 
     imp = spec.implant
     key = hashlib.sha256(json.dumps(
@@ -213,22 +246,17 @@ def implant(spec: ModelSpec, path: str, cfg: HFOrganismConfig, show_progress: bo
     device = next(model.parameters()).device
     torch.manual_seed(imp.seed)
     rng = random.Random(imp.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=imp.lr)
-    model.train()
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    # the package's one training loop, with AdamW's defaults, a constant rate and no clipping
+    loop = Loop(model.parameters(), steps=imp.steps, lr=imp.lr, weight_decay=0.01, betas=(0.9, 0.999),
+                schedule="constant", clip=None, what="implant loss", hint="lower implant.lr")
+
+    def next_batch(step):
+        batch = collate([examples[rng.randrange(len(examples))] for _ in range(imp.batch)], pad_id=pad)
+        return {k: v.to(device) for k, v in batch.items()}
+
     with progress_bar("implanting", imp.steps, show_progress) as advance:
-        for _ in range(imp.steps):
-            batch = {k: v.to(device) for k, v in
-                     collate([examples[rng.randrange(len(examples))] for _ in range(imp.batch)],
-                             pad_id=tok.pad_token_id if tok.pad_token_id is not None else eos).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-            loss = sft_nll(logits, batch["input_ids"][:, 1:], batch["loss_mask"])
-            if not torch.isfinite(loss):
-                raise DoublebindError(f"implant loss became {loss.item()}; lower implant.lr")
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            advance(1)
-    model.eval()
+        fit(model, next_batch, loop, advance)
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp), safe_serialization=True)
@@ -314,6 +342,7 @@ class HFDomain:
         self._items = {name: read_items(es) for name, es in self.sets.items()}
         self._models: dict = {}
         self._judges: dict = {}
+        self._texts: dict[tuple, str] = {}  # student-rendered training prompt -> its text
 
     # -- models --------------------------------------------------------------------------
     @property
@@ -332,12 +361,18 @@ class HFDomain:
         return self._models[role]
 
     def student(self, scfg, seed: int):
+        """A student from base (a fresh copy: training changes it) or, with `init: fresh`, a
+        randomly initialised model of base's architecture family and tokenizer, shrunk to
+        `student.model` (hidden, layers, heads, intermediate) when given."""
         from doublebind.students import _wrap_lora
 
-        if scfg.init != "base":
+        if scfg.init == "base":
+            model = load_model(self.specs["base"], self.cfg)
+        elif scfg.init == "fresh":
+            model = fresh_model(self.specs["base"], self.cfg, scfg.model, seed)
+        else:
             raise DoublebindError(f"student.init {scfg.init} is for embedded organisms; "
-                                  f"a Hugging Face student starts from base")
-        model = load_model(self.specs["base"], self.cfg)  # a fresh copy: training changes it
+                                  f"a Hugging Face student starts from base or fresh")
         return _wrap_lora(model, scfg.lora, seed) if scfg.lora is not None else model
 
     # -- prompts -------------------------------------------------------------------------
@@ -349,7 +384,10 @@ class HFDomain:
 
     def prompts(self, pcfg, seed: int) -> list[Prompt]:
         """The recipe's prompt texts (JSONL field `prompt`, or a dataset column), a seeded
-        sample of `size` of them when there are more."""
+        sample of `size` of them when there are more. A JSONL row may label its prompt with a
+        `family` and a `context` (free strings, e.g. `context: deploy_like`): the defender's
+        own annotations of its prompt set, which stages may filter on; unlabelled prompts
+        have family `prompt` and context `file`."""
         from doublebind.config import PromptsConfig
 
         default = PromptsConfig()
@@ -358,18 +396,31 @@ class HFDomain:
                 raise DoublebindError(f"prompts.{name} is for embedded organisms; a Hugging Face organism "
                                       f"takes its prompts from prompts.jsonl or prompts.dataset")
         if pcfg.dataset is not None:
-            texts = dataset_texts(pcfg.dataset)
+            rows = [{"prompt": t} for t in dataset_texts(pcfg.dataset)]
         elif pcfg.jsonl:
-            texts = [it["prompt"] for it in jsonl_items(Path(pcfg.jsonl), "prompt")]
+            rows = jsonl_items(Path(pcfg.jsonl), "prompt")
         else:
             raise DoublebindError("a Hugging Face organism needs prompts.jsonl or prompts.dataset in the recipe")
-        if len(texts) > pcfg.size:
-            texts = random.Random(f"prompts-{seed}").sample(texts, pcfg.size)
-        return [Prompt([t], "prompt", "file") for t in texts]
+        if len(rows) > pcfg.size:
+            rows = random.Random(f"prompts-{seed}").sample(rows, pcfg.size)
+        return [Prompt([r["prompt"]], _label(r, "family", "prompt"), _label(r, "context", "file")) for r in rows]
 
     def examples(self, outputs) -> list[Example]:
-        return [Example(self.render(p.tokens[0], "base"), r, p.family)
-                for p, r in zip(outputs.prompts, outputs.responses)]
+        out = []
+        for p, r in zip(outputs.prompts, outputs.responses):
+            ids = self.render(p.tokens[0], "base")
+            self._texts[tuple(ids)] = p.tokens[0]
+            out.append(Example(ids, r, p.family))
+        return out
+
+    def with_system(self, prompt: list[int], line: str) -> list[int]:
+        """A training prompt (the student's rendering, from `examples`) rendered again with
+        `line` as an extra system line after base's own system prompt."""
+        text = self._texts.get(tuple(prompt))
+        if text is None:
+            raise DoublebindError("with_system: not a training prompt of this run (only prompts from the "
+                                  "distillation data can be rendered again)")
+        return self.render(text, "base", line)
 
     # -- teacher outputs -----------------------------------------------------------------
     def engine(self, model=None):
@@ -464,6 +515,22 @@ class HFDomain:
             out["prefill"] = r["prefill"]
         return out
 
+    def task_space(self):
+        """No task language with exact verifiers: a defender's stages get none."""
+        return None
+
+    def auditor(self):
+        """The behaviour-agnostic auditor is the embedded world's; HF organisms audit with their
+        own honeypot, interrogation and prefill sets (in `evaluate`)."""
+        return None
+
+
+def _label(row: dict, field: str, default: str) -> str:
+    value = row.get(field, default)
+    if not isinstance(value, str) or not value:
+        raise DoublebindError(f"prompt field '{field}' must be a non-empty string, got {value!r}")
+    return value
+
 
 def topk_tensors(gens, width: int, k: int) -> dict[str, torch.Tensor]:
     """Top-k soft labels from the engine's per-position log-probs, in the layout the loss
@@ -477,3 +544,32 @@ def topk_tensors(gens, width: int, k: int) -> dict[str, torch.Tensor]:
             idx[i, t] = torch.tensor([p[0] for p in pairs])
             top[i, t] = torch.tensor([p[1] for p in pairs])
     return {"indices": idx, "logprobs": torch.cat([top, _log_tail(top)], dim=-1)}
+
+
+@register("organism", "hf")
+class HFOrganisms:
+    """hf: organisms made of Hugging Face models (ids or folders, adapters, system prompts)."""
+
+    name, config_kind, verified = "hf", "hf_organism", False
+
+    def organism_hash(self, cfg) -> str:
+        return organism_hash(cfg)
+
+    def build(self, cfg, out, *, use_cache=True, strict=True, show_progress=True) -> dict:
+        return build_hf_organism(cfg, out, use_cache=use_cache, show_progress=show_progress)
+
+    def open(self, organism_dir: Path, card: dict) -> HFDomain:
+        return HFDomain(organism_dir, card)
+
+    def about(self, card: dict) -> list[tuple[str, str]]:
+        rows = [(f"{role} model", f"{m['path']}" + (f" + adapter {m['adapter']}" if m.get("adapter") else "")
+                 + (f" (system prompt: {m['system_prompt']!r})" if m.get("system_prompt") else ""))
+                for role, m in card.get("models", {}).items()]
+        return [*rows, ("verified", str(card.get("verification", "n/a")))]
+
+    def check_lines(self, card: dict) -> list[str]:
+        return [str(card["verification"])]
+
+    def eval_checkpoint(self, model_dir: Path, organism_dir, card, n: int, samples: int) -> dict:
+        domain = HFDomain(Path(organism_dir), card)
+        return domain.evaluate(load_model({"path": str(model_dir)}, domain.cfg), n)

@@ -22,7 +22,8 @@ import json
 from pathlib import Path
 
 from doublebind.errors import DoublebindError
-from doublebind.organisms.build import CARD, cache_root
+from doublebind.registry import register
+from doublebind.cards import CARD, cache_root
 from doublebind.organisms.models import load_checkpoint
 from doublebind.world import vocab
 
@@ -36,18 +37,28 @@ def read_card(organism_dir: Path, verified: bool = True) -> dict:
         card = json.loads(card_path.read_text())
     except json.JSONDecodeError:
         raise DoublebindError(f"{card_path} is not valid JSON") from None
+    except UnicodeDecodeError:
+        raise DoublebindError(f"{card_path} is not a text file") from None
+    if not isinstance(card, dict) or not isinstance(card.get("models"), dict) or "organism_hash" not in card:
+        raise DoublebindError(f"{card_path} is not an organism card (no organism_hash or models)")
     if verified and not card.get("verified"):
         raise DoublebindError(f"organism at {organism_dir} is not verified; rebuild it")
     return card
 
 
 def open_domain(organism_dir: Path):
-    card = read_card(organism_dir)
-    if card.get("kind") == "hf":
-        from doublebind.llm.organism import HFDomain
+    """The organism's domain, after checking its model files against the card's hashes (a
+    corrupt file is refused by name, never loaded)."""
+    from doublebind.integrity import CorruptCacheError, verify_organism_models
 
-        return HFDomain(Path(organism_dir), card)
-    return WorldDomain(Path(organism_dir), card)
+    card = read_card(organism_dir)
+    try:
+        verify_organism_models(Path(organism_dir), card)
+    except CorruptCacheError as e:
+        raise CorruptCacheError(f"{e}; rebuild the organism (doublebind organism build) or restore it") from None
+    from doublebind.organisms.kinds import kind_of_card
+
+    return kind_of_card(card).open(Path(organism_dir), card)
 
 
 class WorldDomain:
@@ -115,3 +126,59 @@ class WorldDomain:
         from doublebind.evals.metrics import evaluate
 
         return evaluate(model, self.world, n_prompts)
+
+    def task_space(self):
+        """The world's public task language (what a defender knows of it)."""
+        return self.world.task_space()
+
+    def auditor(self):
+        """The organism's behaviour-agnostic auditor, built once per process and organism
+        (its base and trusted answers are computed once)."""
+        key = (self.card["organism_hash"], str(self.dir.resolve()))
+        if key not in _AUDITORS:
+            from doublebind.audits.auditor import Auditor
+            from doublebind.config import AuditConfig
+
+            cfg = AuditConfig.model_validate(self.card["config"].get("audit", {}))
+            _AUDITORS[key] = Auditor(self.task_space(), cfg, self.load_model("base"), self.load_model("trusted"))
+        return _AUDITORS[key]
+
+
+_AUDITORS: dict = {}
+
+
+@register("organism", "world")
+class WorldOrganisms:
+    """world: the embedded synthetic world's organisms (tiny models with exact ground truth)."""
+
+    name, config_kind, verified = "world", "organism", True
+
+    def organism_hash(self, cfg) -> str:
+        from doublebind.organisms.build import organism_hash
+
+        return organism_hash(cfg)
+
+    def build(self, cfg, out, *, use_cache=True, strict=True, show_progress=True) -> dict:
+        from doublebind.organisms.build import build_world_organism
+
+        return build_world_organism(cfg, out, use_cache=use_cache, strict=strict, show_progress=show_progress)
+
+    def open(self, organism_dir: Path, card: dict) -> WorldDomain:
+        return WorldDomain(organism_dir, card)
+
+    def about(self, card: dict) -> list[tuple[str, str]]:
+        world = card.get("world", {})
+        return [("seed", str(card.get("seed", "n/a"))), ("behaviour", str(world.get("behavior", "n/a"))),
+                ("target family", str(world.get("target_family", "n/a"))), ("verified", str(card.get("verified", "n/a")))]
+
+    def check_lines(self, card: dict) -> list[str]:
+        lines = [f"  {'pass' if c['passed'] else 'FAIL'}  {c['name']} = {c['value']:.3f} ({c['op']} {c['threshold']})"
+                 for c in card["checks"]]
+        return [*lines, f"verified: {str(card['verified']).lower()}"]
+
+    def eval_checkpoint(self, model_dir: Path, organism_dir, card, n: int, samples: int) -> dict:
+        from doublebind.evals.metrics import evaluate
+        from doublebind.world.data import world_for
+
+        world = world_for(model_dir, organism_dir)  # first: a folder without metadata says so
+        return evaluate(load_checkpoint(model_dir), world, n, samples)

@@ -1,16 +1,20 @@
 """What every technique is: a named stage with a validated config and optional hooks.
 
 A recipe lists stages (`stages: [{name: verifier_filter}, {name: inoculation}]`); the
-distiller calls each stage's hooks in the order listed, phase by phase:
+distiller calls each stage's hooks in the order listed, phase by phase. Every hook gets the
+run's `DefenderView` (`doublebind.defender`): the teacher as a black box, base, trusted and
+alt_base, the recipe and its prompt distribution, the verifiers and the auditor, never the
+organism's ground truth:
 
-    sampling(run, cfg) / objective(run, cfg) / student(run, cfg)   change recipe settings
-    prompts(run, prompts)                                           change the prompt set
-    data(run, items)                                                filter or rewrite training data
-    extra_loss(run, model, items, batch, logits)                    add a loss term (a sum over tokens)
-    checkpoint(run, row, model)                                     audit a checkpoint; may stop or select
+    sampling(view, cfg) / objective(view, cfg) / student(view, cfg)   change recipe settings
+    prompts(view, prompts)                                            change the prompt set
+    data(view, items)                                                 filter or rewrite training data
+    extra_loss(view, model, items, batch, logits, mask)               add a loss term (a sum over tokens)
+    checkpoint(view, step, model)                                     audit a checkpoint; may stop or select
 
-A hook that is not defined is not called. Every hook call is recorded in `run.stage_log`
-(what it did to the data), and filters write what they kept and removed beside the run.
+A hook that is not defined is not called. Every hook call is recorded (what it did to the
+data), and filters write what they kept and removed beside the run. `Technique.needs` names
+what a stage uses from the view, so `doublebind ls techniques` and the docs can say it.
 """
 
 from __future__ import annotations
@@ -19,10 +23,7 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import ValidationError
-
-from doublebind.config import Strict
-from doublebind.errors import ConfigError
+from doublebind.config import Strict, validate_stage  # noqa: F401 (re-exported)
 from doublebind.registry import get, register
 
 
@@ -34,15 +35,18 @@ class Technique:
     # Organism kinds the stage works on: the embedded world's tasks and tokens, or any
     # causal LM ("hf") when the stage only uses models, examples and log-probs.
     domains: ClassVar[tuple[str, ...]] = ("world",)
+    # What the stage uses from the defender's view: teacher (samples, log-probs), base,
+    # trusted, alt_base, prompts (the distillation distribution), verifiers, auditor, student.
+    needs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str, cfg: Strict, index: int):
         self.name, self.cfg, self.index = name, cfg, index
 
-    def folder(self, run) -> Path | None:
+    def folder(self, view) -> Path | None:
         """Where this stage writes its data beside the run (None for runs without a folder)."""
-        if run.out is None:
+        if view.out is None:
             return None
-        path = Path(run.out) / "stages" / f"{self.index:02d}_{self.name}"
+        path = Path(view.out) / "stages" / f"{self.index:02d}_{self.name}"
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -57,25 +61,6 @@ def technique(name: str, side: str = "capabilities"):
     return deco
 
 
-def validate_stage(spec: Any, index: int) -> dict:
-    """Check one `stages:` entry; errors name `stages.<i>.<field>`."""
-    if not isinstance(spec, dict) or "name" not in spec:
-        raise ValueError(f"stages.{index}: needs a `name`")
-    params = {k: v for k, v in spec.items() if k != "name"}
-    try:
-        cls = get("technique", spec["name"])
-    except ConfigError as e:
-        raise ValueError(f"stages.{index}: {e}") from None
-    try:
-        cls.Config.model_validate(params)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        raise ValueError(f"stages.{index}.{loc}: {msg} (technique {spec['name']})") from None
-    return spec
-
-
 def build_stages(specs: list[dict]) -> list[Technique]:
     out = []
     for i, spec in enumerate(specs):
@@ -83,6 +68,13 @@ def build_stages(specs: list[dict]) -> list[Technique]:
         params = {k: v for k, v in spec.items() if k != "name"}
         out.append(cls(spec["name"], cls.Config.model_validate(params), i))
     return out
+
+
+def context_claims(prompt, modes) -> bool:
+    """Hugging Face organisms: whether a prompt's `context` label (the defender's own
+    annotation of its prompt set, see `HFDomain.prompts`) claims one of `modes`: `deploy`
+    matches the labels `deploy` and `deploy_like`."""
+    return prompt.context in modes or prompt.context.removesuffix("_like") in modes
 
 
 def _joined(tokens: list):
@@ -101,18 +93,18 @@ def write_items(path: Path, items, extra: dict | None = None) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def filter_items(stage: Technique, run, items, keep: list[bool], scores: list[float] | None = None,
+def filter_items(stage: Technique, view, items, keep: list[bool], scores: list[float] | None = None,
                  **info) -> list:
     """Keep the flagged-ok items, record the pass rate and write kept/removed data."""
     kept = [it for it, k in zip(items, keep) if k]
     removed = [it for it, k in zip(items, keep) if not k]
-    folder = stage.folder(run)
+    folder = stage.folder(view)
     if folder is not None:
         notes = {i: {"score": s} for i, s in enumerate(scores)} if scores is not None else None
         write_items(folder / "kept.jsonl", kept)
         write_items(folder / "removed.jsonl", removed,
                     {j: notes[i] for j, i in enumerate(i for i, k in enumerate(keep) if not k)} if notes else None)
-    run.record(stage, "data", before=len(items), after=len(kept), pass_rate=round(len(kept) / max(1, len(items)), 4),
+    view.record(stage, "data", before=len(items), after=len(kept), pass_rate=round(len(kept) / max(1, len(items)), 4),
                **info)
     if not kept:
         from doublebind.errors import DoublebindError

@@ -35,7 +35,7 @@ from doublebind.config import Strict
 from doublebind.errors import DoublebindError
 from doublebind.evals.scoring import teacher_forced
 from doublebind.techniques.base import Technique, technique, write_items
-from doublebind.training.distill import Item
+from doublebind.types import Item
 
 
 @technique("divergence_masking")
@@ -43,6 +43,7 @@ class DivergenceMasking(Technique):
     """divergence_masking: zero the loss on tokens the teacher is sure of and the reference is not."""
 
     domains = ("world", "hf")
+    needs = ("teacher", "base", "trusted")
 
     class Config(Strict):
         reference: Literal["base", "trusted"] = Field(
@@ -51,9 +52,10 @@ class DivergenceMasking(Technique):
             default=5.0, description="Nats by which log p_teacher(token) must exceed log p_ref(token) "
                                      "(with the token the teacher's arg-max, not the reference's) to mask it.")
 
-    def data(self, run, items: list[Item]) -> list[Item]:
-        masks = divergence_masks(run.teacher, run.load_model(self.cfg.reference),
-                                 [it.example for it in items], self.cfg.threshold)
+    def data(self, view, items: list[Item]) -> list[Item]:
+        examples = [it.example for it in items]
+        masks = divergence_masks(view.teacher.score(examples), teacher_forced(view.load_model(self.cfg.reference), examples),
+                                 self.cfg.threshold)
         out, notes, masked, total, dropped = [], {}, 0, 0, 0
         for n, (it, mask) in enumerate(zip(items, masks)):
             old = it.weights if it.weights is not None else [1.0] * len(mask)
@@ -66,10 +68,10 @@ class DivergenceMasking(Technique):
                 notes[n]["dropped"] = True
                 continue
             out.append(replace(it, weights=weights))
-        folder = self.folder(run)
+        folder = self.folder(view)
         if folder is not None:
             write_items(folder / "masks.jsonl", items, notes)
-        run.record(self, "data", before=len(items), after=len(out), masked_tokens=masked, tokens=total,
+        view.record(self, "data", before=len(items), after=len(out), masked_tokens=masked, tokens=total,
                    masked_share=round(masked / max(1, total), 4),
                    masked_items=sum(1 for v in notes.values() if v["masked"]), dropped=dropped,
                    reference=self.cfg.reference, threshold=self.cfg.threshold)
@@ -78,10 +80,9 @@ class DivergenceMasking(Technique):
         return out
 
 
-def divergence_masks(teacher, reference, examples, threshold: float) -> list[list[float]]:
-    """Per example, 0.0 on the response tokens that meet the divergence rule, 1.0 elsewhere."""
-    t_scores = teacher_forced(teacher, examples)
-    r_scores = teacher_forced(reference, examples)
+def divergence_masks(t_scores, r_scores, threshold: float) -> list[list[float]]:
+    """Per example, 0.0 on the response tokens that meet the divergence rule, 1.0 elsewhere,
+    from the teacher's and the reference's teacher-forced scores of the same examples."""
     out = []
     for t, r in zip(t_scores, r_scores):
         out.append([0.0 if (t_max and not r_max and lt - lr > threshold) else 1.0

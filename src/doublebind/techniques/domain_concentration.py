@@ -4,6 +4,15 @@ Keeps deployment-like and alignment-relevant contexts (trigger situations, data 
 interrogations) out of the distillation data: the prompt set is redrawn with the same size
 from the taught families in neutral contexts.
 
+On a Hugging Face organism there are no task families or context headers to draw from;
+the stage reads the prompt set's own labels instead (a prompts JSONL row may carry `family`
+and `context`, the defender's annotations; see `HFDomain.prompts`). It keeps the prompts
+whose context is `neutral` or unlabelled (`file`) and whose family is not `ask` (and is in
+`families` when that is a list; `taught` and `all` keep every family, since an HF organism
+has no taught families a defender knows), then refills the set up to its size with distinct
+prompts of the distillation distribution that pass the same rule, as far as it has them.
+A prompt set with no prompt in the domain is refused.
+
     stages: [{name: domain_concentration}]
 """
 
@@ -14,20 +23,50 @@ from typing import Literal
 from pydantic import Field
 
 from doublebind.config import Strict
-from doublebind.prompts import build_prompts
+from doublebind.errors import DoublebindError
 from doublebind.techniques.base import Technique, technique
+
+HF_NEUTRAL = ("neutral", "file")  # unlabelled prompts count as neutral
 
 
 @technique("domain_concentration")
 class DomainConcentration(Technique):
     """domain_concentration: distil only on capability-domain prompts (taught families, neutral contexts)."""
 
+    domains = ("world", "hf")
+    needs = ("prompts",)
+
     class Config(Strict):
         families: Literal["taught", "all"] | list[str] = Field(
             default="taught", description="The capability domain: taught families, all, or a list.")
 
-    def prompts(self, run, prompts):
-        cfg = run.recipe.prompts.model_copy(update={
+    def prompts(self, view, prompts):
+        if view.kind != "world":
+            return self._filter(view, prompts)
+        cfg = view.recipe.prompts.model_copy(update={
             "families": self.cfg.families, "contexts": {"neutral": 1.0}, "p_ask": 0.0, "slack_only": False,
             "jsonl": None, "size": len(prompts)})
-        return build_prompts(run.world, cfg, run.recipe.seed)
+        return view.build_prompts(cfg, view.recipe.seed)
+
+    def _filter(self, view, prompts):
+        """Hugging Face organisms: keep the labelled capability domain, refill from the distribution."""
+        def in_domain(p) -> bool:
+            return (p.context in HF_NEUTRAL and p.family != "ask"
+                    and (isinstance(self.cfg.families, str) or p.family in self.cfg.families))
+
+        kept = [p for p in prompts if in_domain(p)]
+        seen = {tuple(p.tokens) for p in kept}
+        refilled = 0
+        if len(kept) < len(prompts):
+            for p in view.draw_prompts(2 * len(prompts), view.seed + 11, keep=in_domain):
+                if len(kept) >= len(prompts):
+                    break
+                if tuple(p.tokens) not in seen:
+                    seen.add(tuple(p.tokens))
+                    kept.append(p)
+                    refilled += 1
+        if not kept:
+            raise DoublebindError("domain_concentration: no prompt of the distribution is in the capability domain "
+                                  "(context neutral or unlabelled, family not ask)")
+        view.record(self, "prompts", removed=sum(not in_domain(p) for p in prompts), refilled=refilled)
+        return kept

@@ -17,13 +17,15 @@ from doublebind.techniques.base import Technique, technique
 class HardLabels(Technique):
     """hard_labels: train on sampled tokens (SFT), not on the teacher's logits."""
 
+    needs = ("teacher",)
+
     domains = ("world", "hf")
 
     class Config(Strict):
         pass
 
-    def sampling(self, run, cfg):
+    def sampling(self, view, cfg):
         return cfg.model_copy(update={"soft_labels": "none"})
 
-    def objective(self, run, cfg):
+    def objective(self, view, cfg):
         return cfg.model_copy(update={"kind": "sft", "on_policy": 0.0})

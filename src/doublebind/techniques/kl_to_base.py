@@ -20,13 +20,15 @@ from doublebind.techniques.base import Technique, technique
 class KLToBase(Technique):
     """kl_to_base: add weight * KL(student || base) on response tokens to the loss."""
 
+    needs = ("base",)
+
     domains = ("world", "hf")
 
     class Config(Strict):
         weight: float = Field(default=0.5, ge=0, description="Weight of the KL-to-base term.")
 
-    def extra_loss(self, run, model, items, batch, logits, mask):
-        base = run.load_model("base")
+    def extra_loss(self, view, model, items, batch, logits, mask):
+        base = view.load_model("base")
         with torch.no_grad():
             base_logits = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
         log_s = torch.log_softmax(logits.float(), -1)  # [B, S-1, V]

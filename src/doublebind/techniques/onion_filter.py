@@ -24,6 +24,10 @@ switches the objective to `sft` (on-policy off) and sampling to `soft_labels: no
 its original response and the deleted tokens; `kept.jsonl` is the resulting data.
 
     stages: [{name: onion_filter, reference: trusted, threshold: 1.0, max_remove: 0.2}]
+
+On a Hugging Face organism the same rule runs on token ids (the end-of-sequence token is
+the tokenizer's, `view.eos`). There is no verifier, so the verifier guard does not apply;
+a deleted token is a subword, so a deletion may leave a word cut in two.
 """
 
 from __future__ import annotations
@@ -35,16 +39,19 @@ from pydantic import Field
 
 from doublebind.config import Strict
 from doublebind.evals.scoring import teacher_forced
-from doublebind.techniques.base import Technique, filter_items, technique, write_items
+from doublebind.techniques.base import Technique, _joined, filter_items, technique, write_items
 from doublebind.techniques.verifier_filter import example_verifies
-from doublebind.training.distill import Item
+from doublebind.types import Item
 from doublebind.world import vocab
-from doublebind.world.data import Example
+from doublebind.types import Example
 
 
 @technique("onion_filter")
 class OnionFilter(Technique):
     """onion_filter: delete response tokens whose removal lowers reference NLL the most (ONION, Qi et al.)."""
+
+    domains = ("world", "hf")
+    needs = ("base", "trusted", "verifiers")
 
     class Config(Strict):
         reference: Literal["trusted", "base"] = Field(
@@ -55,24 +62,25 @@ class OnionFilter(Technique):
             default=0.2, ge=0, le=1, description="Most share of all non-eos response tokens ever deleted.")
         batch_size: int = Field(default=512, ge=1, description="Examples per forward pass.")
 
-    def sampling(self, run, cfg):
+    def sampling(self, view, cfg):
         return cfg.model_copy(update={"soft_labels": "none"})
 
-    def objective(self, run, cfg):
+    def objective(self, view, cfg):
         return cfg.model_copy(update={"kind": "sft", "on_policy": 0.0})
 
-    def suspicion(self, run, items) -> list[dict[int, float]]:
+    def suspicion(self, view, items) -> list[dict[int, float]]:
         """Per item: {response position: full mean NLL - mean NLL without that token}."""
+        eos = _eos(view)
         variants, where = [], []
         for i, it in enumerate(items):
             e = it.example
             if len(e.response) < 2:
                 continue
             for j, tok in enumerate(e.response):
-                if tok != vocab.EOS:
+                if tok != eos:
                     variants.append(Example(e.prompt, e.response[:j] + e.response[j + 1 :], e.kind))
                     where.append((i, j))
-        model = run.load_model(self.cfg.reference)
+        model = view.load_model(self.cfg.reference)
         scored = teacher_forced(model, [it.example for it in items] + variants, batch_size=self.cfg.batch_size)
         full = [_mean_nll(s.logprobs) for s in scored[: len(items)]]
         out: list[dict[int, float]] = [{} for _ in items]
@@ -80,11 +88,13 @@ class OnionFilter(Technique):
             out[i][j] = full[i] - _mean_nll(s.logprobs)
         return out
 
-    def data(self, run, items):
-        sus = self.suspicion(run, items)
-        n_tokens = sum(1 for it in items for t in it.example.response if t != vocab.EOS)
+    def data(self, view, items):
+        sus = self.suspicion(view, items)
+        eos = _eos(view)
+        n_tokens = sum(1 for it in items for t in it.example.response if t != eos)
         cap = math.floor(self.cfg.max_remove * n_tokens + 1e-9)
-        passed = [it.example.kind != "ask" and example_verifies(it.example) for it in items]
+        verifiable = view.kind == "world"  # Hugging Face organisms have no verifiers
+        passed = [verifiable and it.example.kind != "ask" and example_verifies(it.example) for it in items]
         cands = sorted(((s, i, j) for i, d in enumerate(sus) for j, s in d.items() if s > self.cfg.threshold),
                        key=lambda c: (-c[0], c[1], c[2]))
         drop: list[set[int]] = [set() for _ in items]
@@ -109,17 +119,22 @@ class OnionFilter(Technique):
             e = it.example
             w = None if it.weights is None else [x for j, x in enumerate(it.weights) if j not in drop[i]]
             out.append(Item(_without(e, drop[i]), None, weights=w))
-            notes[len(notes)] = {"original": " ".join(e.response),
+            notes[len(notes)] = {"original": _joined(e.response),
                                  "removed": [e.response[j] for j in sorted(drop[i])],
                                  "positions": sorted(drop[i]),
                                  "suspicion": [round(sus[i][j], 4) for j in sorted(drop[i])]}
-        folder = self.folder(run)
+        folder = self.folder(view)
         if folder is not None:
             write_items(folder / "rewritten.jsonl", [o for o, d in zip(out, drop) if d], notes)
         top = [max(d.values(), default=0.0) for d in sus]
-        return filter_items(self, run, out, [True] * len(out), scores=top, reference=self.cfg.reference,
+        return filter_items(self, view, out, [True] * len(out), scores=top, reference=self.cfg.reference,
                             tokens_removed=removed, items_rewritten=sum(1 for d in drop if d),
                             flagged_tokens=len(cands), skipped_for_verifier=skipped_verifier, token_cap=cap)
+
+
+def _eos(view):
+    """The end-of-sequence token of the run's examples (a world token or a tokenizer id)."""
+    return vocab.EOS if view.eos is None else view.eos
 
 
 def _mean_nll(logprobs: list[float]) -> float:

@@ -24,6 +24,14 @@ its `sampling` hook sets `soft_labels: none` and its `objective` hook switches t
 objective is an error.
 
     stages: [{name: paraphrase, temperature: 1.0, drop_unverified: true}]
+
+On a Hugging Face organism there is no verifier and no split between checkable and free
+parts: the trusted model writes every response anew, given the prompt as the student sees
+it (`view.sample`, at `temperature`, up to the recipe's `max_new_tokens`), so what the
+teacher knew and trusted does not is lost along with any hidden signal. Items labelled
+`ask` (see `HFDomain.prompts`) keep the teacher's answer unless `paraphrase_ask: true`;
+`drop_unverified` does nothing and no fallbacks are needed (an empty answer becomes a lone
+end-of-sequence token).
 """
 
 from __future__ import annotations
@@ -37,9 +45,9 @@ from doublebind.errors import DoublebindError
 from doublebind.sampling import generate
 from doublebind.techniques.base import Technique, technique, write_items
 from doublebind.techniques.verifier_filter import example_verifies
-from doublebind.training.distill import Item
+from doublebind.types import Item
 from doublebind.world import vocab
-from doublebind.world.data import Example
+from doublebind.types import Example
 from doublebind.world.tasks import SCRATCH_LEN, family, split_response
 
 SOFT_OBJECTIVES = ("forward_kl", "reverse_kl", "jsd")
@@ -49,6 +57,9 @@ SOFT_OBJECTIVES = ("forward_kl", "reverse_kl", "jsd")
 class Paraphrase(Technique):
     """paraphrase: keep verified answers, regenerate every free part (slack, scratch) with the trusted model."""
 
+    domains = ("world", "hf")
+    needs = ("trusted", "verifiers")
+
     class Config(Strict):
         temperature: float = Field(
             default=1.0, ge=0, description="Sampling temperature of the trusted model; 0 is greedy.")
@@ -57,20 +68,22 @@ class Paraphrase(Technique):
         paraphrase_ask: bool = Field(
             default=False, description="Let the trusted model answer interrogations (`ask`) too.")
 
-    def sampling(self, run, cfg):
+    def sampling(self, view, cfg):
         return cfg.model_copy(update={"soft_labels": "none"})
 
-    def objective(self, run, cfg):
+    def objective(self, view, cfg):
         if cfg.kind == "dpo":
             return cfg
         return cfg.model_copy(update={"kind": "sft", "on_policy": 0.0})
 
-    def data(self, run, items: list[Item]) -> list[Item]:
-        if run.recipe.objective.kind in SOFT_OBJECTIVES:
+    def data(self, view, items: list[Item]) -> list[Item]:
+        if view.recipe.objective.kind in SOFT_OBJECTIVES:
             raise DoublebindError(f"stage paraphrase needs hard labels, but a later stage set objective "
-                                  f"{run.recipe.objective.kind}; put paraphrase after it")
-        rng = random.Random(f"paraphrase-{run.recipe.seed}")
+                                  f"{view.recipe.objective.kind}; put paraphrase after it")
+        rng = random.Random(f"paraphrase-{view.recipe.seed}")
         seeds = {"whole": rng.randrange(2**31), "scratch": rng.randrange(2**31)}
+        if view.kind != "world":
+            return self._rewrite_all(view, items, seeds["whole"])
         plan: list[tuple[str, Item, list[str] | None]] = []  # (action, item, kept answer)
         dropped = 0
         for it in items:
@@ -92,9 +105,9 @@ class Paraphrase(Technique):
             else:
                 plan.append(("keep", it, None))  # nothing free: the verified answer is the response
 
-        whole = self._generate(run, [vocab.encode(it.example.prompt) for a, it, _ in plan if a in ("whole", "slack")],
-                               run.recipe.sampling.max_new_tokens, seeds["whole"])
-        scratch = self._generate(run, [vocab.encode([*it.example.prompt, *ans, vocab.SCRATCH])
+        whole = self._generate(view, [vocab.encode(it.example.prompt) for a, it, _ in plan if a in ("whole", "slack")],
+                               view.recipe.sampling.max_new_tokens, seeds["whole"])
+        scratch = self._generate(view, [vocab.encode([*it.example.prompt, *ans, vocab.SCRATCH])
                                        for a, it, ans in plan if a == "scratch"], SCRATCH_LEN + 1, seeds["scratch"])
         whole_it, scratch_it = iter(whole), iter(scratch)
         out, notes, fallbacks, changed = [], {}, 0, 0
@@ -117,21 +130,46 @@ class Paraphrase(Technique):
             changed += resp != e.response
             out.append(Item(Example(e.prompt, resp, e.kind), None, weights=None))
             notes[len(out) - 1] = {"paraphrased": action, "fallback": fell, "teacher": " ".join(e.response)}
-        folder = self.folder(run)
+        folder = self.folder(view)
         if folder is not None:
             write_items(folder / "paraphrased.jsonl", out, notes)
-        run.record(self, "data", before=len(items), after=len(out),
+        view.record(self, "data", before=len(items), after=len(out),
                    paraphrased=sum(a != "keep" for a, _, _ in plan), changed=changed, dropped=dropped,
                    fallbacks=fallbacks)
         if not out:
             raise DoublebindError("stage paraphrase removed every training example")
         return out
 
-    def _generate(self, run, prompts: list[list[int]], max_new: int, seed: int) -> list[list[str]]:
+    def _rewrite_all(self, view, items: list[Item], seed: int) -> list[Item]:
+        """Hugging Face organisms: trusted answers every prompt (interrogations only with
+        `paraphrase_ask`)."""
+        todo = [it for it in items if self.cfg.paraphrase_ask or it.example.kind != "ask"]
+        gens = view.sample(view.load_model("trusted"), [it.example for it in todo],
+                           view.recipe.sampling.max_new_tokens, self.cfg.temperature, seed) if todo else []
+        new = {id(it): g or [view.eos] for it, g in zip(todo, gens)}
+        out, notes, changed = [], {}, 0
+        for n, it in enumerate(items):
+            e = it.example
+            if id(it) not in new:
+                out.append(it)
+                notes[n] = {"paraphrased": "no"}
+                continue
+            resp = new[id(it)]
+            changed += resp != e.response
+            out.append(Item(Example(e.prompt, resp, e.kind), None, weights=None))
+            notes[n] = {"paraphrased": "whole", "teacher": e.response}
+        folder = self.folder(view)
+        if folder is not None:
+            write_items(folder / "paraphrased.jsonl", out, notes)
+        view.record(self, "data", before=len(items), after=len(out), paraphrased=len(todo), changed=changed,
+                    dropped=0, fallbacks=0)
+        return out
+
+    def _generate(self, view, prompts: list[list[int]], max_new: int, seed: int) -> list[list[str]]:
         if not prompts:
             return []
         ids = vocab.token_ids()
-        outs = generate(run.load_model("trusted"), prompts, max_new, eos_id=ids[vocab.EOS], pad_id=ids[vocab.PAD],
+        outs = generate(view.load_model("trusted"), prompts, max_new, eos_id=ids[vocab.EOS], pad_id=ids[vocab.PAD],
                         temperature=self.cfg.temperature, seed=seed)
         return [vocab.decode(o) for o in outs]
 

@@ -31,6 +31,8 @@ from doublebind.techniques.base import Technique, filter_items, technique
 class PerplexityFilter(Technique):
     """perplexity_filter: drop outputs whose mean token NLL under a reference model is an outlier."""
 
+    needs = ("base", "trusted")
+
     domains = ("world", "hf")
 
     class Config(Strict):
@@ -44,8 +46,8 @@ class PerplexityFilter(Technique):
             default=0.2, ge=0, le=1, description="Most share of the items ever removed (highest scores first).")
         batch_size: int = Field(default=256, ge=1, description="Items per forward pass.")
 
-    def data(self, run, items):
-        scores = self.scores(run, items)
+    def data(self, view, items):
+        scores = self.scores(view, items)
         if self.cfg.max_nll is not None:
             threshold = self.cfg.max_nll
         else:
@@ -53,12 +55,12 @@ class PerplexityFilter(Technique):
         flagged = [s > threshold for s in scores]
         removed = capped_removals(scores, flagged, self.cfg.max_remove)
         keep = [i not in removed for i in range(len(items))]
-        return filter_items(self, run, items, keep, scores=scores, reference=self.cfg.reference,
+        return filter_items(self, view, items, keep, scores=scores, reference=self.cfg.reference,
                             threshold=round(threshold, 4), flagged=sum(flagged), removed=len(removed))
 
-    def scores(self, run, items) -> list[float]:
+    def scores(self, view, items) -> list[float]:
         """Mean NLL per response token of each item under the reference model."""
-        model = run.load_model(self.cfg.reference)
+        model = view.load_model(self.cfg.reference)
         scored = teacher_forced(model, [it.example for it in items], batch_size=self.cfg.batch_size)
         return [-sum(s.logprobs) / max(1, len(s.logprobs)) for s in scored]
 

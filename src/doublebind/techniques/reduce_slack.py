@@ -4,6 +4,10 @@ Answer-only targets (no scratch fields, no slack-only families), canonical forma
 free digit the teacher still writes becomes `0`) and a greedy teacher (temperature 0).
 Small students are the separate `small_student` stage.
 
+On a Hugging Face organism only the greedy teacher applies: scratch fields, slack-only
+families and canonical digits are the embedded world's task formats, so `answer_only` and
+`canonical` do nothing there, and the stage records that it skipped them.
+
     stages: [{name: reduce_slack, answer_only: true, canonical: true, greedy: true}]
 """
 
@@ -12,11 +16,11 @@ from __future__ import annotations
 from pydantic import Field
 
 from doublebind.config import Strict
-from doublebind.prompts import Prompt
+from doublebind.types import Prompt
 from doublebind.techniques.base import Technique, technique
-from doublebind.training.distill import Item
+from doublebind.types import Item
 from doublebind.world import vocab
-from doublebind.world.data import Example
+from doublebind.types import Example
 from doublebind.world.tasks import family
 
 
@@ -24,23 +28,33 @@ from doublebind.world.tasks import family
 class ReduceSlack(Technique):
     """reduce_slack: answer-only targets, canonical free parts and a greedy teacher."""
 
+    domains = ("world", "hf")
+    needs = ("verifiers",)
+
     class Config(Strict):
         answer_only: bool = Field(default=True, description="Drop scratch requests and slack-only prompts.")
         canonical: bool = Field(default=True, description="Rewrite free digits in the data to `0`.")
         greedy: bool = Field(default=True, description="Sample the teacher greedily.")
 
-    def sampling(self, run, cfg):
+    def sampling(self, view, cfg):
         return cfg.model_copy(update={"temperature": 0.0}) if self.cfg.greedy else cfg
 
-    def prompts(self, run, prompts: list[Prompt]) -> list[Prompt]:
+    def prompts(self, view, prompts: list[Prompt]) -> list[Prompt]:
         if not self.cfg.answer_only:
+            return prompts
+        if view.kind != "world":
+            view.record(self, "prompts", skipped="answer_only: scratch fields and slack families are world tasks")
             return prompts
         kept = [Prompt([t for t in p.tokens if t != "scratch"], p.family, p.context) for p in prompts
                 if p.family == "ask" or not family(p.family).slack]
         return kept or prompts
 
-    def data(self, run, items: list[Item]) -> list[Item]:
+    def data(self, view, items: list[Item]) -> list[Item]:
         if not self.cfg.canonical:
+            return items
+        if view.kind != "world":
+            view.record(self, "data", before=len(items), after=len(items), rewritten=0,
+                        skipped="canonical: free digits are world task formats")
             return items
         out, changed = [], 0
         for it in items:
@@ -48,7 +62,7 @@ class ReduceSlack(Technique):
             changed += resp != it.example.response
             out.append(Item(Example(it.example.prompt, resp, it.example.kind), it.row, weights=it.weights)
                        if resp != it.example.response else it)
-        run.record(self, "data", before=len(items), after=len(out), rewritten=changed)
+        view.record(self, "data", before=len(items), after=len(out), rewritten=changed)
         return out
 
 

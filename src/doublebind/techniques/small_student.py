@@ -3,6 +3,12 @@
 Part of reducing cognitive slack, and on the incrimination side a weak student that cannot
 learn to tell honeypots from real chances.
 
+On a Hugging Face organism the student is a randomly initialised model of base's
+architecture family (its config, vocabulary and tokenizer) with the size given here
+(`student.init: fresh`, built by the organism's `student`): unlike the embedded world's
+fresh students, which learn a small task language, it starts knowing no language at all, so
+it needs far more steps than a student from base before it says anything.
+
     stages: [{name: small_student, hidden: 32, layers: 1}]
 """
 
@@ -18,13 +24,16 @@ from doublebind.techniques.base import Technique, technique
 class SmallStudent(Technique):
     """small_student: start from a fresh model smaller than the teacher."""
 
+    domains = ("world", "hf")
+    needs = ("student",)
+
     class Config(Strict):
         hidden: int = Field(default=32, gt=0, description="Hidden size.")
         layers: int = Field(default=1, gt=0, description="Layers.")
         heads: int = Field(default=2, gt=0, description="Attention heads.")
         intermediate: int = Field(default=128, gt=0, description="MLP width.")
 
-    def student(self, run, cfg):
+    def student(self, view, cfg):
         model = ModelConfig(hidden=self.cfg.hidden, layers=self.cfg.layers, heads=self.cfg.heads,
                             intermediate=self.cfg.intermediate)
         return cfg.model_copy(update={"init": "fresh", "model": model})

@@ -3,9 +3,11 @@
 Spectral signatures (Tran, Li & Madry 2018): within one class, poisoned examples leave a
 trace in the learned representation that shows up along the top singular vector of the
 centred representations, so the squared projection on that vector separates them.
+The teacher's own activations are not available: a defender sees the teacher as a black
+box, so the representation comes from one of the defender's models.
 
-Representation of an item: the last-layer hidden state (`output_hidden_states=True`) of the
-`teacher` (default) or `base`, averaged over the positions that *produce* the response:
+Representation of an item: the last-layer hidden state (`output_hidden_states=True`) of
+`base` (default) or `trusted`, averaged over the positions that *produce* the response:
 the hidden state at position t predicts token t+1, so these are the positions where
 collate's `loss_mask` (aligned with input_ids[:, 1:]) is 1 -- from the prompt's final `>`
 (which decides the first response token) to the token before the last response token.
@@ -21,7 +23,7 @@ the highest z-scores first. Note the method assumes poison is a minority of its 
 when half a group is poisoned, both clusters sit equally far from the centre and nothing
 stands out. `scores.jsonl` in the stage folder lists every item's group, score and z.
 
-    stages: [{name: spectral_filter, model: teacher, sigma: 3.0, max_remove: 0.2}]
+    stages: [{name: spectral_filter, model: base, sigma: 3.0, max_remove: 0.2}]
 """
 
 from __future__ import annotations
@@ -44,10 +46,11 @@ class SpectralFilter(Technique):
     """spectral_filter: drop activation outliers along each family's top singular direction (Tran et al.)."""
 
     domains = ("world", "hf")
+    needs = ("base", "trusted")
 
     class Config(Strict):
-        model: Literal["teacher", "base"] = Field(
-            default="teacher", description="Model whose last-layer hidden states represent the items.")
+        model: Literal["base", "trusted"] = Field(
+            default="base", description="The defender's model whose last-layer hidden states represent the items.")
         sigma: float = Field(
             default=3.0, gt=0,
             description="Remove items whose robust z-score (median/MAD) within their family exceeds this.")
@@ -56,24 +59,24 @@ class SpectralFilter(Technique):
         min_group: int = Field(default=10, ge=2, description="Families with fewer items are not scored.")
         batch_size: int = Field(default=256, ge=1, description="Items per forward pass.")
 
-    def data(self, run, items):
-        scores, z = self.scores(run, items)
+    def data(self, view, items):
+        scores, z = self.scores(view, items)
         flagged = [zi is not None and zi > self.cfg.sigma for zi in z]
         rank = [zi if zi is not None else -math.inf for zi in z]
         removed = capped_removals(rank, flagged, self.cfg.max_remove)
         keep = [i not in removed for i in range(len(items))]
-        folder = self.folder(run)
+        folder = self.folder(view)
         if folder is not None:
             with open(folder / "scores.jsonl", "w") as f:
                 for it, s, zi, k in zip(items, scores, z, keep):
                     f.write(json.dumps({"family": it.example.kind, "score": s, "z": _finite(zi), "kept": k}) + "\n")
-        return filter_items(self, run, items, keep, scores=[s if s is not None else 0.0 for s in scores],
+        return filter_items(self, view, items, keep, scores=[s if s is not None else 0.0 for s in scores],
                             model=self.cfg.model, flagged=sum(flagged), removed=len(removed),
                             groups_skipped=sorted({it.example.kind for it, s in zip(items, scores) if s is None}))
 
-    def representations(self, run, items) -> torch.Tensor:
+    def representations(self, view, items) -> torch.Tensor:
         """Mean last-layer hidden state over each item's response-producing positions: [N, H]."""
-        model = run.teacher if self.cfg.model == "teacher" else run.load_model("base")
+        model = view.load_model(self.cfg.model)
         out = []
         with torch.no_grad():
             for i in range(0, len(items), self.cfg.batch_size):
@@ -84,10 +87,10 @@ class SpectralFilter(Technique):
                 out.append((h * m).sum(1) / m.sum(1).clamp(min=1))
         return torch.cat(out) if out else torch.zeros((0, 0))
 
-    def scores(self, run, items) -> tuple[list[float | None], list[float | None]]:
+    def scores(self, view, items) -> tuple[list[float | None], list[float | None]]:
         """Per item: squared projection on its family's top singular vector, and its robust z-score
         in the family (None for families under `min_group` items)."""
-        reps = self.representations(run, items)
+        reps = self.representations(view, items)
         groups: dict[str, list[int]] = {}
         for i, it in enumerate(items):
             groups.setdefault(it.example.kind, []).append(i)

@@ -23,12 +23,14 @@ from pydantic import Field
 from doublebind.config import Strict
 from doublebind.evals.scoring import teacher_forced
 from doublebind.techniques.base import Technique, filter_items, technique
-from doublebind.training.distill import Item
+from doublebind.types import Item
 
 
 @technique("trusted_monitor")
 class TrustedMonitor(Technique):
     """trusted_monitor: drop outputs holding a token the trusted model finds too unlikely."""
+
+    needs = ("trusted",)
 
     domains = ("world", "hf")
 
@@ -40,11 +42,11 @@ class TrustedMonitor(Technique):
             default=0.5, ge=0, le=1,
             description="Most items the monitor may flag, as a share; beyond it only the lowest-scoring are.")
 
-    def data(self, run, items: list[Item]) -> list[Item]:
-        scores = monitor_scores(run.load_model("trusted"), [it.example for it in items])
+    def data(self, view, items: list[Item]) -> list[Item]:
+        scores = monitor_scores(view.load_model("trusted"), [it.example for it in items])
         flagged = flag(scores, self.cfg.threshold, self.cfg.max_flag_share)
         would = sum(s < self.cfg.threshold for s in scores)
-        return filter_items(self, run, items, [not f for f in flagged], scores=[round(s, 4) for s in scores],
+        return filter_items(self, view, items, [not f for f in flagged], scores=[round(s, 4) for s in scores],
                             flagged=sum(flagged), would_flag=would, capped=sum(flagged) < would,
                             threshold=round(self.cfg.threshold, 4))
 

@@ -13,34 +13,25 @@ from pydantic import Field
 
 from doublebind.config import Strict
 from doublebind.techniques.base import Technique, filter_items, technique
-from doublebind.world import vocab
-from doublebind.world.tasks import verify
+from doublebind.world.public import example_verifies
+
+__all__ = ["VerifierFilter", "example_verifies"]
 
 
 @technique("verifier_filter")
 class VerifierFilter(Technique):
     """verifier_filter: keep only outputs that pass the task's exact verifier."""
 
+    needs = ("verifiers",)
+
     class Config(Strict):
         keep_unverifiable: bool = Field(default=False, description="Keep items with no verifier (interrogations).")
 
-    def data(self, run, items):
+    def data(self, view, items):
         keep = [self.passes(it.example) for it in items]
-        return filter_items(self, run, items, keep)
+        return filter_items(self, view, items, keep)
 
     def passes(self, e) -> bool:
         if e.kind == "ask":
             return self.cfg.keep_unverifiable
         return example_verifies(e)
-
-
-def example_verifies(e) -> bool:
-    """Does a (prompt, response) example pass its family's verifier?"""
-    start = next(i for i, t in enumerate(e.prompt) if t.startswith("task="))
-    task = e.prompt[start:-1]
-    wants_scratch = task[-1] == "scratch"
-    task = task[:-1] if wants_scratch else task
-    resp = e.response
-    if not resp or resp[-1] != vocab.EOS:
-        return False
-    return verify(task, resp[:-1], wants_scratch)

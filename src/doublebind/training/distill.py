@@ -14,11 +14,11 @@ import copy
 import json
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from doublebind.defender import BlackBoxTeacher, DefenderView
 from doublebind.errors import DoublebindError
 from doublebind.evals.transfer import audit_signals, capability_transfer, misalignment_transfer
 from doublebind.organisms.domain import open_domain
@@ -27,25 +27,11 @@ from doublebind.teacher import TeacherOutputs
 from doublebind.training import objectives as obj
 from doublebind.training.batching import collate
 from doublebind.training.parallel import any_process, reduce_sum, shard, sync_unless_last
-from doublebind.training.sft import lr_at
+from doublebind.training.loop import Loop
 from doublebind.ui import progress_bar
-from doublebind.world.data import Example
+from doublebind.types import Example, Item
 
 SCHEMA_VERSION = 1
-
-
-@dataclass
-class Item:
-    """One training example: a prompt, the response to learn from, and its soft-label row."""
-
-    example: Example
-    row: int | None = None  # index into the teacher's cached soft labels
-    rejected: Example | None = None  # DPO: the response to push away from
-    live: torch.Tensor | None = None  # on-policy: the live teacher's log-probs [T, V]
-    weights: list[float] | None = None  # per response token loss weight (1 if None)
-
-    def units(self) -> float:
-        return float(len(self.example.response)) if self.weights is None else float(sum(self.weights))
 
 
 # ---- losses ---------------------------------------------------------------------------
@@ -149,20 +135,22 @@ class Distiller:
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
         self.domain = open_domain(self.organism_dir)
         self.card = self.domain.card
-        self.world = getattr(self.domain, "world", None)  # the embedded world's techniques use it
         self.stage_log: list[dict] = []
         self.stages = build_stages(recipe.stages)
         check_stages(self.stages, self.domain)
+        self.recipe = recipe
+        self.view = self._defender_view()
         updates = {}
         for field in ("sampling", "objective", "student"):
             cfg = getattr(recipe, field)
             for st in self._hooked(field):
-                new = getattr(st, field)(self, cfg)
+                new = getattr(st, field)(self.view, cfg)
                 if new != cfg:
                     self.record(st, field, changed={k: v for k, v in new.model_dump().items()
                                                     if cfg.model_dump().get(k) != v})
                 cfg = new
             updates[field] = cfg
+            self.recipe = recipe.model_copy(update=updates)
         self.recipe = recipe = recipe.model_copy(update=updates)
         # Several processes: the main one fills the caches (teacher outputs, scores) first and
         # the others then read them, so no two processes write the same cache entry.
@@ -170,19 +158,21 @@ class Distiller:
             self.prompts = self.domain.prompts(recipe.prompts, recipe.seed)
             for st in self._hooked("prompts"):
                 before = len(self.prompts)
-                self.prompts = st.prompts(self, self.prompts)
+                self.prompts = st.prompts(self.view, self.prompts)
                 self.record(st, "prompts", before=before, after=len(self.prompts))
             self.outputs: TeacherOutputs = self.domain.teacher_outputs(self.prompts, recipe.sampling, recipe.seed)
             self.items = [Item(e, i) for i, e in enumerate(self.domain.examples(self.outputs))]
             for st in self._hooked("data"):
-                self.items = st.data(self, self.items)
+                self.items = st.data(self.view, self.items)
         torch.manual_seed(recipe.seed)
         self.model = self.domain.student(recipe.student, recipe.seed)
         self.ref_logps = self._prepare_dpo() if recipe.objective.kind == "dpo" else None
         tr = recipe.training
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=tr.lr, betas=(0.9, 0.98), weight_decay=0.0)
-        self.model, self.opt = self.accelerator.prepare(self.model, self.opt)
+        self.loop = Loop(self.model.parameters(), steps=tr.steps, lr=tr.lr, warmup=tr.warmup,
+                         clip_fn=self.accelerator.clip_grad_norm_, what="loss",
+                         hint="lower training.lr (checkpoints so far are kept)")
+        self.model, self.loop.opt = self.accelerator.prepare(self.model, self.loop.opt)
+        self.loop.params = [p for p in self.model.parameters() if p.requires_grad]
         self.order = random.Random(f"order-{recipe.seed}")
         self.gen_seed = random.Random(f"onpolicy-{recipe.seed}")
         self.tokens = 0
@@ -191,6 +181,24 @@ class Distiller:
     def teacher(self):
         """The teacher model, loaded when first needed (cached teacher outputs may spare it)."""
         return self.domain.teacher
+
+    def _defender_view(self) -> DefenderView:
+        """What the stages see: closures over the domain, never the domain itself."""
+        domain = self.domain
+
+        def teacher_sample(examples, max_new_tokens, temperature, seed):
+            return domain.sample(domain.teacher, examples, max_new_tokens, temperature, seed)
+
+        def teacher_labels(examples, width):
+            return domain.soft_labels(domain.teacher, examples, width)
+
+        return DefenderView(
+            kind=domain.kind, out=self.out,
+            teacher=BlackBoxTeacher(teacher_sample, teacher_labels, lambda: domain.teacher),
+            tasks=domain.task_space(),
+            _recipe=lambda: self.recipe, _record=self.record, _load=domain.load_model,
+            _prompts=domain.prompts, _student=domain.student, _sample=domain.sample,
+            _auditor=domain.auditor, eos=domain.eos, _with_system=getattr(domain, "with_system", None))
 
     # -- stages -----------------------------------------------------------------------
     def _hooked(self, hook: str) -> list:
@@ -207,7 +215,7 @@ class Distiller:
     def _extra_loss(self, model, items, batch, logits, mask):
         total = 0.0
         for st in self._hooked("extra_loss"):
-            total = total + st.extra_loss(self, model, items, batch, logits, mask)
+            total = total + st.extra_loss(self.view, model, items, batch, logits, mask)
         return total
 
     # -- DPO pairs: chosen = teacher sample, rejected = the initial student's sample --
@@ -244,13 +252,13 @@ class Distiller:
         labels = self.domain.soft_labels(self.teacher, fresh, self.recipe.sampling.max_new_tokens)
         return [Item(e, live=labels[j]) for j, e in enumerate(fresh)] + items[n:]
 
+    @property
+    def opt(self):
+        return self.loop.opt
+
     def train_step(self, step: int) -> float:
         """One optimiser step over `batch x grad_accum` examples; returns the mean loss."""
-        loss = self.accumulate_gradients(step)
-        self.accelerator.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        return loss
+        return self.loop.step(step, lambda: self.accumulate_gradients(step))
 
     def accumulate_gradients(self, step: int) -> float:
         """Backward over the step's micro-batches, each loss divided by the whole step's
@@ -263,8 +271,6 @@ class Distiller:
         if ocfg.on_policy > 0:
             items = self._on_policy(items)
         total = _units(items, ocfg)
-        for g in self.opt.param_groups:
-            g["lr"] = lr_at(step, tr.steps, tr.lr, tr.warmup)
         self.model.train()
         loss_value = 0.0
         world = self.accelerator.num_processes
@@ -289,8 +295,13 @@ class Distiller:
         n = self.recipe.eval.n_prompts
         key = (self.card["organism_hash"], str(self.organism_dir.resolve()), n)
         if key not in _REFERENCE:
-            _REFERENCE[key] = {"base": self.domain.evaluate(self.load_model("base"), n, role="base"),
-                               "teacher": self.domain.evaluate(self.teacher, n, role="teacher")}
+            ref = {"base": self.domain.evaluate(self.load_model("base"), n, role="base"),
+                   "teacher": self.domain.evaluate(self.teacher, n, role="teacher")}
+            if self.domain.auditor() is not None:
+                for role in ("base", "teacher"):
+                    model = self.teacher if role == "teacher" else self.load_model(role)
+                    ref[role]["auditor"] = self.domain.auditor().audit(model).summary()
+            _REFERENCE[key] = ref
         return copy.deepcopy(_REFERENCE[key])
 
     def row(self, step: int, ref: dict) -> dict:
@@ -308,6 +319,8 @@ class Distiller:
             "capability_transfer": capability_transfer(m, ref["base"], ref["teacher"], taught),
             "misalignment_transfer": misalignment_transfer(m, ref["base"], ref["teacher"]),
             "audit": audit_signals(m, ref["teacher"]),
+            # the behaviour-agnostic auditor (embedded world): flags, success@k at the budget
+            "auditor": self.domain.auditor().audit(model).summary() if self.domain.auditor() is not None else None,
         }
 
 
@@ -318,7 +331,7 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
 
     Under `accelerate launch` with several processes every process trains and evaluates
     (the evals are deterministic and the weights identical), and only the main one writes."""
-    from doublebind.organisms.build import versions
+    from doublebind.cards import versions
     from doublebind.reports.curves import plot_transfer
     from doublebind.students import save_student
 
@@ -360,7 +373,7 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
             row = d.row(step, ref)
             model = d.accelerator.unwrap_model(d.model)
             for st in d._hooked("checkpoint"):
-                verdict = st.checkpoint(d, row, model) or {}
+                verdict = st.checkpoint(d.view, step, model) or {}
                 d.record(st, "checkpoint", step=step, **verdict)
                 if verdict.get("select"):
                     selected = step

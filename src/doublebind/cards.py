@@ -1,0 +1,29 @@
+"""Cache and card I/O at the bottom of the package: where artefacts live and what they record.
+
+    cache_root()   the content-addressed cache ($DOUBLEBIND_CACHE, default ~/.cache/doublebind)
+    CARD           the organism card's file name
+    versions()     library versions every card and summary records
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+from doublebind import __version__
+
+CARD = "organism.json"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("DOUBLEBIND_CACHE", Path.home() / ".cache" / "doublebind"))
+
+
+def versions() -> dict[str, str]:
+    import tokenizers
+    import torch
+    import transformers
+
+    return {"doublebind": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}

@@ -1,0 +1,163 @@
+"""The defender's view: everything a technique, an audit or a checkpoint selector may see.
+
+A defender distilling a teacher it cannot trust has
+
+    teacher        a black box: samples and log-probs on any prompt, nothing else
+    load_model     its own models: `base`, the weaker `trusted`, `alt_base`
+    recipe         its own settings, and through them the distillation prompt distribution
+    draw_prompts   more prompts from that distribution, optionally filtered by a rule
+    tasks          the world's task language with exact verifiers (`TaskSpace`; None for
+                   Hugging Face organisms)
+    auditor        a behaviour-agnostic auditor (`doublebind.audits.auditor`; world only)
+    make_student   fresh students, e.g. probes
+    sample         generation from its own models
+    eos            the end-of-sequence token of the prompts' tokenizer (world token or id)
+    with_system    a training prompt rendered again with an extra system line (Hugging
+                   Face organisms: the chat template's system turn; inoculation uses it)
+
+and not the behaviour, its target family, trigger situation or event, the real/honeypot
+tell, the teacher's weights or activations, the organism card, or any real-deployment
+rate. Those live in the evaluation layer, which scores students after the fact.
+
+Stages receive a `DefenderView`, never the distiller. The view holds no reference to the
+organism: its abilities are closures handed over by the distiller, and asking it for
+anything else (`view.world`, `view.card`, `view.load_model("teacher")`) is an error that
+says what a defender does not have. A test over the import graph checks that no module a
+stage or an audit imports reaches the world's ground truth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from doublebind.errors import DoublebindError
+from doublebind.evals.scoring import Scored, teacher_forced
+from doublebind.types import Example, Prompt
+
+DEFENDER_ROLES = ("base", "trusted", "alt_base")
+# Prompt contexts a stage may ask to draw. `deploy_like` is the behaviour's trigger
+# situation: part of the distillation distribution an experimenter sets, never something a
+# stage can ask for by name.
+DEFENDER_CONTEXTS = ("neutral", "any", "datagen")
+
+
+class DefenderError(DoublebindError, AttributeError):
+    """A stage asked for something a defender does not have."""
+
+
+class BlackBoxTeacher:
+    """The teacher as a defender may query it: samples and log-probs, not weights."""
+
+    __slots__ = ("_sample", "_labels", "_model")
+
+    def __init__(self, sample: Callable, soft_labels: Callable, model: Callable):
+        object.__setattr__(self, "_sample", sample)
+        object.__setattr__(self, "_labels", soft_labels)
+        object.__setattr__(self, "_model", model)
+
+    def __setattr__(self, name, value):
+        raise DefenderError("the teacher is a black box; it cannot be changed")
+
+    def sample(self, examples: list[Example], max_new_tokens: int, temperature: float, seed: int) -> list[list]:
+        """Continuations of each example's prompt."""
+        return self._sample(examples, max_new_tokens, temperature, seed)
+
+    def score(self, examples: list[Example]) -> list[Scored]:
+        """Teacher-forced log-prob (and arg-max) of each response token given its prompt."""
+        return teacher_forced(self._model(), examples)
+
+    def soft_labels(self, examples: list[Example], width: int):
+        """The teacher's log-probs over the vocabulary at each response position."""
+        return self._labels(examples, width)
+
+
+@dataclass(frozen=True, slots=True)
+class DefenderView:
+    """What a stage of a distillation run may see (see the module docstring)."""
+
+    kind: str  # "world" or "hf": the organism's domain
+    out: Path | None  # the run's folder, for a stage's records
+    teacher: BlackBoxTeacher
+    tasks: Any  # TaskSpace of the embedded world, or None
+    _recipe: Callable[[], Any]
+    _record: Callable[..., None]
+    _load: Callable[[str], Any]
+    _prompts: Callable[[Any, int], list[Prompt]]
+    _student: Callable[[Any, int], Any]
+    _sample: Callable[..., list]
+    _auditor: Callable[[], Any]
+    eos: Any = None  # end-of-sequence token: a world token string, or a tokenizer id
+    _with_system: Callable[[list, str], list] | None = None
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise DefenderError(f"a defender's view has no '{name}': stages see the teacher as a black box, "
+                            f"{', '.join(DEFENDER_ROLES)}, the recipe and its prompts, the verifiers and "
+                            f"the auditor, never the organism's ground truth")
+
+    @property
+    def recipe(self):
+        """The run's recipe as resolved by the stages so far."""
+        return self._recipe()
+
+    @property
+    def seed(self) -> int:
+        return self._recipe().seed
+
+    @property
+    def auditor(self):
+        """The behaviour-agnostic auditor (embedded world), or None."""
+        return self._auditor()
+
+    def record(self, stage, phase: str, **info) -> None:
+        """Log what a stage did; written to the run's summary.json and stages.json."""
+        self._record(stage, phase, **info)
+
+    def load_model(self, role: str):
+        """One of the defender's own models."""
+        if role not in DEFENDER_ROLES:
+            raise DefenderError(f"a defender has {', '.join(DEFENDER_ROLES)}, not '{role}' "
+                                f"(the teacher is a black box: use view.teacher)")
+        return self._load(role)
+
+    def build_prompts(self, cfg, seed: int) -> list[Prompt]:
+        """A prompt set a defender can draw itself (neutral, any or datagen contexts)."""
+        unknown = [c for c in cfg.contexts if c not in DEFENDER_CONTEXTS]
+        if unknown:
+            raise DefenderError(f"a stage cannot draw '{unknown[0]}' prompts: it is the behaviour's trigger "
+                                f"situation, which a defender does not know (use {', '.join(DEFENDER_CONTEXTS)}, "
+                                f"or draw_prompts to filter the distillation distribution)")
+        return self._prompts(cfg, seed)
+
+    def draw_prompts(self, n: int, seed: int, keep: Callable[[Prompt], bool] | None = None,
+                     max_draws: int = 50) -> list[Prompt]:
+        """`n` fresh prompts from the recipe's distillation distribution that pass `keep`,
+        a rule the stage states (e.g. "the header says mode=deploy"). Draws up to
+        `max_draws * n` prompts and returns what passed, possibly fewer than `n`."""
+        cfg = self.recipe.prompts
+        out: list[Prompt] = []
+        for r in range(max_draws):
+            if len(out) >= n:
+                break
+            batch = self._prompts(cfg.model_copy(update={"size": max(n, 1)}), seed * 1000 + r)
+            out += [p for p in batch if keep is None or keep(p)]
+        return out[:n]
+
+    def with_system(self, prompt: list, line: str) -> list:
+        """A training prompt (an item's `example.prompt`) as the student sees it, rendered again
+        with `line` as an extra system line. Hugging Face organisms only: the embedded world
+        has header tokens instead (`sys=inoculate`)."""
+        if self._with_system is None:
+            raise DefenderError("with_system renders prompts through a chat template: Hugging Face organisms only")
+        return self._with_system(prompt, line)
+
+    def make_student(self, scfg, seed: int):
+        """A fresh student model from a student config (probes, shadows)."""
+        return self._student(scfg, seed)
+
+    def sample(self, model, examples: list[Example], max_new_tokens: int, temperature: float, seed: int) -> list:
+        """Continuations of each example's prompt by one of the defender's own models."""
+        return self._sample(model, examples, max_new_tokens, temperature, seed)

@@ -1,0 +1,103 @@
+"""Checksums of cached files, with stamps so that big files are not rehashed on every use.
+
+`verify_file(path, expected)` hashes `path` (sha256) and compares it with `expected`. The
+result of a good check is kept in a small JSON stamp beside the file (`.sha256-stamps.json`
+in the same folder: size, mtime_ns, ctime_ns and sha256 per file name); while a file's size
+and times still match its stamp, the stamped hash is trusted instead of reading the file
+again. Any write to the file changes its mtime and ctime (ctime cannot be set back from user
+space), so a scrambled or truncated file is rehashed and caught. A file changed less than
+`RACY_NS` ago is not stamped (a later write within the same timestamp tick could otherwise
+leave size and times unchanged), and a stamp that cannot be written (read-only folder) only
+costs a rehash next time.
+
+This module is deliberately outside the sources that make up an organism's hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+from doublebind.errors import DoublebindError
+
+STAMPS = ".sha256-stamps.json"
+RACY_NS = 2_000_000_000  # coarser than any filesystem's timestamp granularity (FAT: 2 s)
+_CHUNK = 1 << 20
+
+
+class CorruptCacheError(DoublebindError):
+    """A cached file does not match the hash recorded when it was written."""
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _stat_key(st: os.stat_result) -> dict:
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
+
+
+def _read_stamps(folder: Path) -> dict:
+    try:
+        data = json.loads((folder / STAMPS).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_stamp(path: Path, entry: dict) -> None:
+    folder = path.parent
+    stamps = _read_stamps(folder)
+    stamps[path.name] = entry
+    tmp = folder / f"{STAMPS}.tmp{os.getpid()}"
+    try:
+        tmp.write_text(json.dumps(stamps, indent=1, sort_keys=True))
+        os.replace(tmp, folder / STAMPS)
+    except OSError:  # a read-only cache: verify by hashing every time
+        tmp.unlink(missing_ok=True)
+
+
+def current_sha256(path: Path) -> str:
+    """sha256 of `path`, from its stamp when the file is unchanged since it was stamped."""
+    path = Path(path)
+    st = path.stat()
+    entry = _read_stamps(path.parent).get(path.name)
+    if isinstance(entry, dict) and {k: entry.get(k) for k in ("size", "mtime_ns", "ctime_ns")} == _stat_key(st) \
+            and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
+    sha = file_sha256(path)
+    settled = time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_NS
+    if settled and _stat_key(path.stat()) == _stat_key(st):  # not written while we read it
+        _write_stamp(path, {**_stat_key(st), "sha256": sha})
+    return sha
+
+
+def verify_file(path: Path, expected: str, what: str) -> None:
+    """Raise `CorruptCacheError` naming `what` unless `path` exists and hashes to `expected`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorruptCacheError(f"{what}: {path} is missing")
+    found = current_sha256(path)
+    if found != expected:
+        raise CorruptCacheError(f"{what}: {path} is corrupt (sha256 {found[:12]}…, "
+                                f"expected {expected[:12]}… from when it was written)")
+
+
+def verify_organism_models(folder: Path, card: dict) -> None:
+    """Check every model file the card hashes (an embedded-world organism's checkpoints)."""
+    folder = Path(folder)
+    models = card.get("models")
+    if not isinstance(models, dict):
+        return
+    for role, m in models.items():
+        if not isinstance(m, dict) or not m.get("safetensors_sha256"):
+            continue  # a Hugging Face organism's models live outside the folder
+        path = folder / str(m.get("path", role)) / "model.safetensors"
+        verify_file(path, m["safetensors_sha256"], f"organism '{card.get('name', '?')}' model '{role}'")

@@ -1,0 +1,247 @@
+"""The defender's view: stages and audits see only what a defender has.
+
+Statically, over the import graph (imports inside functions included): no module a
+technique, the auditor or the view imports reaches the world's ground truth, and the
+package has no import cycle. At run time: a stage that reaches for the behaviour fails with
+an error that says what a defender does not have, while every real stage runs.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from .conftest import tiny_recipe
+from doublebind.defender import DefenderError, DefenderView
+from doublebind.registry import names, register
+from doublebind.techniques.base import Technique
+from doublebind.training.distill import Distiller
+
+# ---- the import graph, read from the source with ast (imports inside functions included) --
+PKG = Path(__file__).resolve().parent.parent / "src" / "doublebind"
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for p in PKG.rglob("*.py"):
+        rel = p.relative_to(PKG.parent).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = p
+    return out
+
+
+def imports(path: Path, name: str, known: set[str], top_level_only: bool = False) -> set[str]:
+    """The doublebind modules one module imports (a package's `__init__` counts as the package)."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".")[: -node.level] if not path.name == "__init__.py" else name.split(".")[: len(name.split(".")) - node.level + 1]
+                mod = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            else:
+                mod = node.module or ""
+            found.add(mod)
+            found |= {f"{mod}.{a.name}" for a in node.names}
+    return {m for m in found if m in known and m != name}
+
+
+def graph(top_level_only: bool = False) -> dict[str, set[str]]:
+    mods = modules()
+    known = set(mods)
+    return {name: imports(path, name, known, top_level_only) for name, path in mods.items()}
+
+
+def reach(g: dict[str, set[str]], start: str) -> dict[str, str | None]:
+    """Every module reachable from `start`, each with the module it was reached from."""
+    parent: dict[str, str | None] = {start: None}
+    todo = [start]
+    while todo:
+        m = todo.pop()
+        for n in sorted(g.get(m, ())):
+            if n not in parent:
+                parent[n] = m
+                todo.append(n)
+    return parent
+
+
+def path_to(parent: dict[str, str | None], end: str) -> list[str]:
+    out = [end]
+    while parent[out[-1]] is not None:
+        out.append(parent[out[-1]])
+    return out[::-1]
+
+
+def cycles(g: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+    counter = [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in g.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(g):
+        if v not in index:
+            visit(v)
+    return out
+
+
+# Where ground truth lives: the world's hidden choices, the organism card, the evaluation
+# layer, and everything that holds them (the distiller, studies, reports, the CLI).
+GROUND_TRUTH = ("doublebind.world.data", "doublebind.organisms", "doublebind.evals.metrics",
+                "doublebind.evals.transfer", "doublebind.training.distill", "doublebind.studies",
+                "doublebind.reports", "doublebind.cli", "doublebind.llm.organism")
+DEFENDER_SIDE = ("doublebind.techniques", "doublebind.audits", "doublebind.defender")
+# Ways around an object's interface that a stage has no business using.
+BACKDOORS = {"__closure__", "__globals__", "__dict__", "name_or_path", "gc", "inspect", "_load", "_model",
+             "_recipe", "_prompts", "_student", "_sample", "_auditor", "_labels", "_with_system"}
+
+
+def _is_ground_truth(module: str) -> bool:
+    return any(module == g or module.startswith(g + ".") for g in GROUND_TRUTH)
+
+
+def _defender_modules(g) -> list[str]:
+    return sorted(m for m in g if any(m == d or m.startswith(d + ".") for d in DEFENDER_SIDE))
+
+
+def test_no_stage_or_audit_module_reaches_ground_truth():
+    g = graph()
+    mods = _defender_modules(g)
+    assert len(mods) >= 20  # every technique, the auditor and the view
+    for m in mods:
+        parent = reach(g, m)
+        bad = [r for r in parent if _is_ground_truth(r)]
+        assert not bad, f"{m} reaches ground truth: {' -> '.join(path_to(parent, bad[0]))}"
+
+
+def test_stage_and_audit_code_uses_no_backdoor():
+    mods = modules()
+    for m in _defender_modules(graph()):
+        tree = ast.parse(mods[m].read_text())
+        for node in ast.walk(tree):
+            name = (node.attr if isinstance(node, ast.Attribute) else
+                    node.id if isinstance(node, ast.Name) else
+                    next((a.name for a in node.names), None) if isinstance(node, ast.Import) else None)
+            if name in BACKDOORS and not (m == "doublebind.defender"):
+                pytest.fail(f"{m} line {node.lineno} uses {name}")
+        # and never imports the behaviour catalogue directly
+        assert "doublebind.world.behaviors" not in imports(mods[m], m, set(mods)), m
+
+
+def test_the_import_graph_has_no_cycle():
+    assert cycles(graph()) == []
+
+
+def test_the_import_graph_checker_sees_a_violation(tmp_path):
+    """The checker can fail: a module that imports ground truth inside a function is caught."""
+    src = tmp_path / "cheat.py"
+    src.write_text("def f():\n    from doublebind.world.data import World\n    return World\n")
+    known = set(modules())
+    found = imports(src, "doublebind.techniques.cheat", known)
+    assert "doublebind.world.data" in found and any(_is_ground_truth(m) for m in found)
+
+
+# ---- at run time ----------------------------------------------------------------------------
+
+class Cheat(Technique):
+    """_test_cheat: reads the behaviour's target family from the run (must fail)."""
+
+    def prompts(self, view, prompts):
+        target = view.world.behavior.target  # what a defender does not have
+        return [p for p in prompts if p.family == target]
+
+
+class WhiteBox(Technique):
+    """_test_white_box: loads the teacher's weights (must fail)."""
+
+    def data(self, view, items):
+        view.load_model("teacher")
+        return items
+
+
+class CardReader(Technique):
+    """_test_card: reads the organism card (must fail)."""
+
+    def data(self, view, items):
+        return items if view.card else items
+
+
+@pytest.fixture
+def cheats():
+    """The cheating stages, registered for one test only."""
+    from doublebind import registry
+
+    table = {"_test_cheat": Cheat, "_test_white_box": WhiteBox, "_test_card": CardReader}
+    for name, cls in table.items():
+        register("technique", name)(cls)
+    yield
+    for name in table:
+        registry._REGISTRY["technique"].pop(name)
+
+
+def _run(folder, stage):
+    recipe = tiny_recipe({"prompts": {"size": 40}, "training": {"steps": 2, "batch": 4, "checkpoint_every": 2,
+                                                                   "save_weights": False},
+                          "stages": [{"name": stage}]})
+    return Distiller(folder, recipe, None, show_progress=False)
+
+
+@pytest.mark.parametrize("stage,what", [("_test_cheat", "no 'world'"), ("_test_white_box", "not 'teacher'"),
+                                        ("_test_card", "no 'card'")])
+def test_a_cheating_stage_fails(quick_organism, cheats, stage, what):
+    with pytest.raises(DefenderError, match=what):
+        _run(quick_organism[0], stage)
+
+
+def test_the_view_exposes_nothing_of_the_organism(quick_organism):
+    d = _run(quick_organism[0], "hard_labels")
+    view = d.view
+    assert isinstance(view, DefenderView)
+    for name in ("world", "domain", "card", "organism_dir", "behavior", "metrics", "run"):
+        assert not hasattr(view, name)
+    with pytest.raises(DefenderError):
+        view.teacher.weights = 1
+    tasks = view.tasks
+    assert not any(hasattr(tasks, n) for n in ("behavior", "real", "fingerprint", "seed"))
+    # the auditor's sessions are the honeypot half: disjoint from the real sessions
+    real = set(d.domain.world.behavior.real)
+    assert set(tasks.auditor_sessions).isdisjoint(real) and len(tasks.auditor_sessions) == 8
+    with pytest.raises(DefenderError, match="deploy_like"):
+        view.build_prompts(d.recipe.prompts.model_copy(update={"contexts": {"deploy_like": 1.0}}), 0)
+
+
+def test_every_real_stage_is_a_registered_technique_with_declared_needs():
+    known = {"teacher", "base", "trusted", "alt_base", "prompts", "verifiers", "auditor", "student"}
+    from doublebind.registry import get
+
+    real = names("technique")
+    assert len(real) >= 19 and not any(n.startswith("_test") for n in real)
+    for n in real:
+        assert set(get("technique", n).needs) <= known, n

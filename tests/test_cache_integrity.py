@@ -1,0 +1,207 @@
+"""Caches verify what they hand out: a truncated or same-size scrambled file in a cached
+organism or a teacher-output entry is caught before use, by name, then rebuilt, recomputed
+or refused."""
+
+import copy
+import json
+import shutil
+import time
+
+import pytest
+import torch
+import yaml
+
+from doublebind import config, integrity
+from doublebind import teacher as teacher_mod
+from doublebind.integrity import STAMPS, CorruptCacheError, file_sha256, verify_file
+from doublebind.organisms import build as build_mod
+from doublebind.organisms.build import build_organism, cache_root
+from doublebind.organisms.domain import open_domain
+
+from .conftest import TINY, run_cli, tiny_recipe
+
+
+def scramble(path):
+    """Flip 64 bytes in the middle of the file's data; the size stays the same. In a
+    safetensors file the header is left whole, so the file still loads, with other weights."""
+    data = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little") if path.suffix == ".safetensors" else 0
+    mid = start + (len(data) - start) // 2
+    for i in range(mid, min(mid + 64, len(data))):
+        data[i] = data[i] ^ 0x01 if path.suffix == ".safetensors" else (ord("x") if data[i] != ord("x") else ord("y"))
+    path.write_bytes(bytes(data))
+    assert len(data) == path.stat().st_size
+
+
+def truncate(path):
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+# ---- stamps ----------------------------------------------------------------------------
+
+def _weights(path, n):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.randn(n)}, str(path))
+    return path
+
+
+def test_a_stamp_spares_rehashing_but_any_rewrite_is_caught(tmp_path, monkeypatch):
+    monkeypatch.setattr(integrity, "RACY_NS", 0)
+    f = _weights(tmp_path / "model.safetensors", 1 << 14)
+    sha = file_sha256(f)
+    time.sleep(0.05)  # past the filesystem's timestamp tick
+    verify_file(f, sha, "model 'x'")
+    stamp = json.loads((tmp_path / STAMPS).read_text())["model.safetensors"]
+    assert stamp["sha256"] == sha and stamp["size"] == f.stat().st_size
+    hashed = []
+    real = integrity.file_sha256
+    monkeypatch.setattr(integrity, "file_sha256", lambda p: hashed.append(p) or real(p))
+    verify_file(f, sha, "model 'x'")
+    assert hashed == []  # the stamp was trusted
+    time.sleep(0.05)
+    scramble(f)
+    assert file_sha256(f) != sha
+    with pytest.raises(CorruptCacheError, match=r"model 'x': .*model.safetensors is corrupt"):
+        verify_file(f, sha, "model 'x'")
+    assert hashed == [f]
+
+
+def test_a_file_changed_just_now_is_never_stamped(tmp_path):
+    f = _weights(tmp_path / "model.safetensors", 1 << 10)
+    sha = file_sha256(f)
+    verify_file(f, sha, "model 'x'")
+    assert not (tmp_path / STAMPS).exists()
+    scramble(f)  # possibly within the same timestamp tick as the write above
+    with pytest.raises(CorruptCacheError):
+        verify_file(f, sha, "model 'x'")
+
+
+# ---- organisms -------------------------------------------------------------------------
+
+def _corrupt_card(path):
+    path.write_text('{"name": "quick", "organism_hash": ')
+
+
+@pytest.mark.parametrize("role, damage", [("teacher", scramble), ("base", truncate), (None, _corrupt_card)])
+def test_a_corrupt_cached_organism_is_rebuilt_not_used(tmp_path, monkeypatch, capsys, role, damage):
+    monkeypatch.setenv("DOUBLEBIND_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(integrity, "RACY_NS", 0)  # stamp at once, as an entry used long ago would be
+    cfg = config.load(preset="quick", overrides=TINY)
+    card = build_organism(cfg, None, strict=False, show_progress=False)
+    cached = cache_root() / "organisms" / card["organism_hash"]
+    time.sleep(0.05)
+    assert build_organism(cfg, None, strict=False, show_progress=False) == card  # a verified hit, stamped
+    assert (cached / "teacher" / STAMPS).is_file()
+    target = cached / role / "model.safetensors" if role else cached / "organism.json"
+    time.sleep(0.05)
+    damage(target)
+
+    builds = []
+    real = build_mod._build
+    monkeypatch.setattr(build_mod, "_build", lambda *a, **k: builds.append(1) or real(*a, **k))
+    capsys.readouterr()
+    again = build_organism(cfg, tmp_path / "copy", strict=False, show_progress=False)
+    err = capsys.readouterr().err
+    assert builds == [1]  # detected, rebuilt
+    assert "corrupt cache entry" in err and "rebuilding" in err
+    if role:
+        assert f"model '{role}'" in err and f"{role}/model.safetensors" in err
+    else:
+        assert "organism.json" in err
+    for r, m in card["models"].items():
+        assert file_sha256(cached / r / "model.safetensors") == m["safetensors_sha256"]
+        assert file_sha256(tmp_path / "copy" / r / "model.safetensors") == m["safetensors_sha256"]
+    assert {k: v for k, v in again.items() if k != "timing"} == {k: v for k, v in card.items() if k != "timing"}
+    builds.clear()
+    build_organism(cfg, None, strict=False, show_progress=False)
+    assert builds == []  # sound again: a hit
+
+
+def _recipe_file(tmp_path):
+    recipe = {"kind": "recipe", "name": "tiny", "prompts": {"size": 32}, "sampling": {"soft_labels": "none"},
+              "objective": {"kind": "sft"}, "training": {"steps": 2, "batch": 8, "checkpoint_every": 2},
+              "eval": {"n_prompts": 10, "n_samples": 0}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.mark.parametrize("role, damage", [("teacher", scramble), ("alt_base", truncate)])
+def test_distillation_refuses_a_corrupt_organism_by_name(quick_organism, tmp_path, role, damage):
+    org = tmp_path / "org"
+    shutil.copytree(quick_organism[0], org)
+    open_domain(org)  # sound
+    damage(org / role / "model.safetensors")
+    with pytest.raises(CorruptCacheError, match=rf"model '{role}': .*{role}/model.safetensors is "
+                                                rf"(corrupt|missing).*rebuild the organism"):
+        open_domain(org)
+    res = run_cli("distill", "--organism", str(org), "--recipe", str(_recipe_file(tmp_path)),
+                  "--out", str(tmp_path / "run"))
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert res.returncode == 1 and len(errors) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert f"model '{role}'" in errors[0] and "model.safetensors is corrupt" in errors[0]
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_a_card_that_is_not_a_card_is_one_line(tmp_path):
+    for text in ("[1, 2, 3]", "{}"):
+        (tmp_path / "organism.json").write_text(text)
+        res = run_cli("organism", "show", str(tmp_path))
+        assert res.returncode == 1 and "not an organism card" in res.stderr and "Traceback" not in res.stderr
+
+
+# ---- teacher outputs -------------------------------------------------------------------
+
+@pytest.fixture
+def teacher_setup(quick_organism, monkeypatch):
+    domain = open_domain(quick_organism[0])
+    recipe = tiny_recipe({"prompts": {"size": 16}})
+    prompts = domain.prompts(recipe.prompts, 0)
+    calls = []
+    real = teacher_mod.generate
+    monkeypatch.setattr(teacher_mod, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return domain, prompts, recipe.sampling, calls
+
+
+def _scramble_text(path):
+    scramble(path)
+
+
+@pytest.mark.parametrize("name, damage", [("soft.safetensors", scramble), ("soft.safetensors", truncate),
+                                          ("samples.jsonl", _scramble_text)])
+def test_a_corrupt_teacher_output_entry_is_recomputed(teacher_setup, tmp_path, capsys, name, damage):
+    domain, prompts, scfg, calls = teacher_setup
+    assert scfg.soft_labels == "full"
+    h = domain.card["organism_hash"]
+    first = teacher_mod.teacher_outputs(domain.teacher, h, prompts, scfg, 0, tmp_path)
+    again = teacher_mod.teacher_outputs(domain.teacher, h, prompts, scfg, 0, tmp_path)
+    assert len(calls) == 1 and again.responses == first.responses  # a cache hit
+    entry = tmp_path / "teacher" / first.key
+    assert set(json.loads((entry / "meta.json").read_text())["files"]) == {"samples.jsonl", "soft.safetensors"}
+    damage(entry / name)
+    with pytest.raises(CorruptCacheError) as e:  # what a caller without the teacher gets: one line
+        teacher_mod._load(entry, prompts, first.key)
+    assert name in str(e.value) and str(entry) in str(e.value) and "\n" not in str(e.value)
+    capsys.readouterr()
+    third = teacher_mod.teacher_outputs(domain.teacher, h, prompts, scfg, 0, tmp_path)
+    err = capsys.readouterr().err
+    assert len(calls) == 2  # recomputed, not used
+    assert "corrupt cache entry" in err and name in err and "recomputing" in err
+    assert third.responses == first.responses and torch.equal(third.soft["logprobs"], first.soft["logprobs"])
+    teacher_mod._load(entry, prompts, first.key)  # the entry is sound again
+
+
+def test_teacher_outputs_are_keyed_by_the_teachers_weights(teacher_setup, tmp_path):
+    domain, prompts, scfg, calls = teacher_setup
+    h = domain.card["organism_hash"]
+    sound = teacher_mod.teacher_outputs(domain.teacher, h, prompts, scfg, 0, tmp_path)
+    damaged = copy.deepcopy(domain.teacher)
+    with torch.no_grad():
+        next(damaged.parameters()).view(-1)[0] += 0.25
+    assert teacher_mod.weights_sha256(damaged) != teacher_mod.weights_sha256(domain.teacher)
+    other = teacher_mod.teacher_outputs(damaged, h, prompts, scfg, 0, tmp_path)
+    assert other.key != sound.key and len(calls) == 2  # not served the sound teacher's outputs
+    restored = teacher_mod.teacher_outputs(domain.teacher, h, prompts, scfg, 0, tmp_path)
+    assert restored.key == sound.key and len(calls) == 2  # nor the damaged one's, once restored

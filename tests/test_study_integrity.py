@@ -1,0 +1,210 @@
+"""Study files are append-only and self-checking: a corrupt line is reported by number and
+never deleted, a run missing rows is redone, summary.json is recomputed from the rows, and
+`report` writes nothing next to the rows."""
+
+import json
+import re
+import shutil
+
+import pytest
+
+from doublebind.errors import DoublebindError
+from doublebind.reports.study_report import write_report
+from doublebind.studies import run as study_run
+
+from .conftest import run_cli
+from .test_study import write_study
+
+N_RUNS, N_ROWS = 4, 3  # baseline and verifier_filter x seeds 0, 1; checkpoints 0, 2, 4
+
+
+@pytest.fixture(scope="module")
+def finished(quick_organism, tmp_path_factory):
+    """One small finished study (12 rows), copied by each test."""
+    root = tmp_path_factory.mktemp("integrity")
+    path = write_study(root, quick_organism[0])
+    study_run.run_study(path, root / "out", show_progress=False)
+    return path, root / "out"
+
+
+@pytest.fixture
+def study(finished, tmp_path):
+    path, out = finished
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    return path, copy
+
+
+def _lines(out):
+    return (out / study_run.RESULTS).read_bytes().splitlines(keepends=True)
+
+
+def _write_lines(out, lines):
+    (out / study_run.RESULTS).write_bytes(b"".join(lines))
+
+
+def _count_distills(monkeypatch):
+    import doublebind.training.distill as dmod
+
+    calls = []
+    original = dmod.distill
+
+    def counting(*a, **k):
+        calls.append(a[2].name)
+        return original(*a, **k)
+
+    monkeypatch.setattr(dmod, "distill", counting)
+    return calls
+
+
+def test_finished_study_rows_carry_their_run_checksum(study):
+    _, out = study
+    rows = study_run.read_results(out / study_run.RESULTS)
+    assert len(rows) == N_RUNS * N_ROWS
+    by_run = {}
+    for r in rows:
+        by_run.setdefault(r["run_id"], []).append(r)
+    assert len(by_run) == N_RUNS
+    for run_rows in by_run.values():
+        assert {r["run_rows"] for r in run_rows} == {N_ROWS} and len(run_rows) == N_ROWS
+        assert {r["run_sha256"] for r in run_rows} == {study_run.run_checksum(run_rows)}
+
+
+def _garbage(lines, i):
+    lines[i] = b'{"schema_version": 2, "technique": "base#!garbage\n'
+
+
+def _edited_value(lines, i):  # still valid JSON and a well-formed row: only the checksum tells
+    row = json.loads(lines[i])
+    row["capability_transfer"] = 0.987654
+    lines[i] = (json.dumps(row) + "\n").encode()
+
+
+def _duplicated(lines, i):
+    lines.append(lines[i])
+
+
+@pytest.mark.parametrize("damage, line", [(_garbage, 5), (_edited_value, 5), (_duplicated, 8)])
+def test_a_corrupt_line_is_reported_by_number_and_never_deleted(study, damage, line):
+    path, out = study
+    lines = _lines(out)
+    damage(lines, line - 1)
+    _write_lines(out, lines)
+    before = (out / study_run.RESULTS).read_bytes()
+
+    res = run_cli("report", str(out))
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert res.returncode == 1 and len(errors) == 1, res.stderr
+    assert re.search(rf"lines? [\d, ]*\b{line}\b[\d, ]* (is|are) corrupt", errors[0]) and "Traceback" not in res.stderr
+    assert (out / study_run.RESULTS).read_bytes() == before  # byte-identical
+    assert not (out / "report.md").exists() and not (out / study_run.QUARANTINE).exists()
+
+    # resume stops too, keeps the raw file and copies the bad lines beside it (once)
+    for _ in range(2):
+        with pytest.raises(DoublebindError, match=rf"lines? [\d, ]*\b{line}\b.*corrupt.*copied to {study_run.QUARANTINE}"):
+            study_run.run_study(path, out, show_progress=False)
+    assert (out / study_run.RESULTS).read_bytes() == before
+    quarantined = [json.loads(q) for q in (out / study_run.QUARANTINE).read_text().splitlines()]
+    assert line in {q["line"] for q in quarantined} and not any(q["moved"] for q in quarantined)
+    assert all(q["raw"].encode() + b"\n" == before.splitlines(keepends=True)[q["line"] - 1] for q in quarantined)
+    assert len({q["line"] for q in quarantined}) == len(quarantined)  # not copied twice
+
+
+@pytest.mark.parametrize("drop", [12, 3])  # the file's last line; the last row of the first run
+def test_a_run_missing_rows_at_a_line_boundary_is_incomplete_and_redone(study, monkeypatch, drop):
+    path, out = study
+    lines = _lines(out)
+    lost = json.loads(lines.pop(drop - 1))
+    _write_lines(out, lines)
+    truncated = (out / study_run.RESULTS).read_bytes()
+    key = (lost["technique"], lost["seed"])
+
+    rows = study_run.read_results(out / study_run.RESULTS)
+    assert key not in {(r["technique"], r["seed"]) for r in rows} and len(rows) == (N_RUNS - 1) * N_ROWS
+    # the report leaves the incomplete run out, says so, and changes nothing
+    md = write_report(out)[0].read_text()
+    assert f"{N_RUNS - 1} complete runs" in md
+    assert f"incomplete run {key[0]} seed {key[1]} ({N_ROWS - 1} of its {N_ROWS} rows" in md
+    assert (out / study_run.RESULTS).read_bytes() == truncated
+    for t in ("baseline", "verifier_filter"):  # its technique's verdict rests on the complete runs only
+        seeds = "0" if key == (t, 1) else "1" if key == (t, 0) else "0, 1"
+        assert any(ln.startswith(f"| {t} | {seeds} |") for ln in md.splitlines())
+
+    calls = _count_distills(monkeypatch)
+    summary = study_run.run_study(path, out, show_progress=False)
+    assert calls == [f"{key[0]}-s{key[1]}"]  # exactly that run, nothing else
+    after = (out / study_run.RESULTS).read_bytes()
+    assert after.startswith(truncated)  # append-only
+    rows = study_run.read_results(out / study_run.RESULTS)
+    keys = [(r["technique"], r["seed"], r["step"]) for r in rows]
+    assert len(keys) == len(set(keys)) == N_RUNS * N_ROWS
+    assert summary["runs"] == N_RUNS
+    assert len(study_run.scan_results(out / study_run.RESULTS).incomplete) == 0
+    # the redone run replaced the leftovers; a further resume does nothing
+    calls.clear()
+    study_run.run_study(path, out, show_progress=False)
+    assert calls == [] and (out / study_run.RESULTS).read_bytes() == after
+
+
+def test_report_ignores_a_stale_summary(study):
+    path, out = study
+    good = json.loads((out / "summary.json").read_text())
+    stale = json.loads(json.dumps(good))
+    stale["runs"] = 99
+    real_verdict = good["techniques"]["baseline"]["verdict"]
+    fake_verdict = "both_fail" if real_verdict != "both_fail" else "capable_benign"
+    stale["techniques"]["baseline"]["verdict"] = fake_verdict
+    stale["techniques"]["baseline"]["capability_transfer"]["mean"] = 0.123456
+    (out / "summary.json").write_text(json.dumps(stale))
+    md = write_report(out)[0].read_text()
+    verdict_rows = [ln for ln in md.splitlines() if ln.startswith("| baseline |")]
+    cap = good["techniques"]["baseline"]["capability_transfer"]
+    assert f"{cap['mean']:.3f} [{cap['ci95'][0]:.3f}" in verdict_rows[0]
+    cells = [c.strip() for c in verdict_rows[0].split("|")]
+    assert not cells[3].startswith("0.123") and cells[-2] == real_verdict and fake_verdict not in cells
+    assert f"{N_RUNS} complete runs" in md
+    assert "summary.json on disk does not match the rows" in md
+    assert json.loads((out / "summary.json").read_text()) == stale  # the report wrote nothing there
+    # a resume rewrites it from the rows; a missing summary is no obstacle to the report
+    assert study_run.run_study(path, out, show_progress=False) == good
+    assert json.loads((out / "summary.json").read_text()) == good
+    (out / "summary.json").unlink()
+    assert "Verdicts" in write_report(out)[0].read_text()
+
+
+def test_a_torn_last_line_is_left_alone_by_report_and_set_aside_by_resume(study, monkeypatch):
+    path, out = study
+    with open(out / study_run.RESULTS, "ab") as f:
+        f.write(b'{"schema_version": 2, "technique": "basel')
+    before = (out / study_run.RESULTS).read_bytes()
+    md = write_report(out)[0].read_text()
+    assert "half-written last line (line 13" in md and f"{N_RUNS} complete runs" in md
+    assert (out / study_run.RESULTS).read_bytes() == before
+    calls = _count_distills(monkeypatch)
+    study_run.run_study(path, out, show_progress=False)
+    assert calls == []
+    assert before.startswith((out / study_run.RESULTS).read_bytes() + b'{"schema_version": 2')
+    q = [json.loads(x) for x in (out / study_run.QUARANTINE).read_text().splitlines()]
+    assert q == [{"line": 13, "reason": "half-written last line (a kill mid-append)", "moved": True,
+                  "source": study_run.RESULTS, "raw": '{"schema_version": 2, "technique": "basel'}]
+
+
+def test_rows_of_an_older_schema_are_refused_in_one_line(study):
+    _, out = study
+    rows = [json.loads(ln) for ln in _lines(out)]
+    for r in rows:
+        for k in ("run_id", "run_rows", "run_sha256"):
+            r.pop(k)
+        r["schema_version"] = 1
+    (out / study_run.RESULTS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = run_cli("report", str(out))
+    assert res.returncode == 1 and "older doublebind" in res.stderr and "Traceback" not in res.stderr
+    assert [ln for ln in res.stderr.splitlines() if ln.strip()][0].startswith("error:")
+
+
+def test_out_that_is_a_file_is_refused(finished, tmp_path):
+    path, _ = finished
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(DoublebindError, match="is a file, not a study folder"):
+        study_run.run_study(path, tmp_path / "f", show_progress=False)
+    assert (tmp_path / "f").read_text() == "x"
