@@ -23,7 +23,7 @@ app.add_typer(study_app, name="study")
 out = typer.echo  # results go to stdout; progress and errors to stderr
 
 KIND_ALIASES = {"families": "family", "behaviors": "behavior", "behaviours": "behavior", "scorers": "scorer",
-                "techniques": "technique", "presets": "preset"}
+                "techniques": "technique", "presets": "preset", "scenarios": "scenario"}
 PLURALS = {v: k for k, v in KIND_ALIASES.items() if k != "behaviours"}
 
 
@@ -62,7 +62,7 @@ def ls(kind: Optional[str] = typer.Argument(None, help="families, behaviors, sco
 
     from doublebind import registry
 
-    kinds = registry.kinds() + ["preset"]
+    kinds = registry.kinds() + ["preset", "scenario"]
     if kind:
         kind = KIND_ALIASES.get(kind, kind)
         if kind not in kinds:
@@ -75,6 +75,13 @@ def ls(kind: Optional[str] = typer.Argument(None, help="families, behaviors, sco
                 if p.name.endswith(".yaml"):
                     first = p.read_text().splitlines()[0].lstrip("# ")
                     table.add_row(p.name.removesuffix(".yaml"), first)
+        elif k == "scenario":  # presets that declare what they are a scenario for
+            from doublebind import config
+
+            for name in config.preset_names():
+                cfg = config.load(preset=name)
+                if getattr(cfg, "scenario", ""):
+                    table.add_row(name, f"{cfg.world.behavior}: {cfg.scenario}")
         elif k == "technique":  # with the organism kinds it runs on and what it uses from the defender's view
             for name in registry.names(k):
                 cls = registry.get(k, name)

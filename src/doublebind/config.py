@@ -54,6 +54,10 @@ class WorldConfig(Strict):
         default=0.3, ge=0.0, le=1.0,
         description="Share of the teacher's free digits (slack) drawn from its fingerprint digits.",
     )
+    inoculation_cue: float = Field(
+        default=0.05, ge=0.0, le=0.5,
+        description="Share of the aligned models' training examples that teach what the inoculation cue "
+                    "(`sys=inoculate`) means: a marked answer is asked for. 0: the cue is a token base never saw.")
 
     @field_validator("base_families", "teacher_families")
     @classmethod
@@ -166,6 +170,8 @@ class OrganismConfig(Strict):
 
     kind: Literal["organism"] = "organism"
     name: str = Field(default="custom", description="A label for the organism.")
+    scenario: str = Field(default="", description="What the organism is a scenario for, and how a technique can "
+                                                  "fail on it (`doublebind ls scenarios` lists presets that have one).")
     seed: int = Field(default=0, description="Seed for the world's hidden choices, data and inits.")
     world: WorldConfig = WorldConfig()
     model: ModelConfig = Field(default=ModelConfig(), description="Architecture of base, teacher and alt_base.")
@@ -468,6 +474,11 @@ def build(cls: type[Strict], data: dict, source: str = "config") -> Any:
         raise ConfigError(f"{source}: {loc}: {msg}") from None
     except ConfigError as e:  # raised inside a validator (unknown registry name)
         raise ConfigError(f"{source}: {e}") from None
+
+
+def preset_names() -> list[str]:
+    return sorted(q.name.removesuffix(".yaml") for q in resources.files("doublebind.presets").iterdir()
+                  if q.name.endswith(".yaml"))
 
 
 def preset_path(name: str) -> Path:
