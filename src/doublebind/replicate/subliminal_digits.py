@@ -38,7 +38,11 @@ use MSE on logits. With m = 1 a softmax is constant and the loss carries nothing
 Each seed draws its initialisations, the teacher's batch order, the noise and the
 distillation order from torch generators seeded by the seed; the train/test split is fixed.
 A seed therefore gives the same numbers on every run (same machine, same thread count).
-Intervals are Student-t 95% intervals of the mean over seeds.
+Weights are drawn layer by layer and row by row, so across m (`--aux-sweep`) a seed keeps
+the same shared initialisation (hidden layers and class rows) and only gains or loses
+auxiliary rows: the teacher's class path, and its accuracy, are the same for every m (the
+different-init student is a later draw and changes with m). Intervals are Student-t 95%
+intervals of the mean over seeds.
 """
 
 from __future__ import annotations
@@ -391,7 +395,7 @@ def plot_bars(rep: Replication, path: Path) -> None:
         ax.scatter([x + dx for x in xs], [pub[conds[x]] for x in xs], marker=marker, s=80, color="tab:red",
                    edgecolor="black", zorder=4, label=f"published (MNIST): {pub['label']}")
     ax.axhline(CHANCE, ls=":", color="black", label="chance (0.1)")
-    ax.set_xticks(range(len(conds)), [CONDITIONS[c] for c in conds], rotation=15, ha="right")
+    ax.set_xticks(range(len(conds)), [CONDITIONS[c].replace(", ", ",\n").replace(" (", "\n(") for c in conds])
     ax.set_ylabel("accuracy on held-out digits")
     ax.set_ylim(0, 1.02)
     ax.set_title(f"Subliminal learning on 8x8 digits: m = {rep.setup.aux} auxiliary logits, "
@@ -408,9 +412,10 @@ def plot_sweep(rep: Replication, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     ms = sorted(rep.runs)
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(9, 4))
     for cond, color in (("teacher", "tab:green"), ("same_init", "tab:purple"), ("different_init", "tab:orange")):
         stats = [summarise(rep.runs[m])[cond] for m in ms]
         means = [s["mean"] for s in stats]
@@ -422,10 +427,12 @@ def plot_sweep(rep: Replication, path: Path) -> None:
     ax.axhline(CHANCE, ls=":", color="black", label="chance")
     ax.set_xscale("log")
     ax.set_xticks(ms, [str(m) for m in ms])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("auxiliary logits m")
     ax.set_ylabel("accuracy on held-out digits")
     ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=8)
+    ax.set_title(f"Subliminal learning on 8x8 digits against m, {len(rep.seeds)} seeds (mean, 95% CI)", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.yaxis.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
