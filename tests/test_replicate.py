@@ -154,6 +154,8 @@ def test_cli_writes_table_json_and_plots(tmp_path):
     (["--seeds", "0"], "--seeds must be at least 1"),
     (["--aux-sweep", "2,x"], "--aux-sweep takes comma-separated integers"),
     (["--noise", "pink"], "unknown noise 'pink'"),
+    (["--aux-sweep", "3,1"], "--aux must be at least 2, got 1"),
+    (["--distill-epochs", "0"], "--distill-epochs must be at least 1"),
 ])
 def test_cli_bad_input_is_one_error_line(tmp_path, args, message):
     res = run_cli("replicate", "subliminal-digits", *args, "--out", str(tmp_path / "x"))
@@ -161,3 +163,11 @@ def test_cli_bad_input_is_one_error_line(tmp_path, args, message):
     assert res.stderr.strip().startswith("error:") and message in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_refuses_an_out_that_is_a_file(tmp_path):
+    f = tmp_path / "taken"
+    f.write_text("")
+    res = run_cli("replicate", "subliminal-digits", "--out", str(f))
+    assert res.returncode == 1 and "exists and is not a folder" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1

@@ -308,6 +308,10 @@ def replicate_subliminal_digits(
     setup = sd.Setup(aux=aux, noise=noise, teacher_epochs=teacher_epochs, distill_epochs=distill_epochs,
                      n_noise=n_noise, temperature=temperature)
     setup.check()
+    for m in sweep or []:
+        sd.Setup(aux=m).check()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DoublebindError(f"--out {out_dir} exists and is not a folder")
     if threads:
         import torch
 
