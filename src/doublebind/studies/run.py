@@ -283,7 +283,6 @@ def recipe_hash(recipe) -> str:
 
 
 def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides: list[str] = ()) -> dict:
-    from doublebind.organisms.build import build_organism
     from doublebind.training.distill import distill
 
     cfg = config.load(study_path, list(overrides), expect="study")
@@ -296,7 +295,7 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
         org_path = out / "organism"
         with state.main_process_first():
             if state.is_main_process:
-                build_organism(org_cfg, org_path, show_progress=show_progress)
+                place_organism(org_cfg, org_path, show_progress)
     card = json.loads((org_path / "organism.json").read_text())
     results = out / RESULTS
     grid = {(t, s): run_recipe(base_recipe, t, stages, s)
@@ -334,6 +333,33 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
             advance(1)
     state.wait_for_everyone()
     return summarize(out, cfg, write=state.is_main_process)
+
+
+def place_organism(org_cfg, dest: Path, show_progress: bool = True) -> None:
+    """Build the study's organism (or copy it from the cache) into `dest`, atomically: it is
+    made beside `dest` and renamed into place, so a kill mid-copy never leaves a half
+    organism that the next resume would refuse."""
+    import shutil
+
+    from doublebind.errors import VerificationError
+    from doublebind.organisms.build import build_organism
+
+    tmp, old = dest.with_name(f".{dest.name}.tmp"), dest.with_name(f".{dest.name}.old")
+
+    def swap() -> None:
+        shutil.rmtree(old, ignore_errors=True)
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        build_organism(org_cfg, tmp, show_progress=show_progress)
+    except VerificationError:
+        swap()  # the failed organism's card stays in the study folder, as it always did
+        raise
+    swap()
 
 
 def _process_state():
