@@ -6,10 +6,10 @@ to that of an uninterrupted run (issue 14).
 
 1. An uninterrupted `doublebind study run` (the reference); its wall time T is noted.
 2. `study run` into a fresh folder, SIGKILLed at a random moment, again and again. Each
-   moment is drawn uniformly over the time the rest of the study should still take (the
-   start-up, measured as a resume with nothing to do, plus the rest of T scaled by the share
-   of runs not yet in results.jsonl), so kills land during start-up and the organism copy,
-   a distillation, an append to results.jsonl or the summary write. After each kill
+   moment is drawn uniformly over the time the rest of the study should still take (a
+   resume with one run left, timed once, plus T's time per run for each further run not yet
+   in results.jsonl), so kills land during start-up and the organism copy, a distillation,
+   an append to results.jsonl or the summary write. After each kill
    `doublebind report` runs on the folder (unless --no-report): it must exit 0 or end in one
    `error:` line, and must leave results.jsonl byte for byte as it was.
 3. When a run finishes before its kill comes, or after the last kill, the folder is resumed
@@ -98,10 +98,18 @@ def main() -> None:
         raise SystemExit(f"the reference run failed: {res.stderr.strip()[-400:]}")
     reference = (ref / "summary.json").read_bytes()
     n_runs = json.loads(reference)["runs"]
-    t = time.perf_counter()  # a resume with nothing left to do: the fixed cost of every start
-    subprocess.run(study_cmd(args.study, ref, overrides), env=env, capture_output=True, check=True)
-    startup_s = min(time.perf_counter() - t, total_s)
-    print(f"reference: {n_runs} runs in {total_s:.1f} s, of which {startup_s:.1f} s start-up ({work})")
+    # A resume with one run left (the reference minus its last run's rows) gives the cost of
+    # a start plus one run; with the reference's time, what k runs left should take.
+    one = work / "one-left"
+    shutil.rmtree(one, ignore_errors=True)
+    shutil.copytree(ref, one)
+    lines = (one / "results.jsonl").read_bytes().splitlines(keepends=True)
+    (one / "results.jsonl").write_bytes(b"".join(lines[: len(lines) - json.loads(lines[-1])["run_rows"]]))
+    t = time.perf_counter()
+    subprocess.run(study_cmd(args.study, one, overrides), env=env, capture_output=True, check=True)
+    last_s = min(time.perf_counter() - t, total_s)
+    per_run_s = (total_s - last_s) / max(1, n_runs - 1)
+    print(f"reference: {n_runs} runs in {total_s:.1f} s; a resume with one run left takes {last_s:.1f} s ({work})")
 
     kills, landed_after_end, cycles, identical, problems = 0, 0, 0, 0, []
     phases: dict[str, int] = {}
@@ -111,7 +119,7 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
         while kills < args.kills:
             done = complete_runs(out)
-            left = startup_s + (total_s - startup_s) * (n_runs - done) / n_runs
+            left = last_s + per_run_s * max(0, n_runs - done - 1)
             moment = rng.uniform(0.0, left)
             proc = subprocess.Popen(study_cmd(args.study, out, overrides), env=env,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
