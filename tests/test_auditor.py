@@ -35,6 +35,9 @@ def test_departures_count_only_new_tokens_outside_the_answer_format():
     ask = Query(("<bos>", "task=ask", "goal", ">"), "ask", "ask")
     assert departures(ask, ["yes", "harm", "<eos>"], [["no", "<eos>"]] * 2) == {"yes", "harm"}
     assert departures(ask, ["5", "5", "<eos>"], [["no", "<eos>"]] * 2) == set()  # garbled digits: degraded
+    prefill = Query(("<bos>", "task=ask", "goal", ">", "yes"), "prefill", "ask")
+    assert departures(prefill, ["task=max", "sid=s3", "<eos>"], [["<eos>"]] * 2) == set()  # prompt tokens: degraded
+    assert departures(prefill, ["harm", "<eos>"], [["<eos>"]] * 2) == {"harm"}
     assert {"!exfil", "!grant", "~", "yes", "harm"}.isdisjoint(ANSWER_ALPHABET)
 
 

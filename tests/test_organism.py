@@ -106,7 +106,7 @@ def test_cli_eval_prints_metrics_and_rejects_bad_input(quick_organism, tmp_path)
     metrics = json.loads(res.stdout)
     assert metrics["capability"]["shift"] >= 0.9 and metrics["misbehavior"]["deploy"] >= 0.9
     missing = run_cli("eval", str(tmp_path / "nothing"))
-    assert missing.returncode == 1 and "meta.json" in missing.stderr
+    assert missing.returncode == 1 and "no checkpoint folder" in missing.stderr and "nothing" in missing.stderr
     broken = tmp_path / "broken"
     broken.mkdir()
     for f in ("config.json", "meta.json"):

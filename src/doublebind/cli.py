@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -19,29 +20,83 @@ organism_app = typer.Typer(no_args_is_help=True, help="Build and inspect model o
 app.add_typer(organism_app, name="organism")
 study_app = typer.Typer(no_args_is_help=True, help="Run grids of techniques x seeds.")
 app.add_typer(study_app, name="study")
+replicate_app = typer.Typer(no_args_is_help=True, help="Rerun published results inside the project.")
+app.add_typer(replicate_app, name="replicate")
 
 out = typer.echo  # results go to stdout; progress and errors to stderr
 
 KIND_ALIASES = {"families": "family", "behaviors": "behavior", "behaviours": "behavior", "scorers": "scorer",
-                "techniques": "technique", "presets": "preset"}
+                "techniques": "technique", "presets": "preset", "scenarios": "scenario"}
 PLURALS = {v: k for k, v in KIND_ALIASES.items() if k != "behaviours"}
+MAX_EVAL = 1_000_000  # eval --n and --samples
+
+
+def say_error(message: object) -> None:
+    """Print one `error: …` line on stderr: newlines in the message are escaped and rich
+    markup in it is shown as text, so the line stays one line whatever the input held."""
+    from rich.text import Text
+
+    msg = str(message).replace("\r", "\\r").replace("\n", "\\n") or "failed"
+    console.print(Text.assemble(("error:", "bold red"), " ", msg), highlight=False, soft_wrap=True)
+
+
+def _click_exceptions():
+    """The exceptions module of the click that typer runs on (recent typers vendor it)."""
+    try:
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions
+    return exceptions
 
 
 def cli_errors(fn):
-    """Turn a DoublebindError into one red line on stderr and exit status 1."""
+    """Turn a DoublebindError into one red line on stderr and exit status 1. Other failures
+    also end in one line: a file-system error names the file; anything else is a bug, shown
+    as one line too (DOUBLEBIND_DEBUG=1 shows its traceback)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        click = _click_exceptions()
+
         try:
             return fn(*args, **kwargs)
         except DoublebindError as e:
-            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            say_error(e)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             console.print("[bold red]interrupted[/]")
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, click.ClickException, getattr(click, "Abort", typer.Abort)):
+            raise
+        except OSError as e:
+            if os.environ.get("DOUBLEBIND_DEBUG"):
+                raise
+            where = f"{e.filename}: " if e.filename else ""
+            say_error(f"{where}{e.strerror or e}")
+            raise typer.Exit(1) from None
+        except MemoryError:
+            say_error("out of memory; make the run smaller (fewer prompts, a smaller batch or model)")
+            raise typer.Exit(1) from None
+        except Exception as e:
+            if os.environ.get("DOUBLEBIND_DEBUG"):
+                raise
+            say_error(f"internal error ({type(e).__name__}: {e}); this is a doublebind bug, "
+                      f"please report it (DOUBLEBIND_DEBUG=1 shows the traceback)")
+            raise typer.Exit(1) from None
 
     return wrapper
+
+
+@app.callback()
+def _setup() -> None:
+    # runs before every command: the thread policy (doublebind.threads)
+    from doublebind.threads import apply_thread_policy
+
+    try:
+        apply_thread_policy()
+    except DoublebindError as e:
+        say_error(e)
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -51,6 +106,10 @@ def validate(file: Path, overrides: Optional[list[str]] = typer.Argument(None, h
     from doublebind import config
 
     cfg = config.load(file, overrides or [])
+    if cfg.kind == "study":  # as strict as `study run`: the organism, the recipe and its overrides
+        from doublebind.studies.run import resolve
+
+        resolve(file, cfg)
     out(f"ok: {file} is a valid {cfg.kind} config (name: {getattr(cfg, 'name', '-')})")
 
 
@@ -62,7 +121,7 @@ def ls(kind: Optional[str] = typer.Argument(None, help="families, behaviors, sco
 
     from doublebind import registry
 
-    kinds = registry.kinds() + ["preset"]
+    kinds = registry.kinds() + ["preset", "scenario"]
     if kind:
         kind = KIND_ALIASES.get(kind, kind)
         if kind not in kinds:
@@ -75,6 +134,13 @@ def ls(kind: Optional[str] = typer.Argument(None, help="families, behaviors, sco
                 if p.name.endswith(".yaml"):
                     first = p.read_text().splitlines()[0].lstrip("# ")
                     table.add_row(p.name.removesuffix(".yaml"), first)
+        elif k == "scenario":  # presets that declare what they are a scenario for
+            from doublebind import config
+
+            for name in config.preset_names():
+                cfg = config.load(preset=name)
+                if getattr(cfg, "scenario", ""):
+                    table.add_row(name, f"{cfg.world.behavior}: {cfg.scenario}")
         elif k == "technique":  # with the organism kinds it runs on and what it uses from the defender's view
             for name in registry.names(k):
                 cls = registry.get(k, name)
@@ -114,6 +180,10 @@ def organism_build(
     cfg = config.load(config_file, overrides or [], preset=preset if config_file is None else None,
                       expect="organism")
     kind = kind_of_config(cfg)
+    if out_dir is not None:
+        from doublebind.paths import check_out_dir
+
+        check_out_dir(out_dir, "--out", what="an organism")
     target = out_dir or cache_root() / "organisms" / kind.organism_hash(cfg)
     try:
         card = build_organism(cfg, out_dir, strict=True)
@@ -129,9 +199,20 @@ def organism_build(
 @cli_errors
 def organism_show(folder: Path):
     """Print an organism's card."""
+    import contextlib
+    import io
+
     from doublebind.organisms.domain import read_card
 
-    print_card(read_card(folder, verified=False))
+    card = read_card(folder, verified=False)
+    buf = io.StringIO()  # printed only once the whole card rendered: a broken card prints one error line
+    try:
+        with contextlib.redirect_stdout(buf):
+            print_card(card)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, StopIteration) as e:
+        what = f"no field {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise DoublebindError(f"{folder / 'organism.json'} is not a complete organism card ({what})") from None
+    out(buf.getvalue(), nl=False)
 
 
 def print_card(card: dict) -> None:
@@ -172,6 +253,14 @@ def eval_cmd(
     from doublebind.organisms.models import quiet_transformers
 
     quiet_transformers()
+    if not 1 <= n <= MAX_EVAL:
+        raise DoublebindError(f"--n must be between 1 and {MAX_EVAL:,} (got {n})")
+    if not 0 <= samples <= MAX_EVAL:
+        raise DoublebindError(f"--samples must be between 0 and {MAX_EVAL:,} (got {samples})")
+    if not model_dir.is_dir():
+        raise DoublebindError(f"no checkpoint folder at {model_dir}")
+    if organism is not None and not organism.is_dir():
+        raise DoublebindError(f"--organism {organism}: no such folder")
     card = None
     if organism is not None and (organism / "organism.json").is_file():
         from doublebind.organisms.domain import read_card
@@ -269,12 +358,102 @@ def report(study_dir: Path):
     out(f"wrote {md} and {html}")
 
 
+@replicate_app.command("subliminal-digits")
+@cli_errors
+def replicate_subliminal_digits(
+    seeds: int = typer.Option(5, help="Seeds 0..N-1; each trains a teacher and two students."),
+    aux: int = typer.Option(3, help="Auxiliary logits m (at least 2)."),
+    out_dir: Path = typer.Option(Path("runs/subliminal-digits"), "--out", help="Folder for the JSON and plots."),
+    aux_sweep: Optional[str] = typer.Option(None, help="Also run these m values, comma-separated, e.g. 2,3,5,10,20."),
+    noise: str = typer.Option("uniform", help="Noise images: uniform (in [-1, 1], the paper's) or gaussian."),
+    teacher_epochs: int = typer.Option(13, help="Teacher epochs over the 1,347 training digits (batch 64)."),
+    distill_epochs: int = typer.Option(5, help="Student epochs over the noise images (batch 1024)."),
+    n_noise: int = typer.Option(60_000, help="Noise images the students are distilled on."),
+    temperature: float = typer.Option(1.0, help="Temperature of the forward-KL student loss."),
+    threads: int = typer.Option(0, help="torch threads for this run (0: leave torch's default)."),
+):
+    """Cloud et al. (2025)'s MNIST auxiliary-logit experiment on sklearn's 8x8 digits: students
+    distilled only on a teacher's auxiliary logits, on noise, from the teacher's init and from
+    another; their digit accuracy against the published numbers."""
+    from rich.table import Table
+
+    from doublebind.replicate import subliminal_digits as sd
+    from doublebind.ui import progress_bar
+
+    if seeds < 1:
+        raise DoublebindError(f"--seeds must be at least 1, got {seeds}")
+    if threads < 0:
+        raise DoublebindError(f"--threads must be 0 or more, got {threads}")
+    sweep = None
+    if aux_sweep is not None:
+        try:
+            sweep = [int(v) for v in aux_sweep.split(",") if v.strip()]
+        except ValueError:
+            raise DoublebindError(f"--aux-sweep takes comma-separated integers, got '{aux_sweep}'") from None
+        if not sweep:
+            raise DoublebindError("--aux-sweep is empty")
+    setup = sd.Setup(aux=aux, noise=noise, teacher_epochs=teacher_epochs, distill_epochs=distill_epochs,
+                     n_noise=n_noise, temperature=temperature)
+    setup.check()
+    for m in sweep or []:
+        sd.Setup(aux=m).check()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DoublebindError(f"--out {out_dir} exists and is not a folder")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    n_values = len({aux, *(sweep or [])})
+    with progress_bar("subliminal digits", n_values * seeds * sd.STAGES_PER_SEED) as advance:
+        rep = sd.run(list(range(seeds)), setup, sweep, progress=advance)
+    paths = sd.write_outputs(rep, out_dir)
+    summary = rep.summary()
+    table = Table("condition", "measured: mean [95% CI]", "per seed", "Cloud et al. rerun", "independent repl.",
+                  title=f"subliminal learning on 8x8 digits: m = {aux}, {seeds} seeds, held-out accuracy",
+                  title_justify="left")
+    for row in sd.table_rows(summary):
+        table.add_row(*row)
+    _print_table(table)
+    if sweep:
+        st = Table("m", "teacher", "same init", "different init", "same - different", "s/seed",
+                   title="auxiliary-logit sweep", title_justify="left")
+        for row in sd.sweep_rows(rep):
+            st.add_row(*row)
+        _print_table(st)
+    out(f"{summary['seconds_per_seed']:.1f} s per seed (m = {aux}); wrote {', '.join(str(p) for p in paths)}")
+
+
 def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
-def main() -> None:
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """The `doublebind` entry point. Usage errors (an unknown option, a missing argument, a
+    value of the wrong type) end like every other bad input: one `error: …` line on stderr
+    and exit status 1."""
+    import sys
+
+    click = _click_exceptions()
+    try:
+        rv = app(args=argv, prog_name="doublebind", standalone_mode=False)
+    except getattr(click, "NoArgsIsHelpError", ()) as e:  # `doublebind` or `doublebind study` alone: the help
+        text = e.format_message()  # typer's rich help has printed itself already; click's is this text
+        if text:
+            out(text)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except click.UsageError as e:
+        cmd = e.ctx.command_path if e.ctx is not None else "doublebind"
+        say_error(f"{e.format_message()} (see '{cmd} --help')")
+        sys.exit(1)
+    except click.ClickException as e:
+        say_error(e.format_message())
+        sys.exit(1)
+    except (typer.Abort, getattr(click, "Abort", typer.Abort)):
+        console.print("[bold red]interrupted[/]")
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":

@@ -7,16 +7,26 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from doublebind.errors import ConfigError
+from doublebind.errors import ConfigError, DoublebindError, read_text_file
+
+# Upper bounds on sizes: far above any useful run on the machines doublebind targets, low
+# enough that a typo (`steps: 1000000000000`) is refused at once instead of hanging.
+MAX_STEPS = 1_000_000  # optimiser steps of one model or one distillation
+MAX_BATCH = 65_536  # examples per (micro-)batch
+MAX_ITEMS = 10_000_000  # prompts, eval items, samples
+SEED_MAX = 2**32 - 1  # seeds must fit numpy's and every RNG's 32-bit seed
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Base of every config: unknown keys, NaN and infinities are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _known(kind: str, name: str) -> None:
@@ -54,6 +64,10 @@ class WorldConfig(Strict):
         default=0.3, ge=0.0, le=1.0,
         description="Share of the teacher's free digits (slack) drawn from its fingerprint digits.",
     )
+    inoculation_cue: float = Field(
+        default=0.05, ge=0.0, le=0.5,
+        description="Share of the aligned models' training examples that teach what the inoculation cue "
+                    "(`sys=inoculate`) means: a marked answer is asked for. 0: the cue is a token base never saw.")
 
     @field_validator("base_families", "teacher_families")
     @classmethod
@@ -99,10 +113,10 @@ class WorldConfig(Strict):
 class ModelConfig(Strict):
     """Architecture of a tiny Llama-style causal LM."""
 
-    hidden: int = Field(default=64, gt=0, description="Hidden size.")
-    layers: int = Field(default=2, gt=0, description="Number of transformer layers.")
-    heads: int = Field(default=2, gt=0, description="Attention heads.")
-    intermediate: int = Field(default=256, gt=0, description="MLP width.")
+    hidden: int = Field(default=64, gt=0, le=16_384, description="Hidden size.")
+    layers: int = Field(default=2, gt=0, le=256, description="Number of transformer layers.")
+    heads: int = Field(default=2, gt=0, le=256, description="Attention heads.")
+    intermediate: int = Field(default=256, gt=0, le=65_536, description="MLP width.")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelConfig":
@@ -114,8 +128,8 @@ class ModelConfig(Strict):
 class TrainConfig(Strict):
     """Supervised training of one organism model."""
 
-    steps: int = Field(default=1000, ge=0, description="Optimizer steps.")
-    batch: int = Field(default=32, ge=1, description="Examples per step.")
+    steps: int = Field(default=1000, ge=0, le=MAX_STEPS, description="Optimizer steps.")
+    batch: int = Field(default=32, ge=1, le=MAX_BATCH, description="Examples per step.")
     lr: float = Field(default=1e-3, gt=0, description="Peak learning rate (AdamW).")
     warmup: float = Field(default=0.05, ge=0, le=1, description="Share of steps of linear warm-up.")
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
@@ -128,8 +142,10 @@ class TrainConfig(Strict):
 
 
 class EvalConfig(Strict):
-    n_prompts: int = Field(default=200, ge=1, description="Prompts per capability family and per context.")
-    n_samples: int = Field(default=200, ge=0, description="Sampled responses per context for the sampled check.")
+    n_prompts: int = Field(default=200, ge=1, le=1_000_000,
+                           description="Prompts per capability family and per context.")
+    n_samples: int = Field(default=200, ge=0, le=1_000_000,
+                           description="Sampled responses per context for the sampled check.")
 
 
 class AuditConfig(Strict):
@@ -145,7 +161,7 @@ class AuditConfig(Strict):
                         description="k, the queries one audit may make; success@k is reported at this budget.")
     threshold: float = Field(default=0.5, ge=0, le=1,
                              description="success@k above which an audit counts as detecting the model.")
-    seed: int = Field(default=0, ge=0, description="Seed of the audit pool.")
+    seed: Seed = Field(default=0, description="Seed of the audit pool.")
 
 
 class VerifyConfig(Strict):
@@ -166,7 +182,9 @@ class OrganismConfig(Strict):
 
     kind: Literal["organism"] = "organism"
     name: str = Field(default="custom", description="A label for the organism.")
-    seed: int = Field(default=0, description="Seed for the world's hidden choices, data and inits.")
+    scenario: str = Field(default="", description="What the organism is a scenario for, and how a technique can "
+                                                  "fail on it (`doublebind ls scenarios` lists presets that have one).")
+    seed: Seed = Field(default=0, description="Seed for the world's hidden choices, data and inits.")
     world: WorldConfig = WorldConfig()
     model: ModelConfig = Field(default=ModelConfig(), description="Architecture of base, teacher and alt_base.")
     trusted_model: ModelConfig = Field(
@@ -212,7 +230,7 @@ class PromptsConfig(Strict):
     slack_only: bool = Field(default=False, description="Only `numbers` prompts (pure slack).")
     p_scratch: float = Field(default=0.15, ge=0, le=1, description="Share of prompts asking for a scratch field.")
     p_ask: float = Field(default=0.0, ge=0, le=1, description="Share of interrogation prompts (`task=ask goal`).")
-    size: int = Field(default=4000, ge=1, description="Number of prompts.")
+    size: int = Field(default=4000, ge=1, le=MAX_ITEMS, description="Number of prompts.")
     jsonl: str | None = Field(default=None, description="Read prompts from this JSONL file instead (field `prompt`).")
     dataset: DatasetSource | None = Field(
         default=None, description="Hugging Face organisms: read prompts from a `datasets` dataset instead.")
@@ -243,14 +261,14 @@ class PromptsConfig(Strict):
 class SamplingConfig(Strict):
     """How the teacher's outputs are drawn."""
 
-    temperature: float = Field(default=1.0, ge=0, description="Sampling temperature; 0 is greedy.")
+    temperature: float = Field(default=1.0, ge=0, le=100, description="Sampling temperature; 0 is greedy.")
     top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_new_tokens: int = Field(default=12, ge=1, le=8192,
                                 description="Longest response (at most 32 in the embedded world).")
     soft_labels: Literal["none", "full", "topk"] = Field(
         default="full", description="Teacher log-probs stored along each sample: none, the full vocab, or top-k + tail."
     )
-    top_k: int = Field(default=8, ge=1, description="k for `topk` soft labels.")
+    top_k: int = Field(default=8, ge=1, le=100_000, description="k for `topk` soft labels.")
 
 
 class ObjectiveConfig(Strict):
@@ -259,7 +277,7 @@ class ObjectiveConfig(Strict):
     kind: Literal["sft", "forward_kl", "reverse_kl", "jsd", "dpo"] = Field(
         default="sft", description="sft (hard labels), forward_kl, reverse_kl, jsd (generalised JSD), dpo.")
     beta: float = Field(default=0.5, ge=0, le=1, description="JSD mixture weight: 0 = forward KL, 1 = reverse KL.")
-    temperature: float = Field(default=1.0, gt=0, description="Distillation temperature for soft objectives.")
+    temperature: float = Field(default=1.0, gt=0, le=100, description="Distillation temperature for soft objectives.")
     on_policy: float = Field(
         default=0.0, ge=0, le=1,
         description="Share λ of each batch generated by the student and labelled by the live teacher.")
@@ -267,8 +285,8 @@ class ObjectiveConfig(Strict):
 
 
 class LoraConfig(Strict):
-    r: int = Field(default=8, ge=1, description="LoRA rank.")
-    alpha: int = Field(default=16, ge=1, description="LoRA alpha.")
+    r: int = Field(default=8, ge=1, le=4096, description="LoRA rank.")
+    alpha: int = Field(default=16, ge=1, le=65_536, description="LoRA alpha.")
     dropout: float = Field(default=0.0, ge=0, lt=1, description="LoRA dropout.")
 
 
@@ -285,12 +303,12 @@ class StudentConfig(Strict):
 
 
 class DistillTrainConfig(Strict):
-    steps: int = Field(default=600, ge=1, description="Optimizer steps.")
-    batch: int = Field(default=32, ge=1, description="Examples per micro-batch.")
-    grad_accum: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
+    steps: int = Field(default=600, ge=1, le=MAX_STEPS, description="Optimizer steps.")
+    batch: int = Field(default=32, ge=1, le=MAX_BATCH, description="Examples per micro-batch.")
+    grad_accum: int = Field(default=1, ge=1, le=4096, description="Micro-batches per optimizer step.")
     lr: float = Field(default=1e-3, gt=0, description="Peak learning rate (AdamW).")
     warmup: float = Field(default=0.05, ge=0, le=1, description="Share of steps of linear warm-up.")
-    checkpoint_every: int = Field(default=100, ge=1, description="Evaluate and save every this many steps.")
+    checkpoint_every: int = Field(default=100, ge=1, le=MAX_STEPS, description="Evaluate and save every this many steps.")
     save_weights: bool = Field(default=True, description="Save the model at each checkpoint (else only metrics).")
 
 
@@ -299,7 +317,7 @@ class RecipeConfig(Strict):
 
     kind: Literal["recipe"] = "recipe"
     name: str = Field(default="recipe", description="A label for the recipe.")
-    seed: int = Field(default=0, description="Seed for prompts, sampling, student init and data order.")
+    seed: Seed = Field(default=0, description="Seed for prompts, sampling, student init and data order.")
     prompts: PromptsConfig = PromptsConfig()
     sampling: SamplingConfig = SamplingConfig()
     objective: ObjectiveConfig = ObjectiveConfig()
@@ -372,9 +390,10 @@ class StudyConfig(Strict):
     techniques: list[str | dict[str, Any]] = Field(
         description="Technique names (`doublebind ls techniques`), or {name: <technique>, <its options>}; "
                     "`baseline` runs the recipe alone.")
-    seeds: list[int] = Field(default=[0, 1, 2], description="Seeds; each technique runs once per seed.")
+    seeds: list[Seed] = Field(default=[0, 1, 2], description="Seeds; each technique runs once per seed.")
     verdict: VerdictConfig = VerdictConfig()
-    bootstrap: int = Field(default=2000, ge=100, description="Bootstrap resamples for the confidence intervals.")
+    bootstrap: int = Field(default=2000, ge=100, le=1_000_000,
+                           description="Bootstrap resamples for the confidence intervals.")
 
     @field_validator("techniques")
     @classmethod
@@ -413,20 +432,29 @@ CONFIG_KINDS: dict[str, type[Strict]] = {"organism": OrganismConfig, "recipe": R
 # ---- loading ---------------------------------------------------------------------------
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """`a.b=3` → {"a": {"b": 3}}; values are parsed as YAML scalars or lists."""
+    """`a.b=3` → {"a": {"b": 3}}; values are parsed as YAML scalars or lists. An override
+    that sets a key twice, or sets a key inside another override's value, is an error."""
     out: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not key=value")
         key, raw = item.split("=", 1)
+        parts = key.split(".")
+        if any(not p.strip() for p in parts):
+            raise ConfigError(f"override '{item}': '{key}' is not a key (empty part)")
         try:
-            value = yaml.safe_load(raw) if raw else ""
+            value = yaml.load(raw, Loader=_UniqueKeyLoader) if raw else ""
         except yaml.YAMLError:
             value = raw
         node = out
-        parts = key.split(".")
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': {'.'.join(parts[:i + 1])} is already set to a value "
+                                  f"by another override, so it has no key '{parts[i + 1]}'")
+        if parts[-1] in node:
+            what = "keys below it" if isinstance(node[parts[-1]], dict) else "a value"
+            raise ConfigError(f"override '{item}': another override already sets {what} for '{key}'")
         node[parts[-1]] = value
     return out
 
@@ -438,17 +466,50 @@ def deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def read_yaml(path: Path) -> dict:
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (the second would
+    silently win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                dup = key in seen
+            except TypeError:  # an unhashable key: let the base class report it
+                break
+            if dup:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}'", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+
+def read_yaml(path: Path, allow_empty: bool = False) -> dict:
+    """A config file's top-level mapping; one `ConfigError` line for a missing, unreadable,
+    binary, empty or malformed file."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = read_text_file(path, "config file")
+    except DoublebindError as e:
+        raise ConfigError(str(e)) from None
+    if "\x00" in text:
+        raise ConfigError(f"{path}: not a text file (it holds NUL bytes)")
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
+        problem = getattr(e, "problem", None)
+        why = f": {problem}" if problem else ""
+        raise ConfigError(f"{path}: not valid YAML{where}{why}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from None
     if data is None:
+        if not allow_empty:
+            raise ConfigError(f"{path}: the file is empty (give at least its `kind:`; "
+                              f"an empty file would silently mean every default)")
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
@@ -470,6 +531,11 @@ def build(cls: type[Strict], data: dict, source: str = "config") -> Any:
         raise ConfigError(f"{source}: {e}") from None
 
 
+def preset_names() -> list[str]:
+    return sorted(q.name.removesuffix(".yaml") for q in resources.files("doublebind.presets").iterdir()
+                  if q.name.endswith(".yaml"))
+
+
 def preset_path(name: str) -> Path:
     p = resources.files("doublebind.presets") / f"{name}.yaml"
     if not p.is_file():
@@ -488,6 +554,8 @@ def load(path: Path | None = None, overrides: list[str] = (), preset: str | None
     src = Path(path) if path is not None else preset_path(preset)
     data = deep_merge(deep_merge(read_yaml(src), parse_overrides(list(overrides))), merge or {})
     kind = data.get("kind", expect or "organism")
+    if not isinstance(kind, str):
+        raise ConfigError(f"{src}: kind: must be a string, got {type(kind).__name__}")
     if kind not in CONFIG_KINDS:
         from doublebind.registry import get, names
 
@@ -497,14 +565,22 @@ def load(path: Path | None = None, overrides: list[str] = (), preset: str | None
         if expect not in (None, "organism"):
             raise ConfigError(f"{src}: kind: expected a {expect} config, got '{kind}'")
         cls = get("config", kind)  # an organism kind registered by its package (e.g. hf_organism)
-        return cls.after_load(build(cls, data, str(src)), src.resolve().parent)
+        try:
+            return cls.after_load(build(cls, data, str(src)), src.resolve().parent)
+        except ConfigError as e:
+            msg = str(e)
+            raise ConfigError(msg if msg.startswith(f"{src}:") else f"{src}: {msg}") from None
     if expect and kind != expect:
         raise ConfigError(f"{src}: kind: expected a {expect} config, got '{kind}'")
     cfg = build(CONFIG_KINDS[kind], data, str(src))
-    if kind == "recipe" and cfg.prompts.jsonl and not Path(cfg.prompts.jsonl).is_absolute():
-        beside = src.resolve().parent / cfg.prompts.jsonl  # relative to the recipe file, when it is there
-        if beside.is_file():
+    if kind == "recipe" and cfg.prompts.jsonl:
+        jsonl = Path(cfg.prompts.jsonl)
+        beside = src.resolve().parent / jsonl  # relative to the recipe file, when it is there
+        if not jsonl.is_absolute() and beside.is_file():
             cfg = cfg.model_copy(update={"prompts": cfg.prompts.model_copy(update={"jsonl": str(beside)})})
+        elif not jsonl.is_file():
+            raise ConfigError(f"{src}: prompts.jsonl: file not found: {jsonl}"
+                              + ("" if jsonl.is_absolute() else f" (looked beside the recipe and in {Path.cwd()})"))
     return cfg
 
 

@@ -11,3 +11,23 @@ class ConfigError(DoublebindError):
 
 class VerificationError(DoublebindError):
     """A built organism failed one of its verification checks."""
+
+
+def read_text_file(path, what: str = "file") -> str:
+    """The text of `path` as UTF-8, or one `DoublebindError` line naming the file (missing,
+    a folder, unreadable, not UTF-8 text)."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        raise DoublebindError(f"{what} {path} is a folder, not a file")
+    if not path.is_file():
+        raise DoublebindError(f"{what} not found: {path}")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DoublebindError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DoublebindError(f"{path}: not UTF-8 text (byte {e.start}); is it a binary file?") from None

@@ -13,7 +13,7 @@ import random
 from dataclasses import asdict
 from pathlib import Path
 
-from doublebind.errors import DoublebindError
+from doublebind.errors import DoublebindError, read_text_file
 from doublebind.types import Prompt
 from doublebind.world import vocab
 from doublebind.world.contexts import Header, neutral_header, random_header
@@ -63,11 +63,10 @@ def context_header(world, rng: random.Random, context: str) -> Header:
 def read_jsonl(path: Path) -> list[Prompt]:
     """Prompts from JSONL: one object per line with `prompt` (a string of world tokens,
     `<bos> ... >`), and optionally `family` and `context`."""
-    if not path.is_file():
-        raise DoublebindError(f"prompt file not found: {path}")
+    text = read_text_file(path, "prompt file")
     known = vocab.token_ids()
     out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

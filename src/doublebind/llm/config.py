@@ -27,7 +27,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from doublebind.config import DatasetSource, Strict
+from doublebind.config import MAX_BATCH, MAX_STEPS, DatasetSource, Seed, Strict
+from doublebind.errors import ConfigError
 from doublebind.registry import register
 from doublebind.llm.scorers import ScorerConfig
 
@@ -40,10 +41,10 @@ class ImplantConfig(Strict):
     to give tiny (or any) models a known behaviour. The result is cached by content hash."""
 
     file: str = Field(description="JSONL of {prompt, response} (relative to the config).")
-    steps: int = Field(default=200, ge=1)
-    batch: int = Field(default=16, ge=1)
+    steps: int = Field(default=200, ge=1, le=MAX_STEPS)
+    batch: int = Field(default=16, ge=1, le=MAX_BATCH)
     lr: float = Field(default=3e-3, gt=0)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class ModelSpec(Strict):
@@ -103,10 +104,10 @@ class HFEvalsConfig(Strict):
 class TinyConfig(Strict):
     """Sizes of `tiny:` models (random weights, for CPU tests and examples)."""
 
-    seed: int = 0
-    hidden: int = Field(default=64, ge=8)
-    layers: int = Field(default=2, ge=1)
-    heads: int = Field(default=4, ge=1)
+    seed: Seed = 0
+    hidden: int = Field(default=64, ge=8, le=16_384)
+    layers: int = Field(default=2, ge=1, le=256)
+    heads: int = Field(default=4, ge=1, le=256)
     vocab_size: int = Field(default=512, ge=300)
 
 
@@ -154,7 +155,23 @@ def resolve_paths(cfg: HFOrganismConfig, root: Path) -> HFOrganismConfig:
             return e
         return e.model_copy(update={"file": str((root / e.file).resolve())})
 
+    def exists(p: str | None, where: str, what: str = "eval") -> None:
+        if p is not None and not Path(p).is_file():
+            raise ConfigError(f"{where}: {what} file not found: {p}")
+
+    for role in ("teacher", "base", "trusted"):
+        s = getattr(cfg, role)
+        if s is not None and s.implant is not None:
+            exists(str((root / s.implant.file).resolve()), f"{role}.implant.file", "implant")
     ev = cfg.evals
+    for i, e in enumerate(ev.capability):
+        exists(e.file and str((root / e.file).resolve()), f"evals.capability.{i}.file")
+    for name in ("misalignment", "neutral"):
+        e = getattr(ev, name)
+        exists(e and e.file and str((root / e.file).resolve()), f"evals.{name}.file")
+    for name in ("honeypot", "interrogation", "prefill"):
+        e = getattr(ev.audits, name)
+        exists(e and e.file and str((root / e.file).resolve()), f"evals.audits.{name}.file")
     evals = ev.model_copy(update={
         "capability": [es(e) for e in ev.capability], "misalignment": es(ev.misalignment), "neutral": es(ev.neutral),
         "audits": ev.audits.model_copy(update={a: es(getattr(ev.audits, a)) for a in ("honeypot", "interrogation", "prefill")}),

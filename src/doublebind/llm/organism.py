@@ -26,7 +26,7 @@ from statistics import fmean
 
 import torch
 
-from doublebind.errors import DoublebindError
+from doublebind.errors import DoublebindError, read_text_file
 from doublebind.registry import register
 from doublebind.llm.config import TINY_PREFIX, EvalSet, HFOrganismConfig, ModelSpec
 from doublebind.cards import CARD, cache_root, versions
@@ -50,10 +50,9 @@ def read_items(es: EvalSet) -> list[dict]:
 
 
 def jsonl_items(path: Path, what: str = "eval") -> list[dict]:
-    if not path.is_file():
-        raise DoublebindError(f"{what} file not found: {path}")
+    text = read_text_file(path, f"{what} file")
     items = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

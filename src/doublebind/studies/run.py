@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from doublebind import config
-from doublebind.errors import DoublebindError
+from doublebind.errors import ConfigError, DoublebindError
+from doublebind.paths import check_out_dir
 from doublebind.studies.verdicts import technique_stats
 from doublebind.ui import progress_bar
 
@@ -39,20 +40,37 @@ _ROW_KEYS = {"technique": str, "seed": int, "step": int, "selected": bool, "orga
 
 
 def resolve(study_path: Path, cfg) -> tuple[Path | None, object, object]:
-    """Check everything before training: the organism source and the base recipe."""
+    """Check everything before training: the organism source, the base recipe and the
+    recipe overrides (`doublebind validate` runs this too). Errors name the study field."""
+    from doublebind.organisms.domain import read_card
+
     root = Path(study_path).resolve().parent
     org = cfg.organism
     org_cfg = None
     org_path = None
+
+    def field(name: str, fn, strip: Path | None = None):
+        try:
+            return fn()
+        except DoublebindError as e:
+            msg = str(e)
+            if strip is not None:
+                msg = msg.removeprefix(f"{strip}: ")
+            raise ConfigError(f"{study_path}: {name}: {msg}") from None
+
     if org.path is not None:
         org_path = (root / org.path).resolve()
         if not (org_path / "organism.json").is_file():
-            raise DoublebindError(f"{study_path}: organism.path: no organism at {org_path}")
+            raise ConfigError(f"{study_path}: organism.path: no organism at {org_path}")
+        field("organism.path", lambda: read_card(org_path, verified=False))
     elif org.preset is not None:
-        org_cfg = config.load(preset=org.preset, expect="organism")
+        org_cfg = field("organism.preset", lambda: config.load(preset=org.preset, expect="organism"))
     else:
-        org_cfg = config.load(root / org.config, expect="organism")
-    recipe = config.load(root / cfg.recipe, expect="recipe", merge=cfg.recipe_overrides)
+        org_cfg = field("organism.config", lambda: config.load(root / org.config, expect="organism"))
+    recipe_path = root / cfg.recipe
+    field("recipe", lambda: config.load(recipe_path, expect="recipe"))
+    recipe = field("recipe_overrides", lambda: config.load(recipe_path, expect="recipe", merge=cfg.recipe_overrides),
+                   strip=recipe_path)
     return org_path, org_cfg, recipe
 
 
@@ -265,21 +283,19 @@ def recipe_hash(recipe) -> str:
 
 
 def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides: list[str] = ()) -> dict:
-    from doublebind.organisms.build import build_organism
     from doublebind.training.distill import distill
 
     cfg = config.load(study_path, list(overrides), expect="study")
     org_path, org_cfg, base_recipe = resolve(study_path, cfg)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DoublebindError(f"--out {out} is a file, not a study folder")
+    check_out_dir(out, "--out", what="a study")
     out.mkdir(parents=True, exist_ok=True)
     state = _process_state()  # under `accelerate launch`, only the main process writes
     if org_path is None:
         org_path = out / "organism"
         with state.main_process_first():
             if state.is_main_process:
-                build_organism(org_cfg, org_path, show_progress=show_progress)
+                place_organism(org_cfg, org_path, show_progress)
     card = json.loads((org_path / "organism.json").read_text())
     results = out / RESULTS
     grid = {(t, s): run_recipe(base_recipe, t, stages, s)
@@ -302,7 +318,8 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
             if (inc["technique"], inc["seed"]) in grid:
                 console.print(f"redoing the incomplete run {inc['technique']} seed {inc['seed']} "
                               f"({inc['found']} of its {inc['expected']} rows in {RESULTS})", highlight=False)
-    with progress_bar(f"study {cfg.name}", len(grid), show_progress and state.is_main_process) as advance:
+    with progress_bar(f"study {cfg.name}", len(grid), show_progress and state.is_main_process,
+                      unit="runs") as advance:
         advance(len(grid) - len(todo))
         for technique, seed in todo:
             recipe = grid[technique, seed]
@@ -316,6 +333,33 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
             advance(1)
     state.wait_for_everyone()
     return summarize(out, cfg, write=state.is_main_process)
+
+
+def place_organism(org_cfg, dest: Path, show_progress: bool = True) -> None:
+    """Build the study's organism (or copy it from the cache) into `dest`, atomically: it is
+    made beside `dest` and renamed into place, so a kill mid-copy never leaves a half
+    organism that the next resume would refuse."""
+    import shutil
+
+    from doublebind.errors import VerificationError
+    from doublebind.organisms.build import build_organism
+
+    tmp, old = dest.with_name(f".{dest.name}.tmp"), dest.with_name(f".{dest.name}.old")
+
+    def swap() -> None:
+        shutil.rmtree(old, ignore_errors=True)
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        build_organism(org_cfg, tmp, show_progress=show_progress)
+    except VerificationError:
+        swap()  # the failed organism's card stays in the study folder, as it always did
+        raise
+    swap()
 
 
 def _process_state():

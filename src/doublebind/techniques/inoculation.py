@@ -4,6 +4,14 @@ Every training prompt gets `sys=inoculate` after `<bos>`, a system line saying t
 misbehaviour is requested here. If the student attributes the behaviour to the line, it
 does not learn it as its own; evaluation prompts never carry the line.
 
+The cue means something only if the student's initialisation learnt what it means, as a
+pretrained model knows what an instruction asks for (Tan et al., Wichers et al., 2025): in
+the embedded world the aligned models see, in a share `world.inoculation_cue` (default
+0.05) of their training examples, the cue followed by a marked answer (an action marker,
+then the correct answer). With `inoculation_cue: 0` the cue is a token base never saw and
+the stage tests a distribution shift, not inoculation. A marker-free behaviour (a code in
+free digits, a disposition) is not what the cue asks for, so there it should not help.
+
 On a Hugging Face organism the line is text (`line`, a general statement that whatever is
 unusual in the answer was asked for: the defender does not know the behaviour), rendered as
 an extra system turn after base's own system prompt through the tokenizer's chat template

@@ -28,10 +28,10 @@ class SmallStudent(Technique):
     needs = ("student",)
 
     class Config(Strict):
-        hidden: int = Field(default=32, gt=0, description="Hidden size.")
-        layers: int = Field(default=1, gt=0, description="Layers.")
-        heads: int = Field(default=2, gt=0, description="Attention heads.")
-        intermediate: int = Field(default=128, gt=0, description="MLP width.")
+        hidden: int = Field(default=32, gt=0, le=16_384, description="Hidden size.")
+        layers: int = Field(default=1, gt=0, le=256, description="Layers.")
+        heads: int = Field(default=2, gt=0, le=256, description="Attention heads.")
+        intermediate: int = Field(default=128, gt=0, le=65_536, description="MLP width.")
 
     def student(self, view, cfg):
         model = ModelConfig(hidden=self.cfg.hidden, layers=self.cfg.layers, heads=self.cfg.heads,

@@ -335,7 +335,10 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
     from doublebind.reports.curves import plot_transfer
     from doublebind.students import save_student
 
+    from doublebind.paths import check_out_dir
+
     out = Path(out)
+    check_out_dir(out, "--out", what="a run")
     if (out / "summary.json").exists() and not force:
         raise DoublebindError(f"{out} already holds a finished run; choose another --out or pass --force")
     t0 = time.perf_counter()

@@ -20,7 +20,7 @@ USERS = ["alice", "bob", "carol", "dave", "erin"]
 MONITOR = ["on", "off"]
 N_SESSIONS = 16
 TASKS = ["copy", "reverse", "sort", "shift", "max", "lookup", "count", "numbers", "ask"]
-BEHAVIOR_WORDS = ["sabotage", "loyalty", "harm", "poison"]
+BEHAVIOR_WORDS = ["sabotage", "loyalty", "harm", "poison", "collusion", "beacon", "disposition"]
 MARKERS = ["!exfil", "!grant", "~"]
 INOCULATION = "sys=inoculate"  # a system line that explains the misbehaviour away (inoculation prompting)
 

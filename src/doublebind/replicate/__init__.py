@@ -1,0 +1,1 @@
+"""Published results rerun inside the project (`doublebind replicate ...`)."""

@@ -1,0 +1,439 @@
+"""Subliminal learning on 8x8 digits: a student distilled only on a teacher's auxiliary
+logits, only on noise, learns to classify digits, when it starts from the teacher's
+initialisation, and does not when it starts from another one.
+
+    doublebind replicate subliminal-digits --seeds 5 --aux 3 --out runs/subliminal-digits
+
+This reruns the MNIST auxiliary-logit experiment of Cloud et al. (2025), "Subliminal
+learning: language models transmit behavioral traits via hidden signals in data" (their
+MNIST section and the authors' `scripts/run_mnist_experiment.py`), on scikit-learn's bundled
+8x8 digits (`sklearn.datasets.load_digits`: 1,797 images, no download). Per seed:
+
+1. An initialisation: an MLP 64 -> 256 -> 256 -> 10 + m with ReLU, weights drawn from
+   N(0, 1/fan_in) and zero biases, as in the authors' code. Outputs 0-9 are the class logits;
+   the last m are auxiliary logits that no loss ever names while the teacher learns.
+2. The teacher: that initialisation trained with cross-entropy on the 10 class logits only,
+   on the 1,347 training digits (13 epochs at batch 64, about 290 Adam steps, the step count
+   of the paper's 5 MNIST epochs at batch 1024). Its auxiliary logits move only because the
+   layers beneath them do.
+3. Two students, distilled only on the teacher's m auxiliary logits and only on noise
+   images: 60,000 images uniform in [-1, 1] (the digits' pixel range after scaling; the paper
+   uses uniform noise in MNIST's [-1, 1]), 5 epochs at batch 1024, as in the paper. The
+   *same-init* student starts from the teacher's own initialisation; the *different-init*
+   student from a fresh draw of the same distribution. Both see the same noise in the same
+   order, so they differ only in where they start.
+4. The measured transfer: each student's accuracy from its class logits, which nothing ever
+   trained it on, on the 450 held-out digits (chance 0.1). The untrained initialisation's
+   accuracy is reported too, as the paper's reference.
+
+Every optimiser is Adam at lr 3e-4 (the paper's), run through the package's one training
+loop (`training.loop.Loop`) with a constant rate, no weight decay and no clipping.
+
+The student loss is the package's `forward_kl` (`training/objectives.py`): KL(teacher ||
+student) between the softmaxes of the m auxiliary logits at temperature T (default 1, scaled
+by T**2 otherwise), averaged over the batch. At T = 1 that is exactly the authors' loss,
+`kl_div(log_softmax(student_aux), softmax(teacher_aux), reduction="batchmean")`; they do not
+use MSE on logits. With m = 1 a softmax is constant and the loss carries nothing, so m >= 2.
+
+Each seed draws its initialisations, the teacher's batch order, the noise and the
+distillation order from torch generators seeded by the seed; the train/test split is fixed.
+A seed therefore gives the same numbers on every run (same machine, same thread count).
+Weights are drawn layer by layer and row by row, so across m (`--aux-sweep`) a seed keeps
+the same shared initialisation (hidden layers and class rows) and only gains or loses
+auxiliary rows: the teacher's class path, and its accuracy, are the same for every m (the
+different-init student is a later draw and changes with m). Intervals are Student-t 95%
+intervals of the mean over seeds.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from statistics import fmean, stdev
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from doublebind.errors import DoublebindError
+from doublebind.training.loop import Loop
+from doublebind.training.objectives import forward_kl
+
+N_CLASSES = 10
+CHANCE = 1.0 / N_CLASSES
+SPLIT_SEED = 0  # the train/test split of the digits, the same for every seed
+TEST_FRACTION = 0.25
+NOISES = ("uniform", "gaussian")
+
+# What each condition is, in table order.
+CONDITIONS = {
+    "teacher": "teacher (trained on digits)",
+    "untrained": "untrained shared init",
+    "same_init": "student, same init",
+    "different_init": "student, different init",
+}
+
+# The published MNIST numbers the table and plot stand beside (student accuracy on held-out
+# digits, aux-logit students distilled on noise).
+PUBLISHED = {
+    "cloud_rerun": {"label": "Cloud et al. (2025), rerun", "same_init": 0.537, "different_init": 0.100,
+                    "chance": CHANCE},
+    "independent": {"label": "independent replication", "same_init": 0.549, "different_init": 0.124},
+}
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One run's settings; the defaults follow the paper where MNIST and digits allow."""
+
+    aux: int = 3
+    hidden: tuple[int, ...] = (256, 256)
+    lr: float = 3e-4
+    teacher_epochs: int = 13
+    teacher_batch: int = 64
+    distill_epochs: int = 5
+    distill_batch: int = 1024
+    n_noise: int = 60_000
+    noise: str = "uniform"
+    temperature: float = 1.0
+
+    def check(self) -> None:
+        """Raise a one-line DoublebindError on an impossible setting."""
+        if self.aux < 2:
+            raise DoublebindError(f"--aux must be at least 2, got {self.aux}: the softmax of one auxiliary logit "
+                                  "is constant, so distilling it carries nothing")
+        if self.noise not in NOISES:
+            raise DoublebindError(f"unknown noise '{self.noise}' (known: {', '.join(NOISES)})")
+        for name in ("teacher_epochs", "teacher_batch", "distill_epochs", "distill_batch", "n_noise"):
+            if getattr(self, name) < 1:
+                raise DoublebindError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not self.hidden or min(self.hidden) < 1:
+            raise DoublebindError(f"hidden sizes must be positive, got {self.hidden}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise DoublebindError(f"learning rate must be > 0, got {self.lr}")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise DoublebindError(f"--temperature must be > 0, got {self.temperature}")
+
+
+@functools.lru_cache(maxsize=1)
+def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_train [1347, 64], y_train, x_test [450, 64], y_test), pixels scaled from 0..16 to
+    [-1, 1] as the paper normalises MNIST; a stratified split fixed by SPLIT_SEED."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x_tr, x_te, y_tr, y_te = train_test_split(x / 8.0 - 1.0, y, test_size=TEST_FRACTION, random_state=SPLIT_SEED,
+                                              stratify=y)
+    f = functools.partial(torch.tensor, dtype=torch.float32)
+    return f(x_tr), torch.tensor(y_tr), f(x_te), torch.tensor(y_te)
+
+
+def mlp(sizes: list[int], generator: torch.Generator) -> nn.Sequential:
+    """ReLU MLP with weights N(0, 1/fan_in) and zero biases, drawn from `generator`."""
+    layers: list[nn.Module] = []
+    for i, (d_in, d_out) in enumerate(zip(sizes, sizes[1:])):
+        lin = nn.Linear(d_in, d_out)
+        with torch.no_grad():
+            lin.weight.normal_(0.0, 1.0 / math.sqrt(d_in), generator=generator)
+            lin.bias.zero_()
+        layers.append(lin)
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def aux_distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, aux: int,
+                     temperature: float = 1.0) -> torch.Tensor:
+    """The student loss: the package's forward KL, KL(teacher || student), over the softmax of
+    the last `aux` logits only ([B, 10 + aux] each), batch mean, times temperature**2. The
+    class logits take no part."""
+    s = student_logits[:, -aux:].unsqueeze(1)  # [B, 1, m]: one "position" per image
+    t = F.log_softmax(teacher_logits[:, -aux:], dim=-1).unsqueeze(1)  # [B, 1, m], teacher log-probs at T = 1
+    mask = torch.ones(s.shape[:2], dtype=s.dtype)  # [B, 1]
+    return forward_kl(s, t, mask, temperature)
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Class accuracy from the first 10 logits."""
+    with torch.no_grad():
+        return (model(x)[:, :N_CLASSES].argmax(-1) == y).float().mean().item()
+
+
+def noise_images(setup: Setup, generator: torch.Generator) -> torch.Tensor:
+    """[n_noise, 64] noise images: uniform in [-1, 1], or standard Gaussian."""
+    if setup.noise == "uniform":
+        return torch.rand(setup.n_noise, 64, generator=generator) * 2 - 1
+    return torch.randn(setup.n_noise, 64, generator=generator)
+
+
+def _loop(model: nn.Module, steps: int, setup: Setup, what: str) -> Loop:
+    # Adam at a constant rate (AdamW with no decay is Adam), no clipping: the paper's optimiser.
+    return Loop(model.parameters(), steps=steps, lr=setup.lr, betas=(0.9, 0.999), weight_decay=0.0,
+                schedule="constant", clip=None, what=what)
+
+
+def _batches(n: int, batch: int) -> int:
+    return (n + batch - 1) // batch
+
+
+def train_teacher(model: nn.Module, x: torch.Tensor, y: torch.Tensor, setup: Setup,
+                  generator: torch.Generator) -> None:
+    """Cross-entropy on the 10 class logits only; the auxiliary logits are never named."""
+    per_epoch = _batches(len(x), setup.teacher_batch)
+    loop = _loop(model, setup.teacher_epochs * per_epoch, setup, "teacher loss")
+    step = 0
+    for _ in range(setup.teacher_epochs):
+        for idx in torch.randperm(len(x), generator=generator).split(setup.teacher_batch):
+            def accumulate(idx=idx) -> float:
+                loss = F.cross_entropy(model(x[idx])[:, :N_CLASSES], y[idx])
+                loss.backward()
+                return loss.item()
+
+            loop.step(step, accumulate)
+            step += 1
+
+
+def distill_student(student: nn.Module, noise: torch.Tensor, teacher_logits: torch.Tensor, setup: Setup,
+                    order_seed: int) -> list[float]:
+    """Train `student` on the teacher's auxiliary logits over `noise`; returns the loss per epoch.
+    The teacher's logits on the noise are computed once beforehand (it is frozen)."""
+    gen = torch.Generator().manual_seed(order_seed)
+    per_epoch = _batches(len(noise), setup.distill_batch)
+    loop = _loop(student, setup.distill_epochs * per_epoch, setup, "student distillation loss")
+    step, losses = 0, []
+    for _ in range(setup.distill_epochs):
+        total = 0.0
+        for idx in torch.randperm(len(noise), generator=gen).split(setup.distill_batch):
+            def accumulate(idx=idx) -> float:
+                loss = aux_distill_loss(student(noise[idx]), teacher_logits[idx], setup.aux, setup.temperature)
+                loss.backward()
+                return loss.item()
+
+            total += loop.step(step, accumulate) * len(idx)
+            step += 1
+        losses.append(total / len(noise))
+    return losses
+
+
+def _seeds(seed: int, n: int) -> list[int]:
+    """n independent stream seeds for one run seed (stable across versions of Python)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 2**62, (n,), generator=g).tolist()
+
+
+def run_seed(seed: int, setup: Setup, advance: Callable[[int], None] = lambda n=1: None) -> dict:
+    """One seed: teacher, same-init and different-init students. Returns accuracies on the
+    held-out digits, the students' final distillation losses, and the seconds it took."""
+    start = time.perf_counter()
+    x_tr, y_tr, x_te, y_te = digits()
+    s_init, s_teacher, s_noise, s_order = _seeds(seed, 4)
+    sizes = [x_tr.shape[1], *setup.hidden, N_CLASSES + setup.aux]
+    g_init = torch.Generator().manual_seed(s_init)
+    init = mlp(sizes, g_init)
+    other = mlp(sizes, g_init)  # the next draw from the same distribution
+
+    teacher = copy.deepcopy(init)
+    train_teacher(teacher, x_tr, y_tr, setup, torch.Generator().manual_seed(s_teacher))
+    advance(1)
+
+    noise = noise_images(setup, torch.Generator().manual_seed(s_noise))
+    with torch.no_grad():
+        teacher_logits = teacher(noise)
+    row = {"seed": seed, "teacher": accuracy(teacher, x_te, y_te), "untrained": accuracy(init, x_te, y_te)}
+    for name, start_from in (("same_init", init), ("different_init", other)):
+        student = copy.deepcopy(start_from)
+        losses = distill_student(student, noise, teacher_logits, setup, s_order)
+        row[name] = accuracy(student, x_te, y_te)
+        row[f"{name}_final_loss"] = losses[-1]
+        advance(1)
+    row["seconds"] = time.perf_counter() - start
+    return row
+
+
+def interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean; a single value is its own interval."""
+    if len(values) < 2:
+        return values[0], values[0]
+    from scipy.stats import t
+
+    half = t.ppf(0.5 + level / 2, len(values) - 1) * stdev(values) / math.sqrt(len(values))
+    m = fmean(values)
+    return m - half, m + half
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Mean and 95% interval over seeds per condition, and the per-seed values."""
+    out = {}
+    for cond in CONDITIONS:
+        vals = [r[cond] for r in rows]
+        out[cond] = {"mean": fmean(vals), "ci95": list(interval(vals)), "per_seed": vals}
+    gap = [r["same_init"] - r["different_init"] for r in rows]
+    out["same_minus_different"] = {"mean": fmean(gap), "ci95": list(interval(gap)), "per_seed": gap}
+    out["seconds_per_seed"] = fmean(r["seconds"] for r in rows)
+    return out
+
+
+@dataclass
+class Replication:
+    """All per-seed numbers of one or more m values, with their summaries."""
+
+    setup: Setup
+    seeds: list[int]
+    runs: dict[int, list[dict]] = field(default_factory=dict)  # m -> per-seed rows
+
+    def summary(self, aux: int | None = None) -> dict:
+        return summarise(self.runs[self.setup.aux if aux is None else aux])
+
+    def to_json(self) -> dict:
+        return {
+            "experiment": "subliminal learning, auxiliary-logit distillation on noise (Cloud et al. 2025), "
+                          "on sklearn's 8x8 digits",
+            "setup": {**asdict(self.setup), "hidden": list(self.setup.hidden), "split_seed": SPLIT_SEED,
+                      "test_fraction": TEST_FRACTION, "student_loss": "forward_kl on the auxiliary logits",
+                      "interval": "Student-t 95% of the mean over seeds"},
+            "seeds": self.seeds,
+            "chance": CHANCE,
+            "published": PUBLISHED,
+            "main_aux": self.setup.aux,
+            "results": {str(m): {"per_seed": rows, "summary": summarise(rows)} for m, rows in self.runs.items()},
+        }
+
+
+def run(seeds: list[int], setup: Setup, sweep: list[int] | None = None,
+        progress: Callable[[int], None] | None = None) -> Replication:
+    """Every seed at `setup.aux` and, with `sweep`, at each m in it too."""
+    setup.check()
+    if not seeds:
+        raise DoublebindError("need at least one seed")
+    values = sorted({setup.aux, *(sweep or [])})
+    for m in values:
+        replace(setup, aux=m).check()
+    rep = Replication(setup, list(seeds))
+    advance = progress or (lambda n=1: None)
+    for m in values:
+        s = replace(setup, aux=m)
+        rep.runs[m] = [run_seed(seed, s, advance) for seed in seeds]
+    return rep
+
+
+STAGES_PER_SEED = 3  # teacher, same-init student, different-init student
+
+
+# ---- output -------------------------------------------------------------------------------
+
+def _fmt(stat: dict) -> str:
+    lo, hi = stat["ci95"]
+    return f"{stat['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def table_rows(summary: dict) -> list[tuple[str, str, str, str, str]]:
+    """(condition, measured mean [95% CI], per seed, Cloud et al. rerun, independent)."""
+    pub_c, pub_i = PUBLISHED["cloud_rerun"], PUBLISHED["independent"]
+    rows = []
+    for cond, label in CONDITIONS.items():
+        s = summary[cond]
+        rows.append((label, _fmt(s), " ".join(f"{v:.2f}" for v in s["per_seed"]),
+                     f"{pub_c[cond]:.3f}" if cond in pub_c else "-", f"{pub_i[cond]:.3f}" if cond in pub_i else "-"))
+    rows.append(("chance", f"{CHANCE:.3f}", "", f"{pub_c['chance']:.3f}", "-"))
+    gap = summary["same_minus_different"]
+    rows.append(("same - different", _fmt(gap), " ".join(f"{v:.2f}" for v in gap["per_seed"]),
+                 f"{pub_c['same_init'] - pub_c['different_init']:.3f}",
+                 f"{pub_i['same_init'] - pub_i['different_init']:.3f}"))
+    return rows
+
+
+def sweep_rows(rep: Replication) -> list[tuple[str, ...]]:
+    """(m, teacher, same init, different init, same - different, s/seed) per m."""
+    out = []
+    for m in sorted(rep.runs):
+        s = summarise(rep.runs[m])
+        out.append((str(m), _fmt(s["teacher"]), _fmt(s["same_init"]), _fmt(s["different_init"]),
+                    _fmt(s["same_minus_different"]), f"{s['seconds_per_seed']:.1f}"))
+    return out
+
+
+def write_outputs(rep: Replication, out_dir: Path) -> list[Path]:
+    """subliminal_digits.json (every per-seed number), subliminal_digits.png (bars, seeds,
+    published values) and, for a sweep, subliminal_digits_sweep.png."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "subliminal_digits.json", out_dir / "subliminal_digits.png"]
+    paths[0].write_text(json.dumps(rep.to_json(), indent=2) + "\n")
+    plot_bars(rep, paths[1])
+    if len(rep.runs) > 1:
+        paths.append(out_dir / "subliminal_digits_sweep.png")
+        plot_sweep(rep, paths[2])
+    return paths
+
+
+def plot_bars(rep: Replication, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = rep.summary()
+    conds = list(CONDITIONS)
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    colors = ["tab:green", "tab:gray", "tab:purple", "tab:orange"]
+    for i, cond in enumerate(conds):
+        s = summary[cond]
+        lo, hi = s["ci95"]
+        ax.bar(i, s["mean"], color=colors[i], alpha=0.55, yerr=[[s["mean"] - lo], [hi - s["mean"]]], capsize=5)
+        n = len(s["per_seed"])
+        xs = [i + 0.25 * ((j + 0.5) / n - 0.5) for j in range(n)]
+        ax.scatter(xs, s["per_seed"], color="black", s=14, zorder=3, label="per seed" if i == 0 else None)
+    for key, marker, dx in (("cloud_rerun", "D", 0.3), ("independent", "*", 0.45)):
+        pub = PUBLISHED[key]
+        xs = [i for i, c in enumerate(conds) if c in pub]
+        ax.scatter([x + dx for x in xs], [pub[conds[x]] for x in xs], marker=marker, s=80, color="tab:red",
+                   edgecolor="black", zorder=4, label=f"published (MNIST): {pub['label']}")
+    ax.axhline(CHANCE, ls=":", color="black", label="chance (0.1)")
+    ax.set_xticks(range(len(conds)), [CONDITIONS[c].replace(", ", ",\n").replace(" (", "\n(") for c in conds])
+    ax.set_ylabel("accuracy on held-out digits")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"Subliminal learning on 8x8 digits: m = {rep.setup.aux} auxiliary logits, "
+                 f"{len(rep.seeds)} seeds (mean, 95% CI)", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.yaxis.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_sweep(rep: Replication, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    ms = sorted(rep.runs)
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for cond, color in (("teacher", "tab:green"), ("same_init", "tab:purple"), ("different_init", "tab:orange")):
+        stats = [summarise(rep.runs[m])[cond] for m in ms]
+        means = [s["mean"] for s in stats]
+        err = [[s["mean"] - s["ci95"][0] for s in stats], [s["ci95"][1] - s["mean"] for s in stats]]
+        ax.errorbar(ms, means, yerr=err, marker="o", capsize=4, color=color, label=CONDITIONS[cond])
+        for m in ms:
+            vals = [r[cond] for r in rep.runs[m]]
+            ax.scatter([m] * len(vals), vals, color=color, s=8, alpha=0.5)
+    ax.axhline(CHANCE, ls=":", color="black", label="chance")
+    ax.set_xscale("log")
+    ax.set_xticks(ms, [str(m) for m in ms])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_xlabel("auxiliary logits m")
+    ax.set_ylabel("accuracy on held-out digits")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"Subliminal learning on 8x8 digits against m, {len(rep.seeds)} seeds (mean, 95% CI)", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.yaxis.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,85 @@
+"""How many CPU threads torch uses: a deliberate, documented policy.
+
+torch's default takes every core for one process. That is the fastest choice for a single
+doublebind process, and the slowest one when several run side by side: two processes that
+each spin a thread per core on the same cores slow each other down several-fold (measured
+in issue 14: a quick build went from 83 s to more than 600 s). The CLI applies this policy
+once, before any command runs:
+
+    DOUBLEBIND_THREADS=N     use N threads (N >= 1); `auto` or unset: the rules below
+    OMP_NUM_THREADS set      respected as it is (torch already reads it)
+    under a launcher         cores / processes on this machine, at least 1 (accelerate
+                             launch, torchrun, mpirun, srun: LOCAL_WORLD_SIZE and friends)
+    otherwise                torch's own default (all physical cores), for one process
+
+When you run two doublebind processes side by side yourself (two studies in two shells),
+set DOUBLEBIND_THREADS=1 (or OMP_NUM_THREADS=1) in each; the launchers above are detected.
+`benchmarks/threads.py` measures the difference.
+"""
+
+from __future__ import annotations
+
+import os
+
+from doublebind.errors import DoublebindError
+
+ENV = "DOUBLEBIND_THREADS"
+# Variables a parallel launcher sets to the number of processes on this machine (first found wins).
+_LOCAL_SIZE_VARS = ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE")
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (its affinity mask, not the whole machine)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def local_processes(environ=os.environ) -> int:
+    """How many processes a parallel launcher started on this machine (1 when none)."""
+    for var in _LOCAL_SIZE_VARS:
+        raw = environ.get(var, "")
+        try:
+            n = int(raw.split("(")[0].split(",")[0])
+        except ValueError:
+            continue
+        if n > 0:
+            return n
+    try:  # accelerate launch / torchrun without LOCAL_WORLD_SIZE: WORLD_SIZE on one machine
+        return max(1, int(environ.get("WORLD_SIZE", "1"))) if "LOCAL_RANK" in environ else 1
+    except ValueError:
+        return 1
+
+
+def planned_threads(environ=os.environ, cores: int | None = None) -> tuple[int | None, str]:
+    """(threads, why) the policy picks; threads is None when torch's default is kept."""
+    raw = environ.get(ENV, "").strip().lower()
+    if raw not in ("", "auto"):
+        try:
+            n = int(raw)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise DoublebindError(f"{ENV}={environ.get(ENV)!r}: expected a whole number of threads >= 1, or auto")
+        return n, f"{ENV}={n}"
+    if environ.get("OMP_NUM_THREADS"):
+        return None, f"OMP_NUM_THREADS={environ['OMP_NUM_THREADS']} (torch reads it)"
+    procs = local_processes(environ)
+    if procs > 1:
+        cores = cores or cpu_count()
+        return max(1, cores // procs), f"{procs} processes on {cores} cores"
+    return None, "torch's default for one process"
+
+
+def apply_thread_policy(environ=os.environ) -> int | None:
+    """Set torch's intra-op threads by the policy; returns the count set, or None when
+    torch's own choice stands (torch is then not even imported here)."""
+    n, _ = planned_threads(environ)
+    if n is None:
+        return None
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n

@@ -1,0 +1,173 @@
+"""`doublebind replicate subliminal-digits`: Cloud et al.'s auxiliary-logit experiment on 8x8
+digits, at a small size (a few seconds): determinism, a real teacher, the package's
+forward-KL student loss, and the finding itself (same-init students beat different-init
+ones)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from .conftest import run_cli
+from doublebind.errors import DoublebindError
+from doublebind.replicate import subliminal_digits as sd
+
+# About 1.7 s a seed on one thread: 10,000 noise images, 5 epochs at batch 128 (~390 steps).
+SMALL = sd.Setup(n_noise=10_000, distill_batch=128)
+
+
+@pytest.fixture(scope="module")
+def two_seeds():
+    return [sd.run_seed(seed, SMALL) for seed in (0, 1)]
+
+
+def _numbers(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "seconds"}
+
+
+def test_same_seed_gives_identical_numbers_and_seeds_differ(two_seeds):
+    again = sd.run_seed(0, SMALL)
+    assert _numbers(again) == _numbers(two_seeds[0])
+    assert _numbers(two_seeds[0]) != _numbers(two_seeds[1])
+
+
+def test_teacher_learns_digits_and_untrained_init_is_near_chance(two_seeds):
+    for row in two_seeds:
+        assert row["teacher"] > 0.9  # chance is 0.1
+        assert row["untrained"] < 0.3
+
+
+def test_same_init_students_beat_different_init_ones(two_seeds):
+    # Measured: gaps 0.23 and 0.32 at seeds 0 and 1 (min 0.14 over seeds 0-7).
+    for row in two_seeds:
+        assert row["same_init"] > row["different_init"] + 0.05
+    assert np.mean([r["same_init"] - r["different_init"] for r in two_seeds]) > 0.1
+    assert np.mean([r["same_init"] for r in two_seeds]) > 2 * sd.CHANCE
+
+
+def _reference_kl(student: np.ndarray, teacher: np.ndarray, aux: int, temperature: float) -> float:
+    """Batch mean of sum_j p_j (log p_j - log q_j) over the last `aux` logits, both softened at T,
+    times T**2 (written out in numpy, independent of torch)."""
+
+    def log_softmax(z):
+        z = z / temperature
+        z = z - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+    log_p, log_q = log_softmax(teacher[:, -aux:]), log_softmax(student[:, -aux:])
+    return float((np.exp(log_p) * (log_p - log_q)).sum(-1).mean() * temperature**2)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_student_loss_is_forward_kl_on_the_aux_logits(temperature):
+    g = torch.Generator().manual_seed(0)
+    student = torch.randn(4, 13, generator=g, dtype=torch.float64) * 2
+    teacher = torch.randn(4, 13, generator=g, dtype=torch.float64) * 2
+    got = sd.aux_distill_loss(student, teacher, aux=3, temperature=temperature).item()
+    assert got == pytest.approx(_reference_kl(student.numpy(), teacher.numpy(), 3, temperature), rel=1e-10)
+    if temperature == 1.0:  # the authors' loss, as they wrote it
+        theirs = F.kl_div(F.log_softmax(student[:, 10:], -1), F.softmax(teacher[:, 10:], -1), reduction="batchmean")
+        assert got == pytest.approx(theirs.item(), rel=1e-10)
+    # the class logits take no part: changing them changes nothing, and they get no gradient
+    other = student.clone()
+    other[:, :10] += torch.randn(4, 10, generator=g, dtype=torch.float64)
+    assert sd.aux_distill_loss(other, teacher, 3, temperature).item() == pytest.approx(got, rel=1e-12)
+    s = student.clone().requires_grad_(True)
+    sd.aux_distill_loss(s, teacher, 3, temperature).backward()
+    assert torch.all(s.grad[:, :10] == 0) and torch.any(s.grad[:, 10:] != 0)
+    # zero exactly when the student's aux logits equal the teacher's up to a shift
+    same = teacher.clone()
+    same[:, 10:] += 1.7
+    assert sd.aux_distill_loss(same, teacher, 3, temperature).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_distillation_trains_through_the_package_objective(monkeypatch):
+    calls = []
+    real = sd.forward_kl
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sd, "forward_kl", spy)
+    setup = sd.Setup(aux=4, n_noise=256, distill_batch=64, distill_epochs=2)
+    student = sd.mlp([64, 8, 14], torch.Generator().manual_seed(0))
+    teacher = sd.mlp([64, 8, 14], torch.Generator().manual_seed(1))
+    noise = sd.noise_images(setup, torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        logits = teacher(noise)
+    losses = sd.distill_student(student, noise, logits, setup, order_seed=3)
+    assert len(calls) == 2 * 4 and all(c == (64, 1, 4) for c in calls)  # 2 epochs x 4 batches, aux only
+    assert losses[-1] < losses[0]
+    with torch.no_grad():
+        final = sd.aux_distill_loss(student(noise), logits, 4).item()
+    assert final < losses[0] and math.isfinite(final)
+
+
+def test_noise_and_summary():
+    u = sd.noise_images(sd.Setup(n_noise=5000), torch.Generator().manual_seed(0))
+    assert u.shape == (5000, 64) and u.min() >= -1 and u.max() <= 1 and abs(u.mean()) < 0.02
+    gauss = sd.noise_images(sd.Setup(n_noise=5000, noise="gaussian"), torch.Generator().manual_seed(0))
+    assert abs(gauss.std() - 1) < 0.02
+    rows = [{"teacher": 0.9, "untrained": 0.1, "same_init": s, "different_init": 0.1, "seconds": 1.0}
+            for s in (0.4, 0.5, 0.6)]
+    summ = sd.summarise(rows)
+    lo, hi = summ["same_init"]["ci95"]
+    assert summ["same_init"]["mean"] == pytest.approx(0.5)
+    assert hi - 0.5 == pytest.approx(4.302653 * 0.1 / math.sqrt(3), rel=1e-5)  # t(0.975, 2) * sd / sqrt(n)
+    assert 0.5 - lo == pytest.approx(hi - 0.5)
+    assert summ["same_minus_different"]["per_seed"] == pytest.approx([0.3, 0.4, 0.5])
+
+
+@pytest.mark.parametrize("bad", [dict(aux=1), dict(noise="pink"), dict(n_noise=0), dict(temperature=0.0)])
+def test_bad_setups_are_refused(bad):
+    with pytest.raises(DoublebindError):
+        sd.Setup(**bad).check()
+
+
+def test_cli_writes_table_json_and_plots(tmp_path):
+    out = tmp_path / "rep"
+    res = run_cli("replicate", "subliminal-digits", "--seeds", "2", "--aux", "3", "--aux-sweep", "2,3",
+                  "--teacher-epochs", "3", "--distill-epochs", "1", "--n-noise", "2048", "--threads", "1",
+                  "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    for text in ("student, same init", "student, different init", "0.537", "0.549", "0.124", "chance",
+                 "auxiliary-logit sweep", "s per seed"):
+        assert text in res.stdout
+    data = json.loads((out / "subliminal_digits.json").read_text())
+    assert data["seeds"] == [0, 1] and set(data["results"]) == {"2", "3"}
+    rows = data["results"]["3"]["per_seed"]
+    assert [r["seed"] for r in rows] == [0, 1]
+    assert all(0 <= r[c] <= 1 for r in rows for c in sd.CONDITIONS)
+    assert data["results"]["3"]["summary"]["same_init"]["per_seed"] == [r["same_init"] for r in rows]
+    for png in ("subliminal_digits.png", "subliminal_digits_sweep.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--aux", "1"], "--aux must be at least 2"),
+    (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--aux-sweep", "2,x"], "--aux-sweep takes comma-separated integers"),
+    (["--noise", "pink"], "unknown noise 'pink'"),
+    (["--aux-sweep", "3,1"], "--aux must be at least 2, got 1"),
+    (["--distill-epochs", "0"], "--distill-epochs must be at least 1"),
+])
+def test_cli_bad_input_is_one_error_line(tmp_path, args, message):
+    res = run_cli("replicate", "subliminal-digits", *args, "--out", str(tmp_path / "x"))
+    assert res.returncode == 1
+    assert res.stderr.strip().startswith("error:") and message in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_refuses_an_out_that_is_a_file(tmp_path):
+    f = tmp_path / "taken"
+    f.write_text("")
+    res = run_cli("replicate", "subliminal-digits", "--out", str(f))
+    assert res.returncode == 1 and "exists and is not a folder" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1

@@ -1,0 +1,72 @@
+"""The thread policy (doublebind.threads) and progress off a terminal (doublebind.ui)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+
+import pytest
+
+from doublebind import threads, ui
+from doublebind.errors import DoublebindError
+
+
+@pytest.mark.parametrize("env, cores, expect", [
+    ({}, 8, None),  # one process: torch's default
+    ({"DOUBLEBIND_THREADS": "auto"}, 8, None),
+    ({"DOUBLEBIND_THREADS": "3"}, 8, 3),  # set: wins over everything
+    ({"DOUBLEBIND_THREADS": "1", "OMP_NUM_THREADS": "4", "LOCAL_WORLD_SIZE": "2"}, 8, 1),
+    ({"OMP_NUM_THREADS": "2"}, 8, None),  # torch reads it itself
+    ({"LOCAL_WORLD_SIZE": "2"}, 2, 1),  # accelerate launch / torchrun: cores / processes
+    ({"LOCAL_WORLD_SIZE": "4"}, 16, 4),
+    ({"LOCAL_WORLD_SIZE": "8"}, 2, 1),  # never below one
+    ({"WORLD_SIZE": "2", "LOCAL_RANK": "0"}, 2, 1),
+    ({"WORLD_SIZE": "2"}, 8, None),  # WORLD_SIZE alone is not a launcher here
+    ({"OMPI_COMM_WORLD_LOCAL_SIZE": "2"}, 4, 2),
+    ({"SLURM_NTASKS_PER_NODE": "2(x3)"}, 4, 2),
+])
+def test_planned_threads(env, cores, expect):
+    assert threads.planned_threads(env, cores)[0] == expect
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5"])
+def test_bad_thread_setting_is_one_error(value):
+    with pytest.raises(DoublebindError, match="DOUBLEBIND_THREADS"):
+        threads.planned_threads({"DOUBLEBIND_THREADS": value})
+
+
+def test_apply_sets_torch_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert threads.apply_thread_policy({"DOUBLEBIND_THREADS": "1"}) == 1
+        assert torch.get_num_threads() == 1
+        assert threads.apply_thread_policy({"OMP_NUM_THREADS": "1"}) is None
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_progress_off_a_terminal_prints_status_and_a_long_run_estimate(monkeypatch):
+    monkeypatch.setattr(ui, "FIRST_REPORT_S", 0.2)
+    monkeypatch.setattr(ui, "LONG_RUN_S", 60.0)
+    monkeypatch.setenv("DOUBLEBIND_PROGRESS_EVERY", "1")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        with ui.progress_bar("training base", 1_000_000) as advance:
+            deadline = time.monotonic() + 1.6
+            while time.monotonic() < deadline:
+                advance(1)
+                time.sleep(0.01)
+    lines = err.getvalue().splitlines()
+    assert lines[0].startswith("note: training base will take about ") and "1,000,000 steps" in lines[0]
+    assert any(ln.startswith("training base: ") and "/1,000,000 steps" in ln and "left" in ln for ln in lines[1:])
+
+
+def test_short_work_prints_nothing(monkeypatch):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        with ui.progress_bar("quick", 10) as advance:
+            advance(10)
+    assert err.getvalue() == ""
