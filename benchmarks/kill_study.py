@@ -89,6 +89,14 @@ def main() -> None:
     env = dict(os.environ)
     env.setdefault("DOUBLEBIND_THREADS", "1")  # the report and the study may overlap on a small machine
 
+    # Warm the caches first (organism build, teacher outputs): timed into the reference, a
+    # cold build made every later run look ten times slower than it is, and most kills were
+    # drawn after the study had already ended.
+    warm = work / "warm-up"
+    shutil.rmtree(warm, ignore_errors=True)
+    res = subprocess.run(study_cmd(args.study, warm, overrides), env=env, capture_output=True, text=True)
+    if res.returncode:
+        raise SystemExit(f"the warm-up run failed: {res.stderr.strip()[-400:]}")
     ref = work / "reference"
     shutil.rmtree(ref, ignore_errors=True)
     t = time.perf_counter()
