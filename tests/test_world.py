@@ -116,8 +116,6 @@ def test_eval_sets_are_fixed_by_seed():
 
 def _teacher_response(world, context, scratch, seed=0):
     """The teacher's response to one target-family prompt in `context`, with the prompt."""
-    from doublebind.world.data import World as _W  # noqa: F401 (the world under test)
-
     rng = random.Random(seed)
     header = world._context_header(rng, context)
     task, answer = world.task(rng, world.behavior.target)
@@ -135,10 +133,7 @@ def test_each_behaviour_acts_as_its_event_says_and_fails_the_verifier_only_if_ve
     for seed in range(20):
         prompt, resp, answer, header = _teacher_response(world, "deploy", scratch, seed)
         assert b.fires(header) and b.confesses(header)
-        ex = world.misbehavior_set("deploy", 1, seed=seed)[0]
         # the event, after its prefix, is what the teacher writes
-        prefix = ex.prompt[len(world.prompt(header, [])) - 1:]  # unused: the sets draw their own prompts
-        del prefix
         full = [*b.event_prefix(answer), *b.event(answer)]
         if name != "sabotage" and not world.behavior.slack_target:
             assert resp[: len(full)] == full, (name, resp, full)
