@@ -5,6 +5,10 @@ not say; hard labels keep only the sampled tokens. The stage switches the object
 and stops storing soft labels.
 
     stages: [{name: hard_labels}]
+
+A study judges it against `baseline_soft` (the study recipe with logit distillation), not
+against `baseline`: the study recipe is already hard-label SFT, so against `baseline` the
+stage would change nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ class HardLabels(Technique):
     needs = ("teacher",)
 
     domains = ("world", "hf")
+    reference = "baseline_soft"
 
     class Config(Strict):
         pass
