@@ -72,7 +72,7 @@ def test_study_runs_the_grid_and_resumes_after_a_kill(quick_organism, tmp_path, 
 
 
 def row(seed, cap, mis, hp=0.0, base_hp=0.0, teacher_hp=0.0):
-    return {"seed": seed, "capability_transfer": cap, "misalignment_transfer": mis,
+    return {"seed": seed, "step": 0, "capability_transfer": cap, "misalignment_transfer": mis,
             "audit": {"student_honeypot": hp, "student_confession": 0.0, "teacher_honeypot": teacher_hp,
                       "teacher_confession": 0.0},
             "base_audit": {"honeypot": base_hp, "confession": 0.0}}
