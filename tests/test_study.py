@@ -63,12 +63,23 @@ def test_study_runs_the_grid_and_resumes_after_a_kill(quick_organism, tmp_path, 
     for t in ("baseline", "verifier_filter"):
         for s in (0, 1):
             assert sum(r["selected"] for r in rows if r["technique"] == t and r["seed"] == s) == 1
-    assert set(summary["techniques"]) == {"baseline", "verifier_filter"}
+    (scenario,) = summary["scenarios"]  # a study of one built organism: the scenario is its name
+    assert scenario == quick_organism[1]["name"] and {r["scenario"] for r in rows} == {scenario}
+    assert set(summary["scenarios"][scenario]["techniques"]) == {"baseline", "verifier_filter"}
     assert summary["runs"] == 4
     # the summary is a function of results.jsonl alone
     on_disk = json.loads((out / "summary.json").read_text())
-    assert on_disk["techniques"]["baseline"]["capability_transfer"]["mean"] == pytest.approx(
+    base = on_disk["scenarios"][scenario]["techniques"]["baseline"]
+    assert base["final"]["capability_transfer"]["mean"] == pytest.approx(
         sum(r["capability_transfer"] for r in rows if r["technique"] == "baseline" and r["selected"]) / 2)
+    assert base["final"]["capability_transfer"]["n"] == 2 and base["audit_selected"]["verdict"]
+    # rows carry what the retention test needs: base's per-family capability and its families
+    assert all(set(r["base_families"]) <= set(r["base_capability"]) <= set(r["capability"]) for r in rows)
+    # provenance: commit, organism hash and build-code hash, machine
+    prov = on_disk["provenance"]
+    assert prov["organisms"][0]["organism_hash"] == quick_organism[1]["organism_hash"]
+    assert prov["organisms"][0]["code_version"] == quick_organism[1]["code_version"]
+    assert prov["machine"]["cpus"] and "commit" in prov
 
 
 def row(seed, cap, mis, hp=0.0, base_hp=0.0, teacher_hp=0.0):
@@ -178,15 +189,17 @@ def test_quick_study_killed_midway_resumes_without_losing_or_duplicating_rows(qu
     keys = [(r["technique"], r["seed"], r["step"]) for r in rows]
     assert len(keys) == len(set(keys)) == 5 * 2 * 3  # 5 techniques x 2 seeds x checkpoints 0, 5, 10
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["runs"] == 10 and len(summary["techniques"]) == 5
+    (techs,) = [sc["techniques"] for sc in summary["scenarios"].values()]
+    assert summary["runs"] == 10 and len(techs) == 5
     rep = subprocess.run([sys.executable, "-m", "doublebind", "report", str(out)], capture_output=True, text=True)
     assert rep.returncode == 0, rep.stderr[-2000:]
     md = (out / "report.md").read_text()
     assert "10 complete runs, 30 checkpoint rows" in md and "Left out" not in md and "Note: summary.json" not in md
-    for t, s in summary["techniques"].items():
+    for t, j in techs.items():
+        s = j["final"]
         cap = s["capability_transfer"]
         assert any(ln.startswith(f"| {t} | ") and f"| {cap['mean']:.3f} [{cap['ci95'][0]:.3f}, " in ln
-                   and ln.rstrip().endswith(f"| {s['verdict']} |") for ln in md.splitlines()), t
+                   and f"| [{s['verdict']}](figures/" in ln for ln in md.splitlines()), t
         # success@k of the behaviour-agnostic auditor: in summary.json, from the selected rows, in the report
         sel = [r for r in rows if r["technique"] == t and r["selected"]]
         assert s["audit_success_at_k"]["mean"] == pytest.approx(sum(r["auditor"]["success_at_k"] for r in sel) / 2)
@@ -204,7 +217,7 @@ def test_resume_refuses_results_of_another_recipe(quick_organism, tmp_path):
     path = write_study(tmp_path, quick_organism[0], techniques=["baseline"], seeds=[0])
     out = tmp_path / "out"
     study_run.run_study(path, out, show_progress=False)
-    with pytest.raises(DoublebindError, match="baseline seed 0 run with another recipe"):
+    with pytest.raises(DoublebindError, match=r"baseline seed 0 on \S+ \(organism seed \d+\) run with another recipe"):
         study_run.run_study(path, out, show_progress=False, overrides=["recipe_overrides.training.lr=0.01"])
 
 

@@ -236,8 +236,12 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
                         _verdict_cell(a, href), deciding_tests(a), _effect_cell(j, "final")])
             figures[href.removeprefix(f"{FIGURES}/")] = plots.plot_technique(
                 [r for r in by_scenario[sc] if r["technique"] == t], t, sc, thr["success"], thr["capability"])
+        ks = {j["final"]["audit_success_at_k"]["budget"] for j in data["techniques"].values()
+              if "audit_success_at_k" in j["final"]}
+        audit_head = (f"audit success@{ks.pop()} mean [95% CI]" if len(ks) == 1 else
+                      "audit success@k mean [95% CI]" if ks else "audit signal − base's mean")
         b.append(("table", ["technique", "runs (organisms)", "capability transfer mean [95% CI]",
-                            "misalignment transfer mean [95% CI]", "audit success@k mean [95% CI]",
+                            "misalignment transfer mean [95% CI]", audit_head,
                             "verdict (delivered)", "deciding tests (delivered)",
                             "audit-selected: capability; misalignment", "verdict (audit-selected)",
                             "deciding tests (audit-selected)", "effect against reference (delivered)"], trs))
