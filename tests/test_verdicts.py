@@ -159,15 +159,15 @@ def _full(technique, scenario, org, seed, cap, mis):
     return study_run.seal_run(rows, f"{scenario}-o{org}-{technique}-s{seed}-a0")
 
 
-def test_summary_is_per_scenario_and_hard_labels_is_judged_against_the_soft_baseline():
+def test_summary_is_per_scenario_and_hard_labels_is_judged_against_soft_labels():
     cfg = config.build(config.StudyConfig, {
         "scenarios": ["default", "collusion"], "organism_seeds": [0, 1], "recipe": "r.yaml", "seeds": [0, 1],
-        "techniques": ["baseline", "baseline_soft", "hard_labels"], "bootstrap": 200})
+        "techniques": ["baseline", "logit_distillation", "hard_labels"], "bootstrap": 200})
     runs = {}
     for sc in ("default", "collusion"):
         for o in (0, 1):
             for s in (0, 1):
-                for t, cap, mis in [("baseline", 0.9, 0.3), ("baseline_soft", 0.92, 0.5), ("hard_labels", 0.9, 0.3)]:
+                for t, cap, mis in [("baseline", 0.9, 0.3), ("logit_distillation", 0.92, 0.5), ("hard_labels", 0.9, 0.3)]:
                     rows = _full(t, sc, o, s, cap, mis)
                     runs[study_run.run_key(rows[0])] = rows
     summary = study_run.compute_summary(runs, cfg)
@@ -175,13 +175,27 @@ def test_summary_is_per_scenario_and_hard_labels_is_judged_against_the_soft_base
     d = summary["scenarios"]["default"]
     assert d["organisms"] == {"0": "hdefault0", "1": "hdefault1"}
     h = d["techniques"]["hard_labels"]
-    assert h["reference"] == "baseline_soft"
+    assert h["reference"] == "logit_distillation"
     assert h["final"]["vs_reference"]["misalignment_transfer"]["mean"] == pytest.approx(-0.2)
     assert h["final"]["misalignment_transfer"]["n"] == 4 and h["final"]["misalignment_transfer"]["n_organisms"] == 2
     assert "vs_reference" not in d["techniques"]["baseline"]["final"]
-    with pytest.raises(config.ConfigError, match="hard_labels is judged against baseline_soft"):
-        config.build(config.StudyConfig, {"scenarios": ["default"], "recipe": "r.yaml",
-                                          "techniques": ["baseline", "hard_labels"]})
+    # without its soft-label reference, against baseline
+    del_soft = {k: v for k, v in runs.items() if k[2] != "logit_distillation"}
+    assert study_run.compute_summary(del_soft, cfg)["scenarios"]["default"]["techniques"]["hard_labels"][
+        "reference"] == "baseline"
+
+
+def test_hard_labels_on_a_hard_label_recipe_needs_its_soft_reference(tmp_path):
+    import yaml
+
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"kind": "recipe", "objective": {"kind": "sft"}}))
+    study = {"kind": "study", "scenarios": ["default"], "recipe": "r.yaml", "techniques": ["baseline", "hard_labels"]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
+    with pytest.raises(config.ConfigError, match="hard labels .*so hard_labels is judged against logit_distillation; "
+                                                 "add logit_distillation"):
+        study_run.resolve(tmp_path / "s.yaml", config.load(tmp_path / "s.yaml"))
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"kind": "recipe", "objective": {"kind": "forward_kl"}}))
+    assert len(study_run.resolve(tmp_path / "s.yaml", config.load(tmp_path / "s.yaml"))) == 1  # soft baseline
 
 
 def test_study_config_errors_name_the_field():

@@ -420,8 +420,8 @@ class StudyConfig(Strict):
         default_factory=dict, description="Recipe keys set on top of the recipe file, e.g. {training: {steps: 50}}.")
     techniques: list[str | dict[str, Any]] = Field(
         description="Technique names (`doublebind ls techniques`), or {name: <technique>, <its options>}; "
-                    "`baseline` runs the recipe alone, `baseline_soft` the recipe with soft labels "
-                    "(logit distillation), the reference of `hard_labels`.")
+                    "`baseline` runs the recipe alone. On a hard-label (SFT) recipe, hard_labels is judged "
+                    "against logit_distillation (the recipe on soft labels), which must be listed too.")
     seeds: list[Seed] = Field(default=[0, 1, 2], description="Distillation seeds; each technique runs once per "
                                                                "seed on each organism.")
     verdict: VerdictConfig = VerdictConfig()
@@ -436,15 +436,11 @@ class StudyConfig(Strict):
         for i, entry in enumerate(v):
             if isinstance(entry, dict):
                 validate_stage(entry, i)
-            elif entry not in REFERENCES:
+            elif entry != "baseline":
                 _known("technique", entry)
         names = [e["name"] if isinstance(e, dict) else e for e in v]
         if len(set(names)) != len(names):
             raise ValueError("a technique is listed twice")
-        for name in names:
-            ref = reference_of(name)
-            if ref != "baseline" and ref not in names:
-                raise ValueError(f"{name} is judged against {ref}; add {ref} to the techniques")
         return v
 
     def technique_stages(self) -> dict[str, list[dict]]:
@@ -452,7 +448,7 @@ class StudyConfig(Strict):
         out = {}
         for e in self.techniques:
             name = e["name"] if isinstance(e, dict) else e
-            out[name] = REFERENCES[name] if name in REFERENCES else [e if isinstance(e, dict) else {"name": e}]
+            out[name] = [] if name == "baseline" else [e if isinstance(e, dict) else {"name": e}]
         return out
 
     @field_validator("seeds")
@@ -494,15 +490,11 @@ class StudyConfig(Strict):
         return self
 
 
-# Reference runs a study may list beside techniques: their stages, and which technique is
-# judged against which (every other technique against `baseline`).
-REFERENCES: dict[str, list[dict]] = {"baseline": [], "baseline_soft": [{"name": "logit_distillation"}]}
-
-
 def reference_of(technique: str) -> str:
-    """The run a technique's effect is measured against: `baseline` unless the technique
-    says otherwise (hard_labels: `baseline_soft`, since the study recipe is hard-label SFT)."""
-    if technique in REFERENCES:
+    """The run a technique's effect is measured against when the study lists it: `baseline`
+    unless the technique says otherwise (hard_labels: logit_distillation, since on a
+    hard-label recipe hard_labels changes nothing against `baseline`)."""
+    if technique == "baseline":
         return technique
     from doublebind.registry import get
 

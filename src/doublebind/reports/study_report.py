@@ -246,7 +246,7 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
                             "audit-selected: capability; misalignment", "verdict (audit-selected)",
                             "deciding tests (audit-selected)", "effect against reference (delivered)"], trs))
     b.append(("p", "Runs (organisms): n of the intervals, and how many organism builds they span. The effect "
-                   "against the reference is the technique minus its reference run (`baseline`; `baseline_soft` "
+                   "against the reference is the technique minus its reference run (`baseline`; `logit_distillation` "
                    "for `hard_labels`, since the study recipe is hard-label SFT), paired by organism and seed."))
 
     b.append(("h2", SECTIONS[2]))

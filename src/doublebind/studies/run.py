@@ -109,6 +109,14 @@ def resolve(study_path: Path, cfg) -> list[OrganismSpec]:
         seeds = cfg.organism_seeds if cfg.organism_seeds is not None else [own_seed]
         return [(o, field(name, lambda o=o: load({"seed": o}))) for o in seeds]
 
+    def check_references(recipe) -> None:
+        names = list(cfg.technique_stages())
+        for t in names:
+            ref = config.reference_of(t)
+            if recipe.objective.kind == "sft" and ref not in names:
+                raise ConfigError(f"{study_path}: techniques: the recipe trains on hard labels (objective sft), so "
+                                  f"{t} is judged against {ref}; add {ref} to the techniques")
+
     specs = []
     if cfg.scenarios is not None:
         for i, sc in enumerate(cfg.scenarios):
@@ -116,12 +124,14 @@ def resolve(study_path: Path, cfg) -> list[OrganismSpec]:
             own = field(what, lambda: config.load(preset=sc.name, expect="organism"))
             recipe = recipe_for(f"{what}.recipe_overrides" if sc.recipe_overrides else "recipe_overrides",
                                 sc.recipe_overrides)
+            check_references(recipe)
             for o, org_cfg in seeded(what, lambda m: config.load(preset=sc.name, expect="organism", merge=m),
                                      getattr(own, "seed", 0)):
                 specs.append(OrganismSpec(sc.name, o, recipe, cfg=org_cfg))
         return specs
     org = cfg.organism
     recipe = recipe_for("recipe_overrides", {})
+    check_references(recipe)
     if org.path is not None:
         org_path = (root / org.path).resolve()
         if not (org_path / "organism.json").is_file():
@@ -563,6 +573,7 @@ def compute_summary(runs: dict[RunKey, list[dict]], cfg) -> dict:
                 continue
             judged = judge_runs(by_tech[t], cfg.verdict, cfg.bootstrap)
             ref = config.reference_of(t)
+            ref = ref if ref in by_tech else "baseline"
             judged["reference"] = ref
             if ref != t and ref in by_tech:
                 for view in ("final", "audit_selected"):
