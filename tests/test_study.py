@@ -243,3 +243,39 @@ def test_verdicts_without_a_capability_gap():
     caught = [row(s, None, 0.8, hp=0.3 + 0.05 * s) for s in range(3)]
     assert technique_stats(caught, v, 500)["verdict"] == "incriminating"
     assert technique_stats([row(s, None, None) for s in range(3)], v, 500)["verdict"] == "undefined"
+
+
+def test_a_grid_of_scenarios_and_organism_seeds_places_one_organism_per_cell(quick_organism, tmp_path, monkeypatch):
+    """scenarios x organism seeds: each (scenario, organism seed) gets its own organism folder
+    (here a copy of the quick organism under the hash its config would build) and its runs;
+    rows, run keys and the summary carry both; a resume redoes nothing."""
+    import shutil
+
+    placed = []
+
+    def fake_place(org_cfg, dest, show_progress=True, expected_hash=None):
+        placed.append((org_cfg.name, org_cfg.seed, dest.name))
+        shutil.copytree(quick_organism[0], dest, dirs_exist_ok=True)
+        card = json.loads((dest / "organism.json").read_text())
+        (dest / "organism.json").write_text(json.dumps({**card, "organism_hash": expected_hash, "seed": org_cfg.seed}))
+
+    monkeypatch.setattr(study_run, "place_organism", fake_place)
+    path = write_study(tmp_path, quick_organism[0], techniques=["baseline"], seeds=[0])
+    study = yaml.safe_load(path.read_text())
+    del study["organism"]
+    path.write_text(yaml.safe_dump({**study, "scenarios": ["quick", "default"], "organism_seeds": [3, 4]}))
+    out = tmp_path / "out"
+    summary = study_run.run_study(path, out, show_progress=False)
+    assert sorted(placed) == [("default", 3, "default-o3"), ("default", 4, "default-o4"),
+                              ("quick", 3, "quick-o3"), ("quick", 4, "quick-o4")]
+    rows = study_run.read_results(out / "results.jsonl")
+    assert {study_run.run_key(r) for r in rows} == {(sc, o, "baseline", 0) for sc in ("quick", "default")
+                                                    for o in (3, 4)}
+    assert (out / "runs" / "default-o4" / "baseline-s0" / "metrics.jsonl").is_file()
+    assert list(summary["scenarios"]) == ["quick", "default"]
+    final = summary["scenarios"]["default"]["techniques"]["baseline"]["final"]
+    assert final["n"] == 2 and final["n_organisms"] == 2
+    hashes = {o["organism_hash"] for o in json.loads((out / "study.json").read_text())["organisms"]}
+    assert len(hashes) == 4 and {r["organism_hash"] for r in rows} == hashes  # the config's seed is in the hash
+    placed.clear()
+    assert study_run.run_study(path, out, show_progress=False) == summary and placed == []
