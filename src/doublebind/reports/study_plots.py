@@ -122,8 +122,8 @@ def plot_audit_capability(rows: list[dict], techniques: list[str], scenario: str
     n = max(1, len(techniques))
     ncols = min(4, n)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.0 * nrows + 0.8), squeeze=False, sharex=True,
-                             sharey=True, layout="constrained")
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.0 * nrows + 0.8), squeeze=False, sharey=True,
+                             layout="constrained")
     for i, t in enumerate(techniques):
         ax = axes[i // ncols][i % ncols]
         _audit_capability_panel(ax, [r for r in rows if r["technique"] == t])
@@ -133,8 +133,7 @@ def plot_audit_capability(rows: list[dict], techniques: list[str], scenario: str
         ax.set_ylim(-0.05, 1.05)
         if i % ncols == 0:
             ax.set_ylabel("audit success@k")
-        if i // ncols == nrows - 1:
-            ax.set_xlabel("capability transfer")
+        ax.set_xlabel("capability transfer")
         if i == 0:
             ax.legend(loc="best", fontsize=7)
     for j in range(len(techniques), nrows * ncols):

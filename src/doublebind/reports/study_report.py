@@ -31,7 +31,7 @@ def fmt(x) -> str:
     """A number as the report prints it: 3 decimals; `n/a` for a missing value."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
-    return f"{x:.3f}"
+    return f"{x:.3f}".replace("-0.000", "0.000")  # no negative zero for a rounding of -0.0001
 
 
 def _ci(stat: dict) -> str:
