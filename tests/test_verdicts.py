@@ -88,6 +88,7 @@ def test_every_test_states_its_power():
     z = NormalDist().inv_cdf
     assert cap["mde"] == pytest.approx((z(0.95) + z(0.8)) * s["capability_transfer"]["se"])
     assert cap["mde"] > 0 and cap["n"] == 10 and s["capability_transfer"]["n_organisms"] == 2
+    assert s["power"]["capability transfer"] == cap["mde"]  # the verdict's deciding tests, with their power
     teacher = next(t for t in s["tests"] if t["test"] == "teacher audit success@k")
     assert teacher["mde"] is None  # a single number, not a bound: nothing to resample
     assert stats([row()])["tests"][0]["mde"] is None  # one run: no power to state

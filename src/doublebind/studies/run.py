@@ -107,7 +107,8 @@ def resolve(study_path: Path, cfg) -> list[OrganismSpec]:
 
     def seeded(name: str, load, own_seed: int) -> list[tuple[int, object]]:
         seeds = cfg.organism_seeds if cfg.organism_seeds is not None else [own_seed]
-        return [(o, field(name, lambda o=o: load({"seed": o}))) for o in seeds]
+        what = name if cfg.organism_seeds is None else f"organism_seeds (set as {name}'s seed)"
+        return [(o, field(what, lambda o=o: load({"seed": o}))) for o in seeds]
 
     def check_references(recipe) -> None:
         names = list(cfg.technique_stages())
