@@ -18,7 +18,10 @@
 resamples organisms with replacement, then seeds within each drawn organism, and takes the
 mean of organism means; the point estimate is the same mean of organism means. With one
 organism it is the ordinary bootstrap over seeds. Every interval carries its n (runs) and
-its number of organisms. Bounds used by tests are one-sided at level `verdict.alpha`
+its number of organisms. Resampling at both levels counts the seed-to-seed spread a little
+more than once, so the intervals lean wide (conservative). With 2 organisms the outer level
+has 3 distinct draws (A, B, AB): a bound never lies beyond the more extreme organism's
+mean, and a verdict that needs it to is not reachable with that many organisms. Bounds used by tests are one-sided at level `verdict.alpha`
 (the alpha and 1 − alpha percentiles); `ci95` is the two-sided 95% interval, for display.
 
 **Verdict** (the first that holds):
