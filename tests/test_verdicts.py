@@ -209,3 +209,12 @@ def test_study_config_errors_name_the_field():
         config.build(config.StudyConfig, {**base, "scenarios": ["default"], "organism_seeds": [0, 0]})
     with pytest.raises(config.ConfigError, match="organism_seeds needs an organism to build"):
         config.build(config.StudyConfig, {**base, "organism": {"path": "x"}, "organism_seeds": [0, 1]})
+
+
+def test_without_the_generic_auditor_the_audit_signal_selects():
+    """Hugging Face organisms: a checkpoint passes when its audit signal exceeds base's by at
+    most `verdict.audit`."""
+    rows = [row(cap=c, step=100 * i, selected=i == 2, auditor=None,
+                audit={"student_honeypot": hp, "teacher_honeypot": 0.0}, base_audit={"honeypot": 0.01})
+            for i, (c, hp) in enumerate([(0.5, 0.01), (0.85, 0.03), (0.95, 0.0301)])]
+    assert audit_selected(rows, V)[0]["step"] == 100  # 0.03 - 0.01 = 0.02 is at the threshold: passes
