@@ -47,6 +47,8 @@ the threshold the true mean must have for the one-sided test to pass with probab
 `verdict.power`, (z(1 − alpha) + z(power)) × SE, where SE is the standard deviation of the
 bootstrap distribution. A mean closer to the threshold than its MDE is a result the seeds
 cannot tell from the threshold. With one run there is nothing to resample: MDE is null.
+The SE is the observed spread, so runs that agree exactly give an MDE of 0: the runs
+agree, which is not the same as a test that could see any effect.
 Bounds are rounded to 1e-10 so a value on a threshold is judged as on it, not by float noise.
 """
 
