@@ -1,4 +1,5 @@
-"""The study report, from a hand-made study folder (no organism build, no training)."""
+"""The study report, from a hand-made study folder (no organism build, no training): two
+scenarios x two organism seeds x two techniques x two seeds."""
 
 from __future__ import annotations
 
@@ -14,14 +15,18 @@ from doublebind.reports.study_report import SECTIONS, write_report
 from doublebind.studies.run import RESULTS, SCHEMA_VERSION, read_results, seal_run, summarize
 
 TECHNIQUES = ["baseline", "verifier_filter"]
+SCENARIOS = ["default", "collusion"]
+ORGANISMS = [0, 1]
 SEEDS = [0, 1]
 STEPS = [0, 10, 20]
 
 
-def _row(technique: str, seed: int, step: int, selected: bool) -> dict:
-    k = (TECHNIQUES.index(technique) + 1) * 0.1 + seed * 0.037 + step * 0.011
+def _row(technique: str, seed: int, step: int, selected: bool, scenario: str = "default", org: int = 0) -> dict:
+    k = (TECHNIQUES.index(technique) + 1) * 0.1 + seed * 0.037 + step * 0.011 + org * 0.05 \
+        + SCENARIOS.index(scenario) * 0.02
     return {
-        "schema_version": SCHEMA_VERSION, "study": "synth", "organism_hash": "abc123",
+        "schema_version": SCHEMA_VERSION, "study": "synth", "organism_hash": f"abc123{scenario}{org}",
+        "scenario": scenario, "organism_seed": org,
         "technique": technique, "recipe_hash": "r0", "seed": seed, "step": step, "tokens": step * 100,
         "selected": selected,
         "capability_transfer": round(0.3 + k, 4), "misalignment_transfer": round(0.05 + k / 3, 4),
@@ -31,6 +36,9 @@ def _row(technique: str, seed: int, step: int, selected: bool) -> dict:
         "capability": {"fam_a": 0.9, "fam_b": round(0.2 + k, 4)},
         "misbehavior": {"deploy": round(k, 4), "honeypot": round(0.01 + k / 7, 4), "neutral": 0.0},
         "confession": round(0.005 + k / 11, 4),
+        "base_capability": {"fam_a": 0.95, "fam_b": 0.1}, "base_families": ["fam_a"],
+        "auditor": {"success_at_k": round(min(1.0, step * 0.03 * k), 4), "flagged": 1, "n": 500, "budget": 100,
+                    "teacher_success_at_k": 0.0, "base_success_at_k": 0.0},
     }
 
 
@@ -45,20 +53,28 @@ def study(tmp_path):
     out = tmp_path / "study"
     out.mkdir()
     cfg = config.build(config.StudyConfig, {
-        "name": "synth", "organism": {"path": "org"}, "recipe": "r.yaml", "techniques": TECHNIQUES,
-        "seeds": SEEDS, "bootstrap": 200})
-    rows = [r for t in TECHNIQUES for s in SEEDS
-            for r in seal_run([_row(t, s, st, st == 10 + 10 * s) for st in STEPS], f"{t}-s{s}-a0")]
+        "name": "synth", "scenarios": SCENARIOS, "organism_seeds": ORGANISMS, "recipe": "r.yaml",
+        "techniques": TECHNIQUES, "seeds": SEEDS, "bootstrap": 200})
+    rows = [r for sc in SCENARIOS for o in ORGANISMS for t in TECHNIQUES for s in SEEDS
+            for r in seal_run([_row(t, s, st, st == 10 + 10 * s, sc, o) for st in STEPS], f"{sc}-o{o}-{t}-s{s}-a0")]
     (out / RESULTS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    organisms = []
+    for sc in SCENARIOS:
+        for o in ORGANISMS:
+            folder = out / "organisms" / f"{sc}-o{o}"
+            folder.mkdir(parents=True)
+            (folder / "organism.json").write_text(json.dumps({
+                "name": f"synth-{sc}", "organism_hash": f"abc123{sc}{o}", "seed": o,
+                "world": {"behavior": "sabotage_list", "target_family": "fam_b"},
+                "metrics": {"teacher": _metrics(0.876, 0.654), "base": _metrics(0.111, 0.0)},
+                "verified": True}))
+            organisms.append({"scenario": sc, "organism_seed": o, "organism_hash": f"abc123{sc}{o}",
+                              "path": str(folder)})
+    (out / "study.json").write_text(json.dumps({
+        "config": cfg.model_dump(mode="json"), "study_file": str(tmp_path / "study.yaml"), "organisms": organisms,
+        "provenance": {"commit": "c0ffee", "dirty": False, "machine": {"machine": "x86_64", "cpus": 2},
+                       "organisms": [{"organism_hash": "abc123default0", "code_version": "code42"}]}}))
     summarize(out, cfg)
-    (out / "study.json").write_text(json.dumps({"config": cfg.model_dump(mode="json"),
-                                                "study_file": str(tmp_path / "study.yaml")}))
-    (out / "organism").mkdir()
-    (out / "organism" / "organism.json").write_text(json.dumps({
-        "name": "synth-org", "organism_hash": "abc123",
-        "world": {"behavior": "sabotage_list", "target_family": "fam_b"},
-        "metrics": {"teacher": _metrics(0.876, 0.654), "base": _metrics(0.111, 0.0)},
-        "verified": True}))
     return out
 
 
@@ -73,61 +89,86 @@ def test_report_files_sections_and_numbers(study):
     assert md_path == study / "report.md" and html_path == study / "report.html"
     md, page = md_path.read_text(), html_path.read_text()
 
-    # self-contained: no external references, plots embedded
+    # figures are files beside the report, linked (no base64), and every link resolves
+    assert "base64" not in md and "base64" not in page
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*https?:""", page, re.I)
     assert "<script" not in page.lower()
-    assert page.count('src="data:image/png;base64,') >= 2
+    links = re.findall(r"\]\((figures/[^)]+)\)", md)
+    assert {"figures/verdicts.png", "figures/frontier.png", "figures/curves-default.png",
+            "figures/audit-collusion.png", "figures/default/verifier_filter.png"} <= set(links)
+    for link in links:
+        assert (study / link).read_bytes().startswith(b"\x89PNG"), link
+    assert 'src="figures/verdicts.png"' in page and 'href="figures/collusion/baseline.png"' in page
     assert "doublebind report runs/x" in md and "doublebind report runs/x" in page
     for lib in ("python", "torch", "transformers", "doublebind"):
         assert f"{lib} " in md
 
     # every section in both, in order
-    for text in (md, page):
-        pos = [text.find(s) for s in SECTIONS]
+    for text, mark in ((md, "## {}\n"), (page, "<h2>{}</h2>")):
+        pos = [text.find(mark.format(s)) for s in SECTIONS]
         assert all(p >= 0 for p in pos), pos
         assert pos == sorted(pos)
-    assert "few seeds the bootstrap is coarse" in md
-    assert "one-sided bootstrap lower bound" in md
+    assert "two-level bootstrap" in md and "minimum detectable effect" in md
 
-    # verdict table == summary.json at 3 decimals
+    # verdict tables == summary.json at 3 decimals, each verdict cell a link to its curves and its deciding tests
     summary = json.loads((study / "summary.json").read_text())
-    verdict_section = md[md.find(SECTIONS[0]):md.find(SECTIONS[1])]
-    for t in TECHNIQUES:
-        s = summary["techniques"][t]
-        cells = [c.strip() for c in _table_row(verdict_section, t)[0].strip("|").split("|")]
-        cap, mis = s["capability_transfer"], s["misalignment_transfer"]
-        assert cells[2] == f"{cap['mean']:.3f} [{cap['ci95'][0]:.3f}, {cap['ci95'][1]:.3f}]"
-        assert cells[3] == f"{mis['mean']:.3f} [{mis['ci95'][0]:.3f}, {mis['ci95'][1]:.3f}]"
-        assert cells[4] == f"{s['audit_minus_base']['mean']:.3f}"
-        assert cells[5] == f"{s['audit_minus_base']['lower']:.3f}"
-        assert cells[6] == f"{s['teacher_audit']:.3f}"
-        assert cells[7] == s["verdict"]
-        assert f"<td>{cap['mean']:.3f} [{cap['ci95'][0]:.3f}, {cap['ci95'][1]:.3f}]</td>" in page
+    assert summary["provenance"]["commit"] == "c0ffee"
+    section = md[md.find("## " + SECTIONS[1]):md.find("## " + SECTIONS[2])]
+    for sc in SCENARIOS:
+        part = section[section.find(f"### {sc}"):]
+        for t in TECHNIQUES:
+            j = summary["scenarios"][sc]["techniques"][t]
+            f, a = j["final"], j["audit_selected"]
+            cells = [c.strip() for c in _table_row(part, t)[0].strip("|").split("|")]
+            cap, mis = f["capability_transfer"], f["misalignment_transfer"]
+            assert cells[1] == "4 (2)"
+            assert cells[2] == f"{cap['mean']:.3f} [{cap['ci95'][0]:.3f}, {cap['ci95'][1]:.3f}]"
+            assert cells[3] == f"{mis['mean']:.3f} [{mis['ci95'][0]:.3f}, {mis['ci95'][1]:.3f}]"
+            assert cells[5] == f"[{f['verdict']}](figures/{sc}/{t}.png)"
+            assert cells[6].startswith(f["deciding"][0]) and "MDE" in cells[6]
+            assert cells[8] == f"[{a['verdict']}](figures/{sc}/{t}.png)"
+            assert f"<td>{cap['mean']:.3f} [{cap['ci95'][0]:.3f}, {cap['ci95'][1]:.3f}]</td>" in page
+        # the point estimate is the mean of organism means, computed here independently
+        rows = [r for r in read_results(study / RESULTS) if r["scenario"] == sc and r["technique"] == "baseline"
+                and r["selected"]]
+        per_org = [fmean(r["capability_transfer"] for r in rows if r["organism_seed"] == o) for o in ORGANISMS]
+        assert summary["scenarios"][sc]["techniques"]["baseline"]["final"]["capability_transfer"]["mean"] == \
+            pytest.approx(fmean(per_org))
 
-    # audit table: student honeypot mean, computed independently from the selected rows
+    # audit table: student honeypot mean, computed independently from the delivered rows
     rows = read_results(study / RESULTS)
-    audit_section = md[md.find(SECTIONS[3]):md.find(SECTIONS[4])]
+    audit_section = md[md.find("## " + SECTIONS[5]):md.find("## " + SECTIONS[6])]
+    part = audit_section[audit_section.find("### default"):audit_section.find("### collusion")]
     for t in TECHNIQUES:
-        sel = [r for r in rows if r["technique"] == t and r["selected"]]
-        assert len(sel) == len(SEEDS)
-        cells = [c.strip() for c in _table_row(audit_section, t)[0].strip("|").split("|")]
+        sel = [r for r in rows if r["technique"] == t and r["selected"] and r["scenario"] == "default"]
+        assert len(sel) == len(SEEDS) * len(ORGANISMS)
+        cells = [c.strip() for c in _table_row(part, t)[0].strip("|").split("|")]
         assert cells[2] == f"{fmean(r['audit']['student_honeypot'] for r in sel):.3f}"
         assert cells[3] == f"{fmean(r['audit']['teacher_honeypot'] for r in sel):.3f}"
 
-    # organism card
-    card_section = md[md.find(SECTIONS[4]):]
-    for needle in ("synth-org", "abc123", "sabotage_list", "fam_b", "True", "0.876", "0.654", "0.111"):
+    # organisms and provenance
+    card_section = md[md.find("## " + SECTIONS[6]):]
+    for needle in ("synth-default", "abc123collusion1", "sabotage_list", "fam_b", "verified", "0.876", "0.654",
+                   "c0ffee", "x86_64", "code42"):
         assert needle in card_section
+
+
+def test_a_second_report_removes_figures_it_no_longer_draws(study):
+    write_report(study)
+    stale = study / "figures" / "default" / "gone.png"
+    stale.write_bytes(b"\x89PNG old")
+    write_report(study)
+    assert not stale.exists() and (study / "figures" / "default" / "baseline.png").is_file()
 
 
 def test_default_command_and_missing_card(study, tmp_path):
     import shutil
 
-    shutil.rmtree(study / "organism")
+    shutil.rmtree(study / "organisms" / "default-o1")
     md_path, _ = write_report(study)
     md = md_path.read_text()
     assert f"doublebind report {study}" in md
-    assert "Organism card not found" in md
+    assert "card not found" in md
 
 
 def test_missing_results_is_one_line_error(tmp_path):

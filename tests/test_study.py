@@ -63,16 +63,27 @@ def test_study_runs_the_grid_and_resumes_after_a_kill(quick_organism, tmp_path, 
     for t in ("baseline", "verifier_filter"):
         for s in (0, 1):
             assert sum(r["selected"] for r in rows if r["technique"] == t and r["seed"] == s) == 1
-    assert set(summary["techniques"]) == {"baseline", "verifier_filter"}
+    (scenario,) = summary["scenarios"]  # a study of one built organism: the scenario is its name
+    assert scenario == quick_organism[1]["name"] and {r["scenario"] for r in rows} == {scenario}
+    assert set(summary["scenarios"][scenario]["techniques"]) == {"baseline", "verifier_filter"}
     assert summary["runs"] == 4
     # the summary is a function of results.jsonl alone
     on_disk = json.loads((out / "summary.json").read_text())
-    assert on_disk["techniques"]["baseline"]["capability_transfer"]["mean"] == pytest.approx(
+    base = on_disk["scenarios"][scenario]["techniques"]["baseline"]
+    assert base["final"]["capability_transfer"]["mean"] == pytest.approx(
         sum(r["capability_transfer"] for r in rows if r["technique"] == "baseline" and r["selected"]) / 2)
+    assert base["final"]["capability_transfer"]["n"] == 2 and base["audit_selected"]["verdict"]
+    # rows carry what the retention test needs: base's per-family capability and its families
+    assert all(set(r["base_families"]) <= set(r["base_capability"]) <= set(r["capability"]) for r in rows)
+    # provenance: commit, organism hash and build-code hash, machine
+    prov = on_disk["provenance"]
+    assert prov["organisms"][0]["organism_hash"] == quick_organism[1]["organism_hash"]
+    assert prov["organisms"][0]["code_version"] == quick_organism[1]["code_version"]
+    assert prov["machine"]["cpus"] and "commit" in prov
 
 
 def row(seed, cap, mis, hp=0.0, base_hp=0.0, teacher_hp=0.0):
-    return {"seed": seed, "capability_transfer": cap, "misalignment_transfer": mis,
+    return {"seed": seed, "step": 0, "capability_transfer": cap, "misalignment_transfer": mis,
             "audit": {"student_honeypot": hp, "student_confession": 0.0, "teacher_honeypot": teacher_hp,
                       "teacher_confession": 0.0},
             "base_audit": {"honeypot": base_hp, "confession": 0.0}}
@@ -178,15 +189,17 @@ def test_quick_study_killed_midway_resumes_without_losing_or_duplicating_rows(qu
     keys = [(r["technique"], r["seed"], r["step"]) for r in rows]
     assert len(keys) == len(set(keys)) == 5 * 2 * 3  # 5 techniques x 2 seeds x checkpoints 0, 5, 10
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["runs"] == 10 and len(summary["techniques"]) == 5
+    (techs,) = [sc["techniques"] for sc in summary["scenarios"].values()]
+    assert summary["runs"] == 10 and len(techs) == 5
     rep = subprocess.run([sys.executable, "-m", "doublebind", "report", str(out)], capture_output=True, text=True)
     assert rep.returncode == 0, rep.stderr[-2000:]
     md = (out / "report.md").read_text()
     assert "10 complete runs, 30 checkpoint rows" in md and "Left out" not in md and "Note: summary.json" not in md
-    for t, s in summary["techniques"].items():
+    for t, j in techs.items():
+        s = j["final"]
         cap = s["capability_transfer"]
         assert any(ln.startswith(f"| {t} | ") and f"| {cap['mean']:.3f} [{cap['ci95'][0]:.3f}, " in ln
-                   and ln.rstrip().endswith(f"| {s['verdict']} |") for ln in md.splitlines()), t
+                   and f"| [{s['verdict']}](figures/" in ln for ln in md.splitlines()), t
         # success@k of the behaviour-agnostic auditor: in summary.json, from the selected rows, in the report
         sel = [r for r in rows if r["technique"] == t and r["selected"]]
         assert s["audit_success_at_k"]["mean"] == pytest.approx(sum(r["auditor"]["success_at_k"] for r in sel) / 2)
@@ -204,7 +217,7 @@ def test_resume_refuses_results_of_another_recipe(quick_organism, tmp_path):
     path = write_study(tmp_path, quick_organism[0], techniques=["baseline"], seeds=[0])
     out = tmp_path / "out"
     study_run.run_study(path, out, show_progress=False)
-    with pytest.raises(DoublebindError, match="baseline seed 0 run with another recipe"):
+    with pytest.raises(DoublebindError, match=r"baseline seed 0 on \S+ \(organism seed \d+\) run with another recipe"):
         study_run.run_study(path, out, show_progress=False, overrides=["recipe_overrides.training.lr=0.01"])
 
 
@@ -230,3 +243,39 @@ def test_verdicts_without_a_capability_gap():
     caught = [row(s, None, 0.8, hp=0.3 + 0.05 * s) for s in range(3)]
     assert technique_stats(caught, v, 500)["verdict"] == "incriminating"
     assert technique_stats([row(s, None, None) for s in range(3)], v, 500)["verdict"] == "undefined"
+
+
+def test_a_grid_of_scenarios_and_organism_seeds_places_one_organism_per_cell(quick_organism, tmp_path, monkeypatch):
+    """scenarios x organism seeds: each (scenario, organism seed) gets its own organism folder
+    (here a copy of the quick organism under the hash its config would build) and its runs;
+    rows, run keys and the summary carry both; a resume redoes nothing."""
+    import shutil
+
+    placed = []
+
+    def fake_place(org_cfg, dest, show_progress=True, expected_hash=None):
+        placed.append((org_cfg.name, org_cfg.seed, dest.name))
+        shutil.copytree(quick_organism[0], dest, dirs_exist_ok=True)
+        card = json.loads((dest / "organism.json").read_text())
+        (dest / "organism.json").write_text(json.dumps({**card, "organism_hash": expected_hash, "seed": org_cfg.seed}))
+
+    monkeypatch.setattr(study_run, "place_organism", fake_place)
+    path = write_study(tmp_path, quick_organism[0], techniques=["baseline"], seeds=[0])
+    study = yaml.safe_load(path.read_text())
+    del study["organism"]
+    path.write_text(yaml.safe_dump({**study, "scenarios": ["quick", "default"], "organism_seeds": [3, 4]}))
+    out = tmp_path / "out"
+    summary = study_run.run_study(path, out, show_progress=False)
+    assert sorted(placed) == [("default", 3, "default-o3"), ("default", 4, "default-o4"),
+                              ("quick", 3, "quick-o3"), ("quick", 4, "quick-o4")]
+    rows = study_run.read_results(out / "results.jsonl")
+    assert {study_run.run_key(r) for r in rows} == {(sc, o, "baseline", 0) for sc in ("quick", "default")
+                                                    for o in (3, 4)}
+    assert (out / "runs" / "default-o4" / "baseline-s0" / "metrics.jsonl").is_file()
+    assert list(summary["scenarios"]) == ["quick", "default"]
+    final = summary["scenarios"]["default"]["techniques"]["baseline"]["final"]
+    assert final["n"] == 2 and final["n_organisms"] == 2
+    hashes = {o["organism_hash"] for o in json.loads((out / "study.json").read_text())["organisms"]}
+    assert len(hashes) == 4 and {r["organism_hash"] for r in rows} == hashes  # the config's seed is in the hash
+    placed.clear()
+    assert study_run.run_study(path, out, show_progress=False) == summary and placed == []

@@ -71,7 +71,7 @@ def test_finished_study_rows_carry_their_run_checksum(study):
 
 
 def _garbage(lines, i):
-    lines[i] = b'{"schema_version": 2, "technique": "base#!garbage\n'
+    lines[i] = b'{"schema_version": 3, "technique": "base#!garbage\n'
 
 
 def _edited_value(lines, i):  # still valid JSON and a well-formed row: only the checksum tells
@@ -124,11 +124,12 @@ def test_a_run_missing_rows_at_a_line_boundary_is_incomplete_and_redone(study, m
     # the report leaves the incomplete run out, says so, and changes nothing
     md = write_report(out)[0].read_text()
     assert f"{N_RUNS - 1} complete runs" in md
-    assert f"incomplete run {key[0]} seed {key[1]} ({N_ROWS - 1} of its {N_ROWS} rows" in md
+    assert f"incomplete run {key[0]} seed {key[1]} on {lost['scenario']} (organism seed {lost['organism_seed']}) " \
+           f"({N_ROWS - 1} of its {N_ROWS} rows" in md
     assert (out / study_run.RESULTS).read_bytes() == truncated
     for t in ("baseline", "verifier_filter"):  # its technique's verdict rests on the complete runs only
-        seeds = "0" if key == (t, 1) else "1" if key == (t, 0) else "0, 1"
-        assert any(ln.startswith(f"| {t} | {seeds} |") for ln in md.splitlines())
+        n = 1 if key[0] == t else 2
+        assert any(ln.startswith(f"| {t} | {n} (1) |") for ln in md.splitlines())
 
     calls = _count_distills(monkeypatch)
     summary = study_run.run_study(path, out, show_progress=False)
@@ -151,17 +152,19 @@ def test_report_ignores_a_stale_summary(study):
     good = json.loads((out / "summary.json").read_text())
     stale = json.loads(json.dumps(good))
     stale["runs"] = 99
-    real_verdict = good["techniques"]["baseline"]["verdict"]
-    fake_verdict = "both_fail" if real_verdict != "both_fail" else "capable_benign"
-    stale["techniques"]["baseline"]["verdict"] = fake_verdict
-    stale["techniques"]["baseline"]["capability_transfer"]["mean"] = 0.123456
+    (scenario,) = good["scenarios"]
+    real = good["scenarios"][scenario]["techniques"]["baseline"]["final"]
+    fake = stale["scenarios"][scenario]["techniques"]["baseline"]["final"]
+    fake_verdict = "both_fail" if real["verdict"] != "both_fail" else "capable_benign"
+    fake["verdict"] = fake_verdict
+    fake["capability_transfer"]["mean"] = 0.123456
     (out / "summary.json").write_text(json.dumps(stale))
     md = write_report(out)[0].read_text()
     verdict_rows = [ln for ln in md.splitlines() if ln.startswith("| baseline |")]
-    cap = good["techniques"]["baseline"]["capability_transfer"]
+    cap = real["capability_transfer"]
     assert f"{cap['mean']:.3f} [{cap['ci95'][0]:.3f}" in verdict_rows[0]
     cells = [c.strip() for c in verdict_rows[0].split("|")]
-    assert not cells[3].startswith("0.123") and cells[-2] == real_verdict and fake_verdict not in cells
+    assert not cells[3].startswith("0.123") and cells[6].startswith(f"[{real['verdict']}](")
     assert f"{N_RUNS} complete runs" in md
     assert "summary.json on disk does not match the rows" in md
     assert json.loads((out / "summary.json").read_text()) == stale  # the report wrote nothing there
@@ -169,13 +172,13 @@ def test_report_ignores_a_stale_summary(study):
     assert study_run.run_study(path, out, show_progress=False) == good
     assert json.loads((out / "summary.json").read_text()) == good
     (out / "summary.json").unlink()
-    assert "Verdicts" in write_report(out)[0].read_text()
+    assert "## Verdicts" in write_report(out)[0].read_text()
 
 
 def test_a_torn_last_line_is_left_alone_by_report_and_set_aside_by_resume(study, monkeypatch):
     path, out = study
     with open(out / study_run.RESULTS, "ab") as f:
-        f.write(b'{"schema_version": 2, "technique": "basel')
+        f.write(b'{"schema_version": 3, "technique": "basel')
     before = (out / study_run.RESULTS).read_bytes()
     md = write_report(out)[0].read_text()
     assert "half-written last line (line 13" in md and f"{N_RUNS} complete runs" in md
@@ -183,10 +186,10 @@ def test_a_torn_last_line_is_left_alone_by_report_and_set_aside_by_resume(study,
     calls = _count_distills(monkeypatch)
     study_run.run_study(path, out, show_progress=False)
     assert calls == []
-    assert before.startswith((out / study_run.RESULTS).read_bytes() + b'{"schema_version": 2')
+    assert before.startswith((out / study_run.RESULTS).read_bytes() + b'{"schema_version": 3')
     q = [json.loads(x) for x in (out / study_run.QUARANTINE).read_text().splitlines()]
     assert q == [{"line": 13, "reason": "half-written last line (a kill mid-append)", "moved": True,
-                  "source": study_run.RESULTS, "raw": '{"schema_version": 2, "technique": "basel'}]
+                  "source": study_run.RESULTS, "raw": '{"schema_version": 3, "technique": "basel'}]
 
 
 def test_rows_of_an_older_schema_are_refused_in_one_line(study):
@@ -200,6 +203,14 @@ def test_rows_of_an_older_schema_are_refused_in_one_line(study):
     res = run_cli("report", str(out))
     assert res.returncode == 1 and "older doublebind" in res.stderr and "Traceback" not in res.stderr
     assert [ln for ln in res.stderr.splitlines() if ln.strip()][0].startswith("error:")
+    # schema 2 rows had checksums but no scenario or organism seed: refused the same way, not as corrupt
+    v2 = [{k: v for k, v in r.items() if k not in ("scenario", "organism_seed")} for r in rows]
+    for r in v2:
+        r["schema_version"] = 2
+    v2 = study_run.seal_run(v2, "baseline-s0-a0")
+    (out / study_run.RESULTS).write_text("".join(json.dumps(r) + "\n" for r in v2))
+    with pytest.raises(DoublebindError, match="older doublebind"):
+        study_run.read_results(out / study_run.RESULTS)
 
 
 def test_out_that_is_a_file_is_refused(finished, tmp_path):

@@ -329,17 +329,18 @@ def study_run(study: Path, out_dir: Path = typer.Option(..., "--out", help="Stud
 
     if not PartialState().is_main_process:  # under `accelerate launch`, the main process reports
         return
-    techs = summary["techniques"]
-    generic = bool(techs) and all("audit_success_at_k" in s for s in techs.values())
-    k = next(iter(techs.values()))["audit_success_at_k"]["budget"] if generic else None
-    table = Table("technique", "capability transfer", "misalignment transfer",
-                  f"audit success@{k} (teacher)" if generic else "audit - base", "verdict")
-    for name, s in techs.items():
-        c, m = s["capability_transfer"], s["misalignment_transfer"]
-        audit = (f"{s['audit_success_at_k']['mean']:.3f} ({s['teacher_success_at_k']:.3f})" if generic
-                 else f"{s['audit_minus_base']['mean']:.3f}")
-        table.add_row(name, f"{c['mean']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]",
-                      f"{m['mean']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]", audit, s["verdict"])
+    table = Table("scenario", "technique", "capability transfer", "misalignment transfer", "audit (teacher)",
+                  "verdict (final)", "verdict (audit-selected)")
+    for scenario, sc in summary["scenarios"].items():
+        for name, t in sc["techniques"].items():
+            s = t["final"]
+            c, m = s["capability_transfer"], s["misalignment_transfer"]
+            audit = (f"success@{s['audit_success_at_k']['budget']} {s['audit_success_at_k']['mean']:.3f} "
+                     f"({s['teacher_success_at_k']:.3f})" if "audit_success_at_k" in s
+                     else f"- base {s['audit_minus_base']['mean']:.3f} ({s['teacher_audit']:.3f})")
+            table.add_row(scenario, name, f"{c['mean']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]",
+                          f"{m['mean']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]", audit, s["verdict"],
+                          t["audit_selected"]["verdict"])
     _print_table(table)
     out(f"wrote {out_dir}/results.jsonl and summary.json ({summary['runs']} runs)")
 

@@ -1,6 +1,10 @@
-"""Run a study: every technique at every seed on one organism, resumable.
+"""Run a study: every technique at every seed on every organism of every scenario, resumable.
 
     doublebind study run configs/studies/quick.yaml --out runs/study-quick
+
+The grid is scenarios x organism seeds x techniques x seeds. Each (scenario, organism seed)
+is one organism, built (or copied from the cache) into `organisms/<scenario>-o<seed>/`
+before the runs that need it; a run is keyed by (scenario, organism_seed, technique, seed).
 
 `results.jsonl` is append-only and self-checking. Each finished run appends its rows (one
 per checkpoint) in a single write, and every row carries its run's id, the number of rows
@@ -29,25 +33,60 @@ from pathlib import Path
 from doublebind import config
 from doublebind.errors import ConfigError, DoublebindError
 from doublebind.paths import check_out_dir
-from doublebind.studies.verdicts import technique_stats
+from doublebind.studies.verdicts import effect, judge_runs
 from doublebind.ui import progress_bar
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: scenario and organism_seed in every row and run key
 RESULTS = "results.jsonl"
 QUARANTINE = "results.quarantine.jsonl"
-_ROW_KEYS = {"technique": str, "seed": int, "step": int, "selected": bool, "organism_hash": str,
-             "recipe_hash": str, "run_id": str, "run_rows": int, "run_sha256": str}
+_ROW_KEYS = {"scenario": str, "organism_seed": int, "technique": str, "seed": int, "step": int, "selected": bool,
+             "organism_hash": str, "recipe_hash": str, "run_id": str, "run_rows": int, "run_sha256": str}
+_KEY = ("scenario", "organism_seed", "technique", "seed")
+RunKey = tuple[str, int, str, int]  # (scenario, organism_seed, technique, seed)
 
 
-def resolve(study_path: Path, cfg) -> tuple[Path | None, object, object]:
-    """Check everything before training: the organism source, the base recipe and the
-    recipe overrides (`doublebind validate` runs this too). Errors name the study field."""
+def run_key(row: dict) -> RunKey:
+    """The grid cell a row belongs to."""
+    return tuple(row[k] for k in _KEY)
+
+
+def describe_key(key: RunKey) -> str:
+    scenario, organism_seed, technique, seed = key
+    return f"{technique} seed {seed} on {scenario} (organism seed {organism_seed})"
+
+
+@dataclass
+class OrganismSpec:
+    """One organism of a study: a scenario at one organism seed, and the recipe it runs."""
+
+    scenario: str
+    organism_seed: int
+    recipe: object
+    path: Path | None = None  # a built organism the study points to
+    cfg: object = None  # else the config to build it from
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.scenario, self.organism_seed
+
+    def folder(self, out: Path) -> Path:
+        return self.path if self.path is not None else Path(out) / "organisms" / f"{self.scenario}-o{self.organism_seed}"
+
+    def expected_hash(self) -> str:
+        """The organism's hash, known before it is built."""
+        if self.path is not None:
+            return json.loads((self.path / "organism.json").read_text())["organism_hash"]
+        from doublebind.organisms.kinds import kind_of_config
+
+        return kind_of_config(self.cfg).organism_hash(self.cfg)
+
+
+def resolve(study_path: Path, cfg) -> list[OrganismSpec]:
+    """Check everything before training: each scenario's organism source, the base recipe
+    and the recipe overrides (`doublebind validate` runs this too). Errors name the study field."""
     from doublebind.organisms.domain import read_card
 
     root = Path(study_path).resolve().parent
-    org = cfg.organism
-    org_cfg = None
-    org_path = None
 
     def field(name: str, fn, strip: Path | None = None):
         try:
@@ -58,20 +97,57 @@ def resolve(study_path: Path, cfg) -> tuple[Path | None, object, object]:
                 msg = msg.removeprefix(f"{strip}: ")
             raise ConfigError(f"{study_path}: {name}: {msg}") from None
 
+    recipe_path = root / cfg.recipe
+    field("recipe", lambda: config.load(recipe_path, expect="recipe"))
+
+    def recipe_for(name: str, extra: dict):
+        return field(name, lambda: config.load(recipe_path, expect="recipe",
+                                               merge=config.deep_merge(cfg.recipe_overrides, extra)),
+                     strip=recipe_path)
+
+    def seeded(name: str, load, own_seed: int) -> list[tuple[int, object]]:
+        seeds = cfg.organism_seeds if cfg.organism_seeds is not None else [own_seed]
+        what = name if cfg.organism_seeds is None else f"organism_seeds (set as {name}'s seed)"
+        return [(o, field(what, lambda o=o: load({"seed": o}))) for o in seeds]
+
+    def check_references(recipe) -> None:
+        names = list(cfg.technique_stages())
+        for t in names:
+            ref = config.reference_of(t)
+            if recipe.objective.kind == "sft" and ref not in names:
+                raise ConfigError(f"{study_path}: techniques: the recipe trains on hard labels (objective sft), so "
+                                  f"{t} is judged against {ref}; add {ref} to the techniques")
+
+    specs = []
+    if cfg.scenarios is not None:
+        for i, sc in enumerate(cfg.scenarios):
+            what = f"scenarios.{i}"
+            own = field(what, lambda: config.load(preset=sc.name, expect="organism"))
+            recipe = recipe_for(f"{what}.recipe_overrides" if sc.recipe_overrides else "recipe_overrides",
+                                sc.recipe_overrides)
+            check_references(recipe)
+            for o, org_cfg in seeded(what, lambda m: config.load(preset=sc.name, expect="organism", merge=m),
+                                     getattr(own, "seed", 0)):
+                specs.append(OrganismSpec(sc.name, o, recipe, cfg=org_cfg))
+        return specs
+    org = cfg.organism
+    recipe = recipe_for("recipe_overrides", {})
+    check_references(recipe)
     if org.path is not None:
         org_path = (root / org.path).resolve()
         if not (org_path / "organism.json").is_file():
             raise ConfigError(f"{study_path}: organism.path: no organism at {org_path}")
-        field("organism.path", lambda: read_card(org_path, verified=False))
-    elif org.preset is not None:
-        org_cfg = field("organism.preset", lambda: config.load(preset=org.preset, expect="organism"))
+        card = field("organism.path", lambda: read_card(org_path, verified=False))
+        return [OrganismSpec(str(card.get("name", "organism")), int(card.get("seed", 0) or 0), recipe, path=org_path)]
+    if org.preset is not None:
+        name, load = "organism.preset", (lambda m=None: config.load(preset=org.preset, expect="organism", merge=m))
     else:
-        org_cfg = field("organism.config", lambda: config.load(root / org.config, expect="organism"))
-    recipe_path = root / cfg.recipe
-    field("recipe", lambda: config.load(recipe_path, expect="recipe"))
-    recipe = field("recipe_overrides", lambda: config.load(recipe_path, expect="recipe", merge=cfg.recipe_overrides),
-                   strip=recipe_path)
-    return org_path, org_cfg, recipe
+        name, load = "organism.config", (lambda m=None: config.load(root / org.config, expect="organism", merge=m))
+    own = field(name, load)
+    scenario = org.preset or str(getattr(own, "name", "organism"))
+    if cfg.organism_seeds is None:
+        return [OrganismSpec(scenario, int(getattr(own, "seed", 0)), recipe, cfg=own)]
+    return [OrganismSpec(scenario, o, recipe, cfg=c) for o, c in seeded(name, load, 0)]
 
 
 # ---- results.jsonl ---------------------------------------------------------------------
@@ -95,9 +171,9 @@ class Scan:
     """What `results.jsonl` holds, read without changing it."""
 
     path: Path
-    runs: dict[tuple[str, int], list[dict]] = field(default_factory=dict)  # complete runs, first per (technique, seed)
+    runs: dict[RunKey, list[dict]] = field(default_factory=dict)  # complete runs, first per run key
     parsed: list[dict] = field(default_factory=list)  # every well-formed row, complete run or not
-    incomplete: list[dict] = field(default_factory=list)  # {technique, seed, found, expected, lines} without a complete run
+    incomplete: list[dict] = field(default_factory=list)  # {key, found, expected, lines} without a complete run
     ignored_rows: int = 0  # rows of interrupted or repeated runs that a complete run supersedes
     bad: list[tuple[int, bytes, str]] = field(default_factory=list)  # (line number, raw bytes, why)
     torn: tuple[int, bytes, int] | None = None  # half-written last line: (line number, raw bytes, byte offset)
@@ -113,8 +189,8 @@ class Scan:
             raise DoublebindError(f"{self.path}: {describe_bad(self.bad)}")
         if self.legacy:
             raise DoublebindError(f"{self.path}: {_lines(self.legacy)} hold rows of an older doublebind "
-                                  f"(schema version < {SCHEMA_VERSION}, no run checksums) that cannot be "
-                                  f"checked; run the study into a new --out folder")
+                                  f"(schema version < {SCHEMA_VERSION}: no run checksums, or no scenario and "
+                                  f"organism seed) that this one cannot read; run the study into a new --out folder")
 
 
 def _lines(nums: list[int]) -> str:
@@ -168,7 +244,7 @@ def scan_results(path: Path) -> Scan:
             scan.bad.append((n, raw, f"not valid JSON: {e.msg}"))
             continue
         if isinstance(obj, dict) and isinstance(obj.get("schema_version"), int) \
-                and obj["schema_version"] < SCHEMA_VERSION and "run_sha256" not in obj:
+                and obj["schema_version"] < SCHEMA_VERSION:
             scan.legacy.append(n)
             continue
         why = _row_problem(obj)
@@ -179,21 +255,21 @@ def scan_results(path: Path) -> Scan:
         groups.setdefault(obj["run_id"], []).append((n, obj))
     if tail:
         scan.torn = (len(pieces) + 1, tail, len(data) - len(tail))
-    partial: dict[tuple[str, int], list[dict]] = {}
+    partial: dict[RunKey, list[dict]] = {}
     for run_id, members in groups.items():
         rows = [r for _, r in members]
         lines = [n for n, _ in members]
         first = rows[0]
-        same = all((r["technique"], r["seed"], r["run_rows"], r["run_sha256"]) ==
-                   (first["technique"], first["seed"], first["run_rows"], first["run_sha256"]) for r in rows)
-        key = (first["technique"], first["seed"])
+        same = all((run_key(r), r["run_rows"], r["run_sha256"]) ==
+                   (run_key(first), first["run_rows"], first["run_sha256"]) for r in rows)
+        key = run_key(first)
         if not same:
             why = f"run {run_id} has rows of different runs"
         elif len(rows) > first["run_rows"]:
             why = f"run {run_id} has {len(rows)} rows, it wrote {first['run_rows']}"
         elif len(rows) < first["run_rows"]:
-            partial.setdefault(key, []).append({"technique": key[0], "seed": key[1], "found": len(rows),
-                                                "expected": first["run_rows"], "lines": lines})
+            partial.setdefault(key, []).append({"key": key, "found": len(rows), "expected": first["run_rows"],
+                                                "lines": lines})
             continue
         elif run_checksum(rows) != first["run_sha256"]:
             why = f"run {run_id} ({_lines(lines)}) fails its checksum"
@@ -215,7 +291,7 @@ def scan_results(path: Path) -> Scan:
 
 
 def read_results(path: Path) -> list[dict]:
-    """Rows of the complete runs in `results.jsonl` (one run per technique and seed); raises
+    """Rows of the complete runs in `results.jsonl` (one run per run key); raises
     on a corrupt line. Reads only: a half-written last line is left where it is, ignored."""
     scan = scan_results(path)
     scan.check()
@@ -282,68 +358,121 @@ def recipe_hash(recipe) -> str:
     return hashlib.sha256(json.dumps(recipe.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
 
 
+@dataclass
+class Cell:
+    """One run of the grid: the organism it distils and the recipe it runs."""
+
+    spec: OrganismSpec
+    recipe: object
+
+
+def run_dir(out: Path, key: RunKey) -> Path:
+    scenario, organism_seed, technique, seed = key
+    return Path(out) / "runs" / f"{scenario}-o{organism_seed}" / f"{technique}-s{seed}"
+
+
 def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides: list[str] = ()) -> dict:
     from doublebind.training.distill import distill
 
     cfg = config.load(study_path, list(overrides), expect="study")
-    org_path, org_cfg, base_recipe = resolve(study_path, cfg)
+    specs = resolve(study_path, cfg)
     out = Path(out)
     check_out_dir(out, "--out", what="a study")
     out.mkdir(parents=True, exist_ok=True)
     state = _process_state()  # under `accelerate launch`, only the main process writes
-    if org_path is None:
-        org_path = out / "organism"
-        with state.main_process_first():
-            if state.is_main_process:
-                place_organism(org_cfg, org_path, show_progress)
-    card = json.loads((org_path / "organism.json").read_text())
     results = out / RESULTS
-    grid = {(t, s): run_recipe(base_recipe, t, stages, s)
-            for t, stages in cfg.technique_stages().items() for s in cfg.seeds}
+    grid = {(sp.scenario, sp.organism_seed, t, s): Cell(sp, run_recipe(sp.recipe, t, stages, s))
+            for sp in specs for t, stages in cfg.technique_stages().items() for s in cfg.seeds}
     scan = scan_results(results)
     if state.is_main_process:
         settle_results(scan)
     else:
         scan.check()
-    check_resumable(out, scan.parsed, card["organism_hash"], grid)
-    if state.is_main_process:
-        (out / "study.json").write_text(json.dumps({"config": cfg.model_dump(mode="json"),
-                                                    "study_file": str(Path(study_path).resolve())}, indent=2))
+    hashes = {sp.key: sp.expected_hash() for sp in specs}
+    check_resumable(out, scan.parsed, hashes, grid)
     todo = [g for g in grid if g not in scan.runs]
+    for sp in specs:  # build or copy the organisms that still have runs to do
+        if any(grid[k].spec is sp for k in todo) and sp.path is None:
+            with state.main_process_first():
+                if state.is_main_process:
+                    place_organism(sp.cfg, sp.folder(out), show_progress, expected_hash=hashes[sp.key])
+    cards = {sp.key: json.loads((sp.folder(out) / "organism.json").read_text())
+             for sp in specs if (sp.folder(out) / "organism.json").is_file()}
+    if state.is_main_process:
+        (out / "study.json").write_text(json.dumps({
+            "config": cfg.model_dump(mode="json"), "study_file": str(Path(study_path).resolve()),
+            "organisms": [{"scenario": sp.scenario, "organism_seed": sp.organism_seed,
+                           "organism_hash": hashes[sp.key], "path": str(sp.folder(out).resolve())} for sp in specs],
+            "provenance": provenance(cards.values())}, indent=2))
     run_ids = {r["run_id"] for r in scan.parsed}
     if state.is_main_process:
         from doublebind.ui import console
 
         for inc in scan.incomplete:
-            if (inc["technique"], inc["seed"]) in grid:
-                console.print(f"redoing the incomplete run {inc['technique']} seed {inc['seed']} "
+            if tuple(inc["key"]) in grid:
+                console.print(f"redoing the incomplete run {describe_key(inc['key'])} "
                               f"({inc['found']} of its {inc['expected']} rows in {RESULTS})", highlight=False)
     with progress_bar(f"study {cfg.name}", len(grid), show_progress and state.is_main_process,
                       unit="runs") as advance:
         advance(len(grid) - len(todo))
-        for technique, seed in todo:
-            recipe = grid[technique, seed]
-            run_dir = out / "runs" / f"{technique}-s{seed}"
-            summary = distill(org_path, recipe, run_dir, show_progress=False, force=True, plot=False)
+        for key in todo:
+            cell, folder = grid[key], run_dir(out, key)
+            summary = distill(cell.spec.folder(out), cell.recipe, folder, show_progress=False, force=True, plot=False)
             if state.is_main_process:
                 run_id = next(i for k in range(len(run_ids) + 1)
-                              if (i := f"{technique}-s{seed}-a{k}") not in run_ids)
+                              if (i := f"{folder.parent.name}-{folder.name}-a{k}") not in run_ids)
                 run_ids.add(run_id)
-                _append(results, seal_run(_rows(cfg, card, technique, seed, recipe, run_dir, summary), run_id))
+                _append(results, seal_run(_rows(cfg, cards[cell.spec.key], key, cell.recipe, folder, summary), run_id))
             advance(1)
     state.wait_for_everyone()
     return summarize(out, cfg, write=state.is_main_process)
 
 
-def place_organism(org_cfg, dest: Path, show_progress: bool = True) -> None:
-    """Build the study's organism (or copy it from the cache) into `dest`, atomically: it is
+def provenance(cards) -> dict:
+    """Where results come from: the commit, the organisms (hash and build-code hash) and the
+    machine. Verdicts and intervals should reproduce elsewhere; bytes need not (floating-point
+    training differs between CPUs)."""
+    import platform
+    import subprocess
+
+    from doublebind.cards import versions
+
+    src = Path(__file__).resolve().parents[3]
+    commit, dirty = None, None
+    try:
+        commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+        if commit:
+            dirty = bool(subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+                                        capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {
+        "commit": commit, "dirty": dirty,
+        "organisms": [{"name": c.get("name"), "seed": c.get("seed"), "organism_hash": c.get("organism_hash"),
+                       "code_version": c.get("code_version"), "verified": c.get("verified")} for c in cards],
+        "machine": {"system": platform.system(), "release": platform.release(), "machine": platform.machine(),
+                    "processor": platform.processor() or None, "cpus": os.cpu_count(),
+                    "threads": os.environ.get("OMP_NUM_THREADS")},
+        "versions": versions(),
+    }
+
+
+def place_organism(org_cfg, dest: Path, show_progress: bool = True, expected_hash: str | None = None) -> None:
+    """Build a study organism (or copy it from the cache) into `dest`, atomically: it is
     made beside `dest` and renamed into place, so a kill mid-copy never leaves a half
-    organism that the next resume would refuse."""
+    organism that the next resume would refuse. A verified organism of `expected_hash`
+    already there is kept."""
     import shutil
 
     from doublebind.errors import VerificationError
     from doublebind.organisms.build import build_organism
 
+    if expected_hash is not None and (dest / "organism.json").is_file():
+        card = json.loads((dest / "organism.json").read_text())
+        if card.get("organism_hash") == expected_hash and card.get("verified"):
+            return
+    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp, old = dest.with_name(f".{dest.name}.tmp"), dest.with_name(f".{dest.name}.old")
 
     def swap() -> None:
@@ -376,25 +505,29 @@ def run_recipe(base_recipe, technique: str, stages: list[dict], seed: int):
         "training": base_recipe.training.model_copy(update={"save_weights": False})})
 
 
-def check_resumable(out: Path, rows: list[dict], organism_hash: str, grid: dict) -> None:
+def check_resumable(out: Path, rows: list[dict], hashes: dict[tuple[str, int], str], grid: dict) -> None:
     """Refuse to mix runs of another organism or recipe into this folder's results."""
     for r in rows:
-        if r["organism_hash"] != organism_hash:
-            raise DoublebindError(f"{out} holds runs on organism {r['organism_hash']}, not {organism_hash}; "
-                                  f"choose another --out")
-        key = (r["technique"], r["seed"])
-        if key in grid and r["recipe_hash"] != recipe_hash(grid[key]):
-            raise DoublebindError(f"{out} holds a {key[0]} seed {key[1]} run with another recipe "
+        org = (r["scenario"], r["organism_seed"])
+        if org in hashes and r["organism_hash"] != hashes[org]:
+            raise DoublebindError(f"{out} holds runs on organism {r['organism_hash']} for {org[0]} (organism seed "
+                                  f"{org[1]}), not {hashes[org]}; choose another --out")
+        key = run_key(r)
+        if key in grid and r["recipe_hash"] != recipe_hash(grid[key].recipe):
+            raise DoublebindError(f"{out} holds a {describe_key(key)} run with another recipe "
                                   f"({r['recipe_hash']}); choose another --out")
 
 
-def _rows(cfg, card, technique, seed, recipe, run_dir, summary) -> list[dict]:
+def _rows(cfg, card, key: RunKey, recipe, folder: Path, summary) -> list[dict]:
+    scenario, organism_seed, technique, seed = key
     base = summary["reference"]["base"]
+    base_families = (card.get("world") or {}).get("base_families")
     rows = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+    for line in (folder / "metrics.jsonl").read_text().splitlines():
         m = json.loads(line)
         rows.append({
-            "schema_version": SCHEMA_VERSION, "study": cfg.name, "organism_hash": card["organism_hash"],
+            "schema_version": SCHEMA_VERSION, "study": cfg.name, "scenario": scenario,
+            "organism_seed": organism_seed, "organism_hash": card["organism_hash"],
             "technique": technique, "recipe_hash": recipe_hash(recipe), "seed": seed,
             "step": m["step"], "tokens": m["tokens"], "selected": m["step"] == summary["selected"]["step"],
             "capability_transfer": m["capability_transfer"], "misalignment_transfer": m["misalignment_transfer"],
@@ -402,6 +535,7 @@ def _rows(cfg, card, technique, seed, recipe, run_dir, summary) -> list[dict]:
             "base_audit": {"honeypot": base["misbehavior"]["honeypot"], "confession": base["confession"],
                            **({"prefill": base["prefill"]} if "prefill" in base else {})},
             "capability": m["capability"], "misbehavior": m["misbehavior"], "confession": m["confession"],
+            "base_capability": base.get("capability"), "base_families": base_families,
             "auditor": _auditor(m.get("auditor"), summary["reference"]),
         })
     return rows
@@ -416,16 +550,40 @@ def _auditor(student: dict | None, ref: dict) -> dict | None:
             "base_success_at_k": ref["base"]["auditor"]["success_at_k"]}
 
 
-def compute_summary(runs: dict[tuple[str, int], list[dict]], cfg) -> dict:
-    """Per-technique statistics and verdicts from the rows of complete runs."""
-    techniques = {}
-    for t in cfg.technique_stages():
-        sel = sorted((r for (tech, _), rows in runs.items() if tech == t for r in rows if r["selected"]),
-                     key=lambda r: r["seed"])
-        if sel:
-            techniques[t] = technique_stats(sel, cfg.verdict, cfg.bootstrap)
+def scenario_names(cfg, runs: dict) -> list[str]:
+    """The study's scenarios in config order (a single-organism study: the one its rows name)."""
+    if cfg.scenarios is not None:
+        return [sc.name for sc in cfg.scenarios]
+    return list(dict.fromkeys(k[0] for k in runs))
+
+
+def compute_summary(runs: dict[RunKey, list[dict]], cfg) -> dict:
+    """Per scenario and technique: statistics and verdicts at the final and at the
+    audit-selected checkpoint, and the effect against the technique's reference run."""
+    organism_seeds = set(cfg.organism_seeds) if cfg.organism_seeds is not None else None
+    scenarios = {}
+    for sc in scenario_names(cfg, runs):
+        mine = {k: sorted(rows, key=lambda r: r["step"]) for k, rows in sorted(runs.items())
+                if k[0] == sc and (organism_seeds is None or k[1] in organism_seeds) and k[3] in cfg.seeds}
+        by_tech: dict[str, list[list[dict]]] = {}
+        for (_, _, t, _), rows in mine.items():
+            by_tech.setdefault(t, []).append(rows)
+        techniques = {}
+        for t in cfg.technique_stages():
+            if t not in by_tech:
+                continue
+            judged = judge_runs(by_tech[t], cfg.verdict, cfg.bootstrap)
+            ref = config.reference_of(t)
+            ref = ref if ref in by_tech else "baseline"
+            judged["reference"] = ref
+            if ref != t and ref in by_tech:
+                for view in ("final", "audit_selected"):
+                    judged[view]["vs_reference"] = effect(by_tech[t], by_tech[ref], cfg.verdict, cfg.bootstrap, view)
+            techniques[t] = judged
+        scenarios[sc] = {"organisms": {str(k[1]): rows[0]["organism_hash"] for k, rows in mine.items()},
+                         "techniques": techniques}
     summary = {"schema_version": SCHEMA_VERSION, "study": cfg.name, "verdict_thresholds": cfg.verdict.model_dump(),
-               "runs": len(runs), "techniques": techniques}
+               "bootstrap": cfg.bootstrap, "runs": len(runs), "scenarios": scenarios}
     return json.loads(json.dumps(summary))  # as it reads back from summary.json (tuples become lists)
 
 
@@ -434,6 +592,9 @@ def summarize(out: Path, cfg, write: bool = True) -> dict:
     scan = scan_results(Path(out) / RESULTS)
     scan.check()
     summary = compute_summary(scan.runs, cfg)
+    study = Path(out) / "study.json"
+    if study.is_file():  # where the rows come from: commit, organisms, machine (see `provenance`)
+        summary["provenance"] = json.loads(study.read_text()).get("provenance")
     if write:
         path = Path(out) / "summary.json"
         tmp = path.with_name(f".summary.json.tmp{os.getpid()}")

@@ -38,6 +38,9 @@ class Technique:
     # What the stage uses from the defender's view: teacher (samples, log-probs), base,
     # trusted, alt_base, prompts (the distillation distribution), verifiers, auditor, student.
     needs: ClassVar[tuple[str, ...]] = ()
+    # The study run this technique's effect is measured against (a study that lists the
+    # technique must list it too): `baseline` runs the study recipe alone.
+    reference: ClassVar[str] = "baseline"
 
     def __init__(self, name: str, cfg: Strict, index: int):
         self.name, self.cfg, self.index = name, cfg, index

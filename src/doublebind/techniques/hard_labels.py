@@ -5,6 +5,11 @@ not say; hard labels keep only the sampled tokens. The stage switches the object
 and stops storing soft labels.
 
     stages: [{name: hard_labels}]
+
+A study judges it against `logit_distillation` (the same recipe on the teacher's soft
+labels), not against `baseline`: the study recipe is already hard-label SFT, so against
+`baseline` the stage would change nothing. A study that lists hard_labels must list
+logit_distillation too.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ class HardLabels(Technique):
     needs = ("teacher",)
 
     domains = ("world", "hf")
+    reference = "logit_distillation"
 
     class Config(Strict):
         pass

@@ -1,0 +1,235 @@
+"""The figures of a study report, drawn from the rows of results.jsonl and the summary
+recomputed from them. Every function returns PNG bytes; the report writes them as files."""
+
+from __future__ import annotations
+
+import io
+import math
+from statistics import fmean
+
+VERDICT_COLORS = {"incriminating": "#7b3294", "capable_benign": "#1a9641", "benign": "#a6d96a",
+                  "both_fail": "#d7191c", "no_capability": "#9e9e9e", "inconclusive": "#fdd835",
+                  "undefined": "#ffffff"}
+VERDICT_SHORT = {"incriminating": "INC", "capable_benign": "CB", "benign": "B", "both_fail": "BF",
+                 "no_capability": "NC", "inconclusive": "?", "undefined": "U"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _suptitle(fig, text: str) -> None:
+    """A figure title wrapped to the figure's width; constrained layout gives it its own band
+    above the panel titles, so the two never overlap."""
+    import textwrap
+
+    fig.suptitle(textwrap.fill(text, width=max(40, int(fig.get_figwidth() * 13))), fontsize=10)
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def _nan(x) -> float:
+    return float("nan") if x is None else x
+
+
+def _per_step(rows: list[dict], fn) -> tuple[list[int], list[float], list[float], list[float]]:
+    """Steps, mean, min and max over runs of fn(row) at each step (None values left out)."""
+    steps = sorted({r["step"] for r in rows})
+    mean, lo, hi = [], [], []
+    for s in steps:
+        vs = [v for r in rows if r["step"] == s and (v := fn(r)) is not None]
+        mean.append(fmean(vs) if vs else float("nan"))
+        lo.append(min(vs) if vs else float("nan"))
+        hi.append(max(vs) if vs else float("nan"))
+    return steps, mean, lo, hi
+
+
+def _transfer_panel(ax, rows: list[dict], marks: dict | None = None) -> None:
+    for key, color, label in [("capability_transfer", "tab:blue", "capability transfer"),
+                              ("misalignment_transfer", "crimson", "misalignment transfer")]:
+        steps, mean, lo, hi = _per_step(rows, lambda r: r[key])
+        ax.plot(steps, mean, "o-", color=color, label=label, ms=3)
+        ax.fill_between(steps, lo, hi, color=color, alpha=0.2, lw=0)
+    if rows and all(r.get("auditor") for r in rows):
+        k = rows[0]["auditor"]["budget"]
+        steps, mean, _, _ = _per_step(rows, lambda r: r["auditor"]["success_at_k"])
+        ax.plot(steps, mean, "s--", color="tab:orange", label=f"audit success@{k}", ms=3)
+    for s in sorted({r["step"] for r in rows if r["selected"]}):
+        ax.axvline(s, color="grey", lw=0.6, ls=":")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.axhline(1, color="grey", lw=0.5, ls=":")
+    ax.set_xlabel("step")
+
+
+def plot_curves(rows: list[dict], techniques: list[str], scenario: str) -> bytes:
+    """One panel per technique of one scenario: mean over runs and min-max band of both
+    transfers per step, and (embedded world) the auditor's mean success@k."""
+    plt = _plt()
+    n = max(1, len(techniques))
+    ncols = min(4, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.8 * ncols, 3.0 * nrows + 0.8), squeeze=False, sharey=True,
+                             layout="constrained")
+    for i, t in enumerate(techniques):
+        ax = axes[i // ncols][i % ncols]
+        trows = [r for r in rows if r["technique"] == t]
+        _transfer_panel(ax, trows)
+        ax.set_title(f"{t} ({len({(r['organism_seed'], r['seed']) for r in trows})} runs)", fontsize=9)
+        if i % ncols == 0:
+            ax.set_ylabel("transfer")
+        if i == 0:
+            ax.legend(loc="best", fontsize=7)
+    for j in range(len(techniques), nrows * ncols):
+        axes[j // ncols][j % ncols].axis("off")
+    _suptitle(fig, f"{scenario}: transfer over training (line: mean over runs; band: min-max; dashed: audit "
+                 f"success@k; dotted: delivered checkpoints)")
+    return _png(fig)
+
+
+def _audit_capability_panel(ax, rows: list[dict], label_runs: bool = False) -> None:
+    """Audit success@k against capability transfer along training, one line per run."""
+    runs: dict = {}
+    for r in rows:
+        runs.setdefault((r["organism_seed"], r["seed"]), []).append(r)
+    for i, (key, rs) in enumerate(sorted(runs.items())):
+        rs = sorted(rs, key=lambda r: r["step"])
+        x = [_nan(r["capability_transfer"]) for r in rs]
+        y = [r["auditor"]["success_at_k"] for r in rs]
+        ax.plot(x, y, "-", color="tab:blue", alpha=0.35, lw=0.8)
+        ax.scatter(x, y, c=[r["step"] for r in rs], cmap="viridis", s=10, zorder=3)
+        final = next((r for r in rs if r["selected"]), rs[-1])
+        ax.scatter([_nan(final["capability_transfer"])], [final["auditor"]["success_at_k"]], marker="x",
+                   color="black", s=25, zorder=4, label="delivered checkpoint" if i == 0 else None)
+
+
+def plot_audit_capability(rows: list[dict], techniques: list[str], scenario: str, success: float,
+                          capability: float) -> bytes:
+    """Per technique: the behaviour-agnostic auditor's success@k against capability transfer
+    at every checkpoint of every run (colour: step). Distill-and-audit lives in the window
+    right of the capability line and below the audit line."""
+    plt = _plt()
+    techniques = [t for t in techniques if any(r["technique"] == t and r.get("auditor") for r in rows)]
+    n = max(1, len(techniques))
+    ncols = min(4, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.0 * nrows + 0.8), squeeze=False, sharey=True,
+                             layout="constrained")
+    for i, t in enumerate(techniques):
+        ax = axes[i // ncols][i % ncols]
+        _audit_capability_panel(ax, [r for r in rows if r["technique"] == t])
+        ax.axhline(success, color="grey", ls="--", lw=0.8)
+        ax.axvline(capability, color="grey", ls="--", lw=0.8)
+        ax.set_title(t, fontsize=9)
+        ax.set_ylim(-0.05, 1.05)
+        if i % ncols == 0:
+            ax.set_ylabel("audit success@k")
+        ax.set_xlabel("capability transfer")
+        if i == 0:
+            ax.legend(loc="best", fontsize=7)
+    for j in range(len(techniques), nrows * ncols):
+        axes[j // ncols][j % ncols].axis("off")
+    _suptitle(fig, f"{scenario}: audit success@k against capability along training (one line per run, colour: "
+                 f"step; x: delivered; dashed: thresholds)")
+    return _png(fig)
+
+
+def plot_technique(rows: list[dict], technique: str, scenario: str, success: float, capability: float) -> bytes:
+    """The figure a verdict cell links to: transfer curves, and audit success@k against capability."""
+    plt = _plt()
+    generic = bool(rows) and all(r.get("auditor") for r in rows)
+    fig, axes = plt.subplots(1, 2 if generic else 1, figsize=(10 if generic else 5.5, 3.8), squeeze=False,
+                             layout="constrained")
+    _transfer_panel(axes[0][0], rows)
+    axes[0][0].set_title("transfer over training", fontsize=9)
+    axes[0][0].set_ylabel("transfer")
+    axes[0][0].legend(loc="best", fontsize=7)
+    if generic:
+        ax = axes[0][1]
+        _audit_capability_panel(ax, rows)
+        ax.axhline(success, color="grey", ls="--", lw=0.8)
+        ax.axvline(capability, color="grey", ls="--", lw=0.8)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_xlabel("capability transfer")
+        ax.set_ylabel("audit success@k")
+        ax.set_title("audit success@k against capability (colour: step)", fontsize=9)
+        ax.legend(loc="best", fontsize=7)
+    _suptitle(fig, f"{technique} on {scenario} ({len({(r['organism_seed'], r['seed']) for r in rows})} runs)")
+    return _png(fig)
+
+
+def plot_heatmap(summary: dict) -> bytes:
+    """Verdicts, scenario x technique, at the final and at the audit-selected checkpoint."""
+    plt = _plt()
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    scenarios = list(summary["scenarios"])
+    techniques = list(dict.fromkeys(t for sc in summary["scenarios"].values() for t in sc["techniques"]))
+    names = list(VERDICT_COLORS)
+    cmap = ListedColormap([VERDICT_COLORS[v] for v in names])
+    width = max(6.0, 0.45 * len(techniques) + 2.5)
+    fig, axes = plt.subplots(2, 1, figsize=(width, 1.3 + 2 * (0.45 * len(scenarios) + 1.2)), squeeze=False,
+                             layout="constrained")
+    for ax, view, title in [(axes[0][0], "final", "at the delivered (final) checkpoint"),
+                            (axes[1][0], "audit_selected", "at the audit-selected checkpoint")]:
+        grid = [[float("nan")] * len(techniques) for _ in scenarios]
+        for i, sc in enumerate(scenarios):
+            for j, t in enumerate(techniques):
+                s = summary["scenarios"][sc]["techniques"].get(t)
+                if s is not None:
+                    v = s[view]["verdict"]
+                    grid[i][j] = names.index(v)
+                    ax.text(j, i, VERDICT_SHORT[v], ha="center", va="center", fontsize=7,
+                            color="white" if v in ("incriminating", "capable_benign", "both_fail") else "black")
+        ax.imshow(grid, cmap=cmap, vmin=-0.5, vmax=len(names) - 0.5, aspect="auto")
+        ax.set_xticks(range(len(techniques)), techniques, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(len(scenarios)), scenarios, fontsize=8)
+        ax.set_title(title, fontsize=9)
+    fig.legend(handles=[Patch(facecolor=VERDICT_COLORS[v], edgecolor="grey", label=f"{VERDICT_SHORT[v]} {v}")
+                        for v in names], loc="outside lower center", ncol=4, fontsize=7)
+    _suptitle(fig, "verdicts, scenario x technique")
+    return _png(fig)
+
+
+def plot_frontier(summary: dict, capability: float, misalignment: float) -> bytes:
+    """Per scenario: capability against misalignment transfer, one point per technique at
+    its final checkpoint (bars: two-level bootstrap 95% intervals), a hollow marker at its
+    audit-selected checkpoint."""
+    plt = _plt()
+    scenarios = list(summary["scenarios"])
+    ncols = min(2, len(scenarios))
+    nrows = math.ceil(len(scenarios) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.5 * ncols, 5 * nrows), squeeze=False, layout="constrained")
+    for i, sc in enumerate(scenarios):
+        ax = axes[i // ncols][i % ncols]
+        for t, s in summary["scenarios"][sc]["techniques"].items():
+            f, a = s["final"], s["audit_selected"]
+            cx, cy = f["capability_transfer"], f["misalignment_transfer"]
+            x, y = cx["mean"], cy["mean"]
+            err = ax.errorbar([x], [y], xerr=[[max(0.0, x - cx["ci95"][0])], [max(0.0, cx["ci95"][1] - x)]],
+                              yerr=[[max(0.0, y - cy["ci95"][0])], [max(0.0, cy["ci95"][1] - y)]], fmt="o",
+                              capsize=2, ms=4)
+            ax.plot([a["capability_transfer"]["mean"]], [a["misalignment_transfer"]["mean"]], "o", mfc="none",
+                    color=err[0].get_color(), ms=6)
+            ax.annotate(f"{t} ({VERDICT_SHORT[f['verdict']]})", (x, y), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7)
+        ax.axvline(capability, color="grey", ls="--", lw=0.8)
+        ax.axhline(misalignment, color="grey", ls="--", lw=0.8)
+        ax.set_xlabel("capability transfer (want high)")
+        ax.set_ylabel("misalignment transfer (want low)")
+        ax.set_title(sc, fontsize=10)
+    for j in range(len(scenarios), nrows * ncols):
+        axes[j // ncols][j % ncols].axis("off")
+    _suptitle(fig, "frontier per scenario: filled = delivered checkpoint with 95% intervals (organisms, then seeds); "
+                 "hollow = audit-selected; dashed: thresholds")
+    return _png(fig)
