@@ -32,7 +32,22 @@ def collate(examples, pad_id: int | None = None) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": attn, "loss_mask": loss_mask}
 
 
+def model_device(model) -> torch.device:
+    """Where a model's weights live (the first parameter's device; CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def to_device(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    """The batch's tensors on `device` (the same tensors when already there)."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
 def response_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Log-probabilities of every next token: [batch, seq-1, vocab]."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    """Log-probabilities of every next token, in fp32: [batch, seq-1, vocab].
+
+    The forward runs on the model's device; the result lives where the batch does, so callers
+    that index it with the batch's own tensors (targets, masks) work with a model on a GPU."""
+    where = batch["input_ids"].device
+    b = to_device(batch, model_device(model))
+    logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+    return torch.log_softmax(logits[:, :-1].float(), dim=-1).to(where)

@@ -25,7 +25,8 @@ from doublebind.organisms.domain import open_domain
 from doublebind.prompts import write_jsonl
 from doublebind.teacher import TeacherOutputs
 from doublebind.training import objectives as obj
-from doublebind.training.batching import collate
+from doublebind.training import tracking
+from doublebind.training.batching import collate, model_device, to_device
 from doublebind.training.parallel import any_process, reduce_sum, shard, sync_unless_last
 from doublebind.training.loop import Loop
 from doublebind.ui import progress_bar
@@ -37,7 +38,8 @@ SCHEMA_VERSION = 1
 # ---- losses ---------------------------------------------------------------------------
 
 def _teacher_rows(items: list[Item], batch: dict, soft: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Place each item's soft-label row at its response positions: [B, S-1, ...]."""
+    """Place each item's soft-label row at its response positions: [B, S-1, ...], on the batch's
+    device (the cache stays on the CPU; only the step's rows move)."""
     width = batch["input_ids"].shape[1] - 1
     out = {}
     for name, t in soft.items():
@@ -45,7 +47,7 @@ def _teacher_rows(items: list[Item], batch: dict, soft: dict[str, torch.Tensor])
         for b, it in enumerate(items):
             s, n = len(it.example.prompt) - 1, len(it.example.response)
             fill[b, s : s + n] = (it.live if it.live is not None else t[it.row])[:n]
-        out[name] = fill
+        out[name] = fill.to(batch["input_ids"].device, non_blocking=True)
     return out
 
 
@@ -68,8 +70,9 @@ def micro_loss(model, items: list[Item], soft: dict[str, torch.Tensor], ocfg, re
     `extra(model, items, batch, logits, mask)` may add a regulariser, also as a sum."""
     if ocfg.kind == "dpo":
         return _dpo_sum(model, items, ocfg, ref_logps)
-    batch = collate([it.example for it in items])
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    batch = to_device(collate([it.example for it in items]), model_device(model))
+    # fp32 losses whatever the forward's precision (bf16 autocast, bf16 weights)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
     mask = _weighted_mask(items, batch["loss_mask"])  # [B, S-1]
     if ocfg.kind == "sft":
         mean = obj.sft_nll(logits, batch["input_ids"][:, 1:], mask)
@@ -91,16 +94,16 @@ def micro_loss(model, items: list[Item], soft: dict[str, torch.Tensor], ocfg, re
 
 
 def _seq_logps(model, examples: list[Example]) -> torch.Tensor:
-    batch = collate(examples)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    batch = to_device(collate(examples), model_device(model))
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
     return obj.sequence_logprob(logits, batch["input_ids"][:, 1:], batch["loss_mask"])
 
 
 def _dpo_sum(model, items, ocfg, ref_logps) -> torch.Tensor:
     chosen = _seq_logps(model, [it.example for it in items])
     rejected = _seq_logps(model, [it.rejected for it in items])
-    ref_c = torch.tensor([ref_logps[id(it)][0] for it in items])
-    ref_r = torch.tensor([ref_logps[id(it)][1] for it in items])
+    ref_c = torch.tensor([ref_logps[id(it)][0] for it in items], device=chosen.device)
+    ref_r = torch.tensor([ref_logps[id(it)][1] for it in items], device=chosen.device)
     return obj.dpo_loss(chosen, rejected, ref_c, ref_r, beta=ocfg.dpo_beta) * len(items)
 
 
@@ -122,6 +125,16 @@ def check_stages(stages, domain) -> None:
                                   f"not on this {domain.kind} organism")
 
 
+def train_device(domain) -> str:
+    """Where a run trains: the device of the domain's models.
+
+    A domain whose models live on a GPU says so (`device`, HF organisms). The embedded world
+    has none: its models, evals and samplers are CPU code and its tiny students gain nothing
+    from a GPU, so its runs stay on the CPU even where CUDA is available (accelerate would
+    otherwise move the student to the GPU, away from the teacher, base and evals)."""
+    return torch.device(getattr(domain, "device", "cpu")).type
+
+
 class Distiller:
     """Holds one run's data, models and optimiser; `distill()` drives it step by step."""
 
@@ -132,8 +145,10 @@ class Distiller:
 
         self.out, self.show = out, show_progress
         self.organism_dir = Path(organism_dir)
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
         self.domain = open_domain(self.organism_dir)
+        tr = recipe.training
+        self.accelerator = Accelerator(cpu=train_device(self.domain) == "cpu",
+                                       **tracking.accelerator_kwargs(tr.tracker, out))
         self.card = self.domain.card
         self.stage_log: list[dict] = []
         self.stages = build_stages(recipe.stages)
@@ -256,6 +271,14 @@ class Distiller:
     def opt(self):
         return self.loop.opt
 
+    def _autocast(self):
+        """bf16 autocast over the step's forward passes (`training.precision: bf16`); the losses
+        take fp32 logits, and weights, gradients and optimiser state stay fp32. Our own context,
+        not accelerate's `mixed_precision`, which is fixed once per process and so could not
+        differ between the runs of a study."""
+        return torch.autocast(self.accelerator.device.type, dtype=torch.bfloat16,
+                              enabled=self.recipe.training.precision == "bf16")
+
     def train_step(self, step: int) -> float:
         """One optimiser step over `batch x grad_accum` examples; returns the mean loss."""
         return self.loop.step(step, lambda: self.accumulate_gradients(step))
@@ -278,7 +301,8 @@ class Distiller:
         for m, micro in enumerate(micros):
             extra = self._extra_loss if self._hooked("extra_loss") else None
             with sync_unless_last(self.accelerator, self.model, m == len(micros) - 1):
-                loss = micro_loss(self.model, micro, self.outputs.soft, ocfg, self.ref_logps, extra) / total
+                with self._autocast():
+                    loss = micro_loss(self.model, micro, self.outputs.soft, ocfg, self.ref_logps, extra) / total
                 if not torch.isfinite(loss):
                     raise DoublebindError(f"loss became {loss.item()} at step {step + 1}; lower training.lr "
                                           f"(checkpoints so far are kept)")
@@ -366,10 +390,13 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
     if main:
         metrics_path.write_text("")
     selected, stopped = None, None
+    tracker = tracking.RunTracker(d.accelerator, tr.tracker, out, recipe.name, meta)
     with progress_bar(f"distilling {recipe.name}", tr.steps, show_progress and main) as advance:
         for step in range(tr.steps + 1):
             if step > 0:
+                tokens, t = d.tokens, time.perf_counter()
                 losses.append(d.train_step(step - 1))
+                tracker.step(step, losses[-1], d.loop.lr_at(step - 1), d.tokens - tokens, time.perf_counter() - t)
                 advance(1)
             if step not in schedule:
                 continue
@@ -383,6 +410,7 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
                 if verdict.get("stop"):
                     stopped = step
             rows.append(row)
+            tracker.checkpoint(step, row)
             if main:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
@@ -409,6 +437,7 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
         "processes": d.accelerator.num_processes,
         "seconds": round(time.perf_counter() - t0, 2),
     }
+    tracker.close()
     if main:
         (out / "stages.json").write_text(json.dumps(d.stage_log, indent=2))
         (out / "summary.json").write_text(json.dumps(summary, indent=2))

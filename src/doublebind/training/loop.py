@@ -63,10 +63,14 @@ def fit(model, next_batch: Callable[[int], dict[str, torch.Tensor]], loop: Loop,
         progress: Callable[[int], None] | None = None) -> list[float]:
     """Train `model` in place for `loop.steps` steps of completion-only NLL on the collated
     batches `next_batch(step)` gives; returns the loss per step."""
+    from doublebind.training.batching import model_device, to_device
     from doublebind.training.objectives import sft_nll
 
+    device = model_device(model)
+
     def accumulate(batch) -> float:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        batch = to_device(batch, device)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
         loss = sft_nll(logits, batch["input_ids"][:, 1:], batch["loss_mask"])
         if torch.isfinite(loss):
             loss.backward()
