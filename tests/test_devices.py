@@ -134,3 +134,30 @@ def test_bf16_autocast_is_close_to_fp32_but_not_equal(quick_organism):
     diffs = [abs(a - b) / abs(a) for a, b in zip(fp32, bf16)]
     assert max(diffs) < 0.05  # the same training, to bf16's precision...
     assert max(diffs) > 1e-6  # ...and the forward really ran in bf16
+
+
+def test_closing_a_vllm_engine_shuts_its_core_down_and_drops_it(monkeypatch):
+    """What frees the GPU between teacher sampling and training, with a stand-in LLM."""
+    import weakref
+    from types import SimpleNamespace
+
+    from doublebind.errors import DoublebindError
+    from doublebind.llm.engines import VLLMEngine
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
+
+    class LLM:
+        def __init__(self):
+            self.llm_engine = SimpleNamespace(engine_core=SimpleNamespace(shutdown=lambda: calls.append("shutdown")))
+            self.me = self  # a cycle: dropping the reference alone would not free it
+
+    llm = LLM()
+    alive = weakref.ref(llm)
+    engine = VLLMEngine(llm, eos_id=2, vllm_module=SimpleNamespace())
+    del llm
+    engine.close()
+    assert calls == ["shutdown", "empty_cache"] and alive() is None
+    with pytest.raises(DoublebindError, match="closed"):
+        engine.generate([[1]], max_new_tokens=1)

@@ -452,9 +452,9 @@ class HFDomain:
         gens = engine.generate([self.render(p.tokens[0], "teacher") for p in prompts],
                                max_new_tokens=scfg.max_new_tokens, temperature=scfg.temperature,
                                top_p=scfg.top_p, seed=seed, logprobs=k, adapter=adapter)
-        del engine  # a vLLM engine holds GPU memory the training needs
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        if callable(getattr(engine, "close", None)):
+            engine.close()  # a vLLM engine holds GPU memory the training needs
+        del engine
         responses = [g.tokens or [self.eos] for g in gens]
         soft = {}
         if scfg.soft_labels == "topk":

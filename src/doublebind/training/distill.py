@@ -183,7 +183,7 @@ class Distiller:
         self.model = self.domain.student(recipe.student, recipe.seed)
         self.ref_logps = self._prepare_dpo() if recipe.objective.kind == "dpo" else None
         tr = recipe.training
-        self.loop = Loop(self.model.parameters(), steps=tr.steps, lr=tr.lr, warmup=tr.warmup,
+        self.loop = Loop(self.model.parameters(), steps=tr.steps, lr=tr.lr, warmup=tr.warmup, fused=True,
                          clip_fn=self.accelerator.clip_grad_norm_, what="loss",
                          hint="lower training.lr (checkpoints so far are kept)")
         self.model, self.loop.opt = self.accelerator.prepare(self.model, self.loop.opt)
