@@ -10,7 +10,8 @@ TensorBoard event files, wandb in offline mode (`wandb sync` uploads later, by h
 local database. Nothing here opens a network connection or reads a credential.
 
 Scalars, by tag:
-    train/loss, train/lr, train/tokens_per_s       every optimiser step (x = step)
+    train/loss, train/lr, train/tokens_per_s       every optimiser step (x = step; tokens/s counts
+                                                   the step's response tokens over its wall time)
     eval/capability_transfer, eval/misalignment_transfer, eval/capability/<family>,
     eval/misbehavior/<context>,
     audit/<signal> (honeypot, confession, prefill; student and teacher),
@@ -61,7 +62,10 @@ def _offline(tracker: str, logs: Path) -> dict:
         os.environ.setdefault("WANDB_SILENT", "true")
         return {"wandb": {"mode": "offline", "dir": str(logs)}}
     if tracker == "trackio":
-        os.environ["TRACKIO_DIR"] = str(logs)  # its local database; no Space is named, so nothing is uploaded
+        # Its local database; no Space is named, so nothing is uploaded. trackio reads TRACKIO_DIR
+        # once, at import: in a process that already imported it (the second run of a study), the
+        # first value holds, and a TRACKIO_DIR set by the user always wins.
+        os.environ.setdefault("TRACKIO_DIR", str(logs))
         return {"trackio": {}}
     return {}
 
