@@ -88,3 +88,7 @@ def test_cli_tracker_flag_is_validated(quick_organism, tmp_path):
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "training.tracker" in lines[0], r.stderr
+    r = run_cli("study", "run", "configs/studies/quick.yaml", "--out", str(tmp_path / "study"), "--tracker", "bogus")
+    assert r.returncode == 1 and not (tmp_path / "study").exists()
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "recipe_overrides: training.tracker" in lines[0], r.stderr
