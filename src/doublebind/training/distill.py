@@ -37,18 +37,13 @@ SCHEMA_VERSION = 1
 
 # ---- losses ---------------------------------------------------------------------------
 
-def _teacher_rows(items: list[Item], batch: dict, soft: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Place each item's soft-label row at its response positions: [B, S-1, ...], on the batch's
-    device (the cache stays on the CPU; only the step's rows move)."""
-    width = batch["input_ids"].shape[1] - 1
-    out = {}
-    for name, t in soft.items():
-        fill = torch.zeros((len(items), width, t.shape[-1]), dtype=t.dtype)
-        for b, it in enumerate(items):
-            s, n = len(it.example.prompt) - 1, len(it.example.response)
-            fill[b, s : s + n] = (it.live if it.live is not None else t[it.row])[:n]
-        out[name] = fill.to(batch["input_ids"].device, non_blocking=True)
-    return out
+def _teacher_rows(items: list[Item], soft: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    """The teacher's soft labels at every response position of the micro-batch, item after
+    item: [N, ...] with N = the response tokens, in the order `x[batch["loss_mask"] > 0]` takes
+    them. Built on the CPU, where the cache is; only the step's rows move to `device`."""
+    return {name: torch.cat([(it.live if it.live is not None else t[it.row])[: len(it.example.response)]
+                             for it in items]).to(device, non_blocking=True)
+            for name, t in soft.items()}
 
 
 def _weighted_mask(items: list[Item], mask: torch.Tensor) -> torch.Tensor:
@@ -67,26 +62,32 @@ def micro_loss(model, items: list[Item], soft: dict[str, torch.Tensor], ocfg, re
                extra=None) -> torch.Tensor:
     """The *sum* of the per-token (or per-pair, for DPO) loss over a micro-batch.
 
-    `extra(model, items, batch, logits, mask)` may add a regulariser, also as a sum."""
+    `extra(model, items, batch, logits, mask)` may add a regulariser, also as a sum.
+
+    The loss is computed at the response positions only ([1, N, V], N = response tokens): the
+    others have mask 0, and on short prompts they are about half the [B, S-1, V] grid, whose
+    elementwise KL terms, forward and backward, cost more than the model's output layer."""
     if ocfg.kind == "dpo":
         return _dpo_sum(model, items, ocfg, ref_logps)
     batch = to_device(collate([it.example for it in items]), model_device(model))
     # fp32 losses whatever the forward's precision (bf16 autocast, bf16 weights)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
     mask = _weighted_mask(items, batch["loss_mask"])  # [B, S-1]
+    keep = batch["loss_mask"] > 0  # [B, S-1]: response positions, item after item
+    z, m = logits[keep][None], mask[keep][None]  # [1, N, V], [1, N]
     if ocfg.kind == "sft":
-        mean = obj.sft_nll(logits, batch["input_ids"][:, 1:], mask)
+        mean = obj.sft_nll(z, batch["input_ids"][:, 1:][keep][None], m)
     else:
-        rows = _teacher_rows(items, batch, soft)
+        rows = {k: v[None] for k, v in _teacher_rows(items, soft, z.device).items()}  # [1, N, ...]
         t = ocfg.temperature
         if "indices" in rows:
-            mean = obj.forward_kl_topk(logits, rows["indices"], rows["logprobs"], mask, temperature=t)
+            mean = obj.forward_kl_topk(z, rows["indices"], rows["logprobs"], m, temperature=t)
         elif ocfg.kind == "forward_kl":
-            mean = obj.forward_kl(logits, rows["logprobs"], mask, temperature=t)
+            mean = obj.forward_kl(z, rows["logprobs"], m, temperature=t)
         elif ocfg.kind == "reverse_kl":
-            mean = obj.reverse_kl(logits, rows["logprobs"], mask, temperature=t)
+            mean = obj.reverse_kl(z, rows["logprobs"], m, temperature=t)
         else:
-            mean = obj.generalized_jsd(logits, rows["logprobs"], mask, beta=ocfg.beta, temperature=t)
+            mean = obj.generalized_jsd(z, rows["logprobs"], m, beta=ocfg.beta, temperature=t)
     total = mean * mask.sum()
     if extra is not None:
         total = total + extra(model, items, batch, logits, mask)
