@@ -59,14 +59,20 @@ def _fail(msg: str) -> None:
     sys.exit(1)
 
 
-def _doublebind_run(d, steps: int) -> tuple[list[float], float]:
-    """Train the Distiller `d` for `steps` steps; (losses, seconds of steps 2..N)."""
+def _clock() -> tuple[float, float]:
+    """(wall, CPU) seconds: CPU time is what one thread used, less moved by other jobs."""
+    return time.perf_counter(), time.process_time()
+
+
+def _doublebind_run(d, steps: int) -> tuple[list[float], tuple[float, float]]:
+    """Train the Distiller `d` for `steps` steps; (losses, (wall, CPU) seconds of steps 2..N)."""
     losses, t0 = [], None
     for s in range(steps):
         losses.append(d.train_step(s))
         if s == 0:
-            t0 = time.perf_counter()
-    return losses, time.perf_counter() - t0
+            t0 = _clock()
+    t1 = _clock()
+    return losses, (t1[0] - t0[0], t1[1] - t0[1])
 
 
 def _tokenizer(d):
@@ -107,7 +113,7 @@ def _trl_run(job: str, student, teacher, items, batch: int, steps: int, recipe, 
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
-            marks.append(time.perf_counter())
+            marks.append(_clock())
 
     # Logged once at the end: per-step losses are read from `training_step` (a float, as doublebind's
     # step returns), so TRL pays no per-step logging or printing.
@@ -147,7 +153,7 @@ def _trl_run(job: str, student, teacher, items, batch: int, steps: int, recipe, 
     trainer = InOrder(args=args, **kw)
     trainer.remove_callback(PrinterCallback)
     trainer.train()
-    return losses, marks[-1] - marks[0]
+    return losses, (marks[-1][0] - marks[0][0], marks[-1][1] - marks[0][1])
 
 
 def _job(org: Path, job: str, steps: int, prompts: int) -> dict:
@@ -182,7 +188,7 @@ def _job(org: Path, job: str, steps: int, prompts: int) -> dict:
                                      _pad_id(d), Path(tmp))
     if len(trl_losses) != steps:
         _fail(f"TRL logged {len(trl_losses)} losses for {steps} steps")
-    return {"job": job, "db_tps": tokens / db_s, "trl_tps": tokens / trl_s,
+    return {"job": job, "db_tps": tokens / db_s[0], "trl_tps": tokens / trl_s[0], "cpu_ratio": trl_s[1] / db_s[1],
             "db_loss": db_losses[-1], "trl_loss": trl_losses[-1], "twin_loss": twin_losses[-1],
             "d_first": abs(db_losses[0] - trl_losses[0]),
             "agree": _agree(db_losses, trl_losses), "twin_agree": _agree(db_losses, twin_losses)}
@@ -238,14 +244,16 @@ def main() -> None:
         _fail(str(e))
     print(f"doublebind vs TRL {trl.__version__} ({args.preset} organism, {steps} steps, batch 32, fp32, "
           f"{torch.get_num_threads()} thread(s); TRL gradient checkpointing off)")
-    head = f"{'job':<11} {'tok/s doublebind':>16} {'tok/s TRL':>10} {'ratio':>6} {'|Δloss| step 1':>14} " \
+    head = f"{'job':<11} {'tok/s doublebind':>16} {'tok/s TRL':>10} {'ratio':>6} {'(CPU)':>6} {'|Δloss| step 1':>14} " \
            f"{'steps agreeing':>14} {'final loss doublebind':>21} {'TRL':>9} {'control':>9}"
     print(head)
     for r in rows:
         print(f"{r['job']:<11} {r['db_tps']:>16.0f} {r['trl_tps']:>10.0f} {r['db_tps'] / r['trl_tps']:>6.2f} "
+              f"{r['cpu_ratio']:>6.2f} "
               f"{r['d_first']:>14.1e} {r['agree']:>6} (ctl {r['twin_agree']:>3}) {r['db_loss']:>21.6f} "
               f"{r['trl_loss']:>9.6f} {r['twin_loss']:>9.6f}")
-    print("ratio: doublebind / TRL tokens/s. |Δloss| step 1: the same loss on the same weights and data. "
+    print("ratio: doublebind / TRL tokens/s, by wall time and (CPU) by the process's CPU time, which other "
+          "jobs on the machine move less. |Δloss| step 1: the same loss on the same weights and data. "
           "steps agreeing: steps from the first with losses within 1e-4 (relative) of doublebind's, for TRL and "
           "for the control, doublebind rerun from weights x (1 + 1e-7 noise); the control's final loss shows how "
           "far rounding alone moves the end of these runs.")

@@ -69,14 +69,21 @@ def micro_loss(model, items: list[Item], soft: dict[str, torch.Tensor], ocfg, re
     elementwise KL terms, forward and backward, cost more than the model's output layer."""
     if ocfg.kind == "dpo":
         return _dpo_sum(model, items, ocfg, ref_logps)
-    batch = to_device(collate([it.example for it in items]), model_device(model))
+    cpu = collate([it.example for it in items])
+    device = model_device(model)
+    batch = to_device(cpu, device)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # [B, S, V]
+    # Response positions, item after item, found on the CPU (no device sync, as a boolean index
+    # on the device would need): rows of the [B * S, V] logits, position t predicting t + 1.
+    keep = cpu["loss_mask"] > 0  # [B, S-1]
+    rows_b, rows_t = keep.nonzero(as_tuple=True)
+    flat = (rows_b * out.shape[1] + rows_t).to(device, non_blocking=True)  # [N]
     # fp32 losses whatever the forward's precision (bf16 autocast, bf16 weights)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
-    mask = _weighted_mask(items, batch["loss_mask"])  # [B, S-1]
-    keep = batch["loss_mask"] > 0  # [B, S-1]: response positions, item after item
-    z, m = logits[keep][None], mask[keep][None]  # [1, N, V], [1, N]
+    z = out.reshape(-1, out.shape[-1]).index_select(0, flat).float()[None]  # [1, N, V]
+    weighted = _weighted_mask(items, cpu["loss_mask"])  # [B, S-1]
+    m = weighted[keep].to(device, non_blocking=True)[None]  # [1, N]
     if ocfg.kind == "sft":
-        mean = obj.sft_nll(z, batch["input_ids"][:, 1:][keep][None], m)
+        mean = obj.sft_nll(z, cpu["input_ids"][:, 1:][keep].to(device, non_blocking=True)[None], m)
     else:
         rows = {k: v[None] for k, v in _teacher_rows(items, soft, z.device).items()}  # [1, N, ...]
         t = ocfg.temperature
@@ -88,9 +95,9 @@ def micro_loss(model, items: list[Item], soft: dict[str, torch.Tensor], ocfg, re
             mean = obj.reverse_kl(z, rows["logprobs"], m, temperature=t)
         else:
             mean = obj.generalized_jsd(z, rows["logprobs"], m, beta=ocfg.beta, temperature=t)
-    total = mean * mask.sum()
+    total = mean * m.sum()
     if extra is not None:
-        total = total + extra(model, items, batch, logits, mask)
+        total = total + extra(model, items, batch, out[:, :-1].float(), weighted.to(device))
     return total
 
 
