@@ -92,3 +92,12 @@ def test_cli_tracker_flag_is_validated(quick_organism, tmp_path):
     assert r.returncode == 1 and not (tmp_path / "study").exists()
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "recipe_overrides: training.tracker" in lines[0], r.stderr
+
+
+def test_a_tracker_leaves_the_recipe_dump_and_hash_alone():
+    """A study resumed with or without --tracker finds the same recipe hash."""
+    plain = recipe()
+    tracked = recipe(training={"steps": 4, "batch": 8, "checkpoint_every": 2, "lr": 0.001, "save_weights": False,
+                               "tracker": "tensorboard"})
+    assert tracked.training.tracker == "tensorboard"
+    assert tracked.model_dump(mode="json") == plain.model_dump(mode="json")
