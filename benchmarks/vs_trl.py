@@ -89,7 +89,7 @@ def _tokenizer(d):
 
 
 def _trl_run(job: str, student, teacher, items, batch: int, steps: int, recipe, tokenizer, pad_id: int,
-             out: Path) -> tuple[list[float], float]:
+             out: Path, checkpointing: bool = False) -> tuple[list[float], float]:
     """The same job with TRL's trainer; (per-step losses, seconds of steps 2..N)."""
     import torch
     from datasets import Dataset
@@ -120,7 +120,7 @@ def _trl_run(job: str, student, teacher, items, batch: int, steps: int, recipe, 
     common = dict(output_dir=str(out), per_device_train_batch_size=batch, max_steps=steps,
                   learning_rate=tr.lr, max_grad_norm=1.0, logging_steps=steps, save_strategy="no", report_to="none",
                   log_level="error",
-                  use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False, seed=recipe.seed,
+                  use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=checkpointing, seed=recipe.seed,
                   dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True,
                   dataset_kwargs={"skip_prepare_dataset": True}, max_length=None)
     # doublebind's own optimiser (AdamW, betas 0.9/0.98, no weight decay, the fused kernel)
@@ -156,7 +156,7 @@ def _trl_run(job: str, student, teacher, items, batch: int, steps: int, recipe, 
     return losses, (marks[-1][0] - marks[0][0], marks[-1][1] - marks[0][1])
 
 
-def _job(org: Path, job: str, steps: int, prompts: int) -> dict:
+def _job(org: Path, job: str, steps: int, prompts: int, checkpointing: bool = False) -> dict:
     import torch
 
     from doublebind import config
@@ -185,7 +185,7 @@ def _job(org: Path, job: str, steps: int, prompts: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(recipe.seed)
         trl_losses, trl_s = _trl_run(job, init, teacher, items, batch, steps, recipe, _tokenizer(d),
-                                     _pad_id(d), Path(tmp))
+                                     _pad_id(d), Path(tmp), checkpointing)
     if len(trl_losses) != steps:
         _fail(f"TRL logged {len(trl_losses)} losses for {steps} steps")
     return {"job": job, "db_tps": tokens / db_s[0], "trl_tps": tokens / trl_s[0], "cpu_ratio": trl_s[1] / db_s[1],
@@ -214,6 +214,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200, help="optimiser steps per job (at least 2)")
     ap.add_argument("--quick", action="store_true", help="20 steps, a smaller prompt set")
     ap.add_argument("--jobs", default="sft,soft-label", help="comma-separated: sft, soft-label")
+    ap.add_argument("--trl-checkpointing", action="store_true",
+                    help="leave TRL's default gradient checkpointing on (off by default: doublebind has none)")
     args = ap.parse_args()
     steps = 20 if args.quick else args.steps
     if steps < 2:
@@ -239,11 +241,11 @@ def main() -> None:
     org = Path("runs/bench") / f"organism-{args.preset}"
     try:
         build_organism(config.load(preset=args.preset), org, show_progress=False)
-        rows = [_job(org, j, steps, 400 if args.quick else 4000) for j in jobs]
+        rows = [_job(org, j, steps, 400 if args.quick else 4000, args.trl_checkpointing) for j in jobs]
     except DoublebindError as e:
         _fail(str(e))
     print(f"doublebind vs TRL {trl.__version__} ({args.preset} organism, {steps} steps, batch 32, fp32, "
-          f"{torch.get_num_threads()} thread(s); TRL gradient checkpointing off)")
+          f"{torch.get_num_threads()} thread(s); TRL gradient checkpointing {'on' if args.trl_checkpointing else 'off'})")
     head = f"{'job':<11} {'tok/s doublebind':>16} {'tok/s TRL':>10} {'ratio':>6} {'(CPU)':>6} {'|Δloss| step 1':>14} " \
            f"{'steps agreeing':>14} {'final loss doublebind':>21} {'TRL':>9} {'control':>9}"
     print(head)
