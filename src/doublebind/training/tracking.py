@@ -58,6 +58,7 @@ def accelerator_kwargs(tracker: str, out: Path | None) -> dict:
 def _offline(tracker: str, logs: Path) -> dict:
     """Per-tracker init kwargs that keep it local and offline."""
     if tracker == "wandb":
+        logs.mkdir(parents=True, exist_ok=True)  # wandb wants its `dir` to exist
         os.environ["WANDB_MODE"] = "offline"  # and never a login prompt
         os.environ.setdefault("WANDB_SILENT", "true")
         return {"wandb": {"mode": "offline", "dir": str(logs)}}
