@@ -4,6 +4,7 @@
     python benchmarks/vs_trl.py                    # 200 steps per job, quick organism
     python benchmarks/vs_trl.py --quick            # 20 steps: a smoke check of the comparison
     python benchmarks/vs_trl.py --steps 500 --preset default
+    python benchmarks/vs_trl.py --trl-checkpointing     # TRL with its default gradient checkpointing
 
 Two jobs, each run once by doublebind and once by TRL, with the same student weights at
 step 0, the same examples in the same order (the items doublebind's seeded sampler draws,
@@ -12,16 +13,17 @@ fused AdamW, betas 0.9/0.98, no weight decay, passed to TRL), gradient clipping 
 doublebind's learning-rate schedule (given to TRL as a LambdaLR), fp32 on CPU:
 
 - sft: hard-label SFT on teacher samples, loss on completion tokens (TRL `SFTTrainer`,
-  gradient checkpointing OFF: TRL turns it on by default, which re-runs the forward in the
-  backward and is several times slower here; bf16 off);
-- soft: generalised JSD at beta 0.5, T 1 on the teacher's full distribution (TRL's
+  gradient checkpointing OFF unless --trl-checkpointing: TRL turns it on by default, which
+  re-runs the forward in the backward (1.8x slower here); bf16 off);
+- soft-label: generalised JSD at beta 0.5, T 1 on the teacher's full distribution (TRL's
   `GKDTrainer`, now `trl.experimental.gkd`, with lmbda 0 and seq_kd off, i.e. off-policy
   KD on the given samples). TRL runs the teacher forward on every batch; doublebind reads
   the teacher's log-probs from its teacher-output cache, which is how doublebind runs this
   job (`sampling.soft_labels: full`). The cache is filled before timing.
 
 tokens/s counts the non-padding tokens (prompt + response) of the batches, over the steps
-after the first (warm-up excluded), measured the same way for both. "|Δloss| step 1" compares
+after the first (warm-up excluded), measured the same way for both, by wall time and by the
+process's CPU time (one thread: less moved by other jobs on a shared machine). "|Δloss| step 1" compares
 the first step's losses: the same loss function on the same weights and data, so float noise
 at most. After that the two runs part: these tiny runs are chaotic (gradients clipped at
 most steps, AdamW's per-weight normalisation), so a rounding-level difference grows to
