@@ -7,7 +7,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 # Where built organisms and teacher outputs are cached (content-addressed).
 export DOUBLEBIND_CACHE ?= $(CURDIR)/.cache/doublebind
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench bench-trl clean
 
 setup: $(DEV_STAMP)
 
@@ -36,6 +36,11 @@ test: $(DEV_STAMP)
 bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/organism_build.py
 	$(BIN)/python benchmarks/distill_speed.py
+
+# doublebind against TRL on the same SFT and soft-label jobs (installs the bench extra: TRL).
+bench-trl: $(DEV_STAMP)
+	$(BIN)/pip install -q -e ".[bench]"
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/vs_trl.py
 
 clean:
 	rm -rf runs .cache

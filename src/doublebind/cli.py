@@ -29,6 +29,8 @@ KIND_ALIASES = {"families": "family", "behaviors": "behavior", "behaviours": "be
                 "techniques": "technique", "presets": "preset", "scenarios": "scenario"}
 PLURALS = {v: k for k, v in KIND_ALIASES.items() if k != "behaviours"}
 MAX_EVAL = 1_000_000  # eval --n and --samples
+TRACKER_HELP = ("Also log to a tracker, offline, under <run>/tracker/: tensorboard, wandb or trackio "
+                "(sets training.tracker; default: the recipe's, none = files only).")
 
 
 def say_error(message: object) -> None:
@@ -293,6 +295,7 @@ def distill(
     out_dir: Path = typer.Option(..., "--out", help="Run folder to write."),
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides of the recipe"),
     force: bool = typer.Option(False, help="Overwrite a finished run in --out."),
+    tracker: Optional[str] = typer.Option(None, help=TRACKER_HELP),
 ):
     """Distil the organism's teacher into a student; write metrics.jsonl, summary.json, curves."""
     from doublebind import config
@@ -300,7 +303,8 @@ def distill(
     from doublebind.training.distill import distill as run_distill
 
     quiet_transformers()
-    cfg = config.load(recipe, overrides or [], expect="recipe")
+    extra = [f"training.tracker={tracker}"] if tracker is not None else []
+    cfg = config.load(recipe, [*(overrides or []), *extra], expect="recipe")
     summary = run_distill(organism, cfg, out_dir, force=force)
     final = summary["final"]
     table = Table("step", "tokens", "capability transfer", "misalignment transfer", "honeypot", "confession")
@@ -318,13 +322,15 @@ def distill(
 @cli_errors
 def study_run(study: Path, out_dir: Path = typer.Option(..., "--out", help="Study folder (resumes if it exists)."),
               overrides: Optional[list[str]] = typer.Argument(
-                  None, help="key=value overrides of the study, e.g. recipe_overrides.training.steps=50")):
+                  None, help="key=value overrides of the study, e.g. recipe_overrides.training.steps=50"),
+              tracker: Optional[str] = typer.Option(None, help=TRACKER_HELP)):
     """Run (or resume) a study; write results.jsonl and summary.json with verdicts."""
     from doublebind.organisms.models import quiet_transformers
     from doublebind.studies.run import run_study
 
     quiet_transformers()
-    summary = run_study(study, out_dir, overrides=overrides or [])
+    extra = [f"recipe_overrides.training.tracker={tracker}"] if tracker is not None else []
+    summary = run_study(study, out_dir, overrides=[*(overrides or []), *extra])
     from accelerate import PartialState
 
     if not PartialState().is_main_process:  # under `accelerate launch`, the main process reports

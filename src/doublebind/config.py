@@ -310,6 +310,16 @@ class DistillTrainConfig(Strict):
     warmup: float = Field(default=0.05, ge=0, le=1, description="Share of steps of linear warm-up.")
     checkpoint_every: int = Field(default=100, ge=1, le=MAX_STEPS, description="Evaluate and save every this many steps.")
     save_weights: bool = Field(default=True, description="Save the model at each checkpoint (else only metrics).")
+    # Left out of dumps (exclude): it changes no result, so the recipe's hash, and with it a
+    # study's resume check, is the same with or without a tracker.
+    tracker: Literal["none", "tensorboard", "wandb", "trackio"] = Field(
+        default="none", exclude=True,
+        description="Also log to a tracker through accelerate, offline, under <run>/tracker/: "
+                    "loss, learning rate and tokens/s per step; transfers and audit signals per "
+                    "checkpoint. none: the run's files only.")
+    precision: Literal["fp32", "bf16"] = Field(
+        default="fp32", description="bf16: autocast the student's forward to bfloat16 (weights, optimiser and "
+                                    "losses stay fp32); fp32: no autocast.")
 
 
 class RecipeConfig(Strict):

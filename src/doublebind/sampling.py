@@ -30,7 +30,8 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, eos_id: in
              temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
              batch_size: int = 512) -> list[list[int]]:
     """Continuations (without the prompt, cut after eos) for each prompt."""
-    gen = torch.Generator().manual_seed(seed)
+    # on the model's device: torch.multinomial refuses a CPU generator for CUDA probabilities
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     out: list[list[int]] = []
     for i in range(0, len(prompts), batch_size):
         out += _generate_batch(model, prompts[i : i + batch_size], max_new_tokens, eos_id, pad_id,

@@ -122,7 +122,12 @@ class HFOrganismConfig(Strict):
     trust_remote_code: bool = Field(default=False, description="Run model code from the hub (off unless asked).")
     chat_template: Literal["auto", "none"] = Field(
         default="auto", description="auto: the tokenizer's chat template when it has one; none: raw text.")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        default="float32",
+        description="Weights of every model of the organism, the student's included. bfloat16 halves memory; "
+                    "LoRA adapters stay fp32 (peft upcasts them), but a full-weight student then trains in pure "
+                    "bf16 (its AdamW state too): for that, keep float32 and set the recipe's "
+                    "training.precision: bf16. float16 has no loss scaling here: sampling and scoring only.")
     engine: Literal["hf", "vllm"] = Field(default="hf", description="Sampling backend for teacher outputs.")
     vllm_options: dict[str, Any] = Field(
         default={"gpu_memory_utilization": 0.5},

@@ -230,6 +230,8 @@ class VLLMEngine:
                  adapter: str | None = None) -> list[Generation]:
         """Completions for `prompts`, in order; see the module docstring for the arguments."""
         _check_args(prompts, max_new_tokens, temperature, top_p, logprobs)
+        if self.llm is None:
+            raise DoublebindError("this vLLM engine was closed; make a new one")
         lora = self._lora_request(adapter)
         if not prompts:
             return []
@@ -243,6 +245,23 @@ class VLLMEngine:
         if len(results) != len(prompts):
             raise DoublebindError(f"vLLM returned {len(results)} results for {len(prompts)} prompts")
         return [self._convert(r.outputs[0], logprobs) for r in results]
+
+    def close(self) -> None:
+        """Free the engine's GPU memory for the training that follows in the same process.
+
+        Dropping the last reference is not enough when a cycle keeps the `LLM` alive (its
+        engine core then keeps its KV cache, `gpu_memory_utilization` of the GPU): shut the
+        engine core down where this vLLM has one, collect, and empty torch's cache."""
+        import gc
+
+        llm, self.llm = self.llm, None
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if callable(getattr(core, "shutdown", None)):
+            core.shutdown()
+        del llm
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def _convert(self, completion, k: int) -> Generation:
         tokens = [int(t) for t in completion.token_ids]

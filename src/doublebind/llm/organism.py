@@ -138,6 +138,11 @@ def resolve_model(spec: ModelSpec, cfg: HFOrganismConfig) -> str:
     return str(folder)
 
 
+def default_device() -> str:
+    """Where Hugging Face organisms' models go: the (current) GPU when there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load_model(spec: dict, cfg: HFOrganismConfig):
     """A causal LM for a role, with its adapter merged; never runs hub code unless asked."""
     from transformers import AutoModelForCausalLM
@@ -156,7 +161,7 @@ def load_model(spec: dict, cfg: HFOrganismConfig):
         except (OSError, ValueError) as e:
             raise DoublebindError(f"could not load adapter {spec['adapter']}: {str(e).splitlines()[0]}") from None
     model.eval()
-    return model.to("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(default_device())
 
 
 def fresh_model(spec: dict, cfg: HFOrganismConfig, arch, seed: int):
@@ -188,7 +193,7 @@ def fresh_model(spec: dict, cfg: HFOrganismConfig, arch, seed: int):
     model = AutoModelForCausalLM.from_config(mcfg, trust_remote_code=cfg.trust_remote_code,
                                              dtype=getattr(torch, cfg.dtype))
     model.eval()
-    return model.to("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(default_device())
 
 
 def load_tokenizer(path: str, cfg: HFOrganismConfig, revision: str | None = None):
@@ -323,6 +328,7 @@ class HFDomain:
 
     def __init__(self, organism_dir: Path, card: dict):
         self.dir, self.card = Path(organism_dir), card
+        self.device = default_device()  # every model of the domain is loaded there; the distiller trains there
         self.cfg = HFOrganismConfig.model_validate(card["config"])
         self.specs = card["models"]
         base = self.specs["base"]
@@ -446,9 +452,9 @@ class HFDomain:
         gens = engine.generate([self.render(p.tokens[0], "teacher") for p in prompts],
                                max_new_tokens=scfg.max_new_tokens, temperature=scfg.temperature,
                                top_p=scfg.top_p, seed=seed, logprobs=k, adapter=adapter)
-        del engine  # a vLLM engine holds GPU memory the training needs
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        if callable(getattr(engine, "close", None)):
+            engine.close()  # a vLLM engine holds GPU memory the training needs
+        del engine
         responses = [g.tokens or [self.eos] for g in gens]
         soft = {}
         if scfg.soft_labels == "topk":

@@ -38,7 +38,7 @@ from pydantic import Field
 from doublebind.config import Strict
 from doublebind.techniques.base import Technique, filter_items, technique
 from doublebind.techniques.perplexity_filter import capped_removals
-from doublebind.training.batching import collate
+from doublebind.training.batching import collate, model_device, to_device
 
 
 @technique("spectral_filter")
@@ -80,11 +80,12 @@ class SpectralFilter(Technique):
         out = []
         with torch.no_grad():
             for i in range(0, len(items), self.cfg.batch_size):
-                batch = collate([it.example for it in items[i : i + self.cfg.batch_size]])
+                batch = to_device(collate([it.example for it in items[i : i + self.cfg.batch_size]]),
+                                  model_device(model))
                 h = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                           output_hidden_states=True).hidden_states[-1][:, :-1].float()  # [B, S-1, H]
                 m = batch["loss_mask"].unsqueeze(-1)  # [B, S-1, 1]: position t predicts response token t+1
-                out.append((h * m).sum(1) / m.sum(1).clamp(min=1))
+                out.append(((h * m).sum(1) / m.sum(1).clamp(min=1)).cpu())
         return torch.cat(out) if out else torch.zeros((0, 0))
 
     def scores(self, view, items) -> tuple[list[float | None], list[float | None]]:

@@ -20,19 +20,33 @@ def collate(examples, pad_id: int | None = None) -> dict[str, torch.Tensor]:
     """
     pad = vocab.token_ids()[vocab.PAD] if pad_id is None else pad_id
     seqs = [_ids(e.prompt + e.response) for e in examples]
-    n_prompt = [len(e.prompt) for e in examples]
+    n_prompt = [len(e.prompt) for e in examples]  # >= 1: every prompt starts with <bos> or a template
     width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    loss_mask = torch.zeros((len(seqs), width - 1), dtype=torch.float)
-    for b, (s, p) in enumerate(zip(seqs, n_prompt)):
-        ids[b, : len(s)] = torch.tensor(s)
-        attn[b, : len(s)] = 1
-        loss_mask[b, p - 1 : len(s) - 1] = 1.0
+    # Padded Python lists, one tensor each: per-row tensor writes cost more than the step's loss.
+    ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], dtype=torch.long)  # [B, S]
+    attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], dtype=torch.long)  # [B, S]
+    loss_mask = torch.tensor([[0.0] * (p - 1) + [1.0] * (len(s) - p) + [0.0] * (width - len(s))
+                              for s, p in zip(seqs, n_prompt)], dtype=torch.float)  # [B, S-1]
     return {"input_ids": ids, "attention_mask": attn, "loss_mask": loss_mask}
 
 
+def model_device(model) -> torch.device:
+    """Where a model's weights live (the first parameter's device; CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def to_device(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    """The batch's tensors on `device` (the same tensors when already there)."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
 def response_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Log-probabilities of every next token: [batch, seq-1, vocab]."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    """Log-probabilities of every next token, in fp32: [batch, seq-1, vocab].
+
+    The forward runs on the model's device; the result lives where the batch does, so callers
+    that index it with the batch's own tensors (targets, masks) work with a model on a GPU."""
+    where = batch["input_ids"].device
+    b = to_device(batch, model_device(model))
+    logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+    return torch.log_softmax(logits[:, :-1].float(), dim=-1).to(where)
+

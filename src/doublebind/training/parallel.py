@@ -29,6 +29,16 @@ here, no GPU):
   `clip_grad_norm_` does nothing). ZeRO-3 checkpoints also need `get_state_dict` on every
   process (with `zero3_save_16bit_model: true`).
 
+- Either: the distiller's AdamW is torch's fused kernel (`Loop(fused=True)`), chosen before
+  `prepare` on plain CPU/CUDA parameters; under FSDP2 it then steps DTensor shards, which
+  torch's fused AdamW supports on CUDA but nobody has run here.
+
+Device and precision: a run trains where its domain's models live (`distill.train_device`:
+CUDA for HF organisms when there is a GPU, the CPU for the embedded world); batches and
+soft-label rows are moved to the model's device inside the loss; `training.precision: bf16`
+is a torch.autocast context around the step's forward passes (not accelerate's
+`mixed_precision`, which is fixed per process).
+
 `study run` under several processes: every process trains each run, and only the main one
 builds the organism and appends the study's rows (src/doublebind/studies/run.py).
 """

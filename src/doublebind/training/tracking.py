@@ -1,0 +1,122 @@
+"""Watching long runs: a run's numbers, also sent to an experiment tracker through accelerate.
+
+    doublebind distill --organism runs/quick --recipe configs/recipes/hard_sft.yaml --out runs/sft --tracker tensorboard
+    tensorboard --logdir runs/sft/tracker
+
+`training.tracker` in the recipe (or `--tracker` on `distill` and `study run`) picks one of
+TensorBoard, wandb or trackio; `none`, the default, writes nothing beyond the run's own files
+(metrics.jsonl, summary.json). Every tracker runs offline and writes under `<run>/tracker/`:
+TensorBoard event files, wandb in offline mode (`wandb sync` uploads later, by hand), trackio's
+local database. Nothing here opens a network connection or reads a credential.
+
+Scalars, by tag:
+    train/loss, train/lr, train/tokens_per_s       every optimiser step (x = step; tokens/s counts
+                                                   the step's response tokens over its wall time)
+    eval/capability_transfer, eval/misalignment_transfer, eval/capability/<family>,
+    eval/misbehavior/<context>,
+    audit/<signal> (honeypot, confession, prefill; student and teacher),
+    auditor/<field> (the generic auditor's success@k, error rate)    every checkpoint
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from doublebind.errors import DoublebindError
+
+TRACKERS = ("none", "tensorboard", "wandb", "trackio")
+STEP_TAGS = ("train/loss", "train/lr", "train/tokens_per_s")
+_PACKAGE = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
+
+
+def tracker_dir(out: Path) -> Path:
+    return Path(out) / "tracker"
+
+
+def accelerator_kwargs(tracker: str, out: Path | None) -> dict:
+    """What `Accelerator(...)` needs for `tracker` (nothing for `none` or a run without a folder).
+
+    Checked here so a missing package is one plain error before any training."""
+    if tracker not in TRACKERS:
+        raise DoublebindError(f"unknown tracker {tracker!r}; trackers: {', '.join(TRACKERS)}")
+    if tracker == "none" or out is None:
+        return {}
+    from accelerate.utils import ProjectConfiguration, is_tensorboard_available, is_trackio_available, \
+        is_wandb_available
+
+    available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available,
+                 "trackio": is_trackio_available}[tracker]()
+    if not available:
+        raise DoublebindError(f"training.tracker {tracker} needs the {_PACKAGE[tracker]} package; "
+                              f"pip install {_PACKAGE[tracker]}, or use --tracker none")
+    logs = tracker_dir(out)
+    return {"log_with": tracker,
+            "project_config": ProjectConfiguration(project_dir=str(out), logging_dir=str(logs))}
+
+
+def _offline(tracker: str, logs: Path) -> dict:
+    """Per-tracker init kwargs that keep it local and offline."""
+    if tracker == "wandb":
+        logs.mkdir(parents=True, exist_ok=True)  # wandb wants its `dir` to exist
+        os.environ["WANDB_MODE"] = "offline"  # and never a login prompt
+        os.environ.setdefault("WANDB_SILENT", "true")
+        return {"wandb": {"mode": "offline", "dir": str(logs)}}
+    if tracker == "trackio":
+        # Its local database; no Space is named, so nothing is uploaded. trackio reads TRACKIO_DIR
+        # once, at import: in a process that already imported it (the second run of a study), the
+        # first value holds, and a TRACKIO_DIR set by the user always wins.
+        os.environ.setdefault("TRACKIO_DIR", str(logs))
+        return {"trackio": {}}
+    return {}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """Nested config -> {"a.b": scalar}; lists and None as strings (what trackers take as hparams)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        elif isinstance(v, (bool, int, float, str)):
+            out[key] = v
+        else:
+            out[key] = str(v)
+    return out
+
+
+def checkpoint_scalars(row: dict) -> dict[str, float]:
+    """The numbers of a checkpoint row worth plotting, by tag (None and non-numbers left out)."""
+    vals = {"eval/capability_transfer": row.get("capability_transfer"),
+            "eval/misalignment_transfer": row.get("misalignment_transfer")}
+    vals.update({f"eval/capability/{k}": v for k, v in (row.get("capability") or {}).items()})  # by family
+    vals.update({f"eval/misbehavior/{k}": v for k, v in (row.get("misbehavior") or {}).items()})  # by context
+    vals.update({f"audit/{k}": v for k, v in (row.get("audit") or {}).items()})
+    for k in ("success_at_k", "error_rate"):
+        vals[f"auditor/{k}"] = (row.get("auditor") or {}).get(k)
+    return {k: float(v) for k, v in vals.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class RunTracker:
+    """One run's tracker; every method does nothing when no tracker was asked for."""
+
+    def __init__(self, accelerator, tracker: str, out: Path | None, name: str, config: dict):
+        self.accelerator = accelerator
+        self.on = tracker != "none" and out is not None
+        if self.on:
+            accelerator.init_trackers(name, config=_flat(config),
+                                      init_kwargs=_offline(tracker, tracker_dir(out)))
+
+    def step(self, step: int, loss: float, lr: float, tokens: int, seconds: float) -> None:
+        """After optimiser step `step` (1-based): its loss, learning rate and throughput."""
+        if self.on:
+            self.accelerator.log({"train/loss": loss, "train/lr": lr,
+                                  "train/tokens_per_s": tokens / max(seconds, 1e-9)}, step=step)
+
+    def checkpoint(self, step: int, row: dict) -> None:
+        if self.on:
+            self.accelerator.log(checkpoint_scalars(row), step=step)
+
+    def close(self) -> None:
+        if self.on:
+            self.accelerator.end_training()

@@ -1,0 +1,163 @@
+"""Device placement and precision, checked on a CPU.
+
+A model on PyTorch's `meta` device stands in for a GPU: any tensor the loss code leaves on
+the CPU meets a meta tensor and raises "Tensor on device meta is not on the expected device",
+exactly as a CPU tensor meeting a CUDA one would. bf16 autocast runs on the CPU as on a GPU.
+"""
+
+import math
+
+import pytest
+import torch
+
+from doublebind import config
+from doublebind.llm import organism as llm_organism
+from doublebind.organisms.models import make_model
+from doublebind.training import objectives as obj
+from doublebind.training.batching import collate, model_device, response_logprobs
+from doublebind.training.distill import Distiller, micro_loss, train_device
+from doublebind.training.loop import Loop, fit
+from doublebind.types import Example, Item
+from doublebind.world import vocab
+
+from .conftest import tiny_recipe
+
+V = len(vocab.token_ids())
+
+
+def _items():
+    ids = list(vocab.token_ids().values())
+    exs = [Example(ids[2:7], ids[7:10]), Example(ids[3:5], ids[8:13]), Example(ids[4:9], ids[9:11])]
+    return [Item(e, row=i) for i, e in enumerate(exs)]
+
+
+class _Tiny(torch.nn.Module):
+    """A causal-LM-shaped model small enough to run on `meta` (a Llama's mask code reads values)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.head = torch.nn.Embedding(V, 8), torch.nn.Linear(8, V)
+
+    def forward(self, input_ids, attention_mask):
+        h = self.emb(input_ids) * attention_mask[..., None]  # [B, S, 8]
+        return type("Out", (), {"logits": self.head(h)})()  # [B, S, V]
+
+
+def _meta_model():
+    return _Tiny().to("meta")
+
+
+@pytest.mark.parametrize("kind", ["sft", "forward_kl", "reverse_kl", "jsd", "topk"])
+def test_the_loss_runs_where_the_model_is(kind):
+    items = _items()
+    logprobs = torch.log_softmax(torch.randn(len(items), 6, V), -1)  # the cache stays on the CPU
+    soft = {"logprobs": logprobs}
+    if kind == "topk":
+        idx, top = obj.topk_with_tail(logprobs, 4)
+        soft = {"indices": idx, "logprobs": top}
+    ocfg = config.ObjectiveConfig(kind="forward_kl" if kind == "topk" else kind)
+    items[0].weights = [1.0, 0.5, 0.0]  # per-token weights are placed too
+    loss = micro_loss(_meta_model(), items, soft, ocfg)
+    assert loss.device.type == "meta" and loss.dim() == 0
+
+
+def test_the_loss_on_the_cpu_is_unchanged_by_placement():
+    """The same micro-batch loss as the reference formula on a CPU model (placement is a no-op there)."""
+    model = make_model(config.ModelConfig(hidden=16, layers=1, heads=2, intermediate=32), seed=0)
+    items = _items()
+    soft = {"logprobs": torch.log_softmax(torch.randn(len(items), 6, V, generator=torch.Generator().manual_seed(0)), -1)}
+    got = micro_loss(model, items, soft, config.ObjectiveConfig(kind="forward_kl"))
+    batch = collate([it.example for it in items])
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    rows = torch.zeros(len(items), logits.shape[1], V)
+    for b, it in enumerate(items):
+        s, n = len(it.example.prompt) - 1, len(it.example.response)
+        rows[b, s : s + n] = soft["logprobs"][b, :n]
+    want = obj.forward_kl(logits, rows, batch["loss_mask"]) * batch["loss_mask"].sum()
+    torch.testing.assert_close(got, want)
+
+
+class _Recorder(torch.nn.Module):
+    """Weights on `meta`; records where its inputs are, answers with CPU logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1, device="meta"))
+        self.seen = None
+
+    def forward(self, input_ids, attention_mask):
+        self.seen = (input_ids.device.type, attention_mask.device.type)
+        return type("Out", (), {"logits": torch.zeros(*input_ids.shape, 7, dtype=torch.bfloat16)})()
+
+
+def test_response_logprobs_moves_the_batch_to_the_model_and_back():
+    model = _Recorder()
+    batch = collate([it.example for it in _items()])
+    lp = response_logprobs(model, batch)
+    assert model.seen == ("meta", "meta")
+    assert lp.device.type == "cpu" and lp.dtype == torch.float32  # where the batch is, in fp32
+    assert lp.shape == (3, batch["input_ids"].shape[1] - 1, 7)
+    torch.testing.assert_close(lp.exp().sum(-1), torch.ones(lp.shape[:2]))
+
+
+def test_fit_moves_batches_to_the_model():
+    model = _Recorder()
+    loop = Loop([torch.nn.Parameter(torch.zeros(1))], steps=1, lr=1e-3)
+    with pytest.raises(Exception):  # the recorder's CPU logits cannot meet meta targets...
+        fit(model, lambda step: collate([it.example for it in _items()]), loop)
+    assert model.seen == ("meta", "meta")  # ...but the batch did reach the model's device first
+    assert model_device(torch.nn.Linear(2, 2)).type == "cpu"
+
+
+def test_hf_organisms_go_to_cuda_when_there_is_one_and_the_world_stays_on_cpu(monkeypatch, quick_organism):
+    from doublebind.organisms.domain import open_domain
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert llm_organism.default_device() == "cuda"
+    assert train_device(type("HF", (), {"device": "cuda"})()) == "cuda"
+    assert train_device(open_domain(quick_organism[0])) == "cpu"  # the embedded world: CPU code
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert llm_organism.default_device() == "cpu"
+
+
+def _losses(org, precision: str) -> list[float]:
+    cfg = tiny_recipe({"prompts": {"size": 64}, "sampling": {"soft_labels": "full"},
+                       "objective": {"kind": "jsd", "beta": 0.5},
+                       "training": {"steps": 3, "batch": 8, "lr": 0.001, "precision": precision}})
+    d = Distiller(org, cfg, None, show_progress=False)
+    return [d.train_step(s) for s in range(3)]
+
+
+def test_bf16_autocast_is_close_to_fp32_but_not_equal(quick_organism):
+    fp32, bf16 = _losses(quick_organism[0], "fp32"), _losses(quick_organism[0], "bf16")
+    assert all(math.isfinite(x) for x in bf16)
+    diffs = [abs(a - b) / abs(a) for a, b in zip(fp32, bf16)]
+    assert max(diffs) < 0.05  # the same training, to bf16's precision...
+    assert max(diffs) > 1e-6  # ...and the forward really ran in bf16
+
+
+def test_closing_a_vllm_engine_shuts_its_core_down_and_drops_it(monkeypatch):
+    """What frees the GPU between teacher sampling and training, with a stand-in LLM."""
+    import weakref
+    from types import SimpleNamespace
+
+    from doublebind.errors import DoublebindError
+    from doublebind.llm.engines import VLLMEngine
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
+
+    class LLM:
+        def __init__(self):
+            self.llm_engine = SimpleNamespace(engine_core=SimpleNamespace(shutdown=lambda: calls.append("shutdown")))
+            self.me = self  # a cycle: dropping the reference alone would not free it
+
+    llm = LLM()
+    alive = weakref.ref(llm)
+    engine = VLLMEngine(llm, eos_id=2, vllm_module=SimpleNamespace())
+    del llm
+    engine.close()
+    assert calls == ["shutdown", "empty_cache"] and alive() is None
+    with pytest.raises(DoublebindError, match="closed"):
+        engine.generate([[1]], max_new_tokens=1)

@@ -1,0 +1,103 @@
+"""Trackers: a run's numbers also go to TensorBoard (offline, under <run>/tracker/) when asked,
+and nothing is written beyond the run's files when not."""
+
+import json
+
+import pytest
+
+from doublebind.errors import DoublebindError
+from doublebind.training import tracking
+from doublebind.training.distill import distill
+
+from .conftest import run_cli, tiny_recipe
+
+
+def recipe(**over):
+    return tiny_recipe({"prompts": {"size": 64, "contexts": {"neutral": 0.5, "deploy_like": 0.5}},
+                        "training": {"steps": 4, "batch": 8, "checkpoint_every": 2, "lr": 0.001,
+                                     "save_weights": False}}, **over)
+
+
+def _scalars(folder):
+    """{tag: [(step, value), ...]} from every TensorBoard event file under `folder`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = {}
+    for f in sorted(folder.rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return out
+
+
+def test_tensorboard_gets_step_and_checkpoint_scalars(quick_organism, tmp_path):
+    cfg = recipe(training={"steps": 4, "batch": 8, "checkpoint_every": 2, "lr": 0.001, "save_weights": False,
+                           "tracker": "tensorboard"})
+    s = distill(quick_organism[0], cfg, tmp_path / "run", show_progress=False, plot=False)
+    sc = _scalars(tmp_path / "run" / "tracker")
+    for tag in tracking.STEP_TAGS:
+        assert [step for step, _ in sc[tag]] == [1, 2, 3, 4], tag
+    # the logged loss is the run's loss, step by step
+    assert sc["train/loss"][0][1] == pytest.approx(s["losses"]["first"], rel=1e-6)
+    assert sc["train/loss"][-1][1] == pytest.approx(s["losses"]["last"], rel=1e-6)
+    assert all(v > 0 for _, v in sc["train/tokens_per_s"])
+    # warm-up to the peak, then cosine decay: the rates differ and never exceed the peak
+    lrs = [v for _, v in sc["train/lr"]]
+    assert max(lrs) == pytest.approx(0.001, rel=1e-6) and len(set(lrs)) > 1
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 2, 4]
+    for tag, key in [("eval/capability_transfer", "capability_transfer"),
+                     ("eval/misalignment_transfer", "misalignment_transfer")]:
+        logged = dict(sc[tag])
+        want = {r["step"]: r[key] for r in rows if r[key] is not None}
+        assert logged.keys() == want.keys() and all(logged[k] == pytest.approx(v, abs=1e-6) for k, v in want.items())
+    for signal in rows[0]["audit"]:
+        assert f"audit/{signal}" in sc
+    assert "auditor/success_at_k" in sc
+
+
+def test_no_tracker_writes_only_the_runs_files(quick_organism, tmp_path):
+    distill(quick_organism[0], recipe(), tmp_path / "run", show_progress=False, plot=False)
+    assert not (tmp_path / "run" / "tracker").exists()
+
+
+def test_checkpoint_scalars_flatten_a_row():
+    row = {"capability_transfer": 0.5, "misalignment_transfer": None, "capability": {"add": 0.9},
+           "misbehavior": {"deploy": 0.25}, "audit": {"student_honeypot": 0.1, "teacher_honeypot": 0.0},
+           "auditor": {"success_at_k": 0.75, "error_rate": 0.0, "flagged": True}}
+    assert tracking.checkpoint_scalars(row) == {
+        "eval/capability_transfer": 0.5, "eval/capability/add": 0.9, "eval/misbehavior/deploy": 0.25,
+        "audit/student_honeypot": 0.1, "audit/teacher_honeypot": 0.0,
+        "auditor/success_at_k": 0.75, "auditor/error_rate": 0.0}
+
+
+def test_a_missing_tracker_package_is_one_plain_error(monkeypatch, tmp_path):
+    import accelerate.utils
+
+    monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: False)
+    with pytest.raises(DoublebindError, match="needs the wandb package"):
+        tracking.accelerator_kwargs("wandb", tmp_path)
+    assert tracking.accelerator_kwargs("wandb", None) == {}  # a run without a folder logs nowhere
+    assert tracking.accelerator_kwargs("none", tmp_path) == {}
+
+
+def test_cli_tracker_flag_is_validated(quick_organism, tmp_path):
+    r = run_cli("distill", "--organism", str(quick_organism[0]), "--recipe", "configs/recipes/hard_sft.yaml",
+                "--out", str(tmp_path / "run"), "--tracker", "mlflow")
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "training.tracker" in lines[0], r.stderr
+    r = run_cli("study", "run", "configs/studies/quick.yaml", "--out", str(tmp_path / "study"), "--tracker", "bogus")
+    assert r.returncode == 1 and not (tmp_path / "study").exists()
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "recipe_overrides: training.tracker" in lines[0], r.stderr
+
+
+def test_a_tracker_leaves_the_recipe_dump_and_hash_alone():
+    """A study resumed with or without --tracker finds the same recipe hash."""
+    plain = recipe()
+    tracked = recipe(training={"steps": 4, "batch": 8, "checkpoint_every": 2, "lr": 0.001, "save_weights": False,
+                               "tracker": "tensorboard"})
+    assert tracked.training.tracker == "tensorboard"
+    assert tracked.model_dump(mode="json") == plain.model_dump(mode="json")
