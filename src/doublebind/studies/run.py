@@ -282,11 +282,15 @@ def recipe_hash(recipe) -> str:
     return hashlib.sha256(json.dumps(recipe.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides: list[str] = ()) -> dict:
-    from doublebind.training.distill import distill
+def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides: list[str] = (),
+              workers: int | None = 1) -> dict:
+    """Run the study's missing runs, `workers` at a time (None: `executor.workers_for`'s
+    default, what the CLI uses); then recompute summary.json."""
+    from doublebind.studies.executor import run_jobs, workers_for
 
     cfg = config.load(study_path, list(overrides), expect="study")
     org_path, org_cfg, base_recipe = resolve(study_path, cfg)
+    n_workers = workers_for(workers)  # a bad DOUBLEBIND_WORKERS stops here, before any work
     out = Path(out)
     check_out_dir(out, "--out", what="a study")
     out.mkdir(parents=True, exist_ok=True)
@@ -318,21 +322,33 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
             if (inc["technique"], inc["seed"]) in grid:
                 console.print(f"redoing the incomplete run {inc['technique']} seed {inc['seed']} "
                               f"({inc['found']} of its {inc['expected']} rows in {RESULTS})", highlight=False)
+    jobs = {(technique, seed): (org_path, grid[technique, seed], out / "runs" / f"{technique}-s{seed}")
+            for technique, seed in todo}
     with progress_bar(f"study {cfg.name}", len(grid), show_progress and state.is_main_process,
                       unit="runs") as advance:
         advance(len(grid) - len(todo))
-        for technique, seed in todo:
-            recipe = grid[technique, seed]
-            run_dir = out / "runs" / f"{technique}-s{seed}"
-            summary = distill(org_path, recipe, run_dir, show_progress=False, force=True, plot=False)
+
+        def finished(key, summary) -> None:  # in this process, as each run ends: one append per run
+            technique, seed = key
+            _, recipe, run_dir = jobs[key]
             if state.is_main_process:
                 run_id = next(i for k in range(len(run_ids) + 1)
                               if (i := f"{technique}-s{seed}-a{k}") not in run_ids)
                 run_ids.add(run_id)
                 _append(results, seal_run(_rows(cfg, card, technique, seed, recipe, run_dir, summary), run_id))
             advance(1)
+
+        run_jobs(distill_run, jobs, 1 if state.num_processes > 1 else n_workers, finished,
+                 label=lambda key: f"{key[0]} seed {key[1]}")
     state.wait_for_everyone()
     return summarize(out, cfg, write=state.is_main_process)
+
+
+def distill_run(org_path: Path, recipe, run_dir: Path) -> dict:
+    """One run of the grid (in a worker process, or in this one): its summary."""
+    from doublebind.training.distill import distill
+
+    return distill(org_path, recipe, run_dir, show_progress=False, force=True, plot=False)
 
 
 def place_organism(org_cfg, dest: Path, show_progress: bool = True) -> None:
