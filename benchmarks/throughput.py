@@ -127,7 +127,8 @@ def main() -> None:
 
     t0 = time.perf_counter()
     run_study(study, work / "warm-up", show_progress=False, workers=workers,
-              overrides=[*over, "recipe_overrides.training.steps=1", "recipe_overrides.training.checkpoint_every=1",
+              overrides=[*(o for o in over if not o.startswith(("recipe_overrides.training.", "recipe_overrides.eval."))),
+                         "recipe_overrides.training.steps=1", "recipe_overrides.training.checkpoint_every=1",
                          "recipe_overrides.eval.n_prompts=5"])
     print(f"warm-up (organism, teacher outputs): {time.perf_counter() - t0:.1f} s")
 

@@ -15,6 +15,11 @@ to `results.quarantine.jsonl` beside the file; the one exception is a half-writt
 line (no final newline: a kill mid-append), which `study run` moves to the quarantine file
 so that kill-and-resume keeps working. `summary.json` is always recomputed from the rows;
 `doublebind report` reads the rows the same way and writes nothing here.
+
+Runs go to worker processes (`--workers`, `studies/executor.py`); this process alone appends
+to results.jsonl, once per finished run, so with several workers runs appear in the order
+they finish. Each run computes with one thread however many workers there are, so
+summary.json does not depend on the worker count.
 """
 
 from __future__ import annotations
