@@ -139,10 +139,17 @@ class _Pool:
                 child.close()
                 self.procs.append(p)
                 self.conns.append(parent)
+
+            def dispatch(w: int) -> None:
+                busy[w] = pending.pop()
+                try:
+                    self.conns[w].send((busy[w], jobs[keys[busy[w]]]))
+                except OSError:  # the worker is gone; its sentinel reports it below
+                    pass
+
             for w in range(self.size):
                 if pending:
-                    busy[w] = pending.pop()
-                    self.conns[w].send((busy[w], jobs[keys[busy[w]]]))
+                    dispatch(w)
             while busy:
                 ready = wait([self.conns[w] for w in busy] + [self.procs[w].sentinel for w in busy])
                 for w in list(busy):
@@ -164,8 +171,7 @@ class _Pool:
                     else:
                         failure = failure or _rebuild(payload, remote_tb)
                     if pending and failure is None:
-                        busy[w] = pending.pop()
-                        self.conns[w].send((busy[w], jobs[keys[busy[w]]]))
+                        dispatch(w)
             if failure is not None:
                 raise failure
         finally:
