@@ -74,12 +74,14 @@ def _job(key: str, delay: float):
     import torch
 
     time.sleep(delay)
+    if key == "die":
+        os._exit(3)  # what the OOM killer or a segfault looks like from outside
     if key == "bad":
         raise DoublebindError(f"loss became nan at step 3 (process {os.getpid()})")
     return os.getpid(), torch.get_num_threads()
 
 
-def test_a_failing_run_is_raised_as_itself_and_finished_runs_are_handed_over():
+def test_a_failing_or_dead_worker_is_raised_and_finished_runs_are_handed_over():
     done = {}
     jobs = {"slow": ("slow", 1.5), "bad": ("bad", 0.2), "never": ("never", 0.0)}
     with pytest.raises(DoublebindError) as e:
@@ -91,6 +93,12 @@ def test_a_failing_run_is_raised_as_itself_and_finished_runs_are_handed_over():
     bad_pid = int(str(e.value).split("process ")[1].rstrip(")"))
     assert len({os.getpid(), pid, bad_pid}) == 3  # two worker processes, not this one
     assert threads == 1
+    with pytest.raises(DoublebindError) as e:
+        executor.run_jobs(_job, {("t", 0): ("die", 0.0), ("t", 1): ("ok", 0.5)}, 2, done.__setitem__,
+                          label=lambda k: f"{k[0]} seed {k[1]}")
+    assert str(e.value) == ("the worker process running t seed 0 died (exit code 3: it exited without a result); "
+                            "finished runs are kept, rerun to resume")
+    assert ("t", 1) in done
 
 
 def test_worker_count_policy():
