@@ -320,7 +320,7 @@ def study_run(study: Path, out_dir: Path = typer.Option(..., "--out", help="Stud
               overrides: Optional[list[str]] = typer.Argument(
                   None, help="key=value overrides of the study, e.g. recipe_overrides.training.steps=50"),
               workers: Optional[str] = typer.Option(
-                  None, "--workers", help="Runs at once, one process and one thread each (default: "
+                  None, "--workers", metavar="N", help="Runs at once, one process and one thread each (default: "
                   "$DOUBLEBIND_WORKERS, else the usable cores; 1 on a GPU). Results do not depend on it.")):
     """Run (or resume) a study; write results.jsonl and summary.json with verdicts."""
     from doublebind.organisms.models import quiet_transformers
