@@ -4,13 +4,16 @@ the training steps' MFU against a matmul ceiling measured here.
     python benchmarks/throughput.py [--quick] [--workers N] [--seeds 0 1]
                                     [--techniques baseline distill_and_audit ...] [--all]
 
-1. Warm-up: the organism is placed and every technique's teacher outputs are cached (a
-   one-step pass of the same grid in worker processes, so this process's own caches stay
-   cold), so both timed passes do the same work.
+1. Warm-up: the organism is placed, every technique's teacher outputs are cached, and this
+   process computes its reference metrics once (a one-step pass of the same grid, here), so
+   every timed pass does the same work; workers compute their own references, as they do
+   in a real study. The weights memo (`doublebind.memo`) is on in every pass.
 2. The grid (default: six techniques of the default study x seeds 0, 1; `--all`: every
-   technique) run by `run_study` in this process, first one run at a time (`workers=1`),
-   then with `--workers` (default: the usable cores), each into a fresh folder. Printed:
-   runs per minute of each and their ratio, and whether the two summary.json files are
+   technique) run by `run_study` in this process, each into a fresh folder: as the runner
+   did before worker processes (one run at a time with torch's threads on every core), one
+   run at a time (`workers=1`, one thread), then with `--workers` (default: the usable
+   cores). Printed: runs per minute of each, the ratios parallel / one-at-a-time and
+   parallel / before, and whether the workers=1 and parallel summary.json files are
    byte-identical (they must be).
 3. MFU. The ceiling: the FLOP/s of a 2048 x 2048 fp32 matmul, with one thread and with a
    thread per worker. The achieved rate: training steps of the baseline recipe alone (no
@@ -126,24 +129,40 @@ def main() -> None:
     print(f"techniques: {', '.join(techniques)}")
 
     t0 = time.perf_counter()
-    run_study(study, work / "warm-up", show_progress=False, workers=workers,
+    shutil.rmtree(work / "warm-up", ignore_errors=True)
+    run_study(study, work / "warm-up", show_progress=False, workers=1,
               overrides=[*(o for o in over if not o.startswith(("recipe_overrides.training.", "recipe_overrides.eval."))),
                          "recipe_overrides.training.steps=1", "recipe_overrides.training.checkpoint_every=1",
                          "recipe_overrides.eval.n_prompts=5"])
     print(f"warm-up (organism, teacher outputs): {time.perf_counter() - t0:.1f} s")
 
+    import contextlib
+
+    import torch
+
+    from doublebind.studies import executor
+
     wall = {}
-    for n in (1, workers):
-        out = work / f"w{n}"
+    for name, n in (("before", 1), ("w1", 1), (f"w{workers}", workers)):
+        out = work / name
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(work / "warm-up" / "organism", out / "organism")  # the organism is placed, not rebuilt
+        one_thread, threads = executor.one_thread, torch.get_num_threads()
+        if name == "before":  # the runner before worker processes: one run at a time on every core
+            executor.one_thread, _ = contextlib.nullcontext, torch.set_num_threads(cpu_count())
         t0 = time.perf_counter()
-        run_study(study, out, show_progress=False, workers=n, overrides=over)
-        wall[n] = time.perf_counter() - t0
-        print(f"workers={n}: {runs} runs in {wall[n]:.1f} s = {60 * runs / wall[n]:.2f} runs/min")
+        try:
+            run_study(study, out, show_progress=False, workers=n, overrides=over)
+        finally:
+            executor.one_thread, _ = one_thread, torch.set_num_threads(threads)
+        wall[name] = time.perf_counter() - t0
+        what = (f"one run at a time, {cpu_count()} threads (the runner before --workers)" if name == "before"
+                else f"workers={n}, one thread each")
+        print(f"{what}: {runs} runs in {wall[name]:.1f} s = {60 * runs / wall[name]:.2f} runs/min")
     same = (work / "w1" / "summary.json").read_bytes() == (work / f"w{workers}" / "summary.json").read_bytes()
-    print(f"throughput ratio workers={workers} / workers=1: {wall[1] / wall[workers]:.2f}x "
-          f"(summary.json identical: {'yes' if same else 'NO'})")
+    print(f"throughput ratio workers={workers} / workers=1: {wall['w1'] / wall[f'w{workers}']:.2f}x "
+          f"(summary.json identical: {'yes' if same else 'NO'}); workers={workers} / before: "
+          f"{wall['before'] / wall[f'w{workers}']:.2f}x")
 
     # MFU of the training steps alone
     steps = args.mfu_steps or (20 if args.quick else 100)
