@@ -7,20 +7,23 @@ teacher outputs), so they parallelise as whole runs. At the sizes of the embedde
 training step's matrix products are too small to use more than one core well: on 2 cores,
 two one-thread processes side by side do about 1.5x the work of one two-thread process
 (issue 13; `benchmarks/throughput.py` measures it on your machine). Batching K students
-into one computation (`torch.func` vmap over stacked students) was measured at 1.08x per
-student, so runs stay separate processes.
+into one computation (`torch.func` vmap over 8 stacked students) was measured in the same
+issue at only 1.08x per student, so runs stay separate processes.
 
 How many workers (`workers_for`):
 
     --workers N              N worker processes (N >= 1)
     DOUBLEBIND_WORKERS=N     the same, when --workers is not given
-    otherwise                the cores this process may use; 1 on a GPU machine (runs on one
-                             GPU do not share it well) and 1 under a parallel launcher
-                             (`accelerate launch`: every process runs every run, as before)
+    otherwise                the cores this process may use; 1 on a GPU machine (sharing
+                             one GPU between runs is not measured yet: pass --workers to
+                             try) and 1 under a parallel launcher (`accelerate launch`:
+                             every process runs every run, as before)
 
 The same numbers whatever the worker count: every run computes with one intra-op thread,
 in a worker or, with one worker, in the calling process itself (`one_thread`), and a run
-depends only on its own seed, never on the runs before it in the same process. The thread
+depends only on its own seed, not on the runs before it in the same process (the caches a
+process keeps, such as reference metrics and the weights memo, hold deterministic values
+only). The thread
 count is the one thing that changes float results (matrix products split their sums by
 thread), so `summary.json` is byte-identical for any --workers (tests/test_parallel_study.py).
 
@@ -30,7 +33,7 @@ finish. So the caller alone writes files (results.jsonl stays append-only, one w
 finished run), and a kill loses only the runs still in flight. Workers start with the
 spawn method (CUDA-safe, no inherited thread pools), ignore Ctrl-C (the main process stops
 them), and die with the main process even when it is killed with SIGKILL (Linux
-PR_SET_PDEATHSIG, and a watchdog thread elsewhere). The first failing run stops the
+PR_SET_PDEATHSIG, and a thread that watches the parent's pid on every platform). The first failing run stops the
 dispatch of new runs; the runs in flight finish and are handed over, then its error is
 raised in the caller as it would have been raised in-process.
 """
