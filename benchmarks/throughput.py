@@ -1,7 +1,7 @@
 """Study throughput: runs per minute with worker processes against one run at a time, and
 the training steps' MFU against a matmul ceiling measured here.
 
-    python benchmarks/throughput.py [--quick] [--workers N] [--seeds 0 1]
+    python benchmarks/throughput.py [--quick] [--workers N] [--seeds 0 1] [--skip-before]
                                     [--techniques baseline distill_and_audit ...] [--all]
 
 1. Warm-up: the organism is placed, every technique's teacher outputs are cached, and this
@@ -100,6 +100,8 @@ def main() -> None:
     ap.add_argument("--all", action="store_true", help="every technique of the study")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--mfu-steps", type=int, default=None, help="timed training steps per worker (default 100; quick 20)")
+    ap.add_argument("--skip-before", action="store_true",
+                    help="leave out the every-core pass (it crawls when other processes hold the cores)")
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
 
@@ -143,7 +145,8 @@ def main() -> None:
     from doublebind.studies import executor
 
     wall = {}
-    for name, n in (("before", 1), ("w1", 1), (f"w{workers}", workers)):
+    passes = [("before", 1)] * (not args.skip_before) + [("w1", 1), (f"w{workers}", workers)]
+    for name, n in passes:
         out = work / name
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(work / "warm-up" / "organism", out / "organism")  # the organism is placed, not rebuilt
@@ -161,8 +164,8 @@ def main() -> None:
         print(f"{what}: {runs} runs in {wall[name]:.1f} s = {60 * runs / wall[name]:.2f} runs/min")
     same = (work / "w1" / "summary.json").read_bytes() == (work / f"w{workers}" / "summary.json").read_bytes()
     print(f"throughput ratio workers={workers} / workers=1: {wall['w1'] / wall[f'w{workers}']:.2f}x "
-          f"(summary.json identical: {'yes' if same else 'NO'}); workers={workers} / before: "
-          f"{wall['before'] / wall[f'w{workers}']:.2f}x")
+          f"(summary.json identical: {'yes' if same else 'NO'})"
+          + ("" if args.skip_before else f"; workers={workers} / before: {wall['before'] / wall[f'w{workers}']:.2f}x"))
 
     # MFU of the training steps alone
     steps = args.mfu_steps or (20 if args.quick else 100)
