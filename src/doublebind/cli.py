@@ -323,14 +323,19 @@ def distill(
 def study_run(study: Path, out_dir: Path = typer.Option(..., "--out", help="Study folder (resumes if it exists)."),
               overrides: Optional[list[str]] = typer.Argument(
                   None, help="key=value overrides of the study, e.g. recipe_overrides.training.steps=50"),
-              tracker: Optional[str] = typer.Option(None, help=TRACKER_HELP)):
+              tracker: Optional[str] = typer.Option(None, help=TRACKER_HELP),
+              workers: Optional[str] = typer.Option(
+                  None, "--workers", metavar="N", help="Runs at once, one process and one thread each (default: "
+                  "$DOUBLEBIND_WORKERS, else the usable cores; 1 on a GPU). Results do not depend on it.")):
     """Run (or resume) a study; write results.jsonl and summary.json with verdicts."""
     from doublebind.organisms.models import quiet_transformers
+    from doublebind.studies.executor import parse_workers
     from doublebind.studies.run import run_study
 
     quiet_transformers()
     extra = [f"recipe_overrides.training.tracker={tracker}"] if tracker is not None else []
-    summary = run_study(study, out_dir, overrides=[*(overrides or []), *extra])
+    n = parse_workers(workers, "--workers") if workers is not None else None
+    summary = run_study(study, out_dir, overrides=[*(overrides or []), *extra], workers=n)
     from accelerate import PartialState
 
     if not PartialState().is_main_process:  # under `accelerate launch`, the main process reports

@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 
 from doublebind.errors import DoublebindError
+from doublebind.memo import WeightsMemo
 from doublebind.registry import register
 from doublebind.cards import CARD, cache_root
 from doublebind.organisms.models import load_checkpoint
@@ -123,9 +124,12 @@ class WorldDomain:
         return soft_labels(model, examples, width, "full")["logprobs"]
 
     def evaluate(self, model, n_prompts: int, role: str = "student") -> dict:
+        """The ground-truth metrics; a model with the weights of one already evaluated in this
+        process (a student at step 0 is base) gets the same numbers without the work."""
         from doublebind.evals.metrics import evaluate
 
-        return evaluate(model, self.world, n_prompts)
+        return _EVALS.get(model, (self.card["organism_hash"], n_prompts),
+                          lambda: evaluate(model, self.world, n_prompts))
 
     def task_space(self):
         """The world's public task language (what a defender knows of it)."""
@@ -145,6 +149,7 @@ class WorldDomain:
 
 
 _AUDITORS: dict = {}
+_EVALS = WeightsMemo()
 
 
 @register("organism", "world")

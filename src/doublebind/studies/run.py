@@ -19,6 +19,11 @@ to `results.quarantine.jsonl` beside the file; the one exception is a half-writt
 line (no final newline: a kill mid-append), which `study run` moves to the quarantine file
 so that kill-and-resume keeps working. `summary.json` is always recomputed from the rows;
 `doublebind report` reads the rows the same way and writes nothing here.
+
+Runs go to worker processes (`--workers`, `studies/executor.py`); this process alone appends
+to results.jsonl, once per finished run, so with several workers runs appear in the order
+they finish. Each run computes with one thread however many workers there are, so
+summary.json does not depend on the worker count.
 """
 
 from __future__ import annotations
@@ -371,11 +376,15 @@ def run_dir(out: Path, key: RunKey) -> Path:
     return Path(out) / "runs" / f"{scenario}-o{organism_seed}" / f"{technique}-s{seed}"
 
 
-def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides: list[str] = ()) -> dict:
-    from doublebind.training.distill import distill
+def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides: list[str] = (),
+              workers: int | None = 1) -> dict:
+    """Run the study's missing runs, `workers` at a time (None: `executor.workers_for`'s
+    default, what the CLI uses); then recompute summary.json."""
+    from doublebind.studies.executor import run_jobs, workers_for
 
     cfg = config.load(study_path, list(overrides), expect="study")
     specs = resolve(study_path, cfg)
+    n_workers = workers_for(workers)  # a bad DOUBLEBIND_WORKERS stops here, before any work
     out = Path(out)
     check_out_dir(out, "--out", what="a study")
     out.mkdir(parents=True, exist_ok=True)
@@ -412,18 +421,22 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
             if tuple(inc["key"]) in grid:
                 console.print(f"redoing the incomplete run {describe_key(inc['key'])} "
                               f"({inc['found']} of its {inc['expected']} rows in {RESULTS})", highlight=False)
+    jobs = {key: (grid[key].spec.folder(out), grid[key].recipe, run_dir(out, key)) for key in todo}
     with progress_bar(f"study {cfg.name}", len(grid), show_progress and state.is_main_process,
                       unit="runs") as advance:
         advance(len(grid) - len(todo))
-        for key in todo:
+
+        def finished(key, summary) -> None:  # in this process, as each run ends: one append per run
             cell, folder = grid[key], run_dir(out, key)
-            summary = distill(cell.spec.folder(out), cell.recipe, folder, show_progress=False, force=True, plot=False)
             if state.is_main_process:
                 run_id = next(i for k in range(len(run_ids) + 1)
                               if (i := f"{folder.parent.name}-{folder.name}-a{k}") not in run_ids)
                 run_ids.add(run_id)
                 _append(results, seal_run(_rows(cfg, cards[cell.spec.key], key, cell.recipe, folder, summary), run_id))
             advance(1)
+
+        run_jobs(distill_run, jobs, 1 if state.num_processes > 1 else n_workers, finished,
+                 label=describe_key)
     state.wait_for_everyone()
     return summarize(out, cfg, write=state.is_main_process)
 
@@ -456,6 +469,13 @@ def provenance(cards) -> dict:
                     "threads": os.environ.get("OMP_NUM_THREADS")},
         "versions": versions(),
     }
+
+
+def distill_run(org_path: Path, recipe, folder: Path) -> dict:
+    """One run of the grid (in a worker process, or in this one): its summary."""
+    from doublebind.training.distill import distill
+
+    return distill(org_path, recipe, folder, show_progress=False, force=True, plot=False)
 
 
 def place_organism(org_cfg, dest: Path, show_progress: bool = True, expected_hash: str | None = None) -> None:

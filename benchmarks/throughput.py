@@ -1,0 +1,198 @@
+"""Study throughput: runs per minute with worker processes against one run at a time, and
+the training steps' MFU against a matmul ceiling measured here.
+
+    python benchmarks/throughput.py [--quick] [--workers N] [--seeds 0 1] [--skip-before]
+                                    [--techniques baseline distill_and_audit ...] [--all]
+
+1. Warm-up: the organism is placed, every technique's teacher outputs are cached, and this
+   process computes its reference metrics once (a one-step pass of the same grid, here), so
+   every timed pass does the same work; workers compute their own references, as they do
+   in a real study. The weights memo (`doublebind.memo`) is on in every pass.
+2. The grid (default: six techniques of the default study x seeds 0, 1; `--all`: every
+   technique) run by `run_study` in this process, each into a fresh folder: as the runner
+   did before worker processes (one run at a time with torch's threads on every core), one
+   run at a time (`workers=1`, one thread), then with `--workers` (default: the usable
+   cores). Printed: runs per minute of each, the ratios parallel / one-at-a-time and
+   parallel / before, and whether the workers=1 and parallel summary.json files are
+   byte-identical (they must be).
+3. MFU. The ceiling: the FLOP/s of a 2048 x 2048 fp32 matmul, with one thread and with a
+   thread per worker. The achieved rate: training steps of the baseline recipe alone (no
+   evals, sampling or stages), counted as 6 * N * D (N trainable parameters of the student,
+   D the non-padding tokens of the step's sequences), first in one worker, then in every
+   worker at once. Printed: GFLOP/s and MFU for one worker (against the one-thread ceiling)
+   and for all workers (their summed FLOPs over the wall time, against the all-thread
+   ceiling).
+
+`--quick` runs the quick study (two techniques x two seeds, short runs) and short MFU
+measurements: about a minute once the quick organism is cached, a smoke test. Timings mean
+little while anything else loads the machine (the load average is printed before and after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SUBSET = ["baseline", "distill_and_audit", "hard_labels", "verifier_filter", "kl_to_base", "inoculation"]
+QUICK = ["recipe_overrides.training.steps=20", "recipe_overrides.training.checkpoint_every=10",
+         "recipe_overrides.eval.n_prompts=20", "recipe_overrides.prompts.size=300"]
+
+
+def matmul_gflops(threads: int, n: int = 2048, seconds: float = 2.0) -> float:
+    """GFLOP/s of an n x n fp32 matmul with `threads` torch threads (best of repeated runs)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        torch.mm(a, b)
+        best, end = float("inf"), time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - t0)
+        return 2 * n**3 / best / 1e9
+    finally:
+        torch.set_num_threads(before)
+
+
+def train_flops(organism: str, recipe_path: str, overrides: list[str], steps: int,
+                start_at: float) -> tuple[float, float, float]:
+    """(training FLOPs by 6*N*D, wall start, wall end) of `steps` steps of one recipe's
+    student, timed after a few warm-up steps, from wall time `start_at` on (so that copies in
+    several workers overlap)."""
+    from doublebind import config
+    from doublebind.training.distill import Distiller
+
+    recipe = config.load(Path(recipe_path), overrides, expect="recipe")
+    d = Distiller(Path(organism), recipe, None, show_progress=False)
+    n_params = sum(p.numel() for p in d.model.parameters() if p.requires_grad)
+    tokens = [0]
+    draw = d.order.randrange
+
+    def counting(k):  # the step's items are drawn through this RNG; count their real tokens
+        i = draw(k)
+        tokens[0] += len(d.items[i].example.prompt) + len(d.items[i].example.response)  # no padding
+        return i
+
+    for s in range(3):
+        d.train_step(s)
+    while time.time() < start_at:
+        time.sleep(0.01)
+    d.order.randrange = counting
+    t0 = time.time()
+    for s in range(steps):
+        d.train_step(3 + s)
+    return 6.0 * n_params * tokens[0], t0, time.time()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="the quick study, short runs: a smoke test")
+    ap.add_argument("--workers", type=int, default=None, help="parallel workers (default: usable cores)")
+    ap.add_argument("--techniques", nargs="+", default=None, help=f"default: {' '.join(SUBSET)}")
+    ap.add_argument("--all", action="store_true", help="every technique of the study")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    ap.add_argument("--mfu-steps", type=int, default=None, help="timed training steps per worker (default 100; quick 20)")
+    ap.add_argument("--skip-before", action="store_true",
+                    help="leave out the every-core pass (it crawls when other processes hold the cores)")
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+
+    from doublebind import config
+    from doublebind.organisms.models import quiet_transformers
+    from doublebind.studies.executor import run_jobs, workers_for
+    from doublebind.studies.run import run_study
+    from doublebind.threads import cpu_count
+
+    quiet_transformers()
+    workers = workers_for(args.workers)
+    study = ROOT / "configs" / "studies" / ("quick.yaml" if args.quick else "default.yaml")
+    cfg = config.load(study, expect="study")
+    techniques = list(cfg.technique_stages()) if args.all else (
+        args.techniques or (list(cfg.technique_stages())[:2] if args.quick else SUBSET))
+    # a technique with options (iterative_filter) is listed by name; keep the study's entry for it
+    entries = [t for t in cfg.model_dump(mode="json")["techniques"]
+               if (t if isinstance(t, str) else t["name"]) in techniques]
+    import json
+
+    over = [f"techniques={json.dumps(entries)}", f"seeds={json.dumps(args.seeds)}", *(QUICK if args.quick else [])]
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="doublebind-throughput-"))
+    work.mkdir(parents=True, exist_ok=True)
+    runs = len(techniques) * len(args.seeds)
+    print(f"load average {os.getloadavg()[0]:.2f}; {cpu_count()} usable cores; {workers} workers; "
+          f"{study.name}: {len(techniques)} techniques x seeds {args.seeds} = {runs} runs")
+    print(f"techniques: {', '.join(techniques)}")
+
+    t0 = time.perf_counter()
+    shutil.rmtree(work / "warm-up", ignore_errors=True)
+    run_study(study, work / "warm-up", show_progress=False, workers=1,
+              overrides=[*(o for o in over if not o.startswith(("recipe_overrides.training.", "recipe_overrides.eval."))),
+                         "recipe_overrides.training.steps=1", "recipe_overrides.training.checkpoint_every=1",
+                         "recipe_overrides.eval.n_prompts=5"])
+    print(f"warm-up (organism, teacher outputs): {time.perf_counter() - t0:.1f} s")
+
+    import contextlib
+
+    import torch
+
+    from doublebind.studies import executor
+
+    wall = {}
+    passes = [("before", 1)] * (not args.skip_before) + [("w1", 1), (f"w{workers}", workers)]
+    for name, n in passes:
+        out = work / name
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(work / "warm-up" / "organism", out / "organism")  # the organism is placed, not rebuilt
+        one_thread, threads = executor.one_thread, torch.get_num_threads()
+        if name == "before":  # the runner before worker processes: one run at a time on every core
+            executor.one_thread, _ = contextlib.nullcontext, torch.set_num_threads(cpu_count())
+        t0 = time.perf_counter()
+        try:
+            run_study(study, out, show_progress=False, workers=n, overrides=over)
+        finally:
+            executor.one_thread, _ = one_thread, torch.set_num_threads(threads)
+        wall[name] = time.perf_counter() - t0
+        what = (f"one run at a time, {cpu_count()} threads (the runner before --workers)" if name == "before"
+                else f"workers={n}, one thread each")
+        print(f"{what}: {runs} runs in {wall[name]:.1f} s = {60 * runs / wall[name]:.2f} runs/min")
+    same = (work / "w1" / "summary.json").read_bytes() == (work / f"w{workers}" / "summary.json").read_bytes()
+    print(f"throughput ratio workers={workers} / workers=1: {wall['w1'] / wall[f'w{workers}']:.2f}x "
+          f"(summary.json identical: {'yes' if same else 'NO'})"
+          + ("" if args.skip_before else f"; workers={workers} / before: {wall['before'] / wall[f'w{workers}']:.2f}x"))
+
+    # MFU of the training steps alone
+    steps = args.mfu_steps or (20 if args.quick else 100)
+    recipe = study.parent / cfg.recipe
+    r_over = [f"{k.removeprefix('recipe_overrides.')}" for k in over if k.startswith("recipe_overrides.")]
+    one = matmul_gflops(1)
+    full = matmul_gflops(workers)
+    organism = str(work / "w1" / "organism")
+    res: dict = {}
+    run_jobs(train_flops, {0: (organism, str(recipe), r_over, steps, 0.0)}, 1, res.__setitem__)
+    flops, t_start, t_end = res[0]
+    g1 = flops / (t_end - t_start) / 1e9
+    print(f"matmul ceiling (2048^2 fp32): {one:.1f} GFLOP/s with 1 thread, {full:.1f} GFLOP/s with {workers}")
+    print(f"training, 1 worker:  {g1:.1f} GFLOP/s (6*N*D over {steps} steps), MFU {g1 / one:.0%} of 1 thread")
+    if workers > 1:
+        res.clear()
+        start = time.time() + 20  # every worker has started and warmed up by then (they wait for it)
+        t0 = time.perf_counter()
+        run_jobs(train_flops, {w: (organism, str(recipe), r_over, steps, start) for w in range(workers)},
+                 workers, res.__setitem__)
+        total = sum(f for f, _, _ in res.values())
+        span = max(e for _, _, e in res.values()) - min(s for _, s, _ in res.values())
+        gall = total / span / 1e9
+        print(f"training, {workers} workers: {gall:.1f} GFLOP/s together, MFU {gall / full:.0%} of {workers} "
+              f"threads ({gall / g1:.2f}x one worker; phase {time.perf_counter() - t0:.0f} s)")
+    print(f"load average {os.getloadavg()[0]:.2f}; work folder {work}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""Run a study's independent runs side by side: worker processes, one torch thread each.
+
+    doublebind study run configs/studies/default.yaml --out runs/demo --workers 2
+
+A study is a grid of runs that share nothing but read-only inputs (the organism, cached
+teacher outputs), so they parallelise as whole runs. At the sizes of the embedded world a
+training step's matrix products are too small to use more than one core well: on 2 cores,
+two one-thread processes side by side do about 1.5x the work of one two-thread process
+(issue 13; `benchmarks/throughput.py` measures it on your machine). Batching K students
+into one computation (`torch.func` vmap over 8 stacked students) was measured in the same
+issue at only 1.08x per student, so runs stay separate processes.
+
+How many workers (`workers_for`):
+
+    --workers N              N worker processes (N >= 1)
+    DOUBLEBIND_WORKERS=N     the same, when --workers is not given
+    otherwise                the cores this process may use; 1 on a GPU machine (sharing
+                             one GPU between runs is not measured yet: pass --workers to
+                             try) and 1 under a parallel launcher (`accelerate launch`:
+                             every process runs every run, as before)
+
+The same numbers whatever the worker count: every run computes with one intra-op thread,
+in a worker or, with one worker, in the calling process itself (`one_thread`), and a run
+depends only on its own seed, not on the runs before it in the same process (the caches a
+process keeps, such as reference metrics and the weights memo, hold deterministic values
+only). The thread
+count is the one thing that changes float results (matrix products split their sums by
+thread), so `summary.json` is byte-identical for any --workers (tests/test_parallel_study.py).
+
+`run_jobs` knows nothing of studies: it takes jobs by key, calls `fn(*args)` for each, and
+hands every result to `on_done(key, result)` in the calling process, in the order runs
+finish. So the caller alone writes files (results.jsonl stays append-only, one write per
+finished run), and a kill loses only the runs still in flight. Workers start with the
+spawn method (CUDA-safe, no inherited thread pools), ignore Ctrl-C (the main process stops
+them), and die with the main process even when it is killed with SIGKILL (Linux
+PR_SET_PDEATHSIG, and a thread that watches the parent's pid on every platform). The first failing run stops the
+dispatch of new runs; the runs in flight finish and are handed over, then its error is
+raised in the caller as it would have been raised in-process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import pickle
+import signal
+import threading
+import traceback
+from typing import Any, Callable, Hashable
+
+from doublebind.errors import DoublebindError
+
+ENV = "DOUBLEBIND_WORKERS"
+
+
+def parse_workers(raw: str | int, what: str) -> int:
+    """A worker count from a flag or the environment; one clear error otherwise."""
+    try:
+        n = int(str(raw).strip())
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise DoublebindError(f"{what}={raw!r}: expected a whole number of worker processes >= 1")
+    return n
+
+
+def workers_for(requested: int | None = None, environ=os.environ, cores: int | None = None,
+                cuda: bool | None = None) -> int:
+    """The number of worker processes a study uses (see the module docstring)."""
+    from doublebind.threads import cpu_count, local_processes
+
+    if requested is not None:
+        n = parse_workers(requested, "--workers")
+    elif environ.get(ENV, "").strip() not in ("", "auto"):
+        n = parse_workers(environ[ENV], ENV)
+    else:
+        if cuda is None:
+            import torch
+
+            cuda = torch.cuda.is_available()
+        n = 1 if cuda else (cores or cpu_count())
+    return 1 if local_processes(environ) > 1 else n
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Compute with one intra-op torch thread inside the block (as a worker always does)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if before != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def run_jobs(fn: Callable, jobs: dict[Hashable, tuple], workers: int,
+             on_done: Callable[[Hashable, Any], None], label: Callable[[Hashable], str] = str) -> None:
+    """Call `fn(*args)` for every `key: args` of `jobs`, `workers` at a time, and
+    `on_done(key, result)` in this process as each finishes.
+
+    `fn` must be a module-level function (workers import it by name); args and results
+    must pickle. With one worker (or one job) everything runs here, in order."""
+    if workers <= 1 or len(jobs) <= 1:
+        for key, args in jobs.items():
+            with one_thread():
+                result = fn(*args)
+            on_done(key, result)
+        return
+    _Pool(fn, min(workers, len(jobs)), label).run(jobs, on_done)
+
+
+# ---- the pool --------------------------------------------------------------------------
+
+class _Pool:
+    def __init__(self, fn: Callable, size: int, label: Callable[[Hashable], str]):
+        import multiprocessing as mp
+
+        self.ctx = mp.get_context("spawn")
+        self.fn_ref = f"{fn.__module__}:{fn.__qualname__}"
+        self.size, self.label = size, label
+        self.procs: list = []
+        self.conns: list = []
+
+    def run(self, jobs: dict, on_done: Callable) -> None:
+        from multiprocessing.connection import wait
+
+        keys = list(jobs)
+        pending = list(range(len(keys)))[::-1]  # a stack: pop() gives the grid's order
+        busy: dict[int, int] = {}  # worker index -> job index
+        failure: BaseException | None = None
+        try:
+            for w in range(self.size):
+                parent, child = self.ctx.Pipe()
+                p = self.ctx.Process(target=_worker_main, args=(child, self.fn_ref, os.getpid()),
+                                     name=f"doublebind-worker-{w}", daemon=True)
+                p.start()
+                child.close()
+                self.procs.append(p)
+                self.conns.append(parent)
+
+            def dispatch(w: int) -> None:
+                busy[w] = pending.pop()
+                try:
+                    self.conns[w].send((busy[w], jobs[keys[busy[w]]]))
+                except OSError:  # the worker is gone; its sentinel reports it below
+                    pass
+
+            for w in range(self.size):
+                if pending:
+                    dispatch(w)
+            while busy:
+                ready = wait([self.conns[w] for w in busy] + [self.procs[w].sentinel for w in busy])
+                for w in list(busy):
+                    if self.conns[w] not in ready and self.procs[w].sentinel not in ready:
+                        continue
+                    job = busy.pop(w)
+                    try:
+                        kind, index, payload, remote_tb = self.conns[w].recv()
+                    except (EOFError, OSError):
+                        code = self.procs[w].exitcode
+                        self.procs[w].join(timeout=5)
+                        code = self.procs[w].exitcode if code is None else code
+                        failure = failure or DoublebindError(
+                            f"the worker process running {self.label(keys[job])} died (exit code {code}: "
+                            f"{_describe_exit(code)}); finished runs are kept, rerun to resume")
+                        continue
+                    if kind == "ok":
+                        on_done(keys[index], payload)
+                    else:
+                        failure = failure or _rebuild(payload, remote_tb)
+                    if pending and failure is None:
+                        dispatch(w)
+            if failure is not None:
+                raise failure
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop every worker: ask the idle ones to leave, terminate the rest, never leave one."""
+        for conn in self.conns:
+            with contextlib.suppress(OSError, ValueError):
+                conn.send(None)
+        for p in self.procs:
+            p.join(timeout=0.5)
+            if p.is_alive():
+                p.terminate()
+        for p in self.procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        for conn in self.conns:
+            conn.close()
+        self.procs, self.conns = [], []
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return "it exited without a result"
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """`exc` itself when it survives pickling, else an exception of a base type with its text."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001 (any unpicklable exception is carried as its text)
+        base = DoublebindError if isinstance(exc, DoublebindError) else RuntimeError
+        return base(str(exc)) if base is DoublebindError else base(f"{type(exc).__name__}: {exc}")
+
+
+def _rebuild(exc: BaseException, remote_tb: str) -> BaseException:
+    exc.add_note(f"raised in a study worker process:\n{remote_tb}")  # shown with DOUBLEBIND_DEBUG=1
+    return exc
+
+
+# ---- the worker ------------------------------------------------------------------------
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Exit when the main process dies, even by SIGKILL (it cannot stop us then)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        import time
+
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, name="doublebind-parent-watch", daemon=True).start()
+
+
+def _worker_main(conn, fn_ref: str, parent_pid: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the main process acts on it
+    _die_with_parent(parent_pid)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+    from doublebind.organisms.models import quiet_transformers
+
+    quiet_transformers()
+    module, name = fn_ref.split(":")
+    fn = importlib.import_module(module)
+    for part in name.split("."):
+        fn = getattr(fn, part)
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        index, args = msg
+        try:
+            conn.send(("ok", index, fn(*args), ""))
+        except BaseException as e:  # noqa: BLE001 (every failure goes back to the main process)
+            conn.send(("error", index, _portable(e), traceback.format_exc()))

@@ -1,0 +1,207 @@
+"""Studies in worker processes (doublebind.studies.executor): the same numbers as one run at
+a time, resumable after a kill, no orphan workers, and a failing run reported as in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from doublebind.errors import DoublebindError
+from doublebind.studies import executor
+from doublebind.studies import run as study_run
+
+from .test_study import write_study
+
+TECHNIQUES = ["baseline", "verifier_filter", "distill_and_audit"]  # plain, a data filter, a checkpoint stage
+
+
+def _study(root, organism_dir):
+    return write_study(root, organism_dir, techniques=TECHNIQUES)
+
+
+@pytest.fixture(scope="module")
+def single(quick_organism, tmp_path_factory):
+    """The tiny study run one run at a time, in this process: (study file, folder)."""
+    root = tmp_path_factory.mktemp("single")
+    path = _study(root, quick_organism[0])
+    study_run.run_study(path, root / "out", show_progress=False, workers=1)
+    return path, root / "out"
+
+
+def _numbers(x, prefix=""):
+    """Every number in a nested row, by its path."""
+    if isinstance(x, dict):
+        return {k: v for key, val in x.items() for k, v in _numbers(val, f"{prefix}{key}.").items()}
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return {prefix.rstrip("."): x}
+    return {}
+
+
+def _by_cell(out):
+    return {(r["technique"], r["seed"], r["step"]): r for r in study_run.read_results(out / study_run.RESULTS)}
+
+
+def test_two_workers_give_the_numbers_of_one_run_at_a_time(single, tmp_path):
+    path, ref = single
+    out = tmp_path / "out"
+    study_run.run_study(path, out, show_progress=False, workers=2)
+    a, b = _by_cell(ref), _by_cell(out)
+    assert set(a) == set(b) and len(a) == len(TECHNIQUES) * 2 * 3
+    for cell in a:
+        na, nb = _numbers(a[cell]), _numbers(b[cell])
+        assert set(na) == set(nb), cell
+        for k in na:
+            assert nb[k] == pytest.approx(na[k], abs=1e-5), (cell, k)
+        assert a[cell]["selected"] == b[cell]["selected"]
+    for t in TECHNIQUES:  # the training losses, from each run's own summary
+        for s in (0, 1):
+            [fa] = (ref / "runs").glob(f"*/{t}-s{s}/summary.json")
+            [fb] = (out / "runs").glob(f"*/{t}-s{s}/summary.json")
+            la, lb = json.loads(fa.read_text())["losses"], json.loads(fb.read_text())["losses"]
+            assert lb["first"] == pytest.approx(la["first"], abs=1e-5) and lb["last"] == pytest.approx(la["last"], abs=1e-5)
+    # the study's output does not depend on the degree of parallelism
+    assert (out / "summary.json").read_bytes() == (ref / "summary.json").read_bytes()
+
+
+def _job(key: str, delay: float):
+    """A run stand-in for the executor test: fails for key 'bad', else reports its process."""
+    import torch
+
+    time.sleep(delay)
+    if key == "die":
+        os._exit(3)  # what the OOM killer or a segfault looks like from outside
+    if key == "bad":
+        raise DoublebindError(f"loss became nan at step 3 (process {os.getpid()})")
+    return os.getpid(), torch.get_num_threads()
+
+
+def test_a_failing_or_dead_worker_is_raised_and_finished_runs_are_handed_over():
+    done = {}
+    jobs = {"slow": ("slow", 1.5), "bad": ("bad", 0.2), "never": ("never", 0.0)}
+    with pytest.raises(DoublebindError) as e:
+        executor.run_jobs(_job, jobs, 2, lambda k, r: done.__setitem__(k, r))
+    assert re.fullmatch(r"loss became nan at step 3 \(process \d+\)", str(e.value))  # the CLI's line
+    # 'slow', in flight when 'bad' failed, is handed over; nothing new starts after a failure
+    assert set(done) == {"slow"}
+    pid, threads = done["slow"]
+    bad_pid = int(str(e.value).split("process ")[1].rstrip(")"))
+    assert len({os.getpid(), pid, bad_pid}) == 3  # two worker processes, not this one
+    assert threads == 1
+    with pytest.raises(DoublebindError) as e:
+        executor.run_jobs(_job, {("t", 0): ("die", 0.0), ("t", 1): ("ok", 0.5)}, 2, done.__setitem__,
+                          label=lambda k: f"{k[0]} seed {k[1]}")
+    assert str(e.value) == ("the worker process running t seed 0 died (exit code 3: it exited without a result); "
+                            "finished runs are kept, rerun to resume")
+    assert ("t", 1) in done
+
+
+def test_worker_count_policy():
+    assert executor.workers_for(None, {}, cores=4, cuda=False) == 4
+    assert executor.workers_for(None, {}, cores=4, cuda=True) == 1
+    assert executor.workers_for(None, {"DOUBLEBIND_WORKERS": "3"}, cores=4, cuda=False) == 3
+    assert executor.workers_for(2, {"DOUBLEBIND_WORKERS": "3"}, cores=4, cuda=False) == 2
+    assert executor.workers_for(4, {"LOCAL_WORLD_SIZE": "2"}, cores=4, cuda=False) == 1  # accelerate launch
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(DoublebindError, match="expected a whole number of worker processes >= 1"):
+            executor.workers_for(None, {"DOUBLEBIND_WORKERS": bad}, cores=4, cuda=False)
+
+
+def _children(pid: int) -> set[int]:
+    kids = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.add(int(entry))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _gone(pids, within=15.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    return not any(_alive(p) for p in pids)
+
+
+def _start(cmd):
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _stop_after_first_run(cmd, results, how):
+    """Start the study, let at least one run finish, stop it `how`; the worker pids."""
+    runs_before = len(study_run.scan_results(results).runs) if results.exists() else 0
+    proc = _start(cmd)
+    workers, deadline = set(), time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        workers |= _children(proc.pid)
+        if results.exists() and len(study_run.scan_results(results).runs) > runs_before:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the study ended before it could be stopped: {proc.stderr.read()[-500:]}"
+    workers |= _children(proc.pid)
+    assert len(workers) >= 2
+    if how == "sigkill":
+        os.kill(proc.pid, signal.SIGKILL)  # the main process alone: its workers must notice
+    else:
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole group
+    rc = proc.wait(timeout=60)
+    err = proc.stderr.read()
+    assert rc == (-signal.SIGKILL if how == "sigkill" else 130), err[-1000:]
+    if how == "ctrl_c":
+        assert "interrupted" in err and "Traceback" not in err, err[-1000:]
+    assert _gone(workers), f"worker processes outlived the study ({how})"
+
+
+def test_stopped_parallel_study_leaves_no_workers_and_resumes(single, tmp_path):
+    """Ctrl-C, then SIGKILL of the main process; then a resume with two workers redoes only
+    the missing runs and ends with the summary of the uninterrupted study."""
+    path, ref = single
+    out = tmp_path / "out"
+    results = out / study_run.RESULTS
+    cmd = [sys.executable, "-m", "doublebind", "study", "run", str(path), "--out", str(out), "--workers", "2"]
+    _stop_after_first_run(cmd, results, "ctrl_c")
+    _stop_after_first_run(cmd, results, "sigkill")
+    before = study_run.scan_results(results)
+    assert 2 <= len(before.runs) < len(TECHNIQUES) * 2 and before.ignored_rows == 0
+    kept = before.rows
+    study_run.run_study(path, out, show_progress=False, workers=2)
+    after = study_run.scan_results(results)
+    assert len(after.runs) == len(TECHNIQUES) * 2 and after.ignored_rows == 0 and not after.incomplete
+    assert after.rows[: len(kept)] == kept  # finished runs kept as they were, none redone
+    assert (out / "summary.json").read_bytes() == (ref / "summary.json").read_bytes()
+
+
+def test_a_failing_run_prints_the_same_error_line_with_workers(quick_organism, tmp_path):
+    """A NaN loss in a worker ends `study run` with the line it prints without workers."""
+    from .conftest import run_cli
+
+    path = _study(tmp_path, quick_organism[0])
+    nan = "recipe_overrides.training.lr=1e30"
+    with pytest.raises(DoublebindError) as e:
+        study_run.run_study(path, tmp_path / "w1", show_progress=False, workers=1, overrides=[nan])
+    assert str(e.value).startswith("loss became nan")
+    res = run_cli("study", "run", str(path), "--out", str(tmp_path / "w2"), "--workers", "2", nan)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert [ln for ln in res.stderr.splitlines() if ln.startswith("error:")] == [f"error: {e.value}"]
+    res = run_cli("study", "run", str(path), "--out", str(tmp_path / "w0"), "--workers", "0")
+    assert res.returncode == 1 and res.stderr.strip().splitlines() == [
+        "error: --workers='0': expected a whole number of worker processes >= 1"]
