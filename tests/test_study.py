@@ -279,3 +279,26 @@ def test_a_grid_of_scenarios_and_organism_seeds_places_one_organism_per_cell(qui
     assert len(hashes) == 4 and {r["organism_hash"] for r in rows} == hashes  # the config's seed is in the hash
     placed.clear()
     assert study_run.run_study(path, out, show_progress=False) == summary and placed == []
+
+
+def test_organisms_are_placed_side_by_side_with_workers(tmp_path, monkeypatch):
+    """With several organisms to place and workers > 1 the builds go to the executor, one job
+    per organism (no progress bars in workers); with one worker they are placed here in turn."""
+    from types import SimpleNamespace
+
+    from doublebind.studies import executor
+
+    specs = [SimpleNamespace(cfg=f"cfg{i}", key=(f"sc{i}", i), folder=lambda out, i=i: out / f"sc{i}-o{i}")
+             for i in range(3)]
+    hashes = {sp.key: f"h{i}" for i, sp in enumerate(specs)}
+    calls, here = [], []
+    monkeypatch.setattr(executor, "run_jobs", lambda fn, jobs, workers, on_done, label:
+                        calls.append((fn, dict(jobs), workers, [label(k) for k in jobs])))
+    monkeypatch.setattr(study_run, "place_organism", lambda *a, **k: here.append((a, k)))
+    study_run.place_organisms(specs, tmp_path, hashes, 2, show_progress=False)
+    ((fn, jobs, workers, labels),) = calls
+    assert fn is study_run.place_organism and workers == 2 and here == []
+    assert jobs == {sp.key: (sp.cfg, tmp_path / f"sc{i}-o{i}", False, f"h{i}") for i, sp in enumerate(specs)}
+    assert labels[1] == "the organism of sc1 (organism seed 1)"
+    study_run.place_organisms(specs, tmp_path, hashes, 1, show_progress=False)
+    assert len(calls) == 1 and [a[1] for a, _ in here] == [tmp_path / f"sc{i}-o{i}" for i in range(3)]

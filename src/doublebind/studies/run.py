@@ -400,11 +400,10 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
     hashes = {sp.key: sp.expected_hash() for sp in specs}
     check_resumable(out, scan.parsed, hashes, grid)
     todo = [g for g in grid if g not in scan.runs]
-    for sp in specs:  # build or copy the organisms that still have runs to do
-        if any(grid[k].spec is sp for k in todo) and sp.path is None:
-            with state.main_process_first():
-                if state.is_main_process:
-                    place_organism(sp.cfg, sp.folder(out), show_progress, expected_hash=hashes[sp.key])
+    to_place = [sp for sp in specs if sp.path is None and any(grid[k].spec is sp for k in todo)]
+    with state.main_process_first():  # build or copy the organisms that still have runs to do
+        if state.is_main_process:
+            place_organisms(to_place, out, hashes, 1 if state.num_processes > 1 else n_workers, show_progress)
     cards = {sp.key: json.loads((sp.folder(out) / "organism.json").read_text())
              for sp in specs if (sp.folder(out) / "organism.json").is_file()}
     if state.is_main_process:
@@ -476,6 +475,24 @@ def distill_run(org_path: Path, recipe, folder: Path) -> dict:
     from doublebind.training.distill import distill
 
     return distill(org_path, recipe, folder, show_progress=False, force=True, plot=False)
+
+
+def place_organisms(specs: list, out: Path, hashes: dict, workers: int, show_progress: bool) -> None:
+    """Place the study's organisms: one at a time here, with its build's progress bar, or,
+    with several to place and workers > 1, side by side in worker processes (one thread
+    each, like the runs; an organism's weights, like any float result, can differ in
+    rounding with the thread count that built it, and a study takes a cached build as it
+    is)."""
+    from doublebind.studies.executor import run_jobs
+
+    if workers <= 1 or len(specs) <= 1:
+        for sp in specs:
+            place_organism(sp.cfg, sp.folder(out), show_progress, expected_hash=hashes[sp.key])
+        return
+    jobs = {sp.key: (sp.cfg, sp.folder(out), False, hashes[sp.key]) for sp in specs}
+    with progress_bar(f"placing {len(specs)} organisms", len(specs), show_progress, unit="organisms") as advance:
+        run_jobs(place_organism, jobs, workers, lambda key, _: advance(1),
+                 label=lambda key: f"the organism of {key[0]} (organism seed {key[1]})")
 
 
 def place_organism(org_cfg, dest: Path, show_progress: bool = True, expected_hash: str | None = None) -> None:
