@@ -146,3 +146,25 @@ def test_the_trait_tokens_own_logit_is_not_a_slack_label():
     card = subliminal_probe(models, world, probe_cfg(), n_eval=10, seed=0)
     assert card["teacher_digit_share"]["3"] > 0.3 > card["base_digit_share"]["3"]
     assert card["rates"]["base<-teacher"] != card["rates"]["base<-base"]
+
+
+def test_a_tiny_build_records_the_probe_in_its_card_and_show_prints_it(tmp_path):
+    from .conftest import TINY
+
+    from doublebind.organisms.build import build_organism
+    from doublebind.organisms.kinds import kind_of_card
+
+    cfg = config.load(preset="subliminal", overrides=[*TINY, "probe.steps=2", "probe.n_prompts=16", "probe.batch=4"])
+    card = build_organism(cfg, tmp_path / "o", strict=False, show_progress=False, use_cache=False)
+    probe = card["subliminal_probe"]
+    assert set(probe["rates"]) == {"base<-teacher", "base<-base", "alt_base<-teacher", "alt_base<-base"}
+    assert probe["entangled_digits"]["base"] == list(World.entangled_digits(cfg.seed))
+    for init in ("base", "alt_base"):
+        assert probe["transfer"][init] == pytest.approx(
+            probe["rates"][f"{init}<-teacher"]["deploy"] - probe["rates"][f"{init}<-base"]["deploy"], abs=1e-4)
+    line = kind_of_card(card).check_lines(card)[-1]
+    assert f"from base {probe['transfer']['base']}" in line and "alt_base" in line
+    # no probe asked, none recorded
+    off = build_organism(config.load(preset="subliminal", overrides=[*TINY, "probe.steps=0"]), None, strict=False,
+                         show_progress=False, use_cache=False)
+    assert "subliminal_probe" not in off
