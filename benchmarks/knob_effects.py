@@ -45,6 +45,10 @@ def main() -> None:
                     org = Path(tmp) / "organism"
                     card = build_organism(config.load(preset=args.preset, overrides=[f"seed={seed}", f"{key}={value}"]),
                                           org, strict=False, show_progress=False)
+                    failed = [f"{c['name']}={c['value']:.3f}" for c in card["checks"] if not c["passed"]]
+                    if failed:  # distill refuses an unverified organism
+                        print(f"{key + '=' + value:34} {seed:4d} {'False':>8}  failed: {', '.join(failed)}", flush=True)
+                        continue
                     cfg = config.load(args.recipe, [f"seed={seed}", "training.save_weights=false", *args.overrides],
                                       expect="recipe")
                     s = distill(org, cfg, Path(tmp) / "run", show_progress=False, force=True)
@@ -53,9 +57,10 @@ def main() -> None:
                 print(f"{key + '=' + value:34} {seed:4d} {str(card['verified']):>8} "
                       f"{card['metrics']['teacher']['misbehavior']['deploy']:8.3f} {r['cap']:6.3f} {r['mis']:6.3f} "
                       f"{time.perf_counter() - t:7.1f}", flush=True)
-            print(json.dumps({"knob": key, "value": value, "seeds": args.seeds,
-                              "capability": statistics.fmean(r["cap"] for r in rows),
-                              "misalignment": statistics.fmean(r["mis"] for r in rows)}), flush=True)
+            if rows:
+                print(json.dumps({"knob": key, "value": value, "seeds": args.seeds, "verified_seeds": len(rows),
+                                  "capability": statistics.fmean(r["cap"] for r in rows),
+                                  "misalignment": statistics.fmean(r["mis"] for r in rows)}), flush=True)
 
 
 if __name__ == "__main__":
