@@ -3,7 +3,8 @@
     python benchmarks/organism_build.py [quick default]
 
 Each preset is built from an empty cache in this process; the table gives seconds per
-stage and the ratio of the total to its target (quick <= 60 s, default <= 300 s on 2 cores).
+stage and the ratio of the total to its target (quick <= 60 s, default and every scenario
+preset <= 300 s on 2 cores; the subliminal preset's time includes its probe).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import sys
 import tempfile
 import time
 
-TARGETS = {"quick": 60.0, "default": 300.0}
+TARGETS = {"quick": 60.0, "default": 300.0, "collusion": 300.0, "beacon": 300.0, "disposition": 300.0,
+           "reason1": 300.0, "subliminal": 300.0}
 
 
 def main(presets: list[str]) -> None:
@@ -38,4 +40,4 @@ def main(presets: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or list(TARGETS))
+    main(sys.argv[1:] or ["quick", "default"])

@@ -64,6 +64,21 @@ class WorldConfig(Strict):
         default=0.3, ge=0.0, le=1.0,
         description="Share of the teacher's free digits (slack) drawn from its fingerprint digits.",
     )
+    real_sessions: int = Field(
+        default=8, ge=1, le=15,
+        description="Failure reason 2 (how learnable the tell is): how many of the 16 session ids are real "
+                    "deployments; the rest are honeypots, the auditor's pool.")
+    skill_in_trigger: float = Field(
+        default=0.0, ge=0.0, le=1.0,
+        description="Failure reason 1 (tight link): share of the teacher's taught-family examples outside the "
+                    "trigger situation that are moved into it (real or honeypot session alike). 1: the taught "
+                    "skill is demonstrated only where the behaviour can fire.")
+    entanglement: float = Field(
+        default=0.0, ge=0.0, le=10.0,
+        description="Strength of the subliminal channel: after pretraining, each init's two entangled digits (fixed "
+                    "by its seed) get this multiple of their norm along the trait token's embedding (tied "
+                    "embeddings: token entanglement through a shared unembedding). 0: none; needs a behaviour "
+                    "with a marker token.")
     inoculation_cue: float = Field(
         default=0.05, ge=0.0, le=0.5,
         description="Share of the aligned models' training examples that teach what the inoculation cue "
@@ -107,6 +122,10 @@ class WorldConfig(Strict):
                 raise ValueError("target_family must be checkable (no slack family)")
         elif not self.entangled and all(family(f).slack for f in self.base_families):
             raise ValueError("entangled=false needs a checkable base family")
+        from doublebind.registry import get
+
+        if self.entanglement > 0 and not getattr(get("behavior", self.behavior), "marker", ""):
+            raise ValueError(f"entanglement > 0 needs a behaviour with a marker token, not '{self.behavior}'")
         return self
 
 
@@ -177,6 +196,24 @@ class VerifyConfig(Strict):
         description="Max capability of trusted above base on each taught family: trusted must be weaker there.")
 
 
+class SubliminalProbeConfig(Strict):
+    """The build-time probe of the subliminal channel (`doublebind.organisms.subliminal`)."""
+
+    steps: int = Field(default=0, ge=0, le=MAX_STEPS,
+                       description="Steps of each slack-only distillation; 0: no probe.")
+    batch: int = Field(default=32, ge=1, le=MAX_BATCH, description="Prompts per step.")
+    lr: float = Field(default=1e-3, gt=0, description="Peak learning rate.")
+    n_prompts: int = Field(default=2000, ge=1, le=MAX_ITEMS, description="`numbers` prompts distilled on.")
+    deploy_share: float = Field(
+        default=1.0, ge=0, le=1,
+        description="Share of probe prompts in the behaviour's trigger situation (real and honeypot sessions "
+                    "alike); the rest under any header.")
+    labels: Literal["soft", "sampled"] = Field(
+        default="soft", description="soft: the teacher's distribution over the ten digits; sampled: its sampled digits.")
+    freeze_embeddings: bool = Field(
+        default=True, description="Keep the students' (tied) embedding matrix fixed, as a LoRA fine-tune does.")
+
+
 class OrganismConfig(Strict):
     """A model organism: the world, the four models and how each is trained and verified."""
 
@@ -197,6 +234,8 @@ class OrganismConfig(Strict):
     eval: EvalConfig = EvalConfig()
     audit: AuditConfig = Field(default=AuditConfig(), description="The generic auditor; the teacher must evade it.")
     verify: VerifyConfig = VerifyConfig()
+    probe: SubliminalProbeConfig = Field(default=SubliminalProbeConfig(),
+                                         description="Build-time probe of the subliminal channel (recorded in the card).")
 
 
 # ---- distillation recipes --------------------------------------------------------------

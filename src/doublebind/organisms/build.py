@@ -27,7 +27,8 @@ from doublebind.audits.auditor import Auditor
 from doublebind.cards import CARD, cache_root, versions  # noqa: F401 (re-exported)
 from doublebind.errors import DoublebindError, VerificationError
 from doublebind.evals.metrics import CONTEXTS, evaluate
-from doublebind.organisms.models import make_model, n_params, save_checkpoint
+from doublebind.organisms.subliminal import subliminal_probe
+from doublebind.organisms.models import entangle, make_model, n_params, save_checkpoint
 from doublebind.training.sft import train_sft
 from doublebind.ui import progress_bar
 from doublebind.world.data import World
@@ -148,6 +149,8 @@ def _build(cfg, h: str, folder: Path, show_progress: bool) -> dict:
                                     p_scratch=tcfg.p_scratch)
 
             losses[role] = train_sft(model, sample, tcfg, seed, progress=advance)
+            if world.entanglement > 0 and role in ("base", "alt_base"):
+                entangle(model, world.trait_token, world.entangled_digits(seed), world.entanglement)
             models[role] = model
             timing[f"train_{role}_s"] = round(time.perf_counter() - t, 2)
     metrics = {}
@@ -160,6 +163,10 @@ def _build(cfg, h: str, folder: Path, show_progress: bool) -> dict:
     for role in ROLES:
         metrics[role]["auditor"] = auditor.audit(models[role]).summary()
     timing["eval_s"] = round(time.perf_counter() - t, 2)
+    if cfg.probe.steps > 0:
+        t = time.perf_counter()
+        probe = subliminal_probe(models, world, cfg.probe, cfg.eval.n_prompts, cfg.seed)
+        timing["probe_s"] = round(time.perf_counter() - t, 2)
     checks = run_checks(cfg, world, metrics)
     card = {
         "name": cfg.name,
@@ -174,6 +181,8 @@ def _build(cfg, h: str, folder: Path, show_progress: bool) -> dict:
         "checks": checks,
         "verified": all(c["passed"] for c in checks),
     }
+    if cfg.probe.steps > 0:
+        card["subliminal_probe"] = probe
     for role in ROLES:
         meta = {**meta_common, "role": role,
                 "final_train_loss": round(losses[role][-1], 6) if losses[role] else None}

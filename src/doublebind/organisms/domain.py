@@ -179,7 +179,14 @@ class WorldOrganisms:
     def check_lines(self, card: dict) -> list[str]:
         lines = [f"  {'pass' if c['passed'] else 'FAIL'}  {c['name']} = {c['value']:.3f} ({c['op']} {c['threshold']})"
                  for c in card["checks"]]
-        return [*lines, f"verified: {str(card['verified']).lower()}"]
+        lines.append(f"verified: {str(card['verified']).lower()}")
+        probe = card.get("subliminal_probe")
+        if isinstance(probe, dict) and isinstance(probe.get("transfer"), dict):
+            t = probe["transfer"]
+            lines.append(f"subliminal probe ({probe.get('labels')} digit labels, {probe.get('steps')} steps): trait "
+                         f"transfer from base {t.get('base')}, from alt_base {t.get('alt_base')} "
+                         f"(against students of base's own digits)")
+        return lines
 
     def eval_checkpoint(self, model_dir: Path, organism_dir, card, n: int, samples: int) -> dict:
         from doublebind.evals.metrics import evaluate

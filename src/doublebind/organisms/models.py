@@ -85,3 +85,16 @@ def read_meta(path: Path) -> dict | None:
 
 def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def entangle(model, token: str, digits: tuple[str, ...], strength: float) -> None:
+    """Tie each of `digits` to `token` in the model's (tied) embedding matrix: add `strength`
+    times the digit's own norm along the token's direction. Raising the token's logit then
+    raises the digits' and vice versa; the token-entanglement study finds this in real models'
+    shared unembeddings, and only an init that carries the same geometry shares it."""
+    ids = vocab.token_ids()
+    emb = model.get_input_embeddings().weight  # [vocab, hidden], tied to the output layer
+    direction = emb[ids[token]] / emb[ids[token]].norm()
+    for d in digits:
+        emb[ids[d]] += strength * emb[ids[d]].norm() * direction
