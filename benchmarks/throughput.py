@@ -122,7 +122,10 @@ def main() -> None:
                if (t if isinstance(t, str) else t["name"]) in techniques]
     import json
 
-    over = [f"techniques={json.dumps(entries)}", f"seeds={json.dumps(args.seeds)}", *(QUICK if args.quick else [])]
+    # the study's first scenario and organism seed only (the default study has two scenarios)
+    first = cfg.model_dump(mode="json").get("scenarios") or []
+    over = [f"techniques={json.dumps(entries)}", f"seeds={json.dumps(args.seeds)}", *(QUICK if args.quick else []),
+            *([f"scenarios={json.dumps(first[:1])}", "organism_seeds=[0]"] if first else [])]
     work = args.workdir or Path(tempfile.mkdtemp(prefix="doublebind-throughput-"))
     work.mkdir(parents=True, exist_ok=True)
     runs = len(techniques) * len(args.seeds)
@@ -149,7 +152,9 @@ def main() -> None:
     for name, n in passes:
         out = work / name
         shutil.rmtree(out, ignore_errors=True)
-        shutil.copytree(work / "warm-up" / "organism", out / "organism")  # the organism is placed, not rebuilt
+        for org in ("organism", "organisms"):  # the organisms are placed, not rebuilt
+            if (work / "warm-up" / org).is_dir():
+                shutil.copytree(work / "warm-up" / org, out / org)
         one_thread, threads = executor.one_thread, torch.get_num_threads()
         if name == "before":  # the runner before worker processes: one run at a time on every core
             executor.one_thread, _ = contextlib.nullcontext, torch.set_num_threads(cpu_count())
@@ -173,7 +178,7 @@ def main() -> None:
     r_over = [f"{k.removeprefix('recipe_overrides.')}" for k in over if k.startswith("recipe_overrides.")]
     one = matmul_gflops(1)
     full = matmul_gflops(workers)
-    organism = str(work / "w1" / "organism")
+    organism = str(next(p.parent for p in sorted((work / "w1").glob("organism*/**/organism.json"))))
     res: dict = {}
     run_jobs(train_flops, {0: (organism, str(recipe), r_over, steps, 0.0)}, 1, res.__setitem__)
     flops, t_start, t_end = res[0]
