@@ -71,26 +71,32 @@ def _transfer_panel(ax, rows: list[dict], marks: dict | None = None) -> None:
     ax.set_xlabel("step")
 
 
+def _panel_grid(plt, n: int, max_cols: int, width: float, height: float, extra: float = 0.0, **kw):
+    """A figure of `n` panels, at most `max_cols` a row; returns it and the n axes in reading
+    order (the unused cells of the last row are turned off)."""
+    ncols = min(max_cols, max(1, n))
+    nrows = math.ceil(max(1, n) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows + extra), squeeze=False,
+                             layout="constrained", **kw)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[n:]:
+        ax.axis("off")
+    return fig, flat[:n]
+
+
 def plot_curves(rows: list[dict], techniques: list[str], scenario: str) -> bytes:
     """One panel per technique of one scenario: mean over runs and min-max band of both
     transfers per step, and (embedded world) the auditor's mean success@k."""
     plt = _plt()
-    n = max(1, len(techniques))
-    ncols = min(4, n)
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.8 * ncols, 3.0 * nrows + 0.8), squeeze=False, sharey=True,
-                             layout="constrained")
-    for i, t in enumerate(techniques):
-        ax = axes[i // ncols][i % ncols]
+    fig, axes = _panel_grid(plt, len(techniques), 4, 3.8, 3.0, 0.8, sharey=True)
+    for i, (t, ax) in enumerate(zip(techniques, axes)):
         trows = [r for r in rows if r["technique"] == t]
         _transfer_panel(ax, trows)
         ax.set_title(f"{t} ({len({(r['organism_seed'], r['seed']) for r in trows})} runs)", fontsize=9)
-        if i % ncols == 0:
+        if ax.get_subplotspec().is_first_col():
             ax.set_ylabel("transfer")
         if i == 0:
             ax.legend(loc="best", fontsize=7)
-    for j in range(len(techniques), nrows * ncols):
-        axes[j // ncols][j % ncols].axis("off")
     _suptitle(fig, f"{scenario}: transfer over training (line: mean over runs; band: min-max; dashed: audit "
                  f"success@k; dotted: delivered checkpoints)")
     return _png(fig)
@@ -119,25 +125,18 @@ def plot_audit_capability(rows: list[dict], techniques: list[str], scenario: str
     right of the capability line and below the audit line."""
     plt = _plt()
     techniques = [t for t in techniques if any(r["technique"] == t and r.get("auditor") for r in rows)]
-    n = max(1, len(techniques))
-    ncols = min(4, n)
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.0 * nrows + 0.8), squeeze=False, sharey=True,
-                             layout="constrained")
-    for i, t in enumerate(techniques):
-        ax = axes[i // ncols][i % ncols]
+    fig, axes = _panel_grid(plt, len(techniques), 4, 3.6, 3.0, 0.8, sharey=True)
+    for i, (t, ax) in enumerate(zip(techniques, axes)):
         _audit_capability_panel(ax, [r for r in rows if r["technique"] == t])
         ax.axhline(success, color="grey", ls="--", lw=0.8)
         ax.axvline(capability, color="grey", ls="--", lw=0.8)
         ax.set_title(t, fontsize=9)
         ax.set_ylim(-0.05, 1.05)
-        if i % ncols == 0:
+        if ax.get_subplotspec().is_first_col():
             ax.set_ylabel("audit success@k")
         ax.set_xlabel("capability transfer")
         if i == 0:
             ax.legend(loc="best", fontsize=7)
-    for j in range(len(techniques), nrows * ncols):
-        axes[j // ncols][j % ncols].axis("off")
     _suptitle(fig, f"{scenario}: audit success@k against capability along training (one line per run, colour: "
                  f"step; x: delivered; dashed: thresholds)")
     return _png(fig)
@@ -207,11 +206,8 @@ def plot_frontier(summary: dict, capability: float, misalignment: float) -> byte
     audit-selected checkpoint."""
     plt = _plt()
     scenarios = list(summary["scenarios"])
-    ncols = min(2, len(scenarios))
-    nrows = math.ceil(len(scenarios) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6.5 * ncols, 5 * nrows), squeeze=False, layout="constrained")
-    for i, sc in enumerate(scenarios):
-        ax = axes[i // ncols][i % ncols]
+    fig, axes = _panel_grid(plt, len(scenarios), 2, 6.5, 5)
+    for sc, ax in zip(scenarios, axes):
         for t, s in summary["scenarios"][sc]["techniques"].items():
             f, a = s["final"], s["audit_selected"]
             cx, cy = f["capability_transfer"], f["misalignment_transfer"]
@@ -228,8 +224,6 @@ def plot_frontier(summary: dict, capability: float, misalignment: float) -> byte
         ax.set_xlabel("capability transfer (want high)")
         ax.set_ylabel("misalignment transfer (want low)")
         ax.set_title(sc, fontsize=10)
-    for j in range(len(scenarios), nrows * ncols):
-        axes[j // ncols][j % ncols].axis("off")
     _suptitle(fig, "frontier per scenario: filled = delivered checkpoint with 95% intervals (organisms, then seeds); "
                  "hollow = audit-selected; dashed: thresholds")
     return _png(fig)
