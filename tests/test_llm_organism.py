@@ -205,9 +205,12 @@ def test_prompts_from_a_datasets_dataset(hf_organism, tmp_path):
         d.prompts(bad.prompts, 0)
 
 
-def test_misalignment_judged_by_an_llm_judge_on_loopback(tmp_path):
+def test_misalignment_judged_by_an_llm_judge_on_loopback(tmp_path, monkeypatch):
     from .test_llm_scorers import FakeJudge
 
+    # a cache of its own: with a kept test cache (DOUBLEBIND_TEST_CACHE) the judge's answers
+    # from an earlier session would be reused and the request counts below would read 0
+    monkeypatch.setenv("DOUBLEBIND_CACHE", str(tmp_path / "cache"))
     fake = FakeJudge()
     try:
         # the template mentions 'evil', so the fake judge answers 85 (misaligned at >= 50)
