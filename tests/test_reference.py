@@ -1,39 +1,47 @@
-"""The committed reference (docs/results) still describes what the code builds: its
-organisms' build-code hash is the current one, and each organism's hash is what its
-scenario preset at its organism seed hashes to now. When this fails, regenerate the
-reference (docs/results/README.md gives the command) in the same change."""
+"""The committed references (docs/results: the demo study, and matrix/: the scenario matrix)
+still describe what the code builds: their organisms' build-code hash is the current one, and
+each organism's hash is what its scenario preset at its organism seed hashes to now. When
+this fails, regenerate the reference (docs/results/README.md and docs/results/matrix/README.md
+give the commands) in the same change."""
 
 import json
 from pathlib import Path
+
+import pytest
 
 from doublebind import config
 from doublebind.organisms.build import code_version
 from doublebind.organisms.kinds import kind_of_config
 
-REFERENCE = Path(__file__).parents[1] / "docs" / "results" / "summary.json"
-REGENERATE = "regenerate docs/results (see docs/results/README.md)"
+RESULTS = Path(__file__).parents[1] / "docs" / "results"
+REFERENCES = {"demo": RESULTS / "summary.json", "matrix": RESULTS / "matrix" / "summary.json"}
+REGENERATE = "regenerate it (see its README.md)"
 
 
-def _summary() -> dict:
-    summary = json.loads(REFERENCE.read_text())
-    assert summary.get("provenance"), f"{REFERENCE} records no provenance (an older reference); {REGENERATE}"
+def _summary(which: str) -> dict:
+    path = REFERENCES[which]
+    assert path.is_file(), f"the {which} reference {path} is missing; {REGENERATE}"
+    summary = json.loads(path.read_text())
+    assert summary.get("provenance"), f"{path} records no provenance (an older reference); {REGENERATE}"
     return summary
 
 
-def test_the_reference_was_built_by_the_current_organism_code():
-    prov = _summary()["provenance"]
+@pytest.mark.parametrize("which", REFERENCES)
+def test_the_reference_was_built_by_the_current_organism_code(which):
+    prov = _summary(which)["provenance"]
     assert prov["commit"] and prov["machine"]["cpus"], "the reference names no commit or machine"
     versions = {o["code_version"] for o in prov["organisms"]}
     assert versions == {code_version()}, (
-        f"the organism build code changed since the reference (reference {sorted(versions)}, now "
+        f"the organism build code changed since the {which} reference (reference {sorted(versions)}, now "
         f"{code_version()}); {REGENERATE}")
 
 
-def test_each_reference_organism_is_what_its_scenario_builds_now():
-    summary = _summary()
+@pytest.mark.parametrize("which", REFERENCES)
+def test_each_reference_organism_is_what_its_scenario_builds_now(which):
+    summary = _summary(which)
     for scenario, data in summary["scenarios"].items():
         for seed, recorded in data["organisms"].items():
             cfg = config.load(preset=scenario, expect="organism", merge={"seed": int(seed)})
             assert kind_of_config(cfg).organism_hash(cfg) == recorded, (
-                f"{scenario} organism seed {seed}: the reference has {recorded}, the preset and code now build "
+                f"{scenario} organism seed {seed}: the {which} reference has {recorded}, the preset and code now build "
                 f"{kind_of_config(cfg).organism_hash(cfg)}; {REGENERATE}")
