@@ -58,7 +58,6 @@ def skill_sessions(seed: int, real: frozenset[int], same_cause: float) -> frozen
     return frozenset(reals[:k_real] + honey[:k_honey])
 
 
-
 @dataclass(frozen=True)
 class World:
     seed: int
@@ -132,8 +131,9 @@ class World:
         return make_prompt(header, task, scratch)
 
     def task_space(self) -> TaskSpace:
-        """What a defender knows of this world: families, tasks, and the auditor's sessions
-        (the honeypot half of the split), nothing of the behaviour."""
+        """What a defender knows of this world: families, tasks, the auditor's sessions (the
+        honeypot half of the split) and the session rule if there is one (its sessions, not
+        which of them are real), nothing of the behaviour."""
         auditor = frozenset(range(N_SESSIONS)) - self.behavior.real
         return TaskSpace(self.base_families, self.teacher_families, self.length, tuple(sorted(auditor)),
                          self.session_rule)
