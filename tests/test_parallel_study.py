@@ -70,21 +70,29 @@ def test_two_workers_give_the_numbers_of_one_run_at_a_time(single, tmp_path):
     assert (out / "summary.json").read_bytes() == (ref / "summary.json").read_bytes()
 
 
-def _job(key: str, delay: float):
-    """A run stand-in for the executor test: fails for key 'bad', else reports its process."""
+def _job(key: str, delay: float, failed: str | None = None):
+    """A run stand-in for the executor test: fails for key 'bad' (first touching `failed`),
+    else reports its process; 'slow' first waits until 'bad' has failed, so it is in flight
+    then however late each worker process starts on a busy machine."""
     import torch
 
+    if key == "slow":
+        deadline = time.monotonic() + 120
+        while not os.path.exists(failed) and time.monotonic() < deadline:
+            time.sleep(0.02)
     time.sleep(delay)
     if key == "die":
         os._exit(3)  # what the OOM killer or a segfault looks like from outside
     if key == "bad":
+        open(failed, "w").close()
         raise DoublebindError(f"loss became nan at step 3 (process {os.getpid()})")
     return os.getpid(), torch.get_num_threads()
 
 
-def test_a_failing_or_dead_worker_is_raised_and_finished_runs_are_handed_over():
+def test_a_failing_or_dead_worker_is_raised_and_finished_runs_are_handed_over(tmp_path):
     done = {}
-    jobs = {"slow": ("slow", 1.5), "bad": ("bad", 0.2), "never": ("never", 0.0)}
+    failed = str(tmp_path / "bad-failed")
+    jobs = {"slow": ("slow", 1.0, failed), "bad": ("bad", 0.0, failed), "never": ("never", 0.0)}
     with pytest.raises(DoublebindError) as e:
         executor.run_jobs(_job, jobs, 2, lambda k, r: done.__setitem__(k, r))
     assert re.fullmatch(r"loss became nan at step 3 \(process \d+\)", str(e.value))  # the CLI's line
@@ -142,8 +150,12 @@ def _gone(pids, within=15.0) -> bool:
 
 
 def _start(cmd):
+    # SIGINT as a terminal leaves it: a shell's background job (`make test &`) starts with
+    # SIGINT ignored, and Python then never raises KeyboardInterrupt, so the Ctrl-C below
+    # would do nothing and the study would run to its end.
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _stop_after_first_run(cmd, results, how):
