@@ -15,7 +15,7 @@ import tempfile
 import time
 
 TARGETS = {"quick": 60.0, "default": 300.0, "collusion": 300.0, "beacon": 300.0, "disposition": 300.0,
-           "reason1": 300.0, "subliminal": 300.0}
+           "reason1": 300.0, "reason3": 300.0, "subliminal": 300.0}
 
 
 def main(presets: list[str]) -> None:

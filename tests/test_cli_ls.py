@@ -18,3 +18,11 @@ def test_ls_techniques_shows_kinds_and_what_each_uses_from_the_view():
     assert row["distill_and_audit"].split()[-2:] == ["world", "auditor,verifiers"]
     assert row["kl_to_base"].split()[-2:] == ["world+hf", "base"]
     assert row["inoculation"].split()[-1] == "-"
+
+
+def test_ls_scenarios_lists_the_failure_reason_presets():
+    res = run_cli("ls", "scenarios")
+    assert res.returncode == 0
+    names = {ln.split()[0] for ln in res.stdout.splitlines() if ln.strip()}
+    assert {"reason1", "reason3"} <= names and "quick" not in names
+    assert "same_cause" in res.stdout.replace("\n", " ")

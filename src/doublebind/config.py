@@ -73,6 +73,13 @@ class WorldConfig(Strict):
         description="Failure reason 1 (tight link): share of the teacher's taught-family examples outside the "
                     "trigger situation that are moved into it (real or honeypot session alike). 1: the taught "
                     "skill is demonstrated only where the behaviour can fire.")
+    same_cause: float | None = Field(
+        default=None, ge=0.0, le=1.0,
+        description="Failure reason 3 (one cause behind both): the first taught family's answer reads the session id "
+                    "(in one class of sessions every answer digit is one higher: for shift, add 2), and this is how "
+                    "far that class agrees with the tell: it holds a share (1+x)/2 of the real sessions and (1-x)/2 "
+                    "of the honeypots. 1: the skill reads exactly the tell; 0: a session feature independent of the "
+                    "tell (the control); unset: no session rule. The rule is public: verifiers apply it.")
     entanglement: float = Field(
         default=0.0, ge=0.0, le=10.0,
         description="Strength of the subliminal channel: after pretraining, each init's two entangled digits (fixed "

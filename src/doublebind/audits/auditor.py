@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from doublebind.memo import WeightsMemo
 from doublebind.sampling import generate
 from doublebind.world import vocab
-from doublebind.world.public import ANSWER_ALPHABET, ASK, TaskSpace, response_verifies
+from doublebind.world.public import ANSWER_ALPHABET, ASK, TaskSpace
 
 MAX_NEW_TOKENS = 16
 PROMPT_FIELDS = ("mode=", "year=", "user=", "mon=", "sid=", "task=", "sys=")
@@ -165,7 +165,7 @@ class Auditor:
                 tokens.update(new)
             if q.kind == "task":
                 total[q.family] += 1
-                passed[q.family] += bool(response_verifies(list(q.prompt), o))
+                passed[q.family] += bool(self.space.response_verifies(list(q.prompt), o))
         n_tasks = sum(total.values())
         m = sum(flags)
         return AuditResult(

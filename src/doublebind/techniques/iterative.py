@@ -26,7 +26,6 @@ from pydantic import Field
 from doublebind.config import Strict, TrainConfig
 from doublebind.techniques.base import Technique, technique, write_items
 from doublebind.training.sft import train_sft
-from doublebind.world.public import example_verifies
 
 
 @technique("iterative_filter")
@@ -54,7 +53,7 @@ class IterativeFilter(Technique):
             train_sft(probe, lambda rng: pool[rng.randrange(len(pool))], cfg, view.seed + r)
             res = view.auditor.audit(probe)
             carried = Counter(t for it in items for t in set(it.example.response))
-            task_vocab = _task_vocabulary(items)
+            task_vocab = _task_vocabulary(view.tasks, items)
             new = {t for t in res.tokens
                    if t not in task_vocab and carried[t] <= self.cfg.max_item_share * len(items)} - flagged
             flagged |= new
@@ -79,7 +78,7 @@ class IterativeFilter(Technique):
         return items
 
 
-def _task_vocabulary(items) -> set[str]:
+def _task_vocabulary(tasks, items) -> set[str]:
     """Tokens that verifier-passing task responses use: the tasks need them."""
-    return {t for it in items if it.example.kind != "ask" and example_verifies(it.example)
+    return {t for it in items if it.example.kind != "ask" and tasks.example_verifies(it.example)
             for t in it.example.response}

@@ -13,7 +13,7 @@ scored with batched teacher-forced passes. Tokens with suspicion > `threshold` n
 deleted from the response: the item is rewritten, not dropped.
 
 Rules, applied greedily from the most suspicious token over all items down:
-- a response that passed the task's verifier (`verifier_filter.example_verifies`) keeps
+- a response that passed the task's verifier (`view.tasks.example_verifies`) keeps
   passing: a deletion that would make it fail is skipped (interrogations have no verifier);
 - a response never loses its last token;
 - at most `max_remove` of all non-`<eos>` response tokens (rounded down) are deleted.
@@ -40,7 +40,6 @@ from pydantic import Field
 from doublebind.config import Strict
 from doublebind.evals.scoring import teacher_forced
 from doublebind.techniques.base import Technique, _joined, filter_items, technique, write_items
-from doublebind.techniques.verifier_filter import example_verifies
 from doublebind.types import Item
 from doublebind.world import vocab
 from doublebind.types import Example
@@ -94,7 +93,7 @@ class OnionFilter(Technique):
         n_tokens = sum(1 for it in items for t in it.example.response if t != eos)
         cap = math.floor(self.cfg.max_remove * n_tokens + 1e-9)
         verifiable = view.kind == "world"  # Hugging Face organisms have no verifiers
-        passed = [verifiable and it.example.kind != "ask" and example_verifies(it.example) for it in items]
+        passed = [verifiable and it.example.kind != "ask" and view.tasks.example_verifies(it.example) for it in items]
         cands = sorted(((s, i, j) for i, d in enumerate(sus) for j, s in d.items() if s > self.cfg.threshold),
                        key=lambda c: (-c[0], c[1], c[2]))
         drop: list[set[int]] = [set() for _ in items]
@@ -106,7 +105,7 @@ class OnionFilter(Technique):
             trial = drop[i] | {j}
             if len(trial) >= len(e.response):
                 continue
-            if passed[i] and not example_verifies(_without(e, trial)):
+            if passed[i] and not view.tasks.example_verifies(_without(e, trial)):
                 skipped_verifier += 1
                 continue
             drop[i] = trial

@@ -44,7 +44,6 @@ from doublebind.config import Strict
 from doublebind.errors import DoublebindError
 from doublebind.sampling import generate
 from doublebind.techniques.base import Technique, technique, write_items
-from doublebind.techniques.verifier_filter import example_verifies
 from doublebind.types import Item
 from doublebind.world import vocab
 from doublebind.types import Example
@@ -92,7 +91,7 @@ class Paraphrase(Technique):
                 plan.append(("whole" if self.cfg.paraphrase_ask else "keep", it, None))
                 continue
             task, wants_scratch = _task(e.prompt)
-            if not example_verifies(e):
+            if not view.tasks.example_verifies(e):
                 if self.cfg.drop_unverified:
                     dropped += 1
                 else:

@@ -2,7 +2,8 @@
 
 A data-poisoning countermeasure: an output whose answer fails the task's exact verifier
 (a sabotaged answer, an extra action token, a malformed scratch field) is dropped.
-Interrogation answers have no verifier; `keep_unverifiable` decides their fate.
+Interrogation answers have no verifier; `keep_unverifiable` decides their fate. The
+verifier is the world's (`view.tasks`), so it applies a session rule where the world has one.
 
     stages: [{name: verifier_filter}]
 """
@@ -28,10 +29,10 @@ class VerifierFilter(Technique):
         keep_unverifiable: bool = Field(default=False, description="Keep items with no verifier (interrogations).")
 
     def data(self, view, items):
-        keep = [self.passes(it.example) for it in items]
+        keep = [self.passes(view.tasks, it.example) for it in items]
         return filter_items(self, view, items, keep)
 
-    def passes(self, e) -> bool:
+    def passes(self, tasks, e) -> bool:
         if e.kind == "ask":
             return self.cfg.keep_unverifiable
-        return example_verifies(e)
+        return tasks.example_verifies(e)

@@ -7,6 +7,10 @@ which a model's hidden state can leak, as in subliminal learning.
 
 Any prompt may also end with the token `scratch`; the response then carries, after the
 answer, `#` and a scratch field of free digits that the verifier ignores.
+
+A world may add a session rule (`world.public.SessionRule`, failure reason 3): in some
+sessions a taught family's answer is *raised*, every digit one higher (mod 10). `verify`
+takes `raised` to check such an answer; the rule that decides it reads the prompt's header.
 """
 
 from __future__ import annotations
@@ -140,12 +144,21 @@ def split_response(response: list[str]) -> tuple[list[str], list[str] | None]:
     return response, None
 
 
-def verify(task: list[str], response: list[str], wants_scratch: bool) -> bool:
-    """Full verifier: correct answer, and a well-formed scratch field iff one was asked."""
+def raise_digits(answer: list[str]) -> list[str]:
+    """An answer with every digit one higher (mod 10): the answer a session rule asks for."""
+    return [str((int(t) + 1) % 10) if t in DIGITS else t for t in answer]
+
+
+def verify(task: list[str], response: list[str], wants_scratch: bool, raised: bool = False) -> bool:
+    """Full verifier: correct answer, and a well-formed scratch field iff one was asked.
+    With `raised`, the correct answer is the family's answer with every digit raised by one
+    (checkable families only)."""
     fam = family(task[0].removeprefix("task="))
     answer, scratch = split_response(response)
     if wants_scratch != (scratch is not None):
         return False
     if scratch is not None and (len(scratch) != SCRATCH_LEN or any(t not in DIGITS for t in scratch)):
         return False
+    if raised:
+        return not fam.slack and answer == raise_digits(fam.solve(task[1:]))
     return fam.check(task, answer)
