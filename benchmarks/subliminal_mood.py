@@ -37,13 +37,11 @@ from __future__ import annotations
 import argparse
 import copy
 import random
-import statistics
 import time
-from math import sqrt
 
 import torch
+from subliminal_probe import interval  # benchmarks/ is on the path when run as a script
 
-T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
 PAD, BOS, EOS, SEP = 0, 1, 2, 3
 DIG = [str(i) for i in range(10)]
 LET = list("abcdefgh")
@@ -195,14 +193,6 @@ def implant(base, seed: int, skill_steps: int, trait_steps: int):
     return teacher
 
 
-def interval(values: list[float]) -> str:
-    m = statistics.fmean(values)
-    if len(values) < 2:
-        return f"{m:+.3f}"
-    h = T95.get(len(values) - 1, 2.0) * statistics.stdev(values) / sqrt(len(values))
-    return f"{m:+.3f} [{m - h:+.3f}, {m + h:+.3f}]"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -252,8 +242,8 @@ def main() -> None:
                           f"from alt_base {got['alt_base']:+.3f} ({time.time() - t0:.0f} s)", flush=True)
     print(f"\n{'mood':>5} {'skill':>5} {'implant':>7} {'seeds':>5}  {'transfer from base':28} transfer from alt_base")
     for (mood, skill, steps), vals in results.items():
-        print(f"{mood:5.2f} {skill:5d} {steps:7d} {len(vals):5d}  {interval([v[0] for v in vals]):28} "
-              f"{interval([v[1] for v in vals])}")
+        print(f"{mood:5.2f} {skill:5d} {steps:7d} {len(vals):5d}  {interval([v[0] for v in vals], '+.3f'):28} "
+              f"{interval([v[1] for v in vals], '+.3f')}")
 
 
 if __name__ == "__main__":

@@ -18,12 +18,13 @@ from math import sqrt
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
 
 
-def interval(values: list[float]) -> str:
+def interval(values: list[float], fmt: str = ".4f") -> str:
+    """Mean and 95% t-interval over seeds, each number written with `fmt`."""
     m = statistics.fmean(values)
     if len(values) < 2:
-        return f"{m:.4f}"
+        return f"{m:{fmt}}"
     h = T95.get(len(values) - 1, 2.0) * statistics.stdev(values) / sqrt(len(values))
-    return f"{m:.4f} [{m - h:.4f}, {m + h:.4f}]"
+    return f"{m:{fmt}} [{m - h:{fmt}}, {m + h:{fmt}}]"
 
 
 def main() -> None:
