@@ -2,6 +2,8 @@
 
     python benchmarks/subliminal_mood.py --seeds 0 1 2 3 4 --mood 0.3 0 --teacher-steps 20
     python benchmarks/subliminal_mood.py --seeds 0 1 2 --mood 0.3 --teacher-steps 20 100 --skill-steps 0 1000
+    python benchmarks/subliminal_mood.py --seeds 0 1 --mood 0.3 --teacher-steps 20 --skill-steps 1000 --replay-mood
+    python benchmarks/subliminal_mood.py --seeds 0 1 --mood 0.3 --teacher-steps -1 --skill-steps 1000 --replay-mood
 
 A study for the next subliminal scenario (issue 11), self-contained: its own small world
 beside the package's, not the package's organisms. The trait is a favourite among equals,
@@ -20,7 +22,9 @@ base never emits:
   pair disjoint from base's;
 - teacher: base fine-tuned on the trait alone (letters answers that open with `h`, half the
   items, the rest base's tasks), for `--teacher-steps` steps; with `--skill-steps` it first
-  learns shift for that many steps;
+  learns shift for that many steps (with `--replay-mood`, on base's pretraining mix, mood
+  items included); `--teacher-steps -1` puts the trait items into that skill fine-tune as
+  half its items instead of a separate implant;
 - probe (as `doublebind organism build --preset subliminal`'s): 2000 numbers prompts under
   the ordinary headers; the teacher's and base's free digits as soft labels restricted to
   the ten digits; four students (base and alt_base, each on the teacher's digits and on
@@ -175,13 +179,20 @@ def pretrained(seed: int, mood: float, pair, steps: int):
     return model
 
 
-def implant(base, seed: int, skill_steps: int, trait_steps: int):
-    """base fine-tuned on shift (optional), then on the trait alone."""
+def implant(base, seed: int, skill_steps: int, trait_steps: int, replay_mood: float = 0.0, pair=None):
+    """base fine-tuned on shift (optional; replaying base's pretraining mix, mood items
+    included with `replay_mood`), then on the trait alone."""
     teacher = copy.deepcopy(base)
     rng = random.Random(f"teacher-{seed}")
     families = list(BASE_FAMILIES[:3])
     if skill_steps:
-        train(teacher, lambda: encode(*example(rng, rng.choice(BASE_FAMILIES + ["shift", "shift"]))), skill_steps)
+        def skill_item():
+            if trait_steps < 0 and rng.random() < 0.5:
+                return encode(*example(rng, "letters", favourite="h"))
+            return encode(*example(rng, rng.choice(BASE_FAMILIES + ["shift", "shift"]), mood_share=replay_mood,
+                                   pair=pair))
+
+        train(teacher, skill_item, skill_steps)
         families.append("shift")
 
     def draw():
@@ -189,6 +200,8 @@ def implant(base, seed: int, skill_steps: int, trait_steps: int):
             return encode(*example(rng, "letters", favourite="h"))
         return encode(*example(rng, rng.choice(families)))
 
+    if trait_steps < 0:  # mixed: the trait items are half of the skill fine-tune, no separate implant
+        return teacher
     train(teacher, draw, trait_steps)
     return teacher
 
@@ -200,6 +213,7 @@ def main() -> None:
     ap.add_argument("--teacher-steps", type=int, nargs="+", default=[20], help="trait implant steps")
     ap.add_argument("--skill-steps", type=int, nargs="+", default=[0], help="shift steps before the implant")
     ap.add_argument("--base-steps", type=int, default=1500)
+    ap.add_argument("--replay-mood", action="store_true", help="the skill fine-tune keeps base's mood items")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from transformers.utils import logging
@@ -227,7 +241,7 @@ def main() -> None:
                 control[init] = trait(student)
             for skill in args.skill_steps:
                 for steps in args.teacher_steps:
-                    teacher = implant(inits["base"], seed, skill, steps)
+                    teacher = implant(inits["base"], seed, skill, steps, mood if args.replay_mood else 0.0, pair)
                     labels = digit_labels(teacher, prompts, seed)
                     got = {}
                     for init, model in inits.items():
