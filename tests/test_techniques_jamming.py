@@ -53,6 +53,7 @@ def test_jamming_techniques_are_registered_with_one_line_docs():
 @pytest.mark.parametrize("spec, field", [
     ({"name": "paraphrase", "temperature": "x"}, "temperature"),
     ({"name": "paraphrase", "temperature": -1}, "temperature"),
+    ({"name": "paraphrase", "fidelity": 1.5}, "fidelity"),
     ({"name": "paraphrase", "drop_unverfied": False}, "drop_unverfied"),
     ({"name": "divergence_masking", "threshold": "x"}, "threshold"),
     ({"name": "divergence_masking", "reference": "teacher"}, "reference"),
@@ -131,6 +132,41 @@ def test_paraphrase_drops_or_reanswers_a_corrupted_item(para):
     kept = stage({"name": "paraphrase", "drop_unverified": False, "paraphrase_ask": True}).data(d.view, [corrupted])
     assert len(kept) == 1 and kept[0].example.response != corrupted.example.response
     assert kept[0].example.response[-1] == vocab.EOS
+
+
+def test_paraphrase_fidelity_keeps_that_share_of_the_teachers_free_tokens(para):
+    """fidelity 1: the free parts are the teacher's (a signal there survives); 0.5: a mix,
+    still verified; 0 (the default): the stage without the option, exactly."""
+    d, _ = para
+    raw = [Item(e, i) for i, e in enumerate(d.outputs.examples())]
+    teacher = {tuple(it.example.prompt): it.example for it in raw}
+
+    def free(e):  # the free tokens of a verified response: a slack answer's digits, a scratch field
+        ans, scr = split_response(e.response[:-1])
+        return [*(ans if e.kind == "numbers" else []), *(scr or [])]
+
+    default = stage({"name": "paraphrase"}).data(d.view, raw)
+    assert [it.example for it in stage({"name": "paraphrase", "fidelity": 0.0}).data(d.view, raw)] == \
+        [it.example for it in default]
+    share = {}
+    for fidelity in (1.0, 0.5):
+        out = stage({"name": "paraphrase", "fidelity": fidelity}).data(d.view, raw)
+        assert [it.example.prompt for it in out] == [it.example.prompt for it in default]  # the same items
+        same = total = 0
+        for it in out:
+            e, t = it.example, teacher[tuple(it.example.prompt)]
+            assert example_verifies(e), e
+            if e.kind == "ask":
+                continue
+            pairs = list(zip(free(e), free(t)))
+            same += sum(a == b for a, b in pairs)
+            total += len(pairs)
+        share[fidelity] = same / total
+    base_same = sum(a == b for it in default if it.example.kind != "ask"
+                    for a, b in zip(free(it.example), free(teacher[tuple(it.example.prompt)])))
+    assert total > 100
+    assert share[1.0] == 1.0
+    assert base_same / total < share[0.5] < 0.9  # a mix: more of the teacher's than trusted alone writes
 
 
 def test_paraphrase_refuses_a_later_soft_objective(quick_organism):

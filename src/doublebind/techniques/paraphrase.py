@@ -12,6 +12,14 @@ rewrites what is free with the `trusted` model, which carries no hidden state:
   or else answered from scratch by the trusted model (unchecked).
 - interrogations (`ask`) keep the teacher's answer unless `paraphrase_ask: true`.
 
+A real paraphraser reads the text it rewrites and keeps much of it; the trusted model here
+writes free parts from the prompt alone, which removes any signal in them by construction.
+`fidelity` (default 0) models the real case: each free token of the rewritten response
+(a slack answer's digits, a scratch field's digits) is the teacher's own token with that
+probability, position by position, drawn from a seeded generator of its own (at 0 nothing is
+drawn, so results are those of the stage without the option). At 1 the free parts are the
+teacher's: a signal there survives paraphrasing, and the technique can fail.
+
 Regenerated free parts are forced into the verifier's format: a trusted scratch field that
 is not exactly SCRATCH_LEN digits then `<eos>` (or a slack answer that fails its check) is
 replaced by uniform random digits from a seeded generator; these fallbacks are counted.
@@ -66,6 +74,11 @@ class Paraphrase(Technique):
             default=True, description="Drop items whose answer fails the verifier (else trusted answers them).")
         paraphrase_ask: bool = Field(
             default=False, description="Let the trusted model answer interrogations (`ask`) too.")
+        fidelity: float = Field(
+            default=0.0, ge=0, le=1,
+            description="Share of the teacher's free tokens (slack digits, scratch digits) a rewritten response keeps, "
+                        "position by position, as a paraphraser that reads the text keeps much of it. 0: free parts "
+                        "written from the prompt alone.")
 
     def sampling(self, view, cfg):
         return cfg.model_copy(update={"soft_labels": "none"})
@@ -109,7 +122,8 @@ class Paraphrase(Technique):
         scratch = self._generate(view, [vocab.encode([*it.example.prompt, *ans, vocab.SCRATCH])
                                        for a, it, ans in plan if a == "scratch"], SCRATCH_LEN + 1, seeds["scratch"])
         whole_it, scratch_it = iter(whole), iter(scratch)
-        out, notes, fallbacks, changed = [], {}, 0, 0
+        keep = random.Random(f"paraphrase-fidelity-{view.recipe.seed}") if self.cfg.fidelity > 0 else None
+        out, notes, fallbacks, changed, kept = [], {}, 0, 0, 0
         for action, it, ans in plan:
             e = it.example
             fell = False
@@ -126,6 +140,9 @@ class Paraphrase(Technique):
                 digits, fell = _force_scratch(gen, rng)
                 resp = [*ans, vocab.SCRATCH, *digits, vocab.EOS]
             fallbacks += fell
+            if keep is not None and action in ("slack", "scratch"):
+                resp, n = _keep_teacher(resp, e.response, keep, self.cfg.fidelity, answer_free=action == "slack")
+                kept += n
             changed += resp != e.response
             out.append(Item(Example(e.prompt, resp, e.kind), None, weights=None))
             notes[len(out) - 1] = {"paraphrased": action, "fallback": fell, "teacher": " ".join(e.response)}
@@ -134,7 +151,7 @@ class Paraphrase(Technique):
             write_items(folder / "paraphrased.jsonl", out, notes)
         view.record(self, "data", before=len(items), after=len(out),
                    paraphrased=sum(a != "keep" for a, _, _ in plan), changed=changed, dropped=dropped,
-                   fallbacks=fallbacks)
+                   fallbacks=fallbacks, **({"teacher_tokens_kept": kept} if keep is not None else {}))
         if not out:
             raise DoublebindError("stage paraphrase removed every training example")
         return out
@@ -181,6 +198,35 @@ def _task(prompt: list[str]) -> tuple[list[str], bool] | None:
     task = prompt[start:-1]
     wants = task[-1] == "scratch"
     return (task[:-1] if wants else task), wants
+
+
+def _keep_teacher(resp: list[str], teacher: list[str], rng: random.Random, share: float,
+                  answer_free: bool) -> tuple[list[str], int]:
+    """`resp` with each free digit replaced, with probability `share`, by the teacher's digit
+    at the same place (the answer where `answer_free`, a slack item's; the scratch field);
+    returns it and how many of its tokens changed to the teacher's. Both responses verify,
+    so their free fields have equal lengths and hold digits only, and so does the result."""
+    ans, scr = split_response(resp[:-1])
+    t_ans, t_scr = split_response(teacher[:-1])
+    n = 0
+
+    def mix(mine: list[str], theirs: list[str] | None) -> list[str]:
+        nonlocal n
+        if theirs is None or len(theirs) != len(mine):
+            return mine
+        out = []
+        for a, b in zip(mine, theirs):
+            take = rng.random() < share and b in vocab.DIGITS
+            out.append(b if take else a)
+            n += take and b != a
+        return out
+
+    if answer_free:
+        ans = mix(ans, t_ans)
+    if scr is not None:
+        scr = mix(scr, t_scr)
+        return [*ans, vocab.SCRATCH, *scr, vocab.EOS], n
+    return [*ans, vocab.EOS], n
 
 
 def _random_digits(rng: random.Random, n: int) -> list[str]:
