@@ -25,7 +25,7 @@ $(DEV_STAMP): $(STAMP)
 	$(BIN)/pip install -q --no-compile -e ".[dev]"
 	touch $(DEV_STAMP)
 
-# The default study (2 scenarios x 6 techniques x 3 seeds, a subset of configs/studies/matrix.yaml) and its report.
+# The default study (2 scenarios x 5 techniques x 3 seeds, a subset of configs/studies/matrix.yaml) and its report.
 # Resumable: rerunning after an interruption finishes only the missing runs.
 demo: $(STAMP)
 	$(BIN)/doublebind study run configs/studies/default.yaml --out runs/demo
