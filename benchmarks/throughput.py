@@ -2,19 +2,20 @@
 the training steps' MFU against a matmul ceiling measured here.
 
     python benchmarks/throughput.py [--quick] [--workers N] [--seeds 0 1] [--skip-before]
-                                    [--techniques baseline distill_and_audit ...] [--all]
+                                    [--techniques baseline verifier_filter ...]
 
 1. Warm-up: the organism is placed, every technique's teacher outputs are cached, and this
    process computes its reference metrics once (a one-step pass of the same grid, here), so
    every timed pass does the same work; workers compute their own references, as they do
    in a real study. The weights memo (`doublebind.memo`) is on in every pass.
-2. The grid (default: six techniques of the default study x seeds 0, 1; `--all`: every
-   technique) run by `run_study` in this process, each into a fresh folder: as the runner
-   did before worker processes (one run at a time with torch's threads on every core), one
-   run at a time (`workers=1`, one thread), then with `--workers` (default: the usable
-   cores). Printed: runs per minute of each, the ratios parallel / one-at-a-time and
-   parallel / before, and whether the workers=1 and parallel summary.json files are
-   byte-identical (they must be).
+2. The grid (default: the default study's techniques x seeds 0, 1, on its first scenario)
+   run by `run_study` in this process, each into a fresh folder: as the runner did before
+   worker processes and sequence packing (one run at a time with torch's threads on every
+   core, padded batches: `training.packing=false`), one run at a time (`workers=1`, one
+   thread), then with `--workers` (default: the usable cores). Printed: runs per minute of
+   each, the ratios parallel / one-at-a-time and parallel / before, whether the workers=1
+   and parallel summary.json files are byte-identical (they must be), and how many verdicts
+   the packed runs share with the padded ones (packing changes rounding, so numbers move).
 3. MFU. The ceiling: the FLOP/s of a 2048 x 2048 fp32 matmul, with one thread and with a
    thread per worker. The achieved rate: training steps of the baseline recipe alone (no
    evals, sampling or stages), counted as 6 * N * D (N trainable parameters of the student,
@@ -38,7 +39,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SUBSET = ["baseline", "distill_and_audit", "hard_labels", "verifier_filter", "kl_to_base", "inoculation"]
+PADDED = ["recipe_overrides.training.packing=false"]  # the runner before sequence packing
 QUICK = ["recipe_overrides.training.steps=20", "recipe_overrides.training.checkpoint_every=10",
          "recipe_overrides.eval.n_prompts=20", "recipe_overrides.prompts.size=300"]
 
@@ -60,6 +61,19 @@ def matmul_gflops(threads: int, n: int = 2048, seconds: float = 2.0) -> float:
         return 2 * n**3 / best / 1e9
     finally:
         torch.set_num_threads(before)
+
+
+def verdicts(summary: Path) -> dict:
+    """(scenario, technique, delivered|audit-selected) -> verdict, from a study's summary.json."""
+    import json
+
+    out = {}
+    for scen, block in json.loads(summary.read_text())["scenarios"].items():
+        for tech, res in block["techniques"].items():
+            for which, r in res.items():
+                if isinstance(r, dict) and "verdict" in r:
+                    out[(scen, tech, which)] = r["verdict"]
+    return out
 
 
 def train_flops(organism: str, recipe_path: str, overrides: list[str], steps: int,
@@ -96,8 +110,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="the quick study, short runs: a smoke test")
     ap.add_argument("--workers", type=int, default=None, help="parallel workers (default: usable cores)")
-    ap.add_argument("--techniques", nargs="+", default=None, help=f"default: {' '.join(SUBSET)}")
-    ap.add_argument("--all", action="store_true", help="every technique of the study")
+    ap.add_argument("--techniques", nargs="+", default=None,
+                    help="techniques of the grid, by name (default: the study's own list)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--mfu-steps", type=int, default=None, help="timed training steps per worker (default 100; quick 20)")
     ap.add_argument("--skip-before", action="store_true",
@@ -115,11 +129,10 @@ def main() -> None:
     workers = workers_for(args.workers)
     study = ROOT / "configs" / "studies" / ("quick.yaml" if args.quick else "default.yaml")
     cfg = config.load(study, expect="study")
-    techniques = list(cfg.technique_stages()) if args.all else (
-        args.techniques or (list(cfg.technique_stages())[:2] if args.quick else SUBSET))
-    # a technique with options (iterative_filter) is listed by name; keep the study's entry for it
-    entries = [t for t in cfg.model_dump(mode="json")["techniques"]
-               if (t if isinstance(t, str) else t["name"]) in techniques]
+    techniques = args.techniques or (list(cfg.technique_stages())[:2] if args.quick else list(cfg.technique_stages()))
+    # the study's entry for a technique it lists (with its options), else the bare name
+    listed = {(t if isinstance(t, str) else t["name"]): t for t in cfg.model_dump(mode="json")["techniques"]}
+    entries = [listed.get(t, t) for t in techniques]
     import json
 
     # the study's first scenario and organism seed only (the default study has two scenarios)
@@ -160,7 +173,8 @@ def main() -> None:
             executor.one_thread, _ = contextlib.nullcontext, torch.set_num_threads(cpu_count())
         t0 = time.perf_counter()
         try:
-            run_study(study, out, show_progress=False, workers=n, overrides=over)
+            run_study(study, out, show_progress=False, workers=n,
+                      overrides=[*over, *(PADDED if name == "before" else [])])
         finally:
             executor.one_thread, _ = one_thread, torch.set_num_threads(threads)
         wall[name] = time.perf_counter() - t0
@@ -171,6 +185,11 @@ def main() -> None:
     print(f"throughput ratio workers={workers} / workers=1: {wall['w1'] / wall[f'w{workers}']:.2f}x "
           f"(summary.json identical: {'yes' if same else 'NO'})"
           + ("" if args.skip_before else f"; workers={workers} / before: {wall['before'] / wall[f'w{workers}']:.2f}x"))
+    if not args.skip_before:
+        a, b = verdicts(work / "before" / "summary.json"), verdicts(work / f"w{workers}" / "summary.json")
+        same_v = sum(a[k] == b.get(k) for k in a)
+        print(f"verdicts, packed against padded (before): {same_v} of {len(a)} the same"
+              + "".join(f"; {k}: {a[k]} -> {b.get(k)}" for k in a if a[k] != b.get(k)))
 
     # MFU of the training steps alone
     steps = args.mfu_steps or (20 if args.quick else 100)

@@ -5,12 +5,19 @@
     python benchmarks/vs_trl.py --quick            # 20 steps: a smoke check of the comparison
     python benchmarks/vs_trl.py --steps 500 --preset default
     python benchmarks/vs_trl.py --trl-checkpointing     # TRL with its default gradient checkpointing
+    python benchmarks/vs_trl.py --padding-free          # TRL's SFTTrainer padding-free too
+    python benchmarks/vs_trl.py --padded                # doublebind without sequence packing
 
 Two jobs, each run once by doublebind and once by TRL, with the same student weights at
 step 0, the same examples in the same order (the items doublebind's seeded sampler draws,
 fed to TRL through a sequential sampler), the same batch, the same optimiser (doublebind's
 fused AdamW, betas 0.9/0.98, no weight decay, passed to TRL), gradient clipping at 1, and
 doublebind's learning-rate schedule (given to TRL as a LambdaLR), fp32 on CPU:
+
+doublebind packs each batch's sequences into shared rows (`training.packing`, its default;
+`--padded` turns it off). TRL pads, as its trainers do by default; `--padding-free` gives
+TRL's SFTTrainer batches in its own padding-free layout (the whole batch in one row,
+positions restarting at each sequence), which GKDTrainer has no mode for.
 
 - sft: hard-label SFT on teacher samples, loss on completion tokens (TRL `SFTTrainer`,
   gradient checkpointing OFF unless --trl-checkpointing: TRL turns it on by default, which
@@ -91,19 +98,27 @@ def _tokenizer(d):
 
 
 def _trl_run(job: str, student, teacher, items, batch: int, steps: int, recipe, tokenizer, pad_id: int,
-             out: Path, checkpointing: bool = False) -> tuple[list[float], float]:
+             out: Path, checkpointing: bool = False, padding_free: bool = False) -> tuple[list[float], float]:
     """The same job with TRL's trainer; (per-step losses, seconds of steps 2..N)."""
     import torch
     from datasets import Dataset
     from torch.utils.data import SequentialSampler
     from transformers import PrinterCallback, TrainerCallback
 
-    from doublebind.training.batching import collate
+    from doublebind.training.batching import _ids, collate
     from doublebind.training.loop import Loop, lr_at
 
     tr = recipe.training
 
     def collator(rows):
+        if padding_free:  # TRL's padding-free layout: the batch's sequences in one row, positions restarting
+            seqs = [_ids(items[r["idx"]].example.prompt + items[r["idx"]].example.response) for r in rows]
+            labels = []
+            for r, sq in zip(rows, seqs):
+                n = len(items[r["idx"]].example.prompt)
+                labels += [-100] * n + sq[n:]  # completion tokens only; a sequence's first token never a target
+            return {"input_ids": torch.tensor([sum(seqs, [])]), "labels": torch.tensor([labels]),
+                    "position_ids": torch.tensor([[t for sq in seqs for t in range(len(sq))]])}
         b = collate([items[r["idx"]].example for r in rows], pad_id=pad_id)
         labels = b["input_ids"].clone()
         labels[:, 0] = -100  # never a target
@@ -158,14 +173,16 @@ def _trl_run(job: str, student, teacher, items, batch: int, steps: int, recipe, 
     return losses, (marks[-1][0] - marks[0][0], marks[-1][1] - marks[0][1])
 
 
-def _job(org: Path, job: str, steps: int, prompts: int, checkpointing: bool = False) -> dict:
+def _job(org: Path, job: str, steps: int, prompts: int, checkpointing: bool = False, padded: bool = False,
+         padding_free: bool = False) -> dict:
     import torch
 
     from doublebind import config
     from doublebind.training.distill import Distiller
 
     recipe = config.load(RECIPE, [*JOBS[job], f"training.steps={steps}", f"prompts.size={prompts}",
-                                  "training.save_weights=false", f"name=vs_trl_{job}"], expect="recipe")
+                                  "training.save_weights=false", f"name=vs_trl_{job}",
+                                  *(["training.packing=false"] if padded else [])], expect="recipe")
     d = Distiller(org, recipe, None, show_progress=False)
     batch = recipe.training.batch
     init = copy.deepcopy(d.accelerator.unwrap_model(d.model))
@@ -187,7 +204,7 @@ def _job(org: Path, job: str, steps: int, prompts: int, checkpointing: bool = Fa
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(recipe.seed)
         trl_losses, trl_s = _trl_run(job, init, teacher, items, batch, steps, recipe, _tokenizer(d),
-                                     _pad_id(d), Path(tmp), checkpointing)
+                                     _pad_id(d), Path(tmp), checkpointing, padding_free and job == "sft")
     if len(trl_losses) != steps:
         _fail(f"TRL logged {len(trl_losses)} losses for {steps} steps")
     return {"job": job, "db_tps": tokens / db_s[0], "trl_tps": tokens / trl_s[0], "cpu_ratio": trl_s[1] / db_s[1],
@@ -218,6 +235,11 @@ def main() -> None:
     ap.add_argument("--jobs", default="sft,soft-label", help="comma-separated: sft, soft-label")
     ap.add_argument("--trl-checkpointing", action="store_true",
                     help="leave TRL's default gradient checkpointing on (off by default: doublebind has none)")
+    ap.add_argument("--padded", action="store_true",
+                    help="doublebind pads its batches (training.packing=false) instead of packing them")
+    ap.add_argument("--padding-free", action="store_true",
+                    help="feed TRL's SFTTrainer padding-free batches (its own padding_free layout: one row, "
+                         "positions restarting); GKDTrainer has no such mode and pads")
     args = ap.parse_args()
     steps = 20 if args.quick else args.steps
     if steps < 2:
@@ -243,11 +265,14 @@ def main() -> None:
     org = Path("runs/bench") / f"organism-{args.preset}"
     try:
         build_organism(config.load(preset=args.preset), org, show_progress=False)
-        rows = [_job(org, j, steps, 400 if args.quick else 4000, args.trl_checkpointing) for j in jobs]
+        rows = [_job(org, j, steps, 400 if args.quick else 4000, args.trl_checkpointing, args.padded,
+                     args.padding_free) for j in jobs]
     except DoublebindError as e:
         _fail(str(e))
     print(f"doublebind vs TRL {trl.__version__} ({args.preset} organism, {steps} steps, batch 32, fp32, "
-          f"{torch.get_num_threads()} thread(s); TRL gradient checkpointing {'on' if args.trl_checkpointing else 'off'})")
+          f"{torch.get_num_threads()} thread(s); TRL gradient checkpointing {'on' if args.trl_checkpointing else 'off'}; "
+          f"doublebind {'padded' if args.padded else 'packed'}; TRL SFT "
+          f"{'padding-free' if args.padding_free else 'padded'}, GKD padded)")
     head = f"{'job':<11} {'tok/s doublebind':>16} {'tok/s TRL':>10} {'ratio':>6} {'(CPU)':>6} {'|Δloss| step 1':>14} " \
            f"{'steps agreeing':>14} {'final loss doublebind':>21} {'TRL':>9} {'control':>9}"
     print(head)

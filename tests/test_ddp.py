@@ -30,13 +30,13 @@ METRIC_ATOL = 1e-6
 GRAD_RTOL = 1e-5
 
 
-def recipe():
+def recipe(packing: bool = True):
     # 4 steps of 16 items (batch 4 x accumulation 4): one process runs 4 micro-batches a step,
     # each of two processes 2 (the first under no_sync).
     return tiny_recipe({"prompts": {"size": 96, "contexts": {"neutral": 0.5, "deploy_like": 0.5}},
                         "sampling": {"soft_labels": "none"},
                         "training": {"steps": 4, "batch": 4, "grad_accum": 4, "checkpoint_every": 2,
-                                     "lr": 0.001, "save_weights": True},
+                                     "lr": 0.001, "save_weights": True, "packing": packing},
                         "eval": {"n_prompts": 10, "n_samples": 0}})
 
 
@@ -90,7 +90,10 @@ def _weights(folder: Path) -> dict:
 def test_two_processes_match_one(quick_organism, tmp_path):
     organism, _ = quick_organism
     recipe_path = tmp_path / "recipe.yaml"
-    recipe_path.write_text(yaml.safe_dump(recipe().model_dump(mode="json")))
+    # Padded: packed, each rank packs its own shard into other rows than one process does,
+    # and after two Adam steps the weights differed by 1.8e-4 (measured), over ATOL, while
+    # the first step's gradients agree within GRAD_RTOL: the gradient test below runs packed.
+    recipe_path.write_text(yaml.safe_dump(recipe(packing=False).model_dump(mode="json")))
     # Two processes first, on a cold teacher-output cache: the main process fills it while
     # the other waits, then reads it (no two processes write one entry).
     two = _distill(2, recipe_path, organism, tmp_path / "two")

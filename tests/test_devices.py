@@ -38,7 +38,7 @@ class _Tiny(torch.nn.Module):
         super().__init__()
         self.emb, self.head = torch.nn.Embedding(V, 8), torch.nn.Linear(8, V)
 
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask, **_):
         h = self.emb(input_ids) * attention_mask[..., None]  # [B, S, 8]
         return type("Out", (), {"logits": self.head(h)})()  # [B, S, V]
 

@@ -26,11 +26,13 @@ from doublebind.prompts import write_jsonl
 from doublebind.teacher import TeacherOutputs
 from doublebind.training import objectives as obj
 from doublebind.training import tracking
-from doublebind.training.batching import collate, model_device, to_device
+from doublebind.training import packing
+from doublebind.training.batching import _ids, collate, model_device, to_device
 from doublebind.training.parallel import any_process, reduce_sum, shard, sync_unless_last
 from doublebind.training.loop import Loop
 from doublebind.ui import progress_bar
 from doublebind.types import Example, Item
+from doublebind.world import vocab
 
 SCHEMA_VERSION = 1
 
@@ -58,11 +60,24 @@ def _weighted_mask(items: list[Item], mask: torch.Tensor) -> torch.Tensor:
     return mask
 
 
+def _item_weights(it: Item) -> torch.Tensor:
+    """One item's loss weights at its response positions (1 unless the item carries weights),
+    what `_weighted_mask` puts in the item's row of a padded batch."""
+    w = torch.ones(len(it.example.response))
+    if it.weights is not None:
+        k = min(len(it.weights), len(w))
+        w[:k] = torch.tensor(it.weights[:k], dtype=w.dtype)
+    return w
+
+
 def micro_loss(model, items: list[Item], soft: dict[str, torch.Tensor], ocfg, ref_logps=None,
-               extra=None) -> torch.Tensor:
+               extra=None, pack: bool = False) -> torch.Tensor:
     """The *sum* of the per-token (or per-pair, for DPO) loss over a micro-batch.
 
     `extra(model, items, batch, logits, mask)` may add a regulariser, also as a sum.
+
+    With `pack`, the sequences are packed into shared rows (`training.packing`) rather than
+    padded; the response positions, and so the loss terms, are the same, in the same order.
 
     The loss is computed at the response positions only ([1, N, V], N = response tokens), since
     the others have mask 0. On the embedded world that is no faster (the loss is ~5% of a
@@ -70,21 +85,33 @@ def micro_loss(model, items: list[Item], soft: dict[str, torch.Tensor], ocfg, re
     terms and their memory. Sums run over fewer terms, so results move by rounding only."""
     if ocfg.kind == "dpo":
         return _dpo_sum(model, items, ocfg, ref_logps)
-    cpu = collate([it.example for it in items])
     device = model_device(model)
-    batch = to_device(cpu, device)
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # [B, S, V]
-    # Response positions, item after item, found on the CPU (no device sync, as a boolean index
-    # on the device would need): rows of the [B * S, V] logits, position t predicting t + 1.
-    keep = cpu["loss_mask"] > 0  # [B, S-1]
-    rows_b, rows_t = keep.nonzero(as_tuple=True)
-    flat = (rows_b * out.shape[1] + rows_t).to(device, non_blocking=True)  # [N]
+    if pack and extra is None:
+        # Packed rows (`training.packing`): no padding computed; the same response positions,
+        # item after item, as the padded layout below takes them.
+        seqs = [_ids(it.example.prompt + it.example.response) for it in items]
+        p = packing.pack(seqs, [len(it.example.prompt) for it in items], vocab.token_ids()[vocab.PAD])
+        out = model(input_ids=p.input_ids.to(device, non_blocking=True),
+                    position_ids=p.position_ids.to(device, non_blocking=True), use_cache=False).logits
+        flat, targets = p.rows.to(device, non_blocking=True), p.targets
+        m = torch.cat([_item_weights(it) for it in items]).to(device, non_blocking=True)[None]  # [1, N]
+    else:
+        cpu = collate([it.example for it in items])
+        batch = to_device(cpu, device)
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    use_cache=False).logits  # [B, S, V]
+        # Response positions, item after item, found on the CPU (no device sync, as a boolean
+        # index on the device would need): rows of the [B * S, V] logits, position t predicting t + 1.
+        keep = cpu["loss_mask"] > 0  # [B, S-1]
+        rows_b, rows_t = keep.nonzero(as_tuple=True)
+        flat = (rows_b * out.shape[1] + rows_t).to(device, non_blocking=True)  # [N]
+        targets = cpu["input_ids"][:, 1:][keep]
+        weighted = _weighted_mask(items, cpu["loss_mask"])  # [B, S-1]
+        m = weighted[keep].to(device, non_blocking=True)[None]  # [1, N]
     # fp32 losses whatever the forward's precision (bf16 autocast, bf16 weights)
     z = out.reshape(-1, out.shape[-1]).index_select(0, flat).float()[None]  # [1, N, V]
-    weighted = _weighted_mask(items, cpu["loss_mask"])  # [B, S-1]
-    m = weighted[keep].to(device, non_blocking=True)[None]  # [1, N]
     if ocfg.kind == "sft":
-        mean = obj.sft_nll(z, cpu["input_ids"][:, 1:][keep].to(device, non_blocking=True)[None], m)
+        mean = obj.sft_nll(z, targets.to(device, non_blocking=True)[None], m)
     else:
         rows = {k: v[None] for k, v in _teacher_rows(items, soft, z.device).items()}  # [1, N, ...]
         t = ocfg.temperature
@@ -197,6 +224,9 @@ class Distiller:
                          hint="lower training.lr (checkpoints so far are kept)")
         self.model, self.loop.opt = self.accelerator.prepare(self.model, self.loop.opt)
         self.loop.params = [p for p in self.model.parameters() if p.requires_grad]
+        # Packing relies on the embedded world's Llama reading restarted position ids as
+        # sequence boundaries; an HF organism's architecture may not, so it pads.
+        self.pack = tr.packing and self.domain.kind == "world"
         self.order = random.Random(f"order-{recipe.seed}")
         self.gen_seed = random.Random(f"onpolicy-{recipe.seed}")
         self.tokens = 0
@@ -311,7 +341,8 @@ class Distiller:
             extra = self._extra_loss if self._hooked("extra_loss") else None
             with sync_unless_last(self.accelerator, self.model, m == len(micros) - 1):
                 with self._autocast():
-                    loss = micro_loss(self.model, micro, self.outputs.soft, ocfg, self.ref_logps, extra) / total
+                    loss = micro_loss(self.model, micro, self.outputs.soft, ocfg, self.ref_logps, extra,
+                                      pack=self.pack) / total
                 if not torch.isfinite(loss):
                     raise DoublebindError(f"loss became {loss.item()} at step {step + 1}; lower training.lr "
                                           f"(checkpoints so far are kept)")
