@@ -1,7 +1,7 @@
 """Study throughput: runs per minute with worker processes against one run at a time, and
 the training steps' MFU against a matmul ceiling measured here.
 
-    python benchmarks/throughput.py [--quick] [--workers N] [--seeds 0 1] [--skip-before]
+    python benchmarks/throughput.py [--quick] [--workers N] [--seeds 0 1] [--skip-before] [--noise-floor]
                                     [--techniques baseline verifier_filter ...]
 
 1. Warm-up: the organism is placed, every technique's teacher outputs are cached, and this
@@ -16,6 +16,8 @@ the training steps' MFU against a matmul ceiling measured here.
    each, the ratios parallel / one-at-a-time and parallel / before, whether the workers=1
    and parallel summary.json files are byte-identical (they must be), and how many verdicts
    the packed runs share with the padded ones (packing changes rounding, so numbers move).
+   `--noise-floor` adds a padded pass with every batch split into two accumulated halves,
+   the same gradient up to rounding, and how many verdicts that alone changes.
 3. MFU. The ceiling: the FLOP/s of a 2048 x 2048 fp32 matmul, with one thread and with a
    thread per worker. The achieved rate: training steps of the baseline recipe alone (no
    evals, sampling or stages), counted as 6 * N * D (N trainable parameters of the student,
@@ -114,6 +116,10 @@ def main() -> None:
                     help="techniques of the grid, by name (default: the study's own list)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--mfu-steps", type=int, default=None, help="timed training steps per worker (default 100; quick 20)")
+    ap.add_argument("--noise-floor", action="store_true",
+                    help="also run the grid padded with each batch split in two accumulated halves (the same "
+                         "gradient up to rounding) and print how many verdicts that changes: the yardstick for "
+                         "the packed-against-padded count")
     ap.add_argument("--skip-before", action="store_true",
                     help="leave out the every-core pass (it crawls when other processes hold the cores)")
     ap.add_argument("--workdir", type=Path, default=None)
@@ -190,6 +196,21 @@ def main() -> None:
         same_v = sum(a[k] == b.get(k) for k in a)
         print(f"verdicts, packed against padded (before): {same_v} of {len(a)} the same"
               + "".join(f"; {k}: {a[k]} -> {b.get(k)}" for k in a if a[k] != b.get(k)))
+    if args.noise_floor and not args.skip_before:
+        # The same gradients up to rounding: padded, each step's batch as two accumulated halves.
+        batch = config.load(study.parent / cfg.recipe, expect="recipe").training.batch
+        out = work / "padded-split"
+        shutil.rmtree(out, ignore_errors=True)
+        for org in ("organism", "organisms"):
+            if (work / "warm-up" / org).is_dir():
+                shutil.copytree(work / "warm-up" / org, out / org)
+        run_study(study, out, show_progress=False, workers=workers,
+                  overrides=[*over, *PADDED, f"recipe_overrides.training.batch={batch // 2}",
+                             "recipe_overrides.training.grad_accum=2"])
+        a, c = verdicts(work / "before" / "summary.json"), verdicts(out / "summary.json")
+        print(f"noise floor: padded with each batch split in two (the same gradient up to rounding) against "
+              f"padded: {sum(a[k] == c.get(k) for k in a)} of {len(a)} verdicts the same"
+              + "".join(f"; {k}: {a[k]} -> {c.get(k)}" for k in a if a[k] != c.get(k)))
 
     # MFU of the training steps alone
     steps = args.mfu_steps or (20 if args.quick else 100)
