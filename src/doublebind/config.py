@@ -369,8 +369,9 @@ class DistillTrainConfig(Strict):
     packing: bool = Field(
         default=True, description="Lay each micro-batch's sequences end to end in shared rows, each attending "
                                   "only to itself, instead of padding them to the longest (embedded world; "
-                                  "HF organisms and techniques that add a loss term always pad). Equal losses "
-                                  "up to rounding; about a third less work on the default study.")
+                                  "HF organisms, DPO and techniques that add a loss term always pad). Equal losses "
+                                  "up to rounding; on the default study a third fewer tokens computed, 1.16x a "
+                                  "training step.")
 
 
 class RecipeConfig(Strict):
