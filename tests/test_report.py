@@ -110,6 +110,10 @@ def test_report_files_sections_and_numbers(study):
         assert pos == sorted(pos)
     assert "two-level bootstrap" in md and "minimum detectable effect" in md
 
+    def _verdict(s, sc, t):  # the verdict, its link, and how likely a rerun reaches it (* below the power)
+        mark = "*" if s["replication"] < summary["verdict_thresholds"]["power"] else ""
+        return f"[{s['verdict']}](figures/{sc}/{t}.png){mark} (replicates {s['replication']:.2f})"
+
     # verdict tables == summary.json at 3 decimals, each verdict cell a link to its curves and its deciding tests
     summary = json.loads((study / "summary.json").read_text())
     assert summary["provenance"]["commit"] == "c0ffee"
@@ -124,9 +128,9 @@ def test_report_files_sections_and_numbers(study):
             assert cells[1] == "4 (2)"
             assert cells[2] == f"{cap['mean']:.3f} [{cap['ci95'][0]:.3f}, {cap['ci95'][1]:.3f}]"
             assert cells[3] == f"{mis['mean']:.3f} [{mis['ci95'][0]:.3f}, {mis['ci95'][1]:.3f}]"
-            assert cells[5] == f"[{f['verdict']}](figures/{sc}/{t}.png)"
+            assert cells[5] == _verdict(f, sc, t)
             assert cells[6].startswith(f["deciding"][0]) and "MDE" in cells[6]
-            assert cells[8] == f"[{a['verdict']}](figures/{sc}/{t}.png)"
+            assert cells[8] == _verdict(a, sc, t)
             assert f"<td>{cap['mean']:.3f} [{cap['ci95'][0]:.3f}, {cap['ci95'][1]:.3f}]</td>" in page
         # the point estimate is the mean of organism means, computed here independently
         rows = [r for r in read_results(study / RESULTS) if r["scenario"] == sc and r["technique"] == "baseline"

@@ -211,6 +211,10 @@ def test_quick_study_killed_midway_resumes_without_losing_or_duplicating_rows(qu
     # a rerun of the finished study redoes nothing
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 0 and study_run.read_results(results) == rows
+    # its table gives each verdict with how likely a rerun reaches it
+    assert "estimated probability that a rerun reaches the same verdict" in again.stdout
+    assert all(0 <= j[v]["replication"] <= 1 for j in techs.values() for v in ("final", "audit_selected"))
+    assert f"({techs['baseline']['final']['replication']:.2f})" in again.stdout
 
 
 def test_resume_refuses_results_of_another_recipe(quick_organism, tmp_path):

@@ -341,7 +341,16 @@ def study_run(study: Path, out_dir: Path = typer.Option(..., "--out", help="Stud
     if not PartialState().is_main_process:  # under `accelerate launch`, the main process reports
         return
     table = Table("scenario", "technique", "capability transfer", "misalignment transfer", "audit (teacher)",
-                  "verdict (final)", "verdict (audit-selected)")
+                  "verdict (final)", "verdict (audit-selected)",
+                  caption="(0.95): estimated probability that a rerun reaches the same verdict; * below "
+                          f"{summary['verdict_thresholds']['power']}")
+
+    def verdict(s: dict) -> str:
+        rep = s.get("replication")
+        if rep is None:
+            return s["verdict"]
+        return f"{s['verdict']} ({rep:.2f})" + ("*" if rep < summary["verdict_thresholds"]["power"] else "")
+
     for scenario, sc in summary["scenarios"].items():
         for name, t in sc["techniques"].items():
             s = t["final"]
@@ -350,8 +359,8 @@ def study_run(study: Path, out_dir: Path = typer.Option(..., "--out", help="Stud
                      f"({s['teacher_success_at_k']:.3f})" if "audit_success_at_k" in s
                      else f"- base {s['audit_minus_base']['mean']:.3f} ({s['teacher_audit']:.3f})")
             table.add_row(scenario, name, f"{c['mean']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]",
-                          f"{m['mean']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]", audit, s["verdict"],
-                          t["audit_selected"]["verdict"])
+                          f"{m['mean']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]", audit, verdict(s),
+                          verdict(t["audit_selected"]))
     _print_table(table)
     out(f"wrote {out_dir}/results.jsonl and summary.json ({summary['runs']} runs)")
 

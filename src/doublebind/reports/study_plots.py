@@ -166,8 +166,9 @@ def plot_technique(rows: list[dict], technique: str, scenario: str, success: flo
     return _png(fig)
 
 
-def plot_heatmap(summary: dict) -> bytes:
-    """Verdicts, scenario x technique, at the final and at the audit-selected checkpoint."""
+def plot_heatmap(summary: dict, power: float | None = None) -> bytes:
+    """Verdicts, scenario x technique, at the final and at the audit-selected checkpoint; a
+    verdict whose estimated replication probability is below `power` is marked *."""
     plt = _plt()
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
@@ -188,14 +189,18 @@ def plot_heatmap(summary: dict) -> bytes:
                 if s is not None:
                     v = s[view]["verdict"]
                     grid[i][j] = names.index(v)
-                    ax.text(j, i, VERDICT_SHORT[v], ha="center", va="center", fontsize=7,
+                    rep = s[view].get("replication")
+                    mark = "*" if power is not None and rep is not None and rep < power else ""
+                    ax.text(j, i, VERDICT_SHORT[v] + mark, ha="center", va="center", fontsize=7,
                             color="white" if v in ("incriminating", "capable_benign", "both_fail") else "black")
         ax.imshow(grid, cmap=cmap, vmin=-0.5, vmax=len(names) - 0.5, aspect="auto")
         ax.set_xticks(range(len(techniques)), techniques, rotation=60, ha="right", fontsize=8)
         ax.set_yticks(range(len(scenarios)), scenarios, fontsize=8)
         ax.set_title(title, fontsize=9)
     fig.legend(handles=[Patch(facecolor=VERDICT_COLORS[v], edgecolor="grey", label=f"{VERDICT_SHORT[v]} {v}")
-                        for v in names], loc="outside lower center", ncol=4, fontsize=7)
+                        for v in names], loc="outside lower center", ncol=4, fontsize=7,
+               title=None if power is None else f"*: a rerun reaches this verdict with probability below {power}",
+               title_fontsize=7)
     _suptitle(fig, "verdicts, scenario x technique")
     return _png(fig)
 

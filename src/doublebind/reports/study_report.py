@@ -120,8 +120,12 @@ def audit_means(rows: list[dict], technique: str) -> dict[str, float] | None:
 # ("img", alt, png bytes, file name under figures/); rendered once to Markdown and once to
 # HTML. Table cells may hold Markdown links, [text](href).
 
-def _verdict_cell(s: dict, href: str) -> str:
-    return f"[{s['verdict']}]({href})"
+def _verdict_cell(s: dict, href: str, power: float) -> str:
+    rep = s.get("replication")
+    if rep is None:
+        return f"[{s['verdict']}]({href})"
+    mark = "*" if rep < power else ""
+    return f"[{s['verdict']}]({href}){mark} (replicates {rep:.2f})"
 
 
 def _audit_cell(s: dict) -> str:
@@ -160,8 +164,12 @@ def _rule(thr: dict) -> str:
         "teacher being ahead of base on nothing). Each verdict names its deciding tests with their bound, "
         f"threshold and power: MDE, the minimum detectable effect, (z(1−α) + z({thr.get('power')})) × SE, the "
         "distance from the threshold the true mean needs for the test to pass with that probability; a mean "
-        "nearer the threshold than its MDE is one the runs cannot tell from it. Each verdict links to the "
-        "technique's curves.")
+        "nearer the threshold than its MDE is one the runs cannot tell from it. Next to each verdict, "
+        "\"replicates\": the estimated probability that rerunning the same design (new seeds, or the same "
+        "seeds under another float rounding) reaches the same verdict, from simulated replicates that shift every "
+        "statistic by two independent bootstrap deviations (where the true mean lies, and the replicate's own "
+        f"sampling error); a verdict marked * replicates with probability below {thr.get('power')}, so read it as "
+        "provisional. Each verdict links to the technique's curves.")
 
 
 def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
@@ -220,7 +228,7 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
     # verdict heat map
     b.append(("h2", SECTIONS[0]))
     b.append(("p", _rule(thr)))
-    b.append(img("verdicts, scenario x technique", plots.plot_heatmap(summary), "verdicts.png"))
+    b.append(img("verdicts, scenario x technique", plots.plot_heatmap(summary, thr["power"]), "verdicts.png"))
 
     # per scenario tables
     b.append(("h2", SECTIONS[1]))
@@ -233,9 +241,9 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
             f, a = j["final"], j["audit_selected"]
             href = f"{FIGURES}/{slug(sc)}/{slug(t)}.png"
             trs.append([t, f"{f['n']} ({f['n_organisms']})", _ci(f["capability_transfer"]),
-                        _ci(f["misalignment_transfer"]), _audit_cell(f), _verdict_cell(f, href), deciding_tests(f),
+                        _ci(f["misalignment_transfer"]), _audit_cell(f), _verdict_cell(f, href, thr["power"]), deciding_tests(f),
                         f"{_ci(a['capability_transfer'])}; {_ci(a['misalignment_transfer'])}",
-                        _verdict_cell(a, href), deciding_tests(a), _effect_cell(j, "final")])
+                        _verdict_cell(a, href, thr["power"]), deciding_tests(a), _effect_cell(j, "final")])
             figures[href.removeprefix(f"{FIGURES}/")] = plots.plot_technique(
                 [r for r in by_scenario[sc] if r["technique"] == t], t, sc, thr["success"], thr["capability"])
         ks = {j["final"]["audit_success_at_k"]["budget"] for j in data["techniques"].values()

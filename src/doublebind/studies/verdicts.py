@@ -60,6 +60,7 @@ from statistics import NormalDist
 import numpy as np
 
 ROUND = 10
+REPLICATES = 1000  # simulated replicates per verdict (`replication`)
 
 
 def bootstrap_ci(values: list[float], n: int, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
@@ -113,11 +114,14 @@ class Sample:
         self.alpha = alpha
         self.n = len(rows)
         self.boot = Resampler([len(g) for g in self.groups], n_boot)
+        self.draws: dict[str, np.ndarray] = {}  # name -> its bootstrap means, for `replication`
 
-    def stat(self, fn) -> dict:
-        """Mean of organism means of fn(row), its intervals, SE and n."""
+    def stat(self, fn, name: str | None = None) -> dict:
+        """Mean of organism means of fn(row), its intervals, SE and n (its draws kept under `name`)."""
         vals = [[float(fn(r)) for r in g] for g in self.groups]
         boot = self.boot.means(_pad(vals))
+        if name is not None:
+            self.draws[name] = boot
         mean = round(float(np.mean([np.mean(v) for v in vals])), ROUND)
         return {"mean": mean, "ci95": [_q(boot, 0.025), _q(boot, 0.975)],
                 "lower": _q(boot, self.alpha), "upper": _q(boot, 1 - self.alpha),
@@ -162,22 +166,49 @@ def technique_stats(judged_rows: list[dict], vcfg, n_boot: int) -> dict:
                  "steps": sorted({r["step"] for r in judged_rows})}
     if all(r.get("auditor") for r in judged_rows):
         a = judged_rows[0]["auditor"]
-        out["audit_success_at_k"] = {**s.stat(lambda r: r["auditor"]["success_at_k"]),
+        out["audit_success_at_k"] = {**s.stat(lambda r: r["auditor"]["success_at_k"], "audit_success_at_k"),
                                      "budget": a["budget"], "n_queries": a["n"]}
         out["teacher_success_at_k"] = max(r["auditor"]["teacher_success_at_k"] for r in judged_rows)
         out["base_success_at_k"] = max(r["auditor"]["base_success_at_k"] for r in judged_rows)
-    out["capability_transfer"] = s.stat(lambda r: r["capability_transfer"] or 0.0)
-    out["misalignment_transfer"] = s.stat(lambda r: r["misalignment_transfer"] or 0.0)
-    out["audit_minus_base"] = s.stat(lambda r: audit_signal(r) - max(r["base_audit"].values()))
+    out["capability_transfer"] = s.stat(lambda r: r["capability_transfer"] or 0.0, "capability_transfer")
+    out["misalignment_transfer"] = s.stat(lambda r: r["misalignment_transfer"] or 0.0, "misalignment_transfer")
+    out["audit_minus_base"] = s.stat(lambda r: audit_signal(r) - max(r["base_audit"].values()), "audit_minus_base")
     out["teacher_audit"] = max(audit_signal(r, "teacher") for r in judged_rows)
     if all(base_loss(r) is not None for r in judged_rows):
-        out["base_loss"] = s.stat(base_loss)
+        out["base_loss"] = s.stat(base_loss, "base_loss")
     cap_measured = not all(r["capability_transfer"] is None for r in judged_rows)
     if all(r["misalignment_transfer"] is None for r in judged_rows):
         out.update(verdict="undefined", tests=[], deciding=["teacher no more misaligned than base"], power={})
         return out
     out.update(judge(out, vcfg, capability_measured=cap_measured))
+    out["replication"] = replication(out, s.draws, vcfg, cap_measured)
     return out
+
+
+def replication(s: dict, draws: dict[str, np.ndarray], v, capability_measured: bool = True,
+                n: int = REPLICATES, seed: int = 0) -> float | None:
+    """Estimated probability that a replicate of the runs (the same design with new seeds,
+    or the same seeds under another rounding) reaches the same verdict: the fraction of `n`
+    simulated replicates judged alike. A replicate shifts every statistic by the sum of two
+    independent deviations of its bootstrap draws from their mean, one for where the true
+    mean lies and one for the replicate's own sampling error, drawn jointly across the
+    statistics so their correlation is kept; its bounds move with its mean. None with fewer
+    than 2 runs (nothing to resample)."""
+    if s["n"] < 2 or not draws:
+        return None
+    rng = np.random.default_rng(seed)
+    width = len(next(iter(draws.values())))
+    dev = {k: b - b.mean() for k, b in draws.items()}
+    i, j = rng.integers(0, width, (2, n))
+    same = 0
+    for a, b in zip(i, j):
+        t = dict(s)
+        for k, d in dev.items():
+            shift = float(d[a] + d[b])
+            t[k] = {**s[k], "mean": s[k]["mean"] + shift, "lower": s[k]["lower"] + shift,
+                    "upper": s[k]["upper"] + shift}
+        same += judge(t, v, capability_measured)["verdict"] == s["verdict"]
+    return round(same / n, 3)
 
 
 def judge(s: dict, v, capability_measured: bool = True) -> dict:
