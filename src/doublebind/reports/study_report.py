@@ -165,8 +165,8 @@ def _rule(thr: dict) -> str:
         f"threshold and power: MDE, the minimum detectable effect, (z(1−α) + z({thr.get('power')})) × SE, the "
         "distance from the threshold the true mean needs for the test to pass with that probability; a mean "
         "nearer the threshold than its MDE is one the runs cannot tell from it. Next to each verdict, "
-        "\"replicates\": the estimated probability that rerunning the same design (new seeds, or the same "
-        "seeds under another float rounding) reaches the same verdict, from simulated replicates that shift every "
+        "\"replicates\": the estimated probability that rerunning the same design (new seeds and, where "
+        "there are several, new organism builds) reaches the same verdict, from simulated replicates that shift every "
         "statistic by two independent bootstrap deviations (where the true mean lies, and the replicate's own "
         f"sampling error); a verdict marked * replicates with probability below {thr.get('power')}, so read it as "
         "provisional. Each verdict links to the technique's curves.")

@@ -187,8 +187,8 @@ def technique_stats(judged_rows: list[dict], vcfg, n_boot: int) -> dict:
 
 def replication(s: dict, draws: dict[str, np.ndarray], v, capability_measured: bool = True,
                 n: int = REPLICATES, seed: int = 0) -> float | None:
-    """Estimated probability that a replicate of the runs (the same design with new seeds,
-    or the same seeds under another rounding) reaches the same verdict: the fraction of `n`
+    """Estimated probability that a replicate of the runs (the same design: new seeds and,
+    with several organisms, new organism builds, as the two-level bootstrap resamples both) reaches the same verdict: the fraction of `n`
     simulated replicates judged alike. A replicate shifts every statistic by the sum of two
     independent deviations of its bootstrap draws from their mean, one for where the true
     mean lies and one for the replicate's own sampling error, drawn jointly across the
