@@ -50,6 +50,11 @@ cannot tell from the threshold. With one run there is nothing to resample: MDE i
 The SE is the observed spread, so runs that agree exactly give an MDE of 0: the runs
 agree, which is not the same as a test that could see any effect.
 Bounds are rounded to 1e-10 so a value on a threshold is judged as on it, not by float noise.
+
+**Replication** (`replication`): how likely a rerun of the design reaches the same verdict,
+from simulated replicates of the statistics (see the function). Near 1 when every deciding
+bound clears its threshold by a few SEs; near 0.5 or below when one sits on it. The report
+marks a verdict below `verdict.power` as provisional.
 """
 
 from __future__ import annotations
@@ -188,8 +193,8 @@ def technique_stats(judged_rows: list[dict], vcfg, n_boot: int) -> dict:
 def replication(s: dict, draws: dict[str, np.ndarray], v, capability_measured: bool = True,
                 n: int = REPLICATES, seed: int = 0) -> float | None:
     """Estimated probability that a replicate of the runs (the same design: new seeds and,
-    with several organisms, new organism builds, as the two-level bootstrap resamples both) reaches the same verdict: the fraction of `n`
-    simulated replicates judged alike. A replicate shifts every statistic by the sum of two
+    with several organisms, new organism builds, as the two-level bootstrap resamples both)
+    reaches the same verdict: the fraction of `n` simulated replicates judged alike. A replicate shifts every statistic by the sum of two
     independent deviations of its bootstrap draws from their mean, one for where the true
     mean lies and one for the replicate's own sampling error, drawn jointly across the
     statistics so their correlation is kept; its bounds move with its mean. None with fewer
