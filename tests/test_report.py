@@ -112,7 +112,8 @@ def test_report_files_sections_and_numbers(study):
 
     def _verdict(s, sc, t):  # the verdict, its link, and how likely a rerun reaches it (* below the power)
         mark = "*" if s["replication"] < summary["verdict_thresholds"]["power"] else ""
-        return f"[{s['verdict']}](figures/{sc}/{t}.png){mark} (replicates {s['replication']:.2f})"
+        kept = f"; {s['replication_same_organisms']:.2f} on these organisms"  # the report's study has 2 builds
+        return f"[{s['verdict']}](figures/{sc}/{t}.png){mark} (replicates {s['replication']:.2f}{kept})"
 
     # verdict tables == summary.json at 3 decimals, each verdict cell a link to its curves and its deciding tests
     summary = json.loads((study / "summary.json").read_text())

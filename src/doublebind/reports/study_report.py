@@ -125,7 +125,9 @@ def _verdict_cell(s: dict, href: str, power: float) -> str:
     if rep is None:
         return f"[{s['verdict']}]({href})"
     mark = "*" if rep < power else ""
-    return f"[{s['verdict']}]({href}){mark} (replicates {rep:.2f})"
+    kept = s.get("replication_same_organisms")
+    also = f"; {kept:.2f} on these organisms" if kept is not None else ""
+    return f"[{s['verdict']}]({href}){mark} (replicates {rep:.2f}{also})"
 
 
 def _audit_cell(s: dict) -> str:
@@ -169,7 +171,8 @@ def _rule(thr: dict) -> str:
         "there are several, new organism builds) reaches the same verdict, from simulated replicates that shift every "
         "statistic by two independent bootstrap deviations (where the true mean lies, and the replicate's own "
         f"sampling error); a verdict marked * replicates with probability below {thr.get('power')}, so read it as "
-        "provisional. Each verdict links to the technique's curves.")
+        "provisional. With several organism builds a second number follows: the same for a rerun on these "
+        "builds with new seeds (seeds resampled within each organism), the part training noise alone makes. Each verdict links to the technique's curves.")
 
 
 def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:

@@ -54,7 +54,10 @@ Bounds are rounded to 1e-10 so a value on a threshold is judged as on it, not by
 **Replication** (`replication`): how likely a rerun of the design reaches the same verdict,
 from simulated replicates of the statistics (see the function). Near 1 when every deciding
 bound clears its threshold by a few SEs; near 0.5 or below when one sits on it. The report
-marks a verdict below `verdict.power` as provisional.
+marks a verdict below `verdict.power` as provisional. With several organisms,
+`replication_same_organisms` is the same for a rerun on these organism builds with new seeds
+(seeds resampled within each organism, organisms kept): the part of the uncertainty that
+training noise alone makes.
 """
 
 from __future__ import annotations
@@ -77,13 +80,17 @@ def bootstrap_ci(values: list[float], n: int, level: float = 0.95, seed: int = 0
 class Resampler:
     """Draws of a two-level bootstrap: organisms with replacement, then seeds within each
     drawn organism. `means(values)` gives the mean of organism means of every draw, so
-    every statistic of one technique is resampled with the same draws."""
+    every statistic of one technique is resampled with the same draws. With
+    `keep_organisms` every draw keeps each organism once and resamples only its seeds: the
+    spread of a rerun on the same organism builds."""
 
-    def __init__(self, sizes: list[int], n: int, seed: int = 0):
+    def __init__(self, sizes: list[int], n: int, seed: int = 0, keep_organisms: bool = False):
         rng = np.random.default_rng(seed)
         g, s = len(sizes), max(sizes)
         size = np.asarray(sizes)
         self.org = rng.integers(0, g, size=(n, g))  # [n, g] drawn organisms
+        if keep_organisms:
+            self.org = np.tile(np.arange(g), (n, 1))
         self.size = size[self.org]  # [n, g] seeds of each drawn organism
         self.idx = np.floor(rng.random((n, g, s)) * self.size[..., None]).astype(int)  # [n, g, s]
         self.mask = np.arange(s)[None, None, :] < self.size[..., None]  # [n, g, s]
@@ -120,6 +127,10 @@ class Sample:
         self.n = len(rows)
         self.boot = Resampler([len(g) for g in self.groups], n_boot)
         self.draws: dict[str, np.ndarray] = {}  # name -> its bootstrap means, for `replication`
+        # with several organisms, the same statistics resampled on these organisms alone
+        self.kept = Resampler([len(g) for g in self.groups], n_boot, keep_organisms=True) \
+            if len(self.groups) > 1 else None
+        self.kept_draws: dict[str, np.ndarray] = {}
 
     def stat(self, fn, name: str | None = None) -> dict:
         """Mean of organism means of fn(row), its intervals, SE and n (its draws kept under `name`)."""
@@ -127,6 +138,8 @@ class Sample:
         boot = self.boot.means(_pad(vals))
         if name is not None:
             self.draws[name] = boot
+            if self.kept is not None:
+                self.kept_draws[name] = self.kept.means(_pad(vals))
         mean = round(float(np.mean([np.mean(v) for v in vals])), ROUND)
         return {"mean": mean, "ci95": [_q(boot, 0.025), _q(boot, 0.975)],
                 "lower": _q(boot, self.alpha), "upper": _q(boot, 1 - self.alpha),
@@ -187,6 +200,8 @@ def technique_stats(judged_rows: list[dict], vcfg, n_boot: int) -> dict:
         return out
     out.update(judge(out, vcfg, capability_measured=cap_measured))
     out["replication"] = replication(out, s.draws, vcfg, cap_measured)
+    if s.kept_draws:  # several organisms: a rerun that keeps these builds, new seeds only
+        out["replication_same_organisms"] = replication(out, s.kept_draws, vcfg, cap_measured)
     return out
 
 
