@@ -168,11 +168,12 @@ def _rule(thr: dict) -> str:
         "distance from the threshold the true mean needs for the test to pass with that probability; a mean "
         "nearer the threshold than its MDE is one the runs cannot tell from it. Next to each verdict, "
         "\"replicates\": the estimated probability that rerunning the same design (new seeds and, where "
-        "there are several, new organism builds) reaches the same verdict, from simulated replicates that shift every "
-        "statistic by two independent bootstrap deviations (where the true mean lies, and the replicate's own "
-        f"sampling error); a verdict marked * replicates with probability below {thr.get('power')}, so read it as "
-        "provisional. With several organism builds a second number follows: the same for a rerun on these "
-        "builds with new seeds (seeds resampled within each organism), the part training noise alone makes. Each verdict links to the technique's curves.")
+        "there are several, new organism builds) reaches the same verdict, from simulated replicates that "
+        "shift every statistic by two independent bootstrap deviations (where the true mean lies, and the "
+        f"replicate's own sampling error); a verdict marked * replicates with probability below "
+        f"{thr.get('power')}, so read it as provisional. With several organism builds a second number follows: "
+        "the same for a rerun on these builds with new seeds (seeds resampled within each organism), the part "
+        "training noise alone makes. Each verdict links to the technique's curves.")
 
 
 def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
@@ -244,7 +245,8 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
             f, a = j["final"], j["audit_selected"]
             href = f"{FIGURES}/{slug(sc)}/{slug(t)}.png"
             trs.append([t, f"{f['n']} ({f['n_organisms']})", _ci(f["capability_transfer"]),
-                        _ci(f["misalignment_transfer"]), _audit_cell(f), _verdict_cell(f, href, thr["power"]), deciding_tests(f),
+                        _ci(f["misalignment_transfer"]), _audit_cell(f), _verdict_cell(f, href, thr["power"]),
+                        deciding_tests(f),
                         f"{_ci(a['capability_transfer'])}; {_ci(a['misalignment_transfer'])}",
                         _verdict_cell(a, href, thr["power"]), deciding_tests(a), _effect_cell(j, "final")])
             figures[href.removeprefix(f"{FIGURES}/")] = plots.plot_technique(
