@@ -331,6 +331,7 @@ def study_run(study: Path, out_dir: Path = typer.Option(..., "--out", help="Stud
     from doublebind.organisms.models import quiet_transformers
     from doublebind.studies.executor import parse_workers
     from doublebind.studies.run import run_study
+    from doublebind.studies.verdicts import provisional
 
     quiet_transformers()
     extra = [f"recipe_overrides.training.tracker={tracker}"] if tracker is not None else []
@@ -346,10 +347,10 @@ def study_run(study: Path, out_dir: Path = typer.Option(..., "--out", help="Stud
                           f"{summary['verdict_thresholds']['power']}")
 
     def verdict(s: dict) -> str:
-        rep = s.get("replication")
-        if rep is None:
+        if s.get("replication") is None:
             return s["verdict"]
-        return f"{s['verdict']} ({rep:.2f})" + ("*" if rep < summary["verdict_thresholds"]["power"] else "")
+        return f"{s['verdict']} ({s['replication']:.2f})" + (
+            "*" if provisional(s, summary["verdict_thresholds"]["power"]) else "")
 
     for scenario, sc in summary["scenarios"].items():
         for name, t in sc["techniques"].items():

@@ -173,6 +173,8 @@ def plot_heatmap(summary: dict, power: float | None = None) -> bytes:
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
+    from doublebind.studies.verdicts import provisional
+
     scenarios = list(summary["scenarios"])
     techniques = list(dict.fromkeys(t for sc in summary["scenarios"].values() for t in sc["techniques"]))
     names = list(VERDICT_COLORS)
@@ -189,8 +191,7 @@ def plot_heatmap(summary: dict, power: float | None = None) -> bytes:
                 if s is not None:
                     v = s[view]["verdict"]
                     grid[i][j] = names.index(v)
-                    rep = s[view].get("replication")
-                    mark = "*" if power is not None and rep is not None and rep < power else ""
+                    mark = "*" if power is not None and provisional(s[view], power) else ""
                     ax.text(j, i, VERDICT_SHORT[v] + mark, ha="center", va="center", fontsize=7,
                             color="white" if v in ("incriminating", "capable_benign", "both_fail") else "black")
         ax.imshow(grid, cmap=cmap, vmin=-0.5, vmax=len(names) - 0.5, aspect="auto")

@@ -121,10 +121,12 @@ def audit_means(rows: list[dict], technique: str) -> dict[str, float] | None:
 # HTML. Table cells may hold Markdown links, [text](href).
 
 def _verdict_cell(s: dict, href: str, power: float) -> str:
+    from doublebind.studies.verdicts import provisional
+
     rep = s.get("replication")
     if rep is None:
         return f"[{s['verdict']}]({href})"
-    mark = "*" if rep < power else ""
+    mark = "*" if provisional(s, power) else ""
     kept = s.get("replication_same_organisms")
     also = f"; {kept:.2f} on these organisms" if kept is not None else ""
     return f"[{s['verdict']}]({href}){mark} (replicates {rep:.2f}{also})"

@@ -126,10 +126,9 @@ class Sample:
         self.alpha = alpha
         self.n = len(rows)
         self.boot = Resampler([len(g) for g in self.groups], n_boot)
+        self.n_boot = n_boot
         self.draws: dict[str, np.ndarray] = {}  # name -> its bootstrap means, for `replication`
-        # with several organisms, the same statistics resampled on these organisms alone
-        self.kept = Resampler([len(g) for g in self.groups], n_boot, keep_organisms=True) \
-            if len(self.groups) > 1 else None
+        self.kept: Resampler | None = None  # with several organisms: seeds resampled, organisms kept
         self.kept_draws: dict[str, np.ndarray] = {}
 
     def stat(self, fn, name: str | None = None) -> dict:
@@ -138,7 +137,9 @@ class Sample:
         boot = self.boot.means(_pad(vals))
         if name is not None:
             self.draws[name] = boot
-            if self.kept is not None:
+            if len(self.groups) > 1:
+                if self.kept is None:
+                    self.kept = Resampler([len(g) for g in self.groups], self.n_boot, keep_organisms=True)
                 self.kept_draws[name] = self.kept.means(_pad(vals))
         mean = round(float(np.mean([np.mean(v) for v in vals])), ROUND)
         return {"mean": mean, "ci95": [_q(boot, 0.025), _q(boot, 0.975)],
@@ -229,6 +230,11 @@ def replication(s: dict, draws: dict[str, np.ndarray], v, capability_measured: b
                     "upper": s[k]["upper"] + shift}
         same += judge(t, v, capability_measured)["verdict"] == s["verdict"]
     return round(same / n, 3)
+
+
+def provisional(s: dict, power: float) -> bool:
+    """Whether a verdict replicates with probability below `power` (the report's *)."""
+    return s.get("replication") is not None and s["replication"] < power
 
 
 def judge(s: dict, v, capability_measured: bool = True) -> dict:
