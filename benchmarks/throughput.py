@@ -2,7 +2,7 @@
 the training steps' MFU against a matmul ceiling measured here.
 
     python benchmarks/throughput.py [--quick] [--workers N] [--seeds 0 1] [--skip-before] [--noise-floor]
-                                    [--techniques baseline verifier_filter ...]
+                                    [--compile] [--techniques baseline verifier_filter ...]
 
 1. Warm-up: the organism is placed, every technique's teacher outputs are cached, and this
    process computes its reference metrics once (a one-step pass of the same grid, here), so
@@ -17,7 +17,12 @@ the training steps' MFU against a matmul ceiling measured here.
    and parallel summary.json files are byte-identical (they must be), and how many verdicts
    the packed runs share with the padded ones (packing changes rounding, so numbers move).
    `--noise-floor` adds a padded pass with every batch split into two accumulated halves,
-   the same gradient up to rounding, and how many verdicts that alone changes.
+   the same gradient up to rounding, and how many verdicts that alone changes. `--compile`
+   adds a pass with `training.compile: true` (torch.compile of the training forward) on
+   the same workers: its runs per minute, its ratio to the others, and how many verdicts
+   it shares with the eager parallel pass. Each worker compiles once; the warm-up compiles
+   too, so torch's on-disk cache is warm (a first compile on a machine costs about 20 s
+   more per worker, once).
 3. MFU. The ceiling: the FLOP/s of a 2048 x 2048 fp32 matmul, with one thread and with a
    thread per worker. The achieved rate: training steps of the baseline recipe alone (no
    evals, sampling or stages), counted as 6 * N * D (N trainable parameters of the student,
@@ -120,6 +125,8 @@ def main() -> None:
                     help="also run the grid padded with each batch split in two accumulated halves (the same "
                          "gradient up to rounding) and print how many verdicts that changes: the yardstick for "
                          "the packed-against-padded count")
+    ap.add_argument("--compile", action="store_true",
+                    help="also run the parallel pass with training.compile: true (torch.compile) and compare")
     ap.add_argument("--skip-before", action="store_true",
                     help="leave out the every-core pass (it crawls when other processes hold the cores)")
     ap.add_argument("--workdir", type=Path, default=None)
@@ -157,7 +164,8 @@ def main() -> None:
     run_study(study, work / "warm-up", show_progress=False, workers=1,
               overrides=[*(o for o in over if not o.startswith(("recipe_overrides.training.", "recipe_overrides.eval."))),
                          "recipe_overrides.training.steps=1", "recipe_overrides.training.checkpoint_every=1",
-                         "recipe_overrides.eval.n_prompts=5"])
+                         "recipe_overrides.eval.n_prompts=5",
+                         *(["recipe_overrides.training.compile=true"] if args.compile else [])])
     print(f"warm-up (organism, teacher outputs): {time.perf_counter() - t0:.1f} s")
 
     import contextlib
@@ -167,7 +175,9 @@ def main() -> None:
     from doublebind.studies import executor
 
     wall = {}
-    passes = [("before", 1)] * (not args.skip_before) + [("w1", 1), (f"w{workers}", workers)]
+    passes = ([("before", 1)] * (not args.skip_before) + [("w1", 1), (f"w{workers}", workers)]
+              + [("compiled", workers)] * args.compile)
+    COMPILED = ["recipe_overrides.training.compile=true"]
     for name, n in passes:
         out = work / name
         shutil.rmtree(out, ignore_errors=True)
@@ -180,11 +190,12 @@ def main() -> None:
         t0 = time.perf_counter()
         try:
             run_study(study, out, show_progress=False, workers=n,
-                      overrides=[*over, *(PADDED if name == "before" else [])])
+                      overrides=[*over, *(PADDED if name == "before" else COMPILED if name == "compiled" else [])])
         finally:
             executor.one_thread, _ = one_thread, torch.set_num_threads(threads)
         wall[name] = time.perf_counter() - t0
         what = (f"one run at a time, {cpu_count()} threads (the runner before --workers)" if name == "before"
+                else f"workers={n}, one thread each, training.compile" if name == "compiled"
                 else f"workers={n}, one thread each")
         print(f"{what}: {runs} runs in {wall[name]:.1f} s = {60 * runs / wall[name]:.2f} runs/min")
     same = (work / "w1" / "summary.json").read_bytes() == (work / f"w{workers}" / "summary.json").read_bytes()
@@ -196,6 +207,12 @@ def main() -> None:
         same_v = sum(a[k] == b.get(k) for k in a)
         print(f"verdicts, packed against padded (before): {same_v} of {len(a)} the same"
               + "".join(f"; {k}: {a[k]} -> {b.get(k)}" for k in a if a[k] != b.get(k)))
+    if args.compile:
+        a, c = verdicts(work / f"w{workers}" / "summary.json"), verdicts(work / "compiled" / "summary.json")
+        print(f"compiled workers={workers}: {wall[f'w{workers}'] / wall['compiled']:.2f}x eager workers={workers}"
+              + ("" if args.skip_before else f", {wall['before'] / wall['compiled']:.2f}x before")
+              + f"; verdicts, compiled against eager: {sum(a[k] == c.get(k) for k in a)} of {len(a)} the same"
+              + "".join(f"; {k}: {a[k]} -> {c.get(k)}" for k in a if a[k] != c.get(k)))
     if args.noise_floor and not args.skip_before:
         # The same gradients up to rounding: padded, each step's batch as two accumulated halves.
         batch = config.load(study.parent / cfg.recipe, expect="recipe").training.batch
@@ -225,6 +242,14 @@ def main() -> None:
     g1 = flops / (t_end - t_start) / 1e9
     print(f"matmul ceiling (2048^2 fp32): {one:.1f} GFLOP/s with 1 thread, {full:.1f} GFLOP/s with {workers}")
     print(f"training, 1 worker:  {g1:.1f} GFLOP/s (6*N*D over {steps} steps), MFU {g1 / one:.0%} of 1 thread")
+    if args.compile:
+        res.clear()
+        run_jobs(train_flops, {0: (organism, str(recipe), [*r_over, "training.compile=true"], steps, 0.0)}, 1,
+                 res.__setitem__)
+        fc, s0, s1 = res[0]
+        gc = fc / (s1 - s0) / 1e9
+        print(f"training, 1 worker, training.compile: {gc:.1f} GFLOP/s, MFU {gc / one:.0%} of 1 thread "
+              f"({gc / g1:.2f}x eager)")
     if workers > 1:
         res.clear()
         start = time.time() + 20  # every worker has started and warmed up by then (they wait for it)

@@ -360,7 +360,13 @@ def _append(path: Path, rows: list[dict]) -> None:
 
 
 def recipe_hash(recipe) -> str:
-    return hashlib.sha256(json.dumps(recipe.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+    """What a study's rows record of the recipe that made them, and its resume check compares.
+    `training.compile` counts only when on (it changes rounding), so recipes from before the
+    knob existed keep their hash."""
+    dump = recipe.model_dump(mode="json")
+    if not dump.get("training", {}).get("compile", True):
+        del dump["training"]["compile"]
+    return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass

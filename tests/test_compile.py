@@ -1,0 +1,83 @@
+"""`training.compile`: the student's training forward through torch.compile, compiled once
+per process; the same training up to rounding, a clear error when the compiler fails, and
+recipe hashes that do not move while the knob is off."""
+
+import shutil
+
+import pytest
+
+from doublebind import config
+from doublebind.errors import DoublebindError
+from doublebind.studies.executor import one_thread
+from doublebind.studies.run import recipe_hash
+from doublebind.training import distill
+from doublebind.training.distill import Distiller
+
+from .conftest import tiny_recipe
+
+needs_compiler = pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")),
+                                    reason="torch.compile on the CPU needs a C++ compiler")
+
+
+def _curve(org, compiled: bool, seed: int = 0) -> list[float]:
+    recipe = tiny_recipe({}, seed=seed, training={"steps": 6, "batch": 16, "lr": 1e-3, "compile": compiled},
+                         prompts={"size": 64})
+    d = Distiller(org, recipe, None, show_progress=False)
+    return [d.train_step(s) for s in range(6)]
+
+
+@needs_compiler
+def test_compiled_training_follows_eager_and_repeats_itself(quick_organism):
+    """Six packed steps of the real distiller from the same init, on one thread as in a
+    study: the compiled curve is the eager one up to rounding (it is really another
+    computation: not bit-equal), and a new student in the same process reuses the compiled
+    code and repeats the first run exactly. (With two threads the compiled kernels' parallel
+    reductions made a repeat differ in the 7th digit from the third step on.)"""
+    import torch._dynamo
+
+    org, _ = quick_organism
+    torch._dynamo.reset()
+    distill._COMPILED.clear()
+    with one_thread():
+        _compiled_and_eager(org)
+
+
+def _compiled_and_eager(org):
+    eager = _curve(org, False)
+    assert not distill._COMPILED  # eager never compiles
+    first = _curve(org, True)
+    assert len(distill._COMPILED) == 1
+    again = _curve(org, True)
+    assert again == first
+    assert first == pytest.approx(eager, rel=1e-4)
+    assert first != eager
+    assert first[0] != pytest.approx(first[-1], rel=1e-3)  # it trained
+    other = _curve(org, True, seed=1)  # another seed: other items, other layouts, the same compiled function
+    assert len(distill._COMPILED) == 1 and other != first
+
+
+def test_a_compiler_failure_is_one_clear_error(monkeypatch):
+    def broken(model, **inputs):
+        raise RuntimeError("C++ compile error\n" + "  long compiler output\n" * 50)
+
+    monkeypatch.setattr(distill, "_COMPILED", [broken])
+    with pytest.raises(DoublebindError) as e:
+        distill.student_logits(object(), True, input_ids=None)
+    msg = str(e.value)
+    assert "\n" not in msg and "training.compile" in msg and "C++ compile error" in msg
+    assert "training.compile: false" in msg
+
+
+def test_the_recipe_hash_moves_only_when_compile_is_on():
+    off = tiny_recipe({})
+    on = tiny_recipe({}, training={"compile": True})
+    assert off.training.compile is False
+    dump = off.model_dump(mode="json")
+    del dump["training"]["compile"]
+    import hashlib
+    import json
+
+    # off: the hash of the recipe as it was before the knob existed
+    assert recipe_hash(off) == hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
+    assert recipe_hash(on) != recipe_hash(off)
+    assert config.build(config.RecipeConfig, on.model_dump(mode="json")).training.compile is True
