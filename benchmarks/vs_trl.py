@@ -7,6 +7,7 @@
     python benchmarks/vs_trl.py --trl-checkpointing     # TRL with its default gradient checkpointing
     python benchmarks/vs_trl.py --padding-free          # TRL's SFTTrainer padding-free too
     python benchmarks/vs_trl.py --padded                # doublebind without sequence packing
+    python benchmarks/vs_trl.py --compile               # both compiled: training.compile, TRL torch_compile
 
 Two jobs, each run once by doublebind and once by TRL, with the same student weights at
 step 0, the same examples in the same order (the items doublebind's seeded sampler draws,
@@ -29,7 +30,7 @@ positions restarting at each sequence), which GKDTrainer has no mode for.
   job (`sampling.soft_labels: full`). The cache is filled before timing.
 
 tokens/s counts the non-padding tokens (prompt + response) of the batches, over the steps
-after the first (warm-up excluded), measured the same way for both, by wall time and by the
+after the first (warm-up excluded; the first 10 with --compile), measured the same way for both, by wall time and by the
 process's CPU time (one thread: less moved by other jobs on a shared machine). "|Δloss| step 1" compares
 the first step's losses: the same loss function on the same weights and data, so float noise
 at most. After that the two runs part: these tiny runs are chaotic (gradients clipped at
@@ -39,6 +40,12 @@ rerun from its initial weights times (1 + 1e-7 noise). Equal losses here means s
 and TRL agreeing with doublebind for about as many steps as the control does; the final
 losses of all three are then draws of the same run, not one number.
 Timings on a shared machine are noisy: run it alone for numbers you quote.
+
+`--compile` compiles both sides: doublebind with `training.compile: true`, TRL through the
+Trainer's own `torch_compile=True` (torch.compile of the model, default settings). The first
+10 steps of each are then left out of the timing (`--warmup`), so compilation and TRL's
+recompilations for the first padded shapes it meets are not counted; later recompilations
+are.
 """
 
 from __future__ import annotations
@@ -73,12 +80,12 @@ def _clock() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
-def _doublebind_run(d, steps: int) -> tuple[list[float], tuple[float, float]]:
-    """Train the Distiller `d` for `steps` steps; (losses, (wall, CPU) seconds of steps 2..N)."""
+def _doublebind_run(d, steps: int, warm: int = 1) -> tuple[list[float], tuple[float, float]]:
+    """Train the Distiller `d` for `steps` steps; (losses, (wall, CPU) seconds of steps warm+1..N)."""
     losses, t0 = [], None
     for s in range(steps):
         losses.append(d.train_step(s))
-        if s == 0:
+        if s == warm - 1:
             t0 = _clock()
     t1 = _clock()
     return losses, (t1[0] - t0[0], t1[1] - t0[1])
@@ -98,8 +105,9 @@ def _tokenizer(d):
 
 
 def _trl_run(job: str, student, teacher, items, batch: int, steps: int, recipe, tokenizer, pad_id: int,
-             out: Path, checkpointing: bool = False, padding_free: bool = False) -> tuple[list[float], float]:
-    """The same job with TRL's trainer; (per-step losses, seconds of steps 2..N)."""
+             out: Path, checkpointing: bool = False, padding_free: bool = False, compile: bool = False,
+             warm: int = 1) -> tuple[list[float], float]:
+    """The same job with TRL's trainer; (per-step losses, seconds of steps warm+1..N)."""
     import torch
     from datasets import Dataset
     from torch.utils.data import SequentialSampler
@@ -139,7 +147,7 @@ def _trl_run(job: str, student, teacher, items, batch: int, steps: int, recipe, 
                   log_level="error",
                   use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=checkpointing, seed=recipe.seed,
                   dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True,
-                  dataset_kwargs={"skip_prepare_dataset": True}, max_length=None)
+                  dataset_kwargs={"skip_prepare_dataset": True}, max_length=None, torch_compile=compile)
     # doublebind's own optimiser (AdamW, betas 0.9/0.98, no weight decay, the fused kernel)
     opt = Loop(student.parameters(), steps=steps, lr=tr.lr, warmup=tr.warmup, fused=True).opt
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, steps, tr.lr, tr.warmup) / tr.lr)
@@ -170,11 +178,11 @@ def _trl_run(job: str, student, teacher, items, batch: int, steps: int, recipe, 
     trainer = InOrder(args=args, **kw)
     trainer.remove_callback(PrinterCallback)
     trainer.train()
-    return losses, (marks[-1][0] - marks[0][0], marks[-1][1] - marks[0][1])
+    return losses, (marks[-1][0] - marks[warm - 1][0], marks[-1][1] - marks[warm - 1][1])
 
 
 def _job(org: Path, job: str, steps: int, prompts: int, checkpointing: bool = False, padded: bool = False,
-         padding_free: bool = False) -> dict:
+         padding_free: bool = False, compile: bool = False, warm: int = 1) -> dict:
     import torch
 
     from doublebind import config
@@ -182,17 +190,18 @@ def _job(org: Path, job: str, steps: int, prompts: int, checkpointing: bool = Fa
 
     recipe = config.load(RECIPE, [*JOBS[job], f"training.steps={steps}", f"prompts.size={prompts}",
                                   "training.save_weights=false", f"name=vs_trl_{job}",
-                                  *(["training.packing=false"] if padded else [])], expect="recipe")
+                                  *(["training.packing=false"] if padded else []),
+                                  *(["training.compile=true"] if compile else [])], expect="recipe")
     d = Distiller(org, recipe, None, show_progress=False)
     batch = recipe.training.batch
     init = copy.deepcopy(d.accelerator.unwrap_model(d.model))
     replay = random.Random()
     replay.setstate(d.order.getstate())
     items = [d.items[replay.randrange(len(d.items))] for _ in range(steps * batch)]  # what doublebind will draw
-    tokens = sum(len(it.example.prompt) + len(it.example.response) for it in items[batch:])
+    tokens = sum(len(it.example.prompt) + len(it.example.response) for it in items[warm * batch:])
     teacher = d.teacher if job != "sft" else None
 
-    db_losses, db_s = _doublebind_run(d, steps)
+    db_losses, db_s = _doublebind_run(d, steps, warm)
     # The control: doublebind again, its initial weights scaled by (1 + 1e-7 noise), about the
     # rounding difference between two implementations of the same loss.
     twin = Distiller(org, recipe, None, show_progress=False)
@@ -204,7 +213,7 @@ def _job(org: Path, job: str, steps: int, prompts: int, checkpointing: bool = Fa
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(recipe.seed)
         trl_losses, trl_s = _trl_run(job, init, teacher, items, batch, steps, recipe, _tokenizer(d),
-                                     _pad_id(d), Path(tmp), checkpointing, padding_free and job == "sft")
+                                     _pad_id(d), Path(tmp), checkpointing, padding_free and job == "sft", compile, warm)
     if len(trl_losses) != steps:
         _fail(f"TRL logged {len(trl_losses)} losses for {steps} steps")
     return {"job": job, "db_tps": tokens / db_s[0], "trl_tps": tokens / trl_s[0], "cpu_ratio": trl_s[1] / db_s[1],
@@ -240,10 +249,17 @@ def main() -> None:
     ap.add_argument("--padding-free", action="store_true",
                     help="feed TRL's SFTTrainer padding-free batches (its own padding_free layout: one row, "
                          "positions restarting); GKDTrainer has no such mode and pads")
+    ap.add_argument("--compile", action="store_true",
+                    help="compile both sides: doublebind training.compile, TRL's torch_compile")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="first steps left out of the timing (default 1; 10 with --compile)")
     args = ap.parse_args()
     steps = 20 if args.quick else args.steps
-    if steps < 2:
-        _fail(f"--steps must be at least 2 (the first step is warm-up), got {steps}")
+    warm = args.warmup if args.warmup is not None else (10 if args.compile else 1)
+    if warm < 1:
+        _fail(f"--warmup must be at least 1, got {warm}")
+    if steps < warm + 1:
+        _fail(f"--steps must be more than the {warm} warm-up step(s), got {steps}")
     jobs = [j.strip() for j in args.jobs.split(",") if j.strip()]
     unknown = [j for j in jobs if j not in JOBS]
     if unknown or not jobs:
@@ -266,13 +282,14 @@ def main() -> None:
     try:
         build_organism(config.load(preset=args.preset), org, show_progress=False)
         rows = [_job(org, j, steps, 400 if args.quick else 4000, args.trl_checkpointing, args.padded,
-                     args.padding_free) for j in jobs]
+                     args.padding_free, args.compile, warm) for j in jobs]
     except DoublebindError as e:
         _fail(str(e))
     print(f"doublebind vs TRL {trl.__version__} ({args.preset} organism, {steps} steps, batch 32, fp32, "
           f"{torch.get_num_threads()} thread(s); TRL gradient checkpointing {'on' if args.trl_checkpointing else 'off'}; "
           f"doublebind {'padded' if args.padded else 'packed'}; TRL SFT "
-          f"{'padding-free' if args.padding_free else 'padded'}, GKD padded)")
+          f"{'padding-free' if args.padding_free else 'padded'}, GKD padded; "
+          f"{'both compiled' if args.compile else 'eager'}; timed from step {warm + 1})")
     head = f"{'job':<11} {'tok/s doublebind':>16} {'tok/s TRL':>10} {'ratio':>6} {'(CPU)':>6} {'|Δloss| step 1':>14} " \
            f"{'steps agreeing':>14} {'final loss doublebind':>21} {'TRL':>9} {'control':>9}"
     print(head)
