@@ -19,18 +19,18 @@ needs_compiler = pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g+
                                     reason="torch.compile on the CPU needs a C++ compiler")
 
 
-def _curve(org, compiled: bool, seed: int = 0) -> list[float]:
-    recipe = tiny_recipe({}, seed=seed, training={"steps": 6, "batch": 16, "lr": 1e-3, "compile": compiled},
-                         prompts={"size": 64})
+def _curve(org, compiled: bool, seed: int = 0, packing: bool = True) -> list[float]:
+    recipe = tiny_recipe({}, seed=seed, training={"steps": 6, "batch": 16, "lr": 1e-3, "compile": compiled,
+                                                  "packing": packing}, prompts={"size": 64})
     d = Distiller(org, recipe, None, show_progress=False)
     return [d.train_step(s) for s in range(6)]
 
 
 @needs_compiler
 def test_compiled_training_follows_eager_and_repeats_itself(quick_organism):
-    """Six packed steps of the real distiller from the same init, on one thread as in a
-    study: the compiled curve is the eager one up to rounding (it is really another
-    computation: not bit-equal), and a new student in the same process reuses the compiled
+    """Six steps of the real distiller from the same init, on one thread as in a study: the
+    compiled curve is the eager one up to rounding (it is really another computation: not
+    bit-equal), packed and padded, and a new student in the same process reuses the compiled
     code and repeats the first run exactly. (With two threads the compiled kernels' parallel
     reductions made a repeat differ in the 7th digit from the third step on.)"""
     import torch._dynamo
@@ -54,6 +54,8 @@ def _compiled_and_eager(org):
     assert first[0] != pytest.approx(first[-1], rel=1e-3)  # it trained
     other = _curve(org, True, seed=1)  # another seed: other items, other layouts, the same compiled function
     assert len(distill._COMPILED) == 1 and other != first
+    # padded batches with an attention mask (kl_to_base, HF organisms) through the same function
+    assert _curve(org, True, packing=False) == pytest.approx(_curve(org, False, packing=False), rel=1e-4)
 
 
 def test_a_compiler_failure_is_one_clear_error(monkeypatch):
