@@ -48,7 +48,8 @@ bench: $(DEV_STAMP)
 
 # doublebind against TRL on the same SFT and soft-label jobs (installs the bench extra: TRL).
 bench-trl: $(DEV_STAMP)
-	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/pip install -q --no-compile -e ".[bench]"
+	$(COMPILE)
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/vs_trl.py
 
 clean:
