@@ -37,23 +37,23 @@ def test_compiled_training_follows_eager_and_repeats_itself(quick_organism):
 
     org, _ = quick_organism
     torch._dynamo.reset()
-    distill._COMPILED.clear()
+    distill._compiled_logits.cache_clear()
     with one_thread():
         _compiled_and_eager(org)
 
 
 def _compiled_and_eager(org):
     eager = _curve(org, False)
-    assert not distill._COMPILED  # eager never compiles
+    assert distill._compiled_logits.cache_info().currsize == 0  # eager never compiles
     first = _curve(org, True)
-    assert len(distill._COMPILED) == 1
+    assert distill._compiled_logits.cache_info().currsize == 1
     again = _curve(org, True)
     assert again == first
     assert first == pytest.approx(eager, rel=1e-4)
     assert first != eager
     assert first[0] != pytest.approx(first[-1], rel=1e-3)  # it trained
     other = _curve(org, True, seed=1)  # another seed: other items, other layouts, the same compiled function
-    assert len(distill._COMPILED) == 1 and other != first
+    assert distill._compiled_logits.cache_info().misses == 1 and other != first
     # padded batches with an attention mask (kl_to_base, HF organisms) through the same function
     assert _curve(org, True, packing=False) == pytest.approx(_curve(org, False, packing=False), rel=1e-4)
 
@@ -62,7 +62,7 @@ def test_a_compiler_failure_is_one_clear_error(monkeypatch):
     def broken(model, **inputs):
         raise RuntimeError("C++ compile error\n" + "  long compiler output\n" * 50)
 
-    monkeypatch.setattr(distill, "_COMPILED", [broken])
+    monkeypatch.setattr(distill, "_compiled_logits", lambda: broken)
     with pytest.raises(DoublebindError) as e:
         distill.student_logits(object(), True, input_ids=None)
     msg = str(e.value)

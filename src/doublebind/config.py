@@ -374,9 +374,9 @@ class DistillTrainConfig(Strict):
                                   "training step.")
     compile: bool = Field(
         default=False, description="Run the student's training forward (and its backward) through torch.compile, "
-                                   "compiled once per process: about 1.3x a training step of the default study "
-                                   "on one CPU thread, after 15-30 s of compilation per process (a few seconds "
-                                   "from torch's on-disk cache). Numbers move by rounding, like packing; on the "
+                                   "compiled once per process: 1.3-1.5x a training step of the default study "
+                                   "on one CPU thread, after 7-31 s of compilation per process (the less with "
+                                   "torch's on-disk cache warm). Numbers move by rounding, like packing; on the "
                                    "CPU it needs a C++ compiler. Left out of the recipe's hash while false.")
 
 

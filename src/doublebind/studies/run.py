@@ -364,7 +364,7 @@ def recipe_hash(recipe) -> str:
     `training.compile` counts only when on (it changes rounding), so recipes from before the
     knob existed keep their hash."""
     dump = recipe.model_dump(mode="json")
-    if not dump.get("training", {}).get("compile", True):
+    if not dump["training"]["compile"]:
         del dump["training"]["compile"]
     return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -11,6 +11,7 @@ truth evals -> `metrics.jsonl`, `summary.json` and a PNG of the curves.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import random
 import time
@@ -75,7 +76,10 @@ def _logits(model, **inputs) -> torch.Tensor:
     return model(**inputs, use_cache=False).logits
 
 
-_COMPILED: list = []  # this process's compiled `_logits`, made once (`training.compile`)
+@functools.cache
+def _compiled_logits():
+    """This process's compiled `_logits`, made once (`training.compile`)."""
+    return torch.compile(_logits, dynamic=True)
 
 
 def student_logits(model, compiled: bool = False, **inputs) -> torch.Tensor:
@@ -91,10 +95,8 @@ def student_logits(model, compiled: bool = False, **inputs) -> torch.Tensor:
     never a silent fall back to eager, which would change the numbers."""
     if not compiled:
         return _logits(model, **inputs)
-    if not _COMPILED:
-        _COMPILED.append(torch.compile(_logits, dynamic=True))
     try:
-        return _COMPILED[0](model, **inputs)
+        return _compiled_logits()(model, **inputs)
     except Exception as e:  # the compiler's own errors are long; keep their first line
         first = next((ln for ln in str(e).splitlines() if ln.strip()), "")
         raise DoublebindError(f"training.compile: torch.compile failed ({type(e).__name__}: {first}); "
