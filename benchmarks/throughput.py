@@ -47,6 +47,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PADDED = ["recipe_overrides.training.packing=false"]  # the runner before sequence packing
+COMPILED = ["recipe_overrides.training.compile=true"]  # training.compile
 QUICK = ["recipe_overrides.training.steps=20", "recipe_overrides.training.checkpoint_every=10",
          "recipe_overrides.eval.n_prompts=20", "recipe_overrides.prompts.size=300"]
 
@@ -165,7 +166,7 @@ def main() -> None:
               overrides=[*(o for o in over if not o.startswith(("recipe_overrides.training.", "recipe_overrides.eval."))),
                          "recipe_overrides.training.steps=1", "recipe_overrides.training.checkpoint_every=1",
                          "recipe_overrides.eval.n_prompts=5",
-                         *(["recipe_overrides.training.compile=true"] if args.compile else [])])
+                         *(COMPILED if args.compile else [])])
     print(f"warm-up (organism, teacher outputs): {time.perf_counter() - t0:.1f} s")
 
     import contextlib
@@ -177,7 +178,6 @@ def main() -> None:
     wall = {}
     passes = ([("before", 1)] * (not args.skip_before) + [("w1", 1), (f"w{workers}", workers)]
               + [("compiled", workers)] * args.compile)
-    COMPILED = ["recipe_overrides.training.compile=true"]
     for name, n in passes:
         out = work / name
         shutil.rmtree(out, ignore_errors=True)
