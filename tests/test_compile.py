@@ -19,9 +19,9 @@ needs_compiler = pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g+
                                     reason="torch.compile on the CPU needs a C++ compiler")
 
 
-def _curve(org, compiled: bool, seed: int = 0, packing: bool = True) -> list[float]:
+def _curve(org, compiled: bool, seed: int = 0, packing: bool = True, **over) -> list[float]:
     recipe = tiny_recipe({}, seed=seed, training={"steps": 6, "batch": 16, "lr": 1e-3, "compile": compiled,
-                                                  "packing": packing}, prompts={"size": 64})
+                                                  "packing": packing}, prompts={"size": 64}, **over)
     d = Distiller(org, recipe, None, show_progress=False)
     return [d.train_step(s) for s in range(6)]
 
@@ -56,6 +56,19 @@ def _compiled_and_eager(org):
     assert distill._compiled_logits.cache_info().misses == 1 and other != first
     # padded batches with an attention mask (kl_to_base, HF organisms) through the same function
     assert _curve(org, True, packing=False) == pytest.approx(_curve(org, False, packing=False), rel=1e-4)
+
+
+@needs_compiler
+def test_a_compiled_lora_student_follows_eager(quick_organism):
+    """A LoRA student (peft wraps the model, only the adapters train) through the same compiled
+    function: the eager curve up to rounding, and it trained."""
+    org, _ = quick_organism
+    lora = {"lora": {"r": 4, "alpha": 8}}
+    with one_thread():
+        eager = _curve(org, False, student=lora)
+        compiled = _curve(org, True, student=lora)
+    assert compiled == pytest.approx(eager, rel=1e-4)
+    assert compiled[0] != pytest.approx(compiled[-1], rel=1e-3)
 
 
 def test_a_compiler_failure_is_one_clear_error(monkeypatch):
