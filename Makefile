@@ -7,7 +7,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 # Where built organisms and teacher outputs are cached (content-addressed).
 export DOUBLEBIND_CACHE ?= $(CURDIR)/.cache/doublebind
 
-.PHONY: setup demo test bench bench-trl clean
+.PHONY: setup demo test bench bench-trl gpu-wheels clean
 
 setup: $(DEV_STAMP)
 
@@ -51,6 +51,17 @@ bench-trl: $(DEV_STAMP)
 	$(BIN)/pip install -q --no-compile -e ".[bench]"
 	$(COMPILE)
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/vs_trl.py
+
+# For benchmarks/gpu_check.sh on a bare CUDA machine (Python 3.12, torch with CUDA, no network):
+# the wheels its image lacks (pydantic) or holds in other versions (transformers, peft,
+# accelerate), at this venv's versions, into .whl/ (ignored; carry it to that machine).
+GPU_WHEELS := pydantic pydantic-core annotated-types typing-inspection transformers peft accelerate
+gpu-wheels: $(STAMP)
+	rm -rf .whl
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+	    $$($(BIN)/python -c "from importlib.metadata import version; print(*(f'{n}=={version(n)}' for n in '$(GPU_WHEELS)'.split()))")
+	ls .whl
 
 clean:
 	rm -rf runs .cache

@@ -161,3 +161,19 @@ def test_closing_a_vllm_engine_shuts_its_core_down_and_drops_it(monkeypatch):
     assert calls == ["shutdown", "empty_cache"] and alive() is None
     with pytest.raises(DoublebindError, match="closed"):
         engine.generate([[1]], max_new_tokens=1)
+
+
+def test_the_gpu_check_refuses_a_machine_without_cuda_in_one_line(tmp_path):
+    """benchmarks/gpu_check.py (the prepared CUDA check) on a CPU without --allow-cpu: exit 2,
+    one error line, nothing built."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    p = subprocess.run([sys.executable, str(root / "benchmarks/gpu_check.py"), "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip().startswith("error: no CUDA device") and len(p.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

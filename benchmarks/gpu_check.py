@@ -1,0 +1,252 @@
+"""The prepared GPU check: is the code right on CUDA? One script of a few minutes, run as it is
+when a session has a GPU, its numbers put in the note.
+
+    make gpu-wheels                      # here: the wheels a bare CUDA image lacks, into .whl/
+    bash benchmarks/gpu_check.sh         # there: installs .whl/ if present, then this script
+    python benchmarks/gpu_check.py --allow-cpu --out runs/gpu-check   # the same steps on a CPU
+
+Steps, each timed, each in its own process with a timeout; a step that fails is one line in
+the table and the next one runs:
+
+1. `env`: Python, torch, CUDA, the GPU, transformers, peft, accelerate.
+2. `build`: the tiny LLM organism (`configs/llm/tiny/organism.yaml`) built on the device
+   (its teacher's implant trains there).
+3. `losses`: the tiny recipe's first steps with the real distiller, in four processes:
+   on the CPU (`CUDA_VISIBLE_DEVICES=` hides the GPU), then on the device in fp32, with
+   `training.precision: bf16` and with `training.compile: true`. Each says where the
+   student, teacher and base live and its ms a step. Checked: the device's fp32 losses are
+   the CPU's within 1e-3 (relative; the same sums in another order), bf16's within 5e-2 and
+   not equal (autocast really ran), compiled's within 1e-3 of eager.
+4. `study`: `doublebind study run configs/llm/tiny/study.yaml` on the device and, for the
+   table to compare, on the CPU; the verdicts of both and the time of each.
+5. `throughput`: `benchmarks/throughput.py --quick --skip-before` if the time left allows
+   (the embedded world trains on the CPU even on a GPU machine: this measures that
+   machine's cores).
+
+Writes `<out>/gpu_check.json` (every step's result) and prints a table. Exit 0 when every
+check that ran passed, 1 otherwise, 2 when there is no GPU and `--allow-cpu` was not given.
+Scratch (organism, runs, caches) goes to `--work` (default: a temporary folder), so that
+only the results land in `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "configs/llm/tiny"
+STEPS = 6  # distiller steps per `losses` process
+
+
+def _env(cpu_only: bool = False) -> dict:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH", "")) if p)
+    if cpu_only:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+def _run(cmd: list[str], timeout: float, cpu_only: bool = False, cache: Path | None = None) -> tuple[int, str, float]:
+    """(exit code, the output's last lines, seconds) of a subprocess; a timeout is code 124."""
+    env = _env(cpu_only)
+    if cache is not None:
+        env["DOUBLEBIND_CACHE"] = str(cache)
+    t = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        code, text = p.returncode, p.stdout + p.stderr
+    except subprocess.TimeoutExpired as e:
+        code, text = 124, f"timed out after {timeout:.0f} s\n" + ((e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or ""))
+    return code, "\n".join(text.strip().splitlines()[-15:]), time.perf_counter() - t
+
+
+def step_env() -> dict:
+    import torch
+
+    out = {"python": platform.python_version(), "torch": torch.__version__,
+           "cuda_available": torch.cuda.is_available(), "cuda": torch.version.cuda}
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+        out["bf16_supported"] = torch.cuda.is_bf16_supported()
+    for name in ("transformers", "peft", "accelerate", "pydantic", "vllm", "trl"):
+        try:
+            from importlib.metadata import version
+
+            out[name] = version(name)
+        except Exception:
+            out[name] = None
+    return out
+
+
+def losses_main(organism: Path, overrides: list[str]) -> None:
+    """In its own process: the tiny recipe's first STEPS steps; one JSON line on stdout."""
+    import torch
+
+    from doublebind import config
+    from doublebind.organisms.models import quiet_transformers
+    from doublebind.training.distill import Distiller
+
+    quiet_transformers()
+    recipe = config.load(TINY / "recipe.yaml", [f"training.steps={STEPS}", *overrides], expect="recipe")
+    d = Distiller(organism, recipe, None, show_progress=False)
+    where = {"student": str(next(d.model.parameters()).device), "teacher": str(next(d.teacher.parameters()).device),
+             "base": str(next(d.domain.load_model("base").parameters()).device)}
+    losses, times = [], []
+    for s in range(STEPS):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        losses.append(d.train_step(s))
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    later = times[2:] or times
+    print(json.dumps({"where": where, "losses": losses, "first_step_s": round(times[0], 3),
+                      "ms_per_step": round(1000 * sum(later) / len(later), 2),
+                      "max_memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                      if torch.cuda.is_available() else None}))
+
+
+def _losses(organism: Path, cache: Path, overrides: list[str], cpu_only: bool, timeout: float) -> dict:
+    code, text, secs = _run([sys.executable, __file__, "--losses", str(organism), *overrides], timeout,
+                            cpu_only=cpu_only, cache=cache)
+    last = text.splitlines()[-1] if text else ""
+    if code != 0 or not last.startswith("{"):
+        return {"ok": False, "error": text.splitlines()[-1] if text else f"exit {code}", "seconds": round(secs, 1)}
+    return {"ok": True, **json.loads(last), "seconds": round(secs, 1)}
+
+
+def _close(a: list[float], b: list[float]) -> float | None:
+    """The largest relative difference of two loss curves, or None when one is missing."""
+    if not a or not b:
+        return None
+    return max(abs(x - y) / max(abs(x), 1e-12) for x, y in zip(a, b))
+
+
+def _verdicts(folder: Path) -> dict | None:
+    """{scenario/technique: [final verdict, capability transfer, misalignment transfer]} of a study folder."""
+    p = folder / "summary.json"
+    if not p.is_file():
+        return None
+    out = {}
+    for scenario, sc in json.loads(p.read_text())["scenarios"].items():
+        for technique, cell in sc["techniques"].items():
+            f = cell["final"]
+            out[f"{scenario}/{technique}"] = [f["verdict"], round(f["capability_transfer"]["mean"], 3),
+                                              round(f["misalignment_transfer"]["mean"], 3)]
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs/gpu-check")))
+    ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--allow-cpu", action="store_true", help="run the steps on a CPU (a dry run of the script)")
+    ap.add_argument("--budget", type=float, default=480, help="seconds for the whole check (default 480)")
+    ap.add_argument("--losses", nargs="+", help=argparse.SUPPRESS)  # internal: one `losses` process
+    a = ap.parse_args()
+    if a.losses:
+        losses_main(Path(a.losses[0]), a.losses[1:])
+        return 0
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if not cuda and not a.allow_cpu:
+        print("error: no CUDA device (torch.cuda.is_available() is False); --allow-cpu runs the steps on the CPU",
+              file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    left = lambda: a.budget - (time.perf_counter() - start)  # noqa: E731
+    a.out.mkdir(parents=True, exist_ok=True)
+    work = a.work or Path(tempfile.mkdtemp(prefix="gpu-check-"))
+    work.mkdir(parents=True, exist_ok=True)
+    cache, organism = work / "cache", work / "organism"
+    report: dict = {"device": "cuda" if cuda else "cpu (--allow-cpu)", "steps": {}}
+    checks: dict[str, bool] = {}
+
+    def save():
+        report["checks"] = checks
+        report["seconds"] = round(time.perf_counter() - start, 1)
+        (a.out / "gpu_check.json").write_text(json.dumps(report, indent=2))
+
+    report["steps"]["env"] = step_env()
+    print(json.dumps(report["steps"]["env"]))
+    save()
+
+    code, text, secs = _run([sys.executable, "-m", "doublebind", "organism", "build", "--config",
+                             str(TINY / "organism.yaml"), "--out", str(organism)], min(240, left()), cache=cache)
+    report["steps"]["build"] = {"ok": code == 0, "seconds": round(secs, 1), **({} if code == 0 else {"error": text})}
+    checks["build"] = code == 0
+    print(f"build: exit {code} in {secs:.1f} s")
+    save()
+    if code != 0:
+        print(text)
+        return 1
+
+    runs = {"cpu": ([], True), "fp32": ([], False), "bf16": (["training.precision=bf16"], False),
+            "compiled": (["training.compile=true"], False)}
+    res = {}
+    for name, (over, cpu_only) in runs.items():
+        res[name] = _losses(organism, cache, over, cpu_only, timeout=max(30.0, min(180, left() - 120)))
+        print(f"losses {name}: {json.dumps(res[name])}")
+        report["steps"][f"losses_{name}"] = res[name]
+        save()
+    dev = "cuda" if cuda else "cpu"
+    checks["placement"] = bool(res["fp32"].get("ok")) and all(
+        v.startswith(dev) for v in res["fp32"]["where"].values()) and all(
+        v.startswith("cpu") for v in res["cpu"].get("where", {"x": "?"}).values())
+    fp = res["fp32"].get("losses", [])
+    diffs = {"fp32_vs_cpu": _close(fp, res["cpu"].get("losses", [])),
+             "bf16_vs_fp32": _close(fp, res["bf16"].get("losses", [])),
+             "compiled_vs_fp32": _close(fp, res["compiled"].get("losses", []))}
+    report["steps"]["losses_compared"] = diffs
+    checks["fp32_equals_cpu"] = diffs["fp32_vs_cpu"] is not None and diffs["fp32_vs_cpu"] < 1e-3
+    checks["bf16_close_not_equal"] = diffs["bf16_vs_fp32"] is not None and 0 < diffs["bf16_vs_fp32"] < 5e-2
+    checks["compiled_close"] = diffs["compiled_vs_fp32"] is not None and diffs["compiled_vs_fp32"] < 1e-3
+    print(f"losses compared: {json.dumps(diffs)}")
+    save()
+
+    for name, cpu_only in (("study", False), ("study_cpu", True)):
+        if left() < 90:
+            report["steps"][name] = {"ok": False, "error": "skipped: out of time"}
+            print(f"{name}: skipped, out of time")
+            continue
+        folder = work / name
+        code, text, secs = _run([sys.executable, "-m", "doublebind", "study", "run", str(TINY / "study.yaml"),
+                                 "--out", str(folder)], min(240, left() - 30), cpu_only=cpu_only, cache=cache)
+        report["steps"][name] = {"ok": code == 0, "seconds": round(secs, 1), "cells": _verdicts(folder),
+                                 **({} if code == 0 else {"error": text})}
+        checks[name] = code == 0
+        print(f"{name}: exit {code} in {secs:.1f} s\n{text}")
+        save()
+    cells = [report["steps"][n].get("cells") for n in ("study", "study_cpu")]
+    if all(cells):
+        report["steps"]["study_verdicts_equal"] = sum(cells[0][k][0] == cells[1].get(k, [None])[0] for k in cells[0])
+        print(f"study verdicts, device against CPU: {report['steps']['study_verdicts_equal']} of {len(cells[0])} equal")
+
+    if left() > 150:
+        code, text, secs = _run([sys.executable, str(ROOT / "benchmarks/throughput.py"), "--quick", "--skip-before"],
+                                left() - 20, cache=cache)
+        report["steps"]["throughput"] = {"ok": code == 0, "seconds": round(secs, 1), "output": text}
+        checks["throughput"] = code == 0
+        print(f"throughput: exit {code} in {secs:.1f} s\n{text}")
+    else:
+        report["steps"]["throughput"] = {"ok": False, "error": "skipped: out of time"}
+        print("throughput: skipped, out of time")
+    save()
+    width = max(len(k) for k in checks)
+    print("\n".join(f"{k:<{width}}  {'ok' if v else 'FAILED'}" for k, v in checks.items()))
+    print(f"wrote {a.out / 'gpu_check.json'} ({report['seconds']} s)")
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
