@@ -29,7 +29,9 @@ the training steps' MFU against a matmul ceiling measured here.
    D the non-padding tokens of the step's sequences), first in one worker, then in every
    worker at once. Printed: GFLOP/s and MFU for one worker (against the one-thread ceiling)
    and for all workers (their summed FLOPs over the wall time, against the all-thread
-   ceiling).
+   ceiling). Then where the rest goes: one worker's steps under torch's profiler, the
+   matrix products' share of the operator time and their own rate (FLOPs over their time)
+   against the ceiling; MFU cannot exceed that rate times the products' share of the time.
 
 `--quick` runs the quick study (two techniques x two seeds, short runs) and short MFU
 measurements: about a minute once the quick organism is cached, a smoke test. Timings mean
@@ -112,6 +114,28 @@ def train_flops(organism: str, recipe_path: str, overrides: list[str], steps: in
     for s in range(steps):
         d.train_step(3 + s)
     return 6.0 * n_params * tokens[0], t0, time.time()
+
+
+def matmul_share(organism: str, recipe_path: str, overrides: list[str], steps: int) -> tuple[float, float, float]:
+    """(matrix-product FLOPs, their operator seconds, all operators' seconds) of `steps`
+    training steps under torch's profiler (which slows every operator a little). What bounds
+    MFU here: the products' own rate, and the share of the step the other operators take."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from doublebind import config
+    from doublebind.training.distill import Distiller
+
+    d = Distiller(Path(organism), config.load(Path(recipe_path), overrides, expect="recipe"), None,
+                  show_progress=False)
+    for s in range(3):
+        d.train_step(s)
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        for s in range(steps):
+            d.train_step(3 + s)
+    ops = prof.key_averages()
+    mm = [k for k in ops if k.key in ("aten::mm", "aten::addmm", "aten::bmm")]
+    return (float(sum(k.flops for k in mm)), sum(k.self_cpu_time_total for k in mm) / 1e6,
+            sum(k.self_cpu_time_total for k in ops) / 1e6)
 
 
 def main() -> None:
@@ -242,6 +266,12 @@ def main() -> None:
     g1 = flops / (t_end - t_start) / 1e9
     print(f"matmul ceiling (2048^2 fp32): {one:.1f} GFLOP/s with 1 thread, {full:.1f} GFLOP/s with {workers}")
     print(f"training, 1 worker:  {g1:.1f} GFLOP/s (6*N*D over {steps} steps), MFU {g1 / one:.0%} of 1 thread")
+    res.clear()
+    run_jobs(matmul_share, {0: (organism, str(recipe), r_over, min(steps, 20))}, 1, res.__setitem__)
+    mm_flops, mm_s, all_s = res[0]
+    mm_rate = mm_flops / mm_s / 1e9
+    print(f"in the step (profiled, 1 worker): matrix products {mm_s / all_s:.0%} of the operator time, at "
+          f"{mm_rate:.1f} GFLOP/s ({mm_rate / one:.0%} of the ceiling): the other operators hold MFU down")
     if args.compile:
         res.clear()
         run_jobs(train_flops, {0: (organism, str(recipe), [*r_over, "training.compile=true"], steps, 0.0)}, 1,
