@@ -306,3 +306,23 @@ def test_organisms_are_placed_side_by_side_with_workers(tmp_path, monkeypatch):
     assert labels[1] == "the organism of sc1 (organism seed 1)"
     study_run.place_organisms(specs, tmp_path, hashes, 1, show_progress=False)
     assert len(calls) == 1 and [a[1] for a, _ in here] == [tmp_path / f"sc{i}-o{i}" for i in range(3)]
+
+
+def test_an_organism_that_fails_verification_is_named_with_its_seed_and_card(tmp_path):
+    """A study whose organism build misses its checks (as a preset can on another CPU) stops
+    with one line naming the build (seed, hash), the failed check and where its card is."""
+    from .conftest import TINY
+
+    org = config.load(preset="quick", overrides=[*TINY, "seed=1"]).model_dump(mode="json")
+    (tmp_path / "organism.yaml").write_text(yaml.safe_dump(org))
+    path = write_study(tmp_path, tmp_path, seeds=[0])
+    study = yaml.safe_load(path.read_text())
+    study["organism"] = {"config": "organism.yaml"}
+    path.write_text(yaml.safe_dump(study))
+    res = run_cli("study", "run", str(path), "--out", str(tmp_path / "out"))
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1
+    card = tmp_path / "out" / "organisms" / "quick-o1" / "organism.json"
+    assert errors[0].startswith("error: organism 'quick' (seed 1, ") and "failed verification: teacher." in errors[0]
+    assert errors[0].endswith(f"; its card: {card}") and not json.loads(card.read_text())["verified"]

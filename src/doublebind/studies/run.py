@@ -528,9 +528,14 @@ def place_organism(org_cfg, dest: Path, show_progress: bool = True, expected_has
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         build_organism(org_cfg, tmp, show_progress=show_progress)
-    except VerificationError:
+    except VerificationError as e:
         swap()  # the failed organism's card stays in the study folder, as it always did
-        raise
+        # Name the build (a study has several seeds of one preset) and where its card is; the
+        # message is put together here, since the build code is part of every organism's hash.
+        card = json.loads((dest / "organism.json").read_text())
+        failed = str(e).split(" failed verification: ", 1)[-1]
+        raise VerificationError(f"organism '{card['name']}' (seed {card['seed']}, {card['organism_hash']}) failed "
+                                f"verification: {failed}; its card: {dest / 'organism.json'}") from None
     swap()
 
 
