@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from doublebind import cli
@@ -349,6 +349,7 @@ FAST = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCh
 
 @FAST
 @given(st.lists(st.tuples(st.sampled_from(KEYS), VALUES), min_size=1, max_size=4))
+@example([("kind", "\x1e")])  # a record separator in an error message once split its line in two
 def test_random_overrides(pairs):
     overrides = [f"{k}={yaml_scalar(v)}" for k, v in pairs]
     code, _, err = run("validate", RECIPE, *overrides)
@@ -398,3 +399,15 @@ def test_card_shapes(tmp_path):
         folder.mkdir()
         (folder / "organism.json").write_text(json.dumps(card))
         assert_clean(*run("organism", "show", folder)[::2])
+
+
+def test_an_error_line_escapes_every_separator_a_reader_splits_on(capsys):
+    """The fuzzer once sent kind=\\x1e (a record separator, which str.splitlines splits on) into
+    an error message; every such character is escaped, printable text is kept."""
+    from doublebind.cli import say_error
+
+    separators = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+    say_error(f"unknown kind '{separators}' é [bold]x[/]")
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    assert err.startswith("error: unknown kind '\\n\\r\\x0b\\x0c\\x1c\\x1d\\x1e\\x85\\u2028\\u2029' é [bold]x[/]")

@@ -34,11 +34,13 @@ TRACKER_HELP = ("Also log to a tracker, offline, under <run>/tracker/: tensorboa
 
 
 def say_error(message: object) -> None:
-    """Print one `error: …` line on stderr: newlines in the message are escaped and rich
-    markup in it is shown as text, so the line stays one line whatever the input held."""
+    """Print one `error: …` line on stderr: characters that are not printable (newlines, and
+    every other line or record separator a reader may split on) are escaped as Python writes
+    them, and rich markup in it is shown as text, so the line stays one line whatever the
+    input held."""
     from rich.text import Text
 
-    msg = str(message).replace("\r", "\\r").replace("\n", "\\n") or "failed"
+    msg = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message)) or "failed"
     console.print(Text.assemble(("error:", "bold red"), " ", msg), highlight=False, soft_wrap=True)
 
 
