@@ -188,6 +188,9 @@ def organism_build(
         from doublebind.paths import check_out_dir
 
         check_out_dir(out_dir, "--out", what="an organism")
+        if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / CARD).is_file():
+            # the build refuses this folder once it is done; say so before minutes of training
+            raise DoublebindError(f"output folder exists and is not an organism: {out_dir}")
     target = out_dir or cache_root() / "organisms" / kind.organism_hash(cfg)
     try:
         card = build_organism(cfg, out_dir, strict=True)
