@@ -132,17 +132,11 @@ def _close(a: list[float], b: list[float]) -> float | None:
 
 
 def _verdicts(folder: Path) -> dict | None:
-    """{scenario/technique: [final verdict, capability transfer, misalignment transfer]} of a study folder."""
+    """{"scenario/technique/final|audit_selected": verdict} of a study folder (throughput.py's reader)."""
+    from throughput import verdicts  # benchmarks/ is this script's own folder
+
     p = folder / "summary.json"
-    if not p.is_file():
-        return None
-    out = {}
-    for scenario, sc in json.loads(p.read_text())["scenarios"].items():
-        for technique, cell in sc["techniques"].items():
-            f = cell["final"]
-            out[f"{scenario}/{technique}"] = [f["verdict"], round(f["capability_transfer"]["mean"], 3),
-                                              round(f["misalignment_transfer"]["mean"], 3)]
-    return out
+    return {"/".join(k): v for k, v in verdicts(p).items()} if p.is_file() else None
 
 
 def main() -> int:
@@ -229,7 +223,7 @@ def main() -> int:
         save()
     cells = [report["steps"][n].get("cells") for n in ("study", "study_cpu")]
     if all(cells):
-        report["steps"]["study_verdicts_equal"] = sum(cells[0][k][0] == cells[1].get(k, [None])[0] for k in cells[0])
+        report["steps"]["study_verdicts_equal"] = sum(v == cells[1].get(k) for k, v in cells[0].items())
         print(f"study verdicts, device against CPU: {report['steps']['study_verdicts_equal']} of {len(cells[0])} equal")
 
     if left() > 150:
