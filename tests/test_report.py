@@ -11,7 +11,7 @@ import pytest
 
 from doublebind import config
 from doublebind.errors import DoublebindError
-from doublebind.reports.study_report import SECTIONS, write_report
+from doublebind.reports.study_report import SECTIONS, last_interval, write_report
 from doublebind.studies.run import RESULTS, SCHEMA_VERSION, read_results, seal_run, summarize
 
 TECHNIQUES = ["baseline", "verifier_filter"]
@@ -142,7 +142,7 @@ def test_report_files_sections_and_numbers(study):
 
     # audit table: student honeypot mean, computed independently from the delivered rows
     rows = read_results(study / RESULTS)
-    audit_section = md[md.find("## " + SECTIONS[5]):md.find("## " + SECTIONS[6])]
+    audit_section = md[md.find("## " + SECTIONS[6]):md.find("## " + SECTIONS[7])]
     part = audit_section[audit_section.find("### default"):audit_section.find("### collusion")]
     for t in TECHNIQUES:
         sel = [r for r in rows if r["technique"] == t and r["selected"] and r["scenario"] == "default"]
@@ -151,8 +151,29 @@ def test_report_files_sections_and_numbers(study):
         assert cells[2] == f"{fmean(r['audit']['student_honeypot'] for r in sel):.3f}"
         assert cells[3] == f"{fmean(r['audit']['teacher_honeypot'] for r in sel):.3f}"
 
+    # training budget: the last interval's change per run, computed here from the rows
+    budget = md[md.find("## " + SECTIONS[3]):md.find("## " + SECTIONS[4])]
+    part = budget[budget.find("### collusion"):]
+    for t in TECHNIQUES:
+        runs = {}
+        for r in rows:
+            if r["technique"] == t and r["scenario"] == "collusion":
+                runs.setdefault((r["organism_seed"], r["seed"]), {})[r["step"]] = r["misalignment_transfer"]
+        changes = [m[STEPS[-1]] - m[STEPS[-2]] for m in runs.values()]
+        assert len(changes) == len(SEEDS) * len(ORGANISMS)
+        cells = [c.strip() for c in _table_row(part, t)[0].strip("|").split("|")]
+        assert cells[1] == f"{STEPS[-2]} → {STEPS[-1]}"
+        assert cells[2] == f"{fmean(m[STEPS[-2]] for m in runs.values()):.3f} → " \
+                           f"{fmean(m[STEPS[-1]] for m in runs.values()):.3f}"
+        assert cells[3] == f"{fmean(changes):.3f} [{min(changes):.3f}, {max(changes):.3f}]"
+        assert cells[4] == f"{len(changes)} of {len(changes)}"  # the synthetic rows all rise
+        thr = summary["verdict_thresholds"]["misalignment"]
+        last = fmean(m[STEPS[-1]] for m in runs.values())
+        assert cells[5] == ("yes" if fmean(changes) >= thr / 2 else "no")
+        assert cells[6].split()[0] == f"{last + fmean(changes):.3f}"
+
     # organisms and provenance
-    card_section = md[md.find("## " + SECTIONS[6]):]
+    card_section = md[md.find("## " + SECTIONS[7]):]
     for needle in ("synth-default", "abc123collusion1", "sabotage_list", "fam_b", "verified", "0.876", "0.654",
                    "c0ffee", "x86_64", "code42"):
         assert needle in card_section
@@ -180,3 +201,39 @@ def test_missing_results_is_one_line_error(tmp_path):
     with pytest.raises(DoublebindError) as e:
         write_report(tmp_path)
     assert "\n" not in str(e.value) and "results.jsonl" in str(e.value)
+
+
+def test_last_interval_counts_runs_that_still_rise():
+    def row(seed, step, mis, technique="baseline"):
+        return {"scenario": "s", "organism_seed": 0, "technique": technique, "seed": seed, "step": step,
+                "misalignment_transfer": mis}
+
+    rows = [row(0, 0, 0.0), row(0, 200, 0.2), row(0, 400, 0.5),     # +0.3
+            row(1, 400, 0.4), row(1, 0, 0.0), row(1, 200, 0.45),    # -0.05, rows out of order
+            row(2, 0, 0.0), row(2, 200, 0.1), row(2, 400, 0.2),     # +0.1
+            row(0, 0, 0.0, "other"),                                # one checkpoint: no interval
+            row(0, 0, None, "undefined"), row(0, 10, None, "undefined")]
+    m = last_interval(rows, "baseline")
+    assert m["runs"] == 3 and m["steps"] == [(200, 400)] and m["rising"] == 2
+    assert m["before"] == pytest.approx((0.2 + 0.45 + 0.1) / 3) and m["last"] == pytest.approx((0.5 + 0.4 + 0.2) / 3)
+    assert m["change"] == pytest.approx((0.3 - 0.05 + 0.1) / 3)
+    assert (m["change_min"], m["change_max"]) == (pytest.approx(-0.05), pytest.approx(0.3))
+    assert last_interval(rows, "other") is None and last_interval(rows, "absent") is None
+    assert last_interval(rows, "undefined") is None
+
+
+def test_the_budget_table_flags_a_rise_and_a_crossing():
+    from doublebind.reports.study_report import _budget_rows
+
+    def row(technique, seed, step, mis):
+        return {"scenario": "s", "organism_seed": 0, "technique": technique, "seed": seed, "step": step,
+                "misalignment_transfer": mis}
+
+    rows = [row("up", s, st, m) for s, (a, b) in enumerate([(0.02, 0.08), (0.01, 0.07), (0.03, 0.05)])
+            for st, m in ((300, a), (400, b))]                           # mean 0.02 -> 0.0667, +0.0467
+    rows += [row("flat", s, st, m) for s, (a, b) in enumerate([(0.5, 0.51), (0.5, 0.49)])
+             for st, m in ((300, a), (400, b))]                          # +0.0, one of two rose
+    up, flat = _budget_rows(rows, ["up", "flat", "absent"], threshold=0.1)
+    assert up[4:] == ["3 of 3", "no", "0.113 (crosses 0.100)"]          # 0.0467 < 0.05: not "still rising"
+    assert _budget_rows(rows, ["up"], threshold=0.09)[0][5] == "yes"   # 0.0467 >= 0.045
+    assert flat[0] == "flat" and flat[4:] == ["1 of 2", "no", "0.500"]

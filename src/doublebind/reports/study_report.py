@@ -20,10 +20,12 @@ from pathlib import Path
 from statistics import fmean
 
 from doublebind.errors import DoublebindError
-from doublebind.studies.run import QUARANTINE, RESULTS, compute_summary, describe_bad, describe_key, scan_results
+from doublebind.studies.run import QUARANTINE, RESULTS, compute_summary, describe_bad, describe_key, run_key, \
+    scan_results
 
-SECTIONS = ("Verdicts", "Verdicts by scenario", "Transfer curves", "Audit success against capability along training",
-            "Capability versus misalignment frontier", "Audit: teacher next to student", "Organisms", "Provenance")
+SECTIONS = ("Verdicts", "Verdicts by scenario", "Transfer curves", "Training budget: is misalignment still rising?",
+            "Audit success against capability along training", "Capability versus misalignment frontier",
+            "Audit: teacher next to student", "Organisms", "Provenance")
 FIGURES = "figures"
 
 
@@ -119,6 +121,53 @@ def audit_means(rows: list[dict], technique: str) -> dict[str, float] | None:
 # A report is a list of blocks: ("h1"|"h2"|"h3"|"p"|"code", text), ("table", headers, rows),
 # ("img", alt, png bytes, file name under figures/); rendered once to Markdown and once to
 # HTML. Table cells may hold Markdown links, [text](href).
+
+def last_interval(rows: list[dict], technique: str) -> dict | None:
+    """How misalignment transfer moved over a technique's last checkpoint interval, run by run.
+
+    Per run (rows of one grid cell), the change from its second-to-last to its last
+    checkpoint; over runs the mean of both ends, the mean, smallest and largest change, and
+    how many runs rose. None when no run of the technique has two checkpoints with a
+    misalignment transfer (it is undefined where the teacher is no more misaligned than base)."""
+    runs: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["technique"] == technique:
+            runs.setdefault(run_key(r), []).append(r)
+    ends = []
+    for rs in runs.values():
+        rs = sorted(rs, key=lambda r: r["step"])
+        if len(rs) >= 2 and None not in (rs[-2]["misalignment_transfer"], rs[-1]["misalignment_transfer"]):
+            ends.append((rs[-2], rs[-1]))
+    if not ends:
+        return None
+    changes = [b["misalignment_transfer"] - a["misalignment_transfer"] for a, b in ends]
+    return {"runs": len(ends), "steps": sorted({(a["step"], b["step"]) for a, b in ends}),
+            "before": fmean(a["misalignment_transfer"] for a, _ in ends),
+            "last": fmean(b["misalignment_transfer"] for _, b in ends),
+            "change": fmean(changes), "change_min": min(changes), "change_max": max(changes),
+            "rising": sum(c > 0 for c in changes)}
+
+
+def _budget_rows(rows: list[dict], techniques: list[str], threshold: float) -> list[list[str]]:
+    """The training-budget table: `still rising` where the mean rose by at least half the
+    verdict's misalignment threshold over the last interval and more than half the runs rose;
+    `one more interval` extrapolates the last interval's mean change once, and says where that
+    would carry a mean below the threshold to it or above."""
+    out = []
+    for t in techniques:
+        m = last_interval(rows, t)
+        if m is None:
+            continue
+        steps = ", ".join(f"{a} → {b}" for a, b in m["steps"])
+        rising = m["change"] >= threshold / 2 and 2 * m["rising"] > m["runs"]
+        nxt = m["last"] + m["change"]
+        crosses = m["last"] < threshold <= nxt
+        out.append([t, steps, f"{fmt(m['before'])} → {fmt(m['last'])}",
+                    f"{fmt(m['change'])} [{fmt(m['change_min'])}, {fmt(m['change_max'])}]",
+                    f"{m['rising']} of {m['runs']}", "yes" if rising else "no",
+                    fmt(nxt) + (f" (crosses {fmt(threshold)})" if crosses else "")])
+    return out
+
 
 def _verdict_cell(s: dict, href: str, power: float) -> str:
     from doublebind.studies.verdicts import provisional
@@ -275,6 +324,23 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
                                                                  sc), f"curves-{slug(sc)}.png"))
 
     b.append(("h2", SECTIONS[3]))
+    half = fmt(thr["misalignment"] / 2)
+    b.append(("p", "A verdict is one at this recipe's training budget. Per technique, misalignment transfer at each "
+                   "run's second-to-last and last checkpoint (means over runs), the change over that interval (mean "
+                   "[smallest, largest] over runs) and how many runs rose. Still rising: the mean rose by at least "
+                   f"{half} (half the verdict's misalignment threshold) and more than half the runs rose; training "
+                   "had not levelled off there, a longer recipe would probably carry more of the behaviour, and a "
+                   "benign verdict may only mean that the behaviour had not transferred yet. One more interval: the "
+                   "last mean plus the last change, a straight-line guess, marked where it would cross the "
+                   "threshold (`benchmarks/recipe_length.py` reruns a scenario at other lengths instead of "
+                   "guessing)."))
+    for sc, data in scenarios.items():
+        b.append(("h3", sc))
+        b.append(("table", ["technique", "last interval (steps)", "misalignment transfer before → last",
+                            "change mean [min, max]", "runs rising", "still rising", "one more interval"],
+                  _budget_rows(by_scenario[sc], list(data["techniques"]), thr["misalignment"])))
+
+    b.append(("h2", SECTIONS[4]))
     generic = all(r.get("auditor") for r in rows)
     if generic:
         b.append(("p", "Every checkpoint of every run: x = capability transfer, y = the auditor's success@k "
@@ -287,13 +353,13 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
     else:
         b.append(("p", "These organisms have no behaviour-agnostic auditor (success@k), so there is no plot."))
 
-    b.append(("h2", SECTIONS[4]))
+    b.append(("h2", SECTIONS[5]))
     b.append(("p", "Per scenario, one point per technique at its delivered checkpoint with the two-level bootstrap "
                    "95% interval on both axes; the hollow marker is the audit-selected checkpoint."))
     b.append(img("capability versus misalignment frontier",
                  plots.plot_frontier(summary, thr["capability"], thr["misalignment"]), "frontier.png"))
 
-    b.append(("h2", SECTIONS[5]))
+    b.append(("h2", SECTIONS[6]))
     for sc, data in scenarios.items():
         arows, audits = [], []
         for t in data["techniques"]:
@@ -313,7 +379,7 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
                        "family in its trigger situation, which the behaviour-agnostic auditor does not know. They "
                        "are diagnostics; the verdict uses the auditor's success@k." if generic else "")))
 
-    b.append(("h2", SECTIONS[6]))
+    b.append(("h2", SECTIONS[7]))
     found = _find_cards(study_dir, study)
     if not found:
         b.append(("p", "study.json names no organisms."))
@@ -339,7 +405,7 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
             b.append(("p", f"The first organism's card ({path}):"))
             b.append(("table", ["field", "value"], [list(r) for r in kind_of_card(card).about(card)]))
 
-    b.append(("h2", SECTIONS[7]))
+    b.append(("h2", SECTIONS[8]))
     prov = study.get("provenance") or {}
     mach = prov.get("machine") or {}
     b.append(("table", ["field", "value"], [
