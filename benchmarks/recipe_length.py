@@ -83,21 +83,18 @@ def main() -> None:
     from doublebind.studies.run import run_study
 
     quiet_transformers()
-    verdicts = _throughput().verdicts
+    tp = _throughput()
     variants = args.variants or [variant(v) for v in (QUICK_VARIANTS if args.quick else DEFAULT_VARIANTS)]
     workers = workers_for(args.workers)
     study = ROOT / "configs" / "studies" / ("quick.yaml" if args.quick else "default.yaml")
     cfg = config.load(study, expect="study")
-    dumped = cfg.model_dump(mode="json")
-    listed = {(t if isinstance(t, str) else t["name"]): t for t in dumped["techniques"]}
-    techniques = args.techniques or list(listed)
+    listed = list(cfg.technique_stages())
+    techniques = args.techniques or listed
     unknown = [t for t in techniques if t not in listed]
     if unknown:
         raise SystemExit(f"recipe_length.py: {', '.join(unknown)} not in {study.name} "
                          f"(it lists {', '.join(listed)})")
-    first = dumped.get("scenarios") or []
-    over = [f"techniques={json.dumps([listed[t] for t in techniques])}", f"seeds={json.dumps(args.seeds)}",
-            *([f"scenarios={json.dumps(first[:1])}", "organism_seeds=[0]"] if first else []),
+    over = [*tp.first_scenario_grid(cfg, techniques, args.seeds),
             *(["recipe_overrides.eval.n_prompts=20", "recipe_overrides.prompts.size=300"] if args.quick else [])]
     work = args.workdir or Path(tempfile.mkdtemp(prefix="doublebind-recipe-length-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -115,17 +112,13 @@ def main() -> None:
     results = []
     for steps, lr in variants:
         name = f"steps{steps}-lr{lr:g}"
-        out = work / name
-        shutil.rmtree(out, ignore_errors=True)
-        for org in ("organism", "organisms"):  # placed once, never rebuilt
-            if (work / "warm-up" / org).is_dir():
-                shutil.copytree(work / "warm-up" / org, out / org)
+        out = tp.fresh_out(work, name)
         t = time.perf_counter()
         run_study(study, out, show_progress=False, workers=workers,
                   overrides=[*over, f"recipe_overrides.training.steps={steps}", f"recipe_overrides.training.lr={lr}",
                              f"recipe_overrides.training.checkpoint_every={max(1, steps // 4)}"])
         wall = time.perf_counter() - t
-        results.append((steps, lr, wall, verdicts(out / "summary.json"), finals(out / "summary.json")))
+        results.append((steps, lr, wall, tp.verdicts(out / "summary.json"), finals(out / "summary.json")))
         print(f"{name}: {runs} runs in {wall:.1f} s = {60 * runs / wall:.2f} runs/min")
 
     _, _, wall0, v0, _ = results[0]

@@ -86,6 +86,28 @@ def verdicts(summary: Path) -> dict:
     return out
 
 
+def first_scenario_grid(cfg, techniques: list[str], seeds: list[int]) -> list[str]:
+    """Overrides narrowing a study to `techniques` x `seeds` on its first scenario at organism
+    seed 0 (the default study has two scenarios); a technique the study lists keeps its options."""
+    import json
+
+    dumped = cfg.model_dump(mode="json")
+    listed = {(t if isinstance(t, str) else t["name"]): t for t in dumped["techniques"]}
+    first = dumped.get("scenarios") or []
+    return [f"techniques={json.dumps([listed.get(t, t) for t in techniques])}", f"seeds={json.dumps(seeds)}",
+            *([f"scenarios={json.dumps(first[:1])}", "organism_seeds=[0]"] if first else [])]
+
+
+def fresh_out(work: Path, name: str) -> Path:
+    """`work/name`, emptied, holding the organisms the warm-up placed (copied, never rebuilt)."""
+    out = work / name
+    shutil.rmtree(out, ignore_errors=True)
+    for org in ("organism", "organisms"):
+        if (work / "warm-up" / org).is_dir():
+            shutil.copytree(work / "warm-up" / org, out / org)
+    return out
+
+
 def train_flops(organism: str, recipe_path: str, overrides: list[str], steps: int,
                 start_at: float) -> tuple[float, float, float]:
     """(training FLOPs by 6*N*D, wall start, wall end) of `steps` steps of one recipe's
@@ -168,15 +190,7 @@ def main() -> None:
     study = ROOT / "configs" / "studies" / ("quick.yaml" if args.quick else "default.yaml")
     cfg = config.load(study, expect="study")
     techniques = args.techniques or (list(cfg.technique_stages())[:2] if args.quick else list(cfg.technique_stages()))
-    # the study's entry for a technique it lists (with its options), else the bare name
-    listed = {(t if isinstance(t, str) else t["name"]): t for t in cfg.model_dump(mode="json")["techniques"]}
-    entries = [listed.get(t, t) for t in techniques]
-    import json
-
-    # the study's first scenario and organism seed only (the default study has two scenarios)
-    first = cfg.model_dump(mode="json").get("scenarios") or []
-    over = [f"techniques={json.dumps(entries)}", f"seeds={json.dumps(args.seeds)}", *(QUICK if args.quick else []),
-            *([f"scenarios={json.dumps(first[:1])}", "organism_seeds=[0]"] if first else [])]
+    over = [*first_scenario_grid(cfg, techniques, args.seeds), *(QUICK if args.quick else [])]
     work = args.workdir or Path(tempfile.mkdtemp(prefix="doublebind-throughput-"))
     work.mkdir(parents=True, exist_ok=True)
     runs = len(techniques) * len(args.seeds)
@@ -203,11 +217,7 @@ def main() -> None:
     passes = ([("before", 1)] * (not args.skip_before) + [("w1", 1), (f"w{workers}", workers)]
               + [("compiled", workers)] * args.compile)
     for name, n in passes:
-        out = work / name
-        shutil.rmtree(out, ignore_errors=True)
-        for org in ("organism", "organisms"):  # the organisms are placed, not rebuilt
-            if (work / "warm-up" / org).is_dir():
-                shutil.copytree(work / "warm-up" / org, out / org)
+        out = fresh_out(work, name)
         one_thread, threads = executor.one_thread, torch.get_num_threads()
         if name == "before":  # the runner before worker processes: one run at a time on every core
             executor.one_thread, _ = contextlib.nullcontext, torch.set_num_threads(cpu_count())
@@ -240,11 +250,7 @@ def main() -> None:
     if args.noise_floor and not args.skip_before:
         # The same gradients up to rounding: padded, each step's batch as two accumulated halves.
         batch = config.load(study.parent / cfg.recipe, expect="recipe").training.batch
-        out = work / "padded-split"
-        shutil.rmtree(out, ignore_errors=True)
-        for org in ("organism", "organisms"):
-            if (work / "warm-up" / org).is_dir():
-                shutil.copytree(work / "warm-up" / org, out / org)
+        out = fresh_out(work, "padded-split")
         run_study(study, out, show_progress=False, workers=workers,
                   overrides=[*over, *PADDED, f"recipe_overrides.training.batch={batch // 2}",
                              "recipe_overrides.training.grad_accum=2"])
