@@ -39,8 +39,11 @@ demo: $(STAMP)
 	$(BIN)/doublebind study run configs/studies/default.yaml --out runs/demo
 	$(BIN)/doublebind report runs/demo
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), one torch thread each; the quick
+# organism is built once for all of them (tests/conftest.py). TEST_WORKERS=0 runs it in one.
+TEST_WORKERS ?= 2
 test: $(DEV_STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/organism_build.py
