@@ -14,6 +14,8 @@ import pytest
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 if XDIST_WORKER:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if os.environ.get("DOUBLEBIND_TEST_QUICK_DIR"):
+        os.nice(5)  # the shared quick build (below) goes first: every test that needs it waits for it
 
 from doublebind import config  # noqa: E402
 from doublebind.organisms.models import quiet_transformers  # noqa: E402
