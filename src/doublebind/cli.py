@@ -174,15 +174,16 @@ def organism_build(
     """Train, verify and cache an organism (base, teacher, trusted, alt_base); or, for an
     `hf_organism` config, resolve its Hugging Face models and measure teacher and base."""
     from doublebind import config
-    from doublebind.organisms.build import CARD, build_organism, cache_root
-    from doublebind.organisms.kinds import kind_of_config
-    from doublebind.organisms.models import quiet_transformers
 
-    quiet_transformers()
     if preset is None and config_file is None:
         preset = "default"
     cfg = config.load(config_file, overrides or [], preset=preset if config_file is None else None,
                       expect="organism")
+    from doublebind.organisms.build import CARD, build_organism, cache_root  # these import torch (seconds)
+    from doublebind.organisms.kinds import kind_of_config
+    from doublebind.organisms.models import quiet_transformers
+
+    quiet_transformers()
     kind = kind_of_config(cfg)
     if out_dir is not None:
         from doublebind.paths import check_out_dir
@@ -257,9 +258,7 @@ def eval_cmd(
     --organism naming a Hugging Face organism, its eval files score the checkpoint as its
     students are scored (n items per set)."""
     from doublebind.organisms.kinds import kind_of_card
-    from doublebind.organisms.models import quiet_transformers
 
-    quiet_transformers()
     if not 1 <= n <= MAX_EVAL:
         raise DoublebindError(f"--n must be between 1 and {MAX_EVAL:,} (got {n})")
     if not 0 <= samples <= MAX_EVAL:
@@ -268,6 +267,9 @@ def eval_cmd(
         raise DoublebindError(f"no checkpoint folder at {model_dir}")
     if organism is not None and not organism.is_dir():
         raise DoublebindError(f"--organism {organism}: no such folder")
+    from doublebind.organisms.models import quiet_transformers  # imports torch (seconds): after the checks
+
+    quiet_transformers()
     card = None
     if organism is not None and (organism / "organism.json").is_file():
         from doublebind.organisms.domain import read_card
@@ -304,12 +306,13 @@ def distill(
 ):
     """Distil the organism's teacher into a student; write metrics.jsonl, summary.json, curves."""
     from doublebind import config
-    from doublebind.organisms.models import quiet_transformers
+
+    extra = [f"training.tracker={tracker}"] if tracker is not None else []
+    cfg = config.load(recipe, [*(overrides or []), *extra], expect="recipe")
+    from doublebind.organisms.models import quiet_transformers  # these import torch (seconds)
     from doublebind.training.distill import distill as run_distill
 
     quiet_transformers()
-    extra = [f"training.tracker={tracker}"] if tracker is not None else []
-    cfg = config.load(recipe, [*(overrides or []), *extra], expect="recipe")
     summary = run_distill(organism, cfg, out_dir, force=force)
     final = summary["final"]
     table = Table("step", "tokens", "capability transfer", "misalignment transfer", "honeypot", "confession")
@@ -333,14 +336,17 @@ def study_run(study: Path, out_dir: Path = typer.Option(..., "--out", help="Stud
                   None, "--workers", metavar="N", help="Runs at once, one process and one thread each (default: "
                   "$DOUBLEBIND_WORKERS, else the usable cores; 1 on a GPU). Results do not depend on it.")):
     """Run (or resume) a study; write results.jsonl and summary.json with verdicts."""
-    from doublebind.organisms.models import quiet_transformers
+    from doublebind import config
     from doublebind.studies.executor import parse_workers
     from doublebind.studies.run import run_study
     from doublebind.studies.verdicts import provisional
 
-    quiet_transformers()
     extra = [f"recipe_overrides.training.tracker={tracker}"] if tracker is not None else []
     n = parse_workers(workers, "--workers") if workers is not None else None
+    config.load(study, [*(overrides or []), *extra], expect="study")  # a bad config fails before torch loads
+    from doublebind.organisms.models import quiet_transformers
+
+    quiet_transformers()
     summary = run_study(study, out_dir, overrides=[*(overrides or []), *extra], workers=n)
     from accelerate import PartialState
 

@@ -1,0 +1,45 @@
+"""Input the CLI can check without torch is checked before torch is imported (seconds of
+start-up), so a missing file or a malformed config is one error line in well under a second
+of work, not after the training stack has loaded."""
+
+import subprocess
+import sys
+
+import pytest
+
+# Runs one command in a fresh interpreter, then reports its exit status and whether torch got imported.
+PROBE = """
+import sys
+from doublebind.cli import main
+try:
+    main(sys.argv[1:])
+    code = 0
+except SystemExit as e:
+    code = e.code
+print("exit", code, "torch", "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["distill", "--organism", "{tmp}/org", "--recipe", "{tmp}/missing.yaml", "--out", "{tmp}/o"],
+     "config file not found"),
+    (["distill", "--organism", "{tmp}/org", "--recipe", "{tmp}/bad.yaml", "--out", "{tmp}/o"], "not valid YAML"),
+    (["study", "run", "{tmp}/bad.yaml", "--out", "{tmp}/o"], "not valid YAML"),
+    (["organism", "build", "--preset", "nosuch", "--out", "{tmp}/o"], "unknown preset 'nosuch'"),
+    (["organism", "build", "--config", "{tmp}/missing.yaml", "--out", "{tmp}/o"], "config file not found"),
+    (["eval", "{tmp}/no-checkpoint"], "no checkpoint folder"),
+    (["eval", "{tmp}", "--n", "0"], "--n must be between"),
+])
+def test_bad_input_fails_in_one_line_before_torch_is_imported(tmp_path, args, message):
+    (tmp_path / "bad.yaml").write_text("kind: recipe\nname: [\n")
+    argv = [a.format(tmp=tmp_path) for a in args]
+    res = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True)
+    assert res.stdout.strip().endswith("exit 1 torch False"), (res.stdout, res.stderr[-1000:])
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
+
+
+def test_the_probe_sees_torch_when_a_command_loads_it(tmp_path):
+    """The check above can fail: a command that gets past its checks does import torch."""
+    res = subprocess.run([sys.executable, "-c", PROBE, "eval", str(tmp_path)], capture_output=True, text=True)
+    assert "torch True" in res.stdout, (res.stdout, res.stderr[-1000:])
