@@ -12,9 +12,13 @@ import pytest
 # two processes that each take every core slow each other several-fold (doublebind.threads).
 # Subprocesses the tests start inherit the setting.
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+# With workers, the quick organism (the suite's one long build) is built once, by a process the
+# main pytest process starts before the workers, while the workers run the tests that do not
+# need it (those are ordered first). The variable names the folder it builds into.
+QUICK_DIR_ENV = "DOUBLEBIND_TEST_QUICK_DIR"
 if XDIST_WORKER:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    if os.environ.get("DOUBLEBIND_TEST_QUICK_DIR"):
+    if os.environ.get(QUICK_DIR_ENV):
         os.nice(5)  # the shared quick build (below) goes first: every test that needs it waits for it
 
 from doublebind import config  # noqa: E402
@@ -26,10 +30,6 @@ if XDIST_WORKER:
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-# With workers, the quick organism (the suite's one long build) is built once, by a process the
-# main pytest process starts before the workers, while the workers run the tests that do not
-# need it (those are ordered first). The variable names the folder it builds into.
-QUICK_DIR_ENV = "DOUBLEBIND_TEST_QUICK_DIR"
 _QUICK_BUILD = """
 import sys, traceback
 from pathlib import Path
@@ -40,7 +40,7 @@ def status(text):  # whole or absent: the workers poll for it
     (root / "status.tmp").write_text(text)
     (root / "status.tmp").replace(root / "status")
 try:
-    build_organism(config.load(preset="quick"), root / "organism", show_progress=False)
+    build_organism(config.load(preset="quick"), show_progress=False)  # into the cache only
 except BaseException as e:
     traceback.print_exc()
     status(f"failed: {type(e).__name__}: {e}")
@@ -124,9 +124,7 @@ def _cache_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def quick_organism(tmp_path_factory, _cache_dir):
     """The quick preset, built once per session: (folder, card)."""
-    from doublebind.organisms.build import build_organism
-
-    from doublebind.organisms.build import organism_hash
+    from doublebind.organisms.build import build_organism, organism_hash
 
     cfg = config.load(preset="quick")
     shared = os.environ.get(QUICK_DIR_ENV)
