@@ -29,9 +29,14 @@ print("exit", code, "torch", "torch" in sys.modules)
     (["organism", "build", "--config", "{tmp}/missing.yaml", "--out", "{tmp}/o"], "config file not found"),
     (["eval", "{tmp}/no-checkpoint"], "no checkpoint folder"),
     (["eval", "{tmp}", "--n", "0"], "--n must be between"),
+    (["study", "run", "{tmp}/typo.yaml", "--out", "{tmp}/o"], "techniqes: unknown key"),
+    (["validate", "{tmp}/typo.yaml"], "techniqes: unknown key"),
+    (["report", "{tmp}/no-study"], "no results.jsonl"),
 ])
 def test_bad_input_fails_in_one_line_before_torch_is_imported(tmp_path, args, message):
     (tmp_path / "bad.yaml").write_text("kind: recipe\nname: [\n")
+    (tmp_path / "typo.yaml").write_text("kind: study\nname: t\nscenarios: [default]\nrecipe: r.yaml\n"
+                                        "techniqes: [baseline]\nseeds: [0]\n")
     argv = [a.format(tmp=tmp_path) for a in args]
     res = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True)
     assert res.stdout.strip().endswith("exit 1 torch False"), (res.stdout, res.stderr[-1000:])

@@ -383,8 +383,10 @@ def report(study_dir: Path):
     """Write report.md and a self-contained report.html for a study folder."""
     import sys
 
+    from doublebind.reports.study_report import results_file, write_report
+
+    results_file(study_dir)  # a wrong folder fails before torch loads
     from doublebind.organisms.models import quiet_transformers
-    from doublebind.reports.study_report import write_report
 
     quiet_transformers()
     md, html = write_report(study_dir, command=" ".join(["doublebind", *sys.argv[1:]]))

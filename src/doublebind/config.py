@@ -665,7 +665,14 @@ def read_yaml(path: Path, allow_empty: bool = False) -> dict:
 
 
 def build(cls: type[Strict], data: dict, source: str = "config") -> Any:
-    """Validate `data` into `cls`, turning the first pydantic error into one line."""
+    """Validate `data` into `cls`, turning the first pydantic error into one line.
+
+    An unknown top-level key is reported before pydantic runs: its validators would first
+    check every registered name (techniques, families), and the technique registry imports
+    torch, seconds of start-up for a typo."""
+    unknown = [k for k in data if k not in cls.model_fields]
+    if unknown:
+        raise ConfigError(f"{source}: {unknown[0]}: unknown key")
     try:
         return cls.model_validate(data)
     except ValidationError as e:

@@ -227,10 +227,16 @@ def _rule(thr: dict) -> str:
         "training noise alone makes. Each verdict links to the technique's curves.")
 
 
-def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
-    results = study_dir / RESULTS
+def results_file(study_dir: Path) -> Path:
+    """The study folder's results file; one clear error where there is none."""
+    results = Path(study_dir) / RESULTS
     if not results.is_file():
         raise DoublebindError(f"{study_dir}: no {RESULTS}; is this a study folder (doublebind study run ... --out DIR)?")
+    return results
+
+
+def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
+    results = results_file(study_dir)
     scan = scan_results(results)
     if scan.bad:
         raise DoublebindError(f"{results}: {describe_bad(scan.bad)}; the report reads only intact files and "
