@@ -4,6 +4,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -157,8 +158,55 @@ def tiny_recipe(defaults: dict, **over):
     return config.build(config.RecipeConfig, base)
 
 
+# `run_cli` runs the command line in this process; "subprocess" runs every call as
+# `python -m doublebind …` in a fresh interpreter instead (the entry point itself; the tests
+# that stop or kill a command always start their own process).
+CLI_MODE_ENV = "DOUBLEBIND_TEST_CLI"
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def run_cli(*args: str, env_cache=None) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
+    """Run `doublebind *args`; the exit status, stdout and stderr as a CompletedProcess.
+
+    In this process by default: a fresh interpreter pays 3-4 s of imports (torch,
+    transformers) before the command starts, and the suite runs dozens of commands. What a
+    command could leave behind is put back afterwards: the environment, `sys.argv` (the
+    report prints its command from it) and torch's thread count. Warnings go to the
+    command's stderr under Python's default filters, as they would in its own process, not
+    to pytest's warning record."""
+    if os.environ.get(CLI_MODE_ENV) == "subprocess":
+        env = dict(os.environ)
+        if env_cache:
+            env["DOUBLEBIND_CACHE"] = str(env_cache)
+        return subprocess.run([sys.executable, "-m", "doublebind", *args], capture_output=True, text=True, env=env)
+    import contextlib
+    import io
+
+    import torch
+
+    from doublebind.cli import main
+
+    env, argv, threads = dict(os.environ), sys.argv, torch.get_num_threads()
     if env_cache:
-        env["DOUBLEBIND_CACHE"] = str(env_cache)
-    return subprocess.run([sys.executable, "-m", "doublebind", *args], capture_output=True, text=True, env=env)
+        os.environ["DOUBLEBIND_CACHE"] = str(env_cache)
+    out, err = io.StringIO(), io.StringIO()
+    sys.argv = ["doublebind", *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            warnings.resetwarnings()  # a fresh interpreter's filters (and no "already shown" memory)
+            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.simplefilter("ignore", category)
+            warnings.showwarning = _show_warning
+            main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = argv
+        os.environ.clear()
+        os.environ.update(env)
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(["doublebind", *args], code, out.getvalue(), err.getvalue())
