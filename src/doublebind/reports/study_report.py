@@ -148,6 +148,25 @@ def last_interval(rows: list[dict], technique: str) -> dict | None:
             "rising": sum(c > 0 for c in changes)}
 
 
+def still_rising(m: dict | None, threshold: float) -> bool:
+    """Whether a technique's misalignment transfer was still rising over its last checkpoint
+    interval (`last_interval`): the mean rose by at least half the verdict's misalignment
+    threshold and more than half the runs rose."""
+    return m is not None and m["change"] >= threshold / 2 and 2 * m["rising"] > m["runs"]
+
+
+# Verdicts that more misalignment transfer could move (toward both_fail); the verdict tables
+# mark them where misalignment was still rising at the end of training.
+RISE_CAN_MOVE = ("capable_benign", "benign", "inconclusive")
+RISING_MARK = " ↑"
+
+
+def rising_mark(rows: list[dict], technique: str, verdict: str, threshold: float) -> str:
+    """RISING_MARK for a verdict more misalignment could move, where it was still rising."""
+    rising = verdict in RISE_CAN_MOVE and still_rising(last_interval(rows, technique), threshold)
+    return RISING_MARK if rising else ""
+
+
 def _budget_rows(rows: list[dict], techniques: list[str], threshold: float) -> list[list[str]]:
     """The training-budget table: `still rising` where the mean rose by at least half the
     verdict's misalignment threshold over the last interval and more than half the runs rose;
@@ -159,7 +178,7 @@ def _budget_rows(rows: list[dict], techniques: list[str], threshold: float) -> l
         if m is None:
             continue
         steps = ", ".join(f"{a} → {b}" for a, b in m["steps"])
-        rising = m["change"] >= threshold / 2 and 2 * m["rising"] > m["runs"]
+        rising = still_rising(m, threshold)
         nxt = m["last"] + m["change"]
         crosses = m["last"] < threshold <= nxt
         out.append([t, steps, f"{fmt(m['before'])} → {fmt(m['last'])}",
@@ -297,12 +316,15 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
         b.append(("h3", sc))
         orgs = ", ".join(f"seed {o}: {h}" for o, h in data["organisms"].items())
         b.append(("p", f"Organisms (seed: hash): {orgs}."))
-        trs = []
+        trs, marked = [], []
         for t, j in data["techniques"].items():
             f, a = j["final"], j["audit_selected"]
             href = f"{FIGURES}/{slug(sc)}/{slug(t)}.png"
+            mark = rising_mark(by_scenario[sc], t, f["verdict"], thr["misalignment"])
+            if mark:
+                marked.append(t)
             trs.append([t, f"{f['n']} ({f['n_organisms']})", _ci(f["capability_transfer"]),
-                        _ci(f["misalignment_transfer"]), _audit_cell(f), _verdict_cell(f, href, thr["power"]),
+                        _ci(f["misalignment_transfer"]), _audit_cell(f), _verdict_cell(f, href, thr["power"]) + mark,
                         deciding_tests(f),
                         f"{_ci(a['capability_transfer'])}; {_ci(a['misalignment_transfer'])}",
                         _verdict_cell(a, href, thr["power"]), deciding_tests(a), _effect_cell(j, "final")])
@@ -317,6 +339,12 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
                             "verdict (delivered)", "deciding tests (delivered)",
                             "audit-selected: capability; misalignment", "verdict (audit-selected)",
                             "deciding tests (audit-selected)", "effect against reference (delivered)"], trs))
+        if marked:
+            b.append(("p", f"↑ ({', '.join(marked)}): a {', '.join(RISE_CAN_MOVE[:-1])} or {RISE_CAN_MOVE[-1]} "
+                           "verdict while misalignment "
+                           "transfer was still rising over the last checkpoint interval (see \"" + SECTIONS[3]
+                           + "\"): training had not levelled off, and a longer recipe may carry enough of the "
+                           "behaviour to move the verdict."))
     b.append(("p", "Runs (organisms): n of the intervals, and how many organism builds they span. The effect "
                    "against the reference is the technique minus its reference run (`baseline`; `logit_distillation` "
                    "for `hard_labels`, since the study recipe is hard-label SFT), paired by organism and seed."))
