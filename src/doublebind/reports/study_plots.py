@@ -166,9 +166,10 @@ def plot_technique(rows: list[dict], technique: str, scenario: str, success: flo
     return _png(fig)
 
 
-def plot_heatmap(summary: dict, power: float | None = None) -> bytes:
+def plot_heatmap(summary: dict, power: float | None = None, rising: frozenset = frozenset()) -> bytes:
     """Verdicts, scenario x technique, at the final and at the audit-selected checkpoint; a
-    verdict whose estimated replication probability is below `power` is marked *."""
+    verdict whose estimated replication probability is below `power` is marked *, and a
+    delivered one in `rising` ((scenario, technique) pairs) ↑, as in the report's tables."""
     plt = _plt()
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
@@ -192,6 +193,7 @@ def plot_heatmap(summary: dict, power: float | None = None) -> bytes:
                     v = s[view]["verdict"]
                     grid[i][j] = names.index(v)
                     mark = "*" if power is not None and provisional(s[view], power) else ""
+                    mark += "↑" if view == "final" and (sc, t) in rising else ""
                     ax.text(j, i, VERDICT_SHORT[v] + mark, ha="center", va="center", fontsize=7,
                             color="white" if v in ("incriminating", "capable_benign", "both_fail") else "black")
         ax.imshow(grid, cmap=cmap, vmin=-0.5, vmax=len(names) - 0.5, aspect="auto")
@@ -200,7 +202,10 @@ def plot_heatmap(summary: dict, power: float | None = None) -> bytes:
         ax.set_title(title, fontsize=9)
     fig.legend(handles=[Patch(facecolor=VERDICT_COLORS[v], edgecolor="grey", label=f"{VERDICT_SHORT[v]} {v}")
                         for v in names], loc="outside lower center", ncol=4, fontsize=7,
-               title=None if power is None else f"*: a rerun reaches this verdict with probability below {power}",
+               title="\n".join(([] if power is None else
+                                 [f"*: a rerun reaches this verdict with probability below {power}"])
+                                + (["↑: misalignment transfer still rising at the last checkpoint"] if rising else []))
+               or None,
                title_fontsize=7)
     _suptitle(fig, "verdicts, scenario x technique")
     return _png(fig)

@@ -308,7 +308,9 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
     # verdict heat map
     b.append(("h2", SECTIONS[0]))
     b.append(("p", _rule(thr)))
-    b.append(img("verdicts, scenario x technique", plots.plot_heatmap(summary, thr["power"]), "verdicts.png"))
+    rising = frozenset((sc, t) for sc, data in scenarios.items() for t, j in data["techniques"].items()
+                       if rising_mark(by_scenario[sc], t, j["final"]["verdict"], thr["misalignment"]))
+    b.append(img("verdicts, scenario x technique", plots.plot_heatmap(summary, thr["power"], rising), "verdicts.png"))
 
     # per scenario tables
     b.append(("h2", SECTIONS[1]))
@@ -320,7 +322,7 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
         for t, j in data["techniques"].items():
             f, a = j["final"], j["audit_selected"]
             href = f"{FIGURES}/{slug(sc)}/{slug(t)}.png"
-            mark = rising_mark(by_scenario[sc], t, f["verdict"], thr["misalignment"])
+            mark = RISING_MARK if (sc, t) in rising else ""
             if mark:
                 marked.append(t)
             trs.append([t, f"{f['n']} ({f['n_organisms']})", _ci(f["capability_transfer"]),
