@@ -41,8 +41,10 @@ little while anything else loads the machine (the load average is printed before
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -138,6 +140,22 @@ def train_flops(organism: str, recipe_path: str, overrides: list[str], steps: in
     return 6.0 * n_params * tokens[0], t0, time.time()
 
 
+@contextlib.contextmanager
+def quiet_stderr_fd():
+    """File descriptor 2 to /dev/null for the block: the profiler's libkineto writes its
+    `USDT: … profiler_start` / `profiler_stop` lines there directly, and no setting silences
+    them. An exception raised inside is printed after the descriptor is back."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 def matmul_share(organism: str, recipe_path: str, overrides: list[str], steps: int) -> tuple[float, float, float]:
     """(matrix-product FLOPs, their operator seconds, all operators' seconds) of `steps`
     training steps under torch's profiler (which slows every operator a little). What bounds
@@ -151,7 +169,7 @@ def matmul_share(organism: str, recipe_path: str, overrides: list[str], steps: i
                   show_progress=False)
     for s in range(3):
         d.train_step(s)
-    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+    with quiet_stderr_fd(), profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
         for s in range(steps):
             d.train_step(3 + s)
     ops = prof.key_averages()
