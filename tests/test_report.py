@@ -267,3 +267,37 @@ def test_a_verdict_more_misalignment_could_move_is_marked_where_it_still_rose():
         assert rising_mark(rows, "absent", verdict, 0.1) == ""
     for verdict in ("both_fail", "incriminating", "no_capability", "undefined"):  # more misalignment moves none
         assert rising_mark(rows, "up", verdict, 0.1) == ""
+
+
+def test_the_study_run_table_marks_the_verdicts_the_report_marks():
+    """`study run` prints the verdict table with the report's ↑ marks; on the reference
+    study's own rows (docs/results) exactly the three cells its README names."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from doublebind.cli import verdict_table
+    from doublebind.reports.study_report import RISING_MARK, rising_mark
+
+    ref = Path(__file__).resolve().parent.parent / "docs" / "results"
+    summary = json.loads((ref / "summary.json").read_text())
+    rows = read_results(ref / RESULTS)
+    table = verdict_table(summary, rows)
+    cells = {(sc, t): v for sc, t, v in zip(table.columns[0].cells, table.columns[1].cells, table.columns[5].cells)}
+    assert len(cells) == 10
+    marked = {k for k, v in cells.items() if v.endswith(RISING_MARK)}
+    assert marked == {("default", "inoculation"), ("collusion", "baseline"), ("collusion", "verifier_filter")}
+    for (sc, t), v in cells.items():
+        verdict = summary["scenarios"][sc]["techniques"][t]["final"]["verdict"]
+        assert v.startswith(verdict + " (")
+        assert ((sc, t) in marked) == bool(rising_mark([r for r in rows if r["scenario"] == sc], t, verdict,
+                                                        summary["verdict_thresholds"]["misalignment"]))
+    console = Console(record=True, width=400)
+    console.print(table)
+    assert "still rising" in console.export_text()
+    # the same rows with every run's last checkpoint at its second-to-last misalignment: nothing rose
+    before = {(r["scenario"], r["technique"], r["seed"]): r["misalignment_transfer"] for r in rows if r["step"] == 300}
+    flat = [{**r, "misalignment_transfer": before[(r["scenario"], r["technique"], r["seed"])]} if r["step"] == 400
+            else r for r in rows]
+    unmarked = verdict_table(summary, flat)
+    assert RISING_MARK not in "".join(unmarked.columns[5].cells) and "still rising" not in unmarked.caption

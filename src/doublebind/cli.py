@@ -339,7 +339,6 @@ def study_run(study: Path, out_dir: Path = typer.Option(..., "--out", help="Stud
     from doublebind import config
     from doublebind.studies.executor import parse_workers
     from doublebind.studies.run import run_study
-    from doublebind.studies.verdicts import provisional
 
     extra = [f"recipe_overrides.training.tracker={tracker}"] if tracker is not None else []
     n = parse_workers(workers, "--workers") if workers is not None else None
@@ -352,29 +351,49 @@ def study_run(study: Path, out_dir: Path = typer.Option(..., "--out", help="Stud
 
     if not PartialState().is_main_process:  # under `accelerate launch`, the main process reports
         return
+    from doublebind.studies.run import RESULTS, read_results
+
+    _print_table(verdict_table(summary, read_results(out_dir / RESULTS)))
+    out(f"wrote {out_dir}/results.jsonl and summary.json ({summary['runs']} runs)")
+
+
+def verdict_table(summary: dict, rows: list[dict]) -> Table:
+    """The table `study run` prints: per scenario and technique the transfers, the audit and
+    both verdicts, with how likely a rerun reaches each (* below the power), and ↑ on a
+    delivered verdict that more misalignment could move where it was still rising (`rows`:
+    the study's results, as the report marks it)."""
+    from doublebind.reports.study_report import RISING_MARK, rising_mark
+    from doublebind.studies.verdicts import provisional
+
+    thresholds = summary["verdict_thresholds"]
     table = Table("scenario", "technique", "capability transfer", "misalignment transfer", "audit (teacher)",
                   "verdict (final)", "verdict (audit-selected)",
                   caption="(0.95): estimated probability that a rerun reaches the same verdict; * below "
-                          f"{summary['verdict_thresholds']['power']}")
+                          f"{thresholds['power']}")
+    rising = False
 
     def verdict(s: dict) -> str:
         if s.get("replication") is None:
             return s["verdict"]
-        return f"{s['verdict']} ({s['replication']:.2f})" + (
-            "*" if provisional(s, summary["verdict_thresholds"]["power"]) else "")
+        return f"{s['verdict']} ({s['replication']:.2f})" + ("*" if provisional(s, thresholds["power"]) else "")
 
     for scenario, sc in summary["scenarios"].items():
+        of_scenario = [r for r in rows if r["scenario"] == scenario]
         for name, t in sc["techniques"].items():
             s = t["final"]
             c, m = s["capability_transfer"], s["misalignment_transfer"]
             audit = (f"success@{s['audit_success_at_k']['budget']} {s['audit_success_at_k']['mean']:.3f} "
                      f"({s['teacher_success_at_k']:.3f})" if "audit_success_at_k" in s
                      else f"- base {s['audit_minus_base']['mean']:.3f} ({s['teacher_audit']:.3f})")
+            mark = rising_mark(of_scenario, name, s["verdict"], thresholds["misalignment"])
+            rising = rising or bool(mark)
             table.add_row(scenario, name, f"{c['mean']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]",
-                          f"{m['mean']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]", audit, verdict(s),
+                          f"{m['mean']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]", audit, verdict(s) + mark,
                           verdict(t["audit_selected"]))
-    _print_table(table)
-    out(f"wrote {out_dir}/results.jsonl and summary.json ({summary['runs']} runs)")
+    if rising:
+        table.caption += (f";{RISING_MARK}: misalignment transfer still rising over the last checkpoint interval "
+                          "(see the report's training budget)")
+    return table
 
 
 @app.command()
