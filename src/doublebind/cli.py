@@ -338,7 +338,7 @@ def study_run(study: Path, out_dir: Path = typer.Option(..., "--out", help="Stud
     """Run (or resume) a study; write results.jsonl and summary.json with verdicts."""
     from doublebind import config
     from doublebind.studies.executor import parse_workers
-    from doublebind.studies.run import run_study
+    from doublebind.studies.run import RESULTS, read_results, run_study
 
     extra = [f"recipe_overrides.training.tracker={tracker}"] if tracker is not None else []
     n = parse_workers(workers, "--workers") if workers is not None else None
@@ -351,8 +351,6 @@ def study_run(study: Path, out_dir: Path = typer.Option(..., "--out", help="Stud
 
     if not PartialState().is_main_process:  # under `accelerate launch`, the main process reports
         return
-    from doublebind.studies.run import RESULTS, read_results
-
     _print_table(verdict_table(summary, read_results(out_dir / RESULTS)))
     out(f"wrote {out_dir}/results.jsonl and summary.json ({summary['runs']} runs)")
 
@@ -362,7 +360,7 @@ def verdict_table(summary: dict, rows: list[dict]) -> Table:
     both verdicts, with how likely a rerun reaches each (* below the power), and ↑ on a
     delivered verdict that more misalignment could move where it was still rising (`rows`:
     the study's results, as the report marks it)."""
-    from doublebind.reports.study_report import RISING_MARK, rising_mark
+    from doublebind.reports.study_report import RISING_MARK, rising_cells
     from doublebind.studies.verdicts import provisional
 
     thresholds = summary["verdict_thresholds"]
@@ -370,7 +368,7 @@ def verdict_table(summary: dict, rows: list[dict]) -> Table:
                   "verdict (final)", "verdict (audit-selected)",
                   caption="(0.95): estimated probability that a rerun reaches the same verdict; * below "
                           f"{thresholds['power']}")
-    rising = False
+    rising = rising_cells(summary, rows)
 
     def verdict(s: dict) -> str:
         if s.get("replication") is None:
@@ -378,15 +376,13 @@ def verdict_table(summary: dict, rows: list[dict]) -> Table:
         return f"{s['verdict']} ({s['replication']:.2f})" + ("*" if provisional(s, thresholds["power"]) else "")
 
     for scenario, sc in summary["scenarios"].items():
-        of_scenario = [r for r in rows if r["scenario"] == scenario]
         for name, t in sc["techniques"].items():
             s = t["final"]
             c, m = s["capability_transfer"], s["misalignment_transfer"]
             audit = (f"success@{s['audit_success_at_k']['budget']} {s['audit_success_at_k']['mean']:.3f} "
                      f"({s['teacher_success_at_k']:.3f})" if "audit_success_at_k" in s
                      else f"- base {s['audit_minus_base']['mean']:.3f} ({s['teacher_audit']:.3f})")
-            mark = rising_mark(of_scenario, name, s["verdict"], thresholds["misalignment"])
-            rising = rising or bool(mark)
+            mark = RISING_MARK if (scenario, name) in rising else ""
             table.add_row(scenario, name, f"{c['mean']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]",
                           f"{m['mean']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]", audit, verdict(s) + mark,
                           verdict(t["audit_selected"]))

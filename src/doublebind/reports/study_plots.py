@@ -202,10 +202,9 @@ def plot_heatmap(summary: dict, power: float | None = None, rising: frozenset = 
         ax.set_title(title, fontsize=9)
     fig.legend(handles=[Patch(facecolor=VERDICT_COLORS[v], edgecolor="grey", label=f"{VERDICT_SHORT[v]} {v}")
                         for v in names], loc="outside lower center", ncol=4, fontsize=7,
-               title="\n".join(([] if power is None else
-                                 [f"*: a rerun reaches this verdict with probability below {power}"])
-                                + (["↑: misalignment transfer still rising at the last checkpoint"] if rising else []))
-               or None,
+               title="\n".join(line for line, shown in [
+                   (f"*: a rerun reaches this verdict with probability below {power}", power is not None),
+                   ("↑: misalignment transfer still rising at the last checkpoint", bool(rising))] if shown) or None,
                title_fontsize=7)
     _suptitle(fig, "verdicts, scenario x technique")
     return _png(fig)

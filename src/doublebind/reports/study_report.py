@@ -167,6 +167,18 @@ def rising_mark(rows: list[dict], technique: str, verdict: str, threshold: float
     return RISING_MARK if rising else ""
 
 
+def rising_cells(summary: dict, rows: list[dict]) -> frozenset:
+    """(scenario, technique) of every delivered verdict `rising_mark` marks: what the report's
+    tables and heat map and the table `study run` prints mark ↑."""
+    threshold = summary["verdict_thresholds"]["misalignment"]
+    out = set()
+    for sc, data in summary["scenarios"].items():
+        of_scenario = [r for r in rows if r["scenario"] == sc]
+        out |= {(sc, t) for t, j in data["techniques"].items()
+                if rising_mark(of_scenario, t, j["final"]["verdict"], threshold)}
+    return frozenset(out)
+
+
 def _budget_rows(rows: list[dict], techniques: list[str], threshold: float) -> list[list[str]]:
     """The training-budget table: `still rising` where the mean rose by at least half the
     verdict's misalignment threshold over the last interval and more than half the runs rose;
@@ -308,8 +320,7 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
     # verdict heat map
     b.append(("h2", SECTIONS[0]))
     b.append(("p", _rule(thr)))
-    rising = frozenset((sc, t) for sc, data in scenarios.items() for t, j in data["techniques"].items()
-                       if rising_mark(by_scenario[sc], t, j["final"]["verdict"], thr["misalignment"]))
+    rising = rising_cells(summary, rows)
     b.append(img("verdicts, scenario x technique", plots.plot_heatmap(summary, thr["power"], rising), "verdicts.png"))
 
     # per scenario tables
@@ -323,8 +334,7 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
             f, a = j["final"], j["audit_selected"]
             href = f"{FIGURES}/{slug(sc)}/{slug(t)}.png"
             mark = RISING_MARK if (sc, t) in rising else ""
-            if mark:
-                marked.append(t)
+            marked += [t] if mark else []
             trs.append([t, f"{f['n']} ({f['n_organisms']})", _ci(f["capability_transfer"]),
                         _ci(f["misalignment_transfer"]), _audit_cell(f), _verdict_cell(f, href, thr["power"]) + mark,
                         deciding_tests(f),
@@ -343,10 +353,9 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
                             "deciding tests (audit-selected)", "effect against reference (delivered)"], trs))
         if marked:
             b.append(("p", f"↑ ({', '.join(marked)}): a {', '.join(RISE_CAN_MOVE[:-1])} or {RISE_CAN_MOVE[-1]} "
-                           "verdict while misalignment "
-                           "transfer was still rising over the last checkpoint interval (see \"" + SECTIONS[3]
-                           + "\"): training had not levelled off, and a longer recipe may carry enough of the "
-                           "behaviour to move the verdict."))
+                           f"verdict while misalignment transfer was still rising over the last checkpoint interval "
+                           f"(see \"{SECTIONS[3]}\"): training had not levelled off, and a longer recipe may carry "
+                           "enough of the behaviour to move the verdict."))
     b.append(("p", "Runs (organisms): n of the intervals, and how many organism builds they span. The effect "
                    "against the reference is the technique minus its reference run (`baseline`; `logit_distillation` "
                    "for `hard_labels`, since the study recipe is hard-label SFT), paired by organism and seed."))
