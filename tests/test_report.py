@@ -271,7 +271,7 @@ def test_a_verdict_more_misalignment_could_move_is_marked_where_it_still_rose():
 
 def test_the_study_run_table_marks_the_verdicts_the_report_marks():
     """`study run` prints the verdict table with the report's ↑ marks; on the reference
-    study's own rows (docs/results) exactly the three cells its README names."""
+    study's own rows (docs/results) exactly the two cells its README names."""
     from pathlib import Path
 
     from rich.console import Console
@@ -286,7 +286,7 @@ def test_the_study_run_table_marks_the_verdicts_the_report_marks():
     cells = {(sc, t): v for sc, t, v in zip(table.columns[0].cells, table.columns[1].cells, table.columns[5].cells)}
     assert len(cells) == 10
     marked = {k for k, v in cells.items() if v.endswith(RISING_MARK)}
-    assert marked == {("default", "inoculation"), ("collusion", "baseline"), ("collusion", "verifier_filter")}
+    assert marked == {("collusion", "baseline"), ("collusion", "verifier_filter")}
     for (sc, t), v in cells.items():
         verdict = summary["scenarios"][sc]["techniques"][t]["final"]["verdict"]
         assert v.startswith(verdict + " (")
