@@ -80,6 +80,11 @@ def test_study_runs_the_grid_and_resumes_after_a_kill(quick_organism, tmp_path, 
     assert prov["organisms"][0]["organism_hash"] == quick_organism[1]["organism_hash"]
     assert prov["organisms"][0]["code_version"] == quick_organism[1]["code_version"]
     assert prov["machine"]["cpus"] and "commit" in prov
+    # and what decides whether another CPU builds the same organism: torch's kernel level
+    import torch
+
+    assert prov["machine"]["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
+    assert "cpu" in prov["machine"]
 
 
 def row(seed, cap, mis, hp=0.0, base_hp=0.0, teacher_hp=0.0):

@@ -471,9 +471,27 @@ def provenance(cards) -> dict:
                        "code_version": c.get("code_version"), "verified": c.get("verified")} for c in cards],
         "machine": {"system": platform.system(), "release": platform.release(), "machine": platform.machine(),
                     "processor": platform.processor() or None, "cpus": os.cpu_count(),
-                    "threads": os.environ.get("OMP_NUM_THREADS")},
+                    "threads": os.environ.get("OMP_NUM_THREADS"), **cpu_kind()},
         "versions": versions(),
     }
+
+
+def cpu_kind() -> dict:
+    """The CPU's model name and the vector instructions torch's kernels use on it (AVX2,
+    AVX512, ...): what decides whether another machine builds the same organism bit for bit.
+    Two CPUs with different kernels build different organisms of one hash (docs/results:
+    6 of 20 verdicts moved between two such builds), so this is what to compare first."""
+    import torch
+
+    model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip() or None
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cpu_kernels": torch.backends.cpu.get_cpu_capability()}
 
 
 def distill_run(org_path: Path, recipe, folder: Path) -> dict:
