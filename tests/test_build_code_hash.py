@@ -1,0 +1,112 @@
+"""An organism's hash must change whenever the code that builds it changes.
+
+`code_version()` (organisms/build.py) hashes the files in `_CODE_FILES`, and the organism
+cache and both references trust that hash. But a build also runs code outside those files:
+`train_sft` takes its steps through the one training loop (`training/loop.py`: the learning
+rate schedule, AdamW, clipping) with the completion-only NLL (`training/objectives.py`), and
+the subliminal probe trains through the same `Loop`. A change there could change what every
+build produces while every hash, and so every cached organism and both references, stayed
+as they were. Adding the two files to `_CODE_FILES` would rehash every organism and
+invalidate both references at once (regenerating the matrix takes over two hours, and on
+some CPUs one of its builds fails verification), so they are pinned here by content instead:
+both last changed before the hashed files did, so today's hashes describe builds made with
+today's copies.
+
+When a pin fails: if the change can alter a build (anything `fit`, `Loop` or `sft_nll`
+compute), add the file to `_CODE_FILES` and regenerate the references (docs/results/README.md
+and docs/results/matrix/README.md); if it cannot (comments, or code only the distiller
+runs), update the pin here.
+"""
+
+import ast
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from doublebind.organisms import build
+
+PKG = Path(build.__file__).resolve().parent.parent
+
+PINNED = {
+    "training/loop.py": "73ae4b42f5919326285d1a2b8cd39b45a7f91839108958a1748d936fa84e62fc",
+    "training/objectives.py": "2e04a71aef2420edd1667aeb5ada727c0c4c2a2447837b23b3b4b65c50ddf82f",
+}
+
+# Modules the hashed files import that compute none of a build's numbers.
+NO_NUMBERS = {
+    "__init__.py": "the version string, which code_version() hashes itself",
+    "cards.py": "card paths and library versions",
+    "config.py": "the config models; the organism hash covers the dumped config",
+    "errors.py": "error classes",
+    "integrity.py": "checksums of saved weights",
+    "memo.py": "answers a repeated eval of the same weights from memory",
+    "registry.py": "name lookup",
+    "ui.py": "progress bars",
+    # reached through organisms/domain.py, the distillation side of an organism, which a
+    # build does not call
+    "prompts.py": "distillation prompts",
+    "students.py": "distillation students",
+    "teacher.py": "teacher outputs for distillation",
+}
+
+
+def _hashed() -> set[str]:
+    return {p.relative_to(PKG).as_posix() for pattern in build._CODE_FILES for p in PKG.glob(pattern)}
+
+
+def _module_file(module: str) -> str | None:
+    path = PKG.joinpath(*module.split(".")[1:])
+    for candidate in (path / "__init__.py", path.with_suffix(".py")):
+        if candidate.is_file():
+            return candidate.relative_to(PKG).as_posix()
+    return None
+
+
+def _imports(rel: str) -> set[str]:
+    """The package files one file imports, at module level or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse((PKG / rel).read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("doublebind"):
+            for alias in node.names:  # `from doublebind.x import y` names module x.y or a name in x
+                found.add(_module_file(f"{node.module}.{alias.name}") or _module_file(node.module))
+        elif isinstance(node, ast.Import):
+            found |= {_module_file(a.name) for a in node.names if a.name.startswith("doublebind")}
+    return {f for f in found if f}
+
+
+def test_unhashed_code_that_builds_organisms_is_as_pinned():
+    for rel, digest in PINNED.items():
+        now = hashlib.sha256((PKG / rel).read_bytes()).hexdigest()
+        assert now == digest, (
+            f"{rel} changed, and organism builds run it but code_version() does not hash it: if the change "
+            f"can alter a build, add it to _CODE_FILES in organisms/build.py and regenerate the references; "
+            f"if not, update its pin in {Path(__file__).name} (sha256 {now})")
+
+
+def test_every_module_a_build_reaches_is_hashed_pinned_or_numberless():
+    hashed = _hashed()
+    assert {"training/sft.py", "organisms/build.py"} <= hashed
+    seen, todo, unknown = set(), sorted(hashed), {}
+    while todo:
+        rel = todo.pop()
+        if rel in seen:
+            continue
+        seen.add(rel)
+        for dep in _imports(rel):
+            if dep not in hashed and dep not in PINNED and dep not in NO_NUMBERS:
+                unknown.setdefault(dep, rel)
+            todo.append(dep)
+    assert not unknown, (
+        "organism build code imports modules whose changes would not change the organism hash: "
+        + "; ".join(f"{dep} (from {src})" for dep, src in sorted(unknown.items()))
+        + f"; hash them (_CODE_FILES), pin them or, if they compute no build numbers, list them in "
+          f"{Path(__file__).name}")
+    # the pins are reached: train_sft -> fit -> sft_nll
+    assert set(PINNED) <= seen
+
+
+@pytest.mark.parametrize("rel", sorted(PINNED))
+def test_a_pinned_file_is_outside_the_hash(rel):
+    """Once a pinned file joins `_CODE_FILES`, its pin is redundant and should go."""
+    assert rel not in _hashed(), f"{rel} is hashed now: remove its pin from {Path(__file__).name}"
