@@ -392,6 +392,40 @@ def verdict_table(summary: dict, rows: list[dict]) -> Table:
     return table
 
 
+@study_app.command("compare")
+@cli_errors
+def study_compare(a_dir: Path = typer.Argument(..., metavar="A", help="A study folder: the reference."),
+                  b_dir: Path = typer.Argument(..., metavar="B", help="A rerun of it (another machine, runner, "
+                                                                      "or code)."),
+                  json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the comparison here."),
+                  all_cells: bool = typer.Option(False, "--all", help="List every cell, not only those that moved.")):
+    """Which verdicts two runs of a study share, and whether A's replication figures said so."""
+    from doublebind.reports.study_report import results_file
+
+    for d in (a_dir, b_dir):
+        results_file(d)  # a wrong folder fails before torch loads
+    from doublebind.studies.compare import as_json, compare_folders, sentence
+
+    result = compare_folders(a_dir, b_dir)
+    if result["thresholds_differ"]:
+        out("note: the two studies judge with different verdict thresholds; a moved verdict may be the rule's")
+    cells = [c for c in result["cells"] if all_cells or not c.same]
+    if cells:
+        table = Table("scenario", "technique", "view", "A", "A replication", "B", "misalignment A -> B",
+                      caption=f"* provisional in A: replication below {result['power']}")
+        for c in cells:
+            rep = "" if c.a_replication is None else f"{c.a_replication:.2f}" + ("*" if c.a_provisional else "")
+            mis = " -> ".join("-" if x is None else f"{x:.3f}" for x in (c.a_misalignment, c.b_misalignment))
+            table.add_row(c.scenario, c.technique, c.view, c.a or "-", rep,
+                          (c.b or "-") + ("" if c.same else "  (moved)" if c.shared else ""), mis)
+        _print_table(table)
+    out(sentence(result))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(as_json(result), indent=2))
+        out(f"wrote {json_out}")
+
+
 @app.command()
 @cli_errors
 def report(study_dir: Path):

@@ -18,6 +18,7 @@ import re
 import math
 from pathlib import Path
 from statistics import fmean
+from typing import Any
 
 from doublebind.errors import DoublebindError
 from doublebind.studies.run import QUARANTINE, RESULTS, compute_summary, describe_bad, describe_key, run_key, \
@@ -266,20 +267,26 @@ def results_file(study_dir: Path) -> Path:
     return results
 
 
-def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
+def load_study(study_dir: Path, what: str = "the report") -> tuple[dict, Any, dict]:
+    """(study.json, the scan of its intact results, the summary recomputed from those rows): what
+    the report and `study compare` read. One clear error for a folder they cannot read; a
+    summary.json on disk is never trusted (see `_stale_summary`)."""
     results = results_file(study_dir)
     scan = scan_results(results)
     if scan.bad:
-        raise DoublebindError(f"{results}: {describe_bad(scan.bad)}; the report reads only intact files and "
+        raise DoublebindError(f"{results}: {describe_bad(scan.bad)}; {what} reads only intact files and "
                               f"changed nothing; `doublebind study run` on this folder copies the bad lines to "
                               f"{QUARANTINE} and stops, repair or remove them by hand")
     scan.check()
-    rows = scan.rows
-    if not rows:
+    if not scan.rows:
         raise DoublebindError(f"{results}: no finished runs yet")
     study = _load_json(study_dir / "study.json", "study record")
-    cfg = _study_config(study_dir, study)
-    summary = compute_summary(scan.runs, cfg)
+    return study, scan, compute_summary(scan.runs, _study_config(study_dir, study))
+
+
+def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
+    study, scan, summary = load_study(study_dir)
+    rows = scan.rows
     stale = _stale_summary(study_dir / "summary.json", summary)
     name = summary.get("study") or (study.get("config") or {}).get("name") or study_dir.name
     thr = summary["verdict_thresholds"]

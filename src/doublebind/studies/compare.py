@@ -1,0 +1,121 @@
+"""Which verdicts two runs of a study share, and whether the first run's replication figures
+said so: `doublebind study compare A B`.
+
+A study's verdicts come with `replication`, the estimated probability that a rerun of the
+same design (new seeds, new organism builds) reaches the same verdict. Rerunning a study on
+another CPU, with another runner (packing, `training.compile`), or after a change that should
+not matter, gives a second folder; this module puts the two side by side, cell by cell
+(scenario, technique, delivered or audit-selected), and checks the first folder's figures
+against what happened: how many cells kept their verdict against how many its replication
+figures expected (their sum), and whether the cells that moved were the ones it marked
+provisional. Both summaries are recomputed from each folder's results.jsonl, as the report
+does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from doublebind.errors import DoublebindError
+from doublebind.studies.verdicts import provisional
+
+VIEWS = {"final": "delivered", "audit_selected": "audit-selected"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    scenario: str
+    technique: str
+    view: str  # delivered | audit-selected
+    a: str | None  # verdict in A (None: the cell is not in A)
+    b: str | None
+    a_replication: float | None
+    a_provisional: bool
+    a_misalignment: float | None
+    b_misalignment: float | None
+    a_deciding: tuple[str, ...]  # the tests that decided A's verdict
+
+    @property
+    def shared(self) -> bool:
+        return self.a is not None and self.b is not None
+
+    @property
+    def same(self) -> bool:
+        return self.shared and self.a == self.b
+
+
+def _cells(summary: dict) -> dict[tuple[str, str, str], dict]:
+    return {(sc, t, VIEWS[view]): stats
+            for sc, block in summary["scenarios"].items()
+            for t, res in block["techniques"].items()
+            for view, stats in res.items() if view in VIEWS and isinstance(stats, dict) and "verdict" in stats}
+
+
+def compare(a: dict, b: dict) -> dict:
+    """Two study summaries, cell by cell: {"cells": [Cell], "shared", "same", "expected_same",
+    "moved", "moved_provisional", "held_provisional", "with_replication", "thresholds_differ"}.
+    `expected_same` sums A's replication over the shared cells that have one
+    (`with_replication` of them); `same` counts, among those, the cells that kept their verdict
+    (`same_all` counts every shared cell)."""
+    power = a["verdict_thresholds"].get("power", 0.8)
+    ca, cb = _cells(a), _cells(b)
+    cells = []
+    for key in list(ca) + [k for k in cb if k not in ca]:
+        sa, sb = ca.get(key), cb.get(key)
+        cells.append(Cell(*key, a=sa and sa["verdict"], b=sb and sb["verdict"],
+                          a_replication=sa.get("replication") if sa else None,
+                          a_provisional=bool(sa) and provisional(sa, power),
+                          a_misalignment=sa["misalignment_transfer"]["mean"] if sa else None,
+                          b_misalignment=sb["misalignment_transfer"]["mean"] if sb else None,
+                          a_deciding=tuple(sa.get("deciding") or ()) if sa else ()))
+    shared = [c for c in cells if c.shared]
+    rated = [c for c in shared if c.a_replication is not None]
+    moved = [c for c in shared if not c.same]
+    return {
+        "cells": cells, "shared": len(shared), "same_all": sum(c.same for c in shared),
+        "with_replication": len(rated), "same": sum(c.same for c in rated),
+        "expected_same": sum(c.a_replication for c in rated),
+        "moved": len(moved), "moved_provisional": sum(c.a_provisional for c in moved),
+        "held_provisional": sum(c.a_provisional for c in shared if c.same),
+        "only_a": sum(c.b is None for c in cells), "only_b": sum(c.a is None for c in cells),
+        "power": power, "thresholds_differ": _thresholds(a) != _thresholds(b),
+    }
+
+
+def _thresholds(summary: dict) -> dict:
+    return {k: v for k, v in summary["verdict_thresholds"].items() if k != "power"}
+
+
+def compare_folders(a_dir: Path, b_dir: Path) -> dict:
+    """`compare` on two study folders' recomputed summaries; refuses the same folder twice."""
+    from doublebind.reports.study_report import load_study
+
+    if Path(a_dir).resolve() == Path(b_dir).resolve():
+        raise DoublebindError(f"{a_dir} and {b_dir} are the same folder; compare a study with a rerun of it")
+    _, _, a = load_study(Path(a_dir), "study compare")
+    _, _, b = load_study(Path(b_dir), "study compare")
+    return compare(a, b)
+
+
+def as_json(result: dict) -> dict:
+    return {**result, "cells": [asdict(c) | {"same": c.same} for c in result["cells"]]}
+
+
+def sentence(result: dict) -> str:
+    """The comparison in one line: kept, expected, and which moved."""
+    r = result
+    if not r["shared"]:
+        return "the two studies share no (scenario, technique) cell"
+    parts = [f"{r['same_all']} of {r['shared']} shared verdicts the same"]
+    if r["with_replication"]:
+        parts.append(f"A's replication figures expected {r['expected_same']:.1f} of its {r['with_replication']} "
+                     f"rated cells to hold, and {r['same']} did")
+    if r["moved"]:
+        parts.append(f"of the {r['moved']} that moved, {r['moved_provisional']} were provisional in A "
+                     f"(replication below {r['power']})")
+    if r["held_provisional"]:
+        parts.append(f"{r['held_provisional']} provisional in A held")
+    if r["only_a"] or r["only_b"]:
+        parts.append(f"{r['only_a']} cells only in A, {r['only_b']} only in B")
+    return "; ".join(parts)

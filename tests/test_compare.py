@@ -1,0 +1,90 @@
+"""`doublebind study compare A B`: which verdicts a rerun kept, against A's replication figures."""
+
+import json
+import shutil
+from pathlib import Path
+
+from doublebind.studies.compare import compare, sentence
+from doublebind.studies.run import RESULTS, read_results, seal_run
+
+from .conftest import run_cli
+
+REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "results"
+
+
+def _summary(cells: dict, power: float = 0.8, misalignment: float = 0.1) -> dict:
+    """A summary with (scenario, technique) -> (delivered, audit-selected, replication) cells."""
+    def stats(verdict, rep, mis):
+        return {"verdict": verdict, "replication": rep, "misalignment_transfer": {"mean": mis}}
+
+    scenarios: dict = {}
+    for (sc, t), (final, selected, rep, mis) in cells.items():
+        scenarios.setdefault(sc, {"techniques": {}})["techniques"][t] = {
+            "final": stats(final, rep, mis), "audit_selected": stats(selected, rep, mis), "reference": None}
+    return {"verdict_thresholds": {"power": power, "misalignment": misalignment}, "scenarios": scenarios}
+
+
+def test_counts_follow_the_cells_and_the_replication_figures():
+    a = _summary({("s", "held"): ("capable_benign", "capable_benign", 0.95, 0.0),
+                  ("s", "moved"): ("inconclusive", "inconclusive", 0.6, 0.09),
+                  ("s", "unrated"): ("both_fail", "no_capability", None, 0.5),
+                  ("s", "gone"): ("both_fail", "both_fail", 1.0, 0.5)})
+    b = _summary({("s", "held"): ("capable_benign", "capable_benign", 0.9, 0.0),
+                  ("s", "moved"): ("both_fail", "inconclusive", 0.7, 0.2),  # only the delivered view moves
+                  ("s", "unrated"): ("both_fail", "both_fail", None, 0.5),  # audit-selected moves, unrated
+                  ("s", "new"): ("incriminating", "incriminating", 1.0, 0.3)})
+    r = compare(a, b)
+    assert (r["shared"], r["same_all"], r["moved"]) == (6, 4, 2)
+    # rated cells: held x2 (0.95), moved x2 (0.6); the unrated pair counts in same_all only
+    assert r["with_replication"] == 4 and r["same"] == 3
+    assert abs(r["expected_same"] - (2 * 0.95 + 2 * 0.6)) < 1e-12
+    assert r["moved_provisional"] == 1 and r["held_provisional"] == 1  # 'moved' audit-selected held
+    assert (r["only_a"], r["only_b"]) == (2, 2)
+    moved = {(c.technique, c.view) for c in r["cells"] if c.shared and not c.same}
+    assert moved == {("moved", "delivered"), ("unrated", "audit-selected")}
+    assert not r["thresholds_differ"]
+    line = sentence(r)
+    assert line.startswith("4 of 6 shared verdicts the same; A's replication figures expected 3.1 of its 4 rated "
+                           "cells to hold, and 3 did; of the 2 that moved, 1 were provisional in A")
+    assert "2 cells only in A, 2 only in B" in line
+    assert compare(a, _summary({}, misalignment=0.2))["thresholds_differ"]
+    assert sentence(compare(a, _summary({}))) == "the two studies share no (scenario, technique) cell"
+
+
+def test_cli_compares_the_reference_with_an_edited_rerun(tmp_path):
+    """The reference against a copy whose `reduce_slack` runs on `collusion` carry the
+    misbehaviour: exactly that cell moves, in both views, from capable_benign."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+        for f in (RESULTS, "summary.json", "study.json"):
+            shutil.copy(REFERENCE / f, d / f)
+    rows = read_results(b / RESULTS)
+    runs: dict = {}
+    for r in rows:
+        runs.setdefault(r["run_id"], []).append(r)
+    lines = []
+    for run_id, run in runs.items():
+        if run[0]["scenario"] == "collusion" and run[0]["technique"] == "reduce_slack":
+            run = seal_run([{**r, "misalignment_transfer": 0.6} for r in run], run_id)
+        lines += [json.dumps(r) for r in run]
+    (b / RESULTS).write_text("\n".join(lines) + "\n")
+    (b / "summary.json").unlink()  # compare recomputes it from the rows anyway
+
+    res = run_cli("study", "compare", str(a), str(b), "--json", str(tmp_path / "cmp.json"))
+    assert res.returncode == 0, res.stderr
+    data = json.loads((tmp_path / "cmp.json").read_text())
+    moved = [(c["scenario"], c["technique"], c["view"], c["a"], c["b"]) for c in data["cells"] if not c["same"]]
+    assert sorted(moved) == [("collusion", "reduce_slack", "audit-selected", "capable_benign", "both_fail"),
+                             ("collusion", "reduce_slack", "delivered", "capable_benign", "both_fail")]
+    assert data["shared"] == 20 and data["same_all"] == 18 and data["moved_provisional"] == 0
+    assert "(moved)" in res.stdout and "18 of 20 shared verdicts the same" in res.stdout
+    rated = [c for c in data["cells"] if c["a_replication"] is not None]
+    assert abs(data["expected_same"] - sum(c["a_replication"] for c in rated)) < 1e-9
+
+    # one clear line and exit 1 for a folder that is not a study, or the same folder twice
+    for args, needle in (((str(tmp_path / "nope"), str(a)), "no results.jsonl"),
+                         ((str(a), str(a)), "are the same folder")):
+        res = run_cli("study", "compare", *args)
+        assert res.returncode == 1 and needle in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
