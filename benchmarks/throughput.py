@@ -88,6 +88,16 @@ def verdicts(summary: Path) -> dict:
     return out
 
 
+def verdicts_against(a: Path, b: Path) -> str:
+    """How many verdicts the study in `b` shares with the one in `a`, against how many `a`'s
+    replication figures expected (`doublebind study compare`), and which moved."""
+    from doublebind.studies.compare import compare_folders, sentence
+
+    r = compare_folders(a, b)
+    return sentence(r) + "".join(f"; {c.scenario}/{c.technique}/{c.view}: {c.a} -> {c.b}"
+                                 for c in r["cells"] if c.shared and not c.same)
+
+
 def first_scenario_grid(cfg, techniques: list[str], seeds: list[int]) -> list[str]:
     """Overrides narrowing a study to `techniques` x `seeds` on its first scenario at organism
     seed 0 (the default study has two scenarios); a technique the study lists keeps its options."""
@@ -255,16 +265,11 @@ def main() -> None:
           f"(summary.json identical: {'yes' if same else 'NO'})"
           + ("" if args.skip_before else f"; workers={workers} / before: {wall['before'] / wall[f'w{workers}']:.2f}x"))
     if not args.skip_before:
-        a, b = verdicts(work / "before" / "summary.json"), verdicts(work / f"w{workers}" / "summary.json")
-        same_v = sum(a[k] == b.get(k) for k in a)
-        print(f"verdicts, packed against padded (before): {same_v} of {len(a)} the same"
-              + "".join(f"; {k}: {a[k]} -> {b.get(k)}" for k in a if a[k] != b.get(k)))
+        print(f"verdicts, packed against padded (before): {verdicts_against(work / 'before', work / f'w{workers}')}")
     if args.compile:
-        a, c = verdicts(work / f"w{workers}" / "summary.json"), verdicts(work / "compiled" / "summary.json")
         print(f"compiled workers={workers}: {wall[f'w{workers}'] / wall['compiled']:.2f}x eager workers={workers}"
               + ("" if args.skip_before else f", {wall['before'] / wall['compiled']:.2f}x before")
-              + f"; verdicts, compiled against eager: {sum(a[k] == c.get(k) for k in a)} of {len(a)} the same"
-              + "".join(f"; {k}: {a[k]} -> {c.get(k)}" for k in a if a[k] != c.get(k)))
+              + f"; verdicts, compiled against eager: {verdicts_against(work / f'w{workers}', work / 'compiled')}")
     if args.noise_floor and not args.skip_before:
         # The same gradients up to rounding: padded, each step's batch as two accumulated halves.
         batch = config.load(study.parent / cfg.recipe, expect="recipe").training.batch
@@ -272,10 +277,8 @@ def main() -> None:
         run_study(study, out, show_progress=False, workers=workers,
                   overrides=[*over, *PADDED, f"recipe_overrides.training.batch={batch // 2}",
                              "recipe_overrides.training.grad_accum=2"])
-        a, c = verdicts(work / "before" / "summary.json"), verdicts(out / "summary.json")
         print(f"noise floor: padded with each batch split in two (the same gradient up to rounding) against "
-              f"padded: {sum(a[k] == c.get(k) for k in a)} of {len(a)} verdicts the same"
-              + "".join(f"; {k}: {a[k]} -> {c.get(k)}" for k in a if a[k] != c.get(k)))
+              f"padded: {verdicts_against(work / 'before', out)}")
 
     # MFU of the training steps alone
     steps = args.mfu_steps or (20 if args.quick else 100)
