@@ -47,6 +47,12 @@ def test_counts_follow_the_cells_and_the_replication_figures():
     assert line.startswith("4 of 6 shared verdicts the same; A's replication figures expected 3.1 of its 4 rated "
                            "cells to hold, and 3 did; of the 2 that moved, 1 were provisional in A")
     assert "2 cells only in A, 2 only in B" in line
+    # with several organism builds A also rates a rerun on the same builds
+    a["scenarios"]["s"]["techniques"]["held"]["final"]["replication_same_organisms"] = 0.99
+    a["scenarios"]["s"]["techniques"]["moved"]["final"]["replication_same_organisms"] = 0.7
+    r = compare(a, b)
+    assert r["with_replication_same_organisms"] == 2 and abs(r["expected_same_organisms"] - 1.69) < 1e-12
+    assert "to hold (1.7 of 2 for a rerun on the same organism builds), and 3 did" in sentence(r)
     assert compare(a, _summary({}, misalignment=0.2))["thresholds_differ"]
     assert sentence(compare(a, _summary({}))) == "the two studies share no (scenario, technique) cell"
 

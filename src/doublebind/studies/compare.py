@@ -31,6 +31,7 @@ class Cell:
     a: str | None  # verdict in A (None: the cell is not in A)
     b: str | None
     a_replication: float | None
+    a_replication_same_organisms: float | None  # for a rerun on A's organism builds (several builds only)
     a_provisional: bool
     a_misalignment: float | None
     b_misalignment: float | None
@@ -57,7 +58,10 @@ def compare(a: dict, b: dict) -> dict:
     "moved", "moved_provisional", "held_provisional", "with_replication", "thresholds_differ"}.
     `expected_same` sums A's replication over the shared cells that have one
     (`with_replication` of them); `same` counts, among those, the cells that kept their verdict
-    (`same_all` counts every shared cell)."""
+    (`same_all` counts every shared cell). With several organism builds per scenario A also
+    has `replication_same_organisms`, the figure for a rerun on the same builds with new seeds:
+    `expected_same_organisms` sums it (a rerun that only changes rounding, on the same builds,
+    is closer to that one)."""
     power = a["verdict_thresholds"].get("power", 0.8)
     ca, cb = _cells(a), _cells(b)
     cells = []
@@ -65,17 +69,21 @@ def compare(a: dict, b: dict) -> dict:
         sa, sb = ca.get(key), cb.get(key)
         cells.append(Cell(*key, a=sa and sa["verdict"], b=sb and sb["verdict"],
                           a_replication=sa.get("replication") if sa else None,
+                          a_replication_same_organisms=sa.get("replication_same_organisms") if sa else None,
                           a_provisional=bool(sa) and provisional(sa, power),
                           a_misalignment=sa["misalignment_transfer"]["mean"] if sa else None,
                           b_misalignment=sb["misalignment_transfer"]["mean"] if sb else None,
                           a_deciding=tuple(sa.get("deciding") or ()) if sa else ()))
     shared = [c for c in cells if c.shared]
     rated = [c for c in shared if c.a_replication is not None]
+    kept_builds = [c for c in shared if c.a_replication_same_organisms is not None]
     moved = [c for c in shared if not c.same]
     return {
         "cells": cells, "shared": len(shared), "same_all": sum(c.same for c in shared),
         "with_replication": len(rated), "same": sum(c.same for c in rated),
         "expected_same": sum(c.a_replication for c in rated),
+        "with_replication_same_organisms": len(kept_builds),
+        "expected_same_organisms": sum(c.a_replication_same_organisms for c in kept_builds),
         "moved": len(moved), "moved_provisional": sum(c.a_provisional for c in moved),
         "held_provisional": sum(c.a_provisional for c in shared if c.same),
         "only_a": sum(c.b is None for c in cells), "only_b": sum(c.a is None for c in cells),
@@ -109,8 +117,10 @@ def sentence(result: dict) -> str:
         return "the two studies share no (scenario, technique) cell"
     parts = [f"{r['same_all']} of {r['shared']} shared verdicts the same"]
     if r["with_replication"]:
+        kept = (f" ({r['expected_same_organisms']:.1f} of {r['with_replication_same_organisms']} for a rerun on "
+                f"the same organism builds)" if r["with_replication_same_organisms"] else "")
         parts.append(f"A's replication figures expected {r['expected_same']:.1f} of its {r['with_replication']} "
-                     f"rated cells to hold, and {r['same']} did")
+                     f"rated cells to hold{kept}, and {r['same']} did")
     if r["moved"]:
         parts.append(f"of the {r['moved']} that moved, {r['moved_provisional']} were provisional in A "
                      f"(replication below {r['power']})")
