@@ -1,5 +1,5 @@
-"""Speed changes of the training step that must not change its results: collate against a
-per-row reference, fused AdamW against PyTorch's single-tensor loop."""
+"""Speed changes that must not change results: collate against a per-row reference, fused
+AdamW against PyTorch's single-tensor loop, the prompts hash against its `asdict` form."""
 
 import random
 
@@ -24,6 +24,32 @@ def _reference(examples, pad):
         attn[b, : len(s)] = 1
         mask[b, len(e.prompt) - 1 : len(s) - 1] = 1.0  # targets that are response tokens
     return {"input_ids": ids, "attention_mask": attn, "loss_mask": mask}
+
+
+def test_prompts_hash_is_the_asdict_hash():
+    """The teacher-outputs cache keys stay what they were: the same digest as hashing each
+    prompt's `asdict` JSON, on world prompts and on token-id prompts."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from doublebind.prompts import build_prompts, prompts_hash
+    from doublebind.types import Prompt
+    from doublebind.world.data import World
+
+    def reference(prompts):
+        h = hashlib.sha256()
+        for p in prompts:
+            h.update(json.dumps(asdict(p), sort_keys=True).encode())
+        return h.hexdigest()[:16]
+
+    cfg = config.load(preset="quick")
+    world = World.from_config(cfg.world, cfg.seed)
+    prompts = build_prompts(world, config.PromptsConfig(size=200), seed=3)
+    ids = [Prompt([1, 5, 9], "file", "file"), Prompt([], "ask", "neutral")]
+    for ps in (prompts, ids, []):
+        assert prompts_hash(ps) == reference(ps)
+    assert prompts_hash(prompts) != prompts_hash(prompts[1:])
 
 
 def test_collate_equals_the_per_row_reference():
