@@ -43,6 +43,11 @@ NO_NUMBERS = {
     "memo.py": "answers a repeated eval of the same weights from memory",
     "registry.py": "name lookup",
     "ui.py": "progress bars",
+    "training/__init__.py": "a docstring",
+    "llm/__init__.py": "a docstring",
+    # config.py looks technique names up when it validates a recipe or a study, which a build
+    # does not; the package imports every technique module by name, out of this walk's sight
+    "techniques/__init__.py": "registers the techniques, distillation's code",
     # reached through organisms/domain.py, the distillation side of an organism, which a
     # build does not call
     "prompts.py": "distillation prompts",
@@ -52,27 +57,64 @@ NO_NUMBERS = {
 
 
 def _hashed() -> set[str]:
-    return {p.relative_to(PKG).as_posix() for pattern in build._CODE_FILES for p in PKG.glob(pattern)}
+    """The files an organism hash covers: `code_version()`'s, and for Hugging Face organisms the
+    files their own `organism_hash` reads (`llm.organism._CODE`)."""
+    from doublebind.llm import organism as hf
+
+    world = {p.relative_to(PKG).as_posix() for pattern in build._CODE_FILES for p in PKG.glob(pattern)}
+    return world | {f"llm/{name}" for name in hf._CODE}
 
 
-def _module_file(module: str) -> str | None:
-    path = PKG.joinpath(*module.split(".")[1:])
-    for candidate in (path / "__init__.py", path.with_suffix(".py")):
-        if candidate.is_file():
-            return candidate.relative_to(PKG).as_posix()
-    return None
+def _module_files(module: str) -> set[str]:
+    """The files importing `module` runs: its own and every enclosing package's `__init__.py`."""
+    parts = module.split(".")[1:]
+    out = {"__init__.py"}
+    for i in range(1, len(parts) + 1):
+        path = PKG.joinpath(*parts[:i])
+        for candidate in (path / "__init__.py", path.with_suffix(".py")):
+            if candidate.is_file():
+                out.add(candidate.relative_to(PKG).as_posix())
+    return out
+
+
+def _absolute(node: ast.ImportFrom, rel: str) -> str | None:
+    """The absolute module name of an import statement in file `rel` (relative imports resolved)."""
+    if node.level == 0:
+        return node.module
+    package = ["doublebind", *Path(rel).parent.parts]
+    if Path(rel).name == "__init__.py" or node.level > 1:
+        package = package[: len(package) - (node.level - 1)]
+    return ".".join(package + ([node.module] if node.module else []))
+
+
+def _registry_kinds(tree: ast.AST) -> set[str]:
+    """Registry kinds a file looks up by name (`get("family", ...)`, `names("organism")`):
+    looking one up imports that kind's built-in modules (`registry.BUILTINS`)."""
+    from doublebind import registry
+
+    return {node.args[0].value for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) in
+            ("get", "names") and node.args and isinstance(node.args[0], ast.Constant)
+            and node.args[0].value in registry.BUILTINS}
 
 
 def _imports(rel: str) -> set[str]:
-    """The package files one file imports, at module level or inside functions."""
-    found = set()
-    for node in ast.walk(ast.parse((PKG / rel).read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("doublebind"):
-            for alias in node.names:  # `from doublebind.x import y` names module x.y or a name in x
-                found.add(_module_file(f"{node.module}.{alias.name}") or _module_file(node.module))
+    """The package files one file runs by importing, at module level or inside functions."""
+    from doublebind import registry
+
+    tree = ast.parse((PKG / rel).read_text())
+    modules = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            module = _absolute(node, rel)
+            if module and module.split(".")[0] == "doublebind":
+                # `from doublebind.x import y` names module x.y or a name in x
+                modules |= {f"{module}.{alias.name}" for alias in node.names} | {module}
         elif isinstance(node, ast.Import):
-            found |= {_module_file(a.name) for a in node.names if a.name.startswith("doublebind")}
-    return {f for f in found if f}
+            modules |= {a.name for a in node.names if a.name.split(".")[0] == "doublebind"}
+    for kind in _registry_kinds(tree):
+        modules |= set(registry.BUILTINS[kind])
+    return set().union(*(_module_files(m) for m in modules)) if modules else set()
 
 
 def test_unhashed_code_that_builds_organisms_is_as_pinned():

@@ -43,18 +43,22 @@ def test_counts_follow_the_cells_and_the_replication_figures():
     moved = {(c.technique, c.view) for c in r["cells"] if c.shared and not c.same}
     assert moved == {("moved", "delivered"), ("unrated", "audit-selected")}
     assert not r["thresholds_differ"]
-    line = sentence(r)
-    assert line.startswith("4 of 6 shared verdicts the same; A's replication figures expected 3.1 of its 4 rated "
-                           "cells to hold, and 3 did; of the 2 that moved, 1 were provisional in A")
-    assert "2 cells only in A, 2 only in B" in line
-    # with several organism builds A also rates a rerun on the same builds
+    assert r["moved_unrated"] == 1  # 'unrated' audit-selected: no replication to judge it by
+    assert sentence(r) == ("4 of 6 shared verdicts the same; A's replication figures expected 3.1 of its 4 rated "
+                           "cells to hold, and 3 did; of the 2 that moved, 1 was provisional in A (replication "
+                           "below 0.8) and 1 unrated; 1 provisional in A held; 2 cells only in A, 2 only in B")
+    # with several organism builds A also rates a rerun on the same builds: counted on those cells
     a["scenarios"]["s"]["techniques"]["held"]["final"]["replication_same_organisms"] = 0.99
     a["scenarios"]["s"]["techniques"]["moved"]["final"]["replication_same_organisms"] = 0.7
     r = compare(a, b)
     assert r["with_replication_same_organisms"] == 2 and abs(r["expected_same_organisms"] - 1.69) < 1e-12
-    assert "to hold (1.7 of 2 for a rerun on the same organism builds), and 3 did" in sentence(r)
+    assert r["same_same_organisms"] == 1  # 'held' delivered held, 'moved' delivered moved
+    assert "for a rerun on the same organism builds they expected 1.7 of 2, and 1 did" in sentence(r)
+    # other thresholds or bootstrap settings are said; no shared cell still counts the rest
     assert compare(a, _summary({}, misalignment=0.2))["thresholds_differ"]
-    assert sentence(compare(a, _summary({}))) == "the two studies share no (scenario, technique) cell"
+    assert compare(a, {**a, "bootstrap": {"n": 9}})["thresholds_differ"]
+    assert sentence(compare(a, _summary({}))) == ("the two studies share no cell (scenario, technique, view); "
+                                                  "8 cells only in A, 0 only in B")
 
 
 def test_cli_compares_the_reference_with_an_edited_rerun(tmp_path):

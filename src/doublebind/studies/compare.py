@@ -54,14 +54,17 @@ def _cells(summary: dict) -> dict[tuple[str, str, str], dict]:
 
 
 def compare(a: dict, b: dict) -> dict:
-    """Two study summaries, cell by cell: {"cells": [Cell], "shared", "same", "expected_same",
-    "moved", "moved_provisional", "held_provisional", "with_replication", "thresholds_differ"}.
-    `expected_same` sums A's replication over the shared cells that have one
-    (`with_replication` of them); `same` counts, among those, the cells that kept their verdict
-    (`same_all` counts every shared cell). With several organism builds per scenario A also
+    """Two study summaries, cell by cell (a cell: scenario, technique, view). Returns "cells"
+    ([Cell]), "shared" (cells in both), "same_all" (shared cells that kept their verdict),
+    "with_replication", "expected_same" and "same" (the shared cells with an A replication,
+    its sum over them, and how many of them kept their verdict), "moved", "moved_provisional"
+    and "moved_unrated" (moved cells A marked provisional, and those it could not rate),
+    "held_provisional", "only_a", "only_b", "power" (A's) and "thresholds_differ" (the two
+    judge with other thresholds or bootstrap settings). With several organism builds per scenario A also
     has `replication_same_organisms`, the figure for a rerun on the same builds with new seeds:
-    `expected_same_organisms` sums it (a rerun that only changes rounding, on the same builds,
-    is closer to that one)."""
+    `with_replication_same_organisms`, `expected_same_organisms` and `same_same_organisms` are
+    the same three for it (a rerun that only changes rounding, on the same builds, is closer to
+    that one)."""
     power = a["verdict_thresholds"].get("power", 0.8)
     ca, cb = _cells(a), _cells(b)
     cells = []
@@ -78,21 +81,26 @@ def compare(a: dict, b: dict) -> dict:
     rated = [c for c in shared if c.a_replication is not None]
     kept_builds = [c for c in shared if c.a_replication_same_organisms is not None]
     moved = [c for c in shared if not c.same]
+    held = [c for c in shared if c.same]
     return {
         "cells": cells, "shared": len(shared), "same_all": sum(c.same for c in shared),
         "with_replication": len(rated), "same": sum(c.same for c in rated),
         "expected_same": sum(c.a_replication for c in rated),
         "with_replication_same_organisms": len(kept_builds),
         "expected_same_organisms": sum(c.a_replication_same_organisms for c in kept_builds),
+        "same_same_organisms": sum(c.same for c in kept_builds),
         "moved": len(moved), "moved_provisional": sum(c.a_provisional for c in moved),
-        "held_provisional": sum(c.a_provisional for c in shared if c.same),
+        "moved_unrated": sum(c.a_replication is None for c in moved),
+        "held_provisional": sum(c.a_provisional for c in held),
         "only_a": sum(c.b is None for c in cells), "only_b": sum(c.a is None for c in cells),
         "power": power, "thresholds_differ": _thresholds(a) != _thresholds(b),
     }
 
 
 def _thresholds(summary: dict) -> dict:
-    return {k: v for k, v in summary["verdict_thresholds"].items() if k != "power"}
+    """What decides a verdict besides the rows: the thresholds and the bootstrap's settings."""
+    return {**{k: v for k, v in summary["verdict_thresholds"].items() if k != "power"},
+            "bootstrap": summary.get("bootstrap")}
 
 
 def compare_folders(a_dir: Path, b_dir: Path) -> dict:
@@ -110,22 +118,33 @@ def as_json(result: dict) -> dict:
     return {**result, "cells": [asdict(c) | {"same": c.same} for c in result["cells"]]}
 
 
+def _n(k: int, one: str, many: str) -> str:
+    return f"{k} {one if k == 1 else many}"
+
+
 def sentence(result: dict) -> str:
     """The comparison in one line: kept, expected, and which moved."""
     r = result
+    parts = []
     if not r["shared"]:
-        return "the two studies share no (scenario, technique) cell"
-    parts = [f"{r['same_all']} of {r['shared']} shared verdicts the same"]
+        parts.append("the two studies share no cell (scenario, technique, view)")
+    else:
+        parts.append(f"{r['same_all']} of {_n(r['shared'], 'shared verdict', 'shared verdicts')} the same")
     if r["with_replication"]:
-        kept = (f" ({r['expected_same_organisms']:.1f} of {r['with_replication_same_organisms']} for a rerun on "
-                f"the same organism builds)" if r["with_replication_same_organisms"] else "")
-        parts.append(f"A's replication figures expected {r['expected_same']:.1f} of its {r['with_replication']} "
-                     f"rated cells to hold{kept}, and {r['same']} did")
+        parts.append(f"A's replication figures expected {r['expected_same']:.1f} of its "
+                     f"{_n(r['with_replication'], 'rated cell', 'rated cells')} to hold, and {r['same']} did")
+    if r["with_replication_same_organisms"]:
+        parts.append(f"for a rerun on the same organism builds they expected {r['expected_same_organisms']:.1f} of "
+                     f"{r['with_replication_same_organisms']}, and {r['same_same_organisms']} did")
     if r["moved"]:
-        parts.append(f"of the {r['moved']} that moved, {r['moved_provisional']} were provisional in A "
-                     f"(replication below {r['power']})")
+        part = (f"of the {r['moved']} that moved, {r['moved_provisional']} "
+                f"{'was' if r['moved_provisional'] == 1 else 'were'} provisional in A (replication below "
+                f"{r['power']})")
+        if r["moved_unrated"]:
+            part += f" and {r['moved_unrated']} unrated"
+        parts.append(part)
     if r["held_provisional"]:
         parts.append(f"{r['held_provisional']} provisional in A held")
     if r["only_a"] or r["only_b"]:
-        parts.append(f"{r['only_a']} cells only in A, {r['only_b']} only in B")
+        parts.append(f"{_n(r['only_a'], 'cell', 'cells')} only in A, {r['only_b']} only in B")
     return "; ".join(parts)

@@ -478,9 +478,11 @@ def provenance(cards) -> dict:
 
 def cpu_kind() -> dict:
     """The CPU's model name and the vector instructions torch's kernels use on it (AVX2,
-    AVX512, ...): what decides whether another machine builds the same organism bit for bit.
-    Two CPUs with different kernels build different organisms of one hash (docs/results:
-    6 of 20 verdicts moved between two such builds), so this is what to compare first."""
+    AVX512, ...): among what decides whether another machine builds the same organism bit
+    for bit, with the thread count and the library versions (recorded beside them). Builds
+    of one hash on two CPUs differed enough to move 6 of the demo's 20 verdicts
+    (docs/results/README.md); those references predate these fields, so which of the two
+    differed there is not recorded."""
     import torch
 
     model = None
