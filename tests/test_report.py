@@ -197,6 +197,22 @@ def test_a_second_report_removes_figures_it_no_longer_draws(study):
     assert not stale.exists() and (study / "figures" / "default" / "baseline.png").is_file()
 
 
+def test_a_scenario_of_one_organism_build_says_what_its_figures_leave_out(study):
+    """With one build per scenario the intervals and replication cover new seeds only; the
+    report says so beside each scenario's organisms, and only there."""
+    one_build = "One organism build: the intervals and the replication figures below cover new seeds"
+    assert one_build not in write_report(study)[0].read_text()  # the fixture has 2 builds per scenario
+    rows = [json.loads(ln) for ln in (study / RESULTS).read_text().splitlines()]
+    (study / RESULTS).write_text("".join(json.dumps(r) + "\n" for r in rows if r["organism_seed"] == ORGANISMS[0]))
+    record = json.loads((study / "study.json").read_text())
+    record["config"]["organism_seeds"] = [ORGANISMS[0]]
+    record["organisms"] = [o for o in record["organisms"] if o["organism_seed"] == ORGANISMS[0]]
+    (study / "study.json").write_text(json.dumps(record))
+    (study / "summary.json").unlink()
+    md = write_report(study)[0].read_text()
+    assert md.count(one_build) == len(SCENARIOS)
+
+
 def test_default_command_and_missing_card(study, tmp_path):
     import shutil
 

@@ -335,7 +335,11 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
     for sc, data in scenarios.items():
         b.append(("h3", sc))
         orgs = ", ".join(f"seed {o}: {h}" for o, h in data["organisms"].items())
-        b.append(("p", f"Organisms (seed: hash): {orgs}."))
+        one_build = ("" if len(data["organisms"]) > 1 else
+                     " One organism build: the intervals and the replication figures below cover new seeds on this "
+                     "build, not the variance between builds, so a rerun on a new build (another organism seed, "
+                     "or this seed built on another CPU) can move more verdicts than they expect.")
+        b.append(("p", f"Organisms (seed: hash): {orgs}.{one_build}"))
         trs, marked = [], []
         for t, j in data["techniques"].items():
             f, a = j["final"], j["audit_selected"]
