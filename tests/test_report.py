@@ -73,7 +73,9 @@ def study(tmp_path):
     (out / "study.json").write_text(json.dumps({
         "config": cfg.model_dump(mode="json"), "study_file": str(tmp_path / "study.yaml"), "organisms": organisms,
         "provenance": {"commit": "c0ffee", "dirty": False, "machine": {"machine": "x86_64", "cpus": 2},
-                       "organisms": [{"organism_hash": "abc123default0", "code_version": "code42"}]}}))
+                       "organisms": [{"organism_hash": "abc123default0", "code_version": "code42"},
+                                     {"organism_hash": "abc123default1", "code_version": "code43",
+                                      "name": "synth-default", "seed": 1, "verified": True}]}}))
     summarize(out, cfg)
     return out
 
@@ -221,6 +223,9 @@ def test_default_command_and_missing_card(study, tmp_path):
     md = md_path.read_text()
     assert f"doublebind report {study}" in md
     assert "card not found" in md
+    # what study.json's provenance recorded of that organism stays in its row
+    row = next(ln for ln in md.splitlines() if "card not found" in ln)
+    assert row.startswith("| default | 1 | abc123default1 | synth-default (verified, build code code43); card not")
 
 
 def test_missing_results_is_one_line_error(tmp_path):

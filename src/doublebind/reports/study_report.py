@@ -440,10 +440,14 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
     if not found:
         b.append(("p", "study.json names no organisms."))
     orows = []
+    recorded = {o.get("organism_hash"): o for o in (study.get("provenance") or {}).get("organisms") or []}
     for org, card, path in found:
-        if card is None:
+        if card is None:  # study.json's provenance still says what the organism was, if not its metrics
+            rec = recorded.get(org.get("organism_hash"))
+            what = (f"{rec.get('name')} ({'verified' if rec.get('verified') else 'NOT verified'}, build code "
+                    f"{rec.get('code_version')}); " if rec else "")
             orows.append([org.get("scenario", "?"), str(org.get("organism_seed")), str(org.get("organism_hash")),
-                          f"card not found (looked for {path})", "", ""])
+                          f"{what}card not found (looked for {path})", "", ""])
             continue
         m = card.get("metrics") or {}
         cap = ", ".join(f"{k} {fmt(x)}" for k, x in ((m.get("teacher") or {}).get("capability") or {}).items())
