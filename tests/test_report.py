@@ -218,6 +218,7 @@ def test_a_scenario_of_one_organism_build_says_what_its_figures_leave_out(study)
 def test_default_command_and_missing_card(study, tmp_path):
     import shutil
 
+    card = json.loads((study / "organisms" / "default-o1" / "organism.json").read_text())
     shutil.rmtree(study / "organisms" / "default-o1")
     md_path, _ = write_report(study)
     md = md_path.read_text()
@@ -226,6 +227,14 @@ def test_default_command_and_missing_card(study, tmp_path):
     # what study.json's provenance recorded of that organism stays in its row
     row = next(ln for ln in md.splitlines() if "card not found" in ln)
     assert row.startswith("| default | 1 | abc123default1 | synth-default (verified, build code code43); card not")
+    # a study.json that keeps a copy of the card (as `study run` writes it) reports it in full
+    record = json.loads((study / "study.json").read_text())
+    next(o for o in record["organisms"] if o["organism_hash"] == "abc123default1")["card"] = card
+    (study / "study.json").write_text(json.dumps(record))
+    md = write_report(study)[0].read_text()
+    assert "card not found" not in md
+    row = next(ln for ln in md.splitlines() if ln.startswith("| default | 1 | abc123default1 |"))
+    assert "synth-default (verified)" in row and "fam_b 0.876" in row
 
 
 def test_missing_results_is_one_line_error(tmp_path):

@@ -75,6 +75,9 @@ def test_study_runs_the_grid_and_resumes_after_a_kill(quick_organism, tmp_path, 
     assert base["final"]["capability_transfer"]["n"] == 2 and base["audit_selected"]["verdict"]
     # rows carry what the retention test needs: base's per-family capability and its families
     assert all(set(r["base_families"]) <= set(r["base_capability"]) <= set(r["capability"]) for r in rows)
+    # study.json keeps a copy of each organism's card, so the results report it without organisms/
+    record = json.loads((out / "study.json").read_text())
+    assert [o["card"]["organism_hash"] for o in record["organisms"]] == [quick_organism[1]["organism_hash"]]
     # provenance: commit, organism hash and build-code hash, machine
     prov = on_disk["provenance"]
     assert prov["organisms"][0]["organism_hash"] == quick_organism[1]["organism_hash"]

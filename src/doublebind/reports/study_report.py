@@ -96,13 +96,19 @@ def _stale_summary(path: Path, summary: dict) -> str | None:
 
 
 def _find_cards(study_dir: Path, study: dict) -> list[tuple[dict, dict | None, Path]]:
-    """(organism entry of study.json, its card or None, where the card was looked for)."""
+    """(organism entry of study.json, its card or None, where the card was found or looked
+    for): the organism's own card, else the copy study.json keeps of it."""
     out = []
     for org in study.get("organisms") or []:
         path = Path(org.get("path", "")) / "organism.json"
         if not path.is_file():  # the study folder moved: look beside it
             path = study_dir / "organisms" / f"{org.get('scenario')}-o{org.get('organism_seed')}" / "organism.json"
-        out.append((org, json.loads(path.read_text()) if path.is_file() else None, path))
+        if path.is_file():
+            out.append((org, json.loads(path.read_text()), path))
+        elif isinstance(org.get("card"), dict):  # organisms/ not kept: the copy made when the study ran
+            out.append((org, org["card"], study_dir / "study.json"))
+        else:
+            out.append((org, None, path))
     return out
 
 

@@ -416,7 +416,10 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
         (out / "study.json").write_text(json.dumps({
             "config": cfg.model_dump(mode="json"), "study_file": str(Path(study_path).resolve()),
             "organisms": [{"scenario": sp.scenario, "organism_seed": sp.organism_seed,
-                           "organism_hash": hashes[sp.key], "path": str(sp.folder(out).resolve())} for sp in specs],
+                           "organism_hash": hashes[sp.key], "path": str(sp.folder(out).resolve()),
+                           # the card travels with the results: a folder copied without organisms/
+                           # (the committed references) still reports its organisms
+                           "card": cards.get(sp.key)} for sp in specs],
             "provenance": provenance(cards.values())}, indent=2))
     run_ids = {r["run_id"] for r in scan.parsed}
     if state.is_main_process:
