@@ -35,7 +35,6 @@ class Cell:
     a_provisional: bool
     a_misalignment: float | None
     b_misalignment: float | None
-    a_deciding: tuple[str, ...]  # the tests that decided A's verdict
 
     @property
     def shared(self) -> bool:
@@ -75,8 +74,7 @@ def compare(a: dict, b: dict) -> dict:
                           a_replication_same_organisms=sa.get("replication_same_organisms") if sa else None,
                           a_provisional=bool(sa) and provisional(sa, power),
                           a_misalignment=sa["misalignment_transfer"]["mean"] if sa else None,
-                          b_misalignment=sb["misalignment_transfer"]["mean"] if sb else None,
-                          a_deciding=tuple(sa.get("deciding") or ()) if sa else ()))
+                          b_misalignment=sb["misalignment_transfer"]["mean"] if sb else None))
     shared = [c for c in cells if c.shared]
     rated = [c for c in shared if c.a_replication is not None]
     kept_builds = [c for c in shared if c.a_replication_same_organisms is not None]
