@@ -140,8 +140,11 @@ def quick_organism(tmp_path_factory, _cache_dir):
 
 
 # A config small enough to build in seconds; it does not verify.
+# An organism built in a few seconds, for tests of the build itself (caching, verification,
+# cards); it fails verification. Batch 8: a batch-32 step is most of such a build's time.
 TINY = [
     "base_training.steps=40", "teacher_training.steps=40", "trusted_training.steps=10",
+    "base_training.batch=8", "teacher_training.batch=8", "trusted_training.batch=8",
     "eval.n_prompts=30", "eval.n_samples=20",
 ]
 

@@ -84,12 +84,27 @@ def _corrupt_card(path):
     path.write_text('{"name": "quick", "organism_hash": ')
 
 
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory):
+    """A cache holding one tiny organism, built once for the module; tests damage copies."""
+    root = tmp_path_factory.mktemp("tiny-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DOUBLEBIND_CACHE", str(root))
+        build_organism(config.load(preset="quick", overrides=TINY), None, strict=False, show_progress=False)
+    return root
+
+
 @pytest.mark.parametrize("role, damage", [("teacher", scramble), ("base", truncate), (None, _corrupt_card)])
-def test_a_corrupt_cached_organism_is_rebuilt_not_used(tmp_path, monkeypatch, capsys, role, damage):
+def test_a_corrupt_cached_organism_is_rebuilt_not_used(tmp_path, monkeypatch, capsys, role, damage, tiny_cache):
+    shutil.copytree(tiny_cache, tmp_path / "cache")
     monkeypatch.setenv("DOUBLEBIND_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(integrity, "RACY_NS", 0)  # stamp at once, as an entry used long ago would be
     cfg = config.load(preset="quick", overrides=TINY)
+    builds = []
+    real = build_mod._build
+    monkeypatch.setattr(build_mod, "_build", lambda *a, **k: builds.append(1) or real(*a, **k))
     card = build_organism(cfg, None, strict=False, show_progress=False)
+    assert builds == []  # the copied entry is a hit
     cached = cache_root() / "organisms" / card["organism_hash"]
     time.sleep(0.05)
     assert build_organism(cfg, None, strict=False, show_progress=False) == card  # a verified hit, stamped
@@ -98,9 +113,6 @@ def test_a_corrupt_cached_organism_is_rebuilt_not_used(tmp_path, monkeypatch, ca
     time.sleep(0.05)
     damage(target)
 
-    builds = []
-    real = build_mod._build
-    monkeypatch.setattr(build_mod, "_build", lambda *a, **k: builds.append(1) or real(*a, **k))
     capsys.readouterr()
     again = build_organism(cfg, tmp_path / "copy", strict=False, show_progress=False)
     err = capsys.readouterr().err
