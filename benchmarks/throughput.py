@@ -263,7 +263,9 @@ def main() -> None:
     same = (work / "w1" / "summary.json").read_bytes() == (work / f"w{workers}" / "summary.json").read_bytes()
     print(f"throughput ratio workers={workers} / workers=1: {wall['w1'] / wall[f'w{workers}']:.2f}x "
           f"(summary.json identical: {'yes' if same else 'NO'})"
-          + ("" if args.skip_before else f"; workers={workers} / before: {wall['before'] / wall[f'w{workers}']:.2f}x"))
+          + ("" if args.skip_before else f"; workers={workers} / before: {wall['before'] / wall[f'w{workers}']:.2f}x")
+          + ("; --quick: runs of seconds, so starting the worker processes (imports, loading the organism) "
+             "weighs on this ratio more than in a study" if args.quick else ""))
     if not args.skip_before:
         print(f"verdicts, packed against padded (before): {verdicts_against(work / 'before', work / f'w{workers}')}")
     if args.compile:
