@@ -44,6 +44,35 @@ def test_bad_input_fails_in_one_line_before_torch_is_imported(tmp_path, args, me
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
 
 
+@pytest.mark.parametrize("env", [{"DOUBLEBIND_THREADS": "1"}, {"LOCAL_WORLD_SIZE": "2", "LOCAL_RANK": "0"}])
+def test_a_thread_policy_does_not_load_torch_before_the_checks(tmp_path, env):
+    """With a thread count to set (DOUBLEBIND_THREADS, or a parallel launcher's), bad input
+    is still refused before torch loads."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "DOUBLEBIND_THREADS")} | env
+    for args in (["validate", str(tmp_path / "missing.yaml")], ["report", str(tmp_path)]):
+        res = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env=env)
+        assert res.stdout.strip().endswith("exit 1 torch False"), (args, res.stdout, res.stderr[-1000:])
+
+
+def test_the_thread_count_is_set_when_torch_loads_later():
+    """The policy set before torch loads takes effect when it does, even after a library has
+    looked torch up without loading it (transformers checks whether it is installed)."""
+    import os
+
+    n = (os.cpu_count() or 1) + 1  # never torch's default, which is at most the core count
+    code = ("import importlib.util, sys\n"
+            "from doublebind.threads import apply_thread_policy\n"
+            f"assert apply_thread_policy() == {n} and 'torch' not in sys.modules\n"
+            "assert importlib.util.find_spec('torch') is not None and 'torch' not in sys.modules\n"
+            "import transformers, torch\n"
+            "print(torch.get_num_threads())\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"DOUBLEBIND_THREADS": str(n)}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert res.returncode == 0 and res.stdout.split() == [str(n)], (res.stdout, res.stderr[-1000:])
+
+
 def test_the_probe_sees_torch_when_a_command_loads_it(tmp_path):
     """The check above can fail: a command that gets past its checks does import torch."""
     res = subprocess.run([sys.executable, "-c", PROBE, "eval", str(tmp_path)], capture_output=True, text=True)

@@ -19,7 +19,10 @@ set DOUBLEBIND_THREADS=1 (or OMP_NUM_THREADS=1) in each; the launchers above are
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import os
+import sys
 
 from doublebind.errors import DoublebindError
 
@@ -74,12 +77,48 @@ def planned_threads(environ=os.environ, cores: int | None = None) -> tuple[int |
 
 def apply_thread_policy(environ=os.environ) -> int | None:
     """Set torch's intra-op threads by the policy; returns the count set, or None when
-    torch's own choice stands (torch is then not even imported here)."""
+    torch's own choice stands. Never imports torch: when it is not loaded yet, the count is
+    set the moment it loads (`_WhenTorchLoads`), so input refused before then is refused in
+    well under a second whatever the policy; when it is loaded, it is set here."""
     n, _ = planned_threads(environ)
     if n is None:
         return None
-    import torch
-
-    if torch.get_num_threads() != n:
+    torch = sys.modules.get("torch")
+    if torch is None:  # one hook, the latest policy's
+        sys.meta_path[:] = [_WhenTorchLoads(n), *(f for f in sys.meta_path if not isinstance(f, _WhenTorchLoads))]
+    elif torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
+
+
+class _WhenTorchLoads(importlib.abc.MetaPathFinder):
+    """Sets torch's threads as soon as torch has loaded, wherever it is first imported.
+
+    An import hook rather than `OMP_NUM_THREADS`: torch caps that variable at the machine's
+    cores when it loads, where `torch.set_num_threads` (what `DOUBLEBIND_THREADS` promises)
+    takes the number as given. It asks the other finders for torch's module spec and runs
+    `set_num_threads` right after the module's own code; it stays in `sys.meta_path` until
+    then, since a spec may be looked up without loading it (`importlib.util.find_spec`, as
+    libraries check whether torch is installed)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "torch":
+            return None
+        spec = next((s for f in list(sys.meta_path) if f is not self and hasattr(f, "find_spec")
+                     and (s := f.find_spec(name, path, target)) is not None), None)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        load, hook = spec.loader.exec_module, self
+
+        def exec_module(module):
+            load(module)
+            if hook in sys.meta_path:
+                sys.meta_path.remove(hook)
+            if module.get_num_threads() != hook.n:
+                module.set_num_threads(hook.n)
+
+        spec.loader.exec_module = exec_module
+        return spec
