@@ -59,5 +59,10 @@ def main(clone: bool, keep: str | None) -> None:
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    main("--clone" in args, args[args.index("--keep") + 1] if "--keep" in args else None)
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clone", action="store_true", help="time `make demo` in a fresh git clone, venv included")
+    ap.add_argument("--keep", metavar="DIR", default=None, help="copy the study folder there afterwards")
+    args = ap.parse_args()
+    main(args.clone, args.keep)

@@ -10,7 +10,6 @@ preset <= 300 s on 2 cores; the subliminal preset's time includes its probe).
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 
@@ -40,4 +39,9 @@ def main(presets: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["quick", "default"])
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("presets", nargs="*", default=["quick", "default"], choices=sorted(TARGETS), metavar="PRESET",
+                    help=f"presets to build cold (default: quick default; any of {', '.join(sorted(TARGETS))})")
+    main(ap.parse_args().presets)

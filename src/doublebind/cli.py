@@ -166,7 +166,7 @@ def _print_table(table: Table) -> None:
 @cli_errors
 def organism_build(
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides"),
-    preset: Optional[str] = typer.Option(None, help="A packaged preset: quick or default."),
+    preset: Optional[str] = typer.Option(None, help="A packaged preset (`doublebind ls presets`), e.g. quick or default."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="An organism config YAML."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write the organism folder."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Rebuild even if a cached build exists."),
