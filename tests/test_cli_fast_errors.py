@@ -66,7 +66,8 @@ def test_the_thread_count_is_set_when_torch_loads_later():
             "from doublebind.threads import apply_thread_policy\n"
             f"assert apply_thread_policy() == {n} and 'torch' not in sys.modules\n"
             "assert importlib.util.find_spec('torch') is not None and 'torch' not in sys.modules\n"
-            "import transformers, torch\n"
+            "import pickle, transformers, torch\n"
+            "pickle.dumps(torch.__spec__)\n"  # the loader is left as it was
             "print(torch.get_num_threads())\n")
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"DOUBLEBIND_THREADS": str(n)}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)

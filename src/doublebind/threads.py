@@ -20,7 +20,6 @@ set DOUBLEBIND_THREADS=1 (or OMP_NUM_THREADS=1) in each; the launchers above are
 from __future__ import annotations
 
 import importlib.abc
-import importlib.util
 import os
 import sys
 
@@ -97,9 +96,11 @@ class _WhenTorchLoads(importlib.abc.MetaPathFinder):
     An import hook rather than `OMP_NUM_THREADS`: torch caps that variable at the machine's
     cores when it loads, where `torch.set_num_threads` (what `DOUBLEBIND_THREADS` promises)
     takes the number as given. It asks the other finders for torch's module spec and runs
-    `set_num_threads` right after the module's own code; it stays in `sys.meta_path` until
-    then, since a spec may be looked up without loading it (`importlib.util.find_spec`, as
-    libraries check whether torch is installed)."""
+    `set_num_threads` right after the module's own code, then restores the loader and leaves
+    `sys.meta_path`; until then it stays, since a spec may be looked up without loading it
+    (`importlib.util.find_spec`, as libraries check whether torch is installed). A finder
+    put in front of it later could load torch without it (none in doublebind's dependencies
+    does)."""
 
     def __init__(self, n: int):
         self.n = n
@@ -111,14 +112,19 @@ class _WhenTorchLoads(importlib.abc.MetaPathFinder):
                      and (s := f.find_spec(name, path, target)) is not None), None)
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
-        load, hook = spec.loader.exec_module, self
+        loader, hook = spec.loader, self
+        load = loader.exec_module
 
         def exec_module(module):
             load(module)
+            if module.__name__ != "torch":  # a loader shared with other modules: not torch yet
+                return
+            if loader.__dict__.get("exec_module") is exec_module:
+                del loader.exec_module  # the loader as it was (picklable again)
             if hook in sys.meta_path:
                 sys.meta_path.remove(hook)
             if module.get_num_threads() != hook.n:
                 module.set_num_threads(hook.n)
 
-        spec.loader.exec_module = exec_module
+        loader.exec_module = exec_module
         return spec
