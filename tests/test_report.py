@@ -143,6 +143,11 @@ def test_report_files_sections_and_numbers(study):
             marked = f["verdict"] in ("capable_benign", "benign", "inconclusive") and _rising(sc, t)
             assert cells[5] == _verdict(f, sc, t) + (" ↑" if marked else "")
             assert cells[6].startswith(f["deciding"][0]) and "MDE" in cells[6]
+            # each deciding test says whether it held, as summary.json records it
+            tests = {x["test"]: x for x in f["tests"]}
+            for name, described in zip(f["deciding"], cells[6].split("; ")):
+                held = tests[name]["passed"]
+                assert described.startswith(f"{name}: ") and (" held (" if held else " failed (") in described
             assert cells[8] == _verdict(a, sc, t)
             assert f"<td>{cap['mean']:.3f} [{cap['ci95'][0]:.3f}, {cap['ci95'][1]:.3f}]</td>" in page
         # the point estimate is the mean of organism means, computed here independently

@@ -204,7 +204,8 @@ def plot_heatmap(summary: dict, power: float | None = None, rising: frozenset = 
                         for v in names], loc="outside lower center", ncol=4, fontsize=7,
                title="\n".join(line for line, shown in [
                    (f"*: a rerun reaches this verdict with probability below {power}", power is not None),
-                   ("↑: misalignment transfer still rising at the last checkpoint", bool(rising))] if shown) or None,
+                   ("↑: capable_benign, benign or inconclusive, with misalignment transfer still rising at the "
+                    "last checkpoint", bool(rising))] if shown) or None,
                title_fontsize=7)
     _suptitle(fig, "verdicts, scenario x technique")
     return _png(fig)
