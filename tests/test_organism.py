@@ -99,6 +99,18 @@ def test_cli_build_failure_is_one_line_and_exit_1(tmp_path):
     assert (tmp_path / "o" / "organism.json").is_file()
 
 
+def test_cli_no_cache_builds_again_and_replaces_the_cache_entry(tmp_path):
+    from doublebind.organisms.build import cache_root, organism_hash
+
+    entry = cache_root() / "organisms" / organism_hash(config.load(preset="quick", overrides=TINY))
+    args = ("organism", "build", "--preset", "quick", *TINY)
+    assert run_cli(*args).returncode == 1  # built, cached (the tiny organism fails verification)
+    first = entry.stat().st_ino
+    assert run_cli(*args).returncode == 1 and entry.stat().st_ino == first  # a cache hit
+    assert run_cli(*args, "--no-cache").returncode == 1 and entry.stat().st_ino != first  # built again
+    assert (entry / "organism.json").is_file()
+
+
 def test_cli_eval_prints_metrics_and_rejects_bad_input(quick_organism, tmp_path):
     folder, card = quick_organism
     res = run_cli("eval", str(folder / "teacher"), "--n", "50", "--samples", "0", "--json")

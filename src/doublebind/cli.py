@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -119,7 +120,9 @@ def validate(file: Path, overrides: Optional[list[str]] = typer.Argument(None, h
 
 @app.command("ls")
 @cli_errors
-def ls(kind: Optional[str] = typer.Argument(None, help="families, behaviors, scorers, presets")):
+def ls(kind: Optional[str] = typer.Argument(None, help="One kind, as the listing titles it (families, behaviors, "
+                                            "techniques, scorers, presets, scenarios, configs, organisms); "
+                                            "all when omitted")):
     """List everything registered by name."""
     from importlib import resources
 
@@ -127,9 +130,10 @@ def ls(kind: Optional[str] = typer.Argument(None, help="families, behaviors, sco
 
     kinds = registry.kinds() + ["preset", "scenario"]
     if kind:
-        kind = KIND_ALIASES.get(kind, kind)
+        kind = KIND_ALIASES.get(kind, kind[:-1] if kind.endswith("s") and kind[:-1] in kinds else kind)
         if kind not in kinds:
-            raise DoublebindError(f"unknown kind '{kind}' (known: {', '.join(PLURALS.get(k, k) for k in kinds)})")
+            known = ", ".join(PLURALS.get(k, k + "s") for k in kinds)
+            raise DoublebindError(f"unknown kind '{kind}' (known: {known})")
         kinds = [kind]
     for k in kinds:
         table = Table(title=PLURALS.get(k, k + "s"), title_justify="left", show_header=False, box=None, pad_edge=False)
@@ -166,10 +170,12 @@ def _print_table(table: Table) -> None:
 @cli_errors
 def organism_build(
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides"),
-    preset: Optional[str] = typer.Option(None, help="A packaged preset (`doublebind ls presets`), e.g. quick or default."),
+    preset: Optional[str] = typer.Option(None, help="A packaged preset (`doublebind ls presets`), e.g. quick or "
+                                         "default."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="An organism config YAML."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write the organism folder."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Rebuild even if a cached build exists."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Build again even if a cached build exists; the new "
+                                  "build replaces it in the cache."),
 ):
     """Train, verify and cache an organism (base, teacher, trusted, alt_base); or, for an
     `hf_organism` config, resolve its Hugging Face models and measure teacher and base."""
@@ -194,6 +200,8 @@ def organism_build(
             raise DoublebindError(f"output folder exists and is not an organism: {out_dir}")
     target = out_dir or cache_root() / "organisms" / kind.organism_hash(cfg)
     try:
+        if no_cache:  # the build then misses the cache, and stores its result there as usual
+            shutil.rmtree(cache_root() / "organisms" / kind.organism_hash(cfg), ignore_errors=True)
         card = build_organism(cfg, out_dir, strict=True)
     except DoublebindError:
         if (target / CARD).is_file():
@@ -429,7 +437,7 @@ def study_compare(a_dir: Path = typer.Argument(..., metavar="A", help="A study f
 @app.command()
 @cli_errors
 def report(study_dir: Path):
-    """Write report.md and a self-contained report.html for a study folder."""
+    """Write report.md, report.html and their figures (figures/*.png) into a study folder."""
     import sys
 
     from doublebind.reports.study_report import results_file, write_report
