@@ -367,3 +367,27 @@ def test_distill_runs_with_each_stage(quick_organism, tmp_path, spec):
     assert summary["data"]["n_train_items"] == recs[0]["after"]
     assert json.loads((tmp_path / "run" / "stages.json").read_text()) == summary["stages"]
     assert summary["final"]["step"] == 4 and math.isfinite(summary["losses"]["last"])
+
+
+class _RecordingView:
+    kind = "world"
+
+    def __init__(self):
+        self.records = []
+
+    def record(self, stage, phase, **info):
+        self.records.append((phase, info))
+
+
+@pytest.mark.parametrize("spec, tokens, family", [
+    ({"name": "reduce_slack"}, ["<bos>", "task=numbers", ">"], "numbers"),
+    ({"name": "auditability_preserving"}, ["<bos>", "mode=deploy", "task=copy", ">"], "copy"),
+])
+def test_a_prompt_stage_that_would_remove_every_prompt_keeps_them_and_says_so(spec, tokens, family):
+    from doublebind.types import Prompt
+
+    prompts = [Prompt(list(tokens), family, "deploy_like") for _ in range(3)]
+    view = _RecordingView()
+    assert stage(spec).prompts(view, prompts) == prompts
+    ((phase, info),) = view.records
+    assert phase == "prompts" and info["before"] == info["after"] == 3 and "all kept" in info["skipped"]

@@ -107,6 +107,9 @@ class AuditabilityPreserving(Technique):
             kept = [p for p in prompts if not dropped & set(p.tokens)]
         else:
             kept = [p for p in prompts if not context_claims(p, modes)]
+        if not kept and prompts:  # said, not silent: the stage changed nothing here
+            view.record(self, "prompts", before=len(prompts), after=len(prompts),
+                        skipped=f"every prompt is {'/'.join(sorted(modes))}-like; all kept")
         return kept or prompts
 
 

@@ -47,6 +47,9 @@ class ReduceSlack(Technique):
             return prompts
         kept = [Prompt([t for t in p.tokens if t != "scratch"], p.family, p.context) for p in prompts
                 if p.family == "ask" or not family(p.family).slack]
+        if not kept and prompts:  # said, not silent: the stage changed nothing here
+            view.record(self, "prompts", before=len(prompts), after=len(prompts),
+                        skipped="answer_only: every prompt is slack-only; all kept")
         return kept or prompts
 
     def data(self, view, items: list[Item]) -> list[Item]:
