@@ -94,6 +94,12 @@ FILE_CASES = [
     ("comments-only", {"c.yaml": "# nothing here\n\n"}, ["validate", "{d}/c.yaml"], "empty"),
     ("top-list", {"c.yaml": "- 1\n- 2\n"}, ["validate", "{d}/c.yaml"], "mapping"),
     ("top-scalar", {"c.yaml": "42\n"}, ["validate", "{d}/c.yaml"], "mapping"),
+    # a technique named by something other than a string (found by test_random_config_trees)
+    ("stage-name-list", {"c.yaml": "kind: study\nname: t\nscenarios: [default]\nrecipe: r.yaml\n"
+                                   "techniques: [{name: []}]\nseeds: [0]\n"},
+     ["validate", "{d}/c.yaml"], "techniques: stages.0.name: expected a technique name, got list"),
+    ("stage-name-dict", {"c.yaml": "kind: recipe\nname: r\nstages: [{name: {a: 1}}]\n"},
+     ["validate", "{d}/c.yaml"], "stages.0.name: expected a technique name, got dict"),
     ("unclosed", {"c.yaml": "kind: recipe\nprompts: {size: [1\n"}, ["validate", "{d}/c.yaml"], "not valid YAML"),
     ("tab-indent", {"c.yaml": "kind: recipe\nprompts:\n\tsize: 3\n"}, ["validate", "{d}/c.yaml"], "not valid YAML"),
     ("duplicate-key", {"c.yaml": "kind: recipe\nseed: 1\nseed: 2\n"}, ["validate", "{d}/c.yaml"], "duplicate key 'seed'"),

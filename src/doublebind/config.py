@@ -743,6 +743,8 @@ def validate_stage(spec: Any, index: int) -> dict:
     """Check one `stages:` entry; errors name `stages.<i>.<field>`."""
     if not isinstance(spec, dict) or "name" not in spec:
         raise ValueError(f"stages.{index}: needs a `name`")
+    if not isinstance(spec["name"], str):
+        raise ValueError(f"stages.{index}.name: expected a technique name, got {type(spec['name']).__name__}")
     params = {k: v for k, v in spec.items() if k != "name"}
     from doublebind.registry import get
 
