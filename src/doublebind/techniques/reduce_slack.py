@@ -29,7 +29,9 @@ class ReduceSlack(Technique):
     """reduce_slack: answer-only targets, canonical free parts and a greedy teacher."""
 
     domains = ("world", "hf")
-    needs = ("verifiers",)
+    # the teacher's sampling (greedy), the prompt set (answer-only) and the task language
+    # (which families and fields are free: `family(...).slack`, the scratch field)
+    needs = ("teacher", "prompts", "verifiers")
 
     class Config(Strict):
         answer_only: bool = Field(default=True, description="Drop scratch requests and slack-only prompts.")
