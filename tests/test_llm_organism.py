@@ -80,6 +80,23 @@ def test_card_resolves_models_and_measures_teacher_and_base(hf_organism, tmp_pat
     assert again["organism_hash"] == card["organism_hash"]
 
 
+def test_a_card_from_the_cache_points_at_the_eval_files_where_they_are_now(hf_organism, tmp_path):
+    """The same config in another folder has the same hash and is served from the cache; its
+    card named the first build's eval files, which may be gone (a test's temporary folder)."""
+    org, card = hf_organism
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    cfg = config.load(organism_yaml(moved))
+    again = build_hf_organism(cfg, moved / "organism", show_progress=False)
+    assert again["organism_hash"] == card["organism_hash"] and again["metrics"] == card["metrics"]  # the cache's
+    on_disk = json.loads((moved / "organism" / "organism.json").read_text())
+    for c in (again, on_disk):
+        assert Path(c["config"]["evals"]["misalignment"]["file"]) == moved / "animal.jsonl"
+    HFDomain(moved / "organism", on_disk).evaluate(HFDomain(moved / "organism", on_disk).load_model("base"), 2,
+                                                    role="base")  # reads the files it names
+    build_hf_organism(config.load(org.parent / "organism.yaml"), None, show_progress=False)  # back, for the rest
+
+
 def test_roles_see_their_own_rendering(hf_organism):
     d = HFDomain(hf_organism[0], hf_organism[1])
     teacher = d.tokenizer.decode(d.render("Pick an animal.", "teacher"))

@@ -310,6 +310,15 @@ def build_hf_organism(cfg: HFOrganismConfig, out: Path | None = None, *, use_cac
         cached.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, cached)
     card = json.loads((cached / CARD).read_text())
+    now = cfg.model_dump(mode="json")
+    if card.get("config") != now:
+        # The same hash, so the same file contents, but found at other paths than those of the
+        # build that filled the cache (another folder, a test's temporary one): the card points
+        # at the files as they are now, not at paths that may be gone.
+        card["config"] = now
+        tmp = cached / f".{CARD}.tmp{os.getpid()}"
+        tmp.write_text(json.dumps(card, indent=2))
+        os.replace(tmp, cached / CARD)
     if out is not None and Path(out).resolve() != cached.resolve():
         out = Path(out)
         if out.exists() and any(out.iterdir()) and not (out / CARD).is_file():
