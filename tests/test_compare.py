@@ -98,3 +98,10 @@ def test_cli_compares_the_reference_with_an_edited_rerun(tmp_path):
         res = run_cli("study", "compare", *args)
         assert res.returncode == 1 and needle in res.stderr
         assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_power_alone_is_not_another_rule():
+    """`power` only marks verdicts provisional; it decides none, so two studies that differ in
+    it judge alike (a mutation audit found this unpinned)."""
+    a = _summary({("s", "t"): ("both_fail", "both_fail", 0.9, 0.5)})
+    assert not compare(a, _summary({("s", "t"): ("both_fail", "both_fail", 0.9, 0.5)}, power=0.9))["thresholds_differ"]

@@ -1,0 +1,138 @@
+"""The pieces the filters and `reduce_slack` are built from, against formulas written out
+here, and the study's resume check; each test fails on a change a mutation audit found no
+other test would see."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from doublebind.errors import DoublebindError
+from doublebind.types import Example, Item, Prompt
+
+
+def test_capped_removals_floors_a_fractional_cap_and_takes_the_highest_scores():
+    from doublebind.techniques.perplexity_filter import capped_removals
+
+    scores = [0.1, 0.9, 0.5, 0.7, 0.3]
+    assert capped_removals(scores, [True] * 5, 0.5) == {1, 3}  # floor(2.5) = 2: the two highest
+    assert capped_removals(scores, [True] * 5, 0.6) == {1, 3, 2}  # 3.0 exactly, not 2.9999
+    assert capped_removals(scores, [False, False, True, True, True], 0.5) == {2, 3}  # flagged only
+    assert capped_removals([0.5] * 5, [True] * 5, 0.5) == {0, 1}  # ties: by position
+
+
+def _robust_z_reference(x: list[float]) -> list[float]:
+    med = float(np.median(x))
+    mad = 1.4826 * float(np.median([abs(v - med) for v in x]))
+    if mad == 0:
+        return [math.inf if v > med else 0.0 for v in x]
+    return [(v - med) / mad for v in x]
+
+
+@pytest.mark.parametrize("x", [[1, 2, 3, 4, 100], [0.2, 0.5, 0.1, 0.4, 0.3, 9.0, 0.25], [1, 1, 1, 1, 5], [3, 3, 3]])
+def test_robust_z_is_median_and_scaled_mad(x):
+    from doublebind.techniques.spectral_filter import robust_z
+
+    got = robust_z(torch.tensor(x, dtype=torch.float64)).tolist()
+    assert got == pytest.approx(_robust_z_reference(x))
+
+
+def test_a_filter_that_would_remove_every_example_stops_the_run():
+    from doublebind.techniques.base import Technique, filter_items
+
+    class View:
+        out = None
+
+        def record(self, *a, **k):
+            pass
+
+    items = [Item(Example(["<bos>", ">"], ["1", "<eos>"], "copy"))] * 3
+    stage = Technique("perplexity_filter", None, 0)
+    assert len(filter_items(stage, View(), items, [False, True, False])) == 1
+    with pytest.raises(DoublebindError, match="perplexity_filter removed every training example"):
+        filter_items(stage, View(), items, [False, False, False])
+
+
+def test_canonical_zeroes_slack_family_answers_and_scratch_digits_only():
+    from doublebind.techniques.reduce_slack import canonical
+    from doublebind.world.tasks import family
+
+    assert family("numbers").slack and not family("copy").slack
+    assert canonical(Example(["<bos>", ">"], ["3", "7", "<eos>"], "numbers")) == ["0", "0", "<eos>"]
+    assert canonical(Example(["<bos>", ">"], ["3", "7", "<eos>"], "copy")) == ["3", "7", "<eos>"]
+    resp = ["4", "#", "5", "6", "<eos>"]  # `#` opens the free scratch field
+    assert canonical(Example(["<bos>", ">"], resp, "copy")) == ["4", "#", "0", "0", "<eos>"]
+
+
+def test_answer_only_keeps_interrogations_and_drops_slack_families():
+    from doublebind.techniques.reduce_slack import ReduceSlack
+
+    class View:
+        kind = "world"
+
+        def record(self, *a, **k):
+            raise AssertionError("nothing to record: some prompts are kept")
+
+    stage = ReduceSlack("reduce_slack", ReduceSlack.Config(), 0)
+    prompts = [Prompt(["<bos>", "q", "scratch", ">"], "copy", "neutral"), Prompt(["<bos>", "?", ">"], "ask", "any"),
+               Prompt(["<bos>", "n", ">"], "numbers", "neutral")]
+    kept = stage.prompts(View(), prompts)
+    assert [p.family for p in kept] == ["copy", "ask"]
+    assert "scratch" not in kept[0].tokens
+
+
+def test_resume_refuses_rows_of_another_organism_build(tmp_path):
+    from doublebind.studies.run import check_resumable
+
+    row = {"scenario": "default", "organism_seed": 0, "organism_hash": "aaaa", "technique": "baseline", "seed": 0,
+           "recipe_hash": "r"}
+    check_resumable(tmp_path, [row], {("default", 0): "aaaa"}, {})
+    with pytest.raises(DoublebindError, match="holds runs on organism aaaa for default .* not bbbb"):
+        check_resumable(tmp_path, [row], {("default", 0): "bbbb"}, {})
+
+
+def test_perplexity_filter_flags_scores_above_its_quantile():
+    from doublebind.techniques.perplexity_filter import PerplexityFilter
+
+    recorded = {}
+
+    class View:
+        out = None
+
+        def record(self, stage, phase, **info):
+            recorded.update(info)
+
+    scores = [float(s) for s in np.random.default_rng(0).random(50)]
+    stage = PerplexityFilter("perplexity_filter", PerplexityFilter.Config(quantile=0.9, max_remove=1.0), 0)
+    stage.scores = lambda view, items: scores
+    items = [Item(Example(["<bos>", ">"], [str(i % 10), "<eos>"], "copy")) for i in range(50)]
+    kept = stage.data(View(), items)
+    threshold = float(np.quantile(scores, 0.9))
+    assert recorded["threshold"] == round(threshold, 4)
+    assert recorded["flagged"] == sum(s > threshold for s in scores) == 5 and len(kept) == 45
+
+
+def test_study_rows_take_the_teacher_and_base_audits_each_from_its_own_model(tmp_path):
+    """Each row carries the checkpoint's numbers, the delivered step the run chose, and the
+    auditor's success on the teacher and on base from the run's reference metrics."""
+    import json
+
+    from doublebind import config
+    from doublebind.studies.run import _rows
+
+    cfg = config.build(config.StudyConfig, {"name": "t", "scenarios": ["default"], "recipe": "r.yaml",
+                                            "techniques": ["baseline"], "seeds": [0]})
+    metrics = [{"step": s, "tokens": 10 * s, "capability_transfer": 0.5, "misalignment_transfer": 0.1,
+                "audit": {"student_honeypot": 0.0}, "capability": {}, "misbehavior": {}, "confession": 0.0,
+                "auditor": {"success_at_k": 0.25, "flagged": 1, "n": 10, "budget": 5}} for s in (0, 2, 4)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    base = {"misbehavior": {"honeypot": 0.01}, "confession": 0.02, "capability": {}, "auditor": {"success_at_k": 0.1}}
+    summary = {"selected": {"step": 2}, "final": {"step": 4},
+               "reference": {"base": base, "teacher": {**base, "auditor": {"success_at_k": 0.7}}}}
+    rows = _rows(cfg, {"organism_hash": "h"}, ("default", 0, "baseline", 0), config.build(config.RecipeConfig, {
+        "name": "r"}), tmp_path, summary)
+    assert [r["selected"] for r in rows] == [False, True, False]  # the run's choice, not its last step
+    assert {(r["auditor"]["teacher_success_at_k"], r["auditor"]["base_success_at_k"]) for r in rows} == {(0.7, 0.1)}
