@@ -96,9 +96,11 @@ def cli_errors(fn):
 def _setup() -> None:
     # runs before every command: the thread policy (doublebind.threads)
     from doublebind.threads import apply_thread_policy
+    from doublebind.ui import progress_every
 
     try:
         apply_thread_policy()
+        progress_every()
     except DoublebindError as e:
         say_error(e)
         raise typer.Exit(1) from None
@@ -171,7 +173,7 @@ def _print_table(table: Table) -> None:
 def organism_build(
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides"),
     preset: Optional[str] = typer.Option(None, help="A packaged preset (`doublebind ls presets`), e.g. quick or "
-                                         "default."),
+                                         "default; `default` when neither --preset nor --config is given."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="An organism config YAML."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write the organism folder."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Build again even if a cached build exists; the new "
@@ -181,18 +183,20 @@ def organism_build(
     `hf_organism` config, resolve its Hugging Face models and measure teacher and base."""
     from doublebind import config
 
-    if preset is None and config_file is None:
-        preset = "default"
-    cfg = config.load(config_file, overrides or [], preset=preset if config_file is None else None,
+    if preset is not None and config_file is not None:
+        raise DoublebindError(f"give --preset or --config, not both (got --preset {preset} and --config {config_file})")
+    cfg = config.load(config_file, overrides or [], preset=preset or ("default" if config_file is None else None),
                       expect="organism")
     from doublebind.organisms.build import CARD, build_organism, cache_root  # these import torch (seconds)
     from doublebind.organisms.kinds import kind_of_config
     from doublebind.organisms.models import quiet_transformers
 
     quiet_transformers()
+    from doublebind.paths import check_cache_root, check_out_dir
+
     kind = kind_of_config(cfg)
+    check_cache_root()
     if out_dir is not None:
-        from doublebind.paths import check_out_dir
 
         check_out_dir(out_dir, "--out", what="an organism")
         if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / CARD).is_file():
@@ -275,6 +279,9 @@ def eval_cmd(
         raise DoublebindError(f"no checkpoint folder at {model_dir}")
     if organism is not None and not organism.is_dir():
         raise DoublebindError(f"--organism {organism}: no such folder")
+    unreadable = [p for p in sorted(model_dir.iterdir()) if p.is_file() and not os.access(p, os.R_OK)]
+    if unreadable:  # the loader would call it missing
+        raise DoublebindError(f"{unreadable[0]}: permission denied (the checkpoint cannot be read)")
     from doublebind.organisms.models import quiet_transformers  # imports torch (seconds): after the checks
 
     quiet_transformers()
@@ -309,7 +316,7 @@ def distill(
     recipe: Path = typer.Option(..., help="Recipe YAML (see configs/recipes/)."),
     out_dir: Path = typer.Option(..., "--out", help="Run folder to write."),
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides of the recipe"),
-    force: bool = typer.Option(False, help="Overwrite a finished run in --out."),
+    force: bool = typer.Option(False, help="Overwrite a run in --out, finished or stopped."),
     tracker: Optional[str] = typer.Option(None, help=TRACKER_HELP),
 ):
     """Distil the organism's teacher into a student; write metrics.jsonl, summary.json, curves."""
@@ -412,11 +419,20 @@ def study_compare(a_dir: Path = typer.Argument(..., metavar="A", help="A study f
 
     for d in (a_dir, b_dir):
         results_file(d)  # a wrong folder fails before torch loads
-    from doublebind.studies.compare import as_json, compare_folders, sentence
+    if json_out is not None:
+        from doublebind.paths import check_out_dir
+
+        if json_out.is_dir():
+            raise DoublebindError(f"--json {json_out} is a folder; name a file")
+        if not json_out.exists():  # the nearest existing folder must take it
+            check_out_dir(json_out, "--json", what="an output")
+        elif not os.access(json_out, os.W_OK):
+            raise DoublebindError(f"--json {json_out}: cannot write to it (permission denied)")
+    from doublebind.studies.compare import as_json, compare_folders, notes, sentence
 
     result = compare_folders(a_dir, b_dir)
-    if result["thresholds_differ"]:
-        out("note: the two studies judge with different verdict thresholds; a moved verdict may be the rule's")
+    for note in notes(result):
+        out(f"note: {note}")
     cells = [c for c in result["cells"] if all_cells or not c.same]
     if cells:
         table = Table("scenario", "technique", "view", "A", "A replication", "B", "misalignment A -> B",
@@ -489,8 +505,9 @@ def replicate_subliminal_digits(
     setup.check()
     for m in sweep or []:
         sd.Setup(aux=m).check()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DoublebindError(f"--out {out_dir} exists and is not a folder")
+    from doublebind.paths import check_out_dir
+
+    check_out_dir(out_dir, "--out", what="an output")  # before minutes of training, not after
     if threads:
         import torch
 

@@ -670,6 +670,8 @@ def build(cls: type[Strict], data: dict, source: str = "config") -> Any:
     An unknown top-level key is reported before pydantic runs: its validators would first
     check every registered name (techniques, families), and the technique registry imports
     torch, seconds of start-up for a typo."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings, got {_kind_of(data)}")
     unknown = [k for k in data if k not in cls.model_fields]
     if unknown:
         raise ConfigError(f"{source}: {unknown[0]}: unknown key")
@@ -684,6 +686,10 @@ def build(cls: type[Strict], data: dict, source: str = "config") -> Any:
         raise ConfigError(f"{source}: {loc}: {msg}") from None
     except ConfigError as e:  # raised inside a validator (unknown registry name)
         raise ConfigError(f"{source}: {e}") from None
+
+
+def _kind_of(x: Any) -> str:
+    return "nothing" if x is None else type(x).__name__
 
 
 def preset_names() -> list[str]:

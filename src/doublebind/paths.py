@@ -1,9 +1,11 @@
 """Checks on output folders, made before any work starts.
 
     check_out_dir(path, "--out", what="a run")
+    check_cache_root()
 
 An output path that is a file, that lies inside a file, or whose nearest existing folder
-cannot be written to is refused at once with one line, not after minutes of training.
+cannot be written to is refused at once with one line, not after minutes of training; so is
+a cache ($DOUBLEBIND_CACHE) that cannot hold what a build or a run stores there.
 """
 
 from __future__ import annotations
@@ -28,3 +30,17 @@ def check_out_dir(path: Path, flag: str = "--out", *, what: str = "an output") -
         raise DoublebindError(f"{flag} {path}: {parent} is a file, so no folder can be made inside it")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise DoublebindError(f"{flag} {path}: cannot write to {parent} (permission denied)")
+
+
+def check_cache_root() -> Path:
+    """The cache root (`cards.cache_root()`), refused with one line naming $DOUBLEBIND_CACHE
+    when builds and teacher outputs could not be stored there (a file, or not writable)."""
+    from doublebind.cards import cache_root
+
+    root = cache_root()
+    named = "DOUBLEBIND_CACHE" if "DOUBLEBIND_CACHE" in os.environ else "the cache (default; set DOUBLEBIND_CACHE)"
+    try:
+        check_out_dir(root, named, what="a cache")
+    except DoublebindError as e:
+        raise DoublebindError(f"{e}; builds and teacher outputs are stored there") from None
+    return root

@@ -35,11 +35,23 @@ def fmt_duration(seconds: float) -> str:
     return f"{s / 86400:.1f} days"
 
 
-def _every() -> float:
-    try:
-        return max(1.0, float(os.environ.get("DOUBLEBIND_PROGRESS_EVERY", "30")))
-    except ValueError:
+def progress_every() -> float:
+    """DOUBLEBIND_PROGRESS_EVERY in seconds (at least 1; unset or empty: 30); a value that is
+    not a positive number is one error, as for the other DOUBLEBIND_ settings (the CLI checks it
+    before any command runs)."""
+    text = os.environ.get("DOUBLEBIND_PROGRESS_EVERY", "").strip()
+    if not text:
         return 30.0
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        from doublebind.errors import DoublebindError
+
+        raise DoublebindError(f"DOUBLEBIND_PROGRESS_EVERY={text!r}: expected a number of seconds > 0")
+    return max(1.0, value)
+
 
 
 class _Tracker:
@@ -110,7 +122,7 @@ def _plain_progress(tracker: _Tracker):
     """Plain status lines from a background thread: they appear even while one unit of work
     (a long step, one run of a study) is still going."""
     stop = threading.Event()
-    every = _every()
+    every = progress_every()
 
     def report() -> None:
         wait = FIRST_REPORT_S

@@ -67,9 +67,26 @@ def _load_json(path: Path, what: str) -> dict:
     if not path.is_file():
         raise DoublebindError(f"{path.parent}: no {what} ({path.name} not found); is this a study folder?")
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise DoublebindError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    if not isinstance(data, dict):
+        raise DoublebindError(f"{path}: not a {what} (a JSON object), but {_json_kind(data)}")
+    return data
+
+
+def _json_kind(x) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(x), "a number")
+
+
+def _check_study_record(path: Path, study: dict) -> None:
+    """The parts of study.json the report and `study compare` read besides its config (checked
+    by `_study_config`): the organisms, a list of objects."""
+    orgs = study.get("organisms")
+    if orgs is not None and not (isinstance(orgs, list) and all(isinstance(o, dict) for o in orgs)):
+        raise DoublebindError(f"{path}: organisms: expected a list of objects, got {_json_kind(orgs)}"
+                              + (" holding other values" if isinstance(orgs, list) else ""))
 
 
 def _study_config(study_dir: Path, study: dict):
@@ -79,7 +96,7 @@ def _study_config(study_dir: Path, study: dict):
 
     try:
         return config.build(config.StudyConfig, study.get("config") if isinstance(study, dict) else None,
-                            str(study_dir / "study.json"))
+                            f"{study_dir / 'study.json'}: config")
     except ConfigError as e:
         raise DoublebindError(f"{e} (study.json records the study's settings)") from None
 
@@ -102,7 +119,7 @@ def _find_cards(study_dir: Path, study: dict) -> list[tuple[dict, dict | None, P
     for): the organism's own card, else the copy study.json keeps of it."""
     out = []
     for org in study.get("organisms") or []:
-        path = Path(org.get("path", "")) / "organism.json"
+        path = Path(str(org.get("path") or "")) / "organism.json"
         if not path.is_file():  # the study folder moved: look beside it
             path = study_dir / "organisms" / f"{org.get('scenario')}-o{org.get('organism_seed')}" / "organism.json"
         if path.is_file():
@@ -294,6 +311,7 @@ def load_study(study_dir: Path, what: str = "the report") -> tuple[dict, Any, di
     if not scan.rows:
         raise DoublebindError(f"{results}: no finished runs yet")
     study = _load_json(study_dir / "study.json", "study record")
+    _check_study_record(study_dir / "study.json", study)
     return study, scan, compute_summary(scan.runs, _study_config(study_dir, study))
 
 

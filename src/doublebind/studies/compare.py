@@ -107,9 +107,37 @@ def compare_folders(a_dir: Path, b_dir: Path) -> dict:
 
     if Path(a_dir).resolve() == Path(b_dir).resolve():
         raise DoublebindError(f"{a_dir} and {b_dir} are the same folder; compare a study with a rerun of it")
-    _, _, a = load_study(Path(a_dir), "study compare")
-    _, _, b = load_study(Path(b_dir), "study compare")
-    return compare(a, b)
+    _, scan_a, a = load_study(Path(a_dir), "study compare")
+    _, scan_b, b = load_study(Path(b_dir), "study compare")
+    result = compare(a, b)
+    ra, rb = _recipes(scan_a.rows), _recipes(scan_b.rows)
+    shared = [k for k in ra if k in rb]  # the same run (scenario, organism seed, technique, seed) in both
+    pairs = {(k[0], k[2]) for k in shared}  # (scenario, technique)
+    result["studies"] = [a.get("study"), b.get("study")]
+    result["recipes_shared"] = len(pairs)
+    result["recipes_differ"] = len({(k[0], k[2]) for k in shared if ra[k] != rb[k]})
+    return result
+
+
+def _recipes(rows: list[dict]) -> dict[tuple, str | None]:
+    """The recipe hash of each run of a study's rows, by (scenario, organism seed, technique, seed)."""
+    return {(r["scenario"], r.get("organism_seed"), r["technique"], r.get("seed")): r.get("recipe_hash")
+            for r in rows}
+
+
+def notes(result: dict) -> list[str]:
+    """What makes two folders something other than one study run twice: `study compare` prints
+    these before its table, since each one, not training noise, may be why a verdict moved."""
+    out = []
+    names = result.get("studies") or [None, None]
+    if names[0] != names[1]:
+        out.append(f"A is study '{names[0]}' and B is study '{names[1]}': compared cell by cell as if B reran A")
+    if result.get("recipes_differ"):
+        out.append(f"{result['recipes_differ']} of {result['recipes_shared']} shared (scenario, technique) pairs ran "
+                   f"another recipe in B (their recipe hashes differ); a moved verdict may be the recipe's")
+    if result.get("thresholds_differ"):
+        out.append("the two studies judge with different verdict thresholds; a moved verdict may be the rule's")
+    return out
 
 
 def as_json(result: dict) -> dict:

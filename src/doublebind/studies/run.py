@@ -37,7 +37,7 @@ from pathlib import Path
 
 from doublebind import config
 from doublebind.errors import ConfigError, DoublebindError
-from doublebind.paths import check_out_dir
+from doublebind.paths import check_cache_root, check_out_dir
 from doublebind.studies.verdicts import effect, judge_runs
 from doublebind.ui import progress_bar
 
@@ -393,6 +393,11 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
     n_workers = workers_for(workers)  # a bad DOUBLEBIND_WORKERS stops here, before any work
     out = Path(out)
     check_out_dir(out, "--out", what="a study")
+    check_cache_root()
+    for name in (RESULTS, "summary.json", "study.json"):  # found before any run trains, not after the first
+        if (out / name).is_dir():
+            raise DoublebindError(f"{out / name} is a folder, not a file; the study writes its {name} there "
+                                  f"(move the folder away)")
     out.mkdir(parents=True, exist_ok=True)
     state = _process_state()  # under `accelerate launch`, only the main process writes
     results = out / RESULTS
@@ -669,6 +674,9 @@ def summarize(out: Path, cfg, write: bool = True) -> dict:
     if write:
         path = Path(out) / "summary.json"
         tmp = path.with_name(f".summary.json.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(json.dumps(summary, indent=2))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return summary

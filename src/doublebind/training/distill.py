@@ -437,12 +437,17 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
     from doublebind.reports.curves import plot_transfer
     from doublebind.students import save_student
 
-    from doublebind.paths import check_out_dir
+    from doublebind.paths import check_cache_root, check_out_dir
 
     out = Path(out)
     check_out_dir(out, "--out", what="a run")
     if (out / "summary.json").exists() and not force:
         raise DoublebindError(f"{out} already holds a finished run; choose another --out or pass --force")
+    kept = [name for name in ("metrics.jsonl", "checkpoints") if (out / name).exists()]
+    if kept and not force:  # a run that stopped (a non-finite loss, an interruption) keeps these for its user
+        raise DoublebindError(f"{out} holds an unfinished run ({' and '.join(kept)} kept from it); choose another "
+                              f"--out, or pass --force to overwrite it")
+    check_cache_root()
     t0 = time.perf_counter()
     d = Distiller(organism_dir, recipe, out, show_progress)
     main = d.accelerator.is_main_process

@@ -1,0 +1,162 @@
+"""Bad input found by an audit of the command line (every subcommand, about 200 cases): each
+is one error line that names the problem, given before any work, and work already done is
+kept. Every test here failed on the code before the fix it checks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from doublebind.errors import DoublebindError
+from doublebind.reports.study_report import load_study
+from doublebind.studies.run import RESULTS, read_results, seal_run
+
+from .conftest import run_cli
+
+REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "results"
+
+
+def _copy_reference(to: Path) -> Path:
+    to.mkdir(parents=True)
+    for f in (RESULTS, "summary.json", "study.json"):
+        shutil.copy(REFERENCE / f, to / f)
+    return to
+
+
+def _one_line(res, needle: str) -> None:
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], res.stderr
+    assert "internal error" not in res.stderr
+
+
+@pytest.mark.parametrize("record, needle", [
+    ([1], "not a study record (a JSON object), but a list"),
+    (None, "not a study record (a JSON object), but null"),
+    ("hello", "but a string"),
+    ({}, "config: expected a mapping of settings, got nothing"),
+    ("config=5", "config: expected a mapping of settings, got int"),
+    ("organisms=x", "organisms: expected a list of objects, got a string"),
+    ("organisms=[1]", "organisms: expected a list of objects, got a list holding other values"),
+])
+def test_a_study_record_of_the_wrong_shape_is_named(tmp_path, record, needle):
+    """study.json that is valid JSON but not a study record: it was an internal error."""
+    d = _copy_reference(tmp_path / "s")
+    if isinstance(record, str) and "=" in record:
+        key, value = record.split("=")
+        real = json.loads((d / "study.json").read_text())
+        real[key] = {"5": 5, "x": "x", "[1]": [1]}[value]
+        record = real
+    (d / "study.json").write_text(json.dumps(record))
+    with pytest.raises(DoublebindError, match="study.json") as e:
+        load_study(d)
+    assert needle in str(e.value)
+
+
+def test_report_and_compare_name_a_bad_study_record(tmp_path):
+    bad = _copy_reference(tmp_path / "bad")
+    (bad / "study.json").write_text("[1]")
+    good = _copy_reference(tmp_path / "good")
+    _one_line(run_cli("report", str(bad)), "not a study record")
+    _one_line(run_cli("study", "compare", str(good), str(bad)), "not a study record")
+
+
+def test_compare_says_when_b_is_another_study_or_ran_another_recipe(tmp_path):
+    """Two unrelated studies were compared as a rerun without a word."""
+    a, b = _copy_reference(tmp_path / "a"), _copy_reference(tmp_path / "b")
+    runs: dict = {}
+    for r in read_results(b / RESULTS):
+        runs.setdefault(r["run_id"], []).append(r)
+    lines = []
+    for run_id, run in runs.items():
+        edit = {"study": "other"}
+        if run[0]["technique"] == "baseline" and run[0]["scenario"] == "default":
+            edit["recipe_hash"] = "0" * 16
+        lines += [json.dumps(r) for r in seal_run([{**r, **edit} for r in run], run_id)]
+    (b / RESULTS).write_text("\n".join(lines) + "\n")
+    record = json.loads((b / "study.json").read_text())
+    record["config"]["name"] = "other"
+    (b / "study.json").write_text(json.dumps(record))
+    res = run_cli("study", "compare", str(a), str(b))
+    assert res.returncode == 0, res.stderr
+    assert "note: A is study 'default' and B is study 'other'" in res.stdout
+    assert "note: 1 of 10 shared (scenario, technique) pairs ran another recipe in B" in res.stdout
+    res = run_cli("study", "compare", str(a), str(_copy_reference(tmp_path / "c")))
+    assert res.returncode == 0 and "note:" not in res.stdout  # a plain rerun says neither
+
+
+def test_compare_json_inside_a_file_is_named(tmp_path):
+    a, b = _copy_reference(tmp_path / "a"), _copy_reference(tmp_path / "b")
+    (tmp_path / "f").write_text("")
+    _one_line(run_cli("study", "compare", str(a), str(b), "--json", str(tmp_path / "f" / "x.json")),
+              "f is a file, so no folder can be made inside it")
+    _one_line(run_cli("study", "compare", str(a), str(b), "--json", str(tmp_path)), "is a folder; name a file")
+
+
+def test_build_refuses_preset_and_config_together(tmp_path):
+    """--preset was silently ignored when --config was given too."""
+    cfg = Path(__file__).resolve().parent.parent / "configs" / "organisms" / "default_loyalty.yaml"
+    _one_line(run_cli("organism", "build", "--preset", "quick", "--config", str(cfg), "--out", str(tmp_path / "o")),
+              "give --preset or --config, not both")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("where, needle", [
+    ("cachefile", "is a file, not a cache folder"),
+    ("cachefile/cache", "cachefile is a file, so no folder can be made inside it"),
+])
+def test_a_cache_that_cannot_be_written_is_refused_before_a_build(tmp_path, where, needle):
+    """A DOUBLEBIND_CACHE that is a file was found only after the whole build, which was lost."""
+    (tmp_path / "cachefile").write_text("hi")
+    res = run_cli("organism", "build", "--preset", "quick", "--out", str(tmp_path / "o"), env_cache=tmp_path / where)
+    _one_line(res, needle)
+    assert "DOUBLEBIND_CACHE" in res.stderr and not (tmp_path / "o").exists()
+
+
+def test_distill_keeps_an_unfinished_run_unless_forced(tmp_path):
+    """A run stopped by a non-finite loss keeps its checkpoints; rerunning into the same folder
+    overwrote them without a word."""
+    from doublebind import config
+    from doublebind.training.distill import distill
+
+    recipe = config.load(Path(__file__).resolve().parent.parent / "configs" / "recipes" / "hard_sft.yaml",
+                         expect="recipe")
+    out = tmp_path / "run"
+    (out / "checkpoints" / "step_00000").mkdir(parents=True)
+    (out / "metrics.jsonl").write_text('{"step": 0}\n')
+    with pytest.raises(DoublebindError, match=r"holds an unfinished run \(metrics.jsonl and checkpoints kept"):
+        distill(tmp_path / "no-organism", recipe, out, show_progress=False)
+    assert (out / "metrics.jsonl").read_text() == '{"step": 0}\n'
+    with pytest.raises(DoublebindError, match="no organism at"):  # --force goes on to the run itself
+        distill(tmp_path / "no-organism", recipe, out, show_progress=False, force=True)
+
+
+@pytest.mark.parametrize("name", [RESULTS, "summary.json", "study.json"])
+def test_a_study_file_that_is_a_folder_is_refused_before_any_run(tmp_path, name):
+    """results.jsonl as a folder was found after the first run had trained; summary.json as a
+    folder was reported under a temporary file's name, which was left behind."""
+    from doublebind.studies.run import run_study
+
+    study = Path(__file__).resolve().parent.parent / "configs" / "studies" / "quick.yaml"
+    (tmp_path / "s" / name).mkdir(parents=True)
+    with pytest.raises(DoublebindError, match=f"{name} is a folder, not a file"):
+        run_study(study, tmp_path / "s", show_progress=False)
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [name]
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "0", "nan", "inf"])
+def test_a_bad_progress_interval_is_one_error(monkeypatch, tmp_path, value):
+    """DOUBLEBIND_PROGRESS_EVERY fell back to 30 s without a word, unlike the other settings."""
+    monkeypatch.setenv("DOUBLEBIND_PROGRESS_EVERY", value)
+    _one_line(run_cli("validate", str(tmp_path / "missing.yaml")), "DOUBLEBIND_PROGRESS_EVERY")
+
+
+def test_a_good_progress_interval_is_taken(monkeypatch):
+    from doublebind.ui import progress_every
+
+    for value, seconds in (("", 30.0), ("0.2", 1.0), ("45", 45.0)):
+        monkeypatch.setenv("DOUBLEBIND_PROGRESS_EVERY", value)
+        assert progress_every() == seconds
