@@ -217,3 +217,31 @@ def test_recipe_errors_are_one_line(tmp_path, quick_organism):
     res = run_cli("distill", "--organism", str(tmp_path / "missing"), "--recipe", str(r), "--out", str(tmp_path / "o"))
     assert res.returncode == 1 and "no organism at" in res.stderr and "Traceback" not in res.stderr
     random.seed(0)
+
+
+@pytest.mark.parametrize("mode", ["select", "stop"])
+def test_a_checkpoint_stage_selects_or_stops_the_run(quick_organism, tmp_path, mode):
+    """A stage's `select` names the checkpoint the run delivers (not the last), and its `stop`
+    ends the run there; `distill_and_audit` relies on both."""
+    from doublebind import registry
+    from doublebind.techniques.base import Technique
+
+    class Pick(Technique):
+        """_test_pick: selects step 0, or stops at step 2."""
+
+        def checkpoint(self, view, step, model):
+            return {"select": step == 0} if mode == "select" else {"stop": step == 2}
+
+    registry.register("technique", "_test_pick")(Pick)
+    try:
+        r = recipe(training={"steps": 4, "checkpoint_every": 2, "save_weights": False},
+                   stages=[{"name": "_test_pick"}], eval={"n_prompts": 4, "n_samples": 0})
+        summary = distill(quick_organism[0], r, tmp_path / "run", show_progress=False, plot=False)
+    finally:
+        registry._REGISTRY["technique"].pop("_test_pick")
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    if mode == "select":
+        assert steps == [0, 2, 4] and summary["final"]["step"] == 4 and summary["selected"]["step"] == 0
+        assert summary["stopped_at"] is None
+    else:
+        assert steps == [0, 2] and summary["stopped_at"] == 2 and summary["selected"]["step"] == 2
