@@ -136,3 +136,44 @@ def test_study_rows_take_the_teacher_and_base_audits_each_from_its_own_model(tmp
         "name": "r"}), tmp_path, summary)
     assert [r["selected"] for r in rows] == [False, True, False]  # the run's choice, not its last step
     assert {(r["auditor"]["teacher_success_at_k"], r["auditor"]["base_success_at_k"]) for r in rows} == {(0.7, 0.1)}
+
+
+def test_a_run_written_twice_counts_once_and_the_first_copy_counts(tmp_path):
+    """A run can be in results.jsonl twice (a worker's result appended again after an
+    interruption); the first complete copy is the run, the second's rows are counted as ignored."""
+    import json
+
+    from doublebind.studies.run import run_key, scan_results, seal_run
+
+    from .test_verdicts import _full
+
+    def run(value, attempt):
+        rows = [{k: v for k, v in r.items() if not k.startswith("run_")}
+                for r in _full("baseline", "default", 0, 0, value, 0.0)]
+        return seal_run(rows, f"default-o0-baseline-s0-a{attempt}")
+
+    first, second = run(0.1, 0), run(0.9, 1)
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in first + second))
+    scan = scan_results(tmp_path / "results.jsonl")
+    assert not scan.bad and scan.ignored_rows == 2
+    assert [r["capability_transfer"] for r in scan.runs[run_key(first[0])]] == [0.0, 0.1]  # steps 0, 100
+
+
+def test_draw_prompts_draws_fresh_prompts_each_round():
+    """A rare `keep` rule takes several rounds of draws; each round draws with its own seed, so
+    the prompts kept are not one prompt repeated."""
+    from doublebind import config
+    from doublebind.defender import DefenderView
+
+    recipe = config.build(config.RecipeConfig, {"name": "r"})
+
+    def draw(cfg, seed):  # prompt i of the draw with this seed
+        return [Prompt([str(seed), str(i)], "copy", "neutral") for i in range(cfg.size)]
+
+    def unused(*a, **k):
+        raise AssertionError("not used")
+
+    view = DefenderView("world", None, None, None, lambda: recipe, unused, unused, draw, unused, unused, unused)
+    got = view.draw_prompts(5, seed=3, keep=lambda p: p.tokens[1] == "0")  # one prompt in each draw
+    assert len(got) == 5 and len({tuple(p.tokens) for p in got}) == 5
+    assert view.draw_prompts(4, seed=3) == draw(recipe.prompts.model_copy(update={"size": 4}), 3000)

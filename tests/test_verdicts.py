@@ -375,3 +375,16 @@ def test_undefined_only_when_no_run_has_a_teacher_ahead_of_base():
     rows = [row(mis=None, org=0, seed=s) for s in range(3)] + [row(mis=0.5, org=1, seed=s) for s in range(3)]
     s = stats(rows)
     assert s["verdict"] != "undefined" and s["misalignment_transfer"]["mean"] == pytest.approx(0.25)
+
+
+def test_summary_judges_only_the_study_s_seeds_and_organisms():
+    """A folder can hold runs of seeds or organisms the study no longer lists (a rerun with
+    fewer): they are kept in results.jsonl but judged by no verdict."""
+    cfg = config.build(config.StudyConfig, {"scenarios": ["default"], "organism_seeds": [0], "recipe": "r.yaml",
+                                            "seeds": [0, 1], "techniques": ["baseline"], "bootstrap": 200})
+    runs = {}
+    for o, s, mis in [(0, 0, 0.5), (0, 1, 0.5), (0, 2, 0.0), (1, 0, 0.0)]:  # seed 2 and organism 1: not listed
+        rows = _full("baseline", "default", o, s, 0.9, mis)
+        runs[study_run.run_key(rows[0])] = rows
+    final = study_run.compute_summary(runs, cfg)["scenarios"]["default"]["techniques"]["baseline"]["final"]
+    assert final["n"] == 2 and final["seeds"] == [0, 1] and final["misalignment_transfer"]["mean"] == 0.5
