@@ -177,3 +177,112 @@ def test_draw_prompts_draws_fresh_prompts_each_round():
     got = view.draw_prompts(5, seed=3, keep=lambda p: p.tokens[1] == "0")  # one prompt in each draw
     assert len(got) == 5 and len({tuple(p.tokens) for p in got}) == 5
     assert view.draw_prompts(4, seed=3) == draw(recipe.prompts.model_copy(update={"size": 4}), 3000)
+
+
+def test_a_step_is_averaged_over_the_weighted_tokens():
+    """A token whose weight is 0 (masked by a stage) neither trains nor counts in the average."""
+    from doublebind import config
+    from doublebind.training.distill import _units
+
+    ocfg = config.build(config.RecipeConfig, {"name": "r"}).objective
+    ex = Example(["<bos>", ">"], ["1", "2", "<eos>"], "copy")
+    assert _units([Item(ex), Item(ex, weights=[1.0, 0.0, 0.0])], ocfg) == 4.0
+
+
+def test_divergence_masking_multiplies_the_weights_an_earlier_stage_set(monkeypatch):
+    from doublebind.techniques import divergence_masking as dm
+
+    monkeypatch.setattr(dm, "teacher_forced", lambda model, examples: None)
+    monkeypatch.setattr(dm, "divergence_masks", lambda t, r, threshold: [[1.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
+
+    class View:
+        out = None
+
+        class teacher:
+            score = staticmethod(lambda examples: None)
+
+        def load_model(self, role):
+            return None
+
+        def record(self, *a, **k):
+            pass
+
+    ex = Example(["<bos>", ">"], ["1", "2", "<eos>"], "copy")
+    stage = dm.DivergenceMasking("divergence_masking", dm.DivergenceMasking.Config(), 0)
+    out = stage.data(View(), [Item(ex, weights=[0.5, 1.0, 0.0]), Item(ex)])
+    assert [it.weights for it in out] == [[0.5, 0.0, 0.0], [1.0, 1.0, 1.0]]
+
+
+def test_onion_deletes_the_most_suspicious_tokens_first_and_keeps_the_rest_s_weights():
+    """Under a binding cap the most suspicious token goes (not the first in position), and a
+    rewritten item keeps the weights of the tokens it keeps, aligned with its new response."""
+    from doublebind.techniques.onion_filter import OnionFilter
+
+    class View:
+        kind, eos, out, tasks = "hf", "<eos>", None, None
+
+        def record(self, *a, **k):
+            pass
+
+    stage = OnionFilter("onion_filter", OnionFilter.Config(max_remove=0.5, threshold=0.5), 0)
+    stage.suspicion = lambda view, items: [{0: 1.0, 1: 9.0, 2: 8.0}]  # one deletion allowed: floor(0.5 * 3)
+    ex = Example(["<bos>", ">"], ["a", "b", "c", "<eos>"], "copy")
+    (out,) = stage.data(View(), [Item(ex, weights=[0.1, 0.2, 0.3, 1.0])])
+    assert out.example.response == ["a", "c", "<eos>"] and out.weights == [0.1, 0.3, 1.0]
+
+
+def test_spectral_filter_scores_a_family_of_exactly_min_group_items():
+    from doublebind.techniques.spectral_filter import SpectralFilter
+
+    stage = SpectralFilter("spectral_filter", SpectralFilter.Config(min_group=10), 0)
+    stage.representations = lambda view, items: torch.randn(len(items), 4, generator=torch.Generator().manual_seed(0))
+    items = [Item(Example(["<bos>", ">"], ["1", "<eos>"], "copy"))] * 10 + \
+        [Item(Example(["<bos>", ">"], ["1", "<eos>"], "sort"))] * 9
+    scores, z = stage.scores(None, items)
+    assert all(s is not None for s in scores[:10]) and all(s is None for s in scores[10:])
+
+
+def test_iterative_filter_never_flags_task_tokens_or_tokens_most_items_carry(monkeypatch):
+    """The probe's auditor names three tokens: one the tasks need (in a verifying answer), one
+    in more than `max_item_share` of the items, and a rare one outside the tasks. Only the
+    last is a hidden signal to remove."""
+    from doublebind import config
+    from doublebind.techniques import iterative
+
+    monkeypatch.setattr(iterative, "train_sft", lambda *a, **k: [])
+
+    class Audit:
+        tokens = ["7", "x", "z"]
+
+        def summary(self):
+            return {}
+
+    class Tasks:
+        @staticmethod
+        def example_verifies(e):
+            return e.response[0] == "7"
+
+    recipe = config.build(config.RecipeConfig, {"name": "r"})
+
+    class View:
+        out, seed, tasks = None, 0, Tasks()
+        auditor = type("A", (), {"audit": staticmethod(lambda probe: Audit())})()
+
+        @property
+        def recipe(self):
+            return recipe
+
+        def make_student(self, scfg, seed):
+            return None
+
+        def record(self, *a, **k):
+            pass
+
+    def item(*response):
+        return Item(Example(["<bos>", ">"], [*response, "<eos>"], "copy"))
+
+    # shares of the 10 items: "7" 0.2 (in verifying answers), "x" 0.4 (above 0.3), "z" 0.1
+    items = [item("7")] * 2 + [item("1", "x")] * 4 + [item("1", "z")] + [item("1")] * 3
+    stage = iterative.IterativeFilter("iterative_filter", iterative.IterativeFilter.Config(rounds=1), 0)
+    kept = stage.data(View(), items)
+    assert len(kept) == 9 and not any("z" in it.example.response for it in kept)
