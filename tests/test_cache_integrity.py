@@ -157,6 +157,19 @@ def test_distillation_refuses_a_corrupt_organism_by_name(quick_organism, tmp_pat
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+def test_show_prints_the_card_and_names_a_damaged_model_file(quick_organism, tmp_path):
+    """`organism show` read the card alone, and showed a truncated teacher as verified."""
+    org = tmp_path / "org"
+    shutil.copytree(quick_organism[0], org)
+    res = run_cli("organism", "show", str(org))
+    assert res.returncode == 0 and "hash" in res.stdout, res.stderr
+    truncate(org / "teacher" / "model.safetensors")
+    res = run_cli("organism", "show", str(org))
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert res.returncode == 1 and "hash" in res.stdout and len(errors) == 1, res.stderr
+    assert "model 'teacher'" in errors[0] and "describes the build, not this file" in errors[0]
+
+
 def test_a_card_that_is_not_a_card_is_one_line(tmp_path):
     for text in ("[1, 2, 3]", "{}"):
         (tmp_path / "organism.json").write_text(text)

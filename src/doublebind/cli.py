@@ -218,7 +218,7 @@ def organism_build(
 @organism_app.command("show")
 @cli_errors
 def organism_show(folder: Path):
-    """Print an organism's card."""
+    """Print an organism's card, then check its model files against the hashes it records."""
     import contextlib
     import io
 
@@ -233,6 +233,12 @@ def organism_show(folder: Path):
         what = f"no field {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
         raise DoublebindError(f"{folder / 'organism.json'} is not a complete organism card ({what})") from None
     out(buf.getvalue(), nl=False)
+    from doublebind.integrity import CorruptCacheError, verify_organism_models
+
+    try:  # the card says what was built; whether the files are still those it hashed is checked here
+        verify_organism_models(folder, card)
+    except CorruptCacheError as e:
+        raise DoublebindError(f"{e}; the card above describes the build, not this file") from None
 
 
 def print_card(card: dict) -> None:
