@@ -151,11 +151,15 @@ def test_cli_writes_table_json_and_plots(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--aux", "1"], "--aux must be at least 2"),
-    (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--seeds", "0"], "--seeds must be between 1 and 10,000, got 0"),
+    (["--seeds", "100000000"], "--seeds must be between 1 and 10,000"),  # started a 259-day run before
+    (["--n-noise", "100000000"], "--n-noise must be between 1 and 10,000,000"),
+    (["--teacher-epochs", "1000000"], "--teacher-epochs must be between 1 and 10,000"),
+    (["--aux", "1000000"], "--aux must be at most 100,000"),
     (["--aux-sweep", "2,x"], "--aux-sweep takes comma-separated integers"),
     (["--noise", "pink"], "unknown noise 'pink'"),
     (["--aux-sweep", "3,1"], "--aux must be at least 2, got 1"),
-    (["--distill-epochs", "0"], "--distill-epochs must be at least 1"),
+    (["--distill-epochs", "0"], "--distill-epochs must be between 1 and 10,000, got 0"),
 ])
 def test_cli_bad_input_is_one_error_line(tmp_path, args, message):
     res = run_cli("replicate", "subliminal-digits", *args, "--out", str(tmp_path / "x"))

@@ -494,8 +494,8 @@ def replicate_subliminal_digits(
     from doublebind.replicate import subliminal_digits as sd
     from doublebind.ui import progress_bar
 
-    if seeds < 1:
-        raise DoublebindError(f"--seeds must be at least 1, got {seeds}")
+    if not 1 <= seeds <= sd.MAX_SEEDS:
+        raise DoublebindError(f"--seeds must be between 1 and {sd.MAX_SEEDS:,}, got {seeds}")
     if threads < 0:
         raise DoublebindError(f"--threads must be 0 or more, got {threads}")
     sweep = None

@@ -111,14 +111,25 @@ class Setup:
         if self.noise not in NOISES:
             raise DoublebindError(f"unknown noise '{self.noise}' (known: {', '.join(NOISES)})")
         for name in ("teacher_epochs", "teacher_batch", "distill_epochs", "distill_batch", "n_noise"):
-            if getattr(self, name) < 1:
-                raise DoublebindError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+            value, most = getattr(self, name), LIMITS[name]
+            if not 1 <= value <= most:  # the upper bounds lie far above any useful run: a typo, not a study
+                raise DoublebindError(f"--{name.replace('_', '-')} must be between 1 and {most:,}, got {value}")
+        if not 2 <= self.aux <= MAX_AUX:
+            raise DoublebindError(f"--aux must be at most {MAX_AUX:,}, got {self.aux}")
         if not self.hidden or min(self.hidden) < 1:
             raise DoublebindError(f"hidden sizes must be positive, got {self.hidden}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise DoublebindError(f"learning rate must be > 0, got {self.lr}")
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise DoublebindError(f"--temperature must be > 0, got {self.temperature}")
+
+
+# Largest accepted settings (the paper's runs: 13 teacher and 5 student epochs, 60,000 noise
+# images, m = 3): far above any useful run, so a typo is refused at once instead of hanging.
+LIMITS = {"teacher_epochs": 10_000, "teacher_batch": 1_000_000, "distill_epochs": 10_000,
+          "distill_batch": 1_000_000, "n_noise": 10_000_000}
+MAX_AUX = 100_000
+MAX_SEEDS = 10_000
 
 
 @functools.lru_cache(maxsize=1)
