@@ -92,6 +92,10 @@ def test_resume_refuses_rows_of_another_organism_build(tmp_path):
     check_resumable(tmp_path, [row], {("default", 0): "aaaa"}, {})
     with pytest.raises(DoublebindError, match="holds runs on organism aaaa for default .* not bbbb"):
         check_resumable(tmp_path, [row], {("default", 0): "bbbb"}, {})
+    # nor another study's (renaming a study while resuming left rows and summary naming two)
+    check_resumable(tmp_path, [{**row, "study": "s"}], {("default", 0): "aaaa"}, {}, "s")
+    with pytest.raises(DoublebindError, match="holds runs of study 's', not 'renamed'"):
+        check_resumable(tmp_path, [{**row, "study": "s"}], {("default", 0): "aaaa"}, {}, "renamed")
 
 
 def test_perplexity_filter_flags_scores_above_its_quantile():

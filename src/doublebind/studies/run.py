@@ -409,7 +409,7 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
     else:
         scan.check()
     hashes = {sp.key: sp.expected_hash() for sp in specs}
-    check_resumable(out, scan.parsed, hashes, grid)
+    check_resumable(out, scan.parsed, hashes, grid, cfg.name)
     todo = [g for g in grid if g not in scan.runs]
     to_place = [sp for sp in specs if sp.path is None and any(grid[k].spec is sp for k in todo)]
     with state.main_process_first():  # build or copy the organisms that still have runs to do
@@ -581,9 +581,13 @@ def run_recipe(base_recipe, technique: str, stages: list[dict], seed: int):
         "training": base_recipe.training.model_copy(update={"save_weights": False})})
 
 
-def check_resumable(out: Path, rows: list[dict], hashes: dict[tuple[str, int], str], grid: dict) -> None:
-    """Refuse to mix runs of another organism or recipe into this folder's results."""
+def check_resumable(out: Path, rows: list[dict], hashes: dict[tuple[str, int], str], grid: dict,
+                    study: str | None = None) -> None:
+    """Refuse to mix runs of another study, organism or recipe into this folder's results."""
     for r in rows:
+        if study is not None and r.get("study") != study:
+            raise DoublebindError(f"{out} holds runs of study '{r.get('study')}', not '{study}'; choose another "
+                                  f"--out (or give the study its old name)")
         org = (r["scenario"], r["organism_seed"])
         if org in hashes and r["organism_hash"] != hashes[org]:
             raise DoublebindError(f"{out} holds runs on organism {r['organism_hash']} for {org[0]} (organism seed "
