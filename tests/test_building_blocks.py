@@ -290,3 +290,24 @@ def test_iterative_filter_never_flags_task_tokens_or_tokens_most_items_carry(mon
     stage = iterative.IterativeFilter("iterative_filter", iterative.IterativeFilter.Config(rounds=1), 0)
     kept = stage.data(View(), items)
     assert len(kept) == 9 and not any("z" in it.example.response for it in kept)
+
+
+def test_a_stage_s_extra_loss_sees_the_weighted_mask():
+    """`extra_loss` (kl_to_base) gets the loss mask times the per-token weights, so a token a
+    stage masked is regularised no more than it is trained."""
+    from doublebind import config
+    from doublebind.organisms.models import make_model
+    from doublebind.training.distill import micro_loss
+
+    model = make_model(config.ModelConfig(hidden=16, layers=1, heads=2, intermediate=32), 0)
+    ocfg = config.build(config.RecipeConfig, {"name": "r"}).objective
+    prompt = ["<bos>", "mode=train", "1", "2", ">"]
+    items = [Item(Example(prompt, ["1", "2", "<eos>"], "copy"), weights=[1.0, 0.0, 0.5]),
+             Item(Example(prompt, ["1", "2", "<eos>"], "copy"))]
+    seen = []
+    micro_loss(model, items, {}, ocfg.model_copy(update={"kind": "sft"}),
+               extra=lambda model, items, batch, logits, mask: seen.append(mask) or logits.sum() * 0)
+    (mask,) = seen
+    s = len(prompt) - 1  # position s predicts the first response token
+    assert mask[0, s : s + 3].tolist() == [1.0, 0.0, 0.5] and mask[1, s : s + 3].tolist() == [1.0, 1.0, 1.0]
+    assert mask[:, :s].sum() == 0
