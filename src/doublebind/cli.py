@@ -187,17 +187,16 @@ def organism_build(
         raise DoublebindError(f"give --preset or --config, not both (got --preset {preset} and --config {config_file})")
     cfg = config.load(config_file, overrides or [], preset=preset or ("default" if config_file is None else None),
                       expect="organism")
+    from doublebind.paths import check_cache_root, check_out_dir
+
+    check_cache_root()
     from doublebind.organisms.build import CARD, build_organism, cache_root  # these import torch (seconds)
     from doublebind.organisms.kinds import kind_of_config
     from doublebind.organisms.models import quiet_transformers
 
     quiet_transformers()
-    from doublebind.paths import check_cache_root, check_out_dir
-
     kind = kind_of_config(cfg)
-    check_cache_root()
     if out_dir is not None:
-
         check_out_dir(out_dir, "--out", what="an organism")
         if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / CARD).is_file():
             # the build refuses this folder once it is done; say so before minutes of training
