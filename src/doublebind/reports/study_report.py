@@ -95,8 +95,7 @@ def _study_config(study_dir: Path, study: dict):
     from doublebind.errors import ConfigError
 
     try:
-        return config.build(config.StudyConfig, study.get("config") if isinstance(study, dict) else None,
-                            f"{study_dir / 'study.json'}: config")
+        return config.build(config.StudyConfig, study.get("config"), f"{study_dir / 'study.json'}: config")
     except ConfigError as e:
         raise DoublebindError(f"{e} (study.json records the study's settings)") from None
 

@@ -112,9 +112,8 @@ def compare_folders(a_dir: Path, b_dir: Path) -> dict:
     result = compare(a, b)
     ra, rb = _recipes(scan_a.rows), _recipes(scan_b.rows)
     shared = [k for k in ra if k in rb]  # the same run (scenario, organism seed, technique, seed) in both
-    pairs = {(k[0], k[2]) for k in shared}  # (scenario, technique)
     result["studies"] = [a.get("study"), b.get("study")]
-    result["recipes_shared"] = len(pairs)
+    result["recipes_shared"] = len({(k[0], k[2]) for k in shared})  # (scenario, technique) pairs
     result["recipes_differ"] = len({(k[0], k[2]) for k in shared if ra[k] != rb[k]})
     return result
 
