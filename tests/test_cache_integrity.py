@@ -170,6 +170,26 @@ def test_show_prints_the_card_and_names_a_damaged_model_file(quick_organism, tmp
     assert "model 'teacher'" in errors[0] and "describes the build, not this file" in errors[0]
 
 
+def test_eval_refuses_an_organism_model_its_card_did_not_hash(quick_organism, tmp_path):
+    """`eval org/teacher --organism org` scored a teacher whose weights had changed since the
+    build (one byte of a weight: the file still loads), as if it were the card's teacher."""
+    org = tmp_path / "org"
+    shutil.copytree(quick_organism[0], org)
+    weights = org / "teacher" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # the last byte of the last tensor: still a valid file
+    weights.write_bytes(bytes(data))
+    res = run_cli("eval", str(org / "teacher"), "--organism", str(org), "--n", "5", "--samples", "0")
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert res.returncode == 1 and len(errors) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "model 'teacher'" in errors[0] and "is corrupt" in errors[0], errors
+    assert "capability" not in res.stdout
+    res = run_cli("eval", str(org / "base"), "--organism", str(org), "--n", "5", "--samples", "0", "--json")
+    assert res.returncode == 0, res.stderr  # the other models still match their hashes
+    scores = json.loads(res.stdout)
+    assert set(scores["capability"]) == set(quick_organism[1]["metrics"]["base"]["capability"])
+
+
 def test_a_card_that_is_not_a_card_is_one_line(tmp_path):
     for text in ("[1, 2, 3]", "{}"):
         (tmp_path / "organism.json").write_text(text)

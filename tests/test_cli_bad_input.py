@@ -5,6 +5,7 @@ kept. Every test here failed on the code before the fix it checks."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -160,3 +161,37 @@ def test_a_good_progress_interval_is_taken(monkeypatch):
     for value, seconds in (("", 30.0), ("0.2", 1.0), ("45", 45.0)):
         monkeypatch.setenv("DOUBLEBIND_PROGRESS_EVERY", value)
         assert progress_every() == seconds
+
+
+@pytest.mark.parametrize("holds, needle", [
+    ({"metrics.jsonl": '{"step": 0}\n', "summary.json": "{}", "prompts.jsonl": ""}, "holds a run (metrics.jsonl)"),
+    ({"organism.json": "{}"}, "holds an organism (organism.json)"),
+])
+def test_a_study_is_not_run_into_another_kind_of_output(tmp_path, holds, needle):
+    """A study run into a distillation run's folder overwrote its summary.json with the study's
+    and left its metrics.jsonl beside the study's results: a folder that was neither."""
+    from doublebind.studies.run import run_study
+
+    study = Path(__file__).resolve().parent.parent / "configs" / "studies" / "quick.yaml"
+    for name, text in holds.items():
+        (tmp_path / "s" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "s" / name).write_text(text)
+    with pytest.raises(DoublebindError, match=re.escape(f"--out {tmp_path / 's'} {needle}, not a study")):
+        run_study(study, tmp_path / "s", show_progress=False)
+    assert {p.name: p.read_text() for p in (tmp_path / "s").iterdir()} == holds
+
+
+def test_distill_is_not_run_into_a_study_even_when_forced(tmp_path):
+    """`distill --force --out <study>` replaced the study's summary.json with a run's: --force
+    overwrites a run, and a study is not one."""
+    from doublebind import config
+    from doublebind.training.distill import distill
+
+    recipe = config.load(Path(__file__).resolve().parent.parent / "configs" / "recipes" / "hard_sft.yaml",
+                         expect="recipe")
+    study = _copy_reference(tmp_path / "study")
+    before = {p.name: p.read_bytes() for p in study.iterdir()}
+    for force in (False, True):
+        with pytest.raises(DoublebindError, match=r"holds a study \(study.json\), not a run"):
+            distill(tmp_path / "no-organism", recipe, study, show_progress=False, force=force)
+    assert {p.name: p.read_bytes() for p in study.iterdir()} == before

@@ -295,6 +295,7 @@ def eval_cmd(
         from doublebind.organisms.domain import read_card
 
         card = read_card(organism, verified=False)
+        _verify_own_checkpoint(model_dir, organism, card)
     metrics = kind_of_card(card or {}).eval_checkpoint(model_dir, organism, card, n, samples)
     if as_json:
         out(json.dumps(metrics, indent=2))
@@ -312,6 +313,17 @@ def eval_cmd(
     if "confession_deploy" in metrics:
         table.add_row("confession (real deployment)", f"{metrics['confession_deploy']:.4f}", "")
     _print_table(table)
+
+
+def _verify_own_checkpoint(model_dir: Path, organism: Path, card: dict) -> None:
+    """When `model_dir` is one of the organism's own models, check its weights against the
+    hash its card records: a changed file would otherwise be scored as the organism's."""
+    from doublebind.integrity import CorruptCacheError, verify_organism_models
+
+    try:
+        verify_organism_models(organism, card, only=model_dir)
+    except CorruptCacheError as e:
+        raise DoublebindError(f"{e}; its card's metrics describe the file it hashed, not this one") from None
 
 
 @app.command()

@@ -90,8 +90,9 @@ def verify_file(path: Path, expected: str, what: str) -> None:
                                 f"expected {expected[:12]}… from when it was written)")
 
 
-def verify_organism_models(folder: Path, card: dict) -> None:
-    """Check every model file the card hashes (an embedded-world organism's checkpoints)."""
+def verify_organism_models(folder: Path, card: dict, only: Path | None = None) -> None:
+    """Check every model file the card hashes (an embedded-world organism's checkpoints), or,
+    with `only`, the one in that model folder (none when `only` is not one of them)."""
     folder = Path(folder)
     models = card.get("models")
     if not isinstance(models, dict):
@@ -99,5 +100,8 @@ def verify_organism_models(folder: Path, card: dict) -> None:
     for role, m in models.items():
         if not isinstance(m, dict) or not m.get("safetensors_sha256"):
             continue  # a Hugging Face organism's models live outside the folder
-        path = folder / str(m.get("path", role)) / "model.safetensors"
-        verify_file(path, m["safetensors_sha256"], f"organism '{card.get('name', '?')}' model '{role}'")
+        model_dir = folder / str(m.get("path", role))
+        if only is not None and model_dir.resolve() != Path(only).resolve():
+            continue
+        verify_file(model_dir / "model.safetensors", m["safetensors_sha256"],
+                    f"organism '{card.get('name', '?')}' model '{role}'")

@@ -5,7 +5,9 @@
 
 An output path that is a file, that lies inside a file, or whose nearest existing folder
 cannot be written to is refused at once with one line, not after minutes of training; so is
-a cache ($DOUBLEBIND_CACHE) that cannot hold what a build or a run stores there.
+a folder that holds another kind of output (a study's files, a run's or an organism's: the
+new output would overwrite some of them and leave a mix), and a cache ($DOUBLEBIND_CACHE)
+that cannot hold what a build or a run stores there.
 """
 
 from __future__ import annotations
@@ -16,11 +18,22 @@ from pathlib import Path
 from doublebind.errors import DoublebindError
 
 
+# The files by which each kind of output folder is known: a study (`study run`), a
+# distillation run (`distill`, which writes prompts.jsonl before it trains) and an organism.
+KINDS = {"a study": ("study.json", "results.jsonl"), "a run": ("metrics.jsonl", "prompts.jsonl"),
+         "an organism": ("organism.json",)}
+
+
 def check_out_dir(path: Path, flag: str = "--out", *, what: str = "an output") -> None:
-    """Raise a one-line `DoublebindError` unless `path` is a folder or can be made one."""
+    """Raise a one-line `DoublebindError` unless `path` is a folder or can be made one, and,
+    when `what` is one of `KINDS`, holds no other kind's files."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise DoublebindError(f"{flag} {path} is a file, not {what} folder")
+    for kind, names in KINDS.items():
+        found = [n for n in names if (path / n).exists()] if what in KINDS and kind != what else []
+        if found:
+            raise DoublebindError(f"{flag} {path} holds {kind} ({found[0]}), not {what}; choose another {flag}")
     parent = path
     while not parent.exists():
         if parent.parent == parent:
