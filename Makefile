@@ -12,6 +12,9 @@ export DOUBLEBIND_CACHE ?= $(CURDIR)/.cache/doublebind
 setup: $(DEV_STAMP)
 
 # CPU PyTorch first (the wheel on disk), so the package's torch range installs nothing more.
+# Where pip would take PyPI's CUDA build instead: TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu".
+TORCH_PIP_ARGS ?=
+
 # The demo needs the package alone; the tests also need the dev extras (pytest, datasets,
 # inspect_ai). Bytecode: pip installs with --no-compile, and `compileall` then writes the
 # .pyc files in parallel (-j 0). They must exist: where PYTHONDONTWRITEBYTECODE is set (as on
@@ -23,7 +26,7 @@ COMPILE := $(BIN)/python -m compileall -q -j 0 -x 'py312_intrinsics' $(VENV)/lib
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --no-compile torch==2.13.0
+	$(BIN)/pip install -q --no-compile $(TORCH_PIP_ARGS) torch==2.13.0
 	$(BIN)/pip install -q --no-compile -e .
 	$(COMPILE)
 	touch $(STAMP)

@@ -2,6 +2,7 @@
 verdicts follow their stated tests."""
 
 import json
+import os
 
 import pytest
 import yaml
@@ -83,6 +84,11 @@ def test_study_runs_the_grid_and_resumes_after_a_kill(quick_organism, tmp_path, 
     assert prov["organisms"][0]["organism_hash"] == quick_organism[1]["organism_hash"]
     assert prov["organisms"][0]["code_version"] == quick_organism[1]["code_version"]
     assert prov["machine"]["cpus"] and "commit" in prov
+    # the thread count every run computed with, and the settings the process had (the field
+    # held OMP_NUM_THREADS alone, null under DOUBLEBIND_THREADS)
+    assert prov["machine"]["threads"] == 1
+    assert prov["machine"]["thread_settings"] == {k: os.environ.get(k) for k in ("DOUBLEBIND_THREADS",
+                                                                                 "OMP_NUM_THREADS")}
     # and what decides whether another CPU builds the same organism: torch's kernel level
     import torch
 

@@ -479,7 +479,11 @@ def provenance(cards) -> dict:
                        "code_version": c.get("code_version"), "verified": c.get("verified")} for c in cards],
         "machine": {"system": platform.system(), "release": platform.release(), "machine": platform.machine(),
                     "processor": platform.processor() or None, "cpus": os.cpu_count(),
-                    "threads": os.environ.get("OMP_NUM_THREADS"), **cpu_kind()},
+                    # every run, and every build the study places, computes on one torch thread
+                    # (executor.one_thread); the settings show what the process itself had
+                    "threads": 1, "thread_settings": {k: os.environ.get(k) for k in ("DOUBLEBIND_THREADS",
+                                                                                     "OMP_NUM_THREADS")},
+                    **cpu_kind()},
         "versions": versions(),
     }
 
