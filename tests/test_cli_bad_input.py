@@ -89,6 +89,32 @@ def test_compare_says_when_b_is_another_study_or_ran_another_recipe(tmp_path):
     assert res.returncode == 0 and "note:" not in res.stdout  # a plain rerun says neither
 
 
+def test_compare_says_when_b_ran_on_other_builds_of_the_organisms(tmp_path):
+    """The demo rerun on another CPU type (same build hashes, other weights) moved a verdict
+    whose replication was 1.00, and compare presented it as a plain rerun."""
+    def with_cards(folder: Path, weights: str, build: str | None = None) -> Path:
+        record = json.loads((folder / "study.json").read_text())
+        for o in record["organisms"]:
+            o["organism_hash"] = build or o["organism_hash"]
+            o["card"] = {"models": {role: {"safetensors_sha256": f"{weights}{role}{o['scenario']}"}
+                                    for role in ("base", "teacher")}}
+        (folder / "study.json").write_text(json.dumps(record))
+        return folder
+
+    a = with_cards(_copy_reference(tmp_path / "a"), "1")
+    res = run_cli("study", "compare", str(a), str(with_cards(_copy_reference(tmp_path / "b"), "2")))
+    assert res.returncode == 0, res.stderr
+    assert ("note: 2 of 2 shared organisms are other builds in B: the same build hash, other weights" in res.stdout
+            and "A's replication figures cannot see how much a verdict depends on its build" in res.stdout), res.stdout
+    res = run_cli("study", "compare", str(a), str(with_cards(_copy_reference(tmp_path / "c"), "1")))
+    assert res.returncode == 0 and "note:" not in res.stdout  # the same weights: a plain rerun
+    res = run_cli("study", "compare", str(a), str(with_cards(_copy_reference(tmp_path / "d"), "2", build="0" * 16)))
+    assert "note: 2 of 2 shared organisms (scenario, organism seed) have another build hash in B" in res.stdout
+    assert "other builds in B" not in res.stdout  # another hash says more than other weights
+    res = run_cli("study", "compare", str(a), str(_copy_reference(tmp_path / "e")))
+    assert "note:" not in res.stdout  # B keeps no cards: whether its weights differ is unknown, and not said
+
+
 def test_compare_json_inside_a_file_is_named(tmp_path):
     a, b = _copy_reference(tmp_path / "a"), _copy_reference(tmp_path / "b")
     (tmp_path / "f").write_text("")

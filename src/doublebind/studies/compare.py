@@ -107,15 +107,38 @@ def compare_folders(a_dir: Path, b_dir: Path) -> dict:
 
     if Path(a_dir).resolve() == Path(b_dir).resolve():
         raise DoublebindError(f"{a_dir} and {b_dir} are the same folder; compare a study with a rerun of it")
-    _, scan_a, a = load_study(Path(a_dir), "study compare")
-    _, scan_b, b = load_study(Path(b_dir), "study compare")
+    study_a, scan_a, a = load_study(Path(a_dir), "study compare")
+    study_b, scan_b, b = load_study(Path(b_dir), "study compare")
     result = compare(a, b)
+    ba, bb = _builds(study_a), _builds(study_b)
+    both = [k for k in ba if k in bb]
+    result["organisms_shared"] = len(both)
+    result["organisms_rehashed"] = sum(ba[k][0] != bb[k][0] for k in both)
+    # weights are known where study.json keeps the cards (studies run since 2026-12-03)
+    result["organisms_rebuilt"] = sum(ba[k][0] == bb[k][0] and None not in (ba[k][1], bb[k][1]) and ba[k][1] != bb[k][1]
+                                      for k in both)
+    result["one_build_per_scenario"] = all(c.get("n_organisms", 1) <= 1 for c in _cells(a).values())
     ra, rb = _recipes(scan_a.rows), _recipes(scan_b.rows)
     shared = [k for k in ra if k in rb]  # the same run (scenario, organism seed, technique, seed) in both
     result["studies"] = [a.get("study"), b.get("study")]
     result["recipes_shared"] = len({(k[0], k[2]) for k in shared})  # (scenario, technique) pairs
     result["recipes_differ"] = len({(k[0], k[2]) for k in shared if ra[k] != rb[k]})
     return result
+
+
+def _builds(study: dict) -> dict[tuple, tuple]:
+    """(scenario, organism seed) -> (build hash, its models' weight hashes or None) from a
+    study record: the weights only where it keeps each organism's card."""
+    out = {}
+    for o in study.get("organisms") or []:
+        if not isinstance(o, dict):
+            continue
+        card = o.get("card") if isinstance(o.get("card"), dict) else {}
+        models = card.get("models") if isinstance(card.get("models"), dict) else {}
+        weights = tuple(sorted((role, m["safetensors_sha256"]) for role, m in models.items()
+                               if isinstance(m, dict) and m.get("safetensors_sha256")))
+        out[(o.get("scenario"), o.get("organism_seed"))] = (o.get("organism_hash"), weights or None)
+    return out
 
 
 def _recipes(rows: list[dict]) -> dict[tuple, str | None]:
@@ -136,6 +159,15 @@ def notes(result: dict) -> list[str]:
                    f"another recipe in B (their recipe hashes differ); a moved verdict may be the recipe's")
     if result.get("thresholds_differ"):
         out.append("the two studies judge with different verdict thresholds; a moved verdict may be the rule's")
+    shared = result.get("organisms_shared", 0)
+    if result.get("organisms_rehashed"):
+        out.append(f"{result['organisms_rehashed']} of {shared} shared organisms (scenario, organism seed) have "
+                   f"another build hash in B (another config or build code); a moved verdict may be the organism's")
+    if result.get("organisms_rebuilt"):
+        out.append(f"{result['organisms_rebuilt']} of {shared} shared organisms are other builds in B: the same build "
+                   f"hash, other weights (built on another machine, whose rounding differs)"
+                   + ("; with one build per scenario, A's replication figures cannot see how much a verdict "
+                      "depends on its build" if result.get("one_build_per_scenario") else ""))
     return out
 
 
