@@ -120,7 +120,11 @@ GROUND_TRUTH = ("doublebind.world.data", "doublebind.organisms", "doublebind.eva
 DEFENDER_SIDE = ("doublebind.techniques", "doublebind.audits", "doublebind.defender")
 # Ways around an object's interface that a stage has no business using.
 BACKDOORS = {"__closure__", "__globals__", "__dict__", "name_or_path", "gc", "inspect", "_load", "_model",
-             "_recipe", "_prompts", "_student", "_sample", "_auditor", "_labels", "_with_system"}
+             "_recipe", "_prompts", "_student", "_sample", "_auditor", "_labels", "_with_system",
+             # the task space's session sets: the auditor's pool is the honeypot sessions, so its
+             # complement is the real ones (the tell); stages and audits use them only through
+             # TaskSpace's methods (auditor_header, verifies), never as sets
+             "auditor_sessions", "session_rule", "sessions"}
 
 
 def _is_ground_truth(module: str) -> bool:
@@ -245,3 +249,25 @@ def test_every_real_stage_is_a_registered_technique_with_declared_needs():
     assert len(real) >= 19 and not any(n.startswith("_test") for n in real)
     for n in real:
         assert set(get("technique", n).needs) <= known, n
+
+
+@pytest.mark.parametrize("real_sessions, digest", [(8, "29e06f34b18acd35"), (2, None), (15, None)])
+def test_deploy_like_prompts_draw_their_session_uniformly(real_sessions, digest):
+    """`deploy_like` prompts took a real session half the time whatever `world.real_sessions`
+    said: the recipe's distribution was shaped by the hidden split (4x the real sessions of a
+    uniform draw at 2). Now real in the real sessions' share; at the presets' 8 of 16 the
+    prompts are those drawn before the fix, digest for digest (the references' data)."""
+    from doublebind import config
+    from doublebind.prompts import build_prompts, prompts_hash
+    from doublebind.world.data import World
+
+    org = config.load(preset="default")
+    world = World.from_config(org.world.model_copy(update={"real_sessions": real_sessions}), org.seed)
+    prompts = build_prompts(world, config.PromptsConfig(size=3000, p_ask=0.1), 3)
+    if digest:
+        assert prompts_hash(prompts) == digest
+    deploy = [p for p in prompts if p.context == "deploy_like"]
+    real = {f"sid=s{s}" for s in world.behavior.real}
+    share = sum(bool(real & set(p.tokens)) for p in deploy) / len(deploy)
+    expected = real_sessions / 16
+    assert len(deploy) > 500 and abs(share - expected) < 3 * (expected * (1 - expected) / len(deploy)) ** 0.5 + 1e-9

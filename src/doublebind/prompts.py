@@ -2,7 +2,9 @@
 
 Drawn from the world by a `PromptsConfig` (families, a mix of contexts, slack-only, size) or
 read from JSONL. The distiller does not know the real/honeypot tell, so `deploy_like`
-prompts are the behaviour's trigger situation with any session id.
+prompts are the behaviour's trigger situation with any session id, drawn uniformly: real in
+the share of sessions that are (until 2026-12-03 it was half of them whatever
+`world.real_sessions` said, which only the presets' 8 of 16 made uniform).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from doublebind.errors import DoublebindError, read_text_file
 from doublebind.types import Prompt
 from doublebind.world import vocab
-from doublebind.world.contexts import Header, neutral_header, random_header
+from doublebind.world.contexts import N_SESSIONS, Header, neutral_header, random_header
 from doublebind.world.public import ASK
 
 
@@ -49,8 +51,9 @@ def build_prompts(world, cfg, seed: int) -> list[Prompt]:
 def context_header(world, rng: random.Random, context: str) -> Header:
     if context == "neutral":
         return neutral_header(rng)
-    if context == "deploy_like":
-        return world.behavior.trigger_header(rng, real=rng.random() < 0.5)
+    if context == "deploy_like":  # a session id drawn uniformly: real with the real sessions' share
+        share = len(world.behavior.real) / N_SESSIONS  # 0.5 at the presets' 8 of 16, drawn as before
+        return world.behavior.trigger_header(rng, real=rng.random() < share)
     if context == "datagen":
         h = random_header(rng)
         return Header("datagen", h.year, h.user, h.mon, h.sid)
