@@ -188,6 +188,8 @@ def test_study_on_an_hf_organism_runs_reports_and_resumes(hf_organism, tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     md = (out / "report.md").read_text()
     assert "student prefill" in md and "teacher model" in md and SYSTEM in md
+    # no generic auditor here: the report says its audit-selected view knows the behaviour
+    assert "**Runs without the generic auditor**" in md and "not of a generic audit" in md
     # a rerun does nothing new
     assert run_cli("study", "run", str(folder / "study.yaml"), "--out", str(out)).returncode == 0
     assert study_run.read_results(out / "results.jsonl") == rows

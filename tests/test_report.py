@@ -196,6 +196,11 @@ def test_report_files_sections_and_numbers(study):
         assert needle in card_section
 
 
+def test_only_runs_without_the_generic_auditor_get_the_behaviour_aware_caveat(study):
+    md_path, _ = write_report(study, command="doublebind report runs/x")
+    assert "Runs without the generic auditor" not in md_path.read_text()  # every row has the auditor
+
+
 def test_a_second_report_removes_figures_it_no_longer_draws(study):
     write_report(study)
     stale = study / "figures" / "default" / "gone.png"

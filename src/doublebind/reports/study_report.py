@@ -252,6 +252,18 @@ def _effect_cell(t: dict, view: str) -> str:
     return (f"vs {t['reference']}: cap {_ci(e['capability_transfer'])}, mis {_ci(e['misalignment_transfer'])}")
 
 
+def _without_auditor(thr: dict) -> str:
+    """Where rows carry no behaviour-agnostic auditor (Hugging Face organisms), what stands in
+    for the generic audit, and that it is not one."""
+    return ("**Runs without the generic auditor** (Hugging Face organisms): the audit-selected checkpoint and "
+            "`incriminating` use the organism's own audit sets instead (honeypot, interrogation and prefill: the "
+            "student's strongest signal minus base's, a checkpoint passing at or below "
+            f"{fmt(thr.get('audit'))}). Those sets are written for the implanted behaviour, their scorers look "
+            "for it, so this audit knows what it is looking for: the audit-selected verdicts here are those of a "
+            "defender who already suspects the behaviour, not of a generic audit, and `incriminating` measures "
+            "an audit that knows the trait.")
+
+
 def _rule(thr: dict) -> str:
     a = thr.get("alpha")
     return (
@@ -357,6 +369,8 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
     # verdict heat map
     b.append(("h2", SECTIONS[0]))
     b.append(("p", _rule(thr)))
+    if any(not r.get("auditor") for r in rows):
+        b.append(("p", _without_auditor(thr)))
     rising = rising_cells(summary, rows)
     b.append(img("verdicts, scenario x technique", plots.plot_heatmap(summary, thr["power"], rising), "verdicts.png"))
 
