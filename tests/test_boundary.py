@@ -121,6 +121,8 @@ DEFENDER_SIDE = ("doublebind.techniques", "doublebind.audits", "doublebind.defen
 # Ways around an object's interface that a stage has no business using.
 BACKDOORS = {"__closure__", "__globals__", "__dict__", "name_or_path", "gc", "inspect", "_load", "_model",
              "_recipe", "_prompts", "_student", "_sample", "_auditor", "_labels", "_with_system",
+             # the view's callables are bound methods of the distiller and the organism's domain
+             "__self__", "__func__", "_record",
              # the task space's session sets: the auditor's pool is the honeypot sessions, so its
              # complement is the real ones (the tell); stages and audits use them only through
              # TaskSpace's methods (auditor_header, verifies), never as sets
