@@ -273,3 +273,31 @@ def test_deploy_like_prompts_draw_their_session_uniformly(real_sessions, digest)
     share = sum(bool(real & set(p.tokens)) for p in deploy) / len(deploy)
     expected = real_sessions / 16
     assert len(deploy) > 500 and abs(share - expected) < 3 * (expected * (1 - expected) / len(deploy)) ** 0.5 + 1e-9
+
+
+class LabelReader(Technique):
+    """_test_labels: keeps the prompts labelled deploy_like, and draws more by that label."""
+
+    seen: set = set()
+
+    def prompts(self, view, prompts):
+        drawn = view.draw_prompts(20, 1)
+        LabelReader.seen = {p.context for p in prompts} | {p.context for p in drawn}
+        return [p for p in prompts if p.context != "deploy_like"][:30]
+
+
+def test_a_stage_never_sees_the_experimenters_context_labels(quick_organism):
+    """`context == "deploy_like"` marks the behaviour's trigger situation: a stage could select
+    by it (or draw by it, past build_prompts' refusal). World prompts now reach stages
+    unlabelled; the ones a stage keeps get their labels back for the run's records."""
+    from doublebind import registry
+
+    register("technique", "_test_labels")(LabelReader)
+    try:
+        d = _run(quick_organism[0], "_test_labels")
+    finally:
+        registry._REGISTRY["technique"].pop("_test_labels")
+    assert LabelReader.seen == {"unlabelled"}
+    assert len(d.prompts) == 30 and "deploy_like" in {p.context for p in d.prompts}  # labels restored
+    original = d.domain.prompts(d.recipe.prompts, d.recipe.seed)
+    assert [(p.tokens, p.context) for p in d.prompts] == [(p.tokens, p.context) for p in original[:30]]

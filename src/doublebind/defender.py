@@ -41,6 +41,16 @@ DEFENDER_ROLES = ("base", "trusted", "alt_base")
 # situation: part of the distillation distribution an experimenter sets, never something a
 # stage can ask for by name.
 DEFENDER_CONTEXTS = ("neutral", "any", "datagen")
+# What a stage sees of an embedded-world prompt's `context`: the label is the experimenter's
+# (`deploy_like` says "the behaviour's trigger situation"), so it stays with the distiller;
+# a stage reads the header tokens, as a defender reads the prompt. Hugging Face prompts keep
+# theirs: there the labels are the defender's own annotations of its prompt set.
+UNLABELLED = "unlabelled"
+
+
+def unlabelled(prompts: list[Prompt]) -> list[Prompt]:
+    """World prompts as a stage may see them: the same tokens and family, no context label."""
+    return [Prompt(p.tokens, p.family, UNLABELLED) for p in prompts]
 
 
 class DefenderError(DoublebindError, AttributeError):
@@ -136,13 +146,16 @@ class DefenderView:
                      max_draws: int = 50) -> list[Prompt]:
         """`n` fresh prompts from the recipe's distillation distribution that pass `keep`,
         a rule the stage states (e.g. "the header says mode=deploy"). Draws up to
-        `max_draws * n` prompts and returns what passed, possibly fewer than `n`."""
+        `max_draws * n` prompts and returns what passed, possibly fewer than `n`. World
+        prompts come `unlabelled`: a rule reads their tokens, not the experimenter's label."""
         cfg = self.recipe.prompts
         out: list[Prompt] = []
         for r in range(max_draws):
             if len(out) >= n:
                 break
             batch = self._prompts(cfg.model_copy(update={"size": max(n, 1)}), seed * 1000 + r)
+            if self.kind == "world":
+                batch = unlabelled(batch)
             out += [p for p in batch if keep is None or keep(p)]
         return out[:n]
 

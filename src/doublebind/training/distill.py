@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from doublebind.defender import BlackBoxTeacher, DefenderView
+from doublebind.defender import BlackBoxTeacher, DefenderView, unlabelled
 from doublebind.errors import DoublebindError
 from doublebind.evals.transfer import audit_signals, capability_transfer, misalignment_transfer
 from doublebind.organisms.domain import open_domain
@@ -244,7 +244,7 @@ class Distiller:
             self.prompts = self.domain.prompts(recipe.prompts, recipe.seed)
             for st in self._hooked("prompts"):
                 before = len(self.prompts)
-                self.prompts = st.prompts(self.view, self.prompts)
+                self.prompts = self._stage_prompts(st, self.prompts)
                 self.record(st, "prompts", before=before, after=len(self.prompts))
             self.outputs: TeacherOutputs = self.domain.teacher_outputs(self.prompts, recipe.sampling, recipe.seed)
             self.items = [Item(e, i) for i, e in enumerate(self.domain.examples(self.outputs))]
@@ -293,6 +293,16 @@ class Distiller:
             _auditor=domain.auditor, eos=domain.eos, _with_system=getattr(domain, "with_system", None))
 
     # -- stages -----------------------------------------------------------------------
+    def _stage_prompts(self, stage, prompts: list) -> list:
+        """A stage's prompts hook on the prompt set. World prompts reach it `unlabelled`
+        (defender.py): the prompts it keeps get their labels back, for prompts.jsonl; the
+        ones it makes carry none."""
+        if self.domain.kind != "world":
+            return stage.prompts(self.view, prompts)
+        shown = unlabelled(prompts)
+        labelled = {id(s): p for s, p in zip(shown, prompts)}  # `shown` stays alive: ids are not reused
+        return [labelled.get(id(q), q) for q in stage.prompts(self.view, shown)]
+
     def _hooked(self, hook: str) -> list:
         return [st for st in self.stages if callable(getattr(st, hook, None))]
 
