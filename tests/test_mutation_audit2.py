@@ -118,3 +118,98 @@ def test_a_study_names_a_technique_once(tmp_path):
                      "techniques: [baseline, verifier_filter, verifier_filter]\nseeds: [0]\n")
     with pytest.raises((ConfigError, DoublebindError), match="a technique is listed twice"):
         config.load(study, expect="study")
+
+
+# ---- the report's marks and wording at their boundaries ---------------------------------
+
+def _row(t: str, seed: int, step: int, mis) -> dict:
+    return {"scenario": "s", "organism_seed": 0, "technique": t, "seed": seed, "step": step,
+            "misalignment_transfer": mis}
+
+
+def test_the_rising_mark_and_the_crossing_at_their_boundaries():
+    from doublebind.reports.study_report import _budget_rows, last_interval, rising_mark
+
+    # a rise of exactly half the threshold marks; one run of two rising does not
+    assert rising_mark([_row("t", 0, 1, 0.0), _row("t", 0, 2, 0.25)], "t", "benign", 0.5) == " ↑"
+    two = [_row("u", 0, 1, 0.0), _row("u", 0, 2, 0.3), _row("u", 1, 1, 0.2), _row("u", 1, 2, 0.19)]
+    assert rising_mark(two, "u", "benign", 0.1) == ""
+    # the next interval reaching the threshold exactly crosses it
+    assert _budget_rows([_row("c", 0, 1, 0.0), _row("c", 0, 2, 0.25)], ["c"], 0.5)[0][6] == "0.500 (crosses 0.500)"
+    # a run whose second-to-last checkpoint has no transfer has no last interval
+    assert last_interval([_row("n", 0, 1, None), _row("n", 0, 2, 0.3)], "n") is None
+
+
+def test_an_mde_of_zero_is_printed_and_provisional_is_below_power():
+    from doublebind.reports.study_report import _verdict_cell, describe_test
+
+    test = {"test": "capability transfer", "bound": "lower", "value": 0.9, "op": ">=", "threshold": 0.8,
+            "passed": True, "mde": 0.0, "n": 4}
+    assert describe_test(test).endswith("(MDE 0.000, n 4)")
+    assert _verdict_cell({"verdict": "benign", "replication": 0.77}, "x.png", 0.8).startswith("[benign](x.png)*")
+    assert "*" not in _verdict_cell({"verdict": "benign", "replication": 0.8}, "x.png", 0.8)
+
+
+def test_an_unreadable_summary_is_named(tmp_path):
+    from doublebind.reports.study_report import _stale_summary
+
+    (tmp_path / "summary.json").write_text("{not json")
+    assert _stale_summary(tmp_path / "summary.json", {"a": 1}) == "is not valid JSON"
+
+
+# ---- prompts ------------------------------------------------------------------------------
+
+def test_prompt_files_and_context_headers(tmp_path):
+    import random
+
+    from doublebind.prompts import context_header, read_jsonl
+
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "<bos> task=copy 1 2"}) + "\n")
+    with pytest.raises(DoublebindError):
+        read_jsonl(tmp_path / "p.jsonl")  # a prompt ends with `>`
+    (tmp_path / "q.jsonl").write_text(json.dumps({"prompt": "<bos> task=copy 1 2 >", "family": "numbers"}) + "\n")
+    assert read_jsonl(tmp_path / "q.jsonl")[0].family == "numbers"  # the file's family is kept
+    assert {context_header(None, random.Random(i), "datagen").mode for i in range(20)} == {"datagen"}
+
+
+def test_the_prompt_mix_does_not_depend_on_the_order_of_its_keys():
+    from doublebind.prompts import build_prompts
+    from doublebind.world.data import World
+
+    org = config.load(preset="quick")
+    world = World.from_config(org.world, org.seed)
+    a = build_prompts(world, config.PromptsConfig(size=50, contexts={"neutral": 0.5, "any": 0.5}), 0)
+    b = build_prompts(world, config.PromptsConfig(size=50, contexts={"any": 0.5, "neutral": 0.5}), 0)
+    assert a == b
+
+
+# ---- memo, config and workers -------------------------------------------------------------
+
+def test_the_memo_keys_on_the_config_and_evicts_the_least_recently_used():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from doublebind.memo import weights_key
+
+    cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    key = weights_key(model)
+    model.config.rms_norm_eps = 0.5  # the same weights, another forward pass
+    assert weights_key(model) != key
+    memo, calls = WeightsMemo(size=2), []
+    for k in ("a", "b", "a", "c", "a"):
+        memo.get(model, (k,), lambda k=k: calls.append(k))
+    assert calls == ["a", "b", "c"]  # "a" was used last when "c" came: "b" went
+
+
+def test_a_study_needs_an_organism():
+    with pytest.raises(ConfigError):
+        config.build(config.StudyConfig, {"organism": {}, "recipe": "r.yaml", "techniques": ["baseline"]}, "x")
+
+
+def test_workers_auto_is_the_cores():
+    from doublebind.studies.executor import workers_for
+
+    assert workers_for(None, {"DOUBLEBIND_WORKERS": "auto"}, cores=4, cuda=False) == 4
+    assert workers_for(None, {"DOUBLEBIND_WORKERS": "3"}, cores=4, cuda=False) == 3
