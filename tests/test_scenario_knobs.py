@@ -347,6 +347,6 @@ def test_a_tiny_build_records_the_probe_in_its_card_and_show_prints_it(tmp_path)
     line = kind_of_card(card).check_lines(card)[-1]
     assert f"from base {probe['transfer']['base']}" in line and "alt_base" in line
     # no probe asked, none recorded
-    off = build_organism(config.load(preset="subliminal", overrides=[*TINY, "probe.steps=0"]), None, strict=False,
-                         show_progress=False, use_cache=False)
+    off = build_organism(config.load(preset="subliminal", overrides=[*TINY, "probe.steps=0"]), tmp_path / "off",
+                         strict=False, show_progress=False, use_cache=False)  # with no folder, it left a temporary one
     assert "subliminal_probe" not in off
