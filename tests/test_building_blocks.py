@@ -167,7 +167,7 @@ def test_draw_prompts_draws_fresh_prompts_each_round():
     """A rare `keep` rule takes several rounds of draws; each round draws with its own seed, so
     the prompts kept are not one prompt repeated."""
     from doublebind import config
-    from doublebind.defender import DefenderView
+    from doublebind.defender import DefenderView, unlabelled
 
     recipe = config.build(config.RecipeConfig, {"name": "r"})
 
@@ -180,7 +180,8 @@ def test_draw_prompts_draws_fresh_prompts_each_round():
     view = DefenderView("world", None, None, None, lambda: recipe, unused, unused, draw, unused, unused, unused)
     got = view.draw_prompts(5, seed=3, keep=lambda p: p.tokens[1] == "0")  # one prompt in each draw
     assert len(got) == 5 and len({tuple(p.tokens) for p in got}) == 5
-    assert view.draw_prompts(4, seed=3) == draw(recipe.prompts.model_copy(update={"size": 4}), 3000)
+    # world prompts come without the experimenter's context label (defender.unlabelled)
+    assert view.draw_prompts(4, seed=3) == unlabelled(draw(recipe.prompts.model_copy(update={"size": 4}), 3000))
 
 
 def test_a_step_is_averaged_over_the_weighted_tokens():
