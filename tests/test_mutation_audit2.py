@@ -213,3 +213,18 @@ def test_workers_auto_is_the_cores():
 
     assert workers_for(None, {"DOUBLEBIND_WORKERS": "auto"}, cores=4, cuda=False) == 4
     assert workers_for(None, {"DOUBLEBIND_WORKERS": "3"}, cores=4, cuda=False) == 3
+
+
+def test_one_thread_sets_one_thread_and_puts_the_count_back():
+    """What makes a study's numbers the same for any --workers; the suite runs on one thread
+    already, so nothing else checks it."""
+    from doublebind.studies.executor import one_thread
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with one_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
