@@ -30,10 +30,11 @@ def check_out_dir(path: Path, flag: str = "--out", *, what: str = "an output") -
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise DoublebindError(f"{flag} {path} is a file, not {what} folder")
-    for kind, names in KINDS.items():
-        found = [n for n in names if (path / n).exists()] if what in KINDS and kind != what else []
+    others = {kind: names for kind, names in KINDS.items() if kind != what} if what in KINDS else {}
+    for kind, names in others.items():
+        found = next((n for n in names if (path / n).exists()), None)
         if found:
-            raise DoublebindError(f"{flag} {path} holds {kind} ({found[0]}), not {what}; choose another {flag}")
+            raise DoublebindError(f"{flag} {path} holds {kind} ({found}), not {what}; choose another {flag}")
     parent = path
     while not parent.exists():
         if parent.parent == parent:
