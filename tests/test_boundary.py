@@ -126,7 +126,10 @@ BACKDOORS = {"__closure__", "__globals__", "__dict__", "name_or_path", "gc", "in
              # the task space's session sets: the auditor's pool is the honeypot sessions, so its
              # complement is the real ones (the tell); stages and audits use them only through
              # TaskSpace's methods (auditor_header, verifies), never as sets
-             "auditor_sessions", "session_rule", "sessions"}
+             "auditor_sessions", "session_rule", "sessions",
+             # the stages' folder is `<run>/stages`: above it lie the scored checkpoints
+             # (metrics.jsonl) and, in a study, the organism's card
+             "parent", "parents", "dirname", "abspath", "resolve"}
 
 
 def _is_ground_truth(module: str) -> bool:
@@ -147,18 +150,38 @@ def test_no_stage_or_audit_module_reaches_ground_truth():
         assert not bad, f"{m} reaches ground truth: {' -> '.join(path_to(parent, bad[0]))}"
 
 
+def backdoors_in(source: str) -> list[tuple[int, str]]:
+    """(line, name) for each way around the view a module's code names: an attribute, name or
+    import in BACKDOORS, or a string holding `..` (a path up from the stages' folder)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        name = (node.attr if isinstance(node, ast.Attribute) else
+                node.id if isinstance(node, ast.Name) else
+                next((a.name for a in node.names), None) if isinstance(node, ast.Import) else None)
+        if name in BACKDOORS:
+            found.append((node.lineno, name))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and ".." in node.value.split("/"):
+            found.append((node.lineno, repr(node.value)))
+    return found
+
+
 def test_stage_and_audit_code_uses_no_backdoor():
     mods = modules()
     for m in _defender_modules(graph()):
-        tree = ast.parse(mods[m].read_text())
-        for node in ast.walk(tree):
-            name = (node.attr if isinstance(node, ast.Attribute) else
-                    node.id if isinstance(node, ast.Name) else
-                    next((a.name for a in node.names), None) if isinstance(node, ast.Import) else None)
-            if name in BACKDOORS and not (m == "doublebind.defender"):
-                pytest.fail(f"{m} line {node.lineno} uses {name}")
+        if m != "doublebind.defender":
+            found = backdoors_in(mods[m].read_text())
+            assert not found, f"{m} line {found[0][0]} uses {found[0][1]}"
         # and never imports the behaviour catalogue directly
         assert "doublebind.world.behaviors" not in imports(mods[m], m, set(mods)), m
+
+
+def test_the_backdoor_check_sees_a_way_around_the_view():
+    """The static check can fail: each of these lines in a stage is caught."""
+    for line in ["view.stages_dir.parent / 'metrics.jsonl'", "view.stages_dir / '..' / 'metrics.jsonl'",
+                 "os.path.dirname(view.stages_dir)", "view.record.__self__.card",
+                 "view._load('teacher')", "view.tasks.auditor_sessions", "view.teacher._model.__closure__"]:
+        assert backdoors_in(f"def f(view):\n    return {line}\n"), line
+    assert backdoors_in("def f(view):\n    return view.stages_dir / '01_x' / 'scores.jsonl'\n") == []
 
 
 def test_the_import_graph_has_no_cycle():
@@ -230,7 +253,7 @@ def test_the_view_exposes_nothing_of_the_organism(quick_organism):
     d = _run(quick_organism[0], "hard_labels")
     view = d.view
     assert isinstance(view, DefenderView)
-    for name in ("world", "domain", "card", "organism_dir", "behavior", "metrics", "run"):
+    for name in ("world", "domain", "card", "organism_dir", "behavior", "metrics", "run", "out"):
         assert not hasattr(view, name)
     with pytest.raises(DefenderError):
         view.teacher.weights = 1

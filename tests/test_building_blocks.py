@@ -44,7 +44,7 @@ def test_a_filter_that_would_remove_every_example_stops_the_run():
     from doublebind.techniques.base import Technique, filter_items
 
     class View:
-        out = None
+        stages_dir = None
 
         def record(self, *a, **k):
             pass
@@ -104,7 +104,7 @@ def test_perplexity_filter_flags_scores_above_its_quantile():
     recorded = {}
 
     class View:
-        out = None
+        stages_dir = None
 
         def record(self, stage, phase, **info):
             recorded.update(info)
@@ -201,7 +201,7 @@ def test_divergence_masking_multiplies_the_weights_an_earlier_stage_set(monkeypa
     monkeypatch.setattr(dm, "divergence_masks", lambda t, r, threshold: [[1.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
 
     class View:
-        out = None
+        stages_dir = None
 
         class teacher:
             score = staticmethod(lambda examples: None)
@@ -224,7 +224,7 @@ def test_onion_deletes_the_most_suspicious_tokens_first_and_keeps_the_rest_s_wei
     from doublebind.techniques.onion_filter import OnionFilter
 
     class View:
-        kind, eos, out, tasks = "hf", "<eos>", None, None
+        kind, eos, stages_dir, tasks = "hf", "<eos>", None, None
 
         def record(self, *a, **k):
             pass
@@ -270,7 +270,7 @@ def test_iterative_filter_never_flags_task_tokens_or_tokens_most_items_carry(mon
     recipe = config.build(config.RecipeConfig, {"name": "r"})
 
     class View:
-        out, seed, tasks = None, 0, Tasks()
+        stages_dir, seed, tasks = None, 0, Tasks()
         auditor = type("A", (), {"audit": staticmethod(lambda probe: Audit())})()
 
         @property

@@ -19,11 +19,17 @@ and not the behaviour, its target family, trigger situation or event, the real/h
 tell, the teacher's weights or activations, the organism card, or any real-deployment
 rate. Those live in the evaluation layer, which scores students after the fact.
 
-Stages receive a `DefenderView`, never the distiller. The view holds no reference to the
-organism: its abilities are closures handed over by the distiller, and asking it for
-anything else (`view.world`, `view.card`, `view.load_model("teacher")`) is an error that
-says what a defender does not have. A test over the import graph checks that no module a
-stage or an audit imports reaches the world's ground truth.
+Stages receive a `DefenderView`, never the distiller. Its abilities are callables handed
+over by the distiller, and asking it for anything else (`view.world`, `view.card`,
+`view.load_model("teacher")`) is an error that says what a defender does not have. Python
+cannot hide an object from code in the same process: those callables are bound methods and
+closures, and their `__self__` or `__closure__` lead to the distiller and the organism. So
+the fence is a static one: a test over the import graph checks that no module a stage or an
+audit imports reaches the world's ground truth, and that their code names none of the ways
+around the view (`__self__`, `__closure__`, the view's private fields, the task space's
+session sets, a path's `parent`). Stages get a folder for their records, `<run>/stages`,
+not the run's folder, which holds the scored checkpoints (`metrics.jsonl`) and, in a study,
+leads to the organism's card.
 """
 
 from __future__ import annotations
@@ -88,7 +94,7 @@ class DefenderView:
     """What a stage of a distillation run may see (see the module docstring)."""
 
     kind: str  # "world" or "hf": the organism's domain
-    out: Path | None  # the run's folder, for a stage's records
+    stages_dir: Path | None  # `<run>/stages`, where stages write their records; not the run folder
     teacher: BlackBoxTeacher
     tasks: Any  # TaskSpace of the embedded world, or None
     _recipe: Callable[[], Any]

@@ -47,9 +47,9 @@ class Technique:
 
     def folder(self, view) -> Path | None:
         """Where this stage writes its data beside the run (None for runs without a folder)."""
-        if view.out is None:
+        if view.stages_dir is None:
             return None
-        path = Path(view.out) / "stages" / f"{self.index:02d}_{self.name}"
+        path = Path(view.stages_dir) / f"{self.index:02d}_{self.name}"
         path.mkdir(parents=True, exist_ok=True)
         return path
 

@@ -285,7 +285,7 @@ class Distiller:
             return domain.soft_labels(domain.teacher, examples, width)
 
         return DefenderView(
-            kind=domain.kind, out=self.out,
+            kind=domain.kind, stages_dir=None if self.out is None else Path(self.out) / "stages",
             teacher=BlackBoxTeacher(teacher_sample, teacher_labels, lambda: domain.teacher),
             tasks=domain.task_space(),
             _recipe=lambda: self.recipe, _record=self.record, _load=domain.load_model,
