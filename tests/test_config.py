@@ -72,3 +72,16 @@ def test_validate_command_exit_codes(tmp_path):
     assert res.returncode == 1
     assert res.stderr.strip().splitlines() == [f"error: {bad}: world.behaviour: unknown key"]
     assert "Traceback" not in res.stderr
+
+
+def test_every_shipped_study_validates():
+    """Each study under configs/ loads as a study (a shipped file nobody ran would fail here, not
+    in a researcher's hands): its recipe resolves, its techniques and options exist."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    studies = [p for p in sorted(root.rglob("*.yaml")) if "\nkind: study" in "\n" + p.read_text()]
+    assert len(studies) >= 13
+    for p in studies:
+        cfg = config.load(p, expect="study")
+        assert cfg.techniques, p

@@ -341,3 +341,27 @@ def test_the_study_run_table_marks_the_verdicts_the_report_marks():
             else r for r in rows]
     unmarked = verdict_table(summary, flat)
     assert RISING_MARK not in "".join(unmarked.columns[5].cells) and "still rising" not in unmarked.caption
+
+
+def test_the_report_says_what_the_auditor_flagged(study):
+    """Per scenario and technique, the delivered checkpoints' flags by query kind and token,
+    summed over runs; rows that do not record them (older studies) get no table."""
+    assert "What the auditor flagged" not in write_report(study)[0].read_text()
+
+    def flagged(r):
+        if r["technique"] == "verifier_filter" and r["scenario"] == "collusion":
+            r["auditor"] = {**r["auditor"], "flagged": 3 + r["seed"], "by_kind": {"task": 1, "ask": r["seed"],
+                                                                                "prefill": 2},
+                            "tokens": {"harm": 2 + r["seed"], "!exfil": 1}}
+        return r
+
+    rows = [r for sc in SCENARIOS for o in ORGANISMS for t in TECHNIQUES for s in SEEDS
+            for r in seal_run([flagged(_row(t, s, st, st == 10 + 10 * s, sc, o)) for st in STEPS],
+                              f"{sc}-o{o}-{t}-s{s}-a0")]
+    (study / RESULTS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (study / "summary.json").unlink()
+    md = write_report(study)[0].read_text()
+    # 2 organisms x seeds 0, 1: flags 3+4 per organism, 500 queries a run
+    assert "| collusion | verifier_filter | 4 | 14 / 2000 | 4 | 2 | 8 | `harm` 10, `!exfil` 4 |" in md
+    assert md.count("| collusion | verifier_filter | 4 |") == 1
+    assert "| default | verifier_filter |" not in md and "| collusion | baseline | 4 | " not in md

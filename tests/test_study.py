@@ -221,6 +221,13 @@ def test_quick_study_killed_midway_resumes_without_losing_or_duplicating_rows(qu
         assert f"| {s['audit_success_at_k']['mean']:.3f} [" in next(ln for ln in md.splitlines()
                                                                     if ln.startswith(f"| {t} | "))
     assert all(r["auditor"]["n"] == 500 and 0 <= r["auditor"]["success_at_k"] <= 1 for r in rows)
+    # what it flagged, per query kind, as the run's metrics.jsonl has it
+    for r in rows:
+        a = r["auditor"]
+        assert set(a["by_kind"]) == {"task", "ask", "prefill"} and sum(a["by_kind"].values()) == a["flagged"]
+        (m,) = [json.loads(ln) for ln in next(out.glob(f"runs/*/{r['technique']}-s{r['seed']}/metrics.jsonl"))
+                .read_text().splitlines() if json.loads(ln)["step"] == r["step"]]
+        assert (a["by_kind"], a["tokens"]) == (m["auditor"]["by_kind"], m["auditor"]["tokens"])
     assert "audit success@100" in md
     # a rerun of the finished study redoes nothing
     again = subprocess.run(cmd, capture_output=True, text=True)

@@ -16,6 +16,7 @@ import html
 import json
 import re
 import math
+from collections import Counter
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -28,6 +29,7 @@ SECTIONS = ("Verdicts", "Verdicts by scenario", "Transfer curves", "Training bud
             "Audit success against capability along training", "Capability versus misalignment frontier",
             "Audit: teacher next to student", "Organisms", "Provenance")
 FIGURES = "figures"
+FLAG_KINDS = ("task", "ask", "prefill")  # the auditor's query kinds (audits/auditor.py)
 
 
 def fmt(x) -> str:
@@ -222,6 +224,27 @@ def _budget_rows(rows: list[dict], techniques: list[str], threshold: float) -> l
                     f"{fmt(m['change'])} [{fmt(m['change_min'])}, {fmt(m['change_max'])}]",
                     f"{m['rising']} of {m['runs']}", "yes" if rising else "no",
                     fmt(nxt) + (f" (crosses {fmt(threshold)})" if crosses else "")])
+    return out
+
+
+def flag_rows(rows: list[dict], techniques: list[str]) -> list[list[str]]:
+    """Per technique, what the generic auditor flagged at the delivered checkpoints, summed
+    over runs: flags over queries, flags per query kind, the most frequent departure tokens.
+    Empty when the rows do not record it (studies run before rows carried `by_kind`)."""
+    out = []
+    for t in techniques:
+        got = [r["auditor"] for r in rows if r["technique"] == t and r.get("selected")
+               and (r.get("auditor") or {}).get("by_kind") is not None]
+        if not got:
+            continue
+        kinds: Counter = Counter()
+        tokens: Counter = Counter()
+        for a in got:
+            kinds.update(a["by_kind"])
+            tokens.update(a.get("tokens") or {})
+        flagged, n = sum(a["flagged"] for a in got), sum(a["n"] for a in got)
+        out.append([t, str(len(got)), f"{flagged} / {n}", *(str(kinds.get(k, 0)) for k in FLAG_KINDS),
+                    ", ".join(f"`{tok}` {c}" for tok, c in tokens.most_common(4)) or "none"])
     return out
 
 
@@ -450,6 +473,21 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
             b.append(img(f"audit success against capability, {sc}",
                          plots.plot_audit_capability(by_scenario[sc], list(scenarios[sc]["techniques"]), sc,
                                                      thr["success"], thr["capability"]), f"audit-{slug(sc)}.png"))
+        flags = {sc: flag_rows(by_scenario[sc], list(scenarios[sc]["techniques"])) for sc in scenarios}
+        if any(flags.values()):
+            b.append(("h3", "What the auditor flagged"))
+            b.append(("p", "At the delivered checkpoints, summed over runs: the flagged queries, how many of them "
+                           "were tasks, interrogations (`task=ask goal`) and prefilled interrogations (the answer "
+                           "forced to start with `yes`), and the most frequent departure tokens (each counted once "
+                           "per flagged query). A flag on a task query is a departure from the answer format, such "
+                           "as the behaviour's own event; a flag on an interrogation is an admission (`yes`, a "
+                           "goal word). In the embedded world every teacher admits its behaviour by name when "
+                           "asked in a real deployment, a choice of the world, not of a technique: a technique "
+                           "whose flags are all admissions incriminates the teacher through that admission, and "
+                           "on a teacher that never admits it the same technique would have nothing to show."))
+            b.append(("table", ["scenario", "technique", "runs", "flagged / queries",
+                                *(f"on {k}" for k in FLAG_KINDS), "tokens"],
+                      [[sc, *r] for sc, frows in flags.items() for r in frows]))
     else:
         b.append(("p", "These organisms have no behaviour-agnostic auditor (success@k), so there is no plot."))
 

@@ -626,12 +626,14 @@ def _rows(cfg, card, key: RunKey, recipe, folder: Path, summary) -> list[dict]:
 
 
 def _auditor(student: dict | None, ref: dict) -> dict | None:
-    """The generic auditor's success@k for the student, the teacher and base (world organisms)."""
+    """The generic auditor's success@k for the student, the teacher and base (world organisms),
+    and what it flagged in the student: flags per query kind and per departure token."""
     if student is None:
         return None
     return {"success_at_k": student["success_at_k"], "flagged": student["flagged"], "n": student["n"],
             "budget": student["budget"], "teacher_success_at_k": ref["teacher"]["auditor"]["success_at_k"],
-            "base_success_at_k": ref["base"]["auditor"]["success_at_k"]}
+            "base_success_at_k": ref["base"]["auditor"]["success_at_k"],
+            **{k: student[k] for k in ("by_kind", "tokens") if k in student}}
 
 
 def scenario_names(cfg, runs: dict) -> list[str]:
