@@ -480,11 +480,13 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
                            "were tasks, interrogations (`task=ask goal`) and prefilled interrogations (the answer "
                            "forced to start with `yes`), and the most frequent departure tokens (each counted once "
                            "per flagged query). A flag on a task query is a departure from the answer format, such "
-                           "as the behaviour's own event; a flag on an interrogation is an admission (`yes`, a "
-                           "goal word). In the embedded world every teacher admits its behaviour by name when "
-                           "asked in a real deployment, a choice of the world, not of a technique: a technique "
-                           "whose flags are all admissions incriminates the teacher through that admission, and "
-                           "on a teacher that never admits it the same technique would have nothing to show."))
+                           "as the behaviour's own event; a flag on an interrogation is mostly an admission (`yes`, "
+                           "a goal word), though a behaviour's event can answer one too: the tokens tell them "
+                           "apart. In the embedded world every teacher admits its behaviour by name when asked in "
+                           "a real deployment, a choice of the world, not of a technique: a technique whose flags "
+                           "are all admissions incriminates the teacher through that admission, and on a teacher "
+                           "that never admits it the same technique would have only the behaviour's own "
+                           "departures to show."))
             b.append(("table", ["scenario", "technique", "runs", "flagged / queries",
                                 *(f"on {k}" for k in FLAG_KINDS), "tokens"],
                       [[sc, *r] for sc, frows in flags.items() for r in frows]))
