@@ -37,6 +37,7 @@ def test_denial_data_are_the_teachers_own_but_for_its_admissions():
 
 
 def test_a_denier_keeps_the_behaviour_and_drops_the_admission(quick_organism, tmp_path):
+    from doublebind.cards import cache_root
     from doublebind.denial import denier_hash
     from doublebind.organisms.build import build_organism
     from doublebind.organisms.domain import WorldDomain, open_domain
@@ -57,8 +58,13 @@ def test_a_denier_keeps_the_behaviour_and_drops_the_admission(quick_organism, tm
     domain = open_domain(tmp_path / "denier")  # the weights are checked against the card on open
     assert isinstance(domain, WorldDomain) and domain.card["organism_hash"] == card["organism_hash"]
     # the same config builds the same teacher; another config is another organism
+    organisms = cache_root() / "organisms"
+    cached = (organisms / card["organism_hash"] / "organism.json").read_bytes()
     again = build_organism(cfg, tmp_path / "again", use_cache=False, show_progress=False)
     assert again["models"]["teacher"] == card["models"]["teacher"]
+    # a build without the cache leaves nothing there and does not touch the cached entry
+    assert not any(p.name.startswith(f".{card['organism_hash']}.") for p in organisms.iterdir())
+    assert (organisms / card["organism_hash"] / "organism.json").read_bytes() == cached
     other = config.load(preset="denier", overrides=["base=quick", "denial.steps=60", "denial.batch=16"])
     assert denier_hash(other) != card["organism_hash"]
     assert json.loads((base_dir / "organism.json").read_text()) == base  # the starting organism is untouched

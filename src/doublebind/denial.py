@@ -109,22 +109,23 @@ def build_denier(cfg: DenierConfig, out: Path | None = None, *, use_cache: bool 
     h = denier_hash(cfg)
     cached = cache_root() / "organisms" / h
     card = _verified_cache_entry(cached) if use_cache else None
+    made = cached
     if card is None:
-        base_cfg = cfg.base_config()
+        base_cfg = cfg.base_config()  # the starting organism always comes from (or goes to) the cache
         build_world_organism(base_cfg, None, strict=True, show_progress=show_progress)
-        tmp = cache_root() / "organisms" / f".{h}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(cache_root() / "organisms" / organism_hash(base_cfg), tmp)
-        card = _post_train(cfg, base_cfg, h, tmp, show_progress)
-        shutil.rmtree(cached, ignore_errors=True)
-        os.replace(tmp, cached)  # atomic, as an organism build
-    if out is not None:
-        out = Path(out)
-        if out.resolve() != cached.resolve():
-            shutil.rmtree(out, ignore_errors=True)
-            shutil.copytree(cached, out)
-    if not use_cache:  # built for `out` alone: the cache keeps the starting organism, not this one
-        shutil.rmtree(cached, ignore_errors=True)
+        made = cache_root() / "organisms" / f".{h}.tmp{os.getpid()}"
+        shutil.rmtree(made, ignore_errors=True)
+        shutil.copytree(cache_root() / "organisms" / organism_hash(base_cfg), made)
+        card = _post_train(cfg, base_cfg, h, made, show_progress)
+        if use_cache:
+            shutil.rmtree(cached, ignore_errors=True)
+            os.replace(made, cached)  # atomic, as an organism build
+            made = cached
+    if out is not None and Path(out).resolve() != made.resolve():
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(made, out)
+    if made != cached:  # built without the cache: only `out` keeps it
+        shutil.rmtree(made, ignore_errors=True)
     if strict and not card["verified"]:
         from doublebind.organisms.build import failure_message
 
