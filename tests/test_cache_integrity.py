@@ -250,3 +250,27 @@ def test_teacher_outputs_are_keyed_by_the_teachers_weights(teacher_setup, tmp_pa
     assert other.key != sound.key and len(calls) == 2  # not served the sound teacher's outputs
     restored = teacher_mod.teacher_outputs(domain.teacher, h, prompts, scfg, 0, tmp_path)
     assert restored.key == sound.key and len(calls) == 2  # nor the damaged one's, once restored
+
+
+def test_a_teacher_output_entry_that_disagrees_with_its_meta_is_refused(teacher_setup, tmp_path):
+    """Hashes that match are not enough: a file the meta does not record, or more rows than
+    prompts, is a corrupt entry too."""
+    import hashlib
+
+    domain, prompts, scfg, _ = teacher_setup
+    first = teacher_mod.teacher_outputs(domain.teacher, domain.card["organism_hash"], prompts, scfg, 0, tmp_path)
+    entry = tmp_path / "teacher" / first.key
+    meta_path = entry / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    # soft labels on disk that meta.json does not record
+    meta_path.write_text(json.dumps({**meta, "files": {"samples.jsonl": meta["files"]["samples.jsonl"]}}))
+    with pytest.raises(CorruptCacheError, match="holds"):
+        teacher_mod._load(entry, prompts, first.key)
+    # a row more than there are prompts, its hash recorded
+    samples = entry / "samples.jsonl"
+    text = samples.read_text()
+    samples.write_text(text + text.splitlines()[0] + "\n")
+    files = {**meta["files"], "samples.jsonl": hashlib.sha256(samples.read_bytes()).hexdigest()}
+    meta_path.write_text(json.dumps({**meta, "files": files}))
+    with pytest.raises(CorruptCacheError, match=f"{len(prompts) + 1} rows for {len(prompts)} prompts"):
+        teacher_mod._load(entry, prompts, first.key)

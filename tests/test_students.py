@@ -106,6 +106,18 @@ def test_lora_trains_only_adapters_and_starts_as_base(quick_organism, base):
     assert same(student, again)
 
 
+def test_lora_wraps_every_projection_of_every_layer_with_the_configured_dropout(quick_organism):
+    student = make_student(StudentConfig(init="base", lora=LoraConfig(r=4, alpha=8, dropout=0.25)),
+                           quick_organism[0], seed=0)
+    projections = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    layers = student.base_model.model.config.num_hidden_layers
+    wrapped = {n.split(".lora_A")[0] for n, _ in student.named_parameters() if ".lora_A" in n}
+    assert len(wrapped) == layers * len(projections)
+    assert all(sum(n.endswith(p) for n in wrapped) == layers for p in projections)
+    drops = [m.p for n, m in student.named_modules() if n.endswith("lora_dropout.default")]
+    assert len(drops) == layers * len(projections) and set(drops) == {0.25}
+
+
 def test_lora_saved_merged_checkpoint_matches_the_peft_model(quick_organism, base, tmp_path):
     from transformers import AutoModelForCausalLM
 
