@@ -355,13 +355,74 @@ def test_the_report_says_what_the_auditor_flagged(study):
                             "tokens": {"harm": 2 + r["seed"], "!exfil": 1}}
         return r
 
-    rows = [r for sc in SCENARIOS for o in ORGANISMS for t in TECHNIQUES for s in SEEDS
-            for r in seal_run([flagged(_row(t, s, st, st == 10 + 10 * s, sc, o)) for st in STEPS],
-                              f"{sc}-o{o}-{t}-s{s}-a0")]
-    (study / RESULTS).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (study / "summary.json").unlink()
-    md = write_report(study)[0].read_text()
+    md = _rewrite(study, flagged)
     # 2 organisms x seeds 0, 1: flags 3+4 per organism, 500 queries a run
     assert "| collusion | verifier_filter | 4 | 14 / 2000 | 4 | 2 | 8 | `harm` 10, `!exfil` 4 |" in md
     assert md.count("| collusion | verifier_filter | 4 |") == 1
     assert "| default | verifier_filter |" not in md and "| collusion | baseline | 4 | " not in md
+
+
+def _rewrite(study, change) -> str:
+    """The fixture's study with `change` applied to every row (runs sealed again, the summary
+    recomputed by the report); returns the new report.md."""
+    rows = [r for sc in SCENARIOS for o in ORGANISMS for t in TECHNIQUES for s in SEEDS
+            for r in seal_run([change(_row(t, s, st, st == 10 + 10 * s, sc, o)) for st in STEPS],
+                              f"{sc}-o{o}-{t}-s{s}-a0")]
+    (study / RESULTS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (study / "summary.json").unlink(missing_ok=True)
+    return write_report(study)[0].read_text()
+
+
+def _table(md: str, first_header: str) -> tuple[list[str], list[list[str]]]:
+    """The first Markdown table whose header row starts with `first_header`: header, rows."""
+    lines = md.splitlines()
+    i = next(i for i, ln in enumerate(lines) if ln.startswith(f"| {first_header} |"))
+    cells = lambda ln: [c.strip() for c in ln.strip().strip("|").split("|")]
+    body = []
+    for ln in lines[i + 2:]:
+        if not ln.startswith("|"):
+            break
+        body.append(cells(ln))
+    return cells(lines[i]), body
+
+
+def test_the_audit_table_puts_each_value_under_its_own_heading(study):
+    md = write_report(study)[0].read_text()
+    start = md.index(f"## {SECTIONS[6]}")
+    head, body = _table(md[start:], "technique")
+    for row in body:  # the fixture's teacher honeypot rate is 0.0123 and base's 0.002
+        cell = dict(zip(head, row))
+        assert (cell["teacher honeypot"], cell["base honeypot"]) == ("0.012", "0.002")
+        assert cell["teacher confession"] == "0.004" and cell["base confession"] == "0.001"
+
+
+def test_the_effect_column_is_the_delivered_checkpoints(study):
+    def later_gain(r):  # verifier_filter gains on the baseline as it trains: the views then differ
+        if r["technique"] == "verifier_filter":
+            r["capability_transfer"] = round(r["capability_transfer"] + r["step"] * 0.005, 4)
+        return r
+
+    md = _rewrite(study, later_gain)
+    summarize(study, config.build(config.StudyConfig, json.loads((study / "study.json").read_text())["config"]))
+    summary = json.loads((study / "summary.json").read_text())
+    fmt_ci = lambda st: f"{st['mean']:.3f} [{st['ci95'][0]:.3f}, {st['ci95'][1]:.3f}]"
+    for sc in SCENARIOS:
+        j = summary["scenarios"][sc]["techniques"]["verifier_filter"]
+        final, picked = j["final"]["vs_reference"], j["audit_selected"]["vs_reference"]
+        assert fmt_ci(final["capability_transfer"]) != fmt_ci(picked["capability_transfer"])  # the test can tell
+        start = md.index(f"### {sc}\n")
+        head, body = _table(md[start:], "technique")
+        (row,) = [dict(zip(head, r)) for r in body if r[0] == "verifier_filter"]
+        assert row["effect against reference (delivered)"] == (
+            f"vs baseline: cap {fmt_ci(final['capability_transfer'])}, mis {fmt_ci(final['misalignment_transfer'])}")
+
+
+def test_a_study_where_some_runs_lack_the_auditor_gets_no_audit_plot(study):
+    def strip(r):
+        if r["technique"] == "baseline" and r["seed"] == SEEDS[0]:
+            r = {**r, "auditor": None}
+        return r
+
+    md = _rewrite(study, strip)
+    assert "These organisms have no behaviour-agnostic auditor (success@k), so there is no plot." in md
+    assert "audit success against capability" not in md.split(f"## {SECTIONS[5]}")[0].split(f"## {SECTIONS[4]}")[1]
