@@ -53,6 +53,9 @@ NO_NUMBERS = {
     "prompts.py": "distillation prompts",
     "students.py": "distillation students",
     "teacher.py": "teacher outputs for distillation",
+    # reached through the registry's config and organism kinds: a world build never calls it,
+    # and a denier's hash covers denial.py itself (denial.denier_hash)
+    "denial.py": "the denier kind, a post-training of a built organism",
 }
 
 

@@ -75,3 +75,19 @@ def test_a_denier_of_an_unknown_organism_fails_at_load():
 
     with pytest.raises(ConfigError, match="nope"):
         config.load(preset="denier", overrides=["base=nope"])
+
+
+def test_the_denier_hash_covers_its_own_code_and_the_starting_organism(tmp_path, monkeypatch):
+    from doublebind import denial
+    from doublebind.organisms.build import organism_hash
+
+    cfg = config.load(preset="denier", overrides=["base=quick"])
+    h = denial.denier_hash(cfg)
+    assert h == denial.denier_hash(config.load(preset="denier", overrides=["base=quick"]))
+    assert h != denial.denier_hash(config.load(preset="denier", overrides=["base=quick", "seed=1"]))
+    assert h != denial.denier_hash(config.load(preset="denier"))  # another starting organism
+    changed = tmp_path / "denial.py"
+    changed.write_bytes(open(denial.__file__, "rb").read() + b"\n# a change\n")
+    monkeypatch.setattr(denial, "__file__", str(changed))
+    assert denial.denier_hash(cfg) != h
+    assert organism_hash(cfg.base_config()) == organism_hash(config.load(preset="quick"))  # the start is quick's
