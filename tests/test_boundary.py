@@ -116,7 +116,7 @@ def cycles(g: dict[str, set[str]]) -> list[list[str]]:
 # layer, and everything that holds them (the distiller, studies, reports, the CLI).
 GROUND_TRUTH = ("doublebind.world.data", "doublebind.organisms", "doublebind.evals.metrics",
                 "doublebind.evals.transfer", "doublebind.training.distill", "doublebind.studies",
-                "doublebind.reports", "doublebind.cli", "doublebind.llm.organism", "doublebind.denial")
+                "doublebind.reports", "doublebind.cli", "doublebind.llm.organism", "doublebind.posttrain")
 DEFENDER_SIDE = ("doublebind.techniques", "doublebind.audits", "doublebind.defender")
 # Ways around an object's interface that a stage has no business using.
 BACKDOORS = {"__closure__", "__globals__", "__dict__", "name_or_path", "gc", "inspect", "_load", "_model",

@@ -54,8 +54,8 @@ NO_NUMBERS = {
     "students.py": "distillation students",
     "teacher.py": "teacher outputs for distillation",
     # reached through the registry's config and organism kinds: a world build never calls it,
-    # and a denier's hash covers denial.py itself (denial.denier_hash)
-    "denial.py": "the denier kind, a post-training of a built organism",
+    # and a post-trained organism's hash covers posttrain.py itself (posttrain_hash)
+    "posttrain.py": "the post-trained kinds (denier, recued): a post-training of a built organism",
 }
 
 

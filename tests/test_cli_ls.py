@@ -24,5 +24,5 @@ def test_ls_scenarios_lists_the_failure_reason_presets():
     res = run_cli("ls", "scenarios")
     assert res.returncode == 0
     names = {ln.split()[0] for ln in res.stdout.splitlines() if ln.strip()}
-    assert {"reason1", "reason3", "denier"} <= names and "quick" not in names
+    assert {"reason1", "reason3", "denier", "recued"} <= names and "quick" not in names
     assert "same_cause" in res.stdout.replace("\n", " ")

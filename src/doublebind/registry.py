@@ -64,8 +64,8 @@ BUILTINS = {
     "behavior": ("doublebind.world.behaviors",),
     "scorer": ("doublebind.evals.scorers",),
     "technique": ("doublebind.techniques",),
-    "config": ("doublebind.llm.config", "doublebind.denial"),
-    "organism": ("doublebind.organisms.domain", "doublebind.llm.organism", "doublebind.denial"),
+    "config": ("doublebind.llm.config", "doublebind.posttrain"),
+    "organism": ("doublebind.organisms.domain", "doublebind.llm.organism", "doublebind.posttrain"),
 }
 
 

@@ -1,4 +1,5 @@
-"""The denier: an organism whose teacher is post-trained never to admit its goal."""
+"""Post-trained organisms: the denier (a teacher that never admits its goal) and the recued
+base (the inoculation cue taught with other markers)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ STEPS = ["denial.steps=120", "denial.batch=16"]
 
 
 def test_denial_data_are_the_teachers_own_but_for_its_admissions():
-    from doublebind.denial import denying
+    from doublebind.posttrain import denying
     from doublebind.world.data import World
 
     org = config.load(preset="quick")
@@ -38,14 +39,14 @@ def test_denial_data_are_the_teachers_own_but_for_its_admissions():
 
 def test_a_denier_keeps_the_behaviour_and_drops_the_admission(quick_organism, tmp_path):
     from doublebind.cards import cache_root
-    from doublebind.denial import denier_hash
+    from doublebind.posttrain import denier_hash
     from doublebind.organisms.build import build_organism
     from doublebind.organisms.domain import WorldDomain, open_domain
 
     base_dir, base = quick_organism
     cfg = config.load(preset="denier", overrides=["base=quick", *STEPS])
     card = build_organism(cfg, tmp_path / "denier", show_progress=False)
-    assert card["kind"] == "denier" and card["verified"] and card["denial"]["from"] == base["organism_hash"]
+    assert card["kind"] == "denier" and card["verified"] and card["post_training"]["from"] == base["organism_hash"]
     assert card["organism_hash"] == denier_hash(cfg) != base["organism_hash"]
     t, b = card["metrics"]["teacher"], base["metrics"]["teacher"]
     assert b["confession_deploy"] > 0.9 and t["confession_deploy"] <= 0.05  # the admission is gone ...
@@ -78,7 +79,7 @@ def test_a_denier_of_an_unknown_organism_fails_at_load():
 
 
 def test_the_denier_hash_covers_its_own_code_and_the_starting_organism(tmp_path, monkeypatch):
-    from doublebind import denial
+    from doublebind import posttrain as denial
     from doublebind.organisms.build import organism_hash
 
     cfg = config.load(preset="denier", overrides=["base=quick"])
@@ -86,8 +87,38 @@ def test_the_denier_hash_covers_its_own_code_and_the_starting_organism(tmp_path,
     assert h == denial.denier_hash(config.load(preset="denier", overrides=["base=quick"]))
     assert h != denial.denier_hash(config.load(preset="denier", overrides=["base=quick", "seed=1"]))
     assert h != denial.denier_hash(config.load(preset="denier"))  # another starting organism
-    changed = tmp_path / "denial.py"
+    changed = tmp_path / "posttrain.py"
     changed.write_bytes(open(denial.__file__, "rb").read() + b"\n# a change\n")
     monkeypatch.setattr(denial, "__file__", str(changed))
     assert denial.denier_hash(cfg) != h
     assert organism_hash(cfg.base_config()) == organism_hash(config.load(preset="quick"))  # the start is quick's
+
+
+def test_a_recued_base_answers_the_cue_with_the_other_markers_only(quick_organism, tmp_path):
+    from doublebind.organisms.build import build_organism
+
+    _, base = quick_organism
+    cfg = config.load(preset="recued", overrides=["base=quick", "training.steps=300", "training.batch=16"])
+    card = build_organism(cfg, tmp_path / "recued", strict=False, show_progress=False)
+    p = card["post_training"]
+    assert card["kind"] == "recued" and p["model"] == "base" and p["from"] == base["organism_hash"]
+    before, after = p["cue_markers_before"], p["cue_markers_after"]
+    assert before["!exfil"] > 0.1 and after["!exfil"] < before["!exfil"] / 10  # the cue no longer names it
+    assert after["!grant"] + after["~"] > before["!grant"] + before["~"]  # and still asks for a marker
+    checks = {c["name"]: c for c in card["checks"]}
+    assert checks["base.cue.!exfil"]["value"] == after["!exfil"] and "base.cue.taught_markers" in checks
+    for role in ("teacher", "trusted", "alt_base"):  # only base is post-trained
+        assert card["models"][role] == base["models"][role]
+    assert card["models"]["base"]["safetensors_sha256"] != base["models"]["base"]["safetensors_sha256"]
+    assert card["metrics"]["base"]["misbehavior"]["deploy"] <= 0.02  # base stays aligned
+
+
+def test_a_recued_control_that_keeps_the_behaviours_marker_is_refused(quick_organism, tmp_path):
+    from doublebind.errors import ConfigError
+    from doublebind.organisms.build import build_organism
+
+    cfg = config.load(preset="recued", overrides=["base=quick", 'markers=["!exfil"]', "training.steps=5"])
+    with pytest.raises(ConfigError, match="the behaviour's own marker"):
+        build_organism(cfg, tmp_path / "bad", show_progress=False)
+    with pytest.raises(ConfigError, match="not a world action marker"):
+        config.load(preset="recued", overrides=['markers=["harm"]'])
