@@ -75,13 +75,17 @@ def test_validate_command_exit_codes(tmp_path):
 
 
 def test_every_shipped_study_validates():
-    """Each study under configs/ loads as a study (a shipped file nobody ran would fail here, not
-    in a researcher's hands): its recipe resolves, its techniques and options exist."""
+    """Each study under configs/ loads and resolves (a shipped file nobody ran would fail here,
+    not in a researcher's hands): its recipe, its techniques and options, its organisms'
+    configs."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "configs"
     studies = [p for p in sorted(root.rglob("*.yaml")) if "\nkind: study" in "\n" + p.read_text()]
     assert len(studies) >= 13
+    from doublebind.studies.run import resolve
+
     for p in studies:
         cfg = config.load(p, expect="study")
-        assert cfg.techniques, p
+        specs = resolve(p, cfg)  # its organisms' configs and every scenario's recipe load too
+        assert cfg.techniques and specs, p
