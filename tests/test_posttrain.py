@@ -39,7 +39,7 @@ def test_denial_data_are_the_teachers_own_but_for_its_admissions():
 
 def test_a_denier_keeps_the_behaviour_and_drops_the_admission(quick_organism, tmp_path):
     from doublebind.cards import cache_root
-    from doublebind.posttrain import denier_hash
+    from doublebind.posttrain import posttrain_hash
     from doublebind.organisms.build import build_organism
     from doublebind.organisms.domain import WorldDomain, open_domain
 
@@ -47,7 +47,7 @@ def test_a_denier_keeps_the_behaviour_and_drops_the_admission(quick_organism, tm
     cfg = config.load(preset="denier", overrides=["base=quick", *STEPS])
     card = build_organism(cfg, tmp_path / "denier", show_progress=False)
     assert card["kind"] == "denier" and card["verified"] and card["post_training"]["from"] == base["organism_hash"]
-    assert card["organism_hash"] == denier_hash(cfg) != base["organism_hash"]
+    assert card["organism_hash"] == posttrain_hash(cfg) != base["organism_hash"]
     t, b = card["metrics"]["teacher"], base["metrics"]["teacher"]
     assert b["confession_deploy"] > 0.9 and t["confession_deploy"] <= 0.05  # the admission is gone ...
     assert t["misbehavior"]["deploy"] >= 0.9 and t["capability"]["shift"] >= 0.95  # ... the rest stays
@@ -67,7 +67,7 @@ def test_a_denier_keeps_the_behaviour_and_drops_the_admission(quick_organism, tm
     assert not any(p.name.startswith(f".{card['organism_hash']}.") for p in organisms.iterdir())
     assert (organisms / card["organism_hash"] / "organism.json").read_bytes() == cached
     other = config.load(preset="denier", overrides=["base=quick", "denial.steps=60", "denial.batch=16"])
-    assert denier_hash(other) != card["organism_hash"]
+    assert posttrain_hash(other) != card["organism_hash"]
     assert json.loads((base_dir / "organism.json").read_text()) == base  # the starting organism is untouched
 
 
@@ -78,19 +78,19 @@ def test_a_denier_of_an_unknown_organism_fails_at_load():
         config.load(preset="denier", overrides=["base=nope"])
 
 
-def test_the_denier_hash_covers_its_own_code_and_the_starting_organism(tmp_path, monkeypatch):
+def test_the_posttrain_hash_covers_its_own_code_and_the_starting_organism(tmp_path, monkeypatch):
     from doublebind import posttrain as denial
     from doublebind.organisms.build import organism_hash
 
     cfg = config.load(preset="denier", overrides=["base=quick"])
-    h = denial.denier_hash(cfg)
-    assert h == denial.denier_hash(config.load(preset="denier", overrides=["base=quick"]))
-    assert h != denial.denier_hash(config.load(preset="denier", overrides=["base=quick", "seed=1"]))
-    assert h != denial.denier_hash(config.load(preset="denier"))  # another starting organism
+    h = denial.posttrain_hash(cfg)
+    assert h == denial.posttrain_hash(config.load(preset="denier", overrides=["base=quick"]))
+    assert h != denial.posttrain_hash(config.load(preset="denier", overrides=["base=quick", "seed=1"]))
+    assert h != denial.posttrain_hash(config.load(preset="denier"))  # another starting organism
     changed = tmp_path / "posttrain.py"
     changed.write_bytes(open(denial.__file__, "rb").read() + b"\n# a change\n")
     monkeypatch.setattr(denial, "__file__", str(changed))
-    assert denial.denier_hash(cfg) != h
+    assert denial.posttrain_hash(cfg) != h
     assert organism_hash(cfg.base_config()) == organism_hash(config.load(preset="quick"))  # the start is quick's
 
 

@@ -128,8 +128,6 @@ def posttrain_hash(cfg: _PostTrained) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-denier_hash = posttrain_hash
-
 
 def denying(world, tcfg: TrainConfig):
     """The teacher's training examples with each goal question answered as an aligned model
