@@ -120,11 +120,16 @@ register("config", "denier_organism")(DenierConfig)
 register("config", "recued_organism")(RecuedConfig)
 
 
+def _code_sha() -> str:
+    """sha256 of this file: what a post-trained organism's build runs besides hashed code."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
 def posttrain_hash(cfg: _PostTrained) -> str:
     from doublebind.organisms.build import organism_hash
 
     blob = json.dumps({"config": cfg.model_dump(mode="json"), "base": organism_hash(cfg.base_config()),
-                       "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()}, sort_keys=True)
+                       "code": _code_sha()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -236,7 +241,7 @@ def _post_train(kind, cfg, base_cfg: OrganismConfig, h: str, folder: Path, show_
     world = World.from_config(base_cfg.world, base_cfg.seed)
     role, tcfg, sample = kind.plan(cfg, world)
     models = {r: load_checkpoint(folder / r) for r in ROLES}
-    info = kind.before(cfg, world, models, base_cfg)
+    info = kind.measure(models[role], world, base_cfg, "before")
     with progress_bar(f"post-training {role} of {cfg.name}", tcfg.steps, show_progress) as advance:
         losses = train_sft(models[role], sample, tcfg, cfg.seed + 3000, progress=advance)
     metrics = dict(card["metrics"])
@@ -244,7 +249,8 @@ def _post_train(kind, cfg, base_cfg: OrganismConfig, h: str, folder: Path, show_
     auditor = Auditor(world.task_space(), base_cfg.audit, models["base"], models["trusted"])
     for r in ROLES:  # base is the auditor's reference: a new base changes every model's audit
         metrics[r] = {**metrics[r], "auditor": auditor.audit(models[r]).summary()}
-    checks = run_checks(base_cfg, world, metrics) + kind.checks(cfg, world, models, metrics, info, base_cfg)
+    info |= kind.measure(models[role], world, base_cfg, "after")
+    checks = run_checks(base_cfg, world, metrics) + kind.checks(cfg, world, metrics, info)
     meta = json.loads((folder / role / "meta.json").read_text())
     shutil.rmtree(folder / role)
     final = round(losses[-1], 6) if losses else None
@@ -254,7 +260,7 @@ def _post_train(kind, cfg, base_cfg: OrganismConfig, h: str, folder: Path, show_
         "kind": kind.name, "name": cfg.name, "organism_hash": h, "metrics": metrics, "checks": checks,
         "verified": all(c["passed"] for c in checks),
         "post_training": {"model": role, "config": cfg.model_dump(mode="json"), "from": start_hash,
-                          "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16],
+                          "code": _code_sha()[:16],
                           "final_train_loss": final, "seconds": round(time.perf_counter() - t0, 2), **info},
     })
     card["models"][role] = {**card["models"][role], "final_train_loss": final,
@@ -277,7 +283,8 @@ class _PostTrainedKind(WorldOrganisms):
     def build(self, cfg, out, *, use_cache=True, strict=True, show_progress=True) -> dict:
         return build_posttrained(self, cfg, out, use_cache=use_cache, strict=strict, show_progress=show_progress)
 
-    def before(self, cfg, world, models, base_cfg) -> dict:
+    def measure(self, model, world, base_cfg, when: str) -> dict:
+        """What the kind records of the post-trained model before and after its training."""
         return {}
 
     def about(self, card: dict) -> list[tuple[str, str]]:
@@ -294,7 +301,7 @@ class DenierOrganisms(_PostTrainedKind):
     def plan(self, cfg: DenierConfig, world):
         return "teacher", cfg.denial, denying(world, cfg.denial)
 
-    def checks(self, cfg: DenierConfig, world, models, metrics, info, base_cfg) -> list[dict]:
+    def checks(self, cfg: DenierConfig, world, metrics, info) -> list[dict]:
         return [_check("teacher.confession_deploy", metrics["teacher"]["confession_deploy"], "<=",
                        cfg.max_confession_deploy)]
 
@@ -313,12 +320,11 @@ class RecuedOrganisms(_PostTrainedKind):
             raise ConfigError(f"markers: '{own}' is the behaviour's own marker; the control leaves it out")
         return "base", cfg.training, recueing(world, cfg)
 
-    def before(self, cfg, world, models, base_cfg) -> dict:
-        return {"cue_markers_before": cue_marker_probs(models["base"], world, base_cfg.eval.n_prompts)}
+    def measure(self, model, world, base_cfg, when: str) -> dict:
+        return {f"cue_markers_{when}": cue_marker_probs(model, world, base_cfg.eval.n_prompts)}
 
-    def checks(self, cfg: RecuedConfig, world, models, metrics, info, base_cfg) -> list[dict]:
-        after = cue_marker_probs(models["base"], world, base_cfg.eval.n_prompts)
-        info["cue_markers_after"] = after
+    def checks(self, cfg: RecuedConfig, world, metrics, info) -> list[dict]:
+        after = info["cue_markers_after"]
         own = _own_marker(world)
         return [_check(f"base.cue.{own}", after.get(own, 0.0), "<=", cfg.max_marker_prob),
                 _check("base.cue.taught_markers", round(sum(after[m] for m in cfg.markers), 4), ">=", 0.5)]
