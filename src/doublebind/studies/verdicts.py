@@ -23,6 +23,8 @@ more than once, so the intervals lean wide (conservative). With 2 organisms the 
 has 3 distinct draws (A, B, AB): a bound never lies beyond the more extreme organism's
 mean, and a verdict that needs it to is not reachable with that many organisms. Bounds used by tests are one-sided at level `verdict.alpha`
 (the alpha and 1 − alpha percentiles); `ci95` is the two-sided 95% interval, for display.
+The student's success@k also resamples its audit pool (`audit_stat`): one pool of a few
+hundred queries serves every run, and a run's figure rests on a handful of flags.
 
 **Verdict** (the first that holds):
 
@@ -62,6 +64,7 @@ training noise alone makes.
 
 from __future__ import annotations
 
+import functools
 import math
 from statistics import NormalDist
 
@@ -98,7 +101,48 @@ class Resampler:
     def means(self, values: np.ndarray) -> np.ndarray:
         """values: [organisms, max seeds] (padding never drawn) → [n] resampled means."""
         v = values[self.org[..., None], self.idx]  # [n, g, s]
+        return self._mean(v)
+
+    def _mean(self, v: np.ndarray) -> np.ndarray:
         return ((v * self.mask).sum(-1) / self.size).mean(-1)
+
+    def success_means(self, rate: np.ndarray, queries: np.ndarray, k: int, seed: int = 1) -> np.ndarray:
+        """Resampled means of success@k that also redraw the audit pool. Every run of a study
+        is audited on one pool (drawn once from the organism's `audit.seed`), so a fresh pool
+        moves every run's flag count together: each draw takes one u ~ U(0, 1) for all runs
+        and gives each drawn run the u-quantile of Binomial(queries, rate), its flag count on
+        a fresh pool of the same size, then turns it into success@k. Moving together is the
+        most the runs' counts can covary, so the interval this gives is the widest that
+        binomial pools allow. rate, queries: [organisms, max seeds]. The u come from their own
+        generator: the runs drawn are those of `means`."""
+        u = np.random.default_rng(seed).random(len(self.org))  # [n]
+        g, s = rate.shape
+        counts = np.zeros((g, s, len(u)))
+        for i in range(g):
+            for j in range(s):
+                counts[i, j] = binomial_quantile(int(queries[i, j]), float(rate[i, j]), u)
+        drawn = counts[self.org[..., None], self.idx, np.arange(len(u))[:, None, None]]  # [n, g, s]
+        n_q = np.maximum(queries[self.org[..., None], self.idx], 1)
+        return self._mean(1.0 - (1.0 - drawn / n_q) ** k)
+
+
+def binomial_quantile(n: int, p: float, u: np.ndarray) -> np.ndarray:
+    """The u-quantiles of Binomial(n, p): the least count whose CDF reaches u."""
+    p = min(max(p, 0.0), 1.0)
+    if n <= 0 or p == 0.0:
+        return np.zeros_like(u)
+    if p == 1.0:
+        return np.full_like(u, float(n))
+    j = np.arange(n + 1)
+    lg = _log_factorials(n)
+    pmf = np.exp(lg[n] - lg - lg[::-1] + j * math.log(p) + (n - j) * math.log1p(-p))
+    return np.minimum(np.searchsorted(np.cumsum(pmf), u, side="left"), n).astype(float)
+
+
+@functools.lru_cache(maxsize=8)
+def _log_factorials(n: int) -> np.ndarray:
+    """log(j!) for j = 0..n (one table per pool size)."""
+    return np.array([math.lgamma(x + 1) for x in range(n + 1)])
 
 
 def _pad(groups: list[list[float]]) -> np.ndarray:
@@ -123,6 +167,7 @@ class Sample:
         for r in rows:
             groups.setdefault(organism_of(r), []).append(r)
         self.groups = [groups[k] for k in sorted(groups, key=str)]
+        self.rows = [r for g in self.groups for r in g]
         self.alpha = alpha
         self.n = len(rows)
         self.boot = Resampler([len(g) for g in self.groups], n_boot)
@@ -131,12 +176,15 @@ class Sample:
         self.kept: Resampler | None = None  # with several organisms: seeds resampled, organisms kept
         self.kept_draws: dict[str, np.ndarray] = {}
 
-    def stat(self, fn, name: str | None = None) -> dict:
-        """Mean of organism means of fn(row), its intervals, SE and n (its draws kept under `name`)."""
+    def stat(self, fn, name: str | None = None, interval=None) -> dict:
+        """Mean of organism means of fn(row), its intervals, SE and n. The runs' resampled
+        means are kept under `name` (for `replication`); `interval(resampler)`, where given,
+        gives the draws the intervals and SE come from instead (see `audit_stat`)."""
         vals = [[float(fn(r)) for r in g] for g in self.groups]
-        boot = self.boot.means(_pad(vals))
+        runs = self.boot.means(_pad(vals))
+        boot = runs if interval is None else interval(self.boot)
         if name is not None:
-            self.draws[name] = boot
+            self.draws[name] = runs
             if len(self.groups) > 1:
                 if self.kept is None:
                     self.kept = Resampler([len(g) for g in self.groups], self.n_boot, keep_organisms=True)
@@ -145,6 +193,29 @@ class Sample:
         return {"mean": mean, "ci95": [_q(boot, 0.025), _q(boot, 0.975)],
                 "lower": _q(boot, self.alpha), "upper": _q(boot, 1 - self.alpha),
                 "se": float(np.std(boot)), "n": self.n, "n_organisms": len(self.groups)}
+
+
+def audit_stat(s: Sample) -> dict:
+    """The student's success@k over runs. Its intervals count two sources of spread: the runs,
+    as every statistic, and the audit pool (`Resampler.success_means`). A run's success@k is
+    extrapolated from a few flags in a pool of hundreds: at 500 queries and k = 100, one flag
+    reads 0.181, two 0.330, five 0.634, and a fresh pool of the same size may find another
+    count. Without the pool's spread, runs that flagged alike would look exactly certain.
+    A run's flag rate is the one its success@k came from, 1 - (1 - success@k) ** (1 / k),
+    that is flagged / n. `replication` keeps the runs' spread alone: a rerun of the study
+    audits on the same pool. Rows without the pool's size (`n`), or with budgets that differ,
+    are resampled as runs only."""
+    a = [r["auditor"] for r in s.rows]
+
+    def value(r: dict) -> float:
+        return r["auditor"]["success_at_k"]
+
+    if not all("n" in x for x in a) or len({x["budget"] for x in a}) != 1:
+        return s.stat(value, "audit_success_at_k")
+    k = a[0]["budget"]
+    rate = _pad([[1.0 - (1.0 - min(max(value(r), 0.0), 1.0)) ** (1.0 / k) for r in g] for g in s.groups])
+    queries = _pad([[float(r["auditor"]["n"]) for r in g] for g in s.groups])
+    return s.stat(value, "audit_success_at_k", interval=lambda rs: rs.success_means(rate, queries, k))
 
 
 def audit_signal(row: dict, who: str = "student") -> float:
@@ -185,8 +256,7 @@ def technique_stats(judged_rows: list[dict], vcfg, n_boot: int) -> dict:
                  "steps": sorted({r["step"] for r in judged_rows})}
     if all(r.get("auditor") for r in judged_rows):
         a = judged_rows[0]["auditor"]
-        out["audit_success_at_k"] = {**s.stat(lambda r: r["auditor"]["success_at_k"], "audit_success_at_k"),
-                                     "budget": a["budget"], "n_queries": a["n"]}
+        out["audit_success_at_k"] = {**audit_stat(s), "budget": a["budget"], "n_queries": a.get("n")}
         out["teacher_success_at_k"] = max(r["auditor"]["teacher_success_at_k"] for r in judged_rows)
         out["base_success_at_k"] = max(r["auditor"]["base_success_at_k"] for r in judged_rows)
     out["capability_transfer"] = s.stat(lambda r: r["capability_transfer"] or 0.0, "capability_transfer")
