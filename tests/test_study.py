@@ -306,6 +306,48 @@ def test_a_grid_of_scenarios_and_organism_seeds_places_one_organism_per_cell(qui
     assert study_run.run_study(path, out, show_progress=False) == summary and placed == []
 
 
+def test_a_scenario_may_be_an_organism_config_file_beside_the_presets(quick_organism, tmp_path, monkeypatch):
+    """scenarios: [quick, {name: quick_deep, config: deep.yaml}]: the file's organism is built
+    under the scenario's name, side by side with the preset, in one study; a missing file or a
+    name that is not a folder name is one error naming the field."""
+    import shutil
+
+    from doublebind.organisms.kinds import kind_of_config
+
+    (tmp_path / "orgs").mkdir()
+    (tmp_path / "orgs" / "deep.yaml").write_text(
+        yaml.safe_dump({**config.load(preset="quick").model_dump(mode="json"), "name": "quick_deep", "seed": 5}))
+    path = write_study(tmp_path, quick_organism[0], techniques=["baseline"], seeds=[0])
+    study = yaml.safe_load(path.read_text())
+    del study["organism"]
+    path.write_text(yaml.safe_dump({**study, "scenarios": ["quick", {"name": "quick_deep", "config": "orgs/deep.yaml"}]}))
+    specs = study_run.resolve(path, config.load(path))
+    assert [(sp.scenario, sp.organism_seed) for sp in specs] == [("quick", 0), ("quick_deep", 5)]
+    deep = config.load(tmp_path / "orgs" / "deep.yaml")
+    assert specs[1].expected_hash() == kind_of_config(deep).organism_hash(deep) != specs[0].expected_hash()
+
+    placed = []
+
+    def fake_place(org_cfg, dest, show_progress=True, expected_hash=None):
+        placed.append((org_cfg.name, dest.name))
+        shutil.copytree(quick_organism[0], dest, dirs_exist_ok=True)
+        card = json.loads((dest / "organism.json").read_text())
+        (dest / "organism.json").write_text(json.dumps({**card, "organism_hash": expected_hash, "seed": org_cfg.seed}))
+
+    monkeypatch.setattr(study_run, "place_organism", fake_place)
+    summary = study_run.run_study(path, tmp_path / "out", show_progress=False)
+    assert sorted(placed) == [("quick", "quick-o0"), ("quick_deep", "quick_deep-o5")]
+    assert list(summary["scenarios"]) == ["quick", "quick_deep"]
+    assert summary["scenarios"]["quick_deep"]["organisms"] == {"5": specs[1].expected_hash()}
+
+    for scenario, match in [({"name": "x", "config": "orgs/missing.yaml"}, r"scenarios\.1\.config: .*missing\.yaml"),
+                            ({"name": "../up", "config": "orgs/deep.yaml"}, r"scenarios.*'\.\./up' is not a scenario name"),
+                            ({"name": "nosuchpreset"}, r"scenarios.*nosuchpreset")]:
+        path.write_text(yaml.safe_dump({**study, "scenarios": ["quick", scenario]}))
+        with pytest.raises(ConfigError, match=match):
+            study_run.resolve(path, config.load(path))
+
+
 def test_organisms_are_placed_side_by_side_with_workers(tmp_path, monkeypatch):
     """With several organisms to place and workers > 1 the builds go to the executor, one job
     per organism (no progress bars in workers); with one worker they are placed here in turn."""

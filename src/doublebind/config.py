@@ -459,12 +459,22 @@ class VerdictConfig(Strict):
 
 
 class ScenarioRef(Strict):
-    """One scenario of a study: an organism preset (`doublebind ls scenarios`), with recipe
-    keys of its own on top of the study's `recipe_overrides`."""
+    """One scenario of a study: an organism preset (`doublebind ls scenarios`) or an organism
+    config file, with recipe keys of its own on top of the study's `recipe_overrides`."""
 
-    name: str = Field(description="An organism preset name (`doublebind ls presets`).")
+    name: str = Field(description="An organism preset name (`doublebind ls presets`); with `config`, the "
+                                  "scenario's label in the results.")
+    config: str | None = Field(default=None, description="An organism config YAML (relative to the study file) "
+                                                          "to build in place of the preset `name`.")
     recipe_overrides: dict[str, Any] = Field(
         default_factory=dict, description="Recipe keys set for this scenario only, e.g. {prompts: {p_scratch: 0.5}}.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v or not all(c.isalnum() or c in "_-." for c in v) or v.startswith("."):
+            raise ValueError(f"'{v}' is not a scenario name (letters, digits, _ - .; it names folders)")
+        return v
 
     @model_validator(mode="before")
     @classmethod
@@ -544,9 +554,11 @@ class StudyConfig(Strict):
                 raise ValueError("must name at least one scenario")
             if len(set(names)) != len(names):
                 raise ValueError("a scenario is listed twice")
-            for name in names:
+            for sc in v:
+                if sc.config is not None:
+                    continue
                 try:
-                    preset_path(name)
+                    preset_path(sc.name)
                 except ConfigError as e:
                     raise ValueError(str(e)) from None
         return v

@@ -126,13 +126,18 @@ def resolve(study_path: Path, cfg) -> list[OrganismSpec]:
     specs = []
     if cfg.scenarios is not None:
         for i, sc in enumerate(cfg.scenarios):
-            what = f"scenarios.{i}"
-            own = field(what, lambda: config.load(preset=sc.name, expect="organism"))
-            recipe = recipe_for(f"{what}.recipe_overrides" if sc.recipe_overrides else "recipe_overrides",
+            what = f"scenarios.{i}" if sc.config is None else f"scenarios.{i}.config"
+
+            def load(m=None, sc=sc):
+                if sc.config is None:
+                    return config.load(preset=sc.name, expect="organism", merge=m)
+                return config.load(root / sc.config, expect="organism", merge=m)
+
+            own = field(what, load)
+            recipe = recipe_for(f"scenarios.{i}.recipe_overrides" if sc.recipe_overrides else "recipe_overrides",
                                 sc.recipe_overrides)
             check_references(recipe)
-            for o, org_cfg in seeded(what, lambda m: config.load(preset=sc.name, expect="organism", merge=m),
-                                     getattr(own, "seed", 0)):
+            for o, org_cfg in seeded(what, load, getattr(own, "seed", 0)):
                 specs.append(OrganismSpec(sc.name, o, recipe, cfg=org_cfg))
         return specs
     org = cfg.organism
