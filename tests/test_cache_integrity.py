@@ -78,6 +78,51 @@ def test_a_file_changed_just_now_is_never_stamped(tmp_path):
         verify_file(f, sha, "model 'x'")
 
 
+def test_an_old_mtime_does_not_make_a_fresh_file_settled(tmp_path):
+    """A file copied with its times kept (mtime set back, ctime now) was still written just
+    now: its ctime, not its mtime, says so, and it is not stamped."""
+    import os
+
+    f = _weights(tmp_path / "model.safetensors", 1 << 10)
+    old = time.time_ns() - 3600 * 10**9
+    os.utime(f, ns=(old, old))
+    verify_file(f, file_sha256(f), "model 'x'")
+    assert not (tmp_path / STAMPS).exists()
+
+
+def test_a_file_written_while_it_is_hashed_is_not_stamped(tmp_path, monkeypatch):
+    """The hash read from a file that changed under the reader belongs to neither version:
+    it is returned for this check but never stamped."""
+    monkeypatch.setattr(integrity, "RACY_NS", 0)
+    f = _weights(tmp_path / "model.safetensors", 1 << 12)
+    time.sleep(0.05)
+    real = integrity.file_sha256
+
+    def hash_then_append(p):
+        sha = real(p)
+        time.sleep(0.02)  # past the timestamp tick
+        with open(p, "ab") as fh:
+            fh.write(b"x")
+        return sha
+
+    monkeypatch.setattr(integrity, "file_sha256", hash_then_append)
+    integrity.current_sha256(f)
+    assert "model.safetensors" not in integrity._read_stamps(tmp_path)
+
+
+def test_organism_models_are_checked_where_the_card_puts_them(tmp_path):
+    """A model's folder is the card's `path`, which need not be its role's name."""
+    from doublebind.integrity import verify_organism_models
+
+    (tmp_path / "models" / "teacher-final").mkdir(parents=True)
+    f = _weights(tmp_path / "models" / "teacher-final" / "model.safetensors", 1 << 10)
+    card = {"name": "o", "models": {"teacher": {"path": "models/teacher-final", "safetensors_sha256": file_sha256(f)}}}
+    verify_organism_models(tmp_path, card)
+    card["models"]["teacher"]["safetensors_sha256"] = "0" * 64
+    with pytest.raises(CorruptCacheError, match=r"model 'teacher': .*teacher-final/model.safetensors is corrupt"):
+        verify_organism_models(tmp_path, card)
+
+
 # ---- organisms -------------------------------------------------------------------------
 
 def _corrupt_card(path):

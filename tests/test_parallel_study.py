@@ -73,10 +73,11 @@ def test_two_workers_give_the_numbers_of_one_run_at_a_time(single, tmp_path):
 def _job(key: str, delay: float, failed: str | None = None):
     """A run stand-in for the executor test: fails for key 'bad' (first touching `failed`),
     else reports its process; 'slow' first waits until 'bad' has failed, so it is in flight
-    then however late each worker process starts on a busy machine."""
+    then however late each worker process starts on a busy machine; 'late' waits as 'slow'
+    does, then fails too."""
     import torch
 
-    if key == "slow":
+    if key in ("slow", "late"):
         deadline = time.monotonic() + 120
         while not os.path.exists(failed) and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -86,6 +87,8 @@ def _job(key: str, delay: float, failed: str | None = None):
     if key == "bad":
         open(failed, "w").close()
         raise DoublebindError(f"loss became nan at step 3 (process {os.getpid()})")
+    if key == "late":
+        raise DoublebindError("a second failure, after the first")
     return os.getpid(), torch.get_num_threads()
 
 
@@ -108,6 +111,10 @@ def test_a_failing_or_dead_worker_is_raised_and_finished_runs_are_handed_over(tm
     assert str(e.value) == ("the worker process running t seed 0 died (exit code 3: it exited without a result); "
                             "finished runs are kept, rerun to resume")
     assert ("t", 1) in done
+    # two failures: the first is raised, and the one in flight then fails after it
+    failed2 = str(tmp_path / "bad-failed-2")
+    with pytest.raises(DoublebindError, match=r"^loss became nan at step 3"):
+        executor.run_jobs(_job, {"bad": ("bad", 0.0, failed2), "late": ("late", 0.2, failed2)}, 2, done.__setitem__)
 
 
 def test_worker_count_policy():
