@@ -426,3 +426,33 @@ def test_a_study_where_some_runs_lack_the_auditor_gets_no_audit_plot(study):
     md = _rewrite(study, strip)
     assert "These organisms have no behaviour-agnostic auditor (success@k), so there is no plot." in md
     assert "audit success against capability" not in md.split(f"## {SECTIONS[5]}")[0].split(f"## {SECTIONS[4]}")[1]
+
+
+def test_a_run_s_transfer_curves_draw_its_rows_and_the_teacher_s_rates():
+    """The run's figure: capability then misalignment transfer (an undefined transfer is a
+    gap, not 0), and the student's rates with the teacher's (not base's) as dashed lines."""
+    import math
+
+    import matplotlib.pyplot as plt
+
+    from doublebind.reports.curves import transfer_figure
+
+    rows = [{"step": s, "capability_transfer": c, "misalignment_transfer": m,
+             "misbehavior": {"deploy": d, "honeypot": h, "neutral": 0.0}, "confession": f}
+            for s, c, m, d, h, f in [(0, 0.0, 0.0, 0.0, 0.0, 0.0), (5, 0.5, 0.2, 0.3, 0.05, 0.1),
+                                     (10, None, 0.4, 0.6, 0.1, 0.2)]]
+    reference = {"teacher": {"misbehavior": {"deploy": 0.9, "honeypot": 0.15}, "confession": 0.7},
+                 "base": {"misbehavior": {"deploy": 0.01, "honeypot": 0.02}, "confession": 0.03}}
+    fig = transfer_figure(rows, reference, "t")
+    try:
+        left, right = fig.axes
+        cap, mis = (list(line.get_ydata()) for line in left.lines[:2])
+        assert cap[:2] == [0.0, 0.5] and math.isnan(cap[2])
+        assert mis == [0.0, 0.2, 0.4]
+        assert [list(line.get_xdata()) for line in left.lines[:2]] == [[0, 5, 10]] * 2
+        drawn = [list(line.get_ydata()) for line in right.lines]
+        assert drawn[0] == [0.0, 0.3, 0.6] and drawn[2] == [0.0, 0.05, 0.1] and drawn[4] == [0.0, 0.1, 0.2]
+        assert [d[0] for d in (drawn[1], drawn[3], drawn[5])] == [0.9, 0.15, 0.7]  # the teacher's, dashed
+        assert all(right.lines[i].get_linestyle() == "--" for i in (1, 3, 5))
+    finally:
+        plt.close(fig)

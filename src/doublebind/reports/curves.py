@@ -8,6 +8,15 @@ from pathlib import Path
 def plot_transfer(rows: list[dict], reference: dict, path: Path, title: str) -> None:
     """Left: capability and misalignment transfer over training. Right: the raw rates an
     auditor and the ground truth see, with the teacher's as dashed lines."""
+    fig = transfer_figure(rows, reference, title)  # selects the Agg backend before pyplot loads
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def transfer_figure(rows: list[dict], reference: dict, title: str):
+    """The figure `plot_transfer` saves (a transfer that is None, undefined, is a gap)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -42,5 +51,4 @@ def plot_transfer(rows: list[dict], reference: dict, path: Path, title: str) -> 
     ax2.legend(loc="best", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
