@@ -182,3 +182,39 @@ def test_cli_refuses_an_out_it_cannot_make_before_training(tmp_path):
     f.write_text("")
     res = run_cli("replicate", "subliminal-digits", "--out", str(f / "inside"))
     assert res.returncode == 1 and "is a file, so no folder can be made inside it" in res.stderr
+
+
+def test_one_seed_wires_its_models_as_the_experiment_needs(monkeypatch):
+    """Within one seed: both students see the noise in the same order (only their init
+    differs), every accuracy is on the held-out digits, and `untrained` is the accuracy of
+    the shared init itself (the same-init student's starting point), recorded before training."""
+    calls, orders = [], []
+    real_accuracy, real_distill = sd.accuracy, sd.distill_student
+
+    def accuracy(model, x, y):
+        calls.append(({k: v.clone() for k, v in model.state_dict().items()}, x.shape[0]))
+        return real_accuracy(model, x, y)
+
+    def distill_student(student, noise, logits, setup, order):
+        orders.append(order)
+        return real_distill(student, noise, logits, setup, order)
+
+    monkeypatch.setattr(sd, "accuracy", accuracy)
+    monkeypatch.setattr(sd, "distill_student", distill_student)
+    tiny = sd.Setup(n_noise=512, distill_batch=128, distill_epochs=1, teacher_epochs=1)
+    row = sd.run_seed(3, tiny)
+    assert len(orders) == 2 and orders[0] == orders[1]
+    x_te, y_te = sd.digits()[2:]
+    assert [n for _, n in calls] == [x_te.shape[0]] * 4  # teacher, untrained, two students
+    s_init = sd._seeds(3, 4)[0]
+    init = sd.mlp([64, *tiny.hidden, sd.N_CLASSES + tiny.aux], torch.Generator().manual_seed(s_init))
+    untrained = [i for i, (state, _) in enumerate(calls)
+                 if all(torch.equal(state[k], v) for k, v in init.state_dict().items())]
+    assert untrained == [1] and row["untrained"] == real_accuracy(init, x_te, y_te)
+
+
+def test_a_bad_sweep_value_is_refused_before_anything_trains():
+    trained = []
+    with pytest.raises(DoublebindError):
+        sd.run([0], SMALL, sweep=[3, 1], progress=lambda n=1: trained.append(n))
+    assert trained == []
