@@ -177,3 +177,23 @@ def test_the_gpu_check_refuses_a_machine_without_cuda_in_one_line(tmp_path):
     assert p.returncode == 2
     assert p.stderr.strip().startswith("error: no CUDA device") and len(p.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_models_load_without_hub_kernels_unless_the_user_sets_them(quick_organism, tmp_path):
+    """Transformers would give every loaded model hub kernels (layer code fetched from the Hub
+    on GPUs): doublebind turns them off on import, in this process and the workers it spawns,
+    and a USE_HUB_KERNELS the user set is kept."""
+    import os
+    import subprocess
+    import sys
+
+    from doublebind.organisms.models import load_checkpoint
+
+    assert os.environ["USE_HUB_KERNELS"] == "NO"
+    assert load_checkpoint(quick_organism[0] / "base").use_kernels is False
+    probe = "import doublebind, os; print(os.environ['USE_HUB_KERNELS'])"
+    env = {k: v for k, v in os.environ.items() if k != "USE_HUB_KERNELS"}
+    for given, seen in [(None, "NO"), ("YES", "YES")]:
+        e = env if given is None else {**env, "USE_HUB_KERNELS": given}
+        out = subprocess.run([sys.executable, "-c", probe], env=e, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == seen
