@@ -221,3 +221,23 @@ def test_distill_is_not_run_into_a_study_even_when_forced(tmp_path):
         with pytest.raises(DoublebindError, match=r"holds a study \(study.json\), not a run"):
             distill(tmp_path / "no-organism", recipe, study, show_progress=False, force=force)
     assert {p.name: p.read_bytes() for p in study.iterdir()} == before
+
+
+def test_compare_says_when_b_ran_with_other_libraries_or_on_another_machine(tmp_path):
+    """The references were made with transformers 5.24 and a fresh clone installs a later
+    one: a rerun's moved verdict may be the libraries', and compare says so."""
+    def provenance(folder: Path, **edit) -> Path:
+        record = json.loads((folder / "study.json").read_text())
+        for key, values in edit.items():
+            record["provenance"][key] = {**record["provenance"].get(key, {}), **values}
+        (folder / "study.json").write_text(json.dumps(record))
+        return folder
+
+    a = provenance(_copy_reference(tmp_path / "a"), machine={"cpu": "CPU A"})
+    b = provenance(_copy_reference(tmp_path / "b"), versions={"transformers": "5.99.0"}, machine={"cpu": "CPU B"})
+    res = run_cli("study", "compare", str(a), str(b))
+    assert res.returncode == 0, res.stderr
+    assert "note: B ran with other libraries (transformers 5.24.0 -> 5.99.0)" in res.stdout, res.stdout
+    assert "note: B ran on another machine (cpu CPU A -> CPU B)" in res.stdout
+    res = run_cli("study", "compare", str(a), str(_copy_reference(tmp_path / "c")))
+    assert res.returncode == 0 and "note:" not in res.stdout  # B names no cpu: unknown, not said

@@ -123,7 +123,22 @@ def compare_folders(a_dir: Path, b_dir: Path) -> dict:
     result["studies"] = [a.get("study"), b.get("study")]
     result["recipes_shared"] = len({(k[0], k[2]) for k in shared})  # (scenario, technique) pairs
     result["recipes_differ"] = len({(k[0], k[2]) for k in shared if ra[k] != rb[k]})
+    result["versions_differ"] = _differ(_provenance(study_a, "versions"), _provenance(study_b, "versions"),
+                                        ("python", "torch", "transformers", "tokenizers", "doublebind"))
+    result["machines_differ"] = _differ(_provenance(study_a, "machine"), _provenance(study_b, "machine"),
+                                        ("cpu", "cpu_kernels", "machine"))
     return result
+
+
+def _provenance(study: dict, key: str) -> dict:
+    prov = study.get("provenance") if isinstance(study.get("provenance"), dict) else {}
+    return prov.get(key) if isinstance(prov.get(key), dict) else {}
+
+
+def _differ(a: dict, b: dict, keys: tuple[str, ...]) -> list[list]:
+    """[key, A's, B's] for each key both records name with different values (one left
+    unrecorded says nothing)."""
+    return [[k, a[k], b[k]] for k in keys if a.get(k) is not None and b.get(k) is not None and a[k] != b[k]]
 
 
 def _builds(study: dict) -> dict[tuple, tuple]:
@@ -168,6 +183,12 @@ def notes(result: dict) -> list[str]:
                    f"hash, other weights (built on another machine, whose rounding differs)"
                    + ("; with one build per scenario, A's replication figures cannot see how much a verdict "
                       "depends on its build" if result.get("one_build_per_scenario") else ""))
+    if result.get("versions_differ"):
+        out.append("B ran with other libraries (" + ", ".join(f"{k} {a} -> {b}" for k, a, b in result["versions_differ"])
+                   + "): their kernels may round differently; a moved verdict may be theirs")
+    if result.get("machines_differ"):
+        out.append("B ran on another machine (" + ", ".join(f"{k} {a} -> {b}" for k, a, b in result["machines_differ"])
+                   + "), whose rounding differs")
     return out
 
 
