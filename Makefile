@@ -61,12 +61,15 @@ bench-trl: $(DEV_STAMP)
 # For benchmarks/gpu_check.sh on a bare CUDA machine (Python 3.12, torch with CUDA, no network):
 # the wheels its image lacks (pydantic) or holds in other versions (transformers, peft,
 # accelerate), at this venv's versions, into .whl/ (ignored; carry it to that machine).
+# Except transformers, pinned where GPU_PINS says: from 5.25 it needs huggingface-hub>=2.4
+# (and that, httpx2), and the image holds huggingface_hub 1.33, which 5.24 accepts.
 GPU_WHEELS := pydantic pydantic-core annotated-types typing-inspection transformers peft accelerate
+GPU_PINS := transformers==5.24.0
 gpu-wheels: $(STAMP)
 	rm -rf .whl
 	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
-	    $$($(BIN)/python -c "from importlib.metadata import version; print(*(f'{n}=={version(n)}' for n in '$(GPU_WHEELS)'.split()))")
+	    $$($(BIN)/python -c "from importlib.metadata import version; pins = dict(p.split('==') for p in '$(GPU_PINS)'.split()); print(*(f'{n}=={pins.get(n, version(n))}' for n in '$(GPU_WHEELS)'.split()))")
 	ls .whl
 
 clean:
