@@ -10,7 +10,8 @@ measured on the same pool. For each run this distils with the study recipe (weig
 saved), then audits the delivered checkpoint and every other one with the organism's own
 pool and with fresh pools (other seeds, the same sizes and budget), and prints success@k
 per pool: the gap between the own pool and the fresh ones at the delivered checkpoint is
-the optimism of reusing the pool.
+the optimism of reusing the pool. Last, whether the pools' flag counts spread as binomials
+do (`dispersion`), the model behind the verdicts' audit intervals.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def main() -> None:
 
     from doublebind import config
     from doublebind.audits.auditor import Auditor
+    from doublebind.integrity import file_sha256
     from doublebind.organisms.build import build_organism
     from doublebind.organisms.domain import open_domain
     from doublebind.organisms.models import load_checkpoint, quiet_transformers
@@ -55,6 +57,8 @@ def main() -> None:
         print(f"{'technique':20} {'seed':>4} {'step':>5} {'delivered':>9} {'own':>6} "
               + " ".join(f"{'pool ' + str(p):>7}" for p in fresh), flush=True)
         gaps: dict[str, list[float]] = {t: [] for t in args.techniques}
+        seed_counts: list = []  # per distinct checkpoint: flags on every pool, and the pool size
+        seen: set = set()
         for t in args.techniques:
             for seed in args.seeds:
                 t0 = time.perf_counter()
@@ -67,7 +71,12 @@ def main() -> None:
                 for ckpt in sorted((run / "checkpoints").iterdir()):
                     step = int(ckpt.name.removeprefix("step_"))
                     model = load_checkpoint(ckpt)
-                    s = {p: a.audit(model).success_at_k for p, a in auditors.items()}
+                    res = {p: a.audit(model) for p, a in auditors.items()}
+                    s = {p: r.success_at_k for p, r in res.items()}
+                    key = file_sha256(ckpt / "model.safetensors")  # another run may hold the same weights
+                    if key not in seen:
+                        seen.add(key)
+                        seed_counts.append(([r.flagged for r in res.values()], next(iter(res.values())).n))
                     if step == delivered:
                         gaps[t].append(statistics.fmean(s[p] for p in fresh) - s[own_cfg.seed])
                     print(f"{t:20} {seed:4d} {step:5d} {'yes' if step == delivered else '':>9} "
@@ -77,6 +86,26 @@ def main() -> None:
             print(json.dumps({"technique": t, "seeds": args.seeds, "fresh_pools": fresh,
                               "delivered_fresh_minus_own": [round(x, 4) for x in g],
                               "mean": round(statistics.fmean(g), 4) if g else None}), flush=True)
+        print(json.dumps(dispersion(seed_counts)), flush=True)
+
+
+def dispersion(counts: list[tuple[list[int], int]]) -> dict:
+    """Do the pools' flag counts spread as binomials do? The verdicts' audit intervals
+    assume a checkpoint's count on a fresh pool of n queries is Binomial(n, rate). Per
+    checkpoint that any pool flagged, sum (m_i - mean)^2 / (mean (1 - mean / n)) over its
+    pools: under that model the total is about chi-squared with (pools - 1) per checkpoint
+    degrees of freedom, so total / df near 1 fits, well above 1 says the pools spread more
+    than the intervals allow."""
+    chi2, df, used = 0.0, 0, 0
+    for flags, n in counts:
+        mean = statistics.fmean(flags)
+        if mean == 0 or len(flags) < 2:
+            continue
+        chi2 += sum((m - mean) ** 2 for m in flags) / (mean * (1 - mean / n))
+        df += len(flags) - 1
+        used += 1
+    return {"binomial_dispersion": {"checkpoints": used, "chi2": round(chi2, 2), "df": df,
+                                    "ratio": round(chi2 / df, 3) if df else None}}
 
 
 if __name__ == "__main__":
