@@ -35,7 +35,8 @@ PINNED = {
 
 # Modules the hashed files import that compute none of a build's numbers.
 NO_NUMBERS = {
-    "__init__.py": "the version string, which code_version() hashes itself",
+    "__init__.py": "the version string, which code_version() hashes itself, and hub kernels off (builds make "
+                   "their models from configs, and on the CPU no hub kernel applies)",
     "cards.py": "card paths and library versions",
     "config.py": "the config models; the organism hash covers the dumped config",
     "errors.py": "error classes",
