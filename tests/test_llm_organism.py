@@ -375,3 +375,33 @@ def test_full_soft_labels_on_a_small_vocabulary(hf_organism):
 
     s = distill(hf_organism[0], r, Path(d.dir).parent / "full-run", show_progress=False, force=True)
     assert math.isfinite(s["losses"]["last"]) and s["losses"]["first"] > 0
+
+
+def test_a_local_teacher_folder_s_weights_are_in_the_organism_hash(tmp_path, monkeypatch):
+    """A teacher named by a local folder and retrained in place gets a new organism hash, so
+    its card and cached teacher outputs are made again, not served stale; the same files
+    give the same hash, and are read once, not at every hash."""
+    import time
+
+    from doublebind import integrity
+    from doublebind.llm import organism as llm_org
+
+    monkeypatch.setattr(integrity, "RACY_NS", 0)  # files written just now may be remembered
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "config.json").write_text('{"model_type": "llama"}')
+    (teacher / "model.safetensors").write_bytes(b"weights v1")
+    (teacher / "README.md").write_text("not a weight file")
+    cfg = lambda: config.load(organism_yaml(tmp_path, teacher={"model": str(teacher), "system_prompt": SYSTEM}))
+    time.sleep(0.05)  # past the filesystem's timestamp tick
+    first = llm_org.organism_hash(cfg())
+    reads = []
+    original = integrity.file_sha256
+    monkeypatch.setattr(integrity, "file_sha256", lambda p: reads.append(p.name) or original(p))
+    assert llm_org.organism_hash(cfg()) == first and reads == []  # the memo answered: no file read
+    (teacher / "README.md").write_text("edited")  # not a weight or config file
+    assert llm_org.organism_hash(cfg()) == first
+    (teacher / "model.safetensors").write_bytes(b"weights v2")  # retrained in place
+    second = llm_org.organism_hash(cfg())
+    assert second != first and reads == ["model.safetensors"]
+    assert llm_org.local_model_sha("tiny:llama") is None and llm_org.local_model_sha("org/model") is None

@@ -21,6 +21,7 @@ import json
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 from statistics import fmean
 
@@ -95,10 +96,60 @@ def eval_sets(cfg: HFOrganismConfig) -> dict[str, EvalSet]:
     return out
 
 
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf", "config.json", "adapter_config.json")
+FILE_SHAS = "file_sha256.json"  # in the cache root: sha256 of local model files by path and stat
+
+
+def local_model_sha(path: str | None) -> str | None:
+    """sha256 over a local model or adapter folder's weight and config files (names and
+    contents), or None for a hub id (there `revision` pins the weights). A retrained teacher
+    in the same folder gets a new organism hash, so its card and its cached outputs are made
+    again instead of served stale. Each file's hash is kept in the cache root by its path,
+    size and times, so a model is read once per change, not once per run."""
+    if not path or not Path(path).is_absolute() or not Path(path).is_dir():
+        return None
+    folder = Path(path)
+    files = sorted({f for pattern in WEIGHT_FILES for f in folder.glob(pattern) if f.is_file()})
+    memo_path = cache_root() / FILE_SHAS
+    try:
+        memo = json.loads(memo_path.read_text())
+        memo = memo if isinstance(memo, dict) else {}
+    except (OSError, ValueError):
+        memo = {}
+    from doublebind import integrity
+
+    h, changed = hashlib.sha256(), False
+    for f in files:
+        st = f.stat()
+        stat = [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+        entry = memo.get(str(f.resolve()))
+        if not (isinstance(entry, dict) and entry.get("stat") == stat and isinstance(entry.get("sha256"), str)):
+            entry = {"stat": stat, "sha256": integrity.file_sha256(f)}
+            # as integrity's stamps: a file changed within a timestamp tick is not remembered
+            if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > integrity.RACY_NS:
+                memo[str(f.resolve())], changed = entry, True
+        h.update(f"{f.name}|{entry['sha256']}\n".encode())
+    if changed:  # concurrent writers may drop each other's entries: that costs a rehash, never a wrong hash
+        tmp = memo_path.with_name(f"{FILE_SHAS}.tmp{os.getpid()}")
+        try:
+            memo_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(memo, indent=1, sort_keys=True))
+            os.replace(tmp, memo_path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+    return h.hexdigest()
+
+
 def organism_hash(cfg: HFOrganismConfig) -> str:
-    """Hash of the config with each eval file replaced by its content, and of this code:
-    the same organism in another folder keeps its hash (and its cached card)."""
+    """Hash of the config with each eval file replaced by its content, each local model or
+    adapter folder by its files' contents (`local_model_sha`), and of this code: the same
+    organism in another folder keeps its hash (and its cached card)."""
     data = cfg.model_dump(mode="json")
+    weights = {f"{role}.{what}": sha for role in ROLES if getattr(cfg, role) is not None
+               for what in ("model", "adapter")
+               if (sha := local_model_sha(getattr(getattr(cfg, role), what))) is not None}
+    if weights:
+        data["local_weights_sha256"] = weights
     paths = [es.file for es in eval_sets(cfg).values()]
     paths += [getattr(cfg, r).implant.file for r in ROLES if getattr(cfg, r) is not None and getattr(cfg, r).implant]
     files = {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths if p and Path(p).is_file()}
