@@ -73,6 +73,7 @@ def study(tmp_path):
     (out / "study.json").write_text(json.dumps({
         "config": cfg.model_dump(mode="json"), "study_file": str(tmp_path / "study.yaml"), "organisms": organisms,
         "provenance": {"commit": "c0ffee", "dirty": False, "machine": {"machine": "x86_64", "cpus": 2},
+                       "versions": {"python": "3.11.7", "torch": "2.13.0+cpu", "transformers": "5.0.99"},
                        "organisms": [{"organism_hash": "abc123default0", "code_version": "code42"},
                                      {"organism_hash": "abc123default1", "code_version": "code43",
                                       "name": "synth-default", "seed": 1, "verified": True}]}}))
@@ -194,6 +195,12 @@ def test_report_files_sections_and_numbers(study):
     for needle in ("synth-default", "abc123collusion1", "sabotage_list", "fam_b", "verified", "0.876", "0.654",
                    "c0ffee", "x86_64", "code42"):
         assert needle in card_section
+    # the runs' library versions (from study.json) are not the renderer's
+    import transformers
+
+    assert "| libraries the runs used | python 3.11.7, torch 2.13.0+cpu, transformers 5.0.99 |" in card_section
+    rendered = next(ln for ln in md.splitlines() if ln.startswith("Rendered with: python"))
+    assert f"transformers {transformers.__version__}" in rendered
 
 
 def test_only_runs_without_the_generic_auditor_get_the_behaviour_aware_caveat(study):

@@ -371,8 +371,8 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
     b: list[tuple] = [("h1", f"Study report: {name}")]
     b.append(("p", "Produced by:"))
     b.append(("code", command or f"doublebind report {study_dir}"))
-    b.append(("p", "Versions: " + ", ".join(f"{k} {v[k]}" for k in ("python", "torch", "transformers", "doublebind")
-                                            if k in v)))
+    b.append(("p", "Rendered with: " + ", ".join(f"{k} {v[k]}" for k in LIBRARIES if k in v)
+                   + " (the runs' own versions are under Provenance)"))
     b.append(("p", f"{summary['runs']} complete runs, {len(rows)} checkpoint rows in {RESULTS}; every "
                    f"statistic below is computed from these rows."))
     left_out = []
@@ -558,6 +558,8 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
     b.append(("table", ["field", "value"], [
         ["commit", f"{prov.get('commit') or 'unknown'}" + (" (with uncommitted changes)" if prov.get("dirty") else "")],
         ["machine", ", ".join(f"{k} {x}" for k, x in mach.items() if x is not None) or "unknown"],
+        ["libraries the runs used", ", ".join(f"{k} {(prov.get('versions') or {})[k]}" for k in LIBRARIES
+                                              if (prov.get("versions") or {}).get(k)) or "unknown"],
         ["organism build code", ", ".join(sorted({str(o.get('code_version')) for o in prov.get("organisms") or []}))
          or "unknown"],
     ]))
@@ -565,6 +567,9 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
                    "differs between CPUs, so the same organism config builds a slightly different organism; the "
                    "two-level intervals above include that variance when the study has several organism seeds."))
     return b, figures
+
+
+LIBRARIES = ("python", "torch", "transformers", "tokenizers", "doublebind")
 
 
 def _md_cell(x: str) -> str:
