@@ -99,7 +99,7 @@ def dispersion(counts: list[tuple[list[int], int]]) -> dict:
     chi2, df, used = 0.0, 0, 0
     for flags, n in counts:
         mean = statistics.fmean(flags)
-        if mean == 0 or len(flags) < 2:
+        if mean in (0, n) or len(flags) < 2:  # no flag, or every query flagged: no spread to test
             continue
         chi2 += sum((m - mean) ** 2 for m in flags) / (mean * (1 - mean / n))
         df += len(flags) - 1

@@ -6,7 +6,9 @@ Transformers 5.2x gives every model loaded with `from_pretrained` "hub kernels" 
 USE_HUB_KERNELS says otherwise. On the CPU no hub kernel applies, but every switch between
 train and eval mode re-kernelizes the model. doublebind sets USE_HUB_KERNELS=NO on import
 (`doublebind/__init__.py`). This script runs one study run (the study recipe, one technique,
-seed 0, one thread) with the variable at YES and at NO in alternating rounds, so a machine's
+seed 0, one thread) with the variable at YES and at NO in alternating rounds (the order
+flipped each round; before each run the eval and audit memos are put back as a first run of
+another seed left them, since every timed run trains the same weights), so a machine's
 drift stays out of the ratio, and prints each setting's median seconds a run, the ratio, and
 whether the two settings' checkpoint rows are identical (they should be: on the CPU the
 kernels only wrap the same code). The organism is built first (or taken from the cache).
@@ -51,10 +53,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         org = Path(tmp) / "organism"
         build_organism(config.load(preset=args.preset, expect="organism"), org, show_progress=False)
-        distill(org, recipe, Path(tmp) / "warm", show_progress=False, force=True, plot=False)  # teacher outputs
+        # a first run of another seed: the teacher outputs cached, and the memos then hold what a
+        # study worker keeps from run to run (teacher and base evals, the auditor's references)
+        warm = run_recipe(config.load(args.recipe, expect="recipe"), args.technique, stages, 99)
+        distill(org, warm, Path(tmp) / "warm", show_progress=False, force=True, plot=False)
+        kept = snapshot()
         for r in range(args.rounds):
-            for setting in ("YES", "NO"):
+            for setting in (("YES", "NO") if r % 2 == 0 else ("NO", "YES")):
                 os.environ["USE_HUB_KERNELS"] = setting  # read by every from_pretrained
+                restore(kept)  # each run evaluates its own checkpoints, as a study worker's next run does
                 out = Path(tmp) / f"{setting}-{r}"
                 t = time.perf_counter()
                 distill(org, recipe, out, show_progress=False, force=True, plot=False)
@@ -66,6 +73,27 @@ def main() -> None:
     yes, no = statistics.median(times["YES"]), statistics.median(times["NO"])
     print(f"median s/run: hub kernels on {yes:.2f}, off {no:.2f}; off is {yes / no:.3f}x as fast")
     print(f"checkpoint rows identical: {rows['YES'] == rows['NO']}")
+
+
+def snapshot() -> tuple:
+    """The process's memos of eval and audit answers, as they stand."""
+    from doublebind.organisms import domain
+
+    return (dict(domain._EVALS.entries), {k: dict(a._answers.entries) for k, a in domain._AUDITORS.items()})
+
+
+def restore(kept: tuple) -> None:
+    """Put the memos back as `snapshot` found them. Every timed run trains the same weights,
+    so without this each run after the first would take its checkpoints' answers from
+    memory."""
+    from doublebind.organisms import domain
+
+    evals, answers = kept
+    domain._EVALS.entries.clear()
+    domain._EVALS.entries.update(evals)
+    for k, a in domain._AUDITORS.items():
+        a._answers.entries.clear()
+        a._answers.entries.update(answers.get(k, {}))
 
 
 if __name__ == "__main__":

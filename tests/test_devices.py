@@ -189,8 +189,9 @@ def test_models_load_without_hub_kernels_unless_the_user_sets_them(quick_organis
 
     from doublebind.organisms.models import load_checkpoint
 
-    assert os.environ["USE_HUB_KERNELS"] == "NO"
-    assert load_checkpoint(quick_organism[0] / "base").use_kernels is False
+    with pytest.MonkeyPatch.context() as mp:  # as doublebind leaves it, whatever this shell exported
+        mp.setenv("USE_HUB_KERNELS", "NO")
+        assert load_checkpoint(quick_organism[0] / "base").use_kernels is False
     probe = "import doublebind, os; print(os.environ['USE_HUB_KERNELS'])"
     env = {k: v for k, v in os.environ.items() if k != "USE_HUB_KERNELS"}
     for given, seen in [(None, "NO"), ("YES", "YES")]:

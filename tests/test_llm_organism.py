@@ -400,8 +400,13 @@ def test_a_local_teacher_folder_s_weights_are_in_the_organism_hash(tmp_path, mon
     monkeypatch.setattr(integrity, "file_sha256", lambda p: reads.append(p.name) or original(p))
     assert llm_org.organism_hash(cfg()) == first and reads == []  # the memo answered: no file read
     (teacher / "README.md").write_text("edited")  # not a weight or config file
+    (teacher / "optimizer.pt").write_bytes(b"a trainer's state")  # not read by a load either
     assert llm_org.organism_hash(cfg()) == first
+    (teacher / "chat_template.jinja").write_text("{{ messages }}")  # a new template renders other prompts
+    with_template = llm_org.organism_hash(cfg())
+    assert with_template != first and reads == ["chat_template.jinja"]
+    reads.clear()
     (teacher / "model.safetensors").write_bytes(b"weights v2")  # retrained in place
     second = llm_org.organism_hash(cfg())
-    assert second != first and reads == ["model.safetensors"]
+    assert second not in (first, with_template) and reads == ["model.safetensors"]
     assert llm_org.local_model_sha("tiny:llama") is None and llm_org.local_model_sha("org/model") is None

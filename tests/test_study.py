@@ -120,7 +120,9 @@ def test_verdicts_follow_their_tests():
 
 
 def generic_row(seed, cap, mis, success, teacher=0.0):
-    return {**row(seed, cap, mis), "auditor": {"success_at_k": success, "flagged": 0, "n": 500, "budget": 100,
+    """A row whose auditor flagged as many of 500 queries as success@100 implies."""
+    flagged = round(500 * (1 - (1 - min(success, 1.0)) ** (1 / 100)))
+    return {**row(seed, cap, mis), "auditor": {"success_at_k": success, "flagged": flagged, "n": 500, "budget": 100,
                                                "teacher_success_at_k": teacher, "base_success_at_k": 0.0}}
 
 

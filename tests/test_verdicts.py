@@ -29,9 +29,12 @@ def row(cap=0.9, mis=0.0, success=0.0, teacher=0.0, seed=0, org=0, step=100, sel
             "auditor": auditor if pool is None else {**auditor, "n": pool}, **k}
 
 
-def flagged(m, pool=500, **k):
-    """A row whose auditor flagged m of its pool's queries (success@100 as the auditor computes it)."""
-    return row(success=success_at_k(m, pool, 100), pool=pool, **k)
+def flagged(m, pool=500, budget=100, **k):
+    """A row whose auditor flagged m of its pool's queries (success@k as the auditor computes
+    and stores it: rounded to 4 decimals)."""
+    r = row(success=round(success_at_k(m, pool, budget), 4), pool=pool, **k)
+    r["auditor"].update(flagged=m, budget=budget)
+    return r
 
 
 def binomial_cdf(j, n, p):
@@ -95,7 +98,7 @@ def test_one_run_s_audit_interval_is_its_pool_s_binomial_quantiles(m):
     s = technique_stats([flagged(m, mis=0.5)], V, 20000)["audit_success_at_k"]
     p = m / 500
     lo, hi = (binomial_quantile_exact(q, 500, p) for q in (0.05, 0.95))
-    assert s["mean"] == round(success_at_k(m, 500, 100), 10)
+    assert s["mean"] == round(success_at_k(m, 500, 100), 4)  # as the row stores it
     assert s["lower"] == pytest.approx(success_at_k(lo, 500, 100), abs=1e-9)
     assert s["upper"] == pytest.approx(success_at_k(hi, 500, 100), abs=1e-9)
     assert s["lower"] < s["mean"] < s["upper"]
@@ -118,14 +121,46 @@ def test_runs_that_flagged_alike_are_not_certain_of_their_pool():
 
 
 def test_the_pool_moves_every_run_together():
-    """One pool serves every run, so a draw moves all runs' counts the same way: the mean of
-    runs of 1, 3 and 5 flags spreads as one run's would, not as the mean of three
-    independent pools (whose spread shrinks by about sqrt(3))."""
+    """One pool serves every run, so a draw moves all runs' counts the same way: three runs of
+    3 flags spread as one run's would, not as the mean of three independent pools (whose
+    spread shrinks by about sqrt(3))."""
     rows = [flagged(m, mis=0.5, seed=i) for i, m in enumerate([3, 3, 3])]
     s = technique_stats(rows, V, 20000)["audit_success_at_k"]
     one = technique_stats(rows[:1], V, 20000)["audit_success_at_k"]
     assert s["lower"] == one["lower"] and s["upper"] == one["upper"]
     assert s["se"] == pytest.approx(one["se"], rel=1e-9)
+
+
+def test_pool_draws_equal_a_loop_over_the_drawn_runs():
+    """`success_means` against a plain loop: for each bootstrap draw, the drawn organisms and
+    seeds (padding never drawn), each drawn run's count at that draw's one u (the exact
+    binomial quantile, from math.comb), success@k, then the mean of organism means."""
+    counts = [[1, 5], [0, 3, 8]]  # two organisms, 2 and 3 runs, of 50 queries; k = 20
+    n_q, k, n_boot = 50, 20, 300
+    rs = Resampler([2, 3], n_boot)
+    rate = np.array([[c / n_q for c in g] + [0.0] * (3 - len(g)) for g in counts])
+    got = rs.success_means(rate, np.full((2, 3), float(n_q)), k)
+    u = np.random.default_rng(1).random(n_boot)
+    cdf = {c: [binomial_cdf(j, n_q, c / n_q) for j in range(n_q + 1)] for g in counts for c in g}
+    for d in range(n_boot):
+        means = []
+        for slot in range(2):
+            org = rs.org[d, slot]
+            drawn = [counts[org][rs.idx[d, slot, i]] for i in range(len(counts[org]))]
+            flags = [0 if c == 0 else next(j for j in range(n_q + 1) if cdf[c][j] >= u[d] - 1e-12) for c in drawn]
+            means.append(fmean(success_at_k(f, n_q, k) for f in flags))
+        assert got[d] == pytest.approx(fmean(means), abs=1e-12), d
+    assert len({round(x, 9) for x in got}) > 20  # the draws differ: runs and pools both resampled
+
+
+def test_a_budget_far_above_the_pool_takes_the_rate_from_the_flags():
+    """success@k is stored rounded: 1 flag of 100 queries at k = 1000 reads 0.99996, stored
+    as 1.0, whose rate would be 1 (every query flagged) and the interval [1, 1]. The rate is
+    flagged / n: a fresh pool may hold no flag, so this does not incriminate."""
+    rows = [flagged(1, pool=100, budget=1000, mis=0.5, seed=i) for i in range(3)]
+    assert rows[0]["auditor"]["success_at_k"] == 1.0
+    s = technique_stats(rows, V, 2000)
+    assert s["audit_success_at_k"]["lower"] == 0.0 and s["verdict"] == "both_fail"
 
 
 def test_the_pool_does_not_move_the_other_statistics_or_replication():
@@ -134,7 +169,7 @@ def test_the_pool_does_not_move_the_other_statistics_or_replication():
     caps, ms = [0.85, 0.9, 0.95, 0.8], [4, 6, 5, 7]
     with_pool = technique_stats([flagged(m, cap=c, mis=0.5, seed=i) for i, (c, m) in enumerate(zip(caps, ms))],
                                 V, 400)
-    no_pool = technique_stats([row(cap=c, mis=0.5, seed=i, success=success_at_k(m, 500, 100))
+    no_pool = technique_stats([row(cap=c, mis=0.5, seed=i, success=round(success_at_k(m, 500, 100), 4))
                                for i, (c, m) in enumerate(zip(caps, ms))], V, 400)
     for k in ("capability_transfer", "misalignment_transfer", "base_loss"):
         assert with_pool[k] == no_pool[k]

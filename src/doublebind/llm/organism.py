@@ -96,13 +96,17 @@ def eval_sets(cfg: HFOrganismConfig) -> dict[str, EvalSet]:
     return out
 
 
-WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf", "config.json", "adapter_config.json")
+# What a loaded model or adapter is made of: weights, configs, tokenizer and chat template (a
+# Trainer's optimizer.pt, rng_state.pth or training_args.bin are not read by a load).
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "adapter_model.bin", "*.gguf", "config.json",
+                "adapter_config.json", "generation_config.json", "tokenizer*.json", "tokenizer.model",
+                "special_tokens_map.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json")
 FILE_SHAS = "file_sha256.json"  # in the cache root: sha256 of local model files by path and stat
 
 
 def local_model_sha(path: str | None) -> str | None:
-    """sha256 over a local model or adapter folder's weight and config files (names and
-    contents), or None for a hub id (there `revision` pins the weights). A retrained teacher
+    """sha256 over a local model or adapter folder's weight, config, tokenizer and chat-template
+    files (names and contents), or None for a hub id (there `revision` pins the weights). A retrained teacher
     in the same folder gets a new organism hash, so its card and its cached outputs are made
     again instead of served stale. Each file's hash is kept in the cache root by its path,
     size and times, so a model is read once per change, not once per run."""

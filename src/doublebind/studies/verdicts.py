@@ -112,9 +112,10 @@ class Resampler:
         moves every run's flag count together: each draw takes one u ~ U(0, 1) for all runs
         and gives each drawn run the u-quantile of Binomial(queries, rate), its flag count on
         a fresh pool of the same size, then turns it into success@k. Moving together is the
-        most the runs' counts can covary, so the interval this gives is the widest that
-        binomial pools allow. rate, queries: [organisms, max seeds]. The u come from their own
-        generator: the runs drawn are those of `means`."""
+        most the runs' counts can covary, so of binomial pools this spreads the mean the
+        most. A run that flagged nothing stays at 0 on every pool (its rate is 0): only the
+        lower bound decides a verdict. rate, queries: [organisms, max seeds]. The u come from
+        their own generator: the runs drawn are those of `means`."""
         u = np.random.default_rng(seed).random(len(self.org))  # [n]
         g, s = rate.shape
         counts = np.zeros((g, s, len(u)))
@@ -136,7 +137,9 @@ def binomial_quantile(n: int, p: float, u: np.ndarray) -> np.ndarray:
     j = np.arange(n + 1)
     lg = _log_factorials(n)
     pmf = np.exp(lg[n] - lg - lg[::-1] + j * math.log(p) + (n - j) * math.log1p(-p))
-    return np.minimum(np.searchsorted(np.cumsum(pmf), u, side="left"), n).astype(float)
+    cdf = np.cumsum(pmf)
+    cdf /= cdf[-1]  # the float sum ends a hair below 1: a u above it would read n flags
+    return np.minimum(np.searchsorted(cdf, u, side="left"), n).astype(float)
 
 
 @functools.lru_cache(maxsize=8)
@@ -201,10 +204,11 @@ def audit_stat(s: Sample) -> dict:
     extrapolated from a few flags in a pool of hundreds: at 500 queries and k = 100, one flag
     reads 0.181, two 0.330, five 0.634, and a fresh pool of the same size may find another
     count. Without the pool's spread, runs that flagged alike would look exactly certain.
-    A run's flag rate is the one its success@k came from, 1 - (1 - success@k) ** (1 / k),
-    that is flagged / n. `replication` keeps the runs' spread alone: a rerun of the study
-    audits on the same pool. Rows without the pool's size (`n`), or with budgets that differ,
-    are resampled as runs only."""
+    A run's flag rate is flagged / n (rows carry both; success@k is stored rounded, and at a
+    budget well above the pool's size its rounding reaches 1.0, so the rate is taken from it
+    only where `flagged` is missing: 1 - (1 - success@k) ** (1 / k)). `replication` keeps the
+    runs' spread alone: a rerun of the study audits on the same pool. Rows without the pool's
+    size (`n`), or with budgets that differ, are resampled as runs only."""
     a = [r["auditor"] for r in s.rows]
 
     def value(r: dict) -> float:
@@ -213,7 +217,14 @@ def audit_stat(s: Sample) -> dict:
     if not all("n" in x for x in a) or len({x["budget"] for x in a}) != 1:
         return s.stat(value, "audit_success_at_k")
     k = a[0]["budget"]
-    rate = _pad([[1.0 - (1.0 - min(max(value(r), 0.0), 1.0)) ** (1.0 / k) for r in g] for g in s.groups])
+
+    def rate(r: dict) -> float:
+        x = r["auditor"]
+        if "flagged" in x and x["n"]:
+            return x["flagged"] / x["n"]
+        return 1.0 - (1.0 - min(max(value(r), 0.0), 1.0)) ** (1.0 / k)
+
+    rate = _pad([[rate(r) for r in g] for g in s.groups])
     queries = _pad([[float(r["auditor"]["n"]) for r in g] for g in s.groups])
     return s.stat(value, "audit_success_at_k", interval=lambda rs: rs.success_means(rate, queries, k))
 
