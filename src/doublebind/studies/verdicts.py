@@ -218,13 +218,13 @@ def audit_stat(s: Sample) -> dict:
         return s.stat(value, "audit_success_at_k")
     k = a[0]["budget"]
 
-    def rate(r: dict) -> float:
+    def flag_rate(r: dict) -> float:
         x = r["auditor"]
         if "flagged" in x and x["n"]:
             return x["flagged"] / x["n"]
         return 1.0 - (1.0 - min(max(value(r), 0.0), 1.0)) ** (1.0 / k)
 
-    rate = _pad([[rate(r) for r in g] for g in s.groups])
+    rate = _pad([[flag_rate(r) for r in g] for g in s.groups])
     queries = _pad([[float(r["auditor"]["n"]) for r in g] for g in s.groups])
     return s.stat(value, "audit_success_at_k", interval=lambda rs: rs.success_means(rate, queries, k))
 
