@@ -103,7 +103,7 @@ def _thresholds(summary: dict) -> dict:
 
 def compare_folders(a_dir: Path, b_dir: Path) -> dict:
     """`compare` on two study folders' recomputed summaries; refuses the same folder twice."""
-    from doublebind.reports.study_report import load_study
+    from doublebind.reports.study_report import LIBRARIES, load_study
 
     if Path(a_dir).resolve() == Path(b_dir).resolve():
         raise DoublebindError(f"{a_dir} and {b_dir} are the same folder; compare a study with a rerun of it")
@@ -123,8 +123,7 @@ def compare_folders(a_dir: Path, b_dir: Path) -> dict:
     result["studies"] = [a.get("study"), b.get("study")]
     result["recipes_shared"] = len({(k[0], k[2]) for k in shared})  # (scenario, technique) pairs
     result["recipes_differ"] = len({(k[0], k[2]) for k in shared if ra[k] != rb[k]})
-    result["versions_differ"] = _differ(_provenance(study_a, "versions"), _provenance(study_b, "versions"),
-                                        ("python", "torch", "transformers", "tokenizers", "doublebind"))
+    result["versions_differ"] = _differ(_provenance(study_a, "versions"), _provenance(study_b, "versions"), LIBRARIES)
     result["machines_differ"] = _differ(_provenance(study_a, "machine"), _provenance(study_b, "machine"),
                                         ("cpu", "cpu_kernels", "machine"))
     return result
