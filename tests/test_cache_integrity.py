@@ -107,7 +107,7 @@ def test_a_file_written_while_it_is_hashed_is_not_stamped(tmp_path, monkeypatch)
 
     monkeypatch.setattr(integrity, "file_sha256", hash_then_append)
     integrity.current_sha256(f)
-    assert "model.safetensors" not in integrity._read_stamps(tmp_path)
+    assert "model.safetensors" not in integrity._read_stamps(tmp_path / STAMPS)
 
 
 def test_organism_models_are_checked_where_the_card_puts_them(tmp_path):

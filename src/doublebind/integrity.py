@@ -44,38 +44,41 @@ def _stat_key(st: os.stat_result) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
 
 
-def _read_stamps(folder: Path) -> dict:
+def _read_stamps(store: Path) -> dict:
     try:
-        data = json.loads((folder / STAMPS).read_text())
+        data = json.loads(Path(store).read_text())
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}
 
 
-def _write_stamp(path: Path, entry: dict) -> None:
-    folder = path.parent
-    stamps = _read_stamps(folder)
-    stamps[path.name] = entry
-    tmp = folder / f"{STAMPS}.tmp{os.getpid()}"
+def _write_stamp(store: Path, key: str, entry: dict) -> None:
+    stamps = _read_stamps(store)
+    stamps[key] = entry
+    tmp = store.with_name(f"{store.name}.tmp{os.getpid()}")
     try:
+        store.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(stamps, indent=1, sort_keys=True))
-        os.replace(tmp, folder / STAMPS)
+        os.replace(tmp, store)
     except OSError:  # a read-only cache: verify by hashing every time
         tmp.unlink(missing_ok=True)
 
 
-def current_sha256(path: Path) -> str:
-    """sha256 of `path`, from its stamp when the file is unchanged since it was stamped."""
+def current_sha256(path: Path, store: Path | None = None) -> str:
+    """sha256 of `path`, from its stamp when the file is unchanged since it was stamped.
+    Stamps live beside the file (`STAMPS`, keyed by name), or in `store`, keyed by the
+    resolved path, for folders doublebind should not write into (a user's model folder)."""
     path = Path(path)
+    store, key = (path.parent / STAMPS, path.name) if store is None else (Path(store), str(path.resolve()))
     st = path.stat()
-    entry = _read_stamps(path.parent).get(path.name)
+    entry = _read_stamps(store).get(key)
     if isinstance(entry, dict) and {k: entry.get(k) for k in ("size", "mtime_ns", "ctime_ns")} == _stat_key(st) \
             and isinstance(entry.get("sha256"), str):
         return entry["sha256"]
     sha = file_sha256(path)
     settled = time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_NS
     if settled and _stat_key(path.stat()) == _stat_key(st):  # not written while we read it
-        _write_stamp(path, {**_stat_key(st), "sha256": sha})
+        _write_stamp(store, key, {**_stat_key(st), "sha256": sha})
     return sha
 
 

@@ -21,7 +21,6 @@ import json
 import os
 import random
 import shutil
-import time
 from pathlib import Path
 from statistics import fmean
 
@@ -101,7 +100,7 @@ def eval_sets(cfg: HFOrganismConfig) -> dict[str, EvalSet]:
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "adapter_model.bin", "*.gguf", "config.json",
                 "adapter_config.json", "generation_config.json", "tokenizer*.json", "tokenizer.model",
                 "special_tokens_map.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json")
-FILE_SHAS = "file_sha256.json"  # in the cache root: sha256 of local model files by path and stat
+FILE_SHAS = "file_sha256.json"  # in the cache root: `integrity` stamps of local model files, by path
 
 
 def local_model_sha(path: str | None) -> str | None:
@@ -112,35 +111,13 @@ def local_model_sha(path: str | None) -> str | None:
     size and times, so a model is read once per change, not once per run."""
     if not path or not Path(path).is_absolute() or not Path(path).is_dir():
         return None
+    from doublebind.integrity import current_sha256
+
     folder = Path(path)
     files = sorted({f for pattern in WEIGHT_FILES for f in folder.glob(pattern) if f.is_file()})
-    memo_path = cache_root() / FILE_SHAS
-    try:
-        memo = json.loads(memo_path.read_text())
-        memo = memo if isinstance(memo, dict) else {}
-    except (OSError, ValueError):
-        memo = {}
-    from doublebind import integrity
-
-    h, changed = hashlib.sha256(), False
+    h = hashlib.sha256()
     for f in files:
-        st = f.stat()
-        stat = [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-        entry = memo.get(str(f.resolve()))
-        if not (isinstance(entry, dict) and entry.get("stat") == stat and isinstance(entry.get("sha256"), str)):
-            entry = {"stat": stat, "sha256": integrity.file_sha256(f)}
-            # as integrity's stamps: a file changed within a timestamp tick is not remembered
-            if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > integrity.RACY_NS:
-                memo[str(f.resolve())], changed = entry, True
-        h.update(f"{f.name}|{entry['sha256']}\n".encode())
-    if changed:  # concurrent writers may drop each other's entries: that costs a rehash, never a wrong hash
-        tmp = memo_path.with_name(f"{FILE_SHAS}.tmp{os.getpid()}")
-        try:
-            memo_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(memo, indent=1, sort_keys=True))
-            os.replace(tmp, memo_path)
-        except OSError:
-            tmp.unlink(missing_ok=True)
+        h.update(f"{f.name}|{current_sha256(f, cache_root() / FILE_SHAS)}\n".encode())
     return h.hexdigest()
 
 
