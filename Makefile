@@ -7,7 +7,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 # Where built organisms and teacher outputs are cached (content-addressed).
 export DOUBLEBIND_CACHE ?= $(CURDIR)/.cache/doublebind
 
-.PHONY: setup demo test bench bench-trl gpu-wheels clean
+.PHONY: setup demo test bench bench-trl gpu-wheels lock clean
 
 setup: $(DEV_STAMP)
 
@@ -24,15 +24,21 @@ TORCH_PIP_ARGS ?=
 # The one file skipped is a torch test helper written in Python 3.12 syntax.
 COMPILE := $(BIN)/python -m compileall -q -j 0 -x 'py312_intrinsics' $(VENV)/lib >/dev/null
 
-$(STAMP): pyproject.toml
+# The libraries' versions: pinned by constraints.txt (what the suite last passed with), so a
+# fresh clone installs the same set whatever has been released since. `make setup CONSTRAINTS=`
+# takes the newest releases the package's ranges allow; `make lock` writes those to the file.
+CONSTRAINTS ?= constraints.txt
+PIP := $(BIN)/pip install -q --no-compile $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --no-compile $(TORCH_PIP_ARGS) torch==2.13.0
-	$(BIN)/pip install -q --no-compile -e .
+	$(PIP) $(TORCH_PIP_ARGS) torch==2.13.0
+	$(PIP) -e .
 	$(COMPILE)
 	touch $(STAMP)
 
 $(DEV_STAMP): $(STAMP)
-	$(BIN)/pip install -q --no-compile -e ".[dev]"
+	$(PIP) -e ".[dev]"
 	$(COMPILE)
 	touch $(DEV_STAMP)
 
@@ -54,7 +60,7 @@ bench: $(DEV_STAMP)
 
 # doublebind against TRL on the same SFT and soft-label jobs (installs the bench extra: TRL).
 bench-trl: $(DEV_STAMP)
-	$(BIN)/pip install -q --no-compile -e ".[bench]"
+	$(PIP) -e ".[bench]"
 	$(COMPILE)
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/vs_trl.py
 
@@ -71,6 +77,18 @@ gpu-wheels: $(STAMP)
 	    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 	    $$($(BIN)/python -c "from importlib.metadata import version; pins = dict(p.split('==') for p in '$(GPU_PINS)'.split()); print(*(f'{n}=={pins.get(n, version(n))}' for n in '$(GPU_WHEELS)'.split()))")
 	ls .whl
+
+# Rewrite constraints.txt from a fresh install of the newest releases in range (into .venv-lock,
+# removed after); run `make test` with the new file before committing it.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install -q --no-compile $(TORCH_PIP_ARGS) torch==2.13.0
+	.venv-lock/bin/pip install -q --no-compile -e ".[dev]"
+	{ sed -n '/^#/p' constraints.txt; .venv-lock/bin/pip freeze --exclude-editable | sed 's/+[A-Za-z0-9.]*$$//'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf .venv-lock
+	git diff --stat constraints.txt || true
 
 clean:
 	rm -rf runs .cache
