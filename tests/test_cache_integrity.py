@@ -283,6 +283,22 @@ def test_a_corrupt_teacher_output_entry_is_recomputed(teacher_setup, tmp_path, c
     teacher_mod._load(entry, prompts, first.key)  # the entry is sound again
 
 
+def test_a_teacher_output_entry_that_is_a_file_is_replaced(teacher_setup, tmp_path, capsys):
+    """An entry that is a file was reported as corrupt, recomputed, and then not written back
+    ("Not a directory"), leaving a stray temporary folder in the cache."""
+    domain, prompts, scfg, calls = teacher_setup
+    h = domain.card["organism_hash"]
+    first = teacher_mod.teacher_outputs(domain.teacher, h, prompts, scfg, 0, tmp_path)
+    entry = tmp_path / "teacher" / first.key
+    shutil.rmtree(entry)
+    entry.write_text("x")
+    again = teacher_mod.teacher_outputs(domain.teacher, h, prompts, scfg, 0, tmp_path)
+    assert "not a folder; recomputing it" in capsys.readouterr().err and len(calls) == 2
+    assert again.responses == first.responses and entry.is_dir()
+    assert sorted(p.name for p in entry.parent.iterdir()) == [first.key]  # no temporary folder left
+    teacher_mod._load(entry, prompts, first.key)
+
+
 def test_teacher_outputs_are_keyed_by_the_teachers_weights(teacher_setup, tmp_path):
     domain, prompts, scfg, calls = teacher_setup
     h = domain.card["organism_hash"]

@@ -143,6 +143,81 @@ def test_a_cache_that_cannot_be_written_is_refused_before_a_build(tmp_path, wher
     assert "DOUBLEBIND_CACHE" in res.stderr and not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("folder", ["organisms", "teacher"])
+def test_a_file_where_the_cache_keeps_a_folder_is_refused_before_a_build(tmp_path, folder):
+    """A file at $DOUBLEBIND_CACHE/organisms let the whole build run and fail at its end."""
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / folder).write_text("junk")
+    res = run_cli("organism", "build", "--preset", "quick", "--out", str(tmp_path / "o"), env_cache=tmp_path / "cache")
+    _one_line(res, f"{tmp_path / 'cache' / folder} is a file, where the cache keeps its {folder} folder")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_build_does_not_replace_an_organism_the_cache_does_not_keep(tmp_path):
+    """`organism build --out` over another organism replaced it silently."""
+    out = tmp_path / "o"
+    out.mkdir()
+    card = json.dumps({"name": "other", "organism_hash": "0123456789abcdef"})
+    (out / "organism.json").write_text(card)
+    res = run_cli("organism", "build", "--preset", "quick", "--out", str(out), env_cache=tmp_path / "cache")
+    _one_line(res, f"--out {out} holds the organism 'other' (0123456789abcdef), which the cache does not keep")
+    assert (out / "organism.json").read_text() == card and sorted(p.name for p in out.iterdir()) == ["organism.json"]
+
+
+def test_eval_of_an_organism_folder_names_its_models(tmp_path):
+    """`eval ORGANISM` said the folder had no meta.json and suggested --organism."""
+    (tmp_path / "org").mkdir()
+    (tmp_path / "org" / "organism.json").write_text("{}")
+    for role in ("base", "teacher"):
+        (tmp_path / "org" / role).mkdir()
+        (tmp_path / "org" / role / "meta.json").write_text("{}")
+    _one_line(run_cli("eval", str(tmp_path / "org")),
+              f"is an organism folder, not a checkpoint; evaluate one of its models (base, teacher), e.g. "
+              f"doublebind eval {tmp_path / 'org' / 'teacher'} --organism {tmp_path / 'org'}")
+
+
+def test_report_names_a_missing_folder_or_a_file(tmp_path):
+    _one_line(run_cli("report", str(tmp_path / "nope")), f"{tmp_path / 'nope'}: no such folder")
+    (tmp_path / "f.md").write_text("x")
+    _one_line(run_cli("report", str(tmp_path / "f.md")), "is a file, not a study folder")
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda d: (d / "figures").write_text("x"), "figures is a file"),
+    (lambda d: (d / "report.md").mkdir(), "report.md is a folder"),
+    (lambda d: (d / "report.html").mkdir(), "report.html is a folder"),
+])
+def test_report_refuses_outputs_it_cannot_write_before_it_plots(tmp_path, monkeypatch, make, needle):
+    from doublebind.reports import study_report
+
+    d = _copy_reference(tmp_path / "s")
+    make(d)
+    monkeypatch.setattr(study_report, "_blocks", lambda *a: pytest.fail("plotted before checking"))
+    with pytest.raises(DoublebindError, match=needle):
+        study_report.write_report(d)
+
+
+def test_a_damaged_organism_card_in_a_study_folder_is_named_or_replaced_by_its_copy(tmp_path):
+    """A truncated organism card in the study folder was an internal error (JSONDecodeError)."""
+    from doublebind.reports import study_report
+
+    d = _copy_reference(tmp_path / "s")
+    study = json.loads((d / "study.json").read_text())
+    org = study["organisms"][0]
+    card = d / "organisms" / f"{org['scenario']}-o{org['organism_seed']}" / "organism.json"
+    card.parent.mkdir(parents=True)
+    card.write_text('{"name": "default", "organism_ha')
+    with pytest.raises(DoublebindError, match="organism card is not valid JSON") as e:
+        study_report._find_cards(d, study)
+    assert str(card) in str(e.value) and "study.json keeps no copy" in str(e.value)
+    copy = {"name": "from-the-copy", "organism_hash": org["organism_hash"]}
+    study["organisms"][0] = {**org, "card": copy}
+    found = study_report._find_cards(d, study)
+    assert found[0][1] == copy and found[0][2] == d / "study.json"
+    card.write_text("[1]")  # valid JSON, not a card
+    assert study_report._find_cards(d, study)[0][1] == copy
+
+
 def test_distill_keeps_an_unfinished_run_unless_forced(tmp_path):
     """A run stopped by a non-finite loss keeps its checkpoints; rerunning into the same folder
     overwrote them without a word."""

@@ -1,11 +1,15 @@
 """Configs: presets validate; malformed configs give a one-line error naming the field."""
 
+from pathlib import Path
+
 import pytest
 
 from doublebind import config
 from doublebind.errors import ConfigError
 
 from .conftest import run_cli
+
+RECIPES = Path(__file__).resolve().parents[1] / "configs" / "recipes"
 
 
 @pytest.mark.parametrize("preset", ["quick", "default"])
@@ -89,3 +93,20 @@ def test_every_shipped_study_validates():
         cfg = config.load(p, expect="study")
         specs = resolve(p, cfg)  # its organisms' configs and every scenario's recipe load too
         assert cfg.techniques and specs, p
+
+
+@pytest.mark.parametrize("overrides", [["training.steps=true"], ["training.lr=false"], ["seed=true"],
+                                       ["training.checkpoint_every=true"]])
+def test_a_boolean_is_not_taken_for_a_number(overrides):
+    """pydantic reads true as 1: `steps: true` trained one step and `lr: true` at 1.0."""
+    with pytest.raises(ConfigError, match="expected a number, not true/false"):
+        config.load(RECIPES / "hard_sft.yaml", overrides, expect="recipe")
+
+
+def test_a_boolean_in_a_list_of_numbers_is_refused_and_booleans_stay_booleans():
+    study = Path(__file__).resolve().parent.parent / "configs" / "studies" / "default.yaml"
+    with pytest.raises(ConfigError, match="seeds: expected a number, not true/false"):
+        config.load(study, ["seeds=[0,true]"], expect="study")
+    assert config.load(study, ["seeds=[0,1]"], expect="study").seeds == [0, 1]
+    r = config.load(RECIPES / "hard_sft.yaml", ["training.packing=false", "training.steps=7"], expect="recipe")
+    assert r.training.packing is False and r.training.steps == 7

@@ -98,7 +98,7 @@ def test_a_failing_or_dead_worker_is_raised_and_finished_runs_are_handed_over(tm
     jobs = {"slow": ("slow", 1.0, failed), "bad": ("bad", 0.0, failed), "never": ("never", 0.0)}
     with pytest.raises(DoublebindError) as e:
         executor.run_jobs(_job, jobs, 2, lambda k, r: done.__setitem__(k, r))
-    assert re.fullmatch(r"loss became nan at step 3 \(process \d+\)", str(e.value))  # the CLI's line
+    assert re.fullmatch(r"bad: loss became nan at step 3 \(process \d+\)", str(e.value))  # the CLI's line, naming the job
     # 'slow', in flight when 'bad' failed, is handed over; nothing new starts after a failure
     assert set(done) == {"slow"}
     pid, threads = done["slow"]
@@ -111,10 +111,16 @@ def test_a_failing_or_dead_worker_is_raised_and_finished_runs_are_handed_over(tm
     assert str(e.value) == ("the worker process running t seed 0 died (exit code 3: it exited without a result); "
                             "finished runs are kept, rerun to resume")
     assert ("t", 1) in done
-    # two failures: the first is raised, and the one in flight then fails after it
+    # two failures: the first in the grid's order is raised, whichever ends first
     failed2 = str(tmp_path / "bad-failed-2")
-    with pytest.raises(DoublebindError, match=r"^loss became nan at step 3"):
+    with pytest.raises(DoublebindError, match=r"^bad: loss became nan at step 3"):
         executor.run_jobs(_job, {"bad": ("bad", 0.0, failed2), "late": ("late", 0.2, failed2)}, 2, done.__setitem__)
+    failed3 = str(tmp_path / "bad-failed-3")  # here the later job ('late', 0.2 s after 'bad') is first in the grid
+    with pytest.raises(DoublebindError, match=r"^late: a second failure, after the first"):
+        executor.run_jobs(_job, {"late": ("late", 0.2, failed3), "bad": ("bad", 0.0, failed3)}, 2, done.__setitem__)
+    # one worker: the same naming, in this process
+    with pytest.raises(DoublebindError, match=r"^bad: loss became nan at step 3"):
+        executor.run_jobs(_job, {"bad": ("bad", 0.0, str(tmp_path / "bad-failed-4"))}, 1, done.__setitem__)
 
 
 def test_worker_count_policy():
@@ -217,7 +223,8 @@ def test_a_failing_run_prints_the_same_error_line_with_workers(quick_organism, t
     nan = "recipe_overrides.training.lr=1e30"
     with pytest.raises(DoublebindError) as e:
         study_run.run_study(path, tmp_path / "w1", show_progress=False, workers=1, overrides=[nan])
-    assert str(e.value).startswith("loss became nan")
+    assert re.match(r"\w+ seed 0 on \w+ \(organism seed 0\): loss became nan at step \d+; lower the learning rate "
+                    r"\(training.lr; in a study, recipe_overrides.training.lr\)", str(e.value)), str(e.value)
     res = run_cli("study", "run", str(path), "--out", str(tmp_path / "w2"), "--workers", "2", nan)
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert [ln for ln in res.stderr.splitlines() if ln.startswith("error:")] == [f"error: {e.value}"]

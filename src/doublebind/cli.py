@@ -201,6 +201,7 @@ def organism_build(
         if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / CARD).is_file():
             # the build refuses this folder once it is done; say so before minutes of training
             raise DoublebindError(f"output folder exists and is not an organism: {out_dir}")
+        _check_replaced_organism(out_dir / CARD, kind.organism_hash(cfg), cache_root() / "organisms")
     target = out_dir or cache_root() / "organisms" / kind.organism_hash(cfg)
     try:
         if no_cache:  # the build then misses the cache, and stores its result there as usual
@@ -212,6 +213,25 @@ def organism_build(
         raise
     print_card(card)
     out(f"{'verified ' if kind.verified else ''}organism written to {target}")
+
+
+def _check_replaced_organism(card_path: Path, new_hash: str, cached: Path) -> None:
+    """`organism build --out` over another organism: say so, and refuse where the cache does
+    not keep the one it would replace (a build of minutes or hours, lost otherwise)."""
+    if not card_path.is_file():
+        return
+    try:
+        old = json.loads(card_path.read_text())
+        name, old_hash = old["name"], old["organism_hash"]
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+        return  # not a readable card: the build replaces it as before
+    if old_hash == new_hash:
+        return
+    if not (cached / str(old_hash) / card_path.name).is_file():
+        raise DoublebindError(f"--out {card_path.parent} holds the organism '{name}' ({old_hash}), which the cache "
+                              f"does not keep; choose another --out, or move it first")
+    console.print(f"replacing the organism '{name}' ({old_hash}) in {card_path.parent}; the cache keeps it",
+                  highlight=False)
 
 
 @organism_app.command("show")
@@ -282,6 +302,10 @@ def eval_cmd(
         raise DoublebindError(f"--samples must be between 0 and {MAX_EVAL:,} (got {samples})")
     if not model_dir.is_dir():
         raise DoublebindError(f"no checkpoint folder at {model_dir}")
+    if (model_dir / "organism.json").is_file():  # an organism, not one of its models
+        models = ", ".join(sorted(p.name for p in model_dir.iterdir() if (p / "meta.json").is_file())) or "none"
+        raise DoublebindError(f"{model_dir} is an organism folder, not a checkpoint; evaluate one of its models "
+                              f"({models}), e.g. doublebind eval {model_dir / 'teacher'} --organism {model_dir}")
     if organism is not None and not organism.is_dir():
         raise DoublebindError(f"--organism {organism}: no such folder")
     unreadable = [p for p in sorted(model_dir.iterdir()) if p.is_file() and not os.access(p, os.R_OK)]

@@ -5,6 +5,8 @@ Every model forbids unknown keys. Errors become a one-line `ConfigError` naming 
 
 from __future__ import annotations
 
+import types
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,10 +25,52 @@ SEED_MAX = 2**32 - 1  # seeds must fit numpy's and every RNG's 32-bit seed
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 
 
+def _leaves(tp) -> set:
+    """The plain types a field annotation takes (through Optional, unions, Annotated, Literal)."""
+    origin = typing.get_origin(tp)
+    if origin is Annotated:
+        return _leaves(typing.get_args(tp)[0])
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_leaves(a) for a in typing.get_args(tp)))
+    if origin is Literal:
+        return {type(a) for a in typing.get_args(tp)}
+    return {tp}
+
+
+def _takes_numbers_not_bools(tp) -> bool:
+    leaves = _leaves(tp)
+    return bool(leaves & {int, float}) and bool not in leaves
+
+
+def _bool_for_number(tp, value) -> bool:
+    """Whether `value` puts a boolean where `tp` wants a number (itself, or an element of a
+    list or tuple): pydantic would read `true` as 1, so `steps: true` would train one step."""
+    if isinstance(value, bool):
+        return _takes_numbers_not_bools(tp)
+    if isinstance(value, (list, tuple)):
+        for t in _leaves(tp):
+            origin, args = typing.get_origin(t), typing.get_args(t)
+            if origin in (list, tuple, set, frozenset) and args:
+                elems = [a for a in args if a is not Ellipsis]
+                per = elems * len(value) if len(elems) == 1 else elems
+                if any(isinstance(v, bool) and _takes_numbers_not_bools(e) for e, v in zip(per, value)):
+                    return True
+    return False
+
+
 class Strict(BaseModel):
-    """Base of every config: unknown keys, NaN and infinities are errors."""
+    """Base of every config: unknown keys, NaN and infinities are errors, and so is a boolean
+    where a number goes (`steps: true` is not one step)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bools_for_numbers(cls, value, info):
+        field = cls.model_fields.get(info.field_name) if info.field_name else None
+        if field is not None and _bool_for_number(field.annotation, value):
+            raise ValueError("expected a number, not true/false")
+        return value
 
 
 def _known(kind: str, name: str) -> None:

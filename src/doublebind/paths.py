@@ -46,6 +46,10 @@ def check_out_dir(path: Path, flag: str = "--out", *, what: str = "an output") -
         raise DoublebindError(f"{flag} {path}: cannot write to {parent} (permission denied)")
 
 
+# The cache's folders: built organisms, teacher outputs, tiny Hugging Face models and implants.
+CACHE_FOLDERS = ("organisms", "teacher", "tiny", "implants")
+
+
 def check_cache_root() -> Path:
     """The cache root (`cards.cache_root()`), refused with one line naming $DOUBLEBIND_CACHE
     when builds and teacher outputs could not be stored there (a file, or not writable)."""
@@ -57,4 +61,8 @@ def check_cache_root() -> Path:
         check_out_dir(root, named, what="a cache")
     except DoublebindError as e:
         raise DoublebindError(f"{e}; builds and teacher outputs are stored there") from None
+    for name in CACHE_FOLDERS:  # a file where one of its folders goes would fail a build at its end
+        if (root / name).exists() and not (root / name).is_dir():
+            raise DoublebindError(f"{named}: {root / name} is a file, where the cache keeps its {name} folder; "
+                                  f"move or delete it")
     return root

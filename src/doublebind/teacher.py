@@ -122,6 +122,8 @@ def _save(res: TeacherOutputs, folder: Path, scfg) -> None:
     files = {name: file_sha256(tmp / name) for name in ("samples.jsonl", "soft.safetensors") if (tmp / name).is_file()}
     (tmp / "meta.json").write_text(json.dumps({"key": res.key, "sampling": scfg.model_dump(mode="json"),
                                                "n": len(res.prompts), "files": files}, indent=2))
+    if folder.is_file() or folder.is_symlink():  # a damaged entry (reported by the caller) that is not a folder
+        folder.unlink()
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
 

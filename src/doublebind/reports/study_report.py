@@ -123,10 +123,21 @@ def _find_cards(study_dir: Path, study: dict) -> list[tuple[dict, dict | None, P
         path = Path(str(org.get("path") or "")) / "organism.json"
         if not path.is_file():  # the study folder moved: look beside it
             path = study_dir / "organisms" / f"{org.get('scenario')}-o{org.get('organism_seed')}" / "organism.json"
+        card, damaged = None, None
         if path.is_file():
-            out.append((org, json.loads(path.read_text()), path))
-        elif isinstance(org.get("card"), dict):  # organisms/ not kept: the copy made when the study ran
+            try:
+                card = json.loads(path.read_text())
+            except (ValueError, UnicodeDecodeError) as e:
+                damaged = f"{path}: the organism card is not valid JSON ({str(e).splitlines()[0]})"
+            if card is not None and not isinstance(card, dict):
+                card, damaged = None, f"{path}: the organism card is not a JSON object"
+        if card is not None:
+            out.append((org, card, path))
+        elif isinstance(org.get("card"), dict):  # organisms/ not kept (or its card damaged): the copy made when the study ran
             out.append((org, org["card"], study_dir / "study.json"))
+        elif damaged:
+            raise DoublebindError(f"{damaged}, and study.json keeps no copy of it; restore it (the organism's "
+                                  f"folder in the cache holds the same card)")
         else:
             out.append((org, None, path))
     return out
@@ -329,6 +340,10 @@ def _rule(thr: dict) -> str:
 def results_file(study_dir: Path) -> Path:
     """The study folder's results file; one clear error where there is none."""
     results = Path(study_dir) / RESULTS
+    if not Path(study_dir).exists():
+        raise DoublebindError(f"{study_dir}: no such folder")
+    if not Path(study_dir).is_dir():
+        raise DoublebindError(f"{study_dir} is a file, not a study folder (doublebind study run ... --out DIR)")
     if not results.is_file():
         raise DoublebindError(f"{study_dir}: no {RESULTS}; is this a study folder (doublebind study run ... --out DIR)?")
     return results
@@ -644,8 +659,16 @@ def write_report(study_dir: Path, command: str | None = None) -> tuple[Path, Pat
     return the two report paths. Figures a previous report left and this one does not
     draw are removed."""
     study_dir = Path(study_dir)
-    blocks, figures = _blocks(study_dir, command)
     fig_dir = study_dir / FIGURES
+    md, page = study_dir / "report.md", study_dir / "report.html"
+    # Where the report goes must take it, checked before the minutes of plotting.
+    if fig_dir.exists() and not fig_dir.is_dir():
+        raise DoublebindError(f"{fig_dir} is a file; the report writes its figures into a folder there "
+                              f"(move or delete the file)")
+    for path in (md, page):
+        if path.is_dir():
+            raise DoublebindError(f"{path} is a folder; the report writes a file there (move or delete the folder)")
+    blocks, figures = _blocks(study_dir, command)
     for rel, data in figures.items():
         path = fig_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -654,7 +677,6 @@ def write_report(study_dir: Path, command: str | None = None) -> tuple[Path, Pat
         for old in fig_dir.rglob("*.png"):
             if old.relative_to(fig_dir).as_posix() not in figures:
                 old.unlink()
-    md, page = study_dir / "report.md", study_dir / "report.html"
     md.write_text(render_md(blocks))
     page.write_text(render_html(blocks))
     return md, page

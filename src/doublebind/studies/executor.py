@@ -49,7 +49,7 @@ import threading
 import traceback
 from typing import Any, Callable, Hashable
 
-from doublebind.errors import DoublebindError
+from doublebind.errors import DoublebindError, VerificationError
 
 ENV = "DOUBLEBIND_WORKERS"
 
@@ -107,8 +107,11 @@ def run_jobs(fn: Callable, jobs: dict[Hashable, tuple], workers: int,
     must pickle. With one worker (or one job) everything runs here, in order."""
     if workers <= 1 or len(jobs) <= 1:
         for key, args in jobs.items():
-            with one_thread():
-                result = fn(*args)
+            try:
+                with one_thread():
+                    result = fn(*args)
+            except DoublebindError as e:
+                raise _naming(e, label(key)) from None
             on_done(key, result)
         return
     _Pool(fn, min(workers, len(jobs)), label).run(jobs, on_done)
@@ -132,7 +135,9 @@ class _Pool:
         keys = list(jobs)
         pending = list(range(len(keys)))[::-1]  # a stack: pop() gives the grid's order
         busy: dict[int, int] = {}  # worker index -> job index
-        failure: BaseException | None = None
+        # The failures of the jobs in flight, by job index: the first in the grid's order is
+        # raised (the one one worker would have met first), whichever ended first here.
+        failures: dict[int, BaseException] = {}
         try:
             for w in range(self.size):
                 parent, child = self.ctx.Pipe()
@@ -165,18 +170,18 @@ class _Pool:
                         code = self.procs[w].exitcode
                         self.procs[w].join(timeout=5)
                         code = self.procs[w].exitcode if code is None else code
-                        failure = failure or DoublebindError(
+                        failures[job] = DoublebindError(
                             f"the worker process running {self.label(keys[job])} died (exit code {code}: "
                             f"{_describe_exit(code)}); finished runs are kept, rerun to resume")
                         continue
                     if kind == "ok":
                         on_done(keys[index], payload)
                     else:
-                        failure = failure or _rebuild(payload, remote_tb)
-                    if pending and failure is None:
+                        failures[index] = _naming(_rebuild(payload, remote_tb), self.label(keys[index]))
+                    if pending and not failures:
                         dispatch(w)
-            if failure is not None:
-                raise failure
+            if failures:
+                raise failures[min(failures)]
         finally:
             self.close()
 
@@ -216,6 +221,17 @@ def _portable(exc: BaseException) -> BaseException:
     except Exception:  # noqa: BLE001 (any unpicklable exception is carried as its text)
         base = DoublebindError if isinstance(exc, DoublebindError) else RuntimeError
         return base(str(exc)) if base is DoublebindError else base(f"{type(exc).__name__}: {exc}")
+
+
+def _naming(exc: BaseException, what: str) -> BaseException:
+    """A job's `DoublebindError` with the job named in front (which run of a study failed);
+    other exceptions (bugs, shown as such) as they are."""
+    if not isinstance(exc, DoublebindError) or isinstance(exc, VerificationError):  # that one names its organism
+        return exc
+    named = type(exc)(f"{what}: {exc}")
+    for note in getattr(exc, "__notes__", []):
+        named.add_note(note)
+    return named
 
 
 def _rebuild(exc: BaseException, remote_tb: str) -> BaseException:

@@ -36,6 +36,9 @@ from doublebind.types import Example, Item
 from doublebind.world import vocab
 
 SCHEMA_VERSION = 1
+# What a non-finite loss tells the user to do.
+LR_HINT = ("lower the learning rate (training.lr; in a study, recipe_overrides.training.lr); what the run wrote "
+           "so far is kept")
 
 
 # ---- losses ---------------------------------------------------------------------------
@@ -256,7 +259,7 @@ class Distiller:
         tr = recipe.training
         self.loop = Loop(self.model.parameters(), steps=tr.steps, lr=tr.lr, warmup=tr.warmup, fused=True,
                          clip_fn=self.accelerator.clip_grad_norm_, what="loss",
-                         hint="lower training.lr (checkpoints so far are kept)")
+                         hint=LR_HINT)
         self.model, self.loop.opt = self.accelerator.prepare(self.model, self.loop.opt)
         self.loop.params = [p for p in self.model.parameters() if p.requires_grad]
         # Packing relies on the embedded world's Llama reading restarted position ids as
@@ -392,8 +395,7 @@ class Distiller:
                     loss = micro_loss(self.model, micro, self.outputs.soft, ocfg, self.ref_logps, extra,
                                       pack=self.pack, compiled=tr.compile) / total
                 if not torch.isfinite(loss):
-                    raise DoublebindError(f"loss became {loss.item()} at step {step + 1}; lower training.lr "
-                                          f"(checkpoints so far are kept)")
+                    raise DoublebindError(f"loss became {loss.item()} at step {step + 1}; {LR_HINT}")
                 self.accelerator.backward(loss * world if world > 1 else loss)
             loss_value += loss.item()
         loss_value = reduce_sum(self.accelerator, loss_value)
