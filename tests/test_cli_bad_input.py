@@ -316,3 +316,17 @@ def test_compare_says_when_b_ran_with_other_libraries_or_on_another_machine(tmp_
     assert "note: B ran on another machine (cpu CPU A -> CPU B)" in res.stdout
     res = run_cli("study", "compare", str(a), str(_copy_reference(tmp_path / "c")))
     assert res.returncode == 0 and "note:" not in res.stdout  # B names no cpu: unknown, not said
+
+
+def test_compare_says_what_b_leaves_out(tmp_path):
+    """B's results ending in a half line: 12 of 20 cells were compared with no word of why."""
+    a = _copy_reference(tmp_path / "a")
+    b = _copy_reference(tmp_path / "b")
+    lines = (b / RESULTS).read_bytes().splitlines(keepends=True)
+    (b / RESULTS).write_bytes(b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
+    res = run_cli("study", "compare", str(a), str(b))
+    assert res.returncode == 0, res.stderr
+    notes = [ln for ln in res.stdout.splitlines() if ln.startswith("note: B's results leave out")]
+    assert len(notes) == 1 and f"a half-written last line (line {len(lines)}" in notes[0], res.stdout
+    assert "the incomplete run" in notes[0]  # the torn line was its run's last row
+    assert "A's results" not in res.stdout

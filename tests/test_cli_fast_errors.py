@@ -31,7 +31,8 @@ print("exit", code, "torch", "torch" in sys.modules)
     (["eval", "{tmp}", "--n", "0"], "--n must be between"),
     (["study", "run", "{tmp}/typo.yaml", "--out", "{tmp}/o"], "techniqes: unknown key"),
     (["validate", "{tmp}/typo.yaml"], "techniqes: unknown key"),
-    (["report", "{tmp}/no-study"], "no results.jsonl"),
+    (["report", "{tmp}/no-study"], "no-study: no such folder"),
+    (["report", "{tmp}"], "no results.jsonl"),
 ])
 def test_bad_input_fails_in_one_line_before_torch_is_imported(tmp_path, args, message):
     (tmp_path / "bad.yaml").write_text("kind: recipe\nname: [\n")

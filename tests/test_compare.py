@@ -93,7 +93,8 @@ def test_cli_compares_the_reference_with_an_edited_rerun(tmp_path):
     assert abs(data["expected_same"] - sum(c["a_replication"] for c in rated)) < 1e-9
 
     # one clear line and exit 1 for a folder that is not a study, or the same folder twice
-    for args, needle in (((str(tmp_path / "nope"), str(a)), "no results.jsonl"),
+    for args, needle in (((str(tmp_path / "nope"), str(a)), "nope: no such folder"),
+                         ((str(tmp_path), str(a)), "no results.jsonl"),
                          ((str(a), str(a)), "are the same folder")):
         res = run_cli("study", "compare", *args)
         assert res.returncode == 1 and needle in res.stderr

@@ -110,3 +110,17 @@ def test_a_boolean_in_a_list_of_numbers_is_refused_and_booleans_stay_booleans():
     assert config.load(study, ["seeds=[0,1]"], expect="study").seeds == [0, 1]
     r = config.load(RECIPES / "hard_sft.yaml", ["training.packing=false", "training.steps=7"], expect="recipe")
     assert r.training.packing is False and r.training.steps == 7
+
+
+def test_an_error_in_an_overridden_value_names_the_override():
+    """The error named only the file, though the bad value came from the command line."""
+    with pytest.raises(ConfigError) as e:
+        config.load(RECIPES / "hard_sft.yaml", ["training.tracker=bogus"], expect="recipe")
+    assert str(e.value).startswith(f"{RECIPES / 'hard_sft.yaml'}: training.tracker: ")
+    assert str(e.value).endswith("(set by the override training.tracker=bogus)")
+    with pytest.raises(ConfigError) as e:  # set by a parent key's override
+        config.load(RECIPES / "hard_sft.yaml", ["training={steps: -1}"], expect="recipe")
+    assert str(e.value).endswith("(set by the override training={steps: -1})"), str(e.value)
+    with pytest.raises(ConfigError) as e:  # an override of another key is not blamed
+        config.load(RECIPES / "hard_sft.yaml", ["training.lr=0.001", "training.tracker=bogus"], expect="recipe")
+    assert "training.lr" not in str(e.value)

@@ -786,10 +786,14 @@ def load(path: Path | None = None, overrides: list[str] = (), preset: str | None
             return cls.after_load(build(cls, data, str(src)), src.resolve().parent)
         except ConfigError as e:
             msg = str(e)
-            raise ConfigError(msg if msg.startswith(f"{src}:") else f"{src}: {msg}") from None
+            msg = msg if msg.startswith(f"{src}:") else f"{src}: {msg}"
+            raise ConfigError(_name_override(msg, str(src), overrides)) from None
     if expect and kind != expect:
         raise ConfigError(f"{src}: kind: expected a {expect} config, got '{kind}'")
-    cfg = build(CONFIG_KINDS[kind], data, str(src))
+    try:
+        cfg = build(CONFIG_KINDS[kind], data, str(src))
+    except ConfigError as e:
+        raise ConfigError(_name_override(str(e), str(src), overrides)) from None
     if kind == "recipe" and cfg.prompts.jsonl:
         jsonl = Path(cfg.prompts.jsonl)
         beside = src.resolve().parent / jsonl  # relative to the recipe file, when it is there
@@ -799,6 +803,17 @@ def load(path: Path | None = None, overrides: list[str] = (), preset: str | None
             raise ConfigError(f"{src}: prompts.jsonl: file not found: {jsonl}"
                               + ("" if jsonl.is_absolute() else f" (looked beside the recipe and in {Path.cwd()})"))
     return cfg
+
+
+def _name_override(msg: str, src: str, overrides) -> str:
+    """`msg` ("<src>: <key>: <problem>") with the override that set <key> named, when one
+    did: the value came from the command line, not from the file the message starts with."""
+    loc = msg.removeprefix(f"{src}: ").split(": ", 1)[0]
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if loc == key or loc.startswith(key + "."):
+            return f"{msg} (set by the override {item})"
+    return msg
 
 
 def validate_stage(spec: Any, index: int) -> dict:

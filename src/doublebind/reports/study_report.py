@@ -337,6 +337,20 @@ def _rule(thr: dict) -> str:
         "training noise alone makes. Each verdict links to the technique's curves.")
 
 
+def left_out_of(scan) -> list[str]:
+    """What a scan of results.jsonl leaves out of the statistics: incomplete runs, rows that
+    a complete run replaces, a half-written last line (the report and `study compare` say so)."""
+    left_out = []
+    for inc in scan.incomplete:
+        left_out.append(f"the incomplete run {describe_key(inc['key'])} ({inc['found']} of its "
+                        f"{inc['expected']} rows; `doublebind study run` redoes it)")
+    if scan.ignored_rows:
+        left_out.append(f"{scan.ignored_rows} rows of interrupted or repeated runs that a complete run replaces")
+    if scan.torn is not None:
+        left_out.append(f"a half-written last line (line {scan.torn[0]}: a run still writing, or a kill mid-append)")
+    return left_out
+
+
 def results_file(study_dir: Path) -> Path:
     """The study folder's results file; one clear error where there is none."""
     results = Path(study_dir) / RESULTS
@@ -390,14 +404,7 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
                    + " (the runs' own versions are under Provenance)"))
     b.append(("p", f"{summary['runs']} complete runs, {len(rows)} checkpoint rows in {RESULTS}; every "
                    f"statistic below is computed from these rows."))
-    left_out = []
-    for inc in scan.incomplete:
-        left_out.append(f"the incomplete run {describe_key(inc['key'])} ({inc['found']} of its "
-                        f"{inc['expected']} rows; `doublebind study run` redoes it)")
-    if scan.ignored_rows:
-        left_out.append(f"{scan.ignored_rows} rows of interrupted or repeated runs that a complete run replaces")
-    if scan.torn is not None:
-        left_out.append(f"a half-written last line (line {scan.torn[0]}: a run still writing, or a kill mid-append)")
+    left_out = left_out_of(scan)
     if left_out:
         b.append(("p", "Left out: " + "; ".join(left_out) + "."))
     if stale:

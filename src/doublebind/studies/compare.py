@@ -103,13 +103,14 @@ def _thresholds(summary: dict) -> dict:
 
 def compare_folders(a_dir: Path, b_dir: Path) -> dict:
     """`compare` on two study folders' recomputed summaries; refuses the same folder twice."""
-    from doublebind.reports.study_report import LIBRARIES, load_study
+    from doublebind.reports.study_report import LIBRARIES, left_out_of, load_study
 
     if Path(a_dir).resolve() == Path(b_dir).resolve():
         raise DoublebindError(f"{a_dir} and {b_dir} are the same folder; compare a study with a rerun of it")
     study_a, scan_a, a = load_study(Path(a_dir), "study compare")
     study_b, scan_b, b = load_study(Path(b_dir), "study compare")
     result = compare(a, b)
+    result["left_out"] = {"A": left_out_of(scan_a), "B": left_out_of(scan_b)}
     ba, bb = _builds(study_a), _builds(study_b)
     both = [k for k in ba if k in bb]
     result["organisms_shared"] = len(both)
@@ -188,6 +189,9 @@ def notes(result: dict) -> list[str]:
     if result.get("machines_differ"):
         out.append("B ran on another machine (" + ", ".join(f"{k} {a} -> {b}" for k, a, b in result["machines_differ"])
                    + "), whose rounding differs")
+    for side, items in (result.get("left_out") or {}).items():
+        if items:
+            out.append(f"{side}'s results leave out " + "; ".join(items) + ": its cells hold only its complete runs")
     return out
 
 
