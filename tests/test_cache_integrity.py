@@ -215,6 +215,23 @@ def test_show_prints_the_card_and_names_a_damaged_model_file(quick_organism, tmp
     assert "model 'teacher'" in errors[0] and "describes the build, not this file" in errors[0]
 
 
+@pytest.mark.parametrize("name", ["config.json", "meta.json", "tokenizer.json"])
+def test_show_and_open_name_a_damaged_json_file_of_a_model(quick_organism, tmp_path, name):
+    """`organism show` said verified for a truncated teacher config.json or meta.json (which
+    distill refused), and everything took a truncated tokenizer.json (transformers' loader
+    did not)."""
+    org = tmp_path / "org"
+    shutil.copytree(quick_organism[0], org)
+    assert (org / "teacher" / name).is_file()
+    truncate(org / "teacher" / name)
+    res = run_cli("organism", "show", str(org))
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert res.returncode == 1 and len(errors) == 1, res.stderr
+    assert f"model 'teacher': {org / 'teacher' / name} is not valid JSON" in errors[0]
+    with pytest.raises(CorruptCacheError, match=f"teacher/{name} is not valid JSON"):
+        open_domain(org)
+
+
 def test_eval_refuses_an_organism_model_its_card_did_not_hash(quick_organism, tmp_path):
     """`eval org/teacher --organism org` scored a teacher whose weights had changed since the
     build (one byte of a weight: the file still loads), as if it were the card's teacher."""

@@ -106,5 +106,14 @@ def verify_organism_models(folder: Path, card: dict, only: Path | None = None) -
         model_dir = folder / str(m.get("path", role))
         if only is not None and model_dir.resolve() != Path(only).resolve():
             continue
-        verify_file(model_dir / "model.safetensors", m["safetensors_sha256"],
-                    f"organism '{card.get('name', '?')}' model '{role}'")
+        what = f"organism '{card.get('name', '?')}' model '{role}'"
+        verify_file(model_dir / "model.safetensors", m["safetensors_sha256"], what)
+        # The card hashes the weights only; the folder's JSON files (config, meta, tokenizer)
+        # must at least parse, or a loader (transformers' included) fails on them later.
+        for f in sorted(model_dir.glob("*.json")):
+            if f.name.startswith("."):
+                continue
+            try:
+                json.loads(f.read_text())
+            except (OSError, ValueError) as e:
+                raise CorruptCacheError(f"{what}: {f} is not valid JSON ({str(e).splitlines()[0]})") from None
