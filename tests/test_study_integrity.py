@@ -5,6 +5,7 @@ never deleted, a run missing rows is redone, summary.json is recomputed from the
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -219,3 +220,45 @@ def test_out_that_is_a_file_is_refused(finished, tmp_path):
     with pytest.raises(DoublebindError, match="is a file, not a study folder"):
         study_run.run_study(path, tmp_path / "f", show_progress=False)
     assert (tmp_path / "f").read_text() == "x"
+
+
+def _prov(commit: str, cpu: str = "CPU A", transformers: str = "5.24.0") -> dict:
+    return {"commit": commit, "dirty": False, "organisms": [], "machine": {"cpu": cpu, "cpus": 2},
+            "versions": {"transformers": transformers, "torch": "2.13.0"}}
+
+
+def test_a_resumed_study_keeps_where_its_earlier_runs_came_from(tmp_path, capsys):
+    """study.json's provenance was replaced by each session's, even one that ran no run."""
+    record = tmp_path / "study.json"
+    now = _prov("new", cpu="CPU B")
+    resumed = study_run.resumed_provenance
+    assert resumed(record, now, had_runs=True, runs_now=True) == {"provenance": now}  # no record yet
+    record.write_text(json.dumps({"provenance": _prov("old")}))
+    assert resumed(record, now, had_runs=False, runs_now=True) == {"provenance": now}  # no run finished before
+    assert resumed(record, now, had_runs=True, runs_now=True) == {"provenance": now,
+                                                                   "earlier_provenance": [_prov("old")]}
+    assert resumed(record, now, had_runs=True, runs_now=False) == {"provenance": _prov("old")}  # ran nothing
+    assert resumed(record, _prov("old"), had_runs=True, runs_now=True) == {"provenance": _prov("old")}  # same
+    record.write_text(json.dumps({"provenance": _prov("mid"), "earlier_provenance": [_prov("old")]}))
+    assert resumed(record, now, had_runs=True, runs_now=True)["earlier_provenance"] == [_prov("old"), _prov("mid")]
+    assert resumed(record, _prov("mid", transformers="5.25.0"), had_runs=True,
+                   runs_now=True)["earlier_provenance"] == [_prov("old"), _prov("mid")]  # libraries count
+    capsys.readouterr()
+    record.write_text('{"provenance": {"commit": ')
+    assert resumed(record, now, had_runs=True, runs_now=True) == {"provenance": now}
+    assert "was not a readable study record; rewritten" in capsys.readouterr().err
+
+
+def test_the_report_lists_the_earlier_sessions_of_a_resumed_study(tmp_path):
+    src = Path(__file__).resolve().parent.parent / "docs" / "results"
+    d = tmp_path / "s"
+    d.mkdir()
+    for f in (study_run.RESULTS, "summary.json", "study.json"):
+        shutil.copy(src / f, d / f)
+    record = json.loads((d / "study.json").read_text())
+    record["earlier_provenance"] = [_prov("0123abc", cpu="Some Other CPU")]
+    (d / "study.json").write_text(json.dumps(record))
+    md, _ = write_report(d)
+    text = md.read_text()
+    assert "| earlier session 1 | commit 0123abc; cpu Some Other CPU; torch 2.13.0, transformers 5.24.0 |" in text
+    assert "This study was resumed" in text

@@ -584,7 +584,13 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
                                               if (prov.get("versions") or {}).get(k)) or "unknown"],
         ["organism build code", ", ".join(sorted({str(o.get('code_version')) for o in prov.get("organisms") or []}))
          or "unknown"],
+        *([f"earlier session {i + 1}", _session(p)] for i, p in enumerate(study.get("earlier_provenance") or [])
+          if isinstance(p, dict)),
     ]))
+    if study.get("earlier_provenance"):
+        b.append(("p", "This study was resumed: some of its runs ran in the earlier sessions listed above, on "
+                       "another commit, machine or library versions than the latest, so its verdicts may mix "
+                       "their rounding."))
     b.append(("p", "What reproduces on another machine: verdicts and intervals, not bytes. Floating-point training "
                    "differs between CPUs, so the same organism config builds a slightly different organism; the "
                    "two-level intervals above include that variance when the study has several organism seeds."))
@@ -592,6 +598,14 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
 
 
 LIBRARIES = ("python", "torch", "transformers", "tokenizers", "doublebind")
+
+
+def _session(prov: dict) -> str:
+    """An earlier session's provenance in one cell: commit, CPU, libraries."""
+    mach, ver = prov.get("machine") or {}, prov.get("versions") or {}
+    return "; ".join([f"commit {prov.get('commit') or 'unknown'}" + (" (with uncommitted changes)" if prov.get("dirty") else ""),
+                      f"cpu {mach.get('cpu') or 'unknown'}",
+                      ", ".join(f"{k} {ver[k]}" for k in LIBRARIES if ver.get(k)) or "libraries unknown"])
 
 
 def _md_cell(x: str) -> str:

@@ -430,7 +430,8 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
                            # the card travels with the results: a folder copied without organisms/
                            # (the committed references) still reports its organisms
                            "card": cards.get(sp.key)} for sp in specs],
-            "provenance": provenance(cards.values())}, indent=2))
+            **resumed_provenance(out / "study.json", provenance(cards.values()), had_runs=bool(scan.runs),
+                                 runs_now=bool(todo))}, indent=2))
     run_ids = {r["run_id"] for r in scan.parsed}
     if state.is_main_process:
         from doublebind.ui import console
@@ -457,6 +458,38 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
                  label=describe_key)
     state.wait_for_everyone()
     return summarize(out, cfg, write=state.is_main_process)
+
+
+# What makes two sessions of one study differ in where their runs come from.
+SESSION_FIELDS = ("commit", "dirty", "machine", "versions")
+
+
+def resumed_provenance(record: Path, now: dict, *, had_runs: bool, runs_now: bool) -> dict:
+    """study.json's provenance fields for this session: `provenance` (the latest session that
+    ran runs) and, where earlier sessions ran runs on another commit, machine or libraries,
+    `earlier_provenance` (theirs, oldest first), so a resumed study does not credit every
+    row to the last session. A session that runs nothing keeps the record as it was."""
+    old = None
+    if had_runs and record.is_file():
+        try:
+            old = json.loads(record.read_text())
+        except (ValueError, UnicodeDecodeError, OSError):
+            old = None
+        if not isinstance(old, dict) or not isinstance(old.get("provenance"), dict):
+            from doublebind.ui import console
+
+            console.print(f"[yellow]note:[/] {record} was not a readable study record; rewritten, so where "
+                          f"the runs before this session came from is no longer recorded", highlight=False,
+                          soft_wrap=True)
+            old = None
+    if old is None:
+        return {"provenance": now}
+    earlier = [p for p in old.get("earlier_provenance") or [] if isinstance(p, dict)]
+    if not runs_now:
+        return {"provenance": old["provenance"], **({"earlier_provenance": earlier} if earlier else {})}
+    if any(old["provenance"].get(k) != now.get(k) for k in SESSION_FIELDS):
+        earlier.append(old["provenance"])
+    return {"provenance": now, **({"earlier_provenance": earlier} if earlier else {})}
 
 
 def provenance(cards) -> dict:
