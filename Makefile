@@ -30,9 +30,12 @@ COMPILE := $(BIN)/python -m compileall -q -j 0 -x 'py312_intrinsics' $(VENV)/lib
 CONSTRAINTS ?= constraints.txt
 PIP := $(BIN)/pip install -q --no-compile $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
+# torch alone first, pinned but unconstrained: under TORCH_PIP_ARGS="--index-url …" its own
+# dependencies come from that index, which may lack the locked versions; the next step
+# brings them to the locked versions from the usual index.
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) $(TORCH_PIP_ARGS) torch==2.13.0
+	$(BIN)/pip install -q --no-compile $(TORCH_PIP_ARGS) torch==2.13.0
 	$(PIP) -e .
 	$(COMPILE)
 	touch $(STAMP)

@@ -174,6 +174,27 @@ def test_eval_of_an_organism_folder_names_its_models(tmp_path):
     _one_line(run_cli("eval", str(tmp_path / "org")),
               f"is an organism folder, not a checkpoint; evaluate one of its models (base, teacher), e.g. "
               f"doublebind eval {tmp_path / 'org' / 'teacher'} --organism {tmp_path / 'org'}")
+    for role in ("base", "teacher"):
+        (tmp_path / "org" / role / "meta.json").unlink()
+    _one_line(run_cli("eval", str(tmp_path / "org")), "is an organism folder (holding no model folder)")
+
+
+def test_a_build_over_another_organism_says_so_and_never_over_the_caches_own_copy(tmp_path, capsys):
+    from doublebind.cli import _check_replaced_organism
+
+    cache = tmp_path / "cache" / "organisms"
+    (cache / "0123456789abcdef").mkdir(parents=True)
+    card = json.dumps({"name": "other", "organism_hash": "0123456789abcdef"})
+    (cache / "0123456789abcdef" / "organism.json").write_text(card)
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "organism.json").write_text(card)
+    _check_replaced_organism(out / "organism.json", "fedcba9876543210", cache)  # the cache keeps it: said
+    assert f"replacing the organism 'other' (0123456789abcdef) in {out}; the cache keeps it" in capsys.readouterr().err
+    _check_replaced_organism(out / "organism.json", "0123456789abcdef", cache)  # the same organism: nothing said
+    assert capsys.readouterr() == ("", "")
+    with pytest.raises(DoublebindError, match="which the cache does not keep"):  # --out is the cache's own copy
+        _check_replaced_organism(cache / "0123456789abcdef" / "organism.json", "fedcba9876543210", cache)
 
 
 def test_report_names_a_missing_folder_or_a_file(tmp_path):
@@ -216,6 +237,10 @@ def test_a_damaged_organism_card_in_a_study_folder_is_named_or_replaced_by_its_c
     assert found[0][1] == copy and found[0][2] == d / "study.json"
     card.write_text("[1]")  # valid JSON, not a card
     assert study_report._find_cards(d, study)[0][1] == copy
+    card.write_text("null")
+    study["organisms"][0] = org
+    with pytest.raises(DoublebindError, match="the organism card is not a JSON object"):
+        study_report._find_cards(d, study)
 
 
 def test_distill_keeps_an_unfinished_run_unless_forced(tmp_path):

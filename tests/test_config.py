@@ -124,3 +124,22 @@ def test_an_error_in_an_overridden_value_names_the_override():
     with pytest.raises(ConfigError) as e:  # an override of another key is not blamed
         config.load(RECIPES / "hard_sft.yaml", ["training.lr=0.001", "training.tracker=bogus"], expect="recipe")
     assert "training.lr" not in str(e.value)
+
+
+def test_a_boolean_among_a_mappings_numbers_is_refused():
+    with pytest.raises(ConfigError, match="prompts.contexts: expected a number, not true/false"):
+        config.load(RECIPES / "study.yaml", ["prompts.contexts={neutral: true, deploy_like: 0.5, any: 0.5}"],
+                    expect="recipe")
+
+
+def test_an_error_in_a_studys_recipe_override_names_the_override():
+    """A study's recipe overrides are checked when the study resolves its recipe; the error
+    named `recipe_overrides` and the study file, not the command-line override."""
+    from doublebind.studies.run import resolve
+
+    study = Path(__file__).resolve().parents[1] / "configs" / "studies" / "default.yaml"
+    over = ["recipe_overrides.training.tracker=bogus"]
+    with pytest.raises(ConfigError) as e:
+        resolve(study, config.load(study, over, expect="study"), over)
+    assert str(e.value).startswith(f"{study}: recipe_overrides: training.tracker: ")
+    assert str(e.value).endswith("(set by the override recipe_overrides.training.tracker=bogus)")

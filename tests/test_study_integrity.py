@@ -262,3 +262,43 @@ def test_the_report_lists_the_earlier_sessions_of_a_resumed_study(tmp_path):
     text = md.read_text()
     assert "| earlier session 1 | commit 0123abc; cpu Some Other CPU; torch 2.13.0, transformers 5.24.0 |" in text
     assert "This study was resumed" in text
+
+
+def test_a_session_claims_the_record_only_once_a_run_finishes(quick_organism, tmp_path, monkeypatch):
+    """study.json took each session's provenance at its start, so a session that failed
+    before finishing a run (or ran none) was credited with the rows of the one before."""
+    import doublebind.training.distill as dmod
+
+    from .test_study import write_study
+
+    path = write_study(tmp_path, quick_organism[0], techniques=["baseline"], seeds=[0, 1])
+    out = tmp_path / "out"
+    original = dmod.distill
+    calls = []
+
+    def fails_on_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise DoublebindError("loss became nan at step 1")
+        return original(*a, **k)
+
+    monkeypatch.setattr(dmod, "distill", fails_on_second)
+    with pytest.raises(DoublebindError):
+        study_run.run_study(path, out, show_progress=False)
+    record = json.loads((out / "study.json").read_text())
+    mine = record["provenance"]
+    assert "earlier_provenance" not in record
+    other = {**mine, "commit": "another-commit", "machine": {**mine["machine"], "cpu": "Another CPU"}}
+    (out / "study.json").write_text(json.dumps({**record, "provenance": other}))  # as another session left it
+    calls.clear()
+    calls.append(1)  # the next run fails at once: this session finishes none
+    with pytest.raises(DoublebindError):
+        study_run.run_study(path, out, show_progress=False)
+    record = json.loads((out / "study.json").read_text())
+    assert record["provenance"] == other and "earlier_provenance" not in record
+    monkeypatch.setattr(dmod, "distill", original)
+    study_run.run_study(path, out, show_progress=False)  # finishes the last run: claims the record
+    record = json.loads((out / "study.json").read_text())
+    assert record["provenance"]["commit"] == mine["commit"] and record["earlier_provenance"] == [other]
+    study_run.run_study(path, out, show_progress=False)  # nothing left to run: the record stays
+    assert json.loads((out / "study.json").read_text()) == record

@@ -116,7 +116,7 @@ def validate(file: Path, overrides: Optional[list[str]] = typer.Argument(None, h
     if cfg.kind == "study":  # as strict as `study run`: the organism, the recipe and its overrides
         from doublebind.studies.run import resolve
 
-        resolve(file, cfg)
+        resolve(file, cfg, overrides or [])
     out(f"ok: {file} is a valid {cfg.kind} config (name: {getattr(cfg, 'name', '-')})")
 
 
@@ -227,11 +227,12 @@ def _check_replaced_organism(card_path: Path, new_hash: str, cached: Path) -> No
         return  # not a readable card: the build replaces it as before
     if old_hash == new_hash:
         return
-    if not (cached / str(old_hash) / card_path.name).is_file():
+    kept = cached / str(old_hash)
+    if not (kept / card_path.name).is_file() or kept.resolve() == card_path.parent.resolve():  # --out is that copy
         raise DoublebindError(f"--out {card_path.parent} holds the organism '{name}' ({old_hash}), which the cache "
                               f"does not keep; choose another --out, or move it first")
     console.print(f"replacing the organism '{name}' ({old_hash}) in {card_path.parent}; the cache keeps it",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
 
 
 @organism_app.command("show")
@@ -303,9 +304,12 @@ def eval_cmd(
     if not model_dir.is_dir():
         raise DoublebindError(f"no checkpoint folder at {model_dir}")
     if (model_dir / "organism.json").is_file():  # an organism, not one of its models
-        models = ", ".join(sorted(p.name for p in model_dir.iterdir() if (p / "meta.json").is_file())) or "none"
+        models = sorted(p.name for p in model_dir.iterdir() if (p / "meta.json").is_file())
+        if not models:
+            raise DoublebindError(f"{model_dir} is an organism folder (holding no model folder), not a checkpoint")
+        pick = "teacher" if "teacher" in models else models[0]
         raise DoublebindError(f"{model_dir} is an organism folder, not a checkpoint; evaluate one of its models "
-                              f"({models}), e.g. doublebind eval {model_dir / 'teacher'} --organism {model_dir}")
+                              f"({', '.join(models)}), e.g. doublebind eval {model_dir / pick} --organism {model_dir}")
     if organism is not None and not organism.is_dir():
         raise DoublebindError(f"--organism {organism}: no such folder")
     unreadable = [p for p in sorted(model_dir.iterdir()) if p.is_file() and not os.access(p, os.R_OK)]

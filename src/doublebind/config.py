@@ -43,17 +43,24 @@ def _takes_numbers_not_bools(tp) -> bool:
 
 
 def _bool_for_number(tp, value) -> bool:
-    """Whether `value` puts a boolean where `tp` wants a number (itself, or an element of a
-    list or tuple): pydantic would read `true` as 1, so `steps: true` would train one step."""
+    """Whether `value` puts a boolean where `tp` wants a number (itself, or inside the lists,
+    tuples and mappings `tp` describes): pydantic would read `true` as 1, so `steps: true`
+    would train one step."""
     if isinstance(value, bool):
         return _takes_numbers_not_bools(tp)
+    if isinstance(value, dict):
+        for t in _leaves(tp):
+            if typing.get_origin(t) is dict and len(typing.get_args(t)) == 2:
+                inner = typing.get_args(t)[1]
+                if any(_bool_for_number(inner, v) for v in value.values()):
+                    return True
     if isinstance(value, (list, tuple)):
         for t in _leaves(tp):
             origin, args = typing.get_origin(t), typing.get_args(t)
             if origin in (list, tuple, set, frozenset) and args:
                 elems = [a for a in args if a is not Ellipsis]
                 per = elems * len(value) if len(elems) == 1 else elems
-                if any(isinstance(v, bool) and _takes_numbers_not_bools(e) for e, v in zip(per, value)):
+                if any(_bool_for_number(e, v) for e, v in zip(per, value)):
                     return True
     return False
 
@@ -787,13 +794,13 @@ def load(path: Path | None = None, overrides: list[str] = (), preset: str | None
         except ConfigError as e:
             msg = str(e)
             msg = msg if msg.startswith(f"{src}:") else f"{src}: {msg}"
-            raise ConfigError(_name_override(msg, str(src), overrides)) from None
+            raise ConfigError(name_override(msg, str(src), overrides)) from None
     if expect and kind != expect:
         raise ConfigError(f"{src}: kind: expected a {expect} config, got '{kind}'")
     try:
         cfg = build(CONFIG_KINDS[kind], data, str(src))
     except ConfigError as e:
-        raise ConfigError(_name_override(str(e), str(src), overrides)) from None
+        raise ConfigError(name_override(str(e), str(src), overrides)) from None
     if kind == "recipe" and cfg.prompts.jsonl:
         jsonl = Path(cfg.prompts.jsonl)
         beside = src.resolve().parent / jsonl  # relative to the recipe file, when it is there
@@ -805,13 +812,15 @@ def load(path: Path | None = None, overrides: list[str] = (), preset: str | None
     return cfg
 
 
-def _name_override(msg: str, src: str, overrides) -> str:
+def name_override(msg: str, src: str, overrides) -> str:
     """`msg` ("<src>: <key>: <problem>") with the override that set <key> named, when one
     did: the value came from the command line, not from the file the message starts with."""
-    loc = msg.removeprefix(f"{src}: ").split(": ", 1)[0]
+    parts = msg.removeprefix(f"{src}: ").split(": ")
+    # the location, however its parts were nested: `recipe_overrides: training.lr` is one key
+    locs = [".".join(parts[:k]) for k in range(1, len(parts))]
     for item in overrides:
         key = item.split("=", 1)[0]
-        if loc == key or loc.startswith(key + "."):
+        if any(loc == key or loc.startswith(key + ".") for loc in locs):
             return f"{msg} (set by the override {item})"
     return msg
 

@@ -111,7 +111,7 @@ def verify_organism_models(folder: Path, card: dict, only: Path | None = None) -
         # The card hashes the weights only; the folder's JSON files (config, meta, tokenizer)
         # must at least parse, or a loader (transformers' included) fails on them later.
         for f in sorted(model_dir.glob("*.json")):
-            if f.name.startswith("."):
+            if f.name.startswith(".") or not f.is_file():
                 continue
             try:
                 json.loads(f.read_text())

@@ -129,8 +129,9 @@ def _find_cards(study_dir: Path, study: dict) -> list[tuple[dict, dict | None, P
                 card = json.loads(path.read_text())
             except (ValueError, UnicodeDecodeError) as e:
                 damaged = f"{path}: the organism card is not valid JSON ({str(e).splitlines()[0]})"
-            if card is not None and not isinstance(card, dict):
-                card, damaged = None, f"{path}: the organism card is not a JSON object"
+            else:
+                if not isinstance(card, dict):
+                    card, damaged = None, f"{path}: the organism card is not a JSON object"
         if card is not None:
             out.append((org, card, path))
         elif isinstance(org.get("card"), dict):  # organisms/ not kept (or its card damaged): the copy made when the study ran

@@ -111,7 +111,7 @@ def run_jobs(fn: Callable, jobs: dict[Hashable, tuple], workers: int,
                 with one_thread():
                     result = fn(*args)
             except DoublebindError as e:
-                raise _naming(e, label(key)) from None
+                raise named_error(e, label(key)) from e
             on_done(key, result)
         return
     _Pool(fn, min(workers, len(jobs)), label).run(jobs, on_done)
@@ -177,7 +177,7 @@ class _Pool:
                     if kind == "ok":
                         on_done(keys[index], payload)
                     else:
-                        failures[index] = _naming(_rebuild(payload, remote_tb), self.label(keys[index]))
+                        failures[index] = named_error(_rebuild(payload, remote_tb), self.label(keys[index]))
                     if pending and not failures:
                         dispatch(w)
             if failures:
@@ -223,7 +223,7 @@ def _portable(exc: BaseException) -> BaseException:
         return base(str(exc)) if base is DoublebindError else base(f"{type(exc).__name__}: {exc}")
 
 
-def _naming(exc: BaseException, what: str) -> BaseException:
+def named_error(exc: BaseException, what: str) -> BaseException:
     """A job's `DoublebindError` with the job named in front (which run of a study failed);
     other exceptions (bugs, shown as such) as they are."""
     if not isinstance(exc, DoublebindError) or isinstance(exc, VerificationError):  # that one names its organism

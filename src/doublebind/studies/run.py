@@ -86,9 +86,10 @@ class OrganismSpec:
         return kind_of_config(self.cfg).organism_hash(self.cfg)
 
 
-def resolve(study_path: Path, cfg) -> list[OrganismSpec]:
+def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
     """Check everything before training: each scenario's organism source, the base recipe
-    and the recipe overrides (`doublebind validate` runs this too). Errors name the study field."""
+    and the recipe overrides (`doublebind validate` runs this too). Errors name the study field,
+    and the command-line override that set it (`overrides`, as `cfg` was loaded with)."""
     from doublebind.organisms.domain import read_card
 
     root = Path(study_path).resolve().parent
@@ -100,7 +101,7 @@ def resolve(study_path: Path, cfg) -> list[OrganismSpec]:
             msg = str(e)
             if strip is not None:
                 msg = msg.removeprefix(f"{strip}: ")
-            raise ConfigError(f"{study_path}: {name}: {msg}") from None
+            raise ConfigError(config.name_override(f"{study_path}: {name}: {msg}", str(study_path), overrides)) from None
 
     recipe_path = root / cfg.recipe
     field("recipe", lambda: config.load(recipe_path, expect="recipe"))
@@ -394,7 +395,7 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
     from doublebind.studies.executor import run_jobs, workers_for
 
     cfg = config.load(study_path, list(overrides), expect="study")
-    specs = resolve(study_path, cfg)
+    specs = resolve(study_path, cfg, overrides)
     n_workers = workers_for(workers)  # a bad DOUBLEBIND_WORKERS stops here, before any work
     out = Path(out)
     check_out_dir(out, "--out", what="a study")
@@ -422,16 +423,20 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
             place_organisms(to_place, out, hashes, 1 if state.num_processes > 1 else n_workers, show_progress)
     cards = {sp.key: json.loads((sp.folder(out) / "organism.json").read_text())
              for sp in specs if (sp.folder(out) / "organism.json").is_file()}
+    record = {
+        "config": cfg.model_dump(mode="json"), "study_file": str(Path(study_path).resolve()),
+        "organisms": [{"scenario": sp.scenario, "organism_seed": sp.organism_seed,
+                       "organism_hash": hashes[sp.key], "path": str(sp.folder(out).resolve()),
+                       # the card travels with the results: a folder copied without organisms/
+                       # (the committed references) still reports its organisms
+                       "card": cards.get(sp.key)} for sp in specs]}
+    # This session's provenance enters the record with its first finished run, not before:
+    # a session stopped before any run finished (a failure, Ctrl-C) claims none of the rows.
+    now = provenance(cards.values()) if state.is_main_process else {}
+    sessions = {ran: resumed_provenance(out / "study.json", now, had_runs=bool(scan.runs), runs_now=ran)
+                for ran in (False, True)} if state.is_main_process else {}
     if state.is_main_process:
-        (out / "study.json").write_text(json.dumps({
-            "config": cfg.model_dump(mode="json"), "study_file": str(Path(study_path).resolve()),
-            "organisms": [{"scenario": sp.scenario, "organism_seed": sp.organism_seed,
-                           "organism_hash": hashes[sp.key], "path": str(sp.folder(out).resolve()),
-                           # the card travels with the results: a folder copied without organisms/
-                           # (the committed references) still reports its organisms
-                           "card": cards.get(sp.key)} for sp in specs],
-            **resumed_provenance(out / "study.json", provenance(cards.values()), had_runs=bool(scan.runs),
-                                 runs_now=bool(todo))}, indent=2))
+        _write_json(out / "study.json", {**record, **sessions[False]})
     run_ids = {r["run_id"] for r in scan.parsed}
     if state.is_main_process:
         from doublebind.ui import console
@@ -447,6 +452,9 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
 
         def finished(key, summary) -> None:  # in this process, as each run ends: one append per run
             cell, folder = grid[key], run_dir(out, key)
+            if state.is_main_process and sessions[True] != sessions[False]:  # this session's first run
+                _write_json(out / "study.json", {**record, **sessions[True]})
+                sessions[False] = sessions[True]
             if state.is_main_process:
                 run_id = next(i for k in range(len(run_ids) + 1)
                               if (i := f"{folder.parent.name}-{folder.name}-a{k}") not in run_ids)
@@ -460,8 +468,23 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
     return summarize(out, cfg, write=state.is_main_process)
 
 
-# What makes two sessions of one study differ in where their runs come from.
-SESSION_FIELDS = ("commit", "dirty", "machine", "versions")
+# What makes two sessions of one study differ in where their runs come from: the code, the
+# libraries and the CPU (not the kernel release or the thread settings: runs use one thread).
+SESSION_FIELDS = ("commit", "dirty", "versions")
+SESSION_MACHINE = ("system", "machine", "cpu", "cpu_kernels")
+
+
+def _same_session(a: dict, b: dict) -> bool:
+    mach_a, mach_b = a.get("machine") or {}, b.get("machine") or {}
+    return (all(a.get(k) == b.get(k) for k in SESSION_FIELDS)
+            and all(mach_a.get(k) == mach_b.get(k) for k in SESSION_MACHINE))
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write `path` whole or not at all (a kill mid-write leaves the old file)."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
 
 
 def resumed_provenance(record: Path, now: dict, *, had_runs: bool, runs_now: bool) -> dict:
@@ -487,7 +510,7 @@ def resumed_provenance(record: Path, now: dict, *, had_runs: bool, runs_now: boo
     earlier = [p for p in old.get("earlier_provenance") or [] if isinstance(p, dict)]
     if not runs_now:
         return {"provenance": old["provenance"], **({"earlier_provenance": earlier} if earlier else {})}
-    if any(old["provenance"].get(k) != now.get(k) for k in SESSION_FIELDS):
+    if not _same_session(old["provenance"], now):
         earlier.append(old["provenance"])
     return {"provenance": now, **({"earlier_provenance": earlier} if earlier else {})}
 
@@ -559,16 +582,21 @@ def place_organisms(specs: list, out: Path, hashes: dict, workers: int, show_pro
     each, like the runs; an organism's weights, like any float result, can differ in
     rounding with the thread count that built it, and a study takes a cached build as it
     is)."""
-    from doublebind.studies.executor import run_jobs
+    from doublebind.studies.executor import named_error, run_jobs
+
+    def label(key) -> str:
+        return f"the organism of {key[0]} (organism seed {key[1]})"
 
     if workers <= 1 or len(specs) <= 1:
         for sp in specs:
-            place_organism(sp.cfg, sp.folder(out), show_progress, expected_hash=hashes[sp.key])
+            try:
+                place_organism(sp.cfg, sp.folder(out), show_progress, expected_hash=hashes[sp.key])
+            except DoublebindError as e:  # named as the workers name it
+                raise named_error(e, label(sp.key)) from e
         return
     jobs = {sp.key: (sp.cfg, sp.folder(out), False, hashes[sp.key]) for sp in specs}
     with progress_bar(f"placing {len(specs)} organisms", len(specs), show_progress, unit="organisms") as advance:
-        run_jobs(place_organism, jobs, workers, lambda key, _: advance(1),
-                 label=lambda key: f"the organism of {key[0]} (organism seed {key[1]})")
+        run_jobs(place_organism, jobs, workers, lambda key, _: advance(1), label=label)
 
 
 def place_organism(org_cfg, dest: Path, show_progress: bool = True, expected_hash: str | None = None) -> None:
