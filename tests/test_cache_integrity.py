@@ -259,6 +259,18 @@ def test_a_card_that_is_not_a_card_is_one_line(tmp_path):
         assert res.returncode == 1 and "not an organism card" in res.stderr and "Traceback" not in res.stderr
 
 
+def test_show_refuses_a_verified_field_that_is_not_true_or_false(quick_organism, tmp_path):
+    """`organism show` printed `verified: yes` for a card whose field was the string "yes"."""
+    org = tmp_path / "org"
+    shutil.copytree(quick_organism[0], org)
+    card = json.loads((org / "organism.json").read_text())
+    (org / "organism.json").write_text(json.dumps({**card, "verified": "yes"}))
+    res = run_cli("organism", "show", str(org))
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert res.returncode == 1 and errors == [f"error: {org / 'organism.json'} is not a complete organism card "
+                                              f"(verified: 'yes', expected true or false)"], res.stderr
+
+
 # ---- teacher outputs -------------------------------------------------------------------
 
 @pytest.fixture
@@ -352,3 +364,20 @@ def test_a_teacher_output_entry_that_disagrees_with_its_meta_is_refused(teacher_
     meta_path.write_text(json.dumps({**meta, "files": files}))
     with pytest.raises(CorruptCacheError, match=f"{len(prompts) + 1} rows for {len(prompts)} prompts"):
         teacher_mod._load(entry, prompts, first.key)
+
+
+def test_validate_refuses_a_study_on_a_damaged_organism(quick_organism, tmp_path):
+    """`validate` passed a study whose organism had a truncated model file; `study run`
+    refused it."""
+    from .test_study import write_study
+
+    org = tmp_path / "org"
+    shutil.copytree(quick_organism[0], org)
+    path = write_study(tmp_path, org)
+    res = run_cli("validate", str(path))
+    assert res.returncode == 0, res.stderr
+    truncate(org / "base" / "model.safetensors")
+    res = run_cli("validate", str(path))
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert res.returncode == 1 and len(errors) == 1, res.stderr
+    assert f"{path}: organism.path: " in errors[0] and "model 'base'" in errors[0] and "is corrupt" in errors[0]

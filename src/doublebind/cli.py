@@ -245,6 +245,9 @@ def organism_show(folder: Path):
     from doublebind.organisms.domain import read_card
 
     card = read_card(folder, verified=False)
+    if "verified" in card and not isinstance(card["verified"], bool):  # the card would print it as it is
+        raise DoublebindError(f"{folder / 'organism.json'} is not a complete organism card (verified: "
+                              f"{card['verified']!r}, expected true or false)")
     buf = io.StringIO()  # printed only once the whole card rendered: a broken card prints one error line
     try:
         with contextlib.redirect_stdout(buf):

@@ -90,6 +90,7 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
     """Check everything before training: each scenario's organism source, the base recipe
     and the recipe overrides (`doublebind validate` runs this too). Errors name the study field,
     and the command-line override that set it (`overrides`, as `cfg` was loaded with)."""
+    from doublebind.integrity import verify_organism_models
     from doublebind.organisms.domain import read_card
 
     root = Path(study_path).resolve().parent
@@ -149,6 +150,8 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
         if not (org_path / "organism.json").is_file():
             raise ConfigError(f"{study_path}: organism.path: no organism at {org_path}")
         card = field("organism.path", lambda: read_card(org_path, verified=False))
+        # its weights too, so `validate` refuses a damaged organism as `study run` does
+        field("organism.path", lambda: verify_organism_models(org_path, card))
         return [OrganismSpec(str(card.get("name", "organism")), int(card.get("seed", 0) or 0), recipe, path=org_path)]
     if org.preset is not None:
         name, load = "organism.preset", (lambda m=None: config.load(preset=org.preset, expect="organism", merge=m))
