@@ -381,3 +381,5 @@ def test_validate_refuses_a_study_on_a_damaged_organism(quick_organism, tmp_path
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
     assert res.returncode == 1 and len(errors) == 1, res.stderr
     assert f"{path}: organism.path: " in errors[0] and "model 'base'" in errors[0] and "is corrupt" in errors[0]
+    res = run_cli("study", "run", str(path), "--out", str(tmp_path / "out"))  # refused before its folder is made
+    assert res.returncode == 1 and "model 'base'" in res.stderr and not (tmp_path / "out").exists(), res.stderr
