@@ -228,25 +228,33 @@ def _prov(commit: str, cpu: str = "CPU A", transformers: str = "5.24.0") -> dict
 
 
 def test_a_resumed_study_keeps_where_its_earlier_runs_came_from(tmp_path, capsys):
-    """study.json's provenance was replaced by each session's, even one that ran no run."""
+    """study.json's provenance was replaced by each session's, even one that ran no run.
+    (waiting, claimed): the record until this session finishes a run, and once it has."""
     record = tmp_path / "study.json"
     now = _prov("new", cpu="CPU B")
-    resumed = study_run.resumed_provenance
-    assert resumed(record, now, had_runs=True, runs_now=True) == {"provenance": now}  # no record yet
+    both = {"provenance": now}
+
+    def resumed(had_runs=True):
+        return study_run.resumed_provenance(record, now, had_runs=had_runs)
+
+    assert resumed() == (both, both)  # no record yet
     record.write_text(json.dumps({"provenance": _prov("old")}))
-    assert resumed(record, now, had_runs=False, runs_now=True) == {"provenance": now}  # no run finished before
-    assert resumed(record, now, had_runs=True, runs_now=True) == {"provenance": now,
-                                                                   "earlier_provenance": [_prov("old")]}
-    assert resumed(record, now, had_runs=True, runs_now=False) == {"provenance": _prov("old")}  # ran nothing
-    assert resumed(record, _prov("old"), had_runs=True, runs_now=True) == {"provenance": _prov("old")}  # same
+    assert resumed(had_runs=False) == (both, both)  # no run finished before
+    assert resumed() == ({"provenance": _prov("old")}, {"provenance": now, "earlier_provenance": [_prov("old")]})
+    same = study_run.resumed_provenance(record, _prov("old"), had_runs=True)
+    assert same == ({"provenance": _prov("old")},) * 2
+    threads = {**_prov("old"), "machine": {**_prov("old")["machine"], "thread_settings": {"OMP_NUM_THREADS": "4"}}}
+    assert study_run.resumed_provenance(record, threads, had_runs=True)[1] == {"provenance": threads}  # not a session
     record.write_text(json.dumps({"provenance": _prov("mid"), "earlier_provenance": [_prov("old")]}))
-    assert resumed(record, now, had_runs=True, runs_now=True)["earlier_provenance"] == [_prov("old"), _prov("mid")]
-    assert resumed(record, _prov("mid", transformers="5.25.0"), had_runs=True,
-                   runs_now=True)["earlier_provenance"] == [_prov("old"), _prov("mid")]  # libraries count
+    waiting, claimed = resumed()
+    assert waiting == {"provenance": _prov("mid"), "earlier_provenance": [_prov("old")]}
+    assert claimed["earlier_provenance"] == [_prov("old"), _prov("mid")]
+    libs = study_run.resumed_provenance(record, _prov("mid", transformers="5.25.0"), had_runs=True)[1]
+    assert libs["earlier_provenance"] == [_prov("old"), _prov("mid")]  # libraries count
     capsys.readouterr()
     record.write_text('{"provenance": {"commit": ')
-    assert resumed(record, now, had_runs=True, runs_now=True) == {"provenance": now}
-    assert "was not a readable study record; rewritten" in capsys.readouterr().err
+    assert resumed() == (both, both)
+    assert capsys.readouterr().err.count("was not a readable study record; rewritten") == 1
 
 
 def test_the_report_lists_the_earlier_sessions_of_a_resumed_study(tmp_path):

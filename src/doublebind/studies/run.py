@@ -435,9 +435,8 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
                        "card": cards.get(sp.key)} for sp in specs]}
     # This session's provenance enters the record with its first finished run, not before:
     # a session stopped before any run finished (a failure, Ctrl-C) claims none of the rows.
-    now = provenance(cards.values()) if state.is_main_process else {}
-    sessions = {ran: resumed_provenance(out / "study.json", now, had_runs=bool(scan.runs), runs_now=ran)
-                for ran in (False, True)} if state.is_main_process else {}
+    sessions = dict(zip((False, True), resumed_provenance(out / "study.json", provenance(cards.values()),
+                                                          had_runs=bool(scan.runs)))) if state.is_main_process else {}
     if state.is_main_process:
         _write_json(out / "study.json", {**record, **sessions[False]})
     run_ids = {r["run_id"] for r in scan.parsed}
@@ -490,11 +489,12 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def resumed_provenance(record: Path, now: dict, *, had_runs: bool, runs_now: bool) -> dict:
-    """study.json's provenance fields for this session: `provenance` (the latest session that
-    ran runs) and, where earlier sessions ran runs on another commit, machine or libraries,
-    `earlier_provenance` (theirs, oldest first), so a resumed study does not credit every
-    row to the last session. A session that runs nothing keeps the record as it was."""
+def resumed_provenance(record: Path, now: dict, *, had_runs: bool) -> tuple[dict, dict]:
+    """study.json's provenance fields, (until this session finishes a run, once it has):
+    `provenance` (the latest session that finished a run) and, where earlier sessions ran
+    runs on another commit, CPU or libraries, `earlier_provenance` (theirs, oldest first),
+    so a resumed study does not credit every row to the last session. Until its first run
+    finishes, a session keeps the record as it was."""
     old = None
     if had_runs and record.is_file():
         try:
@@ -509,13 +509,12 @@ def resumed_provenance(record: Path, now: dict, *, had_runs: bool, runs_now: boo
                           soft_wrap=True)
             old = None
     if old is None:
-        return {"provenance": now}
+        return {"provenance": now}, {"provenance": now}
     earlier = [p for p in old.get("earlier_provenance") or [] if isinstance(p, dict)]
-    if not runs_now:
-        return {"provenance": old["provenance"], **({"earlier_provenance": earlier} if earlier else {})}
+    waiting = {"provenance": old["provenance"], **({"earlier_provenance": earlier} if earlier else {})}
     if not _same_session(old["provenance"], now):
-        earlier.append(old["provenance"])
-    return {"provenance": now, **({"earlier_provenance": earlier} if earlier else {})}
+        earlier = [*earlier, old["provenance"]]
+    return waiting, {"provenance": now, **({"earlier_provenance": earlier} if earlier else {})}
 
 
 def provenance(cards) -> dict:
