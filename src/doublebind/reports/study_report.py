@@ -683,7 +683,7 @@ def write_report(study_dir: Path, command: str | None = None) -> tuple[Path, Pat
     study_dir = Path(study_dir)
     fig_dir = study_dir / FIGURES
     md, page = study_dir / "report.md", study_dir / "report.html"
-    # Where the report goes must take it, checked before the minutes of plotting.
+    # Where the report goes must take it, checked before any plotting.
     if fig_dir.exists() and not fig_dir.is_dir():
         raise DoublebindError(f"{fig_dir} is a file; the report writes its figures into a folder there "
                               f"(move or delete the file)")
