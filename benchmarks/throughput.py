@@ -2,7 +2,7 @@
 the training steps' MFU against a matmul ceiling measured here.
 
     python benchmarks/throughput.py [--quick] [--workers N] [--seeds 0 1] [--skip-before] [--noise-floor]
-                                    [--compile] [--techniques baseline verifier_filter ...]
+                                    [--compile] [--heap] [--techniques baseline verifier_filter ...]
 
 1. Warm-up: the organism is placed, every technique's teacher outputs are cached, and this
    process computes its reference metrics once (a one-step pass of the same grid, here), so
@@ -11,8 +11,12 @@ the training steps' MFU against a matmul ceiling measured here.
 2. The grid (default: the default study's techniques x seeds 0, 1, on its first scenario)
    run by `run_study` in this process, each into a fresh folder: as the runner did before
    worker processes and sequence packing (one run at a time with torch's threads on every
-   core, padded batches: `training.packing=false`), one run at a time (`workers=1`, one
-   thread), then with `--workers` (default: the usable cores). Printed: runs per minute of
+   core, padded batches: `training.packing=false`, malloc's own settings), one run at a
+   time (`workers=1`, one thread), then with `--workers` (default: the usable cores); from
+   the `workers=1` pass on, this process keeps its freed memory as the CLI and every worker
+   do (`doublebind.heap`). `--heap` adds a parallel pass before that one whose workers
+   keep malloc's own settings (`DOUBLEBIND_HEAP=system`): the ratio is what kept memory
+   alone gives, and the summaries must be byte-identical. Printed: runs per minute of
    each, the ratios parallel / one-at-a-time and parallel / before, whether the workers=1
    and parallel summary.json files are byte-identical (they must be), and how many verdicts
    the packed runs share with the padded ones (packing changes rounding, so numbers move).
@@ -202,6 +206,8 @@ def main() -> None:
                          "the packed-against-padded count")
     ap.add_argument("--compile", action="store_true",
                     help="also run the parallel pass with training.compile: true (torch.compile) and compare")
+    ap.add_argument("--heap", action="store_true",
+                    help="add a parallel pass whose workers keep malloc's own settings (DOUBLEBIND_HEAP=system)")
     ap.add_argument("--skip-before", action="store_true",
                     help="leave out the every-core pass (it crawls when other processes hold the cores)")
     ap.add_argument("--workdir", type=Path, default=None)
@@ -209,6 +215,8 @@ def main() -> None:
 
     from doublebind import config
     from doublebind.organisms.models import quiet_transformers
+    from doublebind.heap import ENV as heap_env
+    from doublebind.heap import keep_freed_memory
     from doublebind.studies.executor import run_jobs, workers_for
     from doublebind.studies.run import run_study
     from doublebind.threads import cpu_count
@@ -242,10 +250,15 @@ def main() -> None:
     from doublebind.studies import executor
 
     wall = {}
-    passes = ([("before", 1)] * (not args.skip_before) + [("w1", 1), (f"w{workers}", workers)]
-              + [("compiled", workers)] * args.compile)
+    passes = ([("before", 1)] * (not args.skip_before) + [("system-heap", workers)] * args.heap
+              + [("w1", 1), (f"w{workers}", workers)] + [("compiled", workers)] * args.compile)
     for name, n in passes:
         out = fresh_out(work, name)
+        if name == "w1":  # from here on this process keeps its freed memory, as the CLI does
+            keep_freed_memory()
+        saved_heap = os.environ.get(heap_env)
+        if name == "system-heap":  # the workers on malloc's own settings
+            os.environ[heap_env] = "system"
         one_thread, threads = executor.one_thread, torch.get_num_threads()
         if name == "before":  # the runner before worker processes: one run at a time on every core
             executor.one_thread, _ = contextlib.nullcontext, torch.set_num_threads(cpu_count())
@@ -255,9 +268,14 @@ def main() -> None:
                       overrides=[*over, *(PADDED if name == "before" else COMPILED if name == "compiled" else [])])
         finally:
             executor.one_thread, _ = one_thread, torch.set_num_threads(threads)
+            if saved_heap is None:
+                os.environ.pop(heap_env, None)
+            else:
+                os.environ[heap_env] = saved_heap
         wall[name] = time.perf_counter() - t0
         what = (f"one run at a time, {cpu_count()} threads (the runner before --workers)" if name == "before"
                 else f"workers={n}, one thread each, training.compile" if name == "compiled"
+                else f"workers={n}, one thread each, DOUBLEBIND_HEAP=system" if name == "system-heap"
                 else f"workers={n}, one thread each")
         print(f"{what}: {runs} runs in {wall[name]:.1f} s = {60 * runs / wall[name]:.2f} runs/min")
     same = (work / "w1" / "summary.json").read_bytes() == (work / f"w{workers}" / "summary.json").read_bytes()
@@ -268,6 +286,10 @@ def main() -> None:
              "weighs on this ratio more than in a study" if args.quick else ""))
     if not args.skip_before:
         print(f"verdicts, packed against padded (before): {verdicts_against(work / 'before', work / f'w{workers}')}")
+    if args.heap:
+        same = (work / f"w{workers}" / "summary.json").read_bytes() == (work / "system-heap" / "summary.json").read_bytes()
+        print(f"workers={workers}, freed memory kept: {wall['system-heap'] / wall[f'w{workers}']:.2f}x the same workers "
+              f"on malloc's own settings (summary.json identical: {'yes' if same else 'NO'})")
     if args.compile:
         print(f"compiled workers={workers}: {wall[f'w{workers}'] / wall['compiled']:.2f}x eager workers={workers}"
               + ("" if args.skip_before else f", {wall['before'] / wall['compiled']:.2f}x before")

@@ -94,12 +94,14 @@ def cli_errors(fn):
 
 @app.callback()
 def _setup() -> None:
-    # runs before every command: the thread policy (doublebind.threads)
+    # runs before every command: the thread policy (doublebind.threads), the heap (doublebind.heap)
+    from doublebind.heap import keep_freed_memory
     from doublebind.threads import apply_thread_policy
     from doublebind.ui import progress_every
 
     try:
         apply_thread_policy()
+        keep_freed_memory()
         progress_every()
     except DoublebindError as e:
         say_error(e)

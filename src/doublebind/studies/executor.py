@@ -123,6 +123,9 @@ class _Pool:
     def __init__(self, fn: Callable, size: int, label: Callable[[Hashable], str]):
         import multiprocessing as mp
 
+        from doublebind.heap import planned
+
+        planned()  # a bad $DOUBLEBIND_HEAP is refused here, once, not in every worker
         self.ctx = mp.get_context("spawn")
         self.fn_ref = f"{fn.__module__}:{fn.__qualname__}"
         self.size, self.label = size, label
@@ -266,6 +269,9 @@ def _worker_main(conn, fn_ref: str, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the main process acts on it
     _die_with_parent(parent_pid)
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    from doublebind.heap import keep_freed_memory
+
+    keep_freed_memory()  # checked by the main process before any worker starts
     import torch
 
     torch.set_num_threads(1)
