@@ -119,6 +119,10 @@ def validate(file: Path, overrides: Optional[list[str]] = typer.Argument(None, h
         from doublebind.studies.run import resolve
 
         resolve(file, cfg, overrides or [])
+    if cfg.kind == "hf_organism":  # the files it names, read as a build reads them
+        from doublebind.llm.checks import check_inputs
+
+        check_inputs(cfg)
     out(f"ok: {file} is a valid {cfg.kind} config (name: {getattr(cfg, 'name', '-')})")
 
 

@@ -1,0 +1,56 @@
+"""What `doublebind validate` reads of a Hugging Face organism config beyond its fields: the
+files it names. Loading the config checks that each eval and implant file exists; a build
+would then stop minutes later, after the models load, on a file that does not parse, on an
+item its scorer cannot score (no target, no keywords, a pattern that does not compile), or
+on a local model folder that is not there. `check_inputs` reads them now, with the
+messages a build would give: each item is scored once against an empty completion.
+
+Not checked: hub ids (nothing here reaches the hub, and a name such as `org/model` may be
+either a hub id or a folder, see `config.resolve_paths`), and `dataset:` eval sets (loading
+one may download it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from doublebind.errors import DoublebindError
+from doublebind.llm.config import TINY_PREFIX, HFOrganismConfig
+from doublebind.llm.organism import eval_sets, jsonl_items
+from doublebind.llm.scorers import score
+
+
+def _local(path: str | None) -> bool:
+    """Whether a model or adapter field can only name a local folder: `resolve_paths` made it
+    absolute (it exists, or was written as ./ or ../), or it was written absolute."""
+    return path is not None and not path.startswith(TINY_PREFIX) and Path(path).is_absolute()
+
+
+def check_inputs(cfg: HFOrganismConfig) -> int:
+    """Read every file `cfg` names (paths already resolved by loading it); raise the first
+    problem as one line. Returns how many files were read."""
+    read = 0
+    for role in ("teacher", "base", "trusted"):
+        spec = getattr(cfg, role)
+        if spec is None:
+            continue
+        for field in ("model", "adapter"):
+            path = getattr(spec, field)
+            if _local(path) and not Path(path).is_dir():
+                raise DoublebindError(f"{role}.{field}: local model folder not found: {path}")
+        if spec.implant is not None:
+            jsonl_items(Path(spec.implant.file), "implant")
+            read += 1
+    for role, es in eval_sets(cfg).items():
+        if es.file is None:
+            continue
+        items = jsonl_items(Path(es.file))[: es.limit]
+        read += 1
+        if es.scorer.kind == "judge":  # its only need of an item, a prompt, jsonl_items checked
+            continue
+        for item in items:  # an empty completion: the scorer's own checks of the item (target, keywords, pattern)
+            try:
+                score(es.scorer, "", item)
+            except DoublebindError as e:
+                raise DoublebindError(f"{es.file} ({role}): {e}") from None
+    return read
