@@ -21,6 +21,7 @@ import os
 import time
 from pathlib import Path
 
+from doublebind.atomic import write_json
 from doublebind.errors import DoublebindError
 
 STAMPS = ".sha256-stamps.json"
@@ -55,13 +56,11 @@ def _read_stamps(store: Path) -> dict:
 def _write_stamp(store: Path, key: str, entry: dict) -> None:
     stamps = _read_stamps(store)
     stamps[key] = entry
-    tmp = store.with_name(f"{store.name}.tmp{os.getpid()}")
     try:
         store.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(stamps, indent=1, sort_keys=True))
-        os.replace(tmp, store)
+        write_json(store, stamps, indent=1, sort_keys=True)
     except OSError:  # a read-only cache: verify by hashing every time
-        tmp.unlink(missing_ok=True)
+        pass
 
 
 def current_sha256(path: Path, store: Path | None = None) -> str:

@@ -32,7 +32,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Iterable, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from doublebind.atomic import write_json
 from doublebind.config import Strict
 from doublebind.errors import DoublebindError
 
@@ -250,8 +250,9 @@ class Judge:
             return cached
         reply = self._ask(text)
         value = self._parse(reply)
-        _write_atomic(path, {"model": self.cfg.model, "max_tokens": self.cfg.max_tokens,
-                             "reply": reply, "score": value})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, {"model": self.cfg.model, "max_tokens": self.cfg.max_tokens,
+                          "reply": reply, "score": value})  # whole: a killed run never leaves half an answer
         return value
 
     def score_many(self, pairs: Iterable[tuple[str, str]]) -> list[float]:
@@ -327,13 +328,3 @@ def _read_cached(path: Path) -> float | None:
     return float(value)
 
 
-def _write_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem[:8]}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)  # atomic: a killed run never leaves half an answer
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from doublebind import config
+from doublebind.atomic import write_json
 from doublebind.errors import ConfigError, DoublebindError
 from doublebind.paths import check_cache_root, check_out_dir
 from doublebind.studies.verdicts import effect, judge_runs
@@ -438,7 +439,7 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
     sessions = dict(zip((False, True), resumed_provenance(out / "study.json", provenance(cards.values()),
                                                           had_runs=bool(scan.runs)))) if state.is_main_process else {}
     if state.is_main_process:
-        _write_json(out / "study.json", {**record, **sessions[False]})
+        write_json(out / "study.json", {**record, **sessions[False]}, indent=2)
     run_ids = {r["run_id"] for r in scan.parsed}
     if state.is_main_process:
         from doublebind.ui import console
@@ -455,7 +456,7 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
         def finished(key, summary) -> None:  # in this process, as each run ends: one append per run
             cell, folder = grid[key], run_dir(out, key)
             if state.is_main_process and sessions[True] != sessions[False]:  # this session's first run
-                _write_json(out / "study.json", {**record, **sessions[True]})
+                write_json(out / "study.json", {**record, **sessions[True]}, indent=2)
                 sessions[False] = sessions[True]
             if state.is_main_process:
                 run_id = next(i for k in range(len(run_ids) + 1)
@@ -480,13 +481,6 @@ def _same_session(a: dict, b: dict) -> bool:
     mach_a, mach_b = a.get("machine") or {}, b.get("machine") or {}
     return (all(a.get(k) == b.get(k) for k in SESSION_FIELDS)
             and all(mach_a.get(k) == mach_b.get(k) for k in SESSION_MACHINE))
-
-
-def _write_json(path: Path, data: dict) -> None:
-    """Write `path` whole or not at all (a kill mid-write leaves the old file)."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def resumed_provenance(record: Path, now: dict, *, had_runs: bool) -> tuple[dict, dict]:
@@ -750,11 +744,5 @@ def summarize(out: Path, cfg, write: bool = True) -> dict:
     if study.is_file():  # where the rows come from: commit, organisms, machine (see `provenance`)
         summary["provenance"] = json.loads(study.read_text()).get("provenance")
     if write:
-        path = Path(out) / "summary.json"
-        tmp = path.with_name(f".summary.json.tmp{os.getpid()}")
-        try:
-            tmp.write_text(json.dumps(summary, indent=2))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_json(Path(out) / "summary.json", summary, indent=2)
     return summary

@@ -1,0 +1,28 @@
+"""`doublebind.atomic.write_json`: whole or not at all, with nothing left beside it."""
+
+import json
+
+import pytest
+
+from doublebind.atomic import write_json
+
+
+def test_writes_what_json_dumps_writes(tmp_path):
+    data = {"b": [1, 2.5, None], "a": "é"}
+    write_json(tmp_path / "x.json", data, indent=2)
+    assert (tmp_path / "x.json").read_text() == json.dumps(data, indent=2)
+    write_json(tmp_path / "x.json", {"new": True})
+    assert json.loads((tmp_path / "x.json").read_text()) == {"new": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "study.json"
+    path.write_text('{"old": 1}')
+    with pytest.raises(TypeError):
+        write_json(path, {"not serialisable": object()})
+    assert path.read_text() == '{"old": 1}'
+    (tmp_path / "folder.json").mkdir()
+    with pytest.raises(OSError):  # the rename onto a folder fails after the write
+        write_json(tmp_path / "folder.json", {"a": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.json", "study.json"]
