@@ -37,6 +37,7 @@ PINNED = {
 NO_NUMBERS = {
     "__init__.py": "the version string, which code_version() hashes itself, and hub kernels off (builds make "
                    "their models from configs, and on the CPU no hub kernel applies)",
+    "atomic.py": "writes JSON files whole (the judge cache, checksum stamps)",
     "cards.py": "card paths and library versions",
     "config.py": "the config models; the organism hash covers the dumped config",
     "errors.py": "error classes",
