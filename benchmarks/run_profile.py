@@ -4,7 +4,8 @@ metrics, setting the run up, writing its files, and the runner around it.
     python benchmarks/run_profile.py [--techniques baseline verifier_filter ...] [--seeds 0] [--quick]
 
 The default study's first scenario (its techniques x `--seeds`, organism seed 0), run by
-`run_study` with one worker in this process, one torch thread, as a study worker runs them.
+`run_study` with one worker in this process, one torch thread, freed memory kept
+(`doublebind.heap`), as a study worker runs them.
 A warm-up pass (one step each) places the organism and caches every technique's teacher
 outputs first, so the timed pass does what a study's runs do once the caches are warm; the
 reference metrics of base and teacher are computed once per worker process, so the timed
@@ -80,6 +81,9 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
 
+    from doublebind.heap import keep_freed_memory
+
+    keep_freed_memory()  # as the CLI and every study worker do (DOUBLEBIND_HEAP)
     import torch
 
     from doublebind import config
