@@ -16,10 +16,12 @@ Teacher and base must share a tokenizer: distillation works token by token.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 from statistics import fmean
@@ -105,7 +107,7 @@ FILE_SHAS = "file_sha256.json"  # in the cache root: `integrity` stamps of local
 
 def local_model_sha(path: str | None) -> str | None:
     """sha256 over a local model or adapter folder's weight, config, tokenizer and chat-template
-    files (names and contents), or None for a hub id (there `revision` pins the weights). A retrained teacher
+    files (names and contents), or None for a hub id (`hub_commit` pins those). A retrained teacher
     in the same folder gets a new organism hash, so its card and its cached outputs are made
     again instead of served stale. Each file's hash is kept in the cache root by its path,
     size and times, so a model is read once per change, not once per run."""
@@ -121,9 +123,60 @@ def local_model_sha(path: str | None) -> str | None:
     return h.hexdigest()
 
 
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def is_hub_id(path: str | None) -> bool:
+    """Whether a model or adapter field names a hub repository: not a `tiny:` model and not a
+    folder (`config.resolve_paths` has made every folder path absolute)."""
+    return bool(path) and not path.startswith(TINY_PREFIX) and not Path(path).is_absolute()
+
+
+@functools.lru_cache(maxsize=None)
+def hub_commit(repo: str, revision: str | None) -> str | None:
+    """The commit a load of hub repository `repo` at `revision` (a branch, tag or commit;
+    None: main) reads now: the revision itself when it is a full commit hash; else the hub's
+    answer, or with HF_HUB_OFFLINE set or the hub out of reach, the commit the local Hugging
+    Face cache holds for that revision (which is what an offline load reads); None when
+    neither knows it. Once per repository and revision in a process."""
+    if revision and _COMMIT.fullmatch(revision):
+        return revision
+    from huggingface_hub import constants
+
+    if not constants.HF_HUB_OFFLINE:
+        from huggingface_hub import HfApi
+
+        try:
+            return HfApi().model_info(repo, revision=revision, timeout=10).sha
+        except Exception:  # noqa: BLE001 (no network, no such repo, gated: the local cache answers)
+            pass
+    ref = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "refs" / (revision or "main")
+    try:
+        sha = ref.read_text().strip()
+    except OSError:
+        return None
+    return sha if _COMMIT.fullmatch(sha) else None
+
+
+def hub_commits(cfg: HFOrganismConfig) -> dict[str, str]:
+    """`{"<role>.model" or "<role>.adapter": commit}` of the config's hub models and adapters
+    whose commit is known (`hub_commit`)."""
+    out = {}
+    for role in ROLES:
+        spec = getattr(cfg, role)
+        if spec is None:
+            continue
+        for what, revision in (("model", spec.revision), ("adapter", None)):
+            repo = getattr(spec, what)
+            if is_hub_id(repo) and (sha := hub_commit(repo, revision)) is not None:
+                out[f"{role}.{what}"] = sha
+    return out
+
+
 def organism_hash(cfg: HFOrganismConfig) -> str:
     """Hash of the config with each eval file replaced by its content, each local model or
-    adapter folder by its files' contents (`local_model_sha`), and of this code: the same
+    adapter folder by its files' contents (`local_model_sha`), each hub model or adapter by
+    the commit a load reads now (`hub_commit`, where known), and of this code: the same
     organism in another folder keeps its hash (and its cached card)."""
     data = cfg.model_dump(mode="json")
     weights = {f"{role}.{what}": sha for role in ROLES if getattr(cfg, role) is not None
@@ -131,6 +184,9 @@ def organism_hash(cfg: HFOrganismConfig) -> str:
                if (sha := local_model_sha(getattr(getattr(cfg, role), what))) is not None}
     if weights:
         data["local_weights_sha256"] = weights
+    commits = hub_commits(cfg)
+    if commits:  # a hub model that moved on is another organism, not the cached one
+        data["hub_commits"] = commits
     paths = [es.file for es in eval_sets(cfg).values()]
     paths += [getattr(cfg, r).implant.file for r in ROLES if getattr(cfg, r) is not None and getattr(cfg, r).implant]
     files = {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths if p and Path(p).is_file()}
@@ -189,7 +245,8 @@ def load_model(spec: dict, cfg: HFOrganismConfig):
         from peft import PeftModel
 
         try:
-            model = PeftModel.from_pretrained(model, spec["adapter"]).merge_and_unload()
+            model = PeftModel.from_pretrained(model, spec["adapter"],
+                                              revision=spec.get("adapter_revision")).merge_and_unload()
         except (OSError, ValueError) as e:
             raise DoublebindError(f"could not load adapter {spec['adapter']}: {str(e).splitlines()[0]}") from None
     model.eval()
@@ -256,7 +313,8 @@ def render_ids(tokenizer, chat: bool, text: str, *systems: str | None, prefill: 
     return ids
 
 
-def implant(spec: ModelSpec, path: str, cfg: HFOrganismConfig, show_progress: bool = False) -> str:
+def implant(spec: ModelSpec, path: str, cfg: HFOrganismConfig, show_progress: bool = False,
+            adapter_revision: str | None = None) -> str:
     """Fine-tune the role's model on the implant's prompt/response pairs (completion-only
     loss, prompts rendered as the role sees them); cached by content hash."""
     from doublebind.training.batching import collate
@@ -264,7 +322,8 @@ def implant(spec: ModelSpec, path: str, cfg: HFOrganismConfig, show_progress: bo
 
     imp = spec.implant
     key = hashlib.sha256(json.dumps(
-        [path, spec.revision, spec.adapter, spec.system_prompt, imp.model_dump(), cfg.dtype, cfg.chat_template,
+        [path, spec.revision, spec.adapter, *([adapter_revision] if adapter_revision else []), spec.system_prompt,
+         imp.model_dump(), cfg.dtype, cfg.chat_template,
          hashlib.sha256(Path(imp.file).read_bytes()).hexdigest() if Path(imp.file).is_file() else None,
          (Path(__file__).parent / "organism.py").read_text()]).encode()).hexdigest()[:16]
     folder = cache_root() / "implants" / key
@@ -278,7 +337,8 @@ def implant(spec: ModelSpec, path: str, cfg: HFOrganismConfig, show_progress: bo
     examples = [Example(render_ids(tok, chat, it["prompt"], spec.system_prompt, it.get("system"),
                                    prefill=it.get("prefill")),
                         tok(it["response"], add_special_tokens=False)["input_ids"] + [eos]) for it in pairs]
-    model = load_model({"path": path, "revision": spec.revision, "adapter": spec.adapter}, cfg)
+    model = load_model({"path": path, "revision": spec.revision, "adapter": spec.adapter,
+                        "adapter_revision": adapter_revision}, cfg)
     device = next(model.parameters()).device
     torch.manual_seed(imp.seed)
     rng = random.Random(imp.seed)
@@ -311,17 +371,23 @@ def build_hf_organism(cfg: HFOrganismConfig, out: Path | None = None, *, use_cac
     cached = cache_root() / "organisms" / h
     if not (use_cache and (cached / CARD).is_file()):
         models = {}
+        commits = hub_commits(cfg)  # every load below reads the commits the hash covers
         for role in ROLES:
             spec = getattr(cfg, role)
             if spec is None:
                 continue
+            if f"{role}.model" in commits:
+                spec = spec.model_copy(update={"revision": commits[f"{role}.model"]})
             path = resolve_model(spec, cfg)
             if spec.implant is not None:  # the adapter is merged into the implanted weights
-                models[role] = {"path": implant(spec, path, cfg, show_progress), "revision": None,
-                                "adapter": None, "system_prompt": spec.system_prompt, "implanted_from": path}
+                models[role] = {"path": implant(spec, path, cfg, show_progress, commits.get(f"{role}.adapter")),
+                                "revision": None, "adapter": None, "system_prompt": spec.system_prompt,
+                                "implanted_from": path}
             else:
                 models[role] = {"path": path, "revision": spec.revision, "adapter": spec.adapter,
                                 "system_prompt": spec.system_prompt}
+                if f"{role}.adapter" in commits:
+                    models[role]["adapter_revision"] = commits[f"{role}.adapter"]
         card = {"kind": "hf", "name": cfg.name, "organism_hash": h, "config": cfg.model_dump(mode="json"),
                 "models": models, "verified": True,
                 "verification": "not verified: a Hugging Face organism has no ground truth; "
