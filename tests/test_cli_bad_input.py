@@ -339,8 +339,14 @@ def test_compare_says_when_b_ran_with_other_libraries_or_on_another_machine(tmp_
     assert res.returncode == 0, res.stderr
     assert "note: B ran with other libraries (transformers 5.24.0 -> 5.99.0)" in res.stdout, res.stdout
     assert "note: B ran on another machine (cpu CPU A -> CPU B)" in res.stdout
+    # B names no CPU (as the references, made before the CPU was kept): unknown, and said so
     res = run_cli("study", "compare", str(a), str(_copy_reference(tmp_path / "c")))
-    assert res.returncode == 0 and "note:" not in res.stdout  # B names no cpu: unknown, not said
+    assert res.returncode == 0, res.stderr
+    notes = [line for line in res.stdout.splitlines() if line.startswith("note:")]
+    assert notes == ["note: B's record does not name its CPU (a study run before doublebind kept it), so whether "
+                     "A ran on another machine, whose rounding differs, is unknown"], res.stdout
+    res = run_cli("study", "compare", str(_copy_reference(tmp_path / "d")), str(_copy_reference(tmp_path / "e")))
+    assert res.returncode == 0 and "note:" not in res.stdout  # neither names one: nothing to compare
 
 
 def test_compare_says_what_b_leaves_out(tmp_path):

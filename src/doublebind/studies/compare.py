@@ -125,8 +125,11 @@ def compare_folders(a_dir: Path, b_dir: Path) -> dict:
     result["recipes_shared"] = len({(k[0], k[2]) for k in shared})  # (scenario, technique) pairs
     result["recipes_differ"] = len({(k[0], k[2]) for k in shared if ra[k] != rb[k]})
     result["versions_differ"] = _differ(_provenance(study_a, "versions"), _provenance(study_b, "versions"), LIBRARIES)
-    result["machines_differ"] = _differ(_provenance(study_a, "machine"), _provenance(study_b, "machine"),
-                                        ("cpu", "cpu_kernels", "machine"))
+    ma, mb = _provenance(study_a, "machine"), _provenance(study_b, "machine")
+    result["machines_differ"] = _differ(ma, mb, ("cpu", "cpu_kernels", "machine"))
+    # a record from before the CPU was kept cannot say whether the other ran on another one
+    result["cpu_unrecorded"] = [side for side, m, other in (("A", ma, mb), ("B", mb, ma))
+                                if m.get("cpu") is None and other.get("cpu") is not None]
     return result
 
 
@@ -189,6 +192,10 @@ def notes(result: dict) -> list[str]:
     if result.get("machines_differ"):
         out.append("B ran on another machine (" + ", ".join(f"{k} {a} -> {b}" for k, a, b in result["machines_differ"])
                    + "), whose rounding differs")
+    for side in result.get("cpu_unrecorded") or []:
+        other = "B" if side == "A" else "A"
+        out.append(f"{side}'s record does not name its CPU (a study run before doublebind kept it), so whether "
+                   f"{other} ran on another machine, whose rounding differs, is unknown")
     for side, items in (result.get("left_out") or {}).items():
         if items:
             out.append(f"{side}'s results leave out " + "; ".join(items) + ": its cells hold only its complete runs")
