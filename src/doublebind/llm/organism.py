@@ -253,6 +253,23 @@ def load_model(spec: dict, cfg: HFOrganismConfig):
     return model.to(default_device())
 
 
+def vllm_engine_args(spec: dict) -> dict:
+    """`make_engine("vllm", …)` arguments for a card's model spec, reading the commits the
+    build pinned: the model and its tokenizer at `revision`, and a hub adapter as the local
+    snapshot of `adapter_revision` (a LoRA request takes a path, not a revision)."""
+    args: dict = {"model_path": spec["path"]}
+    if spec.get("revision"):
+        args["revision"] = args["tokenizer_revision"] = spec["revision"]
+    adapter = spec.get("adapter")
+    if adapter and spec.get("adapter_revision"):
+        from huggingface_hub import snapshot_download
+
+        adapter = snapshot_download(adapter, revision=spec["adapter_revision"])
+    if adapter:
+        args["lora_paths"] = {"teacher": adapter}
+    return args
+
+
 def fresh_model(spec: dict, cfg: HFOrganismConfig, arch, seed: int):
     """A randomly initialised causal LM with the config of `spec`'s model (same family and
     vocabulary), its size replaced by `arch` (a ModelConfig: hidden, layers, heads,
@@ -541,9 +558,7 @@ class HFDomain:
         if model is not None or self.cfg.engine == "hf":
             return HFEngine(model if model is not None else self.teacher, eos_id=self.eos, pad_id=self.pad,
                             batch_size=self.cfg.eval_batch)
-        spec = self.specs["teacher"]
-        lora = {"teacher": spec["adapter"]} if spec.get("adapter") else None
-        return make_engine("vllm", model_path=spec["path"], eos_id=self.eos, pad_id=self.pad, lora_paths=lora,
+        return make_engine("vllm", eos_id=self.eos, pad_id=self.pad, **vllm_engine_args(self.specs["teacher"]),
                            **{"dtype": self.cfg.dtype, **self.cfg.vllm_options})
 
     def teacher_outputs(self, prompts, scfg, seed: int):
