@@ -2,7 +2,7 @@
 files it names. Loading the config checks that each eval and implant file exists; a build
 would then stop minutes later, after the models load, on a file that does not parse, on an
 item its scorer cannot score (no target, no keywords, a pattern that does not compile), or
-on a local model folder that is not there. `check_inputs` reads them now, with the
+on a local model folder that is not there (or an implant item without a response). `check_inputs` reads them now, with the
 messages a build would give: each item is scored once against an empty completion.
 
 Not checked: hub ids (nothing here reaches the hub, and a name such as `org/model` may be
@@ -39,8 +39,10 @@ def check_inputs(cfg: HFOrganismConfig) -> int:
             if _local(path) and not Path(path).is_dir():
                 raise DoublebindError(f"{role}.{field}: local model folder not found: {path}")
         if spec.implant is not None:
-            jsonl_items(Path(spec.implant.file), "implant")
+            pairs = jsonl_items(Path(spec.implant.file), "implant")
             read += 1
+            if any(not isinstance(it.get("response"), str) for it in pairs):  # as `implant` refuses it
+                raise DoublebindError(f"{spec.implant.file}: every implant item needs a string 'response'")
     for role, es in eval_sets(cfg).items():
         if es.file is None:
             continue

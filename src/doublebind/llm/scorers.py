@@ -191,6 +191,8 @@ def _regex(completion: str, item: dict, pattern: str | None) -> bool:
     pattern = item.get("pattern", pattern)
     if pattern is None:
         raise DoublebindError(f"scorer regex: no pattern in the config or in item {_name(item)}")
+    if not isinstance(pattern, str):
+        raise DoublebindError(f"scorer regex: the pattern of item {_name(item)} is not a string: {pattern!r}")
     try:
         return re.search(pattern, completion) is not None
     except re.error as e:
@@ -210,6 +212,9 @@ def _keyword(completion: str, item: dict, keywords: list[str]) -> bool:
     keywords = item.get("keywords", keywords)
     if not keywords:
         raise DoublebindError(f"scorer keyword: no keywords in the config or in item {_name(item)}")
+    if not isinstance(keywords, list) or not all(isinstance(k, str) and k.strip() for k in keywords):
+        raise DoublebindError(f"scorer keyword: the keywords of item {_name(item)} are not a list of "
+                              f"non-empty strings: {keywords!r}")
     # Lookarounds rather than \b, so keywords that start or end with punctuation still work.
     return any(re.search(rf"(?<!\w){re.escape(k)}(?!\w)", completion, re.IGNORECASE) for k in keywords)
 
