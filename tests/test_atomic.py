@@ -26,3 +26,14 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     with pytest.raises(OSError):  # the rename onto a folder fails after the write
         write_json(tmp_path / "folder.json", {"a": 1})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.json", "study.json"]
+
+
+def test_a_new_file_gets_the_umask_mode(tmp_path):
+    import os
+
+    old = os.umask(0o027)
+    try:
+        write_json(tmp_path / "x.json", {})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o640

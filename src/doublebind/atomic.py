@@ -1,26 +1,36 @@
 """Files written whole or not at all.
 
-`write_json(path, data)` writes beside `path` under a hidden temporary name, then renames it
-over `path` (atomic on one filesystem): a reader, or a run killed mid-write, sees the old
-file or the new one, never half of one. The temporary file is removed when the write
-fails; only a kill between the write and the rename leaves one (`.NAME.tmp<pid>-<thread>`,
-never read). The file gets the mode any new file gets under the process's umask.
+`write_json(path, data)` writes beside `path` under a hidden temporary name of its own, then
+renames it over `path` (atomic on one filesystem): a reader, or a run killed mid-write, sees
+the old file or the new one, never half of one. The temporary name is created exclusively
+(`O_EXCL`) with a random part, so two writers, even two processes with the same pid in two
+containers sharing a cache, never share one. It is removed when the write fails; only a kill
+between the write and the rename leaves one (`.NAME.<random>.tmp`, never read). The file
+gets the mode any new file gets under the process's umask.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import threading
+import secrets
 from pathlib import Path
 
 
 def write_json(path: Path, data, **dump) -> None:
     """`json.dumps(data, **dump)` into `path`, whole or not at all."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{threading.get_ident()}")
+    text = json.dumps(data, **dump)
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        break
     try:
-        tmp.write_text(json.dumps(data, **dump))
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
