@@ -4,18 +4,20 @@ A training step of doublebind's small students allocates and frees tens of megab
 activations and gradients. glibc's malloc gives the freed top of its heap back to the system
 once more than `M_TRIM_THRESHOLD` of it is free (128 KiB, raised only by its own heuristic),
 and serves each allocation above `M_MMAP_THRESHOLD` from a fresh `mmap`. Either way the next
-step touches new pages, and the kernel zeroes each one on its first touch: about 900 page
-faults a step on the default organism's study recipe, 13-15% of the step's time (measured in
-issue 13, `benchmarks/throughput.py`). Raising both thresholds keeps that memory in the
-process, where the next step reuses it.
+step touches new pages, and the kernel zeroes each one on its first touch: about 1,000 page
+faults a step of the study recipe on the default organism (1,081 against 14 kept, median of
+6 blocks; 26.4 ms a step against 24.0, 1.10x; `benchmarks/heap.py`). Raising both thresholds
+keeps that memory in the process, where the next step reuses it.
 
     DOUBLEBIND_HEAP=keep      (default) the thresholds below, on glibc; a no-op elsewhere
     DOUBLEBIND_HEAP=system    malloc's own settings, as the process started with
 
 Arithmetic does not change: torch aligns every buffer to 64 bytes whichever way malloc
-serves it, and the same seed gives bit-identical weights either way (tested). A process may
-keep up to `TRIM_THRESHOLD` of freed heap; blocks of `MMAP_THRESHOLD` or more (the largest
-tensors of a real language model) are still mapped and unmapped one by one, as glibc does.
+serves it, and the same seed gives bit-identical weights either way (tested). What is kept:
+free space at the top of each malloc arena up to `TRIM_THRESHOLD` (256 MiB) before any is
+handed back, per process (each study worker has its own); free holes below live blocks stay
+in the process whatever the setting, as they always did. Blocks of `MMAP_THRESHOLD` or more
+(the largest tensors of a real language model) are still mapped and unmapped one by one.
 The CLI applies this once, before any command runs, and every study worker at its start.
 """
 

@@ -657,7 +657,9 @@ def check_resumable(out: Path, rows: list[dict], hashes: dict[tuple[str, int], s
         org = (r["scenario"], r["organism_seed"])
         if org in hashes and r["organism_hash"] != hashes[org]:
             raise DoublebindError(f"{out} holds runs on organism {r['organism_hash']} for {org[0]} (organism seed "
-                                  f"{org[1]}), not {hashes[org]}; choose another --out")
+                                  f"{org[1]}), not {hashes[org]} (the organism's config, files or build code "
+                                  f"changed since, or for a Hugging Face organism a hub model's branch moved to "
+                                  f"another commit); choose another --out")
         key = run_key(r)
         if key in grid and r["recipe_hash"] != recipe_hash(grid[key].recipe):
             raise DoublebindError(f"{out} holds a {describe_key(key)} run with another recipe "
