@@ -14,9 +14,10 @@ the training steps' MFU against a matmul ceiling measured here.
    core, padded batches: `training.packing=false`, malloc's own settings), one run at a
    time (`workers=1`, one thread), then with `--workers` (default: the usable cores); from
    the `workers=1` pass on, this process keeps its freed memory as the CLI and every worker
-   do (`doublebind.heap`). `--heap` adds a parallel pass before that one whose workers
-   keep malloc's own settings (`DOUBLEBIND_HEAP=system`): the ratio is what kept memory
-   alone gives, and the summaries must be byte-identical. Printed: runs per minute of
+   do (`doublebind.heap`, whatever DOUBLEBIND_HEAP says). `--heap` adds a parallel pass
+   before that one whose workers keep malloc's own settings (`DOUBLEBIND_HEAP=system`): the
+   ratio is what kept memory alone gives, and the summaries must be byte-identical (the two
+   passes run once each, in that order; `benchmarks/heap.py` alternates them step by step). Printed: runs per minute of
    each, the ratios parallel / one-at-a-time and parallel / before, whether the workers=1
    and parallel summary.json files are byte-identical (they must be), and how many verdicts
    the packed runs share with the padded ones (packing changes rounding, so numbers move).
@@ -251,14 +252,14 @@ def main() -> None:
 
     wall = {}
     passes = ([("before", 1)] * (not args.skip_before) + [("system-heap", workers)] * args.heap
-              + [("w1", 1), (f"w{workers}", workers)] + [("compiled", workers)] * args.compile)
+              + [("w1", 1)] + [(f"w{workers}", workers)] * (workers > 1) + [("compiled", workers)] * args.compile)
     for name, n in passes:
         out = fresh_out(work, name)
         if name == "w1":  # from here on this process keeps its freed memory, as the CLI does
-            keep_freed_memory()
+            keep_freed_memory({heap_env: "keep"})
         saved_heap = os.environ.get(heap_env)
-        if name == "system-heap":  # the workers on malloc's own settings
-            os.environ[heap_env] = "system"
+        if name != "before":  # workers as the CLI runs them, or on malloc's own settings (--heap)
+            os.environ[heap_env] = "system" if name == "system-heap" else "keep"
         one_thread, threads = executor.one_thread, torch.get_num_threads()
         if name == "before":  # the runner before worker processes: one run at a time on every core
             executor.one_thread, _ = contextlib.nullcontext, torch.set_num_threads(cpu_count())
