@@ -177,7 +177,8 @@ def run_cli(*args: str, env_cache=None) -> subprocess.CompletedProcess:
     In this process by default: a fresh interpreter pays 3-4 s of imports (torch,
     transformers) before the command starts, and the suite runs dozens of commands. What a
     command could leave behind is put back afterwards: the environment, `sys.argv` (the
-    report prints its command from it) and torch's thread count. Warnings go to the
+    report prints its command from it) and torch's thread count; malloc's raised thresholds
+    (`doublebind.heap`) cannot be put back and stay, changing no number. Warnings go to the
     command's stderr under Python's default filters, as they would in its own process, not
     to pytest's warning record."""
     if os.environ.get(CLI_MODE_ENV) == "subprocess":
