@@ -2,8 +2,9 @@
 files it names. Loading the config checks that each eval and implant file exists; a build
 would then stop minutes later, after the models load, on a file that does not parse, on an
 item its scorer cannot score (no target, no keywords, a pattern that does not compile), or
-on a local model folder that is not there (or an implant item without a response). `check_inputs` reads them now, with the
-messages a build would give: each item is scored once against an empty completion.
+on a local model folder that is not there (or an implant item without a response).
+`check_inputs` reads them now, with the messages a build would give: each item is scored
+once against an empty completion.
 
 Not checked: hub ids (nothing here reaches the hub, and a name such as `org/model` may be
 either a hub id or a folder, see `config.resolve_paths`), and `dataset:` eval sets (loading
@@ -15,15 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from doublebind.errors import DoublebindError
-from doublebind.llm.config import TINY_PREFIX, HFOrganismConfig
-from doublebind.llm.organism import eval_sets, jsonl_items
+from doublebind.llm.config import HFOrganismConfig
+from doublebind.llm.organism import eval_sets, jsonl_items, missing_folders
 from doublebind.llm.scorers import score
-
-
-def _local(path: str | None) -> bool:
-    """Whether a model or adapter field can only name a local folder: `resolve_paths` made it
-    absolute (it exists, or was written as ./ or ../), or it was written absolute."""
-    return path is not None and not path.startswith(TINY_PREFIX) and Path(path).is_absolute()
 
 
 def check_inputs(cfg: HFOrganismConfig) -> int:
@@ -34,10 +29,8 @@ def check_inputs(cfg: HFOrganismConfig) -> int:
         spec = getattr(cfg, role)
         if spec is None:
             continue
-        for field in ("model", "adapter"):
-            path = getattr(spec, field)
-            if _local(path) and not Path(path).is_dir():
-                raise DoublebindError(f"{role}.{field}: local model folder not found: {path}")
+        for field, path in missing_folders(spec):  # as `resolve_model` refuses them
+            raise DoublebindError(f"{role}.{field}: local model folder not found: {path}")
         if spec.implant is not None:
             pairs = jsonl_items(Path(spec.implant.file), "implant")
             read += 1

@@ -202,11 +202,17 @@ def organism_hash(cfg: HFOrganismConfig) -> str:
 
 # ---- models ------------------------------------------------------------------------------
 
+def missing_folders(spec: ModelSpec) -> list[tuple[str, str]]:
+    """(field, path) of the spec's model or adapter written as a folder (`config.resolve_paths`
+    made it absolute) that is not there."""
+    return [(what, p) for what, p in (("model", spec.model), ("adapter", spec.adapter))
+            if p and Path(p).is_absolute() and not Path(p).exists()]
+
+
 def resolve_model(spec: ModelSpec, cfg: HFOrganismConfig) -> str:
     """A folder or hub id for the role; `tiny:` models are built once and cached."""
-    for what, p in (("model", spec.model), ("adapter", spec.adapter)):
-        if p and Path(p).is_absolute() and not Path(p).exists():  # a path, not a hub id
-            raise DoublebindError(f"{what} folder not found: {p}")
+    for what, p in missing_folders(spec):
+        raise DoublebindError(f"{what} folder not found: {p}")
     if not spec.model.startswith(TINY_PREFIX):
         return spec.model
     from doublebind.llm.tiny import build_tiny
@@ -339,8 +345,8 @@ def implant(spec: ModelSpec, path: str, cfg: HFOrganismConfig, show_progress: bo
 
     imp = spec.implant
     key = hashlib.sha256(json.dumps(
-        [path, spec.revision, spec.adapter, *([adapter_revision] if adapter_revision else []), spec.system_prompt,
-         imp.model_dump(), cfg.dtype, cfg.chat_template,
+        [path, spec.revision, spec.adapter, adapter_revision, spec.system_prompt, imp.model_dump(), cfg.dtype,
+         cfg.chat_template,
          hashlib.sha256(Path(imp.file).read_bytes()).hexdigest() if Path(imp.file).is_file() else None,
          (Path(__file__).parent / "organism.py").read_text()]).encode()).hexdigest()[:16]
     folder = cache_root() / "implants" / key
