@@ -478,6 +478,9 @@ def study_compare(a_dir: Path = typer.Argument(..., metavar="A", help="A study f
 
         if json_out.is_dir():
             raise DoublebindError(f"--json {json_out} is a folder; name a file")
+        for d in (a_dir, b_dir):  # results.jsonl, study.json and the like are the studies' own work
+            if json_out.exists() and json_out.resolve().is_relative_to(d.resolve()):
+                raise DoublebindError(f"--json {json_out} is a file of the study in {d}; name a new file")
         if not json_out.exists():  # the nearest existing folder must take it
             check_out_dir(json_out, "--json", what="an output")
         elif not os.access(json_out, os.W_OK):
@@ -499,8 +502,10 @@ def study_compare(a_dir: Path = typer.Argument(..., metavar="A", help="A study f
         _print_table(table)
     out(sentence(result))
     if json_out is not None:
+        from doublebind.atomic import write_json
+
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(as_json(result), indent=2))
+        write_json(json_out, as_json(result), indent=2)
         out(f"wrote {json_out}")
 
 
