@@ -3,6 +3,7 @@ verdicts follow their stated tests."""
 
 import json
 import os
+import shutil
 
 import pytest
 import yaml
@@ -161,6 +162,25 @@ def test_bad_study_configs_fail_before_training(tmp_path, quick_organism):
     assert res.returncode == 1 and "no organism at" in res.stderr and "Traceback" not in res.stderr
 
 
+def test_an_organism_name_that_is_not_a_folder_name_is_refused(tmp_path, quick_organism):
+    """A study of one organism labels its folders with the organism's name: `../runs/quick`
+    put the organism over a finished run's folder, which the placement then deleted."""
+    bad = "../runs/quick"
+    (tmp_path / "evil.yaml").write_text(yaml.safe_dump({**config.load(preset="quick").model_dump(mode="json"),
+                                                         "name": bad}))
+    path = write_study(tmp_path, quick_organism[0], organism={"config": "evil.yaml"})
+    with pytest.raises(ConfigError, match=r"organism.config: its name: '\.\./runs/quick' is not a scenario name"):
+        study_run.resolve(path, config.load(path))
+    org = tmp_path / "org"
+    shutil.copytree(quick_organism[0], org)
+    card = json.loads((org / "organism.json").read_text())
+    (org / "organism.json").write_text(json.dumps({**card, "name": bad}))
+    path = write_study(tmp_path, org)
+    res = run_cli("study", "run", str(path), "--out", str(tmp_path / "out"))
+    assert res.returncode == 1 and "organism.path: the card's name: '../runs/quick' is not a scenario name" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "runs").exists()
+
+
 QUICK_SMALL = ["recipe_overrides.training.steps=10", "recipe_overrides.training.checkpoint_every=5",
                "recipe_overrides.prompts.size=160", "recipe_overrides.eval.n_prompts=20", "bootstrap=200"]
 
@@ -276,7 +296,6 @@ def test_a_grid_of_scenarios_and_organism_seeds_places_one_organism_per_cell(qui
     """scenarios x organism seeds: each (scenario, organism seed) gets its own organism folder
     (here a copy of the quick organism under the hash its config would build) and its runs;
     rows, run keys and the summary carry both; a resume redoes nothing."""
-    import shutil
 
     placed = []
 
@@ -312,7 +331,6 @@ def test_a_scenario_may_be_an_organism_config_file_beside_the_presets(quick_orga
     """scenarios: [quick, {name: quick_deep, config: deep.yaml}]: the file's organism is built
     under the scenario's name, side by side with the preset, in one study; a missing file or a
     name that is not a folder name is one error naming the field."""
-    import shutil
 
     from doublebind.organisms.kinds import kind_of_config
 

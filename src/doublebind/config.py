@@ -509,6 +509,15 @@ class VerdictConfig(Strict):
                                      "signal exceeds base's by more than this, the teacher counts as caught above it.")
 
 
+def check_scenario_name(v: str) -> str:
+    """A study's scenario label, which names its folders (`organisms/<name>-o<seed>`,
+    `runs/<name>-o<seed>`): letters, digits, _ - . and no leading dot, so no label reaches
+    outside the study folder or into another scenario's."""
+    if not v or not all(c.isalnum() or c in "_-." for c in v) or v.startswith("."):
+        raise ValueError(f"'{v}' is not a scenario name (letters, digits, _ - .; it names folders)")
+    return v
+
+
 class ScenarioRef(Strict):
     """One scenario of a study: an organism preset (`doublebind ls scenarios`) or an organism
     config file, with recipe keys of its own on top of the study's `recipe_overrides`."""
@@ -523,9 +532,7 @@ class ScenarioRef(Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not v or not all(c.isalnum() or c in "_-." for c in v) or v.startswith("."):
-            raise ValueError(f"'{v}' is not a scenario name (letters, digits, _ - .; it names folders)")
-        return v
+        return check_scenario_name(v)
 
     @model_validator(mode="before")
     @classmethod

@@ -87,6 +87,14 @@ class OrganismSpec:
         return kind_of_config(self.cfg).organism_hash(self.cfg)
 
 
+def _label(name: str, what: str) -> str:
+    """An organism's name as the study's scenario label, which names folders."""
+    try:
+        return config.check_scenario_name(name)
+    except ValueError as e:
+        raise DoublebindError(f"{what}: {e}") from None
+
+
 def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
     """Check everything before training: each scenario's organism source, the base recipe
     and the recipe overrides (`doublebind validate` runs this too). Errors name the study field,
@@ -153,13 +161,14 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
         card = field("organism.path", lambda: read_card(org_path, verified=False))
         # its weights too, so `validate` refuses a damaged organism as `study run` does
         field("organism.path", lambda: verify_organism_models(org_path, card))
-        return [OrganismSpec(str(card.get("name", "organism")), int(card.get("seed", 0) or 0), recipe, path=org_path)]
+        scenario = field("organism.path", lambda: _label(str(card.get("name", "organism")), "the card's name"))
+        return [OrganismSpec(scenario, int(card.get("seed", 0) or 0), recipe, path=org_path)]
     if org.preset is not None:
         name, load = "organism.preset", (lambda m=None: config.load(preset=org.preset, expect="organism", merge=m))
     else:
         name, load = "organism.config", (lambda m=None: config.load(root / org.config, expect="organism", merge=m))
     own = field(name, load)
-    scenario = org.preset or str(getattr(own, "name", "organism"))
+    scenario = org.preset or field(name, lambda: _label(str(getattr(own, "name", "organism")), "its name"))
     if cfg.organism_seeds is None:
         return [OrganismSpec(scenario, int(getattr(own, "seed", 0)), recipe, cfg=own)]
     return [OrganismSpec(scenario, o, recipe, cfg=c) for o, c in seeded(name, load, 0)]
