@@ -111,6 +111,26 @@ def test_cli_no_cache_builds_again_and_replaces_the_cache_entry(tmp_path):
     assert (entry / "organism.json").is_file()
 
 
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError])
+def test_cli_no_cache_keeps_the_cached_build_until_a_new_one_replaces_it(tmp_path, monkeypatch, stop):
+    """`--no-cache` deleted the cached build before building: a Ctrl-C or a crash lost it."""
+    from doublebind.organisms import build
+
+    entry = tmp_path / "organisms" / build.organism_hash(config.load(preset="quick", overrides=TINY))
+    entry.mkdir(parents=True)
+    (entry / "organism.json").write_text("{}")
+
+    def interrupted(cfg, out, **kw):
+        assert not entry.exists()  # the build misses the cache
+        raise stop("stopped mid-build")
+
+    monkeypatch.setattr(build, "build_organism", interrupted)
+    res = run_cli("organism", "build", "--preset", "quick", *TINY, "--no-cache", env_cache=tmp_path)
+    assert res.returncode == (130 if stop is KeyboardInterrupt else 1)
+    assert (entry / "organism.json").read_text() == "{}" and "the earlier build stays in the cache" in res.stderr
+    assert sorted(p.name for p in entry.parent.iterdir()) == [entry.name]  # nothing left aside
+
+
 def test_cli_eval_prints_metrics_and_rejects_bad_input(quick_organism, tmp_path):
     folder, card = quick_organism
     res = run_cli("eval", str(folder / "teacher"), "--n", "50", "--samples", "0", "--json")

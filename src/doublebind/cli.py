@@ -183,7 +183,7 @@ def organism_build(
     config_file: Optional[Path] = typer.Option(None, "--config", help="An organism config YAML."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write the organism folder."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Build again even if a cached build exists; the new "
-                                  "build replaces it in the cache."),
+                                  "build replaces it in the cache (an interrupted one leaves it there)."),
 ):
     """Train, verify and cache an organism (base, teacher, trusted, alt_base); or, for an
     `hf_organism` config, resolve its Hugging Face models and measure teacher and base."""
@@ -208,17 +208,35 @@ def organism_build(
             # the build refuses this folder once it is done; say so before minutes of training
             raise DoublebindError(f"output folder exists and is not an organism: {out_dir}")
         _check_replaced_organism(out_dir / CARD, kind.organism_hash(cfg), cache_root() / "organisms")
-    target = out_dir or cache_root() / "organisms" / kind.organism_hash(cfg)
+    entry = cache_root() / "organisms" / kind.organism_hash(cfg)
+    target = out_dir or entry
+    # --no-cache: the cached build moves aside, so the build misses the cache and stores its
+    # result there as usual; it comes back if the new build never gets there (interrupted, crashed)
+    aside = _move_aside(entry) if no_cache else None
     try:
-        if no_cache:  # the build then misses the cache, and stores its result there as usual
-            shutil.rmtree(cache_root() / "organisms" / kind.organism_hash(cfg), ignore_errors=True)
         card = build_organism(cfg, out_dir, strict=True)
-    except DoublebindError:
-        if (target / CARD).is_file():
+    except BaseException as e:
+        if aside is not None and not entry.exists():
+            os.replace(aside, entry)
+            console.print(f"the earlier build stays in the cache ({entry})", highlight=False, soft_wrap=True)
+        if isinstance(e, DoublebindError) and (target / CARD).is_file():
             console.print(f"card written to {target / CARD}")
         raise
+    finally:
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
     print_card(card)
     out(f"{'verified ' if kind.verified else ''}organism written to {target}")
+
+
+def _move_aside(entry: Path) -> Path | None:
+    """Rename a cache entry to a hidden name beside it (never looked up); None if absent."""
+    if not entry.exists():
+        return None
+    aside = entry.with_name(f".{entry.name}.old{os.getpid()}")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(entry, aside)
+    return aside
 
 
 def _check_replaced_organism(card_path: Path, new_hash: str, cached: Path) -> None:
