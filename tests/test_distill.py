@@ -164,6 +164,23 @@ def test_distill_run_writes_curves_rows_and_checkpoints(quick_organism, tmp_path
         distill(folder, recipe(), tmp_path / "run", show_progress=False)
 
 
+def test_distill_force_replaces_the_earlier_run_whole(quick_organism, tmp_path):
+    """`--force` into a finished run kept its later checkpoints beside the new run's, and an
+    interrupted rerun left the old summary.json beside new metrics: a folder of neither run."""
+    folder, _ = quick_organism
+    out = tmp_path / "run"
+    distill(folder, recipe(), out, show_progress=False)  # steps 6, checkpoints 0, 3, 6
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(DoublebindError, match="no organism at"):  # cannot start: the earlier run stays whole
+        distill(tmp_path / "no-organism", recipe(), out, show_progress=False, force=True)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    summary = distill(folder, recipe(training={"steps": 4, "checkpoint_every": 2}), out, show_progress=False,
+                      force=True)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000", "step_00002", "step_00004"]
+    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [0, 2, 4]
+    assert summary["final"]["step"] == 4 and not any(p.name.startswith(".replaced") for p in out.iterdir())
+
+
 def test_transfer_ratios_against_hand_values():
     base = {"capability": {"a": 0.1, "b": 0.5, "c": 0.9}, "misbehavior": {"deploy": 0.0}}
     teacher = {"capability": {"a": 0.9, "b": 1.0, "c": 0.92}, "misbehavior": {"deploy": 0.8}}

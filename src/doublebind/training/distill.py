@@ -13,7 +13,9 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import os
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -438,6 +440,35 @@ class Distiller:
         }
 
 
+RUN_FILES = ("summary.json", "metrics.jsonl", "checkpoints", "stages.json", "stages", "prompts.jsonl",
+             "transfer_curves.png", tracking.tracker_dir(Path()).name)  # what `distill` writes in --out
+
+
+def _set_aside(out: Path) -> Path | None:
+    """Move an earlier run's files (`RUN_FILES`) into a hidden folder of `out`; None if none."""
+    found = [out / name for name in RUN_FILES if (out / name).exists()]
+    if not found:
+        return None
+    aside = out / f".replaced-{os.getpid()}"
+    shutil.rmtree(aside, ignore_errors=True)
+    aside.mkdir()
+    for path in found:  # summary.json first: from here on the folder never looks finished
+        os.replace(path, aside / path.name)
+    return aside
+
+
+def _put_back(out: Path, aside: Path) -> None:
+    """Undo `_set_aside`: what the new run wrote goes, the earlier run's files come back."""
+    for path in aside.iterdir():
+        new = out / path.name
+        if new.is_dir() and not new.is_symlink():
+            shutil.rmtree(new)
+        else:
+            new.unlink(missing_ok=True)
+        os.replace(path, new)
+    aside.rmdir()
+
+
 def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True, force: bool = False,
             plot: bool = True) -> dict:
     """Run one recipe on one organism; write metrics.jsonl, summary.json and (with `plot`)
@@ -461,7 +492,18 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
                               f"--out, or pass --force to overwrite it")
     check_cache_root()
     t0 = time.perf_counter()
-    d = Distiller(organism_dir, recipe, out, show_progress)
+    # --force: the earlier run's files move aside, so none is mixed into this run's (stale
+    # checkpoints, an old summary.json beside new metrics); they come back if this run cannot
+    # start (a missing organism, a stage's error), and are deleted once it trains.
+    aside = _set_aside(out) if force and int(os.environ.get("RANK", "0")) == 0 else None
+    try:
+        d = Distiller(organism_dir, recipe, out, show_progress)
+    except BaseException:
+        if aside is not None:
+            _put_back(out, aside)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
     main = d.accelerator.is_main_process
     if main:
         out.mkdir(parents=True, exist_ok=True)
