@@ -116,11 +116,45 @@ def test_organism_models_are_checked_where_the_card_puts_them(tmp_path):
 
     (tmp_path / "models" / "teacher-final").mkdir(parents=True)
     f = _weights(tmp_path / "models" / "teacher-final" / "model.safetensors", 1 << 10)
-    card = {"name": "o", "models": {"teacher": {"path": "models/teacher-final", "safetensors_sha256": file_sha256(f)}}}
+    card = {"name": "o", "config": {"kind": "organism"},
+            "models": {"teacher": {"path": "models/teacher-final", "safetensors_sha256": file_sha256(f)}}}
     verify_organism_models(tmp_path, card)
     card["models"]["teacher"]["safetensors_sha256"] = "0" * 64
     with pytest.raises(CorruptCacheError, match=r"model 'teacher': .*teacher-final/model.safetensors is corrupt"):
         verify_organism_models(tmp_path, card)
+
+
+def test_a_world_card_must_hash_every_model_and_every_card_needs_its_config(tmp_path):
+    """A world card whose teacher had lost its hash passed `show` and `validate` with the
+    teacher truncated (a model without a hash was taken for a Hugging Face one); a card with
+    no config was an internal error (KeyError) once a run opened it."""
+    from doublebind.integrity import verify_organism_models
+
+    (tmp_path / "teacher").mkdir()
+    f = _weights(tmp_path / "teacher" / "model.safetensors", 1 << 10)
+    card = {"name": "o", "config": {"kind": "organism"}, "models": {"teacher": {"path": "teacher"}}}
+    with pytest.raises(CorruptCacheError, match=r"model 'teacher': the card holds no hash of its weights"):
+        verify_organism_models(tmp_path, card)
+    card["models"]["teacher"]["safetensors_sha256"] = file_sha256(f)
+    verify_organism_models(tmp_path, card)
+    with pytest.raises(CorruptCacheError, match="organism 'o': its card has no config"):
+        verify_organism_models(tmp_path, {k: v for k, v in card.items() if k != "config"})
+    # a Hugging Face organism's models live outside its folder: no hash is expected of them
+    verify_organism_models(tmp_path, {"name": "h", "kind": "hf", "config": {"kind": "hf_organism"},
+                                      "models": {"teacher": {"id": "org/model"}}})
+
+
+def test_show_and_validate_refuse_a_world_card_without_a_model_hash(tiny_cache, tmp_path):
+    (src,) = (tiny_cache / "organisms").iterdir()
+    folder = tmp_path / "o"
+    shutil.copytree(src, folder)
+    card = json.loads((folder / "organism.json").read_text())
+    del card["models"]["teacher"]["safetensors_sha256"]
+    (folder / "organism.json").write_text(json.dumps(card))
+    with open(folder / "teacher" / "model.safetensors", "r+b") as fh:
+        fh.truncate(1000)
+    res = run_cli("organism", "show", str(folder))
+    assert res.returncode == 1 and "model 'teacher': the card holds no hash of its weights" in res.stderr
 
 
 # ---- organisms -------------------------------------------------------------------------

@@ -99,13 +99,18 @@ def verify_organism_models(folder: Path, card: dict, only: Path | None = None) -
     models = card.get("models")
     if not isinstance(models, dict):
         return
+    if not isinstance(card.get("config"), dict):  # every kind opens its models from it
+        raise CorruptCacheError(f"organism '{card.get('name', '?')}': its card has no config")
+    world = card.get("kind", "world") == "world"  # the card's kind (`organisms.kinds`), world when absent
     for role, m in models.items():
+        what = f"organism '{card.get('name', '?')}' model '{role}'"
         if not isinstance(m, dict) or not m.get("safetensors_sha256"):
+            if world:  # an embedded-world model is a folder of the organism, hashed by its card
+                raise CorruptCacheError(f"{what}: the card holds no hash of its weights (safetensors_sha256)")
             continue  # a Hugging Face organism's models live outside the folder
         model_dir = folder / str(m.get("path", role))
         if only is not None and model_dir.resolve() != Path(only).resolve():
             continue
-        what = f"organism '{card.get('name', '?')}' model '{role}'"
         verify_file(model_dir / "model.safetensors", m["safetensors_sha256"], what)
         # The card hashes the weights only; the folder's JSON files (config, meta, tokenizer)
         # must at least parse, or a loader (transformers' included) fails on them later.
