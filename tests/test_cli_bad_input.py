@@ -42,14 +42,25 @@ def _one_line(res, needle: str) -> None:
     ("config=5", "config: expected a mapping of settings, got int"),
     ("organisms=x", "organisms: expected a list of objects, got a string"),
     ("organisms=[1]", "organisms: expected a list of objects, got a list holding other values"),
+    ("provenance=x", "provenance: expected an object, got a string"),
+    ("provenance.machine=x", "provenance.machine: expected an object, got a string"),
+    ("provenance.versions=[1]", "provenance.versions: expected an object, got a list"),
+    ("provenance.organisms=[1]", "provenance.organisms: expected a list of objects, got a list holding other"),
+    ("earlier_provenance=x", "earlier_provenance: expected a list of objects, got a string"),
+    ("earlier_provenance=[1]", "earlier_provenance.0: expected an object, got a number"),
 ])
 def test_a_study_record_of_the_wrong_shape_is_named(tmp_path, record, needle):
-    """study.json that is valid JSON but not a study record: it was an internal error."""
+    """study.json that is valid JSON but not a study record: it was an internal error (a
+    `provenance` that was a string or held a string `machine` broke the report)."""
     d = _copy_reference(tmp_path / "s")
     if isinstance(record, str) and "=" in record:
         key, value = record.split("=")
         real = json.loads((d / "study.json").read_text())
-        real[key] = {"5": 5, "x": "x", "[1]": [1]}[value]
+        *parents, last = key.split(".")
+        at = real
+        for k in parents:
+            at = at.setdefault(k, {})
+        at[last] = {"5": 5, "x": "x", "[1]": [1]}[value]
         record = real
     (d / "study.json").write_text(json.dumps(record))
     with pytest.raises(DoublebindError, match="study.json") as e:

@@ -84,11 +84,35 @@ def _json_kind(x) -> str:
 
 def _check_study_record(path: Path, study: dict) -> None:
     """The parts of study.json the report and `study compare` read besides its config (checked
-    by `_study_config`): the organisms, a list of objects."""
-    orgs = study.get("organisms")
-    if orgs is not None and not (isinstance(orgs, list) and all(isinstance(o, dict) for o in orgs)):
-        raise DoublebindError(f"{path}: organisms: expected a list of objects, got {_json_kind(orgs)}"
-                              + (" holding other values" if isinstance(orgs, list) else ""))
+    by `_study_config`): the organisms, a list of objects, and the provenance of this and
+    earlier sessions."""
+    _check_objects(path, "organisms", study.get("organisms"))
+    _check_provenance(path, "provenance", study.get("provenance"))
+    earlier = study.get("earlier_provenance")
+    if earlier is not None and not isinstance(earlier, list):
+        raise DoublebindError(f"{path}: earlier_provenance: expected a list of objects, got {_json_kind(earlier)}")
+    for i, prov in enumerate(earlier or []):
+        _check_provenance(path, f"earlier_provenance.{i}", prov)
+
+
+def _check_objects(path: Path, where: str, value) -> None:
+    """`value`, when present, is a list of objects."""
+    if value is not None and not (isinstance(value, list) and all(isinstance(o, dict) for o in value)):
+        raise DoublebindError(f"{path}: {where}: expected a list of objects, got {_json_kind(value)}"
+                              + (" holding other values" if isinstance(value, list) else ""))
+
+
+def _check_provenance(path: Path, where: str, prov) -> None:
+    """A session's provenance, when present: an object whose machine and versions are objects
+    and whose organisms are a list of objects."""
+    if prov is None:
+        return
+    if not isinstance(prov, dict):
+        raise DoublebindError(f"{path}: {where}: expected an object, got {_json_kind(prov)}")
+    for key in ("machine", "versions"):
+        if prov.get(key) is not None and not isinstance(prov[key], dict):
+            raise DoublebindError(f"{path}: {where}.{key}: expected an object, got {_json_kind(prov[key])}")
+    _check_objects(path, f"{where}.organisms", prov.get("organisms"))
 
 
 def _study_config(study_dir: Path, study: dict):
