@@ -166,6 +166,18 @@ def test_a_cache_that_cannot_be_written_is_refused_before_a_build(tmp_path, wher
     assert "DOUBLEBIND_CACHE" in res.stderr and not (tmp_path / "o").exists()
 
 
+def test_an_empty_cache_variable_means_the_default_cache(monkeypatch, tmp_path):
+    """`DOUBLEBIND_CACHE=` made the current folder the cache: run inside an organism's folder,
+    teacher outputs went into its `teacher/` model folder."""
+    from doublebind.cards import cache_root
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("DOUBLEBIND_CACHE", "")
+    assert cache_root() == tmp_path / ".cache" / "doublebind"
+    monkeypatch.setenv("DOUBLEBIND_CACHE", str(tmp_path / "c"))
+    assert cache_root() == tmp_path / "c"
+
+
 @pytest.mark.parametrize("folder", ["organisms", "teacher"])
 def test_a_file_where_the_cache_keeps_a_folder_is_refused_before_a_build(tmp_path, folder):
     """A file at $DOUBLEBIND_CACHE/organisms let the whole build run and fail at its end."""

@@ -17,7 +17,9 @@ CARD = "organism.json"
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("DOUBLEBIND_CACHE", Path.home() / ".cache" / "doublebind"))
+    """$DOUBLEBIND_CACHE, or ~/.cache/doublebind when it is unset or empty (an empty value was
+    the current folder, which filled whatever folder a command ran in with cache entries)."""
+    return Path(os.environ.get("DOUBLEBIND_CACHE") or Path.home() / ".cache" / "doublebind")
 
 
 def versions() -> dict[str, str]:

@@ -56,7 +56,7 @@ def check_cache_root() -> Path:
     from doublebind.cards import cache_root
 
     root = cache_root()
-    named = "DOUBLEBIND_CACHE" if "DOUBLEBIND_CACHE" in os.environ else "the cache (default; set DOUBLEBIND_CACHE)"
+    named = "DOUBLEBIND_CACHE" if os.environ.get("DOUBLEBIND_CACHE") else "the cache (default; set DOUBLEBIND_CACHE)"
     try:
         check_out_dir(root, named, what="a cache")
     except DoublebindError as e:
