@@ -158,7 +158,7 @@ def test_cli_writes_table_json_and_plots(tmp_path):
     (["--aux", "1000000"], "--aux must be at most 100,000"),
     (["--aux-sweep", "2,x"], "--aux-sweep takes comma-separated integers"),
     (["--noise", "pink"], "unknown noise 'pink'"),
-    (["--aux-sweep", "3,1"], "--aux must be at least 2, got 1"),
+    (["--aux-sweep", "3,1"], "--aux-sweep values must be at least 2, got 1"),
     (["--distill-epochs", "0"], "--distill-epochs must be between 1 and 10,000, got 0"),
 ])
 def test_cli_bad_input_is_one_error_line(tmp_path, args, message):
@@ -167,6 +167,20 @@ def test_cli_bad_input_is_one_error_line(tmp_path, args, message):
     assert res.stderr.strip().startswith("error:") and message in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_keeps_an_earlier_replication_unless_forced(tmp_path):
+    """A rerun into the same --out replaced subliminal_digits.json without a word; an output
+    that was a folder was found after training, with the JSON already replaced."""
+    out = tmp_path / "rep"
+    out.mkdir()
+    (out / "subliminal_digits.json").write_text("earlier")
+    res = run_cli("replicate", "subliminal-digits", "--out", str(out))
+    assert res.returncode == 1 and "already holds a replication (subliminal_digits.json)" in res.stderr
+    (out / "subliminal_digits.png").mkdir()
+    res = run_cli("replicate", "subliminal-digits", "--force", "--out", str(out))
+    assert res.returncode == 1 and "subliminal_digits.png is a folder" in res.stderr
+    assert (out / "subliminal_digits.json").read_text() == "earlier"
 
 
 def test_cli_refuses_an_out_that_is_a_file(tmp_path):

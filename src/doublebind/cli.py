@@ -557,6 +557,7 @@ def replicate_subliminal_digits(
     n_noise: int = typer.Option(60_000, help="Noise images the students are distilled on."),
     temperature: float = typer.Option(1.0, help="Temperature of the forward-KL student loss."),
     threads: int = typer.Option(0, help="torch threads for this run (0: leave torch's default)."),
+    force: bool = typer.Option(False, help="Replace an earlier replication's files in --out."),
 ):
     """Cloud et al. (2025)'s MNIST auxiliary-logit experiment on sklearn's 8x8 digits: students
     distilled only on a teacher's auxiliary logits, on noise, from the teacher's init and from
@@ -582,10 +583,19 @@ def replicate_subliminal_digits(
                      n_noise=n_noise, temperature=temperature)
     setup.check()
     for m in sweep or []:
-        sd.Setup(aux=m).check()
+        try:
+            sd.Setup(aux=m).check()
+        except DoublebindError as e:  # the same limits as --aux, named for the option that broke them
+            raise DoublebindError(str(e).replace("--aux ", "--aux-sweep values ", 1)) from None
     from doublebind.paths import check_out_dir
 
     check_out_dir(out_dir, "--out", what="an output")  # before minutes of training, not after
+    for name in sd.OUTPUTS:
+        if (out_dir / name).is_dir():
+            raise DoublebindError(f"--out {out_dir}: {name} is a folder; move it, or choose another --out")
+    if (out_dir / sd.OUTPUTS[0]).exists() and not force:
+        raise DoublebindError(f"{out_dir} already holds a replication ({sd.OUTPUTS[0]}); choose another --out "
+                              f"or pass --force to replace it")
     if threads:
         import torch
 

@@ -370,15 +370,18 @@ def sweep_rows(rep: Replication) -> list[tuple[str, ...]]:
     return out
 
 
+OUTPUTS = ("subliminal_digits.json", "subliminal_digits.png", "subliminal_digits_sweep.png")
+
+
 def write_outputs(rep: Replication, out_dir: Path) -> list[Path]:
     """subliminal_digits.json (every per-seed number), subliminal_digits.png (bars, seeds,
-    published values) and, for a sweep, subliminal_digits_sweep.png."""
+    published values) and, for a sweep, subliminal_digits_sweep.png (`OUTPUTS`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / "subliminal_digits.json", out_dir / "subliminal_digits.png"]
+    paths = [out_dir / OUTPUTS[0], out_dir / OUTPUTS[1]]
     paths[0].write_text(json.dumps(rep.to_json(), indent=2) + "\n")
     plot_bars(rep, paths[1])
     if len(rep.runs) > 1:
-        paths.append(out_dir / "subliminal_digits_sweep.png")
+        paths.append(out_dir / OUTPUTS[2])
         plot_sweep(rep, paths[2])
     return paths
 
