@@ -152,6 +152,11 @@ def test_bootstrap_interval():
 def test_bad_study_configs_fail_before_training(tmp_path, quick_organism):
     with pytest.raises(ConfigError, match="techniques: unknown technique 'magic'"):
         config.load(write_study(tmp_path, quick_organism[0], techniques=["magic"]))
+    # baseline written as a mapping is baseline; with options it says it takes none
+    cfg = config.load(write_study(tmp_path, quick_organism[0], techniques=[{"name": "baseline"}]))
+    assert cfg.technique_stages() == {"baseline": []}
+    with pytest.raises(ConfigError, match=r"techniques.*baseline takes no options"):
+        config.load(write_study(tmp_path, quick_organism[0], techniques=[{"name": "baseline", "k": 1}]))
     with pytest.raises(ConfigError, match=r"verdict.capability"):
         config.load(write_study(tmp_path, quick_organism[0], verdict={"capability": 1.5}))
     path = write_study(tmp_path, tmp_path / "no-organism")

@@ -572,7 +572,10 @@ class StudyConfig(Strict):
         if not v:
             raise ValueError("must name at least one technique")
         for i, entry in enumerate(v):
-            if isinstance(entry, dict):
+            if isinstance(entry, dict) and entry.get("name") == "baseline":
+                if set(entry) != {"name"}:
+                    raise ValueError(f"{i}: baseline takes no options (it runs the recipe alone)")
+            elif isinstance(entry, dict):
                 validate_stage(entry, i)
             elif entry != "baseline":
                 _known("technique", entry)
