@@ -3,6 +3,7 @@ build would (`doublebind.llm.checks`): one line naming the file and the problem,
 any model loads."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -80,6 +81,25 @@ def test_what_a_build_would_stop_on_is_one_line(tmp_path, files, base, keywords,
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     assert expect.format(d=tmp_path.resolve()) in lines[0], lines[0]
+
+
+def test_validate_on_a_study_reads_its_hugging_face_organism_files(tmp_path):
+    """`validate` said ok on a study whose organism's eval file did not parse, or whose model
+    folder was missing, which `study run` refused at once."""
+    import shutil
+
+    _organism(tmp_path, base="./models/missing")
+    for name in ("recipe.yaml", "prompts.jsonl"):
+        shutil.copy(Path(__file__).resolve().parent.parent / "configs" / "llm" / "tiny" / name, tmp_path / name)
+    study = tmp_path / "study.yaml"
+    study.write_text("kind: study\norganism: {config: organism.yaml}\nrecipe: recipe.yaml\n"
+                     "techniques: [baseline]\nseeds: [0]\n")
+    r = run_cli("validate", str(study))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert f"{study}: the organism of " in lines[0] and "base.model: local model folder not found" in lines[0]
+    (tmp_path / "models" / "missing").mkdir(parents=True)
+    assert run_cli("validate", str(study)).returncode == 0
 
 
 def test_a_hub_id_is_not_looked_up(tmp_path):

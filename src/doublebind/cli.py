@@ -115,14 +115,21 @@ def validate(file: Path, overrides: Optional[list[str]] = typer.Argument(None, h
     from doublebind import config
 
     cfg = config.load(file, overrides or [])
+    organisms = {None: cfg}  # scenario (None: the file itself) -> organism config
     if cfg.kind == "study":  # as strict as `study run`: the organism, the recipe and its overrides
         from doublebind.studies.run import resolve
 
-        resolve(file, cfg, overrides or [])
-    if cfg.kind == "hf_organism":  # the files it names, read as a build reads them
+        organisms = {f"{sp.scenario} (organism seed {sp.organism_seed})": sp.cfg
+                     for sp in resolve(file, cfg, overrides or [])}
+    for scenario, org in organisms.items():  # a Hugging Face organism's files, read as a build reads them
+        if getattr(org, "kind", None) != "hf_organism":
+            continue
         from doublebind.llm.checks import check_inputs
 
-        check_inputs(cfg)
+        try:
+            check_inputs(org)
+        except DoublebindError as e:
+            raise DoublebindError(f"{file}: the organism of {scenario}: {e}" if scenario else str(e)) from None
     out(f"ok: {file} is a valid {cfg.kind} config (name: {getattr(cfg, 'name', '-')})")
 
 
