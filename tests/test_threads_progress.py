@@ -64,6 +64,28 @@ def test_progress_off_a_terminal_prints_status_and_a_long_run_estimate(monkeypat
     assert any(ln.startswith("training base: ") and "/1,000,000 steps" in ln and "left" in ln for ln in lines[1:])
 
 
+def test_the_estimate_leaves_out_what_came_before_the_first_unit(monkeypatch):
+    """The rate counted the set-up before the first step (loading, data): a two-minute
+    organism build was announced as twelve minutes."""
+    clock = [100.0]
+    monkeypatch.setattr(ui.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(ui, "LONG_RUN_S", 60.0)
+    t = ui._Tracker("training base", 10_000, "steps")
+    clock[0] += 20.0  # set-up: 20 s before the first step ends
+    t.advanced(1)
+    assert t.estimate_line() is None and t.left() is None  # one unit: no rate yet
+    for _ in range(100):  # then 0.01 s a step
+        clock[0] += 0.01
+        t.advanced(1)
+    assert t.per_unit() == pytest.approx(0.01) and t.left() == pytest.approx(0.01 * 9_899)
+    assert t.estimate_line() is None  # 1 s of steps: too soon to say
+    for _ in range(300):
+        clock[0] += 0.01
+        t.advanced(1)
+    line = t.estimate_line()  # 96 s left, at 0.01 s a step (with the set-up: 0.06 s, 9 min 38 s)
+    assert line.startswith("note: training base will take about 1 min 36 s more") and "at 0.01 s each" in line, line
+
+
 def test_short_work_prints_nothing(monkeypatch):
     err = io.StringIO()
     with contextlib.redirect_stderr(err):

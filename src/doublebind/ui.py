@@ -60,24 +60,37 @@ class _Tracker:
     def __init__(self, description: str, total: int, unit: str):
         self.description, self.total, self.done, self.unit = description, total, 0, unit
         self.t0 = time.monotonic()
+        self.first: tuple[float, int] | None = None  # (when, units done) at the first advance
         self.warned = False
 
-    def left(self) -> float | None:
-        if self.done <= 0:
+    def advanced(self, n: int) -> None:
+        self.done += n
+        if self.first is None and self.done > 0:
+            self.first = (time.monotonic(), self.done)
+
+    def per_unit(self) -> float | None:
+        """Seconds a unit, over the units done since the first advance: what came before it
+        (loading, data, warm-up) is not a unit's cost. It counted before, and the estimate of a
+        two-minute build once read twelve minutes."""
+        if self.first is None or self.done <= self.first[1]:
             return None
-        return (time.monotonic() - self.t0) / self.done * (self.total - self.done)
+        return (time.monotonic() - self.first[0]) / (self.done - self.first[1])
+
+    def left(self) -> float | None:
+        per = self.per_unit()
+        return None if per is None else per * (self.total - self.done)
 
     def estimate_line(self) -> str | None:
         """The long-run note, the first time the rate is known and the run is long."""
-        if self.warned or time.monotonic() - self.t0 < FIRST_REPORT_S:
+        if self.warned or self.first is None or time.monotonic() - self.first[0] < FIRST_REPORT_S:
             return None
-        left = self.left()
-        if left is None:
+        per = self.per_unit()
+        if per is None:
             return None
         self.warned = True
+        left = per * (self.total - self.done)
         if left < LONG_RUN_S:
             return None
-        per = (time.monotonic() - self.t0) / self.done
         return (f"note: {self.description} will take about {fmt_duration(left)} more "
                 f"({self.total:,} {self.unit} at {per:.3g} s each); Ctrl-C stops it")
 
@@ -108,7 +121,7 @@ def progress_bar(description: str, total: int, enabled: bool = True, unit: str =
         task = prog.add_task(description, total=total)
 
         def advance(n: int = 1, description: str | None = None) -> None:
-            tracker.done += n
+            tracker.advanced(n)
             prog.update(task, advance=n, **({"description": description} if description else {}))
             note = tracker.estimate_line() if n else None
             if note:
@@ -135,7 +148,7 @@ def _plain_progress(tracker: _Tracker):
     thread.start()
 
     def advance(n: int = 1, description: str | None = None) -> None:
-        tracker.done += n
+        tracker.advanced(n)
         if description:
             tracker.description = description
 
