@@ -110,3 +110,20 @@ def test_a_hub_id_is_not_looked_up(tmp_path):
 def test_a_local_folder_that_exists_passes(tmp_path):
     (tmp_path / "models" / "mine").mkdir(parents=True)
     assert check_inputs(config.load(_organism(tmp_path, base="./models/mine"))) == 5
+
+
+def test_make_data_rewrites_the_committed_example_files_byte_for_byte(tmp_path):
+    """make_data.py says it rewrites the committed files byte for byte; it wrote 64 number
+    prompts over the tiny example's 82 (32 of them and its implant prompts), and the tiny
+    study's misalignment transfer then fell from 1.0 to 0.0."""
+    import shutil
+    import subprocess
+    import sys
+
+    llm = Path(__file__).resolve().parent.parent / "configs" / "llm"
+    for name in ("subliminal", "tiny"):
+        shutil.copytree(llm / name, tmp_path / name)
+    r = subprocess.run([sys.executable, str(tmp_path / "subliminal" / "make_data.py")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for rel in ("subliminal/prompts.jsonl", "subliminal/evals/arithmetic.jsonl", "tiny/prompts.jsonl"):
+        assert (tmp_path / rel).read_bytes() == (llm / rel).read_bytes(), rel

@@ -2,7 +2,7 @@
 
 Deterministic (seeded): running it again rewrites the committed files byte for byte.
 
-    python configs/llm/subliminal/make_data.py            # 200 prompts + 64 for tiny/
+    python configs/llm/subliminal/make_data.py            # 200 prompts, and tiny/prompts.jsonl
     python configs/llm/subliminal/make_data.py --n 10000  # a paper-sized prompt set
 
 Prompts follow Cloud et al. (2025), "Subliminal learning": a few seed numbers and a request
@@ -73,5 +73,9 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     write(HERE / "prompts.jsonl", prompts(args.n, args.seed))
-    write(HERE.parent / "tiny" / "prompts.jsonl", prompts(64, args.seed))
+    # tiny/: 32 number prompts (always; --n sizes this example only) and the prompts of the
+    # tiny example's implant items that have no prefill
+    implant = [json.loads(line) for line in (HERE.parent / "tiny" / "implant.jsonl").read_text().splitlines()]
+    write(HERE.parent / "tiny" / "prompts.jsonl",
+          prompts(32, args.seed) + [{"prompt": r["prompt"]} for r in implant if "prefill" not in r])
     write(HERE / "evals" / "arithmetic.jsonl", arithmetic(args.seed + 1))
