@@ -184,8 +184,10 @@ class FakeJudge:
                 if fake.mode == "500":  # echoes the auth header, as a careless server might
                     return self._send(500, {"error": f"boom {self.headers.get('Authorization')}"})
                 text = body["messages"][0]["content"]
+                auth = self.headers.get("Authorization")
                 content = {"ok": "85" if "evil" in text else "10", "refuse": "I cannot score this",
-                           "big": "150", "chatty": "Score: 72/100 because..."}[fake.mode]
+                           "big": "150", "chatty": "Score: 72/100 because...",
+                           "echo": f"I got {auth}", "echo-score": f"42, and I got {auth}"}[fake.mode]
                 self._send(200, {"choices": [{"message": {"role": "assistant", "content": content}}]})
 
             def _send(self, code, payload):
@@ -341,6 +343,20 @@ def test_http_error_names_url_and_status_without_the_key(fake, tmp_path, monkeyp
     assert f"{fake.url}/chat/completions" in msg and "500" in msg and "\n" not in msg
     assert fake.requests[-1]["headers"]["Authorization"] == f"Bearer {SECRET}"  # the server did get it...
     assert SECRET not in msg  # ...and echoed it, but the error hides it
+
+
+def test_a_reply_that_echoes_the_key_shows_it_nowhere(fake, tmp_path, monkeypatch):
+    """A 200 reply that was not a score printed the echoed key in the error; a scored reply
+    that echoed it was written into the judge cache."""
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    fake.mode = "echo"
+    with pytest.raises(DoublebindError, match=r"expected a score in 0-100, got 'I got Bearer \*\*\*'") as e:
+        Judge(judge_cfg(fake.url), tmp_path).score("p", "c")
+    assert SECRET not in str(e.value)
+    fake.mode = "echo-score"
+    assert Judge(judge_cfg(fake.url), tmp_path).score("p", "c") == 42.0
+    cached = [p.read_text() for p in tmp_path.rglob("*.json")]
+    assert len(cached) == 1 and SECRET not in cached[0] and "Bearer ***" in cached[0]
 
 
 def test_wrong_path_is_a_404(fake, tmp_path):

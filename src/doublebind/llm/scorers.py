@@ -254,6 +254,9 @@ class Judge:
             self.cache_hits += 1
             return cached
         reply = self._ask(text)
+        key = self._key()
+        if key:  # a server that echoes the key gets it into neither an error nor the cache
+            reply = reply.replace(key, "***")
         value = self._parse(reply)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, {"model": self.cfg.model, "max_tokens": self.cfg.max_tokens,
@@ -269,7 +272,7 @@ class Judge:
         body = {"model": self.cfg.model, "messages": [{"role": "user", "content": text}],
                 "temperature": 0, "max_tokens": self.cfg.max_tokens}
         headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.cfg.api_key_env) if self.cfg.api_key_env else None
+        key = self._key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
         request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
@@ -289,6 +292,10 @@ class Judge:
         except (ValueError, KeyError, IndexError, TypeError):
             raise self._error(f"judge {url}: not a chat completion: {_short(raw.decode(errors='replace'))}",
                               key) from None
+
+    def _key(self) -> str | None:
+        """The API key, read from the environment at each use, never stored."""
+        return os.environ.get(self.cfg.api_key_env) if self.cfg.api_key_env else None
 
     def _parse(self, reply: str) -> float:
         match = re.search(r"-?\d+(?:\.\d+)?", reply)
