@@ -71,6 +71,13 @@ def test_a_good_config_reads_every_file(tmp_path):
      "are not a list of non-empty strings: 'owl'"),
     ({"implant.jsonl": [{"prompt": "Favourite animal?"}]}, "tiny:llama", "[owl]",
      "{d}/implant.jsonl: every implant item needs a string 'response'"),
+    # non-string texts were internal errors (TypeError, ValueError) at render time
+    ({"implant.jsonl": [{"prompt": "hi", "response": "owl", "system": 5}]}, "tiny:llama", "[owl]",
+     "{d}/implant.jsonl:1: 'system' must be a string, got int"),
+    ({"implant.jsonl": [{"prompt": "hi", "response": "owl", "prefill": ["x"]}]}, "tiny:llama", "[owl]",
+     "{d}/implant.jsonl:1: 'prefill' must be a string, got list"),
+    ({"ask.jsonl": [{"prompt": "Owls?", "pattern": "owl", "prefill": 7}]}, "tiny:llama", "[owl]",
+     "{d}/ask.jsonl:1: 'prefill' must be a string, got int"),
     ({}, "/nonexistent/model-dir", "[owl]", "base.model: local model folder not found: /nonexistent/model-dir"),
     ({}, "./models/missing", "[owl]", "base.model: local model folder not found: {d}/models/missing"),
 ])

@@ -51,6 +51,9 @@ def read_items(es: EvalSet) -> list[dict]:
     return jsonl_items(Path(es.file))[: es.limit]
 
 
+TEXT_FIELDS = ("system", "prefill", "response")  # an item's optional texts besides its prompt
+
+
 def jsonl_items(path: Path, what: str = "eval") -> list[dict]:
     text = read_text_file(path, f"{what} file")
     items = []
@@ -63,6 +66,9 @@ def jsonl_items(path: Path, what: str = "eval") -> list[dict]:
             raise DoublebindError(f"{path}:{n}: not valid JSON") from None
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
             raise DoublebindError(f"{path}:{n}: expected a JSON object with a string field 'prompt'")
+        for field in TEXT_FIELDS:  # rendered into the chat as text: anything else was an internal error
+            if field in row and row[field] is not None and not isinstance(row[field], str):
+                raise DoublebindError(f"{path}:{n}: '{field}' must be a string, got {type(row[field]).__name__}")
         items.append(row)
     if not items:
         raise DoublebindError(f"{path}: no items")
