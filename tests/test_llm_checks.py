@@ -3,6 +3,7 @@ build would (`doublebind.llm.checks`): one line naming the file and the problem,
 any model loads."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,26 @@ def test_make_data_rewrites_the_committed_example_files_byte_for_byte(tmp_path):
     assert r.returncode == 0, r.stderr
     for rel in ("subliminal/prompts.jsonl", "subliminal/evals/arithmetic.jsonl", "tiny/prompts.jsonl"):
         assert (tmp_path / rel).read_bytes() == (llm / rel).read_bytes(), rel
+
+
+def test_model_folders_transformers_refuses_are_one_line(tmp_path):
+    """An unknown model_type, custom code without trust_remote_code, or a folder with no
+    tokenizer raised ValueError, which was an internal error (only OSError was caught)."""
+    from doublebind.errors import DoublebindError
+    from doublebind.llm.organism import fresh_model, load_model, load_tokenizer
+
+    cfg = config.load(Path(__file__).resolve().parent.parent / "configs" / "llm" / "tiny" / "organism.yaml")
+    unknown = tmp_path / "unknown"
+    unknown.mkdir()
+    (unknown / "config.json").write_text(json.dumps({"model_type": "foobarnet"}))
+    custom = tmp_path / "custom"
+    custom.mkdir()
+    (custom / "config.json").write_text(json.dumps({"model_type": "mine", "auto_map": {
+        "AutoConfig": "configuration_mine.MineConfig", "AutoModelForCausalLM": "modeling_mine.MineForCausalLM"}}))
+    for call, needle in [(lambda: load_model({"path": str(unknown)}, cfg), f"could not load model {unknown}: "),
+                         (lambda: fresh_model({"path": str(unknown)}, cfg, None, 0), "could not load the config of"),
+                         (lambda: load_model({"path": str(custom)}, cfg), "set trust_remote_code: true"),
+                         (lambda: load_tokenizer(str(tmp_path / "unknown"), cfg), "could not load the tokenizer of")]:
+        with pytest.raises(DoublebindError, match=re.escape(needle)) as e:
+            call()
+        assert "\n" not in str(e.value)

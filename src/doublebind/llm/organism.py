@@ -251,8 +251,8 @@ def load_model(spec: dict, cfg: HFOrganismConfig):
         model = AutoModelForCausalLM.from_pretrained(
             spec["path"], revision=spec.get("revision"), trust_remote_code=cfg.trust_remote_code,
             dtype=getattr(torch, cfg.dtype))
-    except OSError as e:
-        raise DoublebindError(f"could not load model {spec['path']}: {str(e).splitlines()[0]}") from None
+    except (OSError, ValueError) as e:  # transformers raises ValueError for an unknown model_type, custom code
+        raise DoublebindError(f"could not load model {spec['path']}: {_first_line(e)}") from None
     if spec.get("adapter"):
         from peft import PeftModel
 
@@ -292,8 +292,8 @@ def fresh_model(spec: dict, cfg: HFOrganismConfig, arch, seed: int):
     try:
         mcfg = AutoConfig.from_pretrained(spec["path"], revision=spec.get("revision"),
                                           trust_remote_code=cfg.trust_remote_code)
-    except OSError as e:
-        raise DoublebindError(f"could not load the config of {spec['path']}: {str(e).splitlines()[0]}") from None
+    except (OSError, ValueError) as e:
+        raise DoublebindError(f"could not load the config of {spec['path']}: {_first_line(e)}") from None
     if arch is not None:
         fields = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
         missing = [f for f in fields if not hasattr(mcfg, f)]
@@ -314,13 +314,21 @@ def fresh_model(spec: dict, cfg: HFOrganismConfig, arch, seed: int):
     return model.to(default_device())
 
 
+def _first_line(e: Exception) -> str:
+    """A loader's error in one line; custom code refused points at the config's switch."""
+    line = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+    if "trust_remote_code" in str(e):
+        line += " (this folder needs its own code: set trust_remote_code: true in the organism config if you trust it)"
+    return line
+
+
 def load_tokenizer(path: str, cfg: HFOrganismConfig, revision: str | None = None):
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=cfg.trust_remote_code)
-    except OSError as e:
-        raise DoublebindError(f"could not load the tokenizer of {path}: {str(e).splitlines()[0]}") from None
+    except (OSError, ValueError) as e:
+        raise DoublebindError(f"could not load the tokenizer of {path}: {_first_line(e)}") from None
 
 
 def uses_chat(tokenizer, cfg: HFOrganismConfig) -> bool:
