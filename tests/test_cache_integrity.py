@@ -137,6 +137,9 @@ def test_a_world_card_must_hash_every_model_and_every_card_needs_its_config(tmp_
         verify_organism_models(tmp_path, card)
     card["models"]["teacher"]["safetensors_sha256"] = file_sha256(f)
     verify_organism_models(tmp_path, card)
+    for kind in ("denier", "recued"):  # post-trained world organisms: their models are in the folder too
+        with pytest.raises(CorruptCacheError, match="the card holds no hash of its weights"):
+            verify_organism_models(tmp_path, {**card, "kind": kind, "models": {"teacher": {"path": "teacher"}}})
     with pytest.raises(CorruptCacheError, match="organism 'o': its card has no config"):
         verify_organism_models(tmp_path, {k: v for k, v in card.items() if k != "config"})
     # a Hugging Face organism's models live outside its folder: no hash is expected of them

@@ -176,6 +176,9 @@ def test_an_organism_name_that_is_not_a_folder_name_is_refused(tmp_path, quick_o
     path = write_study(tmp_path, quick_organism[0], organism={"config": "evil.yaml"})
     with pytest.raises(ConfigError, match=r"organism.config: its name: '\.\./runs/quick' is not a scenario name"):
         study_run.resolve(path, config.load(path))
+    path = write_study(tmp_path, quick_organism[0], organism={"preset": "../presets/quick"})  # finds quick.yaml
+    with pytest.raises(ConfigError, match=r"organism.preset: the preset's name: '\.\./presets/quick' is not a"):
+        study_run.resolve(path, config.load(path))
     org = tmp_path / "org"
     shutil.copytree(quick_organism[0], org)
     card = json.loads((org / "organism.json").read_text())
@@ -414,3 +417,16 @@ def test_an_organism_that_fails_verification_is_named_with_its_seed_and_card(tmp
     card = tmp_path / "out" / "organisms" / "quick-o1" / "organism.json"
     assert errors[0].startswith("error: organism 'quick' (seed 1, ") and "failed verification: teacher." in errors[0]
     assert errors[0].endswith(f"; its card: {card}") and not json.loads(card.read_text())["verified"]
+
+
+@pytest.mark.parametrize("damage", [{"provenance": {"machine": "x"}}, {"earlier_provenance": 5},
+                                    {"earlier_provenance": ["x", {"commit": "c"}]}])
+def test_resuming_a_study_whose_provenance_is_damaged_is_not_an_internal_error(tmp_path, damage):
+    """`provenance.machine: "x"` (AttributeError) and `earlier_provenance: 5` (TypeError) broke
+    a resume, which the report already named in one line."""
+    record = tmp_path / "study.json"
+    record.write_text(json.dumps({"provenance": {"commit": "a"}, **damage}))
+    now = {"commit": "b", "machine": {"cpu": "c"}}
+    waiting, done = study_run.resumed_provenance(record, now, had_runs=True)
+    assert done["provenance"] == now
+    assert all(isinstance(p, dict) for p in done.get("earlier_provenance", []))

@@ -344,6 +344,11 @@ def eval_cmd(
         pick = "teacher" if "teacher" in models else models[0]
         raise DoublebindError(f"{model_dir} is an organism folder, not a checkpoint; evaluate one of its models "
                               f"({', '.join(models)}), e.g. doublebind eval {model_dir / pick} --organism {model_dir}")
+    if not (model_dir / "config.json").is_file():  # a run or study folder, or a damaged checkpoint
+        saved = sorted(p.name for p in (model_dir / "checkpoints").glob("step_*") if (p / "config.json").is_file())
+        hint = (f"; its checkpoints are in {model_dir / 'checkpoints'} ({saved[0]} … {saved[-1]})" if saved
+                else "; a run keeps its checkpoints in checkpoints/step_NNNNN (a study's runs keep metrics only)")
+        raise DoublebindError(f"{model_dir} holds no model (no config.json){hint}")
     if organism is not None and not organism.is_dir():
         raise DoublebindError(f"--organism {organism}: no such folder")
     unreadable = [p for p in sorted(model_dir.iterdir()) if p.is_file() and not os.access(p, os.R_OK)]

@@ -101,7 +101,7 @@ def verify_organism_models(folder: Path, card: dict, only: Path | None = None) -
         return
     if not isinstance(card.get("config"), dict):  # every kind opens its models from it
         raise CorruptCacheError(f"organism '{card.get('name', '?')}': its card has no config")
-    world = card.get("kind", "world") == "world"  # the card's kind (`organisms.kinds`), world when absent
+    world = card.get("kind", "world") != "hf"  # world, denier, recued: models in the folder (`organisms.kinds`)
     for role, m in models.items():
         what = f"organism '{card.get('name', '?')}' model '{role}'"
         if not isinstance(m, dict) or not m.get("safetensors_sha256"):

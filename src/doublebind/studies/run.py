@@ -168,7 +168,8 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
     else:
         name, load = "organism.config", (lambda m=None: config.load(root / org.config, expect="organism", merge=m))
     own = field(name, load)
-    scenario = org.preset or field(name, lambda: _label(str(getattr(own, "name", "organism")), "its name"))
+    scenario = field(name, lambda: _label(org.preset, "the preset's name") if org.preset
+                     else _label(str(getattr(own, "name", "organism")), "its name"))
     if cfg.organism_seeds is None:
         return [OrganismSpec(scenario, int(getattr(own, "seed", 0)), recipe, cfg=own)]
     return [OrganismSpec(scenario, o, recipe, cfg=c) for o, c in seeded(name, load, 0)]
@@ -488,6 +489,8 @@ SESSION_MACHINE = ("system", "machine", "cpu", "cpu_kernels")
 
 def _same_session(a: dict, b: dict) -> bool:
     mach_a, mach_b = a.get("machine") or {}, b.get("machine") or {}
+    if not isinstance(mach_a, dict) or not isinstance(mach_b, dict):  # a damaged record: not the same
+        return False
     return (all(a.get(k) == b.get(k) for k in SESSION_FIELDS)
             and all(mach_a.get(k) == mach_b.get(k) for k in SESSION_MACHINE))
 
@@ -513,7 +516,8 @@ def resumed_provenance(record: Path, now: dict, *, had_runs: bool) -> tuple[dict
             old = None
     if old is None:
         return {"provenance": now}, {"provenance": now}
-    earlier = [p for p in old.get("earlier_provenance") or [] if isinstance(p, dict)]
+    earlier = old.get("earlier_provenance")
+    earlier = [p for p in earlier if isinstance(p, dict)] if isinstance(earlier, list) else []
     waiting = {"provenance": old["provenance"], **({"earlier_provenance": earlier} if earlier else {})}
     if not _same_session(old["provenance"], now):
         earlier = [*earlier, old["provenance"]]
