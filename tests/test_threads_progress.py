@@ -74,16 +74,33 @@ def test_the_estimate_leaves_out_what_came_before_the_first_unit(monkeypatch):
     clock[0] += 20.0  # set-up: 20 s before the first step ends
     t.advanced(1)
     assert t.estimate_line() is None and t.left() is None  # one unit: no rate yet
-    for _ in range(100):  # then 0.01 s a step
+    for _ in range(1_000):  # then 0.01 s a step
         clock[0] += 0.01
         t.advanced(1)
-    assert t.per_unit() == pytest.approx(0.01) and t.left() == pytest.approx(0.01 * 9_899)
-    assert t.estimate_line() is None  # 1 s of steps: too soon to say
-    for _ in range(300):
+    assert t.per_unit() == pytest.approx(0.01) and t.left() == pytest.approx(0.01 * 8_999)
+    assert t.estimate_line() is None  # 10 s of steps after 20 s of set-up: not yet
+    for _ in range(1_100):
         clock[0] += 0.01
         t.advanced(1)
-    line = t.estimate_line()  # 96 s left, at 0.01 s a step (with the set-up: 0.06 s, 9 min 38 s)
-    assert line.startswith("note: training base will take about 1 min 36 s more") and "at 0.01 s each" in line, line
+    line = t.estimate_line()  # 79 s left at 0.01 s a step (counting the set-up: 0.02 s, 2 min 36 s)
+    assert line.startswith("note: training base will take about 1 min 19 s more") and "at 0.01 s each" in line, line
+
+
+def test_parallel_units_that_end_together_do_not_use_up_the_estimate(monkeypatch):
+    """With 4 workers the first runs end within seconds of each other: their rate alone said
+    a 26-minute study had seconds left, and the one estimate was spent on it."""
+    clock = [0.0]
+    monkeypatch.setattr(ui.time, "monotonic", lambda: clock[0])
+    t = ui._Tracker("study", 100, "runs")
+    for end in (60.0, 61.0, 62.0, 63.0):  # the first wave of four 60-s runs
+        clock[0] = end
+        t.advanced(1)
+        assert t.estimate_line() is None
+    for end in (121.0, 122.0, 123.0, 124.0):  # the second wave
+        clock[0] = end
+        t.advanced(1)
+    line = t.estimate_line()  # 92 runs left at 64/7 s a run (the true rate, 4 per 60 s, says 23 min): long either way
+    assert line is not None and line.startswith("note: study will take about 14 min 01 s more"), line
 
 
 def test_short_work_prints_nothing(monkeypatch):

@@ -81,11 +81,15 @@ class _Tracker:
         return None if per is None else per * (self.total - self.done)
 
     def estimate_line(self) -> str | None:
-        """The long-run note, the first time the rate is known and the run is long."""
-        if self.warned or self.first is None or time.monotonic() - self.first[0] < FIRST_REPORT_S:
+        """The long-run note, the first time the rate is known and the run is long: after
+        FIRST_REPORT_S, and once the units since the first have run at least as long as the
+        first did (with parallel workers the first units end together, and their rate alone
+        would promise too little)."""
+        now = time.monotonic()
+        if self.warned or now - self.t0 < FIRST_REPORT_S or self.first is None:
             return None
         per = self.per_unit()
-        if per is None:
+        if per is None or now - self.first[0] < self.first[0] - self.t0:
             return None
         self.warned = True
         left = per * (self.total - self.done)
