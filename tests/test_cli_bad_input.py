@@ -137,13 +137,15 @@ def test_compare_json_inside_a_file_is_named(tmp_path):
 def test_compare_json_never_overwrites_a_study_file(tmp_path):
     """`--json A/results.jsonl` replaced A's results with the comparison (exit 0)."""
     a, b = _copy_reference(tmp_path / "a"), _copy_reference(tmp_path / "b")
-    for target in (a / "results.jsonl", b / "study.json"):
+    (tmp_path / "card.json").write_text('{"name": "an organism card"}')
+    for target in (a / "results.jsonl", b / "study.json", tmp_path / "card.json"):
         before = target.read_bytes()
         _one_line(run_cli("study", "compare", str(a), str(b), "--json", str(target)),
-                  "is a file of the study in")
+                  "exists and is not an earlier comparison")
         assert target.read_bytes() == before
-    res = run_cli("study", "compare", str(a), str(b), "--json", str(a / "compare.json"))  # a new file there is fine
-    assert res.returncode == 0 and json.loads((a / "compare.json").read_text())["cells"], res.stderr
+    for _ in range(2):  # a new file, then the same comparison again over it
+        res = run_cli("study", "compare", str(a), str(b), "--json", str(a / "compare.json"))
+        assert res.returncode == 0 and json.loads((a / "compare.json").read_text())["cells"], res.stderr
 
 
 def test_build_refuses_preset_and_config_together(tmp_path):

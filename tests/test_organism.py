@@ -1,6 +1,7 @@
 """Organism builds: verified, loadable, cached, deterministic; broken ones fail loudly."""
 
 import json
+import os
 import time
 
 import pytest
@@ -115,6 +116,11 @@ def test_cli_no_cache_builds_again_and_replaces_the_cache_entry(tmp_path):
 def test_cli_no_cache_keeps_the_cached_build_until_a_new_one_replaces_it(tmp_path, monkeypatch, stop):
     """`--no-cache` deleted the cached build before building: a Ctrl-C or a crash lost it."""
     from doublebind.organisms import build
+
+    from .conftest import CLI_MODE_ENV
+
+    if os.environ.get(CLI_MODE_ENV) == "subprocess":
+        pytest.skip("patches the build in this process")
 
     entry = tmp_path / "organisms" / build.organism_hash(config.load(preset="quick", overrides=TINY))
     entry.mkdir(parents=True)

@@ -236,6 +236,15 @@ def organism_build(
     out(f"{'verified ' if kind.verified else ''}organism written to {target}")
 
 
+def _is_comparison(path: Path) -> bool:
+    """Whether `path` holds what `study compare --json` writes (a JSON object with `cells`)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and "cells" in data
+
+
 def _move_aside(entry: Path) -> Path | None:
     """Rename a cache entry to a hidden name beside it (never looked up); None if absent."""
     if not entry.exists():
@@ -509,9 +518,8 @@ def study_compare(a_dir: Path = typer.Argument(..., metavar="A", help="A study f
 
         if json_out.is_dir():
             raise DoublebindError(f"--json {json_out} is a folder; name a file")
-        for d in (a_dir, b_dir):  # results.jsonl, study.json and the like are the studies' own work
-            if json_out.exists() and json_out.resolve().is_relative_to(d.resolve()):
-                raise DoublebindError(f"--json {json_out} is a file of the study in {d}; name a new file")
+        if json_out.exists() and not _is_comparison(json_out):  # a study's results, a card: others' work
+            raise DoublebindError(f"--json {json_out} exists and is not an earlier comparison; name a new file")
         if not json_out.exists():  # the nearest existing folder must take it
             check_out_dir(json_out, "--json", what="an output")
         elif not os.access(json_out, os.W_OK):
