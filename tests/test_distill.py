@@ -179,6 +179,10 @@ def test_distill_force_replaces_the_earlier_run_whole(quick_organism, tmp_path):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000", "step_00002", "step_00004"]
     assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [0, 2, 4]
     assert summary["final"]["step"] == 4 and not any(p.name.startswith(".replaced") for p in out.iterdir())
+    (out / ".replaced-123").mkdir()  # a --force run killed before it trained left the earlier run here
+    for force in (False, True):
+        with pytest.raises(DoublebindError, match=r"earlier run's files set aside by a --force run that was killed"):
+            distill(folder, recipe(), out, show_progress=False, force=force)
 
 
 def test_transfer_ratios_against_hand_values():

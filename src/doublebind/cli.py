@@ -409,8 +409,8 @@ def distill(
     recipe: Path = typer.Option(..., help="Recipe YAML (see configs/recipes/)."),
     out_dir: Path = typer.Option(..., "--out", help="Run folder to write."),
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides of the recipe"),
-    force: bool = typer.Option(False, help="Replace a run in --out, finished or stopped (its files are deleted "
-                                            "once the new run trains)."),
+    force: bool = typer.Option(False, help="Replace a run in --out, finished or stopped (its files are deleted when "
+                                            "the new run begins training)."),
     tracker: Optional[str] = typer.Option(None, help=TRACKER_HELP),
 ):
     """Distil the organism's teacher into a student; write metrics.jsonl, summary.json, curves."""

@@ -580,8 +580,14 @@ def cpu_kind() -> dict:
 
 def distill_run(org_path: Path, recipe, folder: Path) -> dict:
     """One run of the grid (in a worker process, or in this one): its summary."""
+    import shutil
+
     from doublebind.training.distill import distill
 
+    # A run folder holds a redone run's scratch (results.jsonl keeps the rows): what a killed
+    # rerun set aside there is not kept, as `distill` alone would keep it.
+    for left in sorted(Path(folder).glob(".replaced-*")):
+        shutil.rmtree(left, ignore_errors=True)
     return distill(org_path, recipe, folder, show_progress=False, force=True, plot=False)
 
 

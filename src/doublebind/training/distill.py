@@ -484,6 +484,10 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
 
     out = Path(out)
     check_out_dir(out, "--out", what="a run")
+    left = sorted(out.glob(".replaced-*")) if out.is_dir() else []
+    if left:  # a --force run killed before it trained: the earlier run's files wait there
+        raise DoublebindError(f"{out} holds an earlier run's files set aside by a --force run that was killed "
+                              f"({left[0]}); move them back into {out}, or delete that folder")
     if (out / "summary.json").exists() and not force:
         raise DoublebindError(f"{out} already holds a finished run; choose another --out or pass --force")
     kept = [name for name in ("metrics.jsonl", "checkpoints") if (out / name).exists()]
@@ -493,22 +497,23 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
     check_cache_root()
     t0 = time.perf_counter()
     # --force: the earlier run's files move aside, so none is mixed into this run's (stale
-    # checkpoints, an old summary.json beside new metrics); they come back if this run cannot
-    # start (a missing organism, a stage's error), and are deleted once it trains.
+    # checkpoints, an old summary.json beside new metrics); they come back if this run stops
+    # before it trains (a missing organism, a stage's error, the reference evals, Ctrl-C), and
+    # are deleted when training begins.
     aside = _set_aside(out) if force and int(os.environ.get("RANK", "0")) == 0 else None
     try:
         d = Distiller(organism_dir, recipe, out, show_progress)
+        main = d.accelerator.is_main_process
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+            write_jsonl(d.prompts, out / "prompts.jsonl")
+        ref = d.reference_metrics()
     except BaseException:
         if aside is not None:
             _put_back(out, aside)
         raise
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
-    main = d.accelerator.is_main_process
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_jsonl(d.prompts, out / "prompts.jsonl")
-    ref = d.reference_metrics()
     asked, recipe = recipe, d.recipe  # as written, and as resolved by the stages
     tr = recipe.training
     schedule = sorted({0, *range(tr.checkpoint_every, tr.steps, tr.checkpoint_every), tr.steps})
