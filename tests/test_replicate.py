@@ -147,6 +147,10 @@ def test_cli_writes_table_json_and_plots(tmp_path):
     assert data["results"]["3"]["summary"]["same_init"]["per_seed"] == [r["same_init"] for r in rows]
     for png in ("subliminal_digits.png", "subliminal_digits_sweep.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    res = run_cli("replicate", "subliminal-digits", "--seeds", "1", "--aux", "3", "--teacher-epochs", "1",
+                  "--distill-epochs", "1", "--n-noise", "512", "--threads", "1", "--out", str(out), "--force")
+    assert res.returncode == 0, res.stderr  # no sweep this time: the earlier sweep's plot goes
+    assert not (out / "subliminal_digits_sweep.png").exists() and (out / "subliminal_digits.png").exists()
 
 
 @pytest.mark.parametrize("args, message", [

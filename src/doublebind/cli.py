@@ -624,6 +624,9 @@ def replicate_subliminal_digits(
     with progress_bar("subliminal digits", n_values * seeds * sd.STAGES_PER_SEED) as advance:
         rep = sd.run(list(range(seeds)), setup, sweep, progress=advance)
     paths = sd.write_outputs(rep, out_dir)
+    for stale in (out_dir / name for name in sd.OUTPUTS):  # --force: an earlier sweep's plot is not this run's
+        if stale not in paths:
+            stale.unlink(missing_ok=True)
     summary = rep.summary()
     table = Table("condition", "measured: mean [95% CI]", "per seed", "Cloud et al. rerun", "independent repl.",
                   title=f"subliminal learning on 8x8 digits: m = {aux}, {seeds} seeds, held-out accuracy",
