@@ -398,3 +398,16 @@ def test_compare_says_what_b_leaves_out(tmp_path):
     assert len(notes) == 1 and f"a half-written last line (line {len(lines)}" in notes[0], res.stdout
     assert "the incomplete run" in notes[0]  # the torn line was its run's last row
     assert "A's results" not in res.stdout
+
+
+def test_eval_on_a_folder_with_no_model_says_where_the_checkpoints_are(tmp_path):
+    """`eval` on a run or study-run folder (no config.json) was an internal error
+    (transformers' "Unrecognized model ... Should have a model_type key")."""
+    run = tmp_path / "run"
+    for step in ("step_00000", "step_00060"):
+        (run / "checkpoints" / step).mkdir(parents=True)
+        (run / "checkpoints" / step / "config.json").write_text("{}")
+    _one_line(run_cli("eval", str(run)), f"{run} holds no model (no config.json); its checkpoints are in "
+                                         f"{run / 'checkpoints'} (step_00000 … step_00060)")
+    (tmp_path / "metrics_only").mkdir()
+    _one_line(run_cli("eval", str(tmp_path / "metrics_only")), "a study's runs keep metrics only")
