@@ -1,5 +1,6 @@
 """Configs: presets validate; malformed configs give a one-line error naming the field."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ def test_overrides_apply_with_yaml_types():
         ("world.colour=red", "world.colour: unknown key"),
         ("model.hidden=big", "model.hidden"),
         ("model.hidden=63", "divisible by heads"),
+        ("model.hidden=14", "hidden / heads (14 / 2 = 7) must be even"),  # was a RuntimeError at the first step
         ("world.list_length=[5,2]", "world.list_length"),
         ("world.behavior=gossip", "world.behavior: unknown behavior 'gossip'"),
         ("world.teacher_families=[juggle]", "world.teacher_families: unknown family 'juggle'"),
@@ -143,3 +145,14 @@ def test_an_error_in_a_studys_recipe_override_names_the_override():
         resolve(study, config.load(study, over, expect="study"), over)
     assert str(e.value).startswith(f"{study}: recipe_overrides: training.tracker: ")
     assert str(e.value).endswith("(set by the override recipe_overrides.training.tracker=bogus)")
+
+
+@pytest.mark.parametrize("sizes, needle", [
+    ("hidden: 32, heads: 64", "techniques: stages.1: hidden (32) must be divisible by heads (64) (technique small_student)"),
+    ("hidden: 14, heads: 2", "hidden / heads (14 / 2 = 7) must be even"),
+])
+def test_small_student_sizes_that_make_no_model_fail_with_the_config(sizes, needle):
+    """They were internal errors at the stage, mid-study, after other runs had trained."""
+    study = Path(__file__).resolve().parent.parent / "configs" / "studies" / "quick.yaml"
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        config.load(study, [f"techniques=[baseline, {{name: small_student, {sizes}}}]"])

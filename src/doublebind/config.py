@@ -199,6 +199,9 @@ class ModelConfig(Strict):
     def _heads_divide(self) -> "ModelConfig":
         if self.hidden % self.heads:
             raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        if (self.hidden // self.heads) % 2:  # rotary embeddings rotate pairs of a head's dimensions
+            raise ValueError(f"hidden / heads ({self.hidden} / {self.heads} = {self.hidden // self.heads}) must be "
+                             f"even: rotary position embeddings rotate pairs of each head's dimensions")
         return self
 
 
@@ -854,5 +857,5 @@ def validate_stage(spec: Any, index: int) -> dict:
         err = e.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        raise ValueError(f"stages.{index}.{loc}: {msg} (technique {spec['name']})") from None
+        raise ValueError(f"stages.{index}{'.' + loc if loc else ''}: {msg} (technique {spec['name']})") from None
     return spec

@@ -14,7 +14,7 @@ it needs far more steps than a student from base before it says anything.
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from doublebind.config import ModelConfig, Strict
 from doublebind.techniques.base import Technique, technique
@@ -32,6 +32,12 @@ class SmallStudent(Technique):
         layers: int = Field(default=1, gt=0, le=256, description="Layers.")
         heads: int = Field(default=2, gt=0, le=256, description="Attention heads.")
         intermediate: int = Field(default=128, gt=0, le=65_536, description="MLP width.")
+
+        @model_validator(mode="after")
+        def _a_model(self):
+            """The sizes make a model (checked with the config, not at the stage, mid-study)."""
+            ModelConfig(hidden=self.hidden, layers=self.layers, heads=self.heads, intermediate=self.intermediate)
+            return self
 
     def student(self, view, cfg):
         model = ModelConfig(hidden=self.cfg.hidden, layers=self.cfg.layers, heads=self.cfg.heads,
