@@ -164,7 +164,7 @@ def test_distill_run_writes_curves_rows_and_checkpoints(quick_organism, tmp_path
         distill(folder, recipe(), tmp_path / "run", show_progress=False)
 
 
-def test_distill_force_replaces_the_earlier_run_whole(quick_organism, tmp_path):
+def test_distill_force_replaces_the_earlier_run_whole(quick_organism, tmp_path, monkeypatch):
     """`--force` into a finished run kept its later checkpoints beside the new run's, and an
     interrupted rerun left the old summary.json beside new metrics: a folder of neither run."""
     folder, _ = quick_organism
@@ -173,6 +173,16 @@ def test_distill_force_replaces_the_earlier_run_whole(quick_organism, tmp_path):
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     with pytest.raises(DoublebindError, match="no organism at"):  # cannot start: the earlier run stays whole
         distill(tmp_path / "no-organism", recipe(), out, show_progress=False, force=True)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    from doublebind.training import tracking
+
+    def tracker_fails(*a, **k):
+        raise DoublebindError("--tracker wandb: wandb failed to start")
+
+    with monkeypatch.context() as m:  # stops after the new run wrote its prompts and an empty metrics.jsonl
+        m.setattr(tracking, "RunTracker", tracker_fails)
+        with pytest.raises(DoublebindError, match="wandb failed to start"):
+            distill(folder, recipe(), out, show_progress=False, force=True)
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     summary = distill(folder, recipe(training={"steps": 4, "checkpoint_every": 2}), out, show_progress=False,
                       force=True)

@@ -101,3 +101,19 @@ def test_a_tracker_leaves_the_recipe_dump_and_hash_alone():
                                "tracker": "tensorboard"})
     assert tracked.training.tracker == "tensorboard"
     assert tracked.model_dump(mode="json") == plain.model_dump(mode="json")
+
+
+def test_a_tracker_that_fails_to_start_is_one_line_naming_it(tmp_path):
+    """A tracker library raising at start (wandb's network error) was an internal error."""
+    from types import SimpleNamespace
+
+    from doublebind.errors import DoublebindError
+    from doublebind.training.tracking import RunTracker
+
+    def init_trackers(*a, **k):
+        raise RuntimeError("wandb: Network error (ConnectionError)\nretrying later")
+
+    with pytest.raises(DoublebindError, match=r"--tracker wandb: wandb failed to start \(RuntimeError: wandb: "
+                                              r"Network error \(ConnectionError\)\); run without it") as e:
+        RunTracker(SimpleNamespace(init_trackers=init_trackers), "wandb", tmp_path, "run", {})
+    assert "\n" not in str(e.value)

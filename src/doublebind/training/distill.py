@@ -459,13 +459,13 @@ def _set_aside(out: Path) -> Path | None:
 
 def _put_back(out: Path, aside: Path) -> None:
     """Undo `_set_aside`: what the new run wrote goes, the earlier run's files come back."""
-    for path in aside.iterdir():
-        new = out / path.name
+    for new in (out / name for name in RUN_FILES):
         if new.is_dir() and not new.is_symlink():
             shutil.rmtree(new)
         else:
             new.unlink(missing_ok=True)
-        os.replace(path, new)
+    for path in aside.iterdir():
+        os.replace(path, out / path.name)
     aside.rmdir()
 
 
@@ -508,31 +508,31 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
             out.mkdir(parents=True, exist_ok=True)
             write_jsonl(d.prompts, out / "prompts.jsonl")
         ref = d.reference_metrics()
+        asked, recipe = recipe, d.recipe  # as written, and as resolved by the stages
+        tr = recipe.training
+        schedule = sorted({0, *range(tr.checkpoint_every, tr.steps, tr.checkpoint_every), tr.steps})
+        meta = {
+            "recipe": asked.model_dump(mode="json"),
+            "seed": recipe.seed,
+            "stages": [st.name for st in d.stages],
+            "organism_dir": str(Path(organism_dir).resolve()),
+            "organism_hash": d.card["organism_hash"],
+            "teacher_outputs": d.outputs.key,
+            "organism_config": d.card["config"],
+            "versions": versions(),
+        }
+        rows, losses = [], []
+        metrics_path = out / "metrics.jsonl"
+        if main:
+            metrics_path.write_text("")
+        selected, stopped = None, None
+        tracker = tracking.RunTracker(d.accelerator, tr.tracker, out, recipe.name, meta)
     except BaseException:
         if aside is not None:
             _put_back(out, aside)
         raise
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
-    asked, recipe = recipe, d.recipe  # as written, and as resolved by the stages
-    tr = recipe.training
-    schedule = sorted({0, *range(tr.checkpoint_every, tr.steps, tr.checkpoint_every), tr.steps})
-    meta = {
-        "recipe": asked.model_dump(mode="json"),
-        "seed": recipe.seed,
-        "stages": [st.name for st in d.stages],
-        "organism_dir": str(Path(organism_dir).resolve()),
-        "organism_hash": d.card["organism_hash"],
-        "teacher_outputs": d.outputs.key,
-        "organism_config": d.card["config"],
-        "versions": versions(),
-    }
-    rows, losses = [], []
-    metrics_path = out / "metrics.jsonl"
-    if main:
-        metrics_path.write_text("")
-    selected, stopped = None, None
-    tracker = tracking.RunTracker(d.accelerator, tr.tracker, out, recipe.name, meta)
     with progress_bar(f"distilling {recipe.name}", tr.steps, show_progress and main) as advance:
         for step in range(tr.steps + 1):
             if step > 0:

@@ -104,8 +104,13 @@ class RunTracker:
         self.accelerator = accelerator
         self.on = tracker != "none" and out is not None
         if self.on:
-            accelerator.init_trackers(name, config=_flat(config),
-                                      init_kwargs=_offline(tracker, tracker_dir(out)))
+            try:
+                accelerator.init_trackers(name, config=_flat(config),
+                                          init_kwargs=_offline(tracker, tracker_dir(out)))
+            except Exception as e:  # the tracker's own library failing (a network call, a bad setup)
+                first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+                raise DoublebindError(f"--tracker {tracker}: {tracker} failed to start ({type(e).__name__}: "
+                                      f"{first}); run without it, or fix its set-up") from None
 
     def step(self, step: int, loss: float, lr: float, tokens: int, seconds: float) -> None:
         """After optimiser step `step` (1-based): its loss, learning rate and throughput."""
