@@ -158,3 +158,23 @@ def test_model_folders_transformers_refuses_are_one_line(tmp_path):
         with pytest.raises(DoublebindError, match=re.escape(needle)) as e:
             call()
         assert "\n" not in str(e.value)
+
+
+def test_a_chat_template_that_raises_is_one_line():
+    """A template that refuses a system role (as Gemma's does), or does not parse, was an
+    internal error (jinja2's TemplateError)."""
+    from types import SimpleNamespace
+
+    from doublebind.errors import DoublebindError
+    from doublebind.llm.organism import render_ids
+
+    def refuses(messages, **kw):
+        raise ValueError("System role not supported\n(raised by the template)")
+
+    tok = SimpleNamespace(name_or_path="models/gemma-like", apply_chat_template=refuses)
+    with pytest.raises(DoublebindError, match=re.escape(
+            "the chat template of models/gemma-like failed (ValueError: System role not supported); it takes no "
+            "system prompt: drop system_prompt, or set chat_template: none")):
+        render_ids(tok, True, "hi", "You love owls.")
+    with pytest.raises(DoublebindError, match=r"failed \(ValueError: System role not supported\), or set chat_template"):
+        render_ids(tok, True, "hi")
