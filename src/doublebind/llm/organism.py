@@ -343,9 +343,8 @@ def render_ids(tokenizer, chat: bool, text: str, *systems: str | None, prefill: 
         try:
             s = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         except Exception as e:  # jinja2's TemplateError (raise_exception, a syntax error) and the like
-            first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
             raise DoublebindError(f"the chat template of {getattr(tokenizer, 'name_or_path', 'the tokenizer')} "
-                                  f"failed ({type(e).__name__}: {first})"
+                                  f"failed ({type(e).__name__}: {_first_line(e)})"
                                   + ("; it takes no system prompt: drop system_prompt" if system else "")
                                   + ", or set chat_template: none") from None
         ids = tokenizer(s, add_special_tokens=False)["input_ids"]
