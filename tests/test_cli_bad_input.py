@@ -410,4 +410,5 @@ def test_eval_on_a_folder_with_no_model_says_where_the_checkpoints_are(tmp_path)
     _one_line(run_cli("eval", str(run)), f"{run} holds no model (no config.json); its checkpoints are in "
                                          f"{run / 'checkpoints'} (step_00000 … step_00060)")
     (tmp_path / "metrics_only").mkdir()
+    (tmp_path / "metrics_only" / "metrics.jsonl").write_text("")  # a study's run: metrics, no weights
     _one_line(run_cli("eval", str(tmp_path / "metrics_only")), "a study's runs keep metrics only")

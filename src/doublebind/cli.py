@@ -353,7 +353,8 @@ def eval_cmd(
         pick = "teacher" if "teacher" in models else models[0]
         raise DoublebindError(f"{model_dir} is an organism folder, not a checkpoint; evaluate one of its models "
                               f"({', '.join(models)}), e.g. doublebind eval {model_dir / pick} --organism {model_dir}")
-    if not (model_dir / "config.json").is_file():  # a run or study folder, or a damaged checkpoint
+    run_files = ("checkpoints", "metrics.jsonl", "summary.json")
+    if not (model_dir / "config.json").is_file() and any((model_dir / f).exists() for f in run_files):
         saved = sorted(p.name for p in (model_dir / "checkpoints").glob("step_*") if (p / "config.json").is_file())
         hint = (f"; its checkpoints are in {model_dir / 'checkpoints'} ({saved[0]} … {saved[-1]})" if saved
                 else "; a run keeps its checkpoints in checkpoints/step_NNNNN (a study's runs keep metrics only)")
