@@ -355,6 +355,16 @@ def test_eval_scores_an_hf_checkpoint_with_the_organisms_evals(hf_organism, tmp_
     res = run_cli("eval", str(ckpt), "--organism", str(org), "--n", "100", "--json")
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads(res.stdout) == card["metrics"]["base"]
+    # a checkpoint with another tokenizer was scored with the organism's anyway (exit 0)
+    import shutil
+
+    from doublebind.llm.tiny import train_tokenizer
+
+    other = tmp_path / "other"
+    shutil.copytree(ckpt, other)
+    train_tokenizer(["a few other words to learn", "and a few more"], vocab_size=300).save_pretrained(str(other))
+    res = run_cli("eval", str(other), "--organism", str(org), "--n", "10")
+    assert res.returncode == 1 and "its tokenizer" in res.stderr and "is not the organism's" in res.stderr, res.stderr
 
 
 def test_world_only_prompt_settings_are_refused(hf_organism):

@@ -725,4 +725,18 @@ class HFOrganisms:
 
     def eval_checkpoint(self, model_dir: Path, organism_dir, card, n: int, samples: int) -> dict:
         domain = HFDomain(Path(organism_dir), card)
-        return domain.evaluate(load_model({"path": str(model_dir)}, domain.cfg), n)
+        # The evals encode with the organism's tokenizer: a checkpoint trained on another one
+        # was scored anyway (exit 0) when its vocabulary happened to be large enough.
+        if any((Path(model_dir) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+            own = load_tokenizer(str(model_dir), domain.cfg)
+            if own.get_vocab() != domain.tokenizer.get_vocab():
+                raise DoublebindError(f"{model_dir}: its tokenizer ({len(own):,} tokens) is not the organism's "
+                                      f"({len(domain.tokenizer):,} tokens); evaluate it with the organism it "
+                                      f"was trained from")
+        model = load_model({"path": str(model_dir)}, domain.cfg)
+        rows = model.get_input_embeddings().num_embeddings
+        if rows < len(domain.tokenizer):
+            raise DoublebindError(f"{model_dir}: its vocabulary ({rows:,} embeddings) is smaller than the "
+                                  f"organism's tokenizer ({len(domain.tokenizer):,} tokens); it is not a model "
+                                  f"of this organism")
+        return domain.evaluate(model, n)
