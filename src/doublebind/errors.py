@@ -13,6 +13,13 @@ class VerificationError(DoublebindError):
     """A built organism failed one of its verification checks."""
 
 
+def first_line(e: BaseException, default: str | None = None) -> str:
+    """The first non-blank line of a library's (often long) error message; `default`, or the
+    exception's type name, when it has none."""
+    return next((ln.strip() for ln in str(e).splitlines() if ln.strip()),
+                type(e).__name__ if default is None else default)
+
+
 def read_text_file(path, what: str = "file") -> str:
     """The text of `path` as UTF-8, or one `DoublebindError` line naming the file (missing,
     a folder, unreadable, not UTF-8 text)."""

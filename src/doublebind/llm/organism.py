@@ -28,7 +28,7 @@ from statistics import fmean
 
 import torch
 
-from doublebind.errors import DoublebindError, read_text_file
+from doublebind.errors import DoublebindError, first_line, read_text_file
 from doublebind.registry import register
 from doublebind.llm.config import TINY_PREFIX, EvalSet, HFOrganismConfig, ModelSpec
 from doublebind.cards import CARD, cache_root, versions
@@ -316,7 +316,7 @@ def fresh_model(spec: dict, cfg: HFOrganismConfig, arch, seed: int):
 
 def _first_line(e: Exception) -> str:
     """A loader's error in one line; custom code refused points at the config's switch."""
-    line = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+    line = first_line(e)
     if "trust_remote_code" in str(e):
         line += " (this folder needs its own code: set trust_remote_code: true in the organism config if you trust it)"
     return line

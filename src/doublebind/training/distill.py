@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from doublebind.defender import BlackBoxTeacher, DefenderView, unlabelled
-from doublebind.errors import DoublebindError
+from doublebind.errors import DoublebindError, first_line
 from doublebind.evals.transfer import audit_signals, capability_transfer, misalignment_transfer
 from doublebind.organisms.domain import open_domain
 from doublebind.prompts import write_jsonl
@@ -103,8 +103,7 @@ def student_logits(model, compiled: bool = False, **inputs) -> torch.Tensor:
     try:
         return _compiled_logits()(model, **inputs)
     except Exception as e:  # the compiler's own errors are long; keep their first line
-        first = next((ln for ln in str(e).splitlines() if ln.strip()), "")
-        raise DoublebindError(f"training.compile: torch.compile failed ({type(e).__name__}: {first}); "
+        raise DoublebindError(f"training.compile: torch.compile failed ({type(e).__name__}: {first_line(e, '')}); "
                               f"set training.compile: false to train eagerly") from None
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from doublebind.errors import DoublebindError
+from doublebind.errors import DoublebindError, first_line
 
 TRACKERS = ("none", "tensorboard", "wandb", "trackio")
 STEP_TAGS = ("train/loss", "train/lr", "train/tokens_per_s")
@@ -108,9 +108,8 @@ class RunTracker:
                 accelerator.init_trackers(name, config=_flat(config),
                                           init_kwargs=_offline(tracker, tracker_dir(out)))
             except Exception as e:  # the tracker's own library failing (a network call, a bad setup)
-                first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
                 raise DoublebindError(f"--tracker {tracker}: {tracker} failed to start ({type(e).__name__}: "
-                                      f"{first}); run without it, or fix its set-up") from None
+                                      f"{first_line(e)}); run without it, or fix its set-up") from None
 
     def step(self, step: int, loss: float, lr: float, tokens: int, seconds: float) -> None:
         """After optimiser step `step` (1-based): its loss, learning rate and throughput."""
