@@ -420,3 +420,45 @@ def test_a_local_teacher_folder_s_weights_are_in_the_organism_hash(tmp_path, mon
     second = llm_org.organism_hash(cfg())
     assert second not in (first, with_template) and reads == ["model.safetensors"]
     assert llm_org.local_model_sha("tiny:llama") is None and llm_org.local_model_sha("org/model") is None
+
+
+def test_a_local_dataset_eval_set_is_read_beside_the_config_and_hashed_by_content(tmp_path, monkeypatch):
+    """`data_files` relative to the config (as `file:` is), and an edited data file is another
+    organism: before, the card of the old contents was served from the cache."""
+    from doublebind.llm.organism import organism_hash, read_items
+
+    (tmp_path / "data").mkdir()
+    data = tmp_path / "data" / "cap.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"What is {i}+1?", "target": str(i + 1)}) + "\n" for i in range(4)))
+    cap = {"name": "arith", "dataset": {"path": "json", "data_files": "data/cap.jsonl"}, "scorer": {"kind": "numeric"}}
+    path = organism_yaml(tmp_path, evals={**yaml.safe_load(organism_yaml(tmp_path).read_text())["evals"],
+                                          "capability": [cap]})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = config.load(path)
+    src = cfg.evals.capability[0].dataset
+    assert src.data_files == str(data) and src.path == "json"
+    h = organism_hash(cfg)
+    assert organism_hash(config.load(path)) == h
+    data.write_text(data.read_text().replace("What is 0+1?", "What is 0+2?"))
+    assert organism_hash(config.load(path)) != h
+    # the same organism copied to another folder keeps its hash
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path, copy, ignore=shutil.ignore_patterns("copy", "elsewhere"))
+    assert organism_hash(config.load(copy / "organism.yaml")) == organism_hash(config.load(path))
+    pytest.importorskip("datasets")
+    assert [it["prompt"] for it in read_items(cfg.evals.capability[0])][1] == "What is 1+1?"
+
+
+def test_a_recipes_local_dataset_is_read_beside_the_recipe(tmp_path, monkeypatch):
+    (tmp_path / "p.jsonl").write_text(json.dumps({"text": "Count."}) + "\n")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"kind": "recipe", "name": "r", "prompts": {
+        "dataset": {"path": "json", "data_files": "p.jsonl", "field": "text"}}}))
+    monkeypatch.chdir(tmp_path.parent)
+    assert config.load(path).prompts.dataset.data_files == str(tmp_path / "p.jsonl")
+    # a hub dataset's data_files (nothing of that name here) are left to the hub
+    path.write_text(yaml.safe_dump({"kind": "recipe", "name": "r", "prompts": {
+        "dataset": {"path": "org/name", "data_files": "train/*.jsonl"}}}))
+    assert config.load(path).prompts.dataset.data_files == "train/*.jsonl"

@@ -5,6 +5,7 @@ Every model forbids unknown keys. Errors become a one-line `ConfigError` naming 
 
 from __future__ import annotations
 
+import glob
 import types
 import typing
 from importlib import resources
@@ -309,10 +310,29 @@ class DatasetSource(Strict):
 
     path: str = Field(description="Dataset name or builder (e.g. `json`), as `datasets.load_dataset` takes it.")
     name: str | None = Field(default=None, description="Dataset configuration name.")
-    data_files: str | None = Field(default=None, description="Local data files for a builder such as `json`.")
+    data_files: str | None = Field(default=None, description="Local data files for a builder such as `json` (a file, folder or glob; relative to the config when there).")
     split: str = "train"
     field: str = Field(default="prompt", description="Column holding the prompt text.")
     revision: str | None = None
+
+
+# `datasets` builders that read `data_files` (a folder of that name beside a config is not meant)
+BUILDERS = ("json", "csv", "parquet", "text", "arrow", "pandas", "imagefolder", "audiofolder", "webdataset")
+
+
+def resolve_dataset(src: DatasetSource | None, root: Path) -> DatasetSource | None:
+    """A `datasets` source whose local parts (a `data_files` file, folder or glob, a `path`
+    that is a folder) are written relative to `root` (the config's folder): made absolute
+    where something is there, so the config reads the same files from any working directory.
+    Anything else (a hub dataset, a builder name such as `json`) is left as written."""
+    if src is None:
+        return None
+    update = {}
+    if src.data_files and not Path(src.data_files).is_absolute() and glob.glob(str(root / src.data_files)):
+        update["data_files"] = str(root.resolve() / src.data_files)
+    if not Path(src.path).is_absolute() and src.path not in BUILDERS and (root / src.path).exists():
+        update["path"] = str((root / src.path).resolve())
+    return src.model_copy(update=update) if update else src
 
 
 class PromptsConfig(Strict):
@@ -814,6 +834,9 @@ def load(path: Path | None = None, overrides: list[str] = (), preset: str | None
         cfg = build(CONFIG_KINDS[kind], data, str(src))
     except ConfigError as e:
         raise ConfigError(name_override(str(e), str(src), overrides)) from None
+    if kind == "recipe" and cfg.prompts.dataset is not None:  # local data files beside the recipe, as prompts.jsonl
+        cfg = cfg.model_copy(update={"prompts": cfg.prompts.model_copy(
+            update={"dataset": resolve_dataset(cfg.prompts.dataset, src.resolve().parent)})})
     if kind == "recipe" and cfg.prompts.jsonl:
         jsonl = Path(cfg.prompts.jsonl)
         beside = src.resolve().parent / jsonl  # relative to the recipe file, when it is there

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from doublebind.config import MAX_BATCH, MAX_STEPS, DatasetSource, Seed, Strict
+from doublebind.config import MAX_BATCH, MAX_STEPS, DatasetSource, Seed, Strict, resolve_dataset
 from doublebind.errors import ConfigError
 from doublebind.registry import register
 from doublebind.llm.scorers import ScorerConfig
@@ -156,8 +156,10 @@ def resolve_paths(cfg: HFOrganismConfig, root: Path) -> HFOrganismConfig:
         return s.model_copy(update={"model": local(s.model), "adapter": local(s.adapter), "implant": implant})
 
     def es(e: EvalSet | None) -> EvalSet | None:
-        if e is None or e.file is None:
+        if e is None:
             return e
+        if e.file is None:
+            return e.model_copy(update={"dataset": resolve_dataset(e.dataset, root)})
         return e.model_copy(update={"file": str((root / e.file).resolve())})
 
     def exists(p: str | None, where: str, what: str = "eval") -> None:

@@ -17,6 +17,7 @@ Teacher and base must share a tokenizer: distillation works token by token.
 from __future__ import annotations
 
 import functools
+import glob
 import hashlib
 import json
 import os
@@ -88,6 +89,27 @@ def dataset_texts(src) -> list[str]:
     if src.field not in ds.column_names:
         raise DoublebindError(f"dataset {src.path} has no column '{src.field}' (columns: {', '.join(ds.column_names)})")
     return [str(x) for x in ds[src.field]]
+
+
+def dataset_shas(src) -> dict[str, str]:
+    """{field value: sha256} for each local part of a `datasets` source (its `data_files`, a
+    file, folder or glob, and its `path` when that is a folder or file): one hash over the
+    names and contents of every file it matches. A hub dataset or a builder name matches
+    nothing and is left to its name and `revision`."""
+    out = {}
+    from doublebind.config import BUILDERS
+
+    for value in (src.data_files, src.path):
+        if not value or value in BUILDERS:
+            continue
+        matched = sorted(Path(m) for m in glob.glob(value, recursive=True))
+        found = sorted({f for m in matched for f in ([m] if m.is_file() else m.rglob("*")) if f.is_file()})
+        if found:
+            h = hashlib.sha256()
+            for f in found:
+                h.update(f"{f.name}|{hashlib.sha256(f.read_bytes()).hexdigest()}\n".encode())
+            out[value] = h.hexdigest()
+    return out
 
 
 def eval_sets(cfg: HFOrganismConfig) -> dict[str, EvalSet]:
@@ -196,6 +218,9 @@ def organism_hash(cfg: HFOrganismConfig) -> str:
     paths = [es.file for es in eval_sets(cfg).values()]
     paths += [getattr(cfg, r).implant.file for r in ROLES if getattr(cfg, r) is not None and getattr(cfg, r).implant]
     files = {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths if p and Path(p).is_file()}
+    for es in eval_sets(cfg).values():  # a dataset's local files, by content: an edited file is another organism
+        if es.dataset is not None:
+            files.update(dataset_shas(es.dataset))
     text = json.dumps(data, sort_keys=True)
     for path, sha in files.items():
         text = text.replace(json.dumps(path), json.dumps(f"sha256:{sha}"))
