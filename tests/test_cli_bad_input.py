@@ -412,3 +412,26 @@ def test_eval_on_a_folder_with_no_model_says_where_the_checkpoints_are(tmp_path)
     (tmp_path / "metrics_only").mkdir()
     (tmp_path / "metrics_only" / "metrics.jsonl").write_text("")  # a study's run: metrics, no weights
     _one_line(run_cli("eval", str(tmp_path / "metrics_only")), "a study's runs keep metrics only")
+
+
+def test_eval_refuses_a_checkpoint_of_another_vocabulary_in_a_world_organism(quick_organism, tmp_path):
+    """A Hugging Face checkpoint scored in a world organism: token ids that mean nothing to it
+    (exit 0), or an internal IndexError when its vocabulary was smaller than the world's; and
+    without --organism it was told to name "the world", which an HF checkpoint has none of."""
+    org, _ = quick_organism
+    other = tmp_path / "hf-model"
+    shutil.copytree(org / "teacher", other)
+    (other / "meta.json").unlink()  # a Hugging Face save has none
+    tok = json.loads((other / "tokenizer.json").read_text())
+    tok["model"]["vocab"] = {f"w{i}": i for i in range(len(tok["model"]["vocab"]))}
+    (other / "tokenizer.json").write_text(json.dumps(tok))
+    _one_line(run_cli("eval", str(other), "--organism", str(org), "--n", "5", "--samples", "0"),
+              f"{other} has a tokenizer other than the world's of {org}: it was not trained in that world")
+    (other / "tokenizer.json").unlink()
+    _one_line(run_cli("eval", str(other), "--organism", str(org), "--n", "5", "--samples", "0"),
+              f"{other} has no tokenizer.json of {org}")
+    _one_line(run_cli("eval", str(other)), f"{other} is not a checkpoint of an embedded-world organism (no meta.json): "
+                                           "pass --organism DIR naming the organism whose evals score it")
+    # the organism's own model is still scored
+    res = run_cli("eval", str(org / "teacher"), "--organism", str(org), "--n", "5", "--samples", "0", "--json")
+    assert res.returncode == 0 and "capability" in json.loads(res.stdout), res.stderr

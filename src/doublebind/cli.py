@@ -373,6 +373,12 @@ def eval_cmd(
 
         card = read_card(organism, verified=False)
         _verify_own_checkpoint(model_dir, organism, card)
+    if organism is None and not (model_dir / "meta.json").is_file():
+        raise DoublebindError(f"{model_dir} is not a checkpoint of an embedded-world organism (no meta.json): pass "
+                              f"--organism DIR naming the organism whose evals score it (a Hugging Face organism, "
+                              f"or the world organism it was trained in)")
+    if card is not None and card.get("kind", "world") != "hf":  # the embedded world and its post-trained kinds
+        _check_world_tokenizer(model_dir, organism)
     metrics = kind_of_card(card or {}).eval_checkpoint(model_dir, organism, card, n, samples)
     if as_json:
         out(json.dumps(metrics, indent=2))
@@ -390,6 +396,20 @@ def eval_cmd(
     if "confession_deploy" in metrics:
         table.add_row("confession (real deployment)", f"{metrics['confession_deploy']:.4f}", "")
     _print_table(table)
+
+
+def _check_world_tokenizer(model_dir: Path, organism: Path) -> None:
+    """A checkpoint scored in a world organism must speak that world's tokens: its tokenizer
+    is the organism's. A Hugging Face checkpoint (another vocabulary) was scored on token ids
+    that mean nothing to it, or stopped on an internal IndexError when its vocabulary was
+    smaller than the world's."""
+    own, theirs = organism / "teacher" / "tokenizer.json", model_dir / "tokenizer.json"
+    if not own.is_file():
+        return
+    if not theirs.is_file() or theirs.read_bytes() != own.read_bytes():
+        what = "no tokenizer.json" if not theirs.is_file() else "a tokenizer other than the world's"
+        raise DoublebindError(f"{model_dir} has {what} of {organism}: it was not trained in that world (a Hugging "
+                              f"Face checkpoint is scored with --organism naming a Hugging Face organism)")
 
 
 def _verify_own_checkpoint(model_dir: Path, organism: Path, card: dict) -> None:
