@@ -79,8 +79,11 @@ def test_a_good_config_reads_every_file(tmp_path):
      "{d}/implant.jsonl:1: 'prefill' must be a string, got list"),
     ({"ask.jsonl": [{"prompt": "Owls?", "pattern": "owl", "prefill": 7}]}, "tiny:llama", "[owl]",
      "{d}/ask.jsonl:1: 'prefill' must be a string, got int"),
-    ({}, "/nonexistent/model-dir", "[owl]", "base.model: local model folder not found: /nonexistent/model-dir"),
-    ({}, "./models/missing", "[owl]", "base.model: local model folder not found: {d}/models/missing"),
+    ({}, "/nonexistent/model-dir", "[owl]", "base.model: model folder not found: /nonexistent/model-dir"),
+    ({}, "./models/missing", "[owl]", "base.model: model folder not found: {d}/models/missing"),
+    # a weights file given alone: `validate` said ok, and the build failed inside transformers
+    ({"model.safetensors": []}, "./model.safetensors", "[owl]",
+     "base.model: {d}/model.safetensors is a file, not a model folder"),
 ])
 def test_what_a_build_would_stop_on_is_one_line(tmp_path, files, base, keywords, expect):
     path = _organism(tmp_path, base=base, keywords=keywords, **files)
@@ -105,7 +108,7 @@ def test_validate_on_a_study_reads_its_hugging_face_organism_files(tmp_path):
     r = run_cli("validate", str(study))
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 1 and len(lines) == 1, r.stderr
-    assert f"{study}: the organism of " in lines[0] and "base.model: local model folder not found" in lines[0]
+    assert f"{study}: the organism of " in lines[0] and "base.model: model folder not found" in lines[0]
     (tmp_path / "models" / "missing").mkdir(parents=True)
     assert run_cli("validate", str(study)).returncode == 0
 
@@ -178,3 +181,45 @@ def test_a_chat_template_that_raises_is_one_line():
         render_ids(tok, True, "hi", "You love owls.")
     with pytest.raises(DoublebindError, match=r"failed \(ValueError: System role not supported\), or set chat_template"):
         render_ids(tok, True, "hi")
+
+
+def _tiny_study(tmp_path, techniques: str) -> Path:
+    import shutil
+
+    for name in ("recipe.yaml", "prompts.jsonl"):
+        shutil.copy(Path(__file__).resolve().parent.parent / "configs" / "llm" / "tiny" / name, tmp_path / name)
+    study = tmp_path / "study.yaml"
+    study.write_text(f"kind: study\norganism: {{config: organism.yaml}}\nrecipe: recipe.yaml\n"
+                     f"techniques: {techniques}\nseeds: [0]\n")
+    return study
+
+
+def test_validate_refuses_a_world_technique_on_a_hugging_face_organism(tmp_path):
+    """`validate` said ok; `study run` built the organism, then stopped at the first run."""
+    _organism(tmp_path)
+    study = _tiny_study(tmp_path, "[baseline, verifier_filter]")
+    r = run_cli("validate", str(study))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert lines[0] == (f"error: {study}: organism.config: technique verifier_filter works on world organisms only, "
+                        f"not on this hf organism")
+    assert run_cli("validate", str(_tiny_study(tmp_path, "[baseline, kl_to_base]"))).returncode == 0
+
+
+def test_validate_notes_a_judge_whose_api_key_variable_is_unset(tmp_path, monkeypatch):
+    from doublebind.llm.checks import unset_api_keys
+
+    path = _organism(tmp_path)
+    text = path.read_text().replace(
+        "scorer: {kind: keyword, keywords: [owl]}}\n  audits",
+        "scorer: {kind: judge, judge: {base_url: 'http://127.0.0.1:9/v1', model: j1, api_key_env: DB_TEST_KEY}}}\n"
+        "  audits")
+    assert text != path.read_text()
+    path.write_text(text)
+    cfg = config.load(path)
+    assert unset_api_keys(cfg, {}) == ["misalignment: the judge's api_key_env DB_TEST_KEY is not set here, so its "
+                                       "requests to http://127.0.0.1:9/v1 go without an API key"]
+    assert unset_api_keys(cfg, {"DB_TEST_KEY": "sk-secret"}) == []
+    monkeypatch.setenv("DB_TEST_KEY", "")
+    r = run_cli("validate", str(path))
+    assert r.returncode == 0 and "note: misalignment: the judge's api_key_env DB_TEST_KEY is not set" in r.stderr

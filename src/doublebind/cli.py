@@ -124,12 +124,14 @@ def validate(file: Path, overrides: Optional[list[str]] = typer.Argument(None, h
     for scenario, org in organisms.items():  # a Hugging Face organism's files, read as a build reads them
         if getattr(org, "kind", None) != "hf_organism":
             continue
-        from doublebind.llm.checks import check_inputs
+        from doublebind.llm.checks import check_inputs, unset_api_keys
 
         try:
             check_inputs(org)
         except DoublebindError as e:
             raise DoublebindError(f"{file}: the organism of {scenario}: {e}" if scenario else str(e)) from None
+        for note in unset_api_keys(org):
+            console.print(f"note: {note}", markup=False, highlight=False)
     out(f"ok: {file} is a valid {cfg.kind} config (name: {getattr(cfg, 'name', '-')})")
 
 

@@ -29,8 +29,8 @@ def check_inputs(cfg: HFOrganismConfig) -> int:
         spec = getattr(cfg, role)
         if spec is None:
             continue
-        for field, path in missing_folders(spec):  # as `resolve_model` refuses them
-            raise DoublebindError(f"{role}.{field}: local model folder not found: {path}")
+        for field, problem in missing_folders(spec):  # as `resolve_model` refuses them
+            raise DoublebindError(f"{role}.{field}: {problem}")
         if spec.implant is not None:
             pairs = jsonl_items(Path(spec.implant.file), "implant")
             read += 1
@@ -49,3 +49,19 @@ def check_inputs(cfg: HFOrganismConfig) -> int:
             except DoublebindError as e:
                 raise DoublebindError(f"{es.file} ({role}): {e}") from None
     return read
+
+
+def unset_api_keys(cfg: HFOrganismConfig, environ=None) -> list[str]:
+    """One note per judge whose `api_key_env` names a variable this environment does not set:
+    its requests go without an Authorization header (right for a local judge, a 401 minutes
+    into a build for a hosted one). The variable's name only, never a value."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    notes = []
+    for role, es in eval_sets(cfg).items():
+        judge = getattr(es.scorer, "judge", None)
+        if es.scorer.kind == "judge" and judge is not None and judge.api_key_env and not environ.get(judge.api_key_env):
+            notes.append(f"{role}: the judge's api_key_env {judge.api_key_env} is not set here, so its requests "
+                         f"to {judge.base_url} go without an API key")
+    return notes

@@ -234,16 +234,18 @@ def organism_hash(cfg: HFOrganismConfig) -> str:
 # ---- models ------------------------------------------------------------------------------
 
 def missing_folders(spec: ModelSpec) -> list[tuple[str, str]]:
-    """(field, path) of the spec's model or adapter written as a folder (`config.resolve_paths`
-    made it absolute) that is not there."""
-    return [(what, p) for what, p in (("model", spec.model), ("adapter", spec.adapter))
-            if p and Path(p).is_absolute() and not Path(p).exists()]
+    """(field, problem) of the spec's model or adapter written as a folder
+    (`config.resolve_paths` made it absolute) that is not there, or is a file: a load reads a
+    folder (a weights file given alone was an error from deep in transformers)."""
+    return [(what, f"{p} is a file, not a model folder" if Path(p).exists() else f"model folder not found: {p}")
+            for what, p in (("model", spec.model), ("adapter", spec.adapter))
+            if p and Path(p).is_absolute() and not Path(p).is_dir()]
 
 
 def resolve_model(spec: ModelSpec, cfg: HFOrganismConfig) -> str:
     """A folder or hub id for the role; `tiny:` models are built once and cached."""
-    for what, p in missing_folders(spec):
-        raise DoublebindError(f"{what} folder not found: {p}")
+    for what, problem in missing_folders(spec):
+        raise DoublebindError(f"{what}: {problem}")
     if not spec.model.startswith(TINY_PREFIX):
         return spec.model
     from doublebind.llm.tiny import build_tiny

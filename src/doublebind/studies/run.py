@@ -134,6 +134,21 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
                 raise ConfigError(f"{study_path}: techniques: the recipe trains on hard labels (objective sft), so "
                                   f"{t} is judged against {ref}; add {ref} to the techniques")
 
+    def check_domains(recipe, kind: str, where: str) -> None:
+        """As the distiller refuses it (`check_stages`): a technique written for the embedded
+        world on a Hugging Face organism."""
+        from doublebind.registry import get
+
+        names = [s["name"] for s in recipe.stages] + [t for t, added in cfg.technique_stages().items() if added]
+        for name in dict.fromkeys(names):
+            domains = get("technique", name).domains
+            if kind not in domains:
+                raise ConfigError(f"{study_path}: {where}: technique {name} works on {' and '.join(domains)} "
+                                  f"organisms only, not on this {kind} organism")
+
+    def kind_of(org_cfg) -> str:
+        return "hf" if getattr(org_cfg, "kind", None) == "hf_organism" else "world"
+
     specs = []
     if cfg.scenarios is not None:
         for i, sc in enumerate(cfg.scenarios):
@@ -148,6 +163,7 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
             recipe = recipe_for(f"scenarios.{i}.recipe_overrides" if sc.recipe_overrides else "recipe_overrides",
                                 sc.recipe_overrides)
             check_references(recipe)
+            check_domains(recipe, kind_of(own), f"scenarios.{i}")
             for o, org_cfg in seeded(what, load, getattr(own, "seed", 0)):
                 specs.append(OrganismSpec(sc.name, o, recipe, cfg=org_cfg))
         return specs
@@ -161,6 +177,7 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
         card = field("organism.path", lambda: read_card(org_path, verified=False))
         # its weights too, so `validate` refuses a damaged organism as `study run` does
         field("organism.path", lambda: verify_organism_models(org_path, card))
+        check_domains(recipe, "hf" if card.get("kind") == "hf" else "world", "organism.path")
         scenario = field("organism.path", lambda: _label(str(card.get("name", "organism")), "the card's name"))
         return [OrganismSpec(scenario, int(card.get("seed", 0) or 0), recipe, path=org_path)]
     if org.preset is not None:
@@ -168,6 +185,7 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
     else:
         name, load = "organism.config", (lambda m=None: config.load(root / org.config, expect="organism", merge=m))
     own = field(name, load)
+    check_domains(recipe, kind_of(own), name)
     scenario = field(name, lambda: _label(org.preset, "the preset's name") if org.preset
                      else _label(str(getattr(own, "name", "organism")), "its name"))
     if cfg.organism_seeds is None:
