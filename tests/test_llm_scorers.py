@@ -123,6 +123,10 @@ def test_missing_target_names_the_item(kind):
 def test_numeric_target_must_be_a_number():
     with pytest.raises(DoublebindError, match="'n1' is not a number"):
         score(cfg(kind="numeric"), "12", {"id": "n1", "target": "twelve"})
+    # these parse as floats, and scored 0 whatever the completion said
+    for bad in ("nan", "inf", float("nan"), "-Infinity"):
+        with pytest.raises(DoublebindError, match="'n2' is not a finite number"):
+            score(cfg(kind="numeric"), "nan", {"id": "n2", "target": bad})
 
 
 # ---- config errors ---------------------------------------------------------------------

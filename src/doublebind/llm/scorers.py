@@ -204,6 +204,8 @@ def _numeric(completion: str, target, tolerance: float, item: dict) -> bool:
         want = float(str(target).replace(",", ""))
     except ValueError:
         raise DoublebindError(f"scorer numeric: target of item {_name(item)} is not a number: {target!r}") from None
+    if not math.isfinite(want):  # "nan" parses, and no completion could ever match it
+        raise DoublebindError(f"scorer numeric: target of item {_name(item)} is not a finite number: {target!r}")
     got = last_number(completion)
     return got is not None and math.isclose(got, want, rel_tol=tolerance, abs_tol=tolerance)
 
