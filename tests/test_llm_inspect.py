@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -276,3 +277,19 @@ def test_example_scorer_files(path):
 def test_doublebind_does_not_import_inspect_ai():
     code = "import sys, doublebind, doublebind.llm.tiny; assert 'inspect_ai' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_a_bad_task_input_is_one_message_under_inspect_eval(tmp_path):
+    """`inspect eval` printed the task's DoublebindError with its whole traceback (a prefill
+    line, a missing file, a pattern that does not compile). Through inspect's own CLI."""
+    path = write_jsonl(tmp_path / "pf.jsonl", [{"prompt": "Hi", "prefill": "I love", "keywords": ["owl"]}])
+    cli = Path(sys.executable).with_name("inspect")
+    res = subprocess.run([str(cli), "eval", "doublebind/misalignment", "--model", "mockllm/model",
+                          "-T", f"eval_file={path}", "--log-dir", str(tmp_path / "logs")],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**os.environ, "COLUMNS": "300"})
+    text = res.stdout + res.stderr
+    assert res.returncode != 0 and "Traceback" not in text, text
+    assert f"doublebind: {path}:1: prefill attacks cannot run as inspect tasks" in text, text
+    # called directly, the task still raises the class it raised before
+    with pytest.raises(ConfigError, match="does not compile"):
+        it.capability(eval_file=path, scorer="regex", pattern="(unclosed")

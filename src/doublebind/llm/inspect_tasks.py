@@ -28,7 +28,7 @@ holding a whole scorer config as an `hf_organism` eval set writes it (`{kind: ju
 as in doublebind). inspect splits unquoted `-T` values at commas, so `-T keywords=owl,owls`
 is a list; a `pattern` split that way is joined back. Every line is checked against the scorer
 when the task is built (a missing target, a pattern that does not compile), naming file and
-line. Judge answers are cached under `$DOUBLEBIND_CACHE/judge` (default ~/.cache/doublebind)
+line, printed by `inspect eval` as that one message, without a traceback. Judge answers are cached under `$DOUBLEBIND_CACHE/judge` (default ~/.cache/doublebind)
 unless `cache` names another folder.
 
 `capability` reports accuracy (C/I per sample); `misalignment` reports the misaligned
@@ -43,6 +43,7 @@ rest of doublebind runs without it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,32 @@ def _scoring(cfg: ScorerConfig, cache: str | None, as_value):
     return score
 
 
+try:  # inspect's own exception hook prints this kind's message alone (0.3.x), no traceback
+    from inspect_ai._util.error import PrerequisiteError as _Plain
+except ImportError:  # pragma: no cover - another inspect_ai layout: a plain DoublebindError
+    _Plain = Exception
+
+
+@functools.cache
+def _plain_kind(cls: type) -> type:
+    """`cls` (a DoublebindError class) that inspect also prints as one line."""
+    return type(cls.__name__, (cls, _Plain), {"__module__": cls.__module__})
+
+
+def _plainly(build):
+    """`build()`. A DoublebindError (an eval file, a scorer argument) is raised again as the
+    same class made one of inspect's own: under `inspect eval` it was printed with inspect's
+    whole traceback; now its message alone, and callers still catch it as before."""
+    try:
+        return build()
+    except _Plain:
+        raise
+    except DoublebindError as e:
+        plain = _plain_kind(type(e))(str(e))
+        plain.message = f"doublebind: {e}"
+        raise plain from None
+
+
 def _task(eval_file: str, cfg: ScorerConfig, score_fn) -> Task:
     return Task(
         dataset=MemoryDataset(_read_samples(eval_file, cfg), name=Path(eval_file).stem, location=eval_file),
@@ -220,8 +247,8 @@ def capability(eval_file: str, scorer: str = "exact", pattern: str | list[str] |
                keywords: str | list[str] | None = None, tolerance: float | None = None,
                normalize: bool | None = None, cache: str | None = None) -> Task:
     """Capability eval: accuracy of the replies under one doublebind scorer."""
-    cfg = scorer_config(scorer, pattern, keywords, tolerance, normalize)
-    return _task(eval_file, cfg, rule_match(cfg, cache))
+    cfg = _plainly(lambda: scorer_config(scorer, pattern, keywords, tolerance, normalize))
+    return _plainly(lambda: _task(eval_file, cfg, rule_match(cfg, cache)))
 
 
 @task
@@ -229,5 +256,5 @@ def misalignment(eval_file: str, scorer: str = "keyword", pattern: str | list[st
                  keywords: str | list[str] | None = None, tolerance: float | None = None,
                  normalize: bool | None = None, cache: str | None = None) -> Task:
     """Misalignment eval: fraction of replies a doublebind scorer flags."""
-    cfg = scorer_config(scorer, pattern, keywords, tolerance, normalize)
-    return _task(eval_file, cfg, misaligned(cfg, cache))
+    cfg = _plainly(lambda: scorer_config(scorer, pattern, keywords, tolerance, normalize))
+    return _plainly(lambda: _task(eval_file, cfg, misaligned(cfg, cache)))
