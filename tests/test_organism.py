@@ -137,6 +137,42 @@ def test_cli_no_cache_keeps_the_cached_build_until_a_new_one_replaces_it(tmp_pat
     assert sorted(p.name for p in entry.parent.iterdir()) == [entry.name]  # nothing left aside
 
 
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError])
+def test_a_build_that_stops_leaves_no_half_organism_in_the_cache(tmp_path, monkeypatch, stop):
+    """A build makes its organism as `.<hash>.tmp<pid>` in the cache and renames it into place;
+    one that raised or was interrupted left that folder behind, one per failure (33 in a
+    session's cache). `organism build` and a study's organism placement remove it."""
+    from doublebind.organisms import build
+    from doublebind.studies.run import place_organism
+
+    from .conftest import CLI_MODE_ENV
+
+    if os.environ.get(CLI_MODE_ENV) == "subprocess":
+        pytest.skip("patches the build in this process")
+    cfg = config.load(preset="quick", overrides=TINY)
+    h = build.organism_hash(cfg)
+
+    def half_built(cfg, h, folder, show_progress):
+        (folder / "base").mkdir(parents=True)
+        (folder / "base" / "model.safetensors").write_bytes(b"half")
+        raise stop("stopped mid-build")
+
+    monkeypatch.setattr(build, "_build", half_built)
+    monkeypatch.setenv("DOUBLEBIND_CACHE", str(tmp_path / "cache"))
+    res = run_cli("organism", "build", "--preset", "quick", *TINY, env_cache=tmp_path / "cache")
+    assert res.returncode == (130 if stop is KeyboardInterrupt else 1)
+    assert list((tmp_path / "cache" / "organisms").iterdir()) == []
+    with pytest.raises(stop):
+        place_organism(cfg, tmp_path / "study" / "organism", show_progress=False, expected_hash=h)
+    assert list((tmp_path / "cache" / "organisms").iterdir()) == []
+    # another process's unfinished build is not touched: it may still be building
+    other = tmp_path / "cache" / "organisms" / f".{h}.tmp{os.getpid() + 1}"
+    other.mkdir()
+    with pytest.raises(stop):
+        place_organism(cfg, tmp_path / "study" / "organism", show_progress=False)
+    assert [p.name for p in (tmp_path / "cache" / "organisms").iterdir()] == [other.name]
+
+
 def test_cli_eval_prints_metrics_and_rejects_bad_input(quick_organism, tmp_path):
     folder, card = quick_organism
     res = run_cli("eval", str(folder / "teacher"), "--n", "50", "--samples", "0", "--json")

@@ -205,6 +205,7 @@ def organism_build(
     from doublebind.paths import check_cache_root, check_out_dir
 
     check_cache_root()
+    from doublebind.cards import drop_unfinished_build
     from doublebind.organisms.build import CARD, build_organism, cache_root  # these import torch (seconds)
     from doublebind.organisms.kinds import kind_of_config
     from doublebind.organisms.models import quiet_transformers
@@ -217,7 +218,8 @@ def organism_build(
             # the build refuses this folder once it is done; say so before minutes of training
             raise DoublebindError(f"output folder exists and is not an organism: {out_dir}")
         _check_replaced_organism(out_dir / CARD, kind.organism_hash(cfg), cache_root() / "organisms")
-    entry = cache_root() / "organisms" / kind.organism_hash(cfg)
+    h = kind.organism_hash(cfg)
+    entry = cache_root() / "organisms" / h
     target = out_dir or entry
     # --no-cache: the cached build moves aside, so the build misses the cache and stores its
     # result there as usual; it comes back if the new build never gets there (interrupted, crashed)
@@ -225,6 +227,7 @@ def organism_build(
     try:
         card = build_organism(cfg, out_dir, strict=True)
     except BaseException as e:
+        drop_unfinished_build(h)
         if aside is not None and not entry.exists():
             os.replace(aside, entry)
             console.print(f"the earlier build stays in the cache ({entry})", highlight=False, soft_wrap=True)

@@ -667,6 +667,12 @@ def place_organism(org_cfg, dest: Path, show_progress: bool = True, expected_has
         failed = str(e).split(" failed verification: ", 1)[-1]
         raise VerificationError(f"organism '{card['name']}' (seed {card['seed']}, {card['organism_hash']}) failed "
                                 f"verification: {failed}; its card: {dest / 'organism.json'}") from None
+    except BaseException:  # the build's own half-built folder in the cache (its code is hashed, so it is done here)
+        from doublebind.cards import drop_unfinished_build
+        from doublebind.organisms.kinds import kind_of_config
+
+        drop_unfinished_build(expected_hash or kind_of_config(org_cfg).organism_hash(org_cfg))
+        raise
     swap()
 
 
