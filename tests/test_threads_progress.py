@@ -30,6 +30,20 @@ def test_planned_threads(env, cores, expect):
     assert threads.planned_threads(env, cores)[0] == expect
 
 
+@pytest.mark.parametrize("env, rank", [
+    ({}, 0),
+    ({"RANK": "3"}, 3),  # torchrun, accelerate launch
+    ({"OMPI_COMM_WORLD_RANK": "1"}, 1),  # an Open MPI launch sets no RANK: every process read 0
+    ({"PMI_RANK": "2", "OMPI_COMM_WORLD_RANK": "1"}, 2),  # accelerate's order
+    ({"MV2_COMM_WORLD_RANK": "5"}, 5),
+    ({"RANK": "", "PMI_RANK": "1"}, 1),
+])
+def test_launcher_rank_reads_what_accelerate_reads(env, rank):
+    """Only rank 0 sets an earlier run aside under `distill --force`: under MPI, RANK is unset
+    until accelerate's state is built, so every process would have tried."""
+    assert threads.launcher_rank(env) == rank
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "two", "1.5"])
 def test_bad_thread_setting_is_one_error(value):
     with pytest.raises(DoublebindError, match="DOUBLEBIND_THREADS"):

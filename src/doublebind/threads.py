@@ -30,6 +30,22 @@ ENV = "DOUBLEBIND_THREADS"
 _LOCAL_SIZE_VARS = ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE")
 
 
+# Variables a parallel launcher sets to this process's global rank (accelerate reads the same
+# ones before its state is built: torchrun, Intel MPI / MPICH, Open MPI, MVAPICH).
+_RANK_VARS = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
+
+
+def launcher_rank(environ=os.environ) -> int:
+    """This process's rank under a parallel launcher, before accelerate's state exists (0 when
+    there is none): what a step that only the first process may take checks."""
+    for var in _RANK_VARS:
+        try:
+            return int(environ[var])
+        except (KeyError, ValueError):
+            continue
+    return 0
+
+
 def cpu_count() -> int:
     """Cores this process may run on (its affinity mask, not the whole machine)."""
     try:

@@ -23,6 +23,7 @@ import torch
 
 from doublebind.defender import BlackBoxTeacher, DefenderView, unlabelled
 from doublebind.errors import DoublebindError, first_line
+from doublebind.threads import launcher_rank
 from doublebind.evals.transfer import audit_signals, capability_transfer, misalignment_transfer
 from doublebind.organisms.domain import open_domain
 from doublebind.prompts import write_jsonl
@@ -499,7 +500,7 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
     # checkpoints, an old summary.json beside new metrics); they come back if this run stops
     # before it trains (a missing organism, a stage's error, the reference evals, Ctrl-C), and
     # are deleted when training begins.
-    aside = _set_aside(out) if force and int(os.environ.get("RANK", "0")) == 0 else None
+    aside = _set_aside(out) if force and launcher_rank() == 0 else None
     try:
         d = Distiller(organism_dir, recipe, out, show_progress)
         main = d.accelerator.is_main_process
