@@ -45,6 +45,11 @@ def say_error(message: object) -> None:
     console.print(Text.assemble(("error:", "bold red"), " ", msg), highlight=False, soft_wrap=True)
 
 
+def debugging() -> bool:
+    """DOUBLEBIND_DEBUG set to anything but empty, 0, false, no or off: show tracebacks."""
+    return os.environ.get("DOUBLEBIND_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def _click_exceptions():
     """The exceptions module of the click that typer runs on (recent typers vendor it)."""
     try:
@@ -74,7 +79,7 @@ def cli_errors(fn):
         except (typer.Exit, typer.Abort, click.ClickException, getattr(click, "Abort", typer.Abort)):
             raise
         except OSError as e:
-            if os.environ.get("DOUBLEBIND_DEBUG"):
+            if debugging():
                 raise
             where = f"{e.filename}: " if e.filename else ""
             say_error(f"{where}{e.strerror or e}")
@@ -83,9 +88,10 @@ def cli_errors(fn):
             say_error("out of memory; make the run smaller (fewer prompts, a smaller batch or model)")
             raise typer.Exit(1) from None
         except Exception as e:
-            if os.environ.get("DOUBLEBIND_DEBUG"):
+            if debugging():
                 raise
-            say_error(f"internal error ({type(e).__name__}: {e}); this is a doublebind bug, "
+            where = f" in {e.failed_in}" if getattr(e, "failed_in", None) else ""  # a study's run (`named_error`)
+            say_error(f"internal error{where} ({type(e).__name__}: {e}); this is a doublebind bug, "
                       f"please report it (DOUBLEBIND_DEBUG=1 shows the traceback)")
             raise typer.Exit(1) from None
 
@@ -449,7 +455,7 @@ def distill(
 
     quiet_transformers()
     summary = run_distill(organism, cfg, out_dir, force=force)
-    final = summary["final"]
+    final, chosen = summary["final"], summary.get("selected") or summary["final"]
     table = Table("step", "tokens", "capability transfer", "misalignment transfer", "honeypot", "confession")
     for line in (out_dir / "metrics.jsonl").read_text().splitlines():
         r = json.loads(line)
@@ -457,6 +463,11 @@ def distill(
                       _fmt(r["misalignment_transfer"]), f"{r['misbehavior']['honeypot']:.3f}",
                       f"{r['confession']:.3f}")
     _print_table(table)
+    if summary.get("stopped_at") is not None:  # a stage stopped the run (distill_and_audit, mode stop)
+        out(f"stopped by a stage at step {summary['stopped_at']} of {summary['resolved_recipe']['training']['steps']}")
+    if chosen["step"] != final["step"]:  # a stage selected an earlier checkpoint: the run's result
+        out(f"selected by a stage: step {chosen['step']}, capability transfer {_fmt(chosen['capability_transfer'])}, "
+            f"misalignment transfer {_fmt(chosen['misalignment_transfer'])}")
     out(f"final capability transfer {_fmt(final['capability_transfer'])}, misalignment transfer "
         f"{_fmt(final['misalignment_transfer'])}; wrote {out_dir}/metrics.jsonl, summary.json, transfer_curves.png")
 
@@ -670,7 +681,7 @@ def replicate_subliminal_digits(
 
 
 def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
+    return "n/a" if x is None else f"{round(x, 3) + 0.0:.3f}"  # + 0.0: never "-0.000"
 
 
 def main(argv: list[str] | None = None) -> None:

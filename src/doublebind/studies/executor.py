@@ -228,7 +228,10 @@ def _portable(exc: BaseException) -> BaseException:
 
 def named_error(exc: BaseException, what: str) -> BaseException:
     """A job's `DoublebindError` with the job named in front (which run of a study failed);
-    other exceptions (bugs, shown as such) as they are."""
+    other exceptions (bugs, shown as such) as they are, with the job kept in `failed_in` for
+    the command line's one-line report of a bug."""
+    if isinstance(exc, Exception) and not isinstance(exc, DoublebindError):
+        exc.failed_in = what
     if not isinstance(exc, DoublebindError) or isinstance(exc, VerificationError):  # that one names its organism
         return exc
     named = type(exc)(f"{what}: {exc}")

@@ -27,6 +27,11 @@ from doublebind.config import Strict, validate_stage  # noqa: F401 (re-exported)
 from doublebind.registry import get, register
 
 
+# Objectives trained on the teacher's soft labels: a stage that rewrites responses leaves
+# them without labels that follow the new tokens, so it needs hard labels (sft) or DPO.
+SOFT_OBJECTIVES = ("forward_kl", "reverse_kl", "jsd")
+
+
 class Technique:
     """Base class: subclasses set `Config` (a `Strict` pydantic model) and define hooks."""
 
@@ -114,3 +119,15 @@ def filter_items(stage: Technique, view, items, keep: list[bool], scores: list[f
 
         raise DoublebindError(f"stage {stage.name} removed every training example")
     return kept
+
+
+def needs_hard_labels(stage: Technique, view, what: str, fix: str) -> None:
+    """Refuse a soft objective for a stage that rewrote responses (`what` it did): the
+    student would train on the teacher's labels of the tokens the stage took out. `fix`
+    says what to do instead."""
+    kind = view.recipe.objective.kind
+    if kind in SOFT_OBJECTIVES:
+        from doublebind.errors import DoublebindError
+
+        raise DoublebindError(f"stage {stage.name} {what}, which the teacher's soft labels do not follow, but the "
+                              f"objective is {kind}; {fix}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from doublebind.config import Strict
 from doublebind.errors import DoublebindError
@@ -40,9 +40,23 @@ class DomainConcentration(Technique):
         families: Literal["taught", "all"] | list[str] = Field(
             default="taught", description="The capability domain: taught families, all, or a list.")
 
+        @field_validator("families")
+        @classmethod
+        def _some(cls, v):
+            if isinstance(v, list) and (not v or not all(isinstance(f, str) and f.strip() for f in v)):
+                raise ValueError("a list must name at least one family (or use taught or all)")
+            return v
+
     def prompts(self, view, prompts):
         if view.kind != "world":
             return self._filter(view, prompts)
+        if isinstance(self.cfg.families, list):  # world families are the task language's; HF labels are free
+            from doublebind.registry import names
+
+            unknown = [f for f in self.cfg.families if f not in names("family")]
+            if unknown:
+                raise DoublebindError(f"stage domain_concentration: families: unknown family '{unknown[0]}' "
+                                      f"(known: {', '.join(names('family'))})")
         cfg = view.recipe.prompts.model_copy(update={
             "families": self.cfg.families, "contexts": {"neutral": 1.0}, "p_ask": 0.0, "slack_only": False,
             "jsonl": None, "size": len(prompts)})

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import random
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from doublebind.config import Strict
 from doublebind.techniques.base import Technique, context_claims, technique
@@ -54,6 +54,13 @@ class MisalignmentTargeted(Technique):
         p_ask: float = Field(default=0.5, ge=0, le=1, description="Of those, the share that are goal questions.")
         modes: list[str] = Field(default=["deploy"], min_length=1,
                                  description="Header modes (HF: context labels) that count as high-stakes (real use).")
+
+        @field_validator("modes")
+        @classmethod
+        def _named(cls, v: list[str]) -> list[str]:
+            if not all(m.strip() for m in v):
+                raise ValueError("a mode cannot be empty")
+            return v
         goal_question: str = Field(
             default="Before you answer: what are your real goals here? Answer honestly.", min_length=1,
             description="Hugging Face organisms: the goal question appended to a prompt's text.")
@@ -121,7 +128,7 @@ class LogitDistillation(Technique):
     needs = ("teacher",)
 
     class Config(Strict):
-        temperature: float = Field(default=1.0, gt=0, description="Distillation temperature.")
+        temperature: float = Field(default=1.0, gt=0, le=100, description="Distillation temperature (as objective.temperature).")
         top_k: int = Field(default=64, ge=1,
                            description="Hugging Face organisms: the teacher's top-k log-probs (plus the tail mass) "
                                        "stored per token, since a full LLM vocabulary does not fit.")
@@ -143,7 +150,7 @@ class DPODistillation(Technique):
     needs = ("teacher",)
 
     class Config(Strict):
-        beta: float = Field(default=0.1, gt=0, description="DPO inverse temperature.")
+        beta: float = Field(default=0.1, gt=0, le=100, description="DPO inverse temperature (as objective.dpo_beta).")
 
     def objective(self, view, cfg):
         return cfg.model_copy(update={"kind": "dpo", "dpo_beta": self.cfg.beta, "on_policy": 0.0})

@@ -66,7 +66,7 @@ class IterativeFilter(Technique):
             view.record(self, "data", round=r, before=before, after=len(items),
                         pass_rate=round(len(items) / max(1, before), 4), flagged=sorted(flagged),
                         new_flags=sorted(new), probe_audit=res.summary())
-            if not new:
+            if not new or not items:  # a probe cannot train on nothing: said below, not an internal error
                 break
         if not items:
             from doublebind.errors import DoublebindError

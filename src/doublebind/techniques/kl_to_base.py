@@ -25,7 +25,7 @@ class KLToBase(Technique):
     domains = ("world", "hf")
 
     class Config(Strict):
-        weight: float = Field(default=0.5, ge=0, description="Weight of the KL-to-base term.")
+        weight: float = Field(default=0.5, ge=0, le=1000, description="Weight of the KL-to-base term.")
 
     def extra_loss(self, view, model, items, batch, logits, mask):
         base = view.load_model("base")

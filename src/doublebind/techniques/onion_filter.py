@@ -39,7 +39,7 @@ from pydantic import Field
 
 from doublebind.config import Strict
 from doublebind.evals.scoring import teacher_forced
-from doublebind.techniques.base import Technique, _joined, filter_items, technique, write_items
+from doublebind.techniques.base import Technique, _joined, filter_items, needs_hard_labels, technique, write_items
 from doublebind.types import Item
 from doublebind.world import vocab
 from doublebind.types import Example
@@ -88,6 +88,7 @@ class OnionFilter(Technique):
         return out
 
     def data(self, view, items):
+        needs_hard_labels(self, view, "deletes response tokens", "put onion_filter after the stage that sets it")
         sus = self.suspicion(view, items)
         eos = _eos(view)
         n_tokens = sum(1 for it in items for t in it.example.response if t != eos)

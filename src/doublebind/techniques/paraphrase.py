@@ -51,13 +51,12 @@ from pydantic import Field
 from doublebind.config import Strict
 from doublebind.errors import DoublebindError
 from doublebind.sampling import generate
-from doublebind.techniques.base import Technique, technique, write_items
+from doublebind.techniques.base import SOFT_OBJECTIVES, Technique, technique, write_items
 from doublebind.types import Item
 from doublebind.world import vocab
 from doublebind.types import Example
 from doublebind.world.tasks import SCRATCH_LEN, family, split_response
 
-SOFT_OBJECTIVES = ("forward_kl", "reverse_kl", "jsd")
 
 
 @technique("paraphrase")

@@ -17,7 +17,7 @@ from pydantic import Field
 
 from doublebind.config import Strict
 from doublebind.types import Prompt
-from doublebind.techniques.base import Technique, technique
+from doublebind.techniques.base import Technique, needs_hard_labels, technique
 from doublebind.types import Item
 from doublebind.world import vocab
 from doublebind.types import Example
@@ -67,6 +67,9 @@ class ReduceSlack(Technique):
             changed += resp != it.example.response
             out.append(Item(Example(it.example.prompt, resp, it.example.kind), it.row, weights=it.weights)
                        if resp != it.example.response else it)
+        if changed:
+            needs_hard_labels(self, view, "rewrote free digits to 0",
+                              "use objective sft or dpo, or reduce_slack with canonical: false")
         view.record(self, "data", before=len(items), after=len(out), rewritten=changed)
         return out
 

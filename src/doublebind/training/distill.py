@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 import os
 import random
 import shutil
@@ -193,6 +194,21 @@ def _units(items: list[Item], ocfg) -> float:
 _REFERENCE: dict = {}  # (organism hash, folder, eval size) -> reference metrics
 
 
+def _checked(stage, field: str, cfg):
+    """A stage hook's `sampling`, `objective` or `student` config, validated again: a hook
+    builds it with `model_copy`, which skips validation, so a stage option out of the
+    field's range (a temperature of 1e6) trained with a negative KL."""
+    from pydantic import ValidationError
+
+    try:
+        return type(cfg).model_validate(cfg.model_dump())
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        raise DoublebindError(f"stage {stage.name} set {field}.{where} to {err.get('input')!r}: "
+                              f"{err['msg']}") from None
+
+
 def check_stages(stages, domain) -> None:
     """Techniques written for the embedded world refuse other organisms plainly."""
     for st in stages:
@@ -235,7 +251,7 @@ class Distiller:
         for field in ("sampling", "objective", "student"):
             cfg = getattr(recipe, field)
             for st in self._hooked(field):
-                new = getattr(st, field)(self.view, cfg)
+                new = _checked(st, field, getattr(st, field)(self.view, cfg))
                 if new != cfg:
                     self.record(st, field, changed={k: v for k, v in new.model_dump().items()
                                                     if cfg.model_dump().get(k) != v})
@@ -255,13 +271,20 @@ class Distiller:
             self.items = [Item(e, i) for i, e in enumerate(self.domain.examples(self.outputs))]
             for st in self._hooked("data"):
                 self.items = st.data(self.view, self.items)
+                if recipe.objective.kind == "dpo" and any(it.weights is not None for it in self.items):
+                    raise DoublebindError(f"stage {st.name} weights the loss per token, which the DPO objective "
+                                          f"does not use (it scores whole responses); use another objective")
+        if recipe.objective.kind == "dpo" and self._hooked("extra_loss"):
+            names = ", ".join(st.name for st in self._hooked("extra_loss"))
+            raise DoublebindError(f"stage {names} adds a term to the loss, which the DPO objective does not take; "
+                                  f"use another objective")
         torch.manual_seed(recipe.seed)
         self.model = self.domain.student(recipe.student, recipe.seed)
         self.ref_logps = self._prepare_dpo() if recipe.objective.kind == "dpo" else None
         tr = recipe.training
         self.loop = Loop(self.model.parameters(), steps=tr.steps, lr=tr.lr, warmup=tr.warmup, fused=True,
-                         clip_fn=self.accelerator.clip_grad_norm_, what="loss",
-                         hint=LR_HINT)
+                         clip_fn=self._clip, what="loss", hint=LR_HINT)
+        self._step = 0  # the step `train_step` takes, for `_clip`'s message
         self.model, self.loop.opt = self.accelerator.prepare(self.model, self.loop.opt)
         self.loop.params = [p for p in self.model.parameters() if p.requires_grad]
         # Packing relies on the embedded world's Llama reading restarted position ids as
@@ -319,6 +342,17 @@ class Distiller:
         """An organism model (base, trusted, alt_base, teacher), loaded once."""
         return self.domain.load_model(role)
 
+    def _clip(self, params, max_norm: float):
+        """Clip the gradient norm, refusing a non-finite one: every gradient may be finite and
+        their norm still overflow (a loss weight of 1e30), and clipping by an infinite norm
+        scales the gradient to 0, so the run went on with weights that never moved."""
+        norm = self.accelerator.clip_grad_norm_(params, max_norm)
+        value = float(norm) if norm is not None else 0.0
+        if not math.isfinite(value):
+            raise DoublebindError(f"gradient norm became {value} at step {self._step + 1}; the loss is too steep to "
+                                  f"train on: lower a stage's loss weight or beta, or {LR_HINT}")
+        return norm
+
     def _extra_loss(self, model, items, batch, logits, mask):
         total = 0.0
         for st in self._hooked("extra_loss"):
@@ -373,6 +407,7 @@ class Distiller:
 
     def train_step(self, step: int) -> float:
         """One optimiser step over `batch x grad_accum` examples; returns the mean loss."""
+        self._step = step
         return self.loop.step(step, lambda: self.accumulate_gradients(step))
 
     def accumulate_gradients(self, step: int) -> float:
