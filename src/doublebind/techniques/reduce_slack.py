@@ -8,6 +8,11 @@ On a Hugging Face organism only the greedy teacher applies: scratch fields, slac
 families and canonical digits are the embedded world's task formats, so `answer_only` and
 `canonical` do nothing there, and the stage records that it skipped them.
 
+The canonical rewrite changes responses the teacher's soft labels were computed on, so a
+run that rewrites any must train on hard labels (`sft`) or DPO: with a soft objective the
+student would learn the teacher's digits from its labels all the same, and the stage
+refuses it (use `canonical: false` there).
+
     stages: [{name: reduce_slack, answer_only: true, canonical: true, greedy: true}]
 """
 
