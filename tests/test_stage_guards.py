@@ -33,7 +33,9 @@ def test_an_overflowing_gradient_norm_stops_the_run(quick_organism):
     params[0].grad.fill_(1e20)  # finite, but the sum of their squares is not
     assert all(torch.isfinite(p.grad).all() for p in params)
     d._step = 6
-    with pytest.raises(DoublebindError, match=r"^gradient norm became inf at step 7; "):
+    with pytest.raises(DoublebindError, match=r"^gradient norm became inf at step 7; lower the learning rate "
+                                              r"\(training.lr; in a study, recipe_overrides.training.lr\) or a stage's "
+                                              r"loss weight or beta; what the run wrote so far is kept$"):
         d._clip(params, 1.0)
     params[0].grad.fill_(1.0)  # a finite norm is clipped as before
     norm = d._clip(params, 1.0)

@@ -430,3 +430,68 @@ def test_resuming_a_study_whose_provenance_is_damaged_is_not_an_internal_error(t
     waiting, done = study_run.resumed_provenance(record, now, had_runs=True)
     assert done["provenance"] == now
     assert all(isinstance(p, dict) for p in done.get("earlier_provenance", []))
+
+
+def test_a_second_runner_on_one_study_folder_is_refused(quick_organism, tmp_path):
+    """Two `study run` on one --out trained every run twice under the same run ids and left
+    results neither a resume nor `report` would read. The first holds a lock; the second is
+    one line, before any work; the lock goes with the first (even a SIGKILL frees it)."""
+    import subprocess
+    import sys
+    import time
+
+    path = write_study(tmp_path, quick_organism[0], techniques=["baseline"], seeds=[0])
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from doublebind.studies.run import study_lock\n"
+        "with study_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)"), str(out)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = run_cli("study", "run", str(path), "--out", str(out))
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 1 and len(lines) == 1, res.stderr
+        assert lines[0] == (f"error: {out} is being written by another `study run` (process {holder.pid}); wait for "
+                            f"it to finish (then run again to resume), or use another --out")
+        assert not (out / study_run.RESULTS).exists() and not (out / "study.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    summary = study_run.run_study(path, out, show_progress=False)  # the killed holder's lock went with it
+    assert summary["runs"] == 1
+    with study_run.study_lock(out):  # and this run released its own
+        pass
+
+
+def test_a_resume_on_a_smaller_grid_and_a_partial_study_say_what_they_leave_out(quick_organism, tmp_path):
+    """A resume with fewer seeds said "(4 runs)" while its summary judged 2, and the report's
+    budget table and ↑ marks still read the dropped seed; a study with runs still to do was
+    reported as if finished (a technique with no finished run did not appear at all)."""
+    from doublebind.reports.study_report import load_study
+
+    path = write_study(tmp_path, quick_organism[0], techniques=["baseline"], seeds=[0, 1])
+    out = tmp_path / "out"
+    assert study_run.run_study(path, out, show_progress=False)["runs"] == 2
+    res = run_cli("study", "run", str(path), "--out", str(out), "seeds=[0]")
+    assert res.returncode == 0, res.stderr
+    assert "(1 runs; 1 of an earlier grid, which the study no longer lists, left out)" in res.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["runs"] == 1 and summary["runs_outside_study"] == 1
+    study, scan, recomputed = load_study(out)
+    assert {r["seed"] for r in scan.rows} == {0} and recomputed == {k: summary[k] for k in recomputed}
+    report = run_cli("report", str(out))
+    assert report.returncode == 0, report.stderr
+    text = (out / "report.md").read_text()
+    assert "1 complete runs of an earlier grid, whose seeds, techniques or scenarios the study's config no " \
+           "longer lists (e.g. baseline seed 1 on" in text
+    assert "summary.json on disk" not in text  # the report agrees with what study run wrote
+    # a grid with a run not done yet (a study stopped before it): named, not passed over
+    record = json.loads((out / "study.json").read_text())
+    record["config"]["seeds"] = [0, 2]
+    (out / "study.json").write_text(json.dumps(record))
+    study, scan, _ = load_study(out)
+    assert [k[2:] for k in scan.missing] == [("baseline", 2)]
+    assert run_cli("report", str(out)).returncode == 0
+    assert "1 runs of the study's grid that have not finished (e.g. baseline seed 2 on" in (out / "report.md").read_text()

@@ -484,11 +484,11 @@ def study_run(study: Path, out_dir: Path = typer.Option(..., "--out", help="Stud
     """Run (or resume) a study; write results.jsonl and summary.json with verdicts."""
     from doublebind import config
     from doublebind.studies.executor import parse_workers
-    from doublebind.studies.run import RESULTS, read_results, run_study
+    from doublebind.studies.run import RESULTS, in_study, read_results, run_key, run_study
 
     extra = [f"recipe_overrides.training.tracker={tracker}"] if tracker is not None else []
     n = parse_workers(workers, "--workers") if workers is not None else None
-    config.load(study, [*(overrides or []), *extra], expect="study")  # a bad config fails before torch loads
+    cfg = config.load(study, [*(overrides or []), *extra], expect="study")  # a bad config fails before torch loads
     from doublebind.organisms.models import quiet_transformers
 
     quiet_transformers()
@@ -497,8 +497,11 @@ def study_run(study: Path, out_dir: Path = typer.Option(..., "--out", help="Stud
 
     if not PartialState().is_main_process:  # under `accelerate launch`, the main process reports
         return
-    _print_table(verdict_table(summary, read_results(out_dir / RESULTS)))
-    out(f"wrote {out_dir}/results.jsonl and summary.json ({summary['runs']} runs)")
+    rows = [r for r in read_results(out_dir / RESULTS) if in_study(cfg, run_key(r))]  # not an earlier grid's
+    _print_table(verdict_table(summary, rows))
+    outside = summary.get("runs_outside_study")
+    out(f"wrote {out_dir}/results.jsonl and summary.json ({summary['runs']} runs"
+        + (f"; {outside} of an earlier grid, which the study no longer lists, left out)" if outside else ")"))
 
 
 def verdict_table(summary: dict, rows: list[dict]) -> Table:

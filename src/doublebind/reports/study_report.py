@@ -22,8 +22,8 @@ from statistics import fmean
 from typing import Any
 
 from doublebind.errors import DoublebindError
-from doublebind.studies.run import QUARANTINE, RESULTS, compute_summary, describe_bad, describe_key, run_key, \
-    scan_results
+from doublebind.studies.run import QUARANTINE, RESULTS, compute_summary, describe_bad, describe_key, in_study, \
+    run_key, scan_results
 
 SECTIONS = ("Verdicts", "Verdicts by scenario", "Transfer curves", "Training budget: is misalignment still rising?",
             "Audit success against capability along training", "Capability versus misalignment frontier",
@@ -373,6 +373,12 @@ def left_out_of(scan) -> list[str]:
         left_out.append(f"{scan.ignored_rows} rows of interrupted or repeated runs that a complete run replaces")
     if scan.torn is not None:
         left_out.append(f"a half-written last line (line {scan.torn[0]}: a run still writing, or a kill mid-append)")
+    if scan.outside:
+        left_out.append(f"{len(scan.outside)} complete runs of an earlier grid, whose seeds, techniques or scenarios "
+                        f"the study's config no longer lists (e.g. {describe_key(scan.outside[0])})")
+    if scan.missing:
+        left_out.append(f"{len(scan.missing)} runs of the study's grid that have not finished (e.g. "
+                        f"{describe_key(scan.missing[0])}; `doublebind study run` runs them)")
     return left_out
 
 
@@ -403,7 +409,24 @@ def load_study(study_dir: Path, what: str = "the report") -> tuple[dict, Any, di
         raise DoublebindError(f"{results}: no finished runs yet")
     study = _load_json(study_dir / "study.json", "study record")
     _check_study_record(study_dir / "study.json", study)
-    return study, scan, compute_summary(scan.runs, _study_config(study_dir, study))
+    cfg = _study_config(study_dir, study)
+    summary = compute_summary(scan.runs, cfg)  # of the grid's runs; it counts the others, as summary.json does
+    scan.outside = sorted(k for k in scan.runs if not in_study(cfg, k))
+    scan.runs = {k: rows for k, rows in scan.runs.items() if in_study(cfg, k)}
+    if not scan.runs:
+        raise DoublebindError(f"{results}: no finished run of the study's grid yet ({len(scan.outside)} of an "
+                              f"earlier grid, which the study's config no longer lists)")
+    incomplete = {tuple(inc["key"]) for inc in scan.incomplete}
+    scan.missing = [k for k in _grid(cfg, study) if k not in scan.runs and k not in incomplete]
+    return study, scan, summary
+
+
+def _grid(cfg, study: dict) -> list[tuple]:
+    """Every run key of the study's grid: its placed organisms (study.json) x techniques x seeds."""
+    organisms = [(o.get("scenario"), o.get("organism_seed")) for o in study.get("organisms") or []
+                 if isinstance(o, dict)]
+    return [(sc, o, t, s) for sc, o in organisms for t in cfg.technique_stages() for s in cfg.seeds
+            if in_study(cfg, (sc, o, t, s))]
 
 
 def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:

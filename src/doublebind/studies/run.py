@@ -29,6 +29,7 @@ summary.json does not depend on the worker count.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -218,6 +219,8 @@ class Scan:
     parsed: list[dict] = field(default_factory=list)  # every well-formed row, complete run or not
     incomplete: list[dict] = field(default_factory=list)  # {key, found, expected, lines} without a complete run
     ignored_rows: int = 0  # rows of interrupted or repeated runs that a complete run supersedes
+    outside: list = field(default_factory=list)  # complete runs the study's grid no longer has (`in_study`)
+    missing: list = field(default_factory=list)  # cells of the grid with no complete run (set by the report)
     bad: list[tuple[int, bytes, str]] = field(default_factory=list)  # (line number, raw bytes, why)
     torn: tuple[int, bytes, int] | None = None  # half-written last line: (line number, raw bytes, byte offset)
     legacy: list[int] = field(default_factory=list)  # lines of rows from an older schema
@@ -420,6 +423,44 @@ def run_dir(out: Path, key: RunKey) -> Path:
     return Path(out) / "runs" / f"{scenario}-o{organism_seed}" / f"{technique}-s{seed}"
 
 
+LOCK = ".study.lock"  # in the study folder: held by the `study run` writing it
+
+
+@contextlib.contextmanager
+def study_lock(out: Path, take: bool = True):
+    """Hold an exclusive lock on the study folder `out` while a `study run` writes it, or
+    refuse at once: two runners on one folder trained every run twice under the same run ids
+    and left a results file neither a resume nor `report` would read. The lock is the
+    kernel's (`flock`), so a runner killed even by SIGKILL releases it; where `fcntl` does
+    not exist (Windows) nothing is locked. `take=False` (the other processes of a parallel
+    launch, which never write the folder): no lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux or macOS
+        fcntl = None
+    if not take or fcntl is None:
+        yield
+        return
+    path = Path(out) / LOCK
+    handle = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            raise DoublebindError(f"{out} is being written by another `study run`"
+                                  + (f" (process {holder})" if holder.isdigit() else "")
+                                  + "; wait for it to finish (then run again to resume), or use another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # closing releases the lock
+
+
 def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides: list[str] = (),
               workers: int | None = 1) -> dict:
     """Run the study's missing runs, `workers` at a time (None: `executor.workers_for`'s
@@ -438,65 +479,66 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
                                   f"(move the folder away)")
     out.mkdir(parents=True, exist_ok=True)
     state = _process_state()  # under `accelerate launch`, only the main process writes
-    results = out / RESULTS
-    grid = {(sp.scenario, sp.organism_seed, t, s): Cell(sp, run_recipe(sp.recipe, t, stages, s))
-            for sp in specs for t, stages in cfg.technique_stages().items() for s in cfg.seeds}
-    scan = scan_results(results)
-    if state.is_main_process:
-        settle_results(scan)
-    else:
-        scan.check()
-    hashes = {sp.key: sp.expected_hash() for sp in specs}
-    check_resumable(out, scan.parsed, hashes, grid, cfg.name)
-    todo = [g for g in grid if g not in scan.runs]
-    to_place = [sp for sp in specs if sp.path is None and any(grid[k].spec is sp for k in todo)]
-    with state.main_process_first():  # build or copy the organisms that still have runs to do
+    with study_lock(out, state.is_main_process):  # one `study run` at a time per folder
+        results = out / RESULTS
+        grid = {(sp.scenario, sp.organism_seed, t, s): Cell(sp, run_recipe(sp.recipe, t, stages, s))
+                for sp in specs for t, stages in cfg.technique_stages().items() for s in cfg.seeds}
+        scan = scan_results(results)
         if state.is_main_process:
-            place_organisms(to_place, out, hashes, 1 if state.num_processes > 1 else n_workers, show_progress)
-    cards = {sp.key: json.loads((sp.folder(out) / "organism.json").read_text())
-             for sp in specs if (sp.folder(out) / "organism.json").is_file()}
-    record = {
-        "config": cfg.model_dump(mode="json"), "study_file": str(Path(study_path).resolve()),
-        "organisms": [{"scenario": sp.scenario, "organism_seed": sp.organism_seed,
-                       "organism_hash": hashes[sp.key], "path": str(sp.folder(out).resolve()),
-                       # the card travels with the results: a folder copied without organisms/
-                       # (the committed references) still reports its organisms
-                       "card": cards.get(sp.key)} for sp in specs]}
-    # This session's provenance enters the record with its first finished run, not before:
-    # a session stopped before any run finished (a failure, Ctrl-C) claims none of the rows.
-    sessions = dict(zip((False, True), resumed_provenance(out / "study.json", provenance(cards.values()),
-                                                          had_runs=bool(scan.runs)))) if state.is_main_process else {}
-    if state.is_main_process:
-        write_json(out / "study.json", {**record, **sessions[False]}, indent=2)
-    run_ids = {r["run_id"] for r in scan.parsed}
-    if state.is_main_process:
-        from doublebind.ui import console
-
-        for inc in scan.incomplete:
-            if tuple(inc["key"]) in grid:
-                console.print(f"redoing the incomplete run {describe_key(inc['key'])} "
-                              f"({inc['found']} of its {inc['expected']} rows in {RESULTS})", highlight=False)
-    jobs = {key: (grid[key].spec.folder(out), grid[key].recipe, run_dir(out, key)) for key in todo}
-    with progress_bar(f"study {cfg.name}", len(grid), show_progress and state.is_main_process,
-                      unit="runs") as advance:
-        advance(len(grid) - len(todo))
-
-        def finished(key, summary) -> None:  # in this process, as each run ends: one append per run
-            cell, folder = grid[key], run_dir(out, key)
-            if state.is_main_process and sessions[True] != sessions[False]:  # this session's first run
-                write_json(out / "study.json", {**record, **sessions[True]}, indent=2)
-                sessions[False] = sessions[True]
+            settle_results(scan)
+        else:
+            scan.check()
+        hashes = {sp.key: sp.expected_hash() for sp in specs}
+        check_resumable(out, scan.parsed, hashes, grid, cfg.name)
+        todo = [g for g in grid if g not in scan.runs]
+        to_place = [sp for sp in specs if sp.path is None and any(grid[k].spec is sp for k in todo)]
+        with state.main_process_first():  # build or copy the organisms that still have runs to do
             if state.is_main_process:
-                run_id = next(i for k in range(len(run_ids) + 1)
-                              if (i := f"{folder.parent.name}-{folder.name}-a{k}") not in run_ids)
-                run_ids.add(run_id)
-                _append(results, seal_run(_rows(cfg, cards[cell.spec.key], key, cell.recipe, folder, summary), run_id))
-            advance(1)
+                place_organisms(to_place, out, hashes, 1 if state.num_processes > 1 else n_workers, show_progress)
+        cards = {sp.key: json.loads((sp.folder(out) / "organism.json").read_text())
+                 for sp in specs if (sp.folder(out) / "organism.json").is_file()}
+        record = {
+            "config": cfg.model_dump(mode="json"), "study_file": str(Path(study_path).resolve()),
+            "organisms": [{"scenario": sp.scenario, "organism_seed": sp.organism_seed,
+                           "organism_hash": hashes[sp.key], "path": str(sp.folder(out).resolve()),
+                           # the card travels with the results: a folder copied without organisms/
+                           # (the committed references) still reports its organisms
+                           "card": cards.get(sp.key)} for sp in specs]}
+        # This session's provenance enters the record with its first finished run, not before:
+        # a session stopped before any run finished (a failure, Ctrl-C) claims none of the rows.
+        sessions = dict(zip((False, True), resumed_provenance(out / "study.json", provenance(cards.values()),
+                                                              had_runs=bool(scan.runs)))) if state.is_main_process else {}
+        if state.is_main_process:
+            write_json(out / "study.json", {**record, **sessions[False]}, indent=2)
+        run_ids = {r["run_id"] for r in scan.parsed}
+        if state.is_main_process:
+            from doublebind.ui import console
 
-        run_jobs(distill_run, jobs, 1 if state.num_processes > 1 else n_workers, finished,
-                 label=describe_key)
-    state.wait_for_everyone()
-    return summarize(out, cfg, write=state.is_main_process)
+            for inc in scan.incomplete:
+                if tuple(inc["key"]) in grid:
+                    console.print(f"redoing the incomplete run {describe_key(inc['key'])} "
+                                  f"({inc['found']} of its {inc['expected']} rows in {RESULTS})", highlight=False)
+        jobs = {key: (grid[key].spec.folder(out), grid[key].recipe, run_dir(out, key)) for key in todo}
+        with progress_bar(f"study {cfg.name}", len(grid), show_progress and state.is_main_process,
+                          unit="runs") as advance:
+            advance(len(grid) - len(todo))
+
+            def finished(key, summary) -> None:  # in this process, as each run ends: one append per run
+                cell, folder = grid[key], run_dir(out, key)
+                if state.is_main_process and sessions[True] != sessions[False]:  # this session's first run
+                    write_json(out / "study.json", {**record, **sessions[True]}, indent=2)
+                    sessions[False] = sessions[True]
+                if state.is_main_process:
+                    run_id = next(i for k in range(len(run_ids) + 1)
+                                  if (i := f"{folder.parent.name}-{folder.name}-a{k}") not in run_ids)
+                    run_ids.add(run_id)
+                    _append(results, seal_run(_rows(cfg, cards[cell.spec.key], key, cell.recipe, folder, summary), run_id))
+                advance(1)
+
+            run_jobs(distill_run, jobs, 1 if state.num_processes > 1 else n_workers, finished,
+                     label=describe_key)
+        state.wait_for_everyone()
+        return summarize(out, cfg, write=state.is_main_process)
 
 
 # What makes two sessions of one study differ in where their runs come from: the code, the
@@ -750,6 +792,18 @@ def scenario_names(cfg, runs: dict) -> list[str]:
     return list(dict.fromkeys(k[0] for k in runs))
 
 
+def in_study(cfg, key: RunKey) -> bool:
+    """Whether a run key is a cell of the study's grid as `cfg` has it now: a resume with fewer
+    seeds, techniques or scenarios leaves the earlier grid's runs in results.jsonl, and the
+    statistics, counts and tables leave them out."""
+    scenario, organism_seed, technique, seed = key
+    if cfg.scenarios is not None and scenario not in {sc.name for sc in cfg.scenarios}:
+        return False
+    if cfg.organism_seeds is not None and organism_seed not in cfg.organism_seeds:
+        return False
+    return technique in cfg.technique_stages() and seed in cfg.seeds
+
+
 def compute_summary(runs: dict[RunKey, list[dict]], cfg) -> dict:
     """Per scenario and technique: statistics and verdicts at the final and at the
     audit-selected checkpoint, and the effect against the technique's reference run."""
@@ -775,8 +829,10 @@ def compute_summary(runs: dict[RunKey, list[dict]], cfg) -> dict:
             techniques[t] = judged
         scenarios[sc] = {"organisms": {str(k[1]): rows[0]["organism_hash"] for k, rows in mine.items()},
                          "techniques": techniques}
+    counted = sum(in_study(cfg, k) for k in runs)  # "N runs" was every complete run in the file
     summary = {"schema_version": SCHEMA_VERSION, "study": cfg.name, "verdict_thresholds": cfg.verdict.model_dump(),
-               "bootstrap": cfg.bootstrap, "runs": len(runs), "scenarios": scenarios}
+               "bootstrap": cfg.bootstrap, "runs": counted,
+               **({"runs_outside_study": len(runs) - counted} if len(runs) > counted else {}), "scenarios": scenarios}
     return json.loads(json.dumps(summary))  # as it reads back from summary.json (tuples become lists)
 
 

@@ -349,8 +349,8 @@ class Distiller:
         norm = self.accelerator.clip_grad_norm_(params, max_norm)
         value = float(norm) if norm is not None else 0.0
         if not math.isfinite(value):
-            raise DoublebindError(f"gradient norm became {value} at step {self._step + 1}; the loss is too steep to "
-                                  f"train on: lower a stage's loss weight or beta, or {LR_HINT}")
+            raise DoublebindError(f"gradient norm became {value} at step {self._step + 1}; "
+                                  + LR_HINT.replace("); ", ") or a stage's loss weight or beta; ", 1))
         return norm
 
     def _extra_loss(self, model, items, batch, logits, mask):
