@@ -37,3 +37,20 @@ def test_a_new_file_gets_the_umask_mode(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o640
+
+
+def test_a_full_disk_names_the_file(tmp_path, monkeypatch):
+    """`No space left on device` came with no file name, so `study run` printed it alone."""
+    import errno
+    import os
+
+    from doublebind import atomic
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "replace", full)
+    with pytest.raises(OSError) as e:
+        write_json(tmp_path / "study.json", {"a": 1})
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "study.json")
+    assert os.listdir(tmp_path) == []  # and no temporary left

@@ -435,3 +435,13 @@ def test_eval_refuses_a_checkpoint_of_another_vocabulary_in_a_world_organism(qui
     # the organism's own model is still scored
     res = run_cli("eval", str(org / "teacher"), "--organism", str(org), "--n", "5", "--samples", "0", "--json")
     assert res.returncode == 0 and "capability" in json.loads(res.stdout), res.stderr
+
+
+def test_report_on_a_study_stopped_before_its_first_run(tmp_path):
+    """A study killed before a run finished has study.json and no results: it was called
+    "not a study folder"."""
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "study.json").write_text("{}")
+    _one_line(run_cli("report", str(tmp_path / "s")), f"{tmp_path / 's' / 'results.jsonl'}: no finished runs yet")
+    (tmp_path / "t").mkdir()
+    _one_line(run_cli("report", str(tmp_path / "t")), "no results.jsonl; is this a study folder")

@@ -132,6 +132,10 @@ def test_worker_count_policy():
     for bad in ("0", "-1", "two"):
         with pytest.raises(DoublebindError, match="expected a whole number of worker processes >= 1"):
             executor.workers_for(None, {"DOUBLEBIND_WORKERS": bad}, cores=4, cuda=False)
+    # 10**20 was taken: the pool would start as many processes as the grid has runs
+    assert executor.workers_for(executor.MAX_WORKERS, {}, cores=4, cuda=False) == executor.MAX_WORKERS
+    with pytest.raises(DoublebindError, match=r"^--workers=100000000000000000000: at most 256 worker processes"):
+        executor.workers_for(10**20, {}, cores=4, cuda=False)
 
 
 def _children(pid: int) -> set[int]:

@@ -32,5 +32,9 @@ def write_json(path: Path, data, **dump) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is None:  # a full disk names no file; the error should
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)

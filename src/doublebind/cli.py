@@ -434,6 +434,18 @@ def _verify_own_checkpoint(model_dir: Path, organism: Path, card: dict) -> None:
         raise DoublebindError(f"{e}; its card's metrics describe the file it hashed, not this one") from None
 
 
+def _tracker_override(tracker: str | None, key: str) -> list[str]:
+    """The override `--tracker` stands for; a value that is no tracker is refused as the
+    flag (the config error named an override `key=…` the user never typed)."""
+    if tracker is None:
+        return []
+    from doublebind.training.tracking import TRACKERS
+
+    if tracker not in TRACKERS:
+        raise DoublebindError(f"--tracker {tracker!r}: expected one of {', '.join(TRACKERS)}")
+    return [f"{key}={tracker}"]
+
+
 @app.command()
 @cli_errors
 def distill(
@@ -448,7 +460,7 @@ def distill(
     """Distil the organism's teacher into a student; write metrics.jsonl, summary.json, curves."""
     from doublebind import config
 
-    extra = [f"training.tracker={tracker}"] if tracker is not None else []
+    extra = _tracker_override(tracker, "training.tracker")
     cfg = config.load(recipe, [*(overrides or []), *extra], expect="recipe")
     from doublebind.organisms.models import quiet_transformers  # these import torch (seconds)
     from doublebind.training.distill import distill as run_distill
@@ -486,7 +498,7 @@ def study_run(study: Path, out_dir: Path = typer.Option(..., "--out", help="Stud
     from doublebind.studies.executor import parse_workers
     from doublebind.studies.run import RESULTS, in_study, read_results, run_key, run_study
 
-    extra = [f"recipe_overrides.training.tracker={tracker}"] if tracker is not None else []
+    extra = _tracker_override(tracker, "recipe_overrides.training.tracker")
     n = parse_workers(workers, "--workers") if workers is not None else None
     cfg = config.load(study, [*(overrides or []), *extra], expect="study")  # a bad config fails before torch loads
     from doublebind.organisms.models import quiet_transformers

@@ -390,6 +390,8 @@ def results_file(study_dir: Path) -> Path:
     if not Path(study_dir).is_dir():
         raise DoublebindError(f"{study_dir} is a file, not a study folder (doublebind study run ... --out DIR)")
     if not results.is_file():
+        if (Path(study_dir) / "study.json").is_file():  # a study stopped before its first run finished
+            raise DoublebindError(f"{results}: no finished runs yet")
         raise DoublebindError(f"{study_dir}: no {RESULTS}; is this a study folder (doublebind study run ... --out DIR)?")
     return results
 

@@ -54,6 +54,9 @@ from doublebind.errors import DoublebindError, VerificationError
 ENV = "DOUBLEBIND_WORKERS"
 
 
+MAX_WORKERS = 256  # each worker is a process holding torch and its own copy of a run's models
+
+
 def parse_workers(raw: str | int, what: str) -> int:
     """A worker count from a flag or the environment; one clear error otherwise."""
     try:
@@ -62,6 +65,9 @@ def parse_workers(raw: str | int, what: str) -> int:
         n = 0
     if n < 1:
         raise DoublebindError(f"{what}={raw!r}: expected a whole number of worker processes >= 1")
+    if n > MAX_WORKERS:
+        raise DoublebindError(f"{what}={raw!r}: at most {MAX_WORKERS} worker processes (each loads torch and a "
+                              f"run's models)")
     return n
 
 

@@ -128,6 +128,10 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
         return [(o, field(what, lambda o=o: load({"seed": o}))) for o in seeds]
 
     def check_references(recipe) -> None:
+        from doublebind.training.tracking import check_tracker
+
+        # a tracker's missing package was found by the first run, after every organism was built
+        field("recipe_overrides", lambda: check_tracker(recipe.training.tracker))
         names = list(cfg.technique_stages())
         for t in names:
             ref = config.reference_of(t)
@@ -394,10 +398,15 @@ def settle_results(scan: Scan) -> Scan:
 
 
 def _append(path: Path, rows: list[dict]) -> None:
-    with open(path, "a") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in rows))
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in rows))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        if e.filename is None:  # a full disk names no file; the error should (a torn line is moved aside on resume)
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
 
 
 def recipe_hash(recipe) -> str:

@@ -34,6 +34,22 @@ def tracker_dir(out: Path) -> Path:
     return Path(out) / "tracker"
 
 
+def check_tracker(tracker: str) -> None:
+    """One plain error when `tracker`'s package is not installed (`study run` and `validate`
+    check it before any organism is built; `accelerator_kwargs` before a run trains)."""
+    if tracker not in TRACKERS:
+        raise DoublebindError(f"unknown tracker {tracker!r}; trackers: {', '.join(TRACKERS)}")
+    if tracker == "none":
+        return
+    from accelerate.utils import is_tensorboard_available, is_trackio_available, is_wandb_available
+
+    available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available,
+                 "trackio": is_trackio_available}[tracker]()
+    if not available:
+        raise DoublebindError(f"training.tracker {tracker} needs the {_PACKAGE[tracker]} package; "
+                              f"pip install {_PACKAGE[tracker]}, or use --tracker none")
+
+
 def accelerator_kwargs(tracker: str, out: Path | None) -> dict:
     """What `Accelerator(...)` needs for `tracker` (nothing for `none` or a run without a folder).
 
@@ -42,14 +58,9 @@ def accelerator_kwargs(tracker: str, out: Path | None) -> dict:
         raise DoublebindError(f"unknown tracker {tracker!r}; trackers: {', '.join(TRACKERS)}")
     if tracker == "none" or out is None:
         return {}
-    from accelerate.utils import ProjectConfiguration, is_tensorboard_available, is_trackio_available, \
-        is_wandb_available
+    from accelerate.utils import ProjectConfiguration
 
-    available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available,
-                 "trackio": is_trackio_available}[tracker]()
-    if not available:
-        raise DoublebindError(f"training.tracker {tracker} needs the {_PACKAGE[tracker]} package; "
-                              f"pip install {_PACKAGE[tracker]}, or use --tracker none")
+    check_tracker(tracker)
     logs = tracker_dir(out)
     return {"log_with": tracker,
             "project_config": ProjectConfiguration(project_dir=str(out), logging_dir=str(logs))}
