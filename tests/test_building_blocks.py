@@ -223,8 +223,11 @@ def test_onion_deletes_the_most_suspicious_tokens_first_and_keeps_the_rest_s_wei
     rewritten item keeps the weights of the tokens it keeps, aligned with its new response."""
     from doublebind.techniques.onion_filter import OnionFilter
 
+    from types import SimpleNamespace
+
     class View:
         kind, eos, stages_dir, tasks = "hf", "<eos>", None, None
+        recipe = SimpleNamespace(objective=SimpleNamespace(kind="sft"))  # the stage's own objective hook sets it
 
         def record(self, *a, **k):
             pass
