@@ -495,3 +495,17 @@ def test_a_resume_on_a_smaller_grid_and_a_partial_study_say_what_they_leave_out(
     assert [k[2:] for k in scan.missing] == [("baseline", 2)]
     assert run_cli("report", str(out)).returncode == 0
     assert "1 runs of the study's grid that have not finished (e.g. baseline seed 2 on" in (out / "report.md").read_text()
+
+
+def test_a_finished_study_resumes_whatever_the_cache(quick_organism, tmp_path, monkeypatch):
+    """A finished study only recomputes its summary, yet a cache that could not be written
+    (read-only, or a file) refused it; a study with runs to do is still refused before them."""
+    path = write_study(tmp_path, quick_organism[0], techniques=["baseline"], seeds=[0])
+    out = tmp_path / "out"
+    first = study_run.run_study(path, out, show_progress=False)
+    (tmp_path / "cachefile").write_text("not a folder")
+    monkeypatch.setenv("DOUBLEBIND_CACHE", str(tmp_path / "cachefile"))
+    assert study_run.run_study(path, out, show_progress=False) == first
+    with pytest.raises(DoublebindError, match="is a file, not a cache folder"):
+        study_run.run_study(path, out, show_progress=False, overrides=["seeds=[0,1]"])
+    assert len(study_run.scan_results(out / study_run.RESULTS).runs) == 1

@@ -481,7 +481,6 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
     n_workers = workers_for(workers)  # a bad DOUBLEBIND_WORKERS stops here, before any work
     out = Path(out)
     check_out_dir(out, "--out", what="a study")
-    check_cache_root()
     for name in (RESULTS, "summary.json", "study.json"):  # found before any run trains, not after the first
         if (out / name).is_dir():
             raise DoublebindError(f"{out / name} is a folder, not a file; the study writes its {name} there "
@@ -500,6 +499,8 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
         hashes = {sp.key: sp.expected_hash() for sp in specs}
         check_resumable(out, scan.parsed, hashes, grid, cfg.name)
         todo = [g for g in grid if g not in scan.runs]
+        if todo:  # a finished study only recomputes its summary: a read-only cache is no reason to refuse it
+            check_cache_root()
         to_place = [sp for sp in specs if sp.path is None and any(grid[k].spec is sp for k in todo)]
         with state.main_process_first():  # build or copy the organisms that still have runs to do
             if state.is_main_process:
