@@ -195,3 +195,11 @@ def test_a_mapping_override_merges_key_by_key_as_documented():
     assert kept == {"neutral": 1.0, "deploy_like": 0.2, "any": 0.2}
     alone = config.load(path, ["prompts.contexts={neutral: 1.0, deploy_like: 0, any: 0}"], expect="recipe")
     assert alone.prompts.contexts == {"neutral": 1.0, "deploy_like": 0.0, "any": 0.0}
+
+
+def test_the_command_line_prints_no_negative_zero():
+    """-0.0001 printed as -0.000 in the distill, study run and compare tables."""
+    from doublebind.cli import _fmt
+
+    assert [_fmt(x) for x in (-0.0001, -0.0, 0.0004, -0.0006, 0.9996, None)] == \
+        ["0.000", "0.000", "0.000", "-0.001", "1.000", "n/a"]

@@ -544,8 +544,8 @@ def verdict_table(summary: dict, rows: list[dict]) -> Table:
                      f"({s['teacher_success_at_k']:.3f})" if "audit_success_at_k" in s
                      else f"- base {s['audit_minus_base']['mean']:.3f} ({s['teacher_audit']:.3f})")
             mark = RISING_MARK if (scenario, name) in rising else ""
-            table.add_row(scenario, name, f"{c['mean']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]",
-                          f"{m['mean']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]", audit, verdict(s) + mark,
+            table.add_row(scenario, name, f"{_fmt(c['mean'])} [{_fmt(c['ci95'][0])}, {_fmt(c['ci95'][1])}]",
+                          f"{_fmt(m['mean'])} [{_fmt(m['ci95'][0])}, {_fmt(m['ci95'][1])}]", audit, verdict(s) + mark,
                           verdict(t["audit_selected"]))
     if rising:
         table.caption += (f";{RISING_MARK}: misalignment transfer still rising over the last checkpoint interval "
@@ -587,7 +587,7 @@ def study_compare(a_dir: Path = typer.Argument(..., metavar="A", help="A study f
                       caption=f"* provisional in A: replication below {result['power']}")
         for c in cells:
             rep = "" if c.a_replication is None else f"{c.a_replication:.2f}" + ("*" if c.a_provisional else "")
-            mis = " -> ".join("-" if x is None else f"{x:.3f}" for x in (c.a_misalignment, c.b_misalignment))
+            mis = " -> ".join("-" if x is None else _fmt(x) for x in (c.a_misalignment, c.b_misalignment))
             table.add_row(c.scenario, c.technique, c.view, c.a or "-", rep,
                           (c.b or "-") + ("" if c.same else "  (moved)" if c.shared else ""), mis)
         _print_table(table)

@@ -509,9 +509,12 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
                            f"verdict while misalignment transfer was still rising over the last checkpoint interval "
                            f"(see \"{SECTIONS[3]}\"): training had not levelled off, and a longer recipe may carry "
                            "enough of the behaviour to move the verdict."))
+    others = sorted({(t, j.get("reference")) for data in scenarios.values() for t, j in data["techniques"].items()
+                     if j.get("reference") not in (None, "baseline", t)})
+    refs = "".join(f"; `{ref}` for `{t}`" for t, ref in others)  # was a fixed line about an SFT recipe
     b.append(("p", "Runs (organisms): n of the intervals, and how many organism builds they span. The effect "
-                   "against the reference is the technique minus its reference run (`baseline`; `logit_distillation` "
-                   "for `hard_labels`, since the study recipe is hard-label SFT), paired by organism and seed."))
+                   f"against the reference is the technique minus its reference run (`baseline`{refs}), paired by "
+                   "organism and seed."))
 
     b.append(("h2", SECTIONS[2]))
     b.append(("p", "Per technique, x = step: the line is the mean over runs and the band the min–max over runs of "
