@@ -106,3 +106,16 @@ def test_power_alone_is_not_another_rule():
     it judge alike (a mutation audit found this unpinned)."""
     a = _summary({("s", "t"): ("both_fail", "both_fail", 0.9, 0.5)})
     assert not compare(a, _summary({("s", "t"): ("both_fail", "both_fail", 0.9, 0.5)}, power=0.9))["thresholds_differ"]
+
+
+def test_compare_says_when_b_plans_another_design():
+    """The demo's reference (3 seeds on 1 build per scenario) against the matrix (5 seeds on 2)
+    noted only the study names, then held A's replication figures against it."""
+    from pathlib import Path
+
+    from doublebind.studies.compare import compare_folders, notes
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "results"
+    said = notes(compare_folders(docs, docs / "matrix"))
+    assert "B plans scenario default with another design (5 seeds on 2 organism builds, A 3 on 1): A's replication " \
+           "figures expect a rerun of A's own design" in said, said

@@ -130,7 +130,21 @@ def compare_folders(a_dir: Path, b_dir: Path) -> dict:
     # a record from before the CPU was kept cannot say whether the other ran on another one
     result["cpu_unrecorded"] = [side for side, m, other in (("A", ma, mb), ("B", mb, ma))
                                 if m.get("cpu") is None and other.get("cpu") is not None]
+    # another design (seeds, organism builds per scenario): A's replication figures are for A's own
+    da, db = _design(study_a), _design(study_b)
+    result["designs_differ"] = [[sc, *da[sc], *db[sc]] for sc in da if sc in db and da[sc] != db[sc]]
     return result
+
+
+def _design(study: dict) -> dict[str, tuple[int, int]]:
+    """scenario -> (seeds per organism build, organism builds) as a study record plans them."""
+    cfg = study.get("config") if isinstance(study.get("config"), dict) else {}
+    seeds = cfg.get("seeds") if isinstance(cfg.get("seeds"), list) else []
+    builds: dict[str, int] = {}
+    for o in study.get("organisms") or []:
+        if isinstance(o, dict):
+            builds[o.get("scenario")] = builds.get(o.get("scenario"), 0) + 1
+    return {sc: (len(seeds), n) for sc, n in builds.items()}
 
 
 def _provenance(study: dict, key: str) -> dict:
@@ -196,6 +210,10 @@ def notes(result: dict) -> list[str]:
         other = "B" if side == "A" else "A"
         out.append(f"{side}'s record does not name its CPU (a study run before doublebind kept it), so whether "
                    f"{other} ran on another machine, whose rounding differs, is unknown")
+    for sc, sa, ka, sb, kb in result.get("designs_differ") or []:
+        out.append(f"B plans scenario {sc} with another design ({_n(sb, 'seed', 'seeds')} on "
+                   f"{_n(kb, 'organism build', 'organism builds')}, A {sa} on {ka}): A's replication figures "
+                   f"expect a rerun of A's own design")
     for side, items in (result.get("left_out") or {}).items():
         if items:
             out.append(f"{side}'s results leave out " + "; ".join(items) + ": its cells hold only its complete runs")
