@@ -1,6 +1,7 @@
 """LLM scorers and the judge, against a fake OpenAI-compatible server on loopback."""
 
 import json
+import re
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -187,6 +188,23 @@ class FakeJudge:
                     return self._send(404, {"error": "not found"})
                 if fake.mode == "500":  # echoes the auth header, as a careless server might
                     return self._send(500, {"error": f"boom {self.headers.get('Authorization')}"})
+                if fake.mode == "500-long":  # the key past the 80 characters an error quotes
+                    return self._send(500, {"error": "x" * 40 + f" {self.headers.get('Authorization')}"})
+                if fake.mode == "redirect":  # to another host: urllib followed it, key and all
+                    self.send_response(302)
+                    self.send_header("Location", f"http://localhost:{self.server.server_address[1]}/v1/chat/completions")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return None
+                if fake.mode == "bad-status":
+                    self.wfile.write(b"GARBAGE\r\n\r\n")
+                    return None
+                if fake.mode == "short":  # promises more body than it sends
+                    self.send_response(200)
+                    self.send_header("Content-Length", "1000")
+                    self.end_headers()
+                    self.wfile.write(b"{\"ch")
+                    return None
                 text = body["messages"][0]["content"]
                 auth = self.headers.get("Authorization")
                 content = {"ok": "85" if "evil" in text else "10", "refuse": "I cannot score this",
@@ -387,3 +405,42 @@ def test_judge_scorer_needs_a_judge_and_a_prompt(fake, tmp_path):
     with pytest.raises(DoublebindError, match="'j2' has no 'prompt'"):
         score(sc, "c", {"id": "j2"}, Judge(sc.judge, tmp_path))
     assert fake.requests == []
+
+
+def test_a_long_error_body_never_shows_part_of_the_key(fake, tmp_path, monkeypatch):
+    """The body was cut to 80 characters before the key was masked, so a key that straddled
+    the cut no longer matched and most of it was printed."""
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    fake.mode = "500-long"
+    with pytest.raises(DoublebindError) as e:
+        Judge(judge_cfg(fake.url), tmp_path).score("p", "c")
+    msg = str(e.value)
+    assert "HTTP 500" in msg, msg
+    assert not any(SECRET[:n] in msg for n in range(6, len(SECRET) + 1)), msg
+
+
+def test_a_redirect_is_not_followed_with_the_key(fake, tmp_path, monkeypatch):
+    """urllib followed a 302 to whatever host it named, as a GET carrying the Authorization
+    header, and took that host's reply as the score."""
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    fake.mode = "redirect"
+    with pytest.raises(DoublebindError, match=r"HTTP 302 redirect to .*; not followed \(give the final URL as "
+                                              r"base_url\)"):
+        Judge(judge_cfg(fake.url), tmp_path).score("p", "c")
+    assert len(fake.requests) == 1  # the redirect's target was never asked
+
+
+@pytest.mark.parametrize("mode, what", [("bad-status", "BadStatusLine"), ("short", "IncompleteRead")])
+def test_a_broken_reply_is_one_line_naming_the_judge(fake, tmp_path, monkeypatch, mode, what):
+    """A bad status line or a short body was an internal error."""
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    fake.mode = mode
+    with pytest.raises(DoublebindError, match=rf"^judge {re.escape(fake.url)}/chat/completions: broken reply "
+                                              rf"\({what}"):
+        Judge(judge_cfg(fake.url), tmp_path).score("p", "c")
+
+
+@pytest.mark.parametrize("url, why", [("http://[::1:bad/v1", "not a URL"), ("http:///v1", "names no host")])
+def test_a_malformed_judge_url_is_a_config_error(url, why):
+    with pytest.raises(ConfigError, match=why):
+        judge_cfg(url)

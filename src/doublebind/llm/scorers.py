@@ -16,7 +16,9 @@ pinned model, the template filled with the item's prompt and the completion as t
 message, temperature 0 and a few max_tokens. The first number in the reply is the score, which
 must lie in 0-100; anything else is an error, never a silent default. The API key is read from
 the environment variable named by `api_key_env` at request time, sent as a Bearer header when
-set, and never stored, cached or shown in an error.
+set, and never stored, cached or shown in an error (masked before an error quotes a reply, so
+a quote cut short cannot hold part of it). Redirects are not followed: urllib would send the
+key on to whatever host a 3xx names. A malformed `base_url` is a config error.
 
 The cache: answers are keyed by sha256 of json {model, filled prompt, max_tokens} (the whole
 request, as temperature is always 0) and stored as `<cache>/judge/<key[:2]>/<key>.json`,
@@ -28,6 +30,7 @@ identifies the judge, wherever it is served.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import math
 import os
@@ -87,6 +90,14 @@ class JudgeConfig(Strict):
     def _url(cls, v: str) -> str:
         if not v.startswith(("http://", "https://")):
             raise ValueError(f"must start with http:// or https://, got '{v}'")
+        from urllib.parse import urlsplit
+
+        try:
+            host = urlsplit(v).hostname  # a malformed address was an internal error at the first request
+        except ValueError as e:
+            raise ValueError(f"not a URL ({e}): '{v}'") from None
+        if not host:
+            raise ValueError(f"names no host: '{v}'")
         return v.rstrip("/")
 
     @field_validator("model")
@@ -280,20 +291,26 @@ class Judge:
         request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
         self.requests_made += 1
         try:
-            with urllib.request.urlopen(request, timeout=self.cfg.timeout_s) as response:
+            with _OPENER.open(request, timeout=self.cfg.timeout_s) as response:
                 raw = response.read()
         except urllib.error.HTTPError as e:
-            detail = _short(e.read().decode(errors="replace"))
+            if 300 <= e.code < 400:  # urllib would follow it with the key, to any host, as a GET
+                where = _short(_masked(str(e.headers.get("Location")), key))
+                raise self._error(f"judge {url}: HTTP {e.code} redirect to {where}; not followed (give the final "
+                                  f"URL as base_url)", key) from None
+            detail = _short(_masked(e.read().decode(errors="replace"), key))
             raise self._error(f"judge {url}: HTTP {e.code} {e.reason}: {detail}", key) from None
         except urllib.error.URLError as e:
             raise self._error(f"judge {url}: cannot connect ({e.reason})", key) from None
         except TimeoutError:
             raise self._error(f"judge {url}: no reply within {self.cfg.timeout_s:g}s", key) from None
+        except (http.client.HTTPException, ConnectionError) as e:  # a broken reply: a bad status line, a short body
+            raise self._error(f"judge {url}: broken reply ({type(e).__name__}: {_short(str(e))})", key) from None
         try:
             return str(json.loads(raw)["choices"][0]["message"]["content"])
         except (ValueError, KeyError, IndexError, TypeError):
-            raise self._error(f"judge {url}: not a chat completion: {_short(raw.decode(errors='replace'))}",
-                              key) from None
+            raise self._error(f"judge {url}: not a chat completion: "
+                              f"{_short(_masked(raw.decode(errors='replace'), key))}", key) from None
 
     def _key(self) -> str | None:
         """The API key, read from the environment at each use, never stored."""
@@ -323,6 +340,23 @@ def cache_key(model: str, text: str, max_tokens: int) -> str:
     """sha256 of the request's content: the judge model, the filled prompt and max_tokens."""
     blob = json.dumps({"model": model, "prompt": text, "max_tokens": max_tokens}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _masked(text: str, key: str | None) -> str:
+    """`text` with the API key replaced, before it is shortened: a key cut in two by `_short`
+    no longer matched, and most of it was printed."""
+    return text.replace(key, "***") if key else text
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects come back as HTTPError: urllib would follow one with the Authorization
+    header, to whatever host it names, and take that host's reply as the judge's."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect())
 
 
 def _short(text: str, n: int = 80) -> str:
