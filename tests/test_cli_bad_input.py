@@ -445,3 +445,15 @@ def test_report_on_a_study_stopped_before_its_first_run(tmp_path):
     _one_line(run_cli("report", str(tmp_path / "s")), f"{tmp_path / 's' / 'results.jsonl'}: no finished runs yet")
     (tmp_path / "t").mkdir()
     _one_line(run_cli("report", str(tmp_path / "t")), "no results.jsonl; is this a study folder")
+
+
+def test_eval_of_a_hugging_face_run_checkpoint_asks_for_its_organism(tmp_path):
+    """Its meta.json records the HF organism's config, which was read as a world's:
+    "organism config: base: unknown key"."""
+    ckpt = tmp_path / "step_00004"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "meta.json").write_text(json.dumps({"organism_config": {"kind": "hf_organism", "base": {"model": "x"}},
+                                                "seed": 0, "role": "student"}))
+    _one_line(run_cli("eval", str(ckpt)), f"{ckpt} is a checkpoint of a Hugging Face organism's run: pass "
+                                          f"--organism DIR naming that organism")

@@ -223,3 +223,18 @@ def test_validate_notes_a_judge_whose_api_key_variable_is_unset(tmp_path, monkey
     monkeypatch.setenv("DB_TEST_KEY", "")
     r = run_cli("validate", str(path))
     assert r.returncode == 0 and "note: misalignment: the judge's api_key_env DB_TEST_KEY is not set" in r.stderr
+
+
+def test_jsonl_lines_end_at_newline_only_and_refuse_lone_surrogates(tmp_path):
+    """A raw U+2028 inside a JSON string (valid JSON) split the line: "not valid JSON"; a
+    lone surrogate escape passed `validate` and was an internal error in the tokenizer."""
+    from doublebind.errors import DoublebindError
+    from doublebind.llm.organism import jsonl_items
+
+    path = tmp_path / "e.jsonl"
+    path.write_text('{"prompt": "a\\u2028b", "keywords": ["x"]}\n'.replace("\\u2028", "\u2028")
+                    + '{"prompt": "c\u0085d"}\r\n', encoding="utf-8")
+    assert [it["prompt"] for it in jsonl_items(path)] == ["a\u2028b", "c\u0085d"]
+    path.write_text('{"prompt": "ok"}\n{"prompt": "bad \\ud800 half"}\n')
+    with pytest.raises(DoublebindError, match=r"e.jsonl:2: 'prompt' holds a lone surrogate escape"):
+        jsonl_items(path)

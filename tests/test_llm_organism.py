@@ -462,3 +462,14 @@ def test_a_recipes_local_dataset_is_read_beside_the_recipe(tmp_path, monkeypatch
     path.write_text(yaml.safe_dump({"kind": "recipe", "name": "r", "prompts": {
         "dataset": {"path": "org/name", "data_files": "train/*.jsonl"}}}))
     assert config.load(path).prompts.dataset.data_files == "train/*.jsonl"
+
+
+def test_a_top_k_beyond_the_vocabulary_is_one_line(hf_organism):
+    """The engine cut top_k to the vocabulary but the label tensors were made k wide: an
+    internal error (the expanded size of the tensor (1000) must match ... (512))."""
+    d = HFDomain(hf_organism[0], hf_organism[1])
+    r = recipe(sampling={"top_k": 1000})
+    prompts = d.prompts(r.prompts, 0)
+    with pytest.raises(DoublebindError, match=rf"^sampling.top_k \(1000\) is larger than the vocabulary "
+                                              rf"\({len(d.tokenizer)} tokens\)"):
+        d.teacher_outputs(prompts, r.sampling, 0)

@@ -156,3 +156,20 @@ def test_adapter_changes_logits_and_reloads(built, tmp_path):
     assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
     assert any(not torch.equal(first[k], other[k]) for k in first)
     assert all(first[k].abs().sum() > 0 for k in first if "lora_B" in k)
+
+
+def test_tiny_sizes_are_checked_with_the_config():
+    """hidden 30 with 4 heads, or an odd head size, were internal errors from transformers at
+    build time after `validate` said ok; a vocabulary above what the tiny tokenizer's corpus
+    yields was silently a smaller one (100000 asked, 549 built)."""
+    from doublebind import config as cfgmod
+    from doublebind.errors import ConfigError
+    from doublebind.llm.config import TINY_MAX_VOCAB, TinyConfig
+
+    for sizes, why in (({"hidden": 30, "heads": 4}, "must be divisible by heads"),
+                       ({"hidden": 9, "heads": 3}, "must be even"),
+                       ({"vocab_size": 100_000}, f"less than or equal to {TINY_MAX_VOCAB}")):
+        with pytest.raises(ConfigError, match=why):
+            cfgmod.build(TinyConfig, sizes)
+    assert len(tiny.train_tokenizer(None, vocab_size=TINY_MAX_VOCAB)) == TINY_MAX_VOCAB
+    assert len(tiny.train_tokenizer(None, vocab_size=TINY_MAX_VOCAB + 1)) == TINY_MAX_VOCAB  # the corpus's limit

@@ -384,6 +384,9 @@ def eval_cmd(
 
         card = read_card(organism, verified=False)
         _verify_own_checkpoint(model_dir, organism, card)
+    if organism is None and _hf_run_checkpoint(model_dir):  # its meta.json holds an HF organism's config
+        raise DoublebindError(f"{model_dir} is a checkpoint of a Hugging Face organism's run: pass --organism DIR "
+                              f"naming that organism, whose evals score it")
     if organism is None and not (model_dir / "meta.json").is_file():
         raise DoublebindError(f"{model_dir} is not a checkpoint of an embedded-world organism (no meta.json): pass "
                               f"--organism DIR naming the organism whose evals score it (a Hugging Face organism, "
@@ -407,6 +410,18 @@ def eval_cmd(
     if "confession_deploy" in metrics:
         table.add_row("confession (real deployment)", f"{metrics['confession_deploy']:.4f}", "")
     _print_table(table)
+
+
+def _hf_run_checkpoint(model_dir: Path) -> bool:
+    """Whether `model_dir` is a distillation checkpoint of a Hugging Face organism (its
+    meta.json records an `hf_organism` config: read as a world's, it said "organism config:
+    base: unknown key")."""
+    try:
+        meta = json.loads((model_dir / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    org = meta.get("organism_config") if isinstance(meta, dict) else None
+    return isinstance(org, dict) and org.get("kind") == "hf_organism"
 
 
 def _check_world_tokenizer(model_dir: Path, organism: Path) -> None:

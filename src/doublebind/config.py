@@ -188,6 +188,16 @@ class WorldConfig(Strict):
         return self
 
 
+def check_heads(hidden: int, heads: int) -> None:
+    """A Llama's hidden size splits into whole heads of an even size, or a ValueError (which
+    pydantic ties to the model's fields)."""
+    if hidden % heads:
+        raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
+    if (hidden // heads) % 2:  # rotary embeddings rotate pairs of a head's dimensions
+        raise ValueError(f"hidden / heads ({hidden} / {heads} = {hidden // heads}) must be "
+                         f"even: rotary position embeddings rotate pairs of each head's dimensions")
+
+
 class ModelConfig(Strict):
     """Architecture of a tiny Llama-style causal LM."""
 
@@ -198,11 +208,7 @@ class ModelConfig(Strict):
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelConfig":
-        if self.hidden % self.heads:
-            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
-        if (self.hidden // self.heads) % 2:  # rotary embeddings rotate pairs of a head's dimensions
-            raise ValueError(f"hidden / heads ({self.hidden} / {self.heads} = {self.hidden // self.heads}) must be "
-                             f"even: rotary position embeddings rotate pairs of each head's dimensions")
+        check_heads(self.hidden, self.heads)
         return self
 
 

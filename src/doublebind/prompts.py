@@ -68,7 +68,7 @@ def read_jsonl(path: Path) -> list[Prompt]:
     text = read_text_file(path, "prompt file")
     known = vocab.token_ids()
     out = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text.split("\n"), 1):  # JSON Lines end at a newline only, not at U+2028
         if not line.strip():
             continue
         try:

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from doublebind.config import MAX_BATCH, MAX_STEPS, DatasetSource, Seed, Strict, resolve_dataset
+from doublebind.config import MAX_BATCH, MAX_STEPS, DatasetSource, Seed, Strict, check_heads, resolve_dataset
 from doublebind.errors import ConfigError
 from doublebind.registry import register
 from doublebind.llm.scorers import ScorerConfig
@@ -101,6 +101,9 @@ class HFEvalsConfig(Strict):
     audits: AuditsConfig
 
 
+TINY_MAX_VOCAB = 549
+
+
 class TinyConfig(Strict):
     """Sizes of `tiny:` models (random weights, for CPU tests and examples)."""
 
@@ -108,7 +111,14 @@ class TinyConfig(Strict):
     hidden: int = Field(default=64, ge=8, le=16_384)
     layers: int = Field(default=2, ge=1, le=256)
     heads: int = Field(default=4, ge=1, le=256)
-    vocab_size: int = Field(default=512, ge=300)
+    # The tiny tokenizer is trained on a small built-in corpus, which yields at most this many
+    # tokens: a larger size was silently a smaller vocabulary (tests/test_llm_tiny.py holds it)
+    vocab_size: int = Field(default=512, ge=300, le=TINY_MAX_VOCAB)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "TinyConfig":  # the sizes were internal errors from transformers
+        check_heads(self.hidden, self.heads)
+        return self
 
 
 class HFOrganismConfig(Strict):

@@ -127,7 +127,7 @@ def _read_samples(eval_file: str, cfg: ScorerConfig) -> list[Sample]:
     if not path.is_file():
         raise DoublebindError(f"eval file not found: {path}")
     samples, ids = [], set()
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    for n, line in enumerate(path.read_text().split("\n"), start=1):  # not splitlines(): U+2028 is JSON text
         if not line.strip():
             continue
         where = f"{path}:{n}"

@@ -58,7 +58,9 @@ TEXT_FIELDS = ("system", "prefill", "response")  # an item's optional texts besi
 def jsonl_items(path: Path, what: str = "eval") -> list[dict]:
     text = read_text_file(path, f"{what} file")
     items = []
-    for n, line in enumerate(text.splitlines(), 1):
+    # JSON Lines end at "\n" only: str.splitlines() also split inside strings at U+2028, U+0085
+    # and the like, which JSON allows raw, and called a valid line "not valid JSON"
+    for n, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -67,9 +69,12 @@ def jsonl_items(path: Path, what: str = "eval") -> list[dict]:
             raise DoublebindError(f"{path}:{n}: not valid JSON") from None
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
             raise DoublebindError(f"{path}:{n}: expected a JSON object with a string field 'prompt'")
-        for field in TEXT_FIELDS:  # rendered into the chat as text: anything else was an internal error
+        for field in ("prompt", *TEXT_FIELDS):  # rendered into the chat as text: anything else was an internal error
             if field in row and row[field] is not None and not isinstance(row[field], str):
                 raise DoublebindError(f"{path}:{n}: '{field}' must be a string, got {type(row[field]).__name__}")
+            if isinstance(row.get(field), str) and not _encodable(row[field]):  # a lone surrogate (\ud800)
+                raise DoublebindError(f"{path}:{n}: '{field}' holds a lone surrogate escape, which is no "
+                                      f"character (a tokenizer cannot encode it)")
         items.append(row)
     if not items:
         raise DoublebindError(f"{path}: no items")
@@ -89,6 +94,14 @@ def dataset_texts(src) -> list[str]:
     if src.field not in ds.column_names:
         raise DoublebindError(f"dataset {src.path} has no column '{src.field}' (columns: {', '.join(ds.column_names)})")
     return [str(x) for x in ds[src.field]]
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def dataset_shas(src) -> dict[str, str]:
@@ -622,6 +635,9 @@ class HFDomain:
         if (folder / "samples.jsonl").is_file():
             return _load(folder, prompts, key)
         k = scfg.top_k if scfg.soft_labels == "topk" else 0
+        if k > len(self.tokenizer):  # the engine cut it to the vocabulary, the label tensors did not
+            raise DoublebindError(f"sampling.top_k ({k}) is larger than the vocabulary ({len(self.tokenizer)} "
+                                  f"tokens); use soft_labels: full, or a top_k of at most that")
         adapter = "teacher" if self.cfg.engine == "vllm" and self.specs["teacher"].get("adapter") else None
         engine = self.engine()
         gens = engine.generate([self.render(p.tokens[0], "teacher") for p in prompts],
