@@ -506,3 +506,17 @@ def test_summary_judges_only_the_study_s_seeds_and_organisms():
         runs[study_run.run_key(rows[0])] = rows
     final = study_run.compute_summary(runs, cfg)["scenarios"]["default"]["techniques"]["baseline"]["final"]
     assert final["n"] == 2 and final["seeds"] == [0, 1] and final["misalignment_transfer"]["mean"] == 0.5
+
+
+def test_a_transfer_no_run_defines_is_shown_as_n_a():
+    """Every row null (the teacher no more misaligned than base): the table and summary read
+    0.000 [0.000, 0.000], a number no run measured; only the verdict said undefined."""
+    from doublebind.cli import _ci_text
+    from doublebind.reports.study_report import _ci
+
+    s = stats([row(mis=None, seed=i) for i in range(3)])
+    assert s["verdict"] == "undefined" and s["misalignment_transfer"]["undefined"] is True
+    assert _ci(s["misalignment_transfer"]) == "n/a" == _ci_text(s["misalignment_transfer"])
+    assert "undefined" not in s["capability_transfer"] and _ci(s["capability_transfer"]).startswith("0.900 [")
+    no_gap = stats([row(cap=None, mis=0.5, seed=i) for i in range(3)])  # a system-prompt trait: no capability gap
+    assert no_gap["capability_transfer"]["undefined"] is True and "undefined" not in no_gap["misalignment_transfer"]

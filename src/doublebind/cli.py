@@ -559,8 +559,7 @@ def verdict_table(summary: dict, rows: list[dict]) -> Table:
                      f"({s['teacher_success_at_k']:.3f})" if "audit_success_at_k" in s
                      else f"- base {s['audit_minus_base']['mean']:.3f} ({s['teacher_audit']:.3f})")
             mark = RISING_MARK if (scenario, name) in rising else ""
-            table.add_row(scenario, name, f"{_fmt(c['mean'])} [{_fmt(c['ci95'][0])}, {_fmt(c['ci95'][1])}]",
-                          f"{_fmt(m['mean'])} [{_fmt(m['ci95'][0])}, {_fmt(m['ci95'][1])}]", audit, verdict(s) + mark,
+            table.add_row(scenario, name, _ci_text(c), _ci_text(m), audit, verdict(s) + mark,
                           verdict(t["audit_selected"]))
     if rising:
         table.caption += (f";{RISING_MARK}: misalignment transfer still rising over the last checkpoint interval "
@@ -708,6 +707,13 @@ def replicate_subliminal_digits(
             st.add_row(*row)
         _print_table(st)
     out(f"{summary['seconds_per_seed']:.1f} s per seed (m = {aux}); wrote {', '.join(str(p) for p in paths)}")
+
+
+def _ci_text(stat: dict) -> str:
+    """A transfer's mean and interval; n/a where no run defined it (it read 0.000 [0.000, 0.000])."""
+    if stat.get("undefined"):
+        return "n/a"
+    return f"{_fmt(stat['mean'])} [{_fmt(stat['ci95'][0])}, {_fmt(stat['ci95'][1])}]"
 
 
 def _fmt(x) -> str:

@@ -40,6 +40,8 @@ def fmt(x) -> str:
 
 
 def _ci(stat: dict) -> str:
+    if stat.get("undefined"):  # no run had a teacher-base gap to divide by (the rows hold null)
+        return "n/a"
     lo, hi = stat["ci95"]
     return f"{fmt(stat['mean'])} [{fmt(lo)}, {fmt(hi)}]"
 

@@ -52,6 +52,13 @@ def _cells(summary: dict) -> dict[tuple[str, str, str], dict]:
             for view, stats in res.items() if view in VIEWS and isinstance(stats, dict) and "verdict" in stats}
 
 
+def _mean(stats: dict | None, field: str) -> float | None:
+    """A cell's mean transfer; None where the cell is absent or no run defined it."""
+    if not stats or stats[field].get("undefined"):
+        return None
+    return stats[field]["mean"]
+
+
 def compare(a: dict, b: dict) -> dict:
     """Two study summaries, cell by cell (a cell: scenario, technique, view). Returns "cells"
     ([Cell]), "shared" (cells in both), "same_all" (shared cells that kept their verdict),
@@ -73,8 +80,8 @@ def compare(a: dict, b: dict) -> dict:
                           a_replication=sa.get("replication") if sa else None,
                           a_replication_same_organisms=sa.get("replication_same_organisms") if sa else None,
                           a_provisional=bool(sa) and provisional(sa, power),
-                          a_misalignment=sa["misalignment_transfer"]["mean"] if sa else None,
-                          b_misalignment=sb["misalignment_transfer"]["mean"] if sb else None))
+                          a_misalignment=_mean(sa, "misalignment_transfer"),
+                          b_misalignment=_mean(sb, "misalignment_transfer")))
     shared = [c for c in cells if c.shared]
     rated = [c for c in shared if c.a_replication is not None]
     kept_builds = [c for c in shared if c.a_replication_same_organisms is not None]

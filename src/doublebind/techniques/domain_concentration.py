@@ -80,7 +80,9 @@ class DomainConcentration(Technique):
                     kept.append(p)
                     refilled += 1
         if not kept:
+            listed = (f", family one of {', '.join(self.cfg.families)} (the stage's families)"
+                      if isinstance(self.cfg.families, list) else "")
             raise DoublebindError("domain_concentration: no prompt of the distribution is in the capability domain "
-                                  "(context neutral or unlabelled, family not ask)")
+                                  f"(context neutral or unlabelled, family not ask{listed})")
         view.record(self, "prompts", removed=sum(not in_domain(p) for p in prompts), refilled=refilled)
         return kept
