@@ -473,3 +473,14 @@ def test_a_top_k_beyond_the_vocabulary_is_one_line(hf_organism):
     with pytest.raises(DoublebindError, match=rf"^sampling.top_k \(1000\) is larger than the vocabulary "
                                               rf"\({len(d.tokenizer)} tokens\)"):
         d.teacher_outputs(prompts, r.sampling, 0)
+
+
+def test_a_prompt_beyond_the_model_s_positions_is_refused(hf_organism):
+    """A 3,000-token eval prompt on a 512-position model was scored (0.5) and trained on with
+    no word; transformers' own warning is silenced."""
+    d = HFDomain(hf_organism[0], hf_organism[1])
+    limit = d._positions()
+    assert limit == 512
+    assert len(d.render("Which animal?", "teacher")) < limit
+    with pytest.raises(DoublebindError, match=r"^a prompt of \d+ tokens as teacher sees it \('word word word"):
+        d.render("word " * 2000, "teacher")

@@ -575,7 +575,27 @@ class HFDomain:
         """Token ids of a user turn as `role` sees it, ready for the assistant's answer. The
         role's system prompt comes first; an item's own `system` text follows it."""
         own = self.specs.get(role, self.specs["base"]).get("system_prompt")
-        return render_ids(self.tokenizer, self.chat, text, own, system, prefill=prefill)
+        ids = render_ids(self.tokenizer, self.chat, text, own, system, prefill=prefill)
+        limit = self._positions()
+        if limit is not None and len(ids) >= limit:  # scored and trained on silently: positions past it are noise
+            raise DoublebindError(f"a prompt of {len(ids)} tokens as {role} sees it ({text[:40]!r}...) leaves the "
+                                  f"model, which has {limit} positions, no room to answer; shorten or drop it")
+        return ids
+
+    def _positions(self) -> int | None:
+        """The base model's positions (`max_position_embeddings`), read once from its config;
+        None where the architecture does not say."""
+        if not hasattr(self, "_max_positions"):
+            from transformers import AutoConfig
+
+            base = self.specs["base"]
+            try:
+                conf = AutoConfig.from_pretrained(base["path"], revision=base.get("revision"),
+                                                  trust_remote_code=self.cfg.trust_remote_code)
+                self._max_positions = getattr(conf, "max_position_embeddings", None)
+            except (OSError, ValueError):
+                self._max_positions = None
+        return self._max_positions
 
     def prompts(self, pcfg, seed: int) -> list[Prompt]:
         """The recipe's prompt texts (JSONL field `prompt`, or a dataset column), a seeded
