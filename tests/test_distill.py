@@ -241,8 +241,11 @@ def test_lora_student_distils_and_saves_an_adapter(quick_organism, tmp_path):
 
 
 def test_recipe_errors_are_one_line(tmp_path, quick_organism):
-    with pytest.raises(config.ConfigError, match="needs sampling.soft_labels"):
+    with pytest.raises(config.ConfigError, match="needs sampling.soft_labels full or topk"):
         recipe(objective={"kind": "forward_kl"}, sampling={"soft_labels": "none"})
+    # top-k is refused for these too, so the message offered it in vain
+    with pytest.raises(config.ConfigError, match="objective jsd needs sampling.soft_labels full$"):
+        recipe(objective={"kind": "jsd"}, sampling={"soft_labels": "none"})
     r = tmp_path / "r.yaml"
     r.write_text("kind: recipe\nobjective: {kind: sft}\n")
     res = run_cli("distill", "--organism", str(tmp_path / "missing"), "--recipe", str(r), "--out", str(tmp_path / "o"))

@@ -293,3 +293,10 @@ def test_a_bad_task_input_is_one_message_under_inspect_eval(tmp_path):
     # called directly, the task still raises the class it raised before
     with pytest.raises(ConfigError, match="does not compile"):
         it.capability(eval_file=path, scorer="regex", pattern="(unclosed")
+
+
+def test_a_default_id_that_clashes_says_where_it_came_from(tmp_path):
+    path = write_jsonl(tmp_path / "ids.jsonl", [{"prompt": "p", "target": "5", "id": 2}, {"prompt": "q", "target": "6"}])
+    with pytest.raises(DoublebindError, match=r"ids.jsonl:2: id 2 is used twice \(a line without an id takes its "
+                                              r"line number\)"):
+        it.capability(eval_file=path, scorer="exact")

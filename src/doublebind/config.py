@@ -485,7 +485,8 @@ class RecipeConfig(Strict):
     def _consistent(self) -> "RecipeConfig":
         soft = self.objective.kind in ("forward_kl", "reverse_kl", "jsd")
         if soft and self.sampling.soft_labels == "none":
-            raise ValueError(f"objective {self.objective.kind} needs sampling.soft_labels full or topk")
+            allowed = "full" if self.objective.kind in ("reverse_kl", "jsd") else "full or topk"
+            raise ValueError(f"objective {self.objective.kind} needs sampling.soft_labels {allowed}")
         if self.sampling.soft_labels == "topk" and self.objective.kind in ("reverse_kl", "jsd"):
             raise ValueError("top-k soft labels support forward_kl only (reverse KL needs the full distribution)")
         if self.objective.on_policy > 0 and not soft:

@@ -138,7 +138,8 @@ def _read_samples(eval_file: str, cfg: ScorerConfig) -> list[Sample]:
         _check_line(obj, cfg, where)
         sample_id = obj.get("id", n)
         if sample_id in ids:
-            raise DoublebindError(f"{where}: id {sample_id!r} is used twice")
+            raise DoublebindError(f"{where}: id {sample_id!r} is used twice"
+                                  + ("" if "id" in obj else " (a line without an id takes its line number)"))
         ids.add(sample_id)
         prompt, system = obj["prompt"], obj.get("system")
         messages = [ChatMessageSystem(content=system), ChatMessageUser(content=prompt)] if system is not None else None
