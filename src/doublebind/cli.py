@@ -710,14 +710,17 @@ def replicate_subliminal_digits(
 
 
 def _ci_text(stat: dict) -> str:
-    """A transfer's mean and interval; n/a where no run defined it (it read 0.000 [0.000, 0.000])."""
-    if stat.get("undefined"):
-        return "n/a"
-    return f"{_fmt(stat['mean'])} [{_fmt(stat['ci95'][0])}, {_fmt(stat['ci95'][1])}]"
+    """A transfer's mean and interval as the report prints it (n/a where no run defined it)."""
+    from doublebind.reports.study_report import _ci
+
+    return _ci(stat)
 
 
 def _fmt(x) -> str:
-    return "n/a" if x is None else f"{round(x, 3) + 0.0:.3f}"  # + 0.0: never "-0.000"
+    """A number as the report prints it: 3 decimals, never "-0.000", n/a for none."""
+    from doublebind.reports.study_report import fmt
+
+    return fmt(x)
 
 
 def main(argv: list[str] | None = None) -> None:
