@@ -355,6 +355,11 @@ def test_eval_scores_an_hf_checkpoint_with_the_organisms_evals(hf_organism, tmp_
     res = run_cli("eval", str(ckpt), "--organism", str(org), "--n", "100", "--json")
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads(res.stdout) == card["metrics"]["base"]
+    assert "--samples" not in res.stderr
+    # --samples is the embedded world's: here it was ignored without a word
+    res = run_cli("eval", str(ckpt), "--organism", str(org), "--n", "100", "--samples", "5", "--json")
+    assert res.returncode == 0 and json.loads(res.stdout) == card["metrics"]["base"], res.stderr[-2000:]
+    assert "note: --samples has no effect on a Hugging Face organism" in res.stderr
     # a checkpoint with another tokenizer was scored with the organism's anyway (exit 0)
     import shutil
 

@@ -343,7 +343,9 @@ def eval_cmd(
     model_dir: Path,
     organism: Optional[Path] = typer.Option(None, help="Organism folder whose world to evaluate in."),
     n: int = typer.Option(200, help="Prompts per family and per context."),
-    samples: int = typer.Option(200, help="Samples per context for the sampled check (0: none)."),
+    samples: Optional[int] = typer.Option(None, help="Samples per context for the sampled check (0: none; "
+                                          "default 200). Embedded-world organisms only: a Hugging Face "
+                                          "organism's eval sets set their own."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
     """Print capability, misbehaviour and confession rates of any checkpoint. With
@@ -353,6 +355,7 @@ def eval_cmd(
 
     if not 1 <= n <= MAX_EVAL:
         raise DoublebindError(f"--n must be between 1 and {MAX_EVAL:,} (got {n})")
+    asked_samples, samples = samples is not None, 200 if samples is None else samples
     if not 0 <= samples <= MAX_EVAL:
         raise DoublebindError(f"--samples must be between 0 and {MAX_EVAL:,} (got {samples})")
     if not model_dir.is_dir():
@@ -393,6 +396,9 @@ def eval_cmd(
                               f"or the world organism it was trained in)")
     if card is not None and card.get("kind", "world") != "hf":  # the embedded world and its post-trained kinds
         _check_world_tokenizer(model_dir, organism)
+    if asked_samples and card is not None and card.get("kind") == "hf":  # it was ignored without a word
+        console.print("note: --samples has no effect on a Hugging Face organism: its eval sets set their own "
+                      "samples and temperature", markup=False, highlight=False)
     metrics = kind_of_card(card or {}).eval_checkpoint(model_dir, organism, card, n, samples)
     if as_json:
         out(json.dumps(metrics, indent=2))
