@@ -108,10 +108,13 @@ def dataset_shas(src) -> dict[str, str]:
     """{field value: sha256} for each local part of a `datasets` source (its `data_files`, a
     file, folder or glob, and its `path` when that is a folder or file): one hash over the
     names and contents of every file it matches. A hub dataset or a builder name matches
-    nothing and is left to its name and `revision`."""
-    out = {}
+    nothing and is left to its name and `revision`. Each file is read once per change
+    (`integrity.current_sha256`, stamped in the cache root like a local model's files): a
+    dataset may be large, and the organism hash is taken on every open."""
     from doublebind.config import BUILDERS
+    from doublebind.integrity import current_sha256
 
+    out = {}
     for value in (src.data_files, src.path):
         if not value or value in BUILDERS:
             continue
@@ -120,7 +123,7 @@ def dataset_shas(src) -> dict[str, str]:
         if found:
             h = hashlib.sha256()
             for f in found:
-                h.update(f"{f.name}|{hashlib.sha256(f.read_bytes()).hexdigest()}\n".encode())
+                h.update(f"{f.name}|{current_sha256(f, cache_root() / FILE_SHAS)}\n".encode())
             out[value] = h.hexdigest()
     return out
 
