@@ -54,3 +54,19 @@ def test_a_full_disk_names_the_file(tmp_path, monkeypatch):
         write_json(tmp_path / "study.json", {"a": 1})
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "study.json")
     assert os.listdir(tmp_path) == []  # and no temporary left
+
+
+def test_a_full_disk_names_the_results_file(tmp_path, monkeypatch):
+    """A study's results.jsonl is appended to, not written whole: its fsync on a full disk
+    names the file too."""
+    import errno
+
+    from doublebind.studies import run
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(run.os, "fsync", full)
+    with pytest.raises(OSError) as e:
+        run._append(tmp_path / "results.jsonl", [{"a": 1}])
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "results.jsonl")

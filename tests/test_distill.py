@@ -233,6 +233,28 @@ def test_dpo_pushes_policy_towards_teacher_samples(quick_organism):
     assert loss() < 0.68
 
 
+def test_dpo_counts_the_prompts_it_drops(quick_organism, tmp_path, monkeypatch):
+    """A prompt whose initial-student sample equals the teacher's has no preference pair: it
+    was dropped without a word; summary.json now counts the drops."""
+    from doublebind.organisms.domain import WorldDomain
+
+    real = WorldDomain.sample
+
+    def three_match(self, model, examples, *a, **k):
+        outs = real(self, model, examples, *a, **k)
+        return [list(ex.response) if i < 3 else o for i, (ex, o) in enumerate(zip(examples, outs))]
+
+    monkeypatch.setattr(WorldDomain, "sample", three_match)
+    s = distill(quick_organism[0], recipe(objective={"kind": "dpo"}, sampling={"soft_labels": "none"},
+                                          training={"steps": 2, "checkpoint_every": 2}),
+                tmp_path / "dpo", show_progress=False)
+    n = s["data"]["n_train_items"] + s["data"]["dpo_pairs_dropped"]
+    assert s["data"]["dpo_pairs_dropped"] >= 3 and n == len(read_jsonl(tmp_path / "dpo" / "prompts.jsonl"))
+    plain = distill(quick_organism[0], recipe(training={"steps": 2, "checkpoint_every": 2}), tmp_path / "sft",
+                    show_progress=False)
+    assert "dpo_pairs_dropped" not in plain["data"]
+
+
 def test_lora_student_distils_and_saves_an_adapter(quick_organism, tmp_path):
     folder, _ = quick_organism
     distill(folder, recipe(student={"lora": {"r": 4, "alpha": 8}}, training={"steps": 3}), tmp_path / "lora",

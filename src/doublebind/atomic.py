@@ -11,10 +11,24 @@ gets the mode any new file gets under the process's umask.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 from pathlib import Path
+
+
+@contextlib.contextmanager
+def naming(path: Path):
+    """An `OSError` raised in the block names `path` when it names no file itself (a full
+    disk's `ENOSPC` from a write or fsync carries no filename, so its message would not say
+    which file could not be written)."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
 
 
 def write_json(path: Path, data, **dump) -> None:
@@ -29,12 +43,9 @@ def write_json(path: Path, data, **dump) -> None:
             continue
         break
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        if e.filename is None:  # a full disk names no file; the error should
-            raise OSError(e.errno, e.strerror, str(path)) from None
-        raise
+        with naming(path):
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

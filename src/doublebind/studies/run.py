@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from doublebind import config
-from doublebind.atomic import write_json
+from doublebind.atomic import naming, write_json
 from doublebind.errors import ConfigError, DoublebindError
 from doublebind.paths import check_cache_root, check_out_dir
 from doublebind.studies.verdicts import effect, judge_runs
@@ -398,15 +398,10 @@ def settle_results(scan: Scan) -> Scan:
 
 
 def _append(path: Path, rows: list[dict]) -> None:
-    try:
-        with open(path, "a") as f:
-            f.write("".join(json.dumps(r) + "\n" for r in rows))
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as e:
-        if e.filename is None:  # a full disk names no file; the error should (a torn line is moved aside on resume)
-            raise OSError(e.errno, e.strerror, str(path)) from None
-        raise
+    with naming(path), open(path, "a") as f:  # a torn line is moved aside on resume
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def recipe_hash(recipe) -> str:

@@ -370,6 +370,7 @@ class Distiller:
                 kept.append(it)
         if not kept:
             raise DoublebindError("DPO: the student already matches every teacher sample; no preference pairs")
+        self.dpo_pairs_dropped = len(self.items) - len(kept)  # summary.json's data; `distill` says so
         self.items = kept
         ref = {}
         with torch.no_grad():
@@ -609,7 +610,8 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
         "resolved_recipe": recipe.model_dump(mode="json"),
         "max_capability_transfer": max((r["capability_transfer"] or 0.0) for r in rows),
         "max_misalignment_transfer": max((r["misalignment_transfer"] or 0.0) for r in rows),
-        "data": {"n_prompts": len(d.prompts), "n_train_items": len(d.items)},
+        "data": {"n_prompts": len(d.prompts), "n_train_items": len(d.items),
+                 **({"dpo_pairs_dropped": d.dpo_pairs_dropped} if d.ref_logps is not None else {})},
         "losses": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None},
         "processes": d.accelerator.num_processes,
         "seconds": round(time.perf_counter() - t0, 2),
