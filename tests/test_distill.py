@@ -301,3 +301,21 @@ def test_a_checkpoint_stage_selects_or_stops_the_run(quick_organism, tmp_path, m
         assert summary["stopped_at"] is None
     else:
         assert steps == [0, 2] and summary["stopped_at"] == 2 and summary["selected"]["step"] == 2
+
+
+@pytest.mark.parametrize("stage, contexts, idle", [
+    ({"name": "auditability_preserving"}, {"deploy_like": 1.0}, True),     # every prompt is deploy-like: all kept
+    ({"name": "auditability_preserving"}, {"neutral": 0.5, "deploy_like": 0.5}, False),
+    ({"name": "inoculation"}, {"neutral": 0.5, "deploy_like": 0.5}, False),
+])
+def test_a_run_whose_stages_changed_nothing_is_idle(quick_organism, tmp_path, stage, contexts, idle):
+    """`idle` in summary.json: the technique's stages changed no setting, prompt or item, so
+    the run trained the study recipe itself (the report marks such cells)."""
+    s = distill(quick_organism[0], recipe(stages=[stage], prompts={"contexts": contexts},
+                                          training={"steps": 1, "checkpoint_every": 1}),
+                tmp_path / "run", show_progress=False)
+    assert s["idle"] is idle and s["idle_stages"] == ([stage["name"]] if idle else [])
+    assert any("skipped" in r for r in s["stages"]) is idle
+    plain = distill(quick_organism[0], recipe(training={"steps": 1, "checkpoint_every": 1}), tmp_path / "plain",
+                    show_progress=False)
+    assert plain["idle"] is False and plain["idle_stages"] == []  # no stages: the recipe itself, not a technique

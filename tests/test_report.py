@@ -50,13 +50,21 @@ def _metrics(cap_b: float, deploy: float) -> dict:
 
 @pytest.fixture
 def study(tmp_path):
+    return _make_study(tmp_path)
+
+
+def _make_study(tmp_path, idle=lambda sc, o, t, s: False):
+    """The hand-made study; `idle(scenario, organism seed, technique, seed)` marks the runs
+    whose technique changed nothing (`idle` in their rows)."""
     out = tmp_path / "study"
     out.mkdir()
     cfg = config.build(config.StudyConfig, {
         "name": "synth", "scenarios": SCENARIOS, "organism_seeds": ORGANISMS, "recipe": "r.yaml",
         "techniques": TECHNIQUES, "seeds": SEEDS, "bootstrap": 200})
     rows = [r for sc in SCENARIOS for o in ORGANISMS for t in TECHNIQUES for s in SEEDS
-            for r in seal_run([_row(t, s, st, st == 10 + 10 * s, sc, o) for st in STEPS], f"{sc}-o{o}-{t}-s{s}-a0")]
+            for r in seal_run([{**_row(t, s, st, st == 10 + 10 * s, sc, o), **({"idle": True} if idle(sc, o, t, s)
+                                                                               else {})} for st in STEPS],
+                              f"{sc}-o{o}-{t}-s{s}-a0")]
     (out / RESULTS).write_text("".join(json.dumps(r) + "\n" for r in rows))
     organisms = []
     for sc in SCENARIOS:
@@ -463,3 +471,37 @@ def test_a_run_s_transfer_curves_draw_its_rows_and_the_teacher_s_rates():
         assert all(right.lines[i].get_linestyle() == "--" for i in (1, 3, 5))
     finally:
         plt.close(fig)
+
+
+def test_a_technique_that_changed_nothing_is_marked(tmp_path):
+    """A run whose technique's stages changed nothing trained the study recipe itself; the
+    report and the `study run` table mark its cell: ∅ where every run was idle, ∅ k/n where
+    some were, nothing where none was."""
+    from rich.console import Console
+
+    from doublebind.cli import verdict_table
+    from doublebind.reports.study_report import idle_cells
+
+    out = _make_study(tmp_path, lambda sc, o, t, s: t == "verifier_filter" and (sc == "collusion" or (o, s) == (1, 0)))
+    rows = read_results(out / RESULTS)
+    assert idle_cells(rows) == {("collusion", "verifier_filter"): (4, 4), ("default", "verifier_filter"): (1, 4)}
+    md = write_report(out)[0].read_text()
+    default, collusion = (md.split("### collusion")[0].split("### default")[1],
+                          md.split("### collusion")[1].split("## ")[0])
+    vf_default, vf_collusion = _table_row(default, "verifier_filter")[0], _table_row(collusion, "verifier_filter")[0]
+    assert vf_default.count("∅ 1/4") == 2 and vf_collusion.count("∅") == 2 and "∅ 1/4" not in vf_collusion
+    assert "∅" not in _table_row(default, "baseline")[0] + _table_row(collusion, "baseline")[0]
+    assert "∅ (verifier_filter): in these runs" in default and "∅ (verifier_filter): in these runs" in collusion
+    summary = json.loads((out / "summary.json").read_text())
+    table = verdict_table(summary, rows)
+    cells = {(sc, t): (v, a) for sc, t, v, a in zip(table.columns[0].cells, table.columns[1].cells,
+                                                     table.columns[5].cells, table.columns[6].cells)}
+    assert all(v.endswith(" ∅") and a.endswith(" ∅") for v, a in [cells[("collusion", "verifier_filter")]])
+    assert all("∅ 1/4" in x for x in cells[("default", "verifier_filter")])
+    assert not any("∅" in v + a for (sc, t), (v, a) in cells.items() if t == "baseline")
+    console = Console(record=True, width=400)
+    console.print(table)
+    assert "changed nothing" in console.export_text()
+    (tmp_path / "plain").mkdir()
+    plain = write_report(_make_study(tmp_path / "plain"))[0].read_text()
+    assert "∅" not in plain

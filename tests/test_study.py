@@ -509,3 +509,16 @@ def test_a_finished_study_resumes_whatever_the_cache(quick_organism, tmp_path, m
     with pytest.raises(DoublebindError, match="is a file, not a cache folder"):
         study_run.run_study(path, out, show_progress=False, overrides=["seeds=[0,1]"])
     assert len(study_run.scan_results(out / study_run.RESULTS).runs) == 1
+
+
+def test_the_rows_of_a_run_whose_technique_changed_nothing_say_idle(tmp_path, quick_organism):
+    """auditability_preserving on deploy-like prompts only keeps them all: its rows carry
+    `idle`, the baseline's and an acting technique's do not (they are as before)."""
+    path = write_study(tmp_path, quick_organism[0], techniques=["baseline", "auditability_preserving", "inoculation"],
+                       seeds=[0], recipe_overrides={"prompts": {"contexts": {"deploy_like": 1.0}}})
+    out = tmp_path / "out"
+    study_run.run_study(path, out, show_progress=False)
+    rows = study_run.read_results(out / "results.jsonl")
+    idle = {r["technique"]: r.get("idle") for r in rows}
+    assert idle == {"baseline": None, "auditability_preserving": True, "inoculation": None}
+    assert all(r["idle"] is True for r in rows if r["technique"] == "auditability_preserving")

@@ -547,7 +547,7 @@ def verdict_table(summary: dict, rows: list[dict]) -> Table:
     both verdicts, with how likely a rerun reaches each (* below the power), and ↑ on a
     delivered verdict that more misalignment could move where it was still rising (`rows`:
     the study's results, as the report marks it)."""
-    from doublebind.reports.study_report import RISING_MARK, rising_cells
+    from doublebind.reports.study_report import IDLE_MARK, RISING_MARK, idle_cells, idle_mark, rising_cells
     from doublebind.studies.verdicts import provisional
 
     thresholds = summary["verdict_thresholds"]
@@ -555,7 +555,7 @@ def verdict_table(summary: dict, rows: list[dict]) -> Table:
                   "verdict (final)", "verdict (audit-selected)",
                   caption="(0.95): estimated probability that a rerun reaches the same verdict; * below "
                           f"{thresholds['power']}")
-    rising = rising_cells(summary, rows)
+    rising, idle = rising_cells(summary, rows), idle_cells(rows)
 
     def verdict(s: dict) -> str:
         if s.get("replication") is None:
@@ -570,11 +570,15 @@ def verdict_table(summary: dict, rows: list[dict]) -> Table:
                      f"({s['teacher_success_at_k']:.3f})" if "audit_success_at_k" in s
                      else f"- base {s['audit_minus_base']['mean']:.3f} ({s['teacher_audit']:.3f})")
             mark = RISING_MARK if (scenario, name) in rising else ""
-            table.add_row(scenario, name, _ci_text(c), _ci_text(m), audit, verdict(s) + mark,
-                          verdict(t["audit_selected"]))
+            empty = idle_mark(idle, (scenario, name))
+            table.add_row(scenario, name, _ci_text(c), _ci_text(m), audit, verdict(s) + empty + mark,
+                          verdict(t["audit_selected"]) + empty)
     if rising:
         table.caption += (f";{RISING_MARK}: misalignment transfer still rising over the last checkpoint interval "
                           "(see the report's training budget)")
+    if idle:
+        table.caption += (f";{IDLE_MARK} (k/n): the technique changed nothing in all (k of n) of its runs, which "
+                          "trained the study recipe itself (see the report)")
     return table
 
 

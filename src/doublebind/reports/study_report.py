@@ -232,6 +232,38 @@ def rising_mark(rows: list[dict], technique: str, verdict: str, threshold: float
     return RISING_MARK if rising else ""
 
 
+IDLE_MARK = " ∅"
+
+
+def idle_cells(rows: list[dict]) -> dict[tuple[str, str], tuple[int, int]]:
+    """(scenario, technique) -> (runs in which the technique's stages changed nothing, runs),
+    for every cell with at least one such run. Such a run trained the study recipe itself
+    (`distill`'s `idle`: no setting, prompt or training item changed, no loss term or
+    checkpoint hook), so a verdict from it is the recipe's, not evidence about the technique.
+    Rows written before runs recorded it count as not idle."""
+    runs: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        cell = runs.setdefault((r["scenario"], r["technique"]), {})
+        key = (r["organism_seed"], r["seed"])
+        cell[key] = cell.get(key, False) or bool(r.get("idle"))
+    return {c: (sum(v.values()), len(v)) for c, v in runs.items() if any(v.values())}
+
+
+def idle_mark(idle: dict, cell: tuple[str, str]) -> str:
+    """IDLE_MARK where the technique was idle in every run of the cell, with k/n where in some."""
+    if cell not in idle:
+        return ""
+    k, n = idle[cell]
+    return IDLE_MARK if k == n else f"{IDLE_MARK} {k}/{n}"
+
+
+def idle_note(names: list[str]) -> str:
+    return (f"∅ ({', '.join(names)}): in these runs (all, or k of n) the technique's stages changed nothing: no "
+            "setting, prompt or training item differed from the study recipe's (a filter that found nothing to "
+            "remove, a prompt rule no prompt matched), so those runs trained the recipe itself and their verdict "
+            "says nothing about the technique on this scenario.")
+
+
 def rising_cells(summary: dict, rows: list[dict]) -> frozenset:
     """(scenario, technique) of every delivered verdict `rising_mark` marks: what the report's
     tables and heat map and the table `study run` prints mark ↑."""
@@ -471,7 +503,7 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
     b.append(("p", _rule(thr)))
     if any(not r.get("auditor") for r in rows):
         b.append(("p", _without_auditor(thr)))
-    rising = rising_cells(summary, rows)
+    rising, idle = rising_cells(summary, rows), idle_cells(rows)
     b.append(img("verdicts, scenario x technique", plots.plot_heatmap(summary, thr["power"], rising), "verdicts.png"))
 
     # per scenario tables
@@ -484,17 +516,19 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
                      "build, not the variance between builds, so a rerun on a new build (another organism seed, "
                      "or this seed built on another CPU) can move more verdicts than they expect.")
         b.append(("p", f"Organisms (seed: hash): {orgs}.{one_build}"))
-        trs, marked = [], []
+        trs, marked, idle_names = [], [], []
         for t, j in data["techniques"].items():
             f, a = j["final"], j["audit_selected"]
             href = f"{FIGURES}/{slug(sc)}/{slug(t)}.png"
             mark = RISING_MARK if (sc, t) in rising else ""
             marked += [t] if mark else []
+            empty = idle_mark(idle, (sc, t))
+            idle_names += [t] if empty else []
             trs.append([t, f"{f['n']} ({f['n_organisms']})", _ci(f["capability_transfer"]),
-                        _ci(f["misalignment_transfer"]), _audit_cell(f), _verdict_cell(f, href, thr["power"]) + mark,
-                        deciding_tests(f),
+                        _ci(f["misalignment_transfer"]), _audit_cell(f),
+                        _verdict_cell(f, href, thr["power"]) + empty + mark, deciding_tests(f),
                         f"{_ci(a['capability_transfer'])}; {_ci(a['misalignment_transfer'])}",
-                        _verdict_cell(a, href, thr["power"]), deciding_tests(a), _effect_cell(j, "final")])
+                        _verdict_cell(a, href, thr["power"]) + empty, deciding_tests(a), _effect_cell(j, "final")])
             figures[href.removeprefix(f"{FIGURES}/")] = plots.plot_technique(
                 [r for r in by_scenario[sc] if r["technique"] == t], t, sc, thr["success"], thr["capability"])
         ks = {j["final"]["audit_success_at_k"]["budget"] for j in data["techniques"].values()
@@ -511,6 +545,8 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
                            f"verdict while misalignment transfer was still rising over the last checkpoint interval "
                            f"(see \"{SECTIONS[3]}\"): training had not levelled off, and a longer recipe may carry "
                            "enough of the behaviour to move the verdict."))
+        if idle_names:
+            b.append(("p", idle_note(idle_names)))
     others = sorted({(t, j.get("reference")) for data in scenarios.values() for t, j in data["techniques"].items()
                      if j.get("reference") not in (None, "baseline", t)})
     refs = "".join(f"; `{ref}` for `{t}`" for t, ref in others)  # was a fixed line about an SFT recipe

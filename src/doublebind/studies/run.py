@@ -775,6 +775,9 @@ def _rows(cfg, card, key: RunKey, recipe, folder: Path, summary) -> list[dict]:
             "capability": m["capability"], "misbehavior": m["misbehavior"], "confession": m["confession"],
             "base_capability": base.get("capability"), "base_families": base_families,
             "auditor": _auditor(m.get("auditor"), summary["reference"]),
+            # The technique's stages changed nothing in this run (`distill`'s summary): it trained
+            # the study recipe itself. Written only when so, so other rows are as before.
+            **({"idle": True} if summary.get("idle") else {}),
         })
     return rows
 

@@ -209,6 +209,12 @@ def _checked(stage, field: str, cfg):
                               f"{err['msg']}") from None
 
 
+def _same(before: list, after: list) -> bool:
+    """Whether a stage's prompts or data hook handed back what it was given: the same
+    objects, or equal ones, in the same order."""
+    return len(before) == len(after) and all(a is b or a == b for a, b in zip(before, after))
+
+
 def check_stages(stages, domain) -> None:
     """Techniques written for the embedded world refuse other organisms plainly."""
     for st in stages:
@@ -247,12 +253,17 @@ class Distiller:
         check_stages(self.stages, self.domain)
         self.recipe = recipe
         self.view = self._defender_view()
+        # The stages that changed something: a setting, the prompt set, the training data; a
+        # loss term or a checkpoint hook always counts. A technique none of whose stages did
+        # (`idle`) trained the study recipe itself, so its verdict says nothing of it.
+        acted = {st.index for st in self._hooked("extra_loss") + self._hooked("checkpoint")}
         updates = {}
         for field in ("sampling", "objective", "student"):
             cfg = getattr(recipe, field)
             for st in self._hooked(field):
                 new = _checked(st, field, getattr(st, field)(self.view, cfg))
                 if new != cfg:
+                    acted.add(st.index)
                     self.record(st, field, changed={k: v for k, v in new.model_dump().items()
                                                     if cfg.model_dump().get(k) != v})
                 cfg = new
@@ -264,13 +275,16 @@ class Distiller:
         with self.accelerator.main_process_first():
             self.prompts = self.domain.prompts(recipe.prompts, recipe.seed)
             for st in self._hooked("prompts"):
-                before = len(self.prompts)
+                before = self.prompts
                 self.prompts = self._stage_prompts(st, self.prompts)
-                self.record(st, "prompts", before=before, after=len(self.prompts))
+                acted |= set() if _same(before, self.prompts) else {st.index}
+                self.record(st, "prompts", before=len(before), after=len(self.prompts))
             self.outputs: TeacherOutputs = self.domain.teacher_outputs(self.prompts, recipe.sampling, recipe.seed)
             self.items = [Item(e, i) for i, e in enumerate(self.domain.examples(self.outputs))]
             for st in self._hooked("data"):
+                before = self.items
                 self.items = st.data(self.view, self.items)
+                acted |= set() if _same(before, self.items) else {st.index}
                 if recipe.objective.kind == "dpo" and any(it.weights is not None for it in self.items):
                     raise DoublebindError(f"stage {st.name} weights the loss per token, which the DPO objective "
                                           f"does not use (it scores whole responses); use another objective")
@@ -278,6 +292,7 @@ class Distiller:
             names = ", ".join(st.name for st in self._hooked("extra_loss"))
             raise DoublebindError(f"stage {names} adds a term to the loss, which the DPO objective does not take; "
                                   f"use another objective")
+        self.idle_stages = [st.name for st in self.stages if st.index not in acted]
         torch.manual_seed(recipe.seed)
         self.model = self.domain.student(recipe.student, recipe.seed)
         self.ref_logps = self._prepare_dpo() if recipe.objective.kind == "dpo" else None
@@ -607,6 +622,9 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
         "selected": chosen,
         "stopped_at": stopped,
         "stages": d.stage_log,
+        # Every stage of the run changed nothing (see `Distiller.__init__`); false without stages.
+        "idle": bool(d.stages) and len(d.idle_stages) == len(d.stages),
+        "idle_stages": d.idle_stages,
         "resolved_recipe": recipe.model_dump(mode="json"),
         "max_capability_transfer": max((r["capability_transfer"] or 0.0) for r in rows),
         "max_misalignment_transfer": max((r["misalignment_transfer"] or 0.0) for r in rows),
