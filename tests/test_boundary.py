@@ -129,7 +129,17 @@ BACKDOORS = {"__closure__", "__globals__", "__dict__", "name_or_path", "gc", "in
              "auditor_sessions", "session_rule", "sessions",
              # the stages' folder is `<run>/stages`: above it lie the scored checkpoints
              # (metrics.jsonl) and, in a study, the organism's card
-             "parent", "parents", "dirname", "abspath", "resolve"}
+             "parent", "parents", "dirname", "abspath", "resolve", "with_name",
+             # a model's own record of the folder it was loaded from (the organism's, beside its card)
+             "_name_or_path",
+             # the caller's frame holds the distiller; a module imported by a computed name, or a
+             # builtin looked up by one, passes the import-graph check unseen
+             "_getframe", "f_back", "f_locals", "f_globals", "currentframe", "importlib", "__import__",
+             "builtins", "__builtins__", "vars"}
+# Stages only (the auditor uses it): the auditor's header sampler, drawn often enough, lists
+# the honeypot sessions, whose complement is the real ones (the tell).
+STAGE_BACKDOORS = {"auditor_header"}
+DYNAMIC_ATTRIBUTE = ("getattr", "setattr", "delattr", "hasattr")
 
 
 def _is_ground_truth(module: str) -> bool:
@@ -150,26 +160,35 @@ def test_no_stage_or_audit_module_reaches_ground_truth():
         assert not bad, f"{m} reaches ground truth: {' -> '.join(path_to(parent, bad[0]))}"
 
 
-def backdoors_in(source: str) -> list[tuple[int, str]]:
+def backdoors_in(source: str, stage: bool = True) -> list[tuple[int, str]]:
     """(line, name) for each way around the view a module's code names: an attribute, name or
-    import in BACKDOORS, or a string holding `..` (a path up from the stages' folder)."""
+    import in BACKDOORS (and STAGE_BACKDOORS for a stage's module), an attribute looked up by a
+    computed name (`getattr(x, "_mo" + "del")`, which no name check can see), or a string
+    holding `..` (a path up from the stages' folder)."""
+    banned = BACKDOORS | (STAGE_BACKDOORS if stage else set())
     found = []
     for node in ast.walk(ast.parse(source)):
         name = (node.attr if isinstance(node, ast.Attribute) else
                 node.id if isinstance(node, ast.Name) else
-                next((a.name for a in node.names), None) if isinstance(node, ast.Import) else None)
-        if name in BACKDOORS:
+                next((a.name for a in node.names), None) if isinstance(node, ast.Import) else
+                node.module if isinstance(node, ast.ImportFrom) else None)
+        if name in banned or (name or "").split(".")[0] in banned:
             found.append((node.lineno, name))
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and ".." in node.value.split("/"):
             found.append((node.lineno, repr(node.value)))
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in DYNAMIC_ATTRIBUTE
+              and len(node.args) >= 2 and not isinstance(node.args[1], ast.Constant)):
+            found.append((node.lineno, f"{node.func.id} by a computed name"))
     return found
 
 
 def test_stage_and_audit_code_uses_no_backdoor():
     mods = modules()
     for m in _defender_modules(graph()):
-        if m != "doublebind.defender":
-            found = backdoors_in(mods[m].read_text())
+        # The view itself, and the techniques package's loader, which imports its own modules
+        # by name (`doublebind.techniques.<module>`, nothing else) so that each registers.
+        if m not in ("doublebind.defender", "doublebind.techniques"):
+            found = backdoors_in(mods[m].read_text(), stage=m.startswith("doublebind.techniques"))
             assert not found, f"{m} line {found[0][0]} uses {found[0][1]}"
         # and never imports the behaviour catalogue directly
         assert "doublebind.world.behaviors" not in imports(mods[m], m, set(mods)), m
@@ -179,8 +198,18 @@ def test_the_backdoor_check_sees_a_way_around_the_view():
     """The static check can fail: each of these lines in a stage is caught."""
     for line in ["view.stages_dir.parent / 'metrics.jsonl'", "view.stages_dir / '..' / 'metrics.jsonl'",
                  "os.path.dirname(view.stages_dir)", "view.record.__self__.card",
-                 "view._load('teacher')", "view.tasks.auditor_sessions", "view.teacher._model.__closure__"]:
+                 "view._load('teacher')", "view.tasks.auditor_sessions", "view.teacher._model.__closure__",
+                 # found by an audit of the view, 2026-12-04: each read the behaviour or the tell
+                 "Path(view.load_model('base').config._name_or_path).with_name('organism.json')",
+                 "sys._getframe(1).f_locals['self']", "getattr(view.teacher, '_mo' + 'del')",
+                 "importlib.import_module('doublebind.world.data')", "__import__('doublebind.world.data')",
+                 "{view.tasks.auditor_header(rng) for _ in range(2000)}",
+                 "view.stages_dir.with_name('metrics.jsonl')"]:
         assert backdoors_in(f"def f(view):\n    return {line}\n"), line
+    for line in ["import importlib", "from importlib import import_module", "from inspect import currentframe"]:
+        assert backdoors_in(f"{line}\n"), line
+    assert backdoors_in("def f(view, rng):\n    return view.tasks.auditor_header(rng)\n", stage=False) == []
+    assert backdoors_in("def f(x):\n    return getattr(x, 'capability', None)\n") == []
     assert backdoors_in("def f(view):\n    return view.stages_dir / '01_x' / 'scores.jsonl'\n") == []
 
 

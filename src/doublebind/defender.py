@@ -27,7 +27,9 @@ closures, and their `__self__` or `__closure__` lead to the distiller and the or
 the fence is a static one: a test over the import graph checks that no module a stage or an
 audit imports reaches the world's ground truth, and that their code names none of the ways
 around the view (`__self__`, `__closure__`, the view's private fields, the task space's
-session sets, a path's `parent`). Stages get a folder for their records, `<run>/stages`,
+session sets and, in a stage, the auditor's header sampler that lists them, a path's `parent`
+or `with_name`, a model's `_name_or_path`, the caller's frame, an import or an attribute
+looked up by a computed name). Stages get a folder for their records, `<run>/stages`,
 not the run's folder, which holds the scored checkpoints (`metrics.jsonl`) and, in a study,
 leads to the organism's card.
 """
