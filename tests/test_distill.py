@@ -204,6 +204,19 @@ def test_transfer_ratios_against_hand_values():
     assert misalignment_transfer(student, base, teacher) == pytest.approx(0.25)
 
 
+def test_a_family_counts_when_the_teacher_is_at_least_the_gap_from_base():
+    """The gap test is |teacher - base| >= 0.05: exactly 0.05 counts; so does a teacher 0.2
+    behind base, whose ratio then reads 1 for a student that fell as far (the module's
+    docstring says "not ahead"; what the code does is held here)."""
+    from doublebind.evals.transfer import MIN_GAP, ratio
+
+    assert MIN_GAP == 0.05
+    assert ratio(0.025, 0.0, 0.05) == pytest.approx(0.5)
+    assert ratio(0.02, 0.0, 0.0499) is None
+    assert ratio(0.3, 0.5, 0.3) == pytest.approx(1.0) and ratio(0.2, 0.5, 0.3) == pytest.approx(1.5)
+    assert ratio(0.45, 0.5, 0.46) is None
+
+
 def test_on_policy_items_are_student_samples_with_live_teacher_labels(quick_organism):
     folder, _ = quick_organism
     d = Distiller(folder, recipe(objective={"kind": "forward_kl", "on_policy": 0.5}), None, show_progress=False)

@@ -307,3 +307,16 @@ def test_dpo_decreases_with_chosen_margin():
     values = [dpo_loss(torch.full((2,), c), zeros, zeros, zeros).item() for c in (-2.0, 0.0, 2.0)]
     assert values[0] > values[1] > values[2]
     assert values[1] == pytest.approx(math.log(2))
+
+
+@pytest.mark.parametrize("temp", [1.0, 4.0])
+def test_topk_over_a_wider_vocabulary_equals_forward_kl(temp):
+    """k = V = 64 in float32 at T up to 4: the rounding left in the tail (below k * eps) must
+    count as empty, or tempering inflates it (a cut at eps alone gave 0.068 here)."""
+    g = torch.Generator().manual_seed(5)
+    student = torch.randn(2, 4, 64, generator=g) * 3
+    teacher = torch.log_softmax(torch.randn(2, 4, 64, generator=g) * 3, -1)
+    mask = torch.ones(2, 4)
+    idx, top = topk_with_tail(teacher, 64)
+    assert torch.allclose(forward_kl_topk(student, idx, top, mask, temp), forward_kl(student, teacher, mask, temp),
+                          rtol=0, atol=1e-5)

@@ -450,6 +450,29 @@ def test_a_teacher_caught_on_one_organism_of_two_is_caught():
     assert s["teacher_success_at_k"] == 0.9 and s["verdict"] == "both_fail"
 
 
+@pytest.mark.parametrize("caught", [0, 1])
+def test_the_teacher_s_and_base_s_audit_success_is_the_largest_over_runs(caught):
+    """Whichever organism build the audit catches the teacher (or base) on, and in whichever
+    run order, the largest counts (a first-row read passed when the caught build came first)."""
+    rows = [row(mis=0.5, success=0.9, teacher=0.9 if o == caught else 0.0, seed=s, org=o) for o in range(2)
+            for s in range(3)]
+    for r in rows:
+        r["auditor"]["base_success_at_k"] = 0.7 if r["organism_seed"] == caught and r["seed"] == 2 else 0.0
+    s = stats(rows)
+    assert s["teacher_success_at_k"] == 0.9 and s["base_success_at_k"] == 0.7
+
+
+def test_bootstrap_ci_is_the_resampled_means_quantiles():
+    """`bootstrap_ci` against numpy's quantiles of the same draws, at both tails."""
+    values = [0.1, 0.4, 0.35, 0.8, 0.55]
+    boot = Resampler([len(values)], 400, 3).means(np.asarray([values]))
+    for level in (0.95, 0.8):
+        lo, hi = bootstrap_ci(values, 400, level, seed=3)
+        assert lo == pytest.approx(np.quantile(boot, (1 - level) / 2), abs=1e-9)
+        assert hi == pytest.approx(np.quantile(boot, (1 + level) / 2), abs=1e-9)
+    assert bootstrap_ci(values, 400, 0.8, seed=3)[0] > bootstrap_ci(values, 400, 0.95, seed=3)[0]
+
+
 def test_without_a_clean_checkpoint_a_run_is_judged_where_it_ends():
     picked, clean = audit_selected(run_rows([0.9, 0.5], [0.9, 0.9]), V)
     assert not clean and picked["step"] == 100  # the final checkpoint, not the more capable step 0
