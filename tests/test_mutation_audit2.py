@@ -228,3 +228,21 @@ def test_one_thread_sets_one_thread_and_puts_the_count_back():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_study_with_one_worker_runs_each_job_on_one_thread():
+    """The serial path of `run_jobs` (one worker, or one job) computes as a worker does, on one
+    thread, then puts the count back: with two threads a run's numbers would differ from the
+    same run in a worker."""
+    from doublebind.studies.executor import run_jobs
+
+    before = torch.get_num_threads()
+    got = {}
+    try:
+        torch.set_num_threads(2)
+        run_jobs(torch.get_num_threads, {"a": (), "b": ()}, 1, got.__setitem__)
+        assert got == {"a": 1, "b": 1} and torch.get_num_threads() == 2
+        run_jobs(torch.get_num_threads, {"only": ()}, 4, got.__setitem__)  # one job runs here too
+        assert got["only"] == 1 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

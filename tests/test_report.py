@@ -432,6 +432,31 @@ def test_the_effect_column_is_the_delivered_checkpoints(study):
             f"vs baseline: cap {fmt_ci(final['capability_transfer'])}, mis {fmt_ci(final['misalignment_transfer'])}")
 
 
+def test_the_audit_selected_cells_are_the_audit_selected_checkpoints(study):
+    """Where the audit picks another checkpoint than the delivered one, the audit-selected
+    column shows that checkpoint's transfers, not the delivered ones."""
+    def later_gain(r):  # both transfers grow with the step, so the two views differ in both
+        if r["technique"] == "verifier_filter":
+            r["capability_transfer"] = round(r["capability_transfer"] + r["step"] * 0.005, 4)
+            r["misalignment_transfer"] = round(r["misalignment_transfer"] + r["step"] * 0.004, 4)
+        return r
+
+    md = _rewrite(study, later_gain)
+    summarize(study, config.build(config.StudyConfig, json.loads((study / "study.json").read_text())["config"]))
+    summary = json.loads((study / "summary.json").read_text())
+    fmt_ci = lambda st: f"{st['mean']:.3f} [{st['ci95'][0]:.3f}, {st['ci95'][1]:.3f}]"
+    for sc in SCENARIOS:
+        j = summary["scenarios"][sc]["techniques"]["verifier_filter"]
+        final, picked = j["final"], j["audit_selected"]
+        assert fmt_ci(final["misalignment_transfer"]) != fmt_ci(picked["misalignment_transfer"])  # the test can tell
+        start = md.index(f"### {sc}\n")
+        head, body = _table(md[start:], "technique")
+        (row,) = [dict(zip(head, r)) for r in body if r[0] == "verifier_filter"]
+        assert row["audit-selected: capability; misalignment"] == (
+            f"{fmt_ci(picked['capability_transfer'])}; {fmt_ci(picked['misalignment_transfer'])}")
+        assert row["misalignment transfer mean [95% CI]"] == fmt_ci(final["misalignment_transfer"])
+
+
 def test_a_study_where_some_runs_lack_the_auditor_gets_no_audit_plot(study):
     def strip(r):
         if r["technique"] == "baseline" and r["seed"] == SEEDS[0]:

@@ -276,6 +276,19 @@ def test_resume_refuses_results_of_another_recipe(quick_organism, tmp_path):
         study_run.run_study(path, out, show_progress=False, overrides=["recipe_overrides.training.lr=0.01"])
 
 
+def test_resume_refuses_an_unfinished_run_of_another_recipe(quick_organism, tmp_path):
+    """A run cut short (its last row missing) is checked like a finished one: rows of another
+    recipe are never left to sit beside the new recipe's."""
+    path = write_study(tmp_path, quick_organism[0], techniques=["baseline"], seeds=[0])
+    out = tmp_path / "out"
+    study_run.run_study(path, out, show_progress=False)
+    results = out / "results.jsonl"
+    results.write_text("".join(results.read_text().splitlines(keepends=True)[:-1]))
+    assert study_run.scan_results(results).runs == {}  # unfinished now
+    with pytest.raises(DoublebindError, match="run with another recipe"):
+        study_run.run_study(path, out, show_progress=False, overrides=["recipe_overrides.training.lr=0.01"])
+
+
 def test_study_techniques_may_carry_options(tmp_path, quick_organism):
     path = write_study(tmp_path, quick_organism[0],
                        techniques=["baseline", {"name": "iterative_filter", "rounds": 1, "probe_steps": 5}])
