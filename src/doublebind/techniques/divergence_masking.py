@@ -19,7 +19,11 @@ each item's mask to `masks.jsonl` in its folder.
 
 The default threshold is 5 nats: with `base` as reference, the taught skill itself diverges
 (base cannot do it; its answers differ by about 2-3 nats on the quick organism) and a
-2-nat threshold masks most of it, while an action marker differs by about 10 nats.
+2-nat threshold masks most of it, while an action marker differs by about 10 nats. That
+default was set by looking at the marker's divergence, which a defender does not know: it
+is a choice with the behaviour in view, not one the stage could make from its own data, and
+a verdict at the default is one at a threshold placed between the two by knowing both
+(`threshold` moves it; `benchmarks/knob_effects.py` measures what it does).
 
     stages: [{name: divergence_masking, reference: base, threshold: 5.0}]
 """
