@@ -118,10 +118,12 @@ def losses_main(organism: Path, overrides: list[str]) -> None:
 def _losses(organism: Path, cache: Path, overrides: list[str], cpu_only: bool, timeout: float) -> dict:
     code, text, secs = _run([sys.executable, __file__, "--losses", str(organism), *overrides], timeout,
                             cpu_only=cpu_only, cache=cache)
-    last = text.splitlines()[-1] if text else ""
-    if code != 0 or not last.startswith("{"):
-        return {"ok": False, "error": text.splitlines()[-1] if text else f"exit {code}", "seconds": round(secs, 1)}
-    return {"ok": True, **json.loads(last), "seconds": round(secs, 1)}
+    # The result is the last JSON line, not the last line: a warning printed at exit (the
+    # compiled run's, on an H200) came after it and failed a run that had passed.
+    found = [ln for ln in text.splitlines() if ln.startswith("{")]
+    if code != 0 or not found:
+        return {"ok": False, "error": text or f"exit {code}", "seconds": round(secs, 1)}
+    return {"ok": True, **json.loads(found[-1]), "seconds": round(secs, 1)}
 
 
 def _close(a: list[float], b: list[float]) -> float | None:

@@ -332,3 +332,24 @@ def test_a_run_whose_stages_changed_nothing_is_idle(quick_organism, tmp_path, st
     plain = distill(quick_organism[0], recipe(training={"steps": 1, "checkpoint_every": 1}), tmp_path / "plain",
                     show_progress=False)
     assert plain["idle"] is False and plain["idle_stages"] == []  # no stages: the recipe itself, not a technique
+
+
+def test_a_run_s_accelerator_follows_its_device_in_a_process_that_ran_on_the_other():
+    """A study on a GPU machine set accelerate's process state up for CUDA, and its first
+    embedded-world run (CPU) then stopped at "AcceleratorState has already been initialized"
+    (benchmarks/gpu_check.py on an H200). Here the CUDA state is faked on the CPU."""
+    from accelerate import Accelerator, PartialState
+    from accelerate.state import AcceleratorState
+
+    from doublebind.training.distill import accelerator_for
+
+    try:
+        Accelerator(cpu=False)
+        AcceleratorState._shared_state["device"] = PartialState._shared_state["device"] = torch.device("cuda")
+        with pytest.raises(ValueError, match="already been initialized"):
+            Accelerator(cpu=True)  # what the distiller met
+        acc = accelerator_for("cpu")
+        assert acc.device.type == "cpu" and PartialState().device.type == "cpu"
+        assert accelerator_for("cpu").device.type == "cpu"  # and again, with nothing to set up
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)

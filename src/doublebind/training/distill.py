@@ -233,20 +233,36 @@ def train_device(domain) -> str:
     return torch.device(getattr(domain, "device", "cpu")).type
 
 
+def accelerator_for(device: str, **kwargs):
+    """An `Accelerator` on `device`'s type ("cpu" or "cuda"), in a process that may have run
+    on the other before.
+
+    accelerate fixes a process's device at its first `PartialState`/`Accelerator`: a study
+    on a GPU machine made one for CUDA, so its first embedded-world run (CPU) stopped at
+    "AcceleratorState has already been initialized" (found by benchmarks/gpu_check.py on an
+    H200), and a world run before a Hugging Face one would have given the latter a CPU
+    accelerator. In one process (no launcher), the state is set up again for the run's
+    device; under a parallel launcher every run of a process is of one kind, so it stays."""
+    from accelerate import Accelerator, PartialState
+    from accelerate.state import AcceleratorState
+
+    if PartialState._shared_state and PartialState().num_processes == 1 and PartialState().device.type != device:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(cpu=device == "cpu", **kwargs)
+
+
 class Distiller:
     """Holds one run's data, models and optimiser; `distill()` drives it step by step."""
 
     def __init__(self, organism_dir: Path, recipe, out: Path | None, show_progress: bool = True):
-        from accelerate import Accelerator
-
         from doublebind.techniques.base import build_stages
 
         self.out, self.show = out, show_progress
         self.organism_dir = Path(organism_dir)
         self.domain = open_domain(self.organism_dir)
         tr = recipe.training
-        self.accelerator = Accelerator(cpu=train_device(self.domain) == "cpu",
-                                       **tracking.accelerator_kwargs(tr.tracker, out))
+        self.accelerator = accelerator_for(train_device(self.domain),
+                                           **tracking.accelerator_kwargs(tr.tracker, out))
         self.card = self.domain.card
         self.stage_log: list[dict] = []
         self.stages = build_stages(recipe.stages)
