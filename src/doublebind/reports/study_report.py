@@ -238,8 +238,9 @@ IDLE_MARK = " ∅"
 def idle_cells(rows: list[dict]) -> dict[tuple[str, str], tuple[int, int]]:
     """(scenario, technique) -> (runs in which the technique's stages changed nothing, runs),
     for every cell with at least one such run. Such a run trained the study recipe itself
-    (`distill`'s `idle`: no setting, prompt or training item changed, no loss term or
-    checkpoint hook), so a verdict from it is the recipe's, not evidence about the technique.
+    (`distill`'s `idle`: no setting, prompt or training item changed, no loss term, no
+    checkpoint hook that stopped the run or selected an earlier checkpoint), so a verdict from
+    it is the recipe's, not evidence about the technique.
     Rows written before runs recorded it count as not idle."""
     runs: dict[tuple[str, str], dict] = {}
     for r in rows:
@@ -259,9 +260,10 @@ def idle_mark(idle: dict, cell: tuple[str, str]) -> str:
 
 def idle_note(names: list[str]) -> str:
     return (f"∅ ({', '.join(names)}): in these runs (all, or k of n) the technique's stages changed nothing: no "
-            "setting, prompt or training item differed from the study recipe's (a filter that found nothing to "
-            "remove, a prompt rule no prompt matched), so those runs trained the recipe itself and their verdict "
-            "says nothing about the technique on this scenario.")
+            "setting, prompt or training item differed from the study recipe's, and no audit of its stopped the "
+            "run or picked another checkpoint (a filter that found nothing to remove, a prompt rule no prompt "
+            "matched, an audit that flagged nothing), so those runs trained and delivered what the recipe alone "
+            "would have, and their verdict says nothing about the technique on this scenario.")
 
 
 def rising_cells(summary: dict, rows: list[dict]) -> frozenset:

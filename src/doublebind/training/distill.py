@@ -270,9 +270,10 @@ class Distiller:
         self.recipe = recipe
         self.view = self._defender_view()
         # The stages that changed something: a setting, the prompt set, the training data; a
-        # loss term or a checkpoint hook always counts. A technique none of whose stages did
+        # loss term always counts, and a checkpoint hook once it stops the run or selects a
+        # checkpoint other than the last (`distill`). A technique none of whose stages did
         # (`idle`) trained the study recipe itself, so its verdict says nothing of it.
-        acted = {st.index for st in self._hooked("extra_loss") + self._hooked("checkpoint")}
+        self.acted = acted = {st.index for st in self._hooked("extra_loss")}
         updates = {}
         for field in ("sampling", "objective", "student"):
             cfg = getattr(recipe, field)
@@ -308,7 +309,6 @@ class Distiller:
             names = ", ".join(st.name for st in self._hooked("extra_loss"))
             raise DoublebindError(f"stage {names} adds a term to the loss, which the DPO objective does not take; "
                                   f"use another objective")
-        self.idle_stages = [st.name for st in self.stages if st.index not in acted]
         torch.manual_seed(recipe.seed)
         self.model = self.domain.student(recipe.student, recipe.seed)
         self.ref_logps = self._prepare_dpo() if recipe.objective.kind == "dpo" else None
@@ -424,6 +424,11 @@ class Distiller:
         fresh = [Example(it.example.prompt, o or [self.domain.eos], it.example.kind) for it, o in zip(items[:n], outs)]
         labels = self.domain.soft_labels(self.teacher, fresh, self.recipe.sampling.max_new_tokens)
         return [Item(e, live=labels[j]) for j, e in enumerate(fresh)] + items[n:]
+
+    @property
+    def idle_stages(self) -> list[str]:
+        """The stages that have changed nothing so far (see `acted` in `__init__`)."""
+        return [st.name for st in self.stages if st.index not in self.acted]
 
     @property
     def opt(self):
@@ -592,7 +597,7 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
         metrics_path = out / "metrics.jsonl"
         if main:
             metrics_path.write_text("")
-        selected, stopped = None, None
+        selected, stopped, steered = None, None, set()
         tracker = tracking.RunTracker(d.accelerator, tr.tracker, out, recipe.name, meta)
     except BaseException:
         if aside is not None:
@@ -616,8 +621,10 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
                 d.record(st, "checkpoint", step=step, **verdict)
                 if verdict.get("select"):
                     selected = step
+                    steered.add(st.index)
                 if verdict.get("stop"):
                     stopped = step
+                    steered.add(st.index)
             rows.append(row)
             tracker.checkpoint(step, row)
             if main:
@@ -630,6 +637,8 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
             if any_process(d.accelerator, stopped is not None):  # every process stops together
                 break
     chosen = next((r for r in rows if r["step"] == selected), rows[-1])
+    if stopped is not None or chosen["step"] != rows[-1]["step"]:  # a checkpoint hook changed the outcome
+        d.acted |= steered
     summary = {
         **{k: meta[k] for k in ("recipe", "seed", "organism_hash", "teacher_outputs", "versions")},
         "schema_version": SCHEMA_VERSION,
