@@ -530,3 +530,33 @@ def test_a_technique_that_changed_nothing_is_marked(tmp_path):
     (tmp_path / "plain").mkdir()
     plain = write_report(_make_study(tmp_path / "plain"))[0].read_text()
     assert "∅" not in plain
+
+
+def test_a_technique_whose_rows_equal_the_baseline_s_is_marked_too(tmp_path):
+    """Rows from before runs recorded `idle`, or a setting the recipe never reads: a run
+    whose every checkpoint row equals the baseline run's (same organism and seed) trained
+    and delivered what the recipe alone did, and is counted as idle."""
+    from doublebind.reports.study_report import idle_cells
+
+    def baseline_like(r):  # verifier_filter's rows on collusion, organism 0, are the baseline's
+        if r["technique"] == "verifier_filter" and r["scenario"] == "collusion" and r["organism_seed"] == 0:
+            return {**_row("baseline", r["seed"], r["step"], r["selected"], "collusion", 0),
+                    "technique": "verifier_filter", "recipe_hash": "r1"}
+        return r
+
+    (tmp_path / "s").mkdir()
+    out = _make_study(tmp_path / "s")
+    md = _rewrite(out, baseline_like)
+    rows = read_results(out / RESULTS)
+    assert idle_cells(rows) == {("collusion", "verifier_filter"): (2, 4)}
+    collusion = md.split("### collusion")[1].split("## ")[0]
+    assert _table_row(collusion, "verifier_filter")[0].count("∅ 2/4") == 2
+    # one differing number anywhere in a run's rows and it is not idle
+    def one_off(r):
+        r = baseline_like(r)
+        if r["technique"] == "verifier_filter" and r["seed"] == 0 and r["step"] == 0:
+            r = {**r, "confession": r["confession"] + 1e-4}
+        return r
+
+    _rewrite(out, one_off)
+    assert idle_cells(read_results(out / RESULTS)) == {("collusion", "verifier_filter"): (1, 4)}

@@ -235,19 +235,35 @@ def rising_mark(rows: list[dict], technique: str, verdict: str, threshold: float
 IDLE_MARK = " ∅"
 
 
-def idle_cells(rows: list[dict]) -> dict[tuple[str, str], tuple[int, int]]:
-    """(scenario, technique) -> (runs in which the technique's stages changed nothing, runs),
-    for every cell with at least one such run. Such a run trained the study recipe itself
-    (`distill`'s `idle`: no setting, prompt or training item changed, no loss term, no
-    checkpoint hook that stopped the run or selected an earlier checkpoint), so a verdict from
-    it is the recipe's, not evidence about the technique.
-    Rows written before runs recorded it count as not idle."""
-    runs: dict[tuple[str, str], dict] = {}
+# What tells one run's rows from another's beyond what it trained and delivered.
+_RUN_IDENTITY = frozenset({"technique", "recipe_hash", "run_id", "run_rows", "run_sha256", "idle"})
+
+
+def _trained_as(rows: list[dict]) -> tuple:
+    """A run's checkpoint rows without the fields that name the run: what it trained and
+    delivered (transfers, rates, audits, which checkpoint is delivered)."""
+    return tuple(json.dumps({k: v for k, v in r.items() if k not in _RUN_IDENTITY}, sort_keys=True)
+                 for r in sorted(rows, key=lambda r: r["step"]))
+
+
+def idle_cells(rows: list[dict], reference: str = "baseline") -> dict[tuple[str, str], tuple[int, int]]:
+    """(scenario, technique) -> (runs in which the technique changed nothing, runs), for every
+    cell with at least one such run. A run changed nothing when its rows say so (`distill`'s
+    `idle`: no setting, prompt or training item changed, no loss term, no checkpoint hook that
+    stopped the run or selected an earlier checkpoint), or when every checkpoint row equals
+    the `reference` run's on the same organism and seed: it trained and delivered what the
+    study recipe alone did (a setting changed that the recipe never reads; rows from before
+    runs recorded `idle`). A verdict from such runs is the recipe's, not evidence about the
+    technique."""
+    runs: dict[tuple, list[dict]] = {}
     for r in rows:
-        cell = runs.setdefault((r["scenario"], r["technique"]), {})
-        key = (r["organism_seed"], r["seed"])
-        cell[key] = cell.get(key, False) or bool(r.get("idle"))
-    return {c: (sum(v.values()), len(v)) for c, v in runs.items() if any(v.values())}
+        runs.setdefault((r["scenario"], r["technique"], r["organism_seed"], r["seed"]), []).append(r)
+    cells: dict[tuple[str, str], list[bool]] = {}
+    for (sc, t, o, s), rs in runs.items():
+        ref = runs.get((sc, reference, o, s)) if t != reference else None
+        idle = any(r.get("idle") for r in rs) or (ref is not None and _trained_as(rs) == _trained_as(ref))
+        cells.setdefault((sc, t), []).append(idle)
+    return {c: (sum(v), len(v)) for c, v in cells.items() if any(v)}
 
 
 def idle_mark(idle: dict, cell: tuple[str, str]) -> str:
@@ -259,11 +275,12 @@ def idle_mark(idle: dict, cell: tuple[str, str]) -> str:
 
 
 def idle_note(names: list[str]) -> str:
-    return (f"∅ ({', '.join(names)}): in these runs (all, or k of n) the technique's stages changed nothing: no "
-            "setting, prompt or training item differed from the study recipe's, and no audit of its stopped the "
-            "run or picked another checkpoint (a filter that found nothing to remove, a prompt rule no prompt "
-            "matched, an audit that flagged nothing), so those runs trained and delivered what the recipe alone "
-            "would have, and their verdict says nothing about the technique on this scenario.")
+    return (f"∅ ({', '.join(names)}): in these runs (all, or k of n) the technique changed nothing: its stages "
+            "changed no setting, prompt or training item and no audit of its stopped the run or picked another "
+            "checkpoint (a filter that found nothing to remove, a prompt rule no prompt matched, an audit that "
+            "flagged nothing), or every checkpoint row equals the baseline run's on the same organism and seed. "
+            "Those runs trained and delivered what the study recipe alone did, so their verdict says nothing "
+            "about the technique on this scenario.")
 
 
 def rising_cells(summary: dict, rows: list[dict]) -> frozenset:
