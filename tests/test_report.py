@@ -560,3 +560,29 @@ def test_a_technique_whose_rows_equal_the_baseline_s_is_marked_too(tmp_path):
 
     _rewrite(out, one_off)
     assert idle_cells(read_results(out / RESULTS)) == {("collusion", "verifier_filter"): (1, 4)}
+
+
+def test_the_heat_map_marks_idle_cells(monkeypatch):
+    """∅ in a cell whose technique changed nothing in every run, (∅) in some, none elsewhere;
+    the legend says what it means."""
+    from doublebind.reports import study_plots
+
+    def cell(v):
+        return {"final": {"verdict": v, "replication": 0.9}, "audit_selected": {"verdict": v, "replication": 0.9}}
+
+    summary = {"scenarios": {"s": {"techniques": {"baseline": cell("both_fail"), "a": cell("both_fail"),
+                                                  "b": cell("inconclusive")}}}}
+    seen = {}
+
+    def texts(fig):
+        seen["cells"] = [t.get_text() for ax in fig.axes for t in ax.texts]
+        seen["legend"] = fig.legends[0].get_title().get_text()
+        return b""
+
+    monkeypatch.setattr(study_plots, "_png", texts)
+    study_plots.plot_heatmap(summary, 0.8, frozenset(), {("s", "a"): (3, 3), ("s", "b"): (1, 3)})
+    assert sum(t.endswith("∅") and not t.endswith("(∅)") for t in seen["cells"]) == 2  # a, in both panels
+    assert sum(t.endswith("(∅)") for t in seen["cells"]) == 2 and len(seen["cells"]) == 6
+    assert "∅: the technique changed nothing" in seen["legend"]
+    study_plots.plot_heatmap(summary, 0.8, frozenset(), {})
+    assert not any("∅" in t for t in seen["cells"]) and "∅" not in seen["legend"]

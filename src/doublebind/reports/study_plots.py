@@ -166,10 +166,14 @@ def plot_technique(rows: list[dict], technique: str, scenario: str, success: flo
     return _png(fig)
 
 
-def plot_heatmap(summary: dict, power: float | None = None, rising: frozenset = frozenset()) -> bytes:
+def plot_heatmap(summary: dict, power: float | None = None, rising: frozenset = frozenset(),
+                 idle: dict | None = None) -> bytes:
     """Verdicts, scenario x technique, at the final and at the audit-selected checkpoint; a
-    verdict whose estimated replication probability is below `power` is marked *, and a
-    delivered one in `rising` ((scenario, technique) pairs) ↑, as in the report's tables."""
+    verdict whose estimated replication probability is below `power` is marked *, a
+    delivered one in `rising` ((scenario, technique) pairs) ↑, and one whose technique changed
+    nothing in every run (`idle`: (scenario, technique) -> (k, n), `idle_cells`) ∅, in some
+    of them (∅), as in the report's tables."""
+    idle = idle or {}
     plt = _plt()
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
@@ -194,6 +198,9 @@ def plot_heatmap(summary: dict, power: float | None = None, rising: frozenset = 
                     grid[i][j] = names.index(v)
                     mark = "*" if power is not None and provisional(s[view], power) else ""
                     mark += "↑" if view == "final" and (sc, t) in rising else ""
+                    if (sc, t) in idle:
+                        k, n = idle[(sc, t)]
+                        mark += "∅" if k == n else "(∅)"
                     ax.text(j, i, VERDICT_SHORT[v] + mark, ha="center", va="center", fontsize=7,
                             color="white" if v in ("incriminating", "capable_benign", "both_fail") else "black")
         ax.imshow(grid, cmap=cmap, vmin=-0.5, vmax=len(names) - 0.5, aspect="auto")
@@ -205,7 +212,9 @@ def plot_heatmap(summary: dict, power: float | None = None, rising: frozenset = 
                title="\n".join(line for line, shown in [
                    (f"*: a rerun reaches this verdict with probability below {power}", power is not None),
                    ("↑: capable_benign, benign or inconclusive, with misalignment transfer still rising at the "
-                    "last checkpoint", bool(rising))] if shown) or None,
+                    "last checkpoint", bool(rising)),
+                   ("∅: the technique changed nothing in every run, (∅) in some: the verdict is the study "
+                    "recipe's", bool(idle))] if shown) or None,
                title_fontsize=7)
     _suptitle(fig, "verdicts, scenario x technique")
     return _png(fig)

@@ -523,7 +523,7 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
     if any(not r.get("auditor") for r in rows):
         b.append(("p", _without_auditor(thr)))
     rising, idle = rising_cells(summary, rows), idle_cells(rows)
-    b.append(img("verdicts, scenario x technique", plots.plot_heatmap(summary, thr["power"], rising), "verdicts.png"))
+    b.append(img("verdicts, scenario x technique", plots.plot_heatmap(summary, thr["power"], rising, idle), "verdicts.png"))
 
     # per scenario tables
     b.append(("h2", SECTIONS[1]))
