@@ -153,11 +153,23 @@ def test_paraphrase_writes_scratch_fields_with_room_for_their_end(quick_organism
 
 # ---- what counts as a technique that changed nothing (`idle`) ----------------------------
 
-def test_same_needs_equal_lengths():
-    from doublebind.training.distill import _same
+def test_same_needs_equal_lengths_order_and_contents():
+    """`_same` against what a hook got: the same objects in the same order, none of them
+    edited in place (weights set, a token appended)."""
+    from doublebind.training.distill import _contents, _same
+    from doublebind.types import Prompt
 
-    a, b, c = object(), object(), object()
-    assert _same([a, b], [a, b]) and not _same([a, b, c], [a, b]) and not _same([a, b], [b, a])
+    a, b, c = (Item(Example(["<bos>", ">"], [t, "<eos>"], "copy")) for t in "123")
+    assert _same(_contents([a, b]), [a, b]) and not _same(_contents([a, b, c]), [a, b])
+    assert not _same(_contents([a, b]), [b, a])
+    before = _contents([a, b])
+    b.weights = [0.0, 1.0]  # what no shipped stage does; one that did would not read as idle
+    assert not _same(before, [a, b])
+    p = Prompt(["<bos>", "task=copy", ">"], "copy", "neutral")
+    before = _contents([p])
+    assert _same(before, [p])
+    p.tokens.append("x")
+    assert not _same(before, [p])
 
 
 def test_a_loss_term_acts_and_a_setting_already_set_does_not(quick_organism):

@@ -13,7 +13,10 @@ organism's ground truth:
     checkpoint(view, step, model)                                     audit a checkpoint; may stop or select
 
 A hook that is not defined is not called. Every hook call is recorded (what it did to the
-data), and filters write what they kept and removed beside the run. `Technique.needs` names
+data), and filters write what they kept and removed beside the run. A prompts or data hook
+returns new prompts or items for those it changes (the types are frozen or treated so): the
+distiller compares what a hook returns with what it got to tell a stage that changed
+nothing (`idle` in the run's summary), and sees an edit in place too. `Technique.needs` names
 what a stage uses from the view, so `doublebind ls techniques` and the docs can say it.
 """
 

@@ -209,10 +209,26 @@ def _checked(stage, field: str, cfg):
                               f"{err['msg']}") from None
 
 
-def _same(before: list, after: list) -> bool:
-    """Whether a stage's prompts or data hook handed back what it was given: the same
-    objects, or equal ones, in the same order."""
-    return len(before) == len(after) and all(a is b or a == b for a, b in zip(before, after))
+def _contents(xs: list) -> list[tuple]:
+    """What a prompts or data hook could change of each prompt or item, the object itself
+    included: a hook that edits one in place (its token list, its weights) is seen too."""
+    def one(x):
+        if isinstance(x, Item):
+            e = x.example
+            return (x, tuple(e.prompt), tuple(e.response), e.kind, x.row, x.rejected,
+                    None if x.weights is None else tuple(x.weights))
+        return (x, tuple(x.tokens), x.family, x.context)  # a Prompt
+
+    return [one(x) for x in xs]
+
+
+def _same(before: list[tuple], after: list) -> bool:
+    """Whether a stage's prompts or data hook handed back what it was given (`before`, its
+    `_contents` taken before the call): the same objects, or equal ones, unchanged, in the
+    same order."""
+    now = _contents(after)
+    return len(before) == len(now) and all((a[0] is b[0] or a[0] == b[0]) and a[1:] == b[1:]
+                                           for a, b in zip(before, now))
 
 
 def check_stages(stages, domain) -> None:
@@ -292,14 +308,14 @@ class Distiller:
         with self.accelerator.main_process_first():
             self.prompts = self.domain.prompts(recipe.prompts, recipe.seed)
             for st in self._hooked("prompts"):
-                before = self.prompts
+                before = _contents(self.prompts)
                 self.prompts = self._stage_prompts(st, self.prompts)
                 acted |= set() if _same(before, self.prompts) else {st.index}
                 self.record(st, "prompts", before=len(before), after=len(self.prompts))
             self.outputs: TeacherOutputs = self.domain.teacher_outputs(self.prompts, recipe.sampling, recipe.seed)
             self.items = [Item(e, i) for i, e in enumerate(self.domain.examples(self.outputs))]
             for st in self._hooked("data"):
-                before = self.items
+                before = _contents(self.items)
                 self.items = st.data(self.view, self.items)
                 acted |= set() if _same(before, self.items) else {st.index}
                 if recipe.objective.kind == "dpo" and any(it.weights is not None for it in self.items):
