@@ -54,17 +54,23 @@ def _env(cpu_only: bool = False) -> dict:
     return env
 
 
-def _run(cmd: list[str], timeout: float, cpu_only: bool = False, cache: Path | None = None) -> tuple[int, str, float]:
-    """(exit code, the output's last lines, seconds) of a subprocess; a timeout is code 124."""
+def _run(cmd: list[str], timeout: float, cpu_only: bool = False, cache: Path | None = None,
+         full: dict | None = None) -> tuple[int, str, float]:
+    """(exit code, the output's last lines, seconds) of a subprocess; a timeout is code 124.
+    `full`, if given, gets the whole stdout (a step's result line is read from it, not from
+    the tail, which stderr's warnings can fill)."""
     env = _env(cpu_only)
     if cache is not None:
         env["DOUBLEBIND_CACHE"] = str(cache)
     t = time.perf_counter()
     try:
         p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-        code, text = p.returncode, p.stdout + p.stderr
+        code, text, stdout = p.returncode, p.stdout + p.stderr, p.stdout
     except subprocess.TimeoutExpired as e:
-        code, text = 124, f"timed out after {timeout:.0f} s\n" + ((e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or ""))
+        out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        code, text, stdout = 124, f"timed out after {timeout:.0f} s\n" + out, out
+    if full is not None:
+        full["stdout"] = stdout
     return code, "\n".join(text.strip().splitlines()[-15:]), time.perf_counter() - t
 
 
@@ -116,11 +122,12 @@ def losses_main(organism: Path, overrides: list[str]) -> None:
 
 
 def _losses(organism: Path, cache: Path, overrides: list[str], cpu_only: bool, timeout: float) -> dict:
+    full: dict = {}
     code, text, secs = _run([sys.executable, __file__, "--losses", str(organism), *overrides], timeout,
-                            cpu_only=cpu_only, cache=cache)
-    # The result is the last JSON line, not the last line: a warning printed at exit (the
-    # compiled run's, on an H200) came after it and failed a run that had passed.
-    found = [ln for ln in text.splitlines() if ln.startswith("{")]
+                            cpu_only=cpu_only, cache=cache, full=full)
+    # The result is stdout's last JSON line, not the output's last line: a warning printed at
+    # exit (the compiled run's, on an H200) came after it and failed a run that had passed.
+    found = [ln for ln in full["stdout"].splitlines() if ln.startswith("{")]
     if code != 0 or not found:
         return {"ok": False, "error": text or f"exit {code}", "seconds": round(secs, 1)}
     return {"ok": True, **json.loads(found[-1]), "seconds": round(secs, 1)}

@@ -179,6 +179,30 @@ def test_the_gpu_check_refuses_a_machine_without_cuda_in_one_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("warnings", [1, 16])
+def test_the_gpu_check_reads_a_step_s_result_whatever_it_warns_after(monkeypatch, warnings):
+    """A `losses` step's result is its last JSON line on stdout: a warning printed at exit came
+    after it (the compiled run, on an H200), and 15 or more lines of them pushed it out of
+    the kept tail; both failed a run that had passed."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check_under_test", path)
+    gc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gc)
+    child = ("import json, sys\n"
+             "print(json.dumps({'where': {}, 'losses': [1.5, 1.25]}))\n"
+             f"for i in range({warnings}): print('UserWarning: something', i, file=sys.stderr)\n")
+    real = gc._run
+    monkeypatch.setattr(gc, "_run", lambda cmd, *a, **k: real([sys.executable, "-c", child], *a, **k))
+    got = gc._losses(Path("org"), Path("cache"), [], True, timeout=60)
+    assert got["ok"] is True and got["losses"] == [1.5, 1.25]
+    monkeypatch.setattr(gc, "_run", lambda cmd, *a, **k: real([sys.executable, "-c", "raise SystemExit(3)"], *a, **k))
+    assert gc._losses(Path("org"), Path("cache"), [], True, timeout=60)["ok"] is False
+
+
 def test_models_load_without_hub_kernels_unless_the_user_sets_them(quick_organism, tmp_path):
     """Transformers would give every loaded model hub kernels (layer code fetched from the Hub
     on GPUs): doublebind turns them off on import, in this process and the workers it spawns,
