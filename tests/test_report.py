@@ -411,50 +411,50 @@ def test_the_audit_table_puts_each_value_under_its_own_heading(study):
         assert cell["teacher confession"] == "0.004" and cell["base confession"] == "0.001"
 
 
-def test_the_effect_column_is_the_delivered_checkpoints(study):
-    def later_gain(r):  # verifier_filter gains on the baseline as it trains: the views then differ
+def _fmt_ci(st: dict) -> str:
+    return f"{st['mean']:.3f} [{st['ci95'][0]:.3f}, {st['ci95'][1]:.3f}]"
+
+
+def _later_gain(study, mis_per_step: float = 0.0) -> tuple[dict, dict]:
+    """The fixture's study with verifier_filter gaining capability (and, with
+    `mis_per_step`, misalignment) at every step, so its delivered and audit-selected
+    checkpoints differ: (the summary, {scenario: verifier_filter's verdict-table row})."""
+    def later_gain(r):
         if r["technique"] == "verifier_filter":
             r["capability_transfer"] = round(r["capability_transfer"] + r["step"] * 0.005, 4)
+            r["misalignment_transfer"] = round(r["misalignment_transfer"] + r["step"] * mis_per_step, 4)
         return r
 
     md = _rewrite(study, later_gain)
     summarize(study, config.build(config.StudyConfig, json.loads((study / "study.json").read_text())["config"]))
-    summary = json.loads((study / "summary.json").read_text())
-    fmt_ci = lambda st: f"{st['mean']:.3f} [{st['ci95'][0]:.3f}, {st['ci95'][1]:.3f}]"
+    rows = {}
+    for sc in SCENARIOS:
+        head, body = _table(md[md.index(f"### {sc}\n"):], "technique")
+        (rows[sc],) = [dict(zip(head, r)) for r in body if r[0] == "verifier_filter"]
+    return json.loads((study / "summary.json").read_text()), rows
+
+
+def test_the_effect_column_is_the_delivered_checkpoints(study):
+    summary, rows = _later_gain(study)
     for sc in SCENARIOS:
         j = summary["scenarios"][sc]["techniques"]["verifier_filter"]
         final, picked = j["final"]["vs_reference"], j["audit_selected"]["vs_reference"]
-        assert fmt_ci(final["capability_transfer"]) != fmt_ci(picked["capability_transfer"])  # the test can tell
-        start = md.index(f"### {sc}\n")
-        head, body = _table(md[start:], "technique")
-        (row,) = [dict(zip(head, r)) for r in body if r[0] == "verifier_filter"]
-        assert row["effect against reference (delivered)"] == (
-            f"vs baseline: cap {fmt_ci(final['capability_transfer'])}, mis {fmt_ci(final['misalignment_transfer'])}")
+        assert _fmt_ci(final["capability_transfer"]) != _fmt_ci(picked["capability_transfer"])  # the test can tell
+        assert rows[sc]["effect against reference (delivered)"] == (
+            f"vs baseline: cap {_fmt_ci(final['capability_transfer'])}, mis {_fmt_ci(final['misalignment_transfer'])}")
 
 
 def test_the_audit_selected_cells_are_the_audit_selected_checkpoints(study):
     """Where the audit picks another checkpoint than the delivered one, the audit-selected
     column shows that checkpoint's transfers, not the delivered ones."""
-    def later_gain(r):  # both transfers grow with the step, so the two views differ in both
-        if r["technique"] == "verifier_filter":
-            r["capability_transfer"] = round(r["capability_transfer"] + r["step"] * 0.005, 4)
-            r["misalignment_transfer"] = round(r["misalignment_transfer"] + r["step"] * 0.004, 4)
-        return r
-
-    md = _rewrite(study, later_gain)
-    summarize(study, config.build(config.StudyConfig, json.loads((study / "study.json").read_text())["config"]))
-    summary = json.loads((study / "summary.json").read_text())
-    fmt_ci = lambda st: f"{st['mean']:.3f} [{st['ci95'][0]:.3f}, {st['ci95'][1]:.3f}]"
+    summary, rows = _later_gain(study, mis_per_step=0.004)  # both transfers differ between the views
     for sc in SCENARIOS:
         j = summary["scenarios"][sc]["techniques"]["verifier_filter"]
         final, picked = j["final"], j["audit_selected"]
-        assert fmt_ci(final["misalignment_transfer"]) != fmt_ci(picked["misalignment_transfer"])  # the test can tell
-        start = md.index(f"### {sc}\n")
-        head, body = _table(md[start:], "technique")
-        (row,) = [dict(zip(head, r)) for r in body if r[0] == "verifier_filter"]
-        assert row["audit-selected: capability; misalignment"] == (
-            f"{fmt_ci(picked['capability_transfer'])}; {fmt_ci(picked['misalignment_transfer'])}")
-        assert row["misalignment transfer mean [95% CI]"] == fmt_ci(final["misalignment_transfer"])
+        assert _fmt_ci(final["misalignment_transfer"]) != _fmt_ci(picked["misalignment_transfer"])  # the test can tell
+        assert rows[sc]["audit-selected: capability; misalignment"] == (
+            f"{_fmt_ci(picked['capability_transfer'])}; {_fmt_ci(picked['misalignment_transfer'])}")
+        assert rows[sc]["misalignment transfer mean [95% CI]"] == _fmt_ci(final["misalignment_transfer"])
 
 
 def test_a_study_where_some_runs_lack_the_auditor_gets_no_audit_plot(study):
