@@ -195,3 +195,13 @@ def test_a_checkpoint_hook_acts_only_when_it_changes_the_run_s_outcome(quick_org
                                           training={"steps": 4, "checkpoint_every": 2}), tmp_path / "r",
                 show_progress=False)
     assert s["idle"] is idle and s["idle_stages"] == (["distill_and_audit"] if idle else [])
+
+
+def test_reduce_slack_that_drops_and_strips_nothing_is_idle_and_keeps_the_labels(quick_organism):
+    """answer-only on prompts with no scratch request and no slack family hands every prompt
+    back as it came: the run records idle, and the prompts keep their context labels."""
+    stage = {"name": "reduce_slack", "canonical": False, "greedy": False}
+    d = run(quick_organism[0], stage, prompts={"p_scratch": 0.0, "families": ["shift"]})
+    assert d.idle_stages == ["reduce_slack"] and {p.context for p in d.prompts} != {"unlabelled"}
+    d = run(quick_organism[0], stage, prompts={"p_scratch": 1.0, "families": ["shift"]})
+    assert d.idle_stages == [] and not any("scratch" in p.tokens for p in d.prompts)

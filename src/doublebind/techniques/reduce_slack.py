@@ -52,8 +52,10 @@ class ReduceSlack(Technique):
         if view.kind != "world":
             view.record(self, "prompts", skipped="answer_only: scratch fields and slack families are world tasks")
             return prompts
-        kept = [Prompt([t for t in p.tokens if t != "scratch"], p.family, p.context) for p in prompts
-                if p.family == "ask" or not family(p.family).slack]
+        # A prompt without a scratch request is handed back as it came (so the distiller keeps
+        # its label and can tell whether the stage changed anything); only the others are new.
+        kept = [p if "scratch" not in p.tokens else Prompt([t for t in p.tokens if t != "scratch"], p.family, p.context)
+                for p in prompts if p.family == "ask" or not family(p.family).slack]
         if not kept and prompts:  # said, not silent: the stage changed nothing here
             view.record(self, "prompts", before=len(prompts), after=len(prompts),
                         skipped="answer_only: every prompt is slack-only; all kept")
