@@ -11,12 +11,17 @@ the table and the next one runs:
 1. `env`: Python, torch, CUDA, the GPU, transformers, peft, accelerate.
 2. `build`: the tiny LLM organism (`configs/llm/tiny/organism.yaml`) built on the device
    (its teacher's implant trains there).
-3. `losses`: the tiny recipe's first steps with the real distiller, in four processes:
+3. `losses`: the tiny recipe's first steps with the real distiller, in five processes:
    on the CPU (`CUDA_VISIBLE_DEVICES=` hides the GPU), then on the device in fp32, with
    `training.precision: bf16` and with `training.compile: true`. Each says where the
-   student, teacher and base live and its ms a step. Checked: the device's fp32 losses are
-   the CPU's within 1e-3 (relative; the same sums in another order), bf16's within 5e-2 and
-   not equal (autocast really ran), compiled's within 1e-3 of eager.
+   student, teacher and base live, its ms a step, and the attention kernels one more step
+   ran (torch's profiler). Checked: the device's fp32 losses are the CPU's within 1e-3
+   (relative; the same sums in another order), bf16's within 5e-2 and not equal (autocast
+   really ran), compiled's within 1e-3 of eager; a bf16 step takes at most 10x an fp32 one
+   (2-3x on a CPU at this size; an H200 once took 80x: `doublebind.cuda`).
+   The fifth, `bf16_cudnn`, runs bf16 with `TORCH_CUDNN_SDPA_DEPRIORITIZED=0`, so
+   cuDNN attention goes first where torch would put it first (`doublebind.cuda`): its ms a
+   step against `bf16`'s says what that setting saves, and is not a check.
 4. `study`: `doublebind study run configs/llm/tiny/study.yaml` on the device and, for the
    table to compare, on the CPU; the verdicts of both and the time of each.
 5. `throughput`: `benchmarks/throughput.py --quick --skip-before` if the time left allows
@@ -42,12 +47,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# doublebind.cuda.ATTENTION_ENV, spelled out: on a bare CUDA image this process cannot import doublebind (tested equal)
+ATTENTION_ENV = "TORCH_CUDNN_SDPA_DEPRIORITIZED"
 TINY = ROOT / "configs/llm/tiny"
 STEPS = 6  # distiller steps per `losses` process
 
 
-def _env(cpu_only: bool = False) -> dict:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def _env(cpu_only: bool = False, extra: dict | None = None) -> dict:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra or {})}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH", "")) if p)
     if cpu_only:
         env["CUDA_VISIBLE_DEVICES"] = ""
@@ -55,11 +62,11 @@ def _env(cpu_only: bool = False) -> dict:
 
 
 def _run(cmd: list[str], timeout: float, cpu_only: bool = False, cache: Path | None = None,
-         full: dict | None = None) -> tuple[int, str, float]:
+         full: dict | None = None, extra_env: dict | None = None) -> tuple[int, str, float]:
     """(exit code, the output's last lines, seconds) of a subprocess; a timeout is code 124.
     `full`, if given, gets the whole stdout (a step's result line is read from it, not from
     the tail, which stderr's warnings can fill)."""
-    env = _env(cpu_only)
+    env = _env(cpu_only, extra_env)
     if cache is not None:
         env["DOUBLEBIND_CACHE"] = str(cache)
     t = time.perf_counter()
@@ -117,14 +124,29 @@ def losses_main(organism: Path, overrides: list[str]) -> None:
     later = times[2:] or times
     print(json.dumps({"where": where, "losses": losses, "first_step_s": round(times[0], 3),
                       "ms_per_step": round(1000 * sum(later) / len(later), 2),
+                      "attention": attention_kernels(lambda: d.train_step(STEPS)),
+                      ATTENTION_ENV: os.environ.get(ATTENTION_ENV),
                       "max_memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)
                       if torch.cuda.is_available() else None}))
 
 
-def _losses(organism: Path, cache: Path, overrides: list[str], cpu_only: bool, timeout: float) -> dict:
+def attention_kernels(step) -> list[str]:
+    """The attention operators `step()` ran, by torch's profiler: which kernel
+    `scaled_dot_product_attention` chose (`_scaled_dot_product_cudnn_attention`,
+    `…_efficient_attention`, `…_flash_attention…`), backward included."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    return sorted({e.key for e in prof.key_averages()
+                   if "scaled_dot_product" in e.key and e.key != "aten::scaled_dot_product_attention"})
+
+
+def _losses(organism: Path, cache: Path, overrides: list[str], cpu_only: bool, timeout: float,
+            extra_env: dict | None = None) -> dict:
     full: dict = {}
     code, text, secs = _run([sys.executable, __file__, "--losses", str(organism), *overrides], timeout,
-                            cpu_only=cpu_only, cache=cache, full=full)
+                            cpu_only=cpu_only, cache=cache, full=full, extra_env=extra_env)
     # The result is stdout's last JSON line, not the output's last line: a warning printed at
     # exit (the compiled run's, on an H200) came after it and failed a run that had passed.
     found = [ln for ln in full["stdout"].splitlines() if ln.startswith("{")]
@@ -194,11 +216,13 @@ def main() -> int:
         print(text)
         return 1
 
-    runs = {"cpu": ([], True), "fp32": ([], False), "bf16": (["training.precision=bf16"], False),
-            "compiled": (["training.compile=true"], False)}
+    runs = {"cpu": ([], True, None), "fp32": ([], False, None), "bf16": (["training.precision=bf16"], False, None),
+            "compiled": (["training.compile=true"], False, None),
+            "bf16_cudnn": (["training.precision=bf16"], False, {ATTENTION_ENV: "0"})}
     res = {}
-    for name, (over, cpu_only) in runs.items():
-        res[name] = _losses(organism, cache, over, cpu_only, timeout=max(30.0, min(180, left() - 120)))
+    for name, (over, cpu_only, extra_env) in runs.items():
+        res[name] = _losses(organism, cache, over, cpu_only, timeout=max(30.0, min(180, left() - 120)),
+                            extra_env=extra_env)
         print(f"losses {name}: {json.dumps(res[name])}")
         report["steps"][f"losses_{name}"] = res[name]
         save()
@@ -214,6 +238,11 @@ def main() -> int:
     checks["fp32_equals_cpu"] = diffs["fp32_vs_cpu"] is not None and diffs["fp32_vs_cpu"] < 1e-3
     checks["bf16_close_not_equal"] = diffs["bf16_vs_fp32"] is not None and 0 < diffs["bf16_vs_fp32"] < 5e-2
     checks["compiled_close"] = diffs["compiled_vs_fp32"] is not None and diffs["compiled_vs_fp32"] < 1e-3
+    ms = {name: res[name].get("ms_per_step") for name in ("fp32", "bf16", "bf16_cudnn")}
+    # 10x: bf16 autocast on a model this small costs 2-3x fp32 on a CPU; the H200 once took 80x
+    checks["bf16_step_within_10x_fp32"] = bool(ms["fp32"] and ms["bf16"]) and ms["bf16"] <= 10 * ms["fp32"]
+    print(f"ms a step: {json.dumps(ms)}; attention kernels: "
+          f"{json.dumps({name: res[name].get('attention') for name in ms})}")
     print(f"losses compared: {json.dumps(diffs)}")
     save()
 

@@ -222,3 +222,57 @@ def test_models_load_without_hub_kernels_unless_the_user_sets_them(quick_organis
         e = env if given is None else {**env, "USE_HUB_KERNELS": given}
         out = subprocess.run([sys.executable, "-c", probe], env=e, capture_output=True, text=True, check=True)
         assert out.stdout.strip() == seen
+
+
+def test_cudnn_attention_goes_last_unless_the_user_chose(monkeypatch, quick_organism):
+    """`doublebind.cuda`: cuDNN attention builds a graph for every new shape, and training and
+    sampling change shape every step, so doublebind sets PyTorch's switch that puts it last.
+    Set before every command (the CLI's set-up) and by the distiller (library use); a value
+    the user set stays."""
+    import os
+
+    from doublebind import cli
+    from doublebind.cuda import ATTENTION_ENV, prefer_stable_attention
+
+    env = {}
+    assert prefer_stable_attention(env) is True and env == {ATTENTION_ENV: "1"}
+    for mine in ("0", "1"):
+        env = {ATTENTION_ENV: mine}
+        assert prefer_stable_attention(env) is False and env == {ATTENTION_ENV: mine}
+    monkeypatch.delenv(ATTENTION_ENV, raising=False)
+    cli._setup()
+    assert os.environ[ATTENTION_ENV] == "1"
+    monkeypatch.setenv(ATTENTION_ENV, "0")
+    cli._setup()
+    assert os.environ[ATTENTION_ENV] == "0"
+    monkeypatch.delenv(ATTENTION_ENV)
+    org, _ = quick_organism
+    Distiller(org, tiny_recipe({"prompts": {"size": 16}, "training": {"steps": 1, "batch": 4}}), None,
+              show_progress=False)
+    assert os.environ[ATTENTION_ENV] == "1"
+
+
+def test_the_gpu_check_names_the_attention_kernel_and_passes_its_environment(monkeypatch):
+    """The GPU check's `bf16_cudnn` process gets TORCH_CUDNN_SDPA_DEPRIORITIZED=0 (its point),
+    the others doublebind's own setting; each names the attention kernels a step ran."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from doublebind.cuda import ATTENTION_ENV
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check_env_under_test", path)
+    gc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gc)
+    assert gc.ATTENTION_ENV == ATTENTION_ENV  # spelled out there: that process cannot import doublebind
+    q = torch.randn(1, 2, 5, 4, requires_grad=True)
+    kernels = gc.attention_kernels(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q).sum().backward())
+    assert kernels == ["aten::_scaled_dot_product_flash_attention_for_cpu",
+                       "aten::_scaled_dot_product_flash_attention_for_cpu_backward"]
+    child = f"import json, os; print(json.dumps({{'seen': os.environ.get({ATTENTION_ENV!r})}}))"
+    real = gc._run
+    monkeypatch.setattr(gc, "_run", lambda cmd, *a, **k: real([sys.executable, "-c", child], *a, **k))
+    monkeypatch.delenv(ATTENTION_ENV, raising=False)
+    assert gc._losses(Path("org"), Path("c"), [], False, timeout=60, extra_env={ATTENTION_ENV: "0"})["seen"] == "0"
+    assert gc._losses(Path("org"), Path("c"), [], False, timeout=60)["seen"] is None

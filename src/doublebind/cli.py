@@ -100,7 +100,9 @@ def cli_errors(fn):
 
 @app.callback()
 def _setup() -> None:
-    # runs before every command: the thread policy (doublebind.threads), the heap (doublebind.heap)
+    # runs before every command: the thread policy (doublebind.threads), the heap (doublebind.heap),
+    # cuDNN attention last on GPUs (doublebind.cuda)
+    from doublebind.cuda import prefer_stable_attention
     from doublebind.heap import keep_freed_memory
     from doublebind.threads import apply_thread_policy
     from doublebind.ui import progress_every
@@ -108,6 +110,7 @@ def _setup() -> None:
     try:
         apply_thread_policy()
         keep_freed_memory()
+        prefer_stable_attention()
         progress_every()
     except DoublebindError as e:
         say_error(e)

@@ -271,8 +271,10 @@ class Distiller:
     """Holds one run's data, models and optimiser; `distill()` drives it step by step."""
 
     def __init__(self, organism_dir: Path, recipe, out: Path | None, show_progress: bool = True):
+        from doublebind.cuda import prefer_stable_attention
         from doublebind.techniques.base import build_stages
 
+        prefer_stable_attention()  # before any attention call in this process (doublebind.cuda)
         self.out, self.show = out, show_progress
         self.organism_dir = Path(organism_dir)
         self.domain = open_domain(self.organism_dir)
