@@ -353,3 +353,24 @@ def test_a_run_s_accelerator_follows_its_device_in_a_process_that_ran_on_the_oth
         assert accelerator_for("cpu").device.type == "cpu"  # and again, with nothing to set up
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_under_a_launcher_a_run_on_the_other_device_is_refused_in_one_line():
+    """Under `accelerate launch` the processes share one process group on one device type: a
+    CPU (embedded-world) run after a CUDA one cannot set the state up again, and says so
+    instead of accelerate's "AcceleratorState has already been initialized". Faked on the CPU."""
+    from accelerate import Accelerator, PartialState
+    from accelerate.state import AcceleratorState
+
+    from doublebind.errors import DoublebindError
+    from doublebind.training.distill import accelerator_for
+
+    try:
+        Accelerator(cpu=False)
+        AcceleratorState._shared_state["device"] = PartialState._shared_state["device"] = torch.device("cuda")
+        PartialState._shared_state["num_processes"] = 2
+        with pytest.raises(DoublebindError, match=r"trains on cpu, but the launcher's 2 processes were set up on cuda"):
+            accelerator_for("cpu")
+        assert PartialState().device.type == "cuda"  # left as it was
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)

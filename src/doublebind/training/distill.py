@@ -258,11 +258,19 @@ def accelerator_for(device: str, **kwargs):
     "AcceleratorState has already been initialized" (found by benchmarks/gpu_check.py on an
     H200), and a world run before a Hugging Face one would have given the latter a CPU
     accelerator. In one process (no launcher), the state is set up again for the run's
-    device; under a parallel launcher every run of a process is of one kind, so it stays."""
+    device. Under a parallel launcher the processes share one process group on one device
+    type, so a run on the other (a study mixing embedded-world and GPU scenarios) is refused
+    in one line."""
     from accelerate import Accelerator, PartialState
     from accelerate.state import AcceleratorState
 
-    if PartialState._shared_state and PartialState().num_processes == 1 and PartialState().device.type != device:
+    if PartialState._shared_state and PartialState().device.type != device:
+        state = PartialState()
+        if state.num_processes > 1:
+            raise DoublebindError(
+                f"this run trains on {device}, but the launcher's {state.num_processes} processes were set up on "
+                f"{state.device.type} by an earlier run; run the embedded-world scenarios (CPU) and the Hugging Face "
+                f"ones as separate studies, or without the launcher")
         AcceleratorState._reset_state(reset_partial_state=True)
     return Accelerator(cpu=device == "cpu", **kwargs)
 
