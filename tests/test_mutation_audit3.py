@@ -172,6 +172,27 @@ def test_same_needs_equal_lengths_order_and_contents():
     assert not _same(before, [p])
 
 
+def test_same_sees_the_rejected_response_and_the_live_labels_edited_in_place():
+    """A data hook that edits a DPO item's rejected response in place, sets live soft labels,
+    or writes into them in place changed what trains: never idle."""
+    import torch
+
+    from doublebind.training.distill import _contents, _same
+
+    a = Item(Example(["<bos>", ">"], ["1", "<eos>"], "copy"), rejected=Example(["<bos>", ">"], ["2", "<eos>"], "copy"))
+    before = _contents([a])
+    assert _same(before, [a])
+    a.rejected.response.insert(0, "3")
+    assert not _same(before, [a])
+    before = _contents([a])
+    a.live = torch.zeros(2, 3)
+    assert not _same(before, [a])
+    before = _contents([a])
+    assert _same(before, [a])
+    a.live[0, 0] = 1.0
+    assert not _same(before, [a])
+
+
 def test_a_loss_term_acts_and_a_setting_already_set_does_not(quick_organism):
     assert run(quick_organism[0], {"name": "kl_to_base"}).idle_stages == []
     assert run(quick_organism[0], {"name": "hard_labels"}, sampling={"soft_labels": "none"}).idle_stages == \

@@ -211,11 +211,16 @@ def _checked(stage, field: str, cfg):
 
 def _contents(xs: list) -> list[tuple]:
     """What a prompts or data hook could change of each prompt or item, the object itself
-    included: a hook that edits one in place (its token list, its weights) is seen too."""
+    included: a hook that edits one in place (its token list, its weights, the rejected
+    response's tokens, the live soft labels) is seen too. A tensor is taken by identity and
+    torch's in-place version counter, which every in-place write bumps."""
+    def example(e):
+        return None if e is None else (tuple(e.prompt), tuple(e.response), e.kind)
+
     def one(x):
         if isinstance(x, Item):
-            e = x.example
-            return (x, tuple(e.prompt), tuple(e.response), e.kind, x.row, x.rejected,
+            live = x.live if x.live is None else (id(x.live), getattr(x.live, "_version", None))
+            return (x, *example(x.example), x.row, example(x.rejected), live,
                     None if x.weights is None else tuple(x.weights))
         return (x, tuple(x.tokens), x.family, x.context)  # a Prompt
 
