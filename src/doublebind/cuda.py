@@ -2,7 +2,8 @@
 
 **cuDNN attention goes last.** PyTorch picks a kernel for each `scaled_dot_product_attention`
 call from a priority list. On Hopper and Blackwell GPUs (compute capability 9.x and 10.x),
-with cuDNN newer than 9.15, recent releases put cuDNN's kernel first. That kernel needs half
+with cuDNN newer than 9.15, recent releases put cuDNN's kernel first (PyTorch's
+`check_prefer_cudnn_attention`, in aten/src/ATen/native/transformers/cuda/sdp_utils.cpp). That kernel needs half
 precision, so it is chosen under `training.precision: bf16` and for bf16 organisms.
 
 The cost: cuDNN builds an execution graph for every new shape (batch, query and key lengths,
