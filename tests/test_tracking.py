@@ -2,6 +2,7 @@
 and nothing is written beyond the run's files when not."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from doublebind.errors import DoublebindError
 from doublebind.training import tracking
 from doublebind.training.distill import distill
 
-from .conftest import run_cli, tiny_recipe
+from .conftest import CLI_MODE_ENV, run_cli, tiny_recipe
 
 
 def recipe(**over):
@@ -130,6 +131,68 @@ def test_a_study_with_a_missing_tracker_package_stops_before_any_organism(monkey
 
     monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: False)
     study = Path(__file__).resolve().parents[1] / "configs" / "studies" / "quick.yaml"
-    with pytest.raises(DoublebindError, match="recipe_overrides: training.tracker wandb needs the wandb package"):
+    with pytest.raises(DoublebindError, match="quick.yaml: tracker: training.tracker wandb needs the wandb package"):
         study_run.run_study(study, tmp_path / "s", show_progress=False, overrides=["recipe_overrides.training.tracker=wandb"])
     assert not (tmp_path / "s").exists()
+
+
+def test_a_study_refuses_trackio_before_any_organism(monkeypatch, tmp_path):
+    """trackio reads its folder once per process, and a study's runs share worker processes:
+    every run logged into the first run's folder, and redoing that run deleted them all."""
+    import accelerate.utils
+
+    from doublebind.studies import run as study_run
+
+    monkeypatch.setattr(accelerate.utils, "is_trackio_available", lambda: True)
+    study = Path(__file__).resolve().parents[1] / "configs" / "studies" / "quick.yaml"
+    with pytest.raises(DoublebindError, match="tracker: training.tracker trackio: trackio keeps one log folder per "
+                                              "process .* use tensorboard or wandb for a study"):
+        study_run.run_study(study, tmp_path / "s", show_progress=False,
+                            overrides=["recipe_overrides.training.tracker=trackio"])
+    assert not (tmp_path / "s").exists()
+    tracking.check_tracker("trackio")  # one run (`distill`) may use it
+
+
+def test_one_process_logs_one_trackio_folder_unless_the_user_named_one(monkeypatch, tmp_path):
+    monkeypatch.setattr(tracking, "_trackio_run", None)
+    monkeypatch.delenv("TRACKIO_DIR", raising=False)
+    assert tracking._offline("trackio", tmp_path / "a" / "tracker") == {"trackio": {}}
+    assert os.environ["TRACKIO_DIR"] == str(tmp_path / "a" / "tracker")
+    tracking._offline("trackio", tmp_path / "a" / "tracker")  # the same run's folder again
+    with pytest.raises(DoublebindError, match=r"already logs a run to trackio in .*a/tracker.* one trackio run per "
+                                              r"process"):
+        tracking._offline("trackio", tmp_path / "b" / "tracker")
+    monkeypatch.setattr(tracking, "_trackio_run", None)
+    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "mine"))  # the user's folder takes every run
+    tracking._offline("trackio", tmp_path / "a" / "tracker")
+    tracking._offline("trackio", tmp_path / "b" / "tracker")
+    assert os.environ["TRACKIO_DIR"] == str(tmp_path / "mine") and tracking._trackio_run is None
+
+
+def test_a_tracker_that_fails_to_start_leaves_no_unfinished_run(quick_organism, tmp_path, monkeypatch):
+    """It wrote an empty metrics.jsonl first, and the rerun was refused as an unfinished run."""
+    def fail(*a, **k):
+        raise DoublebindError("--tracker tensorboard: tensorboard failed to start (NotADirectoryError: x)")
+
+    cfg = recipe(training={"steps": 2, "batch": 8, "checkpoint_every": 2, "lr": 0.001, "save_weights": False,
+                           "tracker": "tensorboard"})
+    monkeypatch.setattr(tracking.RunTracker, "__init__", fail)
+    with pytest.raises(DoublebindError, match="failed to start"):
+        distill(quick_organism[0], cfg, tmp_path / "run", show_progress=False, plot=False)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    monkeypatch.undo()
+    s = distill(quick_organism[0], cfg, tmp_path / "run", show_progress=False, plot=False)  # no --force needed
+    assert s["losses"]["first"] > 0
+
+
+def test_validate_names_a_recipe_s_missing_tracker_package(monkeypatch, tmp_path):
+    """`validate` said ok to a recipe whose tracker's package is missing; `distill` then refused it."""
+    import accelerate.utils
+
+    if os.environ.get(CLI_MODE_ENV) == "subprocess":
+        pytest.skip("patches this process; DOUBLEBIND_TEST_CLI=subprocess runs the CLI in another")
+    monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: False)
+    r = run_cli("validate", "configs/recipes/hard_sft.yaml", "training.tracker=wandb")
+    assert r.returncode == 1 and "training.tracker wandb needs the wandb package" in r.stderr
+    assert run_cli("validate", "configs/recipes/hard_sft.yaml").returncode == 0
+

@@ -124,6 +124,10 @@ def validate(file: Path, overrides: Optional[list[str]] = typer.Argument(None, h
     from doublebind import config
 
     cfg = config.load(file, overrides or [])
+    if cfg.kind == "recipe":  # as `distill` would find it before training: a tracker's missing package
+        from doublebind.training.tracking import check_tracker
+
+        check_tracker(cfg.training.tracker)
     organisms = {None: cfg}  # scenario (None: the file itself) -> organism config
     if cfg.kind == "study":  # as strict as `study run`: the organism, the recipe and its overrides
         from doublebind.studies.run import resolve

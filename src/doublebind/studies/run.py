@@ -131,7 +131,7 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
         from doublebind.training.tracking import check_tracker
 
         # a tracker's missing package was found by the first run, after every organism was built
-        field("recipe_overrides", lambda: check_tracker(recipe.training.tracker))
+        field("tracker", lambda: check_tracker(recipe.training.tracker, study=True))
         names = list(cfg.technique_stages())
         for t in names:
             ref = config.reference_of(t)

@@ -626,10 +626,10 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
         }
         rows, losses = [], []
         metrics_path = out / "metrics.jsonl"
-        if main:
-            metrics_path.write_text("")
         selected, stopped, steered = None, None, set()
         tracker = tracking.RunTracker(d.accelerator, tr.tracker, out, recipe.name, meta)
+        if main:  # after the tracker: one that fails to start leaves no unfinished run behind
+            metrics_path.write_text("")
     except BaseException:
         if aside is not None:
             _put_back(out, aside)

@@ -7,7 +7,8 @@
 TensorBoard, wandb or trackio; `none`, the default, writes nothing beyond the run's own files
 (metrics.jsonl, summary.json). Every tracker runs offline and writes under `<run>/tracker/`:
 TensorBoard event files, wandb in offline mode (`wandb sync` uploads later, by hand), trackio's
-local database. Nothing here opens a network connection or reads a credential.
+local database. Nothing here opens a network connection or reads a credential. trackio takes
+one run per process (it reads its folder once), so studies refuse it (`check_tracker`).
 
 Scalars, by tag:
     train/loss, train/lr, train/tokens_per_s       every optimiser step (x = step; tokens/s counts
@@ -34,13 +35,22 @@ def tracker_dir(out: Path) -> Path:
     return Path(out) / "tracker"
 
 
-def check_tracker(tracker: str) -> None:
+# trackio keeps one store per process: it reads TRACKIO_DIR once, when it is imported.
+TRACKIO_ONE_RUN = ("trackio keeps one log folder per process (it reads TRACKIO_DIR once, when imported), so "
+                   "the runs of a study, which share worker processes, would all log into the first run's folder")
+
+
+def check_tracker(tracker: str, study: bool = False) -> None:
     """One plain error when `tracker`'s package is not installed (`study run` and `validate`
-    check it before any organism is built; `accelerator_kwargs` before a run trains)."""
+    check it before any organism is built; `accelerator_kwargs` before a run trains), or, in a
+    `study`, when the tracker is trackio (`TRACKIO_ONE_RUN`)."""
     if tracker not in TRACKERS:
         raise DoublebindError(f"unknown tracker {tracker!r}; trackers: {', '.join(TRACKERS)}")
     if tracker == "none":
         return
+    if study and tracker == "trackio":
+        raise DoublebindError(f"training.tracker trackio: {TRACKIO_ONE_RUN}; use tensorboard or wandb for a "
+                              f"study, and trackio with `doublebind distill`")
     from accelerate.utils import is_tensorboard_available, is_trackio_available, is_wandb_available
 
     available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available,
@@ -75,11 +85,23 @@ def _offline(tracker: str, logs: Path) -> dict:
         return {"wandb": {"mode": "offline", "dir": str(logs)}}
     if tracker == "trackio":
         # Its local database; no Space is named, so nothing is uploaded. trackio reads TRACKIO_DIR
-        # once, at import: in a process that already imported it (the second run of a study), the
-        # first value holds, and a TRACKIO_DIR set by the user always wins.
-        os.environ.setdefault("TRACKIO_DIR", str(logs))
+        # once, at import, so a process logs to one folder: a TRACKIO_DIR the user set takes
+        # every run; otherwise the first run's `<run>/tracker/`, and a later run in the same
+        # process with another folder is refused (studies refuse trackio up front).
+        global _trackio_run
+        if _trackio_run is None and os.environ.get("TRACKIO_DIR"):
+            return {"trackio": {}}
+        if _trackio_run is not None and _trackio_run != logs.resolve():
+            raise DoublebindError(f"training.tracker trackio: this process already logs a run to trackio in "
+                                  f"{_trackio_run}, and trackio reads its folder once per process; run one "
+                                  f"trackio run per process, or use tensorboard or wandb")
+        os.environ["TRACKIO_DIR"] = str(logs)
+        _trackio_run = logs.resolve()
         return {"trackio": {}}
     return {}
+
+
+_trackio_run: Path | None = None  # the folder of this process's trackio run (`_offline`)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
