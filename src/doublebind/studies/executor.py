@@ -116,8 +116,11 @@ def run_jobs(fn: Callable, jobs: dict[Hashable, tuple], workers: int,
             try:
                 with one_thread():
                     result = fn(*args)
-            except DoublebindError as e:
-                raise named_error(e, label(key)) from e
+            except Exception as e:  # named as the workers name it: an error with its run, a bug with failed_in
+                named = named_error(e, label(key))
+                if named is e:
+                    raise
+                raise named from e
             on_done(key, result)
         return
     _Pool(fn, min(workers, len(jobs)), label).run(jobs, on_done)

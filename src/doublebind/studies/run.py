@@ -671,8 +671,11 @@ def place_organisms(specs: list, out: Path, hashes: dict, workers: int, show_pro
         for sp in specs:
             try:
                 place_organism(sp.cfg, sp.folder(out), show_progress, expected_hash=hashes[sp.key])
-            except DoublebindError as e:  # named as the workers name it
-                raise named_error(e, label(sp.key)) from e
+            except Exception as e:  # named as the workers name it (a bug keeps its type, with failed_in)
+                named = named_error(e, label(sp.key))
+                if named is e:
+                    raise
+                raise named from e
         return
     jobs = {sp.key: (sp.cfg, sp.folder(out), False, hashes[sp.key]) for sp in specs}
     with progress_bar(f"placing {len(specs)} organisms", len(specs), show_progress, unit="organisms") as advance:
