@@ -67,7 +67,7 @@ torch.save({"loss": loss, "processes": d.accelerator.num_processes, "grads": gra
 """
 
 
-def _run(processes: int, script: list[str]) -> subprocess.CompletedProcess:
+def _run(processes: int, script: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     if processes == 1:
         cmd = [sys.executable, *script]
@@ -78,7 +78,7 @@ def _run(processes: int, script: list[str]) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "cpu_2proc.yaml"),
                "--num_processes", str(processes), "--num_cpu_threads_per_process", "1",
                "--main_process_port", str(_free_port()), *script]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
 
 
 def _weights(folder: Path) -> dict:
@@ -226,3 +226,39 @@ def test_two_process_gradient_equals_one_process_gradient(quick_organism, tmp_pa
         assert torch.equal(two[0]["grads"][k], two[1]["grads"][k])  # DDP: every rank holds the same
         err = (two[0]["grads"][k] - g).abs().max().item()
         assert err <= GRAD_RTOL * g.abs().max().item() + 1e-9, f"{k}: {err:.2e} vs {g.abs().max().item():.2e}"
+
+
+NAN_SCRIPT = """
+import sys
+import torch
+from doublebind import config
+from doublebind.errors import DoublebindError
+from doublebind.training import distill
+from doublebind.training.distill import Distiller
+
+organism, recipe, out = sys.argv[1:4]
+d = Distiller(organism, config.load(recipe, [], expect="recipe"), None, show_progress=False)
+real = distill.micro_loss
+if d.accelerator.process_index == 1:  # one process's loss goes non-finite, the other's not
+    distill.micro_loss = lambda *a, **k: real(*a, **k) * torch.tensor(float("nan"))
+try:
+    d.train_step(0)
+    said = "trained"
+except DoublebindError as e:
+    said = "stopped: " + str(e).split(";")[0]
+with open(f"{out}.rank{d.accelerator.process_index}", "w") as f:  # the processes share one stdout
+    f.write(said)
+"""
+
+
+def test_a_loss_non_finite_on_one_process_stops_every_process(quick_organism, tmp_path):
+    """The process whose loss went non-finite raised alone, before the backward, and the other
+    waited in the gradients' all-reduce: both now stop at the same step with the same line."""
+    organism, _ = quick_organism
+    recipe_path, script = tmp_path / "recipe.yaml", tmp_path / "nan.py"
+    recipe_path.write_text(yaml.safe_dump(recipe().model_dump(mode="json")))
+    script.write_text(NAN_SCRIPT)
+    res = _run(2, [str(script), str(organism), str(recipe_path), str(tmp_path / "said")], timeout=240)
+    got = [(tmp_path / f"said.rank{k}").read_text() if (tmp_path / f"said.rank{k}").exists() else None
+           for k in (0, 1)]
+    assert got == ["stopped: loss became nan at step 1"] * 2, res.stderr[-3000:]

@@ -499,7 +499,11 @@ class Distiller:
                 with self._autocast():
                     loss = micro_loss(self.model, micro, self.outputs.soft, ocfg, self.ref_logps, extra,
                                       pack=self.pack, compiled=tr.compile) / total
-                if not torch.isfinite(loss):
+                # One process stops here, before a backward through the non-finite loss. Several go
+                # on to the gradients' all-reduce, which every process must join, and stop together
+                # when the loss summed over processes comes back non-finite (`Loop.step`): one
+                # process raising alone left the others waiting in the all-reduce.
+                if world == 1 and not torch.isfinite(loss):
                     raise DoublebindError(f"loss became {loss.item()} at step {step + 1}; {LR_HINT}")
                 self.accelerator.backward(loss * world if world > 1 else loss)
             loss_value += loss.item()
