@@ -230,9 +230,11 @@ def test_cudnn_attention_goes_last_unless_the_user_chose(monkeypatch, quick_orga
     Set before every command (the CLI's set-up) and by the distiller (library use); a value
     the user set stays."""
     import os
+    from pathlib import Path
 
     from doublebind import cli
     from doublebind.cuda import ATTENTION_ENV, prefer_stable_attention
+    from doublebind.errors import DoublebindError
 
     env = {}
     assert prefer_stable_attention(env) is True and env == {ATTENTION_ENV: "1"}
@@ -245,6 +247,12 @@ def test_cudnn_attention_goes_last_unless_the_user_chose(monkeypatch, quick_orga
     monkeypatch.setenv(ATTENTION_ENV, "0")
     cli._setup()
     assert os.environ[ATTENTION_ENV] == "0"
+    monkeypatch.delenv(ATTENTION_ENV)
+    from doublebind.studies.run import run_study
+
+    with pytest.raises(DoublebindError):  # library use: set before the study's config is even read
+        run_study(Path("no-such-study.yaml"), Path("no-such-out"), show_progress=False)
+    assert os.environ[ATTENTION_ENV] == "1"
     monkeypatch.delenv(ATTENTION_ENV)
     org, _ = quick_organism
     Distiller(org, tiny_recipe({"prompts": {"size": 16}, "training": {"steps": 1, "batch": 4}}), None,
@@ -266,6 +274,9 @@ def test_the_gpu_check_names_the_attention_kernel_and_passes_its_environment(mon
     gc = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gc)
     assert gc.ATTENTION_ENV == ATTENTION_ENV  # spelled out there: that process cannot import doublebind
+    assert gc.LOSS_RUNS["bf16_cudnn"] == (["training.precision=bf16"], False, {ATTENTION_ENV: "0"})
+    assert gc.LOSS_RUNS["bf16"] == (["training.precision=bf16"], False, None)
+    assert gc.attention_kernels(lambda: 1 / 0) == ["not profiled (ZeroDivisionError: division by zero)"]
     q = torch.randn(1, 2, 5, 4, requires_grad=True)
     kernels = gc.attention_kernels(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q).sum().backward())
     assert kernels == ["aten::_scaled_dot_product_flash_attention_for_cpu",

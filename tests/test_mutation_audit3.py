@@ -191,6 +191,18 @@ def test_same_sees_the_rejected_response_and_the_live_labels_edited_in_place():
     assert _same(before, [a])
     a.live[0, 0] = 1.0
     assert not _same(before, [a])
+    before = _contents([a])
+    a.live = None  # the old tensor freed, and a new one in its place, perhaps at the same id
+    a.live = torch.zeros(2, 3)
+    assert not _same(before, [a])
+    with torch.inference_mode():  # keeps no version counter: its identity counts
+        a.live = torch.ones(2, 3)
+    before = _contents([a])
+    assert _same(before, [a])
+    # a hook handing back new items that hold the same tensor: compared by contents, no error
+    b = Item(a.example, a.row, a.rejected, a.live, a.weights)
+    assert _same(before, [b])
+    assert not _same(before, [Item(a.example, a.row, a.rejected, torch.ones(2, 3), a.weights)])
 
 
 def test_a_loss_term_acts_and_a_setting_already_set_does_not(quick_organism):

@@ -84,6 +84,23 @@ def test_a_bug_in_a_run_is_named_the_same_with_any_worker_count(workers):
     assert str(e.value) == "run B: loss became nan in b"
 
 
+def test_a_bug_placing_an_organism_here_names_the_organism(tmp_path, monkeypatch):
+    """One worker places organisms in this process: a bug there keeps its type and says which."""
+    from types import SimpleNamespace
+
+    from doublebind.studies import run as study_run
+
+    specs = [SimpleNamespace(cfg="cfg", key=("sc", 3), folder=lambda out: out / "sc-o3")]
+
+    def broken(*a, **k):
+        raise ValueError("bad weights")
+
+    monkeypatch.setattr(study_run, "place_organism", broken)
+    with pytest.raises(ValueError) as e:
+        study_run.place_organisms(specs, tmp_path, {("sc", 3): "h"}, 1, show_progress=False)
+    assert e.value.failed_in == "the organism of sc (organism seed 3)"
+
+
 def test_an_unpicklable_doublebind_error_comes_back_as_a_doublebind_error():
     """An error the user can fix (one line on the CLI) must not come back as a bug."""
     class Local(DoublebindError):  # a local class does not pickle

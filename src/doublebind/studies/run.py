@@ -469,8 +469,10 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
               workers: int | None = 1) -> dict:
     """Run the study's missing runs, `workers` at a time (None: `executor.workers_for`'s
     default, what the CLI uses); then recompute summary.json."""
+    from doublebind.cuda import prefer_stable_attention
     from doublebind.studies.executor import run_jobs, workers_for
 
+    prefer_stable_attention()  # before any organism build or run samples on a GPU (doublebind.cuda)
     cfg = config.load(study_path, list(overrides), expect="study")
     specs = resolve(study_path, cfg, overrides)
     n_workers = workers_for(workers)  # a bad DOUBLEBIND_WORKERS stops here, before any work

@@ -219,21 +219,40 @@ def _contents(xs: list) -> list[tuple]:
 
     def one(x):
         if isinstance(x, Item):
-            live = x.live if x.live is None else (id(x.live), getattr(x.live, "_version", None))
-            return (x, *example(x.example), x.row, example(x.rejected), live,
+            return (x, *example(x.example), x.row, example(x.rejected), _Held(x.live),
                     None if x.weights is None else tuple(x.weights))
         return (x, tuple(x.tokens), x.family, x.context)  # a Prompt
 
     return [one(x) for x in xs]
 
 
+class _Held:
+    """A value in a `_contents` snapshot, held (so its id is not reused): equal to another only
+    if it is the same object, and for a tensor, not written in place since (torch's version
+    counter; an inference-mode tensor keeps none, so only its identity counts)."""
+
+    __slots__ = ("value", "version")
+
+    def __init__(self, value):
+        self.value = value
+        try:
+            self.version = getattr(value, "_version", None)
+        except RuntimeError:
+            self.version = None
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Held) and self.value is other.value and self.version == other.version
+
+
 def _same(before: list[tuple], after: list) -> bool:
     """Whether a stage's prompts or data hook handed back what it was given (`before`, its
     `_contents` taken before the call): the same objects, or equal ones, unchanged, in the
-    same order."""
+    same order. An item is compared by its contents, which hold every field (its dataclass
+    equality would compare live tensors element by element)."""
     now = _contents(after)
-    return len(before) == len(now) and all((a[0] is b[0] or a[0] == b[0]) and a[1:] == b[1:]
-                                           for a, b in zip(before, now))
+    return len(before) == len(now) and all(
+        (a[0] is b[0] or isinstance(a[0], Item) and isinstance(b[0], Item) or a[0] == b[0]) and a[1:] == b[1:]
+        for a, b in zip(before, now))
 
 
 def check_stages(stages, domain) -> None:
@@ -273,9 +292,9 @@ def accelerator_for(device: str, **kwargs):
         state = PartialState()
         if state.num_processes > 1:
             raise DoublebindError(
-                f"this run trains on {device}, but the launcher's {state.num_processes} processes were set up on "
-                f"{state.device.type} by an earlier run; run the embedded-world scenarios (CPU) and the Hugging Face "
-                f"ones as separate studies, or without the launcher")
+                f"this run trains on {device}, but the launcher's {state.num_processes} processes are set up on "
+                f"{state.device.type}, and under a launcher every run must use that device: run embedded-world "
+                f"scenarios (they train on the CPU) without the launcher, and Hugging Face ones under it")
         AcceleratorState._reset_state(reset_partial_state=True)
     return Accelerator(cpu=device == "cpu", **kwargs)
 
