@@ -47,7 +47,7 @@ import pickle
 import signal
 import threading
 import traceback
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, NoReturn
 
 from doublebind.errors import DoublebindError, VerificationError
 
@@ -117,10 +117,7 @@ def run_jobs(fn: Callable, jobs: dict[Hashable, tuple], workers: int,
                 with one_thread():
                     result = fn(*args)
             except Exception as e:  # named as the workers name it: an error with its run, a bug with failed_in
-                named = named_error(e, label(key))
-                if named is e:
-                    raise
-                raise named from e
+                raise_named(e, label(key))
             on_done(key, result)
         return
     _Pool(fn, min(workers, len(jobs)), label).run(jobs, on_done)
@@ -247,6 +244,15 @@ def named_error(exc: BaseException, what: str) -> BaseException:
     for note in getattr(exc, "__notes__", []):
         named.add_note(note)
     return named
+
+
+def raise_named(exc: Exception, what: str) -> NoReturn:
+    """Raise `exc` as `named_error` names it: a new error with the job in front, or a bug
+    itself (its traceback kept) with `failed_in` set."""
+    named = named_error(exc, what)
+    if named is exc:
+        raise exc
+    raise named from exc
 
 
 def _rebuild(exc: BaseException, remote_tb: str) -> BaseException:

@@ -664,7 +664,7 @@ def place_organisms(specs: list, out: Path, hashes: dict, workers: int, show_pro
     each, like the runs; an organism's weights, like any float result, can differ in
     rounding with the thread count that built it, and a study takes a cached build as it
     is)."""
-    from doublebind.studies.executor import named_error, run_jobs
+    from doublebind.studies.executor import raise_named, run_jobs
 
     def label(key) -> str:
         return f"the organism of {key[0]} (organism seed {key[1]})"
@@ -674,10 +674,7 @@ def place_organisms(specs: list, out: Path, hashes: dict, workers: int, show_pro
             try:
                 place_organism(sp.cfg, sp.folder(out), show_progress, expected_hash=hashes[sp.key])
             except Exception as e:  # named as the workers name it (a bug keeps its type, with failed_in)
-                named = named_error(e, label(sp.key))
-                if named is e:
-                    raise
-                raise named from e
+                raise_named(e, label(sp.key))
         return
     jobs = {sp.key: (sp.cfg, sp.folder(out), False, hashes[sp.key]) for sp in specs}
     with progress_bar(f"placing {len(specs)} organisms", len(specs), show_progress, unit="organisms") as advance:
