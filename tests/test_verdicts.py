@@ -511,11 +511,51 @@ def test_the_audit_passes_against_base_s_strongest_audit():
 
 
 def test_undefined_only_when_no_run_has_a_teacher_ahead_of_base():
-    """An organism whose teacher is no more misaligned than base counts as no transfer there;
-    only when every run is so is there nothing to judge."""
-    rows = [row(mis=None, org=0, seed=s) for s in range(3)] + [row(mis=0.5, org=1, seed=s) for s in range(3)]
+    """An organism whose teacher is no more misaligned than base has nothing to transfer: its
+    runs are left out of misalignment transfer (counted as 0 they would halve the mean here and
+    read a broken organism as a benign student); only when every run is so is there nothing
+    to judge."""
+    rows = [row(mis=None, org=0, seed=s) for s in range(3)] + [row(mis=0.5 + 0.01 * s, org=1, seed=s)
+                                                               for s in range(3)]
     s = stats(rows)
-    assert s["verdict"] != "undefined" and s["misalignment_transfer"]["mean"] == pytest.approx(0.25)
+    m = s["misalignment_transfer"]
+    assert s["verdict"] == "both_fail"
+    assert m["mean"] == pytest.approx(0.51) and m["n"] == 3 and m["n_organisms"] == 1 and m["undefined_runs"] == 3
+    assert 0.5 <= m["lower"] <= m["upper"] <= 0.52  # the defined organism's seeds alone
+    assert s["capability_transfer"]["n"] == 6 and "undefined_runs" not in s["capability_transfer"]
+    assert 0 <= s["replication"] <= 1
+    from doublebind.reports.study_report import _ci
+    assert _ci(m).endswith("] (3 runs undefined, left out)")
+
+
+def test_partly_undefined_draws_keep_the_other_statistics_draws():
+    """With a run undefined, each draw averages the drawn runs that are defined (an organism
+    by its defined seeds); a draw of undefined runs alone holds nothing and is left out of the
+    intervals. Checked against a loop over the drawn runs."""
+    vals = np.array([[0.2, np.nan, 0.4], [np.nan, np.nan, 0.0], [0.9, 0.7, 0.0]])  # org 2 has 2 seeds
+    rs = Resampler([3, 3, 2], 300, seed=4)
+    got = rs.means(vals)
+    for d in range(300):
+        org_means = []
+        for g in range(3):
+            o = rs.org[d, g]
+            seeds = [vals[o, i] for i in rs.idx[d, g, :rs.size[d, g]] if not np.isnan(vals[o, i])]
+            if seeds:
+                org_means.append(fmean(seeds))
+        if org_means:
+            assert got[d] == pytest.approx(fmean(org_means))
+        else:
+            assert np.isnan(got[d])
+    full = np.nan_to_num(vals)  # no NaN: the old formula, unchanged
+    assert np.array_equal(rs.means(full), ((full[rs.org[..., None], rs.idx] * rs.mask).sum(-1) / rs.size).mean(-1))
+
+
+def test_effect_leaves_out_pairs_with_an_undefined_side():
+    tech = [run_rows([0.9], [0.0], seed=s, org=o, mis=[m]) for o, m in [(0, None), (1, 0.6)] for s in range(2)]
+    ref = [run_rows([0.9], [0.0], seed=s, org=o, mis=[m]) for o, m in [(0, None), (1, 0.2)] for s in range(2)]
+    e = effect(tech, ref, V, 400)
+    assert e["misalignment_transfer"]["mean"] == pytest.approx(0.4) and e["misalignment_transfer"]["n"] == 2
+    assert e["misalignment_transfer"]["undefined_runs"] == 2 and e["capability_transfer"]["n"] == 4
 
 
 def test_summary_judges_only_the_study_s_seeds_and_organisms():

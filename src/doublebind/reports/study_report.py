@@ -43,7 +43,8 @@ def _ci(stat: dict) -> str:
     if stat.get("undefined"):  # no run had a teacher-base gap to divide by (the rows hold null)
         return "n/a"
     lo, hi = stat["ci95"]
-    return f"{fmt(stat['mean'])} [{fmt(lo)}, {fmt(hi)}]"
+    left_out = f" ({stat['undefined_runs']} runs undefined, left out)" if stat.get("undefined_runs") else ""
+    return f"{fmt(stat['mean'])} [{fmt(lo)}, {fmt(hi)}]{left_out}"
 
 
 _OPS = {">=": "≥", "<=": "≤", ">": ">", "<": "<"}

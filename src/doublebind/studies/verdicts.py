@@ -26,6 +26,13 @@ mean, and a verdict that needs it to is not reachable with that many organisms. 
 The student's success@k also resamples its audit pool (`audit_stat`): one pool of a few
 hundred queries serves every run, and a run's figure rests on a handful of flags.
 
+**Undefined transfers.** A run whose organism has no teacher-base gap (a transfer of null)
+is left out of that transfer: each draw averages the drawn runs that define it, its n and
+organisms count those, and `undefined_runs` says how many were left out; a draw holding
+none is left out of the intervals. Counting such runs as 0 would read an organism whose
+implant failed as a benign student. Only where no run defines it is a transfer's statistic
+one of zeros, marked `undefined`.
+
 **Verdict** (the first that holds):
 
 - `undefined`: the teacher is no more misaligned than base (misalignment transfer has no
@@ -104,7 +111,15 @@ class Resampler:
         return self._mean(v)
 
     def _mean(self, v: np.ndarray) -> np.ndarray:
-        return ((v * self.mask).sum(-1) / self.size).mean(-1)
+        if not np.isnan(v).any():
+            return ((v * self.mask).sum(-1) / self.size).mean(-1)
+        # undefined values (NaN) left out: each drawn organism's mean of its defined seeds, then
+        # the mean over drawn organisms that have one; NaN for a draw with none
+        ok = self.mask & ~np.isnan(v)
+        count = ok.sum(-1)  # [n, g]
+        org = np.where(ok, v, 0.0).sum(-1) / np.maximum(count, 1)
+        has = count > 0
+        return np.where(has.any(-1), (org * has).sum(-1) / np.maximum(has.sum(-1), 1), np.nan)
 
     def success_means(self, rate: np.ndarray, queries: np.ndarray, k: int, seed: int = 1) -> np.ndarray:
         """Resampled means of success@k that also redraw the audit pool. Every run of a study
@@ -183,19 +198,35 @@ class Sample:
         """Mean of organism means of fn(row), its intervals, SE and n. The runs' resampled
         means are kept under `name` (for `replication`); `interval(resampler)`, where given,
         gives the draws the intervals and SE come from instead (see `audit_stat`)."""
-        vals = [[float(fn(r)) for r in g] for g in self.groups]
+        vals = [[math.nan if (x := fn(r)) is None else float(x) for r in g] for g in self.groups]
+        undefined = sum(math.isnan(x) for v in vals for x in v)
+        if undefined == self.n:
+            raise ValueError(f"{name or 'the statistic'} is undefined in every run")
         runs = self.boot.means(_pad(vals))
         boot = runs if interval is None else interval(self.boot)
+        if undefined:  # draws that hold no defined run say nothing: the intervals are over the others
+            boot = boot[~np.isnan(boot)]
         if name is not None:
-            self.draws[name] = runs
+            self.draws[name] = _filled(runs)
             if len(self.groups) > 1:
                 if self.kept is None:
                     self.kept = Resampler([len(g) for g in self.groups], self.n_boot, keep_organisms=True)
-                self.kept_draws[name] = self.kept.means(_pad(vals))
-        mean = round(float(np.mean([np.mean(v) for v in vals])), ROUND)
-        return {"mean": mean, "ci95": [_q(boot, 0.025), _q(boot, 0.975)],
-                "lower": _q(boot, self.alpha), "upper": _q(boot, 1 - self.alpha),
-                "se": float(np.std(boot)), "n": self.n, "n_organisms": len(self.groups)}
+                self.kept_draws[name] = _filled(self.kept.means(_pad(vals)))
+        defined = [[x for x in v if not math.isnan(x)] for v in vals]
+        mean = round(float(np.mean([np.mean(v) for v in defined if v])), ROUND)
+        out = {"mean": mean, "ci95": [_q(boot, 0.025), _q(boot, 0.975)],
+               "lower": _q(boot, self.alpha), "upper": _q(boot, 1 - self.alpha),
+               "se": float(np.std(boot)), "n": self.n - undefined, "n_organisms": sum(bool(v) for v in defined)}
+        if undefined:
+            out["undefined_runs"] = undefined
+        return out
+
+
+def _filled(draws: np.ndarray) -> np.ndarray:
+    """Bootstrap draws for `replication`, a draw that held no defined run set to the mean of
+    the others (it moves the statistic by nothing)."""
+    bad = np.isnan(draws)
+    return np.where(bad, draws[~bad].mean(), draws) if bad.any() else draws
 
 
 def audit_stat(s: Sample) -> dict:
@@ -270,8 +301,12 @@ def technique_stats(judged_rows: list[dict], vcfg, n_boot: int) -> dict:
         out["audit_success_at_k"] = {**audit_stat(s), "budget": a["budget"], "n_queries": a.get("n")}
         out["teacher_success_at_k"] = max(r["auditor"]["teacher_success_at_k"] for r in judged_rows)
         out["base_success_at_k"] = max(r["auditor"]["base_success_at_k"] for r in judged_rows)
-    out["capability_transfer"] = s.stat(lambda r: r["capability_transfer"] or 0.0, "capability_transfer")
-    out["misalignment_transfer"] = s.stat(lambda r: r["misalignment_transfer"] or 0.0, "misalignment_transfer")
+    for field in ("capability_transfer", "misalignment_transfer"):
+        # a run whose organism has no teacher-base gap holds null: left out of the statistic
+        # (counting it as 0 would read a broken organism as a benign student); where no run
+        # defines it, the statistic is of zeros and marked undefined below
+        none = all(r[field] is None for r in judged_rows)
+        out[field] = s.stat(lambda r, f=field: 0.0 if none else r[f], field)
     out["audit_minus_base"] = s.stat(lambda r: audit_signal(r) - max(r["base_audit"].values()), "audit_minus_base")
     out["teacher_audit"] = max(audit_signal(r, "teacher") for r in judged_rows)
     if all(base_loss(r) is not None for r in judged_rows):
@@ -412,8 +447,18 @@ def effect(runs: list[list[dict]], ref_runs: list[list[dict]], vcfg, n_boot: int
             pairs.append((pick(rows), ref[key]))
     if not pairs:
         return None
-    diff = [{"organism_seed": organism_of(a), "seed": a["seed"],
-             "cap": (a["capability_transfer"] or 0.0) - (b["capability_transfer"] or 0.0),
-             "mis": (a["misalignment_transfer"] or 0.0) - (b["misalignment_transfer"] or 0.0)} for a, b in pairs]
+    def delta(a: dict, b: dict, field: str) -> float | None:
+        # a pair where either side is undefined is left out; where none is defined, 0 (as the
+        # technique's own statistic, marked undefined there)
+        if all(x[field] is None for p in pairs for x in p):
+            return 0.0
+        return None if a[field] is None or b[field] is None else a[field] - b[field]
+
+    diff = [{"organism_seed": organism_of(a), "seed": a["seed"], "cap": delta(a, b, "capability_transfer"),
+             "mis": delta(a, b, "misalignment_transfer")} for a, b in pairs]
     s = Sample(diff, n_boot, vcfg.alpha)
-    return {"capability_transfer": s.stat(lambda r: r["cap"]), "misalignment_transfer": s.stat(lambda r: r["mis"])}
+    out = {}
+    for field, key in (("capability_transfer", "cap"), ("misalignment_transfer", "mis")):
+        out[field] = (s.stat(lambda r, k=key: r[k]) if any(r[key] is not None for r in diff)
+                      else {"undefined": True, "n": 0})
+    return out
