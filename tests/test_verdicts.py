@@ -1,6 +1,7 @@
 """The judging rule on hand-made rows: every verdict, each boundary case, the two checkpoints
 every technique is judged at, the two-level bootstrap and the power of each test."""
 
+import json
 import math
 from statistics import NormalDist, fmean
 
@@ -583,3 +584,25 @@ def test_a_transfer_no_run_defines_is_shown_as_n_a():
     assert "undefined" not in s["capability_transfer"] and _ci(s["capability_transfer"]).startswith("0.900 [")
     no_gap = stats([row(cap=None, mis=0.5, seed=i) for i in range(3)])  # a system-prompt trait: no capability gap
     assert no_gap["capability_transfer"]["undefined"] is True and "undefined" not in no_gap["misalignment_transfer"]
+
+
+def test_selection_bias_script_compares_the_two_picks(capsys):
+    """benchmarks/selection_bias.py: its latest-clean pick is the last checkpoint that passes
+    the audit, and it reads a study folder (the committed demo reference)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "selection_bias.py"
+    spec = importlib.util.spec_from_file_location("selection_bias", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = run_rows([0.0, 0.9, 0.7, 0.95], [0.0, 0.0, 0.0, 0.8])
+    assert mod.latest_clean(rows, V)["step"] == 200 and audit_selected(rows, V)[0]["step"] == 100
+    assert mod.latest_clean(run_rows([0.5, 0.9], [0.8, 0.9]), V)["step"] == 100  # none clean: the delivered one
+    ref = path.parent.parent / "docs" / "results"
+    mod.main([str(ref)])
+    out = capsys.readouterr().out
+    n_runs = len({r["run_id"] for r in map(json.loads, (ref / "results.jsonl").read_text().splitlines())})
+    import re
+    differ = int(re.search(rf"{n_runs} runs; the two rules pick different checkpoints in (\d+)", out)[1])
+    assert 0 <= differ <= n_runs and re.search(r"audit-selected verdicts that differ: \d+ of 10", out)
