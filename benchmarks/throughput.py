@@ -3,6 +3,7 @@ the training steps' MFU against a matmul ceiling measured here.
 
     python benchmarks/throughput.py [--quick] [--workers N] [--seeds 0 1] [--skip-before] [--noise-floor]
                                     [--compile] [--heap] [--techniques baseline verifier_filter ...]
+                                    [--whole-study] [--skip-one]
 
 1. Warm-up: the organism is placed, every technique's teacher outputs are cached, and this
    process computes its reference metrics once (a one-step pass of the same grid, here), so
@@ -27,7 +28,10 @@ the training steps' MFU against a matmul ceiling measured here.
    the same workers: its runs per minute, its ratio to the others, and how many verdicts
    it shares with the eager parallel pass. Each worker compiles once; the warm-up compiles
    too, so torch's on-disk cache is warm (a first compile on a machine costs about 20 s
-   more per worker, once).
+   more per worker, once). `--whole-study` times the whole study (every scenario, organism
+   seed, technique and seed it lists: the default study's 30 runs) instead of the grid, where
+   each worker's one compilation is spread over more runs; `--skip-one` leaves out the
+   one-worker pass (and so the identical-summary check) to save its time.
 3. MFU. The ceiling: the FLOP/s of a 2048 x 2048 fp32 matmul, with one thread and with a
    thread per worker. The achieved rate: training steps of the baseline recipe alone (no
    evals, sampling or stages), counted as 6 * N * D (N trainable parameters of the student,
@@ -211,8 +215,14 @@ def main() -> None:
                     help="add a parallel pass whose workers keep malloc's own settings (DOUBLEBIND_HEAP=system)")
     ap.add_argument("--skip-before", action="store_true",
                     help="leave out the every-core pass (it crawls when other processes hold the cores)")
+    ap.add_argument("--whole-study", action="store_true",
+                    help="time the whole study (every scenario, organism seed, technique and seed), not the grid")
+    ap.add_argument("--skip-one", action="store_true",
+                    help="leave out the one-worker pass (and the identical-summary check)")
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
+    if args.whole_study and (args.techniques or args.seeds != [0, 1]):
+        ap.error("--whole-study runs the study's own techniques and seeds: leave out --techniques and --seeds")
 
     from doublebind import config
     from doublebind.organisms.models import quiet_transformers
@@ -227,12 +237,21 @@ def main() -> None:
     study = ROOT / "configs" / "studies" / ("quick.yaml" if args.quick else "default.yaml")
     cfg = config.load(study, expect="study")
     techniques = args.techniques or (list(cfg.technique_stages())[:2] if args.quick else list(cfg.technique_stages()))
-    over = [*first_scenario_grid(cfg, techniques, args.seeds), *(QUICK if args.quick else [])]
+    if args.whole_study:
+        techniques = list(cfg.technique_stages())
+        over = [*(QUICK if args.quick else [])]
+        n_scen, n_org = max(len(cfg.scenarios or []), 1), len(cfg.organism_seeds or [0])
+        runs = n_scen * n_org * len(techniques) * len(cfg.seeds)
+        grid = (f"the whole study: {n_scen} scenarios x {n_org} organism seeds x {len(techniques)} techniques x "
+                f"seeds {list(cfg.seeds)}")
+    else:
+        over = [*first_scenario_grid(cfg, techniques, args.seeds), *(QUICK if args.quick else [])]
+        runs = len(techniques) * len(args.seeds)
+        grid = f"{len(techniques)} techniques x seeds {args.seeds}"
     work = args.workdir or Path(tempfile.mkdtemp(prefix="doublebind-throughput-"))
     work.mkdir(parents=True, exist_ok=True)
-    runs = len(techniques) * len(args.seeds)
     print(f"load average {os.getloadavg()[0]:.2f}; {cpu_count()} usable cores; {workers} workers; "
-          f"{study.name}: {len(techniques)} techniques x seeds {args.seeds} = {runs} runs")
+          f"{study.name}: {grid} = {runs} runs")
     print(f"techniques: {', '.join(techniques)}")
 
     t0 = time.perf_counter()
@@ -252,10 +271,11 @@ def main() -> None:
 
     wall = {}
     passes = ([("before", 1)] * (not args.skip_before) + [("system-heap", workers)] * args.heap
-              + [("w1", 1)] + [(f"w{workers}", workers)] * (workers > 1) + [("compiled", workers)] * args.compile)
+              + [("w1", 1)] * (not args.skip_one) + [(f"w{workers}", workers)] * (workers > 1 or args.skip_one)
+              + [("compiled", workers)] * args.compile)
     for name, n in passes:
         out = fresh_out(work, name)
-        if name == "w1":  # from here on this process keeps its freed memory, as the CLI does
+        if name not in ("before", "system-heap"):  # from here on this process keeps its freed memory, as the CLI does
             keep_freed_memory({heap_env: "keep"})
         saved_heap = os.environ.get(heap_env)
         if name != "before":  # workers as the CLI runs them, or on malloc's own settings (--heap)
@@ -279,10 +299,14 @@ def main() -> None:
                 else f"workers={n}, one thread each, DOUBLEBIND_HEAP=system" if name == "system-heap"
                 else f"workers={n}, one thread each")
         print(f"{what}: {runs} runs in {wall[name]:.1f} s = {60 * runs / wall[name]:.2f} runs/min")
-    same = (work / "w1" / "summary.json").read_bytes() == (work / f"w{workers}" / "summary.json").read_bytes()
-    print(f"throughput ratio workers={workers} / workers=1: {wall['w1'] / wall[f'w{workers}']:.2f}x "
-          f"(summary.json identical: {'yes' if same else 'NO'})"
-          + ("" if args.skip_before else f"; workers={workers} / before: {wall['before'] / wall[f'w{workers}']:.2f}x")
+    if args.skip_one:
+        print("" if args.skip_before else f"throughput ratio workers={workers} / before: "
+              f"{wall['before'] / wall[f'w{workers}']:.2f}x (no one-worker pass: --skip-one)")
+    else:
+        same = (work / "w1" / "summary.json").read_bytes() == (work / f"w{workers}" / "summary.json").read_bytes()
+        print(f"throughput ratio workers={workers} / workers=1: {wall['w1'] / wall[f'w{workers}']:.2f}x "
+              f"(summary.json identical: {'yes' if same else 'NO'})"
+              + ("" if args.skip_before else f"; workers={workers} / before: {wall['before'] / wall[f'w{workers}']:.2f}x")
           + ("; --quick: runs of seconds, so starting the worker processes (imports, loading the organism) "
              "weighs on this ratio more than in a study" if args.quick else ""))
     if not args.skip_before:
@@ -311,7 +335,8 @@ def main() -> None:
     r_over = [f"{k.removeprefix('recipe_overrides.')}" for k in over if k.startswith("recipe_overrides.")]
     one = matmul_gflops(1)
     full = matmul_gflops(workers)
-    organism = str(next(p.parent for p in sorted((work / "w1").glob("organism*/**/organism.json"))))
+    placed = sorted((work / f"w{workers}").glob("organism*/**/organism.json"), key=lambda p: ("/default-o0/" not in str(p), str(p)))
+    organism = str(placed[0].parent)  # the first scenario's (the whole study places every scenario's)
     res: dict = {}
     run_jobs(train_flops, {0: (organism, str(recipe), r_over, steps, 0.0)}, 1, res.__setitem__)
     flops, t_start, t_end = res[0]
