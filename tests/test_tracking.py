@@ -59,6 +59,32 @@ def test_tensorboard_gets_step_and_checkpoint_scalars(quick_organism, tmp_path):
     assert "auditor/success_at_k" in sc
 
 
+def test_tensorboard_shows_one_run_with_its_hyperparameters(quick_organism, tmp_path):
+    """accelerate wrote the hyperparameters into a timestamped subfolder (TensorBoard listed it
+    as a second, empty run) and hparams.yml into another."""
+    import contextlib
+
+    import yaml
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = recipe(training={"steps": 2, "batch": 8, "checkpoint_every": 2, "lr": 0.001, "save_weights": False,
+                           "tracker": "tensorboard"})
+    distill(quick_organism[0], cfg, tmp_path / "run", show_progress=False, plot=False)
+    logs = tmp_path / "run" / "tracker"
+    files = sorted(logs.rglob("events.out.tfevents.*"))
+    [folder] = {f.parent for f in files}  # one TensorBoard run
+    assert not [d for d in folder.rglob("*") if d.is_dir()]
+    assert yaml.safe_load((folder / "hparams.yml").read_text())["recipe.training.lr"] == 0.001
+    hparams = []
+    for f in files:
+        acc = EventAccumulator(str(f))
+        acc.Reload()
+        with contextlib.suppress(KeyError):  # a file without the hparams plugin's summaries
+            hparams += acc.PluginTagToContent("hparams")
+    assert "_hparams_/experiment" in hparams and "_hparams_/session_start_info" in hparams
+    assert "train/loss" in _scalars(logs)
+
+
 def test_no_tracker_writes_only_the_runs_files(quick_organism, tmp_path):
     distill(quick_organism[0], recipe(), tmp_path / "run", show_progress=False, plot=False)
     assert not (tmp_path / "run" / "tracker").exists()
@@ -131,7 +157,8 @@ def test_a_study_with_a_missing_tracker_package_stops_before_any_organism(monkey
 
     monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: False)
     study = Path(__file__).resolve().parents[1] / "configs" / "studies" / "quick.yaml"
-    with pytest.raises(DoublebindError, match="quick.yaml: tracker: training.tracker wandb needs the wandb package"):
+    with pytest.raises(DoublebindError, match="quick.yaml: recipe_overrides.training.tracker: training.tracker wandb "
+                                              "needs the wandb package.*set by the override recipe_overrides"):
         study_run.run_study(study, tmp_path / "s", show_progress=False, overrides=["recipe_overrides.training.tracker=wandb"])
     assert not (tmp_path / "s").exists()
 
@@ -145,12 +172,40 @@ def test_a_study_refuses_trackio_before_any_organism(monkeypatch, tmp_path):
 
     monkeypatch.setattr(accelerate.utils, "is_trackio_available", lambda: True)
     study = Path(__file__).resolve().parents[1] / "configs" / "studies" / "quick.yaml"
-    with pytest.raises(DoublebindError, match="tracker: training.tracker trackio: trackio keeps one log folder per "
-                                              "process .* use tensorboard or wandb for a study"):
+    with pytest.raises(DoublebindError, match="quick.yaml: recipe_overrides.training.tracker: trackio keeps one log "
+                                              "folder per process .* use tensorboard or wandb for a study.* "
+                                              r"\(set by the override recipe_overrides.training.tracker=trackio\)"):
         study_run.run_study(study, tmp_path / "s", show_progress=False,
                             overrides=["recipe_overrides.training.tracker=trackio"])
     assert not (tmp_path / "s").exists()
     tracking.check_tracker("trackio")  # one run (`distill`) may use it
+
+
+@pytest.mark.parametrize("where,label", [
+    ("scenario", "scenarios.1.recipe_overrides.training.tracker"),
+    ("recipe", "recipe (recipe.yaml): training.tracker"),
+])
+def test_a_study_s_tracker_refusal_names_where_the_tracker_was_set(monkeypatch, tmp_path, where, label):
+    """The refusal named `tracker`, whichever scenario's overrides or recipe file set it."""
+    import accelerate.utils
+    import yaml
+
+    from doublebind.studies import run as study_run
+
+    monkeypatch.setattr(accelerate.utils, "is_trackio_available", lambda: True)
+    recipes = Path(__file__).resolve().parents[1] / "configs" / "recipes"
+    recipe = yaml.safe_load((recipes / "study.yaml").read_text())
+    if where == "recipe":
+        recipe["training"]["tracker"] = "trackio"
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    trackio = {"training": {"tracker": "trackio"}} if where == "scenario" else {}
+    study = {"kind": "study", "name": "t", "recipe": "recipe.yaml", "techniques": ["baseline"], "seeds": [0],
+             "scenarios": ["default", {"name": "collusion", "recipe_overrides": trackio}]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
+    with pytest.raises(DoublebindError) as e:
+        study_run.run_study(tmp_path / "s.yaml", tmp_path / "out", show_progress=False)
+    assert str(e.value).startswith(f"{tmp_path / 's.yaml'}: {label}: trackio keeps one log folder per process")
+    assert not (tmp_path / "out").exists()
 
 
 def test_one_process_logs_one_trackio_folder_unless_the_user_named_one(monkeypatch, tmp_path):
@@ -196,3 +251,14 @@ def test_validate_names_a_recipe_s_missing_tracker_package(monkeypatch, tmp_path
     assert r.returncode == 1 and "training.tracker wandb needs the wandb package" in r.stderr
     assert run_cli("validate", "configs/recipes/hard_sft.yaml").returncode == 0
 
+
+
+@pytest.mark.parametrize("user,mode", [(None, "offline"), ("online", "offline"), ("disabled", "disabled")])
+def test_wandb_runs_offline_and_keeps_a_user_s_disabled(monkeypatch, tmp_path, user, mode):
+    """Forced to offline, a user's WANDB_MODE=disabled (log nothing) was overridden."""
+    if user is None:
+        monkeypatch.delenv("WANDB_MODE", raising=False)
+    else:
+        monkeypatch.setenv("WANDB_MODE", user)
+    assert tracking._offline("wandb", tmp_path / "tracker") == {"wandb": {"mode": mode, "dir": str(tmp_path / "tracker")}}
+    assert os.environ["WANDB_MODE"] == mode and (tmp_path / "tracker").is_dir()

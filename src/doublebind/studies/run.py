@@ -105,7 +105,7 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
 
     root = Path(study_path).resolve().parent
 
-    def field(name: str, fn, strip: Path | None = None):
+    def field(name: str, fn, strip: Path | str | None = None):
         try:
             return fn()
         except DoublebindError as e:
@@ -127,11 +127,23 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
         what = name if cfg.organism_seeds is None else f"organism_seeds (set as {name}'s seed)"
         return [(o, field(what, lambda o=o: load({"seed": o}))) for o in seeds]
 
-    def check_references(recipe) -> None:
+    def tracker_source(scenario: int | None) -> str:
+        """Where a scenario's `training.tracker` was set: its own overrides, the study's, or the recipe."""
+        def sets(d) -> bool:
+            return isinstance(d, dict) and isinstance(d.get("training"), dict) and "tracker" in d["training"]
+
+        if scenario is not None and sets(cfg.scenarios[scenario].recipe_overrides):
+            return f"scenarios.{scenario}.recipe_overrides.training.tracker"
+        if sets(cfg.recipe_overrides):
+            return "recipe_overrides.training.tracker"
+        return f"recipe ({cfg.recipe}): training.tracker"
+
+    def check_references(recipe, scenario: int | None = None) -> None:
         from doublebind.training.tracking import check_tracker
 
         # a tracker's missing package was found by the first run, after every organism was built
-        field("tracker", lambda: check_tracker(recipe.training.tracker, study=True))
+        field(tracker_source(scenario), lambda: check_tracker(recipe.training.tracker, study=True),
+              strip=f"training.tracker {recipe.training.tracker}")
         names = list(cfg.technique_stages())
         for t in names:
             ref = config.reference_of(t)
@@ -167,7 +179,7 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
             own = field(what, load)
             recipe = recipe_for(f"scenarios.{i}.recipe_overrides" if sc.recipe_overrides else "recipe_overrides",
                                 sc.recipe_overrides)
-            check_references(recipe)
+            check_references(recipe, i)
             check_domains(recipe, kind_of(own), f"scenarios.{i}")
             for o, org_cfg in seeded(what, load, getattr(own, "seed", 0)):
                 specs.append(OrganismSpec(sc.name, o, recipe, cfg=org_cfg))

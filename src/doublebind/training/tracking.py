@@ -6,7 +6,8 @@
 `training.tracker` in the recipe (or `--tracker` on `distill` and `study run`) picks one of
 TensorBoard, wandb or trackio; `none`, the default, writes nothing beyond the run's own files
 (metrics.jsonl, summary.json). Every tracker runs offline and writes under `<run>/tracker/`:
-TensorBoard event files, wandb in offline mode (`wandb sync` uploads later, by hand), trackio's
+TensorBoard event files, wandb in offline mode (`wandb sync` uploads later, by hand; a
+`WANDB_MODE=disabled` in the environment is kept, and wandb then writes nothing), trackio's
 local database. Nothing here opens a network connection or reads a credential. trackio takes
 one run per process (it reads its folder once), so studies refuse it (`check_tracker`).
 
@@ -80,9 +81,11 @@ def _offline(tracker: str, logs: Path) -> dict:
     """Per-tracker init kwargs that keep it local and offline."""
     if tracker == "wandb":
         logs.mkdir(parents=True, exist_ok=True)  # wandb wants its `dir` to exist
-        os.environ["WANDB_MODE"] = "offline"  # and never a login prompt
+        # offline, and never a login prompt; a user's WANDB_MODE=disabled (log nothing) is kept
+        mode = "disabled" if os.environ.get("WANDB_MODE") == "disabled" else "offline"
+        os.environ["WANDB_MODE"] = mode
         os.environ.setdefault("WANDB_SILENT", "true")
-        return {"wandb": {"mode": "offline", "dir": str(logs)}}
+        return {"wandb": {"mode": mode, "dir": str(logs)}}
     if tracker == "trackio":
         # Its local database; no Space is named, so nothing is uploaded. trackio reads TRACKIO_DIR
         # once, at import, so a process logs to one folder: a TRACKIO_DIR the user set takes
@@ -111,7 +114,9 @@ def _flat(d: dict, prefix: str = "") -> dict:
         key = f"{prefix}{k}"
         if isinstance(v, dict):
             out.update(_flat(v, key + "."))
-        elif isinstance(v, (bool, int, float, str)):
+        elif isinstance(v, str):
+            out[key] = str(v)  # a str subclass (torch's version) as a plain str
+        elif isinstance(v, (bool, int, float)):
             out[key] = v
         else:
             out[key] = str(v)
@@ -130,6 +135,20 @@ def checkpoint_scalars(row: dict) -> dict[str, float]:
     return {k: float(v) for k, v in vals.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def _tensorboard_hparams(accelerator, values: dict) -> None:
+    """The run's hyperparameters in its own TensorBoard folder: accelerate writes them into a
+    timestamped subfolder, which TensorBoard lists as a second run holding no scalars, and its
+    `hparams.yml` into another. Here both go into the run's folder, one run in TensorBoard."""
+    import yaml
+
+    if not accelerator.is_main_process:
+        return
+    writer = accelerator.get_tracker("tensorboard", unwrap=True)
+    writer.add_hparams(values, {}, run_name=".")  # "." : the writer's own folder, not a new one
+    writer.flush()
+    (Path(writer.log_dir) / "hparams.yml").write_text(yaml.safe_dump(values, sort_keys=True))
+
+
 class RunTracker:
     """One run's tracker; every method does nothing when no tracker was asked for."""
 
@@ -138,8 +157,12 @@ class RunTracker:
         self.on = tracker != "none" and out is not None
         if self.on:
             try:
-                accelerator.init_trackers(name, config=_flat(config),
+                flat = _flat(config)
+                # TensorBoard's hyperparameters are written here, not by accelerate (`_tensorboard_hparams`)
+                accelerator.init_trackers(name, config=None if tracker == "tensorboard" else flat,
                                           init_kwargs=_offline(tracker, tracker_dir(out)))
+                if tracker == "tensorboard":
+                    _tensorboard_hparams(accelerator, flat)
             except Exception as e:  # the tracker's own library failing (a network call, a bad setup)
                 raise DoublebindError(f"--tracker {tracker}: {tracker} failed to start ({type(e).__name__}: "
                                       f"{first_line(e)}); run without it, or fix its set-up") from None
