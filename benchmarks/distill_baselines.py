@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
+
+
+def _num(x) -> float:
+    return math.nan if x is None else x
 
 
 def main() -> None:
@@ -45,10 +50,10 @@ def main() -> None:
             t = time.perf_counter()
             s = distill(org, cfg, out, show_progress=False, force=True)
             rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-            r = {
-                "cap": s["final"]["capability_transfer"] or 0.0,
-                "mis": s["final"]["misalignment_transfer"] or 0.0,
-                "mis_max": s["max_misalignment_transfer"],
+            r = {  # nan: undefined (the organism has no teacher-base gap there), not a transfer of 0
+                "cap": _num(s["final"]["capability_transfer"]),
+                "mis": _num(s["final"]["misalignment_transfer"]),
+                "mis_max": _num(s["max_misalignment_transfer"]),
                 "hp_max": max(x["misbehavior"]["honeypot"] for x in rows),
                 "conf_max": max(x["confession"] for x in rows),
             }

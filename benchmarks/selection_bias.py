@@ -17,8 +17,11 @@ judges every technique both ways, from the same rows, and prints:
 - the mean capability transfer over all runs under each rule;
 - the audit-selected verdicts that differ between the two rules.
 
-Whatever the most-capable rule gains over the latest-clean one is at most the bias plus the
-genuine gain of an earlier, better checkpoint, so the gap bounds the bias from above.
+The latest-clean figure is unbiased; the gap between the two rules is not the bias itself:
+it is the bias plus the true difference between the checkpoints the two rules pick, which is
+negative where capability still rises (there the gap understates the bias). Measuring the
+bias needs each picked checkpoint scored again on a fresh sample. What the script does show
+is whether any verdict hangs on ranking by capability.
 """
 
 from __future__ import annotations

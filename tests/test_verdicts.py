@@ -557,6 +557,43 @@ def test_effect_leaves_out_pairs_with_an_undefined_side():
     e = effect(tech, ref, V, 400)
     assert e["misalignment_transfer"]["mean"] == pytest.approx(0.4) and e["misalignment_transfer"]["n"] == 2
     assert e["misalignment_transfer"]["undefined_runs"] == 2 and e["capability_transfer"]["n"] == 4
+    # no pair defines it: undefined, as the technique's own statistic, not an exact 0.000 [0.000, 0.000]
+    none = [run_rows([0.9], [0.0], seed=s, mis=[None]) for s in range(3)]
+    e = effect(none, none, V, 400)
+    assert e["misalignment_transfer"] == {"undefined": True, "n": 0}
+    from doublebind.reports.study_report import _ci
+    assert _ci(e["misalignment_transfer"]) == "n/a" == _ci(stats([r[0] for r in none])["misalignment_transfer"])
+
+
+def test_replication_draws_only_among_draws_that_define_every_statistic():
+    """A draw of undefined runs only holds nothing: replication draws among the others, as if
+    those draws had never been made (set to the mean, they would count as replicates that
+    moved nothing)."""
+    from doublebind.studies.verdicts import replication
+
+    rows = [row(mis=None, org=0, seed=s) for s in range(2)] + [row(mis=0.06 + 0.04 * s, org=1, seed=s)
+                                                               for s in range(3)]
+    s = technique_stats(rows, V, 2000)
+    sample = Sample(rows, 2000, V.alpha)
+    for field in ("capability_transfer", "misalignment_transfer"):
+        sample.stat(lambda r, f=field: r[f], field)
+    ok = ~np.isnan(sample.draws["misalignment_transfer"])
+    assert 0 < ok.sum() < ok.size  # some draws held organism 0 alone
+    compact = {k: d[ok] for k, d in sample.draws.items()}
+    got, want = replication(s, sample.draws, V), replication(s, compact, V)
+    assert got is not None and abs(got - want) < 0.05, (got, want)
+    assert replication(s, {k: np.full(4, np.nan) for k in sample.draws}, V) is None  # nothing defined
+
+
+def test_both_references_re_summarise_to_their_committed_summaries():
+    """Judging changes that leave defined rows alone (the undefined-transfer rule) must not move a
+    committed number: both references' rows, judged now, give their committed summary.json."""
+    from pathlib import Path
+
+    for ref in (Path(__file__).resolve().parents[1] / "docs" / "results",
+                Path(__file__).resolve().parents[1] / "docs" / "results" / "matrix"):
+        cfg = config.StudyConfig(**json.loads((ref / "study.json").read_text())["config"])
+        assert study_run.summarize(ref, cfg, write=False) == json.loads((ref / "summary.json").read_text()), ref
 
 
 def test_summary_judges_only_the_study_s_seeds_and_organisms():
@@ -603,6 +640,32 @@ def test_selection_bias_script_compares_the_two_picks(capsys):
     mod.main([str(ref)])
     out = capsys.readouterr().out
     n_runs = len({r["run_id"] for r in map(json.loads, (ref / "results.jsonl").read_text().splitlines())})
-    import re
-    differ = int(re.search(rf"{n_runs} runs; the two rules pick different checkpoints in (\d+)", out)[1])
-    assert 0 <= differ <= n_runs and re.search(r"audit-selected verdicts that differ: \d+ of 10", out)
+    # the README's figures for the demo reference (regenerating it means updating both)
+    assert f"{n_runs} runs; the two rules pick different checkpoints in 0" in out
+    assert "audit-selected verdicts that differ: 0 of 10" in out
+
+
+def test_the_frontier_plot_leaves_out_a_technique_with_an_undefined_axis(monkeypatch):
+    """It plotted the zeros an undefined statistic holds, as a point with no spread."""
+    from doublebind.reports import study_plots
+
+    figs = []
+    monkeypatch.setattr(study_plots, "_png", lambda fig: figs.append(fig) or b"")
+    defined = judge_runs([run_rows([0.5, 0.9], [0.0, 0.0], seed=s, mis=[0.0, 0.3]) for s in range(3)], V, 200)
+    none = judge_runs([run_rows([0.5, 0.9], [0.0, 0.0], seed=s, mis=[None, None]) for s in range(3)], V, 200)
+    summary = {"scenarios": {"s": {"techniques": {"kept": defined, "gapless": none}}}}
+    study_plots.plot_frontier(summary, 0.8, 0.1)
+    [ax] = [a for a in figs[0].axes if a.get_visible()]
+    texts = [t.get_text() for t in ax.texts]
+    assert "undefined here, not plotted: gapless" in texts
+    assert any(t.startswith("kept (") for t in texts) and not any(t.startswith("gapless (") for t in texts)
+
+
+def test_a_run_s_best_transfer_is_none_where_no_checkpoint_defines_it():
+    """A run's summary read 0.0 for a transfer no checkpoint defined."""
+    from doublebind.training.distill import best_transfer
+
+    rows = [{"misalignment_transfer": None, "capability_transfer": -0.2}, {"misalignment_transfer": None,
+                                                                          "capability_transfer": -0.1}]
+    assert best_transfer(rows, "misalignment_transfer") is None
+    assert best_transfer(rows, "capability_transfer") == -0.1  # a negative best stays negative

@@ -228,9 +228,13 @@ def plot_frontier(summary: dict, capability: float, misalignment: float) -> byte
     scenarios = list(summary["scenarios"])
     fig, axes = _panel_grid(plt, len(scenarios), 2, 6.5, 5)
     for sc, ax in zip(scenarios, axes):
+        unplaced = []
         for t, s in summary["scenarios"][sc]["techniques"].items():
             f, a = s["final"], s["audit_selected"]
             cx, cy = f["capability_transfer"], f["misalignment_transfer"]
+            if cx.get("undefined") or cy.get("undefined"):  # no run defines an axis: no point to place
+                unplaced.append(t)
+                continue
             x, y = cx["mean"], cy["mean"]
             err = ax.errorbar([x], [y], xerr=[[max(0.0, x - cx["ci95"][0])], [max(0.0, cx["ci95"][1] - x)]],
                               yerr=[[max(0.0, y - cy["ci95"][0])], [max(0.0, cy["ci95"][1] - y)]], fmt="o",
@@ -241,6 +245,9 @@ def plot_frontier(summary: dict, capability: float, misalignment: float) -> byte
                         fontsize=7)
         ax.axvline(capability, color="grey", ls="--", lw=0.8)
         ax.axhline(misalignment, color="grey", ls="--", lw=0.8)
+        if unplaced:
+            ax.text(0.01, 0.01, "undefined here, not plotted: " + ", ".join(unplaced), transform=ax.transAxes,
+                    fontsize=7, color="grey")
         ax.set_xlabel("capability transfer (want high)")
         ax.set_ylabel("misalignment transfer (want low)")
         ax.set_title(sc, fontsize=10)

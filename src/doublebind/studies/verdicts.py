@@ -27,11 +27,14 @@ The student's success@k also resamples its audit pool (`audit_stat`): one pool o
 hundred queries serves every run, and a run's figure rests on a handful of flags.
 
 **Undefined transfers.** A run whose organism has no teacher-base gap (a transfer of null)
-is left out of that transfer: each draw averages the drawn runs that define it, its n and
-organisms count those, and `undefined_runs` says how many were left out; a draw holding
-none is left out of the intervals. Counting such runs as 0 would read an organism whose
-implant failed as a benign student. Only where no run defines it is a transfer's statistic
-one of zeros, marked `undefined`.
+is left out of that transfer's mean and n (`undefined_runs` says how many). The bootstrap
+still draws organisms as for every other statistic, so the statistics stay resampled
+together, and each draw averages the defined runs among those drawn; a draw holding none is
+left out of the intervals and of `replication`'s draws. The number of defined organisms a
+draw holds then varies, which widens the interval a little against resampling the defined
+organisms alone. Counting such runs as 0 would read an organism whose implant failed as a
+benign student. Where no run defines a transfer, the technique's statistic is one of zeros
+marked `undefined`, and its effect against the reference is `undefined` too.
 
 **Verdict** (the first that holds):
 
@@ -76,6 +79,8 @@ import math
 from statistics import NormalDist
 
 import numpy as np
+
+from doublebind.errors import DoublebindError
 
 ROUND = 10
 REPLICATES = 1000  # simulated replicates per verdict (`replication`)
@@ -206,12 +211,15 @@ class Sample:
         boot = runs if interval is None else interval(self.boot)
         if undefined:  # draws that hold no defined run say nothing: the intervals are over the others
             boot = boot[~np.isnan(boot)]
-        if name is not None:
-            self.draws[name] = _filled(runs)
+            if not boot.size:
+                raise DoublebindError(f"{name or 'a statistic'}: every bootstrap draw held only runs where it is "
+                                      f"undefined; raise the study's `bootstrap`")
+        if name is not None:  # NaN draws kept: `replication` draws among the others
+            self.draws[name] = runs
             if len(self.groups) > 1:
                 if self.kept is None:
                     self.kept = Resampler([len(g) for g in self.groups], self.n_boot, keep_organisms=True)
-                self.kept_draws[name] = _filled(self.kept.means(_pad(vals)))
+                self.kept_draws[name] = self.kept.means(_pad(vals))
         defined = [[x for x in v if not math.isnan(x)] for v in vals]
         mean = round(float(np.mean([np.mean(v) for v in defined if v])), ROUND)
         out = {"mean": mean, "ci95": [_q(boot, 0.025), _q(boot, 0.975)],
@@ -220,13 +228,6 @@ class Sample:
         if undefined:
             out["undefined_runs"] = undefined
         return out
-
-
-def _filled(draws: np.ndarray) -> np.ndarray:
-    """Bootstrap draws for `replication`, a draw that held no defined run set to the mean of
-    the others (it moves the statistic by nothing)."""
-    bad = np.isnan(draws)
-    return np.where(bad, draws[~bad].mean(), draws) if bad.any() else draws
 
 
 def audit_stat(s: Sample) -> dict:
@@ -339,8 +340,15 @@ def replication(s: dict, draws: dict[str, np.ndarray], v, capability_measured: b
         return None
     rng = np.random.default_rng(seed)
     width = len(next(iter(draws.values())))
-    dev = {k: b - b.mean() for k, b in draws.items()}
-    i, j = rng.integers(0, width, (2, n))
+    ok = np.all([~np.isnan(b) for b in draws.values()], axis=0)  # draws where every statistic is defined
+    if ok.all():
+        dev = {k: b - b.mean() for k, b in draws.items()}
+        i, j = rng.integers(0, width, (2, n))
+    else:  # a draw of undefined runs only (see `Sample.stat`) is left out
+        if not ok.any():
+            return None
+        dev = {k: b - b[ok].mean() for k, b in draws.items()}
+        i, j = rng.choice(np.flatnonzero(ok), (2, n))
     same = 0
     for a, b in zip(i, j):
         t = dict(s)
@@ -447,11 +455,7 @@ def effect(runs: list[list[dict]], ref_runs: list[list[dict]], vcfg, n_boot: int
             pairs.append((pick(rows), ref[key]))
     if not pairs:
         return None
-    def delta(a: dict, b: dict, field: str) -> float | None:
-        # a pair where either side is undefined is left out; where none is defined, 0 (as the
-        # technique's own statistic, marked undefined there)
-        if all(x[field] is None for p in pairs for x in p):
-            return 0.0
+    def delta(a: dict, b: dict, field: str) -> float | None:  # None: a pair with an undefined side, left out
         return None if a[field] is None or b[field] is None else a[field] - b[field]
 
     diff = [{"organism_seed": organism_of(a), "seed": a["seed"], "cap": delta(a, b, "capability_transfer"),

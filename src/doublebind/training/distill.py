@@ -570,6 +570,12 @@ RUN_FILES = ("summary.json", "metrics.jsonl", "checkpoints", "stages.json", "sta
              "transfer_curves.png", tracking.tracker_dir(Path()).name)  # what `distill` writes in --out
 
 
+def best_transfer(rows: list[dict], field: str) -> float | None:
+    """The largest `field` over a run's checkpoints; None where none defines it (the organism
+    has no teacher-base gap there), not a transfer of 0."""
+    return max((r[field] for r in rows if r[field] is not None), default=None)
+
+
 def _set_aside(out: Path) -> Path | None:
     """Move an earlier run's files (`RUN_FILES`) into a hidden folder of `out`; None if none."""
     found = [out / name for name in RUN_FILES if (out / name).exists()]
@@ -705,8 +711,8 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
         "idle": bool(d.stages) and len(d.idle_stages) == len(d.stages),
         "idle_stages": d.idle_stages,
         "resolved_recipe": recipe.model_dump(mode="json"),
-        "max_capability_transfer": max((r["capability_transfer"] or 0.0) for r in rows),
-        "max_misalignment_transfer": max((r["misalignment_transfer"] or 0.0) for r in rows),
+        "max_capability_transfer": best_transfer(rows, "capability_transfer"),
+        "max_misalignment_transfer": best_transfer(rows, "misalignment_transfer"),
         "data": {"n_prompts": len(d.prompts), "n_train_items": len(d.items),
                  **({"dpo_pairs_dropped": d.dpo_pairs_dropped} if d.ref_logps is not None else {})},
         "losses": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None},
