@@ -103,7 +103,14 @@ def student_logits(model, compiled: bool = False, **inputs) -> torch.Tensor:
     if not compiled:
         return _logits(model, **inputs)
     try:
-        return _compiled_logits()(model, **inputs)
+        # Python floats as constants: with dynamic shapes Dynamo otherwise turns the model's
+        # float attributes into tensors, finds it cannot, and restarts its whole analysis, so
+        # a process's first compilation took 7.6-7.8 s where it takes 3.9-4.0 (warm on-disk
+        # cache, the study recipe on the default organism), and the weights after 60 steps hash
+        # the same either way. Floats differing between calls would recompile: these are the
+        # model's constants.
+        with torch._dynamo.config.patch(specialize_float=True):
+            return _compiled_logits()(model, **inputs)
     except Exception as e:  # the compiler's own errors are long; keep their first line
         raise DoublebindError(f"training.compile: torch.compile failed ({type(e).__name__}: {first_line(e, '')}); "
                               f"set training.compile: false to train eagerly") from None
