@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -56,12 +57,16 @@ def variant(text: str) -> tuple[int, float]:
 
 
 def finals(summary: Path) -> dict:
-    """technique -> (mean final capability transfer, mean final misalignment transfer)."""
+    """technique -> (mean final capability transfer, mean final misalignment transfer); nan
+    where no run defines one (the zeros an undefined statistic holds are no transfer)."""
+    def mean(stat: dict) -> float:
+        return math.nan if stat.get("undefined") else stat["mean"]
+
     out = {}
     for block in json.loads(summary.read_text())["scenarios"].values():
         for tech, res in block["techniques"].items():
             f = res["final"]
-            out[tech] = (f["capability_transfer"]["mean"], f["misalignment_transfer"]["mean"])
+            out[tech] = (mean(f["capability_transfer"]), mean(f["misalignment_transfer"]))
     return out
 
 

@@ -19,11 +19,11 @@ needs_compiler = pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g+
                                     reason="torch.compile on the CPU needs a C++ compiler")
 
 
-def _curve(org, compiled: bool, seed: int = 0, packing: bool = True, **over) -> list[float]:
-    recipe = tiny_recipe({}, seed=seed, training={"steps": 6, "batch": 16, "lr": 1e-3, "compile": compiled,
+def _curve(org, compiled: bool, seed: int = 0, packing: bool = True, steps: int = 6, **over) -> list[float]:
+    recipe = tiny_recipe({}, seed=seed, training={"steps": steps, "batch": 16, "lr": 1e-3, "compile": compiled,
                                                   "packing": packing}, prompts={"size": 64}, **over)
     d = Distiller(org, recipe, None, show_progress=False)
-    return [d.train_step(s) for s in range(6)]
+    return [d.train_step(s) for s in range(steps)]
 
 
 @needs_compiler
@@ -74,6 +74,30 @@ def test_a_compiled_lora_student_follows_eager(quick_organism):
         compiled = _curve(org, True, student=lora)
     assert compiled == pytest.approx(eager, rel=1e-4)
     assert compiled[0] != pytest.approx(compiled[-1], rel=1e-3)
+
+
+@needs_compiler
+def test_lora_students_of_other_scalings_share_one_compilation_and_a_recompile_limit_is_an_error(
+        quick_organism, monkeypatch):
+    """With the model's floats as constants, each LoRA alpha compiled again, and past torch's
+    recompile limit Dynamo ran the ninth eagerly with only a warning (other numbers)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    org, _ = quick_organism
+    torch._dynamo.reset()
+    distill._compiled_logits.cache_clear()
+    before = counters["frames"]["total"]
+    with one_thread():
+        for alpha in (8, 16):
+            _curve(org, True, steps=2, student={"lora": {"r": 4, "alpha": alpha}})
+        assert counters["frames"]["total"] - before == 1  # one compilation for both scalings
+        monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+        with pytest.raises(DoublebindError, match="training.compile: torch.compile failed") as e:
+            _curve(org, True, steps=2)  # a plain student needs a second compilation: over the limit
+    assert "\n" not in str(e.value) and "training.compile: false" in str(e.value)
+    torch._dynamo.reset()
+    distill._compiled_logits.cache_clear()
 
 
 def test_a_compiler_failure_is_one_clear_error(monkeypatch):

@@ -617,6 +617,7 @@ def test_a_transfer_no_run_defines_is_shown_as_n_a():
 
     s = stats([row(mis=None, seed=i) for i in range(3)])
     assert s["verdict"] == "undefined" and s["misalignment_transfer"]["undefined"] is True
+    assert s["misalignment_transfer"]["n"] == 0 == s["misalignment_transfer"]["n_organisms"]  # no run defines it
     assert _ci(s["misalignment_transfer"]) == "n/a" == _ci_text(s["misalignment_transfer"])
     assert "undefined" not in s["capability_transfer"] and _ci(s["capability_transfer"]).startswith("0.900 [")
     no_gap = stats([row(cap=None, mis=0.5, seed=i) for i in range(3)])  # a system-prompt trait: no capability gap

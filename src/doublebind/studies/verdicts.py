@@ -313,10 +313,11 @@ def technique_stats(judged_rows: list[dict], vcfg, n_boot: int) -> dict:
     if all(base_loss(r) is not None for r in judged_rows):
         out["base_loss"] = s.stat(base_loss, "base_loss")
     cap_measured = not all(r["capability_transfer"] is None for r in judged_rows)
-    # no run defines it (no teacher-base gap): its "mean" above is of zeros, shown as n/a
+    # no run defines it (no teacher-base gap): its "mean" above is of zeros, shown as n/a, over
+    # no defined run
     for field in ("capability_transfer", "misalignment_transfer"):
         if all(r[field] is None for r in judged_rows):
-            out[field]["undefined"] = True
+            out[field].update(undefined=True, n=0, n_organisms=0)
     if all(r["misalignment_transfer"] is None for r in judged_rows):
         out.update(verdict="undefined", tests=[], deciding=["teacher no more misaligned than base"], power={})
         return out

@@ -96,10 +96,12 @@ def student_logits(model, compiled: bool = False, **inputs) -> torch.Tensor:
     run of a study worker reuse it: Dynamo guards on the module's class and structure, not its
     identity, so a new student of the same architecture runs the code compiled for the first
     (measured: the first steps of a second and third run in the same process took 0.1 s
-    where the first run's took 13.6 s). The inductor's kernels fuse the elementwise work
+    where the first run's took 13.6 s); so does a LoRA student of another alpha or rank (a new
+    LoRA dropout rate compiles again). The inductor's kernels fuse the elementwise work
     (norms, rotary embeddings, SwiGLU and their backward) that is about half of a tiny model's
-    step. A compiler failure (on the CPU, inductor needs a C++ compiler) is one clear error,
-    never a silent fall back to eager, which would change the numbers."""
+    step. A compiler failure (on the CPU, inductor needs a C++ compiler), or more recompiles
+    than torch allows (its `recompile_limit`), is one clear error, never a silent fall back to
+    eager, which would change the numbers."""
     if not compiled:
         return _logits(model, **inputs)
     try:
@@ -107,9 +109,11 @@ def student_logits(model, compiled: bool = False, **inputs) -> torch.Tensor:
         # float attributes into tensors, finds it cannot, and restarts its whole analysis, so
         # a process's first compilation took 7.6-7.8 s where it takes 3.9-4.0 (warm on-disk
         # cache, the study recipe on the default organism), and the weights after 60 steps hash
-        # the same either way. Floats differing between calls would recompile: these are the
-        # model's constants.
-        with torch._dynamo.config.patch(specialize_float=True):
+        # the same either way. Not for a LoRA student: its scaling (alpha / r) is a float too,
+        # and each new value would compile again. Past torch's recompile limit Dynamo would
+        # fall back to eager with a warning; here that is an error instead.
+        specialize = getattr(model, "peft_config", None) is None
+        with torch._dynamo.config.patch(specialize_float=specialize, fail_on_recompile_limit_hit=True):
             return _compiled_logits()(model, **inputs)
     except Exception as e:  # the compiler's own errors are long; keep their first line
         raise DoublebindError(f"training.compile: torch.compile failed ({type(e).__name__}: {first_line(e, '')}); "
