@@ -31,7 +31,11 @@ the training steps' MFU against a matmul ceiling measured here.
    more per worker, once). `--whole-study` times the whole study (every scenario, organism
    seed, technique and seed it lists: the default study's 30 runs) instead of the grid, where
    each worker's one compilation is spread over more runs; `--skip-one` leaves out the
-   one-worker pass (and so the identical-summary check) to save its time.
+   one-worker pass (and so the identical-summary check) to save its time. Before the timed
+   passes, the workers' fork server is started (untimed, its time printed): the passes in
+   this process begin with their imports done, and so do the workers forked from it
+   (`studies/executor.py`). A pass in another environment starts it again, inside its
+   time (`--heap`'s pass on malloc's settings, and the pass after it).
 3. MFU. The ceiling: the FLOP/s of a 2048 x 2048 fp32 matmul, with one thread and with a
    thread per worker. The achieved rate: training steps of the baseline recipe alone (no
    evals, sampling or stages), counted as 6 * N * D (N trainable parameters of the student,
@@ -268,6 +272,19 @@ def main() -> None:
     import torch
 
     from doublebind.studies import executor
+
+    if workers > 1 and executor.start_method() == "forkserver":
+        # Untimed, as the passes in this process start with their imports done: the fork server
+        # the workers come from, started with the environment the worker passes run in.
+        saved_heap = os.environ.get(heap_env)
+        os.environ[heap_env] = "keep"
+        t0 = time.perf_counter()
+        run_jobs(os.getpid, {w: () for w in range(workers)}, workers, lambda key, pid: None)
+        print(f"workers' fork server started (imports; untimed): {time.perf_counter() - t0:.1f} s")
+        if saved_heap is None:
+            os.environ.pop(heap_env, None)
+        else:
+            os.environ[heap_env] = saved_heap
 
     wall = {}
     passes = ([("before", 1)] * (not args.skip_before) + [("system-heap", workers)] * args.heap

@@ -139,16 +139,22 @@ def test_worker_count_policy():
 
 
 def _children(pid: int) -> set[int]:
-    kids = set()
+    """Every process below `pid`: workers forked from the fork server are its grandchildren,
+    and the server itself must go too."""
+    parent_of = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 stat = open(f"/proc/{entry}/stat").read()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                kids.add(int(entry))
-    return kids
+            parent_of[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    below, grew = set(), True
+    while grew:
+        more = {p for p, pp in parent_of.items() if (pp == pid or pp in below) and p not in below}
+        below |= more
+        grew = bool(more)
+    return below
 
 
 def _alive(pid: int) -> bool:

@@ -52,6 +52,13 @@ from typing import Any, Callable, Hashable, NoReturn
 from doublebind.errors import DoublebindError, VerificationError
 
 ENV = "DOUBLEBIND_WORKERS"
+START_ENV = "DOUBLEBIND_START"  # how workers start: forkserver (where there is one) or spawn
+
+# What a worker imports before its first run: the fork server loads these once, and each
+# worker forked from it starts with them (a run's first call imports the rest lazily).
+PRELOAD = ("doublebind.studies.run", "doublebind.training.distill", "doublebind.organisms.domain",
+           "doublebind.audits.auditor", "doublebind.techniques", "doublebind.heap",
+           "transformers.models.llama.modeling_llama")
 
 
 MAX_WORKERS = 256  # each worker is a process holding torch and its own copy of a run's models
@@ -123,16 +130,59 @@ def run_jobs(fn: Callable, jobs: dict[Hashable, tuple], workers: int,
     _Pool(fn, min(workers, len(jobs)), label).run(jobs, on_done)
 
 
+# ---- how workers start -----------------------------------------------------------------
+
+_server_env: dict[str, str] | None = None  # the environment the running fork server started with
+
+
+def start_method(environ=os.environ) -> str:
+    """`forkserver` or `spawn`: $DOUBLEBIND_START, else the fork server where the platform has
+    one; one clear error for anything else."""
+    import multiprocessing as mp
+
+    raw = environ.get(START_ENV, "").strip().lower()
+    if raw not in ("", "forkserver", "spawn"):
+        raise DoublebindError(f"{START_ENV}={environ.get(START_ENV)!r}: expected forkserver or spawn")
+    if raw == "spawn" or "forkserver" not in mp.get_all_start_methods():
+        return "spawn"
+    return "forkserver"
+
+
+def _context():
+    """The multiprocessing context workers start from (see the module docstring): a running
+    fork server whose environment is this process's, started (again) if need be."""
+    global _server_env
+    import multiprocessing as mp
+    from multiprocessing import forkserver
+
+    method = start_method()
+    ctx = mp.get_context(method)
+    if method == "forkserver":
+        server = forkserver._forkserver
+        if _server_env is not None and _server_env != dict(os.environ):
+            server._stop()  # started with another environment: what it imported may have read it
+            _server_env = None
+        if _server_env is None or server._forkserver_pid is None:
+            ctx.set_forkserver_preload(list(PRELOAD))
+            _server_env = dict(os.environ)
+        server.ensure_running()  # returns at once; the server imports in the background
+    return ctx
+
+
+def warm_up() -> None:
+    """Start the fork server now, so that its imports overlap the caller's own set-up."""
+    with contextlib.suppress(Exception):  # the pool itself reports any real problem
+        _context()
+
+
 # ---- the pool --------------------------------------------------------------------------
 
 class _Pool:
     def __init__(self, fn: Callable, size: int, label: Callable[[Hashable], str]):
-        import multiprocessing as mp
-
         from doublebind.heap import planned
 
         planned()  # a bad $DOUBLEBIND_HEAP is refused here, once, not in every worker
-        self.ctx = mp.get_context("spawn")
+        self.ctx = _context()
         self.fn_ref = f"{fn.__module__}:{fn.__qualname__}"
         self.size, self.label = size, label
         self.procs: list = []
@@ -263,7 +313,19 @@ def _rebuild(exc: BaseException, remote_tb: str) -> BaseException:
 # ---- the worker ------------------------------------------------------------------------
 
 def _die_with_parent(parent_pid: int) -> None:
-    """Exit when the main process dies, even by SIGKILL (it cannot stop us then)."""
+    """Exit when the main process dies, even by SIGKILL (it cannot stop us then).
+
+    A spawned worker's parent is the main process. A forked one's is the fork server, which
+    exits when every holder of its "alive" pipe has closed it: the main process and, as
+    inherited, each worker. A worker closes its copy here, so the server lives exactly as
+    long as the main process, and the worker dies with the server."""
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    if server._forkserver_alive_fd is not None:  # forked from the server (a spawned worker has none)
+        with contextlib.suppress(OSError):
+            os.close(server._forkserver_alive_fd)
+        server._forkserver_alive_fd = None
     try:
         import ctypes
 
@@ -271,16 +333,29 @@ def _die_with_parent(parent_pid: int) -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    parent = os.getppid()  # after the prctl: a parent that died before it is seen here
+    if parent == 1 or not _alive(parent_pid):
+        os._exit(1)
 
     def watch() -> None:
         import time
 
         while True:
-            if os.getppid() != parent_pid:
+            if os.getppid() != parent:
                 os._exit(1)
             time.sleep(1.0)
 
     threading.Thread(target=watch, name="doublebind-parent-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: it exists
+        return True
+    return True
 
 
 def _worker_main(conn, fn_ref: str, parent_pid: int) -> None:

@@ -482,12 +482,14 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
     """Run the study's missing runs, `workers` at a time (None: `executor.workers_for`'s
     default, what the CLI uses); then recompute summary.json."""
     from doublebind.cuda import prefer_stable_attention
-    from doublebind.studies.executor import run_jobs, workers_for
+    from doublebind.studies.executor import run_jobs, start_method, warm_up, workers_for
 
     prefer_stable_attention()  # before any organism build or run samples on a GPU (doublebind.cuda)
     cfg = config.load(study_path, list(overrides), expect="study")
     specs = resolve(study_path, cfg, overrides)
     n_workers = workers_for(workers)  # a bad DOUBLEBIND_WORKERS stops here, before any work
+    if n_workers > 1:
+        start_method()  # so does a bad DOUBLEBIND_START
     out = Path(out)
     check_out_dir(out, "--out", what="a study")
     for name in (RESULTS, "summary.json", "study.json"):  # found before any run trains, not after the first
@@ -510,6 +512,8 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
         todo = [g for g in grid if g not in scan.runs]
         if todo:  # a finished study only recomputes its summary: a read-only cache is no reason to refuse it
             check_cache_root()
+        if todo and n_workers > 1 and state.num_processes == 1:
+            warm_up()  # the workers' fork server imports while this process places organisms
         to_place = [sp for sp in specs if sp.path is None and any(grid[k].spec is sp for k in todo)]
         with state.main_process_first():  # build or copy the organisms that still have runs to do
             if state.is_main_process:
@@ -675,22 +679,42 @@ def place_organisms(specs: list, out: Path, hashes: dict, workers: int, show_pro
     with several to place and workers > 1, side by side in worker processes (one thread
     each, like the runs; an organism's weights, like any float result, can differ in
     rounding with the thread count that built it, and a study takes a cached build as it
-    is)."""
+    is). An organism already in the cache is copied here, whatever `workers`: a worker
+    process would only add its start-up to a copy."""
     from doublebind.studies.executor import raise_named, run_jobs
 
     def label(key) -> str:
         return f"the organism of {key[0]} (organism seed {key[1]})"
 
-    if workers <= 1 or len(specs) <= 1:
+    to_build = [sp for sp in specs if not _cached(hashes[sp.key])]
+    if workers <= 1 or len(to_build) <= 1:
         for sp in specs:
             try:
                 place_organism(sp.cfg, sp.folder(out), show_progress, expected_hash=hashes[sp.key])
             except Exception as e:  # named as the workers name it (a bug keeps its type, with failed_in)
                 raise_named(e, label(sp.key))
         return
-    jobs = {sp.key: (sp.cfg, sp.folder(out), False, hashes[sp.key]) for sp in specs}
-    with progress_bar(f"placing {len(specs)} organisms", len(specs), show_progress, unit="organisms") as advance:
+    for sp in specs:
+        if sp not in to_build:
+            try:
+                place_organism(sp.cfg, sp.folder(out), show_progress, expected_hash=hashes[sp.key])
+            except Exception as e:
+                raise_named(e, label(sp.key))
+    jobs = {sp.key: (sp.cfg, sp.folder(out), False, hashes[sp.key]) for sp in to_build}
+    with progress_bar(f"building {len(jobs)} organisms", len(jobs), show_progress, unit="organisms") as advance:
         run_jobs(place_organism, jobs, workers, lambda key, _: advance(1), label=label)
+
+
+def _cached(organism_hash: str) -> bool:
+    """Whether the cache holds a verified build of `organism_hash` (its card says so; its
+    files are checked when it is copied, and a corrupt entry is rebuilt then)."""
+    from doublebind.cards import cache_root
+
+    try:
+        card = json.loads((cache_root() / "organisms" / organism_hash / "organism.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(card, dict) and card.get("verified") is True
 
 
 def place_organism(org_cfg, dest: Path, show_progress: bool = True, expected_hash: str | None = None) -> None:
