@@ -33,7 +33,9 @@ def _pool(name: str = "DOUBLEBIND_TEST_START") -> dict:
 
 def test_workers_fork_from_one_server_that_imported_the_run_s_modules(monkeypatch):
     monkeypatch.delenv(executor.START_ENV, raising=False)
-    first, second = _pool(), _pool()
+    first = _pool()
+    monkeypatch.setenv("PYTEST_CURRENT_TEST", "another test")  # pytest's own, changed for every test: no restart
+    second = _pool()
     servers = {r["ppid"] for r in [*first.values(), *second.values()]}
     assert len(servers) == 1 and os.getpid() not in servers  # both pools forked from one server
     assert all(r["preloaded"] for r in [*first.values(), *second.values()])

@@ -133,6 +133,14 @@ def run_jobs(fn: Callable, jobs: dict[Hashable, tuple], workers: int,
 # ---- how workers start -----------------------------------------------------------------
 
 _server_env: dict[str, str] | None = None  # the environment the running fork server started with
+# Variables that change between pools for reasons that concern no worker: pytest names the
+# current test in PYTEST_CURRENT_TEST, so comparing it would start the server again for every
+# test of the suite that starts a pool.
+_VOLATILE = ("PYTEST_CURRENT_TEST",)
+
+
+def _environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in _VOLATILE}
 
 
 def start_method(environ=os.environ) -> str:
@@ -159,12 +167,12 @@ def _context():
     ctx = mp.get_context(method)
     if method == "forkserver":
         server = forkserver._forkserver
-        if _server_env is not None and _server_env != dict(os.environ):
+        if _server_env is not None and _server_env != _environment():
             server._stop()  # started with another environment: what it imported may have read it
             _server_env = None
         if _server_env is None or server._forkserver_pid is None:
             ctx.set_forkserver_preload(list(PRELOAD))
-            _server_env = dict(os.environ)
+            _server_env = _environment()
         server.ensure_running()  # returns at once; the server imports in the background
     return ctx
 
