@@ -30,12 +30,24 @@ thread), so `summary.json` is byte-identical for any --workers (tests/test_paral
 `run_jobs` knows nothing of studies: it takes jobs by key, calls `fn(*args)` for each, and
 hands every result to `on_done(key, result)` in the calling process, in the order runs
 finish. So the caller alone writes files (results.jsonl stays append-only, one write per
-finished run), and a kill loses only the runs still in flight. Workers start with the
-spawn method (CUDA-safe, no inherited thread pools), ignore Ctrl-C (the main process stops
-them), and die with the main process even when it is killed with SIGKILL (Linux
-PR_SET_PDEATHSIG, and a thread that watches the parent's pid on every platform). The first failing run stops the
-dispatch of new runs; the runs in flight finish and are handed over, then its error is
-raised in the caller as it would have been raised in-process.
+finished run), and a kill loses only the runs still in flight. Workers ignore Ctrl-C (the
+main process stops them) and die with the main process even when it is killed with SIGKILL
+(Linux PR_SET_PDEATHSIG, and a thread that watches the parent's pid on every platform). The
+first failing run stops the dispatch of new runs; the runs in flight finish and are handed
+over, then its error is raised in the caller as it would have been raised in-process.
+
+How workers start (`_context`): forked from a fork server, a clean process that imported a
+run's modules (`PRELOAD`) and did nothing else: no torch computation, so no thread pools and
+no CUDA state to inherit. A worker then starts with torch, transformers and doublebind
+loaded, where a spawned one imported them itself (about 4 s, and a run's first call another
+3 s for transformers' model code). The server is started once per process that starts
+pools, as a study begins (`warm_up`, so that it imports while the main process places the
+organisms); a study's placing pool and its run pool share it, as do a benchmark's passes and
+the test suite's pools. When the environment has changed by the next pool (a test's
+`monkeypatch.setenv`, a variable some library reads at import), it is started again, so a
+worker always sees the environment a spawned one would (`_VOLATILE` aside).
+`DOUBLEBIND_START=spawn` spawns each worker instead, the one way where there is no fork
+server (Windows).
 """
 
 from __future__ import annotations
