@@ -96,3 +96,105 @@ def test_cached_organisms_are_copied_here_and_only_builds_go_to_workers(monkeypa
     here.clear()
     study_run.place_organisms([specs["A"], specs["C"], specs["D"]], tmp_path / "out", hashes, 2, show_progress=False)
     assert here == ["A"] and pooled == [["C", "D"]]
+
+
+def _say(key: str, name: str):
+    """A job that writes to its stdout (module level: workers import it by name)."""
+    print(f"line from worker {key}", flush=True)
+    return os.getpid()
+
+
+def _sleep(seconds: float) -> None:
+    import time
+
+    time.sleep(seconds)
+
+
+def test_workers_write_to_this_process_s_current_stdout(capfd, monkeypatch):
+    """A server started while stdout went elsewhere is started again: workers write to the
+    files a spawned worker would (pytest's capture changes them between tests)."""
+    monkeypatch.delenv(executor.START_ENV, raising=False)
+    with capfd.disabled():
+        executor.run_jobs(_where, {k: (k, "X") for k in "ab"}, 2, lambda k, r: None)
+    executor.run_jobs(_say, {k: (k, "X") for k in "ab"}, 2, lambda k, r: None)
+    out = capfd.readouterr().out
+    assert "line from worker a" in out and "line from worker b" in out
+
+
+def test_a_restart_does_not_wait_for_other_forks_of_this_process(monkeypatch):
+    """A process forked from this one holds the server's "alive" pipe as long as it lives;
+    starting the server again must not wait for it."""
+    import multiprocessing as mp
+    import time
+
+    monkeypatch.delenv(executor.START_ENV, raising=False)
+    _pool()
+    other = mp.get_context("fork").Process(target=_sleep, args=(60,), daemon=True)
+    other.start()
+    try:
+        monkeypatch.setenv("DOUBLEBIND_TEST_START", "restart")
+        t = time.perf_counter()
+        got = _pool()
+        assert time.perf_counter() - t < 30 and {r["env"] for r in got.values()} == {"restart"}
+    finally:
+        other.kill()
+        other.join()
+
+
+def test_a_fork_server_that_cannot_start_is_one_error(monkeypatch, tmp_path):
+    (tmp_path / "doublebind_broken_preload.py").write_text("raise RuntimeError('broken at import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv(executor.START_ENV, raising=False)
+    monkeypatch.setattr(executor, "PRELOAD", (*executor.PRELOAD, "doublebind_broken_preload"))
+    monkeypatch.setenv("DOUBLEBIND_TEST_START", "broken")  # a new server, with the broken preload
+    with pytest.raises(DoublebindError, match=r"^the workers' fork server did not start \(.*\); set "
+                                              r"DOUBLEBIND_START=spawn to start each worker on its own$"):
+        _pool()
+    monkeypatch.setenv("DOUBLEBIND_TEST_START", "mended")
+    monkeypatch.setattr(executor, "PRELOAD", executor.PRELOAD[:-1])
+
+
+def test_workers_die_with_the_main_process_while_another_fork_keeps_the_server(tmp_path):
+    """SIGKILL of a main process that also forked a child of its own (which keeps the fork
+    server alive): the workers still go, within seconds."""
+    import signal
+    import subprocess
+    import time
+
+    pids = tmp_path / "pids"
+    script = tmp_path / "main.py"
+    script.write_text(f'''
+import multiprocessing as mp, os, sys, time
+sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+from doublebind.studies import executor
+from tests.test_worker_start import _sleep_and_say
+if __name__ == "__main__":
+    other = mp.get_context("fork").Process(target=time.sleep, args=(60,), daemon=True)
+    executor.warm_up()
+    other.start()
+    executor.run_jobs(_sleep_and_say, {{k: ({str(pids)!r}, k) for k in "ab"}}, 2, lambda k, r: None)
+''')
+    env = {k: v for k, v in os.environ.items() if k != executor.START_ENV}
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(list(tmp_path.glob("pids.*"))) < 2:
+            time.sleep(0.1)
+        workers = [int(p.read_text()) for p in tmp_path.glob("pids.*")]
+        assert len(workers) == 2
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(executor._alive(w) for w in workers):
+            time.sleep(0.1)
+        assert not any(executor._alive(w) for w in workers), "workers outlived the main process"
+    finally:
+        with __import__("contextlib").suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _sleep_and_say(where: str, key: str) -> None:
+    import time
+
+    Path(f"{where}.{key}").write_text(str(os.getpid()))
+    time.sleep(60)

@@ -151,8 +151,21 @@ _server_env: dict[str, str] | None = None  # the environment the running fork se
 _VOLATILE = ("PYTEST_CURRENT_TEST",)
 
 
-def _environment() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in _VOLATILE}
+def _environment() -> dict:
+    """What a fork server hands its workers that must be this process's own: the environment
+    (`_VOLATILE` aside), the Python path, and where stdout and stderr go (a worker writes to
+    the files the server had; pytest's capture changes them between tests)."""
+    import sys
+
+    streams = []
+    for fd in (1, 2):
+        try:
+            st = os.fstat(fd)
+            streams.append((st.st_dev, st.st_ino))
+        except OSError:
+            streams.append(None)
+    return {"environ": {k: v for k, v in os.environ.items() if k not in _VOLATILE},
+            "sys.path": list(sys.path), "streams": streams}
 
 
 def start_method(environ=os.environ) -> str:
@@ -180,13 +193,43 @@ def _context():
     if method == "forkserver":
         server = forkserver._forkserver
         if _server_env is not None and _server_env != _environment():
-            server._stop()  # started with another environment: what it imported may have read it
+            _stop_server(server)  # started with another environment: what it imported may have read it
             _server_env = None
         if _server_env is None or server._forkserver_pid is None:
             ctx.set_forkserver_preload(list(PRELOAD))
             _server_env = _environment()
-        server.ensure_running()  # returns at once; the server imports in the background
+        _start_server(server)
     return ctx
+
+
+def _start_server(server) -> None:
+    """`ensure_running`, which returns at once (the server imports in the background). Before
+    Python 3.12 the server ignored this process's `sys.path` and so could import doublebind
+    from another tree than this process's: it starts with that path as its PYTHONPATH."""
+    import sys
+
+    if sys.version_info >= (3, 12) or server._forkserver_pid is not None:
+        server.ensure_running()
+        return
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    try:
+        server.ensure_running()
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = before
+
+
+def _stop_server(server) -> None:
+    """Stop the fork server now. Its own stop waits until every holder of its "alive" pipe has
+    closed it, which a process forked from this one (not by doublebind) may hold for as long
+    as it lives; its workers of earlier pools are gone, so it is ended outright."""
+    with contextlib.suppress(OSError):
+        if server._forkserver_pid is not None:
+            os.kill(server._forkserver_pid, signal.SIGTERM)
+    server._stop()
 
 
 def warm_up() -> None:
@@ -218,11 +261,19 @@ class _Pool:
         # raised (the one one worker would have met first), whichever ended first here.
         failures: dict[int, BaseException] = {}
         try:
+            import doublebind
+
             for w in range(self.size):
                 parent, child = self.ctx.Pipe()
-                p = self.ctx.Process(target=_worker_main, args=(child, self.fn_ref, os.getpid()),
-                                     name=f"doublebind-worker-{w}", daemon=True)
-                p.start()
+                p = self.ctx.Process(target=_worker_main, name=f"doublebind-worker-{w}", daemon=True,
+                                     args=(child, self.fn_ref, os.getpid(), doublebind.__file__,
+                                           os.environ.get("PYTHONPATH")))
+                try:
+                    p.start()
+                except (EOFError, OSError) as e:  # the fork server died (a module it preloads failed)
+                    raise DoublebindError(
+                        f"the workers' fork server did not start ({type(e).__name__}: {e}); set "
+                        f"{START_ENV}=spawn to start each worker on its own") from None
                 child.close()
                 self.procs.append(p)
                 self.conns.append(parent)
@@ -360,8 +411,8 @@ def _die_with_parent(parent_pid: int) -> None:
     def watch() -> None:
         import time
 
-        while True:
-            if os.getppid() != parent:
+        while True:  # the main process too: a process it forked keeps the server alive
+            if os.getppid() != parent or not _alive(parent_pid):
                 os._exit(1)
             time.sleep(1.0)
 
@@ -369,6 +420,14 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -378,10 +437,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _worker_main(conn, fn_ref: str, parent_pid: int) -> None:
+def _worker_main(conn, fn_ref: str, parent_pid: int, package: str | None = None,
+                 pythonpath: str | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the main process acts on it
     _die_with_parent(parent_pid)
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    if pythonpath is None:  # the main process's own (`_start_server` may have set the server's)
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = pythonpath
+    import doublebind
+
+    # A worker must run the code the main process runs, not another copy of the package.
+    problem = (None if package is None or os.path.samefile(doublebind.__file__, package) else
+               f"a study worker imported doublebind from {doublebind.__file__}, the main process from "
+               f"{package}; set {START_ENV}=spawn")
     from doublebind.heap import keep_freed_memory
 
     keep_freed_memory()  # checked by the main process before any worker starts
@@ -403,6 +473,9 @@ def _worker_main(conn, fn_ref: str, parent_pid: int) -> None:
         if msg is None:
             return
         index, args = msg
+        if problem:
+            conn.send(("error", index, DoublebindError(problem), ""))
+            continue
         try:
             conn.send(("ok", index, fn(*args), ""))
         except BaseException as e:  # noqa: BLE001 (every failure goes back to the main process)

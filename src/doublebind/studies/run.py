@@ -512,7 +512,7 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
         todo = [g for g in grid if g not in scan.runs]
         if todo:  # a finished study only recomputes its summary: a read-only cache is no reason to refuse it
             check_cache_root()
-        if todo and n_workers > 1 and state.num_processes == 1:
+        if len(todo) > 1 and n_workers > 1 and state.num_processes == 1:
             warm_up()  # the workers' fork server imports while this process places organisms
         to_place = [sp for sp in specs if sp.path is None and any(grid[k].spec is sp for k in todo)]
         with state.main_process_first():  # build or copy the organisms that still have runs to do
