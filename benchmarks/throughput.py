@@ -35,7 +35,11 @@ the training steps' MFU against a matmul ceiling measured here.
    passes, the workers' fork server is started (untimed, its time printed): the passes in
    this process begin with their imports done, and so do the workers forked from it
    (`studies/executor.py`). A pass in another environment starts it again, inside its
-   time (`--heap`'s pass on malloc's settings, and the pass after it).
+   time (`--heap`'s pass on malloc's settings, and the pass after it). `--abba` runs the
+   passes again in reverse order (A B C, then C B A) and takes each pass's mean time, so a
+   steady drift of the machine's speed cancels out of the ratios (the old runner's own pass
+   moved by 20% between runs an hour apart); the second old-runner pass keeps freed memory,
+   which the process cannot undo, and that can only favour the old runner.
 3. MFU. The ceiling: the FLOP/s of a 2048 x 2048 fp32 matmul, with one thread and with a
    thread per worker. The achieved rate: training steps of the baseline recipe alone (no
    evals, sampling or stages), counted as 6 * N * D (N trainable parameters of the student,
@@ -223,6 +227,9 @@ def main() -> None:
                     help="time the whole study (every scenario, organism seed, technique and seed), not the grid")
     ap.add_argument("--skip-one", action="store_true",
                     help="leave out the one-worker pass (and the identical-summary check)")
+    ap.add_argument("--abba", action="store_true",
+                    help="run the passes, then again in reverse order, and take each pass's mean: "
+                         "a drift of the machine's speed over the benchmark then cancels out of the ratios")
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
     if args.whole_study and (args.techniques or args.seeds != [0, 1]):
@@ -286,12 +293,16 @@ def main() -> None:
         else:
             os.environ[heap_env] = saved_heap
 
-    wall = {}
+    wall: dict[str, float] = {}
+    times: dict[str, list[float]] = {}
     passes = ([("before", 1)] * (not args.skip_before) + [("system-heap", workers)] * args.heap
               + [("w1", 1)] * (not args.skip_one) + [(f"w{workers}", workers)] * (workers > 1 or args.skip_one)
               + [("compiled", workers)] * args.compile)
+    if args.abba:  # the same passes again, in reverse order, into folders of their own
+        passes += [(f"{name}-b", n) for name, n in reversed(passes)]
     for name, n in passes:
         out = fresh_out(work, name)
+        kind, name = name, name.removesuffix("-b")  # `name` says what the pass does, `kind` where it goes
         if name not in ("before", "system-heap"):  # from here on this process keeps its freed memory, as the CLI does
             keep_freed_memory({heap_env: "keep"})
         saved_heap = os.environ.get(heap_env)
@@ -310,12 +321,22 @@ def main() -> None:
                 os.environ.pop(heap_env, None)
             else:
                 os.environ[heap_env] = saved_heap
-        wall[name] = time.perf_counter() - t0
+        times.setdefault(name, []).append(time.perf_counter() - t0)
+        wall[name] = sum(times[name]) / len(times[name])  # with --abba, the mean of the two
         what = (f"one run at a time, {cpu_count()} threads (the runner before --workers)" if name == "before"
                 else f"workers={n}, one thread each, training.compile" if name == "compiled"
                 else f"workers={n}, one thread each, DOUBLEBIND_HEAP=system" if name == "system-heap"
                 else f"workers={n}, one thread each")
-        print(f"{what}: {runs} runs in {wall[name]:.1f} s = {60 * runs / wall[name]:.2f} runs/min")
+        print(f"{what}{' (second time)' if kind != name else ''}: {runs} runs in {times[name][-1]:.1f} s = "
+              f"{60 * runs / times[name][-1]:.2f} runs/min")
+    if args.abba:
+        print("--abba: every ratio below is of the two passes' mean times; each half alone: "
+              + "; ".join(f"{name} {t[0]:.1f} and {t[1]:.1f} s" for name, t in times.items())
+              + ". The second old-runner pass ran with freed memory kept (this process cannot undo it "
+                "once a worker pass has set it), which can only favour the old runner")
+        same = all((work / name / "summary.json").read_bytes() == (work / f"{name}-b" / "summary.json").read_bytes()
+                   for name in times)
+        print(f"--abba: every second pass's summary.json identical to the first's: {'yes' if same else 'NO'}")
     if args.skip_one:
         print("" if args.skip_before else f"throughput ratio workers={workers} / before: "
               f"{wall['before'] / wall[f'w{workers}']:.2f}x (no one-worker pass: --skip-one)")
