@@ -43,9 +43,10 @@ loaded, where a spawned one imported them itself (about 4 s, and a run's first c
 3 s for transformers' model code). The server is started once per process that starts
 pools, as a study begins (`warm_up`, so that it imports while the main process places the
 organisms); a study's placing pool and its run pool share it, as do a benchmark's passes and
-the test suite's pools. When the environment has changed by the next pool (a test's
-`monkeypatch.setenv`, a variable some library reads at import), it is started again, so a
-worker always sees the environment a spawned one would (`_VOLATILE` aside).
+the test suite's pools. When the environment, the Python path or the files behind stdout
+and stderr have changed by the next pool (a test's `monkeypatch.setenv`, a variable some
+library reads at import, pytest's capture), it is started again, so a worker always sees
+what a spawned one would (`_environment`, `_VOLATILE` aside).
 `DOUBLEBIND_START=spawn` spawns each worker instead, the one way where there is no fork
 server (Windows).
 """
@@ -144,7 +145,7 @@ def run_jobs(fn: Callable, jobs: dict[Hashable, tuple], workers: int,
 
 # ---- how workers start -----------------------------------------------------------------
 
-_server_env: dict[str, str] | None = None  # the environment the running fork server started with
+_server_env: dict | None = None  # `_environment()` when the running fork server started
 # Variables that change between pools for reasons that concern no worker: pytest names the
 # current test in PYTEST_CURRENT_TEST, so comparing it would start the server again for every
 # test of the suite that starts a pool.

@@ -687,20 +687,16 @@ def place_organisms(specs: list, out: Path, hashes: dict, workers: int, show_pro
         return f"the organism of {key[0]} (organism seed {key[1]})"
 
     to_build = [sp for sp in specs if not _cached(hashes[sp.key])]
-    if workers <= 1 or len(to_build) <= 1:
-        for sp in specs:
+    pooled = to_build if workers > 1 and len(to_build) > 1 else []
+    for sp in specs:
+        if sp not in pooled:
             try:
                 place_organism(sp.cfg, sp.folder(out), show_progress, expected_hash=hashes[sp.key])
             except Exception as e:  # named as the workers name it (a bug keeps its type, with failed_in)
                 raise_named(e, label(sp.key))
+    if not pooled:
         return
-    for sp in specs:
-        if sp not in to_build:
-            try:
-                place_organism(sp.cfg, sp.folder(out), show_progress, expected_hash=hashes[sp.key])
-            except Exception as e:
-                raise_named(e, label(sp.key))
-    jobs = {sp.key: (sp.cfg, sp.folder(out), False, hashes[sp.key]) for sp in to_build}
+    jobs = {sp.key: (sp.cfg, sp.folder(out), False, hashes[sp.key]) for sp in pooled}
     with progress_bar(f"building {len(jobs)} organisms", len(jobs), show_progress, unit="organisms") as advance:
         run_jobs(place_organism, jobs, workers, lambda key, _: advance(1), label=label)
 
