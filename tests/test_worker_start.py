@@ -74,7 +74,11 @@ class _Spec:
 def test_cached_organisms_are_copied_here_and_only_builds_go_to_workers(monkeypatch, tmp_path):
     """Placing two cached organisms with --workers 2 starts no pool (a worker would only add
     its start-up to a copy); one to build with one cached goes to no pool either (one build
-    runs here), and two to build go to the pool."""
+    runs here), and two to build go to the pool. What runs here runs on one thread, as in a
+    worker: a build with the process's two threads made another organism (other weights,
+    the same hash) than the pool's, so `--workers 1` and `--workers 2` disagreed."""
+    import torch
+
     monkeypatch.setenv("DOUBLEBIND_CACHE", str(tmp_path / "cache"))
     for h, card in {"aaa": {"verified": True}, "bbb": {"verified": True}, "ccc": {"verified": False}}.items():
         (tmp_path / "cache" / "organisms" / h).mkdir(parents=True)
@@ -83,19 +87,34 @@ def test_cached_organisms_are_copied_here_and_only_builds_go_to_workers(monkeypa
     (tmp_path / "cache" / "organisms" / "ddd" / "organism.json").write_text("{not json")
     assert [study_run._cached(h) for h in ("aaa", "bbb", "ccc", "ddd", "eee")] == [True, True, False, False, False]
 
-    here, pooled = [], []
-    monkeypatch.setattr(study_run, "place_organism", lambda cfg, dest, *a, **k: here.append(cfg))
-    monkeypatch.setattr(executor, "run_jobs", lambda fn, jobs, *a, **k: pooled.append(sorted(j[0] for j in jobs.values())))
-    specs = {n: _Spec(n, tmp_path) for n in ("A", "B", "C", "D")}
-    hashes = {("A", 0): "aaa", ("B", 0): "bbb", ("C", 0): "ccc", ("D", 0): "eee"}
-    study_run.place_organisms([specs["A"], specs["B"]], tmp_path / "out", hashes, 2, show_progress=False)
-    assert here == ["A", "B"] and pooled == []
-    here.clear()
-    study_run.place_organisms([specs["A"], specs["C"]], tmp_path / "out", hashes, 2, show_progress=False)
-    assert here == ["A", "C"] and pooled == []
-    here.clear()
-    study_run.place_organisms([specs["A"], specs["C"], specs["D"]], tmp_path / "out", hashes, 2, show_progress=False)
-    assert here == ["A"] and pooled == [["C", "D"]]
+    here, pooled, threads = [], [], []
+
+    def place(cfg, dest, *a, **k):
+        here.append(cfg)
+        threads.append(torch.get_num_threads())
+
+    monkeypatch.setattr(study_run, "place_organism", place)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(executor, "run_jobs", lambda fn, jobs, *a, **k: pooled.append(sorted(j[0] for j in jobs.values())))
+        specs = {n: _Spec(n, tmp_path) for n in ("A", "B", "C", "D")}
+        hashes = {("A", 0): "aaa", ("B", 0): "bbb", ("C", 0): "ccc", ("D", 0): "eee"}
+        study_run.place_organisms([specs["A"], specs["B"]], tmp_path / "out", hashes, 2, show_progress=False)
+        assert here == ["A", "B"] and pooled == []
+        here.clear()
+        study_run.place_organisms([specs["A"], specs["C"]], tmp_path / "out", hashes, 2, show_progress=False)
+        assert here == ["A", "C"] and pooled == []
+        here.clear()
+        study_run.place_organisms([specs["A"], specs["C"], specs["D"]], tmp_path / "out", hashes, 2, show_progress=False)
+        assert here == ["A"] and pooled == [["C", "D"]]
+        here.clear()
+        study_run.place_organisms([specs["C"], specs["D"]], tmp_path / "out", hashes, 1, show_progress=False)
+        assert here == ["C", "D"] and pooled == [["C", "D"]]
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert threads == [1] * 7 and after == 2  # one thread while placing; the process's own after
 
 
 def _say(key: str, name: str):

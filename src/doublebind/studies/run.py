@@ -676,12 +676,14 @@ def distill_run(org_path: Path, recipe, folder: Path) -> dict:
 
 def place_organisms(specs: list, out: Path, hashes: dict, workers: int, show_progress: bool) -> None:
     """Place the study's organisms: one at a time here, with its build's progress bar, or,
-    with several to place and workers > 1, side by side in worker processes (one thread
-    each, like the runs; an organism's weights, like any float result, can differ in
-    rounding with the thread count that built it, and a study takes a cached build as it
-    is). An organism already in the cache is copied here, whatever `workers`: a worker
-    process would only add its start-up to a copy."""
-    from doublebind.studies.executor import raise_named, run_jobs
+    with several to build and workers > 1, side by side in worker processes. Every build
+    computes on one thread, here as in a worker, like the runs: an organism's weights, like
+    any float result, differ in rounding with the thread count that built it, so a build
+    with the process's threads would give `--workers 1` (or a study with one organism left
+    to build) another organism than `--workers 2`. A study takes a cached build as it is. An
+    organism already in the cache is copied here, whatever `workers`: a worker process would
+    only add its start-up to a copy."""
+    from doublebind.studies.executor import one_thread, raise_named, run_jobs
 
     def label(key) -> str:
         return f"the organism of {key[0]} (organism seed {key[1]})"
@@ -691,7 +693,8 @@ def place_organisms(specs: list, out: Path, hashes: dict, workers: int, show_pro
     for sp in specs:
         if sp not in pooled:
             try:
-                place_organism(sp.cfg, sp.folder(out), show_progress, expected_hash=hashes[sp.key])
+                with one_thread():
+                    place_organism(sp.cfg, sp.folder(out), show_progress, expected_hash=hashes[sp.key])
             except Exception as e:  # named as the workers name it (a bug keeps its type, with failed_in)
                 raise_named(e, label(sp.key))
     if not pooled:
