@@ -112,6 +112,35 @@ def test_cli_no_cache_builds_again_and_replaces_the_cache_entry(tmp_path):
     assert (entry / "organism.json").is_file()
 
 
+def test_cli_builds_on_one_thread_as_a_study_does(tmp_path, monkeypatch):
+    """`organism build` built on the process's threads and a study on one: the same hash
+    then had two sets of weights on one machine (measured: the default teacher), and which
+    one a study used depended on the command that filled the cache."""
+    import torch
+
+    from doublebind.organisms import build
+
+    from .conftest import CLI_MODE_ENV
+
+    if os.environ.get(CLI_MODE_ENV) == "subprocess":
+        pytest.skip("patches the build in this process")
+    seen = []
+
+    def stopped(cfg, out, **kw):
+        seen.append(torch.get_num_threads())
+        raise RuntimeError("stopped mid-build")
+
+    monkeypatch.setattr(build, "build_organism", stopped)
+    before = torch.get_num_threads()
+    monkeypatch.setenv("DOUBLEBIND_THREADS", "2")  # the CLI sets the process's threads from it
+    try:
+        res = run_cli("organism", "build", "--preset", "quick", *TINY, env_cache=tmp_path)
+    finally:
+        torch.set_num_threads(before)
+    assert res.returncode == 1 and "stopped mid-build" in res.stderr
+    assert seen == [1]
+
+
 @pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError])
 def test_cli_no_cache_keeps_the_cached_build_until_a_new_one_replaces_it(tmp_path, monkeypatch, stop):
     """`--no-cache` deleted the cached build before building: a Ctrl-C or a crash lost it."""

@@ -237,8 +237,13 @@ def organism_build(
     # --no-cache: the cached build moves aside, so the build misses the cache and stores its
     # result there as usual; it comes back if the new build never gets there (interrupted, crashed)
     aside = _move_aside(entry) if no_cache else None
+    from doublebind.studies.executor import one_thread
+
     try:
-        card = build_organism(cfg, out_dir, strict=True)
+        # On one thread, as a study builds: a build's weights differ in rounding with its
+        # thread count, and the cache keeps one build per hash for every command to take.
+        with one_thread():
+            card = build_organism(cfg, out_dir, strict=True)
     except BaseException as e:
         drop_unfinished_build(h)
         if aside is not None and not entry.exists():

@@ -12,6 +12,10 @@ once, before any command runs:
                              launch, torchrun, mpirun, srun: LOCAL_WORLD_SIZE and friends)
     otherwise                torch's own default (all physical cores), for one process
 
+Organism builds (`organism build`, a study's placing) and study runs compute on one thread
+whatever this says: a result's rounding depends on the thread count, and one organism hash
+must mean one set of weights on a machine, one study the same rows for any `--workers`.
+
 When you run two doublebind processes side by side yourself (two studies in two shells),
 set DOUBLEBIND_THREADS=1 (or OMP_NUM_THREADS=1) in each; the launchers above are detected.
 `benchmarks/threads.py` measures the difference.
