@@ -217,3 +217,77 @@ def _sleep_and_say(where: str, key: str) -> None:
 
     Path(f"{where}.{key}").write_text(str(os.getpid()))
     time.sleep(60)
+
+
+def test_a_worker_that_cannot_start_under_spawn_is_not_called_a_fork_server_problem(monkeypatch):
+    """Under DOUBLEBIND_START=spawn an OSError starting a worker (a file-descriptor limit)
+    was reported as "the workers' fork server did not start …; set DOUBLEBIND_START=spawn"."""
+    import multiprocessing.context
+
+    def refused(self):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setenv(executor.START_ENV, "spawn")
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", refused)
+    with pytest.raises(DoublebindError, match=r"^could not start a worker process \(OSError: \[Errno 24\] Too many "
+                                              r"open files\)$"):
+        executor.run_jobs(_where, {"a": ("a", "X"), "b": ("b", "X")}, 2, lambda k, r: None)
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="from 3.12 the server takes this process's path itself")
+def test_a_server_that_died_starts_again_with_this_process_s_path(monkeypatch, tmp_path):
+    """Before 3.12 the server is given this process's `sys.path` as its PYTHONPATH; a server
+    that had died (killed, or Ctrl-C during its imports) was started again without it."""
+    import signal
+    import time
+    from multiprocessing import forkserver
+
+    monkeypatch.delenv(executor.START_ENV, raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))  # the server is restarted for it (a path change)
+    first = _pool()
+    server = forkserver._forkserver
+    pid = server._forkserver_pid
+    assert {r["ppid"] for r in first.values()} == {pid}
+
+    def path_of(p: int) -> list[str]:
+        env = Path(f"/proc/{p}/environ").read_bytes().split(b"\0")
+        return [e.decode() for e in env if e.startswith(b"PYTHONPATH=")]
+
+    assert any(str(tmp_path) in e for e in path_of(pid))
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(100):  # until the kernel has it (a zombie until the restart reaps it)
+        if Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z"):
+            break
+        time.sleep(0.05)
+    second = _pool()
+    again = server._forkserver_pid
+    assert again != pid and {r["ppid"] for r in second.values()} == {again}
+    assert any(str(tmp_path) in e for e in path_of(again))
+
+
+def test_spawned_workers_of_a_main_process_that_is_pid_1_run(tmp_path):
+    """A spawned worker left when its parent was PID 1, taking that for its parent's death:
+    in a container whose entry point is doublebind the main process is PID 1, and every
+    worker of DOUBLEBIND_START=spawn exited without a result."""
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare for a new PID namespace")
+    script = tmp_path / "main.py"
+    script.write_text(
+        "import os\n"
+        "from doublebind.studies import executor\n"
+        "from tests.test_worker_start import _where\n"
+        "if __name__ == '__main__':\n"
+        "    got = {}\n"
+        "    executor.run_jobs(_where, {k: (k, 'X') for k in 'ab'}, 2, got.__setitem__)\n"
+        "    print(os.getpid(), sorted((k, r['ppid']) for k, r in got.items()))\n")
+    env = {**os.environ, executor.START_ENV: "spawn", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"unshare --pid is not allowed here: {probe.stderr.decode().strip()}")
+    res = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, str(script)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "1 [('a', 1), ('b', 1)]"

@@ -209,7 +209,7 @@ def _start_server(server) -> None:
     from another tree than this process's: it starts with that path as its PYTHONPATH."""
     import sys
 
-    if sys.version_info >= (3, 12) or server._forkserver_pid is not None:
+    if sys.version_info >= (3, 12):  # below, also for a server that died: its restart needs the path too
         server.ensure_running()
         return
     before = os.environ.get("PYTHONPATH")
@@ -272,6 +272,8 @@ class _Pool:
                 try:
                     p.start()
                 except (EOFError, OSError) as e:  # the fork server died (a module it preloads failed)
+                    if self.ctx.get_start_method() != "forkserver":
+                        raise DoublebindError(f"could not start a worker process ({type(e).__name__}: {e})") from None
                     raise DoublebindError(
                         f"the workers' fork server did not start ({type(e).__name__}: {e}); set "
                         f"{START_ENV}=spawn to start each worker on its own") from None
@@ -406,7 +408,9 @@ def _die_with_parent(parent_pid: int) -> None:
     except (OSError, AttributeError):
         pass
     parent = os.getppid()  # after the prctl: a parent that died before it is seen here
-    if parent == 1 or not _alive(parent_pid):
+    # (reparented to init, unless the main process is init itself: spawned in a container
+    # whose entry point is doublebind, its workers' parent is PID 1)
+    if (parent == 1 and parent_pid != 1) or not _alive(parent_pid):
         os._exit(1)
 
     def watch() -> None:
