@@ -37,6 +37,7 @@ def main() -> None:
     from doublebind.audits.auditor import Auditor
     from doublebind.integrity import file_sha256
     from doublebind.organisms.build import build_organism
+    from doublebind.studies.executor import one_thread
     from doublebind.organisms.domain import open_domain
     from doublebind.organisms.models import load_checkpoint, quiet_transformers
     from doublebind.training.distill import distill
@@ -44,7 +45,8 @@ def main() -> None:
     quiet_transformers()
     with tempfile.TemporaryDirectory() as tmp:
         org = Path(tmp) / "organism"
-        card = build_organism(config.load(preset=args.preset), org, show_progress=False)
+        with one_thread():  # as `organism build` and a study build: one hash, one set of weights
+            card = build_organism(config.load(preset=args.preset), org, show_progress=False)
         domain = open_domain(org)
         own_cfg = config.AuditConfig.model_validate(card["config"].get("audit", {}))
         auditors = {own_cfg.seed: domain.auditor()}

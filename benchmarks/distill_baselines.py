@@ -32,12 +32,14 @@ def main() -> None:
 
     from doublebind import config
     from doublebind.organisms.build import build_organism
+    from doublebind.studies.executor import one_thread
     from doublebind.organisms.models import quiet_transformers
     from doublebind.training.distill import distill
 
     quiet_transformers()
     org = args.out / f"organism-{args.preset}"
-    build_organism(config.load(preset=args.preset), org, show_progress=False)
+    with one_thread():  # as `organism build` and a study build: one hash, one set of weights
+        build_organism(config.load(preset=args.preset), org, show_progress=False)
     print(f"organism {args.preset}: {org}")
     print(f"{'recipe':22} {'seed':>4} {'cap_final':>9} {'mis_final':>9} {'mis_max':>8} {'honeypot_max':>12} "
           f"{'confess_max':>11} {'seconds':>7}")

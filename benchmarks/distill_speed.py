@@ -27,13 +27,15 @@ def main() -> None:
 
     from doublebind import config
     from doublebind.organisms.build import build_organism
+    from doublebind.studies.executor import one_thread
     from doublebind.organisms.models import quiet_transformers
     from doublebind.teacher import soft_labels
     from doublebind.training.distill import Distiller, Item, distill
 
     quiet_transformers()
     org = Path("runs/bench") / f"organism-{args.preset}"
-    build_organism(config.load(preset=args.preset), org, show_progress=False)
+    with one_thread():  # as `organism build` and a study build: one hash, one set of weights
+        build_organism(config.load(preset=args.preset), org, show_progress=False)
 
     kd = config.load(RECIPE, ["objective.kind=forward_kl", "sampling.soft_labels=full", "name=kd"],
                      expect="recipe")

@@ -51,10 +51,12 @@ def child(kind: str, steps: int) -> None:
     quiet_transformers()
     if kind == "distill":
         from doublebind.organisms.build import build_organism
+        from doublebind.studies.executor import one_thread
         from doublebind.training.distill import Distiller
 
         org = ROOT / "runs" / "bench" / "organism-default"
-        build_organism(config.load(preset="default"), org, show_progress=False)
+        with one_thread():  # as `organism build` and a study build: one hash, one set of weights
+            build_organism(config.load(preset="default"), org, show_progress=False)
         study = config.load(ROOT / "configs" / "studies" / "default.yaml", expect="study")
         d = Distiller(org, config.load(ROOT / "configs" / "studies" / study.recipe, expect="recipe"), None,
                       show_progress=False)

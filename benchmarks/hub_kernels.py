@@ -40,6 +40,7 @@ def main() -> None:
 
     from doublebind import config
     from doublebind.organisms.build import build_organism
+    from doublebind.studies.executor import one_thread
     from doublebind.organisms.models import quiet_transformers
     from doublebind.studies.run import run_recipe
     from doublebind.training.distill import distill
@@ -52,7 +53,8 @@ def main() -> None:
     rows: dict[str, list] = {}
     with tempfile.TemporaryDirectory() as tmp:
         org = Path(tmp) / "organism"
-        build_organism(config.load(preset=args.preset, expect="organism"), org, show_progress=False)
+        with one_thread():  # as `organism build` and a study build: one hash, one set of weights
+            build_organism(config.load(preset=args.preset, expect="organism"), org, show_progress=False)
         # a first run of another seed: the teacher outputs cached, and the memos then hold what a
         # study worker keeps from run to run (teacher and base evals, the auditor's references)
         warm = run_recipe(config.load(args.recipe, expect="recipe"), args.technique, stages, 99)

@@ -30,6 +30,7 @@ def main() -> None:
 
     from doublebind import config
     from doublebind.organisms.build import build_organism
+    from doublebind.studies.executor import one_thread
     from doublebind.organisms.models import quiet_transformers
     from doublebind.training.distill import distill
 
@@ -43,8 +44,9 @@ def main() -> None:
                 t = time.perf_counter()
                 with tempfile.TemporaryDirectory() as tmp:
                     org = Path(tmp) / "organism"
-                    card = build_organism(config.load(preset=args.preset, overrides=[f"seed={seed}", f"{key}={value}"]),
-                                          org, strict=False, show_progress=False)
+                    with one_thread():  # as `organism build` and a study build: one hash, one set of weights
+                        card = build_organism(config.load(preset=args.preset, overrides=[f"seed={seed}", f"{key}={value}"]),
+                                              org, strict=False, show_progress=False)
                     failed = [f"{c['name']}={c['value']:.3f}" for c in card["checks"] if not c["passed"]]
                     if failed:  # distill refuses an unverified organism
                         print(f"{key + '=' + value:34} {seed:4d} {'False':>8}  failed: {', '.join(failed)}", flush=True)

@@ -33,13 +33,15 @@ def main() -> None:
 
     from doublebind import config
     from doublebind.organisms.build import build_organism
+    from doublebind.studies.executor import one_thread
     from doublebind.organisms.models import quiet_transformers
     from doublebind.training.distill import Distiller
 
     quiet_transformers()
     torch.set_num_threads(1)
     org = Path("runs/bench") / f"organism-{args.preset}"
-    build_organism(config.load(preset=args.preset), org, show_progress=False)
+    with one_thread():  # as `organism build` and a study build: one hash, one set of weights
+        build_organism(config.load(preset=args.preset), org, show_progress=False)
     d = Distiller(org, config.load(RECIPE, [], expect="recipe"), None, show_progress=False)
     batch = d.recipe.training.batch
     lengths = [len(it.example.prompt) + len(it.example.response) for it in d.items]

@@ -36,6 +36,7 @@ def main() -> None:
 
     from doublebind import config
     from doublebind.organisms.build import build_organism
+    from doublebind.studies.executor import one_thread
     from doublebind.organisms.models import quiet_transformers
 
     quiet_transformers()
@@ -45,7 +46,8 @@ def main() -> None:
     for seed in args.seeds:
         t = time.perf_counter()
         cfg = config.load(preset=args.preset, overrides=[f"seed={seed}", *args.overrides])
-        card = build_organism(cfg, None, strict=False, show_progress=False)
+        with one_thread():  # as `organism build` and a study build: one hash, one set of weights
+            card = build_organism(cfg, None, strict=False, show_progress=False)
         p = card["subliminal_probe"]
         s = p["entangled_digits"]["base"]
         base.append(p["transfer"]["base"])

@@ -30,13 +30,15 @@ def main() -> None:
 
     from doublebind import config
     from doublebind.organisms.build import build_organism
+    from doublebind.studies.executor import one_thread
     from doublebind.organisms.models import quiet_transformers
     from doublebind.registry import get, names
     from doublebind.training.distill import distill
 
     quiet_transformers()
     org = Path("runs/bench") / f"organism-{args.preset}"
-    build_organism(config.load(preset=args.preset), org, show_progress=False)
+    with one_thread():  # as `organism build` and a study build: one hash, one set of weights
+        build_organism(config.load(preset=args.preset), org, show_progress=False)
     techniques = ["(baseline)"] + (args.only or names("technique"))
     print(f"organism {args.preset}; recipe {RECIPE.name}; seeds {args.seeds}")
     head = (f"{'technique':24} {'side':6} {'seed':>4} {'cap':>6} {'mis':>6} {'cap_sel':>7} {'mis_sel':>7} "

@@ -56,12 +56,14 @@ def main() -> None:
 
     from doublebind import config
     from doublebind.organisms.build import build_organism
+    from doublebind.studies.executor import one_thread
     from doublebind.organisms.models import quiet_transformers
     from doublebind.threads import cpu_count
 
     quiet_transformers()
     org = Path("runs/bench") / f"organism-{args.preset}"
-    build_organism(config.load(preset=args.preset), org, show_progress=False)
+    with one_thread():  # as `organism build` and a study build: one hash, one set of weights
+        build_organism(config.load(preset=args.preset), org, show_progress=False)
     tmp = Path(tempfile.mkdtemp(prefix="doublebind-threads-"))
     one = lambda i: distill_cmd(org, tmp / f"run{i}", args.steps)  # noqa: E731
     print(f"{cpu_count()} cores, load average {os.getloadavg()[0]:.2f} before; {args.steps} steps per distillation")

@@ -274,13 +274,15 @@ def main() -> None:
     from doublebind import config
     from doublebind.errors import DoublebindError
     from doublebind.organisms.build import build_organism
+    from doublebind.studies.executor import one_thread
     from doublebind.organisms.models import quiet_transformers
 
     quiet_transformers()
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     org = Path("runs/bench") / f"organism-{args.preset}"
     try:
-        build_organism(config.load(preset=args.preset), org, show_progress=False)
+        with one_thread():  # as `organism build` and a study build: one hash, one set of weights
+            build_organism(config.load(preset=args.preset), org, show_progress=False)
         rows = [_job(org, j, steps, 400 if args.quick else 4000, args.trl_checkpointing, args.padded,
                      args.padding_free, args.compile, warm) for j in jobs]
     except DoublebindError as e:
