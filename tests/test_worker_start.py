@@ -291,3 +291,42 @@ def test_spawned_workers_of_a_main_process_that_is_pid_1_run(tmp_path):
                          capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip() == "1 [('a', 1), ('b', 1)]"
+
+
+def _half_build(key: str, folder: str):
+    """A job stand-in: "slow" leaves a half-built folder until it is stopped, and removes it
+    on the way out as `place_organism` drops an unfinished build; "fast" ends once it exists."""
+    import shutil
+    import time
+
+    marker = Path(folder) / "half-built"
+    if key == "fast":
+        while not marker.exists():
+            time.sleep(0.02)
+        return key
+    marker.mkdir()
+    try:
+        time.sleep(120)
+    except BaseException:
+        shutil.rmtree(marker)
+        (Path(folder) / "cleaned").write_text(str(os.getpid()))
+        raise
+    return key
+
+
+def test_a_stopped_pool_lets_the_job_in_flight_clean_up(monkeypatch, tmp_path):
+    """A Ctrl-C in the main process terminates the busy workers. SIGTERM killed them outright,
+    so a build in flight left its `.<hash>.tmp<pid>` folder in the cache, where the README
+    promised that a study's placement removes it."""
+    import time
+
+    monkeypatch.delenv(executor.START_ENV, raising=False)
+
+    def interrupted(key, result):
+        raise KeyboardInterrupt  # as Ctrl-C would, while "slow" is in flight
+
+    t = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        executor.run_jobs(_half_build, {k: (k, str(tmp_path)) for k in ("slow", "fast")}, 2, interrupted)
+    assert time.perf_counter() - t < 60  # stopped, not waited for
+    assert not (tmp_path / "half-built").exists() and (tmp_path / "cleaned").is_file()

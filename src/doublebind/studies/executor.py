@@ -442,9 +442,29 @@ def _alive(pid: int) -> bool:
     return True
 
 
+class _Terminated(BaseException):
+    """SIGTERM in a worker (the pool's `close`), raised so that a job's own clean-up runs."""
+
+
+def _terminated(signum, frame) -> None:
+    raise _Terminated
+
+
 def _worker_main(conn, fn_ref: str, parent_pid: int, package: str | None = None,
                  pythonpath: str | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the main process acts on it
+    # Stopped mid-job (Ctrl-C or a failure in the main process), a job unwinds as from an
+    # error, so what it cleans up on one is cleaned up (a half-built organism in the cache);
+    # then the worker dies of the signal, as it would have at once.
+    signal.signal(signal.SIGTERM, _terminated)
+    try:
+        _serve(conn, fn_ref, parent_pid, package, pythonpath)
+    except _Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _serve(conn, fn_ref: str, parent_pid: int, package: str | None, pythonpath: str | None) -> None:
     _die_with_parent(parent_pid)
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
     if pythonpath is None:  # the main process's own (`_start_server` may have set the server's)
@@ -483,5 +503,7 @@ def _worker_main(conn, fn_ref: str, parent_pid: int, package: str | None = None,
             continue
         try:
             conn.send(("ok", index, fn(*args), ""))
+        except _Terminated:
+            raise
         except BaseException as e:  # noqa: BLE001 (every failure goes back to the main process)
             conn.send(("error", index, _portable(e), traceback.format_exc()))
