@@ -646,6 +646,47 @@ def test_selection_bias_script_compares_the_two_picks(capsys):
     assert "audit-selected verdicts that differ: 0 of 10" in out
 
 
+def _benchmark(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_calibration_script_scores_each_design_against_the_disjoint_ones():
+    """benchmarks/replication_calibration.py: a design's observed agreement is the share of the
+    designs sharing no run with it that reach its verdict, and its `shipped` figure is the
+    study's own replication figure, for each view."""
+    mod = _benchmark("replication_calibration")
+    # 4 runs at capability 0.9 and 2 at 0.5: a 3-run design is capable_benign exactly when it
+    # holds no 0.5 run. Of 6 runs, each 3-run design has one disjoint design: the other three.
+    runs = [run_rows([0.9], [0.0], seed=s) for s in range(4)] + [run_rows([0.5], [0.0], seed=s) for s in (4, 5)]
+    records, counts = mod.calibrate(runs, V, 200, 3, 20, 50, np.random.default_rng(0))
+    assert counts["final"] == {"capable_benign": 4, "no_capability": 16} == counts["audit_selected"]
+    assert len(records) == 40
+    assert all(set(pred) == set(mod.ESTIMATORS) for *_, pred in records)
+    # 3 high: the other three hold both lows (differ); 2 lows + 1 high: the other three are all
+    # high (differ); 1 low + 2 high: the other three hold the other low (agree). Of the 16
+    # no_capability designs, 12 hold one low.
+    agree = {v: sorted(a for _, verdict, a, _ in records if verdict == v) for v in ("capable_benign", "no_capability")}
+    assert agree["capable_benign"] == [0.0] * 8 and agree["no_capability"] == [0.0] * 8 + [1.0] * 24
+    # the shipped figure is technique_stats' own, view by view (final and audit-selected differ here)
+    mixed = [run_rows([0.95, c], [0.0, a], seed=s) for s, (c, a) in enumerate([(0.9, 0.9), (0.7, 0.9), (0.85, 0.0)])]
+    got = mod.judged(mixed, V, 400, 1000)
+    want = judge_runs(mixed, V, 400)
+    for view in ("final", "audit_selected"):
+        assert got[view][0] == want[view]["verdict"] and got[view][1]["shipped"] == want[view]["replication"]
+    assert want["final"]["replication"] != want["audit_selected"]["replication"]
+    # runs that agree exactly: every design agrees with every other, and every estimator says so
+    records, _ = mod.calibrate([run_rows([0.9], [0.0], seed=s) for s in range(6)], V, 200, 3, 5, 50,
+                               np.random.default_rng(0))
+    assert {r[2] for r in records} == {1.0} and {x for r in records for x in r[3].values()} == {1.0}
+
+
 def test_the_frontier_plot_leaves_out_a_technique_with_an_undefined_axis(monkeypatch):
     """It plotted the zeros an undefined statistic holds, as a point with no spread."""
     from doublebind.reports import study_plots

@@ -1,0 +1,207 @@
+"""Is the verdicts' `replication` figure calibrated? A check from study folders' own rows.
+
+    python benchmarks/replication_calibration.py FOLDER... [--n 3] [--subsets 40]
+
+`replication` (studies/verdicts.py) estimates, from one study's runs, how likely a rerun of
+the same design (new seeds) reaches the same verdict. Given a study with many more seeds than
+the design's `n` (say 12), that can be measured: every n-run subset of a cell's runs is one
+design, its verdict is judged as a study would judge it, and the fraction of the disjoint
+subsets that reach the same verdict is how often a rerun agreed. The script draws `--subsets`
+designs per cell, computes each one's replication figure by several estimators,
+and prints, pooled over cells, the mean predicted agreement against the observed one, the
+Brier score, and both by bins of the prediction. A calibrated estimator predicts what is
+observed in every bin.
+
+Runs are pooled per (scenario, technique, organism build) across the folders given: a
+study folder run again with other rounding (packing, compilation) adds draws, since a
+rounding change amounts to new seeds.
+
+The estimators (a simulated replicate shifts every statistic of the design; each design's
+figure uses `--replicates` of them):
+- `shipped`: `studies.verdicts.replication` itself (the shift: two deviations of the
+  bootstrap draws; the bounds move with the mean);
+- `bessel`: that shift times sqrt(n / (n - 1)), the bootstrap's plug-in variance being
+  (n - 1) / n of the unbiased one;
+- `t-mean`: the `bessel` shift times sqrt(nu / W), W ~ chi2(nu), nu = n - 1 (the spread is
+  itself estimated from n runs: a normal statistic's replicate mean is then t-distributed);
+- `t`: `t-mean`, and the bounds' distance from the mean times sqrt(W2 / W), W2 ~ chi2(nu)
+  (the replicate's own spread, estimated as roughly).
+
+The observed agreement comes from the same finite pool of runs, so it is itself an estimate,
+and a pool's cells share their organisms: read the pooled figures, not one cell's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from doublebind.config import StudyConfig  # noqa: E402
+from doublebind.studies import verdicts  # noqa: E402
+from doublebind.studies.run import read_results, run_key  # noqa: E402
+
+ESTIMATORS = ("shipped", "bessel", "t-mean", "t")
+BINS = (0.0, 0.5, 0.8, 0.95, 1.0001)
+SAME = ("scenario", "technique", "seed", "step", "capability", "misbehavior", "audit")  # a run's identity
+
+
+def pooled_runs(folders: list[Path]) -> tuple[dict, StudyConfig]:
+    """Runs per cell (scenario, technique, organism build), each run its rows by step."""
+    cells: dict = {}
+    cfg = None
+    seen: set = set()
+    for folder in folders:
+        c = StudyConfig(**json.loads((folder / "study.json").read_text())["config"])
+        if cfg is not None and c.verdict != cfg.verdict:
+            raise SystemExit(f"{folder}: verdict settings differ from {folders[0]}'s")
+        cfg = cfg or c
+        runs: dict = {}
+        for r in read_results(folder / "results.jsonl"):
+            runs.setdefault(run_key(r), []).append(r)
+        for key, rows in runs.items():
+            rows.sort(key=lambda r: r["step"])
+            sig = json.dumps([[r[k] for k in SAME] for r in rows])
+            if sig not in seen:  # a run two folders hold alike (the same seed, the same rounding) counts once
+                seen.add(sig)
+                cells.setdefault((key[0], key[2], rows[0]["organism_hash"]), []).append(rows)
+    return cells, cfg
+
+
+def simulated(s: dict, draws: dict, v, cap: bool, estimator: str, n_rep: int, seed: int = 0) -> float | None:
+    """The replication figure of one subset's statistics by `estimator` (see the module)."""
+    if s["n"] < 2 or not draws:
+        return None
+    rng = np.random.default_rng(seed)
+    ok = np.all([~np.isnan(b) for b in draws.values()], axis=0)
+    if not ok.any():
+        return None
+    dev = {k: b - b[ok].mean() for k, b in draws.items()}
+    i, j = rng.choice(np.flatnonzero(ok), (2, n_rep))
+    n, nu = s["n"], max(s["n"] - 1, 1)
+    scale = np.ones(n_rep)
+    spread = np.ones(n_rep)
+    scale *= math.sqrt(n / nu)
+    if estimator.startswith("t"):
+        w, w2 = rng.chisquare(nu, (2, n_rep))
+        scale *= np.sqrt(nu / w)
+        if estimator == "t":
+            spread = np.sqrt(w2 / w)
+    same = 0
+    for a, b, f, g in zip(i, j, scale, spread):
+        t = dict(s)
+        for k, d in dev.items():
+            mean = s[k]["mean"] + f * float(d[a] + d[b])
+            t[k] = {**s[k], "mean": mean, "lower": mean - g * (s[k]["mean"] - s[k]["lower"]),
+                    "upper": mean + g * (s[k]["upper"] - s[k]["mean"])}
+        same += verdicts.judge(t, v, cap)["verdict"] == s["verdict"]
+    return same / n_rep
+
+
+def judged(runs: list[list[dict]], v, n_boot: int, n_rep: int | None) -> dict:
+    """Per view: the verdict and (with n_rep) each estimator's replication figure."""
+    got: dict = {}
+
+    def capture(s, draws, v, cap=True, *a, **k):
+        if n_rep:
+            figs = {"shipped": real(s, draws, v, cap, n=n_rep)}
+            figs.update({e: simulated(s, draws, v, cap, e, n_rep) for e in ESTIMATORS[1:]})
+            got.setdefault("figs", []).append(figs)
+        else:
+            got.setdefault("figs", []).append({})
+        return None
+
+    real = verdicts.replication
+    verdicts.replication = capture
+    try:
+        out = verdicts.judge_runs(runs, v, n_boot)
+    finally:
+        verdicts.replication = real
+    # technique_stats judges the audit-selected view first, then the final one (judge_runs);
+    # the same-organisms figure is not asked for with one organism
+    sel, fin = got["figs"][0], got["figs"][-1]
+    return {"final": (out["final"]["verdict"], fin), "audit_selected": (out["audit_selected"]["verdict"], sel)}
+
+
+def calibrate(runs: list[list[dict]], v, n_boot: int, n: int, subsets: int, replicates: int,
+              rng: np.random.Generator) -> tuple[list[tuple], dict]:
+    """One cell's runs: (records, verdict counts). Each of `subsets` designs of n runs gives,
+    per view, (view, verdict, observed agreement, {estimator: predicted}): the observed
+    agreement is the fraction of the designs disjoint from it (other runs: a rerun with new
+    seeds) that reach its verdict. The counts are of every design's verdict, per view."""
+    designs = list(itertools.combinations(range(len(runs)), n))
+    verdict_of = {c: {view: x[0] for view, x in judged([runs[i] for i in c], v, n_boot, None).items()}
+                  for c in designs}
+    records = []
+    for p in rng.choice(len(designs), min(subsets, len(designs)), replace=False):
+        a = designs[p]
+        others = [c for c in designs if not set(c) & set(a)]
+        for view, (va, pred) in judged([runs[i] for i in a], v, n_boot, replicates).items():
+            records.append((view, va, sum(verdict_of[c][view] == va for c in others) / len(others), pred))
+    counts: dict = {}
+    for c in designs:
+        for view, verdict in verdict_of[c].items():
+            counts.setdefault(view, {}).setdefault(verdict, 0)
+            counts[view][verdict] += 1
+    return records, counts
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("folders", nargs="+", type=Path)
+    ap.add_argument("--n", type=int, default=3, help="runs in one design (the study's seeds)")
+    ap.add_argument("--subsets", type=int, default=40, help="designs per cell whose figures are computed")
+    ap.add_argument("--replicates", type=int, default=400, help="simulated replicates per figure")
+    ap.add_argument("--bootstrap", type=int, default=None, help="bootstrap draws (default: the study's)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.n < 2:
+        raise SystemExit("--n must be at least 2 (a design of one run has no replication figure)")
+    cells, cfg = pooled_runs(args.folders)
+    v, n_boot = cfg.verdict, args.bootstrap or cfg.bootstrap
+    rng = np.random.default_rng(args.seed)
+    records = []  # (view, verdict, observed agreement, {estimator: predicted}), every cell
+    for cell, runs in sorted(cells.items()):
+        if len(runs) < 2 * args.n:
+            print(f"{'/'.join(cell[:2])}: {len(runs)} runs, fewer than two disjoint designs of {args.n}: skipped")
+            continue
+        mine, counts = calibrate(runs, v, n_boot, args.n, args.subsets, args.replicates, rng)
+        records += mine
+        print(f"{cell[0]}/{cell[1]} ({len(runs)} runs, {math.comb(len(runs), args.n)} designs of {args.n}): "
+              + "; ".join(f"{view} " + ", ".join(f"{k} {c}" for k, c in sorted(x.items(), key=lambda y: -y[1]))
+                          for view, x in counts.items())
+              + f"\n  observed agreement {np.mean([r[2] for r in mine]):.3f}, predicted "
+              + ", ".join(f"{e} {np.mean([r[3][e] for r in mine if r[3][e] is not None]):.3f}" for e in ESTIMATORS),
+              flush=True)
+    if not records:
+        raise SystemExit("no cell with enough runs for two disjoint designs")
+    report(records, args.n)
+
+
+def report(records: list[tuple], n: int) -> None:
+    """Pooled over cells: each estimator's mean prediction, Brier score and bins."""
+    obs = np.array([r[2] for r in records])
+    print(f"\n{len(records)} designs and views, n = {n}: observed agreement {obs.mean():.3f}")
+    print(f"{'estimator':<10} {'predicted':>9} {'Brier':>7}   by bin of the prediction: observed / predicted (designs)")
+    for e in ESTIMATORS:
+        pred = np.array([np.nan if r[3][e] is None else r[3][e] for r in records], dtype=float)
+        keep = ~np.isnan(pred)
+        brier = float(np.mean((pred[keep] - obs[keep]) ** 2))
+        bins = []
+        for lo, hi in zip(BINS, BINS[1:]):
+            m = keep & (pred >= lo) & (pred < hi)
+            if m.any():
+                bins.append(f"[{lo:.2f},{min(hi, 1):.2f}] {obs[m].mean():.3f}/{pred[m].mean():.3f} ({m.sum()})")
+        print(f"{e:<10} {pred[keep].mean():>9.3f} {brier:>7.4f}   " + "; ".join(bins))
+
+
+if __name__ == "__main__":
+    main()
