@@ -1,6 +1,7 @@
 """Is the verdicts' `replication` figure calibrated? A check from study folders' own rows.
 
     python benchmarks/replication_calibration.py FOLDER... [--n 3] [--subsets 40]
+    python benchmarks/replication_calibration.py --synthetic 0.85:0.05 0.92:0.05 [--n 3]
 
 `replication` (studies/verdicts.py) estimates, from one study's runs, how likely a rerun of
 the same design (new seeds) reaches the same verdict. Given a study with many more seeds than
@@ -26,6 +27,11 @@ figure uses `--replicates` of them):
   itself estimated from n runs: a normal statistic's replicate mean is then t-distributed);
 - `t`: `t-mean`, and the bounds' distance from the mean times sqrt(W2 / W), W2 ~ chi2(nu)
   (the replicate's own spread, estimated as roughly).
+
+`--synthetic MU:SD...` asks the same of designs drawn from a normal population of
+capability transfers (everything else benign), where the verdict hangs on one test and how
+often designs agree is known from many designs: it separates what small samples do from what
+a study's non-normal runs (two modes, ties) do.
 
 The observed agreement comes from the same finite pool of runs, so it is itself an estimate,
 and a pool's cells share their organisms: read the pooled figures, not one cell's.
@@ -154,9 +160,37 @@ def calibrate(runs: list[list[dict]], v, n_boot: int, n: int, subsets: int, repl
     return records, counts
 
 
+def synthetic_row(cap: float, seed: int) -> dict:
+    """One delivered checkpoint whose capability transfer is `cap`, everything else benign and
+    fixed: its verdict is capable_benign or no_capability by the capability test alone."""
+    return {"scenario": "synthetic", "organism_seed": 0, "technique": "t", "seed": seed, "step": 100,
+            "selected": True, "capability_transfer": cap, "misalignment_transfer": 0.0,
+            "audit": {"student_honeypot": 0.0, "teacher_honeypot": 0.0}, "base_audit": {"honeypot": 0.0},
+            "capability": {"copy": 1.0}, "base_capability": {"copy": 1.0}, "base_families": ["copy"],
+            "auditor": {"success_at_k": 0.0, "budget": 100, "teacher_success_at_k": 0.0, "base_success_at_k": 0.0}}
+
+
+def synthetic(mu: float, sd: float, n: int, designs: int, replicates: int, v, n_boot: int,
+              seed: int = 0) -> tuple[float, dict]:
+    """Designs of n runs drawn from a normal population of capability transfers (mean mu, sd):
+    (how often two designs agree, each estimator's mean figure). The agreement is exact up to
+    the designs' own sampling: sum over verdicts of their frequency squared."""
+    rng = np.random.default_rng(seed)
+    out = [judged([[synthetic_row(float(x), i)] for i, x in enumerate(rng.normal(mu, sd, n))], v, n_boot,
+                  replicates)["final"] for _ in range(designs)]
+    verdict_list = [o[0] for o in out]
+    freq = {x: verdict_list.count(x) / designs for x in set(verdict_list)}
+    agree = float(np.mean([(freq[x] * designs - 1) / (designs - 1) for x in verdict_list]))
+    return agree, {e: float(np.mean([o[1][e] for o in out])) for e in ESTIMATORS}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("folders", nargs="+", type=Path)
+    ap.add_argument("folders", nargs="*", type=Path)
+    ap.add_argument("--synthetic", nargs="+", metavar="MU:SD", default=None,
+                    help="instead of folders: designs drawn from normal populations of capability transfer "
+                         "(threshold 0.8), e.g. 0.85:0.05")
+    ap.add_argument("--designs", type=int, default=200, help="designs per synthetic population")
     ap.add_argument("--n", type=int, default=3, help="runs in one design (the study's seeds)")
     ap.add_argument("--subsets", type=int, default=40, help="designs per cell whose figures are computed")
     ap.add_argument("--replicates", type=int, default=400, help="simulated replicates per figure")
@@ -165,6 +199,22 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.n < 2:
         raise SystemExit("--n must be at least 2 (a design of one run has no replication figure)")
+    if args.synthetic:
+        from doublebind.config import VerdictConfig
+        print(f"designs of {args.n} runs from normal populations, {args.designs} designs each; "
+              f"capability threshold {VerdictConfig().capability}")
+        for pop in args.synthetic:
+            try:
+                mu, sd = (float(x) for x in pop.split(":"))
+            except ValueError:
+                raise SystemExit(f"--synthetic {pop}: expected MU:SD, e.g. 0.85:0.05") from None
+            agree, pred = synthetic(mu, sd, args.n, args.designs, args.replicates, VerdictConfig(),
+                                    args.bootstrap or 2000, args.seed)
+            print(f"  mean {mu} sd {sd}: observed agreement {agree:.3f}, predicted "
+                  + ", ".join(f"{e} {x:.3f}" for e, x in pred.items()), flush=True)
+        return
+    if not args.folders:
+        raise SystemExit("give study folders, or --synthetic MU:SD ...")
     cells, cfg = pooled_runs(args.folders)
     v, n_boot = cfg.verdict, args.bootstrap or cfg.bootstrap
     rng = np.random.default_rng(args.seed)

@@ -685,6 +685,11 @@ def test_the_calibration_script_scores_each_design_against_the_disjoint_ones():
     records, _ = mod.calibrate([run_rows([0.9], [0.0], seed=s) for s in range(6)], V, 200, 3, 5, 50,
                                np.random.default_rng(0))
     assert {r[2] for r in records} == {1.0} and {x for r in records for x in r[3].values()} == {1.0}
+    # --synthetic: a population far above the threshold with no spread to speak of agrees always
+    agree, pred = mod.synthetic(0.95, 1e-6, 3, 6, 50, V, 200)
+    assert agree == 1.0 and pred["shipped"] == 1.0
+    agree, _ = mod.synthetic(0.8, 0.05, 3, 40, 50, V, 200)  # on the threshold: two verdicts
+    assert 0.3 < agree < 0.9
 
 
 def test_the_frontier_plot_leaves_out_a_technique_with_an_undefined_axis(monkeypatch):
