@@ -330,3 +330,34 @@ def test_a_stopped_pool_lets_the_job_in_flight_clean_up(monkeypatch, tmp_path):
         executor.run_jobs(_half_build, {k: (k, str(tmp_path)) for k in ("slow", "fast")}, 2, interrupted)
     assert time.perf_counter() - t < 60  # stopped, not waited for
     assert not (tmp_path / "half-built").exists() and (tmp_path / "cleaned").is_file()
+
+
+def test_ctrl_c_while_the_server_imports_neither_kills_it_nor_prints_a_traceback(monkeypatch, tmp_path, capfd):
+    """Ctrl-C reaches the whole process group. The server ignored SIGINT only after its
+    imports, so one arriving in its first seconds killed it with a KeyboardInterrupt traceback
+    printed over the study's own message; it now starts ignoring SIGINT, and this process's
+    own handler is back once it has started."""
+    import signal
+    import time
+    from multiprocessing import forkserver
+
+    (tmp_path / "doublebind_slow_preload.py").write_text("import time\ntime.sleep(2)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv(executor.START_ENV, raising=False)
+    monkeypatch.setattr(executor, "PRELOAD", (*executor.PRELOAD, "doublebind_slow_preload"))
+    monkeypatch.setenv("DOUBLEBIND_TEST_START", "slow")  # a new server, importing for 2 s more
+    handler = signal.getsignal(signal.SIGINT)
+    executor.warm_up()
+    pid = forkserver._forkserver._forkserver_pid
+    assert signal.getsignal(signal.SIGINT) is handler
+    status = Path(f"/proc/{pid}/status").read_text()
+    ignored = int(next(line for line in status.splitlines() if line.startswith("SigIgn")).split()[1], 16)
+    assert ignored & (1 << (signal.SIGINT - 1)), "the server does not ignore SIGINT while it imports"
+    os.kill(pid, signal.SIGINT)
+    time.sleep(0.5)
+    assert not Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")  # still alive
+    got = _pool()  # and its workers run
+    assert {r["ppid"] for r in got.values()} == {pid}
+    assert "KeyboardInterrupt" not in capfd.readouterr().err
+    monkeypatch.setenv("DOUBLEBIND_TEST_START", "fast")
+    monkeypatch.setattr(executor, "PRELOAD", executor.PRELOAD[:-1])

@@ -210,17 +210,37 @@ def _start_server(server) -> None:
     import sys
 
     if sys.version_info >= (3, 12):  # below, also for a server that died: its restart needs the path too
-        server.ensure_running()
+        with _sigint_ignored():
+            server.ensure_running()
         return
     before = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     try:
-        server.ensure_running()
+        with _sigint_ignored():
+            server.ensure_running()
     finally:
         if before is None:
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = before
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored while the fork server is started, so that it starts ignoring it: Ctrl-C
+    reaches the whole process group, and a server still making its imports (about 4 s; it
+    ignores SIGINT only after them) died of it with a KeyboardInterrupt traceback over the
+    study's own message. The main process acts on Ctrl-C and stops the server; its workers
+    ignore SIGINT anyway. The main process ignores it only while the server is spawned."""
+    before = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or before is None:
+        yield  # only the main thread may set handlers; None: one set outside Python, not restorable
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def _stop_server(server) -> None:
