@@ -8,6 +8,7 @@
     python benchmarks/vs_trl.py --padding-free          # TRL's SFTTrainer padding-free too
     python benchmarks/vs_trl.py --padded                # doublebind without sequence packing
     python benchmarks/vs_trl.py --compile               # both compiled: training.compile, TRL torch_compile
+    python benchmarks/vs_trl.py --abba                  # each side timed twice: doublebind, TRL, TRL, doublebind
 
 Two jobs, each run once by doublebind and once by TRL, with the same student weights at
 step 0, the same examples in the same order (the items doublebind's seeded sampler draws,
@@ -182,7 +183,7 @@ def _trl_run(job: str, student, teacher, items, batch: int, steps: int, recipe, 
 
 
 def _job(org: Path, job: str, steps: int, prompts: int, checkpointing: bool = False, padded: bool = False,
-         padding_free: bool = False, compile: bool = False, warm: int = 1) -> dict:
+         padding_free: bool = False, compile: bool = False, warm: int = 1, abba: bool = False) -> dict:
     import torch
 
     from doublebind import config
@@ -210,16 +211,28 @@ def _job(org: Path, job: str, steps: int, prompts: int, checkpointing: bool = Fa
         for p in twin.accelerator.unwrap_model(twin.model).parameters():
             p.mul_(1 + 1e-7 * torch.randn(p.shape, generator=gen))
     twin_losses, _ = _doublebind_run(twin, steps)
-    with tempfile.TemporaryDirectory() as tmp:
-        torch.manual_seed(recipe.seed)
-        trl_losses, trl_s = _trl_run(job, init, teacher, items, batch, steps, recipe, _tokenizer(d),
-                                     _pad_id(d), Path(tmp), checkpointing, padding_free and job == "sft", compile, warm)
-    if len(trl_losses) != steps:
-        _fail(f"TRL logged {len(trl_losses)} losses for {steps} steps")
-    return {"job": job, "db_tps": tokens / db_s[0], "trl_tps": tokens / trl_s[0], "cpu_ratio": trl_s[1] / db_s[1],
-            "db_loss": db_losses[-1], "trl_loss": trl_losses[-1], "twin_loss": twin_losses[-1],
-            "d_first": abs(db_losses[0] - trl_losses[0]),
-            "agree": _agree(db_losses, trl_losses), "twin_agree": _agree(db_losses, twin_losses)}
+    def trl(student) -> tuple[list[float], tuple[float, float]]:
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.manual_seed(recipe.seed)
+            got = _trl_run(job, student, teacher, items, batch, steps, recipe, _tokenizer(d), _pad_id(d), Path(tmp),
+                           checkpointing, padding_free and job == "sft", compile, warm)
+        if len(got[0]) != steps:
+            _fail(f"TRL logged {len(got[0])} losses for {steps} steps")
+        return got
+
+    again = copy.deepcopy(init) if abba else None  # TRL trains the student it is given
+    trl_losses, trl_s = trl(init)
+    out = {"job": job, "db_loss": db_losses[-1], "trl_loss": trl_losses[-1], "twin_loss": twin_losses[-1],
+           "d_first": abs(db_losses[0] - trl_losses[0]),
+           "agree": _agree(db_losses, trl_losses), "twin_agree": _agree(db_losses, twin_losses)}
+    if abba:  # TRL again, then doublebind again: a drift of the machine's speed cancels out of the means
+        trl2_losses, trl2_s = trl(again)
+        db2_losses, db2_s = _doublebind_run(Distiller(org, recipe, None, show_progress=False), steps, warm)
+        out["repeats_equal"] = db2_losses == db_losses and trl2_losses == trl_losses
+        out["halves"] = (tokens / db_s[0] / (tokens / trl_s[0]), tokens / db2_s[0] / (tokens / trl2_s[0]))
+        db_s = ((db_s[0] + db2_s[0]) / 2, (db_s[1] + db2_s[1]) / 2)
+        trl_s = ((trl_s[0] + trl2_s[0]) / 2, (trl_s[1] + trl2_s[1]) / 2)
+    return {**out, "db_tps": tokens / db_s[0], "trl_tps": tokens / trl_s[0], "cpu_ratio": trl_s[1] / db_s[1]}
 
 
 def _agree(a: list[float], b: list[float], rel: float = 1e-4) -> int:
@@ -251,6 +264,9 @@ def main() -> None:
                          "positions restarting); GKDTrainer has no such mode and pads")
     ap.add_argument("--compile", action="store_true",
                     help="compile both sides: doublebind training.compile, TRL's torch_compile")
+    ap.add_argument("--abba", action="store_true",
+                    help="time each side twice, in the order doublebind, TRL, TRL, doublebind, and rate each by "
+                         "the mean of its two timings")
     ap.add_argument("--warmup", type=int, default=None,
                     help="first steps left out of the timing (default 1; 10 with --compile)")
     args = ap.parse_args()
@@ -284,14 +300,15 @@ def main() -> None:
         with one_thread():  # as `organism build` and a study build: one hash, one set of weights
             build_organism(config.load(preset=args.preset), org, show_progress=False)
         rows = [_job(org, j, steps, 400 if args.quick else 4000, args.trl_checkpointing, args.padded,
-                     args.padding_free, args.compile, warm) for j in jobs]
+                     args.padding_free, args.compile, warm, args.abba) for j in jobs]
     except DoublebindError as e:
         _fail(str(e))
     print(f"doublebind vs TRL {trl.__version__} ({args.preset} organism, {steps} steps, batch 32, fp32, "
           f"{torch.get_num_threads()} thread(s); TRL gradient checkpointing {'on' if args.trl_checkpointing else 'off'}; "
           f"doublebind {'padded' if args.padded else 'packed'}; TRL SFT "
           f"{'padding-free' if args.padding_free else 'padded'}, GKD padded; "
-          f"{'both compiled' if args.compile else 'eager'}; timed from step {warm + 1})")
+          f"{'both compiled' if args.compile else 'eager'}; timed from step {warm + 1}"
+          f"{'; ABBA: each side timed twice, doublebind, TRL, TRL, doublebind' if args.abba else ''})")
     head = f"{'job':<11} {'tok/s doublebind':>16} {'tok/s TRL':>10} {'ratio':>6} {'(CPU)':>6} {'|Δloss| step 1':>14} " \
            f"{'steps agreeing':>14} {'final loss doublebind':>21} {'TRL':>9} {'control':>9}"
     print(head)
@@ -300,6 +317,9 @@ def main() -> None:
               f"{r['cpu_ratio']:>6.2f} "
               f"{r['d_first']:>14.1e} {r['agree']:>6} (ctl {r['twin_agree']:>3}) {r['db_loss']:>21.6f} "
               f"{r['trl_loss']:>9.6f} {r['twin_loss']:>9.6f}")
+        if "halves" in r:
+            print(f"{'':<11} ABBA halves: {r['halves'][0]:.2f} (first doublebind / first TRL), {r['halves'][1]:.2f} "
+                  f"(second / second); repeated runs' losses {'equal' if r['repeats_equal'] else 'DIFFER'}")
     print("ratio: doublebind / TRL tokens/s, by wall time and (CPU) by the process's CPU time, which other "
           "jobs on the machine move less. |Δloss| step 1: the same loss on the same weights and data. "
           "steps agreeing: steps from the first with losses within 1e-4 (relative) of doublebind's, for TRL and "
