@@ -119,3 +119,18 @@ def test_compare_says_when_b_plans_another_design():
     said = notes(compare_folders(docs, docs / "matrix"))
     assert "B plans scenario default with another design (5 seeds on 2 organism builds, A 3 on 1): A's replication " \
            "figures expect a rerun of A's own design" in said, said
+
+
+def test_compare_calls_a_few_seeds_design_s_expectation_an_upper_estimate():
+    """At 3-6 seeds per build the replication figures were measured to overrate agreement
+    (README, 'How calibrated the figure is'): the summary line says so where A has so few."""
+    from doublebind.studies.compare import FEW_SEEDS, compare_folders
+
+    r = compare(_summary({("s", "t"): ("both_fail", "both_fail", 0.9, 0.5)}),
+                _summary({("s", "t"): ("both_fail", "both_fail", 0.9, 0.5)}))
+    said = "A's replication figures expected 1.8 of its 2 rated cells to hold"
+    assert f"{said} (at 3 seeds an upper estimate), and 2 did" in sentence({**r, "a_seeds": 3})
+    assert f"{said}, and 2 did" in sentence({**r, "a_seeds": FEW_SEEDS + 1})
+    assert f"{said}, and 2 did" in sentence(r)  # the design unknown
+    assert compare_folders(REFERENCE, REFERENCE / "matrix")["a_seeds"] == 3
+    assert compare_folders(REFERENCE / "matrix", REFERENCE)["a_seeds"] == 5
