@@ -240,6 +240,19 @@ def test_a_scenario_of_one_organism_build_says_what_its_figures_leave_out(study)
     assert md.count(one_build) == len(SCENARIOS)
 
 
+def test_a_study_of_few_seeds_reads_its_replication_figures_as_an_upper_estimate(study):
+    """Measured to read high at 3-6 seeds per build (README, 'How calibrated the figure is'):
+    the report says so where the study has so few, with its own count, and not otherwise."""
+    from doublebind.studies.compare import FEW_SEEDS
+
+    said = f"With {len(SEEDS)} seeds per organism build, as here, read the figure as a ranking"
+    assert 2 <= len(SEEDS) <= FEW_SEEDS and write_report(study)[0].read_text().count(said) == 1
+    record = json.loads((study / "study.json").read_text())
+    record["config"]["seeds"] = list(range(FEW_SEEDS + 1))  # a design of more seeds than were measured to read high
+    (study / "study.json").write_text(json.dumps(record))
+    assert "seeds per organism build, as here" not in write_report(study)[0].read_text()
+
+
 def test_default_command_and_missing_card(study, tmp_path):
     import shutil
 

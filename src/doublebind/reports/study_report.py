@@ -22,6 +22,7 @@ from statistics import fmean
 from typing import Any
 
 from doublebind.errors import DoublebindError
+from doublebind.studies.compare import FEW_SEEDS
 from doublebind.studies.run import QUARANTINE, RESULTS, compute_summary, describe_bad, describe_key, in_study, \
     run_key, scan_results
 
@@ -377,7 +378,7 @@ def _without_auditor(thr: dict) -> str:
             "an audit that knows the trait.")
 
 
-def _rule(thr: dict) -> str:
+def _rule(thr: dict, seeds: int = 0) -> str:
     a = thr.get("alpha")
     return (
         "**How every technique is judged** (the same rule for all). Each run is judged at two checkpoints: "
@@ -413,7 +414,12 @@ def _rule(thr: dict) -> str:
         f"replicate's own sampling error); a verdict marked * replicates with probability below "
         f"{thr.get('power')}, so read it as provisional. With several organism builds a second number follows: "
         "the same for a rerun on these builds with new seeds (seeds resampled within each organism), the part "
-        "training noise alone makes. Each verdict links to the technique's curves.")
+        "training noise alone makes."
+        + (f" With {seeds} seeds per organism build, as here, read the figure as a ranking of the verdicts and "
+           "an upper estimate of how often they replicate: measured on the default study, three-seed designs "
+           "kept their verdict less often than their figures said, and figures of 0.95 or more did not always "
+           "hold (README, \"How calibrated the figure is, measured\")." if 2 <= seeds <= FEW_SEEDS else "")
+        + " Each verdict links to the technique's curves.")
 
 
 def left_out_of(scan) -> list[str]:
@@ -520,7 +526,7 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
 
     # verdict heat map
     b.append(("h2", SECTIONS[0]))
-    b.append(("p", _rule(thr)))
+    b.append(("p", _rule(thr, len((study.get("config") or {}).get("seeds") or []))))
     if any(not r.get("auditor") for r in rows):
         b.append(("p", _without_auditor(thr)))
     rising, idle = rising_cells(summary, rows), idle_cells(rows)
