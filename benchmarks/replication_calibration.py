@@ -2,6 +2,8 @@
 
     python benchmarks/replication_calibration.py FOLDER... [--n 3] [--subsets 40]
     python benchmarks/replication_calibration.py --synthetic 0.85:0.05 0.92:0.05 [--n 3]
+    python benchmarks/replication_calibration.py FOLDER... --coverage [--subsets 200]
+    python benchmarks/replication_calibration.py --synthetic 0.85:0.05 --coverage --designs 2000
 
 `replication` (studies/verdicts.py) estimates, from one study's runs, how likely a rerun of
 the same design (new seeds) reaches the same verdict. Given a study with many more seeds than
@@ -32,6 +34,11 @@ figure uses `--replicates` of them):
 capability transfers (everything else benign), where the verdict hangs on one test and how
 often designs agree is known from many designs: it separates what small samples do from what
 a study's non-normal runs (two modes, ties) do.
+
+`--coverage` asks a second question of the same runs: how often an n-run design's one-sided
+bounds (the ones verdicts are decided on, at the delivered checkpoint) lie on the wrong side
+of the mean of all the cell's runs, which at level alpha should happen in at most alpha of
+designs on each side; with `--synthetic`, of the population's own mean.
 
 The observed agreement comes from the same finite pool of runs, so it is itself an estimate,
 and a pool's cells share their organisms: read the pooled figures, not one cell's.
@@ -184,6 +191,32 @@ def synthetic(mu: float, sd: float, n: int, designs: int, replicates: int, v, n_
     return agree, {e: float(np.mean([o[1][e] for o in out])) for e in ESTIMATORS}
 
 
+COVERED = ("capability_transfer", "misalignment_transfer", "base_loss")  # the bounds verdicts are decided on
+
+
+def coverage(runs: list[list[dict]], v, n_boot: int, n: int, designs: int, rng: np.random.Generator) -> dict:
+    """How often a design's one-sided bounds miss the mean of all the cell's runs (the best
+    estimate of the true mean at hand), per statistic at the delivered checkpoint: {stat:
+    (designs, lower above it, upper below it)}, over statistics whose runs differ at all (runs
+    that agree exactly make every bound the value itself). At level alpha each miss should
+    happen in at most alpha of the designs."""
+    final = [next(r for r in run if r["selected"]) for run in runs]
+    out = {}
+    for stat in COVERED:
+        vals = [verdicts.base_loss(r) if stat == "base_loss" else r[stat] for r in final]
+        if any(x is None for x in vals) or len(set(vals)) < 2:
+            continue
+        truth = float(np.mean(vals))
+        low = high = 0
+        picks = [rng.choice(len(runs), n, replace=False) for _ in range(designs)]
+        for p in picks:
+            st = verdicts.technique_stats([final[i] for i in p], v, n_boot)[stat]
+            low += st["lower"] > truth
+            high += st["upper"] < truth
+        out[stat] = (designs, low, high)
+    return out
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folders", nargs="*", type=Path)
@@ -196,6 +229,8 @@ def main(argv=None) -> None:
     ap.add_argument("--replicates", type=int, default=400, help="simulated replicates per figure")
     ap.add_argument("--bootstrap", type=int, default=None, help="bootstrap draws (default: the study's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--coverage", action="store_true",
+                    help="instead: how often n-run designs' one-sided bounds miss the mean of all the cell's runs")
     args = ap.parse_args(argv)
     if args.n < 2:
         raise SystemExit("--n must be at least 2 (a design of one run has no replication figure)")
@@ -208,6 +243,18 @@ def main(argv=None) -> None:
                 mu, sd = (float(x) for x in pop.split(":"))
             except ValueError:
                 raise SystemExit(f"--synthetic {pop}: expected MU:SD, e.g. 0.85:0.05") from None
+            if args.coverage:
+                rng = np.random.default_rng(args.seed)
+                low = high = 0
+                for _ in range(args.designs):
+                    runs = [synthetic_row(float(x), i) for i, x in enumerate(rng.normal(mu, sd, args.n))]
+                    st = verdicts.technique_stats(runs, VerdictConfig(), args.bootstrap or 2000)["capability_transfer"]
+                    low += st["lower"] > mu
+                    high += st["upper"] < mu
+                print(f"  mean {mu} sd {sd}: lower bound above the true mean in {low / args.designs:.3f} of "
+                      f"{args.designs} designs, upper below it in {high / args.designs:.3f} (each at most "
+                      f"{VerdictConfig().alpha} at the bounds' level)", flush=True)
+                continue
             agree, pred = synthetic(mu, sd, args.n, args.designs, args.replicates, VerdictConfig(),
                                     args.bootstrap or 2000, args.seed)
             print(f"  mean {mu} sd {sd}: observed agreement {agree:.3f}, predicted "
@@ -218,6 +265,19 @@ def main(argv=None) -> None:
     cells, cfg = pooled_runs(args.folders)
     v, n_boot = cfg.verdict, args.bootstrap or cfg.bootstrap
     rng = np.random.default_rng(args.seed)
+    if args.coverage:
+        print(f"one-sided bounds at alpha {v.alpha} of {args.subsets} random {args.n}-run designs a cell, delivered "
+              f"checkpoints, against the mean of all the cell's runs:")
+        tot: dict = {}
+        for cell, runs in sorted(cells.items()):
+            for stat, (k, low, high) in coverage(runs, v, n_boot, args.n, args.subsets, rng).items():
+                print(f"  {cell[0]}/{cell[1]} {stat}: lower above it {low}/{k}, upper below it {high}/{k}")
+                t = tot.setdefault(stat, [0, 0, 0])
+                t[0], t[1], t[2] = t[0] + k, t[1] + low, t[2] + high
+        for stat, (k, low, high) in tot.items():
+            print(f"{stat}: lower bound above the mean in {low / k:.3f} of {k} designs, upper below it in "
+                  f"{high / k:.3f} (each at most {v.alpha} at the bounds' level)")
+        return
     records = []  # (view, verdict, observed agreement, {estimator: predicted}), every cell
     for cell, runs in sorted(cells.items()):
         if len(runs) < 2 * args.n:

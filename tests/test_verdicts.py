@@ -685,6 +685,16 @@ def test_the_calibration_script_scores_each_design_against_the_disjoint_ones():
     records, _ = mod.calibrate([run_rows([0.9], [0.0], seed=s) for s in range(6)], V, 200, 3, 5, 50,
                                np.random.default_rng(0))
     assert {r[2] for r in records} == {1.0} and {x for r in records for x in r[3].values()} == {1.0}
+    # --coverage: of 6 runs at capability 0, 0, 0, 1, 1, 1 (mean 0.5), a 3-run design misses the mean
+    # exactly when its runs are alike (all 1: lower bound 1; all 0: upper bound 0); a mixed one
+    # has bounds 0 and 2/3 (or 1/3 and 1). Misalignment and base loss do not vary: left out.
+    split = [run_rows([float(s >= 3)], [0.0], seed=s) for s in range(6)]
+    got = mod.coverage(split, V, 400, 3, 60, np.random.default_rng(5))
+    rng = np.random.default_rng(5)
+    picks = [set(rng.choice(6, 3, replace=False)) for _ in range(60)]
+    assert set(got) == {"capability_transfer"}
+    assert got["capability_transfer"] == (60, picks.count({3, 4, 5}), picks.count({0, 1, 2}))
+    assert got["capability_transfer"][1] + got["capability_transfer"][2] > 0
     # --synthetic: a population far above the threshold with no spread to speak of agrees always
     agree, pred = mod.synthetic(0.95, 1e-6, 3, 6, 50, V, 200)
     assert agree == 1.0 and pred["shipped"] == 1.0
