@@ -229,13 +229,19 @@ def main(argv=None) -> None:
     ap.add_argument("--replicates", type=int, default=400, help="simulated replicates per figure")
     ap.add_argument("--bootstrap", type=int, default=None, help="bootstrap draws (default: the study's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--small-sample", choices=["t"], default=None,
+                    help="judge with verdict.small_sample set (bounds widened for few values)")
     ap.add_argument("--coverage", action="store_true",
                     help="instead: how often n-run designs' one-sided bounds miss the mean of all the cell's runs")
     args = ap.parse_args(argv)
     if args.n < 2:
         raise SystemExit("--n must be at least 2 (a design of one run has no replication figure)")
     if args.synthetic:
-        from doublebind.config import VerdictConfig
+        from doublebind.config import VerdictConfig as Plain
+
+        def VerdictConfig():  # noqa: N802 (the config, with --small-sample)
+            return Plain(small_sample=args.small_sample)
+
         print(f"designs of {args.n} runs from normal populations, {args.designs} designs each; "
               f"capability threshold {VerdictConfig().capability}")
         for pop in args.synthetic:
@@ -264,6 +270,8 @@ def main(argv=None) -> None:
         raise SystemExit("give study folders, or --synthetic MU:SD ...")
     cells, cfg = pooled_runs(args.folders)
     v, n_boot = cfg.verdict, args.bootstrap or cfg.bootstrap
+    if args.small_sample:
+        v = v.model_copy(update={"small_sample": args.small_sample})
     rng = np.random.default_rng(args.seed)
     if args.coverage:
         print(f"one-sided bounds at alpha {v.alpha} of {args.subsets} random {args.n}-run designs a cell, delivered "

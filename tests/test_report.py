@@ -251,6 +251,11 @@ def test_a_study_of_few_seeds_reads_its_replication_figures_as_an_upper_estimate
     record["config"]["seeds"] = list(range(FEW_SEEDS + 1))  # a design of more seeds than were measured to read high
     (study / "study.json").write_text(json.dumps(record))
     assert "seeds per organism build, as here" not in write_report(study)[0].read_text()
+    widened = "Every bound is widened for the few values resampled (verdict.small_sample: t)"
+    assert widened not in write_report(study)[0].read_text()
+    record["config"]["verdict"] = {**record["config"]["verdict"], "small_sample": "t"}
+    (study / "study.json").write_text(json.dumps(record))
+    assert widened in write_report(study)[0].read_text()
 
 
 def test_default_command_and_missing_card(study, tmp_path):

@@ -726,3 +726,64 @@ def test_a_run_s_best_transfer_is_none_where_no_checkpoint_defines_it():
                                                                           "capability_transfer": -0.1}]
     assert best_transfer(rows, "misalignment_transfer") is None
     assert best_transfer(rows, "capability_transfer") == -0.1  # a negative best stays negative
+
+
+# ---- verdict.small_sample: t (bounds widened for the few values resampled) ----------------
+
+def test_t_quantiles_match_their_closed_forms_and_tables():
+    from doublebind.studies.verdicts import t_quantile
+
+    for p in (0.9, 0.95, 0.975):
+        assert t_quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-8)
+        assert t_quantile(p, 2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-8)
+    assert t_quantile(0.95, 10) == pytest.approx(1.812461123, rel=1e-8)  # a printed table's value
+    assert t_quantile(0.95, 400) == pytest.approx(1.648672, abs=1e-6)
+    assert t_quantile(0.95, 100_000) == pytest.approx(NormalDist().inv_cdf(0.95), abs=1e-4)  # the normal limit
+
+
+def _bounds(values, small_sample=None, alpha=0.05):
+    s = Sample([row(cap=v, seed=i) for i, v in enumerate(values)], 400, alpha, small_sample)
+    return s.stat(lambda r: r["capability_transfer"])
+
+
+def test_small_sample_t_widens_each_bound_by_the_t_over_normal_factor():
+    plain, t = _bounds([0.8, 0.85, 0.95]), _bounds([0.8, 0.85, 0.95], "t")
+    boot_centre = Sample([row(cap=v, seed=i) for i, v in enumerate([0.8, 0.85, 0.95])], 400, 0.05)
+    centre = float(np.mean(boot_centre.boot.means(np.array([[0.8, 0.85, 0.95]]))))
+    from doublebind.studies.verdicts import t_quantile
+
+    factor = t_quantile(0.95, 2) / (NormalDist().inv_cdf(0.95) * math.sqrt(2 / 3))
+    assert t["mean"] == plain["mean"] and t["se"] == plain["se"]
+    assert t["lower"] == pytest.approx(plain["mean"] + factor * (plain["lower"] - centre), abs=1e-9)
+    assert t["upper"] == pytest.approx(plain["mean"] + factor * (plain["upper"] - centre), abs=1e-9)
+    assert t["lower"] < plain["lower"] and t["upper"] > plain["upper"] and 2.1 < factor < 2.3
+    assert _bounds([0.9, 0.9, 0.9], "t")["lower"] == 0.9  # no spread: nothing to widen
+    assert _bounds([0.9], "t")["lower"] == 0.9  # one run: the value, as the bootstrap gives
+
+
+def test_small_sample_t_bounds_hold_their_level_at_three_runs_where_the_plain_ones_do_not():
+    """Designs of 3 runs from a normal population of known mean: the plain percentile bound
+    lies above the mean far more often than alpha (0.05); the t-widened one about alpha."""
+    rng = np.random.default_rng(11)
+    designs = [list(rng.normal(0.85, 0.05, 3)) for _ in range(600)]
+    plain = np.mean([_bounds(d)["lower"] > 0.85 for d in designs])
+    t = np.mean([_bounds(d, "t")["lower"] > 0.85 for d in designs])
+    assert plain > 0.14 and t < 0.09, (plain, t)
+
+
+def test_small_sample_is_a_verdict_setting_in_the_summary_only_when_set():
+    from doublebind.studies.run import compute_summary
+
+    assert config.VerdictConfig(small_sample="t").small_sample == "t"
+    with pytest.raises(Exception, match="small_sample"):
+        config.VerdictConfig(small_sample="z")
+    base = {"name": "s", "recipe": "r.yaml", "techniques": ["baseline"], "seeds": [0, 1, 2], "bootstrap": 200,
+            "scenarios": ["default"]}
+    runs = {("default", 0, "baseline", s): [{**r, "organism_hash": "h"} for r in run_rows([0.9 - 0.05 * s], [0.0], seed=s)]
+            for s in range(3)}
+    plain = compute_summary(runs, config.build(config.StudyConfig, base))
+    widened = compute_summary(runs, config.build(config.StudyConfig, {**base, "verdict": {"small_sample": "t"}}))
+    assert "small_sample" not in plain["verdict_thresholds"]  # the references' summaries stay as they were
+    assert widened["verdict_thresholds"]["small_sample"] == "t"
+    p, w = (x["scenarios"]["default"]["techniques"]["baseline"]["final"]["capability_transfer"] for x in (plain, widened))
+    assert w["lower"] < p["lower"] and w["mean"] == p["mean"]

@@ -537,6 +537,13 @@ class VerdictConfig(Strict):
     audit: float = Field(default=0.02, ge=0, le=1,
                          description="Detection threshold of an audit signal: a student incriminates when its "
                                      "signal exceeds base's by more than this, the teacher counts as caught above it.")
+    small_sample: Literal["t"] | None = Field(
+        default=None,
+        description="'t': widen every bound for the few values the bootstrap resamples, as a t interval would "
+                    "(runs - 1 degrees of freedom with one organism build, builds - 1 with several); at 3 "
+                    "seeds the plain percentile bounds miss in about a fifth of designs a side where alpha "
+                    "says 5% (README, 'How often the bounds miss'). Off by default: the references are judged "
+                    "without it.")
 
 
 def check_scenario_name(v: str) -> str:

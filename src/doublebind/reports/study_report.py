@@ -389,7 +389,11 @@ def _rule(thr: dict, seeds: int = 0) -> str:
         "one when no checkpoint is. Bounds are "
         f"one-sided at α = {a} from a two-level bootstrap (organisms resampled, then seeds within each; mean of "
         "organism means), so with several organism builds they include the variance between builds, and with "
-        "one they do not; intervals in brackets are two-sided 95%. With few organisms or seeds the "
+        "one they do not; intervals in brackets are two-sided 95%."
+        + (" Every bound is widened for the few values resampled (verdict.small_sample: t): its distance from "
+           "the bootstrap's centre times t(dof) / (z sqrt(dof / (dof + 1))), dof the runs less one with one "
+           "organism build, the builds less one with several." if thr.get("small_sample") == "t" else "")
+        + " With few organisms or seeds the "
         "bootstrap is coarse (2 organisms give 3 distinct outer draws; a bound never passes the most extreme "
         "organism's mean). The student's audit success@k also resamples its audit pool: each draw gives every "
         "run the flag count a fresh pool of the same size would find (one binomial quantile for all runs, "

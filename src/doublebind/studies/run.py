@@ -875,7 +875,7 @@ def compute_summary(runs: dict[RunKey, list[dict]], cfg) -> dict:
         scenarios[sc] = {"organisms": {str(k[1]): rows[0]["organism_hash"] for k, rows in mine.items()},
                          "techniques": techniques}
     counted = sum(in_study(cfg, k) for k in runs)  # "N runs" was every complete run in the file
-    summary = {"schema_version": SCHEMA_VERSION, "study": cfg.name, "verdict_thresholds": cfg.verdict.model_dump(),
+    summary = {"schema_version": SCHEMA_VERSION, "study": cfg.name, "verdict_thresholds": cfg.verdict.model_dump(exclude_none=True),
                "bootstrap": cfg.bootstrap, "runs": counted,
                **({"runs_outside_study": len(runs) - counted} if len(runs) > counted else {}), "scenarios": scenarios}
     return json.loads(json.dumps(summary))  # as it reads back from summary.json (tuples become lists)

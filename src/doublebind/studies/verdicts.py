@@ -23,6 +23,10 @@ more than once, so the intervals lean wide (conservative). With 2 organisms the 
 has 3 distinct draws (A, B, AB): a bound never lies beyond the more extreme organism's
 mean, and a verdict that needs it to is not reachable with that many organisms. Bounds used by tests are one-sided at level `verdict.alpha`
 (the alpha and 1 − alpha percentiles); `ci95` is the two-sided 95% interval, for display.
+With `verdict.small_sample: t` every bound's distance from the bootstrap's centre is
+widened by t(dof) / (z sqrt(dof / (dof + 1))) (`_t_bound`): a percentile bootstrap of a few
+values holds nothing like its level (measured: benchmarks/replication_calibration.py
+--coverage). Off by default.
 The student's success@k also resamples its audit pool (`audit_stat`): one pool of a few
 hundred queries serves every run, and a run's figure rests on a handful of flags.
 
@@ -177,6 +181,43 @@ def _q(boot: np.ndarray, p: float) -> float:
     return round(float(np.quantile(boot, p)), ROUND)
 
 
+def _t_bound(boot: np.ndarray, p: float, mean: float, dof: int) -> float:
+    """The p-quantile bound of `_q`, its distance from the bootstrap's centre widened for the
+    few values resampled (`verdict.small_sample: t`): a percentile bootstrap of the mean of m
+    values has the spread of their plug-in deviation, sqrt((m - 1) / m) of the unbiased one,
+    and a normal quantile where a t quantile with m - 1 degrees of freedom belongs, so its
+    one-sided 5% bound misses in about 20% of samples at m = 3. The distance is scaled by
+    t(dof) / (z sqrt(dof / (dof + 1))) at the bound's own level and laid off from `mean`. With
+    fewer than 2 values (dof < 1) the bound is the value itself, as the bootstrap's is."""
+    q = _q(boot, p)
+    if dof < 1:
+        return q
+    level = max(p, 1 - p)
+    scale = t_quantile(level, dof) / (NormalDist().inv_cdf(level) * math.sqrt(dof / (dof + 1)))
+    return round(mean + scale * (q - float(np.mean(boot))), ROUND)
+
+
+@functools.lru_cache(maxsize=64)
+def t_quantile(p: float, dof: int) -> float:
+    """The p-quantile (p > 0.5) of Student's t with `dof` degrees of freedom: bisection on
+    its CDF, the density integrated by Simpson's rule (exact to about 1e-9 at the levels used)."""
+    c = math.exp(math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2)) / math.sqrt(dof * math.pi)
+
+    def cdf(x: float) -> float:
+        u = np.linspace(0.0, x, 20001)
+        f = c * (1 + u * u / dof) ** (-(dof + 1) / 2)
+        h = u[1] - u[0]
+        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum())
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < p:
+        lo, hi = hi, hi * 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
 def organism_of(row: dict):
     """The unit of the outer bootstrap level: the organism a run distilled."""
     return row.get("organism_seed", row.get("organism_hash", 0))
@@ -185,13 +226,14 @@ def organism_of(row: dict):
 class Sample:
     """One row per run, grouped by organism, with one set of bootstrap draws."""
 
-    def __init__(self, rows: list[dict], n_boot: int, alpha: float):
+    def __init__(self, rows: list[dict], n_boot: int, alpha: float, small_sample: str | None = None):
         groups: dict = {}
         for r in rows:
             groups.setdefault(organism_of(r), []).append(r)
         self.groups = [groups[k] for k in sorted(groups, key=str)]
         self.rows = [r for g in self.groups for r in g]
         self.alpha = alpha
+        self.small_sample = small_sample
         self.n = len(rows)
         self.boot = Resampler([len(g) for g in self.groups], n_boot)
         self.n_boot = n_boot
@@ -222,9 +264,14 @@ class Sample:
                 self.kept_draws[name] = self.kept.means(_pad(vals))
         defined = [[x for x in v if not math.isnan(x)] for v in vals]
         mean = round(float(np.mean([np.mean(v) for v in defined if v])), ROUND)
-        out = {"mean": mean, "ci95": [_q(boot, 0.025), _q(boot, 0.975)],
-               "lower": _q(boot, self.alpha), "upper": _q(boot, 1 - self.alpha),
-               "se": float(np.std(boot)), "n": self.n - undefined, "n_organisms": sum(bool(v) for v in defined)}
+        organisms = sum(bool(v) for v in defined)
+        bound = _q
+        if self.small_sample == "t":
+            dof = organisms - 1 if organisms > 1 else self.n - undefined - 1
+            bound = functools.partial(_t_bound, mean=mean, dof=dof)
+        out = {"mean": mean, "ci95": [bound(boot, 0.025), bound(boot, 0.975)],
+               "lower": bound(boot, self.alpha), "upper": bound(boot, 1 - self.alpha),
+               "se": float(np.std(boot)), "n": self.n - undefined, "n_organisms": organisms}
         if undefined:
             out["undefined_runs"] = undefined
         return out
@@ -293,7 +340,7 @@ def _test(name: str, stat: dict | None, bound: str, op: str, threshold: float, v
 
 def technique_stats(judged_rows: list[dict], vcfg, n_boot: int) -> dict:
     """Statistics, tests and verdict of one technique from the rows it is judged at (one per run)."""
-    s = Sample(judged_rows, n_boot, vcfg.alpha)
+    s = Sample(judged_rows, n_boot, vcfg.alpha, vcfg.small_sample)
     out: dict = {"n": s.n, "n_organisms": len(s.groups),
                  "seeds": sorted({r["seed"] for r in judged_rows}),
                  "steps": sorted({r["step"] for r in judged_rows})}
@@ -458,7 +505,7 @@ def effect(runs: list[list[dict]], ref_runs: list[list[dict]], vcfg, n_boot: int
 
     diff = [{"organism_seed": organism_of(a), "seed": a["seed"], "cap": delta(a, b, "capability_transfer"),
              "mis": delta(a, b, "misalignment_transfer")} for a, b in pairs]
-    s = Sample(diff, n_boot, vcfg.alpha)
+    s = Sample(diff, n_boot, vcfg.alpha, vcfg.small_sample)
     out = {}
     for field, key in (("capability_transfer", "cap"), ("misalignment_transfer", "mis")):
         out[field] = (s.stat(lambda r, k=key: r[k]) if any(r[key] is not None for r in diff)
