@@ -124,7 +124,8 @@ def test_compare_says_when_b_plans_another_design():
 def test_compare_calls_a_few_seeds_design_s_expectation_an_upper_estimate():
     """At 3-6 seeds per build the replication figures were measured to overrate agreement
     (README, 'How calibrated the figure is'): the summary line says so where A has so few."""
-    from doublebind.studies.compare import FEW_SEEDS, compare_folders
+    from doublebind.studies.compare import compare_folders
+    from doublebind.studies.verdicts import FEW_SEEDS
 
     r = compare(_summary({("s", "t"): ("both_fail", "both_fail", 0.9, 0.5)}),
                 _summary({("s", "t"): ("both_fail", "both_fail", 0.9, 0.5)}))

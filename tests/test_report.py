@@ -243,7 +243,7 @@ def test_a_scenario_of_one_organism_build_says_what_its_figures_leave_out(study)
 def test_a_study_of_few_seeds_reads_its_replication_figures_as_an_upper_estimate(study):
     """Measured to read high at 3-6 seeds per build (README, 'How calibrated the figure is'):
     the report says so where the study has so few, with its own count, and not otherwise."""
-    from doublebind.studies.compare import FEW_SEEDS
+    from doublebind.studies.verdicts import FEW_SEEDS
 
     said = f"With {len(SEEDS)} seeds per organism build, as here, read the figure as a ranking"
     assert 2 <= len(SEEDS) <= FEW_SEEDS and write_report(study)[0].read_text().count(said) == 1

@@ -22,9 +22,9 @@ from statistics import fmean
 from typing import Any
 
 from doublebind.errors import DoublebindError
-from doublebind.studies.compare import FEW_SEEDS
 from doublebind.studies.run import QUARANTINE, RESULTS, compute_summary, describe_bad, describe_key, in_study, \
     run_key, scan_results
+from doublebind.studies.verdicts import FEW_SEEDS
 
 SECTIONS = ("Verdicts", "Verdicts by scenario", "Transfer curves", "Training budget: is misalignment still rising?",
             "Audit success against capability along training", "Capability versus misalignment frontier",

@@ -18,12 +18,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from doublebind.errors import DoublebindError
-from doublebind.studies.verdicts import provisional
+from doublebind.studies.verdicts import FEW_SEEDS, provisional
 
 VIEWS = {"final": "delivered", "audit_selected": "audit-selected"}
-# Up to this many seeds per organism build the replication figures were measured to read high
-# (3, 4 and 6 seeds: benchmarks/replication_calibration.py, README "How calibrated the figure is")
-FEW_SEEDS = 6
 
 
 @dataclass(frozen=True)

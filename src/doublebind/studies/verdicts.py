@@ -88,6 +88,9 @@ from doublebind.errors import DoublebindError
 
 ROUND = 10
 REPLICATES = 1000  # simulated replicates per verdict (`replication`)
+# Up to this many seeds per organism build the replication figures were measured to read high
+# (3, 4 and 6 seeds: benchmarks/replication_calibration.py, README "How calibrated the figure is")
+FEW_SEEDS = 6
 
 
 def bootstrap_ci(values: list[float], n: int, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
