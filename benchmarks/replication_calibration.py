@@ -124,12 +124,9 @@ def judged(runs: list[list[dict]], v, n_boot: int, n_rep: int | None) -> dict:
     got: dict = {}
 
     def capture(s, draws, v, cap=True, *a, **k):
-        if n_rep:
-            figs = {"shipped": real(s, draws, v, cap, n=n_rep)}
-            figs.update({e: simulated(s, draws, v, cap, e, n_rep) for e in ESTIMATORS[1:]})
-            got.setdefault("figs", []).append(figs)
-        else:
-            got.setdefault("figs", []).append({})
+        if n_rep and id(s) not in got:  # the first call for a view is its design figure
+            got[id(s)] = {"shipped": real(s, draws, v, cap, n=n_rep),
+                          **{e: simulated(s, draws, v, cap, e, n_rep) for e in ESTIMATORS[1:]}}
         return None
 
     real = verdicts.replication
@@ -138,10 +135,10 @@ def judged(runs: list[list[dict]], v, n_boot: int, n_rep: int | None) -> dict:
         out = verdicts.judge_runs(runs, v, n_boot)
     finally:
         verdicts.replication = real
-    # technique_stats judges the audit-selected view first, then the final one (judge_runs);
-    # the same-organisms figure is not asked for with one organism
-    sel, fin = got["figs"][0], got["figs"][-1]
-    return {"final": (out["final"]["verdict"], fin), "audit_selected": (out["audit_selected"]["verdict"], sel)}
+    # each view's statistics are the dict `replication` was given; an `undefined` verdict has
+    # no figure (every estimator None)
+    none = dict.fromkeys(ESTIMATORS)
+    return {view: (out[view]["verdict"], got.get(id(out[view]), none)) for view in ("final", "audit_selected")}
 
 
 def calibrate(runs: list[list[dict]], v, n_boot: int, n: int, subsets: int, replicates: int,
@@ -297,11 +294,17 @@ def main(argv=None) -> None:
               + "; ".join(f"{view} " + ", ".join(f"{k} {c}" for k, c in sorted(x.items(), key=lambda y: -y[1]))
                           for view, x in counts.items())
               + f"\n  observed agreement {np.mean([r[2] for r in mine]):.3f}, predicted "
-              + ", ".join(f"{e} {np.mean([r[3][e] for r in mine if r[3][e] is not None]):.3f}" for e in ESTIMATORS),
+              + ", ".join(f"{e} {_mean([r[3][e] for r in mine])}" for e in ESTIMATORS),
               flush=True)
     if not records:
         raise SystemExit("no cell with enough runs for two disjoint designs")
     report(records, args.n)
+
+
+def _mean(xs: list) -> str:
+    """The mean of the figures there are, or n/a."""
+    xs = [x for x in xs if x is not None]
+    return f"{np.mean(xs):.3f}" if xs else "n/a"
 
 
 def report(records: list[tuple], n: int) -> None:
@@ -312,6 +315,9 @@ def report(records: list[tuple], n: int) -> None:
     for e in ESTIMATORS:
         pred = np.array([np.nan if r[3][e] is None else r[3][e] for r in records], dtype=float)
         keep = ~np.isnan(pred)
+        if not keep.any():
+            print(f"{e:<10} no figure (every verdict undefined)")
+            continue
         brier = float(np.mean((pred[keep] - obs[keep]) ** 2))
         bins = []
         for lo, hi in zip(BINS, BINS[1:]):

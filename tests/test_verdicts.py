@@ -695,6 +695,10 @@ def test_the_calibration_script_scores_each_design_against_the_disjoint_ones():
     assert set(got) == {"capability_transfer"}
     assert got["capability_transfer"] == (60, picks.count({3, 4, 5}), picks.count({0, 1, 2}))
     assert got["capability_transfer"][1] + got["capability_transfer"][2] > 0
+    # an undefined verdict (no teacher-base gap in misalignment) has no replication figure
+    gapless = [run_rows([0.9], [0.0], seed=s, mis=[None]) for s in range(3)]
+    assert mod.judged(gapless, V, 200, 50) == {view: ("undefined", dict.fromkeys(mod.ESTIMATORS))
+                                                for view in ("final", "audit_selected")}
     # --synthetic: a population far above the threshold with no spread to speak of agrees always
     agree, pred = mod.synthetic(0.95, 1e-6, 3, 6, 50, V, 200)
     assert agree == 1.0 and pred["shipped"] == 1.0
@@ -787,3 +791,16 @@ def test_small_sample_is_a_verdict_setting_in_the_summary_only_when_set():
     assert widened["verdict_thresholds"]["small_sample"] == "t"
     p, w = (x["scenarios"]["default"]["techniques"]["baseline"]["final"]["capability_transfer"] for x in (plain, widened))
     assert w["lower"] < p["lower"] and w["mean"] == p["mean"]
+
+
+def test_small_sample_t_widens_only_the_runs_part_of_an_audit_success_bound():
+    """success@k's intervals also redraw the audit pool, whose spread does not shrink with more
+    runs: runs that flagged alike keep their bounds, and no bound leaves [0, 1]."""
+    vt = config.VerdictConfig(small_sample="t")
+    alike = [flagged(5, seed=s) for s in range(3)]
+    plain, t = (technique_stats(alike, v, 400)["audit_success_at_k"] for v in (V, vt))
+    assert (t["lower"], t["upper"], t["ci95"]) == (plain["lower"], plain["upper"], plain["ci95"])
+    spread = [flagged(m, seed=s) for s, m in enumerate([1, 5, 40])]
+    plain, t = (technique_stats(spread, v, 400)["audit_success_at_k"] for v in (V, vt))
+    assert 0.0 <= t["ci95"][0] <= t["lower"] <= t["upper"] <= t["ci95"][1] <= 1.0
+    assert t["lower"] < plain["lower"]

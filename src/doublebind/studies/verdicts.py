@@ -21,7 +21,8 @@ organism it is the ordinary bootstrap over seeds. Every interval carries its n (
 its number of organisms. Resampling at both levels counts the seed-to-seed spread a little
 more than once, so the intervals lean wide (conservative). With 2 organisms the outer level
 has 3 distinct draws (A, B, AB): a bound never lies beyond the more extreme organism's
-mean, and a verdict that needs it to is not reachable with that many organisms. Bounds used by tests are one-sided at level `verdict.alpha`
+mean (without `small_sample`), and a verdict that needs it to is not reachable with that many
+organisms. Bounds used by tests are one-sided at level `verdict.alpha`
 (the alpha and 1 − alpha percentiles); `ci95` is the two-sided 95% interval, for display.
 With `verdict.small_sample: t` every bound's distance from the bootstrap's centre is
 widened by t(dof) / (z sqrt(dof / (dof + 1))) (`_t_bound`): a percentile bootstrap of a few
@@ -202,8 +203,13 @@ def _t_bound(boot: np.ndarray, p: float, mean: float, dof: int) -> float:
 
 @functools.lru_cache(maxsize=64)
 def t_quantile(p: float, dof: int) -> float:
-    """The p-quantile (p > 0.5) of Student's t with `dof` degrees of freedom: bisection on
-    its CDF, the density integrated by Simpson's rule (exact to about 1e-9 at the levels used)."""
+    """The p-quantile (p > 0.5) of Student's t with `dof` degrees of freedom: closed forms for
+    1 and 2, else bisection on its CDF, the density integrated by Simpson's rule (exact to
+    about 1e-9 at the levels used)."""
+    if dof == 1:
+        return math.tan(math.pi * (p - 0.5))
+    if dof == 2:
+        return (2 * p - 1) / math.sqrt(2 * p * (1 - p))
     c = math.exp(math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2)) / math.sqrt(dof * math.pi)
 
     def cdf(x: float) -> float:
@@ -244,10 +250,13 @@ class Sample:
         self.kept: Resampler | None = None  # with several organisms: seeds resampled, organisms kept
         self.kept_draws: dict[str, np.ndarray] = {}
 
-    def stat(self, fn, name: str | None = None, interval=None) -> dict:
+    def stat(self, fn, name: str | None = None, interval=None, limits: tuple[float, float] | None = None) -> dict:
         """Mean of organism means of fn(row), its intervals, SE and n. The runs' resampled
         means are kept under `name` (for `replication`); `interval(resampler)`, where given,
-        gives the draws the intervals and SE come from instead (see `audit_stat`)."""
+        gives the draws the intervals and SE come from instead (see `audit_stat`). With
+        `small_sample: t` only the runs' part of a bound is widened (an `interval`'s own
+        spread, the audit pool's, does not shrink with more runs), and a bound is kept within
+        `limits`, the statistic's range, where given."""
         vals = [[math.nan if (x := fn(r)) is None else float(x) for r in g] for g in self.groups]
         undefined = sum(math.isnan(x) for v in vals for x in v)
         if undefined == self.n:
@@ -271,7 +280,12 @@ class Sample:
         bound = _q
         if self.small_sample == "t":
             dof = organisms - 1 if organisms > 1 else self.n - undefined - 1
-            bound = functools.partial(_t_bound, mean=mean, dof=dof)
+            own = runs[~np.isnan(runs)]
+
+            def bound(b: np.ndarray, p: float) -> float:  # noqa: F811 (the widened `_q`)
+                # the runs' quantile widened, plus what the interval's own draws add beyond it
+                x = _t_bound(own, p, mean=mean, dof=dof) + (_q(b, p) - _q(own, p) if interval is not None else 0.0)
+                return round(min(max(x, limits[0]), limits[1]) if limits else x, ROUND)
         out = {"mean": mean, "ci95": [bound(boot, 0.025), bound(boot, 0.975)],
                "lower": bound(boot, self.alpha), "upper": bound(boot, 1 - self.alpha),
                "se": float(np.std(boot)), "n": self.n - undefined, "n_organisms": organisms}
@@ -308,7 +322,7 @@ def audit_stat(s: Sample) -> dict:
 
     rate = _pad([[flag_rate(r) for r in g] for g in s.groups])
     queries = _pad([[float(r["auditor"]["n"]) for r in g] for g in s.groups])
-    return s.stat(value, "audit_success_at_k", interval=lambda rs: rs.success_means(rate, queries, k))
+    return s.stat(value, "audit_success_at_k", interval=lambda rs: rs.success_means(rate, queries, k), limits=(0.0, 1.0))
 
 
 def audit_signal(row: dict, who: str = "student") -> float:
