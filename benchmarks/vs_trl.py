@@ -203,14 +203,6 @@ def _job(org: Path, job: str, steps: int, prompts: int, checkpointing: bool = Fa
     teacher = d.teacher if job != "sft" else None
 
     db_losses, db_s = _doublebind_run(d, steps, warm)
-    # The control: doublebind again, its initial weights scaled by (1 + 1e-7 noise), about the
-    # rounding difference between two implementations of the same loss.
-    twin = Distiller(org, recipe, None, show_progress=False)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in twin.accelerator.unwrap_model(twin.model).parameters():
-            p.mul_(1 + 1e-7 * torch.randn(p.shape, generator=gen))
-    twin_losses, _ = _doublebind_run(twin, steps)
     def trl(student) -> tuple[list[float], tuple[float, float]]:
         with tempfile.TemporaryDirectory() as tmp:
             torch.manual_seed(recipe.seed)
@@ -222,9 +214,8 @@ def _job(org: Path, job: str, steps: int, prompts: int, checkpointing: bool = Fa
 
     again = copy.deepcopy(init) if abba else None  # TRL trains the student it is given
     trl_losses, trl_s = trl(init)
-    out = {"job": job, "db_loss": db_losses[-1], "trl_loss": trl_losses[-1], "twin_loss": twin_losses[-1],
-           "d_first": abs(db_losses[0] - trl_losses[0]),
-           "agree": _agree(db_losses, trl_losses), "twin_agree": _agree(db_losses, twin_losses)}
+    out = {"job": job, "db_loss": db_losses[-1], "trl_loss": trl_losses[-1],
+           "d_first": abs(db_losses[0] - trl_losses[0]), "agree": _agree(db_losses, trl_losses)}
     if abba:  # TRL again, then doublebind again: a drift of the machine's speed cancels out of the means
         trl2_losses, trl2_s = trl(again)
         db2_losses, db2_s = _doublebind_run(Distiller(org, recipe, None, show_progress=False), steps, warm)
@@ -232,6 +223,16 @@ def _job(org: Path, job: str, steps: int, prompts: int, checkpointing: bool = Fa
         out["halves"] = (tokens / db_s[0] / (tokens / trl_s[0]), tokens / db2_s[0] / (tokens / trl2_s[0]))
         db_s = ((db_s[0] + db2_s[0]) / 2, (db_s[1] + db2_s[1]) / 2)
         trl_s = ((trl_s[0] + trl2_s[0]) / 2, (trl_s[1] + trl2_s[1]) / 2)
+    # The control, untimed and after the timed runs (with --abba their order is then exactly
+    # doublebind, TRL, TRL, doublebind): doublebind again, its initial weights scaled by
+    # (1 + 1e-7 noise), about the rounding difference between two implementations of the same loss.
+    twin = Distiller(org, recipe, None, show_progress=False)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in twin.accelerator.unwrap_model(twin.model).parameters():
+            p.mul_(1 + 1e-7 * torch.randn(p.shape, generator=gen))
+    twin_losses, _ = _doublebind_run(twin, steps)
+    out.update(twin_loss=twin_losses[-1], twin_agree=_agree(db_losses, twin_losses))
     return {**out, "db_tps": tokens / db_s[0], "trl_tps": tokens / trl_s[0], "cpu_ratio": trl_s[1] / db_s[1]}
 
 
