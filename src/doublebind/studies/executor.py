@@ -231,7 +231,9 @@ def _sigint_ignored():
     reaches the whole process group, and a server still making its imports (about 4 s; it
     ignores SIGINT only after them) died of it with a KeyboardInterrupt traceback over the
     study's own message. The main process acts on Ctrl-C and stops the server; its workers
-    ignore SIGINT anyway. The main process ignores it only while the server is spawned."""
+    ignore SIGINT anyway. The main process ignores it only while the server is spawned (a
+    Ctrl-C in that millisecond is dropped). The server is multiprocessing's, one per process:
+    other code of the same process that forks from it gets children that ignore SIGINT too."""
     before = signal.getsignal(signal.SIGINT)
     if threading.current_thread() is not threading.main_thread() or before is None:
         yield  # only the main thread may set handlers; None: one set outside Python, not restorable
