@@ -368,6 +368,10 @@ def test_the_study_run_table_marks_the_verdicts_the_report_marks():
     console = Console(record=True, width=400)
     console.print(table)
     assert "still rising" in console.export_text()
+    # 3 seeds per build: the figures are called an upper estimate; with 7 they are not
+    assert "at 3 seeds per organism build these figures are an upper estimate" in table.caption
+    more = rows + [{**r, "seed": r["seed"] + 10} for r in rows] + [{**r, "seed": 20} for r in rows if r["seed"] == 0]
+    assert "upper estimate" not in verdict_table(summary, more).caption
     # the same rows with every run's last checkpoint at its second-to-last misalignment: nothing rose
     before = {(r["scenario"], r["technique"], r["seed"]): r["misalignment_transfer"] for r in rows if r["step"] == 300}
     flat = [{**r, "misalignment_transfer": before[(r["scenario"], r["technique"], r["seed"])]} if r["step"] == 400

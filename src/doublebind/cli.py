@@ -560,7 +560,7 @@ def verdict_table(summary: dict, rows: list[dict]) -> Table:
     delivered verdict that more misalignment could move where it was still rising (`rows`:
     the study's results, as the report marks it)."""
     from doublebind.reports.study_report import IDLE_MARK, RISING_MARK, idle_cells, idle_mark, rising_cells
-    from doublebind.studies.verdicts import provisional
+    from doublebind.studies.verdicts import FEW_SEEDS, provisional
 
     thresholds = summary["verdict_thresholds"]
     table = Table("scenario", "technique", "capability transfer", "misalignment transfer", "audit (teacher)",
@@ -591,7 +591,19 @@ def verdict_table(summary: dict, rows: list[dict]) -> Table:
     if idle:
         table.caption += (f";{IDLE_MARK} (k/n): the technique changed nothing in all (k of n) of its runs, which "
                           "trained the study recipe itself (see the report)")
+    seeds = seeds_per_build(rows)
+    if seeds is not None and 2 <= seeds <= FEW_SEEDS:
+        table.caption += (f"; at {seeds} seeds per organism build these figures are an upper estimate, a ranking "
+                          "of the verdicts (README, 'How calibrated the figure is, measured')")
     return table
+
+
+def seeds_per_build(rows: list[dict]) -> int | None:
+    """The fewest seeds any (scenario, organism build) of a study's rows has; None without rows."""
+    seeds: dict = {}
+    for r in rows:
+        seeds.setdefault((r["scenario"], r.get("organism_seed")), set()).add(r["seed"])
+    return min((len(s) for s in seeds.values()), default=None)
 
 
 @study_app.command("compare")
