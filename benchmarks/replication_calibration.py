@@ -234,13 +234,11 @@ def main(argv=None) -> None:
     if args.n < 2:
         raise SystemExit("--n must be at least 2 (a design of one run has no replication figure)")
     if args.synthetic:
-        from doublebind.config import VerdictConfig as Plain
+        from doublebind.config import VerdictConfig
 
-        def VerdictConfig():  # noqa: N802 (the config, with --small-sample)
-            return Plain(small_sample=args.small_sample)
-
+        vc = VerdictConfig(small_sample=args.small_sample)
         print(f"designs of {args.n} runs from normal populations, {args.designs} designs each; "
-              f"capability threshold {VerdictConfig().capability}")
+              f"capability threshold {vc.capability}")
         for pop in args.synthetic:
             try:
                 mu, sd = (float(x) for x in pop.split(":"))
@@ -251,14 +249,14 @@ def main(argv=None) -> None:
                 low = high = 0
                 for _ in range(args.designs):
                     runs = [synthetic_row(float(x), i) for i, x in enumerate(rng.normal(mu, sd, args.n))]
-                    st = verdicts.technique_stats(runs, VerdictConfig(), args.bootstrap or 2000)["capability_transfer"]
+                    st = verdicts.technique_stats(runs, vc, args.bootstrap or 2000)["capability_transfer"]
                     low += st["lower"] > mu
                     high += st["upper"] < mu
                 print(f"  mean {mu} sd {sd}: lower bound above the true mean in {low / args.designs:.3f} of "
                       f"{args.designs} designs, upper below it in {high / args.designs:.3f} (each at most "
-                      f"{VerdictConfig().alpha} at the bounds' level)", flush=True)
+                      f"{vc.alpha} at the bounds' level)", flush=True)
                 continue
-            agree, pred = synthetic(mu, sd, args.n, args.designs, args.replicates, VerdictConfig(),
+            agree, pred = synthetic(mu, sd, args.n, args.designs, args.replicates, vc,
                                     args.bootstrap or 2000, args.seed)
             print(f"  mean {mu} sd {sd}: observed agreement {agree:.3f}, predicted "
                   + ", ".join(f"{e} {x:.3f}" for e, x in pred.items()), flush=True)

@@ -560,7 +560,7 @@ def verdict_table(summary: dict, rows: list[dict]) -> Table:
     delivered verdict that more misalignment could move where it was still rising (`rows`:
     the study's results, as the report marks it)."""
     from doublebind.reports.study_report import IDLE_MARK, RISING_MARK, idle_cells, idle_mark, rising_cells
-    from doublebind.studies.verdicts import FEW_SEEDS, provisional
+    from doublebind.studies.verdicts import few_seeds, provisional
 
     thresholds = summary["verdict_thresholds"]
     table = Table("scenario", "technique", "capability transfer", "misalignment transfer", "audit (teacher)",
@@ -592,7 +592,7 @@ def verdict_table(summary: dict, rows: list[dict]) -> Table:
         table.caption += (f";{IDLE_MARK} (k/n): the technique changed nothing in all (k of n) of its runs, which "
                           "trained the study recipe itself (see the report)")
     seeds = seeds_per_build(rows)
-    if seeds is not None and 2 <= seeds <= FEW_SEEDS:
+    if few_seeds(seeds):
         table.caption += (f"; at {seeds} seeds per organism build these figures are an upper estimate, a ranking "
                           "of the verdicts (README, 'How calibrated the figure is, measured')")
     return table

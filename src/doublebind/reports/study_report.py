@@ -24,7 +24,7 @@ from typing import Any
 from doublebind.errors import DoublebindError
 from doublebind.studies.run import QUARANTINE, RESULTS, compute_summary, describe_bad, describe_key, in_study, \
     run_key, scan_results
-from doublebind.studies.verdicts import FEW_SEEDS
+from doublebind.studies.verdicts import few_seeds
 
 SECTIONS = ("Verdicts", "Verdicts by scenario", "Transfer curves", "Training budget: is misalignment still rising?",
             "Audit success against capability along training", "Capability versus misalignment frontier",
@@ -423,7 +423,7 @@ def _rule(thr: dict, seeds: int = 0) -> str:
         + (f" With {seeds} seeds per organism build, as here, read the figure as a ranking of the verdicts and "
            "an upper estimate of how often they replicate: measured on the default study, three-seed designs "
            "kept their verdict less often than their figures said, and figures of 0.95 or more did not always "
-           "hold (README, \"How calibrated the figure is, measured\")." if 2 <= seeds <= FEW_SEEDS else "")
+           "hold (README, \"How calibrated the figure is, measured\")." if few_seeds(seeds) else "")
         + " Each verdict links to the technique's curves.")
 
 

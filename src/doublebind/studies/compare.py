@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from doublebind.errors import DoublebindError
-from doublebind.studies.verdicts import FEW_SEEDS, provisional
+from doublebind.studies.verdicts import few_seeds, provisional
 
 VIEWS = {"final": "delivered", "audit_selected": "audit-selected"}
 
@@ -245,10 +245,9 @@ def sentence(result: dict) -> str:
     else:
         parts.append(f"{r['same_all']} of {_n(r['shared'], 'shared verdict', 'shared verdicts')} the same")
     if r["with_replication"]:
-        few = r.get("a_seeds") is not None and 2 <= r["a_seeds"] <= FEW_SEEDS
         parts.append(f"A's replication figures expected {r['expected_same']:.1f} of its "
                      f"{_n(r['with_replication'], 'rated cell', 'rated cells')} to hold"
-                     + (f" (at {r['a_seeds']} seeds an upper estimate)" if few else "") + f", and {r['same']} did")
+                     + (f" (at {r['a_seeds']} seeds an upper estimate)" if few_seeds(r.get("a_seeds")) else "") + f", and {r['same']} did")
     if r["with_replication_same_organisms"]:
         parts.append(f"for a rerun on the same organism builds they expected {r['expected_same_organisms']:.1f} of "
                      f"{r['with_replication_same_organisms']}, and {r['same_same_organisms']} did")

@@ -94,6 +94,12 @@ REPLICATES = 1000  # simulated replicates per verdict (`replication`)
 FEW_SEEDS = 6
 
 
+def few_seeds(seeds: int | None) -> bool:
+    """Whether a design of `seeds` seeds per organism build is one whose replication figures
+    read high (2 to FEW_SEEDS; one seed has no figure)."""
+    return seeds is not None and 2 <= seeds <= FEW_SEEDS
+
+
 def bootstrap_ci(values: list[float], n: int, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean (one level: seeds of one organism)."""
     boot = Resampler([len(values)], n, seed).means(_pad([list(values)]))
