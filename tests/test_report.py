@@ -252,10 +252,12 @@ def test_a_study_of_few_seeds_reads_its_replication_figures_as_an_upper_estimate
     (study / "study.json").write_text(json.dumps(record))
     assert "seeds per organism build, as here" not in write_report(study)[0].read_text()
     widened = "Every bound is widened for the few values resampled (verdict.small_sample: t)"
-    assert widened not in write_report(study)[0].read_text()
+    plain = write_report(study)[0].read_text()
+    assert widened not in plain and "(z(1−α) + z(0.8)) × SE" in plain and "(t(1−α)" not in plain
     record["config"]["verdict"] = {**record["config"]["verdict"], "small_sample": "t"}
     (study / "study.json").write_text(json.dumps(record))
-    assert widened in write_report(study)[0].read_text()
+    md = write_report(study)[0].read_text()
+    assert widened in md and "(t(1−α) + t(0.8)) × SE × √((dof + 1) / dof)" in md and "(z(1−α)" not in md
 
 
 def test_default_command_and_missing_card(study, tmp_path):

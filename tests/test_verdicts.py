@@ -804,3 +804,24 @@ def test_small_sample_t_widens_only_the_runs_part_of_an_audit_success_bound():
     plain, t = (technique_stats(spread, v, 400)["audit_success_at_k"] for v in (V, vt))
     assert 0.0 <= t["ci95"][0] <= t["lower"] <= t["upper"] <= t["ci95"][1] <= 1.0
     assert t["lower"] < plain["lower"]
+
+
+def test_small_sample_t_states_the_power_of_the_widened_test():
+    """Under `small_sample: t` each test's MDE takes t quantiles and the Bessel-corrected SE,
+    as its bound does; without it, the normal formula; at many runs the two meet."""
+    from doublebind.studies.verdicts import mde, t_quantile
+
+    z = NormalDist().inv_cdf
+    vt = config.VerdictConfig(small_sample="t")
+    rows = [row(cap=c, seed=i) for i, c in enumerate([0.8, 0.85, 0.95])]
+    plain = next(t for t in technique_stats(rows, V, 400)["tests"] if t["test"] == "capability transfer")
+    widened_stats = technique_stats(rows, vt, 400)
+    widened = next(t for t in widened_stats["tests"] if t["test"] == "capability transfer")
+    se = widened_stats["capability_transfer"]["se"]
+    assert widened_stats["capability_transfer"]["dof"] == 2 and "dof" not in technique_stats(rows, V, 400)["capability_transfer"]
+    assert plain["mde"] == pytest.approx((z(0.95) + z(0.8)) * se)
+    assert widened["mde"] == pytest.approx((t_quantile(0.95, 2) + t_quantile(0.8, 2)) * se * math.sqrt(3 / 2))
+    assert widened["mde"] / plain["mde"] == pytest.approx(1.9607, abs=1e-3)  # at 3 runs
+    assert mde(0.1, 5000, vt, dof=4999) == pytest.approx(mde(0.1, 5000, V), rel=1e-3)
+    below = config.VerdictConfig(small_sample="t", power=0.3)  # a power under one half: a negative quantile
+    assert mde(0.1, 3, below, dof=2) == pytest.approx((t_quantile(0.95, 2) - t_quantile(0.7, 2)) * 0.1 * math.sqrt(1.5))

@@ -409,7 +409,9 @@ def _rule(thr: dict, seeds: int = 0) -> str:
         "(`benign` in place of `capable_benign`: capability not judged, the teacher being ahead of base on "
         "nothing). Each verdict names its deciding tests: the condition each needs (bound, comparison, "
         "threshold), whether it held or failed, and its power: MDE, the minimum detectable effect, "
-        f"(z(1−α) + z({thr.get('power')})) × SE, the distance from the threshold the true mean needs for the test "
+        + (f"(t(1−α) + t({thr.get('power')})) × SE × √((dof + 1) / dof), t quantiles as its bound takes, "
+           if thr.get("small_sample") == "t" else f"(z(1−α) + z({thr.get('power')})) × SE, ")
+        + "the distance from the threshold the true mean needs for the test "
         "to pass with that probability; a mean nearer the threshold than its MDE is one the runs cannot tell "
         "from it, and an MDE of 0.000 means runs that agreed exactly (no spread for the bootstrap to see), not "
         "a test that could see any effect. Next to each verdict, "

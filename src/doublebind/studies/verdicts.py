@@ -27,7 +27,7 @@ organisms. Bounds used by tests are one-sided at level `verdict.alpha`
 With `verdict.small_sample: t` every bound's distance from the bootstrap's centre is
 widened by t(dof) / (z sqrt(dof / (dof + 1))) (`_t_bound`): a percentile bootstrap of a few
 values holds nothing like its level (measured: benchmarks/replication_calibration.py
---coverage). Off by default.
+--coverage). Off by default. Under it the power each test states (below) uses t quantiles too.
 The student's success@k also resamples its audit pool (`audit_stat`): one pool of a few
 hundred queries serves every run, and a run's figure rests on a handful of flags.
 
@@ -62,7 +62,8 @@ Each verdict names the tests that decided it (`deciding`, with their `power`) an
 every test it ran (`tests`) with its bound, threshold and **power**: the minimum detectable effect, the distance from
 the threshold the true mean must have for the one-sided test to pass with probability
 `verdict.power`, (z(1 − alpha) + z(power)) × SE, where SE is the standard deviation of the
-bootstrap distribution. A mean closer to the threshold than its MDE is a result the seeds
+bootstrap distribution (with `small_sample: t`: (t(1 − alpha) + t(power)) × SE ×
+sqrt((dof + 1) / dof), `mde`). A mean closer to the threshold than its MDE is a result the seeds
 cannot tell from the threshold. With one run there is nothing to resample: MDE is null.
 The SE is the observed spread, so runs that agree exactly give an MDE of 0: the runs
 agree, which is not the same as a test that could see any effect.
@@ -295,6 +296,8 @@ class Sample:
         out = {"mean": mean, "ci95": [bound(boot, 0.025), bound(boot, 0.975)],
                "lower": bound(boot, self.alpha), "upper": bound(boot, 1 - self.alpha),
                "se": float(np.std(boot)), "n": self.n - undefined, "n_organisms": organisms}
+        if self.small_sample == "t":
+            out["dof"] = dof  # what `mde` corrects its quantiles and SE by
         if undefined:
             out["undefined_runs"] = undefined
         return out
@@ -344,12 +347,24 @@ def base_loss(row: dict) -> float | None:
     return max(base[f] - row["capability"][f] for f in fams)
 
 
-def mde(se: float, n: int, v) -> float | None:
-    """Minimum detectable effect of a one-sided test at level alpha with the given power."""
+def mde(se: float, n: int, v, dof: int | None = None) -> float | None:
+    """Minimum detectable effect of a one-sided test at level alpha with the given power:
+    (z(1 - alpha) + z(power)) x SE. With `small_sample: t` (`dof` given, from the statistic)
+    as the bounds are: t quantiles with `dof` degrees of freedom, and the bootstrap's plug-in
+    SE scaled by sqrt((dof + 1) / dof), so the power stated is the widened test's. (For
+    success@k this widens the audit pool's share of the SE too, which its bounds leave as it
+    is: the power it states errs on the side of needing a larger effect.)"""
     if n < 2:
         return None
+    if dof is not None and dof >= 1:
+        return (t_quantile(1 - v.alpha, dof) + _signed_t(v.power, dof)) * se * math.sqrt((dof + 1) / dof)
     z = NormalDist().inv_cdf
     return (z(1 - v.alpha) + z(v.power)) * se
+
+
+def _signed_t(p: float, dof: int) -> float:
+    """The p-quantile of Student's t for any p in (0, 1) (`t_quantile` takes p > 0.5)."""
+    return 0.0 if p == 0.5 else t_quantile(p, dof) if p > 0.5 else -t_quantile(1 - p, dof)
 
 
 def _test(name: str, stat: dict | None, bound: str, op: str, threshold: float, v, value: float | None = None) -> dict:
@@ -357,7 +372,7 @@ def _test(name: str, stat: dict | None, bound: str, op: str, threshold: float, v
     passed = {">=": value >= threshold, ">": value > threshold, "<": value < threshold,
               "<=": value <= threshold}[op]
     return {"test": name, "bound": bound, "value": value, "op": op, "threshold": threshold, "passed": passed,
-            "mde": mde(stat["se"], stat["n"], v) if stat is not None else None,
+            "mde": mde(stat["se"], stat["n"], v, stat.get("dof")) if stat is not None else None,
             "n": stat["n"] if stat is not None else None}
 
 
