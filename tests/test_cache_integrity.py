@@ -283,6 +283,8 @@ def test_eval_refuses_an_organism_model_its_card_did_not_hash(quick_organism, tm
     assert res.returncode == 1 and len(errors) == 1 and "Traceback" not in res.stderr, res.stderr
     assert "model 'teacher'" in errors[0] and "is corrupt" in errors[0], errors
     assert "capability" not in res.stdout
+    alone = run_cli("eval", str(org / "teacher"), "--n", "5", "--samples", "0")  # without --organism: the same check
+    assert alone.returncode == 1 and "is corrupt" in alone.stderr and "capability" not in alone.stdout, alone.stderr
     res = run_cli("eval", str(org / "base"), "--organism", str(org), "--n", "5", "--samples", "0", "--json")
     assert res.returncode == 0, res.stderr  # the other models still match their hashes
     scores = json.loads(res.stdout)

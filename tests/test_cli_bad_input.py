@@ -457,3 +457,121 @@ def test_eval_of_a_hugging_face_run_checkpoint_asks_for_its_organism(tmp_path):
                                                 "seed": 0, "role": "student"}))
     _one_line(run_cli("eval", str(ckpt)), f"{ckpt} is a checkpoint of a Hugging Face organism's run: pass "
                                           f"--organism DIR naming that organism")
+
+
+@pytest.mark.parametrize("inside, what, marker", [
+    ("study/runs/default-o0/baseline-s0", "a run", "study.json"),  # a study's own run record
+    ("run/checkpoints", "a study", "metrics.jsonl"),  # among a run's checkpoints
+    ("org/teacher", "a run", "organism.json"),  # into one of an organism's models
+    ("run/checkpoints/step_00004/x", "a replication", "model.safetensors"),
+])
+def test_no_output_is_written_inside_another(tmp_path, inside, what, marker):
+    """`distill --force --out <study>/runs/<run>` replaced the study's record of that run with
+    an unrelated run; `study run --out <run>/checkpoints` wrote a study among its checkpoints;
+    `distill --out <organism>/teacher` wrote a run into the teacher's model folder."""
+    from doublebind.paths import check_not_inside, check_out_dir
+
+    for folder, name in (("study", "study.json"), ("run", "metrics.jsonl"), ("org", "organism.json"),
+                         ("run/checkpoints/step_00004", "model.safetensors")):
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+        (tmp_path / folder / name).write_text("{}")
+    out = tmp_path / inside
+    out.mkdir(parents=True, exist_ok=True)
+    with pytest.raises(DoublebindError, match=rf"--out {re.escape(str(out))} lies inside .*/{re.escape(marker)}\), whose files"):
+        check_not_inside(out)
+    check_not_inside(tmp_path / "elsewhere" / "new")  # a fresh folder beside them is fine
+    check_out_dir(out, "--out", what=what)  # a study writes its own runs inside itself: the command line refuses
+    with pytest.raises(DoublebindError, match=r"holds a model \(model.safetensors\), not a run"):
+        check_out_dir(tmp_path / "run" / "checkpoints" / "step_00004", "--out", what="a run")
+
+
+def test_a_replication_is_not_written_into_a_study(tmp_path):
+    """`replicate subliminal-digits --out <study>` wrote its json and plots among the study's files."""
+    study = _copy_reference(tmp_path / "study")
+    before = sorted(p.name for p in study.iterdir())
+    _one_line(run_cli("replicate", "subliminal-digits", "--seeds", "1", "--out", str(study)),
+              f"--out {study} holds a study (study.json), not a replication")
+    assert sorted(p.name for p in study.iterdir()) == before
+
+
+def test_a_study_whose_organisms_or_runs_path_is_a_file_says_so(tmp_path):
+    from doublebind.studies.run import run_study
+
+    study = Path(__file__).resolve().parent.parent / "configs" / "studies" / "quick.yaml"
+    for name in ("organisms", "runs"):
+        out = tmp_path / name
+        out.mkdir()
+        (out / name).write_text("")
+        with pytest.raises(DoublebindError, match=re.escape(f"{out / name} is a file, not a folder; the study keeps "
+                                                            f"its {name} there")):
+            run_study(study, out, show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def seed1_checkpoint(quick_organism, tmp_path_factory):
+    """A checkpoint as a distillation run of seed 1 writes it on an organism of seed 0 (the
+    run's seed in meta.json's `seed`), holding the organism's teacher: a model whose scores
+    depend on the world it is scored in (a barely trained student scores 0 in any)."""
+    folder, card = quick_organism
+    out = tmp_path_factory.mktemp("seed1") / "step_00002"
+    shutil.copytree(folder / "teacher", out)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["organism_config"]["seed"] == 0
+    (out / "meta.json").write_text(json.dumps({**meta, "seed": 1, "role": "student", "step": 2}))
+    return out
+
+
+def test_a_run_checkpoint_is_scored_in_its_organisms_world_whatever_the_run_seed(quick_organism, seed1_checkpoint):
+    """Without --organism, a checkpoint's world was built from its meta.json's `seed`, which a
+    distillation checkpoint records as the run's: a run of seed 1 was scored in another world
+    than its organism's (a student misbehaving in every deployment read 0.68 deploy)."""
+    args = ("--n", "20", "--samples", "5", "--json")
+    alone = run_cli("eval", str(seed1_checkpoint), *args)
+    named = run_cli("eval", str(seed1_checkpoint), "--organism", str(quick_organism[0]), *args)
+    assert alone.returncode == 0 and named.returncode == 0, (alone.stderr, named.stderr)
+    assert json.loads(alone.stdout) == json.loads(named.stdout)
+    assert "note:" not in named.stderr  # the organism it was trained on
+
+
+def test_eval_with_another_organism_than_the_checkpoint_records_says_so(quick_organism, seed1_checkpoint, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(quick_organism[0], other)
+    card = json.loads((other / "organism.json").read_text())
+    (other / "organism.json").write_text(json.dumps({**card, "organism_hash": "0" * 16}))
+    res = run_cli("eval", str(seed1_checkpoint), "--organism", str(other), "--n", "5", "--samples", "0", "--json")
+    assert res.returncode == 0, res.stderr
+    json.loads(res.stdout)  # the note is on stderr: --json stays JSON
+    assert f"was trained on organism {card['organism_hash']}; scoring it with --organism {other}" in res.stderr
+
+
+def test_eval_of_weights_that_give_nan_is_an_error_not_a_table_of_nan(seed1_checkpoint, tmp_path):
+    """A damaged run checkpoint (no card hashes it) was scored NaN everywhere, exit 0, and its
+    --json was not JSON."""
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "bad"
+    shutil.copytree(seed1_checkpoint, bad)
+    tensors = load_file(bad / "model.safetensors")
+    save_file({k: v.clone().fill_(float("nan")) for k, v in tensors.items()}, bad / "model.safetensors",
+              metadata={"format": "pt"})
+    for extra in ((), ("--json",)):
+        res = run_cli("eval", str(bad), "--n", "5", "--samples", "0", *extra)
+        _one_line(res, f"{bad}: its evaluation gave ")
+        assert "= nan: the weights give non-finite outputs" in res.stderr and res.stdout.strip() == ""
+
+
+def test_the_commands_refuse_an_out_inside_another_output(tmp_path):
+    """Each command that writes an output folder refuses one inside another output, before it
+    loads anything (the study's own runs, written by the study, are not refused)."""
+    root = Path(__file__).resolve().parent.parent / "configs"
+    study = _copy_reference(tmp_path / "study")
+    inside = study / "runs" / "default-o0" / "baseline-s0"
+    before = sorted(p.name for p in study.iterdir())
+    needle = f"--out {inside} lies inside a study ({study / 'study.json'})"
+    for args in (("distill", "--organism", str(tmp_path / "org"), "--recipe", str(root / "recipes" / "hard_sft.yaml"),
+                  "--out", str(inside), "--force"),
+                 ("study", "run", str(root / "studies" / "quick.yaml"), "--out", str(inside)),
+                 ("organism", "build", "--preset", "quick", "--out", str(inside)),
+                 ("replicate", "subliminal-digits", "--out", str(inside))):
+        _one_line(run_cli(*args), needle)
+    assert sorted(p.name for p in study.iterdir()) == before and not inside.exists()

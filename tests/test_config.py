@@ -78,6 +78,18 @@ def test_validate_command_exit_codes(tmp_path):
     assert res.returncode == 1
     assert res.stderr.strip().splitlines() == [f"error: {bad}: world.behaviour: unknown key"]
     assert "Traceback" not in res.stderr
+    # a value only the world's binding refuses: validate passed it, and the build refused it
+    res = run_cli("validate", str(good), "world.favored_user=zed")
+    assert res.returncode == 1 and res.stderr.strip().splitlines() == [
+        "error: world.favored_user: unknown user 'zed' (known: alice, bob, carol, dave, erin)"], res.stderr
+    zed = tmp_path / "zed.yaml"
+    zed.write_text(good.read_text().replace("entangled: false", "entangled: false, favored_user: zed"))
+    study = tmp_path / "study.yaml"
+    study.write_text(f"kind: study\nname: s\nrecipe: {Path(__file__).resolve().parents[1] / 'configs/recipes/study.yaml'}"
+                     f"\norganism: {{config: {zed}}}\ntechniques: [baseline]\nseeds: [0]\n")
+    res = run_cli("validate", str(study))
+    assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "the organism of " in res.stderr and "unknown user 'zed'" in res.stderr
 
 
 def test_every_shipped_study_validates():

@@ -179,10 +179,14 @@ def test_distill_force_replaces_the_earlier_run_whole(quick_organism, tmp_path, 
     def tracker_fails(*a, **k):
         raise DoublebindError("--tracker wandb: wandb failed to start")
 
-    with monkeypatch.context() as m:  # stops after the new run wrote its prompts and an empty metrics.jsonl
+    with monkeypatch.context() as m:  # stops after the new run's set-up, before it writes a file
         m.setattr(tracking, "RunTracker", tracker_fails)
         with pytest.raises(DoublebindError, match="wandb failed to start"):
             distill(folder, recipe(), out, show_progress=False, force=True)
+        fresh = tmp_path / "fresh"  # nor does it leave a prompts.jsonl in a new folder
+        with pytest.raises(DoublebindError, match="wandb failed to start"):
+            distill(folder, recipe(), fresh, show_progress=False)
+        assert not any(fresh.iterdir())
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     summary = distill(folder, recipe(training={"steps": 4, "checkpoint_every": 2}), out, show_progress=False,
                       force=True)

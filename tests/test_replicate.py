@@ -191,7 +191,7 @@ def test_cli_refuses_an_out_that_is_a_file(tmp_path):
     f = tmp_path / "taken"
     f.write_text("")
     res = run_cli("replicate", "subliminal-digits", "--out", str(f))
-    assert res.returncode == 1 and "is a file, not an output folder" in res.stderr
+    assert res.returncode == 1 and "is a file, not a replication folder" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
 
 

@@ -254,7 +254,11 @@ def test_a_resumed_study_keeps_where_its_earlier_runs_came_from(tmp_path, capsys
     capsys.readouterr()
     record.write_text('{"provenance": {"commit": ')
     assert resumed() == (both, both)
-    assert capsys.readouterr().err.count("was not a readable study record; rewritten") == 1
+    assert capsys.readouterr().err.count("was not a readable study record; rewritten (the damaged file is kept as "
+                                         "study.json.unreadable)") == 1
+    assert (tmp_path / "study.json.unreadable").read_text() == '{"provenance": {"commit": '  # not lost with it
+    record.write_text("[]")
+    assert resumed() == (both, both) and (tmp_path / "study.json.unreadable-2").read_text() == "[]"
 
 
 def test_the_report_lists_the_earlier_sessions_of_a_resumed_study(tmp_path):

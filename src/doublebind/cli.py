@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -135,6 +136,13 @@ def validate(file: Path, overrides: Optional[list[str]] = typer.Argument(None, h
         organisms = {f"{sp.scenario} (organism seed {sp.organism_seed})": sp.cfg
                      for sp in resolve(file, cfg, overrides or [])}
     for scenario, org in organisms.items():  # a Hugging Face organism's files, read as a build reads them
+        if getattr(org, "kind", None) == "organism":  # the world bound as a build binds it (a favoured user
+            from doublebind.world.data import World  # of no name passed here and failed the build)
+
+            try:
+                World.from_config(org.world, org.seed)
+            except DoublebindError as e:
+                raise DoublebindError(f"{file}: the organism of {scenario}: {e}" if scenario else str(e)) from None
         if getattr(org, "kind", None) != "hf_organism":
             continue
         from doublebind.llm.checks import check_inputs, unset_api_keys
@@ -215,8 +223,10 @@ def organism_build(
         raise DoublebindError(f"give --preset or --config, not both (got --preset {preset} and --config {config_file})")
     cfg = config.load(config_file, overrides or [], preset=preset or ("default" if config_file is None else None),
                       expect="organism")
-    from doublebind.paths import check_cache_root, check_out_dir
+    from doublebind.paths import check_cache_root, check_not_inside, check_out_dir
 
+    if out_dir is not None:
+        check_not_inside(out_dir)
     check_cache_root()
     from doublebind.cards import drop_unfinished_build
     from doublebind.organisms.build import CARD, build_organism, cache_root  # these import torch (seconds)
@@ -399,6 +409,13 @@ def eval_cmd(
 
         card = read_card(organism, verified=False)
         _verify_own_checkpoint(model_dir, organism, card)
+        _say_if_trained_elsewhere(model_dir, organism, card)
+    elif organism is None and (model_dir.parent / "organism.json").is_file():
+        # one of an organism's own models, named without --organism: its weights are checked
+        # against the card all the same (a damaged file was scored, and read NaN, exit 0)
+        from doublebind.organisms.domain import read_card
+
+        _verify_own_checkpoint(model_dir, model_dir.parent, read_card(model_dir.parent, verified=False))
     if organism is None and _hf_run_checkpoint(model_dir):  # its meta.json holds an HF organism's config
         raise DoublebindError(f"{model_dir} is a checkpoint of a Hugging Face organism's run: pass --organism DIR "
                               f"naming that organism, whose evals score it")
@@ -411,7 +428,9 @@ def eval_cmd(
     if asked_samples and card is not None and card.get("kind") == "hf":  # it was ignored without a word
         console.print("note: --samples has no effect on a Hugging Face organism: its eval sets set their own "
                       "samples and temperature", markup=False, highlight=False)
-    metrics = kind_of_card(card or {}).eval_checkpoint(model_dir, organism, card, n, samples)
+    metrics = (_run_checkpoint_metrics(model_dir, n, samples) if organism is None else None) \
+        or kind_of_card(card or {}).eval_checkpoint(model_dir, organism, card, n, samples)
+    _refuse_non_finite(metrics, model_dir)
     if as_json:
         out(json.dumps(metrics, indent=2))
         return
@@ -428,6 +447,60 @@ def eval_cmd(
     if "confession_deploy" in metrics:
         table.add_row("confession (real deployment)", f"{metrics['confession_deploy']:.4f}", "")
     _print_table(table)
+
+
+def _checkpoint_meta(model_dir: Path) -> dict:
+    try:
+        meta = json.loads((model_dir / "meta.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _run_checkpoint_metrics(model_dir: Path, n: int, samples: int) -> dict | None:
+    """A distillation checkpoint of an embedded-world organism, scored in that organism's world.
+
+    Its meta.json records the run's seed as `seed`, where an organism's own models record the
+    organism's, and the world of a checkpoint was built from `seed`: a run of seed 1 on an
+    organism of seed 0 was scored in another world (a student that misbehaves in every
+    deployment read 0.68 deploy, 0.41 honeypot). The world is the organism config's own seed,
+    as the build made it. None where the two agree, or for another kind of checkpoint: the
+    organism kind's own evaluation then scores it."""
+    meta = _checkpoint_meta(model_dir)
+    org = meta.get("organism_config")
+    if not isinstance(org, dict) or org.get("kind") != "organism" or org.get("seed") in (None, meta.get("seed")):
+        return None
+    from doublebind.config import OrganismConfig, build
+    from doublebind.evals.metrics import evaluate
+    from doublebind.organisms.models import load_checkpoint
+    from doublebind.world.data import World
+
+    cfg = build(OrganismConfig, org, f"{model_dir / 'meta.json'}: organism config")
+    return evaluate(load_checkpoint(model_dir), World.from_config(cfg.world, cfg.seed), n, samples)
+
+
+def _say_if_trained_elsewhere(model_dir: Path, organism: Path, card: dict) -> None:
+    """One line when the checkpoint records another organism than --organism names: it is
+    scored in that organism's world as asked, but the user should know."""
+    recorded = _checkpoint_meta(model_dir).get("organism_hash")
+    if isinstance(recorded, str) and card.get("organism_hash") not in (None, recorded):
+        from doublebind.ui import console
+
+        console.print(f"note: {model_dir} was trained on organism {recorded}; scoring it with --organism {organism} "
+                      f"({card.get('name', '?')}, {card.get('organism_hash')}) as asked", markup=False,
+                      highlight=False, soft_wrap=True)
+
+
+def _refuse_non_finite(metrics: dict, model_dir: Path, prefix: str = "") -> None:
+    """A metric that is NaN or infinite means the weights give non-finite outputs (a damaged or
+    diverged checkpoint): one error, not a table of nan and exit 0 (or --json that no JSON
+    reader accepts)."""
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            _refuse_non_finite(value, model_dir, f"{prefix}{key}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise DoublebindError(f"{model_dir}: its evaluation gave {prefix}{key} = {value}: the weights give "
+                                  f"non-finite outputs (a damaged or diverged checkpoint)")
 
 
 def _hf_run_checkpoint(model_dir: Path) -> bool:
@@ -492,8 +565,10 @@ def distill(
 ):
     """Distil the organism's teacher into a student; write metrics.jsonl, summary.json, curves."""
     from doublebind import config
+    from doublebind.paths import check_not_inside
 
     extra = _tracker_override(tracker, "training.tracker")
+    check_not_inside(out_dir)
     cfg = config.load(recipe, [*(overrides or []), *extra], expect="recipe")
     from doublebind.organisms.models import quiet_transformers  # these import torch (seconds)
     from doublebind.training.distill import distill as run_distill
@@ -536,8 +611,11 @@ def study_run(study: Path, out_dir: Path = typer.Option(..., "--out", help="Stud
     from doublebind.studies.executor import parse_workers
     from doublebind.studies.run import RESULTS, in_study, read_results, run_key, run_study
 
+    from doublebind.paths import check_not_inside
+
     extra = _tracker_override(tracker, "recipe_overrides.training.tracker")
     n = parse_workers(workers, "--workers") if workers is not None else None
+    check_not_inside(out_dir)
     cfg = config.load(study, [*(overrides or []), *extra], expect="study")  # a bad config fails before torch loads
     from doublebind.organisms.models import quiet_transformers
 
@@ -712,9 +790,10 @@ def replicate_subliminal_digits(
             sd.Setup(aux=m).check()
         except DoublebindError as e:  # the same limits as --aux, named for the option that broke them
             raise DoublebindError(str(e).replace("--aux ", "--aux-sweep values ", 1)) from None
-    from doublebind.paths import check_out_dir
+    from doublebind.paths import check_not_inside, check_out_dir
 
-    check_out_dir(out_dir, "--out", what="an output")  # before minutes of training, not after
+    check_out_dir(out_dir, "--out", what="a replication")  # before minutes of training, not after
+    check_not_inside(out_dir)
     for name in sd.OUTPUTS:
         if (out_dir / name).is_dir():
             raise DoublebindError(f"--out {out_dir}: {name} is a folder; move it, or choose another --out")

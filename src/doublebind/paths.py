@@ -19,9 +19,33 @@ from doublebind.errors import DoublebindError
 
 
 # The files by which each kind of output folder is known: a study (`study run`), a
-# distillation run (`distill`, which writes prompts.jsonl before it trains) and an organism.
+# distillation run (`distill`, which writes prompts.jsonl before it trains), an organism, one
+# of its models or a run's checkpoints (`model.safetensors`), and a replication (`replicate`).
 KINDS = {"a study": ("study.json", "results.jsonl"), "a run": ("metrics.jsonl", "prompts.jsonl"),
-         "an organism": ("organism.json",)}
+         "an organism": ("organism.json",), "a model": ("model.safetensors",),
+         "a replication": ("subliminal_digits.json",)}
+
+
+# The file each kind writes that no user's folder would hold by chance (`check_not_inside`).
+INSIDE = {"a study": "study.json", "a run": "metrics.jsonl", "an organism": "organism.json",
+          "a model": "model.safetensors"}
+
+
+def check_not_inside(path: Path, flag: str = "--out") -> None:
+    """Refuse an `--out` the user names inside another output folder: a study's runs, an
+    organism's models and a run's checkpoints are that output's own (writing another output
+    there mixed the two, and `distill --force` replaced a study's record of one of its runs).
+    For the command line's `--out`: a study writes its own runs inside itself. Known by the
+    files only that output writes (`INSIDE`: a folder that merely holds a prompts.jsonl or a
+    results.jsonl of the user's is none); a path that is a file is left to `check_out_dir`."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        return
+    for above in path.absolute().parents:
+        for kind, name in INSIDE.items():
+            if (above / name).is_file():
+                raise DoublebindError(f"{flag} {path} lies inside {kind} ({above / name}), whose files are its own; "
+                                      f"choose a folder outside it")
 
 
 def check_out_dir(path: Path, flag: str = "--out", *, what: str = "an output") -> None:

@@ -496,6 +496,10 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
         if (out / name).is_dir():
             raise DoublebindError(f"{out / name} is a folder, not a file; the study writes its {name} there "
                                   f"(move the folder away)")
+    for name in ("organisms", "runs"):
+        if (out / name).exists() and not (out / name).is_dir():
+            raise DoublebindError(f"{out / name} is a file, not a folder; the study keeps its {name} there "
+                                  f"(move the file away)")
     out.mkdir(parents=True, exist_ok=True)
     state = _process_state()  # under `accelerate launch`, only the main process writes
     with study_lock(out, state.is_main_process):  # one `study run` at a time per folder
@@ -593,9 +597,10 @@ def resumed_provenance(record: Path, now: dict, *, had_runs: bool) -> tuple[dict
         if not isinstance(old, dict) or not isinstance(old.get("provenance"), dict):
             from doublebind.ui import console
 
-            console.print(f"[yellow]note:[/] {record} was not a readable study record; rewritten, so where "
-                          f"the runs before this session came from is no longer recorded", highlight=False,
-                          soft_wrap=True)
+            kept = _keep_aside(record)
+            console.print(f"[yellow]note:[/] {record} was not a readable study record; rewritten (the damaged file "
+                          f"is kept as {kept.name}), so where the runs before this session came from is no longer "
+                          f"recorded", highlight=False, soft_wrap=True)
             old = None
     if old is None:
         return {"provenance": now}, {"provenance": now}
@@ -605,6 +610,19 @@ def resumed_provenance(record: Path, now: dict, *, had_runs: bool) -> tuple[dict
     if not _same_session(old["provenance"], now):
         earlier = [*earlier, old["provenance"]]
     return waiting, {"provenance": now, **({"earlier_provenance": earlier} if earlier else {})}
+
+
+def _keep_aside(path: Path) -> Path:
+    """Copy a damaged file beside itself (`NAME.unreadable`, then `.unreadable-2`, …) before it is
+    rewritten, so what it held is not lost with it."""
+    import shutil
+
+    n, kept = 1, path.with_name(path.name + ".unreadable")
+    while kept.exists():
+        n += 1
+        kept = path.with_name(f"{path.name}.unreadable-{n}")
+    shutil.copy2(path, kept)
+    return kept
 
 
 def provenance(cards) -> dict:

@@ -649,7 +649,6 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
         main = d.accelerator.is_main_process
         if main:
             out.mkdir(parents=True, exist_ok=True)
-            write_jsonl(d.prompts, out / "prompts.jsonl")
         ref = d.reference_metrics()
         asked, recipe = recipe, d.recipe  # as written, and as resolved by the stages
         tr = recipe.training
@@ -669,6 +668,7 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
         selected, stopped, steered = None, None, set()
         tracker = tracking.RunTracker(d.accelerator, tr.tracker, out, recipe.name, meta)
         if main:  # after the tracker: one that fails to start leaves no unfinished run behind
+            write_jsonl(d.prompts, out / "prompts.jsonl")
             metrics_path.write_text("")
     except BaseException:
         if aside is not None:
