@@ -608,10 +608,9 @@ def study_run(study: Path, out_dir: Path = typer.Option(..., "--out", help="Stud
                   "$DOUBLEBIND_WORKERS, else the usable cores; 1 on a GPU). Results do not depend on it.")):
     """Run (or resume) a study; write results.jsonl and summary.json with verdicts."""
     from doublebind import config
+    from doublebind.paths import check_not_inside
     from doublebind.studies.executor import parse_workers
     from doublebind.studies.run import RESULTS, in_study, read_results, run_key, run_study
-
-    from doublebind.paths import check_not_inside
 
     extra = _tracker_override(tracker, "recipe_overrides.training.tracker")
     n = parse_workers(workers, "--workers") if workers is not None else None
