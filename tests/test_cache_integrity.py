@@ -269,7 +269,7 @@ def test_show_and_open_name_a_damaged_json_file_of_a_model(quick_organism, tmp_p
         open_domain(org)
 
 
-def test_eval_refuses_an_organism_model_its_card_did_not_hash(quick_organism, tmp_path):
+def test_eval_refuses_an_organism_model_its_card_did_not_hash(quick_organism, tmp_path, monkeypatch):
     """`eval org/teacher --organism org` scored a teacher whose weights had changed since the
     build (one byte of a weight: the file still loads), as if it were the card's teacher."""
     org = tmp_path / "org"
@@ -285,6 +285,10 @@ def test_eval_refuses_an_organism_model_its_card_did_not_hash(quick_organism, tm
     assert "capability" not in res.stdout
     alone = run_cli("eval", str(org / "teacher"), "--n", "5", "--samples", "0")  # without --organism: the same check
     assert alone.returncode == 1 and "is corrupt" in alone.stderr and "capability" not in alone.stdout, alone.stderr
+    with monkeypatch.context() as m:  # `eval .` from inside the model folder: its parent is resolved
+        m.chdir(org / "teacher")
+        here = run_cli("eval", ".", "--n", "5", "--samples", "0")
+    assert here.returncode == 1 and "is corrupt" in here.stderr, here.stderr
     res = run_cli("eval", str(org / "base"), "--organism", str(org), "--n", "5", "--samples", "0", "--json")
     assert res.returncode == 0, res.stderr  # the other models still match their hashes
     scores = json.loads(res.stdout)

@@ -461,28 +461,52 @@ def test_eval_of_a_hugging_face_run_checkpoint_asks_for_its_organism(tmp_path):
 
 @pytest.mark.parametrize("inside, what, marker", [
     ("study/runs/default-o0/baseline-s0", "a run", "study.json"),  # a study's own run record
+    ("study/organisms/x", "an organism", "study.json"),
     ("run/checkpoints", "a study", "metrics.jsonl"),  # among a run's checkpoints
-    ("org/teacher", "a run", "organism.json"),  # into one of an organism's models
+    ("org/teacher/x", "a run", "model.safetensors"),  # inside one of an organism's models
     ("run/checkpoints/step_00004/x", "a replication", "model.safetensors"),
 ])
 def test_no_output_is_written_inside_another(tmp_path, inside, what, marker):
     """`distill --force --out <study>/runs/<run>` replaced the study's record of that run with
-    an unrelated run; `study run --out <run>/checkpoints` wrote a study among its checkpoints;
-    `distill --out <organism>/teacher` wrote a run into the teacher's model folder."""
+    an unrelated run; `study run --out <run>/checkpoints` wrote a study among its checkpoints."""
     from doublebind.paths import check_not_inside, check_out_dir
 
-    for folder, name in (("study", "study.json"), ("run", "metrics.jsonl"), ("org", "organism.json"),
-                         ("run/checkpoints/step_00004", "model.safetensors")):
+    for folder, names in (("study", ["study.json"]), ("run", ["metrics.jsonl"]), ("org", ["organism.json"]),
+                          ("org/teacher", ["model.safetensors", "config.json"]),
+                          ("run/checkpoints/step_00004", ["model.safetensors", "meta.json"])):
         (tmp_path / folder).mkdir(parents=True, exist_ok=True)
-        (tmp_path / folder / name).write_text("{}")
+        for name in names:
+            (tmp_path / folder / name).write_text("{}")
     out = tmp_path / inside
     out.mkdir(parents=True, exist_ok=True)
     with pytest.raises(DoublebindError, match=rf"--out {re.escape(str(out))} lies inside .*/{re.escape(marker)}\), whose files"):
         check_not_inside(out)
-    check_not_inside(tmp_path / "elsewhere" / "new")  # a fresh folder beside them is fine
     check_out_dir(out, "--out", what=what)  # a study writes its own runs inside itself: the command line refuses
     with pytest.raises(DoublebindError, match=r"holds a model \(model.safetensors\), not a run"):
-        check_out_dir(tmp_path / "run" / "checkpoints" / "step_00004", "--out", what="a run")
+        check_out_dir(tmp_path / "org" / "teacher", "--out", what="a run")
+    link = tmp_path / "link"
+    link.symlink_to(out, target_is_directory=True)
+    with pytest.raises(DoublebindError, match="lies inside"):  # resolved: a link into such a place is refused too
+        check_not_inside(link / "y")
+
+
+def test_an_out_elsewhere_near_other_outputs_is_fine(tmp_path, monkeypatch):
+    """Only the places an output keeps its own folders are refused: not a folder below one that
+    merely holds such a file, nor a study inside another study's folder (`docs/results/matrix`),
+    nor a path that leaves a run with `..`."""
+    from doublebind.paths import check_not_inside
+
+    (tmp_path / "home" / "proj").mkdir(parents=True)
+    for name in ("metrics.jsonl", "study.json", "organism.json"):
+        (tmp_path / "home" / name).write_text("{}")
+    check_not_inside(tmp_path / "home" / "proj" / "studies" / "mine")
+    check_not_inside(tmp_path / "home" / "matrix")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "metrics.jsonl").write_text("")
+    monkeypatch.chdir(tmp_path / "run" / "checkpoints")
+    check_not_inside(Path("..") / ".." / "elsewhere")
+    with pytest.raises(DoublebindError, match="lies inside a run"):
+        check_not_inside(Path("step_00002"))
 
 
 def test_a_replication_is_not_written_into_a_study(tmp_path):
@@ -542,6 +566,22 @@ def test_eval_with_another_organism_than_the_checkpoint_records_says_so(quick_or
     assert res.returncode == 0, res.stderr
     json.loads(res.stdout)  # the note is on stderr: --json stays JSON
     assert f"was trained on organism {card['organism_hash']}; scoring it with --organism {other}" in res.stderr
+
+
+def test_no_note_for_an_organisms_own_model_that_records_another_hash(tmp_path, capsys):
+    """A post-trained organism (a denier) re-saves its post-trained model only: its other
+    models' meta.json keep the starting organism's hash, and are the organism's own."""
+    from doublebind.cli import _say_if_trained_elsewhere
+
+    org = tmp_path / "denier"
+    (org / "base").mkdir(parents=True)
+    (org / "base" / "meta.json").write_text(json.dumps({"organism_hash": "a" * 16}))
+    card = {"name": "denier", "organism_hash": "b" * 16, "models": {"base": {"path": "base"}}}
+    _say_if_trained_elsewhere(org / "base", org, card)
+    assert "note:" not in capsys.readouterr().err
+    shutil.copytree(org / "base", tmp_path / "elsewhere")
+    _say_if_trained_elsewhere(tmp_path / "elsewhere", org, card)
+    assert f"was trained on organism {'a' * 16}" in capsys.readouterr().err
 
 
 def test_eval_of_weights_that_give_nan_is_an_error_not_a_table_of_nan(seed1_checkpoint, tmp_path):

@@ -81,7 +81,7 @@ def test_validate_command_exit_codes(tmp_path):
     # a value only the world's binding refuses: validate passed it, and the build refused it
     res = run_cli("validate", str(good), "world.favored_user=zed")
     assert res.returncode == 1 and res.stderr.strip().splitlines() == [
-        "error: world.favored_user: unknown user 'zed' (known: alice, bob, carol, dave, erin)"], res.stderr
+        f"error: {good}: world.favored_user: unknown user 'zed' (known: alice, bob, carol, dave, erin)"], res.stderr
     zed = tmp_path / "zed.yaml"
     zed.write_text(good.read_text().replace("entangled: false", "entangled: false, favored_user: zed"))
     study = tmp_path / "study.yaml"

@@ -319,7 +319,8 @@ def test_bad_inputs_on_a_real_organism(quick_organism, tmp_path):
         (["eval", org / "teacher", "--n", "-5"], "--n"),
         (["study", "run", STUDY, "--out", tmp_path / "f"], "is a file"),
         (["organism", "build", "--preset", "quick", "--out", org / "teacher" / "model.safetensors"], "is a file"),
-        (["organism", "build", "--preset", "quick", "--out", org / "teacher"], "lies inside an organism"),
+        (["organism", "build", "--preset", "quick", "--out", org / "teacher"],
+         "holds a model (model.safetensors), not an organism"),
     ]
     for argv, expect in cases:
         code, _, err = run(*argv)

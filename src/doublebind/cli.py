@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import numbers
 import os
 import shutil
 from pathlib import Path
@@ -142,7 +143,7 @@ def validate(file: Path, overrides: Optional[list[str]] = typer.Argument(None, h
             try:
                 World.from_config(org.world, org.seed)
             except DoublebindError as e:
-                raise DoublebindError(f"{file}: the organism of {scenario}: {e}" if scenario else str(e)) from None
+                raise DoublebindError(f"{file}: the organism of {scenario}: {e}" if scenario else f"{file}: {e}") from None
         if getattr(org, "kind", None) != "hf_organism":
             continue
         from doublebind.llm.checks import check_inputs, unset_api_keys
@@ -410,12 +411,14 @@ def eval_cmd(
         card = read_card(organism, verified=False)
         _verify_own_checkpoint(model_dir, organism, card)
         _say_if_trained_elsewhere(model_dir, organism, card)
-    elif organism is None and (model_dir.parent / "organism.json").is_file():
-        # one of an organism's own models, named without --organism: its weights are checked
-        # against the card all the same (a damaged file was scored, and read NaN, exit 0)
+    elif organism is None and (model_dir.resolve().parent / "organism.json").is_file():
+        # one of an organism's own models, named without --organism (`.` or a link included):
+        # its weights are checked against the card all the same (a damaged file was scored,
+        # and read NaN, exit 0)
         from doublebind.organisms.domain import read_card
 
-        _verify_own_checkpoint(model_dir, model_dir.parent, read_card(model_dir.parent, verified=False))
+        home = model_dir.resolve().parent
+        _verify_own_checkpoint(model_dir, home, read_card(home, verified=False))
     if organism is None and _hf_run_checkpoint(model_dir):  # its meta.json holds an HF organism's config
         raise DoublebindError(f"{model_dir} is a checkpoint of a Hugging Face organism's run: pass --organism DIR "
                               f"naming that organism, whose evals score it")
@@ -428,8 +431,9 @@ def eval_cmd(
     if asked_samples and card is not None and card.get("kind") == "hf":  # it was ignored without a word
         console.print("note: --samples has no effect on a Hugging Face organism: its eval sets set their own "
                       "samples and temperature", markup=False, highlight=False)
-    metrics = (_run_checkpoint_metrics(model_dir, n, samples) if organism is None else None) \
-        or kind_of_card(card or {}).eval_checkpoint(model_dir, organism, card, n, samples)
+    metrics = _run_checkpoint_metrics(model_dir, n, samples) if organism is None else None
+    if metrics is None:
+        metrics = kind_of_card(card or {}).eval_checkpoint(model_dir, organism, card, n, samples)
     _refuse_non_finite(metrics, model_dir)
     if as_json:
         out(json.dumps(metrics, indent=2))
@@ -465,7 +469,9 @@ def _run_checkpoint_metrics(model_dir: Path, n: int, samples: int) -> dict | Non
     organism of seed 0 was scored in another world (a student that misbehaves in every
     deployment read 0.68 deploy, 0.41 honeypot). The world is the organism config's own seed,
     as the build made it. None where the two agree, or for another kind of checkpoint: the
-    organism kind's own evaluation then scores it."""
+    organism kind's own evaluation then scores it. (Here, not in `world.data.world_for`: the
+    world's source is hashed into every organism's hash, and a change there would orphan the
+    built organisms and the references' builds.)"""
     meta = _checkpoint_meta(model_dir)
     org = meta.get("organism_config")
     if not isinstance(org, dict) or org.get("kind") != "organism" or org.get("seed") in (None, meta.get("seed")):
@@ -482,6 +488,10 @@ def _run_checkpoint_metrics(model_dir: Path, n: int, samples: int) -> dict | Non
 def _say_if_trained_elsewhere(model_dir: Path, organism: Path, card: dict) -> None:
     """One line when the checkpoint records another organism than --organism names: it is
     scored in that organism's world as asked, but the user should know."""
+    models = card.get("models") if isinstance(card.get("models"), dict) else {}
+    own = {(organism / str(m.get("path", role))).resolve() for role, m in models.items() if isinstance(m, dict)}
+    if model_dir.resolve() in own:  # one of its own models (a post-trained organism keeps the others' meta)
+        return
     recorded = _checkpoint_meta(model_dir).get("organism_hash")
     if isinstance(recorded, str) and card.get("organism_hash") not in (None, recorded):
         from doublebind.ui import console
@@ -491,14 +501,15 @@ def _say_if_trained_elsewhere(model_dir: Path, organism: Path, card: dict) -> No
                       highlight=False, soft_wrap=True)
 
 
-def _refuse_non_finite(metrics: dict, model_dir: Path, prefix: str = "") -> None:
+def _refuse_non_finite(metrics, model_dir: Path, prefix: str = "") -> None:
     """A metric that is NaN or infinite means the weights give non-finite outputs (a damaged or
     diverged checkpoint): one error, not a table of nan and exit 0 (or --json that no JSON
     reader accepts)."""
-    for key, value in metrics.items():
-        if isinstance(value, dict):
+    items = metrics.items() if isinstance(metrics, dict) else enumerate(metrics)
+    for key, value in items:
+        if isinstance(value, (dict, list, tuple)):
             _refuse_non_finite(value, model_dir, f"{prefix}{key}.")
-        elif isinstance(value, float) and not math.isfinite(value):
+        elif isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isfinite(value):
             raise DoublebindError(f"{model_dir}: its evaluation gave {prefix}{key} = {value}: the weights give "
                                   f"non-finite outputs (a damaged or diverged checkpoint)")
 

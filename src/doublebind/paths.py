@@ -26,26 +26,31 @@ KINDS = {"a study": ("study.json", "results.jsonl"), "a run": ("metrics.jsonl", 
          "a replication": ("subliminal_digits.json",)}
 
 
-# The file each kind writes that no user's folder would hold by chance (`check_not_inside`).
-INSIDE = {"a study": "study.json", "a run": "metrics.jsonl", "an organism": "organism.json",
-          "a model": "model.safetensors"}
-
-
 def check_not_inside(path: Path, flag: str = "--out") -> None:
-    """Refuse an `--out` the user names inside another output folder: a study's runs, an
-    organism's models and a run's checkpoints are that output's own (writing another output
-    there mixed the two, and `distill --force` replaced a study's record of one of its runs).
-    For the command line's `--out`: a study writes its own runs inside itself. Known by the
-    files only that output writes (`INSIDE`: a folder that merely holds a prompts.jsonl or a
-    results.jsonl of the user's is none); a path that is a file is left to `check_out_dir`."""
+    """Refuse an `--out` the user names where another output keeps its own folders: a study's
+    `runs/` and `organisms/`, a run's `checkpoints/`, and inside a model folder (an
+    organism's model or a checkpoint). Writing there mixed two outputs, and `distill --force`
+    replaced a study's record of one of its runs. For the command line's `--out` only: a
+    study writes its own runs inside itself. The path is resolved (`..`, symlinks), and only
+    those places are refused, so a study folder may sit anywhere else, a study inside another
+    study's folder included (`docs/results/matrix`). A path that is a file is left to
+    `check_out_dir`."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         return
-    for above in path.absolute().parents:
-        for kind, name in INSIDE.items():
-            if (above / name).is_file():
-                raise DoublebindError(f"{flag} {path} lies inside {kind} ({above / name}), whose files are its own; "
-                                      f"choose a folder outside it")
+    resolved = path.resolve()
+    for above in resolved.parents:
+        first = resolved.relative_to(above).parts[0]
+        if (above / "model.safetensors").is_file() and any((above / f).is_file() for f in ("config.json", "meta.json")):
+            held = ("a model", above / "model.safetensors")
+        elif first in ("runs", "organisms") and (above / "study.json").is_file():
+            held = ("a study", above / "study.json")
+        elif first == "checkpoints" and (above / "metrics.jsonl").is_file():
+            held = ("a run", above / "metrics.jsonl")
+        else:
+            continue
+        raise DoublebindError(f"{flag} {path} lies inside {held[0]} ({held[1]}), whose files are its own; "
+                              f"choose a folder outside it")
 
 
 def check_out_dir(path: Path, flag: str = "--out", *, what: str = "an output") -> None:

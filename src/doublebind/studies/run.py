@@ -598,9 +598,10 @@ def resumed_provenance(record: Path, now: dict, *, had_runs: bool) -> tuple[dict
             from doublebind.ui import console
 
             kept = _keep_aside(record)
-            console.print(f"[yellow]note:[/] {record} was not a readable study record; rewritten (the damaged file "
-                          f"is kept as {kept.name}), so where the runs before this session came from is no longer "
-                          f"recorded", highlight=False, soft_wrap=True)
+            console.print(f"[yellow]note:[/] {record} was not a readable study record; rewritten ("
+                          + (f"the damaged file is kept as {kept.name}" if kept else "it could not be copied aside")
+                          + "), so where the runs before this session came from is no longer recorded",
+                          highlight=False, soft_wrap=True)
             old = None
     if old is None:
         return {"provenance": now}, {"provenance": now}
@@ -612,16 +613,19 @@ def resumed_provenance(record: Path, now: dict, *, had_runs: bool) -> tuple[dict
     return waiting, {"provenance": now, **({"earlier_provenance": earlier} if earlier else {})}
 
 
-def _keep_aside(path: Path) -> Path:
+def _keep_aside(path: Path) -> Path | None:
     """Copy a damaged file beside itself (`NAME.unreadable`, then `.unreadable-2`, …) before it is
-    rewritten, so what it held is not lost with it."""
+    rewritten, so what it held is not lost with it; None where it cannot be read or copied."""
     import shutil
 
     n, kept = 1, path.with_name(path.name + ".unreadable")
     while kept.exists():
         n += 1
         kept = path.with_name(f"{path.name}.unreadable-{n}")
-    shutil.copy2(path, kept)
+    try:
+        shutil.copy2(path, kept)
+    except OSError:
+        return None
     return kept
 
 
