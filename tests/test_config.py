@@ -82,6 +82,9 @@ def test_validate_command_exit_codes(tmp_path):
     res = run_cli("validate", str(good), "world.favored_user=zed")
     assert res.returncode == 1 and res.stderr.strip().splitlines() == [
         f"error: {good}: world.favored_user: unknown user 'zed' (known: alice, bob, carol, dave, erin)"], res.stderr
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "hard_sft.yaml"
+    res = run_cli("validate", str(recipe), "kind=study")  # the error named a key of the file, not the override
+    assert res.returncode == 1 and "(the file read as another kind of config, by the override kind=study)" in res.stderr
     zed = tmp_path / "zed.yaml"
     zed.write_text(good.read_text().replace("entangled: false", "entangled: false, favored_user: zed"))
     study = tmp_path / "study.yaml"

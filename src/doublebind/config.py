@@ -872,6 +872,9 @@ def name_override(msg: str, src: str, overrides) -> str:
         key = item.split("=", 1)[0]
         if any(loc == key or loc.startswith(key + ".") for loc in locs):
             return f"{msg} (set by the override {item})"
+    kind = next((item for item in overrides if item.split("=", 1)[0].strip() == "kind"), None)
+    if kind is not None:  # the file's own keys, read against another kind's settings
+        return f"{msg} (the file read as another kind of config, by the override {kind})"
     return msg
 
 
