@@ -217,3 +217,72 @@ def test_cli_eval_prints_metrics_and_rejects_bad_input(quick_organism, tmp_path)
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     res = run_cli("eval", str(broken))
     assert res.returncode == 1 and "cannot load model" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_sigterm_ends_a_command_as_ctrl_c_does_and_keeps_the_cached_build(tmp_path):
+    """SIGTERM killed `organism build --no-cache` outright while the cached build was set aside:
+    the cache lost it (kept only in a hidden folder nothing cleaned up). Now a SIGTERM unwinds
+    as a Ctrl-C: the earlier build is put back, "terminated", exit 143."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from doublebind.organisms import build
+
+    entry = tmp_path / "organisms" / build.organism_hash(config.load(preset="quick", overrides=TINY))
+    entry.mkdir(parents=True)
+    (entry / "organism.json").write_text("{}")
+    env = {**os.environ, "DOUBLEBIND_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "doublebind", "organism", "build", "--preset", "quick", *TINY,
+                             "--no-cache"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    aside = entry.with_name(f".{entry.name}.old{proc.pid}")
+    deadline = time.monotonic() + 120
+    while not aside.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert aside.exists(), proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "terminated" in err and "the earlier build stays in the cache" in err and "Traceback" not in err
+    assert (entry / "organism.json").read_text() == "{}" and not aside.exists()
+
+
+def test_a_build_set_aside_by_a_killed_no_cache_build_is_put_back(tmp_path, monkeypatch):
+    """SIGKILL leaves no chance to unwind: the next command that checks the cache puts the
+    set-aside build back (or drops it where a new build of that hash was stored since)."""
+    import subprocess
+    import sys
+
+    from doublebind.paths import check_cache_root
+
+    monkeypatch.setenv("DOUBLEBIND_CACHE", str(tmp_path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)  # a process that has ended
+    organisms = tmp_path / "organisms"
+    for name, pid in (("a" * 16, dead), ("b" * 16, dead), ("c" * 16, os.getpid())):
+        (organisms / f".{name}.old{pid}").mkdir(parents=True)
+        (organisms / f".{name}.old{pid}" / "organism.json").write_text("old")
+    (organisms / ("b" * 16)).mkdir()  # a new build of b stored since
+    check_cache_root()
+    assert (organisms / ("a" * 16) / "organism.json").read_text() == "old"  # put back
+    assert sorted(p.name for p in organisms.iterdir()) == sorted(
+        ["a" * 16, "b" * 16, f".{'c' * 16}.old{os.getpid()}"])  # b's old copy dropped; a live build's kept
+
+
+def test_a_study_copy_stopped_midway_leaves_no_hidden_half_copy(tmp_path, monkeypatch):
+    """A Ctrl-C while a study copied its organism left `organisms/.<name>.tmp` behind."""
+    from doublebind.organisms import build
+    from doublebind.studies.run import place_organism
+
+    def half_copied(cfg, out, **kw):
+        (out / "base").mkdir(parents=True)
+        (out / "base" / "model.safetensors").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build, "build_organism", half_copied)
+    monkeypatch.setenv("DOUBLEBIND_CACHE", str(tmp_path / "cache"))
+    dest = tmp_path / "study" / "organisms" / "quick-o0"
+    with pytest.raises(KeyboardInterrupt):
+        place_organism(config.load(preset="quick", overrides=TINY), dest, show_progress=False, expected_hash="0" * 16)
+    assert list(dest.parent.iterdir()) == []

@@ -204,9 +204,9 @@ if __name__ == "__main__":
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(executor._alive(w) for w in workers):
+        while time.monotonic() < deadline and any(executor.pid_alive(w) for w in workers):
             time.sleep(0.1)
-        assert not any(executor._alive(w) for w in workers), "workers outlived the main process"
+        assert not any(executor.pid_alive(w) for w in workers), "workers outlived the main process"
     finally:
         with __import__("contextlib").suppress(OSError):
             os.killpg(proc.pid, signal.SIGKILL)

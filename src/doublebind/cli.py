@@ -851,10 +851,39 @@ def _fmt(x) -> str:
     return fmt(x)
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread (`main`) so that a command unwinds as on Ctrl-C:
+    what it cleans up or puts back on an interruption (an `organism build --no-cache`'s
+    earlier build, a `distill --force`'s earlier run, a half-copied organism) is done on a
+    SIGTERM too, where the signal killed the process outright before."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> None:
     """The `doublebind` entry point. Usage errors (an unknown option, a missing argument, a
     value of the wrong type) end like every other bad input: one `error: …` line on stderr
-    and exit status 1."""
+    and exit status 1. SIGTERM ends a command as Ctrl-C does (its clean-up runs), with
+    "terminated" and exit status 143."""
+    import signal
+    import sys
+    import threading
+
+    previous = (signal.signal(signal.SIGTERM, _on_sigterm)
+                if threading.current_thread() is threading.main_thread() else None)
+    try:
+        _main(argv)
+    except Terminated:
+        console.print("[bold red]terminated[/]")
+        sys.exit(143)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> None:
     import sys
 
     click = _click_exceptions()

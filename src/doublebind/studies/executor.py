@@ -432,21 +432,21 @@ def _die_with_parent(parent_pid: int) -> None:
     parent = os.getppid()  # after the prctl: a parent that died before it is seen here
     # (reparented to init, unless the main process is init itself: spawned in a container
     # whose entry point is doublebind, its workers' parent is PID 1)
-    if (parent == 1 and parent_pid != 1) or not _alive(parent_pid):
+    if (parent == 1 and parent_pid != 1) or not pid_alive(parent_pid):
         os._exit(1)
 
     def watch() -> None:
         import time
 
         while True:  # the main process too: a process it forked keeps the server alive
-            if os.getppid() != parent or not _alive(parent_pid):
+            if os.getppid() != parent or not pid_alive(parent_pid):
                 os._exit(1)
             time.sleep(1.0)
 
     threading.Thread(target=watch, name="doublebind-parent-watch", daemon=True).start()
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """Whether `pid` runs (a zombie, killed but not yet reaped, does not)."""
     try:
         with open(f"/proc/{pid}/stat") as f:

@@ -778,6 +778,7 @@ def place_organism(org_cfg, dest: Path, show_progress: bool = True, expected_has
         from doublebind.organisms.kinds import kind_of_config
 
         drop_unfinished_build(expected_hash or kind_of_config(org_cfg).organism_hash(org_cfg))
+        shutil.rmtree(tmp, ignore_errors=True)  # and the study's half-made copy (a Ctrl-C mid-copy left it)
         raise
     swap()
 
