@@ -229,7 +229,7 @@ def organism_build(
     if out_dir is not None:
         check_not_inside(out_dir)
     check_cache_root()
-    from doublebind.cards import drop_unfinished_build
+    from doublebind.cards import drop_unfinished_build, set_aside_build
     from doublebind.organisms.build import CARD, build_organism, cache_root  # these import torch (seconds)
     from doublebind.organisms.kinds import kind_of_config
     from doublebind.organisms.models import quiet_transformers
@@ -247,7 +247,7 @@ def organism_build(
     target = out_dir or entry
     # --no-cache: the cached build moves aside, so the build misses the cache and stores its
     # result there as usual; it comes back if the new build never gets there (interrupted, crashed)
-    aside = _move_aside(entry) if no_cache else None
+    aside = set_aside_build(entry) if no_cache else None
     from doublebind.studies.executor import one_thread
 
     try:
@@ -277,16 +277,6 @@ def _is_comparison(path: Path) -> bool:
     except (OSError, ValueError, UnicodeDecodeError):
         return False
     return isinstance(data, dict) and "cells" in data
-
-
-def _move_aside(entry: Path) -> Path | None:
-    """Rename a cache entry to a hidden name beside it (never looked up); None if absent."""
-    if not entry.exists():
-        return None
-    aside = entry.with_name(f".{entry.name}.old{os.getpid()}")
-    shutil.rmtree(aside, ignore_errors=True)
-    os.replace(entry, aside)
-    return aside
 
 
 def _check_replaced_organism(card_path: Path, new_hash: str, cached: Path) -> None:
@@ -518,11 +508,7 @@ def _hf_run_checkpoint(model_dir: Path) -> bool:
     """Whether `model_dir` is a distillation checkpoint of a Hugging Face organism (its
     meta.json records an `hf_organism` config: read as a world's, it said "organism config:
     base: unknown key")."""
-    try:
-        meta = json.loads((model_dir / "meta.json").read_text())
-    except (OSError, ValueError):
-        return False
-    org = meta.get("organism_config") if isinstance(meta, dict) else None
+    org = _checkpoint_meta(model_dir).get("organism_config")
     return isinstance(org, dict) and org.get("kind") == "hf_organism"
 
 

@@ -94,38 +94,11 @@ def check_cache_root() -> Path:
         if (root / name).exists() and not (root / name).is_dir():
             raise DoublebindError(f"{named}: {root / name} is a file, where the cache keeps its {name} folder; "
                                   f"move or delete it")
-    restore_set_aside_builds(root / "organisms")
+    from doublebind.cards import restore_set_aside_builds
+
+    for entry in restore_set_aside_builds(root / "organisms"):
+        from doublebind.ui import console
+
+        console.print(f"note: put back the cached build {entry}, set aside by an `organism build --no-cache` "
+                      f"that was killed", highlight=False, soft_wrap=True, markup=False)
     return root
-
-
-def restore_set_aside_builds(organisms: Path) -> list[Path]:
-    """Put back the cached builds that an `organism build --no-cache` killed mid-build left set
-    aside (`organisms/.<hash>.old<pid>`, its process gone): the build was moved there so the
-    new one would miss the cache, and comes back on any other ending. Where a new build of
-    that hash has since been stored, the old copy is deleted. Another process's, still
-    running, is never touched. Returns the entries put back."""
-    import shutil
-
-    from doublebind.studies.executor import pid_alive
-
-    restored = []
-    if not organisms.is_dir():
-        return restored
-    for aside in sorted(organisms.glob(".*.old*")):
-        name, _, pid = aside.name[1:].rpartition(".old")
-        if not (name and pid.isdigit()) or pid_alive(int(pid)):
-            continue
-        entry = organisms / name
-        if entry.exists():
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            try:
-                os.replace(aside, entry)
-            except OSError:  # another command put it back first
-                continue
-            restored.append(entry)
-            from doublebind.ui import console
-
-            console.print(f"note: put back the cached build {entry}, set aside by an `organism build --no-cache` "
-                          f"that was killed", highlight=False, soft_wrap=True, markup=False)
-    return restored
