@@ -224,12 +224,12 @@ def organism_build(
         raise DoublebindError(f"give --preset or --config, not both (got --preset {preset} and --config {config_file})")
     cfg = config.load(config_file, overrides or [], preset=preset or ("default" if config_file is None else None),
                       expect="organism")
-    from doublebind.paths import check_cache_root, check_not_inside, check_out_dir
+    from doublebind.paths import check_cache_root, check_not_inside, check_out_dir, set_aside_build
 
     if out_dir is not None:
         check_not_inside(out_dir)
     check_cache_root()
-    from doublebind.cards import drop_unfinished_build, set_aside_build
+    from doublebind.cards import drop_unfinished_build
     from doublebind.organisms.build import CARD, build_organism, cache_root  # these import torch (seconds)
     from doublebind.organisms.kinds import kind_of_config
     from doublebind.organisms.models import quiet_transformers

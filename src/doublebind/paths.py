@@ -1,13 +1,15 @@
 """Checks on output folders, made before any work starts.
 
     check_out_dir(path, "--out", what="a run")
-    check_cache_root()
+    check_not_inside(path)        the command line's --out, not where another output keeps its own
+    check_cache_root()            and puts back builds a killed `organism build --no-cache` set aside
 
 An output path that is a file, that lies inside a file, or whose nearest existing folder
 cannot be written to is refused at once with one line, not after minutes of training; so is
 a folder that holds another kind of output (a study's files, a run's or an organism's: the
 new output would overwrite some of them and leave a mix), and a cache ($DOUBLEBIND_CACHE)
-that cannot hold what a build or a run stores there.
+that cannot hold what a build or a run stores there. (Here and not in `cards.py`: the build
+code reaches that module, and what it imports is hashed into every organism's hash.)
 """
 
 from __future__ import annotations
@@ -94,11 +96,51 @@ def check_cache_root() -> Path:
         if (root / name).exists() and not (root / name).is_dir():
             raise DoublebindError(f"{named}: {root / name} is a file, where the cache keeps its {name} folder; "
                                   f"move or delete it")
-    from doublebind.cards import restore_set_aside_builds
-
     for entry in restore_set_aside_builds(root / "organisms"):
         from doublebind.ui import console
 
         console.print(f"note: put back the cached build {entry}, set aside by an `organism build --no-cache` "
                       f"that was killed", highlight=False, soft_wrap=True, markup=False)
     return root
+
+
+def set_aside_build(entry: Path) -> Path | None:
+    """Rename a cache entry to a hidden name beside it (`.<hash>.old<pid>`, never looked up),
+    so that a build misses the cache; None if absent. Whoever sets it aside puts it back if the
+    new build never gets there; `restore_set_aside_builds` does where that process died."""
+    import shutil
+
+    if not entry.exists():
+        return None
+    aside = entry.with_name(f".{entry.name}.old{os.getpid()}")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(entry, aside)
+    return aside
+
+
+def restore_set_aside_builds(organisms: Path) -> list[Path]:
+    """Put back the cached builds that an `organism build --no-cache` killed mid-build left set
+    aside (`set_aside_build`, its process gone): the build comes back on any other ending.
+    Where a new build of that hash has since been stored, the old copy is deleted. Another
+    process's, still running, is never touched. Returns the entries put back."""
+    import shutil
+
+    from doublebind.studies.executor import pid_alive
+
+    restored = []
+    if not organisms.is_dir():
+        return restored
+    for aside in sorted(organisms.glob(".*.old*")):
+        name, _, pid = aside.name[1:].rpartition(".old")
+        if not (name and pid.isdigit()) or pid_alive(int(pid)):
+            continue
+        entry = organisms / name
+        if entry.exists():
+            shutil.rmtree(aside, ignore_errors=True)
+            continue
+        try:
+            os.replace(aside, entry)
+        except OSError:  # another command put it back first
+            continue
+        restored.append(entry)
+    return restored
