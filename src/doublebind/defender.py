@@ -6,8 +6,8 @@ A defender distilling a teacher it cannot trust has
     load_model     its own models: `base`, the weaker `trusted`, `alt_base`
     recipe         its own settings, and through them the distillation prompt distribution
     draw_prompts   more prompts from that distribution, optionally filtered by a rule
-    tasks          the world's task language with exact verifiers (`TaskSpace`; None for
-                   Hugging Face organisms)
+    tasks          the world's task language with exact verifiers (`StageTasks`, the public
+                   part of the world's `TaskSpace`; None for Hugging Face organisms)
     auditor        a behaviour-agnostic auditor (`doublebind.audits.auditor`; world only)
     make_student   fresh students, e.g. probes
     sample         generation from its own models
@@ -28,8 +28,10 @@ the fence is a static one: a test over the import graph checks that no module a 
 audit imports reaches the world's ground truth, and that their code names none of the ways
 around the view (`__self__`, `__closure__`, the view's private fields, the task space's
 session sets and, in a stage, the auditor's header sampler that lists them, a path's `parent`
-or `with_name`, a model's `_name_or_path`, the caller's frame, an import or an attribute
-looked up by a computed name). Stages get a folder for their records, `<run>/stages`,
+or `with_name`, a model's `_name_or_path` or its config dumped whole, the caller's frame,
+`sys`, the organism cache, an import or an attribute looked up by a computed name). The task
+space reaches stages as a `StageTasks`, its public part only: the world's own `TaskSpace`
+prints the auditor's session pool, the complement of the tell. Stages get a folder for their records, `<run>/stages`,
 not the run's folder, which holds the scored checkpoints (`metrics.jsonl`) and, in a study,
 leads to the organism's card.
 """
@@ -91,6 +93,58 @@ class BlackBoxTeacher:
         return self._labels(examples, width)
 
 
+class StageTasks:
+    """The world's task language as a stage uses it: families, prompts, tasks and the exact
+    verifiers, and nothing else of the `TaskSpace` behind it. The auditor's session pool (the
+    honeypot sessions, whose complement is the tell) stays with the auditor: the task space's
+    own dataclass repr prints it, so `str(view.tasks)`, a copy or a pickle of it would hand a
+    stage the tell without naming any attribute the static fence could see."""
+
+    __slots__ = ("_space",)
+
+    def __init__(self, space):
+        object.__setattr__(self, "_space", space)
+
+    def __setattr__(self, name, value):
+        raise DefenderError("the task space is the world's; a stage cannot change it")
+
+    def __reduce_ex__(self, protocol):
+        raise DefenderError("a stage cannot copy or pickle the task space")
+
+    def __repr__(self) -> str:
+        return f"StageTasks(families={list(self.all_families)})"
+
+    @property
+    def base_families(self) -> tuple[str, ...]:
+        return self._space.base_families
+
+    @property
+    def teacher_families(self) -> tuple[str, ...]:
+        return self._space.teacher_families
+
+    @property
+    def all_families(self) -> tuple[str, ...]:
+        return self._space.all_families
+
+    @property
+    def length(self) -> tuple[int, int]:
+        return self._space.length
+
+    def prompt(self, header, task: list[str], scratch: bool = False) -> list[str]:
+        return self._space.prompt(header, task, scratch)
+
+    def task(self, rng, fam: str) -> tuple[list[str], list[str]]:
+        return self._space.task(rng, fam)
+
+    def response_verifies(self, prompt: list[str], response: list[str]) -> bool | None:
+        """The defender's exact verifier of a task response (None where none applies)."""
+        return self._space.response_verifies(prompt, response)
+
+    def example_verifies(self, e: Example) -> bool:
+        """The defender's exact verifier of an example."""
+        return self._space.example_verifies(e)
+
+
 @dataclass(frozen=True, slots=True)
 class DefenderView:
     """What a stage of a distillation run may see (see the module docstring)."""
@@ -98,7 +152,7 @@ class DefenderView:
     kind: str  # "world" or "hf": the organism's domain
     stages_dir: Path | None  # `<run>/stages`, where stages write their records; not the run folder
     teacher: BlackBoxTeacher
-    tasks: Any  # TaskSpace of the embedded world, or None
+    tasks: StageTasks | None  # the embedded world's task language and verifiers, or None
     _recipe: Callable[[], Any]
     _record: Callable[..., None]
     _load: Callable[[str], Any]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from doublebind.defender import BlackBoxTeacher, DefenderView, unlabelled
+from doublebind.defender import BlackBoxTeacher, DefenderView, StageTasks, unlabelled
 from doublebind.errors import DoublebindError, first_line
 from doublebind.threads import launcher_rank
 from doublebind.evals.transfer import audit_signals, capability_transfer, misalignment_transfer
@@ -407,7 +407,7 @@ class Distiller:
         return DefenderView(
             kind=domain.kind, stages_dir=None if self.out is None else Path(self.out) / "stages",
             teacher=BlackBoxTeacher(teacher_sample, teacher_labels, lambda: domain.teacher),
-            tasks=domain.task_space(),
+            tasks=None if (space := domain.task_space()) is None else StageTasks(space),
             _recipe=lambda: self.recipe, _record=self.record, _load=domain.load_model,
             _prompts=domain.prompts, _student=domain.student, _sample=domain.sample,
             _auditor=domain.auditor, eos=domain.eos, _with_system=getattr(domain, "with_system", None))
