@@ -289,6 +289,38 @@ def test_resume_refuses_an_unfinished_run_of_another_recipe(quick_organism, tmp_
         study_run.run_study(path, out, show_progress=False, overrides=["recipe_overrides.training.lr=0.01"])
 
 
+def test_a_study_keeps_weights_only_where_it_asks(quick_organism, tmp_path):
+    """A study's runs keep no checkpoint weights, whatever the recipe file says (it is written
+    for `distill`); `training.save_weights: true` in the study's own recipe_overrides keeps
+    them, and changes no number."""
+    path = write_study(tmp_path, quick_organism[0], techniques=["baseline"], seeds=[0])
+    recipe = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
+    recipe["training"]["save_weights"] = True
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    plain, kept = tmp_path / "plain", tmp_path / "kept"
+    study_run.run_study(path, plain, show_progress=False)
+    study_run.run_study(path, kept, show_progress=False, overrides=["recipe_overrides.training.save_weights=true"])
+    key = next(iter(study_run.scan_results(plain / "results.jsonl").runs))
+    assert study_run.run_dir(plain, key).is_dir() and not (study_run.run_dir(plain, key) / "checkpoints").exists()
+    ckpts = sorted(p.name for p in (study_run.run_dir(kept, key) / "checkpoints").iterdir())
+    assert ckpts == ["step_00000", "step_00002", "step_00004"]
+    assert (study_run.run_dir(kept, key) / "checkpoints" / "step_00004" / "model.safetensors").is_file()
+    numbers = ("step", "capability", "misbehavior", "capability_transfer", "misalignment_transfer", "auditor")
+    a, b = (study_run.read_results(out / "results.jsonl") for out in (plain, kept))
+    assert [{k: r[k] for k in numbers} for r in a] == [{k: r[k] for k in numbers} for r in b]
+    assert a[0]["recipe_hash"] != b[0]["recipe_hash"]  # a resume never mixes the two
+    cfg = config.load(path, ["recipe_overrides.training.save_weights=true"], expect="study")
+    assert study_run.keeps_weights(cfg, key[0]) and not study_run.keeps_weights(config.load(path), key[0])
+    # a scenario's own setting wins over the study's
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({
+        "kind": "study", "name": "g", "recipe": "recipe.yaml", "techniques": ["baseline"],
+        "recipe_overrides": {"training": {"save_weights": True}},
+        "scenarios": [{"name": "default", "recipe_overrides": {"training": {"save_weights": False}}}, "collusion"]}))
+    cfg = config.load(grid)
+    assert not study_run.keeps_weights(cfg, "default") and study_run.keeps_weights(cfg, "collusion")
+
+
 def test_study_techniques_may_carry_options(tmp_path, quick_organism):
     path = write_study(tmp_path, quick_organism[0],
                        techniques=["baseline", {"name": "iterative_filter", "rounds": 1, "probe_steps": 5}])

@@ -504,7 +504,8 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
     state = _process_state()  # under `accelerate launch`, only the main process writes
     with study_lock(out, state.is_main_process):  # one `study run` at a time per folder
         results = out / RESULTS
-        grid = {(sp.scenario, sp.organism_seed, t, s): Cell(sp, run_recipe(sp.recipe, t, stages, s))
+        grid = {(sp.scenario, sp.organism_seed, t, s):
+                Cell(sp, run_recipe(sp.recipe, t, stages, s, keeps_weights(cfg, sp.scenario)))
                 for sp in specs for t, stages in cfg.technique_stages().items() for s in cfg.seeds}
         scan = scan_results(results)
         if state.is_main_process:
@@ -790,11 +791,29 @@ def _process_state():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-def run_recipe(base_recipe, technique: str, stages: list[dict], seed: int):
-    """The recipe one grid cell runs: the base recipe, its seed, the technique's stage."""
+def run_recipe(base_recipe, technique: str, stages: list[dict], seed: int, keep_weights: bool = False):
+    """The recipe one grid cell runs: the base recipe, its seed, the technique's stage; its
+    checkpoints' weights kept only where the study asks (`keeps_weights`)."""
     return base_recipe.model_copy(update={
         "seed": seed, "name": technique, "stages": stages,
-        "training": base_recipe.training.model_copy(update={"save_weights": False})})
+        "training": base_recipe.training.model_copy(update={"save_weights": keep_weights})})
+
+
+def keeps_weights(cfg, scenario: str) -> bool:
+    """Whether a study's runs on `scenario` keep each checkpoint's weights: only where the
+    study itself says `training.save_weights: true` in its `recipe_overrides` (or the
+    scenario's own, which wins), on the command line as `recipe_overrides.training.save_weights=true`.
+    A recipe file's setting does not count: it is written for `distill`, and a study of
+    hundreds of runs keeps only their rows unless asked."""
+    def said(overrides) -> bool | None:
+        training = overrides.get("training") if isinstance(overrides, dict) else None
+        return training.get("save_weights") if isinstance(training, dict) else None
+
+    own = next((sc.recipe_overrides for sc in cfg.scenarios or [] if sc.name == scenario), None)
+    for overrides in (own, cfg.recipe_overrides):
+        if said(overrides) is not None:
+            return said(overrides) is True
+    return False
 
 
 def check_resumable(out: Path, rows: list[dict], hashes: dict[tuple[str, int], str], grid: dict,
