@@ -5,6 +5,7 @@ kept. Every test here failed on the code before the fix it checks."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -146,6 +147,24 @@ def test_compare_json_never_overwrites_a_study_file(tmp_path):
     for _ in range(2):  # a new file, then the same comparison again over it
         res = run_cli("study", "compare", str(a), str(b), "--json", str(a / "compare.json"))
         assert res.returncode == 0 and json.loads((a / "compare.json").read_text())["cells"], res.stderr
+
+
+def test_compare_json_that_is_a_device_or_a_pipe_is_refused_unread(tmp_path):
+    """`--json /dev/full` read the device to tell whether it held a comparison, and grew to 23 GB
+    before the kernel stopped it; a named pipe blocked the command."""
+    a, b = _copy_reference(tmp_path / "a"), _copy_reference(tmp_path / "b")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for target in ("/dev/full", "/dev/zero", str(fifo)):
+        _one_line(run_cli("study", "compare", str(a), str(b), "--json", target),
+                  "is not a regular file (a device or a pipe); name a file")
+
+
+def test_compare_json_that_cannot_be_made_names_the_file_asked_for(tmp_path):
+    """A --json the system refuses named a temporary file beside it (`.x.json.<hex>.tmp`)."""
+    a, b = _copy_reference(tmp_path / "a"), _copy_reference(tmp_path / "b")
+    res = run_cli("study", "compare", str(a), str(b), "--json", "/proc/x.json")
+    assert res.returncode == 1 and "/proc/x.json" in res.stderr and ".tmp" not in res.stderr, res.stderr
 
 
 def test_build_refuses_preset_and_config_together(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from statistics import fmean
 
 import pytest
@@ -13,6 +14,8 @@ from doublebind import config
 from doublebind.errors import DoublebindError
 from doublebind.reports.study_report import SECTIONS, last_interval, write_report
 from doublebind.studies.run import RESULTS, SCHEMA_VERSION, read_results, seal_run, summarize
+
+from .conftest import run_cli
 
 TECHNIQUES = ["baseline", "verifier_filter"]
 SCENARIOS = ["default", "collusion"]
@@ -217,11 +220,33 @@ def test_only_runs_without_the_generic_auditor_get_the_behaviour_aware_caveat(st
 
 
 def test_a_second_report_removes_figures_it_no_longer_draws(study):
-    write_report(study)
+    """A figure the previous report showed and this one does not draw goes; any other file in
+    figures/, a PNG a person put there included, stays (every PNG there was deleted)."""
+    md, _ = write_report(study)
     stale = study / "figures" / "default" / "gone.png"
     stale.write_bytes(b"\x89PNG old")
+    md.write_text(md.read_text() + "\n![gone](figures/default/gone.png)\n")  # as an earlier report showed it
+    mine = [study / "figures" / "slide.png", study / "figures" / "mine" / "whiteboard.png",
+            study / "figures" / "notes.txt"]
+    for path in mine:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"a person's file")
     write_report(study)
     assert not stale.exists() and (study / "figures" / "default" / "baseline.png").is_file()
+    assert all(path.read_bytes() == b"a person's file" for path in mine)
+    # a link out of figures/ is never followed
+    md.write_text(md.read_text() + "\n![x](figures/../report.html)\n")
+    write_report(study)
+    assert (study / "report.html").is_file()
+
+
+def test_the_report_records_its_command_as_a_shell_runs_it(study, tmp_path):
+    """A folder name with spaces or brackets was written bare, a command that did not run."""
+    odd = tmp_path / "sp ace (1) [x]"
+    shutil.copytree(study, odd)
+    res = run_cli("report", str(odd))
+    assert res.returncode == 0, res.stderr
+    assert f"doublebind report '{odd}'" in (odd / "report.md").read_text()
 
 
 def test_a_scenario_of_one_organism_build_says_what_its_figures_leave_out(study):
@@ -565,7 +590,7 @@ def test_a_technique_whose_rows_equal_the_baseline_s_is_marked_too(tmp_path):
     def baseline_like(r):  # verifier_filter's rows on collusion, organism 0, are the baseline's
         if r["technique"] == "verifier_filter" and r["scenario"] == "collusion" and r["organism_seed"] == 0:
             return {**_row("baseline", r["seed"], r["step"], r["selected"], "collusion", 0),
-                    "technique": "verifier_filter", "recipe_hash": "r1"}
+                    "technique": "verifier_filter", "recipe_hash": r["recipe_hash"]}
         return r
 
     (tmp_path / "s").mkdir()

@@ -314,3 +314,84 @@ def test_a_session_claims_the_record_only_once_a_run_finishes(quick_organism, tm
     assert record["provenance"]["commit"] == mine["commit"] and record["earlier_provenance"] == [other]
     study_run.run_study(path, out, show_progress=False)  # nothing left to run: the record stays
     assert json.loads((out / "study.json").read_text()) == record
+
+
+def _resealed(out, edit, run_index: int = 0):
+    """results.jsonl with `edit(row)` applied to every row of one run, its checksum made
+    again: a damage the checksum cannot see (a hand edit that knows the formula, another
+    tool's rows), which the row checks must."""
+    rows = [json.loads(ln) for ln in _lines(out)]
+    run_id = list(dict.fromkeys(r["run_id"] for r in rows))[run_index]
+    mine = [r for r in rows if r["run_id"] == run_id]
+    for r in mine:
+        edit(r)
+    sealed = study_run.seal_run([{k: v for k, v in r.items() if k not in ("run_id", "run_rows", "run_sha256")}
+                                 for r in mine], run_id)
+    it = iter(sealed)
+    rows = [next(it) if r["run_id"] == run_id else r for r in rows]
+    (out / study_run.RESULTS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _set(key, value):
+    def edit(r):
+        r[key] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, why", [
+    (_set("capability_transfer", "0.9"), "'capability_transfer' is not a finite number"),
+    (_set("misalignment_transfer", True), "'misalignment_transfer' is not a finite number"),
+    (_set("misalignment_transfer", float("inf")), "'misalignment_transfer' is not a finite number"),
+    (lambda r: r.pop("misalignment_transfer"), "no 'misalignment_transfer'"),
+    (lambda r: r["capability"].update(copy="high"), "'capability.copy' is not a finite number"),
+    (lambda r: r["auditor"].update(success_at_k=float("nan")) if r["auditor"] else None,
+     "'auditor.success_at_k' is not a finite number"),
+    (_set("schema_version", 9), "schema version 9, written by a newer doublebind"),
+    (_set("schema_version", "3"), "'schema_version' is not a int"),
+    (_set("selected", False), "0 rows marked selected"),
+    (_set("selected", True), "3 rows marked selected"),
+])
+def test_a_row_no_run_writes_is_refused_by_its_line_even_when_resealed(study, edit, why):
+    """Values the statistics read (a string transfer, an infinity, a boolean read as 1.0, no
+    delivered checkpoint or two) were judged, or ended in an internal error."""
+    _, out = study
+    _resealed(out, edit)
+    with pytest.raises(DoublebindError, match=re.escape(why)):
+        study_run.read_results(out / study_run.RESULTS)
+    res = run_cli("report", str(out))
+    assert res.returncode == 1 and why in res.stderr and "internal error" not in res.stderr
+    assert not (out / "report.md").exists()
+
+
+@pytest.mark.parametrize("edit, why", [
+    (_set("study", "matrix"), "is a run of study 'matrix', not 't'"),
+    (_set("organism_hash", "ffffffffffffffff"), "ran on organism ffffffffffffffff, not "),
+])
+def test_report_and_compare_refuse_runs_of_another_study_or_organism(study, edit, why):
+    """Such runs were judged with the study's own, under its name, exit 0 (`study run`
+    refuses the same folder)."""
+    _, out = study
+    clean = out.parent / "clean"
+    shutil.copytree(out, clean)
+    _resealed(out, edit, run_index=1)
+    for args in (["report", str(out)], ["study", "compare", str(clean), str(out)]):
+        res = run_cli(*args)
+        assert res.returncode == 1 and why in res.stderr and "reads one study's runs" in res.stderr, res.stderr
+    assert not (out / "report.md").exists()
+
+
+def test_runs_of_one_seed_with_two_recipes_across_organism_builds_are_refused(study):
+    """A run's recipe hash covers its seed, so only runs of the same technique and seed on one
+    scenario's builds can be compared without the recipe."""
+    from doublebind.reports.study_report import _foreign_run
+
+    _, out = study
+    scan = study_run.scan_results(out / study_run.RESULTS)
+    key, rows = next(iter(scan.runs.items()))
+    twin = (key[0], key[1] + 1, key[2], key[3])
+    scan.runs[twin] = [{**r, "organism_seed": twin[1], "recipe_hash": "0" * 16} for r in rows]
+    record = json.loads((out / "study.json").read_text())
+    cfg = study_run.config.build(study_run.config.StudyConfig, record["config"], "study.json")
+    assert "ran with different recipes" in _foreign_run(record, cfg, scan)
+    scan.runs[twin] = [{**r, "organism_seed": twin[1]} for r in rows]
+    assert _foreign_run(record, cfg, scan) is None

@@ -41,6 +41,8 @@ def write_json(path: Path, data, **dump) -> None:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             continue
+        except OSError as e:  # the file asked for, not the temporary beside it that could not be made
+            raise OSError(e.errno, e.strerror, str(path)) from None
         break
     try:
         with naming(path):

@@ -271,8 +271,12 @@ def organism_build(
 
 
 def _is_comparison(path: Path) -> bool:
-    """Whether `path` holds what `study compare --json` writes (a JSON object with `cells`)."""
+    """Whether `path` holds what `study compare --json` writes (a JSON object with `cells`).
+    Only a regular file is read (a device such as /dev/full or /dev/zero reads without end, a
+    named pipe blocks), and only up to a size no comparison reaches."""
     try:
+        if not path.is_file() or path.stat().st_size > 256 * 2**20:
+            return False
         data = json.loads(path.read_text())
     except (OSError, ValueError, UnicodeDecodeError):
         return False
@@ -697,6 +701,8 @@ def study_compare(a_dir: Path = typer.Argument(..., metavar="A", help="A study f
 
         if json_out.is_dir():
             raise DoublebindError(f"--json {json_out} is a folder; name a file")
+        if json_out.exists() and not json_out.is_file():
+            raise DoublebindError(f"--json {json_out} is not a regular file (a device or a pipe); name a file")
         if json_out.exists() and not _is_comparison(json_out):  # a study's results, a card: others' work
             raise DoublebindError(f"--json {json_out} exists and is not an earlier comparison; name a new file")
         if not json_out.exists():  # the nearest existing folder must take it
@@ -731,6 +737,7 @@ def study_compare(a_dir: Path = typer.Argument(..., metavar="A", help="A study f
 @cli_errors
 def report(study_dir: Path):
     """Write report.md, report.html and their figures (figures/*.png) into a study folder."""
+    import shlex
     import sys
 
     from doublebind.reports.study_report import results_file, write_report
@@ -739,7 +746,7 @@ def report(study_dir: Path):
     from doublebind.organisms.models import quiet_transformers
 
     quiet_transformers()
-    md, html = write_report(study_dir, command=" ".join(["doublebind", *sys.argv[1:]]))
+    md, html = write_report(study_dir, command=shlex.join(["doublebind", *sys.argv[1:]]))
     out(f"wrote {md} and {html}")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import math
 from collections import Counter
@@ -117,6 +118,44 @@ def _check_provenance(path: Path, where: str, prov) -> None:
         if prov.get(key) is not None and not isinstance(prov[key], dict):
             raise DoublebindError(f"{path}: {where}.{key}: expected an object, got {_json_kind(prov[key])}")
     _check_objects(path, f"{where}.organisms", prov.get("organisms"))
+
+
+def _figures_shown(md: Path) -> set[str]:
+    """The figures (paths under `figures/`) a report.md links to; none where there is none."""
+    try:
+        text = md.read_text(errors="replace") if md.is_file() else ""
+    except OSError:
+        return set()
+    found = re.findall(r"!\[[^\]]*\]\(" + re.escape(FIGURES) + r"/([^)]+\.png)\)", text)
+    return {f for f in found if ".." not in f.split("/") and not f.startswith("/")}
+
+
+def _foreign_run(study: dict, cfg, scan) -> str | None:
+    """A run that is not this study's, described, or None: a row of another study, a run on
+    another organism than study.json records for its scenario and organism seed, or runs of
+    one technique and seed on one scenario's organism builds made with different recipes (a
+    run's recipe hash covers its seed, so runs of other seeds cannot be compared; `study run`,
+    which has the recipe, checks every run against it). Each would be judged with the study's
+    own runs, and the report's numbers would mix two designs."""
+    organisms = {(o.get("scenario"), o.get("organism_seed")): o.get("organism_hash")
+                 for o in study.get("organisms") or []}
+    recipes: dict[tuple[str, str, int], dict[str, tuple]] = {}
+    for key, rows in scan.runs.items():
+        row = rows[0]
+        if row.get("study") != cfg.name:
+            return f"{describe_key(key)} is a run of study '{row.get('study')}', not '{cfg.name}'"
+        if not in_study(cfg, key):
+            continue
+        want = organisms.get(key[:2])
+        if want is not None and row["organism_hash"] != want:
+            return (f"{describe_key(key)} ran on organism {row['organism_hash']}, not {want}, the one study.json "
+                    f"records for it")
+        seen = recipes.setdefault((key[0], key[2], key[3]), {})
+        seen.setdefault(row["recipe_hash"], key)
+        if len(seen) > 1:
+            (h1, k1), (h2, k2) = list(seen.items())[:2]
+            return f"{describe_key(k1)} and {describe_key(k2)} ran with different recipes ({h1}, {h2})"
+    return None
 
 
 def _study_config(study_dir: Path, study: dict):
@@ -479,6 +518,10 @@ def load_study(study_dir: Path, what: str = "the report") -> tuple[dict, Any, di
     study = _load_json(study_dir / "study.json", "study record")
     _check_study_record(study_dir / "study.json", study)
     cfg = _study_config(study_dir, study)
+    foreign = _foreign_run(study, cfg, scan)
+    if foreign:
+        raise DoublebindError(f"{results}: {foreign}; {what} reads one study's runs (`study run` refuses such a "
+                              f"folder too) and changed nothing: move those rows to their own folder")
     summary = compute_summary(scan.runs, cfg)  # of the grid's runs; it counts the others, as summary.json does
     scan.outside = sorted(k for k in scan.runs if not in_study(cfg, k))
     scan.runs = {k: rows for k, rows in scan.runs.items() if in_study(cfg, k)}
@@ -801,8 +844,9 @@ def render_html(blocks: list[tuple]) -> str:
 
 def write_report(study_dir: Path, command: str | None = None) -> tuple[Path, Path]:
     """Write `report.md`, `report.html` and their figures (`figures/`) into `study_dir`;
-    return the two report paths. Figures a previous report left and this one does not
-    draw are removed."""
+    return the two report paths. Figures the previous report (its `report.md`) showed and
+    this one does not draw are removed; no other file is, whatever its name. Every path
+    it writes is checked writable before any plotting, so a refusal changes nothing."""
     study_dir = Path(study_dir)
     fig_dir = study_dir / FIGURES
     md, page = study_dir / "report.md", study_dir / "report.html"
@@ -813,15 +857,17 @@ def write_report(study_dir: Path, command: str | None = None) -> tuple[Path, Pat
     for path in (md, page):
         if path.is_dir():
             raise DoublebindError(f"{path} is a folder; the report writes a file there (move or delete the folder)")
+    for path in (study_dir, md, page, fig_dir):
+        if path.exists() and not os.access(path, os.W_OK | (os.X_OK if path.is_dir() else 0)):
+            raise DoublebindError(f"{path}: cannot write to it (permission denied); the report changed nothing")
+    shown_before = _figures_shown(md)
     blocks, figures = _blocks(study_dir, command)
     for rel, data in figures.items():
         path = fig_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-    if fig_dir.is_dir():
-        for old in fig_dir.rglob("*.png"):
-            if old.relative_to(fig_dir).as_posix() not in figures:
-                old.unlink()
+    for rel in shown_before - set(figures):
+        (fig_dir / rel).unlink(missing_ok=True)
     md.write_text(render_md(blocks))
     page.write_text(render_html(blocks))
     return md, page

@@ -32,6 +32,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,7 @@ from doublebind.ui import progress_bar
 SCHEMA_VERSION = 3  # 3: scenario and organism_seed in every row and run key
 RESULTS = "results.jsonl"
 QUARANTINE = "results.quarantine.jsonl"
-_ROW_KEYS = {"scenario": str, "organism_seed": int, "technique": str, "seed": int, "step": int, "selected": bool,
+_ROW_KEYS = {"schema_version": int, "scenario": str, "organism_seed": int, "technique": str, "seed": int, "step": int, "selected": bool,
              "organism_hash": str, "recipe_hash": str, "run_id": str, "run_rows": int, "run_sha256": str}
 _KEY = ("scenario", "organism_seed", "technique", "seed")
 RunKey = tuple[str, int, str, int]  # (scenario, organism_seed, technique, seed)
@@ -269,7 +270,31 @@ def describe_bad(bad: list[tuple[int, bytes, str]]) -> str:
     return f"{_lines([b[0] for b in bad])} are corrupt (line {bad[0][0]}: {bad[0][2]})"
 
 
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _numbers_problem(obj: dict, key: str) -> str | None:
+    """Why `obj[key]` is not what a run writes there: an object of finite numbers (or of such
+    objects), or null; None when it is (or is absent: older rows lack some)."""
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        return f"'{key}' is not an object"
+    for k, v in value.items():
+        if v is None or _finite(v):
+            continue
+        if isinstance(v, dict) and all(x is None or _finite(x) for x in v.values()):
+            continue
+        return f"'{key}.{k}' is not a finite number"
+    return None
+
+
 def _row_problem(obj) -> str | None:
+    """Why a line of results.jsonl is not a row a study run writes, or None. The statistics
+    read the transfers, the rates and the auditor's figures, so a value there that no run
+    writes (a string, a boolean, an infinity) is refused with its line, never judged."""
     if not isinstance(obj, dict):
         return "not a JSON object"
     for key, typ in _ROW_KEYS.items():
@@ -277,8 +302,27 @@ def _row_problem(obj) -> str | None:
             return f"no '{key}'"
         if not isinstance(obj[key], typ) or (typ is int and isinstance(obj[key], bool)):
             return f"'{key}' is not a {typ.__name__}"
+    if obj["schema_version"] > SCHEMA_VERSION:
+        return (f"schema version {obj['schema_version']}, written by a newer doublebind (this one reads "
+                f"{SCHEMA_VERSION})")
     if obj["run_rows"] < 1:
         return "'run_rows' is not positive"
+    for key in ("capability_transfer", "misalignment_transfer"):
+        if key not in obj:
+            return f"no '{key}'"
+        if obj[key] is not None and not _finite(obj[key]):
+            return f"'{key}' is not a finite number"
+    for key in ("capability", "misbehavior", "base_capability", "audit", "base_audit"):
+        why = _numbers_problem(obj, key)
+        if why:
+            return why
+    auditor = obj.get("auditor")
+    if auditor is not None:
+        if not isinstance(auditor, dict):
+            return "'auditor' is not an object"
+        for k in ("success_at_k", "teacher_success_at_k", "base_success_at_k"):
+            if k in auditor and not _finite(auditor[k]):
+                return f"'auditor.{k}' is not a finite number"
     return None
 
 
@@ -335,6 +379,9 @@ def scan_results(path: Path) -> Scan:
             continue
         elif run_checksum(rows) != first["run_sha256"]:
             why = f"run {run_id} ({_lines(lines)}) fails its checksum"
+        elif sum(r["selected"] for r in rows) != 1:
+            why = (f"run {run_id} has {sum(r['selected'] for r in rows)} rows marked selected "
+                   f"(a run delivers one checkpoint)")
         else:
             if key in scan.runs:
                 scan.ignored_rows += len(rows)  # a repeated run: the first one counts
