@@ -489,3 +489,99 @@ def test_a_prompt_beyond_the_model_s_positions_is_refused(hf_organism):
     assert len(d.render("Which animal?", "teacher")) < limit
     with pytest.raises(DoublebindError, match=r"^a prompt of \d+ tokens as teacher sees it \('word word word"):
         d.render("word " * 2000, "teacher")
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """A tiny Llama saved as a local model folder (safetensors, config, tokenizer)."""
+    from doublebind.llm.tiny import build_tiny
+
+    folder = tmp_path_factory.mktemp("tinyllama") / "good"
+    build_tiny("llama", folder)
+    return folder
+
+
+def _variant(tiny_folder, tmp_path, name, damage):
+    folder = tmp_path / name
+    shutil.copytree(tiny_folder, folder)
+    damage(folder)
+    return folder
+
+
+def _drop_layer(folder):
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(folder / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if "layers.1.mlp" not in k}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+
+
+def _as_pickle(folder):
+    from safetensors.torch import load_file
+
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+
+
+def _truncate(folder):
+    path = folder / "model.safetensors"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (_drop_layer, "weights are missing from its files or have another shape (model.layers.1.mlp.down_proj.weight"),
+    (_as_pickle, "holds its weights only as pickle files (pytorch_model.bin); doublebind loads safetensors only"),
+    (_truncate, "could not load model"),
+    (lambda f: (f / "config.json").write_text("[]"), "could not load "),  # the build reads the tokenizer first
+])
+def test_a_damaged_or_pickled_model_folder_is_refused_in_one_line(tiny_folder, tmp_path, damage, needle):
+    """A model missing tensors was loaded with random values in their place (transformers' report
+    of it is kept quiet), exit 0; a folder of pickles was unpickled; a truncated file or a
+    config of the wrong shape was an internal error."""
+    from doublebind.llm.organism import load_model
+
+    folder = _variant(tiny_folder, tmp_path, "bad", damage)
+    cfg = config.load(organism_yaml(tmp_path))
+    with pytest.raises(DoublebindError) as err:
+        load_model({"path": str(folder)}, cfg)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+    load_model({"path": str(tiny_folder)}, cfg)  # the intact folder loads
+    res = run_cli("organism", "build", "--config", str(organism_yaml(tmp_path, teacher={"model": str(folder)})),
+                  "--out", str(tmp_path / "org"), env_cache=tmp_path / "cache")
+    assert res.returncode == 1 and needle in res.stderr and "internal error" not in res.stderr, res.stderr
+
+
+def test_a_model_folder_changed_after_the_build_is_refused(tiny_folder, tmp_path):
+    """The card's metrics and the cached teacher outputs describe the files it was built from; a
+    teacher folder damaged or retrained since was distilled as the built organism, exit 0."""
+    teacher = _variant(tiny_folder, tmp_path, "teacher", lambda f: None)
+    cfg = config.load(organism_yaml(tmp_path, teacher={"model": str(teacher), "system_prompt": SYSTEM}))
+    card = build_hf_organism(cfg, tmp_path / "organism", show_progress=False)
+    assert set(card["models"]["teacher"]["files_sha256"]) == {"path"}
+    HFDomain(tmp_path / "organism", card)  # unchanged: opens
+    (teacher / "generation_config.json").write_text('{"do_sample": true}')
+    with pytest.raises(DoublebindError, match=r"the teacher's model folder .* changed since the organism was built"):
+        HFDomain(tmp_path / "organism", card)
+
+
+def test_a_model_s_own_code_is_in_the_organism_hash(tiny_folder, tmp_path):
+    """`trust_remote_code` runs the folder's *.py; an edit of it kept the hash, and the cached
+    card of the old code was served."""
+    from doublebind.llm import organism as llm_org
+
+    teacher = _variant(tiny_folder, tmp_path, "teacher", lambda f: (f / "modeling_x.py").write_text("A = 1\n"))
+    cfg = lambda: config.load(organism_yaml(tmp_path, teacher={"model": str(teacher)}))
+    first = llm_org.organism_hash(cfg())
+    (teacher / "modeling_x.py").write_text("A = 2\n")
+    assert llm_org.organism_hash(cfg()) != first
+
+
+def test_distilling_from_a_float16_organism_is_refused(tmp_path):
+    """Pure float16 training (no loss scaling) took a tiny student's loss from 1.2e-5 to 48.1 in
+    ten steps, exit 0 (a bad-input sweep, 2026-12-05)."""
+    from doublebind.training.distill import Distiller
+
+    cfg = config.load(organism_yaml(tmp_path, dtype="float16"))
+    build_hf_organism(cfg, tmp_path / "organism", show_progress=False)
+    with pytest.raises(DoublebindError, match="dtype is float16, which is for sampling and scoring only"):
+        Distiller(tmp_path / "organism", recipe(), None, show_progress=False)

@@ -145,7 +145,9 @@ def eval_sets(cfg: HFOrganismConfig) -> dict[str, EvalSet]:
 # Trainer's optimizer.pt, rng_state.pth or training_args.bin are not read by a load).
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "adapter_model.bin", "*.gguf", "config.json",
                 "adapter_config.json", "generation_config.json", "tokenizer*.json", "tokenizer.model",
-                "special_tokens_map.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json")
+                "special_tokens_map.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
+                # a model's own code, which `trust_remote_code` runs: an edit is another organism
+                "*.py")
 FILE_SHAS = "file_sha256.json"  # in the cache root: `integrity` stamps of local model files, by path
 
 
@@ -286,24 +288,65 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def refuse_pickled(path: str | None, what: str) -> None:
+    """A local model or adapter folder whose weights are pickle files only: refused by name.
+    A pickle can run code as it loads; doublebind loads safetensors only."""
+    folder = Path(path) if path else None
+    if folder is None or not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(f.name for pattern in PICKLED for f in folder.glob(pattern) if f.is_file())
+    if pickled:
+        raise DoublebindError(f"{what} {folder} holds its weights only as pickle files ({', '.join(pickled[:3])}); "
+                              f"doublebind loads safetensors only: convert them where you trust the files "
+                              f"(save_pretrained(..., safe_serialization=True))")
+
+
+# What a damaged model folder raises from inside transformers and safetensors: a header that
+# is not one, a config or index that is JSON of the wrong shape.
+_LOAD_ERRORS = (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError)
+
+
+def _load_failure(e: Exception) -> str:
+    kind = "" if isinstance(e, (OSError, ValueError)) else f"{type(e).__name__}: "
+    return kind + _first_line(e)
+
+
 def load_model(spec: dict, cfg: HFOrganismConfig):
-    """A causal LM for a role, with its adapter merged; never runs hub code unless asked."""
+    """A causal LM for a role, with its adapter merged; never runs hub code unless asked.
+
+    Safetensors only (a folder of pickles is refused), and every weight the architecture has
+    must be in the files: transformers fills a missing or misshapen tensor with random values
+    and says so only in a log doublebind keeps quiet, so a damaged model would be evaluated
+    and distilled as though whole."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
+    refuse_pickled(spec["path"], "model")
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model, info = AutoModelForCausalLM.from_pretrained(
             spec["path"], revision=spec.get("revision"), trust_remote_code=cfg.trust_remote_code,
-            dtype=getattr(torch, cfg.dtype))
-    except (OSError, ValueError) as e:  # transformers raises ValueError for an unknown model_type, custom code
-        raise DoublebindError(f"could not load model {spec['path']}: {_first_line(e)}") from None
+            dtype=getattr(torch, cfg.dtype), use_safetensors=True, output_loading_info=True)
+    except (*_LOAD_ERRORS, SafetensorError) as e:  # ValueError: an unknown model_type, custom code
+        raise DoublebindError(f"could not load model {spec['path']}: {_load_failure(e)}") from None
+    missing = [*info.get("missing_keys", []), *(k[0] if isinstance(k, tuple) else k
+                                                for k in info.get("mismatched_keys", []))]
+    if missing:
+        raise DoublebindError(f"model {spec['path']}: {len(missing)} weights are missing from its files or have "
+                              f"another shape ({', '.join(sorted(missing)[:3])}"
+                              f"{', ...' if len(missing) > 3 else ''}); transformers would fill them with random "
+                              f"values: restore the files")
     if spec.get("adapter"):
         from peft import PeftModel
 
+        refuse_pickled(spec["adapter"], "adapter")
         try:
             model = PeftModel.from_pretrained(model, spec["adapter"],
                                               revision=spec.get("adapter_revision")).merge_and_unload()
-        except (OSError, ValueError) as e:
-            raise DoublebindError(f"could not load adapter {spec['adapter']}: {str(e).splitlines()[0]}") from None
+        except (*_LOAD_ERRORS, SafetensorError) as e:
+            raise DoublebindError(f"could not load adapter {spec['adapter']}: {_load_failure(e)}") from None
     model.eval()
     return model.to(default_device())
 
@@ -335,8 +378,8 @@ def fresh_model(spec: dict, cfg: HFOrganismConfig, arch, seed: int):
     try:
         mcfg = AutoConfig.from_pretrained(spec["path"], revision=spec.get("revision"),
                                           trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise DoublebindError(f"could not load the config of {spec['path']}: {_first_line(e)}") from None
+    except _LOAD_ERRORS as e:
+        raise DoublebindError(f"could not load the config of {spec['path']}: {_load_failure(e)}") from None
     if arch is not None:
         fields = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
         missing = [f for f in fields if not hasattr(mcfg, f)]
@@ -370,8 +413,8 @@ def load_tokenizer(path: str, cfg: HFOrganismConfig, revision: str | None = None
 
     try:
         return AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise DoublebindError(f"could not load the tokenizer of {path}: {_first_line(e)}") from None
+    except _LOAD_ERRORS as e:
+        raise DoublebindError(f"could not load the tokenizer of {path}: {_load_failure(e)}") from None
 
 
 def uses_chat(tokenizer, cfg: HFOrganismConfig) -> bool:
@@ -474,6 +517,10 @@ def build_hf_organism(cfg: HFOrganismConfig, out: Path | None = None, *, use_cac
                                 "system_prompt": spec.system_prompt}
                 if f"{role}.adapter" in commits:
                     models[role]["adapter_revision"] = commits[f"{role}.adapter"]
+            files = {what: sha for what in ("path", "adapter")
+                     if (sha := local_model_sha(models[role].get(what))) is not None}
+            if files:  # what a later run checks the folders against (`check_model_files`)
+                models[role]["files_sha256"] = files
         card = {"kind": "hf", "name": cfg.name, "organism_hash": h, "config": cfg.model_dump(mode="json"),
                 "models": models, "verified": True,
                 "verification": "not verified: a Hugging Face organism has no ground truth; "
@@ -512,6 +559,19 @@ def build_hf_organism(cfg: HFOrganismConfig, out: Path | None = None, *, use_cac
     return card
 
 
+def check_model_files(specs: dict) -> None:
+    """Each local model and adapter folder still holds the files the organism was built from
+    (`files_sha256` in the card: its weights, config, tokenizer and code). Its card's metrics
+    and every cached teacher output describe those; a folder retrained or damaged since is
+    another model. Cards from before the check carry no record and are not checked."""
+    for role, spec in specs.items():
+        for what, sha in (spec.get("files_sha256") or {}).items():
+            if local_model_sha(spec.get(what)) != sha:
+                raise DoublebindError(f"the {role}'s {'model' if what == 'path' else what} folder {spec.get(what)} "
+                                      f"changed since the organism was built (its files no longer hash to what the "
+                                      f"card records); build the organism again (doublebind organism build)")
+
+
 # ---- the domain --------------------------------------------------------------------------
 
 class HFDomain:
@@ -524,6 +584,7 @@ class HFDomain:
         self.device = default_device()  # every model of the domain is loaded there; the distiller trains there
         self.cfg = HFOrganismConfig.model_validate(card["config"])
         self.specs = card["models"]
+        check_model_files(self.specs)
         base = self.specs["base"]
         self.tokenizer = load_tokenizer(base["path"], self.cfg, base.get("revision"))
         teacher_tok = load_tokenizer(self.specs["teacher"]["path"], self.cfg, self.specs["teacher"].get("revision"))
@@ -596,7 +657,7 @@ class HFDomain:
                 conf = AutoConfig.from_pretrained(base["path"], revision=base.get("revision"),
                                                   trust_remote_code=self.cfg.trust_remote_code)
                 self._max_positions = getattr(conf, "max_position_embeddings", None)
-            except (OSError, ValueError):
+            except _LOAD_ERRORS:
                 self._max_positions = None
         return self._max_positions
 
