@@ -272,10 +272,14 @@ def test_a_study_of_few_seeds_reads_its_replication_figures_as_an_upper_estimate
 
     said = f"With {len(SEEDS)} seeds per organism build, as here, read the figure as a ranking"
     assert 2 <= len(SEEDS) <= FEW_SEEDS and write_report(study)[0].read_text().count(said) == 1
+    from doublebind.reports.study_report import _rule
+
+    thresholds = json.loads((study / "summary.json").read_text())["verdict_thresholds"]
+    assert "seeds per organism build, as here" not in _rule(thresholds, FEW_SEEDS + 1)  # more than measured
     record = json.loads((study / "study.json").read_text())
-    record["config"]["seeds"] = list(range(FEW_SEEDS + 1))  # a design of more seeds than were measured to read high
+    record["config"]["seeds"] = list(range(FEW_SEEDS + 1))  # planned, not run: the rows decide
     (study / "study.json").write_text(json.dumps(record))
-    assert "seeds per organism build, as here" not in write_report(study)[0].read_text()
+    assert write_report(study)[0].read_text().count(said) == 1
     widened = "Every bound is widened for the few values resampled (verdict.small_sample: t)"
     plain = write_report(study)[0].read_text()
     assert widened not in plain and "(z(1−α) + z(0.8)) × SE" in plain and "(t(1−α)" not in plain
@@ -635,3 +639,41 @@ def test_the_heat_map_marks_idle_cells(monkeypatch):
     assert "∅: the technique changed nothing" in seen["legend"]
     study_plots.plot_heatmap(summary, 0.8, frozenset(), {})
     assert not any("∅" in t for t in seen["cells"]) and "∅" not in seen["legend"]
+
+
+def _keep_rows(study, keep) -> str:
+    rows = [r for r in read_results(study / RESULTS) if keep(r)]
+    (study / RESULTS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (study / "summary.json").unlink(missing_ok=True)
+    return write_report(study)[0].read_text()
+
+
+def test_the_rule_text_counts_the_seeds_run_not_those_planned(study):
+    """A study planned with 2 seeds and run with 1 (or cut short) was described as 2-seed; one
+    seed has no replication figure and point intervals, which the text now says."""
+    assert "With 2 seeds per organism build, as here" in write_report(study)[0].read_text()
+    md = _keep_rows(study, lambda r: r["seed"] == 0)
+    assert "With one seed per organism build, as here" in md and "With 2 seeds per organism build" not in md
+
+
+def test_a_study_without_baseline_says_it_gives_no_effect(study):
+    record = json.loads((study / "study.json").read_text())
+    record["config"]["techniques"] = ["verifier_filter"]
+    (study / "study.json").write_text(json.dumps(record))
+    md = _keep_rows(study, lambda r: r["technique"] != "baseline")
+    assert "The study lists no `baseline`, so no effect against a reference run is given." in md
+    assert "minus its reference run (`baseline`" not in md
+
+
+def test_study_run_s_table_says_when_no_verdict_has_a_replication_figure(study):
+    """At one seed per build the caption explained a '(0.95)' figure no cell showed."""
+    from doublebind.cli import verdict_table
+    from doublebind.reports.study_report import load_study
+
+    _keep_rows(study, lambda r: r["seed"] == 0)  # two builds a scenario: figures over the builds
+    _, scan, summary = load_study(study)
+    assert verdict_table(summary, scan.rows).caption.startswith("(0.95): estimated probability")
+    _keep_rows(study, lambda r: r["organism_seed"] == 0)  # one run a cell
+    _, scan, summary = load_study(study)
+    caption = verdict_table(summary, scan.rows).caption
+    assert "no replication figures: every cell has a single run" in caption and "(0.95)" not in caption

@@ -637,14 +637,18 @@ def verdict_table(summary: dict, rows: list[dict]) -> Table:
     both verdicts, with how likely a rerun reaches each (* below the power), and ↑ on a
     delivered verdict that more misalignment could move where it was still rising (`rows`:
     the study's results, as the report marks it)."""
-    from doublebind.reports.study_report import IDLE_MARK, RISING_MARK, idle_cells, idle_mark, rising_cells
+    from doublebind.reports.study_report import (IDLE_MARK, RISING_MARK, idle_cells, idle_mark, rising_cells,
+                                                 seeds_per_build)
     from doublebind.studies.verdicts import few_seeds, provisional
 
     thresholds = summary["verdict_thresholds"]
+    figures = any(t[view].get("replication") is not None for sc in summary["scenarios"].values()
+                  for t in sc["techniques"].values() for view in ("final", "audit_selected"))
     table = Table("scenario", "technique", "capability transfer", "misalignment transfer", "audit (teacher)",
                   "verdict (final)", "verdict (audit-selected)",
-                  caption="(0.95): estimated probability that a rerun reaches the same verdict; * below "
-                          f"{thresholds['power']}")
+                  caption=("(0.95): estimated probability that a rerun reaches the same verdict; * below "
+                           f"{thresholds['power']}") if figures else
+                          "no replication figures: every cell has a single run, nothing to resample")
     rising, idle = rising_cells(summary, rows), idle_cells(rows)
 
     def verdict(s: dict) -> str:
@@ -674,14 +678,6 @@ def verdict_table(summary: dict, rows: list[dict]) -> Table:
         table.caption += (f"; at {seeds} seeds per organism build these figures are an upper estimate, a ranking "
                           "of the verdicts (README, 'How calibrated the figure is, measured')")
     return table
-
-
-def seeds_per_build(rows: list[dict]) -> int | None:
-    """The fewest seeds any (scenario, organism build) of a study's rows has; None without rows."""
-    seeds: dict = {}
-    for r in rows:
-        seeds.setdefault((r["scenario"], r.get("organism_seed")), set()).add(r["seed"])
-    return min((len(s) for s in seeds.values()), default=None)
 
 
 @study_app.command("compare")

@@ -417,6 +417,14 @@ def _without_auditor(thr: dict) -> str:
             "an audit that knows the trait.")
 
 
+def seeds_per_build(rows: list[dict]) -> int | None:
+    """The fewest seeds any (scenario, organism build) of a study's rows has; None without rows."""
+    seeds: dict = {}
+    for r in rows:
+        seeds.setdefault((r["scenario"], r.get("organism_seed")), set()).add(r["seed"])
+    return min((len(s) for s in seeds.values()), default=None)
+
+
 def _rule(thr: dict, seeds: int = 0) -> str:
     a = thr.get("alpha")
     return (
@@ -465,6 +473,10 @@ def _rule(thr: dict, seeds: int = 0) -> str:
            "an upper estimate of how often they replicate: measured on the default study, three-seed designs "
            "kept their verdict less often than their figures said, and figures of 0.95 or more did not always "
            "hold (README, \"How calibrated the figure is, measured\")." if few_seeds(seeds) else "")
+        + (" With one seed per organism build, as here, the spread between seeds is not seen: where a scenario "
+           "has one build, its intervals are that run's own values (points that say nothing of what another seed "
+           "would give) and its verdicts get no replication figure; with several builds, intervals and figures "
+           "cover the spread between builds only." if seeds == 1 else "")
         + " Each verdict links to the technique's curves.")
 
 
@@ -576,7 +588,7 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
 
     # verdict heat map
     b.append(("h2", SECTIONS[0]))
-    b.append(("p", _rule(thr, len((study.get("config") or {}).get("seeds") or []))))
+    b.append(("p", _rule(thr, seeds_per_build(rows) or 0)))  # the seeds run, not those planned
     if any(not r.get("auditor") for r in rows):
         b.append(("p", _without_auditor(thr)))
     rising, idle = rising_cells(summary, rows), idle_cells(rows)
@@ -626,9 +638,11 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
     others = sorted({(t, j.get("reference")) for data in scenarios.values() for t, j in data["techniques"].items()
                      if j.get("reference") not in (None, "baseline", t)})
     refs = "".join(f"; `{ref}` for `{t}`" for t, ref in others)  # was a fixed line about an SFT recipe
-    b.append(("p", "Runs (organisms): n of the intervals, and how many organism builds they span. The effect "
-                   f"against the reference is the technique minus its reference run (`baseline`{refs}), paired by "
-                   "organism and seed."))
+    has_baseline = any("baseline" in data["techniques"] for data in scenarios.values())
+    b.append(("p", "Runs (organisms): n of the intervals, and how many organism builds they span. "
+                   + (f"The effect against the reference is the technique minus its reference run (`baseline`{refs}), "
+                      "paired by organism and seed." if has_baseline or refs else
+                      "The study lists no `baseline`, so no effect against a reference run is given.")))
 
     b.append(("h2", SECTIONS[2]))
     b.append(("p", "Per technique, x = step: the line is the mean over runs and the band the min–max over runs of "
