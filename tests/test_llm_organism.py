@@ -585,3 +585,27 @@ def test_distilling_from_a_float16_organism_is_refused(tmp_path):
     build_hf_organism(cfg, tmp_path / "organism", show_progress=False)
     with pytest.raises(DoublebindError, match="dtype is float16, which is for sampling and scoring only"):
         Distiller(tmp_path / "organism", recipe(), None, show_progress=False)
+
+
+def _config_edit(**changes):
+    def edit(folder):
+        conf = json.loads((folder / "config.json").read_text())
+        conf.update(changes)
+        (folder / "config.json").write_text(json.dumps(conf))
+    return edit
+
+
+@pytest.mark.parametrize("role, edit, over, needle", [
+    ("teacher", _config_edit(vocab_size=300), {}, "has a vocabulary of 300 tokens, fewer than its tokenizer's 512"),
+    ("teacher", _config_edit(max_position_embeddings=16), {}, "which has 16 positions, no room to answer"),
+    ("base", lambda f: None, {"max_new_tokens": 100_000_000}, "max_new_tokens 100000000 (the organism's or an eval"),
+])
+def test_sizes_the_models_cannot_take_are_refused_before_the_build(tiny_folder, tmp_path, role, edit, over, needle):
+    """A model vocabulary smaller than the tokenizer's was an IndexError inside the build; a
+    teacher of fewer positions than base read prompts past its own (the check asked base
+    only); a completion length past every model's positions evaluated for minutes."""
+    folder = _variant(tiny_folder, tmp_path, role, edit)
+    spec = {"model": str(folder), **({"system_prompt": SYSTEM} if role == "teacher" else {})}
+    res = run_cli("organism", "build", "--config", str(organism_yaml(tmp_path, **{role: spec}, **over)),
+                  "--out", str(tmp_path / "org"), env_cache=tmp_path / "cache")
+    assert res.returncode == 1 and needle in res.stderr and "internal error" not in res.stderr, res.stderr

@@ -599,6 +599,7 @@ class HFDomain:
         self.chat = uses_chat(tok, self.cfg)
         self.sets = eval_sets(self.cfg)
         self._items = {name: read_items(es) for name, es in self.sets.items()}
+        self.check_sizes()
         self._models: dict = {}
         self._judges: dict = {}
         self._texts: dict[tuple, str] = {}  # student-rendered training prompt -> its text
@@ -646,20 +647,48 @@ class HFDomain:
                                   f"model, which has {limit} positions, no room to answer; shorten or drop it")
         return ids
 
-    def _positions(self) -> int | None:
-        """The base model's positions (`max_position_embeddings`), read once from its config;
-        None where the architecture does not say."""
-        if not hasattr(self, "_max_positions"):
+    def _model_configs(self) -> dict:
+        """{role: its model's config} for the roles that render and answer prompts (teacher,
+        base, trusted), read once; a role whose config cannot be read here (a hub id offline)
+        is left out, and fails where its model loads."""
+        if not hasattr(self, "_configs"):
             from transformers import AutoConfig
 
-            base = self.specs["base"]
-            try:
-                conf = AutoConfig.from_pretrained(base["path"], revision=base.get("revision"),
-                                                  trust_remote_code=self.cfg.trust_remote_code)
-                self._max_positions = getattr(conf, "max_position_embeddings", None)
-            except _LOAD_ERRORS:
-                self._max_positions = None
+            self._configs = {}
+            for role in ("teacher", "base", "trusted"):
+                spec = self.specs.get(role)
+                if spec is None:
+                    continue
+                try:
+                    self._configs[role] = AutoConfig.from_pretrained(
+                        spec["path"], revision=spec.get("revision"), trust_remote_code=self.cfg.trust_remote_code)
+                except _LOAD_ERRORS:
+                    pass
+        return self._configs
+
+    def _positions(self) -> int | None:
+        """The fewest positions (`max_position_embeddings`) of the models that read a prompt
+        (a teacher of fewer positions than base ran past its own); None where none says."""
+        if not hasattr(self, "_max_positions"):
+            sizes = [n for c in self._model_configs().values()
+                     if isinstance(n := getattr(c, "max_position_embeddings", None), int)]
+            self._max_positions = min(sizes, default=None)
         return self._max_positions
+
+    def check_sizes(self) -> None:
+        """What the tokenizer and the completion lengths need of every model, refused by name
+        before a build or a run (each ended in an IndexError from inside the model): a
+        vocabulary as large as the tokenizer's, and room for the longest completion."""
+        for role, conf in self._model_configs().items():
+            vocab = getattr(conf, "vocab_size", None)
+            if isinstance(vocab, int) and len(self.tokenizer) > vocab:
+                raise DoublebindError(f"the {role} model {self.specs[role]['path']} has a vocabulary of {vocab} "
+                                      f"tokens, fewer than its tokenizer's {len(self.tokenizer)}; they must match")
+        limit = self._positions()
+        longest = max([self.cfg.max_new_tokens, *(es.max_new_tokens or 0 for es in self.sets.values())])
+        if limit is not None and longest >= limit:
+            raise DoublebindError(f"max_new_tokens {longest} (the organism's or an eval set's) leaves no room for a "
+                                  f"prompt in the models' {limit} positions; lower it")
 
     def prompts(self, pcfg, seed: int) -> list[Prompt]:
         """The recipe's prompt texts (JSONL field `prompt`, or a dataset column), a seeded
