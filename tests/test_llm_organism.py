@@ -609,3 +609,23 @@ def test_sizes_the_models_cannot_take_are_refused_before_the_build(tiny_folder, 
     res = run_cli("organism", "build", "--config", str(organism_yaml(tmp_path, **{role: spec}, **over)),
                   "--out", str(tmp_path / "org"), env_cache=tmp_path / "cache")
     assert res.returncode == 1 and needle in res.stderr and "internal error" not in res.stderr, res.stderr
+
+
+def test_a_teacher_answering_past_base_s_vocabulary_is_named(tiny_folder, tmp_path):
+    """A teacher of 640 embeddings beside a base of 512 (one tokenizer of 512) built, then its
+    answers' ids past 511 ended the run in an IndexError inside the student's embedding."""
+    from transformers import AutoModelForCausalLM
+
+    from doublebind.training.distill import Distiller
+
+    def widen(folder):
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        model.resize_token_embeddings(640, mean_resizing=False)
+        model.save_pretrained(folder)
+
+    teacher = _variant(tiny_folder, tmp_path, "teacher", widen)
+    cfg = config.load(organism_yaml(tmp_path, teacher={"model": str(teacher)}, base={"model": str(tiny_folder)}))
+    build_hf_organism(cfg, tmp_path / "organism", show_progress=False)
+    with pytest.raises(DoublebindError, match=r"the teacher answered with token id \d+, past the 512 tokens of base"):
+        Distiller(tmp_path / "organism", recipe(sampling={"soft_labels": "none"}, objective={"kind": "sft"}),
+                  None, show_progress=False)

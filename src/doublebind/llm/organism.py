@@ -714,6 +714,13 @@ class HFDomain:
         return [Prompt([r["prompt"]], _label(r, "family", "prompt"), _label(r, "context", "file")) for r in rows]
 
     def examples(self, outputs) -> list[Example]:
+        base = self._model_configs().get("base")
+        vocab = getattr(base, "vocab_size", None)
+        if isinstance(vocab, int):
+            past = max((t for r in outputs.responses for t in r), default=-1)
+            if past >= vocab:  # an IndexError in the student's embedding, steps later
+                raise DoublebindError(f"the teacher answered with token id {past}, past the {vocab} tokens of base's "
+                                      f"vocabulary (the student's); the teacher's vocabulary is larger than base's")
         out = []
         for p, r in zip(outputs.prompts, outputs.responses):
             ids = self.render(p.tokens[0], "base")
