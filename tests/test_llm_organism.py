@@ -629,3 +629,23 @@ def test_a_teacher_answering_past_base_s_vocabulary_is_named(tiny_folder, tmp_pa
     with pytest.raises(DoublebindError, match=r"the teacher answered with token id \d+, past the 512 tokens of base"):
         Distiller(tmp_path / "organism", recipe(sampling={"soft_labels": "none"}, objective={"kind": "sft"}),
                   None, show_progress=False)
+
+
+@pytest.mark.parametrize("org_over, recipe_over, needle", [
+    ({}, {"objective": {"kind": "forward_kl", "on_policy": 0.5}, "sampling": {"soft_labels": "full"}},
+     "objective.on_policy: on-policy distillation is not supported on Hugging Face organisms yet"),
+    ({"engine": "vllm"}, {}, "engine vllm: vLLM is not installed"),
+])
+def test_validate_refuses_what_an_hf_study_s_first_run_would(tmp_path, org_over, recipe_over, needle):
+    """`validate` said ok, and `study run` stopped at its first run (after building the organism)."""
+    import importlib.util
+
+    if org_over.get("engine") == "vllm" and importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    organism_yaml(tmp_path, **org_over)
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe(**recipe_over).model_dump(mode="json")))
+    study = {"kind": "study", "name": "tiny-hf", "organism": {"config": "organism.yaml"}, "recipe": "recipe.yaml",
+             "techniques": ["baseline"], "seeds": [0], "bootstrap": 200}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    res = run_cli("validate", str(tmp_path / "study.yaml"))
+    assert res.returncode == 1 and needle in res.stderr and "Traceback" not in res.stderr, res.stderr

@@ -152,10 +152,23 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
                 raise ConfigError(f"{study_path}: techniques: the recipe trains on hard labels (objective sft), so "
                                   f"{t} is judged against {ref}; add {ref} to the techniques")
 
-    def check_domains(recipe, kind: str, where: str) -> None:
+    def check_domains(recipe, kind: str, where: str, engine: str | None = None) -> None:
         """As the distiller refuses it (`check_stages`): a technique written for the embedded
-        world on a Hugging Face organism."""
+        world on a Hugging Face organism; and what a Hugging Face organism cannot run yet
+        (on-policy distillation, the vLLM engine where vLLM is not installed), which `validate`
+        passed and the first run refused."""
         from doublebind.registry import get
+
+        if kind == "hf" and recipe.objective.on_policy > 0:
+            raise ConfigError(f"{study_path}: {where}: objective.on_policy: on-policy distillation is not supported "
+                              f"on Hugging Face organisms yet")
+        if kind == "hf" and engine == "vllm":
+            import importlib.util
+
+            from doublebind.llm.engines import VLLM_MISSING
+
+            if importlib.util.find_spec("vllm") is None:
+                raise ConfigError(f"{study_path}: {where}: engine vllm: {VLLM_MISSING}")
 
         names = [s["name"] for s in recipe.stages] + [t for t, added in cfg.technique_stages().items() if added]
         for name in dict.fromkeys(names):
@@ -181,7 +194,7 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
             recipe = recipe_for(f"scenarios.{i}.recipe_overrides" if sc.recipe_overrides else "recipe_overrides",
                                 sc.recipe_overrides)
             check_references(recipe, i)
-            check_domains(recipe, kind_of(own), f"scenarios.{i}")
+            check_domains(recipe, kind_of(own), f"scenarios.{i}", getattr(own, "engine", None))
             for o, org_cfg in seeded(what, load, getattr(own, "seed", 0)):
                 specs.append(OrganismSpec(sc.name, o, recipe, cfg=org_cfg))
         return specs
@@ -195,7 +208,8 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
         card = field("organism.path", lambda: read_card(org_path, verified=False))
         # its weights too, so `validate` refuses a damaged organism as `study run` does
         field("organism.path", lambda: verify_organism_models(org_path, card))
-        check_domains(recipe, "hf" if card.get("kind") == "hf" else "world", "organism.path")
+        check_domains(recipe, "hf" if card.get("kind") == "hf" else "world", "organism.path",
+                      (card.get("config") or {}).get("engine"))
         scenario = field("organism.path", lambda: _label(str(card.get("name", "organism")), "the card's name"))
         return [OrganismSpec(scenario, int(card.get("seed", 0) or 0), recipe, path=org_path)]
     if org.preset is not None:
@@ -203,7 +217,7 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
     else:
         name, load = "organism.config", (lambda m=None: config.load(root / org.config, expect="organism", merge=m))
     own = field(name, load)
-    check_domains(recipe, kind_of(own), name)
+    check_domains(recipe, kind_of(own), name, getattr(own, "engine", None))
     scenario = field(name, lambda: _label(org.preset, "the preset's name") if org.preset
                      else _label(str(getattr(own, "name", "organism")), "its name"))
     if cfg.organism_seeds is None:

@@ -326,6 +326,9 @@ class Distiller:
             raise DoublebindError("the organism's dtype is float16, which is for sampling and scoring only: a student "
                                   "trained in pure float16 (no loss scaling here) diverges; build the organism with "
                                   "dtype bfloat16 or float32 to distil from it")
+        if self.domain.kind == "hf" and recipe.objective.on_policy > 0:  # refused at its first step, after sampling
+            raise DoublebindError("objective.on_policy: on-policy distillation is not supported on Hugging Face "
+                                  "organisms yet")
         tr = recipe.training
         self.accelerator = accelerator_for(train_device(self.domain),
                                            **tracking.accelerator_kwargs(tr.tracker, out))
