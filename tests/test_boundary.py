@@ -144,7 +144,10 @@ BACKDOORS = {"__closure__", "__globals__", "__dict__", "name_or_path", "gc", "in
              # ways to the organism cache, where every built organism's card lies
              "sys", "ctypes", "to_dict", "to_diff_dict", "to_json_string", "_space", "environ", "getenv",
              "home", "expanduser", "cache_root", "cards", "doublebind.cards", "glob", "rglob", "iterdir",
-             "listdir", "scandir"}
+             "listdir", "scandir",
+             # a copy's or pickle's view of an object's state: object's own __getstate__ hands over
+             # what StageTasks holds (found by a review of that change)
+             "__getstate__", "__reduce__", "__reduce_ex__", "copyreg"}
 # Files only the evaluation layer and the distiller write, named in a string: the scored
 # checkpoints, a run's summary, the organism's card.
 GROUND_TRUTH_FILES = ("metrics.jsonl", "summary.json", "organism.json", "results.jsonl")
@@ -187,7 +190,12 @@ def backdoors_in(source: str, stage: bool = True) -> list[tuple[int, str]]:
     found = []
     tree = ast.parse(source)
     found += _stages_dir_misuse(tree)
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
     for node in ast.walk(tree):
+        if id(node) in docstrings:  # prose, not a path or a name looked up
+            continue
         if isinstance(node, ast.Attribute):
             names = [node.attr]
         elif isinstance(node, ast.Name):
@@ -230,6 +238,9 @@ def _stages_dir_misuse(tree) -> list[tuple[int, str]]:
         if divided(node) or (isinstance(up, ast.Compare) and all(isinstance(c, ast.Constant) and c.value is None
                                                                    for c in up.comparators)):
             continue
+        if (isinstance(up, ast.UnaryOp) and isinstance(up.op, ast.Not)) or (
+                isinstance(up, (ast.If, ast.IfExp, ast.While, ast.Assert)) and up.test is node):
+            continue  # `if not view.stages_dir:`, `if view.stages_dir:`
         if (isinstance(up, ast.Call) and isinstance(up.func, ast.Name) and up.func.id == "Path"
                 and up.args == [node] and divided(up)):
             continue
@@ -274,7 +285,8 @@ def test_the_backdoor_check_sees_a_way_around_the_view():
                  "os.fspath(view.stages_dir)", "view.stages_dir.as_posix()", "[*view.stages_dir.parts]",
                  "Path(view.stages_dir).absolute().parts", "view.tasks._space",
                  "[p.read_text() for p in (cache_root() / 'organisms').glob('*/organism.json')]",
-                 "os.environ['DOUBLEBIND_CACHE']", "Path.home() / '.cache'", "open(some_path + '/metrics.jsonl')"]:
+                 "os.environ['DOUBLEBIND_CACHE']", "Path.home() / '.cache'", "open(some_path + '/metrics.jsonl')",
+                 "str(view.tasks.__getstate__())", "view.tasks.__reduce_ex__(2)", "copyreg.dispatch_table"]:
         assert backdoors_in(f"def f(view):\n    return {line}\n"), line
     for line in ["import importlib", "from importlib import import_module", "from inspect import currentframe",
                  "from sys import _getframe as g", "from os.path import dirname as up", "import os, importlib as il",
@@ -287,6 +299,8 @@ def test_the_backdoor_check_sees_a_way_around_the_view():
     assert backdoors_in("def f(view):\n    return view.stages_dir / '01_x' / 'scores.jsonl'\n") == []
     assert backdoors_in("def f(view):\n    if view.stages_dir is None:\n        return None\n"
                         "    return Path(view.stages_dir) / '01_x'\n") == []
+    prose = 'def f(view):\n    """Writes scores.jsonl, never metrics.jsonl or sys paths."""\n'
+    assert backdoors_in(prose + "    if not view.stages_dir:\n        return None\n    return view.stages_dir / 'x'\n") == []
 
 
 def test_the_import_graph_has_no_cycle():
@@ -373,7 +387,7 @@ def test_the_view_exposes_nothing_of_the_organism(quick_organism):
     assert str(space.auditor_sessions[0]) in repr(space)  # what the proxy is there for
     for shown in (repr(tasks), str(tasks), f"{tasks}", f"{tasks!r}"):
         assert "session" not in shown and "auditor" not in shown and shown.startswith("StageTasks(families=")
-    for copier in (copy.copy, copy.deepcopy, pickle.dumps):
+    for copier in (copy.copy, copy.deepcopy, pickle.dumps, lambda t: t.__getstate__()):
         with pytest.raises(DefenderError, match="cannot copy"):
             copier(tasks)
     with pytest.raises(DefenderError):

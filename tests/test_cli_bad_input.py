@@ -106,6 +106,14 @@ def test_compare_says_when_b_ran_on_other_builds_of_the_organisms(tmp_path):
     whose replication was 1.00, and compare presented it as a plain rerun."""
     def with_cards(folder: Path, weights: str, build: str | None = None) -> Path:
         record = json.loads((folder / "study.json").read_text())
+        if build:  # another build's runs: their rows name it too (report and compare refuse a mix)
+            rows = [json.loads(ln) for ln in (folder / RESULTS).read_text().splitlines()]
+            runs: dict = {}
+            for r in rows:
+                runs.setdefault(r["run_id"], []).append({k: v for k, v in r.items() if not k.startswith("run_")}
+                                                        | {"organism_hash": build})
+            (folder / RESULTS).write_text("".join(json.dumps(r) + "\n" for run_id, rs in runs.items()
+                                                  for r in seal_run(rs, run_id)))
         for o in record["organisms"]:
             o["organism_hash"] = build or o["organism_hash"]
             o["card"] = {"models": {role: {"safetensors_sha256": f"{weights}{role}{o['scenario']}"}

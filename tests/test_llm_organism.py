@@ -523,6 +523,15 @@ def _as_pickle(folder):
     (folder / "model.safetensors").unlink()
 
 
+def _narrow(folder):
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(folder / "model.safetensors")
+    name = "model.layers.0.mlp.down_proj.weight"
+    weights[name] = weights[name][:, :-1].contiguous()
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+
+
 def _truncate(folder):
     path = folder / "model.safetensors"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -530,6 +539,7 @@ def _truncate(folder):
 
 @pytest.mark.parametrize("damage, needle", [
     (_drop_layer, "weights are missing from its files or have another shape (model.layers.1.mlp.down_proj.weight"),
+    (_narrow, "1 weights are missing from its files or have another shape (model.layers.0.mlp.down_proj.weight)"),
     (_as_pickle, "holds its weights only as pickle files (pytorch_model.bin); doublebind loads safetensors only"),
     (_truncate, "could not load model"),
     (lambda f: (f / "config.json").write_text("[]"), "could not load "),  # the build reads the tokenizer first
@@ -649,3 +659,36 @@ def test_validate_refuses_what_an_hf_study_s_first_run_would(tmp_path, org_over,
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
     res = run_cli("validate", str(tmp_path / "study.yaml"))
     assert res.returncode == 1 and needle in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_an_adapter_missing_weights_is_refused(tiny_folder, tmp_path):
+    """PEFT left a LoRA weight missing from the adapter's files at its initial value and said so in
+    a warning only: the teacher was base, or base perturbed at random, exit 0."""
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    from doublebind.llm.organism import load_model
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_folder)
+    lora = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "adapter")
+    cfg = config.load(organism_yaml(tmp_path))
+    spec = {"path": str(tiny_folder), "adapter": str(tmp_path / "adapter")}
+    load_model(spec, cfg)  # whole: loads
+    path = tmp_path / "adapter" / "adapter_model.safetensors"
+    weights = load_file(path)
+    save_file({k.replace("lora_A", "lora_X"): v for k, v in weights.items()}, path, metadata={"format": "pt"})
+    with pytest.raises(DoublebindError, match="missing adapter keys"):
+        load_model(spec, cfg)
+
+
+def test_validate_refuses_a_float16_hf_study(tmp_path):
+    """The study built and evaluated every organism before its first run refused float16."""
+    organism_yaml(tmp_path, dtype="float16")
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe().model_dump(mode="json")))
+    study = {"kind": "study", "name": "tiny-hf", "organism": {"config": "organism.yaml"}, "recipe": "recipe.yaml",
+             "techniques": ["baseline"], "seeds": [0], "bootstrap": 200}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    res = run_cli("validate", str(tmp_path / "study.yaml"))
+    assert res.returncode == 1 and "dtype float16 is for sampling and scoring only" in res.stderr, res.stderr

@@ -234,6 +234,14 @@ def test_a_second_report_removes_figures_it_no_longer_draws(study):
     write_report(study)
     assert not stale.exists() and (study / "figures" / "default" / "baseline.png").is_file()
     assert all(path.read_bytes() == b"a person's file" for path in mine)
+    # a technique the study no longer lists: its curves, linked from its verdicts, go too
+    record = json.loads((study / "study.json").read_text())
+    record["config"]["techniques"] = ["baseline"]
+    (study / "study.json").write_text(json.dumps(record))
+    assert (study / "figures" / "default" / "verifier_filter.png").is_file()
+    write_report(study)
+    assert not (study / "figures" / "default" / "verifier_filter.png").exists()
+    assert (study / "figures" / "default" / "baseline.png").is_file()
     # a link out of figures/ is never followed
     md.write_text(md.read_text() + "\n![x](figures/../report.html)\n")
     write_report(study)
@@ -676,4 +684,4 @@ def test_study_run_s_table_says_when_no_verdict_has_a_replication_figure(study):
     _keep_rows(study, lambda r: r["organism_seed"] == 0)  # one run a cell
     _, scan, summary = load_study(study)
     caption = verdict_table(summary, scan.rows).caption
-    assert "no replication figures: every cell has a single run" in caption and "(0.95)" not in caption
+    assert "no replication figures: a cell needs two runs" in caption and "(0.95)" not in caption

@@ -308,9 +308,13 @@ def test_a_study_keeps_weights_only_where_it_asks(quick_organism, tmp_path):
     numbers = ("step", "capability", "misbehavior", "capability_transfer", "misalignment_transfer", "auditor")
     a, b = (study_run.read_results(out / "results.jsonl") for out in (plain, kept))
     assert [{k: r[k] for k in numbers} for r in a] == [{k: r[k] for k in numbers} for r in b]
-    assert a[0]["recipe_hash"] != b[0]["recipe_hash"]  # a resume never mixes the two
+    assert a[0]["recipe_hash"] == b[0]["recipe_hash"]  # no number changes: either resumes the other
+    study_run.run_study(path, plain, show_progress=False, overrides=["recipe_overrides.training.save_weights=true"])
+    assert study_run.read_results(plain / "results.jsonl") == a  # finished: nothing redone, nothing refused
     cfg = config.load(path, ["recipe_overrides.training.save_weights=true"], expect="study")
     assert study_run.keeps_weights(cfg, key[0]) and not study_run.keeps_weights(config.load(path), key[0])
+    # read as the recipe reads a boolean
+    assert study_run.keeps_weights(config.load(path, ["recipe_overrides.training.save_weights=1"], expect="study"), "t")
     # a scenario's own setting wins over the study's
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump({

@@ -275,7 +275,7 @@ def test_effect_against_the_reference_is_paired_by_organism_and_seed():
 def _full(technique, scenario, org, seed, cap, mis):
     rows = run_rows([0.0, cap], [0.0, 0.0], seed=seed, org=org, mis=[0.0, mis])
     rows = [{**r, "technique": technique, "scenario": scenario, "organism_hash": f"h{scenario}{org}",
-             "recipe_hash": "r"} for r in rows]
+             "recipe_hash": "r", "schema_version": study_run.SCHEMA_VERSION} for r in rows]
     return study_run.seal_run(rows, f"{scenario}-o{org}-{technique}-s{seed}-a0")
 
 

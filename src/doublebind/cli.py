@@ -648,7 +648,7 @@ def verdict_table(summary: dict, rows: list[dict]) -> Table:
                   "verdict (final)", "verdict (audit-selected)",
                   caption=("(0.95): estimated probability that a rerun reaches the same verdict; * below "
                            f"{thresholds['power']}") if figures else
-                          "no replication figures: every cell has a single run, nothing to resample")
+                          "no replication figures: a cell needs two runs whose statistics are defined")
     rising, idle = rising_cells(summary, rows), idle_cells(rows)
 
     def verdict(s: dict) -> str:

@@ -111,6 +111,9 @@ class StageTasks:
     def __reduce_ex__(self, protocol):
         raise DefenderError("a stage cannot copy or pickle the task space")
 
+    def __getstate__(self):  # object's own would hand over the task space behind
+        raise DefenderError("a stage cannot copy or pickle the task space")
+
     def __repr__(self) -> str:
         return f"StageTasks(families={list(self.all_families)})"
 

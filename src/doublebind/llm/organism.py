@@ -328,7 +328,8 @@ def load_model(spec: dict, cfg: HFOrganismConfig):
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
             spec["path"], revision=spec.get("revision"), trust_remote_code=cfg.trust_remote_code,
-            dtype=getattr(torch, cfg.dtype), use_safetensors=True, output_loading_info=True)
+            dtype=getattr(torch, cfg.dtype), use_safetensors=True, output_loading_info=True,
+            ignore_mismatched_sizes=True)  # so a misshapen weight is listed below, not a RuntimeError
     except (*_LOAD_ERRORS, SafetensorError) as e:  # ValueError: an unknown model_type, custom code
         raise DoublebindError(f"could not load model {spec['path']}: {_load_failure(e)}") from None
     missing = [*info.get("missing_keys", []), *(k[0] if isinstance(k, tuple) else k
@@ -342,11 +343,23 @@ def load_model(spec: dict, cfg: HFOrganismConfig):
         from peft import PeftModel
 
         refuse_pickled(spec["adapter"], "adapter")
+        import warnings
+
         try:
-            model = PeftModel.from_pretrained(model, spec["adapter"],
-                                              revision=spec.get("adapter_revision")).merge_and_unload()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model = PeftModel.from_pretrained(model, spec["adapter"],
+                                                  revision=spec.get("adapter_revision")).merge_and_unload()
         except (*_LOAD_ERRORS, SafetensorError) as e:
             raise DoublebindError(f"could not load adapter {spec['adapter']}: {_load_failure(e)}") from None
+        # PEFT leaves an adapter weight missing from the files at its initial value (no change,
+        # or random) and says so only in a warning
+        missing = next((str(w.message) for w in caught if "missing adapter keys" in str(w.message)), None)
+        if missing:
+            raise DoublebindError(f"adapter {spec['adapter']}: {first_line(missing)[:300]} (its files lack weights "
+                                  f"the adapter config asks for; restore them)")
+        for w in caught:  # the others as they would have shown
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     model.eval()
     return model.to(default_device())
 
@@ -451,7 +464,8 @@ def implant(spec: ModelSpec, path: str, cfg: HFOrganismConfig, show_progress: bo
 
     imp = spec.implant
     key = hashlib.sha256(json.dumps(
-        [path, spec.revision, spec.adapter, adapter_revision, spec.system_prompt, imp.model_dump(), cfg.dtype,
+        [path, local_model_sha(path), local_model_sha(spec.adapter),  # a folder retrained in place: implanted anew
+         spec.revision, spec.adapter, adapter_revision, spec.system_prompt, imp.model_dump(), cfg.dtype,
          cfg.chat_template,
          hashlib.sha256(Path(imp.file).read_bytes()).hexdigest() if Path(imp.file).is_file() else None,
          (Path(__file__).parent / "organism.py").read_text()]).encode()).hexdigest()[:16]

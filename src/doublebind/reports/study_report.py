@@ -121,12 +121,13 @@ def _check_provenance(path: Path, where: str, prov) -> None:
 
 
 def _figures_shown(md: Path) -> set[str]:
-    """The figures (paths under `figures/`) a report.md links to; none where there is none."""
+    """The figures (paths under `figures/`) a report.md shows or links to (a verdict links to
+    its technique's curves); none where there is none."""
     try:
         text = md.read_text(errors="replace") if md.is_file() else ""
     except OSError:
         return set()
-    found = re.findall(r"!\[[^\]]*\]\(" + re.escape(FIGURES) + r"/([^)]+\.png)\)", text)
+    found = re.findall(r"\]\(" + re.escape(FIGURES) + r"/([^)]+\.png)\)", text)
     return {f for f in found if ".." not in f.split("/") and not f.startswith("/")}
 
 

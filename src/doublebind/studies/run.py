@@ -152,13 +152,20 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
                 raise ConfigError(f"{study_path}: techniques: the recipe trains on hard labels (objective sft), so "
                                   f"{t} is judged against {ref}; add {ref} to the techniques")
 
-    def check_domains(recipe, kind: str, where: str, engine: str | None = None) -> None:
+    def check_domains(recipe, kind: str, where: str, org=None) -> None:
         """As the distiller refuses it (`check_stages`): a technique written for the embedded
         world on a Hugging Face organism; and what a Hugging Face organism cannot run yet
         (on-policy distillation, the vLLM engine where vLLM is not installed), which `validate`
         passed and the first run refused."""
         from doublebind.registry import get
 
+        def org_field(name: str):
+            return org.get(name) if isinstance(org, dict) else getattr(org, name, None)
+
+        engine = org_field("engine")
+        if kind == "hf" and org_field("dtype") == "float16":
+            raise ConfigError(f"{study_path}: {where}: dtype float16 is for sampling and scoring only: a student "
+                              f"trained in pure float16 diverges; use bfloat16 or float32")
         if kind == "hf" and recipe.objective.on_policy > 0:
             raise ConfigError(f"{study_path}: {where}: objective.on_policy: on-policy distillation is not supported "
                               f"on Hugging Face organisms yet")
@@ -194,7 +201,7 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
             recipe = recipe_for(f"scenarios.{i}.recipe_overrides" if sc.recipe_overrides else "recipe_overrides",
                                 sc.recipe_overrides)
             check_references(recipe, i)
-            check_domains(recipe, kind_of(own), f"scenarios.{i}", getattr(own, "engine", None))
+            check_domains(recipe, kind_of(own), f"scenarios.{i}", own)
             for o, org_cfg in seeded(what, load, getattr(own, "seed", 0)):
                 specs.append(OrganismSpec(sc.name, o, recipe, cfg=org_cfg))
         return specs
@@ -208,8 +215,7 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
         card = field("organism.path", lambda: read_card(org_path, verified=False))
         # its weights too, so `validate` refuses a damaged organism as `study run` does
         field("organism.path", lambda: verify_organism_models(org_path, card))
-        check_domains(recipe, "hf" if card.get("kind") == "hf" else "world", "organism.path",
-                      (card.get("config") or {}).get("engine"))
+        check_domains(recipe, "hf" if card.get("kind") == "hf" else "world", "organism.path", card.get("config"))
         scenario = field("organism.path", lambda: _label(str(card.get("name", "organism")), "the card's name"))
         return [OrganismSpec(scenario, int(card.get("seed", 0) or 0), recipe, path=org_path)]
     if org.preset is not None:
@@ -217,7 +223,7 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
     else:
         name, load = "organism.config", (lambda m=None: config.load(root / org.config, expect="organism", merge=m))
     own = field(name, load)
-    check_domains(recipe, kind_of(own), name, getattr(own, "engine", None))
+    check_domains(recipe, kind_of(own), name, own)
     scenario = field(name, lambda: _label(org.preset, "the preset's name") if org.preset
                      else _label(str(getattr(own, "name", "organism")), "its name"))
     if cfg.organism_seeds is None:
@@ -480,10 +486,13 @@ def _append(path: Path, rows: list[dict]) -> None:
 def recipe_hash(recipe) -> str:
     """What a study's rows record of the recipe that made them, and its resume check compares.
     `training.compile` counts only when on (it changes rounding), so recipes from before the
-    knob existed keep their hash."""
+    knob existed keep their hash; `training.save_weights` does not count (it changes no
+    number: a study that keeps its weights resumes a folder whose runs did not, and the
+    reverse), and hashes as off, which every study run was before a study could keep them."""
     dump = recipe.model_dump(mode="json")
     if not dump["training"]["compile"]:
         del dump["training"]["compile"]
+    dump["training"]["save_weights"] = False
     return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -866,14 +875,17 @@ def keeps_weights(cfg, scenario: str) -> bool:
     scenario's own, which wins), on the command line as `recipe_overrides.training.save_weights=true`.
     A recipe file's setting does not count: it is written for `distill`, and a study of
     hundreds of runs keeps only their rows unless asked."""
+    from pydantic import TypeAdapter
+
     def said(overrides) -> bool | None:
         training = overrides.get("training") if isinstance(overrides, dict) else None
-        return training.get("save_weights") if isinstance(training, dict) else None
+        value = training.get("save_weights") if isinstance(training, dict) else None
+        return None if value is None else TypeAdapter(bool).validate_python(value)  # as the recipe reads it
 
     own = next((sc.recipe_overrides for sc in cfg.scenarios or [] if sc.name == scenario), None)
     for overrides in (own, cfg.recipe_overrides):
         if said(overrides) is not None:
-            return said(overrides) is True
+            return said(overrides)
     return False
 
 
