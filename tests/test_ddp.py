@@ -262,3 +262,21 @@ def test_a_loss_non_finite_on_one_process_stops_every_process(quick_organism, tm
     got = [(tmp_path / f"said.rank{k}").read_text() if (tmp_path / f"said.rank{k}").exists() else None
            for k in (0, 1)]
     assert got == ["stopped: loss became nan at step 1"] * 2, res.stderr[-3000:]
+
+
+def test_a_study_with_a_tracker_under_launch_finishes_every_run(quick_organism, tmp_path):
+    """Closing a run's tracker destroyed the process group (accelerate's end_training): the
+    run's last barrier failed, so every distill with --tracker under launch ended in an internal
+    error, and a study lost its first finished run."""
+    organism, _ = quick_organism
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe().model_dump(mode="json")))
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump({
+        "kind": "study", "name": "t", "organism": {"path": str(organism)}, "recipe": "recipe.yaml",
+        "techniques": ["baseline"], "seeds": [0, 1], "bootstrap": 200}))
+    res = _run(2, ["-m", "doublebind", "study", "run", str(tmp_path / "study.yaml"), "--out", str(tmp_path / "out"),
+                   "--tracker", "tensorboard"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert sorted({r["seed"] for r in rows}) == [0, 1]  # the second run after the first one's tracker closed
+    for seed in (0, 1):  # each run logged
+        assert list((tmp_path / "out" / "runs").glob(f"*/baseline-s{seed}/tracker/**/events.out.tfevents.*"))

@@ -178,5 +178,11 @@ class RunTracker:
             self.accelerator.log(checkpoint_scalars(row), step=step)
 
     def close(self) -> None:
+        """Finish the run's trackers (their files flushed and closed). Not accelerate's
+        `end_training`, which also destroys the process group: under `accelerate launch` the
+        run's last barrier, and a study's next runs, still need it (every distill with a
+        tracker ended in an internal error there, after writing its files)."""
         if self.on:
-            self.accelerator.end_training()
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
+            self.accelerator.trackers = []
