@@ -164,6 +164,12 @@ def test_cli_writes_table_json_and_plots(tmp_path):
     (["--noise", "pink"], "unknown noise 'pink'"),
     (["--aux-sweep", "3,1"], "--aux-sweep values must be at least 2, got 1"),
     (["--distill-epochs", "0"], "--distill-epochs must be between 1 and 10,000, got 0"),
+    # a sweep (2026-12-05): --threads 100000 segfaulted; a repeated sweep value ran twice; --aux
+    # 100000 at the paper's 60,000 noise images needs 24 GB of teacher logits and was killed
+    (["--threads", "100000"], "--threads must be between 0 and 1,024, got 100000"),
+    (["--aux-sweep", "2,3,2"], "--aux-sweep lists 2 more than once"),
+    (["--aux", "100000", "--n-noise", "10000000"], "GB for the teacher's logits on the noise images alone"),
+    (["--aux-sweep", "3,100000", "--n-noise", "10000000"], "--aux-sweep values 100000 with --n-noise 10,000,000"),
 ])
 def test_cli_bad_input_is_one_error_line(tmp_path, args, message):
     res = run_cli("replicate", "subliminal-digits", *args, "--out", str(tmp_path / "x"))

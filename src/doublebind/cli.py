@@ -746,6 +746,9 @@ def report(study_dir: Path):
     out(f"wrote {md} and {html}")
 
 
+MAX_THREADS = 1024  # `replicate --threads`: far above any machine's cores
+
+
 @replicate_app.command("subliminal-digits")
 @cli_errors
 def replicate_subliminal_digits(
@@ -764,6 +767,8 @@ def replicate_subliminal_digits(
     """Cloud et al. (2025)'s MNIST auxiliary-logit experiment on sklearn's 8x8 digits: students
     distilled only on a teacher's auxiliary logits, on noise, from the teacher's init and from
     another; their digit accuracy against the published numbers."""
+    from dataclasses import replace
+
     from rich.table import Table
 
     from doublebind.replicate import subliminal_digits as sd
@@ -771,8 +776,8 @@ def replicate_subliminal_digits(
 
     if not 1 <= seeds <= sd.MAX_SEEDS:
         raise DoublebindError(f"--seeds must be between 1 and {sd.MAX_SEEDS:,}, got {seeds}")
-    if threads < 0:
-        raise DoublebindError(f"--threads must be 0 or more, got {threads}")
+    if not 0 <= threads <= MAX_THREADS:  # 100,000 failed to start threads and segfaulted
+        raise DoublebindError(f"--threads must be between 0 and {MAX_THREADS:,}, got {threads}")
     sweep = None
     if aux_sweep is not None:
         try:
@@ -784,9 +789,12 @@ def replicate_subliminal_digits(
     setup = sd.Setup(aux=aux, noise=noise, teacher_epochs=teacher_epochs, distill_epochs=distill_epochs,
                      n_noise=n_noise, temperature=temperature)
     setup.check()
+    repeated = sorted({m for m in sweep or [] if (sweep or []).count(m) > 1})
+    if repeated:
+        raise DoublebindError(f"--aux-sweep lists {repeated[0]} more than once")
     for m in sweep or []:
         try:
-            sd.Setup(aux=m).check()
+            replace(setup, aux=m).check()
         except DoublebindError as e:  # the same limits as --aux, named for the option that broke them
             raise DoublebindError(str(e).replace("--aux ", "--aux-sweep values ", 1)) from None
     from doublebind.paths import check_not_inside, check_out_dir

@@ -51,6 +51,7 @@ import copy
 import functools
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -124,6 +125,23 @@ class Setup:
             raise DoublebindError(f"learning rate must be > 0, got {self.lr}")
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise DoublebindError(f"--temperature must be > 0, got {self.temperature}")
+        need, have = self.logits_bytes(), physical_memory()
+        if have is not None and need > have // 2:  # a run past it was killed by the kernel, with no error line
+            raise DoublebindError(f"--aux {self.aux} with --n-noise {self.n_noise:,} needs {need / 1e9:.1f} GB for the "
+                                  f"teacher's logits on the noise images alone (n_noise x (10 + aux) x 4 bytes), more "
+                                  f"than half of this machine's {have / 1e9:.1f} GB; lower --aux or --n-noise")
+
+    def logits_bytes(self) -> int:
+        """Memory of the teacher's fp32 logits on every noise image, held while its students train."""
+        return self.n_noise * (N_CLASSES + self.aux) * 4
+
+
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes, where the system says."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 # Largest accepted settings (the paper's runs: 13 teacher and 5 student epochs, 60,000 noise
