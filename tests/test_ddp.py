@@ -274,9 +274,20 @@ def test_a_study_with_a_tracker_under_launch_finishes_every_run(quick_organism, 
         "kind": "study", "name": "t", "organism": {"path": str(organism)}, "recipe": "recipe.yaml",
         "techniques": ["baseline"], "seeds": [0, 1], "bootstrap": 200}))
     res = _run(2, ["-m", "doublebind", "study", "run", str(tmp_path / "study.yaml"), "--out", str(tmp_path / "out"),
-                   "--tracker", "tensorboard"])
+                   "--tracker", "tensorboard", "--workers", "2"])
     assert res.returncode == 0, res.stderr[-3000:]
+    # --workers does not apply under launch: said once, not silently ignored
+    assert res.stderr.count("note: --workers 2 does not apply under accelerate launch") == 1, res.stderr[-3000:]
     rows = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert sorted({r["seed"] for r in rows}) == [0, 1]  # the second run after the first one's tracker closed
     for seed in (0, 1):  # each run logged
         assert list((tmp_path / "out" / "runs").glob(f"*/baseline-s{seed}/tracker/**/events.out.tfevents.*"))
+
+
+def test_distill_under_launch_reports_once(quick_organism, tmp_path):
+    """Both ranks printed the final table and the 'wrote' line."""
+    organism, _ = quick_organism
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe().model_dump(mode="json")))
+    res = _distill(2, tmp_path / "recipe.yaml", organism, tmp_path / "two")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("final capability transfer") == 1, res.stdout

@@ -262,3 +262,11 @@ def test_wandb_runs_offline_and_keeps_a_user_s_disabled(monkeypatch, tmp_path, u
         monkeypatch.setenv("WANDB_MODE", user)
     assert tracking._offline("wandb", tmp_path / "tracker") == {"wandb": {"mode": mode, "dir": str(tmp_path / "tracker")}}
     assert os.environ["WANDB_MODE"] == mode and (tmp_path / "tracker").is_dir()
+
+
+def test_a_tracker_error_names_the_option_that_set_it(tmp_path):
+    """`study run --tracker trackio` was refused as 'set by the override
+    recipe_overrides.training.tracker=trackio', an override the user never wrote."""
+    r = run_cli("study", "run", "configs/studies/quick.yaml", "--out", str(tmp_path / "s"), "--tracker", "trackio")
+    assert r.returncode == 1 and r.stderr.strip().endswith("(set by --tracker trackio)"), r.stderr
+    assert "recipe_overrides.training.tracker=trackio" not in r.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -541,6 +542,19 @@ def _verify_own_checkpoint(model_dir: Path, organism: Path, card: dict) -> None:
         raise DoublebindError(f"{e}; its card's metrics describe the file it hashed, not this one") from None
 
 
+@contextlib.contextmanager
+def _tracker_named(tracker: str | None, extra: list[str]):
+    """An error about the tracker names `--tracker`, which set it, not the override it stands
+    for (`(set by the override recipe_overrides.training.tracker=wandb)`)."""
+    try:
+        yield
+    except DoublebindError as e:
+        said = f"(set by the override {extra[0]})" if extra else None
+        if said is None or said not in str(e):
+            raise
+        raise type(e)(str(e).replace(said, f"(set by --tracker {tracker})")) from None
+
+
 def _tracker_override(tracker: str | None, key: str) -> list[str]:
     """The override `--tracker` stands for; a value that is no tracker is refused as the
     flag (the config error named an override `key=…` the user never typed)."""
@@ -570,12 +584,18 @@ def distill(
 
     extra = _tracker_override(tracker, "training.tracker")
     check_not_inside(out_dir)
-    cfg = config.load(recipe, [*(overrides or []), *extra], expect="recipe")
+    with _tracker_named(tracker, extra):
+        cfg = config.load(recipe, [*(overrides or []), *extra], expect="recipe")
     from doublebind.organisms.models import quiet_transformers  # these import torch (seconds)
     from doublebind.training.distill import distill as run_distill
 
     quiet_transformers()
-    summary = run_distill(organism, cfg, out_dir, force=force)
+    with _tracker_named(tracker, extra):
+        summary = run_distill(organism, cfg, out_dir, force=force)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under `accelerate launch`, the main process reports (once)
+        return
     final, chosen = summary["final"], summary.get("selected") or summary["final"]
     table = Table("step", "tokens", "capability transfer", "misalignment transfer", "honeypot", "confession")
     for line in (out_dir / "metrics.jsonl").read_text().splitlines():
@@ -616,11 +636,17 @@ def study_run(study: Path, out_dir: Path = typer.Option(..., "--out", help="Stud
     extra = _tracker_override(tracker, "recipe_overrides.training.tracker")
     n = parse_workers(workers, "--workers") if workers is not None else None
     check_not_inside(out_dir)
-    cfg = config.load(study, [*(overrides or []), *extra], expect="study")  # a bad config fails before torch loads
+    with _tracker_named(tracker, extra):
+        cfg = config.load(study, [*(overrides or []), *extra], expect="study")  # a bad config fails before torch loads
     from doublebind.organisms.models import quiet_transformers
+    from doublebind.threads import local_processes
 
     quiet_transformers()
-    summary = run_study(study, out_dir, overrides=[*(overrides or []), *extra], workers=n)
+    if n is not None and n > 1 and local_processes(os.environ) > 1 and os.environ.get("RANK", "0") == "0":
+        console.print(f"note: --workers {n} does not apply under accelerate launch: the launched processes run "
+                      f"each run together, one run at a time", markup=False, highlight=False)
+    with _tracker_named(tracker, extra):
+        summary = run_study(study, out_dir, overrides=[*(overrides or []), *extra], workers=n)
     from accelerate import PartialState
 
     if not PartialState().is_main_process:  # under `accelerate launch`, the main process reports
