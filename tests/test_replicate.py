@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -141,6 +142,7 @@ def test_cli_writes_table_json_and_plots(tmp_path):
         assert text in res.stdout
     data = json.loads((out / "subliminal_digits.json").read_text())
     assert data["seeds"] == [0, 1] and set(data["results"]) == {"2", "3"}
+    assert not (out / sd.FINISHED).exists()  # the record of finished seeds goes once the JSON holds them
     rows = data["results"]["3"]["per_seed"]
     assert [r["seed"] for r in rows] == [0, 1]
     assert all(0 <= r[c] <= 1 for r in rows for c in sd.CONDITIONS)
@@ -242,3 +244,29 @@ def test_a_bad_sweep_value_is_refused_before_anything_trains():
     with pytest.raises(DoublebindError):
         sd.run([0], SMALL, sweep=[3, 1], progress=lambda n=1: trained.append(n))
     assert trained == []
+
+
+def test_an_interrupted_replication_resumes_from_its_finished_seeds(tmp_path, monkeypatch):
+    """Per-seed results lived in memory until the end: a Ctrl-C at 43 of 75 steps kept nothing,
+    and a rerun started from zero. Each finished seed is recorded as it ends, and a rerun with
+    the same settings takes it from there; the numbers are those of an uninterrupted run."""
+    record = tmp_path / sd.FINISHED
+    first = sd.run([0], SMALL, record=record)  # the run a kill cut short after its first seed
+    assert len(sd.read_finished(record)) == 1
+    calls = []
+    original = sd.run_seed
+    monkeypatch.setattr(sd, "run_seed", lambda seed, setup, advance=lambda n=1: None:
+                        calls.append(seed) or original(seed, setup, advance))
+    with record.open("a") as f:
+        f.write('{"key": "torn')  # a kill mid-append: skipped, never an error
+    resumed = sd.run([0, 1], SMALL, record=record)
+    assert calls == [1]  # seed 0 was not run again
+    assert resumed.runs[SMALL.aux][0] == first.runs[SMALL.aux][0]
+    monkeypatch.setattr(sd, "run_seed", original)
+    whole = sd.run([0, 1], SMALL)
+    assert [_numbers(r) for r in resumed.runs[SMALL.aux]] == [_numbers(r) for r in whole.runs[SMALL.aux]]
+    # other settings are other runs: nothing is taken from the record
+    calls.clear()
+    monkeypatch.setattr(sd, "run_seed", lambda seed, setup, advance=lambda n=1: None: calls.append(seed) or {})
+    sd.run([0], replace(SMALL, temperature=2.0), record=record)
+    assert calls == [0]

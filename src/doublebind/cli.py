@@ -838,9 +838,16 @@ def replicate_subliminal_digits(
 
         torch.set_num_threads(threads)
     n_values = len({aux, *(sweep or [])})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = out_dir / sd.FINISHED  # an interrupted replication resumes from the seeds it finished
+    resumed = len(sd.read_finished(record))
+    if resumed:
+        console.print(f"note: {record} holds {resumed} finished seed runs of an interrupted replication; those "
+                      f"with these settings are taken from it", markup=False, highlight=False)
     with progress_bar("subliminal digits", n_values * seeds * sd.STAGES_PER_SEED) as advance:
-        rep = sd.run(list(range(seeds)), setup, sweep, progress=advance)
+        rep = sd.run(list(range(seeds)), setup, sweep, progress=advance, record=record)
     paths = sd.write_outputs(rep, out_dir)
+    record.unlink(missing_ok=True)  # the JSON holds every seed now
     for stale in (out_dir / name for name in sd.OUTPUTS):  # --force: an earlier sweep's plot is not this run's
         if stale not in paths:
             stale.unlink(missing_ok=True)

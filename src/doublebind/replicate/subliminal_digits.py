@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import json
 import math
 import os
@@ -337,9 +338,35 @@ class Replication:
         }
 
 
+FINISHED = ".finished_seeds.jsonl"  # in --out while a replication runs: each seed as it finishes
+
+
+def seed_key(setup: Setup, seed: int) -> str:
+    """What a finished seed's numbers depend on: its settings, its seed and this module's code."""
+    blob = json.dumps([asdict(setup), seed, Path(__file__).read_text()], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def read_finished(path: Path | None) -> dict[str, dict]:
+    """{seed_key: its row} from a record of finished seeds; a line that does not read (a kill
+    mid-append) is skipped, and its seed is run again."""
+    out: dict[str, dict] = {}
+    if path is None or not path.is_file():
+        return out
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+            out[str(rec["key"])] = dict(rec["row"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
 def run(seeds: list[int], setup: Setup, sweep: list[int] | None = None,
-        progress: Callable[[int], None] | None = None) -> Replication:
-    """Every seed at `setup.aux` and, with `sweep`, at each m in it too."""
+        progress: Callable[[int], None] | None = None, record: Path | None = None) -> Replication:
+    """Every seed at `setup.aux` and, with `sweep`, at each m in it too. With `record`, each
+    seed's numbers are appended there as it finishes, and seeds already there with the same
+    settings and code are taken from it, not run again: an interrupted replication resumes."""
     setup.check()
     if not seeds:
         raise DoublebindError("need at least one seed")
@@ -348,9 +375,22 @@ def run(seeds: list[int], setup: Setup, sweep: list[int] | None = None,
         replace(setup, aux=m).check()
     rep = Replication(setup, list(seeds))
     advance = progress or (lambda n=1: None)
+    finished = read_finished(record)
     for m in values:
         s = replace(setup, aux=m)
-        rep.runs[m] = [run_seed(seed, s, advance) for seed in seeds]
+        rows = []
+        for seed in seeds:
+            key = seed_key(s, seed)
+            if key in finished:
+                advance(STAGES_PER_SEED)
+                rows.append(finished[key])
+                continue
+            row = run_seed(seed, s, advance)
+            if record is not None:
+                with open(record, "a") as f:
+                    f.write(json.dumps({"key": key, "aux": m, "seed": seed, "row": row}) + "\n")
+            rows.append(row)
+        rep.runs[m] = rows
     return rep
 
 
