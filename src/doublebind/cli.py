@@ -586,11 +586,10 @@ def distill(
     check_not_inside(out_dir)
     with _tracker_named(tracker, extra):
         cfg = config.load(recipe, [*(overrides or []), *extra], expect="recipe")
-    from doublebind.organisms.models import quiet_transformers  # these import torch (seconds)
-    from doublebind.training.distill import distill as run_distill
+        from doublebind.organisms.models import quiet_transformers  # these import torch (seconds)
+        from doublebind.training.distill import distill as run_distill
 
-    quiet_transformers()
-    with _tracker_named(tracker, extra):
+        quiet_transformers()
         summary = run_distill(organism, cfg, out_dir, force=force)
     from accelerate import PartialState
 
@@ -638,14 +637,13 @@ def study_run(study: Path, out_dir: Path = typer.Option(..., "--out", help="Stud
     check_not_inside(out_dir)
     with _tracker_named(tracker, extra):
         cfg = config.load(study, [*(overrides or []), *extra], expect="study")  # a bad config fails before torch loads
-    from doublebind.organisms.models import quiet_transformers
-    from doublebind.threads import local_processes
+        from doublebind.organisms.models import quiet_transformers
+        from doublebind.threads import local_processes
 
-    quiet_transformers()
-    if n is not None and n > 1 and local_processes(os.environ) > 1 and os.environ.get("RANK", "0") == "0":
-        console.print(f"note: --workers {n} does not apply under accelerate launch: the launched processes run "
-                      f"each run together, one run at a time", markup=False, highlight=False)
-    with _tracker_named(tracker, extra):
+        quiet_transformers()
+        if n is not None and n > 1 and local_processes(os.environ) > 1 and os.environ.get("RANK", "0") == "0":
+            console.print(f"note: --workers {n} does not apply under accelerate launch: the launched processes run "
+                          f"each run together, one run at a time", markup=False, highlight=False)
         summary = run_study(study, out_dir, overrides=[*(overrides or []), *extra], workers=n)
     from accelerate import PartialState
 

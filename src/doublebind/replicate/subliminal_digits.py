@@ -341,9 +341,14 @@ class Replication:
 FINISHED = ".finished_seeds.jsonl"  # in --out while a replication runs: each seed as it finishes
 
 
+@functools.cache
+def _code() -> str:
+    return Path(__file__).read_text()
+
+
 def seed_key(setup: Setup, seed: int) -> str:
     """What a finished seed's numbers depend on: its settings, its seed and this module's code."""
-    blob = json.dumps([asdict(setup), seed, Path(__file__).read_text()], sort_keys=True, default=str)
+    blob = json.dumps([asdict(setup), seed, _code()], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
