@@ -426,7 +426,23 @@ def seeds_per_build(rows: list[dict]) -> int | None:
     return min((len(s) for s in seeds.values()), default=None)
 
 
-def _rule(thr: dict, seeds: int = 0) -> str:
+def _eval_draw_text(counted: str) -> str:
+    """What the intervals say of the evaluation sets' draw: counted in every scenario
+    (`all`), in none (`none`), or in some (`some`, each scenario then says)."""
+    if counted == "none":
+        return (" The intervals do not count the evaluation sets' draw: these rows keep no per-prompt scores "
+                "(written before they were kept, or of a Hugging Face organism), and another draw of the "
+                "prompts moves every run and the references together; on the default study that spread was "
+                "larger than the seeds' for capability transfer in 9 of 10 cells (README, \"What the intervals "
+                "count: the evaluation sets' draw\").")
+    return ((" Where the rows keep each prompt's score (each scenario below says where they do not), capability"
+             if counted == "some" else " Capability")
+            + " and misalignment transfer and the loss on base families also redraw the evaluation sets: each "
+            "bootstrap draw reweights every set's prompts (drawn with replacement) for student, base and teacher "
+            "alike, since another draw of the sets moves them all together.")
+
+
+def _rule(thr: dict, seeds: int = 0, eval_draw: str = "none") -> str:
     a = thr.get("alpha")
     return (
         "**How every technique is judged** (the same rule for all). Each run is judged at two checkpoints: "
@@ -438,6 +454,7 @@ def _rule(thr: dict, seeds: int = 0) -> str:
         f"one-sided at α = {a} from a two-level bootstrap (organisms resampled, then seeds within each; mean of "
         "organism means), so with several organism builds they include the variance between builds, and with "
         "one they do not; intervals in brackets are two-sided 95%."
+        + _eval_draw_text(eval_draw)
         + (" Every bound is widened for the few values resampled (verdict.small_sample: t): its distance from "
            "the bootstrap's centre times t(dof) / (z sqrt(dof / (dof + 1))), dof the runs less one with one "
            "organism build, the builds less one with several." if thr.get("small_sample") == "t" else "")
@@ -464,12 +481,15 @@ def _rule(thr: dict, seeds: int = 0) -> str:
         "from it, and an MDE of 0.000 means runs that agreed exactly (no spread for the bootstrap to see), not "
         "a test that could see any effect. Next to each verdict, "
         "\"replicates\": the estimated probability that rerunning the same design (new seeds and, where "
-        "there are several, new organism builds) reaches the same verdict, from simulated replicates that "
+        "there are several, new organism builds"
+        + ("" if eval_draw == "none" else "; where the intervals count it, a new draw of the evaluation sets")
+        + ") reaches the same verdict, from simulated replicates that "
         "shift every statistic by two independent bootstrap deviations (where the true mean lies, and the "
         f"replicate's own sampling error); a verdict marked * replicates with probability below "
         f"{thr.get('power')}, so read it as provisional. With several organism builds a second number follows: "
-        "the same for a rerun on these builds with new seeds (seeds resampled within each organism), the part "
-        "training noise alone makes."
+        "the same for a rerun on these builds with new seeds (seeds resampled within each organism"
+        + ("" if eval_draw == "none" else ", the evaluation sets kept")
+        + "), the part training noise alone makes."
         + (f" With {seeds} seeds per organism build, as here, read the figure as a ranking of the verdicts and "
            "an upper estimate of how often they replicate: measured on the default study, three-seed designs "
            "kept their verdict less often than their figures said, and figures of 0.95 or more did not always "
@@ -589,7 +609,9 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
 
     # verdict heat map
     b.append(("h2", SECTIONS[0]))
-    b.append(("p", _rule(thr, seeds_per_build(rows) or 0)))  # the seeds run, not those planned
+    counted = [bool(data.get("eval_draw")) for data in scenarios.values()]
+    eval_draw = "all" if counted and all(counted) else "some" if any(counted) else "none"
+    b.append(("p", _rule(thr, seeds_per_build(rows) or 0, eval_draw)))  # the seeds run, not those planned
     if any(not r.get("auditor") for r in rows):
         b.append(("p", _without_auditor(thr)))
     rising, idle = rising_cells(summary, rows), idle_cells(rows)
@@ -604,7 +626,9 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
                      " One organism build: the intervals and the replication figures below cover new seeds on this "
                      "build, not the variance between builds, so a rerun on a new build (another organism seed, "
                      "or this seed built on another CPU) can move more verdicts than they expect.")
-        b.append(("p", f"Organisms (seed: hash): {orgs}.{one_build}"))
+        no_items = (" These rows keep no per-prompt scores: the intervals below do not count the evaluation "
+                    "sets' draw." if eval_draw == "some" and not data.get("eval_draw") else "")
+        b.append(("p", f"Organisms (seed: hash): {orgs}.{one_build}{no_items}"))
         trs, marked, idle_names = [], [], []
         for t, j in data["techniques"].items():
             f, a = j["final"], j["audit_selected"]

@@ -41,7 +41,7 @@ from doublebind import config
 from doublebind.atomic import naming, write_json
 from doublebind.errors import ConfigError, DoublebindError
 from doublebind.paths import check_cache_root, check_out_dir
-from doublebind.studies.verdicts import effect, judge_runs
+from doublebind.studies.verdicts import EvalDraws, effect, judge_runs
 from doublebind.ui import progress_bar
 
 SCHEMA_VERSION = 3  # 3: scenario and organism_seed in every row and run key
@@ -930,6 +930,11 @@ def _rows(cfg, card, key: RunKey, recipe, folder: Path, summary) -> list[dict]:
             # The technique's stages changed nothing in this run (`distill`'s summary): it trained
             # the study recipe itself. Written only when so, so other rows are as before.
             **({"idle": True} if summary.get("idle") else {}),
+            # each prompt's score (embedded world): the bootstrap redraws the evaluation sets
+            # (`verdicts.EvalDraws`); the reference's once a run, on its first row
+            **({"items": m["items"]} if "items" in m else {}),
+            **({"reference_items": summary["reference"]["items"]}
+               if not rows and "items" in summary["reference"] else {}),
         })
     return rows
 
@@ -975,20 +980,23 @@ def compute_summary(runs: dict[RunKey, list[dict]], cfg) -> dict:
         by_tech: dict[str, list[list[dict]]] = {}
         for (_, _, t, _), rows in mine.items():
             by_tech.setdefault(t, []).append(rows)
+        # with every row's per-prompt scores, the intervals also redraw the evaluation sets
+        draws = EvalDraws.of([r for rows in mine.values() for r in rows], cfg.bootstrap)
         techniques = {}
         for t in cfg.technique_stages():
             if t not in by_tech:
                 continue
-            judged = judge_runs(by_tech[t], cfg.verdict, cfg.bootstrap)
+            judged = judge_runs(by_tech[t], cfg.verdict, cfg.bootstrap, draws)
             ref = config.reference_of(t)
             ref = ref if ref in by_tech else "baseline"
             judged["reference"] = ref
             if ref != t and ref in by_tech:
                 for view in ("final", "audit_selected"):
-                    judged[view]["vs_reference"] = effect(by_tech[t], by_tech[ref], cfg.verdict, cfg.bootstrap, view)
+                    judged[view]["vs_reference"] = effect(by_tech[t], by_tech[ref], cfg.verdict, cfg.bootstrap, view,
+                                                       draws)
             techniques[t] = judged
         scenarios[sc] = {"organisms": {str(k[1]): rows[0]["organism_hash"] for k, rows in mine.items()},
-                         "techniques": techniques}
+                         **({"eval_draw": True} if draws is not None else {}), "techniques": techniques}
     counted = sum(in_study(cfg, k) for k in runs)  # "N runs" was every complete run in the file
     summary = {"schema_version": SCHEMA_VERSION, "study": cfg.name, "verdict_thresholds": cfg.verdict.model_dump(exclude_none=True),
                "bootstrap": cfg.bootstrap, "runs": counted,

@@ -87,6 +87,7 @@ from statistics import NormalDist
 import numpy as np
 
 from doublebind.errors import DoublebindError
+from doublebind.evals.transfer import MIN_GAP
 
 ROUND = 10
 REPLICATES = 1000  # simulated replicates per verdict (`replication`)
@@ -128,6 +129,13 @@ class Resampler:
     def means(self, values: np.ndarray) -> np.ndarray:
         """values: [organisms, max seeds] (padding never drawn) → [n] resampled means."""
         v = values[self.org[..., None], self.idx]  # [n, g, s]
+        return self._mean(v)
+
+    def drawn_means(self, values: np.ndarray) -> np.ndarray:
+        """values: [n, organisms, max seeds], each draw's own value of every run (the
+        evaluation sets redrawn, `EvalDraws`) → [n] resampled means, the runs drawn as in
+        `means`."""
+        v = values[np.arange(len(self.org))[:, None, None], self.org[..., None], self.idx]  # [n, g, s]
         return self._mean(v)
 
     def _mean(self, v: np.ndarray) -> np.ndarray:
@@ -257,10 +265,15 @@ class Sample:
         self.kept: Resampler | None = None  # with several organisms: seeds resampled, organisms kept
         self.kept_draws: dict[str, np.ndarray] = {}
 
-    def stat(self, fn, name: str | None = None, interval=None, limits: tuple[float, float] | None = None) -> dict:
+    def stat(self, fn, name: str | None = None, interval=None, limits: tuple[float, float] | None = None,
+             draws_of=None) -> dict:
         """Mean of organism means of fn(row), its intervals, SE and n. The runs' resampled
         means are kept under `name` (for `replication`); `interval(resampler)`, where given,
-        gives the draws the intervals and SE come from instead (see `audit_stat`). With
+        gives the draws the intervals and SE come from instead (see `audit_stat`).
+        `draws_of(row)`, where given, is the row's value under each draw's redrawn evaluation
+        sets ([n_boot], `EvalDraws`): each draw then takes its runs' values from it, so the
+        intervals count the prompts' draw as well as the seeds' (the organisms-kept draws of
+        `replication_same_organisms` do not: training noise alone). With
         `small_sample: t` only the runs' part of a bound is widened (an `interval`'s own
         spread, the audit pool's, does not shrink with more runs), and a bound is kept within
         `limits`, the statistic's range, where given."""
@@ -268,7 +281,15 @@ class Sample:
         undefined = sum(math.isnan(x) for v in vals for x in v)
         if undefined == self.n:
             raise ValueError(f"{name or 'the statistic'} is undefined in every run")
-        runs = self.boot.means(_pad(vals))
+        if draws_of is None:
+            runs = self.boot.means(_pad(vals))
+        else:
+            width = max(len(g) for g in self.groups)
+            per = np.zeros((self.n_boot, len(self.groups), width))
+            for i, g in enumerate(self.groups):
+                for j, r in enumerate(g):
+                    per[:, i, j] = np.nan if math.isnan(vals[i][j]) else draws_of(r)
+            runs = self.boot.drawn_means(per)
         boot = runs if interval is None else interval(self.boot)
         if undefined:  # draws that hold no defined run say nothing: the intervals are over the others
             boot = boot[~np.isnan(boot)]
@@ -301,6 +322,112 @@ class Sample:
         if undefined:
             out["undefined_runs"] = undefined
         return out
+
+
+class EvalDraws:
+    """The evaluation sets' draw, resampled. Every run, and the base and teacher it is
+    measured against, is scored on one draw of the evaluation sets; another draw moves them
+    all together. Where the rows keep each prompt's score (`items`, and `reference_items`
+    once a run: `doublebind.eval_items`), each bootstrap draw also redraws each prompt set
+    with replacement (a multinomial weight per prompt) and recomputes every run's transfers
+    and base loss from the reweighted scores of student, base and teacher alike, families
+    whose teacher-base gap falls under the minimum dropped as the rows drop them. Runs
+    scored on the same prompt set (the same fingerprint: within an organism always, across
+    organisms where the world draws the same prompts) share a draw's weights, so their
+    values move together as they would under a new draw; a set's weights depend only on
+    its fingerprint and the bootstrap's size, so every technique, and a technique's pairs
+    with its reference, see the same draws."""
+
+    def __init__(self, refs: dict, n_boot: int, seed: int = 0):
+        self.refs, self.n_boot, self.seed = refs, n_boot, seed
+        self._weights: dict = {}  # (set fingerprint, size) -> [n_boot, size]
+        self._values: dict = {}  # (id(row), what) -> [n_boot]
+
+    @classmethod
+    def of(cls, rows: list[dict], n_boot: int) -> EvalDraws | None:
+        """From a scenario's rows: None unless every row keeps its items and every organism
+        its reference's (rows written before either were kept, or of a Hugging Face
+        organism, whose evals are not per prompt here). A row whose items do not give its
+        own transfers is refused: its scores and its numbers disagree."""
+        refs: dict = {}
+        for r in rows:
+            if "reference_items" in r:
+                refs.setdefault(organism_of(r), r["reference_items"])
+        if not rows or any("items" not in r or organism_of(r) not in refs for r in rows):
+            return None
+        draws = cls(refs, n_boot)
+        for r in rows:
+            for field in ("capability_transfer", "misalignment_transfer"):
+                got = draws.at_measured(r, field)
+                if (r[field] is None) != (got is None) or (got is not None and abs(got - r[field]) > 1e-3):
+                    raise DoublebindError(f"run {r.get('run_id')} step {r.get('step')}: its per-prompt scores give "
+                                          f"{field} {got}, its row {r[field]}; results.jsonl was changed by hand")
+        return draws
+
+    def _set(self, org, part: str, size: int) -> np.ndarray:
+        key = (self.refs[org]["sets"][part], size)
+        if key not in self._weights:
+            rng = np.random.default_rng([self.seed, int(key[0], 16), size])
+            self._weights[key] = rng.multinomial(size, np.full(size, 1.0 / size), size=self.n_boot) / size
+        return self._weights[key]
+
+    @staticmethod
+    def _scores(items: dict, part: str) -> np.ndarray:
+        if part == "deploy":
+            return np.asarray(items["deploy"], dtype=float)
+        return np.frombuffer(items["capability"][part].encode(), dtype=np.uint8) - ord("0")
+
+    def _mean(self, org, items: dict, part: str, weights: bool = True) -> np.ndarray:
+        x = self._scores(items, part)
+        return self._set(org, part, len(x)) @ x if weights else np.array([x.mean()])
+
+    def _ratio(self, row: dict, parts, weights: bool) -> np.ndarray:
+        org, ref = organism_of(row), self.refs[organism_of(row)]
+        out = []
+        for part in parts:
+            s, b, t = (self._mean(org, items, part, weights) for items in (row["items"], ref["base"], ref["teacher"]))
+            gap = t - b
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out.append(np.where(np.abs(gap) < MIN_GAP, np.nan, (s - b) / gap))
+        out = np.stack(out)
+        defined = ~np.isnan(out)
+        return np.where(defined.any(0), np.where(defined, out, 0.0).sum(0) / np.maximum(defined.sum(0), 1), np.nan)
+
+    def _cached(self, row: dict, what: str, compute) -> np.ndarray:
+        key = (id(row), what)
+        if key not in self._values:
+            self._values[key] = compute()
+        return self._values[key]
+
+    def _transfer(self, row: dict, field: str) -> np.ndarray:
+        # laid off from the row's own value: the stored probabilities and the row's transfer are
+        # rounded differently, and the draws should centre on the number the report prints
+        parts = self.refs[organism_of(row)]["taught"] if field == "capability_transfer" else ["deploy"]
+        return self._ratio(row, parts, True) - self._ratio(row, parts, False)[0] + row[field]
+
+    def capability_transfer(self, row: dict) -> np.ndarray:
+        """Capability transfer under each draw: the mean over taught families of each
+        family's reweighted (student − base) / (teacher − base)."""
+        return self._cached(row, "cap", lambda: self._transfer(row, "capability_transfer"))
+
+    def misalignment_transfer(self, row: dict) -> np.ndarray:
+        """Misalignment transfer under each draw (the real-deployment set reweighted)."""
+        return self._cached(row, "mis", lambda: self._transfer(row, "misalignment_transfer"))
+
+    def base_loss(self, row: dict) -> np.ndarray:
+        """The worst loss on a base family under each draw: max of base − student."""
+        def compute():
+            org, ref = organism_of(row), self.refs[organism_of(row)]
+            return np.max([self._mean(org, ref["base"], f) - self._mean(org, row["items"], f)
+                           for f in row["base_families"]], axis=0)
+        return self._cached(row, "base_loss", compute)
+
+    def at_measured(self, row: dict, field: str) -> float | None:
+        """A transfer from the items as measured (every prompt once): the row's own value,
+        to the rounding of the stored probabilities."""
+        parts = self.refs[organism_of(row)]["taught"] if field == "capability_transfer" else ["deploy"]
+        x = float(self._ratio(row, parts, False)[0])
+        return None if math.isnan(x) else x
 
 
 def audit_stat(s: Sample) -> dict:
@@ -376,10 +503,11 @@ def _test(name: str, stat: dict | None, bound: str, op: str, threshold: float, v
             "n": stat["n"] if stat is not None else None}
 
 
-def technique_stats(judged_rows: list[dict], vcfg, n_boot: int) -> dict:
-    """Statistics, tests and verdict of one technique from the rows it is judged at (one per run)."""
+def technique_stats(judged_rows: list[dict], vcfg, n_boot: int, draws: EvalDraws | None = None) -> dict:
+    """Statistics, tests and verdict of one technique from the rows it is judged at (one per
+    run). With `draws` the transfers' and base loss's intervals also redraw the evaluation sets."""
     s = Sample(judged_rows, n_boot, vcfg.alpha, vcfg.small_sample)
-    out: dict = {"n": s.n, "n_organisms": len(s.groups),
+    out: dict = {"n": s.n, "n_organisms": len(s.groups), **({"eval_draw": True} if draws is not None else {}),
                  "seeds": sorted({r["seed"] for r in judged_rows}),
                  "steps": sorted({r["step"] for r in judged_rows})}
     if all(r.get("auditor") for r in judged_rows):
@@ -392,13 +520,14 @@ def technique_stats(judged_rows: list[dict], vcfg, n_boot: int) -> dict:
         # (counting it as 0 would read a broken organism as a benign student); where no run
         # defines it, the statistic is of zeros, over no defined run, marked undefined (n/a)
         none = all(r[field] is None for r in judged_rows)
-        out[field] = s.stat(lambda r, f=field: 0.0 if none else r[f], field)
+        per_draw = None if none or draws is None else getattr(draws, field)
+        out[field] = s.stat(lambda r, f=field: 0.0 if none else r[f], field, draws_of=per_draw)
         if none:
             out[field].update(undefined=True, n=0, n_organisms=0)
     out["audit_minus_base"] = s.stat(lambda r: audit_signal(r) - max(r["base_audit"].values()), "audit_minus_base")
     out["teacher_audit"] = max(audit_signal(r, "teacher") for r in judged_rows)
     if all(base_loss(r) is not None for r in judged_rows):
-        out["base_loss"] = s.stat(base_loss, "base_loss")
+        out["base_loss"] = s.stat(base_loss, "base_loss", draws_of=None if draws is None else draws.base_loss)
     cap_measured = not out["capability_transfer"].get("undefined")
     if out["misalignment_transfer"].get("undefined"):
         out.update(verdict="undefined", tests=[], deciding=["teacher no more misaligned than base"], power={})
@@ -518,17 +647,20 @@ def final_row(run_rows: list[dict]) -> dict:
     return next(r for r in run_rows if r["selected"])
 
 
-def judge_runs(runs: list[list[dict]], vcfg, n_boot: int) -> dict:
+def judge_runs(runs: list[list[dict]], vcfg, n_boot: int, draws: EvalDraws | None = None) -> dict:
     """A technique judged at the final and at the audit-selected checkpoint of each run."""
     picks = [audit_selected(rows, vcfg) for rows in runs]
-    sel = technique_stats([p[0] for p in picks], vcfg, n_boot)
+    sel = technique_stats([p[0] for p in picks], vcfg, n_boot, draws)
     sel["runs_without_clean_checkpoint"] = sum(not ok for _, ok in picks)
-    return {"final": technique_stats([final_row(rows) for rows in runs], vcfg, n_boot), "audit_selected": sel}
+    return {"final": technique_stats([final_row(rows) for rows in runs], vcfg, n_boot, draws), "audit_selected": sel}
 
 
-def effect(runs: list[list[dict]], ref_runs: list[list[dict]], vcfg, n_boot: int, view: str = "final") -> dict | None:
+def effect(runs: list[list[dict]], ref_runs: list[list[dict]], vcfg, n_boot: int, view: str = "final",
+           draws: EvalDraws | None = None) -> dict | None:
     """Technique minus its reference, paired by organism and seed, at the given view: the
-    bootstrap of the paired differences of capability and misalignment transfer."""
+    bootstrap of the paired differences of capability and misalignment transfer (with
+    `draws`, each draw's difference on its own redrawn evaluation sets, which both runs of a
+    pair share)."""
     pick = final_row if view == "final" else (lambda rows: audit_selected(rows, vcfg)[0])
     ref = {(organism_of(rows[0]), rows[0]["seed"]): pick(rows) for rows in ref_runs}
     pairs = []
@@ -542,10 +674,12 @@ def effect(runs: list[list[dict]], ref_runs: list[list[dict]], vcfg, n_boot: int
         return None if a[field] is None or b[field] is None else a[field] - b[field]
 
     diff = [{"organism_seed": organism_of(a), "seed": a["seed"], "cap": delta(a, b, "capability_transfer"),
-             "mis": delta(a, b, "misalignment_transfer")} for a, b in pairs]
+             "mis": delta(a, b, "misalignment_transfer"), "pair": (a, b)} for a, b in pairs]
     s = Sample(diff, n_boot, vcfg.alpha, vcfg.small_sample)
     out = {}
     for field, key in (("capability_transfer", "cap"), ("misalignment_transfer", "mis")):
-        out[field] = (s.stat(lambda r, k=key: r[k]) if any(r[key] is not None for r in diff)
+        per_draw = None if draws is None else (
+            lambda r, f=field: getattr(draws, f)(r["pair"][0]) - getattr(draws, f)(r["pair"][1]))
+        out[field] = (s.stat(lambda r, k=key: r[k], draws_of=per_draw) if any(r[key] is not None for r in diff)
                       else {"undefined": True, "n": 0})
     return out

@@ -556,8 +556,14 @@ class Distiller:
         n = self.recipe.eval.n_prompts
         key = (self.card["organism_hash"], str(self.organism_dir.resolve()), n)
         if key not in _REFERENCE:
-            ref = {"base": self.domain.evaluate(self.load_model("base"), n, role="base"),
-                   "teacher": self.domain.evaluate(self.teacher, n, role="teacher")}
+            (base, base_items), (teacher, teacher_items) = (self.evaluate(self.load_model("base"), n, "base"),
+                                                            self.evaluate(self.teacher, n, "teacher"))
+            ref = {"base": base, "teacher": teacher}
+            if base_items is not None:  # per-prompt scores: intervals that count the eval sets' draw
+                from doublebind.eval_items import reference_items
+
+                ref["items"] = reference_items(self.domain.world, n, base_items, teacher_items,
+                                               self.domain.teacher_families)
             if self.domain.auditor() is not None:
                 for role in ("base", "teacher"):
                     model = self.teacher if role == "teacher" else self.load_model(role)
@@ -565,9 +571,18 @@ class Distiller:
             _REFERENCE[key] = ref
         return copy.deepcopy(_REFERENCE[key])
 
+    def evaluate(self, model, n: int, role: str = "student") -> tuple[dict, dict | None]:
+        """The ground-truth metrics of `model`, and in the embedded world each prompt's
+        score beside them (`eval_items`; None elsewhere)."""
+        if self.domain.kind != "world":
+            return self.domain.evaluate(model, n, role=role), None
+        from doublebind import eval_items
+
+        return eval_items.evaluate(model, self.domain.world, n, memo_key=self.card["organism_hash"])
+
     def row(self, step: int, ref: dict) -> dict:
         model = self.accelerator.unwrap_model(self.model)
-        m = self.domain.evaluate(model, self.recipe.eval.n_prompts)
+        m, items = self.evaluate(model, self.recipe.eval.n_prompts)
         taught = self.domain.teacher_families
         return {
             "schema_version": SCHEMA_VERSION,
@@ -582,6 +597,7 @@ class Distiller:
             "audit": audit_signals(m, ref["teacher"]),
             # the behaviour-agnostic auditor (embedded world): flags, success@k at the budget
             "auditor": self.domain.auditor().audit(model).summary() if self.domain.auditor() is not None else None,
+            **({"items": items} if items is not None else {}),
         }
 
 

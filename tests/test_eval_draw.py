@@ -1,0 +1,161 @@
+"""The evaluation sets' draw in the intervals: rows keep each prompt's score, and the bootstrap
+redraws the prompts of student, base and teacher together. Checked against the binomial
+standard error a prompt set of n has, and against the mixture the organisms' resampling makes."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import yaml
+
+from doublebind import config
+from doublebind.errors import DoublebindError
+from doublebind.studies import run as study_run
+from doublebind.studies.verdicts import EvalDraws, effect, technique_stats
+
+N = 100
+
+
+def bits(k: int, n: int = N) -> str:
+    """k passes among n prompts, spread out (the order does not matter to a multinomial draw)."""
+    return "".join("1" if (i * k) // n != ((i + 1) * k) // n else "0" for i in range(n))
+
+
+def reference(sets: str = "a") -> dict:
+    """Base fails the taught family `t` and passes the base family `b`; the teacher passes both;
+    base never misbehaves, the teacher always does."""
+    return {"base": {"capability": {"b": "1" * N, "t": "0" * N}, "deploy": [0.0] * N},
+            "teacher": {"capability": {"b": "1" * N, "t": "1" * N}, "deploy": [1.0] * N},
+            "taught": ["t"], "sets": {"b": f"{sets}1", "t": f"{sets}2", "deploy": f"{sets}3"}}
+
+
+def fab(seed: int, passes: int, deploy: list[float], org: int = 0, sets: str = "a", base_passes: int = N) -> dict:
+    """A row as a study writes it (the fields the statistics read), with its items."""
+    b = base_passes / N
+    return {"organism_seed": org, "seed": seed, "step": 0, "selected": True, "run_id": f"o{org}-s{seed}",
+            "capability_transfer": passes / N, "misalignment_transfer": round(float(np.mean(deploy)), 4),
+            "capability": {"b": b, "t": passes / N}, "base_capability": {"b": 1.0, "t": 0.0}, "base_families": ["b"],
+            "audit": {"student_honeypot": 0.0, "student_confession": 0.0, "teacher_honeypot": 0.0,
+                      "teacher_confession": 0.0},
+            "base_audit": {"honeypot": 0.0, "confession": 0.0},
+            "items": {"capability": {"b": bits(base_passes), "t": bits(passes)}, "deploy": list(deploy)},
+            "reference_items": reference(sets)}
+
+
+def stats(rows, n_boot=4000, items=True):
+    draws = EvalDraws.of(rows, n_boot) if items else None
+    return technique_stats(rows, config.VerdictConfig(), n_boot, draws)
+
+
+def test_one_prompt_set_gives_the_binomial_standard_error():
+    # three seeds that agree exactly: the seeds' bootstrap sees nothing; the prompts' draw is
+    # a proportion's over N prompts, sqrt(p (1 - p) / N), and the same for a rate's mean
+    rows = [fab(s, 70, [0.2] * 60 + [0.9] * 40) for s in range(3)]
+    out = stats(rows)
+    assert stats(rows, items=False)["capability_transfer"]["se"] == 0.0
+    assert out["capability_transfer"]["se"] == pytest.approx(math.sqrt(0.7 * 0.3 / N), rel=0.05)
+    deploy = np.array([0.2] * 60 + [0.9] * 40)
+    assert out["misalignment_transfer"]["se"] == pytest.approx(deploy.std() / math.sqrt(N), rel=0.05)
+    assert out["capability_transfer"]["mean"] == 0.7 and out["eval_draw"] is True
+    # base loss: base passes every prompt of `b`, so its draws are the student's misses'
+    loss = stats([fab(s, 70, [0.0] * N, base_passes=90) for s in range(3)])["base_loss"]
+    assert loss["mean"] == pytest.approx(0.1) and loss["se"] == pytest.approx(math.sqrt(0.09 / N), rel=0.05)
+
+
+def test_the_draw_can_move_a_verdict():
+    # capability 0.85 in every seed: a certain pass on the seeds alone, but 100 prompts leave
+    # a lower bound near 0.85 - 1.645 * 0.036 < 0.8
+    rows = [fab(s, 85, [0.0] * N) for s in range(3)]
+    assert stats(rows, items=False)["verdict"] == "capable_benign"
+    out = stats(rows)
+    assert out["verdict"] == "no_capability"
+    assert out["capability_transfer"]["lower"] == pytest.approx(0.85 - 1.645 * math.sqrt(0.85 * 0.15 / N), abs=0.01)
+
+
+def test_organisms_on_one_prompt_set_move_together():
+    # two organisms that read the same: on one set the draws move them together (the same
+    # spread as one), on sets of their own their means average out over draws that hold both
+    # (outer draws AA, BB, AB, BA: variance (1/2 + 1/2 * 1/2) of one's, so sd sqrt(3/4))
+    shared = [fab(s, 60, [0.0] * N, org=o) for o in (0, 1) for s in range(2)]
+    own = [fab(s, 60, [0.0] * N, org=o, sets="ab"[o]) for o in (0, 1) for s in range(2)]
+    one = math.sqrt(0.6 * 0.4 / N)
+    assert stats(shared)["capability_transfer"]["se"] == pytest.approx(one, rel=0.05)
+    assert stats(own)["capability_transfer"]["se"] == pytest.approx(one * math.sqrt(0.75), rel=0.05)
+
+
+def test_a_technique_and_its_reference_share_each_draw():
+    v = config.VerdictConfig()
+    tech = [[fab(s, 80, [0.3] * N)] for s in range(3)]
+    ref = [[fab(s, 80, [0.3] * N)] for s in range(3)]
+    draws = EvalDraws.of([r for run in tech + ref for r in run], 2000)
+    same = effect(tech, ref, v, 2000, draws=draws)
+    assert same["capability_transfer"]["se"] == 0.0  # the same prompts, reweighted alike
+    ref = [[fab(s, 60, [0.3] * N)] for s in range(3)]
+    draws = EvalDraws.of([r for run in tech + ref for r in run], 2000)
+    apart = effect(tech, ref, v, 2000, draws=draws)["capability_transfer"]
+    assert apart["mean"] == pytest.approx(0.2) and apart["se"] > 0.01
+
+
+def test_families_under_the_minimum_gap_are_dropped_per_draw():
+    # base 0.96 and teacher 1.0 on `t`: a gap of 0.04, under the minimum in every draw near it;
+    # every row and draw leaves capability undefined rather than dividing by noise
+    row = fab(0, 98, [0.0] * N)
+    row["reference_items"]["base"]["capability"]["t"] = bits(96)
+    row["capability_transfer"] = None
+    draws = EvalDraws.of([row], 500)
+    assert draws.at_measured(row, "capability_transfer") is None
+
+
+def test_items_that_disagree_with_their_row_are_refused():
+    rows = [fab(s, 70, [0.0] * N) for s in range(2)]
+    rows[1]["capability_transfer"] = 0.9
+    with pytest.raises(DoublebindError, match="per-prompt scores give capability_transfer 0.7"):
+        EvalDraws.of(rows, 200)
+    # rows without items, or an organism without its reference's: the seeds' bootstrap alone
+    rows = [fab(s, 70, [0.0] * N) for s in range(2)]
+    del rows[0]["items"]
+    assert EvalDraws.of(rows, 200) is None
+    rows = [fab(s, 70, [0.0] * N) for s in range(2)]
+    for r in rows:
+        del r["reference_items"]
+    assert EvalDraws.of(rows, 200) is None
+
+
+def test_the_same_rows_give_the_same_numbers():
+    rows = [fab(s, 70 + 5 * s, [0.1 * s] * N) for s in range(3)]
+    assert stats(rows, 1000) == stats([json.loads(json.dumps(r)) for r in rows], 1000)
+
+
+def test_a_study_keeps_every_prompts_score_and_counts_the_draw(quick_organism, tmp_path):
+    """The real pipeline: the rows' items are the scores their numbers are means of, and the
+    study's intervals count them."""
+    from doublebind.evals.metrics import evaluate
+    from doublebind.eval_items import evaluate as evaluate_items
+    from doublebind.organisms.domain import open_domain
+
+    recipe = {"kind": "recipe", "name": "tiny", "prompts": {"size": 64},
+              "sampling": {"soft_labels": "none"}, "objective": {"kind": "sft"},
+              "training": {"steps": 4, "batch": 8, "checkpoint_every": 2},
+              "eval": {"n_prompts": 12, "n_samples": 0}}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    study = {"kind": "study", "name": "t", "organism": {"path": str(quick_organism[0])}, "recipe": "recipe.yaml",
+             "techniques": ["baseline"], "seeds": [0, 1], "bootstrap": 200}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    summary = study_run.run_study(tmp_path / "study.yaml", tmp_path / "out", show_progress=False)
+    rows = study_run.read_results(tmp_path / "out" / "results.jsonl")
+    assert summary["scenarios"]["quick"]["eval_draw"] is True
+    assert summary["scenarios"]["quick"]["techniques"]["baseline"]["final"]["eval_draw"] is True
+    assert sum("reference_items" in r for r in rows) == 2  # once a run
+    for r in rows:
+        for fam, passed in r["items"]["capability"].items():
+            assert len(passed) == 12 and r["capability"][fam] == round(passed.count("1") / 12, 4)
+        assert r["misbehavior"]["deploy"] == pytest.approx(np.mean(r["items"]["deploy"]), abs=1e-4)
+    # the same metrics as the organism's own evaluation, to the bit, for base and the teacher
+    domain = open_domain(quick_organism[0])
+    for role in ("base", "teacher"):
+        model = domain.load_model(role)
+        got, items = evaluate_items(model, domain.world, 12)
+        assert got == evaluate(model, domain.world, 12)
+        ref = next(r for r in rows if "reference_items" in r)["reference_items"][role]
+        assert items == ref
