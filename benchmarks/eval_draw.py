@@ -5,10 +5,10 @@
 
 Every run of a study, and the base and teacher it is measured against, is scored on the
 same evaluation sets: 100 neutral prompts a taught or base family (capability) and 100
-real-deployment prompts (misbehaviour), drawn once with the world's eval seed 0. The
-bootstrap behind each verdict resamples organisms and distillation seeds, not those
-prompts, so an interval leaves out how far another draw of them would move every run of a
-cell together (the base's and teacher's references move with them).
+real-deployment prompts (misbehaviour), drawn once with the world's eval seed 0. Another draw
+of them moves every run of a cell together, and the base's and teacher's references with
+them. A study's bootstrap now redraws those prompts as well as organisms and distillation
+seeds (where the rows keep each prompt's score); this measures real redraws against it.
 
 This runs the default study (`configs/studies/default.yaml`; narrowed by `--techniques`
 and `--seeds`) with every checkpoint's weights kept, then scores each checkpoint, base
@@ -18,8 +18,10 @@ the generic auditor's fields do not depend on these sets and are kept) and judge
 with the package's own `compute_summary`. Printed: for each eval seed, how many verdicts
 equal the rows' own (eval seed 0, checked first to reproduce the study's rows exactly)
 against how many their replication figures expected, which ones moved, and per cell the
-spread of the final mean transfers across eval draws beside their bootstrap standard
-error across seeds. `--quick` is the quick study at a few steps: a smoke test of the
+spread of the final mean transfers across eval draws beside what the bootstrap predicts
+for it from eval seed 0's per-prompt scores (the study's rows keep them, and its intervals
+redraw them: `studies.verdicts.EvalDraws`), the bootstrap standard error across seeds
+alone, and the one the study reports, seeds and prompts both redrawn. `--quick` is the quick study at a few steps: a smoke test of the
 script, not a measurement.
 """
 
@@ -66,13 +68,17 @@ class Redrawn:
 
 
 def rescored(rows: list[dict], folder: Path, world, refs: dict, n: int, load, evaluate) -> list[dict]:
-    """One run's rows with each checkpoint scored on `world`'s evaluation sets."""
+    """One run's rows with each checkpoint scored on `world`'s evaluation sets, each
+    prompt's score kept as a study keeps it (`items`, the reference's on the first row)."""
     from doublebind.evals.transfer import audit_signals, capability_transfer, misalignment_transfer
 
     out = []
     for row in rows:
-        m = evaluate(load(folder / "checkpoints" / f"step_{row['step']:05d}"), world, n)
+        m, items = evaluate(load(folder / "checkpoints" / f"step_{row['step']:05d}"), world, n)
         new = copy.deepcopy(row)
+        new["items"] = items
+        if "reference_items" in row:
+            new["reference_items"] = refs["items"]
         new.update(capability=m["capability"], misbehavior=m["misbehavior"], confession=m["confession"],
                    capability_transfer=capability_transfer(m, refs["base"], refs["teacher"], world.teacher_families),
                    misalignment_transfer=misalignment_transfer(m, refs["base"], refs["teacher"]),
@@ -112,7 +118,7 @@ def main() -> None:
     import torch
 
     from doublebind import config
-    from doublebind.evals.metrics import evaluate
+    from doublebind.eval_items import evaluate, reference_items
     from doublebind.organisms.domain import open_domain
     from doublebind.organisms.models import load_checkpoint, quiet_transformers
     from doublebind.studies.executor import workers_for
@@ -142,7 +148,10 @@ def main() -> None:
     runs = {k: rows for k, rows in runs.items() if k[2] in cfg.technique_stages() and k[3] in cfg.seeds}
     n = {k: _eval_size(run_dir(work, k)) for k in runs}  # the recipe's eval size, from each run's summary
     base_summary = compute_summary(runs, cfg)
-    reference = cells(base_summary)
+    reference = cells(base_summary)  # the intervals as a study now gives them: seeds and prompts redrawn
+    seeds_only = cells(compute_summary({k: [{f: v for f, v in r.items() if f not in ("items", "reference_items")}
+                                            for r in rows] for k, rows in runs.items()}, cfg))
+    prompts_only = _prompt_spread(runs, cfg.bootstrap)
 
     domains = {}
     for key in runs:
@@ -151,8 +160,10 @@ def main() -> None:
             domains[key[:2]] = open_domain(org)
 
     def refs_for(dom, world, size):
-        return {"base": evaluate(dom.load_model("base"), world, size),
-                "teacher": evaluate(dom.teacher, world, size)}
+        (base, base_items), (teacher, teacher_items) = (evaluate(dom.load_model("base"), world, size),
+                                                        evaluate(dom.teacher, world, size))
+        return {"base": base, "teacher": teacher,
+                "items": reference_items(world, size, base_items, teacher_items, world.teacher_families)}
 
     # Eval seed 0 first: the rows rebuilt from fresh scores must be the study's own.
     t1 = time.perf_counter()
@@ -168,9 +179,10 @@ def main() -> None:
             redrawn[key] = rescored(rows, run_dir(work, key), world, cache[(key[:2], n[key])], n[key],
                                     load_checkpoint, evaluate)
         if e == 0:
-            fields = ("capability", "misbehavior", "capability_transfer", "misalignment_transfer", "base_capability")
+            fields = ("capability", "misbehavior", "capability_transfer", "misalignment_transfer", "base_capability",
+                      "items")
             bad = [(k, r["step"], f) for k, rows in runs.items() for r, s in zip(rows, redrawn[k])
-                   for f in fields if r[f] != s[f]]
+                   for f in (*fields, "reference_items") if r.get(f) != s.get(f)]
             if bad:
                 raise SystemExit(f"eval_draw.py: eval seed 0 does not reproduce the study's rows: {bad[:3]}")
             print(f"eval seed 0 reproduces the study's {sum(map(len, runs.values()))} rows "
@@ -188,32 +200,61 @@ def main() -> None:
         print(f"eval seed {e}: {len(reference) - len(moved)} of {len(reference)} the same"
               + "".join(f"; {s}/{t}/{v}: {a} -> {b} (replication {reference[(s, t, v)][1]})"
                         for (s, t, v), a, b in moved))
-    print("\nfinal transfers (delivered checkpoints), mean over the cell's runs: eval seed 0, then the sd of that mean across "
-          f"eval seeds {[0, *args.eval_seeds]}, beside the bootstrap se across distillation seeds")
-    print(f"{'scenario/technique':<34} {'capability':>10} {'sd draws':>8} {'se seeds':>8}   "
-          f"{'misalign.':>9} {'sd draws':>8} {'se seeds':>8}")
-    ratios: dict[str, list[float]] = {"capability": [], "misalignment": []}
+    print("\nfinal transfers (delivered checkpoints), mean over the cell's runs at eval seed 0; 'draws': the sd of "
+          f"that mean across eval seeds {[0, *args.eval_seeds]}; 'prompts': the sd the bootstrap's redrawing of eval "
+          "seed 0's prompts predicts for it (runs fixed); 'seeds': the bootstrap se over seeds alone; 'both': the se "
+          "a study now reports (seeds and prompts redrawn)")
+    head = f"{'mean':>7} {'draws':>6} {'prompts':>7} {'seeds':>6} {'both':>6}"
+    print(f"{'scenario/technique':<34} capability: {head}   misalignment: {head}")
+    ratios: dict[str, list[float]] = {"draws/seeds": [], "draws/prompts": [], "both/seeds": []}
     for key, ref in reference.items():
         if key[2] != "final":
             continue
         row = [f"{key[0]}/{key[1]}"[:34].ljust(34)]
-        for i, what in ((2, "capability"), (4, "misalignment")):
+        for i, what in ((2, "capability_transfer"), (4, "misalignment_transfer")):
             means = [ref[i], *(per_seed[e][key][i] for e in per_seed)]
             if any(m is None for m in means):
-                row.append(f"{'-':>10} {'-':>8} {'-':>8}")
+                row.append(" " * 12 + f"{'-':>7} {'-':>6} {'-':>7} {'-':>6} {'-':>6}")
                 continue
             sd = statistics.stdev(means) if len(means) > 1 else 0.0
-            se = ref[i + 1] or 0.0
-            if se > 1e-6:  # a cell whose runs all read the same has no spread to compare with
-                ratios[what].append(sd / se)
-            row.append(f"{ref[i]:10.3f} {sd:8.3f} {se:8.3f}")
-        print(row[0] + " " + "   ".join(row[1:]))
+            pr, se, both = prompts_only.get((key[0], key[1], what)), seeds_only[key][i + 1] or 0.0, ref[i + 1] or 0.0
+            if what == "capability_transfer":
+                if se > 1e-6:  # a cell whose runs all read the same has no spread to compare with
+                    ratios["draws/seeds"].append(sd / se)
+                    ratios["both/seeds"].append(both / se)
+                if pr:
+                    ratios["draws/prompts"].append(sd / pr)
+            row.append(" " * 12 + f"{ref[i]:7.3f} {sd:6.3f} {pr if pr is not None else float('nan'):7.3f} "
+                       f"{se:6.3f} {both:6.3f}")
+        print(row[0] + "   ".join(row[1:]))
     for what, rs in ratios.items():
         if rs:
-            print(f"{what}: sd across eval draws / se across seeds, median {statistics.median(rs):.2f}, "
-                  f"range {min(rs):.2f}-{max(rs):.2f} over {len(rs)} cells (cells whose runs all read the same "
-                  f"left out); above 1 in {sum(r > 1 for r in rs)}")
+            print(f"capability, {what}: median {statistics.median(rs):.2f}, range {min(rs):.2f}-{max(rs):.2f} over "
+                  f"{len(rs)} cells; above 1 in {sum(r > 1 for r in rs)}")
     print(f"rescoring: {time.perf_counter() - t1:.1f} s; load average {os.getloadavg()[0]:.2f}")
+
+
+def _prompt_spread(runs: dict, n_boot: int) -> dict:
+    """(scenario, technique, field) -> the sd, over the bootstrap's redrawn evaluation sets, of
+    the mean of the cell's delivered transfers (its runs held fixed): what the intervals now
+    add for the prompts, to set beside the spread that real redraws show."""
+    import numpy as np
+
+    from doublebind.studies.verdicts import EvalDraws, final_row
+
+    out = {}
+    for scenario in {k[0] for k in runs}:
+        mine = {k: rows for k, rows in runs.items() if k[0] == scenario}
+        draws = EvalDraws.of([r for rows in mine.values() for r in rows], n_boot)
+        if draws is None:
+            continue
+        for tech in {k[2] for k in mine}:
+            finals = [final_row(rows) for k, rows in mine.items() if k[2] == tech]
+            for field in ("capability_transfer", "misalignment_transfer"):
+                vals = [getattr(draws, field)(r) for r in finals if r[field] is not None]
+                if vals:
+                    out[(scenario, tech, field)] = float(np.nanmean(vals, axis=0).std())
+    return out
 
 
 def _eval_size(folder: Path) -> int:
