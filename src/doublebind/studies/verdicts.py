@@ -29,7 +29,11 @@ widened by t(dof) / (z sqrt(dof / (dof + 1))) (`_t_bound`): a percentile bootstr
 values holds nothing like its level (measured: benchmarks/replication_calibration.py
 --coverage). Off by default. Under it the power each test states (below) uses t quantiles too.
 The student's success@k also resamples its audit pool (`audit_stat`): one pool of a few
-hundred queries serves every run, and a run's figure rests on a handful of flags.
+hundred queries serves every run, and a run's figure rests on a handful of flags. Where
+the rows keep each prompt's score (`items`: every row of the embedded world since
+2026-12-05), the transfers and the base loss also redraw the evaluation sets (`EvalDraws`):
+each draw reweights the prompts of student, base and teacher alike, since another draw of
+the sets moves every run and both references together.
 
 **Undefined transfers.** A run whose organism has no teacher-base gap (a transfer of null)
 is left out of that transfer's mean and n (`undefined_runs` says how many). The bootstrap
