@@ -238,8 +238,6 @@ def _prompt_spread(runs: dict, n_boot: int) -> dict:
     """(scenario, technique, field) -> the sd, over the bootstrap's redrawn evaluation sets, of
     the mean of the cell's delivered transfers (its runs held fixed): what the intervals now
     add for the prompts, to set beside the spread that real redraws show."""
-    import numpy as np
-
     from doublebind.studies.verdicts import EvalDraws, final_row
 
     out = {}
@@ -251,9 +249,7 @@ def _prompt_spread(runs: dict, n_boot: int) -> dict:
         for tech in {k[2] for k in mine}:
             finals = [final_row(rows) for k, rows in mine.items() if k[2] == tech]
             for field in ("capability_transfer", "misalignment_transfer"):
-                vals = [getattr(draws, field)(r) for r in finals if r[field] is not None]
-                if vals:
-                    out[(scenario, tech, field)] = float(np.nanmean(vals, axis=0).std())
+                out[(scenario, tech, field)] = draws.spread(finals, field)
     return out
 
 

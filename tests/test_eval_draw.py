@@ -63,6 +63,20 @@ def test_one_prompt_set_gives_the_binomial_standard_error():
     assert loss["mean"] == pytest.approx(0.1) and loss["se"] == pytest.approx(math.sqrt(0.09 / N), rel=0.05)
 
 
+def test_the_width_splits_into_the_seeds_part_and_the_prompts_part():
+    # seeds that differ (0.6, 0.7, 0.8) on 100 prompts each: the seeds' part is the bootstrap's
+    # over three values, the prompts' that of their mean (about sqrt(mean p(1-p) / 3 / N) when
+    # the runs' prompts move alike, here they do: one set), and the interval counts both
+    rows = [fab(s, 60 + 10 * s, [0.0] * N) for s in range(3)]
+    cap = stats(rows)["capability_transfer"]
+    seeds_alone = stats(rows, items=False)["capability_transfer"]["se"]
+    assert cap["se_parts"]["seeds"] == pytest.approx(seeds_alone)
+    assert seeds_alone == pytest.approx(np.std([0.6, 0.7, 0.8]) / math.sqrt(3), rel=0.05)
+    assert cap["se_parts"]["prompts"] > 0.02
+    assert cap["se"] == pytest.approx(math.hypot(cap["se_parts"]["seeds"], cap["se_parts"]["prompts"]), rel=0.1)
+    assert "se_parts" not in stats(rows, items=False)["capability_transfer"]
+
+
 def test_the_draw_can_move_a_verdict():
     # capability 0.85 in every seed: a certain pass on the seeds alone, but 100 prompts leave
     # a lower bound near 0.85 - 1.645 * 0.036 < 0.8
@@ -151,6 +165,12 @@ def test_a_study_keeps_every_prompts_score_and_counts_the_draw(quick_organism, t
         for fam, passed in r["items"]["capability"].items():
             assert len(passed) == 12 and r["capability"][fam] == round(passed.count("1") / 12, 4)
         assert r["misbehavior"]["deploy"] == pytest.approx(np.mean(r["items"]["deploy"]), abs=1e-4)
+    # the report says what each interval's width is made of
+    from doublebind.reports.study_report import write_report
+
+    md = write_report(tmp_path / "out")[0].read_text()
+    assert "What each delivered interval's width is made of" in md and "`eval.n_prompts`, 12 here" in md
+    assert "| baseline |" in md.split("What each delivered")[1].split("\n\n")[1]
     # the same metrics as the organism's own evaluation, to the bit, for base and the teacher
     domain = open_domain(quick_organism[0])
     for role in ("base", "teacher"):

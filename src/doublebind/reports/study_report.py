@@ -501,6 +501,46 @@ def _rule(thr: dict, seeds: int = 0, eval_draw: str = "none") -> str:
         + " Each verdict links to the technique's curves.")
 
 
+def _width_blocks(data: dict, rows: list[dict], first: bool = True) -> list[tuple]:
+    """Where a scenario's intervals count the evaluation sets' draw: what each delivered
+    interval's width is made of, the seeds' part and the prompts' (`se_parts`); the text
+    in full for the `first` scenario that has the table, in short after."""
+    fields = ("capability_transfer", "misalignment_transfer")
+    trs = []
+    for t, j in data["techniques"].items():
+        f = j["final"]
+        parts = [f.get(k, {}).get("se_parts") for k in fields]
+        if not any(parts):
+            continue
+        cells, larger = [], []
+        for k, p in zip(fields, parts):
+            if not p or p.get("prompts") is None:
+                cells += ["n/a"] * 3
+                continue
+            cells += [fmt(p["seeds"]), fmt(p["prompts"]), fmt(f[k]["se"])]
+            if max(p["seeds"], p["prompts"]) >= 5e-4:  # both print as 0.000: neither
+                larger.append(f"{k.split('_')[0]}: {'prompts' if p['prompts'] > p['seeds'] else 'seeds'}")
+        trs.append([t, *cells, "; ".join(larger) or "neither (runs and prompts all agree)"])
+    if not trs:
+        return []
+    sizes = {len(s) for r in rows if r.get("items") for s in r["items"]["capability"].values()}
+    n = f"{sizes.pop()} here" if len(sizes) == 1 else "as the recipe sets it"
+    if not first:
+        return [("p", "What each delivered interval's width is made of (as under the first scenario; "
+                      f"`eval.n_prompts` {n}):"), ("table", _WIDTH_HEAD, trs)]
+    text = ("What each delivered interval's width is made of: the standard error of the mean from the seeds alone "
+            "(runs resampled, each scored on the prompts it was), from the prompts alone (the runs as they are, "
+            "the evaluation sets redrawn) and from both, as the intervals above count them; the two parts add "
+            "about in quadrature. Where the prompts' part is the larger, more evaluation prompts "
+            f"(`eval.n_prompts`, {n}; that part shrinks as one over its square root) narrow the interval more "
+            "than more seeds would; where the seeds' part is, more seeds or organism builds.")
+    return [("p", text), ("table", _WIDTH_HEAD, trs)]
+
+
+_WIDTH_HEAD = ["technique", "capability: seeds", "prompts", "both", "misalignment: seeds", "prompts", "both",
+               "larger part"]
+
+
 def left_out_of(scan) -> list[str]:
     """What a scan of results.jsonl leaves out of the statistics: incomplete runs, rows that
     a complete run replaces, a half-written last line (the report and `study compare` say so)."""
@@ -619,6 +659,7 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
 
     # per scenario tables
     b.append(("h2", SECTIONS[1]))
+    widths_shown = False
     for sc, data in scenarios.items():
         b.append(("h3", sc))
         orgs = ", ".join(f"seed {o}: {h}" for o, h in data["organisms"].items())
@@ -660,6 +701,9 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
                            "enough of the behaviour to move the verdict."))
         if idle_names:
             b.append(("p", idle_note(idle_names)))
+        width = _width_blocks(data, by_scenario[sc], first=not widths_shown)
+        widths_shown = widths_shown or bool(width)
+        b.extend(width)
     others = sorted({(t, j.get("reference")) for data in scenarios.values() for t, j in data["techniques"].items()
                      if j.get("reference") not in (None, "baseline", t)})
     refs = "".join(f"; `{ref}` for `{t}`" for t, ref in others)  # was a fixed line about an SFT recipe

@@ -86,6 +86,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from statistics import NormalDist
 
 import numpy as np
@@ -426,6 +427,22 @@ class EvalDraws:
                            for f in row["base_families"]], axis=0)
         return self._cached(row, "base_loss", compute)
 
+    def spread(self, rows: list[dict], field: str) -> float | None:
+        """The standard deviation over the redrawn evaluation sets of the mean of organism
+        means of `rows`' `field`, the runs held as they are: the part of an interval's width
+        the prompts make (None where no row defines the field)."""
+        groups: dict = {}
+        for r in rows:
+            if r[field] is not None:
+                groups.setdefault(organism_of(r), []).append(getattr(self, field)(r))
+        if not groups:
+            return None
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a draw where an organism's runs are all undefined
+            means = np.nanmean([np.nanmean(g, axis=0) for g in groups.values()], axis=0)
+        means = means[~np.isnan(means)]
+        return float(np.std(means)) if means.size else None
+
     def at_measured(self, row: dict, field: str) -> float | None:
         """A transfer from the items as measured (every prompt once): the row's own value,
         to the rounding of the stored probabilities."""
@@ -526,6 +543,9 @@ def technique_stats(judged_rows: list[dict], vcfg, n_boot: int, draws: EvalDraws
         none = all(r[field] is None for r in judged_rows)
         per_draw = None if none or draws is None else getattr(draws, field)
         out[field] = s.stat(lambda r, f=field: 0.0 if none else r[f], field, draws_of=per_draw)
+        if per_draw is not None:  # what the width is made of: the seeds' part and the prompts'
+            out[field]["se_parts"] = {"seeds": s.stat(lambda r, f=field: r[f])["se"],
+                                      "prompts": draws.spread(judged_rows, field)}
         if none:
             out[field].update(undefined=True, n=0, n_organisms=0)
     out["audit_minus_base"] = s.stat(lambda r: audit_signal(r) - max(r["base_audit"].values()), "audit_minus_base")
