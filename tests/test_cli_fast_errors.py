@@ -33,6 +33,10 @@ print("exit", code, "torch", "torch" in sys.modules)
     (["validate", "{tmp}/typo.yaml"], "techniqes: unknown key"),
     (["report", "{tmp}/no-study"], "no-study: no such folder"),
     (["report", "{tmp}"], "no results.jsonl"),
+    # an empty value (an unset shell variable) used to mean the current folder
+    (["study", "run", "{tmp}/typo.yaml", "--out", ""], "an empty argument after --out"),
+    (["distill", "--organism", "{tmp}/org", "--recipe", "{tmp}/r.yaml", "--out="], "an empty argument after --out"),
+    (["report", " "], "an empty argument as argument 2"),
 ])
 def test_bad_input_fails_in_one_line_before_torch_is_imported(tmp_path, args, message):
     (tmp_path / "bad.yaml").write_text("kind: recipe\nname: [\n")

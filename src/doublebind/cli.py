@@ -911,10 +911,27 @@ def main(argv: list[str] | None = None) -> None:
             signal.signal(signal.SIGTERM, previous)
 
 
+def _empty_argument(args: list[str]) -> str | None:
+    """The error for an empty argument, or None. Every path and name this CLI takes must be
+    something: `--out ""` (an unset shell variable, as often as not) was taken as the current
+    folder, and a study or run was written there."""
+    for i, a in enumerate(args):
+        if not a.strip() or (a.startswith("--") and "=" in a and not a.split("=", 1)[1].strip()):
+            flag = a.split("=", 1)[0] if a.startswith("--") else (args[i - 1] if i and args[i - 1].startswith("-")
+                                                                  else None)
+            where = f"after {flag}" if flag else f"as argument {i + 1}"
+            return f"an empty argument {where}: a value was expected (an unset shell variable?)"
+    return None
+
+
 def _main(argv: list[str] | None) -> None:
     import sys
 
     click = _click_exceptions()
+    empty = _empty_argument(sys.argv[1:] if argv is None else list(argv))
+    if empty:
+        say_error(empty)
+        sys.exit(1)
     try:
         rv = app(args=argv, prog_name="doublebind", standalone_mode=False)
     except getattr(click, "NoArgsIsHelpError", ()) as e:  # `doublebind` or `doublebind study` alone: the help
