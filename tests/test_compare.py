@@ -73,10 +73,15 @@ def test_cli_compares_the_reference_with_an_edited_rerun(tmp_path):
     runs: dict = {}
     for r in rows:
         runs.setdefault(r["run_id"], []).append(r)
+    ref = next(r["reference_items"] for r in rows if r["scenario"] == "collusion" and "reference_items" in r)
+    # each prompt's misbehaviour 60% of the way from base's to the teacher's: the rows' per-prompt
+    # scores give the edited transfer, as a real rerun's would
+    deploy = [b + 0.6 * (t - b) for b, t in zip(ref["base"]["deploy"], ref["teacher"]["deploy"])]
     lines = []
     for run_id, run in runs.items():
         if run[0]["scenario"] == "collusion" and run[0]["technique"] == "reduce_slack":
-            run = seal_run([{**r, "misalignment_transfer": 0.6} for r in run], run_id)
+            run = seal_run([{**r, "misalignment_transfer": 0.6, "items": {**r["items"], "deploy": deploy}}
+                            for r in run], run_id)
         lines += [json.dumps(r) for r in run]
     (b / RESULTS).write_text("\n".join(lines) + "\n")
     (b / "summary.json").unlink()  # compare recomputes it from the rows anyway
@@ -119,6 +124,13 @@ def test_compare_says_when_b_plans_another_design():
     said = notes(compare_folders(docs, docs / "matrix"))
     assert "B plans scenario default with another design (5 seeds on 2 organism builds, A 3 on 1): A's replication " \
            "figures expect a rerun of A's own design" in said, said
+    # the reference's rows keep per-prompt scores, the matrix's predate them
+    assert "on scenario default, A's intervals count the evaluation sets' draw and B's do not (its rows keep no " \
+           "per-prompt scores): a moved verdict may be the intervals' width, not the runs" in said, said
+    import json
+
+    summary = json.loads((docs / "summary.json").read_text())
+    assert not any("evaluation sets" in n for n in notes(compare(summary, summary)))
 
 
 def test_compare_calls_a_few_seeds_design_s_expectation_an_upper_estimate():

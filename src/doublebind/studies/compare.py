@@ -99,6 +99,10 @@ def compare(a: dict, b: dict) -> dict:
         "held_provisional": sum(c.a_provisional for c in held),
         "only_a": sum(c.b is None for c in cells), "only_b": sum(c.a is None for c in cells),
         "power": power, "thresholds_differ": _thresholds(a) != _thresholds(b),
+        # scenarios whose intervals count the evaluation sets' draw in one study and not the other
+        "eval_draw_differs": [[sc, bool(a["scenarios"][sc].get("eval_draw")), bool(b["scenarios"][sc].get("eval_draw"))]
+                              for sc in a["scenarios"] if sc in b["scenarios"]
+                              and bool(a["scenarios"][sc].get("eval_draw")) != bool(b["scenarios"][sc].get("eval_draw"))],
     }
 
 
@@ -199,6 +203,10 @@ def notes(result: dict) -> list[str]:
                    f"another recipe in B (their recipe hashes differ); a moved verdict may be the recipe's")
     if result.get("thresholds_differ"):
         out.append("the two studies judge with different verdict thresholds; a moved verdict may be the rule's")
+    for sc, in_a, _ in result.get("eval_draw_differs") or []:
+        has, lacks = ("A", "B") if in_a else ("B", "A")
+        out.append(f"on scenario {sc}, {has}'s intervals count the evaluation sets' draw and {lacks}'s do not (its "
+                   f"rows keep no per-prompt scores): a moved verdict may be the intervals' width, not the runs")
     shared = result.get("organisms_shared", 0)
     if result.get("organisms_rehashed"):
         out.append(f"{result['organisms_rehashed']} of {shared} shared organisms (scenario, organism seed) have "
