@@ -28,6 +28,19 @@ def _copy_reference(to: Path) -> Path:
     return to
 
 
+def _as_older_record(folder: Path, cards: bool = False, cpu: bool = False) -> Path:
+    """A copied study folder whose study.json drops what records before 2026-12-03 lacked: the
+    organisms' card copies (`cards`) and the machine's CPU (`cpu`)."""
+    record = json.loads((folder / "study.json").read_text())
+    if cards:
+        record["organisms"] = [{k: v for k, v in o.items() if k != "card"} for o in record["organisms"]]
+    if cpu:
+        record["provenance"]["machine"] = {k: v for k, v in record["provenance"]["machine"].items()
+                                           if k not in ("cpu", "cpu_kernels")}
+    (folder / "study.json").write_text(json.dumps(record))
+    return folder
+
+
 def _one_line(res, needle: str) -> None:
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 1, (res.stdout, res.stderr)
@@ -131,7 +144,7 @@ def test_compare_says_when_b_ran_on_other_builds_of_the_organisms(tmp_path):
     res = run_cli("study", "compare", str(a), str(with_cards(_copy_reference(tmp_path / "d"), "2", build="0" * 16)))
     assert "note: 2 of 2 shared organisms (scenario, organism seed) have another build hash in B" in res.stdout
     assert "other builds in B" not in res.stdout  # another hash says more than other weights
-    res = run_cli("study", "compare", str(a), str(_copy_reference(tmp_path / "e")))
+    res = run_cli("study", "compare", str(a), str(_as_older_record(_copy_reference(tmp_path / "e"), cards=True)))
     assert "note:" not in res.stdout  # B keeps no cards: whether its weights differ is unknown, and not said
 
 
@@ -286,9 +299,10 @@ def test_a_damaged_organism_card_in_a_study_folder_is_named_or_replaced_by_its_c
     """A truncated organism card in the study folder was an internal error (JSONDecodeError)."""
     from doublebind.reports import study_report
 
-    d = _copy_reference(tmp_path / "s")
+    d = _as_older_record(_copy_reference(tmp_path / "s"), cards=True)  # no copy of the card to fall back on
     study = json.loads((d / "study.json").read_text())
     org = study["organisms"][0]
+    org["path"] = str(tmp_path / "gone")  # the organism's folder where it ran is gone: the card beside the study
     card = d / "organisms" / f"{org['scenario']}-o{org['organism_seed']}" / "organism.json"
     card.parent.mkdir(parents=True)
     card.write_text('{"name": "default", "organism_ha')
@@ -401,15 +415,17 @@ def test_compare_says_when_b_ran_with_other_libraries_or_on_another_machine(tmp_
     b = provenance(_copy_reference(tmp_path / "b"), versions={"transformers": "5.99.0"}, machine={"cpu": "CPU B"})
     res = run_cli("study", "compare", str(a), str(b))
     assert res.returncode == 0, res.stderr
-    assert "note: B ran with other libraries (transformers 5.24.0 -> 5.99.0)" in res.stdout, res.stdout
+    ours = json.loads((a / "study.json").read_text())["provenance"]["versions"]["transformers"]
+    assert f"note: B ran with other libraries (transformers {ours} -> 5.99.0)" in res.stdout, res.stdout
     assert "note: B ran on another machine (cpu CPU A -> CPU B)" in res.stdout
-    # B names no CPU (as the references, made before the CPU was kept): unknown, and said so
-    res = run_cli("study", "compare", str(a), str(_copy_reference(tmp_path / "c")))
+    # B names no CPU (as records made before the CPU was kept): unknown, and said so
+    res = run_cli("study", "compare", str(a), str(_as_older_record(_copy_reference(tmp_path / "c"), cpu=True)))
     assert res.returncode == 0, res.stderr
     notes = [line for line in res.stdout.splitlines() if line.startswith("note:")]
     assert notes == ["note: B's record does not name its CPU (a study run before doublebind kept it), so whether "
                      "A ran on another machine, whose rounding differs, is unknown"], res.stdout
-    res = run_cli("study", "compare", str(_copy_reference(tmp_path / "d")), str(_copy_reference(tmp_path / "e")))
+    res = run_cli("study", "compare", str(_as_older_record(_copy_reference(tmp_path / "d"), cpu=True)),
+                  str(_as_older_record(_copy_reference(tmp_path / "e"), cpu=True)))
     assert res.returncode == 0 and "note:" not in res.stdout  # neither names one: nothing to compare
 
 
