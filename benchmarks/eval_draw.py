@@ -118,7 +118,7 @@ def main() -> None:
     import torch
 
     from doublebind import config
-    from doublebind.eval_items import evaluate, reference_items
+    from doublebind.eval_items import evaluate, reference_items, world_sets
     from doublebind.organisms.domain import open_domain
     from doublebind.organisms.models import load_checkpoint, quiet_transformers
     from doublebind.studies.executor import workers_for
@@ -163,7 +163,8 @@ def main() -> None:
         (base, base_items), (teacher, teacher_items) = (evaluate(dom.load_model("base"), world, size),
                                                         evaluate(dom.teacher, world, size))
         return {"base": base, "teacher": teacher,
-                "items": reference_items(world, size, base_items, teacher_items, world.teacher_families)}
+                "items": reference_items(world_sets(world, size), base_items, teacher_items,
+                                         world.teacher_families)}
 
     # Eval seed 0 first: the rows rebuilt from fresh scores must be the study's own.
     t1 = time.perf_counter()

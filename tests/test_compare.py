@@ -125,8 +125,8 @@ def test_compare_says_when_b_plans_another_design():
     assert "B plans scenario default with another design (5 seeds on 2 organism builds, A 3 on 1): A's replication " \
            "figures expect a rerun of A's own design" in said, said
     # the reference's rows keep per-prompt scores, the matrix's predate them
-    assert "on scenario default, A's intervals count the evaluation sets' draw and B's do not (its rows keep no " \
-           "per-prompt scores): a moved verdict may be the intervals' width, not the runs" in said, said
+    assert "on scenario default, A's intervals count the evaluation sets' draw and B's do not (not all its rows " \
+           "keep per-prompt scores): a moved verdict may be the intervals' width, not the runs" in said, said
     import json
 
     summary = json.loads((docs / "summary.json").read_text())

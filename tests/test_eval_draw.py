@@ -27,7 +27,7 @@ def reference(sets: str = "a") -> dict:
     base never misbehaves, the teacher always does."""
     return {"base": {"capability": {"b": "1" * N, "t": "0" * N}, "deploy": [0.0] * N},
             "teacher": {"capability": {"b": "1" * N, "t": "1" * N}, "deploy": [1.0] * N},
-            "taught": ["t"], "sets": {"b": f"{sets}1", "t": f"{sets}2", "deploy": f"{sets}3"}}
+            "taught": ["t"], "sets": {"capability": {"b": f"{sets}1", "t": f"{sets}2"}, "deploy": f"{sets}3"}}
 
 
 def fab(seed: int, passes: int, deploy: list[float], org: int = 0, sets: str = "a", base_passes: int = N) -> dict:
@@ -36,6 +36,7 @@ def fab(seed: int, passes: int, deploy: list[float], org: int = 0, sets: str = "
     return {"organism_seed": org, "seed": seed, "step": 0, "selected": True, "run_id": f"o{org}-s{seed}",
             "capability_transfer": passes / N, "misalignment_transfer": round(float(np.mean(deploy)), 4),
             "capability": {"b": b, "t": passes / N}, "base_capability": {"b": 1.0, "t": 0.0}, "base_families": ["b"],
+            "misbehavior": {"deploy": round(float(np.mean(deploy)), 4)},
             "audit": {"student_honeypot": 0.0, "student_confession": 0.0, "teacher_honeypot": 0.0,
                       "teacher_confession": 0.0},
             "base_audit": {"honeypot": 0.0, "confession": 0.0},
@@ -124,7 +125,7 @@ def test_families_under_the_minimum_gap_are_dropped_per_draw():
 def test_items_that_disagree_with_their_row_are_refused():
     rows = [fab(s, 70, [0.0] * N) for s in range(2)]
     rows[1]["capability_transfer"] = 0.9
-    with pytest.raises(DoublebindError, match="per-prompt scores give capability_transfer 0.7"):
+    with pytest.raises(DoublebindError, match="per-prompt scores give capability_transfer 0.7, its row 0.9"):
         EvalDraws.of(rows, 200)
     # rows without items, or an organism without its reference's: the seeds' bootstrap alone
     rows = [fab(s, 70, [0.0] * N) for s in range(2)]
@@ -169,7 +170,7 @@ def test_a_study_keeps_every_prompts_score_and_counts_the_draw(quick_organism, t
     from doublebind.reports.study_report import write_report
 
     md = write_report(tmp_path / "out")[0].read_text()
-    assert "What each delivered interval's width is made of" in md and "`eval.n_prompts`, 12 here" in md
+    assert "What each delivered interval's width is made of" in md and "`eval.n_prompts`, 12 prompts a set here" in md
     assert "| baseline |" in md.split("What each delivered")[1].split("\n\n")[1]
     # the same metrics as the organism's own evaluation, to the bit, for base and the teacher
     domain = open_domain(quick_organism[0])
@@ -179,3 +180,78 @@ def test_a_study_keeps_every_prompts_score_and_counts_the_draw(quick_organism, t
         assert got == evaluate(model, domain.world, 12)
         ref = next(r for r in rows if "reference_items" in r)["reference_items"][role]
         assert items == ref
+
+
+def near_gap(seed: int, passes: int = 95) -> dict:
+    """A row whose teacher is 0.06 ahead of base on the taught family: a redraw often closes
+    the gap below the 0.05 minimum, and the transfer is undefined there."""
+    row = fab(seed, passes, [0.0] * N)
+    ref = row["reference_items"]
+    ref["base"]["capability"]["t"], ref["teacher"]["capability"]["t"] = bits(90), bits(96)
+    row["base_capability"]["t"] = 0.9
+    row["capability_transfer"] = round((passes / N - 0.9) / 0.06, 4)
+    return row
+
+
+def test_draws_that_leave_a_transfer_undefined_are_left_out_and_counted():
+    out = stats([near_gap(s) for s in range(3)], 2000)
+    cap = out["capability_transfer"]
+    assert all(math.isfinite(cap[k]) for k in ("lower", "upper", "se")) and all(map(math.isfinite, cap["ci95"]))
+    assert 0 < cap["undefined_draws"] < 2000
+    assert "NaN" not in json.dumps(out) and out["verdict"] in ("no_capability", "capable_benign")
+
+
+def test_small_sample_t_widens_the_seeds_part_only():
+    # seeds that agree: nothing to widen; the prompts' part (which more runs would not shrink) stays as it is
+    rows = [fab(s, 85, [0.0] * N) for s in range(3)]
+    plain = stats(rows)["capability_transfer"]["lower"]
+    t = technique_stats(rows, config.VerdictConfig(small_sample="t"), 4000, EvalDraws.of(rows, 4000))
+    assert t["capability_transfer"]["lower"] == pytest.approx(plain, abs=1e-9)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r["items"]["capability"].__setitem__("b", bits(70)), "give capability b 0.7000, its row 1.0"),
+    (lambda r: r["reference_items"]["base"]["capability"].__setitem__("b", bits(70)),
+     "give base's capability b 0.7000, its row 1.0"),
+    (lambda r: r["items"]["capability"].__setitem__("t", bits(35, 50)), "differ in length"),
+    (lambda r: r["items"].__setitem__("deploy", [0.5] * N), "the real-deployment misbehaviour rate 0.5000"),
+])
+def test_scores_that_do_not_give_their_row_are_refused(edit, message):
+    rows = [fab(s, 70, [0.0] * N) for s in range(2)]
+    edit(rows[0])
+    with pytest.raises(DoublebindError, match=message):
+        EvalDraws.of(rows, 200)
+
+
+def test_a_study_resumed_across_the_change_says_how_many_runs_lack_scores():
+    rows = [fab(s, 70, [0.0] * N) for s in range(3)]
+    del rows[1]["items"]
+    assert EvalDraws.missing(rows) == "1 of its 3 runs keep no per-prompt scores"
+    for r in rows:
+        r.pop("items", None)
+    assert EvalDraws.missing(rows) == "its rows keep no per-prompt scores"
+
+
+@pytest.mark.parametrize("edit, why", [
+    (lambda r: r.__setitem__("items", None), "'items' is not an object"),
+    (lambda r: r["items"]["capability"].__setitem__("t", "01x"), "'items.capability.t' is not a string of 0s and 1s"),
+    (lambda r: r["items"].__setitem__("deploy", {"a": 1}), "'items.deploy' is not a list of finite numbers"),
+    (lambda r: r["items"]["deploy"].__setitem__(0, float("nan")), "'items.deploy' is not a list of finite numbers"),
+    (lambda r: r["reference_items"].__setitem__("taught", None), "'reference_items.taught' is not a list"),
+    (lambda r: r["reference_items"]["sets"].__setitem__("deploy", "xyz"), "'reference_items.sets' is not an object"),
+    (lambda r: r["reference_items"]["teacher"]["capability"].pop("t"), "lacks the taught family 't'"),
+])
+def test_malformed_scores_are_a_corrupt_row(edit, why):
+    """Read from results.jsonl, a row with malformed scores is a corrupt line (named, with its
+    line number, by `study run` and the report), never an internal error later."""
+    row = fab(0, 70, [0.0] * N)
+    assert study_run._row_problem({**_sealed(row)}) is None
+    edit(row)
+    assert why in study_run._row_problem(_sealed(row))
+
+
+def _sealed(row: dict) -> dict:
+    """A fabricated row with the fields every results.jsonl row has."""
+    base = {"schema_version": study_run.SCHEMA_VERSION, "scenario": "s", "technique": "baseline",
+            "organism_hash": "0" * 16, "recipe_hash": "0" * 16, "run_rows": 1, "run_sha256": "0" * 64}
+    return {**base, **row}

@@ -184,6 +184,16 @@ def test_study_on_an_hf_organism_runs_reports_and_resumes(hf_organism, tmp_path)
     rows = study_run.read_results(out / "results.jsonl")
     assert len(rows) == 2 * 1 * 2 and {r["organism_hash"] for r in rows} == {hf_organism[1]["organism_hash"]}
     assert all("prefill" in r["base_audit"] for r in rows)
+    # each item's score is kept, and the intervals redraw the eval sets: an item's mean over its
+    # samples, whose mean is the row's rate
+    assert sum("reference_items" in r for r in rows) == 2
+    for r in rows:
+        for fam, scores in r["items"]["capability"].items():
+            assert r["capability"][fam] == pytest.approx(sum(scores) / len(scores), abs=1e-3)
+        assert r["misbehavior"]["deploy"] == pytest.approx(sum(r["items"]["deploy"]) / len(r["items"]["deploy"]),
+                                                           abs=1e-3)
+    scenarios = json.loads((out / "summary.json").read_text())["scenarios"]
+    assert [sc.get("eval_draw") for sc in scenarios.values()] == [True]
     res = run_cli("report", str(out))
     assert res.returncode == 0, res.stderr[-2000:]
     md = (out / "report.md").read_text()

@@ -10,8 +10,11 @@ bootstrap redraws the prompts too (`studies.verdicts.EvalDraws`).
 
     items            {"capability": {family: "0110…" (greedy pass, one character a prompt)},
                       "deploy": [p of the misbehaviour event, 4 significant digits, a prompt each]}
+                     (a Hugging Face organism: each item's mean score over its samples, a list
+                     of numbers for capability too; `HFDomain.evaluate_items`)
     reference_items  {"base": items, "teacher": items, "taught": [families],
-                      "sets": {family or "deploy": sha256 of that set's prompts, 16 hex}}
+                      "sets": {"capability": {family: sha256 of its prompts, 16 hex},
+                               "deploy": the same of the real-deployment set}}
 
 `evaluate` returns the metrics `evals.metrics.evaluate` does, to the bit (tested), and the
 items beside them: the scorers run once. (It lives here, not in `evals/`, whose code is
@@ -29,9 +32,19 @@ from doublebind.memo import WeightsMemo
 _MEMO = WeightsMemo()
 
 
-def _fingerprint(examples) -> str:
-    data = json.dumps([[list(e.prompt), list(e.response)] for e in examples])
-    return hashlib.sha256(data.encode()).hexdigest()[:16]
+def fingerprint(prompts) -> str:
+    """sha256 of a prompt set (any JSON-able prompts, in order), 16 hex digits."""
+    return hashlib.sha256(json.dumps(list(prompts)).encode()).hexdigest()[:16]
+
+
+def world_sets(world, n: int) -> dict:
+    """The fingerprint of each embedded-world set a transfer reads: capability by family, and
+    the real-deployment misbehaviour set."""
+    def of(examples) -> str:
+        return fingerprint([[list(e.prompt), list(e.response)] for e in examples])
+
+    return {"capability": {fam: of(world.capability_set(fam, n)) for fam in world.all_families},
+            "deploy": of(world.misbehavior_set("deploy", n))}
 
 
 def _probs(values: list[float]) -> list[float]:
@@ -64,10 +77,9 @@ def evaluate(model, world, n: int, memo_key=None) -> tuple[dict, dict]:
     return metrics, {"capability": bits, "deploy": _probs(per_context["deploy"])}
 
 
-def reference_items(world, n: int, base: dict, teacher: dict, taught) -> dict:
+def reference_items(sets: dict, base: dict, teacher: dict, taught) -> dict:
     """What the bootstrap needs of an organism: base's and the teacher's items, the families
-    capability transfer averages over, and which prompt sets were scored (runs whose sets
-    are the same are redrawn together)."""
-    sets = {fam: _fingerprint(world.capability_set(fam, n)) for fam in world.all_families}
-    sets["deploy"] = _fingerprint(world.misbehavior_set("deploy", n))
+    capability transfer averages over, and which prompt sets were scored (`sets`, from
+    `world_sets` or a Hugging Face organism's `item_sets`: runs whose sets are the same are
+    redrawn together)."""
     return {"base": base, "teacher": teacher, "taught": list(taught), "sets": sets}

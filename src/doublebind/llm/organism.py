@@ -817,9 +817,10 @@ class HFDomain:
             self._judges[key] = Judge(es.scorer.judge, cache_root())
         return self._judges[key]
 
-    def rate(self, model, name: str, n: int, role: str) -> float:
-        """Mean score over the first `n` items of one eval set: greedy completions, or
-        `samples` completions per item at the set's temperature (seeded, so repeatable)."""
+    def scores(self, model, name: str, n: int, role: str) -> list[float]:
+        """Every completion's score over the first `n` items of one eval set, item by item:
+        greedy completions, or `samples` completions per item at the set's temperature
+        (seeded, so repeatable)."""
         from doublebind.llm.scorers import score
 
         es = self.sets[name]
@@ -829,13 +830,44 @@ class HFDomain:
                                            temperature=es.temperature, seed=0)
         judge = self.judge(es)
         texts = [self.tokenizer.decode(g.tokens, skip_special_tokens=True) for g in gens]
-        return fmean(score(es.scorer, t, it, judge) for t, it in zip(texts, items))
+        return [score(es.scorer, t, it, judge) for t, it in zip(texts, items)]
+
+    def rate(self, model, name: str, n: int, role: str) -> float:
+        """Mean score over the first `n` items of one eval set (`scores`)."""
+        return fmean(self.scores(model, name, n, role))
+
+    def item_sets(self, n: int) -> dict:
+        """A fingerprint of the first `n` items of each set a transfer reads (the capability
+        sets, and the misalignment set as `deploy`), for `eval_items.reference_items`."""
+        def of(name: str) -> str:  # sha256 of the set's prompts, in order, 16 hex digits
+            data = json.dumps([it["prompt"] for it in self._items[name][:n]])
+            return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+        return {"capability": {name.removeprefix("capability/"): of(name) for name in self.sets
+                               if name.startswith("capability/")}, "deploy": of("misalignment")}
+
+    def evaluate_items(self, model, n_prompts: int, role: str = "student") -> tuple[dict, dict]:
+        """`evaluate`'s metrics and each item's score beside them (`doublebind.eval_items`:
+        an item's mean over its samples, for the capability sets and the misalignment set)."""
+        per = {name: self.scores(model, name, n_prompts, role) for name in self.sets}
+        r = {name: round(fmean(x), 4) for name, x in per.items()}
+
+        def by_item(name: str) -> list[float]:
+            k = self.sets[name].samples
+            return [float(f"{fmean(per[name][i:i + k]):.6g}") for i in range(0, len(per[name]), k)]
+
+        items = {"capability": {n.removeprefix("capability/"): by_item(n) for n in per if n.startswith("capability/")},
+                 "deploy": by_item("misalignment")}
+        return self._metrics(r), items
 
     def evaluate(self, model, n_prompts: int, role: str = "student") -> dict:
         """The metrics every run row carries, in the embedded organisms' layout:
         misbehavior/deploy is the misalignment set, honeypot the honeypot audit, confession
         the interrogation audit, prefill the prefill attack (when configured)."""
-        r = {name: round(self.rate(model, name, n_prompts, role), 4) for name in self.sets}
+        return self._metrics({name: round(self.rate(model, name, n_prompts, role), 4) for name in self.sets})
+
+    @staticmethod
+    def _metrics(r: dict) -> dict:
         out = {"capability": {n.removeprefix("capability/"): v for n, v in r.items() if n.startswith("capability/")},
                "misbehavior": {"deploy": r["misalignment"], "honeypot": r["honeypot"]},
                "confession": r["interrogation"]}

@@ -430,8 +430,8 @@ def _eval_draw_text(counted: str) -> str:
     """What the intervals say of the evaluation sets' draw: counted in every scenario
     (`all`), in none (`none`), or in some (`some`, each scenario then says)."""
     if counted == "none":
-        return (" The intervals do not count the evaluation sets' draw: these rows keep no per-prompt scores "
-                "(written before they were kept, or of a Hugging Face organism), and another draw of the "
+        return (" The intervals do not count the evaluation sets' draw: not every run here keeps its per-prompt "
+                "scores (rows written before they were kept have none), and another draw of the "
                 "prompts moves every run and the references together; on the default study that spread was "
                 "larger than the seeds' for capability transfer in 9 of 10 cells (README, \"What the intervals "
                 "count: the evaluation sets' draw\").")
@@ -524,7 +524,7 @@ def _width_blocks(data: dict, rows: list[dict], first: bool = True) -> list[tupl
     if not trs:
         return []
     sizes = {len(s) for r in rows if r.get("items") for s in r["items"]["capability"].values()}
-    n = f"{sizes.pop()} here" if len(sizes) == 1 else "as the recipe sets it"
+    n = f"{sizes.pop()} prompts a set here" if len(sizes) == 1 else "prompts a set as the sets hold them"
     if not first:
         return [("p", "What each delivered interval's width is made of (as under the first scenario; "
                       f"`eval.n_prompts` {n}):"), ("table", _WIDTH_HEAD, trs)]
@@ -667,7 +667,9 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
                      " One organism build: the intervals and the replication figures below cover new seeds on this "
                      "build, not the variance between builds, so a rerun on a new build (another organism seed, "
                      "or this seed built on another CPU) can move more verdicts than they expect.")
-        no_items = (" These rows keep no per-prompt scores: the intervals below do not count the evaluation "
+        no_items = (f" Here {data['eval_draw_missing']}: the intervals below do not count the evaluation sets' draw."
+                    if data.get("eval_draw_missing") else
+                    " These rows keep no per-prompt scores: the intervals below do not count the evaluation "
                     "sets' draw." if eval_draw == "some" and not data.get("eval_draw") else "")
         b.append(("p", f"Organisms (seed: hash): {orgs}.{one_build}{no_items}"))
         trs, marked, idle_names = [], [], []

@@ -205,8 +205,8 @@ def notes(result: dict) -> list[str]:
         out.append("the two studies judge with different verdict thresholds; a moved verdict may be the rule's")
     for sc, in_a, _ in result.get("eval_draw_differs") or []:
         has, lacks = ("A", "B") if in_a else ("B", "A")
-        out.append(f"on scenario {sc}, {has}'s intervals count the evaluation sets' draw and {lacks}'s do not (its "
-                   f"rows keep no per-prompt scores): a moved verdict may be the intervals' width, not the runs")
+        out.append(f"on scenario {sc}, {has}'s intervals count the evaluation sets' draw and {lacks}'s do not (not "
+                   f"all its rows keep per-prompt scores): a moved verdict may be the intervals' width, not the runs")
     shared = result.get("organisms_shared", 0)
     if result.get("organisms_rehashed"):
         out.append(f"{result['organisms_rehashed']} of {shared} shared organisms (scenario, organism seed) have "

