@@ -80,8 +80,9 @@ def test_cli_compares_the_reference_with_an_edited_rerun(tmp_path):
     lines = []
     for run_id, run in runs.items():
         if run[0]["scenario"] == "collusion" and run[0]["technique"] == "reduce_slack":
-            run = seal_run([{**r, "misalignment_transfer": 0.6, "items": {**r["items"], "deploy": deploy}}
-                            for r in run], run_id)
+            rate = round(sum(deploy) / len(deploy), 4)
+            run = seal_run([{**r, "misalignment_transfer": 0.6, "items": {**r["items"], "deploy": deploy},
+                             "misbehavior": {**r["misbehavior"], "deploy": rate}} for r in run], run_id)
         lines += [json.dumps(r) for r in run]
     (b / RESULTS).write_text("\n".join(lines) + "\n")
     (b / "summary.json").unlink()  # compare recomputes it from the rows anyway
