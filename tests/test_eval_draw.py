@@ -226,7 +226,7 @@ def test_scores_that_do_not_give_their_row_are_refused(edit, message):
 def test_a_study_resumed_across_the_change_says_how_many_runs_lack_scores():
     rows = [fab(s, 70, [0.0] * N) for s in range(3)]
     del rows[1]["items"]
-    assert EvalDraws.missing(rows) == "1 of its 3 runs keep no per-prompt scores"
+    assert EvalDraws.missing(rows) == "1 of the 3 runs keep no per-prompt scores"
     for r in rows:
         r.pop("items", None)
     assert EvalDraws.missing(rows) == "its rows keep no per-prompt scores"
@@ -239,7 +239,11 @@ def test_a_study_resumed_across_the_change_says_how_many_runs_lack_scores():
     (lambda r: r["items"]["deploy"].__setitem__(0, float("nan")), "'items.deploy' is not a list of finite numbers"),
     (lambda r: r["reference_items"].__setitem__("taught", None), "'reference_items.taught' is not a list"),
     (lambda r: r["reference_items"]["sets"].__setitem__("deploy", "xyz"), "'reference_items.sets' is not an object"),
-    (lambda r: r["reference_items"]["teacher"]["capability"].pop("t"), "lacks the taught family 't'"),
+    (lambda r: r["reference_items"]["teacher"]["capability"].pop("t"), "'reference_items' lacks the family 't'"),
+    (lambda r: r["reference_items"]["base"]["capability"].pop("b"), "'reference_items' lacks the family 'b'"),
+    (lambda r: r["items"]["capability"].pop("b"), "'items' lacks the base family 'b'"),
+    (lambda r: r["reference_items"].__setitem__("taught", []), "'reference_items.taught' is not a list"),
+    (lambda r: r.__setitem__("misbehavior", None), "'misbehavior.deploy' is not a finite number"),
 ])
 def test_malformed_scores_are_a_corrupt_row(edit, why):
     """Read from results.jsonl, a row with malformed scores is a corrupt line (named, with its
@@ -255,3 +259,56 @@ def _sealed(row: dict) -> dict:
     base = {"schema_version": study_run.SCHEMA_VERSION, "scenario": "s", "technique": "baseline",
             "organism_hash": "0" * 16, "recipe_hash": "0" * 16, "run_rows": 1, "run_sha256": "0" * 64}
     return {**base, **row}
+
+
+def test_a_hugging_face_row_at_a_rounding_tie_is_accepted():
+    """An HF row's rate is the mean over every completion rounded to 4 decimals; its items
+    are each item's mean over 3 samples. 9 of 96 completions is 0.09375, a tie the two round
+    apart (0.0938 against 0.09374994), and with a teacher-base gap of 0.0626 the transfer
+    moved by more than 1e-3: a genuine row was refused as changed by hand."""
+    k = 3
+
+    def items(successes: list[int]) -> list[float]:
+        return [float(f"{c / k:.6g}") for c in successes]
+
+    row = fab(0, 70, [0.0] * 32)
+    student, base, teacher = [2] + [1] * 7 + [0] * 24, [3] + [0] * 31, [3] * 3 + [0] * 29
+    row["items"]["capability"] = {"t": items(student), "b": [1.0] * 32}
+    ref = row["reference_items"]
+    ref["base"] = {"capability": {"t": items(base), "b": [1.0] * 32}, "deploy": [0.0] * 32}
+    ref["teacher"] = {"capability": {"t": items(teacher), "b": [1.0] * 32}, "deploy": [1.0] * 32}
+    row["capability"]["t"] = round(sum(student) / 96, 4)  # 0.0938, as the row rounds the completions
+    row["capability_transfer"] = round((0.0938 - 0.0312) / (0.0938 - 0.0312), 4)
+    assert EvalDraws.of([row], 200) is not None
+
+
+def test_each_run_keeps_its_own_reference_and_the_first_days_layout_is_read():
+    # a run resumed on another machine scored base a hair apart: each run is judged on its own
+    a, b = fab(0, 70, [0.0] * N), fab(1, 70, [0.0] * N)
+    b["reference_items"]["base"]["capability"]["b"] = bits(99)
+    b["base_capability"]["b"] = 0.99
+    assert EvalDraws.of([a, b], 200) is not None
+    # reference fingerprints flat, as rows of 794f0d9 wrote them
+    row = fab(0, 70, [0.0] * N)
+    sets = row["reference_items"]["sets"]
+    row["reference_items"]["sets"] = {**sets["capability"], "deploy": sets["deploy"]}
+    assert study_run._row_problem(_sealed(row)) is None
+    assert EvalDraws.of([row], 200).capability_transfer(row).shape == (200,)
+
+
+def test_edited_reference_scores_are_refused():
+    rows = [fab(s, 70, [0.4] * N) for s in range(2)]
+    rows[0]["reference_items"]["teacher"]["deploy"] = [0.45] * N
+    with pytest.raises(DoublebindError, match="give misalignment_transfer 0.8889, its row 0.4"):
+        EvalDraws.of(rows, 200)
+
+
+def test_a_reference_run_without_scores_pairs_on_the_seeds_alone():
+    """A study listing only a technique whose reference (`baseline`) ran before scores were
+    kept, outside its grid: the effect was a KeyError; it is now the seeds' bootstrap."""
+    v = config.VerdictConfig()
+    tech = [[fab(s, 80, [0.3] * N)] for s in range(3)]
+    ref = [[{k: x for k, x in fab(s, 60, [0.3] * N).items() if k not in ("items", "reference_items")}]
+           for s in range(3)]
+    draws = EvalDraws.of([r for run in tech for r in run], 500)
+    assert effect(tech, ref, v, 500, draws=draws) == effect(tech, ref, v, 500)

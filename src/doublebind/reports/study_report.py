@@ -532,8 +532,9 @@ def _width_blocks(data: dict, rows: list[dict], first: bool = True) -> list[tupl
             "(runs resampled, each scored on the prompts it was), from the prompts alone (the runs as they are, "
             "the evaluation sets redrawn) and from both, as the intervals above count them; the two parts add "
             "about in quadrature. Where the prompts' part is the larger, more evaluation prompts "
-            f"(`eval.n_prompts`, {n}; that part shrinks as one over its square root) narrow the interval more "
-            "than more seeds would; where the seeds' part is, more seeds or organism builds.")
+            f"(`eval.n_prompts`, {n}, or, where a set is used whole, a larger set; that part shrinks as one "
+            "over the square root of their number) narrow the interval more than more seeds would; where the "
+            "seeds' part is, more seeds or organism builds.")
     return [("p", text), ("table", _WIDTH_HEAD, trs)]
 
 

