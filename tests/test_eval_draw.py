@@ -312,3 +312,16 @@ def test_a_reference_run_without_scores_pairs_on_the_seeds_alone():
            for s in range(3)]
     draws = EvalDraws.of([r for run in tech for r in run], 500)
     assert effect(tech, ref, v, 500, draws=draws) == effect(tech, ref, v, 500)
+
+
+def test_the_report_says_how_many_draws_a_transfer_left_undefined():
+    from doublebind.reports.study_report import _width_blocks
+
+    judged = stats([near_gap(s) for s in range(3)], 2000)
+    lost = judged["capability_transfer"]["undefined_draws"]
+    data = {"techniques": {"baseline": {"final": judged}}}
+    text = " ".join(b[1] for b in _width_blocks(data, [], n_boot=2000) if b[0] == "p")
+    assert f"baseline's capability transfer, {lost} of 2000" in text and "conditional on the transfer" in text
+    # none lost, nothing said
+    data = {"techniques": {"baseline": {"final": stats([fab(s, 70, [0.0] * N) for s in range(3)])}}}
+    assert not any("left out" in b[1] for b in _width_blocks(data, []) if b[0] == "p")

@@ -501,14 +501,17 @@ def _rule(thr: dict, seeds: int = 0, eval_draw: str = "none") -> str:
         + " Each verdict links to the technique's curves.")
 
 
-def _width_blocks(data: dict, rows: list[dict], first: bool = True) -> list[tuple]:
+def _width_blocks(data: dict, rows: list[dict], first: bool = True, n_boot: int | None = None) -> list[tuple]:
     """Where a scenario's intervals count the evaluation sets' draw: what each delivered
     interval's width is made of, the seeds' part and the prompts' (`se_parts`); the text
     in full for the `first` scenario that has the table, in short after."""
     fields = ("capability_transfer", "misalignment_transfer")
-    trs = []
+    trs, lost = [], []
     for t, j in data["techniques"].items():
         f = j["final"]
+        lost += [f"{t}'s {k.replace('_', ' ')}, {f[k]['undefined_draws']}" + (f" of {n_boot}" if n_boot else "")
+                 for k in fields
+                 if f.get(k, {}).get("undefined_draws")]
         parts = [f.get(k, {}).get("se_parts") for k in fields]
         if not any(parts):
             continue
@@ -523,11 +526,17 @@ def _width_blocks(data: dict, rows: list[dict], first: bool = True) -> list[tupl
         trs.append([t, *cells, "; ".join(larger) or "neither (runs and prompts all agree)"])
     if not trs:
         return []
+    # draws whose prompts left a transfer undefined in every run drawn (a teacher-base gap near
+    # the minimum): the interval is over the others, so say how many
+    note = ([("p", "Bootstrap draws left out because they left the transfer undefined in every run drawn (a "
+                   "teacher-base gap near the minimum, which another draw of the prompts closes): "
+                   + "; ".join(lost) + ". The interval is over the others, so read it as conditional on the "
+                   "transfer being defined.")] if lost else [])
     sizes = {len(s) for r in rows if r.get("items") for s in r["items"]["capability"].values()}
     n = f"{sizes.pop()} prompts a set here" if len(sizes) == 1 else "prompts a set as the sets hold them"
     if not first:
         return [("p", "What each delivered interval's width is made of (as under the first scenario; "
-                      f"`eval.n_prompts` {n}):"), ("table", _WIDTH_HEAD, trs)]
+                      f"`eval.n_prompts` {n}):"), ("table", _WIDTH_HEAD, trs), *note]
     text = ("What each delivered interval's width is made of: the standard error of the mean from the seeds alone "
             "(runs resampled, each scored on the prompts it was), from the prompts alone (the runs as they are, "
             "the evaluation sets redrawn) and from both, as the intervals above count them; the two parts add "
@@ -535,7 +544,7 @@ def _width_blocks(data: dict, rows: list[dict], first: bool = True) -> list[tupl
             f"(`eval.n_prompts`, {n}, or, where a set is used whole, a larger set; that part shrinks as one "
             "over the square root of their number) narrow the interval more than more seeds would; where the "
             "seeds' part is, more seeds or organism builds.")
-    return [("p", text), ("table", _WIDTH_HEAD, trs)]
+    return [("p", text), ("table", _WIDTH_HEAD, trs), *note]
 
 
 _WIDTH_HEAD = ["technique", "capability: seeds", "prompts", "both", "misalignment: seeds", "prompts", "both",
@@ -704,7 +713,7 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
                            "enough of the behaviour to move the verdict."))
         if idle_names:
             b.append(("p", idle_note(idle_names)))
-        width = _width_blocks(data, by_scenario[sc], first=not widths_shown)
+        width = _width_blocks(data, by_scenario[sc], first=not widths_shown, n_boot=summary.get("bootstrap"))
         widths_shown = widths_shown or bool(width)
         b.extend(width)
     others = sorted({(t, j.get("reference")) for data in scenarios.values() for t, j in data["techniques"].items()
