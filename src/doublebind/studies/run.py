@@ -41,7 +41,7 @@ from doublebind import config
 from doublebind.atomic import naming, write_json
 from doublebind.errors import ConfigError, DoublebindError
 from doublebind.paths import check_cache_root, check_out_dir
-from doublebind.studies.verdicts import EvalDraws, effect, judge_runs
+from doublebind.studies.verdicts import EvalDraws, effect, judge_runs, nested_sets
 from doublebind.ui import progress_bar
 
 SCHEMA_VERSION = 3  # 3: scenario and organism_seed in every row and run key
@@ -355,8 +355,8 @@ def _items_problem(obj: dict) -> str | None:
         if not isinstance(taught, list) or not taught or not all(isinstance(t, str) for t in taught):
             return "'reference_items.taught' is not a list of family names"
         sets = ref.get("sets")
-        if isinstance(sets, dict) and not isinstance(sets.get("capability"), dict):  # the first day's flat layout
-            sets = {"capability": {k: v for k, v in sets.items() if k != "deploy"}, "deploy": sets.get("deploy")}
+        if isinstance(sets, dict):
+            sets = nested_sets(sets)  # the first day's flat layout too
         fps = [sets.get("deploy"), *(sets.get("capability") or {}).values()] if isinstance(sets, dict) else [None]
         if not isinstance(sets, dict) or not isinstance(sets.get("capability"), dict) \
                 or not all(isinstance(f, str) and f and not set(f) - _HEX for f in fps):
@@ -1040,6 +1040,7 @@ def compute_summary(runs: dict[RunKey, list[dict]], cfg) -> dict:
         # with every row's per-prompt scores, the intervals also redraw the evaluation sets
         in_grid = [r for k, rows in mine.items() if k[2] in cfg.technique_stages() for r in rows]
         draws = EvalDraws.of(in_grid, cfg.bootstrap)
+        bare, total = EvalDraws.bare_runs(in_grid)
         techniques = {}
         for t in cfg.technique_stages():
             if t not in by_tech:
@@ -1056,8 +1057,8 @@ def compute_summary(runs: dict[RunKey, list[dict]], cfg) -> dict:
         scenarios[sc] = {"organisms": {str(k[1]): rows[0]["organism_hash"] for k, rows in mine.items()},
                          **({"eval_draw": True} if draws is not None else {}),
                          # some runs keep per-prompt scores, others not (a study resumed across the change)
-                         **({"eval_draw_missing": why} if draws is None and (why := EvalDraws.missing(in_grid))
-                            and not why.startswith("its rows") and why != "no rows" else {}),
+                         **({"eval_draw_missing": f"{bare} of the {total} runs keep no per-prompt scores"}
+                            if 0 < bare < total else {}),
                          "techniques": techniques}
     counted = sum(in_study(cfg, k) for k in runs)  # "N runs" was every complete run in the file
     summary = {"schema_version": SCHEMA_VERSION, "study": cfg.name, "verdict_thresholds": cfg.verdict.model_dump(exclude_none=True),

@@ -270,14 +270,15 @@ class Sample:
         self.kept_draws: dict[str, np.ndarray] = {}
 
     def stat(self, fn, name: str | None = None, interval=None, limits: tuple[float, float] | None = None,
-             draws_of=None) -> dict:
+             draws_of=None, parts: bool = False) -> dict:
         """Mean of organism means of fn(row), its intervals, SE and n. The runs' resampled
         means are kept under `name` (for `replication`); `interval(resampler)`, where given,
         gives the draws the intervals and SE come from instead (see `audit_stat`).
         `draws_of(row)`, where given, is the row's value under each draw's redrawn evaluation
         sets ([n_boot], `EvalDraws`): each draw then takes its runs' values from it, so the
         intervals count the prompts' draw as well as the seeds' (the organisms-kept draws of
-        `replication_same_organisms` do not: training noise alone). With
+        `replication_same_organisms` do not: training noise alone); with `parts`, the seeds'
+        part of its SE is kept (`se_parts`). With
         `small_sample: t` only the runs' part of a bound is widened (an `interval`'s own
         spread, the audit pool's, does not shrink with more runs), and a bound is kept within
         `limits`, the statistic's range, where given."""
@@ -335,7 +336,9 @@ class Sample:
             out["dof"] = dof  # what `mde` corrects its quantiles and SE by
         if undefined:
             out["undefined_runs"] = undefined
-        if lost and draws_of is not None:
+        if draws_of is not None and parts:  # the seeds' part of the width (`technique_stats` adds the prompts')
+            out["se_parts"] = {"seeds": float(np.std(seeds_only[~np.isnan(seeds_only)]))}
+        if draws_of is not None and lost:
             out["undefined_draws"] = lost  # of n_boot, left out: the statistic undefined in every run drawn
         return out
 
@@ -373,16 +376,21 @@ class EvalDraws:
         return self.refs[self.run_of(row)]
 
     @classmethod
+    def bare_runs(cls, rows: list[dict]) -> tuple[int, int]:
+        """(runs without their per-prompt scores or their reference's, runs) among `rows`."""
+        runs = {cls.run_of(r) for r in rows}
+        with_ref = {cls.run_of(r) for r in rows if "reference_items" in r}
+        return len({cls.run_of(r) for r in rows if "items" not in r or cls.run_of(r) not in with_ref}), len(runs)
+
+    @classmethod
     def missing(cls, rows: list[dict]) -> str | None:
         """Why `rows` cannot count the evaluation sets' draw, or None when they can."""
         if not rows:
             return "no rows"
-        runs = {cls.run_of(r) for r in rows}
-        with_ref = {cls.run_of(r) for r in rows if "reference_items" in r}
-        bare = {cls.run_of(r) for r in rows if "items" not in r or cls.run_of(r) not in with_ref}
+        bare, runs = cls.bare_runs(rows)
         if not bare:
             return None
-        return (f"{len(bare)} of the {len(runs)} runs keep no per-prompt scores" if len(bare) < len(runs)
+        return (f"{bare} of the {runs} runs keep no per-prompt scores" if bare < runs
                 else "its rows keep no per-prompt scores")
 
     @classmethod
@@ -564,13 +572,17 @@ class EvalDraws:
 DEPLOY = None  # the real-deployment misbehaviour set, among the capability families' names
 
 
-def _nested(ref: dict) -> dict:
-    """Reference items with their prompt sets' fingerprints nested by kind (rows of the first
-    day of per-prompt scores kept them flat: {family or "deploy": fingerprint})."""
-    sets = ref["sets"]
+def nested_sets(sets: dict) -> dict:
+    """Prompt-set fingerprints nested by kind (rows of the first day of per-prompt scores kept
+    them flat: {family or "deploy": fingerprint})."""
     if isinstance(sets.get("capability"), dict):
-        return ref
-    return {**ref, "sets": {"capability": {k: v for k, v in sets.items() if k != "deploy"}, "deploy": sets["deploy"]}}
+        return sets
+    return {"capability": {k: v for k, v in sets.items() if k != "deploy"}, "deploy": sets.get("deploy")}
+
+
+def _nested(ref: dict) -> dict:
+    """Reference items with their sets' fingerprints nested (`nested_sets`)."""
+    return {**ref, "sets": nested_sets(ref["sets"])}
 
 
 def audit_stat(s: Sample) -> dict:
@@ -664,10 +676,9 @@ def technique_stats(judged_rows: list[dict], vcfg, n_boot: int, draws: EvalDraws
         # defines it, the statistic is of zeros, over no defined run, marked undefined (n/a)
         none = all(r[field] is None for r in judged_rows)
         per_draw = None if none or draws is None else getattr(draws, field)
-        out[field] = s.stat(lambda r, f=field: 0.0 if none else r[f], field, draws_of=per_draw)
+        out[field] = s.stat(lambda r, f=field: 0.0 if none else r[f], field, draws_of=per_draw, parts=True)
         if per_draw is not None:  # what the width is made of: the seeds' part and the prompts'
-            out[field]["se_parts"] = {"seeds": s.stat(lambda r, f=field: r[f])["se"],
-                                      "prompts": draws.spread(judged_rows, field)}
+            out[field]["se_parts"]["prompts"] = draws.spread(judged_rows, field)
         if none:
             out[field].update(undefined=True, n=0, n_organisms=0)
     out["audit_minus_base"] = s.stat(lambda r: audit_signal(r) - max(r["base_audit"].values()), "audit_minus_base")
