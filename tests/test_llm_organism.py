@@ -702,3 +702,80 @@ def test_validate_refuses_a_float16_hf_study(tmp_path):
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
     res = run_cli("validate", str(tmp_path / "study.yaml"))
     assert res.returncode == 1 and "dtype float16 is for sampling and scoring only" in res.stderr, res.stderr
+
+
+def _lora_folder(tiny_folder, out):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_folder)
+    get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"],
+                                     init_lora_weights=False)).save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, tmp_path):
+    """`huggingface_hub.snapshot_download` over local folders: repo id -> folder, copying only
+    the files its allow_patterns admit, as the hub would download them; every call recorded."""
+    import fnmatch
+    import shutil
+
+    import huggingface_hub
+
+    repos, calls = {}, []
+
+    def snapshot(repo, revision=None, allow_patterns=None, **_):
+        calls.append((repo, revision, allow_patterns))
+        if repo not in repos:
+            raise OSError(f"404 Client Error: {repo} not found")  # the hub's errors are OSErrors
+        out = tmp_path / "hub-snapshots" / repo.replace("/", "--")
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        for f in repos[repo].iterdir():
+            if allow_patterns is None or any(fnmatch.fnmatch(f.name, p) for p in allow_patterns):
+                shutil.copy(f, out / f.name)
+        return str(out)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
+    return repos, calls
+
+
+def test_a_hub_adapter_is_read_from_its_safetensors_and_a_pickle_only_one_refused(tiny_folder, tmp_path, fake_hub):
+    """PEFT, given a hub adapter without adapter_model.safetensors, downloaded adapter_model.bin
+    and unpickled it: a hub id reached PEFT as it was, where only local folders were checked."""
+    from safetensors.torch import load_file
+
+    from doublebind.llm.engines import _load_adapters
+    from doublebind.llm.organism import load_model, vllm_engine_args
+    from transformers import AutoModelForCausalLM
+
+    repos, calls = fake_hub
+    good = _lora_folder(tiny_folder, tmp_path / "good")
+    pickled = _lora_folder(tiny_folder, tmp_path / "pickled")
+    torch.save(load_file(pickled / "adapter_model.safetensors"), pickled / "adapter_model.bin")
+    (pickled / "adapter_model.safetensors").unlink()
+    both = _lora_folder(tiny_folder, tmp_path / "both")
+    (both / "adapter_model.bin").write_bytes(b"not to be read")  # a pickle beside the safetensors
+    repos.update({"org/good": good, "org/pickled": pickled, "org/both": both})
+    cfg = config.load(organism_yaml(tmp_path))
+
+    ref = load_model({"path": str(tiny_folder), "adapter": str(both)}, cfg)  # the local folder
+    hub = load_model({"path": str(tiny_folder), "adapter": "org/both", "adapter_revision": "a" * 40}, cfg)
+    assert calls[-1] == ("org/both", "a" * 40, ["adapter_config.json", "*.safetensors"])
+    assert not any(f.name.endswith(".bin") for f in (tmp_path / "hub-snapshots" / "org--both").iterdir())
+    for (name, a), b in zip(ref.state_dict().items(), hub.state_dict().values()):
+        assert torch.equal(a, b), name  # the merged weights of the snapshot are the local folder's
+    for spec, needle in [({"adapter": "org/pickled"}, "adapter org/pickled has no safetensors weights on the hub"),
+                         ({"adapter": "org/missing"}, "could not fetch adapter org/missing: 404 Client Error"),
+                         ({"adapter": str(pickled)}, "holds its weights only as pickle files (adapter_model.bin)")]:
+        with pytest.raises(DoublebindError) as err:
+            load_model({"path": str(tiny_folder), **spec}, cfg)
+        assert needle in str(err.value) and "\n" not in str(err.value), str(err.value)
+    with pytest.raises(DoublebindError, match="has no safetensors weights on the hub"):
+        vllm_engine_args({"path": str(tiny_folder), "adapter": "org/pickled", "adapter_revision": "b" * 40})
+    assert vllm_engine_args({"path": "m", "adapter": "org/good"})["lora_paths"]["teacher"].endswith("org--good")
+    for path in ("org/good", str(pickled)):  # an engine's adapters: folders of safetensors only
+        with pytest.raises(DoublebindError, match="is not a folder holding safetensors weights"):
+            _load_adapters(AutoModelForCausalLM.from_pretrained(tiny_folder), {"teacher": path})
+    assert _load_adapters(AutoModelForCausalLM.from_pretrained(tiny_folder), {"teacher": str(both)}).peft_config

@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import inspect
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Protocol
 
@@ -312,6 +313,11 @@ def _load_adapters(model, lora_paths: dict[str, str]):
     from peft import PeftModel
 
     items = list(lora_paths.items())
+    for name, path in items:  # folders of safetensors only: given a hub id or pickles, PEFT would unpickle
+        if not Path(path).is_dir() or not any(Path(path).glob("*.safetensors")):
+            raise DoublebindError(f"adapter {name!r}: {path} is not a folder holding safetensors weights (an "
+                                  f"engine loads adapters from such folders only; a hub adapter through its "
+                                  f"organism config, which fetches its safetensors)")
     name, path = items[0]
     if isinstance(model, PeftModel):
         model.load_adapter(str(path), adapter_name=name)

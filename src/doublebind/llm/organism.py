@@ -304,6 +304,34 @@ def refuse_pickled(path: str | None, what: str) -> None:
                               f"(save_pretrained(..., safe_serialization=True))")
 
 
+# What a hub adapter is read from: PEFT, given a hub id whose repository has no
+# adapter_model.safetensors, downloads adapter_model.bin and unpickles it.
+ADAPTER_FILES = ("adapter_config.json", "*.safetensors")
+
+
+def adapter_folder(adapter: str, revision: str | None) -> str:
+    """The folder an adapter is loaded from: a local one as it is (a folder of pickles is
+    refused), a hub id as the local snapshot of `revision` holding only its config and its
+    safetensors files, so that no load can fall back to the pickle. An adapter on the hub
+    without safetensors weights is refused by name."""
+    if not is_hub_id(adapter) or Path(adapter).is_dir():  # a folder (given to an engine, maybe relative)
+        refuse_pickled(adapter, "adapter")
+        return adapter
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(adapter, revision=revision, allow_patterns=list(ADAPTER_FILES))
+    except Exception as e:  # noqa: BLE001 (no network, no such repository, gated: one line, as a model's load)
+        raise DoublebindError(f"could not fetch adapter {adapter}"
+                              f"{f' at {revision}' if revision else ''}: {_first_line(e)}") from None
+    if not any(Path(folder).glob("*.safetensors")):
+        raise DoublebindError(f"adapter {adapter}{f' at {revision}' if revision else ''} has no safetensors "
+                              f"weights on the hub (a pickle adapter_model.bin at most, which doublebind does not "
+                              f"load); convert it where you trust the files (save_pretrained(..., "
+                              f"safe_serialization=True)) and name that folder or repository")
+    return folder
+
+
 # What a damaged model folder raises from inside transformers and safetensors: a header that
 # is not one, a config or index that is JSON of the wrong shape.
 _LOAD_ERRORS = (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError)
@@ -342,14 +370,13 @@ def load_model(spec: dict, cfg: HFOrganismConfig):
     if spec.get("adapter"):
         from peft import PeftModel
 
-        refuse_pickled(spec["adapter"], "adapter")
+        folder = adapter_folder(spec["adapter"], spec.get("adapter_revision"))
         import warnings
 
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                model = PeftModel.from_pretrained(model, spec["adapter"],
-                                                  revision=spec.get("adapter_revision")).merge_and_unload()
+                model = PeftModel.from_pretrained(model, folder).merge_and_unload()
         except (*_LOAD_ERRORS, SafetensorError) as e:
             raise DoublebindError(f"could not load adapter {spec['adapter']}: {_load_failure(e)}") from None
         # PEFT leaves an adapter weight missing from the files at its initial value (no change,
@@ -372,12 +399,8 @@ def vllm_engine_args(spec: dict) -> dict:
     if spec.get("revision"):
         args["revision"] = args["tokenizer_revision"] = spec["revision"]
     adapter = spec.get("adapter")
-    if adapter and spec.get("adapter_revision"):
-        from huggingface_hub import snapshot_download
-
-        adapter = snapshot_download(adapter, revision=spec["adapter_revision"])
-    if adapter:
-        args["lora_paths"] = {"teacher": adapter}
+    if adapter:  # a hub adapter as its snapshot's safetensors (`adapter_folder`)
+        args["lora_paths"] = {"teacher": adapter_folder(adapter, spec.get("adapter_revision"))}
     return args
 
 
