@@ -571,3 +571,45 @@ def test_the_rows_of_a_run_whose_technique_changed_nothing_say_idle(tmp_path, qu
     idle = {r["technique"]: r.get("idle") for r in rows}
     assert idle == {"baseline": None, "auditability_preserving": True, "inoculation": None}
     assert all(r["idle"] is True for r in rows if r["technique"] == "auditability_preserving")
+
+
+def test_a_scenario_may_set_its_own_organism_seeds(quick_organism, tmp_path, monkeypatch):
+    """scenarios: [quick, {name: default, organism_seeds: [5]}] with the study's organism_seeds
+    [3, 4]: default is built at seed 5 alone (where, say, one of the study's seeds misses its
+    verification on this CPU), quick at 3 and 4; its summary and resume count those runs only,
+    and runs of the study's seeds left in the folder by an earlier grid are outside it."""
+    placed = []
+
+    def fake_place(org_cfg, dest, show_progress=True, expected_hash=None):
+        placed.append((org_cfg.name, org_cfg.seed))
+        shutil.copytree(quick_organism[0], dest, dirs_exist_ok=True)
+        card = json.loads((dest / "organism.json").read_text())
+        (dest / "organism.json").write_text(json.dumps({**card, "organism_hash": expected_hash, "seed": org_cfg.seed}))
+
+    monkeypatch.setattr(study_run, "place_organism", fake_place)
+    path = write_study(tmp_path, quick_organism[0], techniques=["baseline"], seeds=[0])
+    study = yaml.safe_load(path.read_text())
+    del study["organism"]
+    study = {**study, "scenarios": ["quick", "default"], "organism_seeds": [3, 4]}
+    path.write_text(yaml.safe_dump(study))
+    out = tmp_path / "out"
+    study_run.run_study(path, out, show_progress=False)  # the earlier grid: default at 3 and 4
+    placed.clear()
+    path.write_text(yaml.safe_dump({**study, "scenarios": ["quick", {"name": "default", "organism_seeds": [5]}]}))
+    summary = study_run.run_study(path, out, show_progress=False)
+    assert sorted(placed) == [("default", 5)]  # quick's two were placed by the earlier grid
+    assert summary["scenarios"]["default"]["organisms"] == {"5": summary["scenarios"]["default"]["organisms"]["5"]}
+    final = summary["scenarios"]["default"]["techniques"]["baseline"]["final"]
+    assert final["n"] == 1 and final["n_organisms"] == 1
+    quick = summary["scenarios"]["quick"]["techniques"]["baseline"]["final"]
+    assert quick["n"] == 2 and quick["n_organisms"] == 2
+    cfg = config.load(path, expect="study")
+    assert [study_run.in_study(cfg, ("default", o, "baseline", 0)) for o in (3, 4, 5)] == [False, False, True]
+    assert [study_run.in_study(cfg, ("quick", o, "baseline", 0)) for o in (3, 4, 5)] == [True, True, False]
+    placed.clear()
+    assert study_run.run_study(path, out, show_progress=False) == summary and placed == []
+    for bad, needle in [([5, 5], "scenarios.1.organism_seeds: needs distinct seeds"),
+                        ([], "scenarios.1.organism_seeds: needs distinct seeds")]:
+        path.write_text(yaml.safe_dump({**study, "scenarios": ["quick", {"name": "default", "organism_seeds": bad}]}))
+        with pytest.raises(config.ConfigError, match=needle):
+            config.load(path, expect="study")

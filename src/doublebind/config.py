@@ -555,6 +555,12 @@ def check_scenario_name(v: str) -> str:
     return v
 
 
+def _distinct_seeds(v: list[int] | None) -> list[int] | None:
+    if v is not None and (not v or len(set(v)) != len(v)):
+        raise ValueError("needs distinct seeds")
+    return v
+
+
 class ScenarioRef(Strict):
     """One scenario of a study: an organism preset (`doublebind ls scenarios`) or an organism
     config file, with recipe keys of its own on top of the study's `recipe_overrides`."""
@@ -565,11 +571,19 @@ class ScenarioRef(Strict):
                                                           "to build in place of the preset `name`.")
     recipe_overrides: dict[str, Any] = Field(
         default_factory=dict, description="Recipe keys set for this scenario only, e.g. {prompts: {p_scratch: 0.5}}.")
+    organism_seeds: list[Seed] | None = Field(
+        default=None, description="This scenario's organism seeds, in place of the study's `organism_seeds` (say, "
+                                  "where one of its builds misses its verification on this CPU).")
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         return check_scenario_name(v)
+
+    @field_validator("organism_seeds")
+    @classmethod
+    def _organism_seeds(cls, v: list[int] | None) -> list[int] | None:
+        return _distinct_seeds(v)
 
     @model_validator(mode="before")
     @classmethod
@@ -639,9 +653,13 @@ class StudyConfig(Strict):
     @field_validator("organism_seeds")
     @classmethod
     def _organism_seeds(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and (not v or len(set(v)) != len(v)):
-            raise ValueError("needs distinct seeds")
-        return v
+        return _distinct_seeds(v)
+
+    def organism_seeds_of(self, scenario: str) -> list[int] | None:
+        """The organism seeds the grid builds for `scenario`: its own `organism_seeds` where it
+        sets them, else the study's (None: the organism's own seed only)."""
+        own = next((sc.organism_seeds for sc in self.scenarios or [] if sc.name == scenario), None)
+        return own if own is not None else self.organism_seeds
 
     @field_validator("scenarios")
     @classmethod

@@ -123,10 +123,9 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
                                                merge=config.deep_merge(cfg.recipe_overrides, extra)),
                      strip=recipe_path)
 
-    def seeded(name: str, load, own_seed: int) -> list[tuple[int, object]]:
-        seeds = cfg.organism_seeds if cfg.organism_seeds is not None else [own_seed]
-        what = name if cfg.organism_seeds is None else f"organism_seeds (set as {name}'s seed)"
-        return [(o, field(what, lambda o=o: load({"seed": o}))) for o in seeds]
+    def seeded(name: str, load, own_seed: int, seeds: list[int] | None, where: str = "organism_seeds"):
+        what = name if seeds is None else f"{where} (set as {name}'s seed)"
+        return [(o, field(what, lambda o=o: load({"seed": o}))) for o in (seeds if seeds is not None else [own_seed])]
 
     def tracker_source(scenario: int | None) -> str:
         """Where a scenario's `training.tracker` was set: its own overrides, the study's, or the recipe."""
@@ -202,7 +201,8 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
                                 sc.recipe_overrides)
             check_references(recipe, i)
             check_domains(recipe, kind_of(own), f"scenarios.{i}", own)
-            for o, org_cfg in seeded(what, load, getattr(own, "seed", 0)):
+            where = f"scenarios.{i}.organism_seeds" if sc.organism_seeds is not None else "organism_seeds"
+            for o, org_cfg in seeded(what, load, getattr(own, "seed", 0), cfg.organism_seeds_of(sc.name), where):
                 specs.append(OrganismSpec(sc.name, o, recipe, cfg=org_cfg))
         return specs
     org = cfg.organism
@@ -228,7 +228,7 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
                      else _label(str(getattr(own, "name", "organism")), "its name"))
     if cfg.organism_seeds is None:
         return [OrganismSpec(scenario, int(getattr(own, "seed", 0)), recipe, cfg=own)]
-    return [OrganismSpec(scenario, o, recipe, cfg=c) for o, c in seeded(name, load, 0)]
+    return [OrganismSpec(scenario, o, recipe, cfg=c) for o, c in seeded(name, load, 0, cfg.organism_seeds)]
 
 
 # ---- results.jsonl ---------------------------------------------------------------------
@@ -1021,7 +1021,8 @@ def in_study(cfg, key: RunKey) -> bool:
     scenario, organism_seed, technique, seed = key
     if cfg.scenarios is not None and scenario not in {sc.name for sc in cfg.scenarios}:
         return False
-    if cfg.organism_seeds is not None and organism_seed not in cfg.organism_seeds:
+    seeds = cfg.organism_seeds_of(scenario)
+    if seeds is not None and organism_seed not in seeds:
         return False
     return technique in cfg.technique_stages() and seed in cfg.seeds
 
@@ -1029,9 +1030,9 @@ def in_study(cfg, key: RunKey) -> bool:
 def compute_summary(runs: dict[RunKey, list[dict]], cfg) -> dict:
     """Per scenario and technique: statistics and verdicts at the final and at the
     audit-selected checkpoint, and the effect against the technique's reference run."""
-    organism_seeds = set(cfg.organism_seeds) if cfg.organism_seeds is not None else None
     scenarios = {}
     for sc in scenario_names(cfg, runs):
+        organism_seeds = cfg.organism_seeds_of(sc)
         mine = {k: sorted(rows, key=lambda r: r["step"]) for k, rows in sorted(runs.items())
                 if k[0] == sc and (organism_seeds is None or k[1] in organism_seeds) and k[3] in cfg.seeds}
         by_tech: dict[str, list[list[dict]]] = {}
