@@ -349,20 +349,27 @@ def test_verdicts_without_a_capability_gap():
     assert technique_stats([row(s, None, None) for s in range(3)], v, 500)["verdict"] == "undefined"
 
 
+def _copies_of(organism, monkeypatch) -> list:
+    """Placement of every study organism as a copy of `organism` under the hash and seed its
+    config would build; returns the list of (name, seed, folder) placed."""
+    placed = []
+
+    def fake_place(org_cfg, dest, show_progress=True, expected_hash=None):
+        placed.append((org_cfg.name, org_cfg.seed, dest.name))
+        shutil.copytree(organism, dest, dirs_exist_ok=True)
+        card = json.loads((dest / "organism.json").read_text())
+        (dest / "organism.json").write_text(json.dumps({**card, "organism_hash": expected_hash, "seed": org_cfg.seed}))
+
+    monkeypatch.setattr(study_run, "place_organism", fake_place)
+    return placed
+
+
 def test_a_grid_of_scenarios_and_organism_seeds_places_one_organism_per_cell(quick_organism, tmp_path, monkeypatch):
     """scenarios x organism seeds: each (scenario, organism seed) gets its own organism folder
     (here a copy of the quick organism under the hash its config would build) and its runs;
     rows, run keys and the summary carry both; a resume redoes nothing."""
 
-    placed = []
-
-    def fake_place(org_cfg, dest, show_progress=True, expected_hash=None):
-        placed.append((org_cfg.name, org_cfg.seed, dest.name))
-        shutil.copytree(quick_organism[0], dest, dirs_exist_ok=True)
-        card = json.loads((dest / "organism.json").read_text())
-        (dest / "organism.json").write_text(json.dumps({**card, "organism_hash": expected_hash, "seed": org_cfg.seed}))
-
-    monkeypatch.setattr(study_run, "place_organism", fake_place)
+    placed = _copies_of(quick_organism[0], monkeypatch)
     path = write_study(tmp_path, quick_organism[0], techniques=["baseline"], seeds=[0])
     study = yaml.safe_load(path.read_text())
     del study["organism"]
@@ -578,15 +585,7 @@ def test_a_scenario_may_set_its_own_organism_seeds(quick_organism, tmp_path, mon
     [3, 4]: default is built at seed 5 alone (where, say, one of the study's seeds misses its
     verification on this CPU), quick at 3 and 4; its summary and resume count those runs only,
     and runs of the study's seeds left in the folder by an earlier grid are outside it."""
-    placed = []
-
-    def fake_place(org_cfg, dest, show_progress=True, expected_hash=None):
-        placed.append((org_cfg.name, org_cfg.seed))
-        shutil.copytree(quick_organism[0], dest, dirs_exist_ok=True)
-        card = json.loads((dest / "organism.json").read_text())
-        (dest / "organism.json").write_text(json.dumps({**card, "organism_hash": expected_hash, "seed": org_cfg.seed}))
-
-    monkeypatch.setattr(study_run, "place_organism", fake_place)
+    placed = _copies_of(quick_organism[0], monkeypatch)
     path = write_study(tmp_path, quick_organism[0], techniques=["baseline"], seeds=[0])
     study = yaml.safe_load(path.read_text())
     del study["organism"]
@@ -597,7 +596,7 @@ def test_a_scenario_may_set_its_own_organism_seeds(quick_organism, tmp_path, mon
     placed.clear()
     path.write_text(yaml.safe_dump({**study, "scenarios": ["quick", {"name": "default", "organism_seeds": [5]}]}))
     summary = study_run.run_study(path, out, show_progress=False)
-    assert sorted(placed) == [("default", 5)]  # quick's two were placed by the earlier grid
+    assert sorted(placed) == [("default", 5, "default-o5")]  # quick's two were placed by the earlier grid
     assert summary["scenarios"]["default"]["organisms"] == {"5": summary["scenarios"]["default"]["organisms"]["5"]}
     final = summary["scenarios"]["default"]["techniques"]["baseline"]["final"]
     assert final["n"] == 1 and final["n_organisms"] == 1
