@@ -125,13 +125,27 @@ def test_compare_says_when_b_plans_another_design():
     said = notes(compare_folders(docs, docs / "matrix"))
     assert "B plans scenario default with another design (5 seeds on 2 organism builds, A 3 on 1): A's replication " \
            "figures expect a rerun of A's own design" in said, said
-    # the reference's rows keep per-prompt scores, the matrix's predate them
-    assert "on scenario default, A's intervals count the evaluation sets' draw and B's do not (not all its rows " \
-           "keep per-prompt scores): a moved verdict may be the intervals' width, not the runs" in said, said
-    import json
-
     summary = json.loads((docs / "summary.json").read_text())
     assert not any("evaluation sets" in n for n in notes(compare(summary, summary)))
+
+
+def test_compare_says_when_one_side_s_intervals_count_the_evaluation_sets_draw(tmp_path):
+    """The reference against its own rows without their per-prompt scores (as rows written before
+    2026-12-05 are): a verdict that moves may be the intervals' width, and compare says so."""
+    from doublebind.studies.compare import compare_folders, notes
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(REFERENCE / "study.json", bare / "study.json")
+    runs: dict = {}
+    for r in read_results(REFERENCE / RESULTS):
+        runs.setdefault(r["run_id"], []).append({k: v for k, v in r.items() if k not in ("items", "reference_items")})
+    (bare / RESULTS).write_text("".join(json.dumps(r) + "\n" for run_id, run in runs.items()
+                                        for r in seal_run(run, run_id)))
+    said = notes(compare_folders(REFERENCE, bare))
+    for sc in ("default", "collusion"):
+        assert f"on scenario {sc}, A's intervals count the evaluation sets' draw and B's do not (not all its rows " \
+               "keep per-prompt scores): a moved verdict may be the intervals' width, not the runs" in said, said
 
 
 def test_compare_calls_a_few_seeds_design_s_expectation_an_upper_estimate():
