@@ -251,10 +251,11 @@ def main() -> None:
     if args.whole_study:
         techniques = list(cfg.technique_stages())
         over = [*(QUICK if args.quick else [])]
-        n_scen, n_org = max(len(cfg.scenarios or []), 1), len(cfg.organism_seeds or [0])
-        runs = n_scen * n_org * len(techniques) * len(cfg.seeds)
-        grid = (f"the whole study: {n_scen} scenarios x {n_org} organism seeds x {len(techniques)} techniques x "
-                f"seeds {list(cfg.seeds)}")
+        names = [sc.name for sc in cfg.scenarios] if cfg.scenarios else [None]
+        builds = sum(len(cfg.organism_seeds_of(sc) or [0]) if sc else len(cfg.organism_seeds or [0]) for sc in names)
+        runs = builds * len(techniques) * len(cfg.seeds)
+        grid = (f"the whole study: {len(names)} scenarios, {builds} organism builds in all x {len(techniques)} "
+                f"techniques x seeds {list(cfg.seeds)}")
     else:
         over = [*first_scenario_grid(cfg, techniques, args.seeds), *(QUICK if args.quick else [])]
         runs = len(techniques) * len(args.seeds)

@@ -4,6 +4,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from doublebind.studies.compare import compare, sentence
 from doublebind.studies.run import RESULTS, read_results, seal_run
 
@@ -162,3 +164,55 @@ def test_compare_calls_a_few_seeds_design_s_expectation_an_upper_estimate():
     assert f"{said}, and 2 did" in sentence(r)  # the design unknown
     assert compare_folders(REFERENCE, REFERENCE / "matrix")["a_seeds"] == 3
     assert compare_folders(REFERENCE / "matrix", REFERENCE)["a_seeds"] == 5
+
+
+def test_compare_says_when_b_built_a_scenario_from_other_organism_seeds(tmp_path):
+    """A matrix rerun where one of A's builds missed its verification, and the scenario was built
+    from another seed instead: both have 2 builds, so no design note was printed, and A's
+    same-builds figures counted cells B never reran on those builds."""
+    from doublebind.studies.compare import compare_folders, notes
+
+    b = tmp_path / "b"
+    b.mkdir()
+    record = json.loads((REFERENCE / "study.json").read_text())
+    for o in record["organisms"]:
+        if o["scenario"] == "collusion":
+            o["organism_seed"] = 7
+    (b / "study.json").write_text(json.dumps(record))
+    runs: dict = {}
+    for r in read_results(REFERENCE / RESULTS):
+        seed = 7 if r["scenario"] == "collusion" else r["organism_seed"]
+        runs.setdefault(r["run_id"], []).append({**r, "organism_seed": seed})
+    (b / RESULTS).write_text("".join(json.dumps(r) + "\n" for run_id, run in runs.items()
+                                     for r in seal_run(run, run_id)))
+    result = compare_folders(REFERENCE, b)
+    assert result["builds_differ"] == [["collusion", [0], [7]]]
+    assert ("scenario collusion has organism builds of other seeds (only in A: 0; only in B: 7): a moved verdict may "
+            "be the builds', and A's figures for a rerun on the same builds leave its cells out") in notes(result)
+    assert result["shared"] == 20 and result["same_all"] == 20  # the same runs, under other seeds
+    # A's same-builds figures leave out the cells of a scenario B built from other seeds
+    from doublebind.studies.compare import _same_builds
+
+    a = _summary({("s", "t"): ("both_fail", "both_fail", 0.9, 0.5), ("r", "t"): ("both_fail", "both_fail", 0.9, 0.5)})
+    for sc in ("s", "r"):
+        for view in ("final", "audit_selected"):
+            a["scenarios"][sc]["techniques"]["t"][view]["replication_same_organisms"] = 0.6 if sc == "r" else 0.95
+    cells = compare(a, a)["cells"]
+    assert _same_builds(cells) == {"with_replication_same_organisms": 4, "same_same_organisms": 4,
+                                   "expected_same_organisms": pytest.approx(2 * 0.95 + 2 * 0.6)}
+    assert _same_builds(cells, {"r"}) == {"with_replication_same_organisms": 2, "same_same_organisms": 2,
+                                          "expected_same_organisms": pytest.approx(2 * 0.95)}
+
+
+def test_a_command_line_organism_seeds_is_every_scenario_s():
+    """`organism_seeds=[0]` on the matrix still built default at 0 and 4 (its own seeds): 100 runs
+    more than asked, without a word. A scenario's own seeds given on the command line stay."""
+    from doublebind import config
+
+    matrix = Path(__file__).resolve().parents[1] / "configs" / "studies" / "matrix.yaml"
+    assert config.load(matrix, expect="study").organism_seeds_of("default") == [0, 4]
+    narrowed = config.load(matrix, ["organism_seeds=[0]"], expect="study")
+    assert [narrowed.organism_seeds_of(sc) for sc in ("default", "beacon")] == [[0], [0]]
+    own = config.load(matrix, ["organism_seeds=[0]", 'scenarios=[{name: default, organism_seeds: [4]}, beacon]'],
+                      expect="study")
+    assert [own.organism_seeds_of(sc) for sc in ("default", "beacon")] == [[4], [0]]

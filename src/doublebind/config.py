@@ -841,7 +841,13 @@ def load(path: Path | None = None, overrides: list[str] = (), preset: str | None
     if (path is None) == (preset is None):
         raise ConfigError("give exactly one of a config file or --preset")
     src = Path(path) if path is not None else preset_path(preset)
-    data = deep_merge(deep_merge(read_yaml(src), parse_overrides(list(overrides))), merge or {})
+    given = parse_overrides(list(overrides))
+    data = deep_merge(deep_merge(read_yaml(src), given), merge or {})
+    if "organism_seeds" in given and "scenarios" not in given and isinstance(data.get("scenarios"), list):
+        # the study's organism seeds set on the command line are every scenario's: a scenario's own
+        # (written in the file, for builds that miss their verification) would otherwise keep them
+        data["scenarios"] = [{k: v for k, v in sc.items() if k != "organism_seeds"} if isinstance(sc, dict) else sc
+                             for sc in data["scenarios"]]
     kind = data.get("kind", expect or "organism")
     if not isinstance(kind, str):
         raise ConfigError(f"{src}: kind: must be a string, got {type(kind).__name__}")

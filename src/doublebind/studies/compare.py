@@ -84,16 +84,13 @@ def compare(a: dict, b: dict) -> dict:
                           b_misalignment=_mean(sb, "misalignment_transfer")))
     shared = [c for c in cells if c.shared]
     rated = [c for c in shared if c.a_replication is not None]
-    kept_builds = [c for c in shared if c.a_replication_same_organisms is not None]
     moved = [c for c in shared if not c.same]
     held = [c for c in shared if c.same]
     return {
         "cells": cells, "shared": len(shared), "same_all": sum(c.same for c in shared),
         "with_replication": len(rated), "same": sum(c.same for c in rated),
         "expected_same": sum(c.a_replication for c in rated),
-        "with_replication_same_organisms": len(kept_builds),
-        "expected_same_organisms": sum(c.a_replication_same_organisms for c in kept_builds),
-        "same_same_organisms": sum(c.same for c in kept_builds),
+        **_same_builds(cells),
         "moved": len(moved), "moved_provisional": sum(c.a_provisional for c in moved),
         "moved_unrated": sum(c.a_replication is None for c in moved),
         "held_provisional": sum(c.a_provisional for c in held),
@@ -104,6 +101,14 @@ def compare(a: dict, b: dict) -> dict:
                               for sc in a["scenarios"] if sc in b["scenarios"]
                               and bool(a["scenarios"][sc].get("eval_draw")) != bool(b["scenarios"][sc].get("eval_draw"))],
     }
+
+
+def _same_builds(cells: list[Cell], rebuilt: set[str] = frozenset()) -> dict:
+    """The counts for A's `replication_same_organisms` over the shared cells, leaving out the
+    scenarios in `rebuilt`, whose organism builds B did not share."""
+    kept = [c for c in cells if c.shared and c.a_replication_same_organisms is not None and c.scenario not in rebuilt]
+    return {"with_replication_same_organisms": len(kept), "same_same_organisms": sum(c.same for c in kept),
+            "expected_same_organisms": sum(c.a_replication_same_organisms for c in kept)}
 
 
 def _thresholds(summary: dict) -> dict:
@@ -124,6 +129,14 @@ def compare_folders(a_dir: Path, b_dir: Path) -> dict:
     result["left_out"] = {"A": left_out_of(scan_a), "B": left_out_of(scan_b)}
     ba, bb = _builds(study_a), _builds(study_b)
     both = [k for k in ba if k in bb]
+    # a scenario built from other organism seeds in B (one of A's builds missed its verification
+    # there, say): its cells compare other builds, which A's same-builds figures do not expect
+    scenarios = {k[0] for k in ba} & {k[0] for k in bb}
+    result["builds_differ"] = [[sc, sorted(o for s_, o in ba if s_ == sc and (sc, o) not in bb),
+                                sorted(o for s_, o in bb if s_ == sc and (sc, o) not in ba)]
+                               for sc in sorted(scenarios) if {k for k in ba if k[0] == sc} != {k for k in bb if k[0] == sc}]
+    if result["builds_differ"]:
+        result.update(_same_builds(result["cells"], {sc for sc, _, _ in result["builds_differ"]}))
     result["organisms_shared"] = len(both)
     result["organisms_rehashed"] = sum(ba[k][0] != bb[k][0] for k in both)
     # weights are known where study.json keeps the cards (studies run since 2026-12-03)
@@ -226,6 +239,11 @@ def notes(result: dict) -> list[str]:
         other = "B" if side == "A" else "A"
         out.append(f"{side}'s record does not name its CPU (a study run before doublebind kept it), so whether "
                    f"{other} ran on another machine, whose rounding differs, is unknown")
+    for sc, only_a, only_b in result.get("builds_differ") or []:
+        seeds = lambda xs: ", ".join(map(str, xs)) or "none"  # noqa: E731
+        out.append(f"scenario {sc} has organism builds of other seeds (only in A: {seeds(only_a)}; only in B: "
+                   f"{seeds(only_b)}): a moved verdict may be the builds', and A's figures for a rerun on the same "
+                   f"builds leave its cells out")
     for sc, sa, ka, sb, kb in result.get("designs_differ") or []:
         out.append(f"B plans scenario {sc} with another design ({_n(sb, 'seed', 'seeds')} on "
                    f"{_n(kb, 'organism build', 'organism builds')}, A {sa} on {ka}): A's replication figures "
