@@ -40,6 +40,7 @@ NO_NUMBERS = {
     "atomic.py": "writes JSON files whole (the judge cache, checksum stamps)",
     "cards.py": "card paths and library versions",
     "config.py": "the config models; the organism hash covers the dumped config",
+    "cuda.py": "process-wide CUDA settings and freeing GPU memory; nothing on a CPU",
     "errors.py": "error classes",
     "integrity.py": "checksums of saved weights",
     "memo.py": "answers a repeated eval of the same weights from memory",

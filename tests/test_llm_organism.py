@@ -779,3 +779,32 @@ def test_a_hub_adapter_is_read_from_its_safetensors_and_a_pickle_only_one_refuse
         with pytest.raises(DoublebindError, match="is not a folder holding safetensors weights"):
             _load_adapters(AutoModelForCausalLM.from_pretrained(tiny_folder), {"teacher": path})
     assert _load_adapters(AutoModelForCausalLM.from_pretrained(tiny_folder), {"teacher": str(both)}).peft_config
+
+
+def test_a_lora_student_is_scored_and_sampled_with_its_adapter_on(hf_organism):
+    """The engine took adapter=None to mean base weights (peft's disable_adapter), so a LoRA
+    student's every checkpoint was scored, and sampled on-policy, as its base: flat curves at
+    base's rates (a review of the GPU configs, whose students are LoRA ones)."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from doublebind.llm.engines import HFEngine
+
+    folder, card = hf_organism
+    dom = HFDomain(folder, card)
+    student = get_peft_model(copy.deepcopy(dom.teacher), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                                      init_lora_weights=False))
+    merged = copy.deepcopy(student).merge_and_unload()
+    ids = [[5, 6, 7, 8], [9, 10]]
+
+    def tokens(engine):
+        return [g.tokens for g in engine.generate(ids, max_new_tokens=8, temperature=0.0)]
+
+    with student.disable_adapter():
+        off = tokens(HFEngine(student, eos_id=dom.eos, pad_id=dom.pad))
+    on = tokens(HFEngine(merged, eos_id=dom.eos, pad_id=dom.pad))
+    assert on != off  # the adapter changes what the model says
+    assert tokens(dom.engine(student)) == on
+    examples = [type("E", (), {"prompt": p})() for p in ids]
+    assert dom.sample(student, examples, max_new_tokens=8, temperature=0.0, seed=0) == on

@@ -95,8 +95,11 @@ class HFEngine:
 
     name = "hf"
 
-    def __init__(self, model, eos_id: int, pad_id: int, batch_size: int = 64):
+    def __init__(self, model, eos_id: int, pad_id: int, batch_size: int = 64, as_is: bool = False):
         self.model, self.eos_id, self.pad_id, self.batch_size = model, eos_id, pad_id, batch_size
+        # as_is: `adapter=None` generates from the model as it is, its active adapter on (a LoRA
+        # student); else from the base weights, as vLLM does without a LoRA request
+        self.as_is = as_is
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         params = inspect.signature(base.forward).parameters
         # transformers 5.x renamed `past_key_values` to `cache`; accept either.
@@ -127,8 +130,8 @@ class HFEngine:
                                   "not transformers' load_adapter")
         loaded = self.model.peft_config if isinstance(self.model, PeftModel) else {}
         if adapter is None:
-            # peft: base weights only, inside the block
-            return self.model.disable_adapter() if loaded else contextlib.nullcontext()
+            # peft: base weights only, inside the block (unless the model is used as it is)
+            return self.model.disable_adapter() if loaded and not self.as_is else contextlib.nullcontext()
         if adapter not in loaded:
             known = ", ".join(sorted(loaded)) or "none (not a peft model)"
             raise DoublebindError(f"unknown adapter {adapter!r} for engine hf; loaded adapters: {known}")

@@ -779,8 +779,12 @@ class HFDomain:
         from doublebind.llm.engines import HFEngine, make_engine
 
         if model is not None or self.cfg.engine == "hf":
+            # a student (a LoRA one included) is scored and sampled as it is, its adapter on
             return HFEngine(model if model is not None else self.teacher, eos_id=self.eos, pad_id=self.pad,
-                            batch_size=self.cfg.eval_batch)
+                            batch_size=self.cfg.eval_batch, as_is=model is not None)
+        from doublebind.cuda import release_memory
+
+        release_memory()  # vLLM takes its share of what is free when it starts (an earlier run's models)
         return make_engine("vllm", eos_id=self.eos, pad_id=self.pad, **vllm_engine_args(self.specs["teacher"]),
                            **{"dtype": self.cfg.dtype, **self.cfg.vllm_options})
 

@@ -821,7 +821,12 @@ def distill_run(org_path: Path, recipe, folder: Path) -> dict:
     # rerun set aside there is not kept, as `distill` alone would keep it.
     for left in sorted(Path(folder).glob(".replaced-*")):
         shutil.rmtree(left, ignore_errors=True)
-    return distill(org_path, recipe, folder, show_progress=False, force=True, plot=False)
+    from doublebind.cuda import release_memory
+
+    try:
+        return distill(org_path, recipe, folder, show_progress=False, force=True, plot=False)
+    finally:  # on a GPU the next run (in this process) needs this one's memory back
+        release_memory()
 
 
 def place_organisms(specs: list, out: Path, hashes: dict, workers: int, show_progress: bool) -> None:
