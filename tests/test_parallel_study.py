@@ -242,3 +242,31 @@ def test_a_failing_run_prints_the_same_error_line_with_workers(quick_organism, t
     res = run_cli("study", "run", str(path), "--out", str(tmp_path / "w0"), "--workers", "0")
     assert res.returncode == 1 and res.stderr.strip().splitlines() == [
         "error: --workers='0': expected a whole number of worker processes >= 1"]
+
+
+def test_on_a_gpu_machine_only_studies_of_hugging_face_organisms_take_one_worker(quick_organism, tmp_path,
+                                                                                  monkeypatch):
+    """The embedded world trains on the CPU, yet on a GPU machine its studies ran one worker on
+    one thread: 1 of 16 cores (a review of the GPU paths)."""
+    import torch
+
+    from doublebind import config
+
+    seen = []
+
+    def fake_workers_for(requested=None, environ=os.environ, cores=None, cuda=None):
+        seen.append(cuda)
+        raise DoublebindError("stop here")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(executor, "workers_for", fake_workers_for)
+    path = write_study(tmp_path, quick_organism[0], techniques=["baseline"], seeds=[0])
+    with pytest.raises(DoublebindError, match="stop here"):
+        study_run.run_study(path, tmp_path / "out", show_progress=False, workers=None)
+    assert seen == [False]  # the quick organism, built: its card says it is the embedded world's
+    world = study_run.OrganismSpec("default", 0, None, cfg=config.load(preset="default", expect="organism"))
+    assert not world.on_gpu and not study_run.OrganismSpec("quick", 0, None, path=quick_organism[0]).on_gpu
+    from .test_llm_organism import organism_yaml
+
+    (tmp_path / "hf").mkdir()
+    assert study_run.OrganismSpec("tiny-owl", 0, None, cfg=config.load(organism_yaml(tmp_path / "hf"))).on_gpu

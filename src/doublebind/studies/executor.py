@@ -14,9 +14,10 @@ How many workers (`workers_for`):
 
     --workers N              N worker processes (N >= 1)
     DOUBLEBIND_WORKERS=N     the same, when --workers is not given
-    otherwise                the cores this process may use; 1 on a GPU machine (sharing
-                             one GPU between runs is not measured yet: pass --workers to
-                             try) and 1 under a parallel launcher (`accelerate launch`:
+    otherwise                the cores this process may use; 1 on a GPU machine for a study
+                             with a Hugging Face organism (sharing one GPU between runs is
+                             not measured yet: pass --workers to try; the embedded world
+                             trains on the CPU) and 1 under a parallel launcher (`accelerate launch`:
                              every process runs every run, as before)
 
 The same numbers whatever the worker count: every run computes with one intra-op thread,

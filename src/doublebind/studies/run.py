@@ -80,6 +80,14 @@ class OrganismSpec:
     def folder(self, out: Path) -> Path:
         return self.path if self.path is not None else Path(out) / "organisms" / f"{self.scenario}-o{self.organism_seed}"
 
+    @property
+    def on_gpu(self) -> bool:
+        """Whether its runs would use a GPU: a Hugging Face organism's do where there is one; the
+        embedded world's always train on the CPU."""
+        if self.path is not None:
+            return json.loads((self.path / "organism.json").read_text()).get("kind") == "hf"
+        return getattr(self.cfg, "kind", None) == "hf_organism"
+
     def expected_hash(self) -> str:
         """The organism's hash, known before it is built."""
         if self.path is not None:
@@ -614,7 +622,9 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
     prefer_stable_attention()  # before any organism build or run samples on a GPU (doublebind.cuda)
     cfg = config.load(study_path, list(overrides), expect="study")
     specs = resolve(study_path, cfg, overrides)
-    n_workers = workers_for(workers)  # a bad DOUBLEBIND_WORKERS stops here, before any work
+    # a bad DOUBLEBIND_WORKERS stops here, before any work; on a GPU machine a study of embedded-
+    # world organisms only, which train on the CPU, takes the cores like anywhere else
+    n_workers = workers_for(workers, cuda=None if any(sp.on_gpu for sp in specs) else False)
     if n_workers > 1:
         start_method()  # so does a bad DOUBLEBIND_START
     out = Path(out)
