@@ -252,7 +252,7 @@ def main() -> None:
         techniques = list(cfg.technique_stages())
         over = [*(QUICK if args.quick else [])]
         names = [sc.name for sc in cfg.scenarios] if cfg.scenarios else [None]
-        builds = sum(len(cfg.organism_seeds_of(sc) or [0]) if sc else len(cfg.organism_seeds or [0]) for sc in names)
+        builds = sum(len(cfg.organism_seeds_of(sc) or [0]) for sc in names)  # None: the one organism's
         runs = builds * len(techniques) * len(cfg.seeds)
         grid = (f"the whole study: {len(names)} scenarios, {builds} organism builds in all x {len(techniques)} "
                 f"techniques x seeds {list(cfg.seeds)}")
