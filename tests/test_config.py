@@ -171,3 +171,14 @@ def test_small_student_sizes_that_make_no_model_fail_with_the_config(sizes, need
     study = Path(__file__).resolve().parent.parent / "configs" / "studies" / "quick.yaml"
     with pytest.raises(ConfigError, match=re.escape(needle)):
         config.load(study, [f"techniques=[baseline, {{name: small_student, {sizes}}}]"])
+
+
+def test_an_override_into_a_list_of_the_file_is_refused_naming_it():
+    """`scenarios.0.organism_seeds=[0]` replaced the matrix's scenario list with a mapping, and
+    the error blamed the file's `scenarios` ("Input should be a valid list"), not the override."""
+    matrix = Path(__file__).resolve().parents[1] / "configs" / "studies" / "matrix.yaml"
+    with pytest.raises(config.ConfigError) as err:
+        config.load(matrix, ["scenarios.0.organism_seeds=[0]"], expect="study")
+    assert str(err.value) == (f"override 'scenarios.0.organism_seeds=[0]': scenarios is a list in {matrix}, and an "
+                              f"override cannot reach inside one; give the whole list (scenarios=[...])")
+    assert config.load(matrix, ["scenarios=[beacon]"], expect="study").scenarios[0].name == "beacon"

@@ -735,6 +735,20 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return out
 
 
+def _into_lists(data: Any, overrides, src) -> None:
+    """An override whose key reaches inside a list of the file (`scenarios.0.organism_seeds=[0]`)
+    replaced the list with a mapping, and validation then blamed the list, not the override."""
+    for item in overrides:
+        parts = item.split("=", 1)[0].split(".")
+        node = data
+        for i, p in enumerate(parts[:-1]):
+            node = node.get(p) if isinstance(node, dict) else None
+            if isinstance(node, list):
+                where = ".".join(parts[:i + 1])
+                raise ConfigError(f"override '{item}': {where} is a list in {src}, and an override cannot "
+                                  f"reach inside one; give the whole list ({where}=[...])")
+
+
 def deep_merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for k, v in extra.items():
@@ -842,7 +856,9 @@ def load(path: Path | None = None, overrides: list[str] = (), preset: str | None
         raise ConfigError("give exactly one of a config file or --preset")
     src = Path(path) if path is not None else preset_path(preset)
     given = parse_overrides(list(overrides))
-    data = deep_merge(deep_merge(read_yaml(src), given), merge or {})
+    data = read_yaml(src)
+    _into_lists(data, overrides, src)
+    data = deep_merge(deep_merge(data, given), merge or {})
     if "organism_seeds" in given and "scenarios" not in given and isinstance(data.get("scenarios"), list):
         # the study's organism seeds set on the command line are every scenario's: a scenario's own
         # (written in the file, for builds that miss their verification) would otherwise keep them
