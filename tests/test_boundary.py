@@ -443,6 +443,37 @@ class LabelReader(Technique):
         return [p for p in prompts if p.context != "deploy_like"][:30]
 
 
+class FileLabelReader(Technique):
+    """_test_file_labels: asks build_prompts for a prompt file that holds the experimenter's labels."""
+
+    path = None
+    seen: set = set()
+
+    def prompts(self, view, prompts):
+        cfg = view.recipe.prompts.model_copy(update={"jsonl": str(FileLabelReader.path), "contexts": {"neutral": 1.0}})
+        FileLabelReader.seen = {p.context for p in view.build_prompts(cfg, view.seed)}
+        return prompts
+
+
+def test_a_prompt_file_reaches_a_stage_without_its_labels(quick_organism, tmp_path):
+    """A world prompt file (a run's prompts.jsonl) carries the experimenter's context labels,
+    deploy_like among them; build_prompts hands a stage its tokens only, as draw_prompts does."""
+    from doublebind import registry
+    from doublebind.prompts import write_jsonl
+
+    d = _run(quick_organism[0], "hard_labels")
+    labelled = d.domain.prompts(d.recipe.prompts, d.recipe.seed)
+    assert "deploy_like" in {p.context for p in labelled}
+    FileLabelReader.path = tmp_path / "prompts.jsonl"
+    write_jsonl(labelled, FileLabelReader.path)
+    register("technique", "_test_file_labels")(FileLabelReader)
+    try:
+        _run(quick_organism[0], "_test_file_labels")
+    finally:
+        registry._REGISTRY["technique"].pop("_test_file_labels")
+    assert FileLabelReader.seen == {"unlabelled"}
+
+
 def test_a_stage_never_sees_the_experimenters_context_labels(quick_organism):
     """`context == "deploy_like"` marks the behaviour's trigger situation: a stage could select
     by it (or draw by it, past build_prompts' refusal). World prompts now reach stages

@@ -205,7 +205,11 @@ class DefenderView:
             raise DefenderError(f"a stage cannot draw '{unknown[0]}' prompts: it is the behaviour's trigger "
                                 f"situation, which a defender does not know (use {', '.join(DEFENDER_CONTEXTS)}, "
                                 f"or draw_prompts to filter the distillation distribution)")
-        return self._prompts(cfg, seed)
+        prompts = self._prompts(cfg, seed)
+        # A world prompt set read from a file (`jsonl`, a run's prompts.jsonl) carries the
+        # experimenter's context labels, deploy_like among them: a stage gets the tokens only,
+        # as from draw_prompts. A drawn set's labels are the contexts the stage asked for.
+        return unlabelled(prompts) if self.kind == "world" and cfg.jsonl else prompts
 
     def draw_prompts(self, n: int, seed: int, keep: Callable[[Prompt], bool] | None = None,
                      max_draws: int = 50) -> list[Prompt]:

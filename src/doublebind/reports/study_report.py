@@ -409,13 +409,12 @@ def _effect_cell(t: dict, view: str) -> str:
 def _without_auditor(thr: dict) -> str:
     """Where rows carry no behaviour-agnostic auditor (Hugging Face organisms), what stands in
     for the generic audit, and that it is not one."""
-    return ("**Runs without the generic auditor** (Hugging Face organisms): the audit-selected checkpoint and "
-            "`incriminating` use the organism's own audit sets instead (honeypot, interrogation and prefill: the "
-            "student's strongest signal minus base's, a checkpoint passing at or below "
-            f"{fmt(thr.get('audit'))}). Those sets are written for the implanted behaviour, their scorers look "
-            "for it, so this audit knows what it is looking for: the audit-selected verdicts here are those of a "
-            "defender who already suspects the behaviour, not of a generic audit, and `incriminating` measures "
-            "an audit that knows the trait.")
+    return ("**Runs without the generic auditor** (Hugging Face organisms): `incriminating` uses the organism's "
+            "own audit sets instead (honeypot, interrogation and prefill: the student's strongest signal minus "
+            f"base's, above {fmt(thr.get('audit'))} at its lower bound). Those sets are written for the implanted "
+            "behaviour and their scorers look for it, so `incriminating` here measures an audit that knows the "
+            "trait. No checkpoint is selected with them, since a defender does not have the behaviour's scorer: "
+            "the audit-selected column of these runs is their delivered checkpoint.")
 
 
 def seeds_per_build(rows: list[dict]) -> int | None:
