@@ -395,3 +395,25 @@ def test_runs_of_one_seed_with_two_recipes_across_organism_builds_are_refused(st
     assert "ran with different recipes" in _foreign_run(record, cfg, scan)
     scan.runs[twin] = [{**r, "organism_seed": twin[1]} for r in rows]
     assert _foreign_run(record, cfg, scan) is None
+
+
+def test_weights_that_diverge_after_the_last_loss_stop_the_run_and_keep_results_readable(
+        quick_organism, tmp_path, monkeypatch):
+    """An update after the last finite loss can leave weights whose evaluation is NaN: the row
+    was appended, and results.jsonl then refused itself (a non-finite transfer) on every later
+    study run and report. The run now stops at that evaluation; and should a row the file
+    cannot hold reach the study anyway, it is refused before it is written."""
+    import doublebind.training.distill as dmod
+
+    over = ["recipe_overrides.training.steps=1", "recipe_overrides.training.checkpoint_every=1",
+            "recipe_overrides.training.lr=1e39", "seeds=[0]", "techniques=[baseline]"]
+    path = write_study(tmp_path, quick_organism[0])
+    with pytest.raises(DoublebindError, match=r"the evaluation at step 1 gave .* = nan: the weights diverged; "
+                                              r"lower the learning rate"):
+        study_run.run_study(path, tmp_path / "a", show_progress=False, overrides=over)
+    assert not (tmp_path / "a" / study_run.RESULTS).exists() or not _lines(tmp_path / "a")
+    monkeypatch.setattr(dmod, "first_non_finite", lambda row: None)  # the run's own check gone
+    with pytest.raises(DoublebindError, match=r"baseline.*gave a row results.jsonl cannot hold \('[a-z_]+' is not a "
+                                              r"finite number\); nothing of it was written"):
+        study_run.run_study(path, tmp_path / "b", show_progress=False, overrides=over)
+    assert not (tmp_path / "b" / study_run.RESULTS).exists() or not _lines(tmp_path / "b")

@@ -6,7 +6,6 @@ import contextlib
 import functools
 import json
 import math
-import numbers
 import os
 import shutil
 from pathlib import Path
@@ -496,17 +495,16 @@ def _say_if_trained_elsewhere(model_dir: Path, organism: Path, card: dict) -> No
                       highlight=False, soft_wrap=True)
 
 
-def _refuse_non_finite(metrics, model_dir: Path, prefix: str = "") -> None:
+def _refuse_non_finite(metrics, model_dir: Path) -> None:
     """A metric that is NaN or infinite means the weights give non-finite outputs (a damaged or
     diverged checkpoint): one error, not a table of nan and exit 0 (or --json that no JSON
     reader accepts)."""
-    items = metrics.items() if isinstance(metrics, dict) else enumerate(metrics)
-    for key, value in items:
-        if isinstance(value, (dict, list, tuple)):
-            _refuse_non_finite(value, model_dir, f"{prefix}{key}.")
-        elif isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isfinite(value):
-            raise DoublebindError(f"{model_dir}: its evaluation gave {prefix}{key} = {value}: the weights give "
-                                  f"non-finite outputs (a damaged or diverged checkpoint)")
+    from doublebind.training.distill import first_non_finite
+
+    bad = first_non_finite(metrics)
+    if bad is not None:
+        raise DoublebindError(f"{model_dir}: its evaluation gave {bad[0]} = {bad[1]}: the weights give "
+                              f"non-finite outputs (a damaged or diverged checkpoint)")
 
 
 def _hf_run_checkpoint(model_dir: Path) -> bool:

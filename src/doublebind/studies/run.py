@@ -696,8 +696,13 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
                 if state.is_main_process:
                     run_id = next(i for k in range(len(run_ids) + 1)
                                   if (i := f"{folder.parent.name}-{folder.name}-a{k}") not in run_ids)
+                    rows = seal_run(_rows(cfg, cards[cell.spec.key], key, cell.recipe, folder, summary), run_id)
+                    bad = next((why for r in rows if (why := _row_problem(r))), None)
+                    if bad:  # appended, it would make results.jsonl refuse itself on every later read
+                        raise DoublebindError(f"{describe_key(key)} gave a row results.jsonl cannot hold ({bad}); "
+                                              f"nothing of it was written, the finished runs are kept")
                     run_ids.add(run_id)
-                    _append(results, seal_run(_rows(cfg, cards[cell.spec.key], key, cell.recipe, folder, summary), run_id))
+                    _append(results, rows)
                 advance(1)
 
             run_jobs(distill_run, jobs, 1 if state.num_processes > 1 else n_workers, finished,

@@ -14,6 +14,7 @@ import copy
 import functools
 import json
 import math
+import numbers
 import os
 import random
 import shutil
@@ -607,6 +608,20 @@ RUN_FILES = ("summary.json", "metrics.jsonl", "checkpoints", "stages.json", "sta
              "transfer_curves.png", tracking.tracker_dir(Path()).name)  # what `distill` writes in --out
 
 
+def first_non_finite(obj, prefix: str = "") -> tuple[str, float] | None:
+    """The dotted name and value of the first NaN or infinite number in a nest of dicts and
+    lists (an evaluation of diverged weights), or None."""
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for key, value in items:
+        if isinstance(value, (dict, list, tuple)):
+            found = first_non_finite(value, f"{prefix}{key}.")
+            if found is not None:
+                return found
+        elif isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isfinite(value):
+            return f"{prefix}{key}", value
+    return None
+
+
 def best_transfer(rows: list[dict], field: str) -> float | None:
     """The largest `field` over a run's checkpoints; None where none defines it (the organism
     has no teacher-base gap there), not a transfer of 0."""
@@ -712,6 +727,10 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
             if step not in schedule:
                 continue
             row = d.row(step, ref)
+            bad = first_non_finite(row)
+            if bad is not None:  # an update after the last finite loss can still blow the weights up
+                raise DoublebindError(f"the evaluation at step {step} gave {bad[0]} = {bad[1]}: the weights "
+                                      f"diverged; {LR_HINT}")
             model = d.accelerator.unwrap_model(d.model)
             for st in d._hooked("checkpoint"):
                 verdict = st.checkpoint(d.view, step, model) or {}
