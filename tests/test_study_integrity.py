@@ -391,6 +391,7 @@ def test_runs_of_one_seed_with_two_recipes_across_organism_builds_are_refused(st
     twin = (key[0], key[1] + 1, key[2], key[3])
     scan.runs[twin] = [{**r, "organism_seed": twin[1], "recipe_hash": "0" * 16} for r in rows]
     record = json.loads((out / "study.json").read_text())
+    record["organisms"].append({**record["organisms"][0], "organism_seed": twin[1]})  # a second build placed
     cfg = study_run.config.build(study_run.config.StudyConfig, record["config"], "study.json")
     assert "ran with different recipes" in _foreign_run(record, cfg, scan)
     scan.runs[twin] = [{**r, "organism_seed": twin[1]} for r in rows]
@@ -417,3 +418,27 @@ def test_weights_that_diverge_after_the_last_loss_stop_the_run_and_keep_results_
                                               r"finite number\); nothing of it was written"):
         study_run.run_study(path, tmp_path / "b", show_progress=False, overrides=over)
     assert not (tmp_path / "b" / study_run.RESULTS).exists() or not _lines(tmp_path / "b")
+
+
+def test_a_single_organism_study_leaves_out_the_runs_of_an_organism_it_no_longer_places(study):
+    """A single-organism study names no scenario: resumed in the same folder on another
+    organism (or organism seed), it judged and counted the earlier organism's runs beside the
+    new ones, as a second scenario, and the report said so too."""
+    path, out = study
+    rows = [json.loads(ln) for ln in _lines(out)]
+    scenario = rows[0]["scenario"]
+    earlier = []
+    for run_id in dict.fromkeys(r["run_id"] for r in rows):
+        mine = [{k: v for k, v in r.items() if k not in ("run_id", "run_rows", "run_sha256")}
+                | {"scenario": "earlier", "organism_hash": "e" * 16} for r in rows if r["run_id"] == run_id]
+        earlier += study_run.seal_run(mine, "earlier-" + run_id)
+    (out / study_run.RESULTS).write_text("".join(json.dumps(r) + "\n" for r in earlier + rows))
+    summary = study_run.run_study(path, out, show_progress=False)  # nothing left to run: the summary again
+    assert summary["runs"] == N_RUNS and summary["runs_outside_study"] == N_RUNS
+    assert list(summary["scenarios"]) == [scenario]
+    assert json.loads((out / "summary.json").read_text())["scenarios"].keys() == {scenario}
+    res = run_cli("report", str(out))
+    assert res.returncode == 0, res.stderr
+    report = (out / "report.md").read_text()
+    assert f"Left out: {N_RUNS} complete runs of an earlier grid" in report and "| earlier |" not in report
+    assert f"{N_RUNS} complete runs" in res.stdout + report

@@ -628,7 +628,7 @@ def study_run(study: Path, out_dir: Path = typer.Option(..., "--out", help="Stud
     from doublebind import config
     from doublebind.paths import check_not_inside
     from doublebind.studies.executor import parse_workers
-    from doublebind.studies.run import RESULTS, in_study, read_results, run_key, run_study
+    from doublebind.studies.run import RESULTS, in_study, read_results, run_key, run_study, study_builds
 
     extra = _tracker_override(tracker, "recipe_overrides.training.tracker")
     n = parse_workers(workers, "--workers") if workers is not None else None
@@ -647,7 +647,8 @@ def study_run(study: Path, out_dir: Path = typer.Option(..., "--out", help="Stud
 
     if not PartialState().is_main_process:  # under `accelerate launch`, the main process reports
         return
-    rows = [r for r in read_results(out_dir / RESULTS) if in_study(cfg, run_key(r))]  # not an earlier grid's
+    builds = study_builds(json.loads((out_dir / "study.json").read_text()))
+    rows = [r for r in read_results(out_dir / RESULTS) if in_study(cfg, run_key(r), builds)]  # not an earlier grid's
     _print_table(verdict_table(summary, rows))
     outside = summary.get("runs_outside_study")
     out(f"wrote {out_dir}/results.jsonl and summary.json ({summary['runs']} runs"

@@ -24,7 +24,7 @@ from typing import Any
 
 from doublebind.errors import DoublebindError
 from doublebind.studies.run import QUARANTINE, RESULTS, compute_summary, describe_bad, describe_key, in_study, \
-    run_key, scan_results
+    run_key, scan_results, study_builds
 from doublebind.studies.verdicts import few_seeds
 
 SECTIONS = ("Verdicts", "Verdicts by scenario", "Transfer curves", "Training budget: is misalignment still rising?",
@@ -145,7 +145,7 @@ def _foreign_run(study: dict, cfg, scan) -> str | None:
         row = rows[0]
         if row.get("study") != cfg.name:
             return f"{describe_key(key)} is a run of study '{row.get('study')}', not '{cfg.name}'"
-        if not in_study(cfg, key):
+        if not in_study(cfg, key, study_builds(study)):
             continue
         want = organisms.get(key[:2])
         if want is not None and row["organism_hash"] != want:
@@ -604,9 +604,10 @@ def load_study(study_dir: Path, what: str = "the report") -> tuple[dict, Any, di
     if foreign:
         raise DoublebindError(f"{results}: {foreign}; {what} reads one study's runs (`study run` refuses such a "
                               f"folder too) and changed nothing: move those rows to their own folder")
-    summary = compute_summary(scan.runs, cfg)  # of the grid's runs; it counts the others, as summary.json does
-    scan.outside = sorted(k for k in scan.runs if not in_study(cfg, k))
-    scan.runs = {k: rows for k, rows in scan.runs.items() if in_study(cfg, k)}
+    builds = study_builds(study)
+    summary = compute_summary(scan.runs, cfg, builds)  # of the grid's runs; it counts the others, as summary.json does
+    scan.outside = sorted(k for k in scan.runs if not in_study(cfg, k, builds))
+    scan.runs = {k: rows for k, rows in scan.runs.items() if in_study(cfg, k, builds)}
     if not scan.runs:
         raise DoublebindError(f"{results}: no finished run of the study's grid yet ({len(scan.outside)} of an "
                               f"earlier grid, which the study's config no longer lists)")

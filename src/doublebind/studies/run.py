@@ -1027,18 +1027,32 @@ def _auditor(student: dict | None, ref: dict) -> dict | None:
             **{k: student[k] for k in ("by_kind", "tokens") if k in student}}
 
 
-def scenario_names(cfg, runs: dict) -> list[str]:
-    """The study's scenarios in config order (a single-organism study: the one its rows name)."""
+def scenario_names(cfg, runs: dict, builds: set | None = None) -> list[str]:
+    """The study's scenarios in config order (a single-organism study: the one its rows name,
+    of its `builds` where given)."""
     if cfg.scenarios is not None:
         return [sc.name for sc in cfg.scenarios]
-    return list(dict.fromkeys(k[0] for k in runs))
+    return list(dict.fromkeys(k[0] for k in runs if builds is None or tuple(k[:2]) in builds))
 
 
-def in_study(cfg, key: RunKey) -> bool:
+def study_builds(record: dict | None) -> set[tuple] | None:
+    """The (scenario, organism seed) of every organism the study places now, from its
+    study.json record (`organisms`), or None where the record lists none."""
+    organisms = (record or {}).get("organisms") if isinstance(record, dict) else None
+    if not isinstance(organisms, list) or not organisms:
+        return None
+    return {(o.get("scenario"), o.get("organism_seed")) for o in organisms if isinstance(o, dict)}
+
+
+def in_study(cfg, key: RunKey, builds: set | None = None) -> bool:
     """Whether a run key is a cell of the study's grid as `cfg` has it now: a resume with fewer
     seeds, techniques or scenarios leaves the earlier grid's runs in results.jsonl, and the
-    statistics, counts and tables leave them out."""
+    statistics, counts and tables leave them out. `builds` (`study_builds`): the organisms the
+    study places now; a single-organism study's config names no scenario, so only they tell
+    that its organism (or organism seed) changed since the earlier runs."""
     scenario, organism_seed, technique, seed = key
+    if builds is not None and (scenario, organism_seed) not in builds:
+        return False
     if cfg.scenarios is not None and scenario not in {sc.name for sc in cfg.scenarios}:
         return False
     seeds = cfg.organism_seeds_of(scenario)
@@ -1047,14 +1061,16 @@ def in_study(cfg, key: RunKey) -> bool:
     return technique in cfg.technique_stages() and seed in cfg.seeds
 
 
-def compute_summary(runs: dict[RunKey, list[dict]], cfg) -> dict:
+def compute_summary(runs: dict[RunKey, list[dict]], cfg, builds: set | None = None) -> dict:
     """Per scenario and technique: statistics and verdicts at the final and at the
-    audit-selected checkpoint, and the effect against the technique's reference run."""
+    audit-selected checkpoint, and the effect against the technique's reference run. With
+    `builds` (`study_builds`), the runs of organisms the study no longer places are left out."""
     scenarios = {}
-    for sc in scenario_names(cfg, runs):
+    for sc in scenario_names(cfg, runs, builds):
         organism_seeds = cfg.organism_seeds_of(sc)
         mine = {k: sorted(rows, key=lambda r: r["step"]) for k, rows in sorted(runs.items())
-                if k[0] == sc and (organism_seeds is None or k[1] in organism_seeds) and k[3] in cfg.seeds}
+                if k[0] == sc and (organism_seeds is None or k[1] in organism_seeds) and k[3] in cfg.seeds
+                and (builds is None or (k[0], k[1]) in builds)}
         by_tech: dict[str, list[list[dict]]] = {}
         for (_, _, t, _), rows in mine.items():
             by_tech.setdefault(t, []).append(rows)
@@ -1081,7 +1097,7 @@ def compute_summary(runs: dict[RunKey, list[dict]], cfg) -> dict:
                          **({"eval_draw_missing": f"{bare} of the {total} runs keep no per-prompt scores"}
                             if 0 < bare < total else {}),
                          "techniques": techniques}
-    counted = sum(in_study(cfg, k) for k in runs)  # "N runs" was every complete run in the file
+    counted = sum(in_study(cfg, k, builds) for k in runs)  # "N runs" was every complete run in the file
     summary = {"schema_version": SCHEMA_VERSION, "study": cfg.name, "verdict_thresholds": cfg.verdict.model_dump(exclude_none=True),
                "bootstrap": cfg.bootstrap, "runs": counted,
                **({"runs_outside_study": len(runs) - counted} if len(runs) > counted else {}), "scenarios": scenarios}
@@ -1092,10 +1108,11 @@ def summarize(out: Path, cfg, write: bool = True) -> dict:
     """Recompute `summary.json` from the complete runs of results.jsonl (written atomically)."""
     scan = scan_results(Path(out) / RESULTS)
     scan.check()
-    summary = compute_summary(scan.runs, cfg)
     study = Path(out) / "study.json"
-    if study.is_file():  # where the rows come from: commit, organisms, machine (see `provenance`)
-        summary["provenance"] = json.loads(study.read_text()).get("provenance")
+    record = json.loads(study.read_text()) if study.is_file() else None
+    summary = compute_summary(scan.runs, cfg, study_builds(record))
+    if record is not None:  # where the rows come from: commit, organisms, machine (see `provenance`)
+        summary["provenance"] = record.get("provenance")
     if write:
         write_json(Path(out) / "summary.json", summary, indent=2)
     return summary
