@@ -658,3 +658,61 @@ def test_the_commands_refuse_an_out_inside_another_output(tmp_path):
                  ("replicate", "subliminal-digits", "--out", str(inside))):
         _one_line(run_cli(*args), needle)
     assert sorted(p.name for p in study.iterdir()) == before and not inside.exists()
+
+
+def test_a_damaged_card_in_the_study_folder_is_placed_again_or_named(tmp_path, monkeypatch):
+    """A study's own copy of an organism whose card was not JSON ended in an internal error:
+    placing it copies the organism again, and reading it (every run done) names the file."""
+    from doublebind.organisms import build
+    from doublebind.studies import run as study_run
+
+    dest = tmp_path / "organisms" / "quick-o0"
+    dest.mkdir(parents=True)
+    (dest / "organism.json").write_text("{not json")
+    with pytest.raises(DoublebindError, match=re.escape(f"{dest / 'organism.json'} is not valid JSON")):
+        study_run._placed_card(dest)
+
+    def built(cfg, folder, show_progress=True):
+        folder.mkdir(parents=True)
+        (folder / "organism.json").write_text(json.dumps({"organism_hash": "h", "verified": True, "models": {}}))
+
+    monkeypatch.setattr(build, "build_organism", built)
+    study_run.place_organism(None, dest, show_progress=False, expected_hash="h")
+    assert study_run._placed_card(dest)["organism_hash"] == "h"
+
+
+@pytest.mark.parametrize("edit, why", [({"seed": "abc"}, "its seed 'abc' is not an integer"),
+                                       ({"organism_hash": 12345}, "its organism_hash 12345 is not a string"),
+                                       ({"models": {"teacher": {"path": "teacher", "safetensors_sha256": 5}}},
+                                        "model 'teacher': the card's hash of its weights (safetensors_sha256) is "
+                                        "not a string")])
+def test_an_organism_card_with_fields_of_the_wrong_type_is_one_error(quick_organism, tmp_path, edit, why):
+    """A seed that is no integer, or a hash that is no string, in the card of an organism a
+    study names by path: an internal error, or rows the study then refused as corrupt."""
+    org = tmp_path / "org"
+    shutil.copytree(quick_organism[0], org)
+    card = json.loads((org / "organism.json").read_text())
+    (org / "organism.json").write_text(json.dumps({**card, **edit}))
+    study = tmp_path / "study.yaml"
+    study.write_text(f"kind: study\nname: t\norganism: {{path: {org}}}\nrecipe: "
+                     f"{Path(__file__).resolve().parent.parent / 'configs' / 'recipes' / 'study.yaml'}\n"
+                     f"techniques: [baseline]\nseeds: [0]\n")
+    for args in (["validate", str(study)], ["study", "run", str(study), "--out", str(tmp_path / "out")]):
+        res = run_cli(*args)
+        assert res.returncode != 0 and why in res.stderr and "internal error" not in res.stderr, res.stderr
+    assert not (tmp_path / "out" / RESULTS).exists()
+
+
+def test_study_files_that_are_not_utf8_or_nest_too_deep_are_one_error(tmp_path):
+    """A study.json of bytes that are no UTF-8 text, and a results.jsonl line of 200,000
+    brackets, ended in internal errors (UnicodeDecodeError, RecursionError)."""
+    bad = _copy_reference(tmp_path / "a")
+    (bad / "study.json").write_bytes(b"\xff\xfe{}")
+    res = run_cli("report", str(bad))
+    assert res.returncode == 1 and "study.json: not valid JSON (not UTF-8 text" in res.stderr, res.stderr
+    deep = _copy_reference(tmp_path / "b")
+    with open(deep / RESULTS, "a") as f:
+        f.write("[" * 200_000 + "\n")
+    res = run_cli("report", str(deep))
+    assert res.returncode == 1 and "not valid JSON: nested too deep" in res.stderr, res.stderr
+    assert "internal error" not in res.stderr

@@ -108,6 +108,8 @@ def verify_organism_models(folder: Path, card: dict, only: Path | None = None) -
             if world:  # an embedded-world model is a folder of the organism, hashed by its card
                 raise CorruptCacheError(f"{what}: the card holds no hash of its weights (safetensors_sha256)")
             continue  # a Hugging Face organism's models live outside the folder
+        if not isinstance(m["safetensors_sha256"], str):
+            raise CorruptCacheError(f"{what}: the card's hash of its weights (safetensors_sha256) is not a string")
         model_dir = folder / str(m.get("path", role))
         if only is not None and model_dir.resolve() != Path(only).resolve():
             continue

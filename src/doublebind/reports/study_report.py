@@ -77,6 +77,8 @@ def _load_json(path: Path, what: str) -> dict:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise DoublebindError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    except (UnicodeDecodeError, RecursionError):
+        raise DoublebindError(f"{path}: not valid JSON (not UTF-8 text, or nested too deep)") from None
     if not isinstance(data, dict):
         raise DoublebindError(f"{path}: not a {what} (a JSON object), but {_json_kind(data)}")
     return data

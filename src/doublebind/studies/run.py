@@ -225,7 +225,14 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
         field("organism.path", lambda: verify_organism_models(org_path, card))
         check_domains(recipe, "hf" if card.get("kind") == "hf" else "world", "organism.path", card.get("config"))
         scenario = field("organism.path", lambda: _label(str(card.get("name", "organism")), "the card's name"))
-        return [OrganismSpec(scenario, int(card.get("seed", 0) or 0), recipe, path=org_path)]
+        seed = card.get("seed", 0) or 0
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ConfigError(f"{study_path}: organism.path: {org_path / 'organism.json'}: its seed {seed!r} "
+                              f"is not an integer")
+        if not isinstance(card.get("organism_hash"), str):
+            raise ConfigError(f"{study_path}: organism.path: {org_path / 'organism.json'}: its organism_hash "
+                              f"{card.get('organism_hash')!r} is not a string")
+        return [OrganismSpec(scenario, seed, recipe, path=org_path)]
     if org.preset is not None:
         name, load = "organism.preset", (lambda m=None: config.load(preset=org.preset, expect="organism", merge=m))
     else:
@@ -433,6 +440,9 @@ def scan_results(path: Path) -> Scan:
             continue
         except json.JSONDecodeError as e:
             scan.bad.append((n, raw, f"not valid JSON: {e.msg}"))
+            continue
+        except RecursionError:  # nested deeper than any row (a damaged line of brackets)
+            scan.bad.append((n, raw, "not valid JSON: nested too deep"))
             continue
         if isinstance(obj, dict) and isinstance(obj.get("schema_version"), int) \
                 and obj["schema_version"] < SCHEMA_VERSION:
@@ -660,8 +670,7 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
         with state.main_process_first():  # build or copy the organisms that still have runs to do
             if state.is_main_process:
                 place_organisms(to_place, out, hashes, 1 if state.num_processes > 1 else n_workers, show_progress)
-        cards = {sp.key: json.loads((sp.folder(out) / "organism.json").read_text())
-                 for sp in specs if (sp.folder(out) / "organism.json").is_file()}
+        cards = {sp.key: _placed_card(sp.folder(out)) for sp in specs if (sp.folder(out) / "organism.json").is_file()}
         record = {
             "config": cfg.model_dump(mode="json"), "study_file": str(Path(study_path).resolve()),
             "organisms": [{"scenario": sp.scenario, "organism_seed": sp.organism_seed,
@@ -709,6 +718,14 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
                      label=describe_key)
         state.wait_for_everyone()
         return summarize(out, cfg, write=state.is_main_process)
+
+
+def _placed_card(folder: Path) -> dict:
+    """The card of an organism the study placed (or names by path), refused in one line where
+    it does not read as one."""
+    from doublebind.organisms.domain import read_card
+
+    return read_card(folder, verified=False)
 
 
 # What makes two sessions of one study differ in where their runs come from: the code, the
@@ -897,8 +914,11 @@ def place_organism(org_cfg, dest: Path, show_progress: bool = True, expected_has
     from doublebind.organisms.build import build_organism
 
     if expected_hash is not None and (dest / "organism.json").is_file():
-        card = json.loads((dest / "organism.json").read_text())
-        if card.get("organism_hash") == expected_hash and card.get("verified"):
+        try:
+            card = json.loads((dest / "organism.json").read_text())
+        except (OSError, ValueError):  # a damaged card (not JSON, not text): placed again below
+            card = None
+        if isinstance(card, dict) and card.get("organism_hash") == expected_hash and card.get("verified"):
             return
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp, old = dest.with_name(f".{dest.name}.tmp"), dest.with_name(f".{dest.name}.old")
