@@ -3,6 +3,7 @@ embedded world, on tiny random Llama models built here (no hub access)."""
 
 import json
 import math
+import random
 import shutil
 from pathlib import Path
 
@@ -198,8 +199,11 @@ def test_study_on_an_hf_organism_runs_reports_and_resumes(hf_organism, tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     md = (out / "report.md").read_text()
     assert "student prefill" in md and "teacher model" in md and SYSTEM in md
-    # no generic auditor here: the report says its audit-selected view knows the behaviour
-    assert "**Runs without the generic auditor**" in md and "not of a generic audit" in md
+    # no generic auditor here: the behaviour's own audit sets judge but never pick a checkpoint
+    assert "**Runs without the generic auditor**" in md and "is their delivered checkpoint" in md
+    for t in scenarios[next(iter(scenarios))]["techniques"].values():
+        assert t["audit_selected"]["runs_without_generic_audit"] == 1 and "runs_without_generic_audit" not in t["final"]
+        assert t["audit_selected"]["steps"] == t["final"]["steps"]
     # a rerun does nothing new
     assert run_cli("study", "run", str(folder / "study.yaml"), "--out", str(out)).returncode == 0
     assert study_run.read_results(out / "results.jsonl") == rows
@@ -301,6 +305,25 @@ def test_a_qwen2_organism_distils_too(tmp_path):
     assert s["data"]["n_train_items"] == 16 and math.isfinite(s["losses"]["last"])
     with pytest.raises(DoublebindError, match="no trusted model"):
         distill(tmp_path / "org", recipe(stages=[{"name": "trusted_monitor"}]), tmp_path / "r2", show_progress=False)
+
+
+def test_a_trusted_model_of_another_tokenizer_is_refused_by_name(tmp_path):
+    """The trusted model is handed base's token ids (it scores the teacher's tokens, samples
+    from prompts rendered for base): one of another tokenizer read them as other text, and
+    every technique that uses it went on without an error."""
+    from doublebind.llm.tiny import build_tiny
+    from doublebind.training.distill import distill
+
+    # as large a vocabulary as base's, trained on other text: the sizes agree, the ids do not
+    rng = random.Random(0)
+    texts = [" ".join("".join(rng.choice("qxzjkvwy") for _ in range(rng.randint(2, 7))) for _ in range(30))
+             for _ in range(400)]
+    other = build_tiny("llama", tmp_path / "other", texts=texts, vocab_size=600)
+    assert len(json.loads((other / "tokenizer.json").read_text())["model"]["vocab"]) >= 512
+    path = organism_yaml(tmp_path, trusted={"model": str(other)})
+    build_hf_organism(config.load(path), tmp_path / "org", show_progress=False)
+    with pytest.raises(DoublebindError, match="the trusted model's tokenizer differs from base's"):
+        distill(tmp_path / "org", recipe(stages=[{"name": "trusted_monitor"}]), tmp_path / "run", show_progress=False)
 
 
 def test_inspect_tasks_are_registered_as_an_entry_point():

@@ -11,7 +11,8 @@ Prompts are rendered per role with the tokenizer's chat template: the teacher wi
 system prompt (the subliminal-learning trick), the base and the student with the base's.
 The student learns the teacher's completion tokens after its own rendering of the prompt,
 so a trait that lives only in the teacher's system prompt has to travel through the data.
-Teacher and base must share a tokenizer: distillation works token by token.
+Teacher and base must share a tokenizer: distillation works token by token. So must the
+trusted model, which is handed base's token ids (checked when a technique loads it).
 """
 
 from __future__ import annotations
@@ -654,6 +655,15 @@ class HFDomain:
         if role not in self.specs:
             raise DoublebindError(f"this organism has no {role} model (add `{role}:` to its config)")
         if role not in self._models:
+            if role not in ("base", "teacher"):  # those two were compared as the domain opened
+                # A trusted model reads and writes the token ids of base's tokenizer (it scores
+                # the teacher's tokens, paraphrases prompts rendered for base): another tokenizer
+                # would read them as other text, without an error.
+                spec = self.specs[role]
+                own = load_tokenizer(spec["path"], self.cfg, spec.get("revision"))
+                if own.get_vocab() != self.tokenizer.get_vocab():
+                    raise DoublebindError(f"the {role} model's tokenizer differs from base's; doublebind hands it "
+                                          f"base's token ids, so it must share base's tokenizer")
             self._models[role] = load_model(self.specs[role], self.cfg)
         return self._models[role]
 
