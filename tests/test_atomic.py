@@ -70,3 +70,18 @@ def test_a_full_disk_names_the_results_file(tmp_path, monkeypatch):
     with pytest.raises(OSError) as e:
         run._append(tmp_path / "results.jsonl", [{"a": 1}])
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "results.jsonl")
+
+
+def test_the_data_reach_the_disk_before_the_rename(tmp_path, monkeypatch):
+    """Without an fsync before the rename, a power cut could leave study.json or summary.json
+    renamed into place but empty."""
+    import os
+
+    from doublebind import atomic
+
+    order = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (order.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(atomic.os, "replace", lambda a, b: (order.append("replace"), real_replace(a, b))[1])
+    atomic.write_json(tmp_path / "x.json", {"a": 1})
+    assert order == ["fsync", "replace"] and (tmp_path / "x.json").read_text() == '{"a": 1}'

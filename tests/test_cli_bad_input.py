@@ -672,13 +672,27 @@ def test_a_damaged_card_in_the_study_folder_is_placed_again_or_named(tmp_path, m
     with pytest.raises(DoublebindError, match=re.escape(f"{dest / 'organism.json'} is not valid JSON")):
         study_run._placed_card(dest)
 
+    calls = []
+
     def built(cfg, folder, show_progress=True):
+        calls.append(folder)
         folder.mkdir(parents=True)
-        (folder / "organism.json").write_text(json.dumps({"organism_hash": "h", "verified": True, "models": {}}))
+        (folder / "organism.json").write_text(json.dumps({"organism_hash": "h", "verified": True, "models": {},
+                                                          "config": {}}))
 
     monkeypatch.setattr(build, "build_organism", built)
     study_run.place_organism(None, dest, show_progress=False, expected_hash="h")
     assert study_run._placed_card(dest)["organism_hash"] == "h"
+    # a card that reads, over weights that no longer match it: placed again too (it was kept,
+    # and every run on it refused, pointing at a rebuild that would not have replaced it)
+    (dest / "base").mkdir()
+    (dest / "base" / "model.safetensors").write_bytes(b"damaged")
+    (dest / "organism.json").write_text(json.dumps({"organism_hash": "h", "verified": True, "config": {},
+                                                    "models": {"base": {"safetensors_sha256": "0" * 64}}}))
+    study_run.place_organism(None, dest, show_progress=False, expected_hash="h")
+    assert study_run._placed_card(dest)["models"] == {} and not (dest / "base").exists()
+    study_run.place_organism(None, dest, show_progress=False, expected_hash="h")  # sound: kept
+    assert len(calls) == 2
 
 
 @pytest.mark.parametrize("edit, why", [({"seed": "abc"}, "its seed 'abc' is not an integer"),

@@ -6,7 +6,8 @@ the old file or the new one, never half of one. The temporary name is created ex
 (`O_EXCL`) with a random part, so two writers, even two processes with the same pid in two
 containers sharing a cache, never share one. It is removed when the write fails; only a kill
 between the write and the rename leaves one (`.NAME.<random>.tmp`, never read). The file
-gets the mode any new file gets under the process's umask.
+gets the mode any new file gets under the process's umask. The data reach the disk (`fsync`)
+before the rename, so a power cut too leaves the old file or the new one.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def write_json(path: Path, data, **dump) -> None:
         with naming(path):
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
+                f.flush()
+                os.fsync(f.fileno())  # on disk before the rename: a power cut leaves the old file, not an empty one
             os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -907,7 +907,7 @@ def place_organism(org_cfg, dest: Path, show_progress: bool = True, expected_has
     """Build a study organism (or copy it from the cache) into `dest`, atomically: it is
     made beside `dest` and renamed into place, so a kill mid-copy never leaves a half
     organism that the next resume would refuse. A verified organism of `expected_hash`
-    already there is kept."""
+    already there is kept, unless its weights no longer match its card (placed again)."""
     import shutil
 
     from doublebind.errors import VerificationError
@@ -919,7 +919,13 @@ def place_organism(org_cfg, dest: Path, show_progress: bool = True, expected_has
         except (OSError, ValueError):  # a damaged card (not JSON, not text): placed again below
             card = None
         if isinstance(card, dict) and card.get("organism_hash") == expected_hash and card.get("verified"):
-            return
+            from doublebind.integrity import CorruptCacheError, verify_organism_models
+
+            try:  # its weights too: a damaged file was kept, and every run on it refused
+                verify_organism_models(dest, card)
+                return
+            except CorruptCacheError:
+                pass  # placed again below
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp, old = dest.with_name(f".{dest.name}.tmp"), dest.with_name(f".{dest.name}.old")
 
