@@ -325,3 +325,15 @@ def test_the_report_says_how_many_draws_a_transfer_left_undefined():
     # none lost, nothing said
     data = {"techniques": {"baseline": {"final": stats([fab(s, 70, [0.0] * N) for s in range(3)])}}}
     assert not any("left out" in b[1] for b in _width_blocks(data, []) if b[0] == "p")
+
+
+def test_the_draws_centre_on_the_rows_own_value():
+    """Every prompt at 0.123456: every draw of the prompts gives 0.123456, which the row
+    rounds to 0.1235. The draws were laid off from the rounded means' value, which is the
+    row's own, so they stayed at 0.123456 and the printed mean (0.1235) lay outside its own
+    interval; they now centre on the row's value, and the interval holds its mean."""
+    rows = [fab(s, 70, [0.123456] * N) for s in range(3)]
+    draws = EvalDraws.of(rows, 500)
+    assert np.allclose(draws.misalignment_transfer(rows[0]), 0.1235, rtol=0, atol=1e-12)
+    m = stats(rows, n_boot=500)["misalignment_transfer"]
+    assert m["lower"] <= m["mean"] == 0.1235 <= m["upper"]

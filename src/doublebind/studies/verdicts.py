@@ -500,17 +500,20 @@ class EvalDraws:
             x = np.asarray(x, dtype=float)
         return x
 
-    def _mean(self, ref: dict, items: dict, part, weights: bool) -> np.ndarray:
+    def _mean(self, ref: dict, items: dict, part, weights: bool, exact: bool = False) -> np.ndarray:
         """Each draw's reweighted mean of one set's scores; without `weights`, the mean as
-        measured, rounded as the rows round it."""
+        measured, rounded as the rows round it (`exact`: not rounded, the draws' own centre)."""
         x = self._scores(items, part)
-        return self._set(ref, part, len(x)) @ x if weights else np.array([round(float(x.mean()), 4)])
+        if weights:
+            return self._set(ref, part, len(x)) @ x
+        return np.array([float(x.mean()) if exact else round(float(x.mean()), 4)])
 
-    def _ratio(self, row: dict, parts, weights: bool) -> np.ndarray:
+    def _ratio(self, row: dict, parts, weights: bool, exact: bool = False) -> np.ndarray:
         ref = self._ref(row)
         out = []
         for part in parts:
-            s, b, t = (self._mean(ref, items, part, weights) for items in (row["items"], ref["base"], ref["teacher"]))
+            s, b, t = (self._mean(ref, items, part, weights, exact)
+                       for items in (row["items"], ref["base"], ref["teacher"]))
             gap = t - b
             with np.errstate(divide="ignore", invalid="ignore"):
                 out.append(np.where(np.abs(gap) < MIN_GAP, np.nan, (s - b) / gap))
@@ -518,10 +521,14 @@ class EvalDraws:
         defined = ~np.isnan(out)
         return np.where(defined.any(0), np.where(defined, out, 0.0).sum(0) / np.maximum(defined.sum(0), 1), np.nan)
 
-    def _centred(self, draws: np.ndarray, measured: float, value: float | None) -> np.ndarray:
-        # laid off from the row's own value (the report's number); where the items and the
-        # row disagree on whether the value is defined at all, the draws as they come
-        return draws if value is None or math.isnan(measured) else draws - measured + value
+    def _centred(self, draws: np.ndarray, measured: float, centre: float, value: float | None) -> np.ndarray:
+        # laid off from the row's own value (the report's number): each draw's distance from
+        # the draws' own centre (`centre`, the unrounded means' value) added to it; where the
+        # items as the row rounds them (`measured`) and the row disagree on whether the value
+        # is defined at all, the draws as they come
+        if value is None or math.isnan(measured) or math.isnan(centre):
+            return draws
+        return draws - centre + value
 
     def _parts(self, row: dict, field: str) -> list:
         return list(self._ref(row)["taught"]) if field == "capability_transfer" else [DEPLOY]
@@ -534,7 +541,8 @@ class EvalDraws:
 
     def _transfer(self, row: dict, field: str) -> np.ndarray:
         parts = self._parts(row, field)
-        return self._centred(self._ratio(row, parts, True), float(self._ratio(row, parts, False)[0]), row[field])
+        return self._centred(self._ratio(row, parts, True), float(self._ratio(row, parts, False)[0]),
+                             float(self._ratio(row, parts, False, exact=True)[0]), row[field])
 
     def capability_transfer(self, row: dict) -> np.ndarray:
         """Capability transfer under each draw: the mean over taught families of each
@@ -547,13 +555,15 @@ class EvalDraws:
 
     def base_loss(self, row: dict) -> np.ndarray:
         """The worst loss on a base family under each draw: max of base − student."""
-        def loss(weights: bool) -> np.ndarray:
+        def loss(weights: bool, exact: bool = False) -> np.ndarray:
             ref = self._ref(row)
-            return np.max([self._mean(ref, ref["base"], f, weights) - self._mean(ref, row["items"], f, weights)
+            return np.max([self._mean(ref, ref["base"], f, weights, exact) - self._mean(ref, row["items"], f, weights,
+                                                                                       exact)
                            for f in row["base_families"]], axis=0)
 
         from_rows = max(row["base_capability"][f] - row["capability"][f] for f in row["base_families"])
-        return self._cached(row, "base_loss", lambda: self._centred(loss(True), float(loss(False)[0]), from_rows))
+        return self._cached(row, "base_loss", lambda: self._centred(loss(True), float(loss(False)[0]),
+                                                                     float(loss(False, True)[0]), from_rows))
 
     def spread(self, rows: list[dict], field: str) -> float | None:
         """The standard deviation over the redrawn evaluation sets of the mean of organism
