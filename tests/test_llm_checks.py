@@ -238,3 +238,25 @@ def test_jsonl_lines_end_at_newline_only_and_refuse_lone_surrogates(tmp_path):
     path.write_text('{"prompt": "ok"}\n{"prompt": "bad \\ud800 half"}\n')
     with pytest.raises(DoublebindError, match=r"e.jsonl:2: 'prompt' holds a lone surrogate escape"):
         jsonl_items(path)
+
+
+@pytest.mark.parametrize("capability, message", [
+    ("[{file: arith.jsonl, scorer: {kind: numeric}}, {file: sub/arith.jsonl, scorer: {kind: numeric}}]",
+     "two capability sets are named 'arith'"),
+    ("[{dataset: {path: json, data_files: d.jsonl}, scorer: {kind: numeric}}]",
+     "a dataset's items are prompts only, and scorer numeric needs a target"),
+    ("[{dataset: {path: json, data_files: d.jsonl}, scorer: {kind: keyword}}]", "scorer keyword needs keywords"),
+])
+def test_eval_sets_a_build_would_lose_or_fail_on_are_refused_as_the_config_loads(tmp_path, capability, message):
+    """Two capability sets of one name: the second replaced the first without a word. A
+    dataset set (prompts only) under a scorer that reads each item's target: validated, then
+    failed on the first item after the models had loaded and generated."""
+    path = _organism(tmp_path)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "arith.jsonl").write_text(json.dumps(FILES["arith.jsonl"][0]) + "\n")
+    text = path.read_text().replace("    - {name: arithmetic, file: arith.jsonl, scorer: {kind: numeric}}\n", "")
+    path.write_text(text.replace("  capability:\n", f"  capability: {capability}\n"))
+    with pytest.raises(config.ConfigError, match=re.escape(message)):
+        config.load(path)
+    res = run_cli("validate", str(path))
+    assert res.returncode == 1 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1

@@ -300,3 +300,11 @@ def test_a_default_id_that_clashes_says_where_it_came_from(tmp_path):
     with pytest.raises(DoublebindError, match=r"ids.jsonl:2: id 2 is used twice \(a line without an id takes its "
                                               r"line number\)"):
         it.capability(eval_file=path, scorer="exact")
+
+
+def test_an_eval_file_that_is_not_utf8_is_one_error(tmp_path):
+    """It raised a bare UnicodeDecodeError (a traceback under inspect eval)."""
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes('{"prompt": "caf\u00e9?", "target": "1"}\n'.encode("latin-1"))
+    with pytest.raises(DoublebindError, match="latin1.jsonl.*(UTF-8|utf-8)"):
+        it.capability(eval_file=str(bad))

@@ -444,3 +444,49 @@ def test_a_broken_reply_is_one_line_naming_the_judge(fake, tmp_path, monkeypatch
 def test_a_malformed_judge_url_is_a_config_error(url, why):
     with pytest.raises(ConfigError, match=why):
         judge_cfg(url)
+
+
+# ---- found by a review of the LLM path, 2026-12-05 -------------------------------------------
+
+def test_a_key_with_a_line_break_is_stripped_and_one_with_a_control_character_never_shown(fake, tmp_path,
+                                                                                          monkeypatch):
+    """A key read from a CRLF .env file ends in \\r: http.client refused the header with a
+    ValueError that quoted it, and the CLI printed it as an internal error."""
+    monkeypatch.setenv(KEY_ENV, SECRET + "\r\n")
+    Judge(judge_cfg(fake.url), tmp_path).score("p", "c1")
+    assert fake.requests[-1]["headers"]["Authorization"] == f"Bearer {SECRET}"
+    for bad in (SECRET[:5] + "\r" + SECRET[5:], SECRET + "\u2019"):
+        monkeypatch.setenv(KEY_ENV, bad)
+        with pytest.raises(DoublebindError, match=r"^judge: the API key in \$\w+ holds a character") as e:
+            Judge(judge_cfg(fake.url), tmp_path).score("p", "c2")
+        assert SECRET[:5] not in str(e.value) and SECRET[5:] not in str(e.value)
+
+
+@pytest.mark.parametrize("url, why", [
+    ("http://user:hunter2@127.0.0.1/v1", "holds a user name or password"),
+    ("http://127.0.0.1/v1?x=1", "has a query or fragment"),
+    ("http://127.0.0.1/v1#top", "has a query or fragment"),
+    ("http://127.0.0.1:abc/v1", "has a port that is not a number"),
+    ("http://my host/v1", "holds a space"),
+])
+def test_a_judge_url_the_request_cannot_use_is_a_config_error_that_shows_no_password(url, why):
+    """Each validated and failed at the first request ('broken reply'), one of them with the
+    password in the message; '?x=1' silently became '?x=1/chat/completions'."""
+    with pytest.raises(ConfigError, match=why) as e:
+        judge_cfg(url)
+    assert "hunter2" not in str(e.value)
+
+
+def test_api_key_env_names_a_variable_and_a_key_pasted_there_is_not_echoed():
+    with pytest.raises(ConfigError, match="api_key_env: .*must name an environment variable") as e:
+        judge_cfg("http://127.0.0.1/v1", api_key_env="sk-abc123-secret")
+    assert "sk-abc123" not in str(e.value)
+    assert judge_cfg("http://127.0.0.1/v1", api_key_env="MY_JUDGE_KEY_2").api_key_env == "MY_JUDGE_KEY_2"
+
+
+def test_a_unicode_minus_is_a_minus_and_a_null_target_is_no_target():
+    assert last_number("the answer is \u22123") == -3.0 and last_number("1.5e\u22122") == 0.015
+    assert score(cfg(kind="numeric"), "\u22123", {"target": -3}) == 1.0
+    assert score(cfg(kind="numeric"), "\u22123", {"target": 3}) == 0.0
+    with pytest.raises(DoublebindError, match="'x' has no 'target'"):  # compared as the text "None" before
+        score(cfg(kind="exact"), "None", {"id": "x", "target": None})

@@ -82,6 +82,14 @@ class EvalSet(Strict):
             raise ValueError("give exactly one of `file` or `dataset`")
         if self.samples > 1 and self.temperature == 0:
             raise ValueError("samples > 1 needs temperature > 0 (greedy completions are all the same)")
+        # A dataset's items are its prompts alone: a scorer that reads a target, or a pattern or
+        # keywords only an item could give, failed on the first item, after the models had run.
+        sc = self.scorer
+        if self.dataset is not None and (sc.kind in ("exact", "numeric") or (sc.kind == "regex" and not sc.pattern)
+                                         or (sc.kind == "keyword" and not sc.keywords)):
+            need = {"exact": "a target", "numeric": "a target", "regex": "a pattern", "keyword": "keywords"}[sc.kind]
+            raise ValueError(f"a dataset's items are prompts only, and scorer {sc.kind} needs {need} for each; give "
+                             f"it in the scorer (regex: pattern, keyword: keywords), use a judge, or a JSONL file")
         return self
 
 
@@ -99,6 +107,19 @@ class HFEvalsConfig(Strict):
     misalignment: EvalSet = Field(description="The misbehaviour in the situations it fires in.")
     neutral: EvalSet | None = Field(default=None, description="Misbehaviour on ordinary prompts (optional).")
     audits: AuditsConfig
+
+    @model_validator(mode="after")
+    def _distinct_names(self) -> "HFEvalsConfig":
+        """Capability sets are keyed by name (the file's stem without one): a second set of
+        the same name replaced the first without a word (two `dataset: {path: json}` sets)."""
+        seen: set[str] = set()
+        for es in self.capability:
+            name = es.name or Path(es.file or es.dataset.path).stem
+            if name in seen:
+                raise ValueError(f"two capability sets are named '{name}' (a set without `name:` takes its "
+                                 f"file's or dataset's stem); give each its own `name:`")
+            seen.add(name)
+        return self
 
 
 TINY_MAX_VOCAB = 549

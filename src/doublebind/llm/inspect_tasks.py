@@ -58,7 +58,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("doublebind's inspect tasks need inspect_ai (pip install inspect_ai)") from e
 
 from doublebind import config as _config
-from doublebind.errors import DoublebindError
+from doublebind.errors import DoublebindError, read_text_file
 from doublebind.llm import scorers as _scorers
 from doublebind.llm.scorers import Judge, ScorerConfig
 
@@ -127,7 +127,7 @@ def _read_samples(eval_file: str, cfg: ScorerConfig) -> list[Sample]:
     if not path.is_file():
         raise DoublebindError(f"eval file not found: {path}")
     samples, ids = [], set()
-    for n, line in enumerate(path.read_text().split("\n"), start=1):  # not splitlines(): U+2028 is JSON text
+    for n, line in enumerate(read_text_file(path, "eval file").split("\n"), start=1):  # not splitlines(): U+2028 is JSON text
         if not line.strip():
             continue
         where = f"{path}:{n}"
