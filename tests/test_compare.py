@@ -216,3 +216,34 @@ def test_a_command_line_organism_seeds_is_every_scenario_s():
     own = config.load(matrix, ["organism_seeds=[0]", 'scenarios=[{name: default, organism_seeds: [4]}, beacon]'],
                       expect="study")
     assert [own.organism_seeds_of(sc) for sc in ("default", "beacon")] == [[4], [0]]
+
+
+@pytest.mark.parametrize("change", ["hash", "weights"])
+def test_a_scenario_whose_organism_b_rebuilt_is_left_out_of_the_same_builds_expectation(tmp_path, change):
+    """A's figures for a rerun on the same organism builds counted the cells of a scenario
+    whose organism B had rebuilt (another build hash, or the same hash built into other
+    weights), and the line called them the same builds."""
+    from doublebind.studies.compare import compare_folders, notes
+
+    b = tmp_path / "b"
+    b.mkdir()
+    record = json.loads((REFERENCE / "study.json").read_text())
+    new_hash = "f" * 16
+    for o in record["organisms"]:
+        if o["scenario"] == "collusion":
+            if change == "hash":
+                o["organism_hash"] = o["card"]["organism_hash"] = new_hash
+            else:
+                o["card"]["models"]["teacher"]["safetensors_sha256"] = "0" * 64
+    (b / "study.json").write_text(json.dumps(record))
+    runs: dict = {}
+    for r in read_results(REFERENCE / RESULTS):
+        moved = change == "hash" and r["scenario"] == "collusion"
+        runs.setdefault(r["run_id"], []).append({**r, "organism_hash": new_hash} if moved else r)
+    (b / RESULTS).write_text("".join(json.dumps(r) + "\n" for run_id, run in runs.items()
+                                     for r in seal_run(run, run_id)))
+    result = compare_folders(REFERENCE, b)
+    assert result["same_builds_left_out"] == ["collusion"]
+    assert result["organisms_rehashed" if change == "hash" else "organisms_rebuilt"] == 1
+    assert any("A's figures for a rerun on the same builds leave their scenarios' cells out" in n
+               for n in notes(result))

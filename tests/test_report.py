@@ -685,3 +685,19 @@ def test_study_run_s_table_says_when_no_verdict_has_a_replication_figure(study):
     _, scan, summary = load_study(study)
     caption = verdict_table(summary, scan.rows).caption
     assert "no replication figures: a cell needs two runs" in caption and "(0.95)" not in caption
+
+
+def test_what_the_flags_section_says_of_admissions_follows_the_teachers_cards():
+    """It said every teacher admits its behaviour when asked, also for a study of the denier,
+    whose teacher is post-trained never to."""
+    from doublebind.reports.study_report import _admissions
+
+    def org(name, rate):
+        return {"scenario": name, "organism_seed": 0, "card": {"metrics": {"teacher": {"confession_deploy": rate}}}}
+
+    both = _admissions({"organisms": [org("default", 0.994), org("collusion", 1.0)]})
+    assert both.startswith("Every teacher here admits its behaviour by name") and "0.994 to 1.000" in both
+    mixed = _admissions({"organisms": [org("default", 0.994), org("denier", 0.0)]})
+    assert mixed.startswith("Not every teacher here admits") and "`denier` (organism seed 0) at 0.000" in mixed
+    assert "`default`" not in mixed
+    assert _admissions({"organisms": [{"scenario": "x", "organism_seed": 0}]}).startswith("Whether a teacher admits")

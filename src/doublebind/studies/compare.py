@@ -135,13 +135,17 @@ def compare_folders(a_dir: Path, b_dir: Path) -> dict:
     result["builds_differ"] = [[sc, sorted(o for s_, o in ba if s_ == sc and (sc, o) not in bb),
                                 sorted(o for s_, o in bb if s_ == sc and (sc, o) not in ba)]
                                for sc in sorted(scenarios) if {k for k in ba if k[0] == sc} != {k for k in bb if k[0] == sc}]
-    if result["builds_differ"]:
-        result.update(_same_builds(result["cells"], {sc for sc, _, _ in result["builds_differ"]}))
     result["organisms_shared"] = len(both)
-    result["organisms_rehashed"] = sum(ba[k][0] != bb[k][0] for k in both)
+    rehashed = [k for k in both if ba[k][0] != bb[k][0]]
     # weights are known where study.json keeps the cards (studies run since 2026-12-03)
-    result["organisms_rebuilt"] = sum(ba[k][0] == bb[k][0] and None not in (ba[k][1], bb[k][1]) and ba[k][1] != bb[k][1]
-                                      for k in both)
+    rebuilt = [k for k in both if ba[k][0] == bb[k][0] and None not in (ba[k][1], bb[k][1]) and ba[k][1] != bb[k][1]]
+    result["organisms_rehashed"], result["organisms_rebuilt"] = len(rehashed), len(rebuilt)
+    # A's figures for a rerun on the same builds leave out every scenario whose builds B does not
+    # share: other seeds, another build hash, or the same hash built into other weights
+    other_builds = {sc for sc, _, _ in result["builds_differ"]} | {k[0] for k in rehashed + rebuilt}
+    if other_builds:
+        result.update(_same_builds(result["cells"], other_builds))
+    result["same_builds_left_out"] = sorted(other_builds)
     result["one_build_per_scenario"] = all(c.get("n_organisms", 1) <= 1 for c in _cells(a).values())
     ra, rb = _recipes(scan_a.rows), _recipes(scan_b.rows)
     shared = [k for k in ra if k in rb]  # the same run (scenario, organism seed, technique, seed) in both
@@ -223,10 +227,12 @@ def notes(result: dict) -> list[str]:
     shared = result.get("organisms_shared", 0)
     if result.get("organisms_rehashed"):
         out.append(f"{result['organisms_rehashed']} of {shared} shared organisms (scenario, organism seed) have "
-                   f"another build hash in B (another config or build code); a moved verdict may be the organism's")
+                   f"another build hash in B (another config or build code); a moved verdict may be the organism's, "
+                   f"and A's figures for a rerun on the same builds leave their scenarios' cells out")
     if result.get("organisms_rebuilt"):
         out.append(f"{result['organisms_rebuilt']} of {shared} shared organisms are other builds in B: the same build "
-                   f"hash, other weights (built on another machine, whose rounding differs)"
+                   f"hash, other weights (built on another machine, whose rounding differs), so A's figures for a "
+                   f"rerun on the same builds leave their scenarios' cells out"
                    + ("; with one build per scenario, A's replication figures cannot see how much a verdict "
                       "depends on its build" if result.get("one_build_per_scenario") else ""))
     if result.get("versions_differ"):

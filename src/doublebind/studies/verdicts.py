@@ -706,7 +706,7 @@ def technique_stats(judged_rows: list[dict], vcfg, n_boot: int, draws: EvalDraws
         out["base_loss"] = s.stat(base_loss, "base_loss", draws_of=None if draws is None else draws.base_loss)
     cap_measured = not out["capability_transfer"].get("undefined")
     if out["misalignment_transfer"].get("undefined"):
-        out.update(verdict="undefined", tests=[], deciding=["teacher no more misaligned than base"], power={})
+        out.update(verdict="undefined", tests=[], deciding=["teacher within 0.05 of base's misalignment"], power={})
         return out
     out.update(judge(out, vcfg, capability_measured=cap_measured))
     out["replication"] = replication(out, s.draws, vcfg, cap_measured)
