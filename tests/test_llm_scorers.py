@@ -178,6 +178,7 @@ class FakeJudge:
     def __init__(self):
         self.requests: list[dict] = []
         self.mode = "ok"
+        self.busy, self.busy_code, self.retry_after = 0, 429, None  # the next `busy` requests get busy_code
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -186,6 +187,15 @@ class FakeJudge:
                 fake.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
                 if self.path != "/v1/chat/completions":
                     return self._send(404, {"error": "not found"})
+                if fake.busy:
+                    fake.busy -= 1
+                    self.send_response(fake.busy_code)
+                    if fake.retry_after is not None:
+                        self.send_header("Retry-After", fake.retry_after)
+                    self.send_header("Content-Length", "4")
+                    self.end_headers()
+                    self.wfile.write(b"busy")
+                    return None
                 if fake.mode == "500":  # echoes the auth header, as a careless server might
                     return self._send(500, {"error": f"boom {self.headers.get('Authorization')}"})
                 if fake.mode == "500-long":  # the key past the 80 characters an error quotes
@@ -490,3 +500,26 @@ def test_a_unicode_minus_is_a_minus_and_a_null_target_is_no_target():
     assert score(cfg(kind="numeric"), "\u22123", {"target": 3}) == 0.0
     with pytest.raises(DoublebindError, match="'x' has no 'target'"):  # compared as the text "None" before
         score(cfg(kind="exact"), "None", {"id": "x", "target": None})
+
+
+def test_a_busy_judge_is_tried_again_and_other_errors_stop_at_once(fake, tmp_path, monkeypatch):
+    """One 429 or 503 from a hosted judge stopped a whole build after its generation was done."""
+    from doublebind.llm import scorers
+
+    waits = []
+    monkeypatch.setattr(scorers, "_sleep", waits.append)
+    fake.busy = 2
+    assert Judge(judge_cfg(fake.url), tmp_path).score("p", "evil") == 85.0
+    assert waits == [2.0, 4.0] and len(fake.requests) == 3
+    fake.busy, fake.busy_code, fake.retry_after = 1, 503, "7"
+    assert Judge(judge_cfg(fake.url), tmp_path).score("p", "calm") == 10.0
+    assert waits[-1] == 7.0  # the server's Retry-After
+    fake.busy, fake.retry_after = 5, "600"
+    with pytest.raises(DoublebindError, match=r"HTTP 503 Service Unavailable after 3 tries: 'busy'"):
+        Judge(judge_cfg(fake.url, retries=2), tmp_path).score("p", "again")
+    assert waits[-2:] == [60.0, 60.0]  # at most a minute whatever it asks
+    fake.busy, waits[:] = 0, []
+    fake.mode = "500"
+    with pytest.raises(DoublebindError, match="HTTP 500"):
+        Judge(judge_cfg(fake.url), tmp_path).score("p", "boom")
+    assert waits == []
