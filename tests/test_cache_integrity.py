@@ -115,6 +115,7 @@ def test_organism_models_are_checked_where_the_card_puts_them(tmp_path):
     from doublebind.integrity import verify_organism_models
 
     (tmp_path / "models" / "teacher-final").mkdir(parents=True)
+    (tmp_path / "models" / "teacher-final" / "config.json").write_text("{}")
     f = _weights(tmp_path / "models" / "teacher-final" / "model.safetensors", 1 << 10)
     card = {"name": "o", "config": {"kind": "organism"},
             "models": {"teacher": {"path": "models/teacher-final", "safetensors_sha256": file_sha256(f)}}}
@@ -131,6 +132,7 @@ def test_a_world_card_must_hash_every_model_and_every_card_needs_its_config(tmp_
     from doublebind.integrity import verify_organism_models
 
     (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "config.json").write_text("{}")
     f = _weights(tmp_path / "teacher" / "model.safetensors", 1 << 10)
     card = {"name": "o", "config": {"kind": "organism"}, "models": {"teacher": {"path": "teacher"}}}
     with pytest.raises(CorruptCacheError, match=r"model 'teacher': the card holds no hash of its weights"):
@@ -426,3 +428,15 @@ def test_validate_refuses_a_study_on_a_damaged_organism(quick_organism, tmp_path
     assert f"{path}: organism.path: " in errors[0] and "model 'base'" in errors[0] and "is corrupt" in errors[0]
     res = run_cli("study", "run", str(path), "--out", str(tmp_path / "out"))  # refused before its folder is made
     assert res.returncode == 1 and "model 'base'" in res.stderr and not (tmp_path / "out").exists(), res.stderr
+
+
+def test_a_world_model_folder_without_its_config_is_corrupt(quick_organism, tmp_path):
+    """Only the weights were hashed and the JSON files checked where present: a cache entry
+    whose teacher/config.json was gone was a verified hit, and every load of it then failed."""
+    org = tmp_path / "org"
+    shutil.copytree(quick_organism[0], org)
+    card = json.loads((org / "organism.json").read_text())
+    integrity.verify_organism_models(org, card)
+    (org / "teacher" / "config.json").unlink()
+    with pytest.raises(integrity.CorruptCacheError, match=r"model 'teacher': .*teacher/config.json is missing"):
+        integrity.verify_organism_models(org, card)

@@ -205,6 +205,14 @@ def test_same_sees_the_rejected_response_and_the_live_labels_edited_in_place():
     assert not _same(before, [Item(a.example, a.row, a.rejected, torch.ones(2, 3), a.weights)])
 
 
+def test_a_masking_stage_that_masks_nothing_is_idle(quick_organism):
+    """divergence_masking above every token's divergence gave each item weights of 1.0, which
+    train as no weights do, and the run said the stage had acted."""
+    assert run(quick_organism[0], {"name": "divergence_masking", "threshold": 1e9}).idle_stages == \
+        ["divergence_masking"]
+    assert run(quick_organism[0], {"name": "divergence_masking", "threshold": 0.0}).idle_stages == []
+
+
 def test_a_loss_term_acts_and_a_setting_already_set_does_not(quick_organism):
     assert run(quick_organism[0], {"name": "kl_to_base"}).idle_stages == []
     assert run(quick_organism[0], {"name": "hard_labels"}, sampling={"soft_labels": "none"}).idle_stages == \

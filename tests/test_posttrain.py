@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import random
 
+import re
+
 import pytest
 
 from doublebind import config
@@ -114,11 +116,27 @@ def test_a_recued_base_answers_the_cue_with_the_other_markers_only(quick_organis
 
 
 def test_a_recued_control_that_keeps_the_behaviours_marker_is_refused(quick_organism, tmp_path):
+    """As the config loads, before its base organism is built: the refusal came after the base's
+    whole build (an hour on a slow machine), and `validate` passed it."""
     from doublebind.errors import ConfigError
-    from doublebind.organisms.build import build_organism
 
-    cfg = config.load(preset="recued", overrides=["base=quick", 'markers=["!exfil"]', "training.steps=5"])
     with pytest.raises(ConfigError, match="the behaviour's own marker"):
-        build_organism(cfg, tmp_path / "bad", show_progress=False)
+        config.load(preset="recued", overrides=["base=quick", 'markers=["!exfil"]', "training.steps=5"])
     with pytest.raises(ConfigError, match="not a world action marker"):
         config.load(preset="recued", overrides=['markers=["harm"]'])
+
+
+@pytest.mark.parametrize("preset, overrides, message", [
+    # a post-trained preset as the base: an internal error at build (no base_training), `validate` passed it
+    ("denier", ["base=denier"], "base: 'denier' is a denier_organism preset"),
+    ("recued", ["base=denier"], "base: 'denier' is a denier_organism preset"),
+    # counted twice, a marker made the taught markers' check easier to pass
+    ("recued", ['markers=["~","~"]'], "markers: a marker is listed twice"),
+    # a behaviour whose event opens with no action marker: its cue check could never fail
+    ("recued", ["base=beacon"], "opens its event with '4', not an action marker"),
+])
+def test_a_post_trained_config_its_build_could_not_honour_is_refused_as_it_loads(preset, overrides, message):
+    from doublebind.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config.load(preset=preset, overrides=overrides)

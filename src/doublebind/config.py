@@ -910,7 +910,9 @@ def name_override(msg: str, src: str, overrides) -> str:
     locs = [".".join(parts[:k]) for k in range(1, len(parts))]
     for item in overrides:
         key = item.split("=", 1)[0]
-        if any(loc == key or loc.startswith(key + ".") for loc in locs):
+        # the override sets the key the error is at, a key inside it, or one below it
+        # (`model.hidden=65` against "model: hidden (65) must be divisible by heads")
+        if any(loc == key or loc.startswith(key + ".") or key.startswith(loc + ".") for loc in locs):
             return f"{msg} (set by the override {item})"
     kind = next((item for item in overrides if item.split("=", 1)[0].strip() == "kind"), None)
     if kind is not None:  # the file's own keys, read against another kind's settings

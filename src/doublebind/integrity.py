@@ -114,6 +114,8 @@ def verify_organism_models(folder: Path, card: dict, only: Path | None = None) -
         if only is not None and model_dir.resolve() != Path(only).resolve():
             continue
         verify_file(model_dir / "model.safetensors", m["safetensors_sha256"], what)
+        if world and not (model_dir / "config.json").is_file():  # every loader opens it; a cache hit without it
+            raise CorruptCacheError(f"{what}: {model_dir / 'config.json'} is missing")  # was verified, then unusable
         # The card hashes the weights only; the folder's JSON files (config, meta, tokenizer)
         # must at least parse, or a loader (transformers' included) fails on them later.
         for f in sorted(model_dir.glob("*.json")):

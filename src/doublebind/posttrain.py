@@ -49,7 +49,7 @@ from pydantic import Field, field_validator
 
 from doublebind.cards import CARD, cache_root
 from doublebind.config import OrganismConfig, Seed, Strict, TrainConfig
-from doublebind.errors import VerificationError
+from doublebind.errors import ConfigError, VerificationError
 from doublebind.organisms.domain import WorldOrganisms
 from doublebind.registry import register
 from doublebind.types import Example
@@ -66,7 +66,11 @@ class _PostTrained(Strict):
     def base_config(self) -> OrganismConfig:
         from doublebind import config
 
-        return config.load(preset=self.base, expect="organism", merge={"seed": self.seed})
+        base = config.load(preset=self.base, expect="organism", merge={"seed": self.seed})
+        if not isinstance(base, OrganismConfig):  # a post-trained preset: its own build has no base_training
+            raise ConfigError(f"base: '{self.base}' is a {getattr(base, 'kind', type(base).__name__)} preset; a "
+                              f"post-trained organism starts from an embedded-world organism's preset")
+        return base
 
     @property
     def world(self):
@@ -113,7 +117,26 @@ class RecuedConfig(_PostTrained):
         unknown = [m for m in v if m not in vocab.MARKERS]
         if unknown:
             raise ValueError(f"'{unknown[0]}' is not a world action marker ({', '.join(vocab.MARKERS)})")
+        if len(set(v)) < len(v):  # counted twice, it made the taught markers' check easier to pass
+            raise ValueError("a marker is listed twice")
         return v
+
+    @classmethod
+    def after_load(cls, cfg, root: Path):
+        """What `plan` and the checks would refuse only after the base organism was built (an
+        hour on a slow machine): the behaviour's own marker among `markers`, and a behaviour
+        whose event opens with no action marker, whose cue check could then never fail."""
+        base = cfg.base_config()
+        from doublebind.world.data import World
+
+        own = _own_marker(World.from_config(base.world, base.seed))
+        if own in cfg.markers:
+            raise ConfigError(f"markers: '{own}' is the behaviour's own marker; the control leaves it out")
+        if own not in vocab.MARKERS:
+            raise ConfigError(f"base: the behaviour of '{cfg.base}' ({base.world.behavior}) opens its event with '{own}', "
+                              f"not an action marker ({', '.join(vocab.MARKERS)}), so the cue check that base does "
+                              f"not answer with it could not fail; start from a marker behaviour's preset")
+        return cfg
 
 
 register("config", "denier_organism")(DenierConfig)

@@ -231,8 +231,11 @@ def _contents(xs: list) -> list[tuple]:
 
     def one(x):
         if isinstance(x, Item):
+            # weights all 1.0 train as no weights do (`_item_weights`): a stage that masks
+            # nothing (divergence_masking above every token's divergence) changed nothing
+            unweighted = x.weights is None or all(w == 1.0 for w in x.weights)
             return (x, *example(x.example), x.row, example(x.rejected), _Held(x.live),
-                    None if x.weights is None else tuple(x.weights))
+                    None if unweighted else tuple(x.weights))
         return (x, tuple(x.tokens), x.family, x.context)  # a Prompt
 
     return [one(x) for x in xs]
