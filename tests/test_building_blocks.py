@@ -237,6 +237,12 @@ def test_onion_deletes_the_most_suspicious_tokens_first_and_keeps_the_rest_s_wei
     ex = Example(["<bos>", ">"], ["a", "b", "c", "<eos>"], "copy")
     (out,) = stage.data(View(), [Item(ex, weights=[0.1, 0.2, 0.3, 1.0])])
     assert out.example.response == ["a", "c", "<eos>"] and out.weights == [0.1, 0.3, 1.0]
+    # a response never loses its last token: the guard counted `<eos>`, which is never deleted,
+    # so every token but `<eos>` could go (`!exfil 3 8 ... <eos>` -> `<eos>`)
+    stage = OnionFilter("onion_filter", OnionFilter.Config(max_remove=1.0, threshold=0.5), 0)
+    stage.suspicion = lambda view, items: [{0: 9.0, 1: 8.0}]
+    (out,) = stage.data(View(), [Item(Example(["<bos>", ">"], ["!exfil", "3", "<eos>"], "copy"))])
+    assert out.example.response == ["3", "<eos>"]
 
 
 def test_spectral_filter_scores_a_family_of_exactly_min_group_items():

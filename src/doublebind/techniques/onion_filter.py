@@ -104,7 +104,7 @@ class OnionFilter(Technique):
                 break
             e = items[i].example
             trial = drop[i] | {j}
-            if len(trial) >= len(e.response):
+            if len(trial) >= sum(t != eos for t in e.response):  # its last token (`<eos>` is never deleted)
                 continue
             if passed[i] and not view.tasks.example_verifies(_without(e, trial)):
                 skipped_verifier += 1
