@@ -468,7 +468,9 @@ def test_a_local_dataset_eval_set_is_read_beside_the_config_and_hashed_by_conten
     (tmp_path / "data").mkdir()
     data = tmp_path / "data" / "cap.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"What is {i}+1?", "target": str(i + 1)}) + "\n" for i in range(4)))
-    cap = {"name": "arith", "dataset": {"path": "json", "data_files": "data/cap.jsonl"}, "scorer": {"kind": "numeric"}}
+    # a dataset's items are its prompts alone, so its scorer carries what it looks for
+    cap = {"name": "arith", "dataset": {"path": "json", "data_files": "data/cap.jsonl"},
+           "scorer": {"kind": "regex", "pattern": "[0-9]"}}
     path = organism_yaml(tmp_path, evals={**yaml.safe_load(organism_yaml(tmp_path).read_text())["evals"],
                                           "capability": [cap]})
     elsewhere = tmp_path / "elsewhere"

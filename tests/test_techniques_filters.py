@@ -217,8 +217,8 @@ def test_onion_verifier_guard_and_token_cap(quick_organism):
         assert it.example.response  # never emptied
         if example_verifies(b):
             assert example_verifies(it.example)
-        else:  # an unguarded response keeps one token only
-            assert len(it.example.response) == 1
+        else:  # an unguarded response keeps its last token (and `<eos>`, never deleted) only
+            assert sum(t != vocab.EOS for t in it.example.response) == 1
     # ...or the token cap
     d, before = stage_run(folder, None, {"name": "onion_filter", "threshold": -50.0, "max_remove": 0.05},
                           prompts=POISON)
