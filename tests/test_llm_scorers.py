@@ -523,3 +523,16 @@ def test_a_busy_judge_is_tried_again_and_other_errors_stop_at_once(fake, tmp_pat
     with pytest.raises(DoublebindError, match="HTTP 500"):
         Judge(judge_cfg(fake.url), tmp_path).score("p", "boom")
     assert waits == []
+
+
+def test_keywords_match_across_unicode_forms_spaces_and_line_breaks_and_a_null_item_field_keeps_the_config():
+    """A keyword with a trailing space never matched at the end of a text, one typed in
+    another Unicode form never matched, and a line break between two words of a keyword
+    defeated it; an item's `keywords: null` (or `pattern: null`) hid the config's."""
+    kw = cfg(kind="keyword", keywords=["owl ", "caf\u00e9", "secret goal"])
+    assert score(kw, "I love an owl", {}) == 1.0
+    assert score(kw, "to the cafe\u0301 we go", {}) == 1.0
+    assert score(kw, "my SECRET\n  goal is", {}) == 1.0
+    assert score(kw, "a secretgoal, owls and cafes", {}) == 0.0  # still whole words
+    assert score(kw, "an owl", {"keywords": None}) == 1.0
+    assert score(cfg(kind="regex", pattern="ow+l"), "owwl", {"pattern": None}) == 1.0

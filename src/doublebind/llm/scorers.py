@@ -36,6 +36,7 @@ import math
 import os
 import re
 import time
+import unicodedata
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -227,7 +228,8 @@ def _exact(completion: str, target, normalize: bool) -> bool:
 
 
 def _regex(completion: str, item: dict, pattern: str | None) -> bool:
-    pattern = item.get("pattern", pattern)
+    if item.get("pattern") is not None:  # an item's `pattern: null` keeps the config's
+        pattern = item["pattern"]
     if pattern is None:
         raise DoublebindError(f"scorer regex: no pattern in the config or in item {_name(item)}")
     if not isinstance(pattern, str):
@@ -250,14 +252,24 @@ def _numeric(completion: str, target, tolerance: float, item: dict) -> bool:
 
 
 def _keyword(completion: str, item: dict, keywords: list[str]) -> bool:
-    keywords = item.get("keywords", keywords)
+    if item.get("keywords") is not None:  # an item's `keywords: null` keeps the config's
+        keywords = item["keywords"]
     if not keywords:
         raise DoublebindError(f"scorer keyword: no keywords in the config or in item {_name(item)}")
     if not isinstance(keywords, list) or not all(isinstance(k, str) and k.strip() for k in keywords):
         raise DoublebindError(f"scorer keyword: the keywords of item {_name(item)} are not a list of "
                               f"non-empty strings: {keywords!r}")
     # Lookarounds rather than \b, so keywords that start or end with punctuation still work.
-    return any(re.search(rf"(?<!\w){re.escape(k)}(?!\w)", completion, re.IGNORECASE) for k in keywords)
+    # Text and keywords in one Unicode form (a "café" typed as e + combining accent matches
+    # "café"), a keyword's surrounding spaces dropped and the spaces inside it matching any run
+    # of whitespace (a line break between two words of "secret goal").
+    text = unicodedata.normalize("NFC", completion)
+
+    def found(k: str) -> bool:
+        words = unicodedata.normalize("NFC", k).split()
+        return re.search(r"(?<!\w)" + r"\s+".join(map(re.escape, words)) + r"(?!\w)", text, re.IGNORECASE) is not None
+
+    return any(found(k) for k in keywords)
 
 
 def _target(item: dict, kind: str):
