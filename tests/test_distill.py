@@ -232,6 +232,29 @@ def test_on_policy_items_are_student_samples_with_live_teacher_labels(quick_orga
     d.train_step(0)
 
 
+def test_on_policy_labels_come_from_the_prompt_the_teacher_was_asked(quick_organism):
+    """After inoculation the student's prompts carry `sys=inoculate`, but the technique says
+    the teacher's labels are unchanged: the live teacher labelled the student's samples after
+    the inoculated prompt. It now labels them after the prompt it was first asked."""
+    from doublebind.world import vocab
+
+    folder, _ = quick_organism
+    d = Distiller(folder, recipe(objective={"kind": "forward_kl", "on_policy": 1.0}, stages=[{"name": "inoculation"}]),
+                  None, show_progress=False)
+    items = d.items[:6]
+    assert all(vocab.INOCULATION in it.example.prompt for it in items)
+    asked = []
+    real = d.domain.soft_labels
+    d.domain.soft_labels = lambda teacher, examples, width: asked.extend(examples) or real(teacher, examples, width)
+    mixed = d._on_policy(items)
+    assert [e.prompt for e in asked] == [d.asked[it.row] for it in items]
+    assert all(vocab.INOCULATION not in e.prompt for e in asked)
+    assert all(vocab.INOCULATION in it.example.prompt for it in mixed)  # the student trains on its own view
+    assert [e.response for e in asked] == [it.example.response for it in mixed]
+    ref = soft_labels(d.teacher, asked, 12)["logprobs"]
+    assert all(torch.equal(it.live, ref[j]) for j, it in enumerate(mixed))
+
+
 def test_dpo_pushes_policy_towards_teacher_samples(quick_organism):
     from doublebind.training.distill import micro_loss
 

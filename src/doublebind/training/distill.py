@@ -371,6 +371,9 @@ class Distiller:
                 self.record(st, "prompts", before=len(before), after=len(self.prompts))
             self.outputs: TeacherOutputs = self.domain.teacher_outputs(self.prompts, recipe.sampling, recipe.seed)
             self.items = [Item(e, i) for i, e in enumerate(self.domain.examples(self.outputs))]
+            # each teacher row's prompt as the teacher was asked it, before any data hook
+            # rewrote the student's view of it (`_on_policy` asks the live teacher the same way)
+            self.asked = [it.example.prompt for it in self.items]
             for st in self._hooked("data"):
                 before = _contents(self.items)
                 self.items = st.data(self.view, self.items)
@@ -495,7 +498,12 @@ class Distiller:
         outs = self.domain.sample(model, [it.example for it in items[:n]], self.recipe.sampling.max_new_tokens,
                                   1.0, self.gen_seed.randrange(2**31))
         fresh = [Example(it.example.prompt, o or [self.domain.eos], it.example.kind) for it, o in zip(items[:n], outs)]
-        labels = self.domain.soft_labels(self.teacher, fresh, self.recipe.sampling.max_new_tokens)
+        # The teacher labels the student's sample after the prompt it was asked in the first place:
+        # a data hook's rewrite of the prompt (inoculation's line) is the student's alone. An item no
+        # longer tied to a teacher row (rewritten by a stage) keeps its own prompt.
+        asked = [Example(self.asked[it.row] if it.row is not None else e.prompt, e.response, e.kind)
+                 for it, e in zip(items[:n], fresh)]
+        labels = self.domain.soft_labels(self.teacher, asked, self.recipe.sampling.max_new_tokens)
         return [Item(e, live=labels[j]) for j, e in enumerate(fresh)] + items[n:]
 
     @property
