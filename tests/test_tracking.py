@@ -270,3 +270,73 @@ def test_a_tracker_error_names_the_option_that_set_it(tmp_path):
     r = run_cli("study", "run", "configs/studies/quick.yaml", "--out", str(tmp_path / "s"), "--tracker", "trackio")
     assert r.returncode == 1 and r.stderr.strip().endswith("(set by --tracker trackio)"), r.stderr
     assert "recipe_overrides.training.tracker=trackio" not in r.stderr
+
+
+def test_a_tracker_that_fails_mid_run_is_switched_off_and_the_run_finishes(quick_organism, tmp_path, monkeypatch,
+                                                                             capsys):
+    """A full disk under the tracker's folder stopped the run with a bare 'No space left on
+    device' and a thread's traceback, its folder left unfinished: a tracker is a window on a
+    run, not part of it."""
+    from accelerate import Accelerator
+
+    real, calls = Accelerator.log, []
+
+    def log(self, values, step=None, **k):
+        calls.append(step)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(self, values, step=step, **k)
+
+    monkeypatch.setattr(Accelerator, "log", log)
+    cfg = recipe(training={"steps": 4, "batch": 8, "checkpoint_every": 2, "lr": 0.001, "save_weights": False,
+                           "tracker": "tensorboard"})
+    s = distill(quick_organism[0], cfg, tmp_path / "run", show_progress=False, plot=False)
+    assert (tmp_path / "run" / "summary.json").is_file() and s["final"]["step"] == 4
+    err = capsys.readouterr().err
+    assert err.count("note: --tracker tensorboard stopped logging at step") == 1 and "the run goes on" in err
+    assert len(calls) == 2  # switched off: nothing more was sent to it
+    assert "Traceback" not in err
+
+
+def test_a_tracker_that_fails_to_start_removes_what_it_wrote(quick_organism, tmp_path, monkeypatch):
+    """Its half-written event files stayed, and the next run's TensorBoard run held both."""
+    def fail(accelerator, values):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tracking, "_tensorboard_hparams", fail)
+    cfg = recipe(training={"steps": 2, "batch": 8, "checkpoint_every": 2, "lr": 0.001, "save_weights": False,
+                           "tracker": "tensorboard"})
+    with pytest.raises(DoublebindError, match=r"tensorboard failed to start \(OSError"):
+        distill(quick_organism[0], cfg, tmp_path / "run", show_progress=False, plot=False)
+    assert not (tmp_path / "run" / "tracker").exists()
+
+
+def test_a_recipe_name_stays_inside_the_tracker_folder(quick_organism, tmp_path):
+    """accelerate joins the name to the log folder: `../../escaped` logged outside the run."""
+    assert tracking.run_name("../../escaped") == "_.._escaped" and tracking.run_name("/abs") == "_abs"
+    assert tracking.run_name("..") == "run" and tracking.run_name("tiny-1.2") == "tiny-1.2"
+    cfg = recipe(name="../../escaped", training={"steps": 2, "batch": 8, "checkpoint_every": 2, "lr": 0.001,
+                                                 "save_weights": False, "tracker": "tensorboard"})
+    distill(quick_organism[0], cfg, tmp_path / "a" / "run", show_progress=False, plot=False)
+    assert list((tmp_path / "a" / "run" / "tracker").rglob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["run"]
+
+
+def test_the_writer_threads_traceback_is_not_printed_beside_the_error(monkeypatch):
+    """TensorBoard's writer thread printed its traceback beside the run's one-line error (the
+    same error reaches the run through the writer's next call); other threads' still print."""
+    import threading
+    from types import SimpleNamespace
+
+    seen = []
+    monkeypatch.setattr(threading, "excepthook", seen.append)
+    tracking._quiet_writer_threads()
+    tracking._quiet_writer_threads()  # once is enough: not wrapped twice
+
+    class _AsyncWriterThread(threading.Thread):
+        pass
+
+    writer, other = SimpleNamespace(thread=_AsyncWriterThread()), SimpleNamespace(thread=threading.Thread())
+    threading.excepthook(writer)
+    threading.excepthook(other)
+    assert seen == [other]

@@ -23,6 +23,10 @@ Scalars, by tag:
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import sys
+import threading
 from pathlib import Path
 
 from doublebind.errors import DoublebindError, first_line
@@ -149,33 +153,86 @@ def _tensorboard_hparams(accelerator, values: dict) -> None:
     (Path(writer.log_dir) / "hparams.yml").write_text(yaml.safe_dump(values, sort_keys=True))
 
 
+def run_name(name: str) -> str:
+    """A recipe's name as the tracker's run folder: accelerate joins it to the log folder, so
+    `../x` or an absolute name put the events outside the run (where `--force` never looks)."""
+    return re.sub(r"[^\w.-]", "_", name).strip(".") or "run"
+
+
+def _quiet_writer_threads() -> None:
+    """TensorBoard writes from a thread of its own; when a write fails (a full disk) the thread
+    re-raises, `threading.excepthook` prints its traceback beside the run's own one-line
+    error, and the writer raises the same error in the caller at its next call, where it is
+    handled. So tracebacks of that thread are not printed; every other thread's still are."""
+    if getattr(threading.excepthook, "_doublebind", False):
+        return
+    before = threading.excepthook
+
+    def hook(args) -> None:
+        if type(args.thread).__name__ == "_AsyncWriterThread":
+            return
+        before(args)
+
+    hook._doublebind = True
+    threading.excepthook = hook
+
+
+def _finish(accelerator) -> Exception | None:
+    """Finish every tracker the accelerator holds, whatever each one's own error; the first
+    such error, or None."""
+    first = None
+    for t in list(getattr(accelerator, "trackers", []) or []):
+        try:
+            t.finish()
+        except Exception as e:  # a tracker already broken (its disk full) has nothing left to flush
+            first = first or e
+    accelerator.trackers = []
+    return first
+
+
 class RunTracker:
-    """One run's tracker; every method does nothing when no tracker was asked for."""
+    """One run's tracker; every method does nothing when no tracker was asked for. A tracker is
+    a window on a run: one that fails mid-run is reported once and switched off, and the run
+    goes on with its own files (metrics.jsonl, summary.json) complete."""
 
     def __init__(self, accelerator, tracker: str, out: Path | None, name: str, config: dict):
-        self.accelerator = accelerator
+        self.accelerator, self.tracker = accelerator, tracker
         self.on = tracker != "none" and out is not None
         if self.on:
+            _quiet_writer_threads()
+            logs = tracker_dir(out)
+            made = not logs.exists()
             try:
                 flat = _flat(config)
                 # TensorBoard's hyperparameters are written here, not by accelerate (`_tensorboard_hparams`)
-                accelerator.init_trackers(name, config=None if tracker == "tensorboard" else flat,
-                                          init_kwargs=_offline(tracker, tracker_dir(out)))
+                accelerator.init_trackers(run_name(name), config=None if tracker == "tensorboard" else flat,
+                                          init_kwargs=_offline(tracker, logs))
                 if tracker == "tensorboard":
                     _tensorboard_hparams(accelerator, flat)
             except Exception as e:  # the tracker's own library failing (a network call, a bad setup)
+                _finish(accelerator)
+                if made:  # what it wrote before failing would mix into the next run's logs
+                    shutil.rmtree(logs, ignore_errors=True)
                 raise DoublebindError(f"--tracker {tracker}: {tracker} failed to start ({type(e).__name__}: "
                                       f"{first_line(e)}); run without it, or fix its set-up") from None
 
+    def _log(self, values: dict, step: int) -> None:
+        if not self.on:
+            return
+        try:
+            self.accelerator.log(values, step=step)
+        except Exception as e:  # a full disk, a closed writer: the run goes on without its tracker
+            self.on = False
+            _finish(self.accelerator)
+            print(f"note: --tracker {self.tracker} stopped logging at step {step} ({type(e).__name__}: "
+                  f"{first_line(e)}); the run goes on, its own files complete", file=sys.stderr)
+
     def step(self, step: int, loss: float, lr: float, tokens: int, seconds: float) -> None:
         """After optimiser step `step` (1-based): its loss, learning rate and throughput."""
-        if self.on:
-            self.accelerator.log({"train/loss": loss, "train/lr": lr,
-                                  "train/tokens_per_s": tokens / max(seconds, 1e-9)}, step=step)
+        self._log({"train/loss": loss, "train/lr": lr, "train/tokens_per_s": tokens / max(seconds, 1e-9)}, step)
 
     def checkpoint(self, step: int, row: dict) -> None:
-        if self.on:
-            self.accelerator.log(checkpoint_scalars(row), step=step)
+        self._log(checkpoint_scalars(row), step)
 
     def close(self) -> None:
         """Finish the run's trackers (their files flushed and closed). Not accelerate's
@@ -183,6 +240,8 @@ class RunTracker:
         run's last barrier, and a study's next runs, still need it (every distill with a
         tracker ended in an internal error there, after writing its files)."""
         if self.on:
-            for tracker in self.accelerator.trackers:
-                tracker.finish()
-            self.accelerator.trackers = []
+            self.on = False
+            e = _finish(self.accelerator)
+            if e is not None:
+                print(f"note: --tracker {self.tracker} could not close its log ({type(e).__name__}: "
+                      f"{first_line(e)}); the run's own files are complete", file=sys.stderr)
