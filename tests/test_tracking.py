@@ -309,6 +309,14 @@ def test_a_tracker_that_fails_to_start_removes_what_it_wrote(quick_organism, tmp
     with pytest.raises(DoublebindError, match=r"tensorboard failed to start \(OSError"):
         distill(quick_organism[0], cfg, tmp_path / "run", show_progress=False, plot=False)
     assert not (tmp_path / "run" / "tracker").exists()
+    # a tracker folder that was there (a link to another disk): only what the start wrote goes
+    (tmp_path / "disk").mkdir()
+    (tmp_path / "disk" / "mine.txt").write_text("kept")
+    (tmp_path / "run2").mkdir()
+    (tmp_path / "run2" / "tracker").symlink_to(tmp_path / "disk")
+    with pytest.raises(DoublebindError, match=r"tensorboard failed to start \(OSError"):
+        distill(quick_organism[0], cfg, tmp_path / "run2", show_progress=False, plot=False)
+    assert [p.name for p in (tmp_path / "disk").iterdir()] == ["mine.txt"]
 
 
 def test_a_recipe_name_stays_inside_the_tracker_folder(quick_organism, tmp_path):

@@ -190,6 +190,19 @@ def _finish(accelerator) -> Exception | None:
     return first
 
 
+def _remove_new(logs: Path, there: set | None) -> None:
+    """Remove what a failed start wrote under `logs`: the whole folder when it made it, else
+    the files and folders that were not there before (`there`)."""
+    if there is None:
+        shutil.rmtree(logs, ignore_errors=True)
+        return
+    for path in sorted(set(logs.rglob("*")) - there, key=lambda p: len(p.parts), reverse=True):
+        try:
+            path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
+        except OSError:
+            pass
+
+
 class RunTracker:
     """One run's tracker; every method does nothing when no tracker was asked for. A tracker is
     a window on a run: one that fails mid-run is reported once and switched off, and the run
@@ -201,7 +214,7 @@ class RunTracker:
         if self.on:
             _quiet_writer_threads()
             logs = tracker_dir(out)
-            made = not logs.exists()
+            there = set(logs.rglob("*")) if logs.is_dir() else None  # what it held before this start
             try:
                 flat = _flat(config)
                 # TensorBoard's hyperparameters are written here, not by accelerate (`_tensorboard_hparams`)
@@ -211,8 +224,7 @@ class RunTracker:
                     _tensorboard_hparams(accelerator, flat)
             except Exception as e:  # the tracker's own library failing (a network call, a bad setup)
                 _finish(accelerator)
-                if made:  # what it wrote before failing would mix into the next run's logs
-                    shutil.rmtree(logs, ignore_errors=True)
+                _remove_new(logs, there)  # what it wrote before failing would mix into the next run's logs
                 raise DoublebindError(f"--tracker {tracker}: {tracker} failed to start ({type(e).__name__}: "
                                       f"{first_line(e)}); run without it, or fix its set-up") from None
 
