@@ -143,11 +143,12 @@ def _foreign_run(study: dict, cfg, scan) -> str | None:
     organisms = {(o.get("scenario"), o.get("organism_seed")): o.get("organism_hash")
                  for o in study.get("organisms") or []}
     recipes: dict[tuple[str, str, int], dict[str, tuple]] = {}
+    builds = study_builds(study)
     for key, rows in scan.runs.items():
         row = rows[0]
         if row.get("study") != cfg.name:
             return f"{describe_key(key)} is a run of study '{row.get('study')}', not '{cfg.name}'"
-        if not in_study(cfg, key, study_builds(study)):
+        if not in_study(cfg, key, builds):
             continue
         want = organisms.get(key[:2])
         if want is not None and row["organism_hash"] != want:
