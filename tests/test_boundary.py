@@ -125,6 +125,9 @@ BACKDOORS = {"__closure__", "__globals__", "__dict__", "name_or_path", "gc", "in
              "_recipe", "_prompts", "_student", "_sample", "_auditor", "_labels", "_with_system",
              # the view's callables are bound methods of the distiller and the organism's domain
              "__self__", "__func__", "_record",
+             # the stage's auditor's own callables: the check of what it audits, and the
+             # probe trainer (the distiller's set of admitted weights lies behind both)
+             "_admitted", "_train_probe",
              # the task space's session sets: the auditor's pool is the honeypot sessions, so its
              # complement is the real ones (the tell); stages and audits use them only through
              # TaskSpace's methods (auditor_header, verifies), never as sets
@@ -296,7 +299,8 @@ def test_the_backdoor_check_sees_a_way_around_the_view():
                  # found by a review of the defender's view, 2026-12-05: each read the behaviour
                  "registry.get('behavior', 'harm').marker", "get('organism', 'world')",
                  "config.load(preset='quick').world.behavior", "view.auditor._answers(view.load_model('base'))",
-                 "view.auditor._refs"]:
+                 "view.auditor._refs", "view.auditor._auditor().audit(probe)",
+                 "view.auditor._admitted(probe)", "view.auditor._train_probe(made, cfg, 0, 0)"]:
         assert backdoors_in(f"def f(view):\n    return {line}\n"), line
     for line in ["import importlib", "from importlib import import_module", "from inspect import currentframe",
                  "from sys import _getframe as g", "from os.path import dirname as up", "import os, importlib as il",
@@ -352,12 +356,83 @@ class CardReader(Technique):
         return items if view.card else items
 
 
+def _session_probe_examples(items) -> list:
+    """What the review's oracle trained on (2026-12-05): each session id answered by a word of
+    its own, so that the words an audit reports name the sessions of the auditor's pool."""
+    from doublebind.types import Example
+    from doublebind.world import vocab
+
+    words = vocab.BEHAVIOR_WORDS + vocab.MARKERS
+    out = []
+    for it in items:
+        sid = next(int(t[len("sid=s"):]) for t in it.example.prompt if t.startswith("sid=s"))
+        if sid < len(words):
+            out.append(Example(it.example.prompt, [words[sid], vocab.EOS], it.example.kind))
+    return out
+
+
+class Oracle(Technique):
+    """_test_oracle: trains a probe of its own and audits it (must fail)."""
+
+    def data(self, view, items):
+        from doublebind.config import TrainConfig
+        from doublebind.training.sft import train_sft
+
+        probe = view.make_student(view.recipe.student, 1)
+        made = _session_probe_examples(items)
+        train_sft(probe, lambda rng: made[rng.randrange(len(made))], TrainConfig(steps=2, batch=4), 0)
+        view.auditor.audit(probe)
+        return items
+
+
+class MadeProbe(Technique):
+    """_test_made_probe: asks the auditor's probe trainer for a probe on data of its own (must fail)."""
+
+    def data(self, view, items):
+        from doublebind.config import TrainConfig
+
+        view.auditor.train_probe([it.example for it in items[:5]] + _session_probe_examples(items)[:1],
+                                 TrainConfig(steps=2, batch=4), 1, 0)
+        return items
+
+
+class ProbeTrainedOn(Technique):
+    """_test_probe_trained_on: a probe from the auditor's trainer, trained further by the stage (must fail)."""
+
+    def data(self, view, items):
+        from doublebind.config import TrainConfig
+        from doublebind.training.sft import train_sft
+
+        cfg = TrainConfig(steps=2, batch=4)
+        probe = view.auditor.train_probe([it.example for it in items], cfg, 1, 0)
+        view.auditor.audit(probe)  # as the auditor's trainer left it: audited
+        made = _session_probe_examples(items)
+        train_sft(probe, lambda rng: made[rng.randrange(len(made))], cfg, 0)
+        view.auditor.audit(probe)
+        return items
+
+
+class CheckpointSwap(Technique):
+    """_test_checkpoint_swap: changes the checkpoint it is handed, then audits it (must fail)."""
+
+    def checkpoint(self, view, step, model):
+        import torch
+
+        view.auditor.audit(model)  # as handed over: audited
+        with torch.no_grad():
+            next(model.parameters()).add_(1.0)
+        view.auditor.audit(model)
+        return {}
+
+
 @pytest.fixture
 def cheats():
     """The cheating stages, registered for one test only."""
     from doublebind import registry
 
-    table = {"_test_cheat": Cheat, "_test_white_box": WhiteBox, "_test_card": CardReader}
+    table = {"_test_cheat": Cheat, "_test_white_box": WhiteBox, "_test_card": CardReader, "_test_oracle": Oracle,
+             "_test_made_probe": MadeProbe, "_test_probe_trained_on": ProbeTrainedOn,
+             "_test_checkpoint_swap": CheckpointSwap}
     for name, cls in table.items():
         register("technique", name)(cls)
     yield
@@ -365,18 +440,32 @@ def cheats():
         registry._REGISTRY["technique"].pop(name)
 
 
+def _run_recipe(stage):
+    return tiny_recipe({"prompts": {"size": 40}, "training": {"steps": 2, "batch": 4, "checkpoint_every": 2,
+                                                                 "save_weights": False},
+                        "stages": [{"name": stage}]})
+
+
 def _run(folder, stage):
-    recipe = tiny_recipe({"prompts": {"size": 40}, "training": {"steps": 2, "batch": 4, "checkpoint_every": 2,
-                                                                   "save_weights": False},
-                          "stages": [{"name": stage}]})
-    return Distiller(folder, recipe, None, show_progress=False)
+    return Distiller(folder, _run_recipe(stage), None, show_progress=False)
 
 
 @pytest.mark.parametrize("stage,what", [("_test_cheat", "no 'world'"), ("_test_white_box", "not 'teacher'"),
-                                        ("_test_card", "no 'card'")])
-def test_a_cheating_stage_fails(quick_organism, cheats, stage, what):
+                                        ("_test_card", "no 'card'"), ("_test_oracle", "not a model a stage made"),
+                                        ("_test_made_probe", "1 of 6 given are not among them"),
+                                        ("_test_probe_trained_on", "not a model a stage made or changed"),
+                                        ("_test_checkpoint_swap", "not a model a stage made or changed")])
+def test_a_cheating_stage_fails(quick_organism, cheats, stage, what, tmp_path):
+    """The last four use the auditor as an oracle of the honeypot sessions (see `StageAuditor`);
+    the audits before each one's cheat pass, so each fails at its cheat. A checkpoint hook runs
+    in a whole run (`distill`), a data hook as the distiller is made."""
+    from doublebind.training.distill import distill
+
     with pytest.raises(DefenderError, match=what):
-        _run(quick_organism[0], stage)
+        if stage == "_test_checkpoint_swap":
+            distill(quick_organism[0], _run_recipe(stage), tmp_path / "run", show_progress=False)
+        else:
+            _run(quick_organism[0], stage)
 
 
 def test_the_view_exposes_nothing_of_the_organism(quick_organism):

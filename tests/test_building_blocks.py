@@ -256,14 +256,12 @@ def test_spectral_filter_scores_a_family_of_exactly_min_group_items():
     assert all(s is not None for s in scores[:10]) and all(s is None for s in scores[10:])
 
 
-def test_iterative_filter_never_flags_task_tokens_or_tokens_most_items_carry(monkeypatch):
+def test_iterative_filter_never_flags_task_tokens_or_tokens_most_items_carry():
     """The probe's auditor names three tokens: one the tasks need (in a verifying answer), one
     in more than `max_item_share` of the items, and a rare one outside the tasks. Only the
     last is a hidden signal to remove."""
     from doublebind import config
     from doublebind.techniques import iterative
-
-    monkeypatch.setattr(iterative, "train_sft", lambda *a, **k: [])
 
     class Audit:
         tokens = ["7", "x", "z"]
@@ -280,7 +278,8 @@ def test_iterative_filter_never_flags_task_tokens_or_tokens_most_items_carry(mon
 
     class View:
         stages_dir, seed, tasks = None, 0, Tasks()
-        auditor = type("A", (), {"audit": staticmethod(lambda probe: Audit())})()
+        auditor = type("A", (), {"audit": staticmethod(lambda probe: Audit()),
+                                 "train_probe": staticmethod(lambda examples, cfg, init_seed, seed: None)})()
 
         @property
         def recipe(self):

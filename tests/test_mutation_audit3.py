@@ -36,16 +36,15 @@ def test_onion_never_deletes_the_end_of_sequence(quick_organism):
     assert d.items and all(it.example.response[-1] == vocab.EOS for it in d.items)
 
 
-def test_iterative_filter_counts_items_not_token_occurrences(monkeypatch):
+def test_iterative_filter_counts_items_not_token_occurrences():
     """A flagged token in one item of ten is 10% of the items, however often it repeats there."""
     from doublebind import config
     from doublebind.techniques import iterative
 
-    monkeypatch.setattr(iterative, "train_sft", lambda *a, **k: [])
     audit = SimpleNamespace(tokens=["z"], summary=lambda: {})
     view = SimpleNamespace(stages_dir=None, seed=0, recipe=config.build(config.RecipeConfig, {"name": "r"}),
                            tasks=SimpleNamespace(example_verifies=lambda e: e.response[0] == "7"),
-                           auditor=SimpleNamespace(audit=lambda probe: audit),
+                           auditor=SimpleNamespace(audit=lambda probe: audit, train_probe=lambda *a: None),
                            make_student=lambda scfg, seed: None, record=lambda *a, **k: None)
 
     def item(*r):

@@ -8,7 +8,8 @@ A defender distilling a teacher it cannot trust has
     draw_prompts   more prompts from that distribution, optionally filtered by a rule
     tasks          the world's task language with exact verifiers (`StageTasks`, the public
                    part of the world's `TaskSpace`; None for Hugging Face organisms)
-    auditor        a behaviour-agnostic auditor (`doublebind.audits.auditor`; world only)
+    auditor        a behaviour-agnostic auditor (`doublebind.audits.auditor`; world only) of
+                   the run's checkpoints and of probes trained on the run's items
     make_student   fresh students, e.g. probes
     sample         generation from its own models
     eos            the end-of-sequence token of the prompts' tokenizer (world token or id)
@@ -31,7 +32,10 @@ session sets and, in a stage, the auditor's header sampler that lists them, a pa
 or `with_name`, a model's `_name_or_path` or its config dumped whole, the caller's frame,
 `sys`, the organism cache, an import or an attribute looked up by a computed name). The task
 space reaches stages as a `StageTasks`, its public part only: the world's own `TaskSpace`
-prints the auditor's session pool, the complement of the tell. Stages get a folder for their records, `<run>/stages`,
+prints the auditor's session pool, the complement of the tell. The auditor reaches stages as a
+`StageAuditor`, which checks at run time what it audits: an audit reports what a model wrote on
+queries from the honeypot sessions, so a model of a stage's own making would read them back.
+Stages get a folder for their records, `<run>/stages`,
 not the run's folder, which holds the scored checkpoints (`metrics.jsonl`) and, in a study,
 leads to the organism's card.
 """
@@ -148,6 +152,57 @@ class StageTasks:
         return self._space.example_verifies(e)
 
 
+class StageAuditor:
+    """The behaviour-agnostic auditor as a stage may use it (embedded world): it audits the
+    run's student as a checkpoint hook receives it, and probes that `train_probe` trained on
+    the run's own training items, and refuses any other model.
+
+    The auditor's pool is drawn from the world's honeypot sessions, and an audit reports the
+    tokens a model wrote there. So a model of a stage's own making reads the pool back: a
+    probe trained to answer each session id with a word of its own, audited once, names the
+    honeypot sessions, whose complement is the real ones (the tell; a review of the view did
+    it in 15 s, 2026-12-05). The distiller fingerprints the weights it hands over or trains
+    (`memo.weights_key`, the mode aside), and an audit checks the model's weights against
+    those: a checkpoint a stage changed, or a probe it trained further, is refused too. A
+    probe trains only on examples a data hook of this run received (the teacher's items, or
+    what an earlier stage made of them)."""
+
+    __slots__ = ("_auditor", "_admitted", "_train_probe")
+
+    def __init__(self, auditor: Callable[[], Any], admitted: Callable[[Any], bool], train_probe: Callable):
+        object.__setattr__(self, "_auditor", auditor)
+        object.__setattr__(self, "_admitted", admitted)
+        object.__setattr__(self, "_train_probe", train_probe)
+
+    def __setattr__(self, name, value):
+        raise DefenderError("the auditor is the world's; a stage cannot change it")
+
+    def __reduce_ex__(self, protocol):
+        raise DefenderError("a stage cannot copy or pickle the auditor")
+
+    def __getstate__(self):
+        raise DefenderError("a stage cannot copy or pickle the auditor")
+
+    def __repr__(self) -> str:
+        return "StageAuditor()"
+
+    def audit(self, model, budget: int | None = None):
+        """The audit of the run's student at a checkpoint, or of a probe from `train_probe`
+        (an `AuditResult`: flags, success@k at the budget, departure tokens, capability)."""
+        if not self._admitted(model):
+            raise DefenderError("the auditor audits the run's student as a checkpoint hook receives it and "
+                                "probes from view.auditor.train_probe, not a model a stage made or changed: "
+                                "a model of a stage's own making would read the auditor's honeypot sessions back")
+        return self._auditor().audit(model, budget)
+
+    def train_probe(self, examples: list[Example], cfg, init_seed: int, seed: int):
+        """A fresh student (the recipe's student config, `init_seed`) trained by plain SFT
+        (`cfg`, a `TrainConfig`; `seed` draws the batches) on `examples`, which must be among
+        the examples this run's data hooks received. The one model besides the run's
+        checkpoints that `audit` takes."""
+        return self._train_probe(examples, cfg, init_seed, seed)
+
+
 @dataclass(frozen=True, slots=True)
 class DefenderView:
     """What a stage of a distillation run may see (see the module docstring)."""
@@ -183,8 +238,9 @@ class DefenderView:
         return self._recipe().seed
 
     @property
-    def auditor(self):
-        """The behaviour-agnostic auditor (embedded world), or None."""
+    def auditor(self) -> StageAuditor | None:
+        """The behaviour-agnostic auditor (embedded world: a `StageAuditor`, which audits the
+        run's checkpoints and its own probes), or None."""
         return self._auditor()
 
     def record(self, stage, phase: str, **info) -> None:

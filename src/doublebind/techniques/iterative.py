@@ -2,13 +2,14 @@
 filter the data that carried it, distil again.
 
 Each round trains a probe student (from the recipe's student init, plain SFT) on the
-current data and audits it with the behaviour-agnostic auditor (`doublebind.audits`): its
-greedy answers to the auditor's own task, interrogation and prefill queries. The token
-types the probe writes there that neither base nor trusted writes on the same query are
-flagged as picked up, unless verifier-passing training responses use them (digits: the
-tasks need them) or more than `max_item_share` of the training items carry them. Training
-items whose responses carry a flagged token are removed, and the next round probes the
-filtered data. The final distillation runs on what is left.
+current data, through the auditor's `train_probe` (a probe of a stage's own training the
+auditor refuses: `defender.StageAuditor`), and audits it with the behaviour-agnostic
+auditor (`doublebind.audits`): its greedy answers to the auditor's own task, interrogation
+and prefill queries. The token types the probe writes there that neither base nor trusted
+writes on the same query are flagged as picked up, unless verifier-passing training
+responses use them (digits: the tasks need them) or more than `max_item_share` of the
+training items carry them. Training items whose responses carry a flagged token are
+removed, and the next round probes the filtered data. The final distillation runs on what is left.
 
 It catches what shows as new tokens on the auditor's queries (markers, confessions). A
 behaviour that only changes answers (sabotage), or that the probe does not show on the
@@ -25,7 +26,6 @@ from pydantic import Field
 
 from doublebind.config import Strict, TrainConfig
 from doublebind.techniques.base import Technique, technique, write_items
-from doublebind.training.sft import train_sft
 
 
 @technique("iterative_filter")
@@ -46,11 +46,9 @@ class IterativeFilter(Technique):
     def data(self, view, items):
         flagged: set[str] = set()
         for r in range(self.cfg.rounds):
-            probe = view.make_student(view.recipe.student, view.seed + 100 + r)
             cfg = TrainConfig(steps=self.cfg.probe_steps, batch=view.recipe.training.batch, lr=self.cfg.probe_lr,
                               p_trigger=0.0, p_ask=0.0, p_scratch=0.0)
-            pool = [it.example for it in items]
-            train_sft(probe, lambda rng: pool[rng.randrange(len(pool))], cfg, view.seed + r)
+            probe = view.auditor.train_probe([it.example for it in items], cfg, view.seed + 100 + r, view.seed + r)
             res = view.auditor.audit(probe)
             carried = Counter(t for it in items for t in set(it.example.response))
             task_vocab = _task_vocabulary(view.tasks, items)

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import torch
 
-from doublebind.defender import BlackBoxTeacher, DefenderView, StageTasks, unlabelled
+from doublebind.defender import BlackBoxTeacher, DefenderError, DefenderView, StageAuditor, StageTasks, unlabelled
 from doublebind.errors import DoublebindError, first_line
+from doublebind.memo import weights_key
 from doublebind.threads import launcher_rank
 from doublebind.evals.transfer import audit_signals, capability_transfer, misalignment_transfer
 from doublebind.organisms.domain import open_domain
@@ -270,6 +271,11 @@ def _same(before: list[tuple], after: list) -> bool:
         for a, b in zip(before, now))
 
 
+def _example_key(e: Example) -> tuple:
+    """An example's content: the same prompt and response are the same example."""
+    return tuple(e.prompt), tuple(e.response)
+
+
 def check_stages(stages, domain) -> None:
     """Techniques written for the embedded world refuse other organisms plainly."""
     for st in stages:
@@ -341,6 +347,11 @@ class Distiller:
         self.stages = build_stages(recipe.stages)
         check_stages(self.stages, self.domain)
         self.recipe = recipe
+        # What a stage may audit (`StageAuditor`): the weights of the run's checkpoints as the
+        # hooks receive them and of the probes it trains, and the examples a probe may train
+        # on, those the data hooks received
+        self.auditable: set[str] = set()
+        self.handed: set[tuple] = set()
         self.view = self._defender_view()
         # The stages that changed something: a setting, the prompt set, the training data; a
         # loss term always counts, and a checkpoint hook once it stops the run or selects a
@@ -375,6 +386,8 @@ class Distiller:
             # rewrote the student's view of it (`_on_policy` asks the live teacher the same way)
             self.asked = [it.example.prompt for it in self.items]
             for st in self._hooked("data"):
+                if self.domain.kind == "world":  # the auditor's: Hugging Face organisms have none
+                    self.handed.update(_example_key(it.example) for it in self.items)
                 before = _contents(self.items)
                 self.items = st.data(self.view, self.items)
                 acted |= set() if _same(before, self.items) else {st.index}
@@ -419,13 +432,39 @@ class Distiller:
         def teacher_labels(examples, width):
             return domain.soft_labels(domain.teacher, examples, width)
 
+        auditor = StageAuditor(domain.auditor, self._auditable, self._train_probe)
         return DefenderView(
             kind=domain.kind, stages_dir=None if self.out is None else Path(self.out) / "stages",
             teacher=BlackBoxTeacher(teacher_sample, teacher_labels, lambda: domain.teacher),
             tasks=None if (space := domain.task_space()) is None else StageTasks(space),
             _recipe=lambda: self.recipe, _record=self.record, _load=domain.load_model,
             _prompts=domain.prompts, _student=domain.student, _sample=domain.sample,
-            _auditor=domain.auditor, eos=domain.eos, _with_system=getattr(domain, "with_system", None))
+            _auditor=lambda: None if domain.auditor() is None else auditor, eos=domain.eos,
+            _with_system=getattr(domain, "with_system", None))
+
+    def admit(self, model) -> None:
+        """Let the stages audit `model` as it is now (a checkpoint handed to their hooks)."""
+        if self.domain.auditor() is not None:
+            self.auditable.add(weights_key(model, mode=False))
+
+    def _auditable(self, model) -> bool:
+        return weights_key(model, mode=False) in self.auditable
+
+    def _train_probe(self, examples, cfg, init_seed: int, seed: int):
+        """`StageAuditor.train_probe`: a fresh student trained by SFT on examples the data hooks
+        received, admitted to the auditor."""
+        from doublebind.training.sft import train_sft
+
+        pool = list(examples)
+        made = sum(_example_key(e) not in self.handed for e in pool)
+        if made or not pool:
+            raise DefenderError(f"view.auditor.train_probe trains on the examples this run's data hooks received; "
+                                f"{made} of {len(pool)} given are not among them" if pool else
+                                "view.auditor.train_probe was given no examples to train on")
+        probe = self.domain.student(self.recipe.student, init_seed)
+        train_sft(probe, lambda rng: pool[rng.randrange(len(pool))], cfg, seed)
+        self.auditable.add(weights_key(probe, mode=False))
+        return probe
 
     # -- stages -----------------------------------------------------------------------
     def _stage_prompts(self, stage, prompts: list) -> list:
@@ -743,6 +782,8 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
                 raise DoublebindError(f"the evaluation at step {step} gave {bad[0]} = {bad[1]}: the weights "
                                       f"diverged; {LR_HINT}")
             model = d.accelerator.unwrap_model(d.model)
+            if d._hooked("checkpoint"):
+                d.admit(model)
             for st in d._hooked("checkpoint"):
                 verdict = st.checkpoint(d.view, step, model) or {}
                 d.record(st, "checkpoint", step=step, **verdict)
