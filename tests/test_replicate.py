@@ -51,6 +51,16 @@ def test_same_init_students_beat_different_init_ones(two_seeds):
     assert np.mean([r["same_init"] for r in two_seeds]) > 2 * sd.CHANCE
 
 
+def test_the_all_logits_controls_learn_digits_from_either_start(two_seeds):
+    """The authors' controls: on all 13 logits a different-init student learns the digits from
+    the same noise in the same budget (measured 0.949 and 0.951 at seeds 0 and 1, same init
+    0.962 and 0.964), so its chance-level accuracy on the auxiliary logits alone is its start's
+    doing, not the budget's."""
+    for row in two_seeds:
+        assert row["different_init_all"] > 0.8 and row["same_init_all"] > 0.8
+        assert row["different_init_all"] > row["different_init"] + 0.5
+
+
 def _reference_kl(student: np.ndarray, teacher: np.ndarray, aux: int, temperature: float) -> float:
     """Batch mean of sum_j p_j (log p_j - log q_j) over the last `aux` logits, both softened at T,
     times T**2 (written out in numpy, independent of torch)."""
@@ -137,8 +147,9 @@ def test_cli_writes_table_json_and_plots(tmp_path):
                   "--teacher-epochs", "3", "--distill-epochs", "1", "--n-noise", "2048", "--threads", "1",
                   "--out", str(out))
     assert res.returncode == 0, res.stderr
-    for text in ("student, same init", "student, different init", "0.537", "0.549", "0.124", "chance",
-                 "auxiliary-logit sweep", "s per seed"):
+    for text in ("student, same init", "student, different init", "control: same init, all logits",
+                 "control: different init, all logits", "chance", "auxiliary-logit sweep", "s per seed",
+                 "published: Cloud et al. (2025)", "not traced offline"):
         assert text in res.stdout
     data = json.loads((out / "subliminal_digits.json").read_text())
     assert data["seeds"] == [0, 1] and set(data["results"]) == {"2", "3"}
@@ -221,17 +232,18 @@ def test_one_seed_wires_its_models_as_the_experiment_needs(monkeypatch):
         calls.append(({k: v.clone() for k, v in model.state_dict().items()}, x.shape[0]))
         return real_accuracy(model, x, y)
 
-    def distill_student(student, noise, logits, setup, order):
-        orders.append(order)
-        return real_distill(student, noise, logits, setup, order)
+    def distill_student(student, noise, logits, setup, order, width):
+        orders.append((order, width))
+        return real_distill(student, noise, logits, setup, order, width)
 
     monkeypatch.setattr(sd, "accuracy", accuracy)
     monkeypatch.setattr(sd, "distill_student", distill_student)
     tiny = sd.Setup(n_noise=512, distill_batch=128, distill_epochs=1, teacher_epochs=1)
     row = sd.run_seed(3, tiny)
-    assert len(orders) == 2 and orders[0] == orders[1]
+    order = orders[0][0]  # the same noise order for all four; aux logits (m = 3), then all 13
+    assert orders == [(order, 3), (order, 3), (order, 13), (order, 13)]
     x_te, y_te = sd.digits()[2:]
-    assert [n for _, n in calls] == [x_te.shape[0]] * 4  # teacher, untrained, two students
+    assert [n for _, n in calls] == [x_te.shape[0]] * 6  # teacher, untrained, two students, two controls
     s_init = sd._seeds(3, 4)[0]
     init = sd.mlp([64, *tiny.hidden, sd.N_CLASSES + tiny.aux], torch.Generator().manual_seed(s_init))
     untrained = [i for i, (state, _) in enumerate(calls)

@@ -22,9 +22,13 @@ MNIST section and the authors' `scripts/run_mnist_experiment.py`), on scikit-lea
    *same-init* student starts from the teacher's own initialisation; the *different-init*
    student from a fresh draw of the same distribution. Both see the same noise in the same
    order, so they differ only in where they start.
-4. The measured transfer: each student's accuracy from its class logits, which nothing ever
-   trained it on, on the 450 held-out digits (chance 0.1). The untrained initialisation's
-   accuracy is reported too, as the paper's reference.
+4. The controls of the authors' script: the same two starts distilled on all 10 + m logits
+   of the teacher on the same noise. A different-init student that learns digits here shows
+   that this budget suffices to learn them from noise, so that one at chance on the
+   auxiliary logits alone did not learn because its start differs, not for want of steps.
+5. The measured transfer: each student's accuracy from its class logits on the 450 held-out
+   digits (chance 0.1); only the controls were ever trained through them. The untrained
+   initialisation's accuracy is reported too, as the paper's reference.
 
 Every optimiser is Adam at lr 3e-4 (the paper's), run through the package's one training
 loop (`training.loop.Loop`) with a constant rate, no weight decay and no clipping.
@@ -79,17 +83,21 @@ CONDITIONS = {
     "untrained": "untrained shared init",
     "same_init": "student, same init",
     "different_init": "student, different init",
+    # the controls of the authors' script: students distilled on all 10 + m logits, which show
+    # that a different-init student can learn digits from noise within this budget at all
+    "same_init_all": "control: same init, all logits",
+    "different_init_all": "control: different init, all logits",
 }
 
-# The published MNIST numbers the table and plot stand beside (student accuracy on held-out
-# digits, aux-logit students distilled on noise). Their source (paper figure, table or
-# script) was not recorded when they were entered, and the data set differs (MNIST against
-# 8x8 digits), so they place the levels, not check them: the README says so.
-PUBLISHED = {
-    "cloud_rerun": {"label": "Cloud et al. (2025), rerun", "same_init": 0.537, "different_init": 0.100,
-                    "chance": CHANCE},
-    "independent": {"label": "independent replication", "same_init": 0.549, "different_init": 0.124},
-}
+# No published numbers are printed beside these. Figures entered in an earlier version (0.537 and
+# 0.100, 0.549 and 0.124, "Cloud et al. (2025), rerun" and "independent replication") named no
+# paper figure, table or script, and a review could not trace them (the authors' repository,
+# github.com/MinhxLe/subliminal-learning, prints accuracies but holds none), so they went. What
+# is compared is the published claim, the pattern: a same-init student learns digits from the
+# auxiliary logits and a different-init one does not, while both learn from all logits.
+PUBLISHED_CLAIM = ("Cloud et al. (2025), MNIST section and scripts/run_mnist_experiment.py: a student distilled on "
+                   "the teacher's auxiliary logits on noise learns the digits from the teacher's initialisation, "
+                   "not from another; the published accuracies are not reproduced here (not traced offline)")
 
 
 @dataclass(frozen=True)
@@ -185,7 +193,7 @@ def aux_distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                      temperature: float = 1.0) -> torch.Tensor:
     """The student loss: the package's forward KL, KL(teacher || student), over the softmax of
     the last `aux` logits only ([B, 10 + aux] each), batch mean, times temperature**2. The
-    class logits take no part."""
+    class logits take no part (the all-logits controls pass aux = 10 + m: every logit)."""
     s = student_logits[:, -aux:].unsqueeze(1)  # [B, 1, m]: one "position" per image
     t = F.log_softmax(teacher_logits[:, -aux:], dim=-1).unsqueeze(1)  # [B, 1, m], teacher log-probs at T = 1
     mask = torch.ones(s.shape[:2], dtype=s.dtype)  # [B, 1]
@@ -233,9 +241,11 @@ def train_teacher(model: nn.Module, x: torch.Tensor, y: torch.Tensor, setup: Set
 
 
 def distill_student(student: nn.Module, noise: torch.Tensor, teacher_logits: torch.Tensor, setup: Setup,
-                    order_seed: int) -> list[float]:
-    """Train `student` on the teacher's auxiliary logits over `noise`; returns the loss per epoch.
-    The teacher's logits on the noise are computed once beforehand (it is frozen)."""
+                    order_seed: int, width: int | None = None) -> list[float]:
+    """Train `student` on the teacher's last `width` logits over `noise` (default its m
+    auxiliary ones; 10 + m for the all-logits controls); returns the loss per epoch. The
+    teacher's logits on the noise are computed once beforehand (it is frozen)."""
+    width = setup.aux if width is None else width
     gen = torch.Generator().manual_seed(order_seed)
     per_epoch = _batches(len(noise), setup.distill_batch)
     loop = _loop(student, setup.distill_epochs * per_epoch, setup, "student distillation loss")
@@ -244,7 +254,7 @@ def distill_student(student: nn.Module, noise: torch.Tensor, teacher_logits: tor
         total = 0.0
         for idx in torch.randperm(len(noise), generator=gen).split(setup.distill_batch):
             def accumulate(idx=idx) -> float:
-                loss = aux_distill_loss(student(noise[idx]), teacher_logits[idx], setup.aux, setup.temperature)
+                loss = aux_distill_loss(student(noise[idx]), teacher_logits[idx], width, setup.temperature)
                 loss.backward()
                 return loss.item()
 
@@ -261,8 +271,9 @@ def _seeds(seed: int, n: int) -> list[int]:
 
 
 def run_seed(seed: int, setup: Setup, advance: Callable[[int], None] = lambda n=1: None) -> dict:
-    """One seed: teacher, same-init and different-init students. Returns accuracies on the
-    held-out digits, the students' final distillation losses, and the seconds it took."""
+    """One seed: teacher, same-init and different-init students, and the two all-logits
+    controls. Returns accuracies on the held-out digits, the students' final distillation
+    losses, and the seconds it took."""
     start = time.perf_counter()
     x_tr, y_tr, x_te, y_te = digits()
     s_init, s_teacher, s_noise, s_order = _seeds(seed, 4)
@@ -279,9 +290,11 @@ def run_seed(seed: int, setup: Setup, advance: Callable[[int], None] = lambda n=
     with torch.no_grad():
         teacher_logits = teacher(noise)
     row = {"seed": seed, "teacher": accuracy(teacher, x_te, y_te), "untrained": accuracy(init, x_te, y_te)}
-    for name, start_from in (("same_init", init), ("different_init", other)):
+    for name, start_from, width in (("same_init", init, setup.aux), ("different_init", other, setup.aux),
+                                    ("same_init_all", init, N_CLASSES + setup.aux),
+                                    ("different_init_all", other, N_CLASSES + setup.aux)):
         student = copy.deepcopy(start_from)
-        losses = distill_student(student, noise, teacher_logits, setup, s_order)
+        losses = distill_student(student, noise, teacher_logits, setup, s_order, width)
         row[name] = accuracy(student, x_te, y_te)
         row[f"{name}_final_loss"] = losses[-1]
         advance(1)
@@ -303,7 +316,7 @@ def interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
 def summarise(rows: list[dict]) -> dict:
     """Mean and 95% interval over seeds per condition, and the per-seed values."""
     out = {}
-    for cond in CONDITIONS:
+    for cond in (c for c in CONDITIONS if c in rows[0]):  # a test's rows may leave the controls out
         vals = [r[cond] for r in rows]
         out[cond] = {"mean": fmean(vals), "ci95": list(interval(vals)), "per_seed": vals}
     gap = [r["same_init"] - r["different_init"] for r in rows]
@@ -332,7 +345,7 @@ class Replication:
                       "interval": "Student-t 95% of the mean over seeds"},
             "seeds": self.seeds,
             "chance": CHANCE,
-            "published": PUBLISHED,
+            "published": PUBLISHED_CLAIM,
             "main_aux": self.setup.aux,
             "results": {str(m): {"per_seed": rows, "summary": summarise(rows)} for m, rows in self.runs.items()},
         }
@@ -399,7 +412,7 @@ def run(seeds: list[int], setup: Setup, sweep: list[int] | None = None,
     return rep
 
 
-STAGES_PER_SEED = 3  # teacher, same-init student, different-init student
+STAGES_PER_SEED = 5  # teacher, same-init and different-init students, the two all-logits controls
 
 
 # ---- output -------------------------------------------------------------------------------
@@ -409,19 +422,13 @@ def _fmt(stat: dict) -> str:
     return f"{stat['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def table_rows(summary: dict) -> list[tuple[str, str, str, str, str]]:
-    """(condition, measured mean [95% CI], per seed, Cloud et al. rerun, independent)."""
-    pub_c, pub_i = PUBLISHED["cloud_rerun"], PUBLISHED["independent"]
-    rows = []
-    for cond, label in CONDITIONS.items():
-        s = summary[cond]
-        rows.append((label, _fmt(s), " ".join(f"{v:.2f}" for v in s["per_seed"]),
-                     f"{pub_c[cond]:.3f}" if cond in pub_c else "-", f"{pub_i[cond]:.3f}" if cond in pub_i else "-"))
-    rows.append(("chance", f"{CHANCE:.3f}", "", f"{pub_c['chance']:.3f}", "-"))
+def table_rows(summary: dict) -> list[tuple[str, str, str]]:
+    """(condition, measured mean [95% CI], per seed)."""
+    rows = [(label, _fmt(summary[cond]), " ".join(f"{v:.2f}" for v in summary[cond]["per_seed"]))
+            for cond, label in CONDITIONS.items() if cond in summary]
+    rows.append(("chance", f"{CHANCE:.3f}", ""))
     gap = summary["same_minus_different"]
-    rows.append(("same - different", _fmt(gap), " ".join(f"{v:.2f}" for v in gap["per_seed"]),
-                 f"{pub_c['same_init'] - pub_c['different_init']:.3f}",
-                 f"{pub_i['same_init'] - pub_i['different_init']:.3f}"))
+    rows.append(("same - different", _fmt(gap), " ".join(f"{v:.2f}" for v in gap["per_seed"])))
     return rows
 
 
@@ -439,8 +446,8 @@ OUTPUTS = ("subliminal_digits.json", "subliminal_digits.png", "subliminal_digits
 
 
 def write_outputs(rep: Replication, out_dir: Path) -> list[Path]:
-    """subliminal_digits.json (every per-seed number), subliminal_digits.png (bars, seeds,
-    published values) and, for a sweep, subliminal_digits_sweep.png (`OUTPUTS`)."""
+    """subliminal_digits.json (every per-seed number), subliminal_digits.png (bars with the
+    seeds) and, for a sweep, subliminal_digits_sweep.png (`OUTPUTS`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / OUTPUTS[0], out_dir / OUTPUTS[1]]
     paths[0].write_text(json.dumps(rep.to_json(), indent=2) + "\n")
@@ -458,9 +465,9 @@ def plot_bars(rep: Replication, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     summary = rep.summary()
-    conds = list(CONDITIONS)
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    colors = ["tab:green", "tab:gray", "tab:purple", "tab:orange"]
+    conds = [c for c in CONDITIONS if c in summary]
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    colors = ["tab:green", "tab:gray", "tab:purple", "tab:orange", "thistle", "navajowhite"]
     for i, cond in enumerate(conds):
         s = summary[cond]
         lo, hi = s["ci95"]
@@ -468,11 +475,6 @@ def plot_bars(rep: Replication, path: Path) -> None:
         n = len(s["per_seed"])
         xs = [i + 0.25 * ((j + 0.5) / n - 0.5) for j in range(n)]
         ax.scatter(xs, s["per_seed"], color="black", s=14, zorder=3, label="per seed" if i == 0 else None)
-    for key, marker, dx in (("cloud_rerun", "D", 0.3), ("independent", "*", 0.45)):
-        pub = PUBLISHED[key]
-        xs = [i for i, c in enumerate(conds) if c in pub]
-        ax.scatter([x + dx for x in xs], [pub[conds[x]] for x in xs], marker=marker, s=80, color="tab:red",
-                   edgecolor="black", zorder=4, label=f"published (MNIST): {pub['label']}")
     ax.axhline(CHANCE, ls=":", color="black", label="chance (0.1)")
     ax.set_xticks(range(len(conds)), [CONDITIONS[c].replace(", ", ",\n").replace(" (", "\n(") for c in conds])
     ax.set_ylabel("accuracy on held-out digits")
