@@ -3,6 +3,7 @@ a time, resumable after a kill, no orphan workers, and a failing run reported as
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -84,6 +86,14 @@ def _job(key: str, delay: float, failed: str | None = None):
     time.sleep(delay)
     if key == "die":
         os._exit(3)  # what the OOM killer or a segfault looks like from outside
+    if key == "orphan":  # a process the run forked outlives it, holding the worker's pipe
+        child = os.fork()
+        if child == 0:
+            time.sleep(60)
+            os._exit(0)
+        with open(failed, "w") as f:
+            f.write(str(child))
+        os._exit(7)
     if key == "bad":
         open(failed, "w").close()
         raise DoublebindError(f"loss became nan at step 3 (process {os.getpid()})")
@@ -121,6 +131,20 @@ def test_a_failing_or_dead_worker_is_raised_and_finished_runs_are_handed_over(tm
     # one worker: the same naming, in this process
     with pytest.raises(DoublebindError, match=r"^bad: loss became nan at step 3"):
         executor.run_jobs(_job, {"bad": ("bad", 0.0, str(tmp_path / "bad-failed-4"))}, 1, done.__setitem__)
+
+
+def test_a_worker_that_dies_while_a_process_it_forked_holds_its_pipe_is_reported_at_once(tmp_path):
+    """The pool read the dead worker's pipe, and waited until the process it forked (60 s
+    here) closed it too, while the other worker's finished run waited to be collected."""
+    pid_file = str(tmp_path / "orphan.pid")
+    done, start = {}, time.monotonic()
+    try:
+        with pytest.raises(DoublebindError, match=r"^the worker process running o died \(exit code 7"):
+            executor.run_jobs(_job, {"o": ("orphan", 0.0, pid_file), "k": ("ok", 0.5)}, 2, done.__setitem__)
+        assert time.monotonic() - start < 30 and "k" in done
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(Path(pid_file).read_text()), signal.SIGKILL)
 
 
 def test_worker_count_policy():

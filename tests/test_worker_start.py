@@ -212,6 +212,51 @@ if __name__ == "__main__":
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def test_a_worker_that_finishes_after_the_main_process_was_killed_leaves_quietly(tmp_path):
+    """A worker outlives a SIGKILLed main process by up to a second; one that finished its
+    run then printed two chained BrokenPipeError tracebacks onto the terminal."""
+    import signal
+    import subprocess
+    import time
+
+    where, go = tmp_path / "ready", tmp_path / "go"
+    script = tmp_path / "main.py"
+    script.write_text(f'''
+import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+from doublebind.studies import executor
+from tests.test_worker_start import _wait_then_return
+if __name__ == "__main__":
+    executor.run_jobs(_wait_then_return, {{k: ({str(where)!r}, {str(go)!r}, k) for k in "ab"}}, 2, lambda k, r: None)
+''')
+    env = {k: v for k, v in os.environ.items() if k != executor.START_ENV}
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, start_new_session=True,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(list(tmp_path.glob("ready.*"))) < 2:
+            time.sleep(0.05)
+        assert len(list(tmp_path.glob("ready.*"))) == 2
+        os.kill(proc.pid, signal.SIGKILL)
+        go.touch()  # the workers return now, to a main process that is gone
+        err = proc.stderr.read()  # until the workers, which share it, are gone too
+        proc.wait(timeout=30)
+        assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    finally:
+        with __import__("contextlib").suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _wait_then_return(ready: str, go: str, key: str) -> str:
+    import time
+
+    Path(f"{ready}.{key}").write_text(str(os.getpid()))
+    deadline = time.monotonic() + 60
+    while not Path(go).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return key * 100_000  # larger than a pipe's buffer: the send meets the broken pipe
+
+
 def _sleep_and_say(where: str, key: str) -> None:
     import time
 

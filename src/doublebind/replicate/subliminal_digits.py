@@ -476,7 +476,8 @@ def plot_bars(rep: Replication, path: Path) -> None:
         xs = [i + 0.25 * ((j + 0.5) / n - 0.5) for j in range(n)]
         ax.scatter(xs, s["per_seed"], color="black", s=14, zorder=3, label="per seed" if i == 0 else None)
     ax.axhline(CHANCE, ls=":", color="black", label="chance (0.1)")
-    ax.set_xticks(range(len(conds)), [CONDITIONS[c].replace(": ", ":\n").replace(", ", ",\n").replace(" (", "\n(") for c in conds])
+    ax.set_xticks(range(len(conds)), [CONDITIONS[c].replace(": ", ":\n").replace(", ", ",\n").replace(" (", "\n(")
+                                      for c in conds])
     ax.set_ylabel("accuracy on held-out digits")
     ax.set_ylim(0, 1.02)
     ax.set_title(f"Subliminal learning on 8x8 digits: m = {rep.setup.aux} auxiliary logits, "

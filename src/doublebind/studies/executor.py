@@ -231,8 +231,9 @@ def _sigint_ignored():
     """SIGINT ignored while the fork server is started, so that it starts ignoring it: Ctrl-C
     reaches the whole process group, and a server still making its imports (about 4 s; it
     ignores SIGINT only after them) died of it with a KeyboardInterrupt traceback over the
-    study's own message. The main process acts on Ctrl-C and stops the server; its workers
-    ignore SIGINT anyway. The main process ignores it only while the server is spawned (a
+    study's own message. The main process acts on Ctrl-C; the server exits when the main
+    process does (its "alive" pipe closes), a few seconds later if it was still importing; its
+    workers ignore SIGINT anyway. The main process ignores it only while the server is spawned (a
     Ctrl-C in that millisecond is dropped). The server is multiprocessing's, one per process:
     other code of the same process that forks from it gets children that ignore SIGINT too."""
     before = signal.getsignal(signal.SIGINT)
@@ -321,6 +322,10 @@ class _Pool:
                         continue
                     job = busy.pop(w)
                     try:
+                        if self.conns[w] not in ready and not self.conns[w].poll():
+                            # it exited without a result; a process it forked may still hold its
+                            # end of the pipe, and `recv` would wait for that one to exit too
+                            raise EOFError
                         kind, index, payload, remote_tb = self.conns[w].recv()
                     except (EOFError, OSError):
                         code = self.procs[w].exitcode
@@ -329,6 +334,11 @@ class _Pool:
                         failures[job] = DoublebindError(
                             f"the worker process running {self.label(keys[job])} died (exit code {code}: "
                             f"{_describe_exit(code)}); finished runs are kept, rerun to resume")
+                        continue
+                    except Exception as e:  # noqa: BLE001 (a result this process cannot unpickle)
+                        failures[job] = DoublebindError(
+                            f"the result of {self.label(keys[job])} could not be read back from its worker "
+                            f"({type(e).__name__}: {e}); finished runs are kept, rerun to resume")
                         continue
                     if kind == "ok":
                         on_done(keys[index], payload)
@@ -525,8 +535,18 @@ def _serve(conn, fn_ref: str, parent_pid: int, package: str | None, pythonpath: 
             conn.send(("error", index, DoublebindError(problem), ""))
             continue
         try:
-            conn.send(("ok", index, fn(*args), ""))
+            _send(conn, ("ok", index, fn(*args), ""))
         except _Terminated:
             raise
         except BaseException as e:  # noqa: BLE001 (every failure goes back to the main process)
-            conn.send(("error", index, _portable(e), traceback.format_exc()))
+            _send(conn, ("error", index, _portable(e), traceback.format_exc()))
+
+
+def _send(conn, msg) -> None:
+    """Send to the main process; if it is gone (killed: the worker outlives it by up to a
+    second), leave quietly, where a traceback of the broken pipe reached the terminal after
+    the shell had returned. A result that cannot be pickled raises, and goes back as an error."""
+    try:
+        conn.send(msg)
+    except (BrokenPipeError, ConnectionResetError, EOFError):
+        os._exit(1)

@@ -25,6 +25,7 @@ from collections import Counter
 from pydantic import Field
 
 from doublebind.config import Strict, TrainConfig
+from doublebind.errors import DoublebindError
 from doublebind.techniques.base import Technique, technique, write_items
 
 
@@ -48,7 +49,12 @@ class IterativeFilter(Technique):
         for r in range(self.cfg.rounds):
             cfg = TrainConfig(steps=self.cfg.probe_steps, batch=view.recipe.training.batch, lr=self.cfg.probe_lr,
                               p_trigger=0.0, p_ask=0.0, p_scratch=0.0)
-            probe = view.auditor.train_probe([it.example for it in items], cfg, view.seed + 100 + r, view.seed + r)
+            try:
+                probe = view.auditor.train_probe([it.example for it in items], cfg, view.seed + 100 + r,
+                                                 view.seed + r)
+            except DoublebindError as e:  # "lower the learning rate" meant the probe's, not training.lr
+                raise DoublebindError(f"iterative_filter's probe: {e} (its probe_lr, now "
+                                      f"{self.cfg.probe_lr:g})") from None
             res = view.auditor.audit(probe)
             carried = Counter(t for it in items for t in set(it.example.response))
             task_vocab = _task_vocabulary(view.tasks, items)
@@ -67,8 +73,6 @@ class IterativeFilter(Technique):
             if not new or not items:  # a probe cannot train on nothing: said below, not an internal error
                 break
         if not items:
-            from doublebind.errors import DoublebindError
-
             raise DoublebindError("iterative_filter removed every training example")
         folder = self.folder(view)
         if folder is not None:
