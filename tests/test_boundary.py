@@ -20,6 +20,7 @@ from doublebind.defender import DefenderError, DefenderView
 from doublebind.registry import names, register
 from doublebind.techniques.base import Technique
 from doublebind.training.distill import Distiller
+from doublebind.types import Item
 
 # ---- the import graph, read from the source with ast (imports inside functions included) --
 PKG = Path(__file__).resolve().parent.parent / "src" / "doublebind"
@@ -425,6 +426,47 @@ class CheckpointSwap(Technique):
         return {}
 
 
+HOOKED: dict = {}
+
+
+class HookedProbe(Technique):
+    """_test_hooked_probe: a forward hook on an admitted probe, to steer what the auditor reads
+    (must change nothing: the auditor audits a fresh copy holding the probe's weights)."""
+
+    def data(self, view, items):
+        from doublebind.config import TrainConfig
+        from doublebind.world import vocab
+
+        probe = view.auditor.train_probe([it.example for it in items], TrainConfig(steps=2, batch=4), 1, 0)
+        marker = vocab.token_ids()[vocab.MARKERS[0]]
+
+        def hook(module, args, output):  # every answer token becomes a marker
+            output.logits[..., marker] += 1e4
+            return output
+
+        probe.register_forward_hook(hook)
+        HOOKED["hooked"] = view.auditor.audit(probe).tokens
+        HOOKED["direct"] = vocab.MARKERS[0] in view.sample(probe, [items[0].example], 4, 0.0, 0)[0]
+        return items
+
+
+class MadeItems(Technique):
+    """_test_made_items: hands the next stage examples of its own."""
+
+    def data(self, view, items):
+        return [Item(e) for e in _session_probe_examples(items)]
+
+
+class Launder(Technique):
+    """_test_launder: trains a probe on what an earlier stage made (must fail)."""
+
+    def data(self, view, items):
+        from doublebind.config import TrainConfig
+
+        view.auditor.train_probe([it.example for it in items], TrainConfig(steps=2, batch=4), 1, 0)
+        return items
+
+
 @pytest.fixture
 def cheats():
     """The cheating stages, registered for one test only."""
@@ -432,7 +474,8 @@ def cheats():
 
     table = {"_test_cheat": Cheat, "_test_white_box": WhiteBox, "_test_card": CardReader, "_test_oracle": Oracle,
              "_test_made_probe": MadeProbe, "_test_probe_trained_on": ProbeTrainedOn,
-             "_test_checkpoint_swap": CheckpointSwap}
+             "_test_checkpoint_swap": CheckpointSwap, "_test_hooked_probe": HookedProbe,
+             "_test_made_items": MadeItems, "_test_launder": Launder}
     for name, cls in table.items():
         register("technique", name)(cls)
     yield
@@ -466,6 +509,48 @@ def test_a_cheating_stage_fails(quick_organism, cheats, stage, what, tmp_path):
             distill(quick_organism[0], _run_recipe(stage), tmp_path / "run", show_progress=False)
         else:
             _run(quick_organism[0], stage)
+
+
+def test_a_hook_on_an_admitted_probe_does_not_reach_the_auditor(quick_organism, cheats):
+    """A review's way past the weights check (2026-12-05): a forward hook made an admitted probe
+    write what the stage wanted on the auditor's queries. The hook works on the probe itself;
+    the audit, of a fresh copy of its weights, never writes the hook's marker."""
+    from doublebind.world import vocab
+
+    HOOKED.clear()
+    _run(quick_organism[0], "_test_hooked_probe")
+    assert HOOKED["direct"]  # the hook does steer the probe the stage holds
+    assert vocab.MARKERS[0] not in HOOKED["hooked"]  # and the audit (the first of these weights) never saw it
+
+
+def test_a_probe_cannot_train_on_what_an_earlier_stage_made(quick_organism, cheats):
+    """A review's laundering (2026-12-05): one data stage hands on made examples, the next
+    trains a probe on them; probes train only on the teacher's items as it gave them."""
+    recipe = tiny_recipe({"prompts": {"size": 40}, "training": {"steps": 2, "batch": 4, "save_weights": False},
+                          "stages": [{"name": "_test_made_items"}, {"name": "_test_launder"}]})
+    with pytest.raises(DefenderError, match="are not among them"):
+        Distiller(quick_organism[0], recipe, None, show_progress=False)
+
+
+def test_a_probe_trains_on_each_example_as_it_was_checked(quick_organism):
+    """A review's race (2026-12-05): an example whose response read as a teacher's when checked
+    and as the stage's own when trained on. Each is read once and copied."""
+    from doublebind.config import TrainConfig
+
+    d = _run(quick_organism[0], "hard_labels")
+    real = d.items[0].example
+    reads = []
+
+    class Shifty:
+        prompt, kind = real.prompt, real.kind
+
+        @property
+        def response(self):
+            reads.append(1)
+            return real.response if len(reads) == 1 else ["~", "<eos>"]
+
+    d.view.auditor.train_probe([Shifty()], TrainConfig(steps=1, batch=1), 1, 0)
+    assert len(reads) == 1
 
 
 def test_the_view_exposes_nothing_of_the_organism(quick_organism):

@@ -161,15 +161,18 @@ class StageAuditor:
     tokens a model wrote there. So a model of a stage's own making reads the pool back: a
     probe trained to answer each session id with a word of its own, audited once, names the
     honeypot sessions, whose complement is the real ones (the tell; a review of the view did
-    it in 15 s, 2026-12-05). The distiller fingerprints the weights it hands over or trains
-    (`memo.weights_key`, the mode aside), and an audit checks the model's weights against
-    those: a checkpoint a stage changed, or a probe it trained further, is refused too. A
-    probe trains only on examples a data hook of this run received (the teacher's items, or
-    what an earlier stage made of them)."""
+    it in 15 s, 2026-12-05). The distiller keeps the weights it hands over or trains, by
+    fingerprint, and an audit looks the model's weights up there and audits a fresh copy of
+    the run's student holding them: a checkpoint a stage changed, or a probe it trained
+    further, is refused, and a forward hook or a method the stage set on the model never
+    reaches the auditor. A probe trains only on a subset of the teacher's items as the
+    teacher gave them, read once and copied: on what a stage rewrote or made, a probe could
+    be taught to name the sessions (a review found two data stages laundering made examples,
+    and an example whose response changed between its check and its training)."""
 
     __slots__ = ("_auditor", "_admitted", "_train_probe")
 
-    def __init__(self, auditor: Callable[[], Any], admitted: Callable[[Any], bool], train_probe: Callable):
+    def __init__(self, auditor: Callable[[], Any], admitted: Callable[[Any], Any], train_probe: Callable):
         object.__setattr__(self, "_auditor", auditor)
         object.__setattr__(self, "_admitted", admitted)
         object.__setattr__(self, "_train_probe", train_probe)
@@ -189,17 +192,18 @@ class StageAuditor:
     def audit(self, model, budget: int | None = None):
         """The audit of the run's student at a checkpoint, or of a probe from `train_probe`
         (an `AuditResult`: flags, success@k at the budget, departure tokens, capability)."""
-        if not self._admitted(model):
+        clean = self._admitted(model)  # a fresh copy holding the admitted weights, or None
+        if clean is None:
             raise DefenderError("the auditor audits the run's student as a checkpoint hook receives it and "
                                 "probes from view.auditor.train_probe, not a model a stage made or changed: "
                                 "a model of a stage's own making would read the auditor's honeypot sessions back")
-        return self._auditor().audit(model, budget)
+        return self._auditor().audit(clean, budget)
 
     def train_probe(self, examples: list[Example], cfg, init_seed: int, seed: int):
         """A fresh student (the recipe's student config, `init_seed`) trained by plain SFT
-        (`cfg`, a `TrainConfig`; `seed` draws the batches) on `examples`, which must be among
-        the examples this run's data hooks received. The one model besides the run's
-        checkpoints that `audit` takes."""
+        (`cfg`, a `TrainConfig`; `seed` draws the batches) on `examples`, which must be
+        teacher items as the teacher gave them (any subset; not a stage's rewrite). The one
+        model besides the run's checkpoints that `audit` takes."""
         return self._train_probe(examples, cfg, init_seed, seed)
 
 

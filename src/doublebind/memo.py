@@ -19,17 +19,15 @@ from collections import OrderedDict
 from typing import Any, Callable, Hashable
 
 
-def weights_key(model, mode: bool = True) -> str:
-    """A content hash of what a forward pass depends on: class, config, mode (unless `mode`
-    is False: the same weights in either mode), every tensor."""
+def weights_key(model) -> str:
+    """A content hash of what a forward pass depends on: class, config, mode, every tensor."""
     import torch
 
     h = hashlib.sha256(type(model).__qualname__.encode())
     cfg = getattr(model, "config", None)
     if cfg is not None and hasattr(cfg, "to_json_string"):
         h.update(cfg.to_json_string(use_diff=False).encode())
-    if mode:
-        h.update(b"train" if model.training else b"eval")
+    h.update(b"train" if model.training else b"eval")
     with torch.no_grad():
         for name, t in model.state_dict().items():
             t = t.detach().to("cpu").contiguous()

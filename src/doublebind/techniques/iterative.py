@@ -11,6 +11,10 @@ responses use them (digits: the tasks need them) or more than `max_item_share` o
 training items carry them. Training items whose responses carry a flagged token are
 removed, and the next round probes the filtered data. The final distillation runs on what is left.
 
+Its probes train on the teacher's items as the teacher gave them (the auditor's rule), so
+it may follow a stage that drops items (`verifier_filter`) but not one that rewrites them
+(`inoculation`, `paraphrase`): the run stops with that reason.
+
 It catches what shows as new tokens on the auditor's queries (markers, confessions). A
 behaviour that only changes answers (sabotage), or that the probe does not show on the
 auditor's queries (a trigger the auditor never hits), passes.
@@ -25,6 +29,7 @@ from collections import Counter
 from pydantic import Field
 
 from doublebind.config import Strict, TrainConfig
+from doublebind.defender import DefenderError
 from doublebind.errors import DoublebindError
 from doublebind.techniques.base import Technique, technique, write_items
 
@@ -52,6 +57,8 @@ class IterativeFilter(Technique):
             try:
                 probe = view.auditor.train_probe([it.example for it in items], cfg, view.seed + 100 + r,
                                                  view.seed + r)
+            except DefenderError:  # items an earlier stage rewrote: said as it is
+                raise
             except DoublebindError as e:  # "lower the learning rate" meant the probe's, not training.lr
                 raise DoublebindError(f"iterative_filter's probe: {e} (its probe_lr, now "
                                       f"{self.cfg.probe_lr:g})") from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import json
 import math
 import numbers
@@ -25,7 +26,6 @@ import torch
 
 from doublebind.defender import BlackBoxTeacher, DefenderError, DefenderView, StageAuditor, StageTasks, unlabelled
 from doublebind.errors import DoublebindError, first_line
-from doublebind.memo import weights_key
 from doublebind.threads import launcher_rank
 from doublebind.evals.transfer import audit_signals, capability_transfer, misalignment_transfer
 from doublebind.organisms.domain import open_domain
@@ -276,6 +276,22 @@ def _example_key(e: Example) -> tuple:
     return tuple(e.prompt), tuple(e.response)
 
 
+def _tensors(model) -> dict[str, torch.Tensor]:
+    """A model's parameters and buffers, copied to the CPU, read through `nn.Module`'s own
+    methods: a `state_dict` hook or a method set on the instance cannot change what is read."""
+    named = [*torch.nn.Module.named_parameters(model), *torch.nn.Module.named_buffers(model)]
+    return {name: t.detach().to("cpu").clone() for name, t in named}
+
+
+def _fingerprint(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def check_stages(stages, domain) -> None:
     """Techniques written for the embedded world refuse other organisms plainly."""
     for st in stages:
@@ -348,9 +364,9 @@ class Distiller:
         check_stages(self.stages, self.domain)
         self.recipe = recipe
         # What a stage may audit (`StageAuditor`): the weights of the run's checkpoints as the
-        # hooks receive them and of the probes it trains, and the examples a probe may train
-        # on, those the data hooks received
-        self.auditable: set[str] = set()
+        # hooks receive them and of the probes it trains, by fingerprint; and the examples a
+        # probe may train on, the teacher's own items as the teacher gave them
+        self.auditable: dict[str, dict[str, torch.Tensor]] = {}
         self.handed: set[tuple] = set()
         self.view = self._defender_view()
         # The stages that changed something: a setting, the prompt set, the training data; a
@@ -385,9 +401,9 @@ class Distiller:
             # each teacher row's prompt as the teacher was asked it, before any data hook
             # rewrote the student's view of it (`_on_policy` asks the live teacher the same way)
             self.asked = [it.example.prompt for it in self.items]
+            if self.domain.kind == "world":  # the auditor's: Hugging Face organisms have none
+                self.handed = {_example_key(it.example) for it in self.items}
             for st in self._hooked("data"):
-                if self.domain.kind == "world":  # the auditor's: Hugging Face organisms have none
-                    self.handed.update(_example_key(it.example) for it in self.items)
                 before = _contents(self.items)
                 self.items = st.data(self.view, self.items)
                 acted |= set() if _same(before, self.items) else {st.index}
@@ -432,7 +448,7 @@ class Distiller:
         def teacher_labels(examples, width):
             return domain.soft_labels(domain.teacher, examples, width)
 
-        auditor = StageAuditor(domain.auditor, self._auditable, self._train_probe)
+        auditor = StageAuditor(domain.auditor, self._admitted, self._train_probe)
         return DefenderView(
             kind=domain.kind, stages_dir=None if self.out is None else Path(self.out) / "stages",
             teacher=BlackBoxTeacher(teacher_sample, teacher_labels, lambda: domain.teacher),
@@ -445,25 +461,41 @@ class Distiller:
     def admit(self, model) -> None:
         """Let the stages audit `model` as it is now (a checkpoint handed to their hooks)."""
         if self.domain.auditor() is not None:
-            self.auditable.add(weights_key(model, mode=False))
+            tensors = _tensors(model)
+            self.auditable[_fingerprint(tensors)] = tensors
 
-    def _auditable(self, model) -> bool:
-        return weights_key(model, mode=False) in self.auditable
+    def _admitted(self, model):
+        """`StageAuditor.audit`'s check: a fresh copy of the run's student holding `model`'s
+        weights, if they are weights the distiller admitted, else None. The copy is what is
+        audited, so a forward hook, a method set on the instance or a subclass of the stage's
+        making does not reach the auditor with admitted weights."""
+        tensors = self.auditable.get(_fingerprint(_tensors(model)))
+        if tensors is None:
+            return None
+        clean = self.domain.student(self.recipe.student, 0)
+        with torch.no_grad():
+            for name, t in [*clean.named_parameters(), *clean.named_buffers()]:
+                t.copy_(tensors[name])
+        return clean.train(bool(model.training))
 
     def _train_probe(self, examples, cfg, init_seed: int, seed: int):
-        """`StageAuditor.train_probe`: a fresh student trained by SFT on examples the data hooks
-        received, admitted to the auditor."""
+        """`StageAuditor.train_probe`: a fresh student trained by SFT on a subset of the
+        teacher's items as the teacher gave them, admitted to the auditor. Each example is read
+        once and copied, so what is checked is what trains."""
         from doublebind.training.sft import train_sft
 
-        pool = list(examples)
-        made = sum(_example_key(e) not in self.handed for e in pool)
+        pool, made = [], 0
+        for e in examples:
+            prompt, response = tuple(e.prompt), tuple(e.response)
+            made += (prompt, response) not in self.handed
+            pool.append(Example(list(prompt), list(response), str(e.kind)))
         if made or not pool:
-            raise DefenderError(f"view.auditor.train_probe trains on the examples this run's data hooks received; "
-                                f"{made} of {len(pool)} given are not among them" if pool else
-                                "view.auditor.train_probe was given no examples to train on")
+            raise DefenderError(f"view.auditor.train_probe trains on the teacher's items as the teacher gave them "
+                                f"(any subset); {made} of {len(pool)} given are not among them (a stage's rewrite "
+                                f"or its own)" if pool else "view.auditor.train_probe was given no examples to train on")
         probe = self.domain.student(self.recipe.student, init_seed)
         train_sft(probe, lambda rng: pool[rng.randrange(len(pool))], cfg, seed)
-        self.auditable.add(weights_key(probe, mode=False))
+        self.admit(probe)
         return probe
 
     # -- stages -----------------------------------------------------------------------
