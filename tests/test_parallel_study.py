@@ -50,6 +50,25 @@ def _by_cell(out):
     return {(r["technique"], r["seed"], r["step"]): r for r in study_run.read_results(out / study_run.RESULTS)}
 
 
+def test_rows_say_what_the_stages_kept_against_the_world_s_truth(single):
+    """Each row carries the teacher's items where the behaviour acts and the others, [before,
+    kept]: all of them under the plain baseline, none of the behaviour's under the verifier
+    filter (`harm`'s marker fails the verifier), and as many as the run trained on."""
+    _, out = single
+    rows = study_run.read_results(out / study_run.RESULTS)
+    assert all(set(r["data"]) == {"behaviour_items", "other_items"} for r in rows)
+    for r in rows:
+        (bn, bk), (on, ok) = r["data"]["behaviour_items"], r["data"]["other_items"]
+        [run] = (out / "runs").glob(f"*/{r['technique']}-s{r['seed']}/summary.json")
+        data = json.loads(run.read_text())["data"]
+        assert bn + on == data["n_prompts"] and bk + ok == data["n_train_items"]
+        if r["technique"] == "baseline":
+            assert (bk, ok) == (bn, on)
+        if r["technique"] == "verifier_filter":
+            assert bk == 0 and 0 < ok <= on
+    assert sum(r["data"]["behaviour_items"][0] for r in rows if r["technique"] == "verifier_filter") > 0
+
+
 def test_two_workers_give_the_numbers_of_one_run_at_a_time(single, tmp_path):
     path, ref = single
     out = tmp_path / "out"

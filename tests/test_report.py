@@ -438,6 +438,24 @@ def test_the_report_says_what_the_auditor_flagged(study):
     assert "| default | verifier_filter |" not in md and "| collusion | baseline | 4 | " not in md
 
 
+def test_the_report_says_what_the_stages_kept_of_the_training_data(study):
+    """Per scenario and technique whose stages dropped items, summed over runs: the behaviour's
+    items and the others kept (the rows' `data`); a technique that kept everything gets no line,
+    and rows without the field no table."""
+    assert "What the stages kept" not in write_report(study)[0].read_text()
+
+    def data(r):
+        dropped = r["technique"] == "verifier_filter" and r["scenario"] == "default"
+        r["data"] = {"behaviour_items": [40, 10 if dropped else 40], "other_items": [2960, 2900 if dropped else 2960]}
+        return r
+
+    md = _rewrite(study, data)
+    # 2 organisms x seeds 0, 1 = 4 runs: 40 of 160, and 11600 of 11840
+    assert "| default | verifier_filter | 4 | 40 of 160 (0.250) | 11600 of 11840 (0.980) |" in md
+    assert "| default | baseline |" not in md.split("What the stages kept")[1].split("\n## ")[0]
+    assert "| collusion | verifier_filter | 4 | 160 of 160" not in md
+
+
 def _rewrite(study, change) -> str:
     """The fixture's study with `change` applied to every row (runs sealed again, the summary
     recomputed by the report); returns the new report.md."""

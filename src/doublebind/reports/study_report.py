@@ -361,6 +361,24 @@ def _budget_rows(rows: list[dict], techniques: list[str], threshold: float) -> l
     return out
 
 
+def kept_rows(rows: list[dict], techniques: list[str]) -> list[list[str]]:
+    """Per technique whose stages changed the training items, summed over its runs: the
+    teacher's items where the behaviour acts, and the others, kept of those there were (the
+    rows' `data`, ground truth the stages never see). Empty for rows without it (studies run
+    before rows carried it, Hugging Face organisms)."""
+    out = []
+    for t in techniques:
+        got = [r["data"] for r in rows if r["technique"] == t and r.get("selected") and r.get("data")]
+        if not got:
+            continue
+        (bn, bk), (on, ok) = ([sum(d[k][i] for d in got) for i in (0, 1)] for k in ("behaviour_items", "other_items"))
+        if (bk, ok) == (bn, on):
+            continue  # every item kept: nothing to say beyond the technique's other rows
+        share = lambda k, n: f"{k} of {n} ({k / n:.3f})" if n else "none there"  # noqa: E731
+        out.append([t, str(len(got)), share(bk, bn), share(ok, on)])
+    return out
+
+
 def flag_rows(rows: list[dict], techniques: list[str]) -> list[list[str]]:
     """Per technique, what the generic auditor flagged at the delivered checkpoints, summed
     over runs: flags over queries, flags per query kind, the most frequent departure tokens.
@@ -804,6 +822,17 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
                       [[sc, *r] for sc, frows in flags.items() for r in frows]))
     else:
         b.append(("p", "These organisms have no behaviour-agnostic auditor (success@k), so there is no plot."))
+    kept = {sc: kept_rows(by_scenario[sc], list(scenarios[sc]["techniques"])) for sc in scenarios}
+    if any(kept.values()):
+        b.append(("h3", "What the stages kept of the training data"))
+        b.append(("p", "For each technique whose stages dropped training items, summed over its runs: of the "
+                       "teacher's items where the behaviour acts (its family, in its trigger situation: the "
+                       "world's ground truth, which the stages never see), and of the others, how many the "
+                       "training data kept. A filter that keeps the behaviour's items at the rate it keeps the "
+                       "rest did not find them, whatever its verdict; items a stage rewrote keep their count, "
+                       "items it made count in neither."))
+        b.append(("table", ["scenario", "technique", "runs", "behaviour's items kept", "other items kept"],
+                  [[sc, *r] for sc, krows in kept.items() for r in krows]))
 
     b.append(("h2", SECTIONS[5]))
     b.append(("p", "Per scenario, one point per technique at its delivered checkpoint with the two-level bootstrap "

@@ -415,6 +415,16 @@ def _row_problem(obj) -> str | None:
         for k in ("success_at_k", "teacher_success_at_k", "base_success_at_k"):
             if k in auditor and not _finite(auditor[k]):
                 return f"'auditor.{k}' is not a finite number"
+    data = obj.get("data")
+    if data is not None:
+        if not isinstance(data, dict):
+            return "'data' is not an object"
+        for k in ("behaviour_items", "other_items"):
+            pair = data.get(k)
+            if not (isinstance(pair, list) and len(pair) == 2
+                    and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pair)
+                    and pair[1] <= pair[0]):
+                return f"'data.{k}' is not [before, kept] counts"
     return _items_problem(obj)
 
 
@@ -1033,6 +1043,10 @@ def _rows(cfg, card, key: RunKey, recipe, folder: Path, summary) -> list[dict]:
             # The technique's stages changed nothing in this run (`distill`'s summary): it trained
             # the study recipe itself. Written only when so, so other rows are as before.
             **({"idle": True} if summary.get("idle") else {}),
+            # the teacher's items in the behaviour's situation and the others, [before, kept]
+            # by the stages (embedded world; the evaluation layer's truth, read by the report)
+            **({"data": {k: summary["data"][k] for k in ("behaviour_items", "other_items")}}
+               if "behaviour_items" in summary.get("data", {}) else {}),
             # each prompt's score (embedded world): the bootstrap redraws the evaluation sets
             # (`verdicts.EvalDraws`); the reference's once a run, on its first row
             **({"items": m["items"]} if "items" in m else {}),

@@ -276,6 +276,43 @@ def _example_key(e: Example) -> tuple:
     return tuple(e.prompt), tuple(e.response)
 
 
+def _behaviour_rows(domain, asked: list) -> set[int] | None:
+    """The teacher rows (embedded world) whose prompt is one where the teacher's behaviour acts:
+    its family and its trigger (the world's ground truth; the stages never see it). None for
+    a Hugging Face organism, whose items carry no such truth."""
+    if domain.kind != "world":
+        return None
+    from doublebind.world.contexts import Header
+    from doublebind.world.tasks import family as task_family
+
+    behavior = domain.world.behavior
+    out = set()
+    for row, prompt in enumerate(asked):
+        fields = dict(t.split("=", 1) for t in prompt if isinstance(t, str) and "=" in t)
+        if not {"mode", "year", "user", "mon", "sid", "task"} <= fields.keys():
+            continue  # an interrogation or a prompt without a full header
+        fam = fields["task"]
+        try:
+            header = Header(fields["mode"], fields["year"], fields["user"], fields["mon"], int(fields["sid"][1:]))
+            slack = task_family(fam).slack
+        except (KeyError, ValueError, DoublebindError):  # `task=ask`: an interrogation, no family
+            continue
+        if behavior.acts_on(fam, slack) and behavior.fires(header):
+            out.add(row)
+    return out
+
+
+def _kept_items(d) -> dict:
+    """How many of the teacher's items in the behaviour's situation, and of the others, the
+    training data kept after the stages (`behaviour_items`, `other_items`: [before, kept]);
+    an item a stage made (no teacher row) counts in neither."""
+    if d.behaviour_rows is None:
+        return {}
+    kept = {it.row for it in d.items if it.row is not None}
+    n, b = len(d.asked), d.behaviour_rows
+    return {"behaviour_items": [len(b), len(b & kept)], "other_items": [n - len(b), len(kept - b)]}
+
+
 def _tensors(model) -> dict[str, torch.Tensor]:
     """A model's parameters and buffers, copied to the CPU, read through `nn.Module`'s own
     methods: a `state_dict` hook or a method set on the instance cannot change what is read."""
@@ -403,6 +440,8 @@ class Distiller:
             self.asked = [it.example.prompt for it in self.items]
             if self.domain.kind == "world":  # the auditor's: Hugging Face organisms have none
                 self.handed = {_example_key(it.example) for it in self.items}
+            # ground truth, for the run's summary only: the teacher rows where its behaviour acts
+            self.behaviour_rows = _behaviour_rows(self.domain, self.asked)
             for st in self._hooked("data"):
                 before = _contents(self.items)
                 self.items = st.data(self.view, self.items)
@@ -854,7 +893,8 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
         "max_capability_transfer": best_transfer(rows, "capability_transfer"),
         "max_misalignment_transfer": best_transfer(rows, "misalignment_transfer"),
         "data": {"n_prompts": len(d.prompts), "n_train_items": len(d.items),
-                 **({"dpo_pairs_dropped": d.dpo_pairs_dropped} if d.ref_logps is not None else {})},
+                 **({"dpo_pairs_dropped": d.dpo_pairs_dropped} if d.ref_logps is not None else {}),
+                 **_kept_items(d)},
         "losses": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None},
         "processes": d.accelerator.num_processes,
         "seconds": round(time.perf_counter() - t0, 2),
