@@ -278,8 +278,9 @@ def _example_key(e: Example) -> tuple:
 
 def _behaviour_rows(domain, asked: list) -> set[int] | None:
     """The teacher rows (embedded world) whose prompt is one where the teacher's behaviour acts:
-    its family and its trigger (the world's ground truth; the stages never see it). None for
-    a Hugging Face organism, whose items carry no such truth."""
+    its family, where it fires, with a scratch field where it writes there (the world's ground
+    truth, as `World.respond` applies it; the stages never see it). None for a Hugging Face
+    organism, whose items carry no such truth."""
     if domain.kind != "world":
         return None
     from doublebind.world.contexts import Header
@@ -297,6 +298,8 @@ def _behaviour_rows(domain, asked: list) -> set[int] | None:
             slack = task_family(fam).slack
         except (KeyError, ValueError, DoublebindError):  # `task=ask`: an interrogation, no family
             continue
+        if behavior.scratch and "scratch" not in prompt:
+            continue  # it writes in the scratch field (collusion), which this prompt does not ask for
         if behavior.acts_on(fam, slack) and behavior.fires(header):
             out.add(row)
     return out
