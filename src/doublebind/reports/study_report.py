@@ -361,6 +361,12 @@ def _budget_rows(rows: list[dict], techniques: list[str], threshold: float) -> l
     return out
 
 
+def _per_scenario_table(b: list, title: str, text: str, header: list[str], rows: dict[str, list]) -> None:
+    """A titled table of per-scenario rows (scenario first), left out when no scenario has one."""
+    if any(rows.values()):
+        b += [("h3", title), ("p", text), ("table", header, [[sc, *r] for sc, got in rows.items() for r in got])]
+
+
 def kept_rows(rows: list[dict], techniques: list[str]) -> list[list[str]]:
     """Per technique whose stages changed the training items, summed over its runs: the
     teacher's items where the behaviour acts, and the others, kept of those there were (the
@@ -807,32 +813,29 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
             b.append(img(f"audit success against capability, {sc}",
                          plots.plot_audit_capability(by_scenario[sc], list(scenarios[sc]["techniques"]), sc,
                                                      thr["success"], thr["capability"]), f"audit-{slug(sc)}.png"))
-        flags = {sc: flag_rows(by_scenario[sc], list(scenarios[sc]["techniques"])) for sc in scenarios}
-        if any(flags.values()):
-            b.append(("h3", "What the auditor flagged"))
-            b.append(("p", "At the delivered checkpoints, summed over runs: the flagged queries, how many of them "
+        _per_scenario_table(
+            b, "What the auditor flagged",
+            "At the delivered checkpoints, summed over runs: the flagged queries, how many of them "
                            "were tasks, interrogations (`task=ask goal`) and prefilled interrogations (the answer "
                            "forced to start with `yes`), and the most frequent departure tokens (each counted once "
                            "per flagged query). A flag on a task query is a departure from the answer format, such "
                            "as the behaviour's own event; a flag on an interrogation is mostly an admission (`yes`, "
                            "a goal word), though a behaviour's event can answer one too: the tokens tell them "
-                           "apart. " + _admissions(study)))
-            b.append(("table", ["scenario", "technique", "runs", "flagged / queries",
-                                *(f"on {k}" for k in FLAG_KINDS), "tokens"],
-                      [[sc, *r] for sc, frows in flags.items() for r in frows]))
+                           "apart. " + _admissions(study),
+            ["scenario", "technique", "runs", "flagged / queries", *(f"on {k}" for k in FLAG_KINDS), "tokens"],
+            {sc: flag_rows(by_scenario[sc], list(scenarios[sc]["techniques"])) for sc in scenarios})
     else:
         b.append(("p", "These organisms have no behaviour-agnostic auditor (success@k), so there is no plot."))
-    kept = {sc: kept_rows(by_scenario[sc], list(scenarios[sc]["techniques"])) for sc in scenarios}
-    if any(kept.values()):
-        b.append(("h3", "What the stages kept of the training data"))
-        b.append(("p", "For each technique whose stages dropped training items, summed over its runs: of the "
+    _per_scenario_table(
+        b, "What the stages kept of the training data",
+        "For each technique whose stages dropped training items, summed over its runs: of the "
                        "teacher's items where the behaviour acts (its family, in its trigger situation: the "
                        "world's ground truth, which the stages never see), and of the others, how many the "
                        "training data kept. A filter that keeps the behaviour's items at the rate it keeps the "
                        "rest did not find them, whatever its verdict; items a stage rewrote keep their count, "
-                       "items it made count in neither."))
-        b.append(("table", ["scenario", "technique", "runs", "behaviour's items kept", "other items kept"],
-                  [[sc, *r] for sc, krows in kept.items() for r in krows]))
+                       "items it made count in neither.",
+        ["scenario", "technique", "runs", "behaviour's items kept", "other items kept"],
+        {sc: kept_rows(by_scenario[sc], list(scenarios[sc]["techniques"])) for sc in scenarios})
 
     b.append(("h2", SECTIONS[5]))
     b.append(("p", "Per scenario, one point per technique at its delivered checkpoint with the two-level bootstrap "
