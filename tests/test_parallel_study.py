@@ -152,6 +152,23 @@ def test_a_failing_or_dead_worker_is_raised_and_finished_runs_are_handed_over(tm
         executor.run_jobs(_job, {"bad": ("bad", 0.0, str(tmp_path / "bad-failed-4"))}, 1, done.__setitem__)
 
 
+def test_a_result_the_main_process_refuses_stops_the_study_but_the_runs_in_flight_finish(tmp_path):
+    """`on_done` raising for one run (its rows refused, a full disk under results.jsonl) had
+    terminated the other worker's run mid-way; it now finishes and is handed over, and nothing
+    new starts."""
+    done = []
+
+    def on_done(key, result):
+        if key == "refused":
+            raise DoublebindError("refused: its rows hold a NaN")
+        done.append(key)
+
+    jobs = {"refused": ("ok", 0.0), "in flight": ("ok", 1.0), "never": ("ok", 0.0)}
+    with pytest.raises(DoublebindError, match="^refused: its rows hold a NaN$"):
+        executor.run_jobs(_job, jobs, 2, on_done)
+    assert done == ["in flight"]
+
+
 def test_a_worker_that_dies_while_a_process_it_forked_holds_its_pipe_is_reported_at_once(tmp_path):
     """The pool read the dead worker's pipe, and waited until the process it forked (60 s
     here) closed it too, while the other worker's finished run waited to be collected."""

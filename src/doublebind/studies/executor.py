@@ -341,7 +341,10 @@ class _Pool:
                             f"({type(e).__name__}: {e}); finished runs are kept, rerun to resume")
                         continue
                     if kind == "ok":
-                        on_done(keys[index], payload)
+                        try:
+                            on_done(keys[index], payload)
+                        except Exception as e:  # noqa: BLE001 (its rows refused, the results file full: the
+                            failures[index] = e  # runs in flight still finish and are handed over)
                     else:
                         failures[index] = named_error(_rebuild(payload, remote_tb), self.label(keys[index]))
                     if pending and not failures:
