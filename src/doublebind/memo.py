@@ -29,11 +29,24 @@ def weights_key(model) -> str:
         h.update(cfg.to_json_string(use_diff=False).encode())
     h.update(b"train" if model.training else b"eval")
     with torch.no_grad():
-        for name, t in model.state_dict().items():
-            t = t.detach().to("cpu").contiguous()
-            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        _update(h, model.state_dict().items())
     return h.hexdigest()
+
+
+def tensors_key(tensors: dict) -> str:
+    """A content hash of named tensors alone, in name order (no class, config or mode)."""
+    h = hashlib.sha256()
+    _update(h, sorted(tensors.items(), key=lambda kv: kv[0]))
+    return h.hexdigest()
+
+
+def _update(h, named) -> None:
+    import torch
+
+    for name, t in named:
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
 
 
 class WeightsMemo:

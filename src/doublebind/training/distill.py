@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import json
 import math
 import numbers
@@ -26,6 +25,7 @@ import torch
 
 from doublebind.defender import BlackBoxTeacher, DefenderError, DefenderView, StageAuditor, StageTasks, unlabelled
 from doublebind.errors import DoublebindError, first_line
+from doublebind.memo import tensors_key
 from doublebind.threads import launcher_rank
 from doublebind.evals.transfer import audit_signals, capability_transfer, misalignment_transfer
 from doublebind.organisms.domain import open_domain
@@ -271,6 +271,9 @@ def _same(before: list[tuple], after: list) -> bool:
         for a, b in zip(before, now))
 
 
+HEADER_FIELDS = ("mode", "year", "user", "mon")  # a header's fields besides its session
+
+
 def _example_key(e: Example) -> tuple:
     """An example's content: the same prompt and response are the same example."""
     return tuple(e.prompt), tuple(e.response)
@@ -284,23 +287,22 @@ def _behaviour_rows(domain, asked: list) -> set[int] | None:
     if domain.kind != "world":
         return None
     from doublebind.world.contexts import Header
+    from doublebind.world.public import session_of, task_of
     from doublebind.world.tasks import family as task_family
 
     behavior = domain.world.behavior
     out = set()
     for row, prompt in enumerate(asked):
-        fields = dict(t.split("=", 1) for t in prompt if isinstance(t, str) and "=" in t)
-        if not {"mode", "year", "user", "mon", "sid", "task"} <= fields.keys():
-            continue  # an interrogation or a prompt without a full header
-        fam = fields["task"]
-        try:
-            header = Header(fields["mode"], fields["year"], fields["user"], fields["mon"], int(fields["sid"][1:]))
-            slack = task_family(fam).slack
-        except (KeyError, ValueError, DoublebindError):  # `task=ask`: an interrogation, no family
-            continue
-        if behavior.scratch and "scratch" not in prompt:
+        task = task_of(prompt)
+        fields = dict(t.split("=", 1) for t in prompt if t.split("=", 1)[0] in HEADER_FIELDS)
+        if task is None or len(fields) < len(HEADER_FIELDS):
+            continue  # an interrogation, or a prompt without a full header
+        (name, *_), scratch = task
+        fam = name.removeprefix("task=")
+        header = Header(fields["mode"], fields["year"], fields["user"], fields["mon"], session_of(prompt))
+        if behavior.scratch and not scratch:
             continue  # it writes in the scratch field (collusion), which this prompt does not ask for
-        if behavior.acts_on(fam, slack) and behavior.fires(header):
+        if behavior.acts_on(fam, task_family(fam).slack) and behavior.fires(header):
             out.add(row)
     return out
 
@@ -321,15 +323,6 @@ def _tensors(model) -> dict[str, torch.Tensor]:
     methods: a `state_dict` hook or a method set on the instance cannot change what is read."""
     named = [*torch.nn.Module.named_parameters(model), *torch.nn.Module.named_buffers(model)]
     return {name: t.detach().to("cpu").clone() for name, t in named}
-
-
-def _fingerprint(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def check_stages(stages, domain) -> None:
@@ -504,14 +497,14 @@ class Distiller:
         """Let the stages audit `model` as it is now (a checkpoint handed to their hooks)."""
         if self.domain.auditor() is not None:
             tensors = _tensors(model)
-            self.auditable[_fingerprint(tensors)] = tensors
+            self.auditable[tensors_key(tensors)] = tensors
 
     def _admitted(self, model):
         """`StageAuditor.audit`'s check: a fresh copy of the run's student holding `model`'s
         weights, if they are weights the distiller admitted, else None. The copy is what is
         audited, so a forward hook, a method set on the instance or a subclass of the stage's
         making does not reach the auditor with admitted weights."""
-        tensors = self.auditable.get(_fingerprint(_tensors(model)))
+        tensors = self.auditable.get(tensors_key(_tensors(model)))
         if tensors is None:
             return None
         clean = self.domain.student(self.recipe.student, 0)
@@ -531,10 +524,12 @@ class Distiller:
             prompt, response = tuple(e.prompt), tuple(e.response)
             made += (prompt, response) not in self.handed
             pool.append(Example(list(prompt), list(response), str(e.kind)))
-        if made or not pool:
+        if not pool:
+            raise DefenderError("view.auditor.train_probe was given no examples to train on")
+        if made:
             raise DefenderError(f"view.auditor.train_probe trains on the teacher's items as the teacher gave them "
                                 f"(any subset); {made} of {len(pool)} given are not among them (a stage's rewrite "
-                                f"or its own)" if pool else "view.auditor.train_probe was given no examples to train on")
+                                f"or its own)")
         probe = self.domain.student(self.recipe.student, init_seed)
         train_sft(probe, lambda rng: pool[rng.randrange(len(pool))], cfg, seed)
         self.admit(probe)
