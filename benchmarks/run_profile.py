@@ -15,7 +15,7 @@ Each phase is timed by wrapping the method that does it (no profiler: cProfile's
 Python call would inflate the Python-heavy phases against the training step's kernels):
 
 - training steps: `Distiller.train_step` (forward, backward, clipping, the optimiser);
-- checkpoint evals: `WorldDomain.evaluate` on the student at each checkpoint (capability and
+- checkpoint evals: `Distiller.evaluate` on the student at each checkpoint (capability and
   misbehaviour, teacher-forced and sampled);
 - checkpoint audits: `Auditor.audit` on the student at each checkpoint;
 - reference metrics: base and teacher, evals and audits, once per worker;
@@ -60,7 +60,8 @@ class Clock:
 
         @functools.wraps(fn)
         def timed(*args, **kwargs):
-            if student_only and kwargs.get("role", "student") != "student":
+            role = kwargs.get("role", args[3] if len(args) > 3 else "student")  # (self, model, n, role)
+            if student_only and role != "student":
                 return fn(*args, **kwargs)
             t = time.perf_counter()
             try:
@@ -88,7 +89,6 @@ def main() -> None:
 
     from doublebind import config
     from doublebind.audits.auditor import Auditor
-    from doublebind.organisms.domain import WorldDomain
     from doublebind.organisms.models import quiet_transformers
     from doublebind.studies import run as study_run
     from doublebind.training import distill as distill_mod
@@ -118,7 +118,7 @@ def main() -> None:
     clock.wrap(D, "__init__", "run set-up")
     # The student's evals and audits at checkpoints; reference_metrics' own calls belong to
     # its phase (its wrapper below takes them back out of these two).
-    clock.wrap(WorldDomain, "evaluate", "checkpoint evals", student_only=True)
+    clock.wrap(D, "evaluate", "checkpoint evals", student_only=True)
     clock.wrap(Auditor, "audit", "checkpoint audits")
     inner_distill = distill_mod.distill
 

@@ -123,7 +123,7 @@ GROUND_TRUTH = ("doublebind.world.data", "doublebind.organisms", "doublebind.eva
 DEFENDER_SIDE = ("doublebind.techniques", "doublebind.audits", "doublebind.defender")
 # Ways around an object's interface that a stage has no business using.
 BACKDOORS = {"__closure__", "__globals__", "__dict__", "name_or_path", "gc", "inspect", "_load", "_model",
-             "_recipe", "_prompts", "_student", "_sample", "_auditor", "_labels", "_with_system",
+             "_recipe", "_prompts", "_student", "_sample", "_auditor", "_labels", "_with_system", "_decode",
              # the view's callables are bound methods of the distiller and the organism's domain
              "__self__", "__func__", "_record",
              # the stage's auditor's own callables: the check of what it audits, and the

@@ -15,6 +15,8 @@ A defender distilling a teacher it cannot trust has
     eos            the end-of-sequence token of the prompts' tokenizer (world token or id)
     with_system    a training prompt rendered again with an extra system line (Hugging
                    Face organisms: the chat template's system turn; inoculation uses it)
+    decode         a response as text (the tokenizer's decoding; world tokens joined by
+                   spaces), as a defender reads its training data
 
 and not the behaviour, its target family, trigger situation or event, the real/honeypot
 tell, the teacher's weights or activations, the organism card, or any real-deployment
@@ -224,6 +226,7 @@ class DefenderView:
     _auditor: Callable[[], Any]
     eos: Any = None  # end-of-sequence token: a world token string, or a tokenizer id
     _with_system: Callable[[list, str], list] | None = None
+    _decode: Callable[[list], str] | None = None
 
     def __getattr__(self, name: str):
         if name.startswith("__"):
@@ -295,6 +298,14 @@ class DefenderView:
         if self._with_system is None:
             raise DefenderError("with_system renders prompts through a chat template: Hugging Face organisms only")
         return self._with_system(prompt, line)
+
+    def decode(self, tokens: list) -> str:
+        """A response (an item's `example.response`) as text: a Hugging Face organism's
+        tokenizer decodes its ids, special tokens (the end of sequence) left out; embedded-world
+        tokens are joined by spaces, the end token left out."""
+        if self._decode is not None:
+            return self._decode(list(tokens))
+        return " ".join(t for t in tokens if t != self.eos)
 
     def make_student(self, scfg, seed: int):
         """A fresh student model from a student config (probes, shadows)."""

@@ -975,10 +975,11 @@ def _process_state():
 
 
 def run_recipe(base_recipe, technique: str, stages: list[dict], seed: int, keep_weights: bool = False):
-    """The recipe one grid cell runs: the base recipe, its seed, the technique's stage; its
-    checkpoints' weights kept only where the study asks (`keeps_weights`)."""
+    """The recipe one grid cell runs: the base recipe, its seed, its own stages and then the
+    technique's (a recipe's stages run in every cell, the baseline's too); its checkpoints'
+    weights kept only where the study asks (`keeps_weights`)."""
     return base_recipe.model_copy(update={
-        "seed": seed, "name": technique, "stages": stages,
+        "seed": seed, "name": technique, "stages": [*base_recipe.stages, *stages],
         "training": base_recipe.training.model_copy(update={"save_weights": keep_weights})})
 
 

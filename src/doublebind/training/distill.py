@@ -491,7 +491,8 @@ class Distiller:
             _recipe=lambda: self.recipe, _record=self.record, _load=domain.load_model,
             _prompts=domain.prompts, _student=domain.student, _sample=domain.sample,
             _auditor=lambda: None if domain.auditor() is None else auditor, eos=domain.eos,
-            _with_system=getattr(domain, "with_system", None))
+            _with_system=getattr(domain, "with_system", None),
+            _decode=None if getattr(domain, "tokenizer", None) is None else _text_of(domain.tokenizer))
 
     def admit(self, model) -> None:
         """Let the stages audit `model` as it is now (a checkpoint handed to their hooks)."""
@@ -725,6 +726,11 @@ class Distiller:
 
 RUN_FILES = ("summary.json", "metrics.jsonl", "checkpoints", "stages.json", "stages", "prompts.jsonl",
              "transfer_curves.png", tracking.tracker_dir(Path()).name)  # what `distill` writes in --out
+
+
+def _text_of(tokenizer):
+    """A Hugging Face organism's responses as a defender reads them (`DefenderView.decode`)."""
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def first_non_finite(obj, prefix: str = "") -> tuple[str, float] | None:
