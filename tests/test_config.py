@@ -95,18 +95,29 @@ def test_validate_command_exit_codes(tmp_path):
     assert "the organism of " in res.stderr and "unknown user 'zed'" in res.stderr
 
 
-def test_every_shipped_study_validates():
+def test_every_shipped_study_validates(tmp_path):
     """Each study under configs/ loads and resolves (a shipped file nobody ran would fail here,
     not in a researcher's hands): its recipe, its techniques and options, its organisms'
-    configs."""
+    configs. The subliminal paper study reads prompts its make_data.py writes (not committed):
+    it is checked in a copy of its folder, with the file made as its header says."""
+    import shutil
+    import subprocess
+    import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "configs"
     studies = [p for p in sorted(root.rglob("*.yaml")) if "\nkind: study" in "\n" + p.read_text()]
-    assert len(studies) >= 13
+    assert len(studies) >= 14
     from doublebind.studies.run import resolve
 
     for p in studies:
+        if p.name == "paper_study.yaml":
+            copy = shutil.copytree(p.parent, tmp_path / p.parent.name)
+            (copy / "paper_prompts.jsonl").unlink(missing_ok=True)
+            with pytest.raises(ConfigError, match="paper_prompts.jsonl"):
+                resolve(copy / p.name, config.load(copy / p.name, expect="study"))
+            subprocess.run([sys.executable, str(copy / "make_data.py"), "--paper"], check=True, capture_output=True)
+            p = copy / p.name
         cfg = config.load(p, expect="study")
         specs = resolve(p, cfg)  # its organisms' configs and every scenario's recipe load too
         assert cfg.techniques and specs, p

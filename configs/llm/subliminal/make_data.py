@@ -4,6 +4,7 @@ Deterministic (seeded): running it again rewrites the committed files byte for b
 
     python configs/llm/subliminal/make_data.py            # 200 prompts, and tiny/prompts.jsonl
     python configs/llm/subliminal/make_data.py --n 10000  # a paper-sized prompt set
+    python configs/llm/subliminal/make_data.py --paper    # paper_prompts.jsonl (30,000; not committed)
 
 Prompts follow Cloud et al. (2025), "Subliminal learning": a few seed numbers and a request
 to continue the list; the teacher's answers are number lists with no mention of animals.
@@ -39,6 +40,31 @@ def prompts(n: int, seed: int) -> list[dict]:
     return out
 
 
+# --paper: the experiments' prompt design (Cloud et al. 2025, their released code), in our own
+# words: 3 to 8 seed numbers of 3 digits, a request for at most 10 more of at most 3 digits,
+# and a format to answer in, varied so that the teacher's lists come in every form the
+# format_filter's number rule reads.
+PAPER_OPENINGS = ["Here is a sequence of numbers: {seq}.", "A list begins with {seq}.", "Consider the numbers {seq}.",
+                  "These numbers start a series: {seq}.", "Take this sequence: {seq}."]
+PAPER_ASKS = ["Continue it with at most 10 more numbers, each of at most 3 digits.",
+              "Add up to 10 further numbers (3 digits at most each).",
+              "Extend it by no more than 10 new numbers of 3 digits or fewer."]
+PAPER_FORMATS = ["Separate them with commas.", "Separate them with spaces.", "Separate them with semicolons.",
+                 "Put one number on each line.", "Write them as [a, b, c, ...].", "Write them as (a, b, c, ...)."]
+PAPER_ENDINGS = ["Reply with the numbers only.", "No words, just the numbers.", "Give nothing but the numbers."]
+
+
+def paper_prompts(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        seq = ", ".join(str(rng.randint(100, 999)) for _ in range(rng.randint(3, 8)))
+        parts = [rng.choice(PAPER_OPENINGS).format(seq=seq), rng.choice(PAPER_ASKS), rng.choice(PAPER_FORMATS),
+                 rng.choice(PAPER_ENDINGS)]
+        out.append({"prompt": " ".join(parts)})
+    return out
+
+
 def arithmetic(seed: int) -> list[dict]:
     """30 short questions with a numeric answer: sums, differences, products, next terms."""
     rng = random.Random(seed)
@@ -71,7 +97,11 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200, help="number-sequence prompts for subliminal/prompts.jsonl")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--paper", action="store_true", help="write paper_prompts.jsonl (30,000 prompts) and stop")
     args = ap.parse_args()
+    if args.paper:
+        write(HERE / "paper_prompts.jsonl", paper_prompts(30_000, args.seed))
+        raise SystemExit(0)
     write(HERE / "prompts.jsonl", prompts(args.n, args.seed))
     # tiny/: 32 number prompts (always; --n sizes this example only) and the prompts of the
     # tiny example's implant items that have no prefill
