@@ -25,6 +25,19 @@ def _where(key: str, name: str):
             "preloaded": "transformers.models.llama.modeling_llama" in sys.modules}
 
 
+def _kill_server_or_sleep(key: str, what: str):
+    """A job stand-in: 'kill' SIGKILLs its parent, the fork server (the worker dies with it),
+    then waits; 'sleep' waits a little and returns, or dies with the server too."""
+    import signal
+    import time
+
+    if what == "kill":
+        os.kill(os.getppid(), signal.SIGKILL)
+        time.sleep(30)
+    time.sleep(1.0)
+    return key
+
+
 def _pool(name: str = "DOUBLEBIND_TEST_START") -> dict:
     got = {}
     executor.run_jobs(_where, {k: (k, name) for k in "ab"}, 2, got.__setitem__)
@@ -406,3 +419,25 @@ def test_ctrl_c_while_the_server_imports_neither_kills_it_nor_prints_a_traceback
     assert "KeyboardInterrupt" not in capfd.readouterr().err
     monkeypatch.setenv("DOUBLEBIND_TEST_START", "fast")
     monkeypatch.setattr(executor, "PRELOAD", executor.PRELOAD[:-1])
+
+
+def test_a_killed_fork_server_is_named_not_reported_as_exit_code_255(monkeypatch):
+    """A forked worker's exit status comes from the fork server; killed, the server takes its
+    workers with it, and multiprocessing reads no status and gives 255. The pool reported
+    "exit code 255: it exited without a result"; it now says the server is gone. A later pool
+    starts a new server."""
+    monkeypatch.delenv(executor.START_ENV, raising=False)
+    import time
+    from multiprocessing import forkserver
+
+    _pool()
+    pid = forkserver._forkserver._forkserver_pid
+    with pytest.raises(DoublebindError) as e:
+        executor.run_jobs(_kill_server_or_sleep, {"a": ("a", "kill"), "b": ("b", "sleep")}, 2, lambda k, r: None)
+    assert str(e.value) == ("the worker process running a died (exit status lost: the fork server that started it "
+                            "is gone, killed or crashed, and it died with it); finished runs are kept, rerun to resume")
+    for _ in range(100):  # a killed server tears down for a while (its socket closed, not yet a zombie)
+        if Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z"):
+            break
+        time.sleep(0.05)
+    assert set(_pool()) == {"a", "b"}

@@ -331,9 +331,10 @@ class _Pool:
                         code = self.procs[w].exitcode
                         self.procs[w].join(timeout=5)
                         code = self.procs[w].exitcode if code is None else code
+                        forked = self.ctx.get_start_method() == "forkserver"
                         failures[job] = DoublebindError(
-                            f"the worker process running {self.label(keys[job])} died (exit code {code}: "
-                            f"{_describe_exit(code)}); finished runs are kept, rerun to resume")
+                            f"the worker process running {self.label(keys[job])} died ("
+                            f"{_describe_exit(code, forked)}); finished runs are kept, rerun to resume")
                         continue
                     except Exception as e:  # noqa: BLE001 (a result this process cannot unpickle)
                         failures[job] = DoublebindError(
@@ -373,13 +374,18 @@ class _Pool:
         self.procs, self.conns = [], []
 
 
-def _describe_exit(code: int | None) -> str:
+def _describe_exit(code: int | None, forked: bool = False) -> str:
+    """Why a worker ended without a result, from its exit code. A worker forked from the fork
+    server has its exit status reported by the server; with the server gone (killed: its workers
+    die with it) multiprocessing has none to read and gives 255, which is said as such."""
+    if forked and code == 255:
+        return "exit status lost: the fork server that started it is gone, killed or crashed, and it died with it"
     if code is not None and code < 0:
         try:
-            return f"killed by {signal.Signals(-code).name}"
+            return f"exit code {code}: killed by {signal.Signals(-code).name}"
         except ValueError:
-            return f"killed by signal {-code}"
-    return "it exited without a result"
+            return f"exit code {code}: killed by signal {-code}"
+    return f"exit code {code}: it exited without a result"
 
 
 def _portable(exc: BaseException) -> BaseException:
