@@ -426,6 +426,19 @@ class CheckpointSwap(Technique):
         return {}
 
 
+class CheckpointOverwrite(Technique):
+    """_test_checkpoint_overwrite: writes weights of its own into the live student at a
+    checkpoint, audits nothing (must fail: the run would train on from them, and the next
+    checkpoint would be admitted)."""
+
+    def checkpoint(self, view, step, model):
+        import torch
+
+        with torch.no_grad():
+            next(model.parameters()).mul_(0.5)
+        return {}
+
+
 HOOKED: dict = {}
 
 
@@ -475,7 +488,7 @@ def cheats():
     table = {"_test_cheat": Cheat, "_test_white_box": WhiteBox, "_test_card": CardReader, "_test_oracle": Oracle,
              "_test_made_probe": MadeProbe, "_test_probe_trained_on": ProbeTrainedOn,
              "_test_checkpoint_swap": CheckpointSwap, "_test_hooked_probe": HookedProbe,
-             "_test_made_items": MadeItems, "_test_launder": Launder}
+             "_test_made_items": MadeItems, "_test_launder": Launder, "_test_checkpoint_overwrite": CheckpointOverwrite}
     for name, cls in table.items():
         register("technique", name)(cls)
     yield
@@ -497,7 +510,10 @@ def _run(folder, stage):
                                         ("_test_card", "no 'card'"), ("_test_oracle", "not a model a stage made"),
                                         ("_test_made_probe", "1 of 6 given are not among them"),
                                         ("_test_probe_trained_on", "not a model a stage made or changed"),
-                                        ("_test_checkpoint_swap", "not a model a stage made or changed")])
+                                        ("_test_checkpoint_swap", "not a model a stage made or changed"),
+                                        ("_test_checkpoint_overwrite",
+                                         "_test_checkpoint_overwrite changed the student's weights in its checkpoint "
+                                         "hook at step 0")])
 def test_a_cheating_stage_fails(quick_organism, cheats, stage, what, tmp_path):
     """The last four use the auditor as an oracle of the honeypot sessions (see `StageAuditor`);
     the audits before each one's cheat pass, so each fails at its cheat. A checkpoint hook runs
@@ -505,7 +521,7 @@ def test_a_cheating_stage_fails(quick_organism, cheats, stage, what, tmp_path):
     from doublebind.training.distill import distill
 
     with pytest.raises(DefenderError, match=what):
-        if stage == "_test_checkpoint_swap":
+        if stage in ("_test_checkpoint_swap", "_test_checkpoint_overwrite"):
             distill(quick_organism[0], _run_recipe(stage), tmp_path / "run", show_progress=False)
         else:
             _run(quick_organism[0], stage)

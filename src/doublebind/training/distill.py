@@ -494,11 +494,14 @@ class Distiller:
             _with_system=getattr(domain, "with_system", None),
             _decode=None if getattr(domain, "tokenizer", None) is None else _text_of(domain.tokenizer))
 
-    def admit(self, model) -> None:
-        """Let the stages audit `model` as it is now (a checkpoint handed to their hooks)."""
+    def admit(self, model) -> str:
+        """Let the stages audit `model` as it is now (a checkpoint handed to their hooks);
+        returns its weights' fingerprint, which the hooks must leave as it is."""
+        tensors = _tensors(model)
+        key = tensors_key(tensors)
         if self.domain.auditor() is not None:
-            tensors = _tensors(model)
-            self.auditable[tensors_key(tensors)] = tensors
+            self.auditable[key] = tensors
+        return key
 
     def _admitted(self, model):
         """`StageAuditor.audit`'s check: a fresh copy of the run's student holding `model`'s
@@ -857,10 +860,13 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
                 raise DoublebindError(f"the evaluation at step {step} gave {bad[0]} = {bad[1]}: the weights "
                                       f"diverged; {LR_HINT}")
             model = d.accelerator.unwrap_model(d.model)
-            if d._hooked("checkpoint"):
-                d.admit(model)
+            handed = d.admit(model) if d._hooked("checkpoint") else None
             for st in d._hooked("checkpoint"):
                 verdict = st.checkpoint(d.view, step, model) or {}
+                if tensors_key(_tensors(model)) != handed:  # the run would train on, and be scored, from its weights
+                    raise DefenderError(f"stage {st.name} changed the student's weights in its checkpoint hook at "
+                                        f"step {step}: a checkpoint hook may audit the student, stop the run or "
+                                        f"select the checkpoint, not change it")
                 d.record(st, "checkpoint", step=step, **verdict)
                 if verdict.get("select"):
                     selected = step
