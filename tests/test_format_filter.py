@@ -24,7 +24,7 @@ CASES = {
     # not a bare list: a word, a mixed or doubled separator, a trailing separator, an open
     # bracket, a dash, digits of another script, nothing
     "owl 1, 2": None, "1, 2 owl": None, "1, 2,3": None, "1,, 2": None, "1, 2, 3,": None, "[1, 2": None,
-    "1-2-3": None, "12a": None, "\u0661\u0662": None, "": None, ".": None, "[]": None, "1, 2..": None,
+    "1-2-3": None, "12a": None, "1, 2\u00b2": None, "\u0661\u0662": None, "": None, ".": None, "[]": None, "1, 2..": None,
 }
 
 

@@ -51,11 +51,11 @@ def parse_numbers(text: str) -> list[int] | None:
         return None
     if len(found) == 1:
         return [int(text)] if text == found[0].group() else None
-    sep = text[found[0].end():found[1].start()]
+    sep = text[found[0].end():found[1].start()]  # never empty: two runs of digits have something between
     if sep.strip() not in _SEPARATORS:
         return None
-    parts = text.split(sep) if sep else None
-    if parts is None or not all(p.isascii() and p.isdigit() for p in parts):
+    parts = text.split(sep)
+    if not all(p.isascii() and p.isdigit() for p in parts):  # "2²" is a digit string to str.isdigit
         return None
     return [int(p) for p in parts]
 
