@@ -318,11 +318,21 @@ def _kept_items(d) -> dict:
     return {"behaviour_items": [len(b), len(b & kept)], "other_items": [n - len(b), len(kept - b)]}
 
 
+def _named(model) -> list[tuple[str, torch.Tensor]]:
+    """A model's parameters and buffers, read through `nn.Module`'s own methods: a
+    `state_dict` hook or a method set on the instance cannot change what is read."""
+    return [*torch.nn.Module.named_parameters(model), *torch.nn.Module.named_buffers(model)]
+
+
 def _tensors(model) -> dict[str, torch.Tensor]:
-    """A model's parameters and buffers, copied to the CPU, read through `nn.Module`'s own
-    methods: a `state_dict` hook or a method set on the instance cannot change what is read."""
-    named = [*torch.nn.Module.named_parameters(model), *torch.nn.Module.named_buffers(model)]
-    return {name: t.detach().to("cpu").clone() for name, t in named}
+    """A copy on the CPU of `_named(model)`."""
+    return {name: t.detach().to("cpu").clone() for name, t in _named(model)}
+
+
+def _fingerprint(model) -> str:
+    """`tensors_key` of the model's weights, hashed where they lie, one tensor at a time (no
+    copy of the whole model: on a Hugging Face student that would be gigabytes)."""
+    return tensors_key(dict(_named(model)))
 
 
 def check_stages(stages, domain) -> None:
@@ -497,10 +507,11 @@ class Distiller:
     def admit(self, model) -> str:
         """Let the stages audit `model` as it is now (a checkpoint handed to their hooks);
         returns its weights' fingerprint, which the hooks must leave as it is."""
+        if self.domain.auditor() is None:
+            return _fingerprint(model)
         tensors = _tensors(model)
         key = tensors_key(tensors)
-        if self.domain.auditor() is not None:
-            self.auditable[key] = tensors
+        self.auditable[key] = tensors
         return key
 
     def _admitted(self, model):
@@ -508,7 +519,7 @@ class Distiller:
         weights, if they are weights the distiller admitted, else None. The copy is what is
         audited, so a forward hook, a method set on the instance or a subclass of the stage's
         making does not reach the auditor with admitted weights."""
-        tensors = self.auditable.get(tensors_key(_tensors(model)))
+        tensors = self.auditable.get(_fingerprint(model))
         if tensors is None:
             return None
         clean = self.domain.student(self.recipe.student, 0)
@@ -863,7 +874,7 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
             handed = d.admit(model) if d._hooked("checkpoint") else None
             for st in d._hooked("checkpoint"):
                 verdict = st.checkpoint(d.view, step, model) or {}
-                if tensors_key(_tensors(model)) != handed:  # the run would train on, and be scored, from its weights
+                if _fingerprint(model) != handed:  # the run would train on, and be scored, from its weights
                     raise DefenderError(f"stage {st.name} changed the student's weights in its checkpoint hook at "
                                         f"step {step}: a checkpoint hook may audit the student, stop the run or "
                                         f"select the checkpoint, not change it")
