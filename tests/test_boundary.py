@@ -439,6 +439,40 @@ class CheckpointOverwrite(Technique):
         return {}
 
 
+ATTACH: dict = {}
+
+
+class CheckpointAttach(Technique):
+    """_test_checkpoint_attach: attaches to the live student at a checkpoint what `ATTACH["how"]`
+    names, changing no weight (must fail: each would steer the training that follows), or, for
+    "reads", only reads it, as an audit does (must pass)."""
+
+    def checkpoint(self, view, step, model):
+        import torch
+
+        how, p = ATTACH["how"], next(model.parameters())
+        if how == "reads":  # what a legitimate hook may do: switch modes and run the model
+            model.eval()
+            with torch.no_grad():
+                model(torch.zeros(1, 3, dtype=torch.long))
+            model.train()
+        elif how == "forward_hook":
+            model.register_forward_hook(lambda module, args, output: output)
+        elif how == "method":
+            model.forward = model.forward
+        elif how == "grad_hook":  # zeroes this weight's gradient from now on
+            p.register_hook(lambda g: g * 0)
+        elif how == "global_hook":
+            ATTACH.setdefault("handles", []).append(torch.nn.modules.module.register_module_forward_hook(
+                lambda m, a, o: o))
+        elif how == "parameter":  # the same values, a new Parameter the optimiser does not hold
+            name, last = list(model.named_parameters())[-1]  # the last: not tied to another
+            owner, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(owner), attr, torch.nn.Parameter(last.detach().clone()))
+        ATTACH.setdefault("steps", []).append(step)
+        return {}
+
+
 HOOKED: dict = {}
 
 
@@ -488,7 +522,8 @@ def cheats():
     table = {"_test_cheat": Cheat, "_test_white_box": WhiteBox, "_test_card": CardReader, "_test_oracle": Oracle,
              "_test_made_probe": MadeProbe, "_test_probe_trained_on": ProbeTrainedOn,
              "_test_checkpoint_swap": CheckpointSwap, "_test_hooked_probe": HookedProbe,
-             "_test_made_items": MadeItems, "_test_launder": Launder, "_test_checkpoint_overwrite": CheckpointOverwrite}
+             "_test_made_items": MadeItems, "_test_launder": Launder, "_test_checkpoint_overwrite": CheckpointOverwrite,
+             "_test_checkpoint_attach": CheckpointAttach}
     for name, cls in table.items():
         register("technique", name)(cls)
     yield
@@ -525,6 +560,34 @@ def test_a_cheating_stage_fails(quick_organism, cheats, stage, what, tmp_path):
             distill(quick_organism[0], _run_recipe(stage), tmp_path / "run", show_progress=False)
         else:
             _run(quick_organism[0], stage)
+
+
+@pytest.mark.parametrize("how", ["forward_hook", "method", "grad_hook", "global_hook", "parameter", "reads"])
+def test_a_checkpoint_hook_attaches_nothing_to_the_student(quick_organism, cheats, how, tmp_path):
+    """A checkpoint hook that leaves the weights alone but attaches a forward hook, a method, a
+    gradient hook, a global module hook or a new Parameter to the live student stops the run
+    at its first checkpoint; one that only switches modes and runs the student, as audits do,
+    lets the run finish (the check does not fire on what a legitimate hook does)."""
+    import torch
+
+    from doublebind.training.distill import distill
+
+    ATTACH.clear()
+    ATTACH["how"] = how
+    try:
+        if how == "reads":
+            distill(quick_organism[0], _run_recipe("_test_checkpoint_attach"), tmp_path / "run", show_progress=False)
+            assert ATTACH["steps"] == [0, 2]
+        else:
+            with pytest.raises(DefenderError, match="_test_checkpoint_attach changed the student's hooks or "
+                                                    "attributes in its checkpoint hook at step 0"):
+                distill(quick_organism[0], _run_recipe("_test_checkpoint_attach"), tmp_path / "run",
+                        show_progress=False)
+            assert ATTACH["steps"] == [0]
+    finally:
+        for handle in ATTACH.get("handles", []):
+            handle.remove()
+    assert not torch.nn.modules.module._global_forward_hooks
 
 
 def test_a_hook_on_an_admitted_probe_does_not_reach_the_auditor(quick_organism, cheats):

@@ -335,6 +335,43 @@ def _fingerprint(model) -> str:
     return tensors_key(dict(_named(model)))
 
 
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_forward_hooks_with_kwargs",
+                 "_global_forward_hooks_always_called", "_global_backward_hooks", "_global_backward_pre_hooks",
+                 "_global_module_registration_hooks", "_global_parameter_registration_hooks",
+                 "_global_buffer_registration_hooks")
+
+
+def _held(v):
+    """What an attribute holds, as the attachment check compares it: plain values by value,
+    containers by their entries, any other object (a hook, a method, a submodule, a tensor) by
+    identity."""
+    if v is None or isinstance(v, (bool, int, float, complex, str, bytes)):
+        return repr(v)
+    if isinstance(v, dict):
+        return tuple((repr(k), _held(x)) for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return tuple(_held(x) for x in v)
+    if isinstance(v, (set, frozenset)):
+        return tuple(sorted(repr(x) for x in v))
+    return id(v)
+
+
+def _attachments(model) -> tuple:
+    """What a checkpoint hook could attach to the live student besides changing its weights:
+    each module's class and its class's `forward`, every attribute set on each module
+    instance (its forward and backward hooks, its parameters, buffers and submodules by
+    identity, a method or any object set on it), the gradient hooks of each weight, and
+    torch's global module hooks. `training` is left out: the loop sets the mode itself."""
+    from torch.nn.modules import module as torch_module
+
+    modules = [(name, id(type(m)), id(getattr(type(m), "forward", None)),
+                tuple((k, _held(v)) for k, v in sorted(vars(m).items()) if k != "training"))
+               for name, m in torch.nn.Module.named_modules(model)]
+    grads = [(name, _held(getattr(t, "_backward_hooks", None)), _held(getattr(t, "_post_accumulate_grad_hooks", None)))
+             for name, t in _named(model)]
+    return modules, grads, [(n, _held(getattr(torch_module, n, None))) for n in _GLOBAL_HOOKS]
+
+
 def check_stages(stages, domain) -> None:
     """Techniques written for the embedded world refuse other organisms plainly."""
     for st in stages:
@@ -872,10 +909,13 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
                                       f"diverged; {LR_HINT}")
             model = d.accelerator.unwrap_model(d.model)
             handed = d.admit(model) if d._hooked("checkpoint") else None
+            attached = _attachments(model) if d._hooked("checkpoint") else None
             for st in d._hooked("checkpoint"):
                 verdict = st.checkpoint(d.view, step, model) or {}
-                if _fingerprint(model) != handed:  # the run would train on, and be scored, from its weights
-                    raise DefenderError(f"stage {st.name} changed the student's weights in its checkpoint hook at "
+                changed = ("weights" if _fingerprint(model) != handed  # the run would train on from them
+                           else "hooks or attributes" if _attachments(model) != attached else None)  # would steer it
+                if changed:
+                    raise DefenderError(f"stage {st.name} changed the student's {changed} in its checkpoint hook at "
                                         f"step {step}: a checkpoint hook may audit the student, stop the run or "
                                         f"select the checkpoint, not change it")
                 d.record(st, "checkpoint", step=step, **verdict)
