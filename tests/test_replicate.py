@@ -149,10 +149,12 @@ def test_cli_writes_table_json_and_plots(tmp_path):
     assert res.returncode == 0, res.stderr
     for text in ("student, same init", "student, different init", "control: same init, all logits",
                  "control: different init, all logits", "chance", "auxiliary-logit sweep", "s per seed",
-                 "published: Cloud et al. (2025)", "not traced offline"):
-        assert text in res.stdout
+                 "published: Cloud et al. (2025)", "section 6.2", "over 50% accuracy on the MNIST test set",
+                 "quoted second-hand", "against the published 'over 0.50' on MNIST"):
+        assert text in " ".join(res.stdout.split())  # the console may wrap long lines
     data = json.loads((out / "subliminal_digits.json").read_text())
     assert data["seeds"] == [0, 1] and set(data["results"]) == {"2", "3"}
+    assert data["published"]["aux"] == 3 and data["published"]["same_init_above"] == 0.5
     assert not (out / sd.FINISHED).exists()  # the record of finished seeds goes once the JSON holds them
     rows = data["results"]["3"]["per_seed"]
     assert [r["seed"] for r in rows] == [0, 1]
@@ -282,3 +284,15 @@ def test_an_interrupted_replication_resumes_from_its_finished_seeds(tmp_path, mo
     monkeypatch.setattr(sd, "run_seed", lambda seed, setup, advance=lambda n=1: None: calls.append(seed) or {})
     sd.run([0], replace(SMALL, temperature=2.0), record=record)
     assert calls == [0]
+
+
+@pytest.mark.parametrize("ci,where", [((0.55, 0.7), "above it"), ((0.3, 0.45), "below it"),
+                                      ((0.27, 0.58), "its interval spans it")])
+def test_the_published_level_is_placed_against_the_interval(ci, where):
+    """The line beside the published MNIST figure says on which side of 'over 0.50' the
+    same-init interval lies, and is printed only at the paper's m = 3."""
+    summary = {"same_init": {"mean": sum(ci) / 2, "ci95": list(ci)}, "different_init": {"mean": 0.11}}
+    line = sd.against_published(summary, 3)
+    assert line.endswith(f"{where}; different init 0.110 (chance 0.10)")
+    assert f"[{ci[0]:.3f}, {ci[1]:.3f}]" in line
+    assert sd.against_published(summary, 5) is None

@@ -861,7 +861,10 @@ def replicate_subliminal_digits(
         for row in sd.sweep_rows(rep):
             st.add_row(*row)
         _print_table(st)
-    out(f"published: {sd.PUBLISHED_CLAIM}")
+    out(sd.published_line())
+    beside = sd.against_published(summary, aux)
+    if beside:
+        out(beside)
     out(f"{summary['seconds_per_seed']:.1f} s per seed (m = {aux}); wrote {', '.join(str(p) for p in paths)}")
 
 

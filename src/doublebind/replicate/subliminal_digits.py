@@ -89,15 +89,45 @@ CONDITIONS = {
     "different_init_all": "control: different init, all logits",
 }
 
-# No published numbers are printed beside these. Figures entered in an earlier version (0.537 and
-# 0.100, 0.549 and 0.124, "Cloud et al. (2025), rerun" and "independent replication") named no
-# paper figure, table or script, and a review could not trace them (the authors' repository,
-# github.com/MinhxLe/subliminal-learning, prints accuracies but holds none), so they went. What
-# is compared is the published claim, the pattern: a same-init student learns digits from the
-# auxiliary logits and a different-init one does not, while both learn from all logits.
-PUBLISHED_CLAIM = ("Cloud et al. (2025), MNIST section and scripts/run_mnist_experiment.py: a student distilled on "
-                   "the teacher's auxiliary logits on noise learns the digits from the teacher's initialisation, "
-                   "not from another; the published accuracies are not reproduced here (not traced offline)")
+# What the paper reports, beside which this prints its own numbers. Figures entered in an earlier
+# version (0.537 and 0.100, 0.549 and 0.124, "Cloud et al. (2025), rerun" and "independent
+# replication") named no paper figure, table or script, and a review could not trace them (the
+# authors' repository, github.com/MinhxLe/subliminal-learning, prints accuracies but holds none),
+# so they went. The paper's own text cannot be read from this project's machines; what stands here
+# is its MNIST section's one number as quoted, with its section, by a public reading note that
+# states it was checked against the arXiv v1 PDF (an excerpt of 2507.14805v1, "MNIST MLP
+# (section 6.2)"). The level is MNIST's: this rerun is on 8x8 digits, so only the pattern is
+# compared, and the level is printed for the reader to weigh.
+PUBLISHED = {
+    "paper": "Cloud et al. (2025), Subliminal learning, arXiv 2507.14805, section 6.2 (MNIST MLP)",
+    "aux": 3,
+    "same_init": "a student distilled only on three auxiliary logits over noise images \"achieves over 50% "
+                 "accuracy on the MNIST test set\"",
+    "same_init_above": 0.5,
+    "different_init": "the effect disappears when teacher and student have different initializations (no number)",
+    "source": "quoted second-hand, by a public reading note of 2507.14805v1 that states it was checked against "
+              "the arXiv PDF; the paper's text was not readable here",
+}
+
+
+def published_line() -> str:
+    """The published result in one line, as `replicate subliminal-digits` prints it."""
+    p = PUBLISHED
+    return (f"published: {p['paper']}, m = {p['aux']}, on MNIST: {p['same_init']}; {p['different_init']} "
+            f"[{p['source']}]")
+
+
+def against_published(summary: dict, aux: int) -> str | None:
+    """Where this run's same-init accuracy lies against the published level (m = 3 only: the
+    paper gives no other m), or None."""
+    if aux != PUBLISHED["aux"]:
+        return None
+    stat, level = summary["same_init"], PUBLISHED["same_init_above"]
+    lo, hi = stat["ci95"]
+    where = "above it" if lo > level else "below it" if hi < level else "its interval spans it"
+    return (f"here (8x8 digits, m = {aux}): same init {stat['mean']:.3f} [{lo:.3f}, {hi:.3f}] "
+            f"against the published 'over {level:.2f}' on MNIST: {where}; different init "
+            f"{summary['different_init']['mean']:.3f} (chance {CHANCE:.2f})")
 
 
 @dataclass(frozen=True)
@@ -345,7 +375,7 @@ class Replication:
                       "interval": "Student-t 95% of the mean over seeds"},
             "seeds": self.seeds,
             "chance": CHANCE,
-            "published": PUBLISHED_CLAIM,
+            "published": PUBLISHED,
             "main_aux": self.setup.aux,
             "results": {str(m): {"per_seed": rows, "summary": summarise(rows)} for m, rows in self.runs.items()},
         }
@@ -476,6 +506,11 @@ def plot_bars(rep: Replication, path: Path) -> None:
         xs = [i + 0.25 * ((j + 0.5) / n - 0.5) for j in range(n)]
         ax.scatter(xs, s["per_seed"], color="black", s=14, zorder=3, label="per seed" if i == 0 else None)
     ax.axhline(CHANCE, ls=":", color="black", label="chance (0.1)")
+    if rep.setup.aux == PUBLISHED["aux"] and "same_init" in conds:  # the paper's one number, at its m
+        i = conds.index("same_init")
+        ax.hlines(PUBLISHED["same_init_above"], i - 0.42, i + 0.42, colors="tab:red", linestyles="--",
+                  label=f"published on MNIST, same init: over {PUBLISHED['same_init_above']:.2f}\n"
+                        f"(Cloud et al. 2025, section 6.2, quoted)")
     ax.set_xticks(range(len(conds)), [CONDITIONS[c].replace(": ", ":\n").replace(", ", ",\n").replace(" (", "\n(")
                                       for c in conds])
     ax.set_ylabel("accuracy on held-out digits")
