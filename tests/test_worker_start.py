@@ -441,3 +441,28 @@ def test_a_killed_fork_server_is_named_not_reported_as_exit_code_255(monkeypatch
             break
         time.sleep(0.05)
     assert set(_pool()) == {"a", "b"}
+
+
+def test_a_server_whose_socket_refuses_as_the_pool_starts_is_replaced(monkeypatch, tmp_path):
+    """A fork server killed a moment before a pool starts can still look alive with its socket
+    closed: the pool's first worker met "connection refused" and the study stopped with "fork
+    server did not start". The pool now starts a new server once and goes on. The refusing
+    socket is stood in for by a plain file (connecting to one is refused the same way)."""
+    from multiprocessing import forkserver
+
+    monkeypatch.delenv(executor.START_ENV, raising=False)
+    _pool()
+    server = forkserver._forkserver
+    old_pid, old_address = server._forkserver_pid, server._forkserver_address
+    closed = tmp_path / "closed-socket"
+    closed.write_text("")
+    server._forkserver_address = str(closed)
+    try:
+        got = _pool()
+    finally:
+        if old_address and os.path.exists(old_address):
+            os.unlink(old_address)
+    assert set(got) == {"a", "b"}
+    assert server._forkserver_pid not in (None, old_pid)
+    assert {r["ppid"] for r in got.values()} == {server._forkserver_pid}
+    assert not Path(f"/proc/{old_pid}").exists()  # the old server was stopped and reaped

@@ -257,6 +257,16 @@ def _stop_server(server) -> None:
     server._stop()
 
 
+def _restart_server():
+    """Stop the fork server, dead or dying, and start a new one (`_context`)."""
+    global _server_env
+    from multiprocessing import forkserver
+
+    _stop_server(forkserver._forkserver)
+    _server_env = None
+    return _context()
+
+
 def warm_up() -> None:
     """Start the fork server now, so that its imports overlap the caller's own set-up."""
     with contextlib.suppress(Exception):  # the pool itself reports any real problem
@@ -276,6 +286,33 @@ class _Pool:
         self.procs: list = []
         self.conns: list = []
 
+    def _start_worker(self, w: int, again: bool) -> None:
+        """Start worker `w`. A fork server killed a moment before the pool started can still
+        look alive while its socket is already closed (`ensure_running` then keeps it), so the
+        first worker's start that fails is tried `again` once on a new server; a server that
+        fails then too (a module it preloads fails) is one error."""
+        import doublebind
+
+        parent, child = self.ctx.Pipe()
+        p = self.ctx.Process(target=_worker_main, name=f"doublebind-worker-{w}", daemon=True,
+                             args=(child, self.fn_ref, os.getpid(), doublebind.__file__, os.environ.get("PYTHONPATH")))
+        try:
+            p.start()
+        except (EOFError, OSError) as e:  # the fork server is gone or died (a module it preloads failed)
+            parent.close()
+            child.close()
+            if self.ctx.get_start_method() != "forkserver":
+                raise DoublebindError(f"could not start a worker process ({type(e).__name__}: {e})") from None
+            if again:
+                self.ctx = _restart_server()
+                return self._start_worker(w, again=False)
+            raise DoublebindError(
+                f"the workers' fork server did not start ({type(e).__name__}: {e}); set "
+                f"{START_ENV}=spawn to start each worker on its own") from None
+        child.close()
+        self.procs.append(p)
+        self.conns.append(parent)
+
     def run(self, jobs: dict, on_done: Callable) -> None:
         from multiprocessing.connection import wait
 
@@ -286,24 +323,8 @@ class _Pool:
         # raised (the one one worker would have met first), whichever ended first here.
         failures: dict[int, BaseException] = {}
         try:
-            import doublebind
-
             for w in range(self.size):
-                parent, child = self.ctx.Pipe()
-                p = self.ctx.Process(target=_worker_main, name=f"doublebind-worker-{w}", daemon=True,
-                                     args=(child, self.fn_ref, os.getpid(), doublebind.__file__,
-                                           os.environ.get("PYTHONPATH")))
-                try:
-                    p.start()
-                except (EOFError, OSError) as e:  # the fork server died (a module it preloads failed)
-                    if self.ctx.get_start_method() != "forkserver":
-                        raise DoublebindError(f"could not start a worker process ({type(e).__name__}: {e})") from None
-                    raise DoublebindError(
-                        f"the workers' fork server did not start ({type(e).__name__}: {e}); set "
-                        f"{START_ENV}=spawn to start each worker on its own") from None
-                child.close()
-                self.procs.append(p)
-                self.conns.append(parent)
+                self._start_worker(w, again=w == 0)
 
             def dispatch(w: int) -> None:
                 busy[w] = pending.pop()
