@@ -445,20 +445,26 @@ ATTACH: dict = {}
 class CheckpointAttach(Technique):
     """_test_checkpoint_attach: attaches to the live student at a checkpoint what `ATTACH["how"]`
     names, changing no weight (must fail: each would steer the training that follows), or, for
-    "reads", only reads it, as an audit does (must pass)."""
+    "reads" and "reads_hidden", only reads it, as an audit does (must pass)."""
 
     def checkpoint(self, view, step, model):
+        import types
+
         import torch
+        from transformers import AttentionInterface
 
         how, p = ATTACH["how"], next(model.parameters())
-        if how == "reads":  # what a legitimate hook may do: switch modes and run the model
+        ids = torch.zeros(1, 3, dtype=torch.long)
+        if how in ("reads", "reads_hidden"):  # what a legitimate hook may do: switch modes and run the model
             model.eval()
-            with torch.no_grad():
-                model(torch.zeros(1, 3, dtype=torch.long))
+            with torch.no_grad():  # hidden states: transformers installs hooks of its own, for good
+                model(ids, output_hidden_states=how == "reads_hidden", output_attentions=how == "reads_hidden")
             model.train()
         elif how == "forward_hook":
             model.register_forward_hook(lambda module, args, output: output)
-        elif how == "method":
+        elif how == "method":  # a forward of its own, bound to the student (one that only calls the class's)
+            model.forward = types.MethodType(lambda self, *a, **k: type(self).forward(self, *a, **k), model)
+        elif how == "class_method":  # the class's own forward bound to the student: its own behaviour, passes
             model.forward = model.forward
         elif how == "grad_hook":  # zeroes this weight's gradient from now on
             p.register_hook(lambda g: g * 0)
@@ -469,6 +475,16 @@ class CheckpointAttach(Technique):
             name, last = list(model.named_parameters())[-1]  # the last: not tied to another
             owner, _, attr = name.rpartition(".")
             setattr(model.get_submodule(owner), attr, torch.nn.Parameter(last.detach().clone()))
+        elif how == "freeze":
+            p.requires_grad_(False)
+        elif how == "gradient":  # left behind, the next step would add it to its own
+            model(ids).logits.sum().backward()
+        elif how == "class":
+            type(model).doublebind_test_patch = lambda self: None
+        elif how == "config":
+            model.config.use_cache = not model.config.use_cache
+        elif how == "attention":
+            AttentionInterface.register("doublebind_test_attention", lambda *a, **k: None)
         ATTACH.setdefault("steps", []).append(step)
         return {}
 
@@ -562,31 +578,48 @@ def test_a_cheating_stage_fails(quick_organism, cheats, stage, what, tmp_path):
             _run(quick_organism[0], stage)
 
 
-@pytest.mark.parametrize("how", ["forward_hook", "method", "grad_hook", "global_hook", "parameter", "reads"])
-def test_a_checkpoint_hook_attaches_nothing_to_the_student(quick_organism, cheats, how, tmp_path):
-    """A checkpoint hook that leaves the weights alone but attaches a forward hook, a method, a
-    gradient hook, a global module hook or a new Parameter to the live student stops the run
-    at its first checkpoint; one that only switches modes and runs the student, as audits do,
-    lets the run finish (the check does not fire on what a legitimate hook does)."""
+@pytest.mark.parametrize("how, what", [
+    ("forward_hook", "_forward_hooks of module (the model)"), ("method", "forward of module (the model) added"),
+    ("grad_hook", "hooks of weight model.embed_tokens.weight"),
+    ("global_hook", "_global_forward_hooks of torch global module hooks"),
+    ("parameter", "_parameters of module model.norm"), ("freeze", "requires_grad of weight model.embed_tokens.weight"),
+    ("gradient", "grad of weight model.embed_tokens.weight"), ("class", "doublebind_test_patch of class LlamaForCausalLM added"),
+    ("config", "use_cache of config config"), ("attention", "registry of transformers attention functions"),
+    ("reads", None), ("reads_hidden", None), ("class_method", None)])
+def test_a_checkpoint_hook_attaches_nothing_to_the_student(quick_organism, cheats, how, what, tmp_path):
+    """A checkpoint hook that leaves the weights alone but attaches something to the live
+    student, or changes what its code calls, stops the run at its first checkpoint with an
+    error naming what changed; one that only switches modes and runs the student, hidden states
+    included (transformers then installs hooks of its own), or binds the class's own method
+    to it (as peft does after generating), lets the run finish."""
+    import re
+
     import torch
+    from transformers import AttentionInterface
 
     from doublebind.training.distill import distill
 
     ATTACH.clear()
     ATTACH["how"] = how
     try:
-        if how == "reads":
+        if what is None:
             distill(quick_organism[0], _run_recipe("_test_checkpoint_attach"), tmp_path / "run", show_progress=False)
             assert ATTACH["steps"] == [0, 2]
         else:
-            with pytest.raises(DefenderError, match="_test_checkpoint_attach changed the student's hooks or "
-                                                    "attributes in its checkpoint hook at step 0"):
+            with pytest.raises(DefenderError, match=re.escape(
+                    f"_test_checkpoint_attach changed the student's hooks or attributes ({what}) in its checkpoint "
+                    f"hook at step 0")):
                 distill(quick_organism[0], _run_recipe("_test_checkpoint_attach"), tmp_path / "run",
                         show_progress=False)
             assert ATTACH["steps"] == [0]
     finally:
         for handle in ATTACH.get("handles", []):
             handle.remove()
+        from transformers import LlamaForCausalLM
+
+        if "doublebind_test_patch" in vars(LlamaForCausalLM):
+            del LlamaForCausalLM.doublebind_test_patch
+        AttentionInterface._global_mapping.pop("doublebind_test_attention", None)
     assert not torch.nn.modules.module._global_forward_hooks
 
 

@@ -341,35 +341,98 @@ _GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_
                  "_global_buffer_registration_hooks")
 
 
-def _held(v):
-    """What an attribute holds, as the attachment check compares it: plain values by value,
-    containers by their entries, any other object (a hook, a method, a submodule, a tensor) by
-    identity."""
+_LIBRARIES = ("torch.", "transformers.", "peft.", "accelerate.")  # hooks of these are the libraries' own
+
+
+def _held(v, depth: int = 0):
+    """What an attribute holds, as the attachment check compares it: plain values by value
+    (as their repr, a str), containers by their entries (four levels down), any other object
+    (a hook, a method, a submodule, a tensor) by identity."""
     if v is None or isinstance(v, (bool, int, float, complex, str, bytes)):
         return repr(v)
+    if depth >= 4:
+        return id(v)
     if isinstance(v, dict):
-        return tuple((repr(k), _held(x)) for k, x in v.items())
+        return tuple((repr(k), _held(x, depth + 1)) for k, x in v.items())
     if isinstance(v, (list, tuple)):
-        return tuple(_held(x) for x in v)
+        return tuple(_held(x, depth + 1) for x in v)
     if isinstance(v, (set, frozenset)):
         return tuple(sorted(repr(x) for x in v))
     return id(v)
 
 
-def _attachments(model) -> tuple:
-    """What a checkpoint hook could attach to the live student besides changing its weights:
-    each module's class and its class's `forward`, every attribute set on each module
-    instance (its forward and backward hooks, its parameters, buffers and submodules by
-    identity, a method or any object set on it), the gradient hooks of each weight, and
-    torch's global module hooks. `training` is left out: the loop sets the mode itself."""
-    from torch.nn.modules import module as torch_module
+def _own_hook(f) -> bool:
+    """A hook the libraries install themselves (transformers' output capturing, which a forward
+    with `output_hidden_states=True` installs for good, and the like)."""
+    f = getattr(f, "func", f)  # a functools.partial
+    return (getattr(f, "__module__", None) or "").startswith(_LIBRARIES)
 
-    modules = [(name, id(type(m)), id(getattr(type(m), "forward", None)),
-                tuple((k, _held(v)) for k, v in sorted(vars(m).items()) if k != "training"))
-               for name, m in torch.nn.Module.named_modules(model)]
-    grads = [(name, _held(getattr(t, "_backward_hooks", None)), _held(getattr(t, "_post_accumulate_grad_hooks", None)))
-             for name, t in _named(model)]
-    return modules, grads, [(n, _held(getattr(torch_module, n, None))) for n in _GLOBAL_HOOKS]
+
+def _instance_attributes(m) -> dict:
+    """`vars(m)` without `training` (the loop sets the mode itself), the libraries' own hooks,
+    and a method of m's class bound to m (peft sets one back after generating: the class's
+    own behaviour)."""
+    out = {}
+    for k, v in vars(m).items():
+        if k == "training" or (getattr(v, "__self__", None) is m and getattr(type(m), k, None) is getattr(v, "__func__", None)):
+            continue
+        if "hooks" in k and isinstance(v, dict):
+            v = {key: f for key, f in v.items() if not _own_hook(f)}
+        out[k] = v
+    return out
+
+
+def _attachments(model) -> dict:
+    """What a checkpoint hook could attach to the live student besides changing its weights,
+    by where it is: every attribute set on each module instance (its forward and backward
+    hooks, its parameters, buffers and submodules by identity, a method or any object set on
+    it, its plain settings by value), each module's class and the attributes of every class
+    it inherits from (a method patched on the class), the model's config, each weight's
+    gradient hooks, whether it trains and whether it holds a gradient (which the next step
+    would add to), torch's global module hooks and transformers' attention registries."""
+    from torch.nn.modules import module as torch_module
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    out: dict = {}
+    classes: dict = {}
+    for name, m in torch.nn.Module.named_modules(model):
+        out[("module", name or "(the model)", "class")] = id(type(m))
+        for k, v in _instance_attributes(m).items():
+            out[("module", name or "(the model)", k)] = _held(v)
+        for cls in type(m).__mro__[:-1]:  # not `object`
+            classes[cls] = cls
+    for cls in classes:
+        for k, v in vars(cls).items():
+            out[("class", cls.__qualname__, k)] = id(v)
+    cfg = getattr(model, "config", None)
+    if hasattr(cfg, "__dict__"):
+        for k, v in vars(cfg).items():
+            out[("config", "config", k)] = _held(v)
+    for name, t in _named(model):
+        out[("weight", name, "hooks")] = (_held(getattr(t, "_backward_hooks", None)),
+                                          _held(getattr(t, "_post_accumulate_grad_hooks", None)))
+        out[("weight", name, "requires_grad")] = t.requires_grad
+        out[("weight", name, "grad")] = None if t.grad is None else id(t.grad)
+    for n in _GLOBAL_HOOKS:
+        out[("torch", "global module hooks", n)] = _held(getattr(torch_module, n, None))
+    for n, registry in (("attention", ALL_ATTENTION_FUNCTIONS), ("mask", ALL_MASK_ATTENTION_FUNCTIONS)):
+        out[("transformers", f"{n} functions", "registry")] = _held(dict(registry.items()))
+    return out
+
+
+def _attached(before: dict, after: dict) -> str | None:
+    """The first thing `after` has attached or changed against `before`, in words, or None. A
+    plain setting set for the first time is not counted: the libraries cache such values on
+    first use (peft, `generate`)."""
+    for key in sorted(before.keys() | after.keys(), key=repr):
+        if key in before and key in after and before[key] == after[key]:
+            continue
+        if key not in before and isinstance(after[key], str):
+            continue
+        kind, where, what = key
+        return f"{what} of {kind} {where}" + (" removed" if key not in after else " added" if key not in before else "")
+    return None
 
 
 def check_stages(stages, domain) -> None:
@@ -912,8 +975,11 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
             attached = _attachments(model) if d._hooked("checkpoint") else None
             for st in d._hooked("checkpoint"):
                 verdict = st.checkpoint(d.view, step, model) or {}
-                changed = ("weights" if _fingerprint(model) != handed  # the run would train on from them
-                           else "hooks or attributes" if _attachments(model) != attached else None)  # would steer it
+                if _fingerprint(model) != handed:  # the run would train on from them
+                    changed = "weights"
+                else:  # what would steer the training that follows
+                    what = _attached(attached, _attachments(model))
+                    changed = f"hooks or attributes ({what})" if what else None
                 if changed:
                     raise DefenderError(f"stage {st.name} changed the student's {changed} in its checkpoint hook at "
                                         f"step {step}: a checkpoint hook may audit the student, stop the run or "
