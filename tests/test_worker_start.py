@@ -466,3 +466,19 @@ def test_a_server_whose_socket_refuses_as_the_pool_starts_is_replaced(monkeypatc
     assert server._forkserver_pid not in (None, old_pid)
     assert {r["ppid"] for r in got.values()} == {server._forkserver_pid}
     assert not Path(f"/proc/{old_pid}").exists()  # the old server was stopped and reaped
+
+
+def test_a_server_whose_socket_file_is_gone_is_replaced(monkeypatch):
+    """The server's socket file removed under it (a cleaner of /tmp during a long study): the
+    first worker cannot connect, and stopping the old server could not remove the file again.
+    That raised FileNotFoundError from inside the pool; the pool now starts a new server."""
+    from multiprocessing import forkserver
+
+    monkeypatch.delenv(executor.START_ENV, raising=False)
+    _pool()
+    server = forkserver._forkserver
+    old_pid = server._forkserver_pid
+    os.unlink(server._forkserver_address)
+    got = _pool()
+    assert set(got) == {"a", "b"} and {r["ppid"] for r in got.values()} == {server._forkserver_pid} != {old_pid}
+    assert set(_pool()) == {"a", "b"}  # and the pools after it start as ever

@@ -250,11 +250,25 @@ def _sigint_ignored():
 def _stop_server(server) -> None:
     """Stop the fork server now. Its own stop waits until every holder of its "alive" pipe has
     closed it, which a process forked from this one (not by doublebind) may hold for as long
-    as it lives; its workers of earlier pools are gone, so it is ended outright."""
+    as it lives; its workers of earlier pools are gone, so it is ended outright. A server
+    already reaped elsewhere (`waitpid` fails) or whose socket file is gone (`unlink` fails)
+    made `_stop` raise half-way, leaving a state in which every later start failed: the state
+    is cleared whatever `_stop` managed."""
     with contextlib.suppress(OSError):
         if server._forkserver_pid is not None:
             os.kill(server._forkserver_pid, signal.SIGTERM)
-    server._stop()
+    from multiprocessing import util
+
+    with contextlib.suppress(OSError, TypeError):
+        server._stop()
+    with server._lock:
+        if server._forkserver_alive_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(server._forkserver_alive_fd)
+        if server._forkserver_address and not util.is_abstract_socket_namespace(server._forkserver_address):
+            with contextlib.suppress(OSError):
+                os.unlink(server._forkserver_address)
+        server._forkserver_pid = server._forkserver_alive_fd = server._forkserver_address = None
 
 
 def _restart_server():
