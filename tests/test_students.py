@@ -1,4 +1,5 @@
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,6 +90,45 @@ def test_shrink_perturb_matches_the_formula(quick_organism, base):
 def test_shrink_one_perturb_zero_is_base(quick_organism, base):
     student = make_student(StudentConfig(init="shrink_perturb", shrink=1.0, perturb=0.0), quick_organism[0], seed=3)
     assert same(student, base)
+
+
+@pytest.mark.parametrize("n_base, n, kept", [(2, 1, [0]), (3, 2, [0, 2]), (4, 2, [0, 3]), (5, 3, [0, 2, 4]),
+                                           (8, 4, [0, 2, 5, 7])])
+def test_kept_layers_are_evenly_spaced_with_the_first_and_last(n_base, n, kept):
+    from doublebind.students import kept_layers
+
+    assert kept_layers(n_base, n) == kept
+
+
+def test_base_layers_is_base_with_a_layer_dropped(quick_organism, base):
+    """Against an independent construction: base with its second decoder layer taken out of
+    the module list. Same weights, same logits, the head still tied, whatever the seed."""
+    import copy
+
+    cfg = StudentConfig(init="base_layers", model=ModelConfig(layers=1))
+    student = make_student(cfg, quick_organism[0], seed=4)
+    assert student.config.num_hidden_layers == 1 and student.config.hidden_size == base.config.hidden_size
+    ref = copy.deepcopy(base)
+    ref.model.layers = torch.nn.ModuleList([ref.model.layers[0]])
+    ref.config.num_hidden_layers = 1
+    assert same(student, ref)
+    ids = batch(base.config.vocab_size)
+    assert torch.allclose(logits(student, ids), logits(ref, ids), rtol=0, atol=1e-6)
+    assert not torch.allclose(logits(student, ids), logits(base, ids), atol=1e-3)  # a layer fewer changes them
+    assert student.get_output_embeddings().weight.data_ptr() == student.get_input_embeddings().weight.data_ptr()
+    assert same(student, make_student(cfg, quick_organism[0], seed=9))  # nothing drawn: every weight is base's
+
+
+def test_base_layers_that_keep_every_layer_are_refused(quick_organism):
+    with pytest.raises(DoublebindError, match="keeps fewer of base's 2 layers than it has: model.layers is 2"):
+        make_student(StudentConfig(init="base_layers", model=ModelConfig(layers=2)), quick_organism[0], seed=0)
+
+
+def test_base_layers_without_a_layer_count_is_a_config_error():
+    """Refused as the recipe loads, not when a study's first run builds its student."""
+    recipe = Path(__file__).resolve().parent.parent / "configs" / "recipes" / "study.yaml"
+    with pytest.raises(config.ConfigError, match="init base_layers needs model.layers"):
+        config.load(recipe, ["student={init: base_layers}"], expect="recipe")
 
 
 def test_lora_trains_only_adapters_and_starts_as_base(quick_organism, base):

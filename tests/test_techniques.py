@@ -2,6 +2,7 @@
 
 import importlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,6 +96,27 @@ def test_verifier_filter_removes_what_fails_and_reports_pass_rate(quick_organism
 def test_small_student_is_small(quick_organism):
     d = run(quick_organism[0], {"name": "small_student", "hidden": 16, "layers": 1, "heads": 2})
     assert d.model.config.hidden_size == 16 and d.model.config.num_hidden_layers == 1
+
+
+def test_small_student_from_base_layers_starts_from_base(quick_organism):
+    """`start: base_layers`: one of base's two layers, base's width, base's weights."""
+    from doublebind.organisms.models import load_checkpoint
+
+    d = run(quick_organism[0], {"name": "small_student", "start": "base_layers", "layers": 1})
+    base = load_checkpoint(quick_organism[0] / "base")
+    assert d.model.config.num_hidden_layers == 1 and d.model.config.hidden_size == base.config.hidden_size
+    got, ref = dict(d.model.named_parameters()), dict(base.named_parameters())
+    assert all(torch.equal(t, ref[n]) for n, t in got.items())  # layer 0, embeddings and norm: base's own
+
+
+STUDY = Path(__file__).resolve().parent.parent / "configs" / "studies" / "quick.yaml"
+
+
+def test_small_student_from_base_layers_takes_no_width():
+    with pytest.raises(config.ConfigError, match="start base_layers keeps base's sizes but for its layers: leave out "
+                                                 "heads, hidden"):
+        config.load(STUDY, ["techniques=[baseline, {name: small_student, start: base_layers, layers: 1, hidden: 32, "
+                            "heads: 2}]"])
 
 
 def test_kl_to_base_term_matches_reference_and_holds_student_near_base(quick_organism):

@@ -419,13 +419,23 @@ class LoraConfig(Strict):
 class StudentConfig(Strict):
     """Where the student starts."""
 
-    init: Literal["base", "alt_base", "fresh", "shrink_perturb"] = Field(
+    init: Literal["base", "alt_base", "fresh", "shrink_perturb", "base_layers"] = Field(
         default="base", description="base (shared init with the teacher), alt_base, fresh (new small model), "
-                                    "shrink_perturb (shrink base, add fresh noise).")
-    model: ModelConfig | None = Field(default=None, description="Architecture for `fresh` (default: base's).")
+                                    "shrink_perturb (shrink base, add fresh noise), base_layers (base with only "
+                                    "`model.layers` of its layers, evenly spaced; embedded organisms).")
+    model: ModelConfig | None = Field(default=None, description="Architecture for `fresh` (default: base's); "
+                                                                "for `base_layers`, only its `layers` counts.")
     shrink: float = Field(default=0.5, ge=0, le=1, description="shrink_perturb: weight kept of base.")
     perturb: float = Field(default=0.1, ge=0, description="shrink_perturb: scale of the fresh-init noise.")
     lora: LoraConfig | None = Field(default=None, description="Train LoRA adapters (peft) instead of all weights.")
+
+    @model_validator(mode="after")
+    def _base_layers_named(self) -> "StudentConfig":
+        """`base_layers` needs a layer count (its other sizes are base's, whatever `model` says):
+        checked with the config, not when the first run builds its student."""
+        if self.init == "base_layers" and self.model is None:
+            raise ValueError("init base_layers needs model.layers: how many of base's layers to keep")
+        return self
 
 
 class DistillTrainConfig(Strict):

@@ -4,7 +4,10 @@ Subliminal transfer hinges on initialisation: a student that shares the teacher'
 weights (`base`) can pick up traits from data that carries no visible sign of them, while one
 from a different init (`alt_base`, `fresh`) should not. `shrink_perturb` (Ash & Adams, 2020)
 sits in between: it keeps a shrunk copy of base and adds fresh-init noise, a dial for how much
-shared initialisation is left. Any of them can train LoRA adapters instead of all weights.
+shared initialisation is left. `base_layers` is a smaller student that still starts from
+what base knows: base with only some of its decoder layers, evenly spaced, the way
+layer-dropped students of a deeper model are initialised. Any of them can train LoRA
+adapters instead of all weights.
 """
 
 from __future__ import annotations
@@ -59,6 +62,35 @@ def shrink_perturb(base, fresh, shrink: float, perturb: float) -> None:
             p.copy_(shrink * p + perturb * q)
 
 
+def kept_layers(n_base: int, n: int) -> list[int]:
+    """`n` of base's `n_base` layer indices, evenly spaced with the first and the last among
+    them; for n = 1 the first."""
+    if n == 1:
+        return [0]
+    return [round(i * (n_base - 1) / (n - 1)) for i in range(n)]
+
+
+def base_layers(base, arch: ModelConfig, layers: int, seed: int):
+    """A model of `arch` with `layers` decoder layers whose every weight is base's: embeddings,
+    final norm and head as they are, layer i from base's layer `kept_layers(...)[i]`."""
+    if not 1 <= layers < arch.layers:
+        raise DoublebindError(f"student.init base_layers keeps fewer of base's {arch.layers} layers than it has: "
+                              f"model.layers is {layers}")
+    small = make_model(arch.model_copy(update={"layers": layers}), seed)
+    keep, src = kept_layers(arch.layers, layers), base.state_dict()
+    state = {}
+    for name in small.state_dict():
+        head, sep, rest = name.partition("model.layers.")
+        if sep:
+            i, _, tail = rest.partition(".")
+            name_in_base = f"{head}model.layers.{keep[int(i)]}.{tail}"
+        else:
+            name_in_base = name
+        state[name] = src[name_in_base]
+    small.load_state_dict(state)
+    return small
+
+
 def make_student(cfg: StudentConfig, organism_dir: Path, seed: int):
     """A causal LM initialised as `cfg.init` says, optionally wrapped with LoRA adapters.
 
@@ -71,6 +103,12 @@ def make_student(cfg: StudentConfig, organism_dir: Path, seed: int):
         model = _load_role(organism_dir, cfg.init)
     elif cfg.init == "fresh":
         model = make_model(cfg.model or organism_model_config(organism_dir), seed)
+    elif cfg.init == "base_layers":
+        if cfg.model is None:
+            raise DoublebindError("student.init base_layers needs student.model.layers: how many of base's "
+                                  "layers to keep")
+        model = base_layers(_load_role(organism_dir, "base"), organism_model_config(organism_dir),
+                            cfg.model.layers, seed)
     else:
         arch = organism_model_config(organism_dir)
         model = _load_role(organism_dir, "base")
