@@ -828,12 +828,13 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
         b.append(("p", "These organisms have no behaviour-agnostic auditor (success@k), so there is no plot."))
     _per_scenario_table(
         b, "What the stages kept of the training data",
-        "For each technique whose stages dropped training items, summed over its runs: of the "
-                       "teacher's items where the behaviour acts (its family, in its trigger situation: the "
+        "For each technique whose stages dropped or rewrote training items, summed over its runs: of "
+                       "the teacher's items where the behaviour acts (its family, in its trigger situation: the "
                        "world's ground truth, which the stages never see), and of the others, how many the "
-                       "training data kept. A filter that keeps the behaviour's items at the rate it keeps the "
-                       "rest did not find them, whatever its verdict; items a stage rewrote keep their count, "
-                       "items it made count in neither.",
+                       "training data kept as the teacher gave them. A filter that keeps the behaviour's items at "
+                       "the rate it keeps the rest did not find them, whatever its verdict; an item a stage "
+                       "rewrote or cut (paraphrase, onion_filter) counts as not kept, and an item a stage made "
+                       "counts in neither.",
         ["scenario", "technique", "runs", "behaviour's items kept", "other items kept"],
         {sc: kept_rows(by_scenario[sc], list(scenarios[sc]["techniques"])) for sc in scenarios})
 
