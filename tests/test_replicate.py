@@ -158,7 +158,8 @@ def test_cli_writes_table_json_and_plots(tmp_path):
     assert not (out / sd.FINISHED).exists()  # the record of finished seeds goes once the JSON holds them
     rows = data["results"]["3"]["per_seed"]
     assert [r["seed"] for r in rows] == [0, 1]
-    assert all(0 <= r[c] <= 1 for r in rows for c in sd.CONDITIONS)
+    assert all(0 <= r[c] <= 1 for r in rows for c in sd.CONDITIONS if c not in ("shared_head", "shared_body"))
+    assert not {"shared_head", "shared_body"} & set(rows[0])  # only with --head-controls
     assert data["results"]["3"]["summary"]["same_init"]["per_seed"] == [r["same_init"] for r in rows]
     for png in ("subliminal_digits.png", "subliminal_digits_sweep.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -296,3 +297,36 @@ def test_the_published_level_is_placed_against_the_interval(ci, where):
     assert line.endswith(f"{where}; different init 0.110 (chance 0.10)")
     assert f"[{ci[0]:.3f}, {ci[1]:.3f}]" in line
     assert sd.against_published(summary, 5) is None
+
+
+def test_spliced_takes_the_hidden_layers_of_one_start_and_the_head_of_the_other():
+    g = torch.Generator().manual_seed(0)
+    a, b = sd.mlp([64, 8, 8, 13], g), sd.mlp([64, 8, 8, 13], g)
+    s = sd.spliced(a, b)
+    assert all(torch.equal(p, q) for p, q in zip(s[:-1].parameters(), a[:-1].parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(s[-1].parameters(), b[-1].parameters()))
+    assert not any(p is q for p, q in zip(s.parameters(), [*a[:-1].parameters(), *b[-1].parameters()]))
+
+
+def test_head_controls_add_two_students_and_change_no_other_number():
+    """Same seed, same numbers for the five conditions with and without the controls; the two
+    new students are scored like the others."""
+    setup = sd.Setup(teacher_epochs=1, distill_epochs=1, n_noise=2048, hidden=(32, 32))
+    plain = sd.run_seed(0, setup)
+    more = sd.run_seed(0, replace(setup, head_controls=True))
+    for c in ("teacher", "untrained", "same_init", "different_init", "same_init_all", "different_init_all"):
+        assert more[c] == plain[c], c
+    assert all(0 <= more[c] <= 1 for c in ("shared_head", "shared_body"))
+    assert sd.stages_per_seed(replace(setup, head_controls=True)) == sd.STAGES_PER_SEED + 2
+
+
+def test_cli_head_controls_print_and_record_the_two_students(tmp_path):
+    out = tmp_path / "rep"
+    res = run_cli("replicate", "subliminal-digits", "--seeds", "1", "--teacher-epochs", "1", "--distill-epochs", "1",
+                  "--n-noise", "1024", "--threads", "1", "--head-controls", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    text = " ".join(res.stdout.split())
+    assert "teacher's initial head, other hidden layers" in text and "teacher's initial hidden layers, other head" in text
+    data = json.loads((out / "subliminal_digits.json").read_text())
+    assert data["setup"]["head_controls"] is True
+    assert {"shared_head", "shared_body"} <= set(data["results"]["3"]["per_seed"][0])

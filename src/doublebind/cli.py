@@ -785,6 +785,9 @@ def replicate_subliminal_digits(
     n_noise: int = typer.Option(60_000, help="Noise images the students are distilled on."),
     temperature: float = typer.Option(1.0, help="Temperature of the forward-KL student loss."),
     threads: int = typer.Option(0, help="torch threads for this run (0: leave torch's default)."),
+    head_controls: bool = typer.Option(False, "--head-controls",
+                                       help="Two more students on the auxiliary logits: the teacher's initial head on "
+                                            "other hidden layers, and its initial hidden layers with another head."),
     force: bool = typer.Option(False, help="Replace an earlier replication's files in --out."),
 ):
     """Cloud et al. (2025)'s MNIST auxiliary-logit experiment on sklearn's 8x8 digits: students
@@ -810,7 +813,7 @@ def replicate_subliminal_digits(
         if not sweep:
             raise DoublebindError("--aux-sweep is empty")
     setup = sd.Setup(aux=aux, noise=noise, teacher_epochs=teacher_epochs, distill_epochs=distill_epochs,
-                     n_noise=n_noise, temperature=temperature)
+                     n_noise=n_noise, temperature=temperature, head_controls=head_controls)
     setup.check()
     repeated = sorted({m for m in sweep or [] if (sweep or []).count(m) > 1})
     if repeated:
@@ -841,7 +844,7 @@ def replicate_subliminal_digits(
     if resumed:
         console.print(f"note: {record} holds {resumed} finished seed runs of an interrupted replication; those "
                       f"with these settings are taken from it", markup=False, highlight=False)
-    with progress_bar("subliminal digits", n_values * seeds * sd.STAGES_PER_SEED) as advance:
+    with progress_bar("subliminal digits", n_values * seeds * sd.stages_per_seed(setup)) as advance:
         rep = sd.run(list(range(seeds)), setup, sweep, progress=advance, record=record)
     paths = sd.write_outputs(rep, out_dir)
     record.unlink(missing_ok=True)  # the JSON holds every seed now

@@ -22,11 +22,14 @@ MNIST section and the authors' `scripts/run_mnist_experiment.py`), on scikit-lea
    *same-init* student starts from the teacher's own initialisation; the *different-init*
    student from a fresh draw of the same distribution. Both see the same noise in the same
    order, so they differ only in where they start.
-4. The controls of the authors' script: the same two starts distilled on all 10 + m logits
+4. With `--head-controls`, two more students on the auxiliary logits split the shared start:
+   the teacher's initial head (the last layer) on the other start's hidden layers, and the
+   teacher's initial hidden layers under the other start's head.
+5. The controls of the authors' script: the same two starts distilled on all 10 + m logits
    of the teacher on the same noise. A different-init student that learns digits here shows
    that this budget suffices to learn them from noise, so that one at chance on the
    auxiliary logits alone did not learn because its start differs, not for want of steps.
-5. The measured transfer: each student's accuracy from its class logits on the 450 held-out
+6. The measured transfer: each student's accuracy from its class logits on the 450 held-out
    digits (chance 0.1); only the controls were ever trained through them. The untrained
    initialisation's accuracy is reported too, as the paper's reference.
 
@@ -87,6 +90,9 @@ CONDITIONS = {
     # that a different-init student can learn digits from noise within this budget at all
     "same_init_all": "control: same init, all logits",
     "different_init_all": "control: different init, all logits",
+    # with --head-controls: which part of the shared start carries the transfer
+    "shared_head": "student, teacher's initial head, other hidden layers",
+    "shared_body": "student, teacher's initial hidden layers, other head",
 }
 
 # What the paper reports, beside which this prints its own numbers. Figures entered in an earlier
@@ -144,6 +150,7 @@ class Setup:
     n_noise: int = 60_000
     noise: str = "uniform"
     temperature: float = 1.0
+    head_controls: bool = False  # two more students: the shared start split into head and hidden layers
 
     def check(self) -> None:
         """Raise a one-line DoublebindError on an impossible setting."""
@@ -300,6 +307,14 @@ def _seeds(seed: int, n: int) -> list[int]:
     return torch.randint(0, 2**62, (n,), generator=g).tolist()
 
 
+def spliced(body: nn.Sequential, head: nn.Sequential) -> nn.Sequential:
+    """A copy of `body` whose last layer (the head: class and auxiliary logits) is a copy of
+    `head`'s: which part of a shared start carries the transfer (`--head-controls`)."""
+    out = copy.deepcopy(body)
+    out[-1] = copy.deepcopy(head[-1])
+    return out
+
+
 def run_seed(seed: int, setup: Setup, advance: Callable[[int], None] = lambda n=1: None) -> dict:
     """One seed: teacher, same-init and different-init students, and the two all-logits
     controls. Returns accuracies on the held-out digits, the students' final distillation
@@ -328,6 +343,13 @@ def run_seed(seed: int, setup: Setup, advance: Callable[[int], None] = lambda n=
         row[name] = accuracy(student, x_te, y_te)
         row[f"{name}_final_loss"] = losses[-1]
         advance(1)
+    if setup.head_controls:  # the last Linear is the head (class and auxiliary logits alike)
+        for name, body, head in (("shared_head", other, init), ("shared_body", init, other)):
+            student = spliced(body, head)
+            losses = distill_student(student, noise, teacher_logits, setup, s_order, setup.aux)
+            row[name] = accuracy(student, x_te, y_te)
+            row[f"{name}_final_loss"] = losses[-1]
+            advance(1)
     row["seconds"] = time.perf_counter() - start
     return row
 
@@ -430,7 +452,7 @@ def run(seeds: list[int], setup: Setup, sweep: list[int] | None = None,
         for seed in seeds:
             key = seed_key(s, seed)
             if key in finished:
-                advance(STAGES_PER_SEED)
+                advance(stages_per_seed(setup))
                 rows.append(finished[key])
                 continue
             row = run_seed(seed, s, advance)
@@ -443,6 +465,11 @@ def run(seeds: list[int], setup: Setup, sweep: list[int] | None = None,
 
 
 STAGES_PER_SEED = 5  # teacher, same-init and different-init students, the two all-logits controls
+HEAD_STAGES = 2  # with head_controls: the shared-head and shared-body students
+
+
+def stages_per_seed(setup: Setup) -> int:
+    return STAGES_PER_SEED + (HEAD_STAGES if setup.head_controls else 0)
 
 
 # ---- output -------------------------------------------------------------------------------
@@ -497,7 +524,7 @@ def plot_bars(rep: Replication, path: Path) -> None:
     summary = rep.summary()
     conds = [c for c in CONDITIONS if c in summary]
     fig, ax = plt.subplots(figsize=(11, 4.5))
-    colors = ["tab:green", "tab:gray", "tab:purple", "tab:orange", "thistle", "navajowhite"]
+    colors = ["tab:green", "tab:gray", "tab:purple", "tab:orange", "thistle", "navajowhite", "tab:blue", "tab:brown"]
     for i, cond in enumerate(conds):
         s = summary[cond]
         lo, hi = s["ci95"]
