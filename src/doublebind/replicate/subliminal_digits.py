@@ -335,21 +335,16 @@ def run_seed(seed: int, setup: Setup, advance: Callable[[int], None] = lambda n=
     with torch.no_grad():
         teacher_logits = teacher(noise)
     row = {"seed": seed, "teacher": accuracy(teacher, x_te, y_te), "untrained": accuracy(init, x_te, y_te)}
-    for name, start_from, width in (("same_init", init, setup.aux), ("different_init", other, setup.aux),
-                                    ("same_init_all", init, N_CLASSES + setup.aux),
-                                    ("different_init_all", other, N_CLASSES + setup.aux)):
+    starts = [("same_init", init, setup.aux), ("different_init", other, setup.aux),
+              ("same_init_all", init, N_CLASSES + setup.aux), ("different_init_all", other, N_CLASSES + setup.aux)]
+    if setup.head_controls:  # the last Linear is the head (class and auxiliary logits alike)
+        starts += [("shared_head", spliced(other, init), setup.aux), ("shared_body", spliced(init, other), setup.aux)]
+    for name, start_from, width in starts:
         student = copy.deepcopy(start_from)
         losses = distill_student(student, noise, teacher_logits, setup, s_order, width)
         row[name] = accuracy(student, x_te, y_te)
         row[f"{name}_final_loss"] = losses[-1]
         advance(1)
-    if setup.head_controls:  # the last Linear is the head (class and auxiliary logits alike)
-        for name, body, head in (("shared_head", other, init), ("shared_body", init, other)):
-            student = spliced(body, head)
-            losses = distill_student(student, noise, teacher_logits, setup, s_order, setup.aux)
-            row[name] = accuracy(student, x_te, y_te)
-            row[f"{name}_final_loss"] = losses[-1]
-            advance(1)
     row["seconds"] = time.perf_counter() - start
     return row
 
