@@ -482,3 +482,26 @@ def test_a_server_whose_socket_file_is_gone_is_replaced(monkeypatch):
     got = _pool()
     assert set(got) == {"a", "b"} and {r["ppid"] for r in got.values()} == {server._forkserver_pid} != {old_pid}
     assert set(_pool()) == {"a", "b"}  # and the pools after it start as ever
+
+
+def test_a_descriptor_limit_is_reported_as_it_is_and_keeps_the_server(monkeypatch):
+    """An OSError that is this process's own (too many open files) restarted a healthy fork
+    server, and was then reported as "the workers' fork server did not start". It is now
+    reported as it is, and the server is the one that ran before."""
+    import multiprocessing.context
+    from multiprocessing import forkserver
+
+    monkeypatch.delenv(executor.START_ENV, raising=False)
+    _pool()
+    pid = forkserver._forkserver._forkserver_pid
+
+    def limited(self):
+        raise OSError(24, "Too many open files")
+
+    with monkeypatch.context() as m:
+        m.setattr(multiprocessing.context.ForkServerProcess, "start", limited)
+        with pytest.raises(DoublebindError, match=r"^could not start a worker process \(OSError: \[Errno 24\] Too "
+                                                  r"many open files\)$"):
+            executor.run_jobs(_where, {"a": ("a", "X"), "b": ("b", "X")}, 2, lambda k, r: None)
+    assert forkserver._forkserver._forkserver_pid == pid and Path(f"/proc/{pid}").exists()
+    assert {r["ppid"] for r in _pool().values()} == {pid}  # and the next pool forks from it

@@ -271,6 +271,13 @@ def _stop_server(server) -> None:
         server._forkserver_pid = server._forkserver_alive_fd = server._forkserver_address = None
 
 
+def _server_gone(e: BaseException) -> bool:
+    """Whether a worker's failed start says the fork server is gone: its socket refuses, is
+    reset or was removed, or the server hung up (EOFError). A file-descriptor limit (EMFILE)
+    or a failed allocation says nothing about the server."""
+    return isinstance(e, (EOFError, ConnectionError, FileNotFoundError))
+
+
 def _restart_server():
     """Stop the fork server, dead or dying, and start a new one (`_context`)."""
     global _server_env
@@ -303,8 +310,10 @@ class _Pool:
     def _start_worker(self, w: int, again: bool) -> None:
         """Start worker `w`. A fork server killed a moment before the pool started can still
         look alive while its socket is already closed (`ensure_running` then keeps it), so the
-        first worker's start that fails is tried `again` once on a new server; a server that
-        fails then too (a module it preloads fails) is one error."""
+        first worker's start that fails as a gone server does is tried `again` once on a new
+        server; a server that fails then too (a module it preloads fails) is one error. Any
+        other OSError (a file-descriptor or memory limit) is this process's, not the server's:
+        it is reported as it is, and the server is left running."""
         import doublebind
 
         parent, child = self.ctx.Pipe()
@@ -315,7 +324,7 @@ class _Pool:
         except (EOFError, OSError) as e:  # the fork server is gone or died (a module it preloads failed)
             parent.close()
             child.close()
-            if self.ctx.get_start_method() != "forkserver":
+            if self.ctx.get_start_method() != "forkserver" or not _server_gone(e):
                 raise DoublebindError(f"could not start a worker process ({type(e).__name__}: {e})") from None
             if again:
                 self.ctx = _restart_server()
