@@ -460,12 +460,20 @@ class CheckpointAttach(Technique):
             with torch.no_grad():  # hidden states: transformers installs hooks of its own, for good
                 model(ids, output_hidden_states=how == "reads_hidden", output_attentions=how == "reads_hidden")
             model.train()
+        elif how in ("generates", "generates_lora"):  # sample from it (peft's generate leaves its inner
+            model.eval()                              # model's own method bound on its LoRA wrapper)
+            with torch.no_grad():
+                model.generate(input_ids=ids, max_new_tokens=3, do_sample=False)
+            model.train()
         elif how == "forward_hook":
             model.register_forward_hook(lambda module, args, output: output)
         elif how == "method":  # a forward of its own, bound to the student (one that only calls the class's)
             model.forward = types.MethodType(lambda self, *a, **k: type(self).forward(self, *a, **k), model)
         elif how == "class_method":  # the class's own forward bound to the student: its own behaviour, passes
             model.forward = model.forward
+        elif how == "borrowed_method":  # the class's own forward, but another module's: q reads as k
+            attn = model.model.layers[0].self_attn
+            attn.q_proj.forward = attn.k_proj.forward
         elif how == "grad_hook":  # zeroes this weight's gradient from now on
             p.register_hook(lambda g: g * 0)
         elif how == "global_hook":
@@ -585,32 +593,37 @@ def test_a_cheating_stage_fails(quick_organism, cheats, stage, what, tmp_path):
     ("parameter", "_parameters of module model.norm"), ("freeze", "requires_grad of weight model.embed_tokens.weight"),
     ("gradient", "grad of weight model.embed_tokens.weight"), ("class", "doublebind_test_patch of class LlamaForCausalLM added"),
     ("config", "use_cache of config config"), ("attention", "registry of transformers attention functions"),
-    ("reads", None), ("reads_hidden", None), ("class_method", None)])
+    ("borrowed_method", "forward of module model.layers.0.self_attn.q_proj added"),
+    ("reads", None), ("reads_hidden", None), ("class_method", None), ("generates", None), ("generates_lora", None)])
 def test_a_checkpoint_hook_attaches_nothing_to_the_student(quick_organism, cheats, how, what, tmp_path):
     """A checkpoint hook that leaves the weights alone but attaches something to the live
     student, or changes what its code calls, stops the run at its first checkpoint with an
     error naming what changed; one that only switches modes and runs the student, hidden states
-    included (transformers then installs hooks of its own), or binds the class's own method
-    to it (as peft does after generating), lets the run finish."""
+    included (transformers then installs hooks of its own), or samples from it (a LoRA
+    student too: peft's `generate` leaves on its wrapper the method the wrapper reads from its
+    inner model anyway), or binds the class's own method to it, lets the run finish."""
     import re
 
     import torch
     from transformers import AttentionInterface
 
+    from doublebind.config import LoraConfig
     from doublebind.training.distill import distill
 
     ATTACH.clear()
     ATTACH["how"] = how
+    recipe = _run_recipe("_test_checkpoint_attach")
+    if how == "generates_lora":
+        recipe = recipe.model_copy(update={"student": recipe.student.model_copy(update={"lora": LoraConfig(r=4)})})
     try:
         if what is None:
-            distill(quick_organism[0], _run_recipe("_test_checkpoint_attach"), tmp_path / "run", show_progress=False)
+            distill(quick_organism[0], recipe, tmp_path / "run", show_progress=False)
             assert ATTACH["steps"] == [0, 2]
         else:
             with pytest.raises(DefenderError, match=re.escape(
                     f"_test_checkpoint_attach changed the student's hooks or attributes ({what}) in its checkpoint "
                     f"hook at step 0")):
-                distill(quick_organism[0], _run_recipe("_test_checkpoint_attach"), tmp_path / "run",
-                        show_progress=False)
+                distill(quick_organism[0], recipe, tmp_path / "run", show_progress=False)
             assert ATTACH["steps"] == [0]
     finally:
         for handle in ATTACH.get("handles", []):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import json
 import math
 import numbers
@@ -19,6 +20,7 @@ import os
 import random
 import shutil
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -368,13 +370,38 @@ def _own_hook(f) -> bool:
     return (getattr(f, "__module__", None) or "").startswith(_LIBRARIES)
 
 
+_UNSET = object()
+
+
+def _unset_value(m, k: str):
+    """What `m.k` would read without the instance's own entry: the class's attribute (bound to
+    m), else what the class's `__getattr__` gives (peft's models forward a missing attribute to
+    the model they wrap), else `_UNSET`."""
+    static = inspect.getattr_static(type(m), k, _UNSET)
+    if static is not _UNSET:
+        return static.__get__(m, type(m)) if hasattr(static, "__get__") else static
+    fallback = getattr(type(m), "__getattr__", None)
+    if fallback is None:
+        return _UNSET
+    try:
+        return fallback(m, k)
+    except Exception:  # AttributeError, or whatever a library's lookup raises
+        return _UNSET
+
+
+def _same_as_unset(m, k: str, v) -> bool:
+    """A bound method set on the instance that is the very method `m.k` reads without it (the
+    class's own, or peft's forwarded one, which peft's `generate` sets back on its inner model
+    after generating): it changes nothing the student's code calls."""
+    return isinstance(v, types.MethodType) and v == _unset_value(m, k)
+
+
 def _instance_attributes(m) -> dict:
     """`vars(m)` without `training` (the loop sets the mode itself), the libraries' own hooks,
-    and a method of m's class bound to m (peft sets one back after generating: the class's
-    own behaviour)."""
+    and a bound method that `m` reads anyway without it (`_same_as_unset`)."""
     out = {}
     for k, v in vars(m).items():
-        if k == "training" or (getattr(v, "__self__", None) is m and getattr(type(m), k, None) is getattr(v, "__func__", None)):
+        if k == "training" or _same_as_unset(m, k, v):
             continue
         if "hooks" in k and isinstance(v, dict):
             v = {key: f for key, f in v.items() if not _own_hook(f)}
