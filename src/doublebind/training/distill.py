@@ -378,14 +378,12 @@ def _unset_value(m, k: str):
     m), else what the class's `__getattr__` gives (peft's models forward a missing attribute to
     the model they wrap), else `_UNSET`."""
     static = inspect.getattr_static(type(m), k, _UNSET)
-    if static is not _UNSET:
-        return static.__get__(m, type(m)) if hasattr(static, "__get__") else static
     fallback = getattr(type(m), "__getattr__", None)
-    if fallback is None:
-        return _UNSET
     try:
-        return fallback(m, k)
-    except Exception:  # AttributeError, or whatever a library's lookup raises
+        if static is not _UNSET:
+            return static.__get__(m, type(m)) if hasattr(static, "__get__") else static
+        return _UNSET if fallback is None else fallback(m, k)
+    except Exception:  # AttributeError, or whatever a property or a library's lookup raises
         return _UNSET
 
 
