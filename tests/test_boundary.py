@@ -471,6 +471,8 @@ class CheckpointAttach(Technique):
             model.forward = types.MethodType(lambda self, *a, **k: type(self).forward(self, *a, **k), model)
         elif how == "class_method":  # the class's own forward bound to the student: its own behaviour, passes
             model.forward = model.forward
+        elif how == "set_adapter":  # the adapter already active (peft rewrites ['default'] as 'default')
+            model.set_adapter("default")
         elif how == "borrowed_method":  # the class's own forward, but another module's: q reads as k
             attn = model.model.layers[0].self_attn
             attn.q_proj.forward = attn.k_proj.forward
@@ -594,7 +596,8 @@ def test_a_cheating_stage_fails(quick_organism, cheats, stage, what, tmp_path):
     ("gradient", "grad of weight model.embed_tokens.weight"), ("class", "doublebind_test_patch of class LlamaForCausalLM added"),
     ("config", "use_cache of config config"), ("attention", "registry of transformers attention functions"),
     ("borrowed_method", "forward of module model.layers.0.self_attn.q_proj added"),
-    ("reads", None), ("reads_hidden", None), ("class_method", None), ("generates", None), ("generates_lora", None)])
+    ("reads", None), ("reads_hidden", None), ("class_method", None), ("generates", None), ("generates_lora", None),
+    ("set_adapter", None)])
 def test_a_checkpoint_hook_attaches_nothing_to_the_student(quick_organism, cheats, how, what, tmp_path):
     """A checkpoint hook that leaves the weights alone but attaches something to the live
     student, or changes what its code calls, stops the run at its first checkpoint with an
@@ -613,7 +616,7 @@ def test_a_checkpoint_hook_attaches_nothing_to_the_student(quick_organism, cheat
     ATTACH.clear()
     ATTACH["how"] = how
     recipe = _run_recipe("_test_checkpoint_attach")
-    if how == "generates_lora":
+    if how in ("generates_lora", "set_adapter"):
         recipe = recipe.model_copy(update={"student": recipe.student.model_copy(update={"lora": LoraConfig(r=4)})})
     try:
         if what is None:

@@ -396,13 +396,18 @@ def _same_as_unset(m, k: str, v) -> bool:
 
 def _instance_attributes(m) -> dict:
     """`vars(m)` without `training` (the loop sets the mode itself), the libraries' own hooks,
-    and a bound method that `m` reads anyway without it (`_same_as_unset`)."""
+    and a bound method that `m` reads anyway without it (`_same_as_unset`). peft keeps the
+    active adapter as a name or as a list of one name, the same setting (`set_adapter` of the
+    adapter already active turns one into the other), so a list of one name is read as the
+    name."""
     out = {}
     for k, v in vars(m).items():
         if k == "training" or _same_as_unset(m, k, v):
             continue
         if "hooks" in k and isinstance(v, dict):
             v = {key: f for key, f in v.items() if not _own_hook(f)}
+        if k == "active_adapter" and isinstance(v, (list, tuple)) and len(v) == 1 and isinstance(v[0], str):
+            v = v[0]
         out[k] = v
     return out
 
