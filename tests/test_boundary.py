@@ -442,6 +442,21 @@ class CheckpointOverwrite(Technique):
 ATTACH: dict = {}
 
 
+class _EqualsAnything:
+    """A callable that doubles what it wraps and says it equals whatever it is compared with."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __call__(self, *a, **k):
+        return self.f(*a, **k) * 2
+
+    def __eq__(self, other):
+        return True
+
+    __hash__ = object.__hash__
+
+
 class CheckpointAttach(Technique):
     """_test_checkpoint_attach: attaches to the live student at a checkpoint what `ATTACH["how"]`
     names, changing no weight (must fail: each would steer the training that follows), or, for
@@ -473,6 +488,11 @@ class CheckpointAttach(Technique):
             model.forward = model.forward
         elif how == "set_adapter":  # the adapter already active (peft rewrites ['default'] as 'default')
             model.set_adapter("default")
+        elif how == "loose_eq_method":  # a forward of its own that claims to equal anything (a review's)
+            mlp = model.model.layers[0].mlp
+            mlp.forward = types.MethodType(_EqualsAnything(type(mlp).forward), mlp)
+        elif how == "wrapper_adapter_list":  # on peft's wrapper a list is no adapter name: training breaks
+            model.active_adapter = ["default"]
         elif how == "borrowed_method":  # the class's own forward, but another module's: q reads as k
             attn = model.model.layers[0].self_attn
             attn.q_proj.forward = attn.k_proj.forward
@@ -596,6 +616,8 @@ def test_a_cheating_stage_fails(quick_organism, cheats, stage, what, tmp_path):
     ("gradient", "grad of weight model.embed_tokens.weight"), ("class", "doublebind_test_patch of class LlamaForCausalLM added"),
     ("config", "use_cache of config config"), ("attention", "registry of transformers attention functions"),
     ("borrowed_method", "forward of module model.layers.0.self_attn.q_proj added"),
+    ("loose_eq_method", "forward of module model.layers.0.mlp added"),
+    ("wrapper_adapter_list", "active_adapter of module (the model)"),
     ("reads", None), ("reads_hidden", None), ("class_method", None), ("generates", None), ("generates_lora", None),
     ("set_adapter", None)])
 def test_a_checkpoint_hook_attaches_nothing_to_the_student(quick_organism, cheats, how, what, tmp_path):
@@ -616,7 +638,7 @@ def test_a_checkpoint_hook_attaches_nothing_to_the_student(quick_organism, cheat
     ATTACH.clear()
     ATTACH["how"] = how
     recipe = _run_recipe("_test_checkpoint_attach")
-    if how in ("generates_lora", "set_adapter"):
+    if how in ("generates_lora", "set_adapter", "wrapper_adapter_list"):
         recipe = recipe.model_copy(update={"student": recipe.student.model_copy(update={"lora": LoraConfig(r=4)})})
     try:
         if what is None:

@@ -505,3 +505,18 @@ def test_a_descriptor_limit_is_reported_as_it_is_and_keeps_the_server(monkeypatc
             executor.run_jobs(_where, {"a": ("a", "X"), "b": ("b", "X")}, 2, lambda k, r: None)
     assert forkserver._forkserver._forkserver_pid == pid and Path(f"/proc/{pid}").exists()
     assert {r["ppid"] for r in _pool().values()} == {pid}  # and the next pool forks from it
+
+
+def test_a_server_reaped_by_other_code_is_replaced(monkeypatch):
+    """A fork server that died and was reaped by other code (its pid waited for elsewhere):
+    `ensure_running`'s own wait raised ChildProcessError out of the pool. It is replaced."""
+    import signal
+    from multiprocessing import forkserver
+
+    monkeypatch.delenv(executor.START_ENV, raising=False)
+    _pool()
+    pid = forkserver._forkserver._forkserver_pid
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    got = _pool()
+    assert set(got) == {"a", "b"} and {r["ppid"] for r in got.values()} == {forkserver._forkserver._forkserver_pid} != {pid}

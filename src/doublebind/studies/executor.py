@@ -205,9 +205,20 @@ def _context():
 
 
 def _start_server(server) -> None:
-    """`ensure_running`, which returns at once (the server imports in the background). Before
-    Python 3.12 the server ignored this process's `sys.path` and so could import doublebind
-    from another tree than this process's: it starts with that path as its PYTHONPATH."""
+    """`ensure_running`, which returns at once (the server imports in the background). A
+    server that died and that other code already reaped makes its wait fail with
+    ChildProcessError: the stale server is cleared and a new one started."""
+    try:
+        _ensure_running(server)
+    except ChildProcessError:
+        _stop_server(server)
+        _ensure_running(server)
+
+
+def _ensure_running(server) -> None:
+    """Before Python 3.12 the server ignored this process's `sys.path` and so could import
+    doublebind from another tree than this process's: it starts with that path as its
+    PYTHONPATH."""
     import sys
 
     if sys.version_info >= (3, 12):  # below, also for a server that died: its restart needs the path too
@@ -273,9 +284,10 @@ def _stop_server(server) -> None:
 
 def _server_gone(e: BaseException) -> bool:
     """Whether a worker's failed start says the fork server is gone: its socket refuses, is
-    reset or was removed, or the server hung up (EOFError). A file-descriptor limit (EMFILE)
+    reset or was removed, the server hung up (EOFError), or it died and was reaped by other
+    code (`ensure_running`'s wait for it finds no child). A file-descriptor limit (EMFILE)
     or a failed allocation says nothing about the server."""
-    return isinstance(e, (EOFError, ConnectionError, FileNotFoundError))
+    return isinstance(e, (EOFError, ConnectionError, FileNotFoundError, ChildProcessError))
 
 
 def _restart_server():

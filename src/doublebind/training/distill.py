@@ -10,6 +10,7 @@ truth evals -> `metrics.jsonl`, `summary.json` and a PNG of the curves.
 
 from __future__ import annotations
 
+import collections
 import copy
 import functools
 import inspect
@@ -346,67 +347,87 @@ _GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_
 _LIBRARIES = ("torch.", "transformers.", "peft.", "accelerate.")  # hooks of these are the libraries' own
 
 
+_PLAIN = (bool, int, float, complex, str, bytes)
+_MAPPINGS = (dict, collections.OrderedDict)
+
+
 def _held(v, depth: int = 0):
     """What an attribute holds, as the attachment check compares it: plain values by value
     (as their repr, a str), containers by their entries (four levels down), any other object
-    (a hook, a method, a submodule, a tensor) by identity."""
-    if v is None or isinstance(v, (bool, int, float, complex, str, bytes)):
+    (a hook, a method, a submodule, a tensor) by identity. Types are matched exactly, so that
+    reading a value runs none of a subclass's code (a hook's `__repr__` or `items`)."""
+    if v is None or type(v) in _PLAIN:
         return repr(v)
     if depth >= 4:
         return id(v)
-    if isinstance(v, dict):
-        return tuple((repr(k), _held(x, depth + 1)) for k, x in v.items())
-    if isinstance(v, (list, tuple)):
+    if type(v) in _MAPPINGS:
+        return tuple((_held(k, depth + 1), _held(x, depth + 1)) for k, x in v.items())
+    if type(v) in (list, tuple):
         return tuple(_held(x, depth + 1) for x in v)
-    if isinstance(v, (set, frozenset)):
-        return tuple(sorted(repr(x) for x in v))
+    if type(v) in (set, frozenset):
+        return tuple(sorted((_held(x, depth + 1) for x in v), key=repr))
     return id(v)
 
 
 def _own_hook(f) -> bool:
     """A hook the libraries install themselves (transformers' output capturing, which a forward
-    with `output_hidden_states=True` installs for good, and the like)."""
-    f = getattr(f, "func", f)  # a functools.partial
-    return (getattr(f, "__module__", None) or "").startswith(_LIBRARIES)
+    with `output_hidden_states=True` installs for good, and the like): a function, a method of
+    one, or a `functools.partial` of one, defined in torch, transformers, peft or accelerate.
+    Read without running anything the hook's own type defines."""
+    if type(f) is functools.partial:
+        f = f.func
+    if type(f) is types.MethodType:
+        f = f.__func__
+    if type(f) not in (types.FunctionType, types.BuiltinFunctionType):
+        return False
+    return (f.__module__ or "").startswith(_LIBRARIES)
 
 
 _UNSET = object()
 
 
-def _unset_value(m, k: str):
-    """What `m.k` would read without the instance's own entry: the class's attribute (bound to
-    m), else what the class's `__getattr__` gives (peft's models forward a missing attribute to
-    the model they wrap), else `_UNSET`."""
+def _unset_method(m, k: str) -> tuple | None:
+    """The function, and the object it is bound to, that `m.k` reads without the instance's own
+    entry: a plain function of m's class (bound to m), or, where the class's `__getattr__` is a
+    library's own (peft's models forward a missing attribute to the model they wrap), the
+    method that lookup gives; else None. Nothing a hook could have put on the class runs."""
     static = inspect.getattr_static(type(m), k, _UNSET)
-    fallback = getattr(type(m), "__getattr__", None)
+    if static is not _UNSET:
+        return (static, m) if type(static) is types.FunctionType else None
+    fallback = inspect.getattr_static(type(m), "__getattr__", None)
+    if type(fallback) is not types.FunctionType or not (fallback.__module__ or "").startswith(_LIBRARIES):
+        return None
     try:
-        if static is not _UNSET:
-            return static.__get__(m, type(m)) if hasattr(static, "__get__") else static
-        return _UNSET if fallback is None else fallback(m, k)
-    except Exception:  # AttributeError, or whatever a property or a library's lookup raises
-        return _UNSET
+        got = fallback(m, k)
+    except Exception:  # AttributeError, or whatever the library's lookup raises
+        return None
+    return (got.__func__, got.__self__) if type(got) is types.MethodType else None
 
 
 def _same_as_unset(m, k: str, v) -> bool:
     """A bound method set on the instance that is the very method `m.k` reads without it (the
-    class's own, or peft's forwarded one, which peft's `generate` sets back on its inner model
-    after generating): it changes nothing the student's code calls."""
-    return isinstance(v, types.MethodType) and v == _unset_value(m, k)
+    class's own, or peft's forwarded one, which peft's `generate` sets back on its wrapper
+    after generating), compared by identity: it changes nothing the student's code calls."""
+    if type(v) is not types.MethodType:
+        return False
+    unset = _unset_method(m, k)
+    return unset is not None and v.__func__ is unset[0] and v.__self__ is unset[1]
 
 
 def _instance_attributes(m) -> dict:
     """`vars(m)` without `training` (the loop sets the mode itself), the libraries' own hooks,
-    and a bound method that `m` reads anyway without it (`_same_as_unset`). peft keeps the
-    active adapter as a name or as a list of one name, the same setting (`set_adapter` of the
-    adapter already active turns one into the other), so a list of one name is read as the
-    name."""
+    and a bound method that `m` reads anyway without it (`_same_as_unset`). peft's LoRA model
+    keeps its active adapter as a name or as a list of one name, the same setting there
+    (`set_adapter` of the adapter already active turns one into the other), so such a list is
+    read as the name."""
     out = {}
     for k, v in vars(m).items():
         if k == "training" or _same_as_unset(m, k, v):
             continue
-        if "hooks" in k and isinstance(v, dict):
+        if "hooks" in k and type(v) in _MAPPINGS:
             v = {key: f for key, f in v.items() if not _own_hook(f)}
-        if k == "active_adapter" and isinstance(v, (list, tuple)) and len(v) == 1 and isinstance(v[0], str):
+        if (k == "active_adapter" and type(v) is list and len(v) == 1 and type(v[0]) is str
+                and type(m).__module__.startswith("peft.tuners")):
             v = v[0]
         out[k] = v
     return out
@@ -1005,10 +1026,14 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
             attached = _attachments(model) if d._hooked("checkpoint") else None
             for st in d._hooked("checkpoint"):
                 verdict = st.checkpoint(d.view, step, model) or {}
+                # The attachments are read before the weights are checked and read twice: code the
+                # hook left behind that runs while they are read (a descriptor it put on a class)
+                # and changes the weights or what is read shows up then.
+                after = _attachments(model)
                 if _fingerprint(model) != handed:  # the run would train on from them
                     changed = "weights"
                 else:  # what would steer the training that follows
-                    what = _attached(attached, _attachments(model))
+                    what = _attached(attached, after) or _attached(after, _attachments(model))
                     changed = f"hooks or attributes ({what})" if what else None
                 if changed:
                     raise DefenderError(f"stage {st.name} changed the student's {changed} in its checkpoint hook at "
