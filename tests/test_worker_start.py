@@ -520,3 +520,24 @@ def test_a_server_reaped_by_other_code_is_replaced(monkeypatch):
     os.waitpid(pid, 0)
     got = _pool()
     assert set(got) == {"a", "b"} and {r["ppid"] for r in got.values()} == {forkserver._forkserver._forkserver_pid} != {pid}
+
+
+def test_a_deleted_working_directory_is_named_and_keeps_the_server(monkeypatch, tmp_path):
+    """A worker's start reads the working directory; one deleted under the study raised
+    FileNotFoundError, which read as a fork server gone: the healthy server was stopped and its
+    restart raised the raw error. It is now one error naming the directory, the server kept."""
+    from multiprocessing import forkserver
+
+    monkeypatch.delenv(executor.START_ENV, raising=False)
+    _pool()
+    pid = forkserver._forkserver._forkserver_pid
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    with pytest.raises(DoublebindError, match=r"^could not start a worker process: the working directory was "
+                                              r"deleted; run the study again"):
+        executor.run_jobs(_where, {"a": ("a", "X"), "b": ("b", "X")}, 2, lambda k, r: None)
+    monkeypatch.chdir(tmp_path)
+    assert forkserver._forkserver._forkserver_pid == pid and Path(f"/proc/{pid}").exists()
+    assert {r["ppid"] for r in _pool().values()} == {pid}

@@ -285,9 +285,20 @@ def _stop_server(server) -> None:
 def _server_gone(e: BaseException) -> bool:
     """Whether a worker's failed start says the fork server is gone: its socket refuses, is
     reset or was removed, the server hung up (EOFError), or it died and was reaped by other
-    code (`ensure_running`'s wait for it finds no child). A file-descriptor limit (EMFILE)
-    or a failed allocation says nothing about the server."""
+    code (`ensure_running`'s wait for it finds no child). A file-descriptor limit (EMFILE),
+    a failed allocation or a working directory that was deleted (a worker's start reads it)
+    says nothing about the server."""
+    if isinstance(e, FileNotFoundError) and not _cwd_exists():
+        return False
     return isinstance(e, (EOFError, ConnectionError, FileNotFoundError, ChildProcessError))
+
+
+def _cwd_exists() -> bool:
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _restart_server():
@@ -336,6 +347,9 @@ class _Pool:
         except (EOFError, OSError) as e:  # the fork server is gone or died (a module it preloads failed)
             parent.close()
             child.close()
+            if not _cwd_exists():
+                raise DoublebindError("could not start a worker process: the working directory was deleted; "
+                                      "run the study again from a directory that exists (finished runs are kept)") from None
             if self.ctx.get_start_method() != "forkserver" or not _server_gone(e):
                 raise DoublebindError(f"could not start a worker process ({type(e).__name__}: {e})") from None
             if again:
