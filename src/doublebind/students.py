@@ -103,10 +103,7 @@ def make_student(cfg: StudentConfig, organism_dir: Path, seed: int):
         model = _load_role(organism_dir, cfg.init)
     elif cfg.init == "fresh":
         model = make_model(cfg.model or organism_model_config(organism_dir), seed)
-    elif cfg.init == "base_layers":
-        if cfg.model is None:
-            raise DoublebindError("student.init base_layers needs student.model.layers: how many of base's "
-                                  "layers to keep")
+    elif cfg.init == "base_layers":  # StudentConfig has checked that `model` names the layers
         model = base_layers(_load_role(organism_dir, "base"), organism_model_config(organism_dir),
                             cfg.model.layers, seed)
     else:

@@ -285,11 +285,9 @@ def _stop_server(server) -> None:
 def _server_gone(e: BaseException) -> bool:
     """Whether a worker's failed start says the fork server is gone: its socket refuses, is
     reset or was removed, the server hung up (EOFError), or it died and was reaped by other
-    code (`ensure_running`'s wait for it finds no child). A file-descriptor limit (EMFILE),
-    a failed allocation or a working directory that was deleted (a worker's start reads it)
-    says nothing about the server."""
-    if isinstance(e, FileNotFoundError) and not _cwd_exists():
-        return False
+    code (`ensure_running`'s wait for it finds no child). A file-descriptor limit (EMFILE)
+    or a failed allocation says nothing about the server (nor does a deleted working
+    directory, which `_start_worker` reports before asking)."""
     return isinstance(e, (EOFError, ConnectionError, FileNotFoundError, ChildProcessError))
 
 

@@ -378,8 +378,11 @@ def _own_hook(f) -> bool:
         f = f.func
     if type(f) is types.MethodType:
         f = f.__func__
-    if type(f) not in (types.FunctionType, types.BuiltinFunctionType):
-        return False
+    return type(f) in (types.FunctionType, types.BuiltinFunctionType) and _from_libraries(f)
+
+
+def _from_libraries(f) -> bool:
+    """Whether function `f` is defined in torch, transformers, peft or accelerate."""
     return (f.__module__ or "").startswith(_LIBRARIES)
 
 
@@ -395,7 +398,7 @@ def _unset_method(m, k: str) -> tuple | None:
     if static is not _UNSET:
         return (static, m) if type(static) is types.FunctionType else None
     fallback = inspect.getattr_static(type(m), "__getattr__", None)
-    if type(fallback) is not types.FunctionType or not (fallback.__module__ or "").startswith(_LIBRARIES):
+    if type(fallback) is not types.FunctionType or not _from_libraries(fallback):
         return None
     try:
         got = fallback(m, k)
