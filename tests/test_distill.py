@@ -402,3 +402,56 @@ def test_under_a_launcher_a_run_on_the_other_device_is_refused_in_one_line():
         assert PartialState().device.type == "cuda"  # left as it was
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_dpo_sft_weight_adds_the_chosen_nll_and_keeps_prompts_without_a_pair(quick_organism, monkeypatch):
+    """RPO: over the step's items the loss is mean(1[paired] · DPO + α · NLL / length) of the
+    teacher's sample, here against the NLL computed by hand from the student's logits. A
+    prompt whose initial-student sample equals the teacher's has no pair; with α > 0 it stays
+    for the NLL term (without, it is dropped: test above)."""
+    from doublebind.organisms.domain import WorldDomain
+    from doublebind.training.distill import micro_loss
+    from doublebind.world import vocab
+
+    real = WorldDomain.sample
+
+    def three_match(self, model, examples, *a, **k):
+        outs = real(self, model, examples, *a, **k)
+        return [list(ex.response) if i < 3 else o for i, (ex, o) in enumerate(zip(examples, outs))]
+
+    monkeypatch.setattr(WorldDomain, "sample", three_match)
+    folder, _ = quick_organism
+    d = Distiller(folder, recipe(objective={"kind": "dpo", "dpo_beta": 0.5, "dpo_sft_weight": 0.7},
+                                 sampling={"soft_labels": "none"}, training={"steps": 4, "batch": 16}),
+                  None, show_progress=False)
+    assert len(d.items) == len(d.asked) and d.dpo_pairs_dropped >= 3
+    assert all(it.rejected is None for it in d.items[:3])
+    for s in range(3):  # away from the reference, so the DPO term is not log 2
+        d.train_step(s)
+    fixed = d.items[:24]  # the three without a pair among them
+    plain_cfg = d.recipe.objective.model_copy(update={"dpo_sft_weight": 0.0})
+    with torch.no_grad():
+        rpo = micro_loss(d.model, fixed, {}, d.recipe.objective, d.ref_logps).item()
+        dpo = micro_loss(d.model, fixed, {}, plain_cfg, d.ref_logps).item()
+        paired = [it for it in fixed if it.rejected is not None]
+        dpo_paired = micro_loss(d.model, paired, {}, plain_cfg, d.ref_logps).item()
+        nll = 0.0
+        for it in fixed:
+            ids = torch.tensor([vocab.encode(list(it.example.prompt) + list(it.example.response))])
+            logits = d.model(input_ids=ids).logits[0].double()
+            p, n = len(it.example.prompt), len(it.example.response)
+            nll -= sum(torch.log_softmax(logits[t - 1], -1)[ids[0, t]].item() for t in range(p, p + n)) / n
+    assert dpo == pytest.approx(dpo_paired, rel=1e-6)  # items without a pair add nothing to the DPO term
+    assert dpo / len(paired) != pytest.approx(0.6931, abs=1e-3)
+    assert rpo == pytest.approx(dpo + 0.7 * nll, rel=1e-5)
+
+
+def test_dpo_distillation_passes_its_sft_weight():
+    from doublebind.config import ObjectiveConfig
+    from doublebind.techniques.base import build_stages
+
+    (plain,), (rpo,) = build_stages([{"name": "dpo_distillation"}]), build_stages(
+        [{"name": "dpo_distillation", "sft_weight": 1.5, "beta": 0.2}])
+    assert plain.objective(None, ObjectiveConfig()).dpo_sft_weight == 0.0
+    o = rpo.objective(None, ObjectiveConfig(on_policy=0.5))
+    assert (o.kind, o.dpo_beta, o.dpo_sft_weight, o.on_policy) == ("dpo", 0.2, 1.5, 0.0)

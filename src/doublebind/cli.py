@@ -603,9 +603,13 @@ def distill(
     _print_table(table)
     dropped = summary["data"].get("dpo_pairs_dropped")
     if dropped:  # the student's own sample equalled the teacher's (or was empty): no preference to learn
-        n = summary["data"]["n_train_items"]
-        out(f"DPO: {n} preference pairs; {dropped} prompts dropped, where the initial student's sample was "
-            "empty or equal to the teacher's")
+        n, rpo = summary["data"]["n_train_items"], summary["resolved_recipe"]["objective"].get("dpo_sft_weight")
+        if rpo:
+            out(f"DPO: {n - dropped} preference pairs; {dropped} prompts without one, where the initial student's "
+                "sample was empty or equal to the teacher's, train on the NLL term alone")
+        else:
+            out(f"DPO: {n} preference pairs; {dropped} prompts dropped, where the initial student's sample was "
+                "empty or equal to the teacher's")
     if summary.get("stopped_at") is not None:  # a stage stopped the run (distill_and_audit, mode stop)
         out(f"stopped by a stage at step {summary['stopped_at']} of {summary['resolved_recipe']['training']['steps']}")
     if chosen["step"] != final["step"]:  # a stage selected an earlier checkpoint: the run's result

@@ -570,13 +570,15 @@ def _append(path: Path, rows: list[dict]) -> None:
 
 def recipe_hash(recipe) -> str:
     """What a study's rows record of the recipe that made them, and its resume check compares.
-    `training.compile` counts only when on (it changes rounding), so recipes from before the
-    knob existed keep their hash; `training.save_weights` does not count (it changes no
+    `training.compile` counts only when on (it changes rounding), and `objective.dpo_sft_weight`
+    only when not 0, so recipes from before those knobs existed keep their hash; `training.save_weights` does not count (it changes no
     number: a study that keeps its weights resumes a folder whose runs did not, and the
     reverse), and hashes as off, which every study run was before a study could keep them."""
     dump = recipe.model_dump(mode="json")
     if not dump["training"]["compile"]:
         del dump["training"]["compile"]
+    if not dump["objective"]["dpo_sft_weight"]:
+        del dump["objective"]["dpo_sft_weight"]
     dump["training"]["save_weights"] = False
     return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
 

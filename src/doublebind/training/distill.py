@@ -193,15 +193,28 @@ def _seq_logps(model, examples: list[Example]) -> torch.Tensor:
 
 
 def _dpo_sum(model, items, ocfg, ref_logps) -> torch.Tensor:
-    chosen = _seq_logps(model, [it.example for it in items])
-    rejected = _seq_logps(model, [it.rejected for it in items])
-    ref_c = torch.tensor([ref_logps[id(it)][0] for it in items], device=chosen.device)
-    ref_r = torch.tensor([ref_logps[id(it)][1] for it in items], device=chosen.device)
-    return obj.dpo_loss(chosen, rejected, ref_c, ref_r, beta=ocfg.dpo_beta) * len(items)
+    """The batch's summed DPO loss over its pairs. With `dpo_sft_weight` α (RPO), plus α
+    times each item's length-normalised NLL of the teacher's sample, pairs and items
+    without a pair (kept for this term alone) alike, so that over the step's items the loss
+    is mean(1[paired] · DPO + α · NLL / length)."""
+    paired = [it for it in items if it.rejected is not None]
+    total = torch.zeros(())
+    if paired:
+        chosen = _seq_logps(model, [it.example for it in paired])
+        rejected = _seq_logps(model, [it.rejected for it in paired])
+        ref_c = torch.tensor([ref_logps[id(it)][0] for it in paired], device=chosen.device)
+        ref_r = torch.tensor([ref_logps[id(it)][1] for it in paired], device=chosen.device)
+        total = obj.dpo_loss(chosen, rejected, ref_c, ref_r, beta=ocfg.dpo_beta) * len(paired)
+    if ocfg.dpo_sft_weight:
+        logps = _seq_logps(model, [it.example for it in items])
+        lengths = torch.tensor([float(len(it.example.response)) for it in items], device=logps.device)
+        total = total.to(logps.device) + ocfg.dpo_sft_weight * -(logps / lengths.clamp(min=1)).sum()
+    return total
 
 
 def _units(items: list[Item], ocfg) -> float:
-    """What the step's loss is averaged over: (weighted) response tokens, or pairs for DPO."""
+    """What the step's loss is averaged over: (weighted) response tokens, or items for DPO
+    (its pairs, and with an NLL term the prompts without one)."""
     return float(len(items)) if ocfg.kind == "dpo" else max(1e-8, sum(it.units() for it in items))
 
 
@@ -747,19 +760,25 @@ class Distiller:
     def _prepare_dpo(self) -> dict:
         outs = self.domain.sample(self.model, [it.example for it in self.items],
                                   self.recipe.sampling.max_new_tokens, 1.0, self.recipe.seed + 1)
-        kept = []
+        # with an NLL term (RPO), a prompt without a pair still trains on the teacher's
+        # sample: dropping them would drop most of what the student already does right
+        keep_unpaired = self.recipe.objective.dpo_sft_weight > 0
+        kept, pairs = [], []
         for it, rej in zip(self.items, outs):
             if rej != it.example.response and rej:
                 it.rejected = Example(it.example.prompt, rej, it.example.kind)
+                pairs.append(it)
                 kept.append(it)
-        if not kept:
+            elif keep_unpaired:
+                kept.append(it)
+        if not pairs:
             raise DoublebindError("DPO: the student already matches every teacher sample; no preference pairs")
-        self.dpo_pairs_dropped = len(self.items) - len(kept)  # summary.json's data; `distill` says so
+        self.dpo_pairs_dropped = len(self.items) - len(pairs)  # summary.json's data; `distill` says so
         self.items = kept
         ref = {}
         with torch.no_grad():
-            for i in range(0, len(kept), 256):
-                chunk = kept[i : i + 256]
+            for i in range(0, len(pairs), 256):
+                chunk = pairs[i : i + 256]
                 c = _seq_logps(self.model, [it.example for it in chunk])
                 r = _seq_logps(self.model, [it.rejected for it in chunk])
                 for it, a, b in zip(chunk, c.tolist(), r.tolist()):
