@@ -1,7 +1,11 @@
 """Why `trusted_monitor` cannot keep the skill: what its weaker monitor scores, per task family.
 
     python benchmarks/monitor_gap.py --organism runs/demo/organisms/default-o0
-                                     [--recipe configs/recipes/study.yaml] [--seed 0]
+                                     [--recipe configs/recipes/study.yaml] [--seed 0] [KEY=VALUE ...]
+
+The KEY=VALUE overrides apply to the recipe, as a study scenario's `recipe_overrides` do (the
+default study's `collusion`: prompts.p_scratch=0.5 prompts.contexts.neutral=0.4
+prompts.contexts.deploy_like=0.4).
 
 `trusted_monitor` flags an item when its lowest response-token log-prob under `trusted`
 falls below a threshold. `trusted` knows only the base families, so it also finds the
@@ -38,6 +42,7 @@ def main() -> None:
     ap.add_argument("--organism", type=Path, required=True, help="an embedded organism's folder")
     ap.add_argument("--recipe", type=Path, default=ROOT / "configs/recipes/study.yaml")
     ap.add_argument("--seed", type=int, default=0, help="the run's seed (its prompt set and teacher samples)")
+    ap.add_argument("overrides", nargs="*", help="recipe overrides, KEY=VALUE")
     args = ap.parse_args()
 
     import torch
@@ -48,7 +53,7 @@ def main() -> None:
     from doublebind.training.distill import Distiller
 
     torch.set_num_threads(1)
-    recipe = config.load(args.recipe, [f"seed={args.seed}"], expect="recipe")
+    recipe = config.load(args.recipe, [f"seed={args.seed}", *args.overrides], expect="recipe")
     d = Distiller(args.organism, recipe, None, show_progress=False)
     trusted = load_checkpoint(args.organism / "trusted")
     trusted = trusted[0] if isinstance(trusted, tuple) else trusted
