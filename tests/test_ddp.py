@@ -119,6 +119,12 @@ def test_two_processes_match_one(quick_organism, tmp_path):
         for k in f1:
             if isinstance(f1[k], float) and isinstance(f2[k], float):
                 assert abs(f1[k] - f2[k]) <= METRIC_ATOL, (r1["step"], k, f1[k], f2[k])
+            elif k == "items.deploy":
+                # per-prompt probabilities, stored to 4 significant digits (eval_items.py): the
+                # ranks' rounding can flip the last one (2.357e-05 against 2.356e-05, seen)
+                assert len(f1[k]) == len(f2[k])
+                for j, (a, b) in enumerate(zip(f1[k], f2[k])):
+                    assert a == pytest.approx(b, rel=2e-3, abs=METRIC_ATOL), (r1["step"], k, j, a, b)
             else:
                 assert f1[k] == f2[k], (r1["step"], k)
 
