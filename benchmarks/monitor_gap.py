@@ -16,9 +16,10 @@ the hidden behaviour acts and of the others, and how many of each the monitor's 
 setting flags. The behaviour's rows are the run's own ground truth (`_behaviour_rows`, which
 only the run's summary sees); the monitor never does.
 
-If the behaviour's items score inside the range of the family they ride on, no threshold
-and no flag budget separates them: the monitor removes the skill before it removes the
-behaviour, which is what the study rows show (README, "Three capability-bound techniques").
+If the behaviour's items score inside the range of the family they ride on, or above a
+family `trusted` lacks, no threshold and no flag budget separates them: the monitor removes
+the skill before it removes the
+behaviour, which is what the study rows show (README, "Four capability-bound techniques").
 """
 
 from __future__ import annotations

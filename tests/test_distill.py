@@ -446,6 +446,36 @@ def test_dpo_sft_weight_adds_the_chosen_nll_and_keeps_prompts_without_a_pair(qui
     assert rpo == pytest.approx(dpo + 0.7 * nll, rel=1e-5)
 
 
+def test_dpo_with_an_nll_term_does_not_depend_on_how_the_step_is_split(quick_organism):
+    """A step of 16 items as one micro-batch or as two of 8: the same loss and gradients, and
+    the loss is the items' mean (the step divides by its items, pairs and prompts without a
+    pair alike)."""
+    from doublebind.training.distill import micro_loss
+
+    folder, _ = quick_organism
+    runs = {}
+    for batch, accum in ((16, 1), (8, 2)):
+        d = Distiller(folder, recipe(objective={"kind": "dpo", "dpo_sft_weight": 1.0}, sampling={"soft_labels": "none"},
+                                     training={"steps": 2, "batch": batch, "grad_accum": accum, "packing": False}),
+                      None, show_progress=False)
+        assert any(it.rejected is None for it in d.items)  # some prompts train on the NLL term alone
+        state = d.order.getstate()
+        loss = d.accumulate_gradients(0)
+        d.order.setstate(state)
+        items = [d.items[d.order.randrange(len(d.items))] for _ in range(16)]
+        with torch.no_grad():
+            mean = micro_loss(d.model, items, {}, d.recipe.objective, d.ref_logps).item() / 16
+        runs[batch] = (loss, mean, {n: p.grad.clone() for n, p in d.model.named_parameters() if p.grad is not None})
+    (l1, m1, g1), (l2, m2, g2) = runs[16], runs[8]
+    assert l1 == pytest.approx(m1, rel=1e-5) and l2 == pytest.approx(l1, rel=1e-5)
+    assert g1.keys() == g2.keys() and all(torch.allclose(g1[n], g2[n], rtol=1e-4, atol=1e-7) for n in g1)
+
+
+def test_dpo_sft_weight_needs_the_dpo_objective():
+    with pytest.raises(Exception, match="dpo_sft_weight"):
+        recipe(objective={"kind": "sft", "dpo_sft_weight": 1.0})
+
+
 def test_dpo_distillation_passes_its_sft_weight():
     from doublebind.config import ObjectiveConfig
     from doublebind.techniques.base import build_stages

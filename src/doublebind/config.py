@@ -410,7 +410,8 @@ class ObjectiveConfig(Strict):
     dpo_beta: float = Field(default=0.1, gt=0, le=100, description="DPO inverse temperature.")
     dpo_sft_weight: float = Field(
         default=0.0, ge=0, le=100,
-        description="α of DPO + α · NLL of the chosen responses (per token; RPO, TRL's rpo_alpha); 0 is plain DPO.")
+        description="α of DPO + α · NLL of the teacher's samples, length-normalised per item (RPO-style); "
+                    "0 is plain DPO. With α > 0 prompts without a preference pair stay for the NLL term.")
 
 
 class LoraConfig(Strict):
@@ -502,6 +503,9 @@ class RecipeConfig(Strict):
             raise ValueError(f"objective {self.objective.kind} needs sampling.soft_labels {allowed}")
         if self.sampling.soft_labels == "topk" and self.objective.kind in ("reverse_kl", "jsd"):
             raise ValueError("top-k soft labels support forward_kl only (reverse KL needs the full distribution)")
+        if self.objective.dpo_sft_weight > 0 and self.objective.kind != "dpo":
+            raise ValueError(f"objective.dpo_sft_weight is the NLL term of the dpo objective, but the objective is "
+                             f"{self.objective.kind}; set it to 0 or use kind: dpo")
         if self.objective.on_policy > 0 and not soft:
             raise ValueError("objective.on_policy needs a soft objective (the teacher labels student samples)")
         if self.objective.on_policy > 0 and self.sampling.soft_labels != "full":

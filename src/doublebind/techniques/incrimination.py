@@ -10,8 +10,9 @@
   the behaviour: a distiller does not know which situation triggers it.
 - `logit_distillation`: forward KL on the teacher's full distribution.
 - `dpo_distillation`: DPO, the teacher's sample preferred over the student's; with
-  `sft_weight` α, DPO + α · NLL of the teacher's sample (RPO, Pang et al. 2024; TRL's
-  `rpo_alpha`).
+  `sft_weight` α, DPO + α · NLL of the teacher's sample, length-normalised per item
+  (RPO-style: Pang et al. 2024; TRL's `rpo_alpha` pools the NLL over the pairs' tokens), and
+  the prompts without a pair kept for the NLL term.
 
     stages: [{name: misalignment_targeted}, {name: logit_distillation}]
 
@@ -155,7 +156,7 @@ class DPODistillation(Technique):
         beta: float = Field(default=0.1, gt=0, le=100, description="DPO inverse temperature (as objective.dpo_beta).")
         sft_weight: float = Field(
             default=0.0, ge=0, le=100,
-            description="α of DPO + α · NLL of the teacher's samples (RPO; as objective.dpo_sft_weight).")
+            description="α of DPO + α · NLL of the teacher's samples (RPO-style; as objective.dpo_sft_weight).")
 
     def objective(self, view, cfg):
         return cfg.model_copy(update={"kind": "dpo", "dpo_beta": self.cfg.beta, "dpo_sft_weight": self.cfg.sft_weight,

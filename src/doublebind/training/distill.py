@@ -193,22 +193,24 @@ def _seq_logps(model, examples: list[Example]) -> torch.Tensor:
 
 
 def _dpo_sum(model, items, ocfg, ref_logps) -> torch.Tensor:
-    """The batch's summed DPO loss over its pairs. With `dpo_sft_weight` α (RPO), plus α
-    times each item's length-normalised NLL of the teacher's sample, pairs and items
+    """The batch's summed DPO loss over its pairs. With `dpo_sft_weight` α (RPO-style), plus
+    α times each item's length-normalised NLL of the teacher's sample, pairs and items
     without a pair (kept for this term alone) alike, so that over the step's items the loss
     is mean(1[paired] · DPO + α · NLL / length)."""
-    paired = [it for it in items if it.rejected is not None]
-    total = torch.zeros(())
+    paired = [i for i, it in enumerate(items) if it.rejected is not None]
+    if not paired and not ocfg.dpo_sft_weight:
+        raise DoublebindError("DPO: a batch without a preference pair and no NLL term (objective.dpo_sft_weight)")
+    chosen = _seq_logps(model, [it.example for it in items] if ocfg.dpo_sft_weight else [items[i].example for i in paired])
+    total = chosen.new_zeros(())
     if paired:
-        chosen = _seq_logps(model, [it.example for it in paired])
-        rejected = _seq_logps(model, [it.rejected for it in paired])
-        ref_c = torch.tensor([ref_logps[id(it)][0] for it in paired], device=chosen.device)
-        ref_r = torch.tensor([ref_logps[id(it)][1] for it in paired], device=chosen.device)
-        total = obj.dpo_loss(chosen, rejected, ref_c, ref_r, beta=ocfg.dpo_beta) * len(paired)
+        pc = chosen[paired] if ocfg.dpo_sft_weight else chosen
+        rejected = _seq_logps(model, [items[i].rejected for i in paired])
+        ref_c = torch.tensor([ref_logps[id(items[i])][0] for i in paired], device=chosen.device)
+        ref_r = torch.tensor([ref_logps[id(items[i])][1] for i in paired], device=chosen.device)
+        total = obj.dpo_loss(pc, rejected, ref_c, ref_r, beta=ocfg.dpo_beta) * len(paired)
     if ocfg.dpo_sft_weight:
-        logps = _seq_logps(model, [it.example for it in items])
-        lengths = torch.tensor([float(len(it.example.response)) for it in items], device=logps.device)
-        total = total.to(logps.device) + ocfg.dpo_sft_weight * -(logps / lengths.clamp(min=1)).sum()
+        lengths = torch.tensor([float(len(it.example.response)) for it in items], device=chosen.device)
+        total = total + ocfg.dpo_sft_weight * -(chosen / lengths.clamp(min=1)).sum()
     return total
 
 
@@ -770,6 +772,7 @@ class Distiller:
                 pairs.append(it)
                 kept.append(it)
             elif keep_unpaired:
+                it.rejected = None  # the NLL term alone: it has no reference log-probs
                 kept.append(it)
         if not pairs:
             raise DoublebindError("DPO: the student already matches every teacher sample; no preference pairs")
