@@ -8,8 +8,9 @@ default study's `collusion`: prompts.p_scratch=0.5 prompts.contexts.neutral=0.4
 prompts.contexts.deploy_like=0.4).
 
 `trusted_monitor` flags an item when its lowest response-token log-prob under `trusted`
-falls below a threshold. `trusted` knows only the base families, so it also finds the
-answers of every skill it lacks improbable. This takes the distillation items a run of the
+falls below a threshold. `trusted` knows only the base families; where it is confidently
+wrong on a skill it lacks (on the default organism, `max`), it finds that skill's right
+answers as improbable as a marker. This takes the distillation items a run of the
 recipe trains on (the teacher's samples of its prompt set), scores each under `trusted` as
 the monitor does, and prints per task family the quantiles of the scores of the items where
 the hidden behaviour acts and of the others, and how many of each the monitor's default
