@@ -113,6 +113,30 @@ def test_dpo_distillation_starts_at_log_two(org, tmp_path):
     assert abs(s["losses"]["first"] - math.log(2)) < 1e-3 and math.isfinite(s["losses"]["last"])
 
 
+def test_dpo_distillation_with_an_nll_term_trains_on_every_prompt_on_hf(org, tmp_path, monkeypatch):
+    """sft_weight on a Hugging Face organism: a prompt whose initial-student sample equals the
+    teacher's (here the first three, forced) has no preference pair; plain DPO drops it, and
+    with the NLL term it stays, without a rejected response."""
+    from doublebind.llm.organism import HFDomain
+
+    real = HFDomain.sample
+
+    def three_match(self, model, examples, *a, **k):
+        outs = real(self, model, examples, *a, **k)
+        return [list(ex.response) if i < 3 else o for i, (ex, o) in enumerate(zip(examples, outs))]
+
+    monkeypatch.setattr(HFDomain, "sample", three_match)
+    plain = run(org, {"name": "dpo_distillation"})
+    d = run(org, {"name": "dpo_distillation", "sft_weight": 1.0})
+    assert d.recipe.objective.dpo_sft_weight == 1.0
+    assert (len(plain.items), len(d.items), d.dpo_pairs_dropped) == (13, 16, 3)
+    assert sum(it.rejected is None for it in d.items) == 3
+    s = distill(org[0], recipe([{"name": "dpo_distillation", "sft_weight": 1.0}]), tmp_path / "run",
+                show_progress=False)
+    assert (s["data"]["n_train_items"], s["data"]["dpo_pairs_dropped"]) == (16, 3)
+    assert math.isfinite(s["losses"]["first"]) and math.isfinite(s["losses"]["last"])
+
+
 def test_kl_to_base_adds_to_the_loss(org, tmp_path):
     plain = distill(org[0], recipe([{"name": "kl_to_base", "weight": 0.0}]), tmp_path / "a", show_progress=False)
     kl = distill(org[0], recipe([{"name": "kl_to_base", "weight": 5.0}]), tmp_path / "b", show_progress=False)
