@@ -515,6 +515,15 @@ class CheckpointAttach(Technique):
             model.config.use_cache = not model.config.use_cache
         elif how == "attention":
             AttentionInterface.register("doublebind_test_attention", lambda *a, **k: None)
+        elif how in ("config_property", "config_property_base"):  # code that runs when the fence reads the
+            def config(self):                                     # config, and halves a weight (a review's)
+                with torch.no_grad():
+                    next(self.parameters()).mul_(0.5)
+                return self.__dict__["config"]
+
+            owner = type(model) if how == "config_property" else type(model).__mro__[1]
+            ATTACH["property_on"] = owner
+            owner.config = property(config)
         ATTACH.setdefault("steps", []).append(step)
         return {}
 
@@ -618,6 +627,9 @@ def test_a_cheating_stage_fails(quick_organism, cheats, stage, what, tmp_path):
     ("borrowed_method", "forward of module model.layers.0.self_attn.q_proj added"),
     ("loose_eq_method", "forward of module model.layers.0.mlp added"),
     ("wrapper_adapter_list", "active_adapter of module (the model)"),
+    # caught as a change of the weights: the fence reads the attachments (running the property)
+    # before it checks the weights
+    ("config_property", "weights"), ("config_property_base", "weights"),
     ("reads", None), ("reads_hidden", None), ("class_method", None), ("generates", None), ("generates_lora", None),
     ("set_adapter", None)])
 def test_a_checkpoint_hook_attaches_nothing_to_the_student(quick_organism, cheats, how, what, tmp_path):
@@ -645,9 +657,9 @@ def test_a_checkpoint_hook_attaches_nothing_to_the_student(quick_organism, cheat
             distill(quick_organism[0], recipe, tmp_path / "run", show_progress=False)
             assert ATTACH["steps"] == [0, 2]
         else:
+            changed = "weights" if what == "weights" else f"hooks or attributes ({what})"
             with pytest.raises(DefenderError, match=re.escape(
-                    f"_test_checkpoint_attach changed the student's hooks or attributes ({what}) in its checkpoint "
-                    f"hook at step 0")):
+                    f"_test_checkpoint_attach changed the student's {changed} in its checkpoint hook at step 0")):
                 distill(quick_organism[0], recipe, tmp_path / "run", show_progress=False)
             assert ATTACH["steps"] == [0]
     finally:
@@ -657,6 +669,9 @@ def test_a_checkpoint_hook_attaches_nothing_to_the_student(quick_organism, cheat
 
         if "doublebind_test_patch" in vars(LlamaForCausalLM):
             del LlamaForCausalLM.doublebind_test_patch
+        owner = ATTACH.get("property_on")
+        if owner is not None and isinstance(vars(owner).get("config"), property):
+            del owner.config
         AttentionInterface._global_mapping.pop("doublebind_test_attention", None)
     assert not torch.nn.modules.module._global_forward_hooks
 
