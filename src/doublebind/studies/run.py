@@ -571,9 +571,10 @@ def _append(path: Path, rows: list[dict]) -> None:
 def recipe_hash(recipe) -> str:
     """What a study's rows record of the recipe that made them, and its resume check compares.
     `training.compile` counts only when on (it changes rounding), and `objective.dpo_sft_weight`
-    only when not 0, so recipes from before those knobs existed keep their hash; `training.save_weights` does not count (it changes no
-    number: a study that keeps its weights resumes a folder whose runs did not, and the
-    reverse), and hashes as off, which every study run was before a study could keep them."""
+    only when not 0, so recipes from before those knobs existed keep their hash;
+    `training.save_weights` does not count (it changes no number: a study that keeps its
+    weights resumes a folder whose runs did not, and the reverse), and hashes as off, which
+    every study run was before a study could keep them."""
     dump = recipe.model_dump(mode="json")
     if not dump["training"]["compile"]:
         del dump["training"]["compile"]

@@ -200,7 +200,8 @@ def _dpo_sum(model, items, ocfg, ref_logps) -> torch.Tensor:
     paired = [i for i, it in enumerate(items) if it.rejected is not None]
     if not paired and not ocfg.dpo_sft_weight:
         raise DoublebindError("DPO: a batch without a preference pair and no NLL term (objective.dpo_sft_weight)")
-    chosen = _seq_logps(model, [it.example for it in items] if ocfg.dpo_sft_weight else [items[i].example for i in paired])
+    scored = items if ocfg.dpo_sft_weight else [items[i] for i in paired]  # the NLL term scores every item
+    chosen = _seq_logps(model, [it.example for it in scored])
     total = chosen.new_zeros(())
     if paired:
         pc = chosen[paired] if ocfg.dpo_sft_weight else chosen
