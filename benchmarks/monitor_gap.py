@@ -50,17 +50,14 @@ def main() -> None:
     import torch
 
     from doublebind import config
-    from doublebind.organisms.models import load_checkpoint
     from doublebind.techniques.trusted_monitor import TrustedMonitor, flag, monitor_scores
     from doublebind.training.distill import Distiller
 
     torch.set_num_threads(1)
     recipe = config.load(args.recipe, [f"seed={args.seed}", *args.overrides], expect="recipe")
     d = Distiller(args.organism, recipe, None, show_progress=False)
-    trusted = load_checkpoint(args.organism / "trusted")
-    trusted = trusted[0] if isinstance(trusted, tuple) else trusted
-    trusted.eval()
-    scores = monitor_scores(trusted, [it.example for it in d.items])
+    # the organism's trusted model as the technique gets it (`view.load_model` reads the same)
+    scores = monitor_scores(d.load_model("trusted"), [it.example for it in d.items])
     default = TrustedMonitor.Config()
     flagged = flag(scores, default.threshold, default.max_flag_share)
     rows = d.behaviour_rows or set()
