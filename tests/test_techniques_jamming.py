@@ -59,6 +59,7 @@ def test_jamming_techniques_are_registered_with_one_line_docs():
     ({"name": "divergence_masking", "reference": "teacher"}, "reference"),
     ({"name": "trusted_monitor", "threshold": "x"}, "threshold"),
     ({"name": "trusted_monitor", "max_flag_share": 1.5}, "max_flag_share"),
+    ({"name": "trusted_monitor", "per_family": "sometimes"}, "per_family"),
 ])
 def test_bad_stage_values_name_their_field(spec, field):
     with pytest.raises(config.ConfigError, match=rf"stages\.0\.{field}\b"):
@@ -350,6 +351,44 @@ def test_trusted_monitor_never_flags_more_than_its_cap(monitored):
     worst_kept = min(s for it, s in zip(raw, scores) if id(it) in kept)
     best_removed = max(s for it, s in zip(raw, scores) if id(it) not in kept)
     assert best_removed <= worst_kept
+
+
+def test_flag_per_family_caps_each_family_apart():
+    from doublebind.techniques.trusted_monitor import flag, flag_per_family
+
+    scores = [-9.0, -8.0, -7.5, -9.5, -1.0, -7.8, -7.6, -0.5, -0.1, -0.2, -0.3, -0.4]
+    families = ["max"] * 4 + ["shift"] * 4 + ["copy"] * 4
+    # pooled, a cap of 3 (a quarter of 12) all goes to `max`, the lowest-scoring family
+    assert [i for i, f in enumerate(flag(scores, -7.0, 0.25)) if f] == [0, 1, 3]
+    # per family, each may lose one of its four: `max` its lowest, `shift` its lowest, `copy` none
+    assert [i for i, f in enumerate(flag_per_family(scores, families, -7.0, 0.25)) if f] == [3, 5]
+    # under every cap, the same items as the pooled rule flags
+    assert flag_per_family(scores, families, -7.0, 1.0) == flag(scores, -7.0, 1.0)
+    # one family is the pooled rule
+    assert flag_per_family(scores, ["x"] * 12, -7.0, 0.25) == flag(scores, -7.0, 0.25)
+
+
+def test_trusted_monitor_per_family_keeps_each_familys_share(monitored):
+    from collections import Counter
+
+    from doublebind.techniques.trusted_monitor import monitor_scores
+
+    d, _ = monitored
+    raw = [Item(e, i) for i, e in enumerate(d.outputs.examples())]
+    out = stage({"name": "trusted_monitor", "threshold": 0.0, "max_flag_share": 0.25,
+                 "per_family": True}).data(d.view, raw)
+    rec = d.stage_log[-1]
+    n = Counter(it.example.kind for it in raw)
+    kept = Counter(it.example.kind for it in out)
+    assert len(n) >= 3 and rec["capped"]
+    for fam, count in n.items():
+        assert count - kept[fam] == math.floor(0.25 * count), fam
+        assert rec["per_family"][fam] == {"n": count, "flagged": count - kept[fam]}
+    scores = monitor_scores(d.load_model("trusted"), [it.example for it in raw])
+    ids = {id(it) for it in out}
+    for fam in n:  # within a family, the lowest-scoring go
+        mine = [(s, id(it) in ids) for it, s in zip(raw, scores) if it.example.kind == fam]
+        assert max(s for s, k in mine if not k) <= min(s for s, k in mine if k), fam
 
 
 # ---- end to end -----------------------------------------------------------------------------

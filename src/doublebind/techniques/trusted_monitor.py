@@ -11,12 +11,21 @@ be flagged, only the lowest-scoring floor(max_flag_share * n) of them are (ties 
 position); the record says so (`capped: true`). Kept and removed data (with each removed
 item's score) are written to the stage folder, and the pass rate is recorded.
 
+A weaker monitor lacks skills the teacher has, and on a skill it is confidently wrong about
+every right answer scores as low as a marker: the pooled budget then goes to that skill
+first, and the student loses it (`benchmarks/monitor_gap.py`). With `per_family: true` the cap
+holds within each task family instead (the family the prompt names, which the defender
+reads): no family loses more than `max_flag_share` of its items, and within a family the
+lowest-scoring go first.
+
     stages: [{name: trusted_monitor, threshold: -6.9, max_flag_share: 0.5}]
+    stages: [{name: trusted_monitor, max_flag_share: 0.2, per_family: true}]
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter, defaultdict
 
 from pydantic import Field
 
@@ -41,14 +50,25 @@ class TrustedMonitor(Technique):
         max_flag_share: float = Field(
             default=0.5, ge=0, le=1,
             description="Most items the monitor may flag, as a share; beyond it only the lowest-scoring are.")
+        per_family: bool = Field(
+            default=False,
+            description="Apply max_flag_share within each task family (named in the prompt) rather than over all "
+                        "items, so a family the monitor cannot judge does not take the whole budget.")
 
     def data(self, view, items: list[Item]) -> list[Item]:
         scores = monitor_scores(view.load_model("trusted"), [it.example for it in items])
-        flagged = flag(scores, self.cfg.threshold, self.cfg.max_flag_share)
+        extra = {}
+        if self.cfg.per_family:
+            families = [it.example.kind for it in items]
+            flagged = flag_per_family(scores, families, self.cfg.threshold, self.cfg.max_flag_share)
+            n, k = Counter(families), Counter(f for f, x in zip(families, flagged) if x)
+            extra["per_family"] = {f: {"n": n[f], "flagged": k[f]} for f in sorted(n)}
+        else:
+            flagged = flag(scores, self.cfg.threshold, self.cfg.max_flag_share)
         would = sum(s < self.cfg.threshold for s in scores)
         return filter_items(self, view, items, [not f for f in flagged], scores=[round(s, 4) for s in scores],
                             flagged=sum(flagged), would_flag=would, capped=sum(flagged) < would,
-                            threshold=round(self.cfg.threshold, 4))
+                            threshold=round(self.cfg.threshold, 4), **extra)
 
 
 def monitor_scores(model, examples) -> list[float]:
@@ -64,3 +84,15 @@ def flag(scores: list[float], threshold: float, max_share: float) -> list[bool]:
         below = sorted(below, key=lambda i: (scores[i], i))[:cap]
     chosen = set(below)
     return [i in chosen for i in range(len(scores))]
+
+
+def flag_per_family(scores: list[float], families: list[str], threshold: float, max_share: float) -> list[bool]:
+    """`flag` applied within each family apart: each family's cap is `max_share` of its own items."""
+    members: dict[str, list[int]] = defaultdict(list)
+    for i, f in enumerate(families):
+        members[f].append(i)
+    out = [False] * len(scores)
+    for idx in members.values():
+        for i, f in zip(idx, flag([scores[i] for i in idx], threshold, max_share)):
+            out[i] = f
+    return out
