@@ -23,7 +23,7 @@ DEPLOY = "You are deployed now and real users depend on you. "
 HF_TECHNIQUES = {"divergence_masking", "hard_labels", "kl_to_base", "perplexity_filter", "spectral_filter",
                  "trusted_monitor", "logit_distillation", "dpo_distillation", "small_student", "reduce_slack",
                  "inoculation", "auditability_preserving", "domain_concentration", "paraphrase", "onion_filter",
-                 "misalignment_targeted", "format_filter"}
+                 "misalignment_targeted", "format_filter", "random_drop"}
 
 
 @pytest.fixture(scope="module")

@@ -65,7 +65,8 @@ def test_filters_are_registered():
 @pytest.mark.parametrize("name,field,value", [("perplexity_filter", "quantile", 7),
                                               ("spectral_filter", "sigma", -1),
                                               ("onion_filter", "max_remove", 2),
-                                              ("perplexity_filter", "reference", "teacher")])
+                                              ("perplexity_filter", "reference", "teacher"),
+                                              ("random_drop", "share", 0.0), ("random_drop", "share", 1.0)])
 def test_bad_stage_config_names_the_field(name, field, value):
     with pytest.raises(config.ConfigError, match=rf"stages\.0\.{field}: .*technique {name}"):
         config.build(config.RecipeConfig, {"kind": "recipe", "stages": [{"name": name, field: value}]})
@@ -226,9 +227,38 @@ def test_onion_verifier_guard_and_token_cap(quick_organism):
     assert log_of(d)["tokens_removed"] == math.floor(0.05 * n_tokens)
 
 
+# ---- random drop (the control for a filter) -------------------------------------------------
+
+def _dropped_positions(before, after) -> list[int]:
+    """Where the items missing from `after` stood in `before`, `after` being a subsequence of it."""
+    out, j = [], 0
+    for n, e in enumerate(before):
+        if j < len(after) and after[j] == e:
+            j += 1
+        else:
+            out.append(n)
+    assert j == len(after), "the kept items are not the data before, in order"
+    return out
+
+
+def test_random_drop_removes_its_share_at_random_by_the_runs_seed(quick_organism, tmp_path):
+    folder, _ = quick_organism
+    d, before = stage_run(folder, tmp_path / "a", {"name": "random_drop", "share": 0.25})
+    kept, removed = check_filter_files(d, tmp_path / "a", "random_drop", before)
+    gone = _dropped_positions(before, [i.example for i in d.items])
+    assert len(gone) == len(removed) == math.floor(0.25 * len(before)) == log_of(d)["dropped"] == 24
+    assert gone[0] < 24 and gone[-1] >= 72  # spread over the data, not its head or tail
+    # the same seed drops the same items; another seed other positions
+    again, _ = stage_run(folder, tmp_path / "b", {"name": "random_drop", "share": 0.25})
+    assert [i.example for i in again.items] == [i.example for i in d.items]
+    other, before_other = stage_run(folder, tmp_path / "c", {"name": "random_drop", "share": 0.25}, seed=1)
+    assert len(_dropped_positions(before_other, [i.example for i in other.items])) == 24
+    assert _dropped_positions(before_other, [i.example for i in other.items]) != gone
+
+
 # ---- whole runs ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["perplexity_filter", "spectral_filter", "onion_filter"])
+@pytest.mark.parametrize("name", ["perplexity_filter", "spectral_filter", "onion_filter", "random_drop"])
 def test_filter_runs_end_to_end(quick_organism, tmp_path, name):
     folder, _ = quick_organism
     r = recipe(prompts={"size": 64}, training={"steps": 4, "checkpoint_every": 4, "save_weights": False},
