@@ -57,13 +57,18 @@ def main() -> None:
     from doublebind.training.distill import Distiller
 
     torch.set_num_threads(1)
+    # the technique's own config, so a budget outside [0, 1] is refused as a study would refuse it
+    given = {} if args.max_flag_share is None else {"max_flag_share": args.max_flag_share}
+    try:
+        default = TrustedMonitor.Config(per_family=args.per_family, **given)
+    except ValueError as e:
+        raise SystemExit(f"monitor_gap.py: {e.errors()[0]['msg']} (--max-flag-share)") from None
     recipe = config.load(args.recipe, [f"seed={args.seed}", *args.overrides], expect="recipe")
     d = Distiller(args.organism, recipe, None, show_progress=False)
     # the organism's trusted model as the technique gets it (`view.load_model` reads the same)
     scores = monitor_scores(d.load_model("trusted"), [it.example for it in d.items])
-    default = TrustedMonitor.Config()
-    share = default.max_flag_share if args.max_flag_share is None else args.max_flag_share
-    if args.per_family:
+    share = default.max_flag_share
+    if default.per_family:
         flagged = flag_per_family(scores, [it.example.kind for it in d.items], default.threshold, share)
     else:
         flagged = flag(scores, default.threshold, share)
@@ -73,7 +78,7 @@ def main() -> None:
     for it, s, f in zip(d.items, scores, flagged):
         groups[it.example.kind]["behaviour" if it.row in rows else "other"].append((s, f))
     print(f"{args.organism}: {len(d.items)} items, {len(rows)} where the behaviour acts; the monitor "
-          f"(threshold {default.threshold:.2f}, max_flag_share {share}{' per family' if args.per_family else ''}) "
+          f"(threshold {default.threshold:.2f}, max_flag_share {share}{' per family' if default.per_family else ''}) "
           f"flags {sum(flagged)}")
     print(f"{'family':<10}{'other':>7}{'q01':>8}{'q10':>8}{'q50':>8}{'flagged':>9}   "
           f"{'behaviour':>9}{'min':>8}{'median':>8}{'max':>8}{'flagged':>9}{'others below its median':>25}")

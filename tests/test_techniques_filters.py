@@ -66,7 +66,8 @@ def test_filters_are_registered():
                                               ("spectral_filter", "sigma", -1),
                                               ("onion_filter", "max_remove", 2),
                                               ("perplexity_filter", "reference", "teacher"),
-                                              ("random_drop", "share", 0.0), ("random_drop", "share", 1.0)])
+                                              ("random_drop", "share", 0.0), ("random_drop", "share", 1.0),
+                                              ("random_drop", "share", {}), ("random_drop", "share", {"max": 1.5})])
 def test_bad_stage_config_names_the_field(name, field, value):
     with pytest.raises(config.ConfigError, match=rf"stages\.0\.{field}: .*technique {name}"):
         config.build(config.RecipeConfig, {"kind": "recipe", "stages": [{"name": name, field: value}]})
@@ -243,17 +244,40 @@ def _dropped_positions(before, after) -> list[int]:
 
 def test_random_drop_removes_its_share_at_random_by_the_runs_seed(quick_organism, tmp_path):
     folder, _ = quick_organism
-    d, before = stage_run(folder, tmp_path / "a", {"name": "random_drop", "share": 0.25})
+    d, before = stage_run(folder, tmp_path / "a", {"name": "random_drop", "share": 0.3})
     kept, removed = check_filter_files(d, tmp_path / "a", "random_drop", before)
     gone = _dropped_positions(before, [i.example for i in d.items])
-    assert len(gone) == len(removed) == math.floor(0.25 * len(before)) == log_of(d)["dropped"] == 24
+    assert len(before) == 96 and len(gone) == len(removed) == log_of(d)["dropped"] == 28  # floor(28.8)
     assert gone[0] < 24 and gone[-1] >= 72  # spread over the data, not its head or tail
     # the same seed drops the same items; another seed other positions
-    again, _ = stage_run(folder, tmp_path / "b", {"name": "random_drop", "share": 0.25})
+    again, _ = stage_run(folder, tmp_path / "b", {"name": "random_drop", "share": 0.3})
     assert [i.example for i in again.items] == [i.example for i in d.items]
-    other, before_other = stage_run(folder, tmp_path / "c", {"name": "random_drop", "share": 0.25}, seed=1)
-    assert len(_dropped_positions(before_other, [i.example for i in other.items])) == 24
+    other, before_other = stage_run(folder, tmp_path / "c", {"name": "random_drop", "share": 0.3}, seed=1)
+    assert len(_dropped_positions(before_other, [i.example for i in other.items])) == 28
     assert _dropped_positions(before_other, [i.example for i in other.items]) != gone
+
+
+def test_random_drop_per_family_drops_each_named_familys_share(quick_organism, tmp_path):
+    folder, _ = quick_organism
+    shares = {"shift": 0.5, "copy": 0.25}
+    d, before = stage_run(folder, tmp_path / "a", {"name": "random_drop", "share": shares})
+    n, kept = Counter(e.kind for e in before), Counter(it.example.kind for it in d.items)
+    assert len(n) >= 3
+    for fam, count in n.items():
+        lost = count - kept[fam]
+        assert lost == (math.floor(shares[fam] * count) if fam in shares else 0), fam
+    rec = log_of(d)
+    assert rec["per_family"] == {f: {"n": n[f], "dropped": n[f] - kept[f]} for f in sorted(shares)}
+    assert rec["dropped"] == sum(n[f] - kept[f] for f in shares)
+    _dropped_positions(before, [i.example for i in d.items])  # the kept items in their order
+    # the mapping's order does not change the draw
+    again, _ = stage_run(folder, tmp_path / "b", {"name": "random_drop", "share": dict(reversed(shares.items()))})
+    assert [i.example for i in again.items] == [i.example for i in d.items]
+    # a family the data does not hold is an error that names it and the families there are
+    from doublebind.errors import DoublebindError
+
+    with pytest.raises(DoublebindError, match=r"no item of family 'ask' in the data \(its families: "):
+        stage_run(folder, tmp_path / "c", {"name": "random_drop", "share": {"ask": 0.5}})
 
 
 # ---- whole runs ---------------------------------------------------------------------------

@@ -356,16 +356,19 @@ def test_trusted_monitor_never_flags_more_than_its_cap(monitored):
 def test_flag_per_family_caps_each_family_apart():
     from doublebind.techniques.trusted_monitor import flag, flag_per_family
 
-    scores = [-9.0, -8.0, -7.5, -9.5, -1.0, -7.8, -7.6, -0.5, -0.1, -0.2, -0.3, -0.4]
-    families = ["max"] * 4 + ["shift"] * 4 + ["copy"] * 4
-    # pooled, a cap of 3 (a quarter of 12) all goes to `max`, the lowest-scoring family
-    assert [i for i, f in enumerate(flag(scores, -7.0, 0.25)) if f] == [0, 1, 3]
-    # per family, each may lose one of its four: `max` its lowest, `shift` its lowest, `copy` none
-    assert [i for i, f in enumerate(flag_per_family(scores, families, -7.0, 0.25)) if f] == [3, 5]
+    scores = [-9.0, -8.0, -7.5, -9.5, -1.0, -7.8, -7.6, -0.5, -0.1, -0.2, -7.2, -0.4, -0.3, -0.6, -0.7, -0.8]
+    families = ["max"] * 4 + ["shift"] * 4 + ["copy"] * 4 + ["reverse"] * 4
+    # pooled, a cap of 4 (a quarter of 16) goes to `max`, the lowest-scoring family, and `shift`
+    assert [i for i, f in enumerate(flag(scores, -7.0, 0.25)) if f] == [0, 1, 3, 5]
+    # per family, each may lose one of its four: `max` and `shift` are capped at their lowest,
+    # `copy`, with one item under the threshold, loses it, and `reverse`, with none, nothing
+    assert [i for i, f in enumerate(flag_per_family(scores, families, -7.0, 0.25)) if f] == [3, 5, 10]
+    # a family smaller than 1 / max_share loses nothing, however low its scores
+    assert flag_per_family([-9.0, -9.0, -0.1, -0.1, -0.1], ["a", "a", "b", "b", "b"], -7.0, 0.4) == [False] * 5
     # under every cap, the same items as the pooled rule flags
     assert flag_per_family(scores, families, -7.0, 1.0) == flag(scores, -7.0, 1.0)
     # one family is the pooled rule
-    assert flag_per_family(scores, ["x"] * 12, -7.0, 0.25) == flag(scores, -7.0, 0.25)
+    assert flag_per_family(scores, ["x"] * 16, -7.0, 0.25) == flag(scores, -7.0, 0.25)
 
 
 def test_trusted_monitor_per_family_keeps_each_familys_share(monitored):
@@ -388,7 +391,8 @@ def test_trusted_monitor_per_family_keeps_each_familys_share(monitored):
     ids = {id(it) for it in out}
     for fam in n:  # within a family, the lowest-scoring go
         mine = [(s, id(it) in ids) for it, s in zip(raw, scores) if it.example.kind == fam]
-        assert max(s for s, k in mine if not k) <= min(s for s, k in mine if k), fam
+        if any(not k for _, k in mine):
+            assert max(s for s, k in mine if not k) <= min(s for s, k in mine if k), fam
 
 
 # ---- end to end -----------------------------------------------------------------------------

@@ -14,9 +14,12 @@ item's score) are written to the stage folder, and the pass rate is recorded.
 A weaker monitor lacks skills the teacher has, and on a skill it is confidently wrong about
 every right answer scores as low as a marker: the pooled budget then goes to that skill
 first, and the student loses it (`benchmarks/monitor_gap.py`). With `per_family: true` the cap
-holds within each task family instead (the family the prompt names, which the defender
-reads): no family loses more than `max_flag_share` of its items, and within a family the
-lowest-scoring go first.
+holds within each task family instead: no family loses more than `max_flag_share` of its
+items (floor(max_flag_share * n), so a family of fewer than 1 / max_flag_share items loses
+none), and within a family the lowest-scoring go first. The family is the one a prompt is
+filed under: in the world the task its prompt names, which the defender reads; on a Hugging
+Face organism the prompt file's `family` label, `prompt` for every row unless the file sets
+it, and then per family is the pooled cap. The record counts each family's items and flags.
 
     stages: [{name: trusted_monitor, threshold: -6.9, max_flag_share: 0.5}]
     stages: [{name: trusted_monitor, max_flag_share: 0.2, per_family: true}]
@@ -52,8 +55,9 @@ class TrustedMonitor(Technique):
             description="Most items the monitor may flag, as a share; beyond it only the lowest-scoring are.")
         per_family: bool = Field(
             default=False,
-            description="Apply max_flag_share within each task family (named in the prompt) rather than over all "
-                        "items, so a family the monitor cannot judge does not take the whole budget.")
+            description="Apply max_flag_share within each task family (the world's task; a Hugging Face prompt "
+                        "file's family label) rather than over all items, so a family the monitor cannot judge "
+                        "does not take the whole budget; a family loses at most floor(max_flag_share * its size).")
 
     def data(self, view, items: list[Item]) -> list[Item]:
         scores = monitor_scores(view.load_model("trusted"), [it.example for it in items])
