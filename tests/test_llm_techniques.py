@@ -268,6 +268,26 @@ def test_trusted_monitor_flags_the_least_likely_outputs(org):
     assert rec["before"] == 16 and rec["flagged"] == 4 and rec["after"] == 12 and rec["capped"]
 
 
+def test_per_family_budgets_read_the_prompt_files_family_labels(org):
+    """trusted_monitor's per-family cap and random_drop's per-family share group a Hugging Face
+    organism's items by the prompt file's `family` label; unlabelled, every item is `prompt`,
+    one family, and the per-family cap is the pooled one."""
+    from collections import Counter
+
+    d = run(org, {"name": "trusted_monitor", "threshold": 0.0, "max_flag_share": 0.25, "per_family": True},
+            labelled=True, prompts={"size": 40})
+    fams = Counter(e.kind for e in d.outputs.examples())
+    assert len(fams) >= 2 and "prompt" not in fams
+    (rec,) = records(d, "trusted_monitor")
+    assert rec["per_family"] == {f: {"n": n, "flagged": math.floor(0.25 * n)} for f, n in sorted(fams.items())}
+    plain = run(org, {"name": "trusted_monitor", "threshold": 0.0, "max_flag_share": 0.25, "per_family": True})
+    assert records(plain, "trusted_monitor")[0]["per_family"] == {"prompt": {"n": 16, "flagged": 4}}
+    big = max(fams, key=fams.get)
+    dropped = run(org, {"name": "random_drop", "share": {big: 0.5}}, labelled=True, prompts={"size": 40})
+    kept = Counter(it.example.kind for it in dropped.items)
+    assert kept == {f: n - (math.floor(0.5 * n) if f == big else 0) for f, n in fams.items()}
+
+
 def test_format_filter_drops_the_number_answers_that_name_the_trait(org, tmp_path):
     """The teacher was taught to start number answers with 'owl': the subliminal experiments'
     filter keeps the bare number lists only, read through the tokenizer as text."""
