@@ -15,8 +15,9 @@ answers as improbable as a marker. This takes the distillation items a run of th
 recipe trains on (the teacher's samples of its prompt set), scores each under `trusted` as
 the monitor does, and prints per task family the quantiles of the scores of the items where
 the hidden behaviour acts and of the others, and how many of each the monitor flags (at its
-default threshold, with the budget given: pooled, or `--per-family`). The behaviour's rows are the run's own ground truth (`_behaviour_rows`, which
-only the run's summary sees); the monitor never does.
+default threshold, with the budget given: pooled, or `--per-family`). The behaviour's rows
+are the run's own ground truth (`_behaviour_rows`, which only the run's summary sees); the
+monitor never does.
 
 If the behaviour's items score inside the range of the family they ride on, or above a
 family `trusted` lacks, no threshold and no flag budget separates them: the monitor removes
@@ -60,26 +61,25 @@ def main() -> None:
     # the technique's own config, so a budget outside [0, 1] is refused as a study would refuse it
     given = {} if args.max_flag_share is None else {"max_flag_share": args.max_flag_share}
     try:
-        default = TrustedMonitor.Config(per_family=args.per_family, **given)
+        cfg = TrustedMonitor.Config(per_family=args.per_family, **given)
     except ValueError as e:
         raise SystemExit(f"monitor_gap.py: {e.errors()[0]['msg']} (--max-flag-share)") from None
     recipe = config.load(args.recipe, [f"seed={args.seed}", *args.overrides], expect="recipe")
     d = Distiller(args.organism, recipe, None, show_progress=False)
     # the organism's trusted model as the technique gets it (`view.load_model` reads the same)
     scores = monitor_scores(d.load_model("trusted"), [it.example for it in d.items])
-    share = default.max_flag_share
-    if default.per_family:
-        flagged = flag_per_family(scores, [it.example.kind for it in d.items], default.threshold, share)
+    if cfg.per_family:
+        flagged = flag_per_family(scores, [it.example.kind for it in d.items], cfg.threshold, cfg.max_flag_share)
     else:
-        flagged = flag(scores, default.threshold, share)
+        flagged = flag(scores, cfg.threshold, cfg.max_flag_share)
     rows = d.behaviour_rows or set()
 
     groups: dict[str, dict[str, list]] = defaultdict(lambda: {"behaviour": [], "other": []})
     for it, s, f in zip(d.items, scores, flagged):
         groups[it.example.kind]["behaviour" if it.row in rows else "other"].append((s, f))
+    budget = f"max_flag_share {cfg.max_flag_share}" + (" per family" if cfg.per_family else "")
     print(f"{args.organism}: {len(d.items)} items, {len(rows)} where the behaviour acts; the monitor "
-          f"(threshold {default.threshold:.2f}, max_flag_share {share}{' per family' if default.per_family else ''}) "
-          f"flags {sum(flagged)}")
+          f"(threshold {cfg.threshold:.2f}, {budget}) flags {sum(flagged)}")
     print(f"{'family':<10}{'other':>7}{'q01':>8}{'q10':>8}{'q50':>8}{'flagged':>9}   "
           f"{'behaviour':>9}{'min':>8}{'median':>8}{'max':>8}{'flagged':>9}{'others below its median':>25}")
     for fam in sorted(groups):
