@@ -917,8 +917,22 @@ def main(argv: list[str] | None = None) -> None:
         console.print("[bold red]terminated[/]")
         sys.exit(143)
     finally:
+        _leave_process_group()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _leave_process_group() -> None:
+    """Under `accelerate launch`, destroy the process group before the interpreter exits.
+    Left to the exit, a rank whose peer had already gone could abort in gloo's threads
+    ("terminate called without an active exception", SIGABRT, exit status 1 for the launch):
+    seen once in `tests/test_ddp.py`'s two-process run while the suite loaded both cores. Only
+    where torch is already imported: commands that never touched it stay light."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _empty_argument(args: list[str]) -> str | None:
