@@ -337,6 +337,76 @@ def test_study_techniques_may_carry_options(tmp_path, quick_organism):
         config.load(write_study(tmp_path, quick_organism[0], techniques=["verifier_filter", {"name": "verifier_filter"}]))
 
 
+def test_a_study_lists_a_technique_twice_under_labels_and_judges_a_filter_against_its_matched_control(
+        tmp_path, quick_organism):
+    from statistics import fmean
+
+    from doublebind.reports.study_report import write_report
+
+    pf = {"name": "perplexity_filter", "quantile": 0.75, "max_remove": 0.25}
+    path = write_study(tmp_path, quick_organism[0], techniques=[
+        "baseline", pf, {"name": "random_drop", "label": "pf_random", "like": pf},
+        {"name": "random_drop", "label": "drop30", "share": 0.3}, "random_drop"])
+    cfg = config.load(path)
+    assert cfg.technique_of("drop30") == "random_drop" and cfg.technique_stages()["drop30"] == [
+        {"name": "random_drop", "share": 0.3}]
+    assert study_run.matched_controls(cfg) == {"perplexity_filter": "pf_random"}
+    out = tmp_path / "out"
+    summary = study_run.run_study(path, out, show_progress=False)
+    rows = study_run.read_results(out / "results.jsonl")
+    assert {r["technique"] for r in rows} == {"baseline", "perplexity_filter", "pf_random", "drop30", "random_drop"}
+    # each label ran its own settings: 30% and the default tenth of 64 items; the control as
+    # many as the filter removed in the same run
+    def stage(t, seed):
+        (run,) = [d for d in (out / "runs").iterdir()]
+        data = json.loads((run / f"{t}-s{seed}" / "summary.json").read_text())["stages"]
+        return [e for e in data if e["phase"] == "data"][0]
+
+    for seed in (0, 1):
+        assert stage("drop30", seed)["dropped"] == 19 and stage("random_drop", seed)["dropped"] == 6
+        assert stage("pf_random", seed)["dropped"] == 64 - stage("perplexity_filter", seed)["after"] > 0
+    # the filter is judged against the baseline and against its control, paired by seed
+    judged = summary["scenarios"][next(iter(summary["scenarios"]))]["techniques"]
+    assert judged["perplexity_filter"]["reference"] == "baseline"
+    assert judged["perplexity_filter"]["control"] == "pf_random"
+    assert "control" not in judged["drop30"] and "vs_control" not in judged["drop30"]["final"]
+
+    def final(t):
+        return {r["seed"]: r for r in rows if r["technique"] == t and r["step"] == 4}
+
+    for field in ("capability_transfer", "misalignment_transfer"):
+        got = judged["perplexity_filter"]["final"]["vs_control"][field]["mean"]
+        want = fmean(final("perplexity_filter")[s][field] - final("pf_random")[s][field] for s in (0, 1))
+        assert got == pytest.approx(want, abs=1e-4)
+    md, _ = write_report(out)
+    assert "; vs pf_random: cap " in md.read_text()
+
+
+def test_technique_labels_are_checked(tmp_path, quick_organism):
+    for entry, match in [({"name": "trusted_monitor", "label": "perplexity_filter"}, "another technique's name"),
+                         ({"name": "trusted_monitor", "label": "baseline"}, "another technique's name"),
+                         ({"name": "trusted_monitor", "label": "../up"}, "not a label"),
+                         ({"name": "trusted_monitor", "label": 3}, "expected a label")]:
+        with pytest.raises(ConfigError, match=match):
+            config.load(write_study(tmp_path, quick_organism[0], techniques=["baseline", entry]))
+    # a control matches the entry with the same settings, defaults filled in, and no other
+    def controls(*techniques):
+        return study_run.matched_controls(config.load(write_study(tmp_path, quick_organism[0],
+                                                                  techniques=list(techniques))))
+
+    assert controls("trusted_monitor", {"name": "random_drop", "like": {"name": "trusted_monitor",
+                                                                        "max_flag_share": 0.5}}) == {
+        "trusted_monitor": "random_drop"}
+    assert controls("trusted_monitor", {"name": "random_drop", "like": {"name": "trusted_monitor",
+                                                                        "max_flag_share": 0.4}}) == {}
+    assert controls({"name": "trusted_monitor", "label": "m4", "max_flag_share": 0.4},
+                    {"name": "random_drop", "like": {"name": "trusted_monitor", "max_flag_share": 0.4}}) == {
+        "m4": "random_drop"}
+    with pytest.raises(ConfigError, match=r"listed twice \(mon\); give each setting its own `label`"):
+        config.load(write_study(tmp_path, quick_organism[0], techniques=[
+            {"name": "trusted_monitor", "label": "mon"}, {"name": "verifier_filter", "label": "mon"}]))
+
+
 def test_verdicts_without_a_capability_gap():
     """A teacher given its trait by a system prompt is no more capable than base: capability
     transfer has no denominator, so only misalignment and the audits are judged."""

@@ -280,6 +280,69 @@ def test_random_drop_per_family_drops_each_named_familys_share(quick_organism, t
         stage_run(folder, tmp_path / "c", {"name": "random_drop", "share": {"ask": 0.5}})
 
 
+def test_random_drop_like_matches_the_filters_removal_family_by_family(quick_organism, tmp_path):
+    folder, _ = quick_organism
+    spec = {"name": "perplexity_filter", "quantile": 0.75, "max_remove": 0.25}
+    f, before = stage_run(folder, tmp_path / "f", spec)
+    gone_f = _dropped_positions(before, [i.example for i in f.items])
+    lost_f = Counter(before[i].kind for i in gone_f)
+    # the filter removes unevenly (here all from one family of several): a share of all items
+    # would not match it
+    assert len(gone_f) >= 10 and len(Counter(e.kind for e in before)) > len(lost_f)
+    d, before_d = stage_run(folder, tmp_path / "c", {"name": "random_drop", "like": spec})
+    assert before_d == before
+    gone = _dropped_positions(before, [i.example for i in d.items])
+    # as many of each family as the filter removed, but drawn at random: other items
+    assert Counter(before[i].kind for i in gone) == lost_f
+    assert gone != gone_f
+    rec = log_of(d)
+    n = Counter(e.kind for e in before)
+    assert rec["like"] == "perplexity_filter" and rec["dropped"] == len(gone_f)
+    assert rec["per_family"] == {k: {"n": n[k], "dropped": lost_f[k]} for k in sorted(n)}
+    # the filter's own files and records stay out of the control's run
+    stages = tmp_path / "c" / "stages"
+    assert sorted(p.name for p in stages.iterdir()) == ["00_random_drop"]
+    assert [e["stage"] for e in d.stage_log if e["phase"] == "data"] == ["random_drop"]
+    # the same seed draws the same items
+    again, _ = stage_run(folder, tmp_path / "c2", {"name": "random_drop", "like": spec})
+    assert [i.example for i in again.items] == [i.example for i in d.items]
+
+
+def test_random_drop_like_refuses_what_is_not_a_filter_alone(quick_organism, tmp_path):
+    for like, match in [("random_drop", "its own control"), ("kl_to_base", "no data hook"),
+                        ("onion_filter", "also has a sampling hook"), ("nope", "like: "),
+                        ({"name": "perplexity_filter", "quantile": 7}, r"like\.quantile: .*perplexity_filter")]:
+        with pytest.raises(config.ConfigError, match=rf"stages\.0\.like: .*{match}"):
+            config.build(config.RecipeConfig, {"kind": "recipe", "stages": [{"name": "random_drop", "like": like}]})
+    with pytest.raises(config.ConfigError, match="give share or like, not both"):
+        config.build(config.RecipeConfig, {"kind": "recipe", "stages": [
+            {"name": "random_drop", "like": "perplexity_filter", "share": 0.1}]})
+    # a data hook that rewrites items is no filter: the control says so when it runs
+    folder, _ = quick_organism
+    from doublebind.errors import DoublebindError
+
+    with pytest.raises(DoublebindError, match="inoculation changed the items, not only removed some"):
+        stage_run(folder, tmp_path / "i", {"name": "random_drop", "like": "inoculation"})
+
+
+def test_a_second_random_drop_stage_draws_its_own_items(quick_organism, tmp_path):
+    folder, _ = quick_organism
+    one, before = stage_run(folder, tmp_path / "a", {"name": "random_drop", "share": 0.2})
+    d = Distiller(folder, recipe(stages=[{"name": "random_drop", "share": 0.2},
+                                          {"name": "random_drop", "share": 0.2}]), tmp_path / "b", show_progress=False)
+    first, second = [e for e in d.stage_log if e["phase"] == "data"]
+    assert first["after"] == len(one.items)  # the first draws as a recipe with one random_drop does
+    # the second, on what is left, with the same seed: on the first's stream it would drop
+    # the positions that stream draws first
+    kept_once = [i.example for i in one.items]
+    dropped = _dropped_positions(kept_once, [i.example for i in d.items])
+    assert second["dropped"] == len(dropped) == math.floor(0.2 * len(kept_once))
+    import random
+
+    assert dropped != sorted(random.Random("random_drop-0").sample(range(len(kept_once)), len(dropped)))
+    assert dropped == sorted(random.Random("random_drop-0-1").sample(range(len(kept_once)), len(dropped)))
+
+
 # ---- whole runs ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["perplexity_filter", "spectral_filter", "onion_filter", "random_drop"])

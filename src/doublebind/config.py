@@ -572,6 +572,32 @@ def check_scenario_name(v: str) -> str:
     return v
 
 
+def _entry_label(entry) -> str:
+    """A study's technique entry as its rows name it: its `label`, else its technique's name."""
+    return entry.get("label", entry["name"]) if isinstance(entry, dict) else entry
+
+
+def check_technique_label(label: Any, name: Any, index: int) -> None:
+    """A technique entry's `label`: a folder name (as a scenario's), and not another registered
+    technique's name or `baseline`, which would read as that technique in the results."""
+    if not isinstance(label, str):
+        raise ValueError(f"{index}.label: expected a label, got {type(label).__name__}")
+    try:
+        check_scenario_name(label)
+    except ValueError:
+        raise ValueError(f"{index}.label: '{label}' is not a label (letters, digits, _ - .; it names folders)") from None
+    from doublebind.registry import get
+
+    try:
+        get("technique", label)
+    except ConfigError:
+        known = False
+    else:
+        known = True
+    if label != name and (known or label == "baseline"):
+        raise ValueError(f"{index}.label: '{label}' is another technique's name; pick a label of its own")
+
+
 def _distinct_seeds(v: list[int] | None) -> list[int] | None:
     if v is not None and (not v or len(set(v)) != len(v)):
         raise ValueError("needs distinct seeds")
@@ -627,7 +653,9 @@ class StudyConfig(Strict):
     techniques: list[str | dict[str, Any]] = Field(
         description="Technique names (`doublebind ls techniques`), or {name: <technique>, <its options>}; "
                     "`baseline` runs the recipe alone. On a hard-label (SFT) recipe, hard_labels is judged "
-                    "against logit_distillation (the recipe on soft labels), which must be listed too.")
+                    "against logit_distillation (the recipe on soft labels), which must be listed too. "
+                    "{name: <technique>, label: <label>, ...} lists it under its own label, so a study "
+                    "can run one technique at several settings; the label names its rows and folders.")
     seeds: list[Seed] = Field(default=[0, 1, 2], description="Distillation seeds; each technique runs once per "
                                                                "seed on each organism.")
     verdict: VerdictConfig = VerdictConfig()
@@ -644,21 +672,33 @@ class StudyConfig(Strict):
                 if set(entry) != {"name"}:
                     raise ValueError(f"{i}: baseline takes no options (it runs the recipe alone)")
             elif isinstance(entry, dict):
-                validate_stage(entry, i)
+                if "label" in entry:
+                    check_technique_label(entry["label"], entry.get("name"), i)
+                validate_stage({k: x for k, x in entry.items() if k != "label"}, i)
             elif entry != "baseline":
                 _known("technique", entry)
-        names = [e["name"] if isinstance(e, dict) else e for e in v]
-        if len(set(names)) != len(names):
-            raise ValueError("a technique is listed twice")
+        labels = [_entry_label(e) for e in v]
+        twice = next((t for t in labels if labels.count(t) > 1), None)
+        if twice is not None:
+            raise ValueError(f"a technique is listed twice ({twice}); give each setting its own `label`")
         return v
 
     def technique_stages(self) -> dict[str, list[dict]]:
-        """Each technique's name and the stages it adds to the recipe (none for baseline)."""
+        """Each technique's label (its name unless the entry sets `label`) and the stages it
+        adds to the recipe (none for baseline)."""
         out = {}
         for e in self.techniques:
-            name = e["name"] if isinstance(e, dict) else e
-            out[name] = [] if name == "baseline" else [e if isinstance(e, dict) else {"name": e}]
+            label = _entry_label(e)
+            spec = {k: x for k, x in e.items() if k != "label"} if isinstance(e, dict) else {"name": e}
+            out[label] = [] if label == "baseline" else [spec]
         return out
+
+    def technique_of(self, label: str) -> str:
+        """The registered technique a label of this study runs (`baseline` for the baseline)."""
+        for e in self.techniques:
+            if _entry_label(e) == label:
+                return e["name"] if isinstance(e, dict) else e
+        raise KeyError(label)
 
     @field_validator("seeds")
     @classmethod
@@ -935,6 +975,15 @@ def name_override(msg: str, src: str, overrides) -> str:
     if kind is not None:  # the file's own keys, read against another kind's settings
         return f"{msg} (the file read as another kind of config, by the override {kind})"
     return msg
+
+
+def technique_hooks(name: str) -> set[str]:
+    """The hooks a registered technique's class defines (`data`, `objective`, ...), its own
+    or inherited: what `random_drop`'s `like` checks a filter by."""
+    from doublebind.registry import get
+
+    hooks = ("sampling", "objective", "student", "prompts", "data", "extra_loss", "checkpoint")
+    return {h for h in hooks if callable(getattr(get("technique", name), h, None))}
 
 
 def validate_stage(spec: Any, index: int) -> dict:

@@ -430,7 +430,11 @@ def _effect_cell(t: dict, view: str) -> str:
     e = t[view].get("vs_reference")
     if not e:
         return "—"
-    return (f"vs {t['reference']}: cap {_ci(e['capability_transfer'])}, mis {_ci(e['misalignment_transfer'])}")
+    text = f"vs {t['reference']}: cap {_ci(e['capability_transfer'])}, mis {_ci(e['misalignment_transfer'])}"
+    c = t[view].get("vs_control")
+    if c:  # the same filter against a random drop of what it removed, run by run
+        text += f"; vs {t['control']}: cap {_ci(c['capability_transfer'])}, mis {_ci(c['misalignment_transfer'])}"
+    return text
 
 
 def _admissions(study: dict) -> str:

@@ -154,7 +154,7 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
               strip=f"training.tracker {recipe.training.tracker}")
         names = list(cfg.technique_stages())
         for t in names:
-            ref = config.reference_of(t)
+            ref = config.reference_of(cfg.technique_of(t))
             if recipe.objective.kind == "sft" and ref not in names:
                 raise ConfigError(f"{study_path}: techniques: the recipe trains on hard labels (objective sft), so "
                                   f"{t} is judged against {ref}; add {ref} to the techniques")
@@ -184,7 +184,8 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
             if importlib.util.find_spec("vllm") is None:
                 raise ConfigError(f"{study_path}: {where}: engine vllm: {VLLM_MISSING}")
 
-        names = [s["name"] for s in recipe.stages] + [t for t, added in cfg.technique_stages().items() if added]
+        names = [s["name"] for s in recipe.stages] + [added[0]["name"] for added in cfg.technique_stages().values()
+                                                       if added]
         for name in dict.fromkeys(names):
             domains = get("technique", name).domains
             if kind not in domains:
@@ -1105,11 +1106,36 @@ def in_study(cfg, key: RunKey, builds: set | None = None) -> bool:
     return technique in cfg.technique_stages() and seed in cfg.seeds
 
 
+def matched_controls(cfg) -> dict[str, str]:
+    """Each technique of the study that a `random_drop` entry with `like` copies, and that
+    entry's label (the first one listed, where several copy it): the technique's effect is
+    also measured against it. `like` matches the technique's entry when both name the same
+    stage with the same settings, defaults filled in."""
+    from doublebind.registry import get
+    from doublebind.techniques.random_drop import like_spec
+
+    def settings(spec: dict) -> tuple[str, dict]:
+        params = {k: v for k, v in spec.items() if k != "name"}
+        return spec["name"], get("technique", spec["name"]).Config.model_validate(params).model_dump(mode="json")
+
+    stages = cfg.technique_stages()
+    out = {}
+    for label, added in stages.items():
+        if not added or added[0]["name"] != "random_drop" or added[0].get("like") is None:
+            continue
+        copied = settings(like_spec(added[0]["like"]))
+        for t, theirs in stages.items():
+            if theirs and theirs[0]["name"] != "random_drop" and settings(theirs[0]) == copied:
+                out.setdefault(t, label)
+    return out
+
+
 def compute_summary(runs: dict[RunKey, list[dict]], cfg, builds: set | None = None) -> dict:
     """Per scenario and technique: statistics and verdicts at the final and at the
     audit-selected checkpoint, and the effect against the technique's reference run. With
     `builds` (`study_builds`), the runs of organisms the study no longer places are left out."""
     scenarios = {}
+    controls = matched_controls(cfg)
     for sc in scenario_names(cfg, runs, builds):
         organism_seeds = cfg.organism_seeds_of(sc)
         mine = {k: sorted(rows, key=lambda r: r["step"]) for k, rows in sorted(runs.items())
@@ -1127,13 +1153,19 @@ def compute_summary(runs: dict[RunKey, list[dict]], cfg, builds: set | None = No
             if t not in by_tech:
                 continue
             judged = judge_runs(by_tech[t], cfg.verdict, cfg.bootstrap, draws)
-            ref = config.reference_of(t)
+            ref = config.reference_of(cfg.technique_of(t))
             ref = ref if ref in by_tech else "baseline"
             judged["reference"] = ref
             if ref != t and ref in by_tech:
                 for view in ("final", "audit_selected"):
                     judged[view]["vs_reference"] = effect(by_tech[t], by_tech[ref], cfg.verdict, cfg.bootstrap, view,
                                                        draws)
+            control = controls.get(t)
+            if control in by_tech:  # a random drop of what this filter removes, run by run (random_drop like)
+                judged["control"] = control
+                for view in ("final", "audit_selected"):
+                    judged[view]["vs_control"] = effect(by_tech[t], by_tech[control], cfg.verdict, cfg.bootstrap,
+                                                        view, draws)
             techniques[t] = judged
         scenarios[sc] = {"organisms": {str(k[1]): rows[0]["organism_hash"] for k, rows in mine.items()},
                          **({"eval_draw": True} if draws is not None else {}),

@@ -13,23 +13,41 @@ organism its prompt file's `family` label), the other families kept whole: the c
 a filter that removes unevenly across families, such as `trusted_monitor` with `per_family`.
 Each draws floor(share * n) items.
 
-It looks at nothing else: no model, no verifier, no text. Which items go is drawn from the
-run's seed, so every run of a study drops its own sample and a rerun the same one.
+`like` names a filter instead (a stage whose only hook is `data` and which only removes
+items): the stage runs that filter on the run's items, as the filter's own run would, counts
+how many items of each family it removes, and drops as many of each family at random. The
+control then matches the filter run by run and family by family, whatever share it removes;
+what differs is only which items within a family go. The filter's scores and choices are
+thrown away (nothing of them is written beside the run), and the stage sees what the filter
+sees. A study that lists both judges the filter against its control as well
+(`vs_control` in `summary.json`; README, "Matched random controls").
+
+Otherwise it looks at nothing: no model, no verifier, no text. Which items go is drawn from
+the run's seed, so every run of a study drops its own sample and a rerun the same one (a
+second random_drop stage in one recipe draws from its own stream).
 
     stages: [{name: random_drop, share: 0.1}]
     stages: [{name: random_drop, share: {max: 0.2, shift: 0.2, sort: 0.2}}]
+    stages: [{name: random_drop, like: {name: trusted_monitor, max_flag_share: 0.4, per_family: true}}]
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
+from collections import Counter
+from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from doublebind.config import Strict
+from doublebind.config import Strict, technique_hooks, validate_stage
 from doublebind.errors import DoublebindError
-from doublebind.techniques.base import Technique, filter_items, technique
+from doublebind.techniques.base import Technique, build_stages, filter_items, technique
+
+# The hooks a stage may define besides `data`: a filter that `like` copies must have none,
+# as the control runs its data hook alone.
+OTHER_HOOKS = ("sampling", "objective", "student", "prompts", "extra_loss", "checkpoint")
 
 
 @technique("random_drop")
@@ -44,6 +62,11 @@ class RandomDrop(Technique):
             default=0.1, description="The share of the items to drop (floor(share * n) of them), or a share per "
                                      "task family, {family: share}, the families not named kept whole.")
 
+        like: str | dict[str, Any] | None = Field(
+            default=None, description="A filter (a technique name, or {name: <technique>, <its options>}): drop "
+                                      "at random as many items of each family as it removes in this run, in "
+                                      "place of `share`.")
+
         @field_validator("share")
         @classmethod
         def _shares(cls, v):
@@ -54,8 +77,37 @@ class RandomDrop(Technique):
                 raise ValueError("each share must lie strictly between 0 and 1")
             return v
 
+        @field_validator("like")
+        @classmethod
+        def _like(cls, v):
+            if v is None:
+                return v
+            spec = like_spec(v)
+            if spec.get("name") == "random_drop":
+                raise ValueError("random_drop is its own control; name a filter")
+            try:
+                validate_stage(spec, 0)
+            except ValueError as e:
+                raise ValueError(str(e).replace("stages.0", "like", 1)) from None
+            defined = technique_hooks(spec["name"])
+            if "data" not in defined:
+                raise ValueError(f"{spec['name']} has no data hook, so it removes no items to match")
+            extra = [h for h in OTHER_HOOKS if h in defined]
+            if extra:
+                raise ValueError(f"{spec['name']} also has a {extra[0]} hook; like takes a stage that only "
+                                 f"filters the data")
+            return v
+
+        @model_validator(mode="after")
+        def _one_of(self):
+            if self.like is not None and "share" in self.model_fields_set:
+                raise ValueError("give share or like, not both")
+            return self
+
     def data(self, view, items):
-        rng = random.Random(f"random_drop-{view.seed}")
+        rng = random.Random(self._stream(view))
+        if self.cfg.like is not None:
+            return self._like(view, items, rng)
         share = self.cfg.share
         if not isinstance(share, dict):
             dropped = set(rng.sample(range(len(items)), _count(share, len(items))))
@@ -74,6 +126,48 @@ class RandomDrop(Technique):
             per_family[f] = {"n": len(idx), "dropped": len(chosen)}
         return filter_items(self, view, items, [i not in dropped for i in range(len(items))],
                             dropped=len(dropped), per_family=per_family)
+
+
+    def _stream(self, view) -> str:
+        """The seed string of this stage's draw: the run's seed, and, for a second random_drop
+        stage in one recipe, how many came before it (the first keeps the plain string, so
+        its draws are those of a recipe with one)."""
+        before = sum(1 for spec in view.recipe.stages[:self.index] if spec.get("name") == "random_drop")
+        return f"random_drop-{view.seed}" + (f"-{before}" if before else "")
+
+    def _like(self, view, items, rng):
+        """Drop at random as many items of each family as the filter `like` removes here."""
+        spec = like_spec(self.cfg.like)
+        (inner,) = build_stages([spec])
+        inner.index = self.index
+        # the filter writes nothing beside the run and records nothing as a stage of it
+        quiet = dataclasses.replace(view, stages_dir=None, _record=lambda stage, phase, **info: None)
+        kept = inner.data(quiet, items)
+        left = Counter(id(it) for it in kept)
+        removed = []
+        for i, it in enumerate(items):
+            if left[id(it)]:
+                left[id(it)] -= 1
+            else:
+                removed.append(i)
+        if sum(left.values()) or len(kept) + len(removed) != len(items):
+            raise DoublebindError(f"stage random_drop: like: {spec['name']} changed the items, not only removed "
+                                  f"some; like takes a filter")
+        families = sorted({it.example.kind for it in items})
+        per_family, dropped = {}, set()
+        gone = Counter(items[i].example.kind for i in removed)
+        for f in families:  # in sorted order, so the draws do not depend on the items' order of families
+            idx = [i for i, it in enumerate(items) if it.example.kind == f]
+            chosen = rng.sample(idx, gone[f])
+            dropped.update(chosen)
+            per_family[f] = {"n": len(idx), "dropped": len(chosen)}
+        return filter_items(self, view, items, [i not in dropped for i in range(len(items))],
+                            dropped=len(dropped), like=spec["name"], per_family=per_family)
+
+
+def like_spec(like: str | dict) -> dict:
+    """`like` as a stage spec: a bare name becomes {name: <it>}."""
+    return {"name": like} if isinstance(like, str) else dict(like)
 
 
 def _count(share: float, n: int) -> int:
