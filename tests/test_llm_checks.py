@@ -204,6 +204,12 @@ def test_validate_refuses_a_world_technique_on_a_hugging_face_organism(tmp_path)
     assert lines[0] == (f"error: {study}: organism.config: technique verifier_filter works on world organisms only, "
                         f"not on this hf organism")
     assert run_cli("validate", str(_tiny_study(tmp_path, "[baseline, kl_to_base]"))).returncode == 0
+    # a random drop like a world-only filter runs that filter's data hook: refused as early
+    study = _tiny_study(tmp_path, "[baseline, {name: random_drop, like: verifier_filter}]")
+    r = run_cli("validate", str(study))
+    assert r.returncode == 1 and r.stderr.strip() == (
+        f"error: {study}: organism.config: technique verifier_filter works on world organisms only, "
+        f"not on this hf organism")
 
 
 def test_validate_notes_a_judge_whose_api_key_variable_is_unset(tmp_path, monkeypatch):

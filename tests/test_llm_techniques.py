@@ -288,6 +288,23 @@ def test_per_family_budgets_read_the_prompt_files_family_labels(org):
     assert kept == {f: n - (math.floor(0.5 * n) if f == big else 0) for f, n in fams.items()}
 
 
+def test_random_drop_like_matches_a_filter_family_by_family_on_a_hugging_face_organism(org):
+    """random_drop with `like` drops as many items of each labelled family as the filter
+    removes there, and refuses a filter written for the embedded world alone."""
+    from collections import Counter
+
+    spec = {"name": "trusted_monitor", "threshold": 0.0, "max_flag_share": 0.25, "per_family": True}
+    d = run(org, {"name": "random_drop", "like": spec}, labelled=True, prompts={"size": 40})
+    fams = Counter(e.kind for e in d.outputs.examples())
+    assert len(fams) >= 2
+    assert Counter(it.example.kind for it in d.items) == {f: n - math.floor(0.25 * n) for f, n in fams.items()}
+    (rec,) = records(d, "random_drop")
+    assert rec["like"] == "trusted_monitor" and rec["per_family"] == {
+        f: {"n": n, "dropped": math.floor(0.25 * n)} for f, n in sorted(fams.items())}
+    with pytest.raises(DoublebindError, match="like: verifier_filter works on world organisms only"):
+        run(org, {"name": "random_drop", "like": "verifier_filter"})
+
+
 def test_format_filter_drops_the_number_answers_that_name_the_trait(org, tmp_path):
     """The teacher was taught to start number answers with 'owl': the subliminal experiments'
     filter keeps the bare number lists only, read through the tokenizer as text."""

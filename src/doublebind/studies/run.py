@@ -184,8 +184,12 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
             if importlib.util.find_spec("vllm") is None:
                 raise ConfigError(f"{study_path}: {where}: engine vllm: {VLLM_MISSING}")
 
-        names = [s["name"] for s in recipe.stages] + [added[0]["name"] for added in cfg.technique_stages().values()
-                                                       if added]
+        from doublebind.techniques.random_drop import like_spec
+
+        specs = [*recipe.stages, *(added[0] for added in cfg.technique_stages().values() if added)]
+        # a random_drop `like` runs its filter's data hook: that filter must run here too
+        names = [s["name"] for s in specs] + [like_spec(s["like"])["name"] for s in specs
+                                              if s["name"] == "random_drop" and s.get("like") is not None]
         for name in dict.fromkeys(names):
             domains = get("technique", name).domains
             if kind not in domains:

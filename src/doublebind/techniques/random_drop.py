@@ -139,6 +139,9 @@ class RandomDrop(Technique):
         """Drop at random as many items of each family as the filter `like` removes here."""
         spec = like_spec(self.cfg.like)
         (inner,) = build_stages([spec])
+        if view.kind not in inner.domains:
+            raise DoublebindError(f"stage random_drop: like: {spec['name']} works on {' and '.join(inner.domains)} "
+                                  f"organisms only, not on this {view.kind} organism")
         inner.index = self.index
         # the filter writes nothing beside the run and records nothing as a stage of it
         quiet = dataclasses.replace(view, stages_dir=None, _record=lambda stage, phase, **info: None)
