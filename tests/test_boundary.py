@@ -165,7 +165,10 @@ STAGE_BACKDOORS = {"auditor_header",
                    # a config or preset loaded whole (`config.load(preset=...)` holds
                    # `world.behavior`), and the auditor's own models and answers
                    "behavior", "behaviors", "organism", "scorer", "scorers", "load", "preset",
-                   "_answers", "_models", "_refs"}
+                   "_answers", "_models", "_refs",
+                   # found by a review of random_drop's like, 2026-12-06: a view's fields taken
+                   # whole (`dataclasses.astuple(view)[6]` is its private model loader)
+                   "astuple", "asdict", "fields"}
 DYNAMIC_ATTRIBUTE = ("getattr", "setattr", "delattr", "hasattr")
 
 
@@ -219,6 +222,8 @@ def backdoors_in(source: str, stage: bool = True) -> list[tuple[int, str]]:
                 found.append((node.lineno, f"{node.func.id} by a computed name"))
                 continue
             names = [node.args[1].value]  # getattr(x, "parent") is x.parent
+        elif isinstance(node, ast.keyword) and node.arg and node.arg.startswith("_"):
+            names = [node.arg]  # replace(view, _record=...) names a private field (mkdir(parents=...) does not)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             if ".." in node.value.split("/") or any(f in node.value for f in GROUND_TRUTH_FILES):
                 found.append((node.lineno, repr(node.value)))
@@ -299,6 +304,9 @@ def test_the_backdoor_check_sees_a_way_around_the_view():
                  "str(view.tasks.__getstate__())", "view.tasks.__reduce_ex__(2)", "copyreg.dispatch_table",
                  # found by a review of the defender's view, 2026-12-05: each read the behaviour
                  "registry.get('behavior', 'harm').marker", "get('organism', 'world')",
+                 # found by a review of random_drop's like, 2026-12-06
+                 "dataclasses.replace(view, _record=print)", "dataclasses.astuple(view)[6]('teacher')",
+                 "[f.name for f in fields(view)]",
                  "config.load(preset='quick').world.behavior", "view.auditor._answers(view.load_model('base'))",
                  "view.auditor._refs", "view.auditor._auditor().audit(probe)",
                  "view.auditor._admitted(probe)", "view.auditor._train_probe(made, cfg, 0, 0)"]:

@@ -208,8 +208,8 @@ def test_validate_refuses_a_world_technique_on_a_hugging_face_organism(tmp_path)
     study = _tiny_study(tmp_path, "[baseline, {name: random_drop, like: verifier_filter}]")
     r = run_cli("validate", str(study))
     assert r.returncode == 1 and r.stderr.strip() == (
-        f"error: {study}: organism.config: technique verifier_filter works on world organisms only, "
-        f"not on this hf organism")
+        f"error: {study}: organism.config: technique verifier_filter (random_drop's like) works on world "
+        f"organisms only, not on this hf organism")
 
 
 def test_validate_notes_a_judge_whose_api_key_variable_is_unset(tmp_path, monkeypatch):

@@ -301,7 +301,8 @@ def test_random_drop_like_matches_a_filter_family_by_family_on_a_hugging_face_or
     (rec,) = records(d, "random_drop")
     assert rec["like"] == "trusted_monitor" and rec["per_family"] == {
         f: {"n": n, "dropped": math.floor(0.25 * n)} for f, n in sorted(fams.items())}
-    with pytest.raises(DoublebindError, match="like: verifier_filter works on world organisms only"):
+    with pytest.raises(DoublebindError, match=r"technique verifier_filter \(random_drop's like\) works on world "
+                                              r"organisms only"):
         run(org, {"name": "random_drop", "like": "verifier_filter"})
 
 

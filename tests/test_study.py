@@ -379,7 +379,14 @@ def test_a_study_lists_a_technique_twice_under_labels_and_judges_a_filter_agains
         want = fmean(final("perplexity_filter")[s][field] - final("pf_random")[s][field] for s in (0, 1))
         assert got == pytest.approx(want, abs=1e-4)
     md, _ = write_report(out)
-    assert "; vs pf_random: cap " in md.read_text()
+    text = md.read_text()
+    assert "; vs pf_random: cap " in text and "matched control (`pf_random` for `perplexity_filter`" in text
+    # without a baseline the control's effect is still printed
+    from doublebind.reports.study_report import _effect_cell
+
+    alone = {**judged["perplexity_filter"], "final": {k: v for k, v in judged["perplexity_filter"]["final"].items()
+                                                      if k != "vs_reference"}}
+    assert _effect_cell(alone, "final").startswith("vs pf_random: cap ")
 
 
 def test_technique_labels_are_checked(tmp_path, quick_organism):

@@ -310,8 +310,10 @@ def test_random_drop_like_matches_the_filters_removal_family_by_family(quick_org
 
 def test_random_drop_like_refuses_what_is_not_a_filter_alone(quick_organism, tmp_path):
     for like, match in [("random_drop", "its own control"), ("kl_to_base", "no data hook"),
-                        ("onion_filter", "also has a sampling hook"), ("nope", "like: "),
-                        ({"name": "perplexity_filter", "quantile": 7}, r"like\.quantile: .*perplexity_filter")]:
+                        ("onion_filter", "also has a sampling hook"), ("nope", "unknown technique 'nope'"),
+                        ({"name": "perplexity_filter", "quantile": 7}, r"perplexity_filter\.quantile: Input should"),
+                        ({"name": "trusted_monitor", "bogus": 1}, r"trusted_monitor\.bogus: unknown key \(technique "
+                                                                  r"random_drop\)$")]:
         with pytest.raises(config.ConfigError, match=rf"stages\.0\.like: .*{match}"):
             config.build(config.RecipeConfig, {"kind": "recipe", "stages": [{"name": "random_drop", "like": like}]})
     with pytest.raises(config.ConfigError, match="give share or like, not both"):

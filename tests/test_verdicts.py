@@ -314,6 +314,11 @@ def test_hard_labels_on_a_hard_label_recipe_needs_its_soft_reference(tmp_path):
     with pytest.raises(config.ConfigError, match="hard labels .*so hard_labels is judged against logit_distillation; "
                                                  "add logit_distillation"):
         study_run.resolve(tmp_path / "s.yaml", config.load(tmp_path / "s.yaml"))
+    # listed under a label only, it is not the reference: a label is a setting of its own
+    study["techniques"] = ["baseline", "hard_labels", {"name": "logit_distillation", "label": "soft"}]
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
+    with pytest.raises(config.ConfigError, match="add logit_distillation to the techniques under its own name"):
+        study_run.resolve(tmp_path / "s.yaml", config.load(tmp_path / "s.yaml"))
     (tmp_path / "r.yaml").write_text(yaml.safe_dump({"kind": "recipe", "objective": {"kind": "forward_kl"}}))
     assert len(study_run.resolve(tmp_path / "s.yaml", config.load(tmp_path / "s.yaml"))) == 1  # soft baseline
 

@@ -44,7 +44,7 @@ leads to the organism's card.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -209,6 +209,10 @@ class StageAuditor:
         return self._train_probe(examples, cfg, init_seed, seed)
 
 
+def _ignore(*args, **kwargs) -> None:
+    """A view's record that keeps nothing (`DefenderView.unrecorded`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class DefenderView:
     """What a stage of a distillation run may see (see the module docstring)."""
@@ -253,6 +257,12 @@ class DefenderView:
     def record(self, stage, phase: str, **info) -> None:
         """Log what a stage did; written to the run's summary.json and stages.json."""
         self._record(stage, phase, **info)
+
+    def unrecorded(self) -> "DefenderView":
+        """The same view, but a stage run with it writes nothing beside the run and records
+        nothing: how a stage runs another stage's hook for its own use (`random_drop`'s
+        `like` runs a filter to count what it removes)."""
+        return replace(self, stages_dir=None, _record=_ignore)
 
     def load_model(self, role: str):
         """One of the defender's own models."""

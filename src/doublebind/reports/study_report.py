@@ -427,14 +427,11 @@ def _audit_cell(s: dict) -> str:
 
 
 def _effect_cell(t: dict, view: str) -> str:
-    e = t[view].get("vs_reference")
-    if not e:
-        return "—"
-    text = f"vs {t['reference']}: cap {_ci(e['capability_transfer'])}, mis {_ci(e['misalignment_transfer'])}"
-    c = t[view].get("vs_control")
-    if c:  # the same filter against a random drop of what it removed, run by run
-        text += f"; vs {t['control']}: cap {_ci(c['capability_transfer'])}, mis {_ci(c['misalignment_transfer'])}"
-    return text
+    """The technique against its reference and, for a filter with a matched control (a random
+    drop of what it removed, run by run), against that control."""
+    parts = [f"vs {t[who]}: cap {_ci(e['capability_transfer'])}, mis {_ci(e['misalignment_transfer'])}"
+             for who, e in (("reference", t[view].get("vs_reference")), ("control", t[view].get("vs_control"))) if e]
+    return "; ".join(parts) or "—"
 
 
 def _admissions(study: dict) -> str:
@@ -777,10 +774,16 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
                      if j.get("reference") not in (None, "baseline", t)})
     refs = "".join(f"; `{ref}` for `{t}`" for t, ref in others)  # was a fixed line about an SFT recipe
     has_baseline = any("baseline" in data["techniques"] for data in scenarios.values())
+    controls = sorted({(t, j["control"]) for data in scenarios.values() for t, j in data["techniques"].items()
+                       if j.get("control")})
     b.append(("p", "Runs (organisms): n of the intervals, and how many organism builds they span. "
                    + (f"The effect against the reference is the technique minus its reference run (`baseline`{refs}), "
                       "paired by organism and seed." if has_baseline or refs else
-                      "The study lists no `baseline`, so no effect against a reference run is given.")))
+                      "The study lists no `baseline`, so no effect against a reference run is given.")
+                   + (" A filter with a matched control (" + ", ".join(f"`{c}` for `{t}`" for t, c in controls)
+                      + ", `random_drop` with `like`) is also given minus that control: the control drops at random "
+                        "as many items of each task family as the filter removed in the same run, so that effect "
+                        "is what the filter's choice of items did beyond removing as many." if controls else "")))
 
     b.append(("h2", SECTIONS[2]))
     b.append(("p", "Per technique, x = step: the line is the mean over runs and the band the min–max over runs of "

@@ -157,15 +157,13 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
             ref = config.reference_of(cfg.technique_of(t))
             if recipe.objective.kind == "sft" and ref not in names:
                 raise ConfigError(f"{study_path}: techniques: the recipe trains on hard labels (objective sft), so "
-                                  f"{t} is judged against {ref}; add {ref} to the techniques")
+                                  f"{t} is judged against {ref}; add {ref} to the techniques under its own name")
 
     def check_domains(recipe, kind: str, where: str, org=None) -> None:
         """As the distiller refuses it (`check_stages`): a technique written for the embedded
         world on a Hugging Face organism; and what a Hugging Face organism cannot run yet
         (on-policy distillation, the vLLM engine where vLLM is not installed), which `validate`
         passed and the first run refused."""
-        from doublebind.registry import get
-
         def org_field(name: str):
             return org.get(name) if isinstance(org, dict) else getattr(org, name, None)
 
@@ -184,14 +182,12 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
             if importlib.util.find_spec("vllm") is None:
                 raise ConfigError(f"{study_path}: {where}: engine vllm: {VLLM_MISSING}")
 
-        from doublebind.techniques.random_drop import like_spec
+        from doublebind.techniques.base import build_stages
 
         specs = [*recipe.stages, *(added[0] for added in cfg.technique_stages().values() if added)]
-        # a random_drop `like` runs its filter's data hook: that filter must run here too
-        names = [s["name"] for s in specs] + [like_spec(s["like"])["name"] for s in specs
-                                              if s["name"] == "random_drop" and s.get("like") is not None]
-        for name in dict.fromkeys(names):
-            domains = get("technique", name).domains
+        # each technique a stage runs (a random_drop `like` runs its filter's data hook)
+        checks = dict(pair for st in build_stages(specs) for pair in st.runs_on())
+        for name, domains in checks.items():
             if kind not in domains:
                 raise ConfigError(f"{study_path}: {where}: technique {name} works on {' and '.join(domains)} "
                                   f"organisms only, not on this {kind} organism")

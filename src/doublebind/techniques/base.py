@@ -53,6 +53,11 @@ class Technique:
     def __init__(self, name: str, cfg: Strict, index: int):
         self.name, self.cfg, self.index = name, cfg, index
 
+    def runs_on(self) -> list[tuple[str, tuple[str, ...]]]:
+        """Each technique this stage runs and the organism kinds it works on: itself, and any
+        stage it runs inside (random_drop's `like`)."""
+        return [(self.name, self.domains)]
+
     def folder(self, view) -> Path | None:
         """Where this stage writes its data beside the run (None for runs without a folder)."""
         if view.stages_dir is None:

@@ -33,7 +33,6 @@ second random_drop stage in one recipe draws from its own stream).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 from collections import Counter
@@ -43,6 +42,7 @@ from pydantic import Field, field_validator, model_validator
 
 from doublebind.config import Strict, technique_hooks, validate_stage
 from doublebind.errors import DoublebindError
+from doublebind.registry import get
 from doublebind.techniques.base import Technique, build_stages, filter_items, technique
 
 # The hooks a stage may define besides `data`: a filter that `like` copies must have none,
@@ -55,7 +55,7 @@ class RandomDrop(Technique):
     """random_drop: drop a seeded random share of the items (the control for a filter's pass rate)."""
 
     domains = ("world", "hf")
-    needs = ()  # the run's items, and its seed
+    needs = ()  # the run's items, and its seed (with `like`, what that filter needs)
 
     class Config(Strict):
         share: float | dict[str, float] = Field(
@@ -87,8 +87,10 @@ class RandomDrop(Technique):
                 raise ValueError("random_drop is its own control; name a filter")
             try:
                 validate_stage(spec, 0)
-            except ValueError as e:
-                raise ValueError(str(e).replace("stages.0", "like", 1)) from None
+            except ValueError as e:  # "stages.0.quantile: <what> (technique X)" -> "X.quantile: <what>"
+                msg = str(e).removeprefix("stages.0")
+                msg = msg.removesuffix(f" (technique {spec.get('name')})")
+                raise ValueError(f"{spec.get('name')}{msg}" if msg.startswith(".") else msg.lstrip(": ")) from None
             defined = technique_hooks(spec["name"])
             if "data" not in defined:
                 raise ValueError(f"{spec['name']} has no data hook, so it removes no items to match")
@@ -128,6 +130,12 @@ class RandomDrop(Technique):
                             dropped=len(dropped), per_family=per_family)
 
 
+    def runs_on(self):
+        if self.cfg.like is None:
+            return super().runs_on()
+        spec = like_spec(self.cfg.like)
+        return [*super().runs_on(), (f"{spec['name']} (random_drop's like)", get("technique", spec["name"]).domains)]
+
     def _stream(self, view) -> str:
         """The seed string of this stage's draw: the run's seed, and, for a second random_drop
         stage in one recipe, how many came before it (the first keeps the plain string, so
@@ -138,14 +146,10 @@ class RandomDrop(Technique):
     def _like(self, view, items, rng):
         """Drop at random as many items of each family as the filter `like` removes here."""
         spec = like_spec(self.cfg.like)
-        (inner,) = build_stages([spec])
-        if view.kind not in inner.domains:
-            raise DoublebindError(f"stage random_drop: like: {spec['name']} works on {' and '.join(inner.domains)} "
-                                  f"organisms only, not on this {view.kind} organism")
+        (inner,) = build_stages([spec])  # the distiller checked its domains (`runs_on`)
         inner.index = self.index
         # the filter writes nothing beside the run and records nothing as a stage of it
-        quiet = dataclasses.replace(view, stages_dir=None, _record=lambda stage, phase, **info: None)
-        kept = inner.data(quiet, items)
+        kept = inner.data(view.unrecorded(), items)
         left = Counter(id(it) for it in kept)
         removed = []
         for i, it in enumerate(items):
@@ -153,7 +157,7 @@ class RandomDrop(Technique):
                 left[id(it)] -= 1
             else:
                 removed.append(i)
-        if sum(left.values()) or len(kept) + len(removed) != len(items):
+        if sum(left.values()):  # an item kept that was not given, or kept twice
             raise DoublebindError(f"stage random_drop: like: {spec['name']} changed the items, not only removed "
                                   f"some; like takes a filter")
         families = sorted({it.example.kind for it in items})

@@ -508,9 +508,10 @@ def _attached(before: dict, after: dict) -> str | None:
 def check_stages(stages, domain) -> None:
     """Techniques written for the embedded world refuse other organisms plainly."""
     for st in stages:
-        if domain.kind not in st.domains:
-            raise DoublebindError(f"technique {st.name} works on {' and '.join(st.domains)} organisms only, "
-                                  f"not on this {domain.kind} organism")
+        for name, domains in st.runs_on():
+            if domain.kind not in domains:
+                raise DoublebindError(f"technique {name} works on {' and '.join(domains)} organisms only, "
+                                      f"not on this {domain.kind} organism")
 
 
 def train_device(domain) -> str:
