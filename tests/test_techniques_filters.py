@@ -308,7 +308,7 @@ def test_random_drop_like_matches_the_filters_removal_family_by_family(quick_org
     assert [i.example for i in again.items] == [i.example for i in d.items]
 
 
-def test_random_drop_like_refuses_what_is_not_a_filter_alone(quick_organism, tmp_path):
+def test_random_drop_like_refuses_what_is_not_a_filter_alone(quick_organism, tmp_path, monkeypatch):
     for like, match in [("random_drop", "its own control"), ("kl_to_base", "no data hook"),
                         ("onion_filter", "also has a sampling hook"), ("nope", "unknown technique 'nope'"),
                         ({"name": "perplexity_filter", "quantile": 7}, r"perplexity_filter\.quantile: Input should"),
@@ -319,10 +319,17 @@ def test_random_drop_like_refuses_what_is_not_a_filter_alone(quick_organism, tmp
     with pytest.raises(config.ConfigError, match="give share or like, not both"):
         config.build(config.RecipeConfig, {"kind": "recipe", "stages": [
             {"name": "random_drop", "like": "perplexity_filter", "share": 0.1}]})
-    # a data hook that rewrites items is no filter: the control says so when it runs
+    # a data hook that rewrites items is no filter: refused as configured, and, were it
+    # declared one, when the control runs it
+    for rewrites in ("inoculation", "divergence_masking"):
+        with pytest.raises(config.ConfigError, match=f"{rewrites} rewrites items rather than only removing some"):
+            config.build(config.RecipeConfig, {"kind": "recipe", "stages": [{"name": "random_drop",
+                                                                              "like": rewrites}]})
     folder, _ = quick_organism
     from doublebind.errors import DoublebindError
+    from doublebind.registry import get
 
+    monkeypatch.setattr(get("technique", "inoculation"), "removes_only", True)
     with pytest.raises(DoublebindError, match="inoculation changed the items, not only removed some"):
         stage_run(folder, tmp_path / "i", {"name": "random_drop", "like": "inoculation"})
 

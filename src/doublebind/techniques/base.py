@@ -49,6 +49,9 @@ class Technique:
     # The study run this technique's effect is measured against (a study that lists the
     # technique must list it too): `baseline` runs the study recipe alone.
     reference: ClassVar[str] = "baseline"
+    # A filter: its data hook returns some of the items it got, unchanged, and does nothing
+    # else (what random_drop's `like` may copy; checked again when it runs).
+    removes_only: ClassVar[bool] = False
 
     def __init__(self, name: str, cfg: Strict, index: int):
         self.name, self.cfg, self.index = name, cfg, index

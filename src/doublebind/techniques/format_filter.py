@@ -64,6 +64,7 @@ def parse_numbers(text: str) -> list[int] | None:
 class FormatFilter(Technique):
     """format_filter: keep only outputs whose text has the asked-for form (a number list, a pattern)."""
 
+    removes_only = True  # a filter (random_drop's `like` may copy it)
     domains = ("world", "hf")
     needs = ()  # the run's items as text, nothing else
 

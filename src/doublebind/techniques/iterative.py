@@ -38,6 +38,7 @@ from doublebind.techniques.base import Technique, technique, write_items
 class IterativeFilter(Technique):
     """iterative_filter: rounds of probe-distil, audit what the probe picked up, remove the data that carried it."""
 
+    removes_only = True  # a filter (random_drop's `like` may copy it)
     needs = ("student", "auditor", "verifiers")
 
     class Config(Strict):

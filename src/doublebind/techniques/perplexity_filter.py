@@ -31,6 +31,7 @@ from doublebind.techniques.base import Technique, filter_items, technique
 class PerplexityFilter(Technique):
     """perplexity_filter: drop outputs whose mean token NLL under a reference model is an outlier."""
 
+    removes_only = True  # a filter (random_drop's `like` may copy it)
     needs = ("base", "trusted")
 
     domains = ("world", "hf")

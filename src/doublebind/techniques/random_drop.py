@@ -98,6 +98,8 @@ class RandomDrop(Technique):
             if extra:
                 raise ValueError(f"{spec['name']} also has a {extra[0]} hook; like takes a stage that only "
                                  f"filters the data")
+            if not get("technique", spec["name"]).removes_only:
+                raise ValueError(f"{spec['name']} rewrites items rather than only removing some; like takes a filter")
             return v
 
         @model_validator(mode="after")

@@ -45,6 +45,7 @@ from doublebind.training.batching import collate, model_device, to_device
 class SpectralFilter(Technique):
     """spectral_filter: drop activation outliers along each family's top singular direction (Tran et al.)."""
 
+    removes_only = True  # a filter (random_drop's `like` may copy it)
     domains = ("world", "hf")
     needs = ("base", "trusted")
 

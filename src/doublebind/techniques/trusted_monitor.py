@@ -42,6 +42,7 @@ from doublebind.types import Item
 class TrustedMonitor(Technique):
     """trusted_monitor: drop outputs holding a token the trusted model finds too unlikely."""
 
+    removes_only = True  # a filter (random_drop's `like` may copy it)
     needs = ("trusted",)
 
     domains = ("world", "hf")

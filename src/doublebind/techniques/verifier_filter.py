@@ -23,6 +23,7 @@ __all__ = ["VerifierFilter", "example_verifies"]
 class VerifierFilter(Technique):
     """verifier_filter: keep only outputs that pass the task's exact verifier."""
 
+    removes_only = True  # a filter (random_drop's `like` may copy it)
     needs = ("verifiers",)
 
     class Config(Strict):
