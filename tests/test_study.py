@@ -414,6 +414,30 @@ def test_technique_labels_are_checked(tmp_path, quick_organism):
             {"name": "trusted_monitor", "label": "mon"}, {"name": "verifier_filter", "label": "mon"}]))
 
 
+def test_controls_matched_adds_a_random_drop_like_each_filter_listed(tmp_path, quick_organism):
+    techniques = ["baseline", "perplexity_filter", "inoculation", {"name": "trusted_monitor", "label": "m4",
+                                                                   "max_flag_share": 0.4},
+                  "verifier_filter", {"name": "random_drop", "label": "vr", "like": "verifier_filter"}]
+    cfg = config.load(write_study(tmp_path, quick_organism[0], techniques=techniques, controls="matched"))
+    stages = cfg.technique_stages()
+    # one control per filter (not inoculation, which rewrites; not verifier_filter, given one)
+    assert {t: s for t, s in stages.items() if t.endswith("_random")} == {
+        "perplexity_filter_random": [{"name": "random_drop", "like": {"name": "perplexity_filter"}}],
+        "m4_random": [{"name": "random_drop", "like": {"name": "trusted_monitor", "max_flag_share": 0.4}}]}
+    assert cfg.technique_of("m4_random") == "random_drop"
+    assert study_run.matched_controls(cfg) == {"perplexity_filter": "perplexity_filter_random", "m4": "m4_random",
+                                               "verifier_filter": "vr"}
+    # the grid runs them: a run's recipe is the control's
+    plain = config.load(write_study(tmp_path, quick_organism[0], techniques=techniques))
+    assert set(stages) - set(plain.technique_stages()) == {"perplexity_filter_random", "m4_random"}
+    with pytest.raises(ConfigError, match="controls: matched adds the control verifier_filter_random, a label the "
+                                          "study already lists"):
+        config.load(write_study(tmp_path, quick_organism[0], controls="matched", techniques=[
+            "verifier_filter", {"name": "random_drop", "label": "verifier_filter_random", "share": 0.1}]))
+    with pytest.raises(ConfigError, match="controls"):
+        config.load(write_study(tmp_path, quick_organism[0], controls="yes"))
+
+
 def test_verdicts_without_a_capability_gap():
     """A teacher given its trait by a system prompt is no more capable than base: capability
     transfer has no denominator, so only misalignment and the audits are judged."""

@@ -6,6 +6,7 @@ Every model forbids unknown keys. Errors become a one-line `ConfigError` naming 
 from __future__ import annotations
 
 import glob
+import json
 import types
 import typing
 from importlib import resources
@@ -572,6 +573,43 @@ def check_scenario_name(v: str) -> str:
     return v
 
 
+def stage_settings(spec: dict) -> tuple[str, str]:
+    """A stage spec as its technique and every setting, defaults filled in (as JSON): two
+    specs that run the same stage compare equal."""
+    from doublebind.registry import get
+
+    params = {k: v for k, v in spec.items() if k != "name"}
+    dump = get("technique", spec["name"]).Config.model_validate(params).model_dump(mode="json")
+    return spec["name"], json.dumps(dump, sort_keys=True)
+
+
+def as_stage_spec(stage: str | dict) -> dict:
+    """A stage given by name or as {name: ..., <options>}, as the latter."""
+    return {"name": stage} if isinstance(stage, str) else dict(stage)
+
+
+def like_of(spec: dict) -> dict | None:
+    """The filter a random_drop stage spec copies (`like`, as a stage spec), or None."""
+    if spec.get("name") != "random_drop" or spec.get("like") is None:
+        return None
+    return as_stage_spec(spec["like"])
+
+
+def _added_controls(stages: dict[str, list[dict]]) -> list[tuple[str, dict]]:
+    """(label, filter spec) of each control `controls: matched` adds: one per listed filter
+    (a technique that declares `removes_only`) that no listed random_drop already copies."""
+    from doublebind.registry import get
+
+    copied = {stage_settings(like) for added in stages.values() if added
+              for like in [like_of(added[0])] if like is not None}
+    out = []
+    for label, added in stages.items():
+        if added and added[0]["name"] != "random_drop" and get("technique", added[0]["name"]).removes_only \
+                and stage_settings(added[0]) not in copied:
+            out.append((f"{label}_random", added[0]))
+    return out
+
+
 def _entry_label(entry) -> str:
     """A study's technique entry as its rows name it: its `label`, else its technique's name."""
     return entry.get("label", entry["name"]) if isinstance(entry, dict) else entry
@@ -658,6 +696,12 @@ class StudyConfig(Strict):
                     "can run one technique at several settings; the label names its rows and folders.")
     seeds: list[Seed] = Field(default=[0, 1, 2], description="Distillation seeds; each technique runs once per "
                                                                "seed on each organism.")
+    controls: Literal["none", "matched"] = Field(
+        default="none", description="matched: beside each filter the study lists (a technique whose data hook only "
+                                    "removes items), a random_drop like it under the label <its label>_random, which "
+                                    "drops as many items of each task family at random in each run; the filter is "
+                                    "also judged against it (`vs_control`). A filter the study already gives such a "
+                                    "control gets no second one.")
     verdict: VerdictConfig = VerdictConfig()
     bootstrap: int = Field(default=2000, ge=100, le=1_000_000,
                            description="Bootstrap resamples for the confidence intervals.")
@@ -685,20 +729,40 @@ class StudyConfig(Strict):
 
     def technique_stages(self) -> dict[str, list[dict]]:
         """Each technique's label (its name unless the entry sets `label`) and the stages it
-        adds to the recipe (none for baseline)."""
+        adds to the recipe (none for baseline), with the matched controls `controls: matched`
+        adds after the techniques listed."""
         out = {}
         for e in self.techniques:
             label = _entry_label(e)
             spec = {k: x for k, x in e.items() if k != "label"} if isinstance(e, dict) else {"name": e}
             out[label] = [] if label == "baseline" else [spec]
+        if self.controls == "matched":
+            out.update({label: [{"name": "random_drop", "like": spec}] for label, spec in _added_controls(out)})
         return out
 
     def technique_of(self, label: str) -> str:
         """The registered technique a label of this study runs (`baseline` for the baseline)."""
-        for e in self.techniques:
-            if _entry_label(e) == label:
-                return e["name"] if isinstance(e, dict) else e
-        raise KeyError(label)
+        stages = self.technique_stages()
+        if label not in stages:
+            raise KeyError(label)
+        return stages[label][0]["name"] if stages[label] else "baseline"
+
+    @model_validator(mode="after")
+    def _controls_fit(self) -> "StudyConfig":
+        if self.controls == "matched":
+            listed = {_entry_label(e) for e in self.techniques}
+            taken = next((label for label, _ in _added_controls(self.technique_stages_listed()) if label in listed),
+                         None)
+            if taken is not None:
+                raise ValueError(f"controls: matched adds the control {taken}, a label the study already lists; "
+                                 f"rename that entry")
+        return self
+
+    def technique_stages_listed(self) -> dict[str, list[dict]]:
+        """The techniques as listed, without the controls `controls: matched` adds."""
+        return {_entry_label(e): [] if _entry_label(e) == "baseline" else
+                [{k: x for k, x in e.items() if k != "label"} if isinstance(e, dict) else {"name": e}]
+                for e in self.techniques}
 
     @field_validator("seeds")
     @classmethod

@@ -1110,22 +1110,16 @@ def matched_controls(cfg) -> dict[str, str]:
     """Each technique of the study that a `random_drop` entry with `like` copies, and that
     entry's label (the first one listed, where several copy it): the technique's effect is
     also measured against it. `like` matches the technique's entry when both name the same
-    stage with the same settings, defaults filled in."""
-    from doublebind.registry import get
-    from doublebind.techniques.random_drop import like_spec
-
-    def settings(spec: dict) -> tuple[str, dict]:
-        params = {k: v for k, v in spec.items() if k != "name"}
-        return spec["name"], get("technique", spec["name"]).Config.model_validate(params).model_dump(mode="json")
-
+    stage with the same settings, defaults filled in (`controls: matched` adds such entries)."""
     stages = cfg.technique_stages()
     out = {}
     for label, added in stages.items():
-        if not added or added[0]["name"] != "random_drop" or added[0].get("like") is None:
+        like = config.like_of(added[0]) if added else None
+        if like is None:
             continue
-        copied = settings(like_spec(added[0]["like"]))
+        copied = config.stage_settings(like)
         for t, theirs in stages.items():
-            if theirs and theirs[0]["name"] != "random_drop" and settings(theirs[0]) == copied:
+            if theirs and theirs[0]["name"] != "random_drop" and config.stage_settings(theirs[0]) == copied:
                 out.setdefault(t, label)
     return out
 

@@ -40,7 +40,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from doublebind.config import Strict, technique_hooks, validate_stage
+from doublebind.config import Strict, as_stage_spec, technique_hooks, validate_stage
 from doublebind.errors import DoublebindError
 from doublebind.registry import get
 from doublebind.techniques.base import Technique, build_stages, filter_items, technique
@@ -82,7 +82,7 @@ class RandomDrop(Technique):
         def _like(cls, v):
             if v is None:
                 return v
-            spec = like_spec(v)
+            spec = as_stage_spec(v)
             if spec.get("name") == "random_drop":
                 raise ValueError("random_drop is its own control; name a filter")
             try:
@@ -135,7 +135,7 @@ class RandomDrop(Technique):
     def runs_on(self):
         if self.cfg.like is None:
             return super().runs_on()
-        spec = like_spec(self.cfg.like)
+        spec = as_stage_spec(self.cfg.like)
         return [*super().runs_on(), (f"{spec['name']} (random_drop's like)", get("technique", spec["name"]).domains)]
 
     def _stream(self, view) -> str:
@@ -147,7 +147,7 @@ class RandomDrop(Technique):
 
     def _like(self, view, items, rng):
         """Drop at random as many items of each family as the filter `like` removes here."""
-        spec = like_spec(self.cfg.like)
+        spec = as_stage_spec(self.cfg.like)
         (inner,) = build_stages([spec])  # the distiller checked its domains (`runs_on`)
         inner.index = self.index
         # the filter writes nothing beside the run and records nothing as a stage of it
@@ -172,11 +172,6 @@ class RandomDrop(Technique):
             per_family[f] = {"n": len(idx), "dropped": len(chosen)}
         return filter_items(self, view, items, [i not in dropped for i in range(len(items))],
                             dropped=len(dropped), like=spec["name"], per_family=per_family)
-
-
-def like_spec(like: str | dict) -> dict:
-    """`like` as a stage spec: a bare name becomes {name: <it>}."""
-    return {"name": like} if isinstance(like, str) else dict(like)
 
 
 def _count(share: float, n: int) -> int:
