@@ -417,25 +417,61 @@ def test_technique_labels_are_checked(tmp_path, quick_organism):
 def test_controls_matched_adds_a_random_drop_like_each_filter_listed(tmp_path, quick_organism):
     techniques = ["baseline", "perplexity_filter", "inoculation", {"name": "trusted_monitor", "label": "m4",
                                                                    "max_flag_share": 0.4},
+                  {"name": "trusted_monitor", "label": "m4_again", "max_flag_share": 0.4},
                   "verifier_filter", {"name": "random_drop", "label": "vr", "like": "verifier_filter"}]
     cfg = config.load(write_study(tmp_path, quick_organism[0], techniques=techniques, controls="matched"))
     stages = cfg.technique_stages()
-    # one control per filter (not inoculation, which rewrites; not verifier_filter, given one)
-    assert {t: s for t, s in stages.items() if t.endswith("_random")} == {
-        "perplexity_filter_random": [{"name": "random_drop", "like": {"name": "perplexity_filter"}}],
+    # one control per filter setting (not inoculation, which rewrites; not verifier_filter,
+    # given one; one for the monitor listed twice at one setting), written as by hand
+    listed = {t if isinstance(t, str) else t.get("label", t["name"]) for t in techniques}
+    assert {t: s for t, s in stages.items() if t not in listed} == {
+        "perplexity_filter_random": [{"name": "random_drop", "like": "perplexity_filter"}],
         "m4_random": [{"name": "random_drop", "like": {"name": "trusted_monitor", "max_flag_share": 0.4}}]}
     assert cfg.technique_of("m4_random") == "random_drop"
     assert study_run.matched_controls(cfg) == {"perplexity_filter": "perplexity_filter_random", "m4": "m4_random",
-                                               "verifier_filter": "vr"}
-    # the grid runs them: a run's recipe is the control's
-    plain = config.load(write_study(tmp_path, quick_organism[0], techniques=techniques))
-    assert set(stages) - set(plain.technique_stages()) == {"perplexity_filter_random", "m4_random"}
+                                               "m4_again": "m4_random", "verifier_filter": "vr"}
     with pytest.raises(ConfigError, match="controls: matched adds the control verifier_filter_random, a label the "
                                           "study already lists"):
         config.load(write_study(tmp_path, quick_organism[0], controls="matched", techniques=[
             "verifier_filter", {"name": "random_drop", "label": "verifier_filter_random", "share": 0.1}]))
-    with pytest.raises(ConfigError, match="controls"):
+    with pytest.raises(ConfigError, match="controls: Input should be 'none' or 'matched'"):
         config.load(write_study(tmp_path, quick_organism[0], controls="yes"))
+
+
+def test_a_study_with_matched_controls_runs_resumes_and_reports_them(tmp_path, quick_organism):
+    from doublebind.reports.study_report import write_report
+
+    path = write_study(tmp_path, quick_organism[0], techniques=["baseline", "verifier_filter"], seeds=[0],
+                       controls="matched")
+    out = tmp_path / "out"
+    summary = study_run.run_study(path, out, show_progress=False)
+    judged = next(iter(summary["scenarios"].values()))["techniques"]
+    assert judged["verifier_filter"]["control"] == "verifier_filter_random"
+    assert "vs_control" in judged["verifier_filter"]["final"]
+    rows = study_run.read_results(out / "results.jsonl")
+    assert {r["technique"] for r in rows} == {"baseline", "verifier_filter", "verifier_filter_random"}
+    # the same rows and summary when resumed, with the same file or with the control written by hand
+    before = (out / "results.jsonl").read_bytes()
+    hand = write_study(tmp_path, quick_organism[0], seeds=[0], techniques=[
+        "baseline", "verifier_filter", {"name": "random_drop", "label": "verifier_filter_random",
+                                        "like": "verifier_filter"}])
+    for again in (path, hand):
+        assert study_run.run_study(again, out, show_progress=False)["scenarios"] == summary["scenarios"]
+        assert (out / "results.jsonl").read_bytes() == before
+    md, _ = write_report(out)  # the report reads the settings back from study.json
+    assert "vs verifier_filter_random: cap " in md.read_text()
+
+
+def test_every_filter_declared_removes_only_has_a_data_hook_alone():
+    from doublebind.registry import get, names
+    from doublebind.techniques.random_drop import OTHER_HOOKS
+
+    filters = [n for n in names("technique") if get("technique", n).removes_only]
+    assert {"perplexity_filter", "spectral_filter", "verifier_filter", "trusted_monitor", "iterative_filter",
+            "format_filter"} <= set(filters)
+    for n in filters:
+        hooks = config.technique_hooks(n)
+        assert "data" in hooks and not hooks & set(OTHER_HOOKS), n
 
 
 def test_verdicts_without_a_capability_gap():

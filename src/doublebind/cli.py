@@ -652,7 +652,9 @@ def study_run(study: Path, out_dir: Path = typer.Option(..., "--out", help="Stud
     if not PartialState().is_main_process:  # under `accelerate launch`, the main process reports
         return
     builds = study_builds(json.loads((out_dir / "study.json").read_text()))
-    rows = [r for r in read_results(out_dir / RESULTS) if in_study(cfg, run_key(r), builds)]  # not an earlier grid's
+    every = read_results(out_dir / RESULTS)
+    kept = {k for k in {run_key(r) for r in every} if in_study(cfg, k, builds)}  # once a run, not a row
+    rows = [r for r in every if run_key(r) in kept]  # not an earlier grid's
     _print_table(verdict_table(summary, rows))
     outside = summary.get("runs_outside_study")
     out(f"wrote {out_dir}/results.jsonl and summary.json ({summary['runs']} runs"

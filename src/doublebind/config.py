@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from doublebind.errors import ConfigError, DoublebindError, read_text_file
 
@@ -606,7 +606,18 @@ def _added_controls(stages: dict[str, list[dict]]) -> list[tuple[str, dict]]:
     for label, added in stages.items():
         if added and added[0]["name"] != "random_drop" and get("technique", added[0]["name"]).removes_only \
                 and stage_settings(added[0]) not in copied:
+            copied.add(stage_settings(added[0]))  # one control for a filter listed twice at one setting
             out.append((f"{label}_random", added[0]))
+    return out
+
+
+def _listed_stages(techniques: list) -> dict[str, list[dict]]:
+    """A study's technique entries as label -> the stages each adds (none for baseline)."""
+    out = {}
+    for e in techniques:
+        label = _entry_label(e)
+        out[label] = [] if label == "baseline" else [
+            {k: x for k, x in e.items() if k != "label"} if isinstance(e, dict) else {"name": e}]
     return out
 
 
@@ -731,13 +742,11 @@ class StudyConfig(Strict):
         """Each technique's label (its name unless the entry sets `label`) and the stages it
         adds to the recipe (none for baseline), with the matched controls `controls: matched`
         adds after the techniques listed."""
-        out = {}
-        for e in self.techniques:
-            label = _entry_label(e)
-            spec = {k: x for k, x in e.items() if k != "label"} if isinstance(e, dict) else {"name": e}
-            out[label] = [] if label == "baseline" else [spec]
+        out = _listed_stages(self.techniques)
         if self.controls == "matched":
-            out.update({label: [{"name": "random_drop", "like": spec}] for label, spec in _added_controls(out)})
+            # a filter given by name alone is copied by name, as a study would write it by hand
+            out.update({label: [{"name": "random_drop", "like": spec["name"] if set(spec) == {"name"} else spec}]
+                        for label, spec in _added_controls(out)})
         return out
 
     def technique_of(self, label: str) -> str:
@@ -747,22 +756,17 @@ class StudyConfig(Strict):
             raise KeyError(label)
         return stages[label][0]["name"] if stages[label] else "baseline"
 
-    @model_validator(mode="after")
-    def _controls_fit(self) -> "StudyConfig":
-        if self.controls == "matched":
-            listed = {_entry_label(e) for e in self.techniques}
-            taken = next((label for label, _ in _added_controls(self.technique_stages_listed()) if label in listed),
-                         None)
+    @field_validator("controls")
+    @classmethod
+    def _controls_fit(cls, v: str, info: ValidationInfo) -> str:
+        techniques = info.data.get("techniques")  # absent where they failed their own check
+        if v == "matched" and techniques:
+            listed = _listed_stages(techniques)
+            taken = next((label for label, _ in _added_controls(listed) if label in listed), None)
             if taken is not None:
-                raise ValueError(f"controls: matched adds the control {taken}, a label the study already lists; "
-                                 f"rename that entry")
-        return self
-
-    def technique_stages_listed(self) -> dict[str, list[dict]]:
-        """The techniques as listed, without the controls `controls: matched` adds."""
-        return {_entry_label(e): [] if _entry_label(e) == "baseline" else
-                [{k: x for k, x in e.items() if k != "label"} if isinstance(e, dict) else {"name": e}]
-                for e in self.techniques}
+                raise ValueError(f"matched adds the control {taken}, a label the study already lists; rename that "
+                                 f"entry")
+        return v
 
     @field_validator("seeds")
     @classmethod
