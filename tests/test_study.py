@@ -460,6 +460,17 @@ def test_a_study_with_matched_controls_runs_resumes_and_reports_them(tmp_path, q
         assert (out / "results.jsonl").read_bytes() == before
     md, _ = write_report(out)  # the report reads the settings back from study.json
     assert "vs verifier_filter_random: cap " in md.read_text()
+    assert "](figures/controls.png)" in md.read_text() and (out / "figures" / "controls.png").stat().st_size > 0
+    # the figure's dots: the filter minus its control, and the control minus the baseline, per run
+    from doublebind.reports.study_plots import paired_differences
+
+    final = {(r["scenario"], r["organism_seed"], r["technique"], r["seed"]): r["misalignment_transfer"]
+             for r in rows if r["selected"]}
+    ((sc, o, _, _),) = [k for k in final if k[2] == "verifier_filter"]
+    assert paired_differences(final, sc, "verifier_filter", "verifier_filter_random") == [
+        final[(sc, o, "verifier_filter", 0)] - final[(sc, o, "verifier_filter_random", 0)]]
+    assert paired_differences({(sc, 0, "a", 0): 0.5, (sc, 0, "b", 0): 0.2, (sc, 0, "a", 1): 0.1,
+                               (sc, 0, "b", 1): None, (sc, 0, "a", 2): 0.4}, sc, "a", "b") == [0.5 - 0.2]
 
 
 def test_every_filter_declared_removes_only_has_a_data_hook_alone():

@@ -784,6 +784,8 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
                       + ", `random_drop` with `like`) is also given minus that control: the control drops at random "
                         "as many items of each task family as the filter removed in the same run, so that effect "
                         "is what the filter's choice of items did beyond removing as many." if controls else "")))
+    if controls:
+        b.append(img("filters against matched random controls", plots.plot_controls(rows, summary), "controls.png"))
 
     b.append(("h2", SECTIONS[2]))
     b.append(("p", "Per technique, x = step: the line is the mean over runs and the band the min–max over runs of "
