@@ -259,7 +259,8 @@ def plot_frontier(summary: dict, capability: float, misalignment: float) -> byte
 def paired_differences(values: dict, scenario: str, a: str, b: str) -> list[float]:
     """`values` of technique `a` minus `b`'s, run by run ((scenario, organism seed, technique,
     seed) keys), over the runs both have and both define, in (organism seed, seed) order."""
-    runs = sorted({(o, s) for (sc, o, t, s) in values if sc == scenario and t == a}, key=repr)
+    runs = sorted({(o, s) for (sc, o, t, s) in values if sc == scenario and t == a},
+                  key=lambda k: (k[0] is None, k[0] or 0, k[1]))
     return [values[(scenario, o, a, s)] - values[(scenario, o, b, s)] for o, s in runs
             if (scenario, o, b, s) in values and None not in (values[(scenario, o, a, s)], values[(scenario, o, b, s)])]
 
@@ -267,37 +268,40 @@ def paired_differences(values: dict, scenario: str, a: str, b: str) -> list[floa
 def plot_controls(rows: list[dict], summary: dict) -> bytes:
     """Per scenario, each filter that has a matched control (`random_drop` with `like`): per
     run, the filter's misalignment transfer minus its control's (black; the bar is the mean
-    and its 95% interval from the summary) and the control's minus the baseline's (grey: what
-    removing as many items at random did), at the delivered checkpoint, paired by organism
-    and seed."""
+    and its 95% interval from the summary) and the control's minus the reference run's (grey:
+    what removing as many items at random did), at the delivered checkpoint, paired by
+    organism and seed."""
     plt = _plt()
+    from matplotlib.lines import Line2D
+
     delivered = {(r["scenario"], r.get("organism_seed"), r["technique"], r["seed"]): r["misalignment_transfer"]
                  for r in rows if r["selected"]}
     panels = [(sc, [(t, j["control"]) for t, j in data["techniques"].items() if j.get("control")])
               for sc, data in summary["scenarios"].items()]
-    panels = [(sc, pairs) for sc, pairs in panels if pairs]
-    fig, axes = _panel_grid(plt, len(panels), 2, 6.5, 1.2 + 0.7 * max(len(p) for _, p in panels), extra=0.4)
+    panels = [(sc, pairs) for sc, pairs in panels if pairs] or [("no filter has a matched control", [])]
+    fig, axes = _panel_grid(plt, len(panels), 2, 6.5, 1.2 + 0.7 * max(1, *(len(p) for _, p in panels)), extra=0.4)
     for (sc, pairs), ax in zip(panels, axes):
         for y, (t, c) in enumerate(pairs):
+            judged = summary["scenarios"][sc]["techniques"]
             own = paired_differences(delivered, sc, t, c)
-            noise = paired_differences(delivered, sc, c, "baseline")
-            ax.plot(noise, [y - 0.18] * len(noise), "o", color="grey", ms=4, alpha=0.7,
-                    label="control − baseline, per run" if y == 0 else None)
-            ax.plot(own, [y + 0.18] * len(own), "o", color="black", ms=4,
-                    label="filter − control, per run" if y == 0 else None)
-            e = (summary["scenarios"][sc]["techniques"][t]["final"].get("vs_control") or {}).get(
-                "misalignment_transfer") or {}
+            ref = (judged.get(c) or {}).get("reference")
+            noise = paired_differences(delivered, sc, c, ref) if ref and ref != c else []
+            ax.plot(noise, [y - 0.18] * len(noise), "o", color="grey", ms=4, alpha=0.7)
+            ax.plot(own, [y + 0.18] * len(own), "o", color="black", ms=4)
+            e = (judged[t]["final"].get("vs_control") or {}).get("misalignment_transfer") or {}
             if "ci95" in e:
                 ax.errorbar([e["mean"]], [y + 0.18], xerr=[[e["mean"] - e["ci95"][0]], [e["ci95"][1] - e["mean"]]],
-                            fmt="|", color="crimson", capsize=3, ms=12, label="filter − control, mean [95%]"
-                            if y == 0 else None)
+                            fmt="|", color="crimson", capsize=3, ms=12)
         ax.axvline(0, color="grey", lw=0.8)
         ax.set_yticks(range(len(pairs)), [f"{t}\nvs {c}" for t, c in pairs], fontsize=7)
-        ax.set_ylim(-0.6, len(pairs) - 0.4)
+        ax.set_ylim(-0.6, max(1, len(pairs)) - 0.4)
         ax.invert_yaxis()
         ax.set_xlabel("difference in misalignment transfer")
         ax.set_title(sc, fontsize=10)
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8)
+    handles = [Line2D([], [], ls="", marker="o", color="grey", alpha=0.7, label="control − its reference, per run"),
+               Line2D([], [], ls="", marker="o", color="black", label="filter − control, per run"),
+               Line2D([], [], ls="-", marker="|", color="crimson", label="filter − control, mean [95%]")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=8)
     _suptitle(fig, "filters against matched random controls (random_drop like: as many items of each family, at "
                    "random), delivered checkpoint")
     return _png(fig)
