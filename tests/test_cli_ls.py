@@ -18,6 +18,10 @@ def test_ls_techniques_shows_kinds_and_what_each_uses_from_the_view():
     assert row["distill_and_audit"].split()[-2:] == ["world", "auditor,verifiers"]
     assert row["kl_to_base"].split()[-2:] == ["world+hf", "base"]
     assert row["inoculation"].split()[-1] == "-"
+    # the filters, which random_drop's `like` and a study's `controls: matched` copy
+    assert {n for n, ln in row.items() if ln.split()[-1] == "filter"} == {
+        "perplexity_filter", "spectral_filter", "verifier_filter", "trusted_monitor", "iterative_filter",
+        "format_filter"}
 
 
 def test_ls_scenarios_lists_the_failure_reason_presets():

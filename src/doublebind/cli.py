@@ -188,11 +188,11 @@ def ls(kind: Optional[str] = typer.Argument(None, help="One kind, as the listing
                 cfg = config.load(preset=name)
                 if getattr(cfg, "scenario", ""):
                     table.add_row(name, f"{cfg.world.behavior}: {cfg.scenario}")
-        elif k == "technique":  # with the organism kinds it runs on and what it uses from the defender's view
-            for name in registry.names(k):
+        elif k == "technique":  # with the organism kinds it runs on, what it uses from the defender's view
+            for name in registry.names(k):  # and, for a filter, that random_drop's `like` may copy it
                 cls = registry.get(k, name)
                 table.add_row(name, registry.describe(k, name).split(": ", 1)[-1], "+".join(cls.domains),
-                              ",".join(cls.needs) or "-")
+                              ",".join(cls.needs) or "-", "filter" if cls.removes_only else "")
         else:
             for name in registry.names(k):
                 table.add_row(name, registry.describe(k, name).split(": ", 1)[-1])
