@@ -604,9 +604,11 @@ def _added_controls(stages: dict[str, list[dict]]) -> list[tuple[str, dict]]:
               for like in [like_of(added[0])] if like is not None}
     out = []
     for label, added in stages.items():
-        if added and added[0]["name"] != "random_drop" and get("technique", added[0]["name"]).removes_only \
-                and stage_settings(added[0]) not in copied:
-            copied.add(stage_settings(added[0]))  # one control for a filter listed twice at one setting
+        if not added or added[0]["name"] == "random_drop" or not get("technique", added[0]["name"]).removes_only:
+            continue
+        settings = stage_settings(added[0])
+        if settings not in copied:
+            copied.add(settings)  # one control for a filter listed twice at one setting
             out.append((f"{label}_random", added[0]))
     return out
 
@@ -1045,13 +1047,16 @@ def name_override(msg: str, src: str, overrides) -> str:
     return msg
 
 
+# The hooks a technique may define (`doublebind.techniques.base`).
+HOOKS = ("sampling", "objective", "student", "prompts", "data", "extra_loss", "checkpoint")
+
+
 def technique_hooks(name: str) -> set[str]:
-    """The hooks a registered technique's class defines (`data`, `objective`, ...), its own
-    or inherited: what `random_drop`'s `like` checks a filter by."""
+    """The hooks a registered technique's class defines, its own or inherited: what
+    `random_drop`'s `like` checks a filter by."""
     from doublebind.registry import get
 
-    hooks = ("sampling", "objective", "student", "prompts", "data", "extra_loss", "checkpoint")
-    return {h for h in hooks if callable(getattr(get("technique", name), h, None))}
+    return {h for h in HOOKS if callable(getattr(get("technique", name), h, None))}
 
 
 def validate_stage(spec: Any, index: int) -> dict:

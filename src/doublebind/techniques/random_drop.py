@@ -40,14 +40,14 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from doublebind.config import Strict, as_stage_spec, technique_hooks, validate_stage
+from doublebind.config import HOOKS, Strict, as_stage_spec, technique_hooks, validate_stage
 from doublebind.errors import DoublebindError
 from doublebind.registry import get
 from doublebind.techniques.base import Technique, build_stages, filter_items, technique
 
 # The hooks a stage may define besides `data`: a filter that `like` copies must have none,
 # as the control runs its data hook alone.
-OTHER_HOOKS = ("sampling", "objective", "student", "prompts", "extra_loss", "checkpoint")
+OTHER_HOOKS = tuple(h for h in HOOKS if h != "data")
 
 
 @technique("random_drop")
@@ -117,20 +117,24 @@ class RandomDrop(Technique):
             dropped = set(rng.sample(range(len(items)), _count(share, len(items))))
             return filter_items(self, view, items, [i not in dropped for i in range(len(items))],
                                 dropped=len(dropped))
-        members = {f: [i for i, it in enumerate(items) if it.example.kind == f] for f in sorted(share)}
+        members = _by_family(items, share)
         missing = [f for f, idx in members.items() if not idx]
         if missing:
             present = sorted({it.example.kind for it in items})
             raise DoublebindError(f"stage random_drop: share: no item of family '{missing[0]}' in the data "
                                   f"(its families: {', '.join(present)})")
-        dropped, per_family = set(), {}
-        for f, idx in members.items():  # in sorted order, so the draws are the same whatever the mapping's order
-            chosen = rng.sample(idx, _count(share[f], len(idx)))
-            dropped.update(chosen)
-            per_family[f] = {"n": len(idx), "dropped": len(chosen)}
-        return filter_items(self, view, items, [i not in dropped for i in range(len(items))],
-                            dropped=len(dropped), per_family=per_family)
+        return self._drop(view, items, rng, {f: _count(share[f], len(idx)) for f, idx in members.items()}, members)
 
+    def _drop(self, view, items, rng, counts: dict[str, int], members: dict[str, list[int]], **info):
+        """Drop counts[f] items of each family f at random, family by family in sorted order (so
+        the draws depend on neither a mapping's order nor the items'), and record each family's."""
+        dropped, per_family = set(), {}
+        for f in sorted(counts):
+            chosen = rng.sample(members[f], counts[f])
+            dropped.update(chosen)
+            per_family[f] = {"n": len(members[f]), "dropped": len(chosen)}
+        return filter_items(self, view, items, [i not in dropped for i in range(len(items))],
+                            dropped=len(dropped), **info, per_family=per_family)
 
     def runs_on(self):
         if self.cfg.like is None:
@@ -162,16 +166,18 @@ class RandomDrop(Technique):
         if sum(left.values()):  # an item kept that was not given, or kept twice
             raise DoublebindError(f"stage random_drop: like: {spec['name']} changed the items, not only removed "
                                   f"some; like takes a filter")
-        families = sorted({it.example.kind for it in items})
-        per_family, dropped = {}, set()
+        members = _by_family(items, {it.example.kind for it in items})
         gone = Counter(items[i].example.kind for i in removed)
-        for f in families:  # in sorted order, so the draws do not depend on the items' order of families
-            idx = [i for i, it in enumerate(items) if it.example.kind == f]
-            chosen = rng.sample(idx, gone[f])
-            dropped.update(chosen)
-            per_family[f] = {"n": len(idx), "dropped": len(chosen)}
-        return filter_items(self, view, items, [i not in dropped for i in range(len(items))],
-                            dropped=len(dropped), like=spec["name"], per_family=per_family)
+        return self._drop(view, items, rng, {f: gone[f] for f in members}, members, like=spec["name"])
+
+
+def _by_family(items, families) -> dict[str, list[int]]:
+    """The positions of each named family's items, in one pass."""
+    out = {f: [] for f in sorted(families)}
+    for i, it in enumerate(items):
+        if it.example.kind in out:
+            out[it.example.kind].append(i)
+    return out
 
 
 def _count(share: float, n: int) -> int:
