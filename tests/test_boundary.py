@@ -120,7 +120,7 @@ def cycles(g: dict[str, set[str]]) -> list[list[str]]:
 GROUND_TRUTH = ("doublebind.world.data", "doublebind.organisms", "doublebind.evals.metrics",
                 "doublebind.evals.transfer", "doublebind.training.distill", "doublebind.studies",
                 "doublebind.reports", "doublebind.cli", "doublebind.llm.organism", "doublebind.posttrain")
-DEFENDER_SIDE = ("doublebind.techniques", "doublebind.audits", "doublebind.defender")
+DEFENDER_SIDE = ("doublebind.techniques", "doublebind.audits", "doublebind.free_audit", "doublebind.defender")
 # Ways around an object's interface that a stage has no business using.
 BACKDOORS = {"__closure__", "__globals__", "__dict__", "name_or_path", "gc", "inspect", "_load", "_model",
              "_recipe", "_prompts", "_student", "_sample", "_auditor", "_labels", "_with_system", "_decode",
@@ -129,6 +129,9 @@ BACKDOORS = {"__closure__", "__globals__", "__dict__", "name_or_path", "gc", "in
              # the stage's auditor's own callables: the check of what it audits, and the
              # probe trainer (the distiller's set of admitted weights lies behind both)
              "_admitted", "_train_probe",
+             # the free-field auditor behind the stage's auditor (audited through it, any model
+             # a stage made would read the honeypot sessions back)
+             "_free",
              # the task space's session sets: the auditor's pool is the honeypot sessions, so its
              # complement is the real ones (the tell); stages and audits use them only through
              # TaskSpace's methods (auditor_header, verifies), never as sets
@@ -166,6 +169,8 @@ STAGE_BACKDOORS = {"auditor_header",
                    # `world.behavior`), and the auditor's own models and answers
                    "behavior", "behaviors", "organism", "scorer", "scorers", "load", "preset",
                    "_answers", "_models", "_refs",
+                   # the free-field auditor's references' samples and counts
+                   "_samples", "_counts", "reference_counts", "openings",
                    # found by a review of random_drop's like, 2026-12-06: a view's fields taken
                    # whole (`dataclasses.astuple(view)[6]` is its private model loader)
                    "astuple", "asdict", "fields"}

@@ -172,12 +172,14 @@ class StageAuditor:
     be taught to name the sessions (a review found two data stages laundering made examples,
     and an example whose response changed between its check and its training)."""
 
-    __slots__ = ("_auditor", "_admitted", "_train_probe")
+    __slots__ = ("_auditor", "_admitted", "_train_probe", "_free")
 
-    def __init__(self, auditor: Callable[[], Any], admitted: Callable[[Any], Any], train_probe: Callable):
+    def __init__(self, auditor: Callable[[], Any], admitted: Callable[[Any], Any], train_probe: Callable,
+                 free: Callable[[], Any] | None = None):
         object.__setattr__(self, "_auditor", auditor)
         object.__setattr__(self, "_admitted", admitted)
         object.__setattr__(self, "_train_probe", train_probe)
+        object.__setattr__(self, "_free", free)
 
     def __setattr__(self, name, value):
         raise DefenderError("the auditor is the world's; a stage cannot change it")
@@ -191,14 +193,24 @@ class StageAuditor:
     def __repr__(self) -> str:
         return "StageAuditor()"
 
-    def audit(self, model, budget: int | None = None):
-        """The audit of the run's student at a checkpoint, or of a probe from `train_probe`
-        (an `AuditResult`: flags, success@k at the budget, departure tokens, capability)."""
+    def audit(self, model, budget: int | None = None, auditor: str = "generic"):
+        """The audit of the run's student at a checkpoint, or of a probe from `train_probe`:
+        the generic auditor's (an `AuditResult`: flags, success@k at the budget, departure
+        tokens, capability), or with `auditor="free"` the free-field auditor's (a
+        `FreeAuditResult`: flags, success@k, the over-represented openings; against base,
+        trusted and the teacher)."""
+        if auditor not in ("generic", "free"):
+            raise DefenderError(f"unknown auditor '{auditor}' (generic or free)")
         clean = self._admitted(model)  # a fresh copy holding the admitted weights, or None
         if clean is None:
             raise DefenderError("the auditor audits the run's student as a checkpoint hook receives it and "
                                 "probes from view.auditor.train_probe, not a model a stage made or changed: "
                                 "a model of a stage's own making would read the auditor's honeypot sessions back")
+        if auditor == "free":
+            free = self._free() if self._free is not None else None
+            if free is None:
+                raise DefenderError("this organism has no free-field auditor (embedded world only)")
+            return free.audit(clean, budget)
         return self._auditor().audit(clean, budget)
 
     def train_probe(self, examples: list[Example], cfg, init_seed: int, seed: int):

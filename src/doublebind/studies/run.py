@@ -127,9 +127,10 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
     field("recipe", lambda: config.load(recipe_path, expect="recipe"))
 
     def recipe_for(name: str, extra: dict):
-        return field(name, lambda: config.load(recipe_path, expect="recipe",
-                                               merge=config.deep_merge(cfg.recipe_overrides, extra)),
-                     strip=recipe_path)
+        merge = config.deep_merge(cfg.recipe_overrides, extra)
+        if cfg.verdict.auditor == "free":  # the verdicts read the free-field audit: every checkpoint gets one
+            merge = config.deep_merge({"free_audit": {}}, merge)
+        return field(name, lambda: config.load(recipe_path, expect="recipe", merge=merge), strip=recipe_path)
 
     def seeded(name: str, load, own_seed: int, seeds: list[int] | None, where: str = "organism_seeds"):
         what = name if seeds is None else f"{where} (set as {name}'s seed)"
@@ -168,6 +169,9 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
             return org.get(name) if isinstance(org, dict) else getattr(org, name, None)
 
         engine = org_field("engine")
+        if kind == "hf" and cfg.verdict.auditor == "free":
+            raise ConfigError(f"{study_path}: verdict.auditor: the free-field auditor reads the embedded world's free "
+                              f"fields; {where} is a Hugging Face organism (use auditor: generic)")
         if kind == "hf" and org_field("dtype") == "float16":
             raise ConfigError(f"{study_path}: {where}: dtype float16 is for sampling and scoring only: a student "
                               f"trained in pure float16 diverges; use bfloat16 or float32")
@@ -409,13 +413,14 @@ def _row_problem(obj) -> str | None:
         why = _numbers_problem(obj, key)
         if why:
             return why
-    auditor = obj.get("auditor")
-    if auditor is not None:
-        if not isinstance(auditor, dict):
-            return "'auditor' is not an object"
-        for k in ("success_at_k", "teacher_success_at_k", "base_success_at_k"):
-            if k in auditor and not _finite(auditor[k]):
-                return f"'auditor.{k}' is not a finite number"
+    for name in ("auditor", "free_auditor"):
+        auditor = obj.get(name)
+        if auditor is not None:
+            if not isinstance(auditor, dict):
+                return f"'{name}' is not an object"
+            for k in ("success_at_k", "teacher_success_at_k", "base_success_at_k"):
+                if k in auditor and not _finite(auditor[k]):
+                    return f"'{name}.{k}' is not a finite number"
     data = obj.get("data")
     if data is not None:
         if not isinstance(data, dict):
@@ -569,10 +574,20 @@ def _append(path: Path, rows: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
+def verdict_thresholds(vcfg) -> dict:
+    """The verdict settings a summary records: `auditor` only where it is not the generic one,
+    so summaries judged as before read as before."""
+    out = vcfg.model_dump(exclude_none=True)
+    if out.get("auditor") == "generic":
+        del out["auditor"]
+    return out
+
+
 def recipe_hash(recipe) -> str:
     """What a study's rows record of the recipe that made them, and its resume check compares.
-    `training.compile` counts only when on (it changes rounding), and `objective.dpo_sft_weight`
-    only when not 0, so recipes from before those knobs existed keep their hash;
+    `training.compile` counts only when on (it changes rounding), `objective.dpo_sft_weight`
+    only when not 0 and `free_audit` only when set, so recipes from before those knobs existed
+    keep their hash;
     `training.save_weights` does not count (it changes no number: a study that keeps its
     weights resumes a folder whose runs did not, and the reverse), and hashes as off, which
     every study run was before a study could keep them."""
@@ -581,6 +596,8 @@ def recipe_hash(recipe) -> str:
         del dump["training"]["compile"]
     if not dump["objective"]["dpo_sft_weight"]:
         del dump["objective"]["dpo_sft_weight"]
+    if dump.get("free_audit") is None:
+        dump.pop("free_audit", None)
     dump["training"]["save_weights"] = False
     return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -1045,6 +1062,9 @@ def _rows(cfg, card, key: RunKey, recipe, folder: Path, summary) -> list[dict]:
             "capability": m["capability"], "misbehavior": m["misbehavior"], "confession": m["confession"],
             "base_capability": base.get("capability"), "base_families": base_families,
             "auditor": _auditor(m.get("auditor"), summary["reference"]),
+            # the free-field auditor's, where the recipe asked for it (written only then)
+            **({"free_auditor": _auditor(m["free_auditor"], summary["reference"], "free_auditor")}
+               if m.get("free_auditor") is not None else {}),
             # The technique's stages changed nothing in this run (`distill`'s summary): it trained
             # the study recipe itself. Written only when so, so other rows are as before.
             **({"idle": True} if summary.get("idle") else {}),
@@ -1061,15 +1081,30 @@ def _rows(cfg, card, key: RunKey, recipe, folder: Path, summary) -> list[dict]:
     return rows
 
 
-def _auditor(student: dict | None, ref: dict) -> dict | None:
-    """The generic auditor's success@k for the student, the teacher and base (world organisms),
-    and what it flagged in the student: flags per query kind and per departure token."""
+def _auditor(student: dict | None, ref: dict, key: str = "auditor") -> dict | None:
+    """An auditor's success@k for the student, the teacher and base (world organisms), and what
+    it flagged in the student: the generic one's flags per query kind and per departure token,
+    the free-field one's (`key` free_auditor) over-represented openings."""
     if student is None:
         return None
     return {"success_at_k": student["success_at_k"], "flagged": student["flagged"], "n": student["n"],
-            "budget": student["budget"], "teacher_success_at_k": ref["teacher"]["auditor"]["success_at_k"],
-            "base_success_at_k": ref["base"]["auditor"]["success_at_k"],
-            **{k: student[k] for k in ("by_kind", "tokens") if k in student}}
+            "budget": student["budget"], "teacher_success_at_k": ref["teacher"][key]["success_at_k"],
+            "base_success_at_k": ref["base"][key]["success_at_k"],
+            **{k: student[k] for k in ("by_kind", "tokens", "openings", "tested") if k in student}}
+
+
+def judged_rows(rows: list[dict], vcfg, key: RunKey | None = None) -> list[dict]:
+    """A run's rows as the verdicts read them: with `verdict.auditor: free`, each row's
+    free-field audit in the place of the generic one (`auditor`), so success@k, the
+    audit-selected checkpoint and `incriminating` all read it."""
+    if vcfg.auditor == "generic":
+        return rows
+    missing = [r["step"] for r in rows if not r.get("free_auditor")]
+    if missing:
+        where = describe_key(key) if key is not None else "a run"
+        raise DoublebindError(f"verdict.auditor: free, but {where} has no free-field audit at step {missing[0]} "
+                              f"(made by a recipe without free_audit); run the study again to redo it")
+    return [{**r, "auditor": r["free_auditor"]} for r in rows]
 
 
 def scenario_names(cfg, runs: dict, builds: set | None = None) -> list[str]:
@@ -1132,7 +1167,8 @@ def compute_summary(runs: dict[RunKey, list[dict]], cfg, builds: set | None = No
     controls = matched_controls(cfg)
     for sc in scenario_names(cfg, runs, builds):
         organism_seeds = cfg.organism_seeds_of(sc)
-        mine = {k: sorted(rows, key=lambda r: r["step"]) for k, rows in sorted(runs.items())
+        mine = {k: judged_rows(sorted(rows, key=lambda r: r["step"]), cfg.verdict, k)
+                for k, rows in sorted(runs.items())
                 if k[0] == sc and (organism_seeds is None or k[1] in organism_seeds) and k[3] in cfg.seeds
                 and (builds is None or (k[0], k[1]) in builds)}
         by_tech: dict[str, list[list[dict]]] = {}
@@ -1168,7 +1204,7 @@ def compute_summary(runs: dict[RunKey, list[dict]], cfg, builds: set | None = No
                             if 0 < bare < total else {}),
                          "techniques": techniques}
     counted = sum(in_study(cfg, k, builds) for k in runs)  # "N runs" was every complete run in the file
-    summary = {"schema_version": SCHEMA_VERSION, "study": cfg.name, "verdict_thresholds": cfg.verdict.model_dump(exclude_none=True),
+    summary = {"schema_version": SCHEMA_VERSION, "study": cfg.name, "verdict_thresholds": verdict_thresholds(cfg.verdict),
                "bootstrap": cfg.bootstrap, "runs": counted,
                **({"runs_outside_study": len(runs) - counted} if len(runs) > counted else {}), "scenarios": scenarios}
     return json.loads(json.dumps(summary))  # as it reads back from summary.json (tuples become lists)

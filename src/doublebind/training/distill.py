@@ -664,7 +664,7 @@ class Distiller:
         def teacher_labels(examples, width):
             return domain.soft_labels(domain.teacher, examples, width)
 
-        auditor = StageAuditor(domain.auditor, self._admitted, self._train_probe)
+        auditor = StageAuditor(domain.auditor, self._admitted, self._train_probe, self._free_auditor)
         return DefenderView(
             kind=domain.kind, stages_dir=None if self.out is None else Path(self.out) / "stages",
             teacher=BlackBoxTeacher(teacher_sample, teacher_labels, lambda: domain.teacher),
@@ -674,6 +674,24 @@ class Distiller:
             _auditor=lambda: None if domain.auditor() is None else auditor, eos=domain.eos,
             _with_system=getattr(domain, "with_system", None),
             _decode=None if getattr(domain, "tokenizer", None) is None else _text_of(domain.tokenizer))
+
+    def _free_auditor(self):
+        """The free-field auditor at the recipe's `free_audit` setting (its defaults where the
+        recipe sets none), built once per process, organism and setting (its references'
+        samples are drawn once); None for a Hugging Face organism, whose answers have no free
+        fields it knows."""
+        from doublebind.config import FreeAuditConfig
+        from doublebind.free_audit import FreeAuditor
+
+        domain = self.domain
+        if domain.kind != "world":
+            return None
+        cfg = self.recipe.free_audit or FreeAuditConfig()
+        key = (self.card["organism_hash"], str(domain.dir.resolve()), cfg.model_dump_json())
+        if key not in _FREE_AUDITORS:
+            _FREE_AUDITORS[key] = FreeAuditor(domain.task_space(), cfg, domain.load_model("base"),
+                                              domain.load_model("trusted"), domain.teacher)
+        return _FREE_AUDITORS[key]
 
     def admit(self, model) -> str:
         """Let the stages audit `model` as it is now (a checkpoint handed to their hooks);
@@ -882,7 +900,14 @@ class Distiller:
                     model = self.teacher if role == "teacher" else self.load_model(role)
                     ref[role]["auditor"] = self.domain.auditor().audit(model).summary()
             _REFERENCE[key] = ref
-        return copy.deepcopy(_REFERENCE[key])
+        ref = copy.deepcopy(_REFERENCE[key])
+        if self.recipe.free_audit is not None and self.domain.kind == "world":
+            from doublebind.free_audit import reference_audits
+
+            audits = reference_audits(self._free_auditor(), self.load_model("base"), self.teacher)
+            for role in ("base", "teacher"):
+                ref[role]["free_auditor"] = audits[role]
+        return ref
 
     def evaluate(self, model, n: int, role: str = "student") -> tuple[dict, dict | None]:
         """The ground-truth metrics of `model` and each prompt's score beside them
@@ -912,9 +937,14 @@ class Distiller:
             "audit": audit_signals(m, ref["teacher"]),
             # the behaviour-agnostic auditor (embedded world): flags, success@k at the budget
             "auditor": self.domain.auditor().audit(model).summary() if self.domain.auditor() is not None else None,
+            # the free-field auditor, where the recipe asks for it (embedded world)
+            **({"free_auditor": self._free_auditor().audit(model).summary()}
+               if self.recipe.free_audit is not None and self.domain.kind == "world" else {}),
             **({"items": items} if items is not None else {}),
         }
 
+
+_FREE_AUDITORS: dict = {}
 
 RUN_FILES = ("summary.json", "metrics.jsonl", "checkpoints", "stages.json", "stages", "prompts.jsonl",
              "transfer_curves.png", tracking.tracker_dir(Path()).name)  # what `distill` writes in --out
