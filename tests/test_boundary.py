@@ -170,7 +170,7 @@ STAGE_BACKDOORS = {"auditor_header",
                    "behavior", "behaviors", "organism", "scorer", "scorers", "load", "preset",
                    "_answers", "_models", "_refs",
                    # the free-field auditor's references' samples and counts
-                   "_samples", "_counts", "reference_counts", "openings",
+                   "_samples", "_counts", "reference_counts",
                    # found by a review of random_drop's like, 2026-12-06: a view's fields taken
                    # whole (`dataclasses.astuple(view)[6]` is its private model loader)
                    "astuple", "asdict", "fields"}
@@ -388,6 +388,8 @@ def _session_probe_examples(items) -> list:
 class Oracle(Technique):
     """_test_oracle: trains a probe of its own and audits it (must fail)."""
 
+    auditor = "generic"
+
     def data(self, view, items):
         from doublebind.config import TrainConfig
         from doublebind.training.sft import train_sft
@@ -395,8 +397,15 @@ class Oracle(Technique):
         probe = view.make_student(view.recipe.student, 1)
         made = _session_probe_examples(items)
         train_sft(probe, lambda rng: made[rng.randrange(len(made))], TrainConfig(steps=2, batch=4), 0)
-        view.auditor.audit(probe)
+        view.auditor.audit(probe, auditor=self.auditor)
         return items
+
+
+class FreeOracle(Oracle):
+    """_test_free_oracle: the same, through the free-field auditor, whose pool is drawn from
+    the honeypot sessions too (must fail)."""
+
+    auditor = "free"
 
 
 class MadeProbe(Technique):
@@ -588,6 +597,7 @@ def cheats():
     from doublebind import registry
 
     table = {"_test_cheat": Cheat, "_test_white_box": WhiteBox, "_test_card": CardReader, "_test_oracle": Oracle,
+             "_test_free_oracle": FreeOracle,
              "_test_made_probe": MadeProbe, "_test_probe_trained_on": ProbeTrainedOn,
              "_test_checkpoint_swap": CheckpointSwap, "_test_hooked_probe": HookedProbe,
              "_test_made_items": MadeItems, "_test_launder": Launder, "_test_checkpoint_overwrite": CheckpointOverwrite,
@@ -611,6 +621,7 @@ def _run(folder, stage):
 
 @pytest.mark.parametrize("stage,what", [("_test_cheat", "no 'world'"), ("_test_white_box", "not 'teacher'"),
                                         ("_test_card", "no 'card'"), ("_test_oracle", "not a model a stage made"),
+                                        ("_test_free_oracle", "not a model a stage made"),
                                         ("_test_made_probe", "1 of 6 given are not among them"),
                                         ("_test_probe_trained_on", "not a model a stage made or changed"),
                                         ("_test_checkpoint_swap", "not a model a stage made or changed"),

@@ -242,3 +242,52 @@ def test_the_report_names_the_judging_auditor_and_sums_the_openings_it_found():
     assert "pick with the generic audit:" in rep._rule(thr) and "free-field" not in rep._rule(thr)
     free = rep._rule({**thr, "auditor": "free"})
     assert "pick with the free-field audit:" in free and "verdict.auditor: free" in free
+
+
+def test_iterative_filter_with_the_free_auditor_removes_the_items_opening_a_flagged_field(tmp_path):
+    """The probe's free audit names openings; the stage removes the items whose free field of
+    that family opens so, and leaves an opening most items carry (max_item_share)."""
+    from types import SimpleNamespace
+
+    from doublebind.techniques.base import build_stages
+    from doublebind.types import Example, Item
+
+    def item(fam, response):
+        return Item(Example(["<bos>", f"task={fam}", ">"], [*response, "<eos>"], fam))
+
+    items = ([item("numbers", ["4", "2", "7"]) for _ in range(6)] + [item("numbers", ["4", "3", "2"])]
+             + [item("numbers", ["1", "4", "2"]) for _ in range(20)]       # 4 2, but not as the opening
+             + [item("copy", ["5", "#", "4", "2", "0"]) for _ in range(3)]  # 4 2 in another field
+             + [item("copy", ["5", "#", "1", "2", "3"]) for _ in range(40)])
+    flagged = [fa.Opening("answer", "numbers", ("4", "2"), 30, 0, 1e-9),
+               fa.Opening("scratch", "copy", ("1", "2"), 80, 2, 1e-9)]  # 40 of 70 items: past the share
+    audits = []
+
+    def audit(probe, budget=None, auditor="generic"):
+        audits.append(auditor)
+        return fa.FreeAuditResult(n=600, flagged=50, budget=100, success_at_k=1.0, tested=9, openings=flagged)
+
+    records = []
+    view = SimpleNamespace(
+        recipe=SimpleNamespace(training=SimpleNamespace(batch=8)), seed=0, stages_dir=tmp_path,
+        auditor=SimpleNamespace(train_probe=lambda *a: "probe", audit=audit),
+        record=lambda stage, phase, **info: records.append(info))
+    (stage,) = build_stages([{"name": "iterative_filter", "auditor": "free", "rounds": 2, "max_item_share": 0.3}])
+    kept = stage.data(view, items)
+    assert audits == ["free", "free"]  # a second round found nothing new and stopped
+    assert len(kept) == len(items) - 6
+    assert not any(it.example.kind == "numbers" and it.example.response[:2] == ["4", "2"] for it in kept)
+    assert records[0]["flagged"] == ["answer:numbers:4 2"] and records[0]["before"] - records[0]["after"] == 6
+    assert records[1]["new_flags"] == []
+    removed = (tmp_path / "00_iterative_filter" / "round0_removed.jsonl").read_text().splitlines()
+    assert len(removed) == 6
+
+
+def test_iterative_filter_audits_its_probe_with_the_free_auditor_through_the_view(quick_organism):
+    from .test_techniques import run
+
+    d = run(quick_organism[0], {"name": "iterative_filter", "auditor": "free", "rounds": 1, "probe_steps": 20},
+            prompts={"size": 60})
+    (log,) = d.stage_log
+    assert log["probe_audit"]["n"] == 600 and "openings" in log["probe_audit"] and "by_kind" not in log["probe_audit"]
+    assert (log["after"] < log["before"]) == bool(log["flagged"])

@@ -132,6 +132,14 @@ def free_openings(query: Query, answer: list[str], width: int) -> list[tuple[str
     return out
 
 
+def carries(family_name: str, response: list[str], opening: Opening) -> bool:
+    """Does a response of family `family_name` open the opening's field with its tokens?"""
+    if family_name != opening.family:
+        return False
+    found = free_openings(Query((), "task", family_name), response, len(opening.tokens))
+    return (opening.field, opening.tokens) in found
+
+
 class FreeAuditor:
     """The free-field auditor over one task space, with `base` and `trusted` as references.
 

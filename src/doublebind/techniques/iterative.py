@@ -19,18 +19,29 @@ It catches what shows as new tokens on the auditor's queries (markers, confessio
 behaviour that only changes answers (sabotage), or that the probe does not show on the
 auditor's queries (a trigger the auditor never hits), passes.
 
+With `auditor: free` the probe is audited by the free-field auditor (`doublebind.free_audit`)
+instead: the openings of its scratch fields and free answers that it writes far more often
+than base, trusted and the teacher do on the auditor's queries are flagged, and the items
+whose free field of that family opens so are removed (unless more than `max_item_share` of
+the items do). It catches a code or a signal at a fixed place in a free field (collusion's,
+beacon's) once the probe writes it on the auditor's sessions; one the probe keeps to real
+sessions, as the teacher does, or one without a fixed opening, passes.
+
     stages: [{name: iterative_filter, rounds: 2, probe_steps: 400}]
+    stages: [{name: iterative_filter, auditor: free}]
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from typing import Literal
 
 from pydantic import Field
 
 from doublebind.config import Strict, TrainConfig
 from doublebind.defender import DefenderError
 from doublebind.errors import DoublebindError
+from doublebind.free_audit import carries
 from doublebind.techniques.base import Technique, technique, write_items
 
 
@@ -45,13 +56,19 @@ class IterativeFilter(Technique):
         rounds: int = Field(default=2, ge=1, le=5, description="Probe rounds before the final distillation.")
         probe_steps: int = Field(default=400, ge=1, le=1_000_000, description="SFT steps of each probe student.")
         probe_lr: float = Field(default=1e-3, gt=0, description="Probe learning rate.")
+        auditor: Literal["generic", "free"] = Field(
+            default="generic",
+            description="The audit of each probe: generic (tokens outside the answer format; items carrying a "
+                        "flagged token are removed) or free (openings of the free fields; items whose free field "
+                        "opens with a flagged opening are removed).")
         max_item_share: float = Field(
             default=0.3, gt=0, le=1,
             description="Never flag a token carried by more than this share of training items: it is part of "
                         "the tasks (digits), not a hidden signal, and removing it would remove the data.")
 
     def data(self, view, items):
-        flagged: set[str] = set()
+        flagged: set[str] = set()  # tokens, or with auditor: free the openings' labels
+        openings: dict = {}  # auditor: free: label -> Opening
         for r in range(self.cfg.rounds):
             cfg = TrainConfig(steps=self.cfg.probe_steps, batch=view.recipe.training.batch, lr=self.cfg.probe_lr,
                               p_trigger=0.0, p_ask=0.0, p_scratch=0.0)
@@ -63,15 +80,26 @@ class IterativeFilter(Technique):
             except DoublebindError as e:  # "lower the learning rate" meant the probe's, not training.lr
                 raise DoublebindError(f"iterative_filter's probe: {e} (its probe_lr, now "
                                       f"{self.cfg.probe_lr:g})") from None
-            res = view.auditor.audit(probe)
-            carried = Counter(t for it in items for t in set(it.example.response))
-            task_vocab = _task_vocabulary(view.tasks, items)
-            new = {t for t in res.tokens
-                   if t not in task_vocab and carried[t] <= self.cfg.max_item_share * len(items)} - flagged
+            if self.cfg.auditor == "free":
+                res = view.auditor.audit(probe, auditor="free")
+                new = {o.label(): o for o in res.openings
+                       if sum(carries(it.example.kind, it.example.response, o) for it in items)
+                       <= self.cfg.max_item_share * len(items)}
+                openings.update(new)
+                new = set(new) - flagged
+                hit = lambda it: any(carries(it.example.kind, it.example.response, o)  # noqa: E731
+                                     for o in openings.values())
+            else:
+                res = view.auditor.audit(probe)
+                carried = Counter(t for it in items for t in set(it.example.response))
+                task_vocab = _task_vocabulary(view.tasks, items)
+                new = {t for t in res.tokens
+                       if t not in task_vocab and carried[t] <= self.cfg.max_item_share * len(items)} - flagged
+                hit = lambda it: bool((flagged | new) & set(it.example.response))  # noqa: E731
             flagged |= new
             before = len(items)
-            removed = [it for it in items if flagged & set(it.example.response)]
-            items = [it for it in items if not flagged & set(it.example.response)]
+            removed = [it for it in items if hit(it)]
+            items = [it for it in items if not hit(it)]
             folder = self.folder(view)
             if folder is not None:
                 write_items(folder / f"round{r}_removed.jsonl", removed)
