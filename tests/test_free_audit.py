@@ -179,6 +179,13 @@ def test_a_study_judged_by_the_free_auditor(quick_organism, tmp_path):
         row = by_step[e["step"]]
         assert e["audit_success_at_k"] == row["free_auditor"]["success_at_k"]
         assert e["flagged"] == (row["free_auditor"]["success_at_k"] > 0)
+    # the report says which audit judged and lists the free openings beside the generic flags
+    from doublebind.reports.study_report import write_report
+
+    md, _ = write_report(out)
+    text = md.read_text()
+    assert "pick with the free-field audit:" in text and "What the free-field auditor flagged" in text
+    assert "What the auditor flagged" in text
     # the recipe's hash carries free_audit only when set
     recipe = config.load(tmp_path / "recipe.yaml", expect="recipe")
     on = config.load(tmp_path / "recipe.yaml", expect="recipe", merge={"free_audit": {}})

@@ -1,0 +1,74 @@
+"""Why the free-field auditor takes the teacher among its references: every kept checkpoint
+of a study audited with and without it.
+
+    python benchmarks/free_audit_references.py STUDY_FOLDER [--technique baseline]
+
+The study must keep its weights (`recipe_overrides.training.save_weights=true`), e.g.
+
+    doublebind study run configs/studies/free_audit.yaml --out runs/free_refs \\
+        'techniques=[baseline]' 'seeds=[0, 1]' recipe_overrides.training.save_weights=true
+
+For each organism it prints the teacher's free audit against base and trusted, then for
+each kept checkpoint of the technique's runs the flags and over-represented openings
+against base and trusted alone, and against base, trusted and the teacher (the auditor's
+rule for a student), beside the checkpoint's misalignment transfer (the evaluation's ground
+truth, which the auditor never sees). One thread, the auditor's default settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("folder", type=Path, help="a study folder whose runs kept their weights")
+    ap.add_argument("--technique", default="baseline")
+    args = ap.parse_args()
+
+    import torch
+
+    from doublebind.config import FreeAuditConfig
+    from doublebind.free_audit import FreeAuditor
+    from doublebind.organisms.domain import WorldDomain
+    from doublebind.organisms.models import load_checkpoint, quiet_transformers
+
+    torch.set_num_threads(1)
+    quiet_transformers()
+    cfg = FreeAuditConfig()
+    organisms = sorted(p for p in (args.folder / "organisms").iterdir() if (p / "organism.json").is_file())
+    if not organisms:
+        raise SystemExit(f"{args.folder}: no organisms/ with built organisms")
+    totals = {"without": 0, "with": 0, "checkpoints": 0}
+    for od in organisms:
+        d = WorldDomain(od, json.loads((od / "organism.json").read_text()))
+        auditor = FreeAuditor(d.task_space(), cfg, d.load_model("base"), d.load_model("trusted"), d.teacher)
+        t = auditor.audit(d.teacher, roles=("base", "trusted"))
+        print(f"{od.name}: teacher against base and trusted: {t.flagged} of {t.n} flagged "
+              f"{t.summary()['openings'] or ''}")
+        for run in sorted((args.folder / "runs" / od.name).glob(f"{args.technique}-s*")):
+            steps = {json.loads(line)["step"]: json.loads(line)["misalignment_transfer"]
+                     for line in (run / "metrics.jsonl").read_text().splitlines()}
+            if not (run / "checkpoints").is_dir():
+                raise SystemExit(f"{run}: no checkpoints/ (run the study with training.save_weights=true)")
+            for ck in sorted((run / "checkpoints").iterdir()):
+                model = load_checkpoint(ck)
+                step = int(ck.name.split("_")[1])
+                alone, full = auditor.audit(model, roles=("base", "trusted")), auditor.audit(model)
+                totals["checkpoints"] += 1
+                totals["without"] += alone.flagged > 0
+                totals["with"] += full.flagged > 0
+                print(f"  {run.name} step {step:>4} misalignment {steps.get(step, float('nan')):.3f}: "
+                      f"without the teacher {alone.flagged:>3} {alone.summary()['openings'] or ''} | "
+                      f"with it {full.flagged:>3} {full.summary()['openings'] or ''}")
+    print(f"checkpoints flagged at all: {totals['without']} of {totals['checkpoints']} without the teacher among "
+          f"the references, {totals['with']} with it")
+
+
+if __name__ == "__main__":
+    main()
