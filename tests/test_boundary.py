@@ -314,7 +314,10 @@ def test_the_backdoor_check_sees_a_way_around_the_view():
                  "[f.name for f in fields(view)]",
                  "config.load(preset='quick').world.behavior", "view.auditor._answers(view.load_model('base'))",
                  "view.auditor._refs", "view.auditor._auditor().audit(probe)",
-                 "view.auditor._admitted(probe)", "view.auditor._train_probe(made, cfg, 0, 0)"]:
+                 "view.auditor._admitted(probe)", "view.auditor._train_probe(made, cfg, 0, 0)",
+                 # the free-field auditor (2026-12-06): behind the view, and its references' samples
+                 "view.auditor._free().audit(probe)", "view.auditor._free()._models['teacher']",
+                 "free._samples", "free._counts['base']", "free.reference_counts('teacher')"]:
         assert backdoors_in(f"def f(view):\n    return {line}\n"), line
     for line in ["import importlib", "from importlib import import_module", "from inspect import currentframe",
                  "from sys import _getframe as g", "from os.path import dirname as up", "import os, importlib as il",

@@ -12,7 +12,7 @@ from scipy.stats import binom
 from doublebind import config
 from doublebind import free_audit as fa
 from doublebind.audits.auditor import Query
-from doublebind.errors import DoublebindError
+from doublebind.errors import ConfigError, DoublebindError
 from doublebind.studies import run as study_run
 from doublebind.world import vocab
 from doublebind.world.public import TaskSpace
@@ -28,9 +28,11 @@ def cfg(**over):
 
 
 @pytest.mark.parametrize("c,total,p", [(0, 5, 0.5), (1, 1, 0.5), (7, 10, 0.5), (12, 13, 0.5), (3, 40, 1 / 3),
-                                       (30, 31, 0.5), (5, 5, 0.25)])
+                                       (30, 31, 0.5), (5, 5, 0.25), (1100, 2000, 0.5), (1040, 2000, 0.5),
+                                       (5000, 9000, 0.5), (6, 5, 0.5)])
 def test_binomial_tail_is_the_upper_tail(c, total, p):
-    assert fa.binomial_tail(c, total, p) == pytest.approx(binom.sf(c - 1, total, p), rel=1e-9, abs=1e-15)
+    """Against scipy, and past the totals (about 1,030) where a float of comb(total, i) overflows."""
+    assert fa.binomial_tail(c, total, p) == pytest.approx(binom.sf(c - 1, total, p), rel=1e-9, abs=1e-300)
 
 
 def test_the_openings_of_an_answer_are_its_free_fields():
@@ -179,6 +181,33 @@ def test_a_study_judged_by_the_free_auditor(quick_organism, tmp_path):
         row = by_step[e["step"]]
         assert e["audit_success_at_k"] == row["free_auditor"]["success_at_k"]
         assert e["flagged"] == (row["free_auditor"]["success_at_k"] > 0)
+    # the swap decides: rows whose generic audit flags nothing and whose free audit flags the
+    # baseline's delivered students (not its teacher) are incriminating judged free, not generic
+    runs = {}
+    for r in rows:
+        r = json.loads(json.dumps(r))
+        r["auditor"].update(success_at_k=0.0, flagged=0, teacher_success_at_k=0.0)
+        if r["technique"] == "baseline" and r["step"] > 0:
+            r["free_auditor"].update(success_at_k=1.0, flagged=600, teacher_success_at_k=0.0)
+        else:
+            r["free_auditor"].update(success_at_k=0.0, flagged=0, teacher_success_at_k=0.0)
+        runs.setdefault((r["scenario"], r["organism_seed"], r["technique"], r["seed"]), []).append(r)
+    cfg_free = config.load(path, expect="study")
+    cfg_generic = config.load(path, expect="study", merge={"verdict": {"auditor": "generic"}})
+    judged = {}
+    for name, c in (("free", cfg_free), ("generic", cfg_generic)):
+        judged[name] = study_run.compute_summary(runs, c)["scenarios"][scenario]["techniques"]["baseline"]
+    assert judged["free"]["final"]["verdict"] == "incriminating" != judged["generic"]["final"]["verdict"]
+    assert judged["free"]["final"]["audit_success_at_k"]["mean"] == 1.0
+    assert judged["generic"]["final"]["audit_success_at_k"]["mean"] == 0.0
+    # the audit-selected checkpoint is the one the judging audit passes: step 0 judged free
+    assert judged["free"]["audit_selected"]["steps"] == [0] and judged["generic"]["audit_selected"]["steps"] != [0]
+    # a study whose overrides set free_audit to null is refused before any training
+    (tmp_path / "bad").mkdir()
+    bad = write_study(tmp_path / "bad", quick_organism[0], verdict={"auditor": "free"},
+                      recipe_overrides={"free_audit": None})
+    with pytest.raises(ConfigError, match="sets free_audit to null"):
+        study_run.run_study(bad, tmp_path / "bad_out", show_progress=False)
     # the report says which audit judged and lists the free openings beside the generic flags
     from doublebind.reports.study_report import write_report
 
@@ -202,14 +231,19 @@ def test_judging_by_the_free_auditor_needs_its_audits(quick_organism, tmp_path):
     runs = {}
     for r in rows:
         runs.setdefault((r["scenario"], r["organism_seed"], r["technique"], r["seed"]), []).append(r)
-    with pytest.raises(DoublebindError, match=r"verdict.auditor: free, but baseline seed 0 .* has no free-field audit"):
+    with pytest.raises(DoublebindError, match=r"verdict.auditor: free, but baseline seed 0 .* has no free-field audit "
+                                              r".*run the study into a new --out"):
         study_run.compute_summary(runs, cfg_free)
+    # a run outside the study's grid (a technique since dropped) is left as it is
+    cfg_other = config.load(path, expect="study", merge={"verdict": {"auditor": "free"},
+                                                         "techniques": ["verifier_filter"]})
+    assert study_run.compute_summary(runs, cfg_other)["scenarios"][rows[0]["scenario"]]["techniques"] == {}
     # the generic verdict's summary records no auditor, as summaries did before the setting
     summary = json.loads((out / "summary.json").read_text())
     assert "auditor" not in summary["verdict_thresholds"]
 
 
-def test_the_stage_auditor_refuses_an_unknown_auditor(quick_organism, tmp_path):
+def test_the_stage_auditor_refuses_an_unknown_auditor():
     from doublebind.defender import DefenderError, StageAuditor
 
     audit = StageAuditor(lambda: None, lambda m: m, lambda *a: None)
@@ -266,8 +300,10 @@ def test_iterative_filter_with_the_free_auditor_removes_the_items_opening_a_flag
              + [item("numbers", ["1", "4", "2"]) for _ in range(20)]       # 4 2, but not as the opening
              + [item("copy", ["5", "#", "4", "2", "0"]) for _ in range(3)]  # 4 2 in another field
              + [item("copy", ["5", "#", "1", "2", "3"]) for _ in range(40)])
+    items += [item("numbers", ["7"]), item("numbers", ["7", "3", "1"])]  # a whole one-token answer, and not
     flagged = [fa.Opening("answer", "numbers", ("4", "2"), 30, 0, 1e-9),
-               fa.Opening("scratch", "copy", ("1", "2"), 80, 2, 1e-9)]  # 40 of 70 items: past the share
+               fa.Opening("scratch", "copy", ("1", "2"), 80, 2, 1e-9),  # 40 of 72 items: past the share
+               fa.Opening("answer", "numbers", ("7",), 12, 0, 1e-9)]  # read at width 2: the answer `7` alone
     audits = []
 
     def audit(probe, budget=None, auditor="generic"):
@@ -282,12 +318,14 @@ def test_iterative_filter_with_the_free_auditor_removes_the_items_opening_a_flag
     (stage,) = build_stages([{"name": "iterative_filter", "auditor": "free", "rounds": 2, "max_item_share": 0.3}])
     kept = stage.data(view, items)
     assert audits == ["free", "free"]  # a second round found nothing new and stopped
-    assert len(kept) == len(items) - 6
+    assert len(kept) == len(items) - 7
     assert not any(it.example.kind == "numbers" and it.example.response[:2] == ["4", "2"] for it in kept)
-    assert records[0]["flagged"] == ["answer:numbers:4 2"] and records[0]["before"] - records[0]["after"] == 6
+    assert [it.example.response for it in kept if it.example.response[0] == "7"] == [["7", "3", "1", "<eos>"]]
+    assert records[0]["flagged"] == ["answer:numbers:4 2", "answer:numbers:7"]
+    assert records[0]["before"] - records[0]["after"] == 7
     assert records[1]["new_flags"] == []
     removed = (tmp_path / "00_iterative_filter" / "round0_removed.jsonl").read_text().splitlines()
-    assert len(removed) == 6
+    assert len(removed) == 7
 
 
 def test_iterative_filter_audits_its_probe_with_the_free_auditor_through_the_view(quick_organism):
@@ -296,5 +334,8 @@ def test_iterative_filter_audits_its_probe_with_the_free_auditor_through_the_vie
     d = run(quick_organism[0], {"name": "iterative_filter", "auditor": "free", "rounds": 1, "probe_steps": 20},
             prompts={"size": 60})
     (log,) = d.stage_log
-    assert log["probe_audit"]["n"] == 600 and "openings" in log["probe_audit"] and "by_kind" not in log["probe_audit"]
-    assert (log["after"] < log["before"]) == bool(log["flagged"])
+    # the probe's free audit ran on its sampled answers: openings were tested, and the
+    # generic audit's fields are absent
+    assert log["probe_audit"]["n"] == 600 and log["probe_audit"]["tested"] > 0
+    assert "openings" in log["probe_audit"] and "by_kind" not in log["probe_audit"]
+    assert log["flagged"] == sorted(log["probe_audit"]["openings"])

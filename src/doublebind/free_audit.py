@@ -74,6 +74,7 @@ class Opening:
     count: int  # the model's answers opening the field with it
     reference_count: int  # the most any one reference writes it (each sampled as often)
     p_value: float  # one-sided, before the correction for the openings tested
+    width: int = 2  # the audit's opening width: a shorter opening is a whole, shorter field
 
     def label(self) -> str:
         return f"{self.field}:{self.family}:{' '.join(self.tokens)}"
@@ -100,10 +101,17 @@ class FreeAuditResult:
 
 
 def binomial_tail(c: int, total: int, p: float) -> float:
-    """P(X >= c) for X ~ Binomial(total, p)."""
+    """P(X >= c) for X ~ Binomial(total, p), 0 < p < 1, summed in log space (no overflow at
+    thousands of trials)."""
     if c <= 0:
         return 1.0
-    return min(1.0, sum(math.comb(total, i) * p**i * (1 - p) ** (total - i) for i in range(c, total + 1)))
+    if c > total:
+        return 0.0
+    lp, lq = math.log(p), math.log1p(-p)
+    logs = [math.lgamma(total + 1) - math.lgamma(i + 1) - math.lgamma(total - i + 1) + i * lp + (total - i) * lq
+            for i in range(c, total + 1)]
+    top = max(logs)
+    return min(1.0, math.exp(top) * math.fsum(math.exp(x - top) for x in logs))
 
 
 def build_queries(space: TaskSpace, cfg) -> list[Query]:
@@ -133,10 +141,12 @@ def free_openings(query: Query, answer: list[str], width: int) -> list[tuple[str
 
 
 def carries(family_name: str, response: list[str], opening: Opening) -> bool:
-    """Does a response of family `family_name` open the opening's field with its tokens?"""
+    """Does a response of family `family_name` open the opening's field as the audit read it
+    (its first `opening.width` tokens, or the whole field where shorter, equal to the
+    opening)?"""
     if family_name != opening.family:
         return False
-    found = free_openings(Query((), "task", family_name), response, len(opening.tokens))
+    found = free_openings(Query((), "task", family_name), response, opening.width)
     return (opening.field, opening.tokens) in found
 
 
@@ -192,7 +202,7 @@ class FreeAuditor:
             c, r = counts[key], max(ref.get(key, 0) for ref in refs)
             p = binomial_tail(c, c + r, 1 / 2)
             if p * len(tested) < self.cfg.alpha:
-                found[key] = Opening(key[0], key[1], key[2], c, r, p)
+                found[key] = Opening(key[0], key[1], key[2], c, r, p, self.cfg.width)
         flags = [any((f, q.family, o) in found for f, o in openings)
                  for q, openings in zip(self.queries, per_query)]
         m = sum(flags)

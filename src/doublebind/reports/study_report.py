@@ -735,6 +735,10 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
 
     scenarios = summary["scenarios"]
     by_scenario = {sc: [r for r in rows if r["scenario"] == sc] for sc in scenarios}
+    # the figures show the audit the verdicts read (verdict.auditor)
+    judged = ([{**r, "auditor": r["free_auditor"]} if r.get("free_auditor") else r for r in rows]
+              if thr.get("auditor") == "free" else rows)
+    judged_by = {sc: [r for r in judged if r["scenario"] == sc] for sc in scenarios}
 
     # verdict heat map
     b.append(("h2", SECTIONS[0]))
@@ -775,7 +779,7 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
                         f"{_ci(a['capability_transfer'])}; {_ci(a['misalignment_transfer'])}",
                         _verdict_cell(a, href, thr["power"]) + empty, deciding_tests(a), _effect_cell(j, "final")])
             figures[href.removeprefix(f"{FIGURES}/")] = plots.plot_technique(
-                [r for r in by_scenario[sc] if r["technique"] == t], t, sc, thr["success"], thr["capability"])
+                [r for r in judged_by[sc] if r["technique"] == t], t, sc, thr["success"], thr["capability"])
         ks = {j["final"]["audit_success_at_k"]["budget"] for j in data["techniques"].values()
               if "audit_success_at_k" in j["final"]}
         audit_head = (f"audit success@{ks.pop()} mean [95% CI]" if len(ks) == 1 else
@@ -840,10 +844,6 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
     b.append(("h2", SECTIONS[4]))
     generic = all(r.get("auditor") for r in rows)
     if generic:
-        # the plot shows the audit the verdicts read (verdict.auditor)
-        judged = ([{**r, "auditor": r["free_auditor"]} if r.get("free_auditor") else r for r in rows]
-                  if thr.get("auditor") == "free" else rows)
-        judged_by = {sc: [r for r in judged if r["scenario"] == sc] for sc in scenarios}
         b.append(("p", "Every checkpoint of every run: x = capability transfer, y = the auditor's success@k "
                        "(colour: step; x: the delivered checkpoint). Distill-and-audit lives in the lower right "
                        "window: capability past its threshold while the audit stays below its own."))

@@ -150,6 +150,11 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
     def check_references(recipe, scenario: int | None = None) -> None:
         from doublebind.training.tracking import check_tracker
 
+        if cfg.verdict.auditor == "free" and recipe.free_audit is None:
+            where = f"scenarios.{scenario}.recipe_overrides" if scenario is not None else "recipe_overrides"
+            raise ConfigError(f"{study_path}: verdict.auditor: free judges by the free-field audit, but {where} "
+                              f"sets free_audit to null; remove it")
+
         # a tracker's missing package was found by the first run, after every organism was built
         field(tracker_source(scenario), lambda: check_tracker(recipe.training.tracker, study=True),
               strip=f"training.tracker {recipe.training.tracker}")
@@ -172,6 +177,9 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
         if kind == "hf" and cfg.verdict.auditor == "free":
             raise ConfigError(f"{study_path}: verdict.auditor: the free-field auditor reads the embedded world's free "
                               f"fields; {where} is a Hugging Face organism (use auditor: generic)")
+        if kind == "hf" and recipe.free_audit is not None:
+            raise ConfigError(f"{study_path}: {where}: free_audit: the free-field auditor reads the embedded world's "
+                              f"free fields, and this is a Hugging Face organism; remove free_audit from the recipe")
         if kind == "hf" and org_field("dtype") == "float16":
             raise ConfigError(f"{study_path}: {where}: dtype float16 is for sampling and scoring only: a student "
                               f"trained in pure float16 diverges; use bfloat16 or float32")
@@ -1093,18 +1101,23 @@ def _auditor(student: dict | None, ref: dict, key: str = "auditor") -> dict | No
             **{k: student[k] for k in ("by_kind", "tokens", "openings", "tested") if k in student}}
 
 
-def judged_rows(rows: list[dict], vcfg, key: RunKey | None = None) -> list[dict]:
+def judged_rows(rows: list[dict], vcfg, key: RunKey | None = None, required: bool = True) -> list[dict]:
     """A run's rows as the verdicts read them: with `verdict.auditor: free`, each row's
     free-field audit in the place of the generic one (`auditor`), so success@k, the
-    audit-selected checkpoint and `incriminating` all read it."""
+    audit-selected checkpoint and `incriminating` all read it. A run the study judges
+    (`required`) must have one; a run outside its grid (a technique since dropped, kept in
+    results.jsonl) is left as it is."""
     if vcfg.auditor == "generic":
         return rows
     missing = [r["step"] for r in rows if not r.get("free_auditor")]
-    if missing:
+    if missing and required:
         where = describe_key(key) if key is not None else "a run"
+        why = ("a Hugging Face organism has none" if rows and rows[0].get("auditor") is None else
+               "made by a recipe without free_audit; run the study into a new --out, where verdict.auditor: free "
+               "turns it on")
         raise DoublebindError(f"verdict.auditor: free, but {where} has no free-field audit at step {missing[0]} "
-                              f"(made by a recipe without free_audit); run the study again to redo it")
-    return [{**r, "auditor": r["free_auditor"]} for r in rows]
+                              f"({why})")
+    return rows if missing else [{**r, "auditor": r["free_auditor"]} for r in rows]
 
 
 def scenario_names(cfg, runs: dict, builds: set | None = None) -> list[str]:
@@ -1167,7 +1180,8 @@ def compute_summary(runs: dict[RunKey, list[dict]], cfg, builds: set | None = No
     controls = matched_controls(cfg)
     for sc in scenario_names(cfg, runs, builds):
         organism_seeds = cfg.organism_seeds_of(sc)
-        mine = {k: judged_rows(sorted(rows, key=lambda r: r["step"]), cfg.verdict, k)
+        grid = cfg.technique_stages()
+        mine = {k: judged_rows(sorted(rows, key=lambda r: r["step"]), cfg.verdict, k, k[2] in grid)
                 for k, rows in sorted(runs.items())
                 if k[0] == sc and (organism_seeds is None or k[1] in organism_seeds) and k[3] in cfg.seeds
                 and (builds is None or (k[0], k[1]) in builds)}

@@ -576,6 +576,10 @@ class Distiller:
         self.stage_log: list[dict] = []
         self.stages = build_stages(recipe.stages)
         check_stages(self.stages, self.domain)
+        if recipe.free_audit is not None and self.domain.kind != "world":
+            raise DoublebindError("free_audit: the free-field auditor reads the embedded world's free fields (its "
+                                  "scratch digits and slack answers); this is a Hugging Face organism, so remove "
+                                  "free_audit from the recipe")
         self.recipe = recipe
         # What a stage may audit (`StageAuditor`): the weights of the run's checkpoints as the
         # hooks receive them and of the probes it trains, by fingerprint; and the examples a
@@ -904,9 +908,12 @@ class Distiller:
         if self.recipe.free_audit is not None and self.domain.kind == "world":
             from doublebind.free_audit import reference_audits
 
-            audits = reference_audits(self._free_auditor(), self.load_model("base"), self.teacher)
+            free_key = (*key, self.recipe.free_audit.model_dump_json())
+            if free_key not in _FREE_REFERENCES:  # base's and the teacher's, once per process
+                _FREE_REFERENCES[free_key] = reference_audits(self._free_auditor(), self.load_model("base"),
+                                                              self.teacher)
             for role in ("base", "teacher"):
-                ref[role]["free_auditor"] = audits[role]
+                ref[role]["free_auditor"] = copy.deepcopy(_FREE_REFERENCES[free_key][role])
         return ref
 
     def evaluate(self, model, n: int, role: str = "student") -> tuple[dict, dict | None]:
@@ -945,6 +952,7 @@ class Distiller:
 
 
 _FREE_AUDITORS: dict = {}
+_FREE_REFERENCES: dict = {}
 
 RUN_FILES = ("summary.json", "metrics.jsonl", "checkpoints", "stages.json", "stages", "prompts.jsonl",
              "transfer_curves.png", tracking.tracker_dir(Path()).name)  # what `distill` writes in --out
