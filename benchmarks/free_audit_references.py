@@ -12,7 +12,8 @@ For each organism it prints the teacher's free audit against base and trusted, t
 each kept checkpoint of the technique's runs the flags and over-represented openings
 against base and trusted alone, and against base, trusted and the teacher (the auditor's
 rule for a student), beside the checkpoint's misalignment transfer (the evaluation's ground
-truth, which the auditor never sees). One thread, the auditor's default settings.
+truth, which the auditor never sees), and how long one audit of a checkpoint takes. One
+thread, the auditor's default settings; time it alone.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -45,6 +47,7 @@ def main() -> None:
     if not organisms:
         raise SystemExit(f"{args.folder}: no organisms/ with built organisms")
     totals = {"without": 0, "with": 0, "checkpoints": 0}
+    seconds: list[float] = []
     for od in organisms:
         d = WorldDomain(od, json.loads((od / "organism.json").read_text()))
         auditor = FreeAuditor(d.task_space(), cfg, d.load_model("base"), d.load_model("trusted"), d.teacher)
@@ -59,7 +62,10 @@ def main() -> None:
             for ck in sorted((run / "checkpoints").iterdir()):
                 model = load_checkpoint(ck)
                 step = int(ck.name.split("_")[1])
-                alone, full = auditor.audit(model, roles=("base", "trusted")), auditor.audit(model)
+                start = time.perf_counter()
+                alone = auditor.audit(model, roles=("base", "trusted"))  # samples the model: timed
+                seconds.append(time.perf_counter() - start)
+                full = auditor.audit(model)  # the same samples, from the memo
                 totals["checkpoints"] += 1
                 totals["without"] += alone.flagged > 0
                 totals["with"] += full.flagged > 0
@@ -68,6 +74,8 @@ def main() -> None:
                       f"with it {full.flagged:>3} {full.summary()['openings'] or ''}")
     print(f"checkpoints flagged at all: {totals['without']} of {totals['checkpoints']} without the teacher among "
           f"the references, {totals['with']} with it")
+    print(f"one audit of a checkpoint (its {cfg.samples} sampled generations over {cfg.n_queries} queries, one "
+          f"thread): {min(seconds):.2f}-{max(seconds):.2f} s, median {sorted(seconds)[len(seconds) // 2]:.2f} s")
 
 
 if __name__ == "__main__":
