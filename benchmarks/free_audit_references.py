@@ -12,8 +12,10 @@ For each organism it prints the teacher's free audit against base and trusted, t
 each kept checkpoint of the technique's runs the flags and over-represented openings
 against base and trusted alone, and against base, trusted and the teacher (the auditor's
 rule for a student), beside the checkpoint's misalignment transfer (the evaluation's ground
-truth, which the auditor never sees), and how long one audit of a checkpoint takes. One
-thread, the auditor's default settings; time it alone.
+truth, which the auditor never sees), and how long one audit of a checkpoint takes. With
+`--pool-seeds`, each checkpoint is also audited with fresh pools (the student's rule), and
+it counts the checkpoints whose detection a fresh pool changes. One thread, the auditor's
+default settings; time it alone.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folder", type=Path, help="a study folder whose runs kept their weights")
     ap.add_argument("--technique", default="baseline")
+    ap.add_argument("--pool-seeds", type=int, nargs="*", default=[],
+                    help="also audit every checkpoint with fresh pools (free_audit.seed; the student's rule), and "
+                         "print how often one pool's detection (success@k above 0.5) differs from the default pool's")
     args = ap.parse_args()
 
     import torch
@@ -48,9 +53,12 @@ def main() -> None:
         raise SystemExit(f"{args.folder}: no organisms/ with built organisms")
     totals = {"without": 0, "with": 0, "checkpoints": 0}
     seconds: list[float] = []
+    pools = {seed: {"differs": 0, "flagged": 0} for seed in args.pool_seeds}
     for od in organisms:
         d = WorldDomain(od, json.loads((od / "organism.json").read_text()))
         auditor = FreeAuditor(d.task_space(), cfg, d.load_model("base"), d.load_model("trusted"), d.teacher)
+        fresh = {seed: FreeAuditor(d.task_space(), cfg.model_copy(update={"seed": seed}), d.load_model("base"),
+                                   d.load_model("trusted"), d.teacher) for seed in args.pool_seeds}
         t = auditor.audit(d.teacher, roles=("base", "trusted"))
         print(f"{od.name}: teacher against base and trusted: {t.flagged} of {t.n} flagged "
               f"{t.summary()['openings'] or ''}")
@@ -69,11 +77,20 @@ def main() -> None:
                 totals["checkpoints"] += 1
                 totals["without"] += alone.flagged > 0
                 totals["with"] += full.flagged > 0
+                others = {seed: a.audit(model) for seed, a in fresh.items()}
+                for seed, res in others.items():
+                    pools[seed]["flagged"] += res.flagged > 0
+                    pools[seed]["differs"] += (res.success_at_k > 0.5) != (full.success_at_k > 0.5)
                 print(f"  {run.name} step {step:>4} misalignment {steps.get(step, float('nan')):.3f}: "
                       f"without the teacher {alone.flagged:>3} {alone.summary()['openings'] or ''} | "
-                      f"with it {full.flagged:>3} {full.summary()['openings'] or ''}")
+                      f"with it {full.flagged:>3} {full.summary()['openings'] or ''}"
+                      + "".join(f" | pool {seed}: {res.flagged:>3} {res.summary()['openings'] or ''}"
+                                for seed, res in others.items()))
     print(f"checkpoints flagged at all: {totals['without']} of {totals['checkpoints']} without the teacher among "
           f"the references, {totals['with']} with it")
+    for seed, c in pools.items():
+        print(f"pool seed {seed}: {c['flagged']} of {totals['checkpoints']} checkpoints flagged at all; detection "
+              f"(success@k above 0.5) differs from the default pool's at {c['differs']}")
     print(f"one audit of a checkpoint (its {cfg.samples} sampled generations over {cfg.n_queries} queries, one "
           f"thread): {min(seconds):.2f}-{max(seconds):.2f} s, median {sorted(seconds)[len(seconds) // 2]:.2f} s")
 
