@@ -36,6 +36,8 @@ def main() -> None:
     ap.add_argument("--pool-seeds", type=int, nargs="*", default=[],
                     help="also audit every checkpoint with fresh pools (free_audit.seed; the student's rule), and "
                          "print how often one pool's detection (success@k above 0.5) differs from the default pool's")
+    ap.add_argument("--samples", type=int, default=None, help="sampled answers per query (free_audit.samples; "
+                                                                "default: the auditor's own)")
     args = ap.parse_args()
 
     import torch
@@ -47,7 +49,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     quiet_transformers()
-    cfg = FreeAuditConfig()
+    cfg = FreeAuditConfig(**({"samples": args.samples} if args.samples else {}))
     organisms = sorted(p for p in (args.folder / "organisms").iterdir() if (p / "organism.json").is_file())
     if not organisms:
         raise SystemExit(f"{args.folder}: no organisms/ with built organisms")
