@@ -151,7 +151,8 @@ def carries(family_name: str, response: list[str], opening: Opening) -> bool:
 
 
 class FreeAuditor:
-    """The free-field auditor over one task space, with `base` and `trusted` as references.
+    """The free-field auditor over one task space, with `base`, `trusted` and the teacher as
+    references.
 
     Their samples are drawn once; `audit(model)` costs `samples` batched sampled generations
     over the pool."""
@@ -209,7 +210,6 @@ class FreeAuditor:
         return FreeAuditResult(n=len(flags), flagged=m, budget=k, success_at_k=success_at_k(m, len(flags), k),
                                tested=len(tested), flags=flags,
                                openings=sorted(found.values(), key=lambda o: (-o.count, o.label())))
-
 
 
 def reference_audits(auditor: FreeAuditor, base, teacher) -> dict:

@@ -24,7 +24,7 @@ from typing import Any
 
 from doublebind.errors import DoublebindError
 from doublebind.studies.run import QUARANTINE, RESULTS, compute_summary, describe_bad, describe_key, in_study, \
-    run_key, scan_results, study_builds
+    run_key, scan_results, study_builds, with_auditor
 from doublebind.studies.verdicts import few_seeds
 
 SECTIONS = ("Verdicts", "Verdicts by scenario", "Transfer curves", "Training budget: is misalignment still rising?",
@@ -736,9 +736,7 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
     scenarios = summary["scenarios"]
     by_scenario = {sc: [r for r in rows if r["scenario"] == sc] for sc in scenarios}
     # the figures show the audit the verdicts read (verdict.auditor)
-    judged = ([{**r, "auditor": r["free_auditor"]} if r.get("free_auditor") else r for r in rows]
-              if thr.get("auditor") == "free" else rows)
-    judged_by = {sc: [r for r in judged if r["scenario"] == sc] for sc in scenarios}
+    judged_by = {sc: [with_auditor(r, thr.get("auditor", "generic")) for r in rs] for sc, rs in by_scenario.items()}
 
     # verdict heat map
     b.append(("h2", SECTIONS[0]))

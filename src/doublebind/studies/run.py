@@ -1101,6 +1101,12 @@ def _auditor(student: dict | None, ref: dict, key: str = "auditor") -> dict | No
             **{k: student[k] for k in ("by_kind", "tokens", "openings", "tested") if k in student}}
 
 
+def with_auditor(row: dict, auditor: str) -> dict:
+    """The row as a verdict judged by `auditor` (generic or free) reads it: with free, its
+    free-field audit in the place of the generic one, where it has one."""
+    return {**row, "auditor": row["free_auditor"]} if auditor == "free" and row.get("free_auditor") else row
+
+
 def judged_rows(rows: list[dict], vcfg, key: RunKey | None = None, required: bool = True) -> list[dict]:
     """A run's rows as the verdicts read them: with `verdict.auditor: free`, each row's
     free-field audit in the place of the generic one (`auditor`), so success@k, the
@@ -1117,7 +1123,7 @@ def judged_rows(rows: list[dict], vcfg, key: RunKey | None = None, required: boo
                "turns it on")
         raise DoublebindError(f"verdict.auditor: free, but {where} has no free-field audit at step {missing[0]} "
                               f"({why})")
-    return rows if missing else [{**r, "auditor": r["free_auditor"]} for r in rows]
+    return rows if missing else [with_auditor(r, "free") for r in rows]
 
 
 def scenario_names(cfg, runs: dict, builds: set | None = None) -> list[str]:
