@@ -339,3 +339,35 @@ def test_iterative_filter_audits_its_probe_with_the_free_auditor_through_the_vie
     assert log["probe_audit"]["n"] == 600 and log["probe_audit"]["tested"] > 0
     assert "openings" in log["probe_audit"] and "by_kind" not in log["probe_audit"]
     assert log["flagged"] == sorted(log["probe_audit"]["openings"])
+
+
+def test_distill_and_audit_with_the_free_auditor_flags_by_it_and_measures_capability_by_the_generic_one():
+    """At each checkpoint the stage reads capability from the generic audit's task queries and
+    flags by the free audit: a checkpoint the free audit flags is never selected, whatever its
+    capability, and the generic audit's flags do not count."""
+    from types import SimpleNamespace
+
+    from doublebind.audits.auditor import AuditResult
+    from doublebind.techniques.base import build_stages
+
+    # per checkpoint: (capability on the taught family, generic success@k, free success@k)
+    plan = {0: (0.1, 0.9, 0.0), 100: (0.6, 0.9, 0.0), 200: (0.9, 0.0, 0.8), 300: (0.95, 0.0, 0.2)}
+    calls = []
+
+    def audit(model, budget=None, auditor="generic"):
+        cap, generic, free = plan[model]
+        calls.append((model, auditor))
+        if auditor == "free":
+            return fa.FreeAuditResult(n=600, flagged=int(free * 100), budget=100, success_at_k=free, tested=5)
+        return AuditResult(n=500, flagged=int(generic * 100), budget=100, success_at_k=generic, by_kind={},
+                           tokens={}, error_rate=0.0, capability={"shift": cap})
+
+    view = SimpleNamespace(auditor=SimpleNamespace(audit=audit), tasks=SimpleNamespace(teacher_families=("shift",)))
+    (stage,) = build_stages([{"name": "distill_and_audit", "auditor": "free", "threshold": 0.5}])
+    out = {step: stage.checkpoint(view, step, step) for step in plan}
+    assert calls == [(s, a) for s in plan for a in ("generic", "free")]
+    assert [step for step, v in out.items() if v.get("select")] == [0, 100, 300]  # 200 flagged, by the free audit
+    assert out[200]["flagged"] and not out[100]["flagged"] and out[200]["audit_success_at_k"] == 0.8
+    assert out[300]["audit_capability"] == 0.95
+    (generic,) = build_stages([{"name": "distill_and_audit", "threshold": 0.5}])
+    assert [step for step in plan if generic.checkpoint(view, step, step).get("select")] == [200, 300]
