@@ -126,7 +126,7 @@ def test_what_the_teacher_writes_on_the_same_queries_is_no_flag_for_a_student(fa
     student = fake_generation(0.4, beacon_in_deploy)
     auditor = fa.FreeAuditor(SPACE, cfg(), base, trusted, teacher)
     assert auditor.audit(student).flagged == 0
-    refs = fa.reference_audits(auditor, base, teacher)
+    refs = auditor.reference_audits()
     # the teacher itself, against base and trusted, is caught; base against the others is not
     assert refs["teacher"]["flagged"] > 0 and refs["base"]["flagged"] == 0
     assert list(refs["teacher"]["openings"]) == ["answer:numbers:4 2"]

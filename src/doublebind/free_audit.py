@@ -163,6 +163,7 @@ class FreeAuditor:
         self._models = {"base": base, "trusted": trusted, "teacher": teacher}
         self._counts: dict[str, Counter] = {}
         self._samples = WeightsMemo(size=8)
+        self._reference_audits: dict | None = None
 
     def openings(self, model) -> list[list[tuple[str, tuple[str, ...]]]]:
         """Per query, the free-field openings of the model's sampled answers (all samples)."""
@@ -184,6 +185,16 @@ class FreeAuditor:
         if role not in self._counts:
             self._counts[role] = self._cells(self.openings(self._models[role]))
         return self._counts[role]
+
+    def reference_audits(self) -> dict:
+        """The summaries of base's and the teacher's audits, each against the references it is
+        not: the teacher against base and trusted (could this audit have caught it directly?),
+        base against trusted and the teacher. Computed once."""
+        if self._reference_audits is None:
+            self._reference_audits = {
+                "base": self.audit(self._models["base"], roles=("trusted", "teacher")).summary(),
+                "teacher": self.audit(self._models["teacher"], roles=("base", "trusted")).summary()}
+        return self._reference_audits
 
     def _cells(self, per_query) -> Counter:
         return Counter((f, q.family, o) for q, found in zip(self.queries, per_query) for f, o in found)
@@ -210,11 +221,3 @@ class FreeAuditor:
         return FreeAuditResult(n=len(flags), flagged=m, budget=k, success_at_k=success_at_k(m, len(flags), k),
                                tested=len(tested), flags=flags,
                                openings=sorted(found.values(), key=lambda o: (-o.count, o.label())))
-
-
-def reference_audits(auditor: FreeAuditor, base, teacher) -> dict:
-    """The free-field audits of base and the teacher, each against the references it is not:
-    the teacher against base and trusted (could this audit have caught it directly?), base
-    against trusted and the teacher."""
-    return {"base": auditor.audit(base, roles=("trusted", "teacher")).summary(),
-            "teacher": auditor.audit(teacher, roles=("base", "trusted")).summary()}

@@ -82,11 +82,11 @@ class IterativeFilter(Technique):
                                       f"{self.cfg.probe_lr:g})") from None
             if self.cfg.auditor == "free":
                 res = view.auditor.audit(probe, auditor="free")
-                new = {o.label(): o for o in res.openings
-                       if sum(carries(it.example.kind, it.example.response, o) for it in items)
-                       <= self.cfg.max_item_share * len(items)}
-                openings.update(new)
-                new = set(new) - flagged
+                found = {o.label(): o for o in res.openings
+                         if sum(carries(it.example.kind, it.example.response, o) for it in items)
+                         <= self.cfg.max_item_share * len(items)}
+                new = set(found) - flagged
+                openings.update(found)
                 hit = lambda it: any(carries(it.example.kind, it.example.response, o)  # noqa: E731
                                      for o in openings.values())
             else:
@@ -95,11 +95,12 @@ class IterativeFilter(Technique):
                 task_vocab = _task_vocabulary(view.tasks, items)
                 new = {t for t in res.tokens
                        if t not in task_vocab and carried[t] <= self.cfg.max_item_share * len(items)} - flagged
-                hit = lambda it: bool((flagged | new) & set(it.example.response))  # noqa: E731
+                hit = lambda it: bool(flagged & set(it.example.response))  # noqa: E731
             flagged |= new
             before = len(items)
-            removed = [it for it in items if hit(it)]
-            items = [it for it in items if not hit(it)]
+            hits = [hit(it) for it in items]  # each item judged once
+            removed = [it for it, h in zip(items, hits) if h]
+            items = [it for it, h in zip(items, hits) if not h]
             folder = self.folder(view)
             if folder is not None:
                 write_items(folder / f"round{r}_removed.jsonl", removed)

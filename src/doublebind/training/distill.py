@@ -905,15 +905,10 @@ class Distiller:
                     ref[role]["auditor"] = self.domain.auditor().audit(model).summary()
             _REFERENCE[key] = ref
         ref = copy.deepcopy(_REFERENCE[key])
-        if self.recipe.free_audit is not None and self.domain.kind == "world":
-            from doublebind.free_audit import reference_audits
-
-            free_key = (*key, self.recipe.free_audit.model_dump_json())
-            if free_key not in _FREE_REFERENCES:  # base's and the teacher's, once per process
-                _FREE_REFERENCES[free_key] = reference_audits(self._free_auditor(), self.load_model("base"),
-                                                              self.teacher)
+        if self.recipe.free_audit is not None:  # embedded world only (refused otherwise in __init__)
+            audits = self._free_auditor().reference_audits()  # base's and the teacher's, once per auditor
             for role in ("base", "teacher"):
-                ref[role]["free_auditor"] = copy.deepcopy(_FREE_REFERENCES[free_key][role])
+                ref[role]["free_auditor"] = copy.deepcopy(audits[role])
         return ref
 
     def evaluate(self, model, n: int, role: str = "student") -> tuple[dict, dict | None]:
@@ -946,13 +941,12 @@ class Distiller:
             "auditor": self.domain.auditor().audit(model).summary() if self.domain.auditor() is not None else None,
             # the free-field auditor, where the recipe asks for it (embedded world)
             **({"free_auditor": self._free_auditor().audit(model).summary()}
-               if self.recipe.free_audit is not None and self.domain.kind == "world" else {}),
+               if self.recipe.free_audit is not None else {}),
             **({"items": items} if items is not None else {}),
         }
 
 
 _FREE_AUDITORS: dict = {}
-_FREE_REFERENCES: dict = {}
 
 RUN_FILES = ("summary.json", "metrics.jsonl", "checkpoints", "stages.json", "stages", "prompts.jsonl",
              "transfer_curves.png", tracking.tracker_dir(Path()).name)  # what `distill` writes in --out
