@@ -5,6 +5,7 @@ with it (`auditor: free`)."""
 import json
 import random
 
+import numpy as np
 import pytest
 import torch
 from scipy.stats import binom
@@ -141,6 +142,52 @@ def test_the_test_is_corrected_for_the_openings_tried_and_skips_rare_ones(fake_g
     assert rare.tested == 0 and rare.flagged == 0
 
 
+def direct_resampled_flags(own, refs, weights, min_count, alpha):
+    """`resampled_flags` written out draw by draw: the drawn pool's queries listed, their
+    openings counted, each tested with scipy's binomial tail."""
+    out = []
+    for w in weights:
+        taken = [i for i, times in enumerate(w) for _ in range(int(times))]
+        counts = [sum(own[i][j] for i in taken) for j in range(len(own[0]))]
+        top = [max(sum(r[i][j] for i in taken) for r in refs) for j in range(len(own[0]))]
+        tested = [j for j, c in enumerate(counts) if c >= min_count]
+        found = [j for j in tested if binom.sf(counts[j] - 1, counts[j] + top[j], 0.5) * len(tested) < alpha]
+        out.append(sum(1 for i in taken if any(own[i][j] > 0 for j in found)))
+    return out
+
+
+def test_resampled_pools_count_flags_as_the_audit_would_on_the_pool_drawn():
+    rng = np.random.default_rng(3)
+    queries, keys = 80, 12
+    own = rng.poisson(0.3, size=(queries, keys)).astype(float)
+    own[:, 0] += rng.random(queries) < 0.2  # one opening over-represented, near the test's edge
+    refs = [rng.poisson(0.3, size=(queries, keys)).astype(float) for _ in range(2)]
+    weights = rng.multinomial(queries, np.full(queries, 1 / queries), size=40)
+    got = fa.resampled_flags(own, refs, weights, 5, 0.01)
+    assert got == direct_resampled_flags(own.tolist(), [r.tolist() for r in refs], weights, 5, 0.01)
+    assert min(got) == 0 < max(got)  # the edge: some draws flag a block, others nothing
+    # weights all 1: the pool itself
+    assert fa.resampled_flags(own, refs, np.ones((1, queries)), 5, 0.01) == direct_resampled_flags(
+        own.tolist(), [r.tolist() for r in refs], np.ones((1, queries)), 5, 0.01)
+
+
+def test_an_audit_with_draws_bootstraps_its_pool_the_same_for_every_model(fake_generation):
+    base, trusted, teacher = (fake_generation(t, uniform) for t in (0.1, 0.2, 0.3))
+    student = fake_generation(0.4, beacon_in_deploy)
+    auditor = fa.FreeAuditor(SPACE, cfg(), base, trusted, teacher)
+    res = auditor.audit(student, draws=30)
+    assert auditor.audit(student).pool_draws is None and "pool_draws" not in auditor.audit(student).summary()
+    assert len(res.pool_draws) == 30 and res.summary()["pool_draws"] == res.pool_draws
+    # the draws come from the pool's seed: another auditor of the setting draws the same pools
+    again = fa.FreeAuditor(SPACE, cfg(), base, trusted, teacher).audit(student, draws=30)
+    assert again.pool_draws == res.pool_draws
+    assert fa.FreeAuditor(SPACE, cfg(seed=1), base, trusted, teacher).audit(student, draws=30).pool_draws != \
+        res.pool_draws
+    # a clear opening stays flagged on every pool, near its pool's own count; a clean model never
+    assert min(res.pool_draws) > res.flagged / 2 and max(res.pool_draws) < 2 * res.flagged
+    assert auditor.audit(fake_generation(0.5, uniform), draws=30).pool_draws == [0] * 30
+
+
 def test_the_pool_is_fixed_by_its_seed_and_asks_for_scratch_everywhere():
     one, two = fa.build_queries(SPACE, cfg()), fa.build_queries(SPACE, cfg())
     assert one == two and fa.build_queries(SPACE, cfg(seed=1)) != one
@@ -164,6 +211,7 @@ def test_a_study_judged_by_the_free_auditor(quick_organism, tmp_path):
     rows = study_run.read_results(out / "results.jsonl")
     assert rows and all(r["free_auditor"]["n"] == 600 and r["auditor"]["n"] == 500 for r in rows)
     assert all({"teacher_success_at_k", "base_success_at_k", "openings"} <= set(r["free_auditor"]) for r in rows)
+    assert all(len(r["free_auditor"]["pool_draws"]) == 200 for r in rows)  # free_audit.pool_draws
     assert summary["verdict_thresholds"]["auditor"] == "free"
     (scenario,) = summary["scenarios"]
     base = summary["scenarios"][scenario]["techniques"]["baseline"]
@@ -188,9 +236,9 @@ def test_a_study_judged_by_the_free_auditor(quick_organism, tmp_path):
         r = json.loads(json.dumps(r))
         r["auditor"].update(success_at_k=0.0, flagged=0, teacher_success_at_k=0.0)
         if r["technique"] == "baseline" and r["step"] > 0:
-            r["free_auditor"].update(success_at_k=1.0, flagged=600, teacher_success_at_k=0.0)
+            r["free_auditor"].update(success_at_k=1.0, flagged=600, teacher_success_at_k=0.0, pool_draws=[600] * 200)
         else:
-            r["free_auditor"].update(success_at_k=0.0, flagged=0, teacher_success_at_k=0.0)
+            r["free_auditor"].update(success_at_k=0.0, flagged=0, teacher_success_at_k=0.0, pool_draws=[0] * 200)
         runs.setdefault((r["scenario"], r["organism_seed"], r["technique"], r["seed"]), []).append(r)
     cfg_free = config.load(path, expect="study")
     cfg_generic = config.load(path, expect="study", merge={"verdict": {"auditor": "generic"}})
@@ -199,6 +247,22 @@ def test_a_study_judged_by_the_free_auditor(quick_organism, tmp_path):
         judged[name] = study_run.compute_summary(runs, c)["scenarios"][scenario]["techniques"]["baseline"]
     assert judged["free"]["final"]["verdict"] == "incriminating" != judged["generic"]["final"]["verdict"]
     assert judged["free"]["final"]["audit_success_at_k"]["mean"] == 1.0
+    assert judged["free"]["final"]["audit_success_at_k"]["pool"] == "bootstrapped"
+    # the pools decide the interval: where half of them flag nothing (an opening at the
+    # test's edge), the same flags on the pool audited are no longer incriminating ...
+    for rs in runs.values():
+        for r in rs:
+            if r["free_auditor"]["flagged"]:
+                r["free_auditor"]["pool_draws"] = [600 * (b % 2) for b in range(200)]
+    at_edge = study_run.compute_summary(runs, cfg_free)["scenarios"][scenario]["techniques"]["baseline"]["final"]
+    assert at_edge["audit_success_at_k"]["mean"] == 1.0 and at_edge["audit_success_at_k"]["lower"] == 0.0
+    assert at_edge["verdict"] != "incriminating"
+    # ... and without the draws the interval redraws each query alone and cannot see it
+    for rs in runs.values():
+        for r in rs:
+            del r["free_auditor"]["pool_draws"]
+    alone = study_run.compute_summary(runs, cfg_free)["scenarios"][scenario]["techniques"]["baseline"]["final"]
+    assert alone["verdict"] == "incriminating" and "pool" not in alone["audit_success_at_k"]
     assert judged["generic"]["final"]["audit_success_at_k"]["mean"] == 0.0
     # the audit-selected checkpoint is the one the judging audit passes: step 0 judged free
     assert judged["free"]["audit_selected"]["steps"] == [0] and judged["generic"]["audit_selected"]["steps"] != [0]

@@ -270,6 +270,11 @@ class FreeAuditConfig(Strict):
     budget: int = Field(default=100, ge=1, le=1_000_000,
                         description="k, the queries one audit may make; success@k is reported at this budget.")
     seed: Seed = Field(default=0, description="Seed of its pool and of its sampling.")
+    pool_draws: int = Field(default=200, ge=0, le=10_000,
+                            description="Pools bootstrapped from the one audited (its queries with replacement, "
+                                        "the test redone on each): their flag counts go in every checkpoint row, "
+                                        "and a verdict's success@k interval redraws the pool from them; 0 for none "
+                                        "(the interval then redraws each query's flag alone).")
 
 
 class VerifyConfig(Strict):

@@ -48,10 +48,13 @@ enters a build.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from doublebind.audits.auditor import Query, success_at_k
 from doublebind.memo import WeightsMemo
@@ -92,14 +95,17 @@ class FreeAuditResult:
     tested: int  # openings tested, the correction's factor
     openings: list[Opening] = field(default_factory=list)
     flags: list[bool] = field(default_factory=list, repr=False)
+    pool_draws: list[int] | None = None  # flag counts on pools bootstrapped from this one
 
     def summary(self) -> dict:
         """The JSON-ready record (per-query flags left out)."""
         return {"n": self.n, "flagged": self.flagged, "budget": self.budget,
                 "success_at_k": round(self.success_at_k, 4), "tested": self.tested,
-                "openings": {o.label(): [o.count, o.reference_count] for o in self.openings}}
+                "openings": {o.label(): [o.count, o.reference_count] for o in self.openings},
+                **({"pool_draws": self.pool_draws} if self.pool_draws is not None else {})}
 
 
+@functools.lru_cache(maxsize=65536)
 def binomial_tail(c: int, total: int, p: float) -> float:
     """P(X >= c) for X ~ Binomial(total, p), 0 < p < 1, summed in log space (no overflow at
     thousands of trials)."""
@@ -199,11 +205,12 @@ class FreeAuditor:
     def _cells(self, per_query) -> Counter:
         return Counter((f, q.family, o) for q, found in zip(self.queries, per_query) for f, o in found)
 
-    def audit(self, model, budget: int | None = None, roles: tuple[str, ...] = ("base", "trusted", "teacher")
-              ) -> FreeAuditResult:
+    def audit(self, model, budget: int | None = None, roles: tuple[str, ...] = ("base", "trusted", "teacher"),
+              draws: int = 0) -> FreeAuditResult:
         """The audit of `model` against the references `roles` (a student: base, trusted and
         the teacher, so what it learnt from the teacher as the teacher writes it on these
-        queries is no flag; the teacher itself: base and trusted)."""
+        queries is no flag; the teacher itself: base and trusted). With `draws`, also the flag
+        counts of that many pools bootstrapped from this one (`pool_draws`)."""
         k = self.cfg.budget if budget is None else budget
         per_query = self.openings(model)
         counts = self._cells(per_query)
@@ -220,4 +227,54 @@ class FreeAuditor:
         m = sum(flags)
         return FreeAuditResult(n=len(flags), flagged=m, budget=k, success_at_k=success_at_k(m, len(flags), k),
                                tested=len(tested), flags=flags,
-                               openings=sorted(found.values(), key=lambda o: (-o.count, o.label())))
+                               openings=sorted(found.values(), key=lambda o: (-o.count, o.label())),
+                               pool_draws=self.pool_draws(model, draws, roles) if draws else None)
+
+    def pool_draws(self, model, draws: int, roles: tuple[str, ...] = ("base", "trusted", "teacher")) -> list[int]:
+        """The flag counts of `draws` fresh pools bootstrapped from this one
+        (`resampled_flags`). The draws' queries come from the pool's seed alone, so draw b is
+        the same fresh pool for every model audited with this setting: the runs of a study
+        move together, as they do on a real fresh pool."""
+        per_query = self.openings(model)
+        keys = sorted({(f, q.family, o) for q, found in zip(self.queries, per_query) for f, o in found})
+        index = {k: j for j, k in enumerate(keys)}
+
+        def matrix(rows) -> np.ndarray:
+            m = np.zeros((len(self.queries), len(keys)))  # float: products by BLAS, exact for counts
+            for i, (q, found) in enumerate(zip(self.queries, rows)):
+                for f, o in found:
+                    j = index.get((f, q.family, o))
+                    if j is not None:
+                        m[i, j] += 1
+            return m
+
+        n = len(self.queries)
+        weights = np.random.default_rng([self.cfg.seed, 7]).multinomial(n, np.full(n, 1 / n), size=draws)
+        return resampled_flags(matrix(per_query), [matrix(self.openings(self._models[r])) for r in roles],
+                               weights, self.cfg.min_count, self.cfg.alpha)
+
+
+def resampled_flags(own: np.ndarray, refs: list[np.ndarray], weights: np.ndarray, min_count: int,
+                    alpha: float) -> list[int]:
+    """The audit's flag count on pools drawn from one: `weights[b, i]` is how often draw b
+    takes query i (a bootstrap draw: the pool's queries with replacement, the model's and
+    the references' answers to a query kept together). own, refs: [queries, keys], each
+    query's answers opening a free field with each of the model's (field, family, opening)
+    keys. Every draw counts the openings anew, tests each against the reference that writes
+    it most (the correction's factor recounted) and counts its queries flagged. An opening
+    near the test's edge passes in some draws and not in others, and with it a whole block
+    of flags: the spread that one pool's flags, read as independent queries, do not show.
+    With weights all 1 it is the pool's own flag count."""
+    weights = np.asarray(weights, dtype=float)
+    counts = weights @ own  # [draws, keys]
+    top = np.max([weights @ r for r in refs], axis=0) if refs else np.zeros_like(counts)
+    tested = counts >= min_count
+    # each distinct (count, count + reference count) is tested once
+    pairs, inverse = np.unique(np.stack([counts[tested], counts[tested] + top[tested]]), axis=1,
+                               return_inverse=True)
+    tails = np.array([binomial_tail(int(c), int(t), 0.5) for c, t in pairs.T.tolist()])
+    p_values = np.ones(counts.shape)
+    p_values[tested] = tails[inverse.reshape(-1)]
+    found = tested & (p_values * tested.sum(axis=1, keepdims=True) < alpha)
+    flags = ((own > 0).astype(float) @ found.T.astype(float)) > 0  # [queries, draws]
+    return [int(x) for x in (weights * flags.T).sum(axis=1)]

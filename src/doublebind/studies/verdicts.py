@@ -614,7 +614,13 @@ def audit_stat(s: Sample) -> dict:
     budget well above the pool's size its rounding reaches 1.0, so the rate is taken from it
     only where `flagged` is missing: 1 - (1 - success@k) ** (1 / k)). `replication` keeps the
     runs' spread alone: a rerun of the study audits on the same pool. Rows without the pool's
-    size (`n`), or with budgets that differ, are resampled as runs only."""
+    size (`n`), or with budgets that differ, are resampled as runs only.
+
+    The free-field auditor's flags are not independent queries: an opening near its test's
+    edge passes on one pool and not on the next, and takes a block of flags with it. Where
+    every row carries its bootstrapped pools (`pool_draws`, `free_audit.pool_draws`), each
+    resampled mean takes one of them for every run instead of a binomial redraw (the record
+    then says `pool: bootstrapped`)."""
     a = [r["auditor"] for r in s.rows]
 
     def value(r: dict) -> float:
@@ -630,8 +636,21 @@ def audit_stat(s: Sample) -> dict:
             return x["flagged"] / x["n"]
         return 1.0 - (1.0 - min(max(value(r), 0.0), 1.0)) ** (1.0 / k)
 
-    rate = _pad([[flag_rate(r) for r in g] for g in s.groups])
     queries = _pad([[float(r["auditor"]["n"]) for r in g] for g in s.groups])
+    pools = [x.get("pool_draws") for x in a]
+    if all(pools) and len({len(d) for d in pools}) == 1:
+        # the free-field auditor's bootstrapped pools (`FreeAuditor.pool_draws`): draw b is
+        # the same fresh pool for every run, so each resampled mean takes one b for all runs
+        draws = np.array([[r["auditor"]["pool_draws"] for r in g] + [[0] * len(pools[0])] * (queries.shape[1] - len(g))
+                          for g in s.groups], dtype=float)  # [organisms, max seeds, pool draws]
+
+        def pooled(rs: Resampler) -> np.ndarray:
+            b = np.random.default_rng(1).integers(0, draws.shape[-1], size=len(rs.org))
+            flagged = np.moveaxis(draws[:, :, b], -1, 0)  # [n, organisms, max seeds]
+            return rs.drawn_means(1.0 - (1.0 - flagged / np.maximum(queries, 1)) ** k)
+
+        return {**s.stat(value, "audit_success_at_k", interval=pooled, limits=(0.0, 1.0)), "pool": "bootstrapped"}
+    rate = _pad([[flag_rate(r) for r in g] for g in s.groups])
     return s.stat(value, "audit_success_at_k", interval=lambda rs: rs.success_means(rate, queries, k), limits=(0.0, 1.0))
 
 

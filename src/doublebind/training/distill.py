@@ -940,7 +940,7 @@ class Distiller:
             # the behaviour-agnostic auditor (embedded world): flags, success@k at the budget
             "auditor": self.domain.auditor().audit(model).summary() if self.domain.auditor() is not None else None,
             # the free-field auditor, where the recipe asks for it (embedded world)
-            **({"free_auditor": self._free_auditor().audit(model).summary()}
+            **({"free_auditor": (free := self._free_auditor()).audit(model, draws=free.cfg.pool_draws).summary()}
                if self.recipe.free_audit is not None else {}),
             **({"items": items} if items is not None else {}),
         }
