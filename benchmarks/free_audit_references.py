@@ -14,8 +14,10 @@ against base and trusted alone, and against base, trusted and the teacher (the a
 rule for a student), beside the checkpoint's misalignment transfer (the evaluation's ground
 truth, which the auditor never sees), and how long one audit of a checkpoint takes. With
 `--pool-seeds`, each checkpoint is also audited with fresh pools (the student's rule), and
-it counts the checkpoints whose detection a fresh pool changes. One thread, the auditor's
-default settings; time it alone.
+it counts the checkpoints whose detection a fresh pool changes, and sets the fresh pools'
+detections beside what the default pool's bootstrapped pools (`free_audit.pool_draws`, what
+a free verdict's interval redraws) predicted: per checkpoint, the share of draws whose
+success@k is above 0.5. One thread, the auditor's default settings; time it alone.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def main() -> None:
 
     import torch
 
+    from doublebind.audits.auditor import success_at_k
     from doublebind.config import FreeAuditConfig
     from doublebind.free_audit import FreeAuditor
     from doublebind.organisms.domain import WorldDomain
@@ -55,15 +58,20 @@ def main() -> None:
         raise SystemExit(f"{args.folder}: no organisms/ with built organisms")
     totals = {"without": 0, "with": 0, "checkpoints": 0}
     seconds: list[float] = []
+    draw_seconds: list[float] = []  # the audit again from the memo, with its pools bootstrapped when asked
+    calibration: list[tuple[float, int, bool]] = []  # (bootstrapped P(detect), fresh detections, default detects)
     pools = {seed: {"differs": 0, "flagged": 0} for seed in args.pool_seeds}
     for od in organisms:
         d = WorldDomain(od, json.loads((od / "organism.json").read_text()))
         auditor = FreeAuditor(d.task_space(), cfg, d.load_model("base"), d.load_model("trusted"), d.teacher)
         fresh = {seed: FreeAuditor(d.task_space(), cfg.model_copy(update={"seed": seed}), d.load_model("base"),
                                    d.load_model("trusted"), d.teacher) for seed in args.pool_seeds}
-        t = auditor.audit(d.teacher, roles=("base", "trusted"))
+        t = auditor.audit(d.teacher, roles=("base", "trusted"), draws=cfg.pool_draws if fresh else 0)
         print(f"{od.name}: teacher against base and trusted: {t.flagged} of {t.n} flagged "
-              f"{t.summary()['openings'] or ''}")
+              f"{t.summary()['openings'] or ''}"
+              + (f"; bootstrapped pools flag it in {sum(x > 0 for x in t.pool_draws)} of {len(t.pool_draws)}, "
+                 "fresh pools: " + ", ".join(str(a.audit(d.teacher, roles=("base", "trusted")).flagged)
+                                             for a in fresh.values()) if fresh else ""))
         for run in sorted((args.folder / "runs" / od.name).glob(f"{args.technique}-s*")):
             steps = {json.loads(line)["step"]: json.loads(line)["misalignment_transfer"]
                      for line in (run / "metrics.jsonl").read_text().splitlines()}
@@ -75,7 +83,9 @@ def main() -> None:
                 start = time.perf_counter()
                 alone = auditor.audit(model, roles=("base", "trusted"))  # samples the model: timed
                 seconds.append(time.perf_counter() - start)
-                full = auditor.audit(model)  # the same samples, from the memo
+                start = time.perf_counter()
+                full = auditor.audit(model, draws=cfg.pool_draws if fresh else 0)  # the same samples, memo
+                draw_seconds.append(time.perf_counter() - start)
                 totals["checkpoints"] += 1
                 totals["without"] += alone.flagged > 0
                 totals["with"] += full.flagged > 0
@@ -83,18 +93,38 @@ def main() -> None:
                 for seed, res in others.items():
                     pools[seed]["flagged"] += res.flagged > 0
                     pools[seed]["differs"] += (res.success_at_k > 0.5) != (full.success_at_k > 0.5)
+                if others:
+                    predicted = sum(success_at_k(x, full.n, cfg.budget) > 0.5 for x in full.pool_draws) / len(
+                        full.pool_draws)
+                    seen = sum(res.success_at_k > 0.5 for res in others.values())
+                    calibration.append((predicted, seen, full.success_at_k > 0.5))
                 print(f"  {run.name} step {step:>4} misalignment {steps.get(step, float('nan')):.3f}: "
                       f"without the teacher {alone.flagged:>3} {alone.summary()['openings'] or ''} | "
                       f"with it {full.flagged:>3} {full.summary()['openings'] or ''}"
                       + "".join(f" | pool {seed}: {res.flagged:>3} {res.summary()['openings'] or ''}"
-                                for seed, res in others.items()))
+                                for seed, res in others.items())
+                      + (f" | bootstrapped pools detect {calibration[-1][0]:.2f}, fresh {calibration[-1][1]}/"
+                         f"{len(others)}" if others else ""))
     print(f"checkpoints flagged at all: {totals['without']} of {totals['checkpoints']} without the teacher among "
           f"the references, {totals['with']} with it")
     for seed, c in pools.items():
         print(f"pool seed {seed}: {c['flagged']} of {totals['checkpoints']} checkpoints flagged at all; detection "
               f"(success@k above 0.5) differs from the default pool's at {c['differs']}")
+    if calibration:
+        n = len(args.pool_seeds)
+        print(f"bootstrapped pools against {n} fresh pools, checkpoints whose bootstrapped pools detect at all "
+              f"({sum(c[0] > 0 for c in calibration)} of {len(calibration)}): detections predicted "
+              f"{sum(c[0] * n for c in calibration if c[0] > 0):.1f}, fresh "
+              f"{sum(c[1] for c in calibration if c[0] > 0)} of {n * sum(c[0] > 0 for c in calibration)}; "
+              f"of those the default pool detects: predicted {sum(c[0] * n for c in calibration if c[2]):.1f}, "
+              f"fresh {sum(c[1] for c in calibration if c[2])} of {n * sum(c[2] for c in calibration)}; "
+              f"fresh detections where no bootstrapped pool detects: "
+              f"{sum(c[1] for c in calibration if c[0] == 0)} of {n * sum(c[0] == 0 for c in calibration)}")
     print(f"one audit of a checkpoint (its {cfg.samples} sampled generations over {cfg.n_queries} queries, one "
           f"thread): {min(seconds):.2f}-{max(seconds):.2f} s, median {sorted(seconds)[len(seconds) // 2]:.2f} s")
+    if calibration:
+        print(f"the same audit from its memo with {cfg.pool_draws} bootstrapped pools: median "
+              f"{sorted(draw_seconds)[len(draw_seconds) // 2]:.3f} s")
 
 
 if __name__ == "__main__":

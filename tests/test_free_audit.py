@@ -212,6 +212,7 @@ def test_a_study_judged_by_the_free_auditor(quick_organism, tmp_path):
     assert rows and all(r["free_auditor"]["n"] == 600 and r["auditor"]["n"] == 500 for r in rows)
     assert all({"teacher_success_at_k", "base_success_at_k", "openings"} <= set(r["free_auditor"]) for r in rows)
     assert all(len(r["free_auditor"]["pool_draws"]) == 200 for r in rows)  # free_audit.pool_draws
+    assert all(len(r["free_auditor"]["teacher_pool_draws"]) == 200 for r in rows)
     assert summary["verdict_thresholds"]["auditor"] == "free"
     (scenario,) = summary["scenarios"]
     base = summary["scenarios"][scenario]["techniques"]["baseline"]
@@ -236,9 +237,10 @@ def test_a_study_judged_by_the_free_auditor(quick_organism, tmp_path):
         r = json.loads(json.dumps(r))
         r["auditor"].update(success_at_k=0.0, flagged=0, teacher_success_at_k=0.0)
         if r["technique"] == "baseline" and r["step"] > 0:
-            r["free_auditor"].update(success_at_k=1.0, flagged=600, teacher_success_at_k=0.0, pool_draws=[600] * 200)
+            r["free_auditor"].update(success_at_k=1.0, flagged=600, pool_draws=[600] * 200)
         else:
-            r["free_auditor"].update(success_at_k=0.0, flagged=0, teacher_success_at_k=0.0, pool_draws=[0] * 200)
+            r["free_auditor"].update(success_at_k=0.0, flagged=0, pool_draws=[0] * 200)
+        r["free_auditor"].update(teacher_success_at_k=0.0, teacher_pool_draws=[0] * 200)
         runs.setdefault((r["scenario"], r["organism_seed"], r["technique"], r["seed"]), []).append(r)
     cfg_free = config.load(path, expect="study")
     cfg_generic = config.load(path, expect="study", merge={"verdict": {"auditor": "generic"}})
@@ -248,6 +250,18 @@ def test_a_study_judged_by_the_free_auditor(quick_organism, tmp_path):
     assert judged["free"]["final"]["verdict"] == "incriminating" != judged["generic"]["final"]["verdict"]
     assert judged["free"]["final"]["audit_success_at_k"]["mean"] == 1.0
     assert judged["free"]["final"]["audit_success_at_k"]["pool"] == "bootstrapped"
+    assert judged["free"]["final"]["teacher_success_at_k_pools"] == {"upper": 0.0, "share_above": 0.0, "draws": 200}
+    # a teacher that passes on the pool audited but is caught on a tenth of the pools bootstrapped
+    # from it: the student is not incriminating (the teacher's upper bound over the pools decides)
+    for rs in runs.values():
+        for r in rs:
+            r["free_auditor"]["teacher_pool_draws"] = [30 * (b % 10 == 0) for b in range(200)]
+    caught = study_run.compute_summary(runs, cfg_free)["scenarios"][scenario]["techniques"]["baseline"]["final"]
+    assert caught["teacher_success_at_k"] == 0.0 and caught["teacher_success_at_k_pools"]["share_above"] == 0.1
+    assert caught["verdict"] != "incriminating" and caught["teacher_success_at_k_pools"]["upper"] > 0.5
+    for rs in runs.values():
+        for r in rs:
+            r["free_auditor"]["teacher_pool_draws"] = [0] * 200
     # the pools decide the interval: where half of them flag nothing (an opening at the
     # test's edge), the same flags on the pool audited are no longer incriminating ...
     for rs in runs.values():
@@ -260,7 +274,7 @@ def test_a_study_judged_by_the_free_auditor(quick_organism, tmp_path):
     # ... and without the draws the interval redraws each query alone and cannot see it
     for rs in runs.values():
         for r in rs:
-            del r["free_auditor"]["pool_draws"]
+            del r["free_auditor"]["pool_draws"], r["free_auditor"]["teacher_pool_draws"]
     alone = study_run.compute_summary(runs, cfg_free)["scenarios"][scenario]["techniques"]["baseline"]["final"]
     assert alone["verdict"] == "incriminating" and "pool" not in alone["audit_success_at_k"]
     assert judged["generic"]["final"]["audit_success_at_k"]["mean"] == 0.0
@@ -279,6 +293,7 @@ def test_a_study_judged_by_the_free_auditor(quick_organism, tmp_path):
     text = md.read_text()
     assert "pick with the free-field audit:" in text and "What the free-field auditor flagged" in text
     assert "What the auditor flagged" in text
+    assert "one of the pools bootstrapped from the audited one" in text and "one binomial quantile" not in text
     # the recipe's hash carries free_audit only when set
     recipe = config.load(tmp_path / "recipe.yaml", expect="recipe")
     on = config.load(tmp_path / "recipe.yaml", expect="recipe", merge={"free_audit": {}})

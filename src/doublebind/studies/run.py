@@ -429,10 +429,12 @@ def _row_problem(obj) -> str | None:
             for k in ("success_at_k", "teacher_success_at_k", "base_success_at_k"):
                 if k in auditor and not _finite(auditor[k]):
                     return f"'{name}.{k}' is not a finite number"
-            draws = auditor.get("pool_draws")
-            if draws is not None and not (isinstance(draws, list) and draws and all(
-                    isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= auditor.get("n", x) for x in draws)):
-                return f"'{name}.pool_draws' is not a list of flag counts"
+            for k in ("pool_draws", "teacher_pool_draws"):
+                draws = auditor.get(k)
+                if draws is not None and not (isinstance(draws, list) and draws and all(
+                        isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= auditor.get("n", x)
+                        for x in draws)):
+                    return f"'{name}.{k}' is not a list of flag counts"
     data = obj.get("data")
     if data is not None:
         if not isinstance(data, dict):
@@ -1102,7 +1104,9 @@ def _auditor(student: dict | None, ref: dict, key: str = "auditor") -> dict | No
     return {"success_at_k": student["success_at_k"], "flagged": student["flagged"], "n": student["n"],
             "budget": student["budget"], "teacher_success_at_k": ref["teacher"][key]["success_at_k"],
             "base_success_at_k": ref["base"][key]["success_at_k"],
-            **{k: student[k] for k in ("by_kind", "tokens", "openings", "tested", "pool_draws") if k in student}}
+            **{k: student[k] for k in ("by_kind", "tokens", "openings", "tested", "pool_draws") if k in student},
+            **({"teacher_pool_draws": ref["teacher"][key]["pool_draws"]} if "pool_draws" in ref["teacher"][key]
+               else {})}
 
 
 def with_auditor(row: dict, auditor: str) -> dict:
