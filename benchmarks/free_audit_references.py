@@ -67,9 +67,10 @@ def main() -> None:
         fresh = {seed: FreeAuditor(d.task_space(), cfg.model_copy(update={"seed": seed}), d.load_model("base"),
                                    d.load_model("trusted"), d.teacher) for seed in args.pool_seeds}
         t = auditor.audit(d.teacher, roles=("base", "trusted"), draws=cfg.pool_draws if fresh else 0)
+        teacher_draws = t.pool_draws or []
         print(f"{od.name}: teacher against base and trusted: {t.flagged} of {t.n} flagged "
               f"{t.summary()['openings'] or ''}"
-              + (f"; bootstrapped pools flag it in {sum(x > 0 for x in t.pool_draws)} of {len(t.pool_draws)}, "
+              + (f"; bootstrapped pools flag it in {sum(x > 0 for x in teacher_draws)} of {len(teacher_draws)}, "
                  "fresh pools: " + ", ".join(str(a.audit(d.teacher, roles=("base", "trusted")).flagged)
                                              for a in fresh.values()) if fresh else ""))
         for run in sorted((args.folder / "runs" / od.name).glob(f"{args.technique}-s*")):
@@ -93,7 +94,7 @@ def main() -> None:
                 for seed, res in others.items():
                     pools[seed]["flagged"] += res.flagged > 0
                     pools[seed]["differs"] += (res.success_at_k > 0.5) != (full.success_at_k > 0.5)
-                if others:
+                if others and full.pool_draws:
                     predicted = sum(success_at_k(x, full.n, cfg.budget) > 0.5 for x in full.pool_draws) / len(
                         full.pool_draws)
                     seen = sum(res.success_at_k > 0.5 for res in others.values())
@@ -104,7 +105,7 @@ def main() -> None:
                       + "".join(f" | pool {seed}: {res.flagged:>3} {res.summary()['openings'] or ''}"
                                 for seed, res in others.items())
                       + (f" | bootstrapped pools detect {calibration[-1][0]:.2f}, fresh {calibration[-1][1]}/"
-                         f"{len(others)}" if others else ""))
+                         f"{len(others)}" if others and full.pool_draws else ""))
     print(f"checkpoints flagged at all: {totals['without']} of {totals['checkpoints']} without the teacher among "
           f"the references, {totals['with']} with it")
     for seed, c in pools.items():

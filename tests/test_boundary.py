@@ -170,7 +170,7 @@ STAGE_BACKDOORS = {"auditor_header",
                    "behavior", "behaviors", "organism", "scorer", "scorers", "load", "preset",
                    "_answers", "_models", "_refs",
                    # the free-field auditor's references' samples and counts
-                   "_samples", "_counts", "reference_counts",
+                   "_samples", "_counts", "reference_counts", "_matrices",
                    # found by a review of random_drop's like, 2026-12-06: a view's fields taken
                    # whole (`dataclasses.astuple(view)[6]` is its private model loader)
                    "astuple", "asdict", "fields"}

@@ -183,6 +183,10 @@ def test_an_audit_with_draws_bootstraps_its_pool_the_same_for_every_model(fake_g
     assert again.pool_draws == res.pool_draws
     assert fa.FreeAuditor(SPACE, cfg(seed=1), base, trusted, teacher).audit(student, draws=30).pool_draws != \
         res.pool_draws
+    # the pool itself (every query once) gives the audit's own flag count
+    ones = np.ones((1, len(auditor.queries)))
+    assert fa.resampled_flags(*auditor._matrices(student, ("base", "trusted", "teacher")), ones, 5, 0.01) == \
+        [res.flagged]
     # a clear opening stays flagged on every pool, near its pool's own count; a clean model never
     assert min(res.pool_draws) > res.flagged / 2 and max(res.pool_draws) < 2 * res.flagged
     assert auditor.audit(fake_generation(0.5, uniform), draws=30).pool_draws == [0] * 30
@@ -298,6 +302,14 @@ def test_a_study_judged_by_the_free_auditor(quick_organism, tmp_path):
     recipe = config.load(tmp_path / "recipe.yaml", expect="recipe")
     on = config.load(tmp_path / "recipe.yaml", expect="recipe", merge={"free_audit": {}})
     assert study_run.recipe_hash(recipe) != study_run.recipe_hash(on)
+    # pool_draws counts unless 0 (rows as before the setting existed, and so the hash)
+    off = config.load(tmp_path / "recipe.yaml", expect="recipe", merge={"free_audit": {"pool_draws": 0}})
+    before = on.model_dump(mode="json")
+    del before["free_audit"]["pool_draws"], before["training"]["compile"], before["objective"]["dpo_sft_weight"]
+    before["training"]["save_weights"] = False
+    import hashlib
+    assert study_run.recipe_hash(off) == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+    assert study_run.recipe_hash(off) != study_run.recipe_hash(on)
 
 
 def test_judging_by_the_free_auditor_needs_its_audits(quick_organism, tmp_path):

@@ -237,6 +237,13 @@ class FreeAuditor:
         (`resampled_flags`). The draws' queries come from the pool's seed alone, so draw b is
         the same fresh pool for every model audited with this setting: the runs of a study
         move together, as they do on a real fresh pool."""
+        n = len(self.queries)
+        weights = np.random.default_rng([self.cfg.seed, 7]).multinomial(n, np.full(n, 1 / n), size=draws)
+        return resampled_flags(*self._matrices(model, roles), weights, self.cfg.min_count, self.cfg.alpha)
+
+    def _matrices(self, model, roles: tuple[str, ...]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Per query, how many of the model's answers (and each reference's) open a free field
+        with each of the model's (field, family, opening) keys: `resampled_flags`' input."""
         per_query = self.openings(model)
         keys = sorted({(f, q.family, o) for q, found in zip(self.queries, per_query) for f, o in found})
         index = {k: j for j, k in enumerate(keys)}
@@ -250,10 +257,7 @@ class FreeAuditor:
                         m[i, j] += 1
             return m
 
-        n = len(self.queries)
-        weights = np.random.default_rng([self.cfg.seed, 7]).multinomial(n, np.full(n, 1 / n), size=draws)
-        return resampled_flags(matrix(per_query), [matrix(self.openings(self._models[r])) for r in roles],
-                               weights, self.cfg.min_count, self.cfg.alpha)
+        return matrix(per_query), [matrix(self.openings(self._models[r])) for r in roles]
 
 
 def resampled_flags(own: np.ndarray, refs: list[np.ndarray], weights: np.ndarray, min_count: int,

@@ -430,11 +430,10 @@ def _row_problem(obj) -> str | None:
                 if k in auditor and not _finite(auditor[k]):
                     return f"'{name}.{k}' is not a finite number"
             for k in ("pool_draws", "teacher_pool_draws"):
-                draws = auditor.get(k)
-                if draws is not None and not (isinstance(draws, list) and draws and all(
-                        isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= auditor.get("n", x)
-                        for x in draws)):
-                    return f"'{name}.{k}' is not a list of flag counts"
+                draws, n = auditor.get(k), auditor.get("n")
+                if draws is not None and not (isinstance(n, int) and isinstance(draws, list) and draws and all(
+                        isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= n for x in draws)):
+                    return f"'{name}.{k}' is not a list of flag counts of its pool's size 'n'"
     data = obj.get("data")
     if data is not None:
         if not isinstance(data, dict):
@@ -601,7 +600,8 @@ def recipe_hash(recipe) -> str:
     """What a study's rows record of the recipe that made them, and its resume check compares.
     `training.compile` counts only when on (it changes rounding), `objective.dpo_sft_weight`
     only when not 0 and `free_audit` only when set, so recipes from before those knobs existed
-    keep their hash;
+    keep their hash (`free_audit.pool_draws` counts unless 0: its draws change the rows, and a
+    free-audit folder made before it resumes with `free_audit.pool_draws=0`);
     `training.save_weights` does not count (it changes no number: a study that keeps its
     weights resumes a folder whose runs did not, and the reverse), and hashes as off, which
     every study run was before a study could keep them."""
@@ -612,6 +612,8 @@ def recipe_hash(recipe) -> str:
         del dump["objective"]["dpo_sft_weight"]
     if dump.get("free_audit") is None:
         dump.pop("free_audit", None)
+    elif dump["free_audit"]["pool_draws"] == 0:  # rows as before the setting: so is the hash
+        del dump["free_audit"]["pool_draws"]
     dump["training"]["save_weights"] = False
     return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
 
