@@ -195,13 +195,14 @@ class FreeAuditor:
     def reference_audits(self) -> dict:
         """The summaries of base's and the teacher's audits, each against the references it is
         not: the teacher against base and trusted (could this audit have caught it directly?),
-        base against trusted and the teacher. Computed once, with the setting's bootstrapped
-        pools (`pool_draws`)."""
+        base against trusted and the teacher. Computed once; the teacher's with the setting's
+        bootstrapped pools (`pool_draws`), which `incriminating` reads (base's are read by
+        nothing)."""
         if self._reference_audits is None:
-            draws = self.cfg.pool_draws
             self._reference_audits = {
-                "base": self.audit(self._models["base"], roles=("trusted", "teacher"), draws=draws).summary(),
-                "teacher": self.audit(self._models["teacher"], roles=("base", "trusted"), draws=draws).summary()}
+                "base": self.audit(self._models["base"], roles=("trusted", "teacher")).summary(),
+                "teacher": self.audit(self._models["teacher"], roles=("base", "trusted"),
+                                      draws=self.cfg.pool_draws).summary()}
         return self._reference_audits
 
     def _cells(self, per_query) -> Counter:
