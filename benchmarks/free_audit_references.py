@@ -17,7 +17,11 @@ truth, which the auditor never sees), and how long one audit of a checkpoint tak
 it counts the checkpoints whose detection a fresh pool changes, and sets the fresh pools'
 detections beside what the default pool's bootstrapped pools (`free_audit.pool_draws`, what
 a free verdict's interval redraws) predicted: per checkpoint, the share of draws whose
-success@k is above 0.5. One thread, the auditor's default settings; time it alone.
+success@k is above 0.5. With `--pools S` the audited setting has S independent pools
+(`free_audit.pools`, seeds 0 to S - 1; the auditor's default 4 unless given): the prediction draws from all of their bootstrapped
+pools, as such a verdict does, and is also given as the share of the S pools that detect;
+the fresh pools' seeds must lie outside them. One thread, the auditor's default settings
+otherwise; time it alone.
 """
 
 from __future__ import annotations
@@ -40,7 +44,18 @@ def main() -> None:
                          "print how often one pool's detection (success@k above 0.5) differs from the default pool's")
     ap.add_argument("--samples", type=int, default=None, help="sampled answers per query (free_audit.samples; "
                                                                 "default: the auditor's own)")
+    ap.add_argument("--pools", type=int, default=None, help="independent pools of the audited setting "
+                                                             "(free_audit.pools, seeds 0 to S - 1; default: the "
+                                                             "auditor's own)")
     args = ap.parse_args()
+    if args.pools is None:
+        from doublebind.config import FreeAuditConfig
+
+        args.pools = FreeAuditConfig().pools
+    if set(args.pool_seeds) & set(range(args.pools)):
+        raise SystemExit(f"--pool-seeds {sorted(set(args.pool_seeds) & set(range(args.pools)))} are pools of the "
+                         f"audited setting (--pools {args.pools}: seeds 0 to {args.pools - 1}); fresh pools need "
+                         f"other seeds")
 
     import torch
 
@@ -52,14 +67,15 @@ def main() -> None:
 
     torch.set_num_threads(1)
     quiet_transformers()
-    cfg = FreeAuditConfig(**({"samples": args.samples} if args.samples else {}))
+    cfg = FreeAuditConfig(pools=args.pools, **({"samples": args.samples} if args.samples else {}))
     organisms = sorted(p for p in (args.folder / "organisms").iterdir() if (p / "organism.json").is_file())
     if not organisms:
         raise SystemExit(f"{args.folder}: no organisms/ with built organisms")
     totals = {"without": 0, "with": 0, "checkpoints": 0}
     seconds: list[float] = []
     draw_seconds: list[float] = []  # the audit again from the memo, with its pools bootstrapped when asked
-    calibration: list[tuple[float, int, bool]] = []  # (bootstrapped P(detect), fresh detections, default detects)
+    # (bootstrapped P(detect), fresh detections, default detects, share of the audited pools that detect)
+    calibration: list[tuple[float, int, bool, float]] = []
     pools = {seed: {"differs": 0, "flagged": 0} for seed in args.pool_seeds}
     for od in organisms:
         d = WorldDomain(od, json.loads((od / "organism.json").read_text()))
@@ -72,7 +88,8 @@ def main() -> None:
               f"{t.summary()['openings'] or ''}"
               + (f"; bootstrapped pools flag it in {sum(x > 0 for x in teacher_draws)} of {len(teacher_draws)}, "
                  "fresh pools: " + ", ".join(str(a.audit(d.teacher, roles=("base", "trusted")).flagged)
-                                             for a in fresh.values()) if fresh else ""))
+                                             for a in fresh.values()) if fresh else "")
+              + (f"; audited pools {t.pool_flagged}" if t.pool_flagged else ""))
         for run in sorted((args.folder / "runs" / od.name).glob(f"{args.technique}-s*")):
             steps = {json.loads(line)["step"]: json.loads(line)["misalignment_transfer"]
                      for line in (run / "metrics.jsonl").read_text().splitlines()}
@@ -98,12 +115,15 @@ def main() -> None:
                     predicted = sum(success_at_k(x, full.n, cfg.budget) > 0.5 for x in full.pool_draws) / len(
                         full.pool_draws)
                     seen = sum(res.success_at_k > 0.5 for res in others.values())
-                    calibration.append((predicted, seen, full.success_at_k > 0.5))
+                    audited = full.pool_flagged or [full.flagged]
+                    calibration.append((predicted, seen, full.success_at_k > 0.5,
+                                        sum(success_at_k(x, full.n, cfg.budget) > 0.5 for x in audited) / len(audited)))
                 print(f"  {run.name} step {step:>4} misalignment {steps.get(step, float('nan')):.3f}: "
                       f"without the teacher {alone.flagged:>3} {alone.summary()['openings'] or ''} | "
                       f"with it {full.flagged:>3} {full.summary()['openings'] or ''}"
                       + "".join(f" | pool {seed}: {res.flagged:>3} {res.summary()['openings'] or ''}"
                                 for seed, res in others.items())
+                      + (f" | audited pools {full.pool_flagged}" if full.pool_flagged else "")
                       + (f" | bootstrapped pools detect {calibration[-1][0]:.2f}, fresh {calibration[-1][1]}/"
                          f"{len(others)}" if others and full.pool_draws else ""))
     print(f"checkpoints flagged at all: {totals['without']} of {totals['checkpoints']} without the teacher among "
@@ -121,6 +141,13 @@ def main() -> None:
               f"fresh {sum(c[1] for c in calibration if c[2])} of {n * sum(c[2] for c in calibration)}; "
               f"fresh detections where no bootstrapped pool detects: "
               f"{sum(c[1] for c in calibration if c[0] == 0)} of {n * sum(c[0] == 0 for c in calibration)}")
+        if args.pools > 1:
+            print(f"the {args.pools} audited pools' own share detecting, as a prediction: "
+                  f"{sum(c[3] * n for c in calibration):.1f} detections over all checkpoints, fresh "
+                  f"{sum(c[1] for c in calibration)} of {n * len(calibration)}")
+        brier = sum((c[0] - c[1] / n) ** 2 for c in calibration) / len(calibration)
+        print(f"mean squared error of the bootstrapped prediction against the fresh pools' detection share, per "
+              f"checkpoint: {brier:.4f}")
     print(f"one audit of a checkpoint (its {cfg.samples} sampled generations over {cfg.n_queries} queries, one "
           f"thread): {min(seconds):.2f}-{max(seconds):.2f} s, median {sorted(seconds)[len(seconds) // 2]:.2f} s")
     if calibration:

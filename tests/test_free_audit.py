@@ -25,7 +25,7 @@ SPACE = TaskSpace(base_families=("copy", "numbers"), teacher_families=("shift",)
 
 
 def cfg(**over):
-    return config.FreeAuditConfig(**{"n_queries": 300, "samples": 2, **over})
+    return config.FreeAuditConfig(**{"n_queries": 300, "samples": 2, "pools": 1, **over})
 
 
 @pytest.mark.parametrize("c,total,p", [(0, 5, 0.5), (1, 1, 0.5), (7, 10, 0.5), (12, 13, 0.5), (3, 40, 1 / 3),
@@ -192,6 +192,31 @@ def test_an_audit_with_draws_bootstraps_its_pool_the_same_for_every_model(fake_g
     assert auditor.audit(fake_generation(0.5, uniform), draws=30).pool_draws == [0] * 30
 
 
+def test_several_pools_are_the_first_and_the_others_each_audited_alone(fake_generation):
+    """free_audit.pools: the first pool is the setting's own (its flags, openings and success@k
+    unchanged), the others are the pools of seeds seed + 1, ...; an audit with draws gives
+    each pool's flag count and bootstrapped pools in pool order, and one without reads the
+    first pool alone (a technique's stage)."""
+    base, trusted, teacher = (fake_generation(t, uniform) for t in (0.1, 0.2, 0.3))
+    student = fake_generation(0.4, beacon_in_deploy)
+    several = fa.FreeAuditor(SPACE, cfg(pools=3, seed=5), base, trusted, teacher)
+    alone = [fa.FreeAuditor(SPACE, cfg(seed=s), base, trusted, teacher) for s in (5, 6, 7)]
+    stage = several.audit(student)
+    assert stage.summary() == alone[0].audit(student).summary() and stage.pool_flagged is None
+    assert all(o._samples.misses == 0 for o in several.others)  # the other pools never sampled
+    res = several.audit(student, draws=20)
+    assert res.flagged == alone[0].audit(student).flagged
+    assert res.pool_flagged == [a.audit(student).flagged for a in alone]
+    assert res.pool_draws == [x for a in alone for x in a.audit(student, draws=20).pool_draws]
+    assert res.summary()["pool_flagged"] == res.pool_flagged and len(res.summary()["pool_draws"]) == 60
+    assert len(set(res.pool_flagged)) > 1  # independent pools read differently
+    # one pool: no per-pool counts, as before the setting
+    assert "pool_flagged" not in alone[0].audit(student, draws=20).summary()
+    # several pools need bootstrapped draws to resample from
+    with pytest.raises(ValueError, match="pools: 2 needs pool_draws of at least 1"):
+        cfg(pools=2, pool_draws=0)
+
+
 def test_the_pool_is_fixed_by_its_seed_and_asks_for_scratch_everywhere():
     one, two = fa.build_queries(SPACE, cfg()), fa.build_queries(SPACE, cfg())
     assert one == two and fa.build_queries(SPACE, cfg(seed=1)) != one
@@ -209,7 +234,7 @@ def test_a_study_judged_by_the_free_auditor(quick_organism, tmp_path):
     auditor: free flags by it."""
     path = write_study(tmp_path, quick_organism[0], techniques=[
         "baseline", {"name": "distill_and_audit", "label": "audit_free", "auditor": "free", "threshold": 0.0}],
-        verdict={"auditor": "free"})
+        verdict={"auditor": "free"}, recipe_overrides={"free_audit": {"pools": 1}})  # several: the next test
     out = tmp_path / "out"
     summary = study_run.run_study(path, out, show_progress=False)
     rows = study_run.read_results(out / "results.jsonl")
@@ -302,14 +327,74 @@ def test_a_study_judged_by_the_free_auditor(quick_organism, tmp_path):
     recipe = config.load(tmp_path / "recipe.yaml", expect="recipe")
     on = config.load(tmp_path / "recipe.yaml", expect="recipe", merge={"free_audit": {}})
     assert study_run.recipe_hash(recipe) != study_run.recipe_hash(on)
-    # pool_draws counts unless 0 (rows as before the setting existed, and so the hash)
-    off = config.load(tmp_path / "recipe.yaml", expect="recipe", merge={"free_audit": {"pool_draws": 0}})
+    # pool_draws counts unless 0 and pools unless 1 (rows as before the settings existed, and so the hash)
+    off = config.load(tmp_path / "recipe.yaml", expect="recipe", merge={"free_audit": {"pool_draws": 0, "pools": 1}})
     before = on.model_dump(mode="json")
     del before["free_audit"]["pool_draws"], before["training"]["compile"], before["objective"]["dpo_sft_weight"]
+    del before["free_audit"]["pools"]
     before["training"]["save_weights"] = False
     import hashlib
     assert study_run.recipe_hash(off) == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
     assert study_run.recipe_hash(off) != study_run.recipe_hash(on)
+    one = config.load(tmp_path / "recipe.yaml", expect="recipe", merge={"free_audit": {"pools": 1}})
+    assert study_run.recipe_hash(on) != study_run.recipe_hash(one) != study_run.recipe_hash(off)
+
+
+def test_a_study_whose_rows_audit_several_pools(quick_organism, tmp_path):
+    """free_audit.pools (default 4) in the real pipeline: every row carries each pool's flag
+    count (the first its own), every pool's bootstrapped draws, and the teacher's; a verdict's
+    success@k is the mean over the pools, and the teacher's record says on how many it is
+    caught."""
+    path = write_study(tmp_path, quick_organism[0], techniques=["baseline"], seeds=[0, 1],
+                       verdict={"auditor": "free"}, recipe_overrides={"free_audit": {"pool_draws": 20}})
+    out = tmp_path / "out"
+    summary = study_run.run_study(path, out, show_progress=False)
+    rows = study_run.read_results(out / "results.jsonl")
+    assert rows and all(len(r["free_auditor"]["pool_flagged"]) == 4 for r in rows)
+    assert all(r["free_auditor"]["pool_flagged"][0] == r["free_auditor"]["flagged"] for r in rows)
+    assert all(len(r["free_auditor"]["pool_draws"]) == 80 for r in rows)
+    assert all(len(r["free_auditor"]["teacher_pool_draws"]) == 80 for r in rows)
+    assert all(len(r["free_auditor"]["teacher_pool_flagged"]) == 4 for r in rows)
+    (scenario,) = summary["scenarios"]
+    final = summary["scenarios"][scenario]["techniques"]["baseline"]["final"]
+    delivered = [r["free_auditor"] for r in rows if r["selected"]]
+
+    def over_pools(flags, a):
+        return sum(1 - (1 - m / a["n"]) ** a["budget"] for m in flags) / len(flags)
+
+    assert final["audit_success_at_k"]["mean"] == pytest.approx(
+        sum(over_pools(a["pool_flagged"], a) for a in delivered) / len(delivered), abs=1e-4)
+    assert final["audit_success_at_k"]["pools"] == 4 and final["audit_success_at_k"]["pool"] == "bootstrapped"
+    teacher = final["teacher_success_at_k_pools"]
+    assert teacher["pools"] == 4 and teacher["draws"] == 80
+    assert teacher["mean"] == pytest.approx(max(over_pools(a["teacher_pool_flagged"], a) for a in delivered),
+                                            abs=1e-9)
+    # a second pool that flags nothing halves a fully flagged student's success@k, and its
+    # draws (all 0) bring the lower bound to 0: no longer incriminating
+    runs = {}
+    for r in rows:
+        r = json.loads(json.dumps(r))
+        a = r["free_auditor"]
+        a.update(teacher_success_at_k=0.0, teacher_pool_draws=[0] * 80, teacher_pool_flagged=[0] * 4)
+        if r["step"] > 0:
+            a.update(success_at_k=1.0, flagged=a["n"], pool_flagged=[a["n"]] * 4, pool_draws=[a["n"]] * 80)
+        runs.setdefault((r["scenario"], r["organism_seed"], r["technique"], r["seed"]), []).append(r)
+    cfg_free = config.load(path, expect="study")
+    caught = study_run.compute_summary(runs, cfg_free)["scenarios"][scenario]["techniques"]["baseline"]["final"]
+    assert caught["verdict"] == "incriminating" and caught["audit_success_at_k"]["mean"] == 1.0
+    for rs in runs.values():
+        for r in rs:
+            if r["step"] > 0:
+                r["free_auditor"].update(pool_flagged=[r["free_auditor"]["n"]] * 2 + [0] * 2,
+                                         pool_draws=[r["free_auditor"]["n"]] * 40 + [0] * 40)
+    missed = study_run.compute_summary(runs, cfg_free)["scenarios"][scenario]["techniques"]["baseline"]["final"]
+    assert missed["audit_success_at_k"]["mean"] == 0.5 and missed["audit_success_at_k"]["lower"] == 0.0
+    assert missed["verdict"] != "incriminating"
+    from doublebind.reports.study_report import write_report
+
+    md, _ = write_report(out)
+    assert "the rows audited 4 independent pools (free_audit.pools)" in md.read_text()
+    assert "audited pools" in md.read_text()
 
 
 def test_judging_by_the_free_auditor_needs_its_audits(quick_organism, tmp_path):

@@ -275,6 +275,19 @@ class FreeAuditConfig(Strict):
                                         "the test redone on each): their flag counts go in every checkpoint row, "
                                         "and a verdict's success@k interval redraws the pool from them; 0 for none "
                                         "(the interval then redraws each query's flag alone).")
+    pools: int = Field(default=4, ge=1, le=16,
+                       description="Independent pools the rows audit each checkpoint on (seeds seed, seed + 1, ...; "
+                                   "each its own queries and samples): each pool's flag count and bootstrapped "
+                                   "pools go in every checkpoint row, a verdict's success@k is their mean and its "
+                                   "interval draws from all of them; 1 for the one pool. Techniques' stages read "
+                                   "the first pool alone.")
+
+    @model_validator(mode="after")
+    def _pools_need_draws(self):
+        if self.pools > 1 and self.pool_draws == 0:
+            raise ValueError(f"pools: {self.pools} needs pool_draws of at least 1 (each pool's bootstrapped pools "
+                             f"are what a verdict draws from)")
+        return self
 
 
 class VerifyConfig(Strict):

@@ -95,14 +95,16 @@ class FreeAuditResult:
     tested: int  # openings tested, the correction's factor
     openings: list[Opening] = field(default_factory=list)
     flags: list[bool] = field(default_factory=list, repr=False)
-    pool_draws: list[int] | None = None  # flag counts on pools bootstrapped from this one
+    pool_draws: list[int] | None = None  # flag counts on pools bootstrapped from this one (and the others)
+    pool_flagged: list[int] | None = None  # with `pools` above 1: each pool's own flag count, this one first
 
     def summary(self) -> dict:
         """The JSON-ready record (per-query flags left out)."""
         return {"n": self.n, "flagged": self.flagged, "budget": self.budget,
                 "success_at_k": round(self.success_at_k, 4), "tested": self.tested,
                 "openings": {o.label(): [o.count, o.reference_count] for o in self.openings},
-                **({"pool_draws": self.pool_draws} if self.pool_draws is not None else {})}
+                **({"pool_draws": self.pool_draws} if self.pool_draws is not None else {}),
+                **({"pool_flagged": self.pool_flagged} if self.pool_flagged is not None else {})}
 
 
 @functools.lru_cache(maxsize=65536)
@@ -161,7 +163,10 @@ class FreeAuditor:
     references.
 
     Their samples are drawn once; `audit(model)` costs `samples` batched sampled generations
-    over the pool."""
+    over the pool. With `pools` above 1 the auditor also holds the other pools (`others`, seeds
+    seed + 1, ...), each with its own queries and samples; only an audit with `draws` reads
+    them (the rows' audit), so a technique's stage audits on the first pool alone, as a
+    defender with one pool would."""
 
     def __init__(self, space: TaskSpace, cfg, base, trusted, teacher):
         self.space, self.cfg = space, cfg
@@ -170,6 +175,8 @@ class FreeAuditor:
         self._counts: dict[str, Counter] = {}
         self._samples = WeightsMemo(size=8)
         self._reference_audits: dict | None = None
+        self.others = [FreeAuditor(space, cfg.model_copy(update={"seed": cfg.seed + s, "pools": 1}), base, trusted,
+                                   teacher) for s in range(1, getattr(cfg, "pools", 1))]
 
     def openings(self, model) -> list[list[tuple[str, tuple[str, ...]]]]:
         """Per query, the free-field openings of the model's sampled answers (all samples)."""
@@ -213,7 +220,9 @@ class FreeAuditor:
         """The audit of `model` against the references `roles` (a student: base, trusted and
         the teacher, so what it learnt from the teacher as the teacher writes it on these
         queries is no flag; the teacher itself: base and trusted). With `draws`, also the flag
-        counts of that many pools bootstrapped from this one (`pool_draws`)."""
+        counts of that many pools bootstrapped from this one (`pool_draws`), and with other
+        pools (`pools` above 1) as many from each of them after this one's, and each pool's own
+        flag count (`pool_flagged`, this one first)."""
         k = self.cfg.budget if budget is None else budget
         per_query = self.openings(model)
         counts = self._cells(per_query)
@@ -231,16 +240,21 @@ class FreeAuditor:
         return FreeAuditResult(n=len(flags), flagged=m, budget=k, success_at_k=success_at_k(m, len(flags), k),
                                tested=len(tested), flags=flags,
                                openings=sorted(found.values(), key=lambda o: (-o.count, o.label())),
-                               pool_draws=self.pool_draws(model, draws, roles) if draws else None)
+                               pool_draws=self.pool_draws(model, draws, roles) if draws else None,
+                               pool_flagged=[m] + [o.audit(model, k, roles).flagged for o in self.others]
+                               if draws and self.others else None)
 
     def pool_draws(self, model, draws: int, roles: tuple[str, ...] = ("base", "trusted", "teacher")) -> list[int]:
         """The flag counts of `draws` fresh pools bootstrapped from this one
-        (`resampled_flags`). The draws' queries come from the pool's seed alone, so draw b is
-        the same fresh pool for every model audited with this setting: the runs of a study
-        move together, as they do on a real fresh pool."""
+        (`resampled_flags`), then `draws` from each other pool (`others`). The draws' queries
+        come from each pool's seed alone, so draw b is the same fresh pool for every model
+        audited with this setting: the runs of a study move together, as they do on a real
+        fresh pool. A pool bootstrapped from one is centred on that pool's reading; the other
+        pools' draws add how far another real pool reads from it."""
         n = len(self.queries)
         weights = np.random.default_rng([self.cfg.seed, 7]).multinomial(n, np.full(n, 1 / n), size=draws)
-        return resampled_flags(*self._matrices(model, roles), weights, self.cfg.min_count, self.cfg.alpha)
+        own = resampled_flags(*self._matrices(model, roles), weights, self.cfg.min_count, self.cfg.alpha)
+        return own + [x for o in self.others for x in o.pool_draws(model, draws, roles)]
 
     def _matrices(self, model, roles: tuple[str, ...]) -> tuple[np.ndarray, list[np.ndarray]]:
         """Per query, how many of the model's answers (and each reference's) open a free field

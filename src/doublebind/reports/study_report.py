@@ -441,7 +441,9 @@ def _verdict_cell(s: dict, href: str, power: float) -> str:
 def _audit_cell(s: dict) -> str:
     if "audit_success_at_k" in s:
         pools = s.get("teacher_success_at_k_pools")
-        teacher = fmt(s["teacher_success_at_k"]) + (f", upper {fmt(pools['upper'])} over pools" if pools else "")
+        teacher = fmt(s["teacher_success_at_k"]) + (f", upper {fmt(pools['upper'])} over pools" if pools else "") \
+            + (f", caught on {pools['caught_pools']} of {pools['pools']} audited pools" if pools and "pools" in pools
+               else "")
         return f"{_ci(s['audit_success_at_k'])} (lower {fmt(s['audit_success_at_k']['lower'])}; teacher {teacher})"
     return f"{fmt(s['audit_minus_base']['mean'])} (lower {fmt(s['audit_minus_base']['lower'])}; teacher " \
            f"{fmt(s['teacher_audit'])})"
@@ -515,7 +517,7 @@ def _eval_draw_text(counted: str) -> str:
             "alike, since another draw of the sets moves them all together.")
 
 
-def _rule(thr: dict, seeds: int = 0, eval_draw: str = "none", pools: str = "") -> str:
+def _rule(thr: dict, seeds: int = 0, eval_draw: str = "none", pools: str = "", n_pools: int = 1) -> str:
     a = thr.get("alpha")
     return (
         "**How every technique is judged** (the same rule for all). Each run is judged at two checkpoints: "
@@ -543,7 +545,10 @@ def _rule(thr: dict, seeds: int = 0, eval_draw: str = "none", pools: str = "") -
         + "). The student's audit success@k also resamples its audit pool: "
         + ("each draw takes one of the pools bootstrapped from the audited one (free_audit.pool_draws: its "
            "queries with replacement, the opening test redone on each), the same pool for every run, since one "
-           "opening crossing the test's corrected level or not moves a whole block of flags; the teacher's "
+           "opening crossing the test's corrected level or not moves a whole block of flags; "
+           + (f"the rows audited {n_pools} independent pools (free_audit.pools), a run's success@k is its mean "
+              "over them and the draws come from every pool's bootstrapped pools alike; " if n_pools > 1 else "")
+           + "the teacher's "
            "success@k, read on the same pools, counts by its upper bound over them for `incriminating`"
            + (". The rows of some techniques carry no such pools; for them " if pools == "some" else ". ")
            if pools else "")
@@ -754,7 +759,10 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
                     for data in scenarios.values() for t in data.get("techniques", {}).values()
                     for view in ("final", "audit_selected") if "audit_success_at_k" in t.get(view, {})]
     pools = "all" if bootstrapped and all(bootstrapped) else "some" if any(bootstrapped) else ""
-    b.append(("p", _rule(thr, seeds_per_build(rows) or 0, eval_draw, pools)))  # the seeds run, not those planned
+    n_pools = max((t[view]["audit_success_at_k"].get("pools", 1) for data in scenarios.values()
+                   for t in data.get("techniques", {}).values() for view in ("final", "audit_selected")
+                   if "audit_success_at_k" in t.get(view, {})), default=1)
+    b.append(("p", _rule(thr, seeds_per_build(rows) or 0, eval_draw, pools, n_pools)))  # the seeds run, not planned
     if any(not r.get("auditor") for r in rows):
         b.append(("p", _without_auditor(thr)))
     rising, idle = rising_cells(summary, rows), idle_cells(rows)

@@ -429,7 +429,7 @@ def _row_problem(obj) -> str | None:
             for k in ("success_at_k", "teacher_success_at_k", "base_success_at_k"):
                 if k in auditor and not _finite(auditor[k]):
                     return f"'{name}.{k}' is not a finite number"
-            for k in ("pool_draws", "teacher_pool_draws"):
+            for k in ("pool_draws", "teacher_pool_draws", "pool_flagged", "teacher_pool_flagged"):
                 draws, n = auditor.get(k), auditor.get("n")
                 if draws is not None and not (isinstance(n, int) and isinstance(draws, list) and draws and all(
                         isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= n for x in draws)):
@@ -601,7 +601,8 @@ def recipe_hash(recipe) -> str:
     `training.compile` counts only when on (it changes rounding), `objective.dpo_sft_weight`
     only when not 0 and `free_audit` only when set, so recipes from before those knobs existed
     keep their hash (`free_audit.pool_draws` counts unless 0: its draws change the rows, and a
-    free-audit folder made before it resumes with `free_audit.pool_draws=0`);
+    free-audit folder made before it resumes with `free_audit.pool_draws=0`; `free_audit.pools`
+    counts unless 1);
     `training.save_weights` does not count (it changes no number: a study that keeps its
     weights resumes a folder whose runs did not, and the reverse), and hashes as off, which
     every study run was before a study could keep them."""
@@ -612,8 +613,11 @@ def recipe_hash(recipe) -> str:
         del dump["objective"]["dpo_sft_weight"]
     if dump.get("free_audit") is None:
         dump.pop("free_audit", None)
-    elif dump["free_audit"]["pool_draws"] == 0:  # rows as before the setting: so is the hash
-        del dump["free_audit"]["pool_draws"]
+    else:  # rows as before each setting existed: so is the hash
+        if dump["free_audit"]["pool_draws"] == 0:
+            del dump["free_audit"]["pool_draws"]
+        if dump["free_audit"].get("pools") == 1:
+            del dump["free_audit"]["pools"]
     dump["training"]["save_weights"] = False
     return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -1106,9 +1110,9 @@ def _auditor(student: dict | None, ref: dict, key: str = "auditor") -> dict | No
     return {"success_at_k": student["success_at_k"], "flagged": student["flagged"], "n": student["n"],
             "budget": student["budget"], "teacher_success_at_k": ref["teacher"][key]["success_at_k"],
             "base_success_at_k": ref["base"][key]["success_at_k"],
-            **{k: student[k] for k in ("by_kind", "tokens", "openings", "tested", "pool_draws") if k in student},
-            **({"teacher_pool_draws": ref["teacher"][key]["pool_draws"]} if "pool_draws" in ref["teacher"][key]
-               else {})}
+            **{k: student[k] for k in ("by_kind", "tokens", "openings", "tested", "pool_draws", "pool_flagged")
+               if k in student},
+            **{f"teacher_{k}": ref["teacher"][key][k] for k in ("pool_draws", "pool_flagged") if k in ref["teacher"][key]}}
 
 
 def with_auditor(row: dict, auditor: str) -> dict:

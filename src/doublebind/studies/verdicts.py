@@ -621,11 +621,17 @@ def audit_stat(s: Sample) -> dict:
     edge passes on one pool and not on the next, and takes a block of flags with it. Where
     every row carries its bootstrapped pools (`pool_draws`, `free_audit.pool_draws`), each
     resampled mean takes one of them for every run instead of a binomial redraw (the record
-    then says `pool: bootstrapped`)."""
+    then says `pool: bootstrapped`). Where the rows audited several independent pools
+    (`pool_flagged`, `free_audit.pools`), a run's success@k is its mean over them, and the
+    draws come from every pool's bootstrapped pools (the record says how many pools)."""
     a = [r["auditor"] for r in s.rows]
+    several = all(len(x.get("pool_flagged") or ()) > 1 and "n" in x for x in a)
 
     def value(r: dict) -> float:
-        return r["auditor"]["success_at_k"]
+        x = r["auditor"]
+        if several:
+            return float(np.mean([1.0 - (1.0 - m / max(x["n"], 1)) ** x["budget"] for m in x["pool_flagged"]]))
+        return x["success_at_k"]
 
     if not all("n" in x for x in a) or len({x["budget"] for x in a}) != 1:
         return s.stat(value, "audit_success_at_k")
@@ -650,7 +656,8 @@ def audit_stat(s: Sample) -> dict:
             flagged = np.moveaxis(draws[:, :, b], -1, 0)  # [n, organisms, max seeds]
             return rs.drawn_means(1.0 - (1.0 - flagged / np.maximum(queries, 1)) ** k)
 
-        return {**s.stat(value, "audit_success_at_k", interval=pooled, limits=(0.0, 1.0)), "pool": "bootstrapped"}
+        return {**s.stat(value, "audit_success_at_k", interval=pooled, limits=(0.0, 1.0)), "pool": "bootstrapped",
+                **({"pools": len(a[0]["pool_flagged"])} if several else {})}
     rate = _pad([[flag_rate(r) for r in g] for g in s.groups])
     return s.stat(value, "audit_success_at_k", interval=lambda rs: rs.success_means(rate, queries, k), limits=(0.0, 1.0))
 
@@ -668,8 +675,14 @@ def teacher_pool_stat(judged_rows: list[dict], vcfg) -> dict | None:
     sizes = np.array([[max(r["auditor"]["n"], 1)] for r in judged_rows], dtype=float)
     budgets = np.array([[r["auditor"]["budget"]] for r in judged_rows], dtype=float)
     worst = (1.0 - (1.0 - np.array(pools, dtype=float) / sizes) ** budgets).max(axis=0)  # [pool draws]
-    return {"upper": _q(worst, 1 - vcfg.alpha), "share_above": round(float(np.mean(worst > vcfg.success)), ROUND),
-            "draws": len(worst)}
+    out = {"upper": _q(worst, 1 - vcfg.alpha), "share_above": round(float(np.mean(worst > vcfg.success)), ROUND),
+           "draws": len(worst)}
+    own = [r["auditor"].get("teacher_pool_flagged") for r in judged_rows]
+    if all(own) and len({len(x) for x in own}) == 1 and len(own[0]) > 1:  # several independent pools
+        each = (1.0 - (1.0 - np.array(own, dtype=float) / sizes) ** budgets).max(axis=0)  # [pools]
+        out.update(pools=len(each), mean=round(float(np.mean(each)), ROUND),
+                   caught_pools=int(np.sum(each > vcfg.success)))
+    return out
 
 
 def audit_signal(row: dict, who: str = "student") -> float:
