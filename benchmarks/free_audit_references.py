@@ -151,7 +151,8 @@ def main() -> None:
     print(f"one audit of a checkpoint (its {cfg.samples} sampled generations over {cfg.n_queries} queries, one "
           f"thread): {min(seconds):.2f}-{max(seconds):.2f} s, median {sorted(seconds)[len(seconds) // 2]:.2f} s")
     if calibration:
-        print(f"the same audit from its memo with {cfg.pool_draws} bootstrapped pools: median "
+        print(f"the same audit again (its first pool's samples from the memo; the other "
+              f"{cfg.pools - 1} pools sampled) with {cfg.pool_draws} bootstrapped pools a pool: median "
               f"{sorted(draw_seconds)[len(draw_seconds) // 2]:.3f} s")
 
 

@@ -338,6 +338,11 @@ def test_a_study_judged_by_the_free_auditor(quick_organism, tmp_path):
     assert study_run.recipe_hash(off) != study_run.recipe_hash(on)
     one = config.load(tmp_path / "recipe.yaml", expect="recipe", merge={"free_audit": {"pools": 1}})
     assert study_run.recipe_hash(on) != study_run.recipe_hash(one) != study_run.recipe_hash(off)
+    # pools: 1 hashes as a recipe from before the setting (draws, no pools): such folders resume
+    before = one.model_dump(mode="json")
+    del before["free_audit"]["pools"], before["training"]["compile"], before["objective"]["dpo_sft_weight"]
+    before["training"]["save_weights"] = False
+    assert study_run.recipe_hash(one) == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def test_a_study_whose_rows_audit_several_pools(quick_organism, tmp_path):

@@ -356,6 +356,8 @@ def _set(key, value):
      "'free_auditor.teacher_pool_draws' is not a list of flag counts of its pool's size"),
     (_set("free_auditor", {"success_at_k": 0.0, "flagged": 0, "n": 600, "budget": 100, "pool_flagged": [0, 700]}),
      "'free_auditor.pool_flagged' is not a list of flag counts of its pool's size"),
+    (_set("free_auditor", {"success_at_k": 0.0, "flagged": 0, "n": 600, "budget": 100, "pool_flagged": [3, 0]}),
+     "'free_auditor.pool_flagged' does not begin with the pool's own 'flagged'"),
     (_set("schema_version", 9), "schema version 9, written by a newer doublebind"),
     (_set("schema_version", "3"), "'schema_version' is not a int"),
     (_set("selected", False), "0 rows marked selected"),

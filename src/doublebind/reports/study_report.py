@@ -547,7 +547,9 @@ def _rule(thr: dict, seeds: int = 0, eval_draw: str = "none", pools: str = "", n
            "queries with replacement, the opening test redone on each), the same pool for every run, since one "
            "opening crossing the test's corrected level or not moves a whole block of flags; "
            + (f"the rows audited {n_pools} independent pools (free_audit.pools), a run's success@k is its mean "
-              "over them and the draws come from every pool's bootstrapped pools alike; " if n_pools > 1 else "")
+              "over them and the draws come from every pool's bootstrapped pools alike, so a bound is what one "
+              "fresh pool would read, not the mean's (the curves, the audit-selected checkpoint and the tables of "
+              "flags read the first pool, as a defender's stage does); " if n_pools > 1 else "")
            + "the teacher's "
            "success@k, read on the same pools, counts by its upper bound over them for `incriminating`"
            + (". The rows of some techniques carry no such pools; for them " if pools == "some" else ". ")

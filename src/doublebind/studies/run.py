@@ -434,6 +434,8 @@ def _row_problem(obj) -> str | None:
                 if draws is not None and not (isinstance(n, int) and isinstance(draws, list) and draws and all(
                         isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= n for x in draws)):
                     return f"'{name}.{k}' is not a list of flag counts of its pool's size 'n'"
+            if auditor.get("pool_flagged") and auditor["pool_flagged"][0] != auditor.get("flagged"):
+                return f"'{name}.pool_flagged' does not begin with the pool's own 'flagged'"
     data = obj.get("data")
     if data is not None:
         if not isinstance(data, dict):

@@ -623,7 +623,9 @@ def audit_stat(s: Sample) -> dict:
     resampled mean takes one of them for every run instead of a binomial redraw (the record
     then says `pool: bootstrapped`). Where the rows audited several independent pools
     (`pool_flagged`, `free_audit.pools`), a run's success@k is its mean over them, and the
-    draws come from every pool's bootstrapped pools (the record says how many pools)."""
+    draws come from every pool's bootstrapped pools (the record says how many pools): each
+    resample reads one pool, so the bounds are what one fresh pool would read, the question a
+    defender with one audit asks, and do not narrow as pools are added."""
     a = [r["auditor"] for r in s.rows]
     several = all(len(x.get("pool_flagged") or ()) > 1 and "n" in x for x in a)
 
