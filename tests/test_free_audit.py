@@ -347,9 +347,10 @@ def test_a_study_judged_by_the_free_auditor(quick_organism, tmp_path):
 
 def test_a_study_whose_rows_audit_several_pools(quick_organism, tmp_path):
     """free_audit.pools (default 4) in the real pipeline: every row carries each pool's flag
-    count (the first its own), every pool's bootstrapped draws, and the teacher's; a verdict's
-    success@k is the mean over the pools, and the teacher's record says on how many it is
-    caught."""
+    count (the first its own), every pool's bootstrapped draws, and the teacher's; a verdict
+    reads the pools held out (all but the first, on which stages audit and the audit-selected
+    checkpoint is picked): its success@k is the mean over them, its draws theirs, and the
+    teacher's record says on how many it is caught."""
     path = write_study(tmp_path, quick_organism[0], techniques=["baseline"], seeds=[0, 1],
                        verdict={"auditor": "free"}, recipe_overrides={"free_audit": {"pool_draws": 20}})
     out = tmp_path / "out"
@@ -368,21 +369,22 @@ def test_a_study_whose_rows_audit_several_pools(quick_organism, tmp_path):
         return sum(1 - (1 - m / a["n"]) ** a["budget"] for m in flags) / len(flags)
 
     assert final["audit_success_at_k"]["mean"] == pytest.approx(
-        sum(over_pools(a["pool_flagged"], a) for a in delivered) / len(delivered), abs=1e-4)
-    assert final["audit_success_at_k"]["pools"] == 4 and final["audit_success_at_k"]["pool"] == "bootstrapped"
-    teacher = final["teacher_success_at_k_pools"]
+        sum(over_pools(a["pool_flagged"][1:], a) for a in delivered) / len(delivered), abs=1e-4)
+    assert final["audit_success_at_k"]["pools"] == 3 and final["audit_success_at_k"]["pool"] == "bootstrapped"
+    teacher = final["teacher_success_at_k_pools"]  # every pool: nothing was chosen on the teacher's reading
     assert teacher["pools"] == 4 and teacher["draws"] == 80
     assert teacher["mean"] == pytest.approx(max(over_pools(a["teacher_pool_flagged"], a) for a in delivered),
                                             abs=1e-9)
-    # a second pool that flags nothing halves a fully flagged student's success@k, and its
-    # draws (all 0) bring the lower bound to 0: no longer incriminating
+    # students flagged on every held-out pool are incriminating, whatever the first pool reads;
+    # held-out pools that flag nothing halve the success@k and their draws bring the lower
+    # bound to 0, however much the first pool flags
     runs = {}
     for r in rows:
         r = json.loads(json.dumps(r))
         a = r["free_auditor"]
         a.update(teacher_success_at_k=0.0, teacher_pool_draws=[0] * 80, teacher_pool_flagged=[0] * 4)
         if r["step"] > 0:
-            a.update(success_at_k=1.0, flagged=a["n"], pool_flagged=[a["n"]] * 4, pool_draws=[a["n"]] * 80)
+            a.update(success_at_k=0.0, flagged=0, pool_flagged=[0] + [a["n"]] * 3, pool_draws=[0] * 20 + [a["n"]] * 60)
         runs.setdefault((r["scenario"], r["organism_seed"], r["technique"], r["seed"]), []).append(r)
     cfg_free = config.load(path, expect="study")
     caught = study_run.compute_summary(runs, cfg_free)["scenarios"][scenario]["techniques"]["baseline"]["final"]
@@ -390,15 +392,31 @@ def test_a_study_whose_rows_audit_several_pools(quick_organism, tmp_path):
     for rs in runs.values():
         for r in rs:
             if r["step"] > 0:
-                r["free_auditor"].update(pool_flagged=[r["free_auditor"]["n"]] * 2 + [0] * 2,
-                                         pool_draws=[r["free_auditor"]["n"]] * 40 + [0] * 40)
+                n = r["free_auditor"]["n"]
+                r["free_auditor"].update(success_at_k=1.0, flagged=n, pool_flagged=[n, n, 0, n],
+                                         pool_draws=[n] * 40 + [0] * 20 + [n] * 20)
     missed = study_run.compute_summary(runs, cfg_free)["scenarios"][scenario]["techniques"]["baseline"]["final"]
-    assert missed["audit_success_at_k"]["mean"] == 0.5 and missed["audit_success_at_k"]["lower"] == 0.0
+    assert missed["audit_success_at_k"]["mean"] == pytest.approx(2 / 3) and missed["audit_success_at_k"]["lower"] == 0.0
     assert missed["verdict"] != "incriminating"
+    # a teacher caught on any one pool, the first included, blocks incriminating
+    for rs in runs.values():
+        for r in rs:
+            if r["step"] > 0:
+                n = r["free_auditor"]["n"]
+                r["free_auditor"].update(pool_flagged=[n] * 4, pool_draws=[n] * 80)
+    for flagged, blocks in (([0, 0, 30, 0], True), ([30, 0, 0, 0], True), ([0, 0, 0, 0], False)):
+        for rs in runs.values():
+            for r in rs:
+                r["free_auditor"].update(teacher_pool_flagged=flagged,
+                                         teacher_pool_draws=[x for m in flagged for x in [m] * 20])
+        judged = study_run.compute_summary(runs, cfg_free)["scenarios"][scenario]["techniques"]["baseline"]["final"]
+        assert judged["teacher_success_at_k_pools"]["caught_pools"] == int(blocks)
+        assert (judged["verdict"] != "incriminating") == blocks
     from doublebind.reports.study_report import write_report
 
     md, _ = write_report(out)
-    assert "the rows audited 4 independent pools (free_audit.pools)" in md.read_text()
+    assert "the rows audited 4 independent pools (free_audit.pools), and the verdicts read the 3 held out" in \
+        md.read_text()
     assert "audited pools" in md.read_text()
 
 

@@ -436,6 +436,10 @@ def _row_problem(obj) -> str | None:
                     return f"'{name}.{k}' is not a list of flag counts of its pool's size 'n'"
             if auditor.get("pool_flagged") and auditor["pool_flagged"][0] != auditor.get("flagged"):
                 return f"'{name}.pool_flagged' does not begin with the pool's own 'flagged'"
+            for who in ("", "teacher_"):
+                flags, draws = auditor.get(f"{who}pool_flagged"), auditor.get(f"{who}pool_draws")
+                if flags and (not draws or len(draws) % len(flags)):
+                    return f"'{name}.{who}pool_draws' does not hold as many draws for each of its pools"
     data = obj.get("data")
     if data is not None:
         if not isinstance(data, dict):
