@@ -370,14 +370,14 @@ def test_a_study_whose_rows_audit_several_pools(quick_organism, tmp_path):
 
     assert final["audit_success_at_k"]["mean"] == pytest.approx(
         sum(over_pools(a["pool_flagged"][1:], a) for a in delivered) / len(delivered), abs=1e-4)
-    assert final["audit_success_at_k"]["pools"] == 3 and final["audit_success_at_k"]["pool"] == "bootstrapped"
+    assert final["audit_success_at_k"]["held_out_pools"] == 3 and final["audit_success_at_k"]["pool"] == "bootstrapped"
     teacher = final["teacher_success_at_k_pools"]  # every pool: nothing was chosen on the teacher's reading
     assert teacher["pools"] == 4 and teacher["draws"] == 80
     assert teacher["mean"] == pytest.approx(max(over_pools(a["teacher_pool_flagged"], a) for a in delivered),
                                             abs=1e-9)
     # students flagged on every held-out pool are incriminating, whatever the first pool reads;
-    # held-out pools that flag nothing halve the success@k and their draws bring the lower
-    # bound to 0, however much the first pool flags
+    # a held-out pool that flags nothing takes a third off the success@k and its draws bring
+    # the lower bound to 0, however much the first pool flags
     runs = {}
     for r in rows:
         r = json.loads(json.dumps(r))

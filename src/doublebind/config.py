@@ -278,9 +278,10 @@ class FreeAuditConfig(Strict):
     pools: int = Field(default=4, ge=1, le=16,
                        description="Independent pools the rows audit each checkpoint on (seeds seed, seed + 1, ...; "
                                    "each its own queries and samples): each pool's flag count and bootstrapped "
-                                   "pools go in every checkpoint row, a verdict's success@k is their mean and its "
-                                   "interval draws from all of them; 1 for the one pool. Techniques' stages read "
-                                   "the first pool alone.")
+                                   "pools go in every checkpoint row; a verdict reads a student on all but the "
+                                   "first (its success@k their mean, its interval drawn from their bootstrapped "
+                                   "pools) and the teacher on all; 1 for the one pool. Techniques' stages and the "
+                                   "audit-selected checkpoint read the first pool alone.")
 
     @model_validator(mode="after")
     def _pools_need_draws(self):

@@ -546,13 +546,15 @@ def _rule(thr: dict, seeds: int = 0, eval_draw: str = "none", pools: str = "", n
         + ("each draw takes one of the pools bootstrapped from the audited one (free_audit.pool_draws: its "
            "queries with replacement, the opening test redone on each), the same pool for every run, since one "
            "opening crossing the test's corrected level or not moves a whole block of flags; "
-           + (f"the rows audited {n_pools + 1} independent pools (free_audit.pools), and the verdicts read the "
-              f"{n_pools} held out: the first is the defender's working pool, on which a technique's stage audits "
+           + ((f"the rows audited {n_pools + 1} independent pools (free_audit.pools), and the verdicts read the "
+               f"{n_pools} held out: " if n_pools > 0 else "where rows audited several independent pools "
+               "(free_audit.pools, which differ here between the study's rows), the verdicts read those held out: ")
+              + "the first is the defender's working pool, on which a technique's stage audits "
               "and the audit-selected checkpoint is picked (the curves and the tables of flags show it too), so "
               "its reading of what it picked would lean toward passing; a run's success@k is its mean over the "
               "held-out pools and the draws come from their bootstrapped pools alike, so a bound is what one "
               "fresh pool would read, not the mean's (the teacher's bound reads every pool, the first too: "
-              "nothing was chosen on it); " if n_pools > 0 else "")
+              "nothing was chosen on it); " if n_pools != 0 else "")
            + "the teacher's "
            "success@k, read on the same pools, counts by its upper bound over them for `incriminating`"
            + (". The rows of some techniques carry no such pools; for them " if pools == "some" else ". ")
@@ -764,9 +766,10 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
                     for data in scenarios.values() for t in data.get("techniques", {}).values()
                     for view in ("final", "audit_selected") if "audit_success_at_k" in t.get(view, {})]
     pools = "all" if bootstrapped and all(bootstrapped) else "some" if any(bootstrapped) else ""
-    n_pools = max((t[view]["audit_success_at_k"].get("pools", 0) for data in scenarios.values()
-                   for t in data.get("techniques", {}).values() for view in ("final", "audit_selected")
-                   if "audit_success_at_k" in t.get(view, {})), default=0)  # the held-out pools judged
+    held_out = {t[view]["audit_success_at_k"].get("held_out_pools", 0) for data in scenarios.values()
+                for t in data.get("techniques", {}).values() for view in ("final", "audit_selected")
+                if "audit_success_at_k" in t.get(view, {})}
+    n_pools = held_out.pop() if len(held_out) == 1 else -1 if any(held_out) else 0  # -1: they differ
     b.append(("p", _rule(thr, seeds_per_build(rows) or 0, eval_draw, pools, n_pools)))  # the seeds run, not planned
     if any(not r.get("auditor") for r in rows):
         b.append(("p", _without_auditor(thr)))
