@@ -176,7 +176,7 @@ class FreeAuditor:
         self._samples = WeightsMemo(size=8)
         self._reference_audits: dict | None = None
         self.others = [FreeAuditor(space, cfg.model_copy(update={"seed": cfg.seed + s, "pools": 1}), base, trusted,
-                                   teacher) for s in range(1, getattr(cfg, "pools", 1))]
+                                   teacher) for s in range(1, cfg.pools)]
 
     def openings(self, model) -> list[list[tuple[str, tuple[str, ...]]]]:
         """Per query, the free-field openings of the model's sampled answers (all samples)."""

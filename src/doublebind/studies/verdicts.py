@@ -652,13 +652,14 @@ def audit_stat(s: Sample) -> dict:
         return 1.0 - (1.0 - min(max(value(r), 0.0), 1.0)) ** (1.0 / k)
 
     queries = _pad([[float(r["auditor"]["n"]) for r in g] for g in s.groups])
-    pools = [held_out_pools(x)[1] if several else x.get("pool_draws") for x in a]
+
+    def judged(x: dict) -> list[int] | None:  # the bootstrapped pools the verdict reads
+        return held_out_pools(x)[1] if several else x.get("pool_draws")
+
+    pools = [judged(x) for x in a]
     if all(pools) and len({len(d) for d in pools}) == 1:
         # the free-field auditor's bootstrapped pools (`FreeAuditor.pool_draws`): draw b is
         # the same fresh pool for every run, so each resampled mean takes one b for all runs
-        def judged(x: dict) -> list[int]:
-            return held_out_pools(x)[1] if several else x["pool_draws"]
-
         draws = np.array([[judged(r["auditor"]) for r in g] + [[0] * len(pools[0])] * (queries.shape[1] - len(g))
                           for g in s.groups], dtype=float)  # [organisms, max seeds, pool draws]
 
