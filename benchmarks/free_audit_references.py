@@ -18,8 +18,10 @@ it counts the checkpoints whose detection a fresh pool changes, and sets the fre
 detections beside what the default pool's bootstrapped pools (`free_audit.pool_draws`, what
 a free verdict's interval redraws) predicted: per checkpoint, the share of draws whose
 success@k is above 0.5. With `--pools S` the audited setting has S independent pools
-(`free_audit.pools`, seeds 0 to S - 1; the auditor's default 4 unless given): the prediction draws from all of their bootstrapped
-pools, as such a verdict does, and is also given as the share of the S pools that detect;
+(`free_audit.pools`, seeds 0 to S - 1; the auditor's default 4 unless given): the prediction
+draws from all of their bootstrapped pools (a verdict reads all but the first, the pool
+techniques choose on; for checkpoints chosen on no pool, as a baseline's, the first is a
+pool like the others), and is also given as the share of the S pools that detect;
 the fresh pools' seeds must lie outside them. One thread, the auditor's default settings
 otherwise; time it alone.
 """
