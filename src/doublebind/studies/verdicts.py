@@ -182,8 +182,7 @@ class Resampler:
             for j in range(s):
                 counts[i, j] = binomial_quantile(int(queries[i, j]), float(rate[i, j]), u)
         drawn = counts[self.org[..., None], self.idx, np.arange(len(u))[:, None, None]]  # [n, g, s]
-        n_q = np.maximum(queries[self.org[..., None], self.idx], 1)
-        return self._mean(1.0 - (1.0 - drawn / n_q) ** k)
+        return self._mean(success_of(drawn, queries[self.org[..., None], self.idx], k))
 
 
 def binomial_quantile(n: int, p: float, u: np.ndarray) -> np.ndarray:
@@ -636,7 +635,7 @@ def audit_stat(s: Sample) -> dict:
         x = r["auditor"]
         if several:
             flags, _ = held_out_pools(x)
-            return float(np.mean([1.0 - (1.0 - m / max(x["n"], 1)) ** x["budget"] for m in flags]))
+            return float(np.mean(success_of(flags, x["n"], x["budget"])))
         return x["success_at_k"]
 
     if not all("n" in x for x in a) or len({x["budget"] for x in a}) != 1:
@@ -666,12 +665,18 @@ def audit_stat(s: Sample) -> dict:
         def pooled(rs: Resampler) -> np.ndarray:
             b = np.random.default_rng(1).integers(0, draws.shape[-1], size=len(rs.org))
             flagged = np.moveaxis(draws[:, :, b], -1, 0)  # [n, organisms, max seeds]
-            return rs.drawn_means(1.0 - (1.0 - flagged / np.maximum(queries, 1)) ** k)
+            return rs.drawn_means(success_of(flagged, queries, k))
 
         return {**s.stat(value, "audit_success_at_k", interval=pooled, limits=(0.0, 1.0)), "pool": "bootstrapped",
                 **({"held_out_pools": len(held_out_pools(a[0])[0])} if several else {})}
     rate = _pad([[flag_rate(r) for r in g] for g in s.groups])
     return s.stat(value, "audit_success_at_k", interval=lambda rs: rs.success_means(rate, queries, k), limits=(0.0, 1.0))
+
+
+def success_of(flagged, n, k) -> np.ndarray:
+    """success@k = 1 - (1 - m / n) ** k of flag counts m in pools of n queries (arrays
+    broadcast; a pool of no queries reads as one, so its success@k is 0)."""
+    return 1.0 - (1.0 - np.asarray(flagged, dtype=float) / np.maximum(n, 1)) ** np.asarray(k, dtype=float)
 
 
 def held_out_pools(auditor: dict) -> tuple[list[int], list[int]] | None:
@@ -699,14 +704,14 @@ def teacher_pool_stat(judged_rows: list[dict], vcfg) -> dict | None:
     pools = [r["auditor"].get("teacher_pool_draws") for r in judged_rows]
     if not all(pools) or len({len(d) for d in pools}) != 1:
         return None
-    sizes = np.array([[max(r["auditor"]["n"], 1)] for r in judged_rows], dtype=float)
+    sizes = np.array([[r["auditor"]["n"]] for r in judged_rows], dtype=float)
     budgets = np.array([[r["auditor"]["budget"]] for r in judged_rows], dtype=float)
-    worst = (1.0 - (1.0 - np.array(pools, dtype=float) / sizes) ** budgets).max(axis=0)  # [pool draws]
+    worst = success_of(pools, sizes, budgets).max(axis=0)  # [pool draws]
     out = {"upper": _q(worst, 1 - vcfg.alpha), "share_above": round(float(np.mean(worst > vcfg.success)), ROUND),
            "draws": len(worst)}
     own = [r["auditor"].get("teacher_pool_flagged") for r in judged_rows]
     if all(own) and len({len(x) for x in own}) == 1 and len(own[0]) > 1:  # several independent pools, all read
-        each = (1.0 - (1.0 - np.array(own, dtype=float) / sizes) ** budgets).max(axis=0)  # [pools]
+        each = success_of(own, sizes, budgets).max(axis=0)  # [pools]
         out.update(pools=len(each), mean=round(float(np.mean(each)), ROUND),
                    caught_pools=int(np.sum(each > vcfg.success)))
     return out
