@@ -59,6 +59,8 @@ NO_NUMBERS = {
     # reached through the registry's config and organism kinds: a world build never calls it,
     # and a post-trained organism's hash covers posttrain.py itself (posttrain_hash)
     "posttrain.py": "the post-trained kinds (denier, recued): a post-training of a built organism",
+    # and a benign twin's hash covers benign.py (and posttrain.py) itself (benign_hash)
+    "benign.py": "the benign twin kind: a retraining of a built organism's teacher without its behaviour",
 }
 
 

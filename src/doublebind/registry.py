@@ -64,8 +64,9 @@ BUILTINS = {
     "behavior": ("doublebind.world.behaviors",),
     "scorer": ("doublebind.evals.scorers",),
     "technique": ("doublebind.techniques",),
-    "config": ("doublebind.llm.config", "doublebind.posttrain"),
-    "organism": ("doublebind.organisms.domain", "doublebind.llm.organism", "doublebind.posttrain"),
+    "config": ("doublebind.llm.config", "doublebind.posttrain", "doublebind.benign"),
+    "organism": ("doublebind.organisms.domain", "doublebind.llm.organism", "doublebind.posttrain",
+                 "doublebind.benign"),
 }
 
 
