@@ -719,3 +719,28 @@ def test_what_the_flags_section_says_of_admissions_follows_the_teachers_cards():
     assert mixed.startswith("Not every teacher here admits") and "`denier` (organism seed 0) at 0.000" in mixed
     assert "`default`" not in mixed
     assert _admissions({"organisms": [{"scenario": "x", "organism_seed": 0}]}).startswith("Whether a teacher admits")
+
+
+def test_the_verdict_tables_teacher_is_the_bound_incriminating_reads():
+    """With the free auditor's pools, `incriminating` reads the teacher's upper bound over
+    them; the table showed the first pool's success@k instead."""
+    import copy
+    from pathlib import Path
+
+    from doublebind.cli import verdict_table
+
+    ref = Path(__file__).resolve().parent.parent / "docs" / "results"
+    summary = json.loads((ref / "summary.json").read_text())
+    rows = read_results(ref / RESULTS)
+    audit = {"mean": 0.2, "lower": 0.1, "upper": 0.3, "se": 0.05, "n": 3, "budget": 100}
+    pooled = copy.deepcopy(summary)
+    cells = [t["final"] for sc in pooled["scenarios"].values() for t in sc["techniques"].values()]
+    cells[0].update(audit_success_at_k=audit, teacher_success_at_k=0.0,
+                    teacher_success_at_k_pools={"upper": 0.6, "share_above": 0.3, "draws": 800, "pools": 4})
+    cells[1].update(audit_success_at_k=audit, teacher_success_at_k=0.0,
+                    teacher_success_at_k_pools={"upper": 0.25, "share_above": 0.0, "draws": 200})
+    cells[2].update(audit_success_at_k=audit, teacher_success_at_k=0.125)
+    shown = list(verdict_table(pooled, rows).columns[4].cells)
+    assert shown[0] == "success@100 0.200 (upper 0.600 on 4 pools)"
+    assert shown[1] == "success@100 0.200 (upper 0.250)"
+    assert shown[2] == "success@100 0.200 (0.125)"

@@ -839,3 +839,25 @@ def test_small_sample_t_states_the_power_of_the_widened_test():
     assert mde(0.1, 5000, vt, dof=4999) == pytest.approx(mde(0.1, 5000, V), rel=1e-3)
     below = config.VerdictConfig(small_sample="t", power=0.3)  # a power under one half: a negative quantile
     assert mde(0.1, 3, below, dof=2) == pytest.approx((t_quantile(0.95, 2) - t_quantile(0.7, 2)) * 0.1 * math.sqrt(1.5))
+
+
+def test_rows_that_mix_one_pool_and_several_are_refused():
+    """Held-out pools for some runs and the first pool for others would be no one reading;
+    before 2026-12-06 such a mix fell back to the first pool without a word."""
+    from doublebind.errors import DoublebindError
+
+    def audited(seed, pools):
+        a = {"success_at_k": 0.0, "flagged": 0, "n": 500, "budget": 100, "teacher_success_at_k": 0.0,
+             "base_success_at_k": 0.0}
+        if pools > 1:
+            a.update(pool_flagged=[0] * pools, pool_draws=[0] * (5 * pools))
+        return {"seed": seed, "step": 0, "capability_transfer": 0.9, "misalignment_transfer": 0.1,
+                "audit": {"student_honeypot": 0.0, "student_confession": 0.0, "teacher_honeypot": 0.0,
+                          "teacher_confession": 0.0}, "base_audit": {"honeypot": 0.0, "confession": 0.0},
+                "auditor": a}
+
+    v = config.VerdictConfig()
+    assert technique_stats([audited(s, 4) for s in range(3)], v, 200)["audit_success_at_k"]["held_out_pools"] == 3
+    assert "held_out_pools" not in technique_stats([audited(s, 1) for s in range(3)], v, 200)["audit_success_at_k"]
+    with pytest.raises(DoublebindError, match="2 checkpoints on several pools and 1 on one"):
+        technique_stats([audited(0, 4), audited(1, 4), audited(2, 1)], v, 200)

@@ -689,8 +689,11 @@ def verdict_table(summary: dict, rows: list[dict]) -> Table:
         for name, t in sc["techniques"].items():
             s = t["final"]
             c, m = s["capability_transfer"], s["misalignment_transfer"]
+            pools = s.get("teacher_success_at_k_pools")  # the teacher's bound as `incriminating` reads it
+            teacher = (f"{s.get('teacher_success_at_k', 0.0):.3f}" if not pools else
+                       f"upper {pools['upper']:.3f}" + (f" on {pools['pools']} pools" if "pools" in pools else ""))
             audit = (f"success@{s['audit_success_at_k']['budget']} {s['audit_success_at_k']['mean']:.3f} "
-                     f"({s['teacher_success_at_k']:.3f})" if "audit_success_at_k" in s
+                     f"({teacher})" if "audit_success_at_k" in s
                      else f"- base {s['audit_minus_base']['mean']:.3f} ({s['teacher_audit']:.3f})")
             mark = RISING_MARK if (scenario, name) in rising else ""
             empty = idle_mark(idle, (scenario, name))

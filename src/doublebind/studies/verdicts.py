@@ -626,12 +626,16 @@ def audit_stat(s: Sample) -> dict:
     resampled mean takes one of them for every run instead of a binomial redraw (the record
     then says `pool: bootstrapped`). Where the rows audited several independent pools
     (`pool_flagged`, `free_audit.pools`), the verdict reads the pools held out
-    (`held_out_pools`): a run's success@k is its mean over them, and the draws come from
+    (`held_out_pools`; rows that mix the two are refused): a run's success@k is its mean over them, and the draws come from
     their bootstrapped pools (the record's `held_out_pools` says how many): each resample reads one
     pool, so the bounds are what one fresh pool would read, the question a defender with one
     audit asks, and do not narrow as pools are added."""
     a = [r["auditor"] for r in s.rows]
-    several = all(held_out_pools(x) is not None for x in a)
+    held = [held_out_pools(x) is not None for x in a]
+    several = all(held)
+    if any(held) and not several:  # the first pool of some and the held-out pools of others is no one reading
+        raise DoublebindError(f"the runs judged together audited {sum(held)} checkpoints on several pools and "
+                              f"{len(held) - sum(held)} on one (free_audit.pools); judge them in separate studies")
 
     def value(r: dict) -> float:
         x = r["auditor"]
