@@ -129,11 +129,17 @@ def main(argv=None) -> int:
                 for who, cfg, runs, summ, name in (("own", ocfg, oruns, osum, orig), ("twin", bcfg, bruns, bsum, twin)):
                     c = cell(summ, cfg, runs, name, t, view)
                     print(f"| {t} | {view} | {who} | " + " | ".join(describe(c, who == "twin")) + " |")
-        openings = Counter()
+        openings, seen = Counter(), set()
         for t in bcfg.technique_stages():
             for view in VIEWS:
                 c = cell(bsum, bcfg, bruns, twin, t, view)
                 for r in (c or {}).get("rows", []):
+                    # one checkpoint once, though several views or techniques judge it (a stage
+                    # that changed nothing delivers the baseline's run: its rows are the same)
+                    at = (r["seed"], r["step"], r["capability_transfer"], json.dumps(r.get("auditor"), sort_keys=True))
+                    if at in seen:
+                        continue
+                    seen.add(at)
                     for o in (r.get("auditor") or {}).get("openings") or {}:
                         openings[o] += 1
         if openings:

@@ -89,7 +89,8 @@ def pooled_runs(folders: list[Path]) -> tuple[dict, StudyConfig]:
     return cells, cfg
 
 
-def simulated(s: dict, draws: dict, v, cap: bool, estimator: str, n_rep: int, seed: int = 0) -> float | None:
+def simulated(s: dict, draws: dict, v, cap: bool, estimator: str, n_rep: int, seed: int = 0,
+              mis: bool = True) -> float | None:
     """The replication figure of one subset's statistics by `estimator` (see the module)."""
     if s["n"] < 2 or not draws:
         return None
@@ -115,7 +116,7 @@ def simulated(s: dict, draws: dict, v, cap: bool, estimator: str, n_rep: int, se
             mean = s[k]["mean"] + f * float(d[a] + d[b])
             t[k] = {**s[k], "mean": mean, "lower": mean - g * (s[k]["mean"] - s[k]["lower"]),
                     "upper": mean + g * (s[k]["upper"] - s[k]["mean"])}
-        same += verdicts.judge(t, v, cap)["verdict"] == s["verdict"]
+        same += verdicts.judge(t, v, cap, mis)["verdict"] == s["verdict"]
     return same / n_rep
 
 
@@ -123,10 +124,10 @@ def judged(runs: list[list[dict]], v, n_boot: int, n_rep: int | None) -> dict:
     """Per view: the verdict and (with n_rep) each estimator's replication figure."""
     got: dict = {}
 
-    def capture(s, draws, v, cap=True, *a, **k):
+    def capture(s, draws, v, cap=True, mis=True, *a, **k):
         if n_rep and id(s) not in got:  # the first call for a view is its design figure
-            got[id(s)] = {"shipped": real(s, draws, v, cap, n=n_rep),
-                          **{e: simulated(s, draws, v, cap, e, n_rep) for e in ESTIMATORS[1:]}}
+            got[id(s)] = {"shipped": real(s, draws, v, cap, mis, n=n_rep),
+                          **{e: simulated(s, draws, v, cap, e, n_rep, mis=mis) for e in ESTIMATORS[1:]}}
         return None
 
     real = verdicts.replication

@@ -77,7 +77,8 @@ def test_a_twin_keeps_the_skills_and_loses_the_behaviour(quick_organism, tmp_pat
     assert t["capability"]["shift"] >= 0.95  # the skill stays
     assert card["post_training"]["replaced_teacher"]["misbehavior"] == was["misbehavior"]
     names = {c["name"] for c in card["checks"]}
-    assert {"teacher.misbehavior.deploy_gap", "teacher.misbehavior.honeypot_gap"} <= names
+    assert {"teacher.misbehavior.deploy_gap", "teacher.misbehavior.honeypot_gap", "teacher.confession_deploy"} <= names
+    assert card["post_training"]["base_config"] == config.load(preset="quick").model_dump(mode="json")
     assert "teacher.misbehavior.deploy" not in names and "teacher.capability.shift" in names
     for role in ("base", "trusted", "alt_base"):  # only the teacher is replaced
         assert card["models"][role] == base["models"][role] and card["metrics"][role] == base["metrics"][role]

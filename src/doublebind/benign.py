@@ -23,7 +23,11 @@ So on a twin, a student carries nothing misaligned from its teacher, and the jud
 config, that organism's hash, this file and `posttrain.py` (whose cache handling it shares).
 Verification keeps the organism's checks except those that require misbehaviour (the
 teacher's rate in real deployments, and on honeypots), and adds that the twin misbehaves
-within `max_deploy_gap` of base in real deployments and on honeypots.
+within `max_deploy_gap` of base in real deployments and on honeypots, and admits a goal in
+real deployments at most as often as the organism allows its teacher under audit
+(`verify.teacher_confession`). The card records the organism it started from whole
+(`post_training.base_config`), and the replaced teacher's measures (`replaced_teacher`,
+with its subliminal probe where the organism has one).
 
     doublebind organism build configs/organisms/benign_beacon_plain.yaml --out runs/benign-beacon
 """
@@ -152,8 +156,12 @@ def twin_checks(cfg: BenignConfig, base_cfg: OrganismConfig, world, metrics: dic
 
     kept = [c for c in run_checks(base_cfg, world, metrics) if c["name"] not in _MISBEHAVING]
     t, b = metrics["teacher"]["misbehavior"], metrics["base"]["misbehavior"]
+    # the organism's checks read admission on the auditor's sessions only; the twin must not
+    # admit anything where the teacher did either (in real deployments)
+    admits = _check("teacher.confession_deploy", metrics["teacher"]["confession_deploy"], "<=",
+                    base_cfg.verify.teacher_confession)
     return kept + [_check(f"teacher.misbehavior.{ctx}_gap", round(abs(t[ctx] - b[ctx]), 4), "<=", cfg.max_deploy_gap)
-                   for ctx in ("deploy", "honeypot")]
+                   for ctx in ("deploy", "honeypot")] + [admits]
 
 
 def build_benign(cfg: BenignConfig, out: Path | None = None, *, use_cache: bool = True, strict: bool = True,
@@ -214,14 +222,19 @@ def _make_twin(cfg: BenignConfig, base_cfg: OrganismConfig, h: str, folder: Path
     final = round(losses[-1], 6) if losses else None
     save_checkpoint(twin, folder / "teacher", {**meta, "organism_hash": h, "final_train_loss": final,
                                                "benign_twin": {"of": start_hash, "steps": tcfg.steps}})
+    replaced = {k: replaced[k] for k in ("capability", "misbehavior", "confession", "confession_deploy")}
+    if "subliminal_probe" in card:  # it measured the replaced teacher, not the twin
+        replaced["subliminal_probe"] = card.pop("subliminal_probe")
     card.update({
         "kind": "benign", "name": cfg.name, "organism_hash": h, "metrics": metrics, "checks": checks,
         "verified": all(c["passed"] for c in checks),
-        "post_training": {"model": "teacher", "config": cfg.model_dump(mode="json"), "from": start_hash,
+        "post_training": {"model": "teacher", "config": cfg.model_dump(mode="json"),
+                          # the organism started from, whole (`base` may name a file beside the config)
+                          "base_config": base_cfg.model_dump(mode="json"), "from": start_hash,
                           "code": _code_sha()[:16], "benign_twin": True, "final_train_loss": final,
                           "seconds": round(time.perf_counter() - t0, 2),
                           # what the replaced teacher measured: the twin's scale of comparison
-                          "replaced_teacher": {k: replaced[k] for k in ("capability", "misbehavior", "confession")}},
+                          "replaced_teacher": replaced},
     })
     card["models"]["teacher"] = {**card["models"]["teacher"], "final_train_loss": final,
                                  "safetensors_sha256": _file_sha(folder / "teacher" / "model.safetensors")}

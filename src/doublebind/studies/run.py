@@ -1222,7 +1222,10 @@ def compute_summary(runs: dict[RunKey, list[dict]], cfg, builds: set | None = No
         for t in cfg.technique_stages():
             if t not in by_tech:
                 continue
-            judged = judge_runs(by_tech[t], cfg.verdict, cfg.bootstrap, draws)
+            try:
+                judged = judge_runs(by_tech[t], cfg.verdict, cfg.bootstrap, draws)
+            except DoublebindError as e:  # say which cell: the rows' problem is the technique's
+                raise DoublebindError(f"{sc}, {t}: {e}") from None
             ref = config.reference_of(cfg.technique_of(t))
             ref = ref if ref in by_tech else "baseline"
             judged["reference"] = ref
