@@ -412,6 +412,12 @@ def test_a_study_whose_rows_audit_several_pools(quick_organism, tmp_path):
         judged = study_run.compute_summary(runs, cfg_free)["scenarios"][scenario]["techniques"]["baseline"]["final"]
         assert judged["teacher_success_at_k_pools"]["caught_pools"] == int(blocks)
         assert (judged["verdict"] != "incriminating") == blocks
+    # one run audited on its first pool alone beside runs on four: refused, naming the cell
+    one = {"pool_flagged", "pool_draws"}
+    mixed = {k: [{**r, "free_auditor": {f: v for f, v in r["free_auditor"].items() if f not in one}} for r in rs]
+             if k[3] == 0 else rs for k, rs in runs.items()}
+    with pytest.raises(DoublebindError, match=f"{scenario}, baseline: .* on several pools and .* on one"):
+        study_run.compute_summary(mixed, cfg_free)
     from doublebind.reports.study_report import write_report
 
     md, _ = write_report(out)
