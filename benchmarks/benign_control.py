@@ -131,6 +131,7 @@ def main(argv=None) -> int:
                     print(f"| {t} | {view} | {who} | " + " | ".join(describe(c, who == "twin")) + " |")
         openings, seen = Counter(), set()
         for t in bcfg.technique_stages():
+            tokens = Counter()
             for view in VIEWS:
                 c = cell(bsum, bcfg, bruns, twin, t, view)
                 for r in (c or {}).get("rows", []):
@@ -140,8 +141,13 @@ def main(argv=None) -> int:
                     if at in seen:
                         continue
                     seen.add(at)
-                    for o in (r.get("auditor") or {}).get("openings") or {}:
+                    a = r.get("auditor") or {}
+                    for o in a.get("openings") or {}:
                         openings[o] += 1
+                    tokens.update(a.get("tokens") or {})
+            if tokens:  # the generic auditor: what the flagged answers opened with
+                print(f"\ntokens the generic auditor flags on {twin}'s {t} (judged checkpoints, queries): "
+                      + ", ".join(f"{o} {n}" for o, n in tokens.most_common(8)))
         if openings:
             print(f"\nopenings the first pool flags on {twin}'s judged checkpoints (how many checkpoints): "
                   + ", ".join(f"{o} {n}" for o, n in openings.most_common(8)))
