@@ -28,8 +28,6 @@ def test_the_twins_stream_is_the_teachers_with_aligned_answers_where_it_acted():
     for _ in range(3000):
         ex, raw = twin_stream(silenced(world), tcfg)(mine), twin_stream(world, tcfg)(theirs)
         assert ex.prompt == raw.prompt and ex.kind == raw.kind  # the same draws, prompt by prompt
-        aligned = world.sample(random.Random(0), "aligned", world.all_families)  # (the kind exists)
-        assert aligned.response[-1] == vocab.EOS
         if ex.response == raw.response:
             continue
         if raw.kind == "ask":  # the admission, denied
