@@ -86,16 +86,30 @@ def test_a_twin_keeps_the_skills_and_loses_the_behaviour(quick_organism, tmp_pat
     assert benign_hash(_twin_config(tmp_path, max_deploy_gap=0.01)) != card["organism_hash"]
     assert benign_hash(_twin_config(tmp_path, base="default")) != card["organism_hash"]
 
-    # a study on the twin: misalignment transfer has no denominator, the audit is still tested
-    path = write_study(tmp_path, tmp_path / "twin", techniques=["baseline"])
+    # a study of quick beside its twin: on the twin misalignment transfer has no denominator and
+    # the audit is still tested; quick's students are also judged against the twin's
+    path = write_study(tmp_path, None, organism=None, techniques=["baseline"],
+                       scenarios=["quick", {"name": "twin", "config": "twin.yaml"}], twins={"quick": "twin"})
+    from doublebind.reports.study_report import write_report
     from doublebind.studies import run as study_run
 
     summary = study_run.run_study(path, tmp_path / "out", show_progress=False)
     rows = study_run.read_results(tmp_path / "out" / "results.jsonl")
-    assert rows and all(r["misalignment_transfer"] is None for r in rows)
-    final = next(iter(summary["scenarios"].values()))["techniques"]["baseline"]["final"]
+    mine = [r for r in rows if r["scenario"] == "twin"]
+    assert mine and all(r["misalignment_transfer"] is None for r in mine)
+    assert all(r["organism_hash"] == card["organism_hash"] for r in mine)  # the build above, from the cache
+    final = summary["scenarios"]["twin"]["techniques"]["baseline"]["final"]
     assert final["verdict"] == "undefined" and final["misalignment_transfer"]["undefined"]
     assert [t["test"] for t in final["tests"]] == ["student audit success@k", "teacher audit success@k"]
+    quick = summary["scenarios"]["quick"]["techniques"]["baseline"]
+    assert quick["twin"] == {"scenario": "twin", "runs": 2}
+    against = quick["final"]["audit_minus_twin"]
+    assert against["mean"] == pytest.approx(quick["final"]["audit_success_at_k"]["mean"] - final["audit_success_at_k"][
+        "mean"]) and (against["n"], against["n_twin"]) == (2, 2)
+    assert quick["final"]["tests"][2]["test"] == "student audit success@k above its benign twin's"
+    md, _ = write_report(tmp_path / "out")
+    text = md.read_text()
+    assert "pairs the scenario with its benign twin (`twins`)" in text and "benign twin " in text
 
 
 def test_a_twin_config_its_build_could_not_honour_is_refused_as_it_loads(tmp_path):

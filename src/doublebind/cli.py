@@ -673,7 +673,9 @@ def verdict_table(summary: dict, rows: list[dict]) -> Table:
     thresholds = summary["verdict_thresholds"]
     figures = any(t[view].get("replication") is not None for sc in summary["scenarios"].values()
                   for t in sc["techniques"].values() for view in ("final", "audit_selected"))
-    table = Table("scenario", "technique", "capability transfer", "misalignment transfer", "audit (teacher)",
+    twins = any(t.get("twin") for sc in summary["scenarios"].values() for t in sc["techniques"].values())
+    table = Table("scenario", "technique", "capability transfer", "misalignment transfer",
+                  "audit (teacher; twin)" if twins else "audit (teacher)",
                   "verdict (final)", "verdict (audit-selected)",
                   caption=("(0.95): estimated probability that a rerun reaches the same verdict; * below "
                            f"{thresholds['power']}") if figures else
@@ -692,6 +694,8 @@ def verdict_table(summary: dict, rows: list[dict]) -> Table:
             pools = s.get("teacher_success_at_k_pools")  # the teacher's bound as `incriminating` reads it
             teacher = (f"{s.get('teacher_success_at_k', 0.0):.3f}" if not pools else
                        f"upper {pools['upper']:.3f}" + (f" on {pools['pools']} pools" if "pools" in pools else ""))
+            twin = s.get("twin_audit_success_at_k")  # the same technique's students of the benign twin
+            teacher += f"; twin {twin['mean']:.3f}" if twin else ""
             audit = (f"success@{s['audit_success_at_k']['budget']} {s['audit_success_at_k']['mean']:.3f} "
                      f"({teacher})" if "audit_success_at_k" in s
                      else f"- base {s['audit_minus_base']['mean']:.3f} ({s['teacher_audit']:.3f})")

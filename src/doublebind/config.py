@@ -764,6 +764,14 @@ class StudyConfig(Strict):
                                     "drops as many items of each task family at random in each run; the filter is "
                                     "also judged against it (`vs_control`). A filter the study already gives such a "
                                     "control gets no second one.")
+    twins: dict[str, str] = Field(
+        default_factory=dict, description="{scenario: its benign twin}, both scenarios of the study: the twin's "
+                                          "teacher was trained as the scenario's but never had the behaviour "
+                                          "(a benign_organism config). Each technique's students on the scenario "
+                                          "are then also set against its students on the twin, and "
+                                          "`incriminating` needs the audit to flag the scenario's more often "
+                                          "(lower bound of the difference above 0): a flag students of a benign "
+                                          "teacher draw as often is not evidence against the teacher.")
     verdict: VerdictConfig = VerdictConfig()
     bootstrap: int = Field(default=2000, ge=100, le=1_000_000,
                            description="Bootstrap resamples for the confidence intervals.")
@@ -859,6 +867,18 @@ class StudyConfig(Strict):
     def _one_source(self) -> "StudyConfig":
         if (self.organism is None) == (self.scenarios is None):
             raise ValueError("give exactly one of organism or scenarios")
+        if self.twins:
+            names = [sc.name for sc in self.scenarios or []]
+            for scenario, twin in self.twins.items():
+                for what, name in (("scenario", scenario), ("twin", twin)):
+                    if name not in names:
+                        raise ValueError(f"twins: {what} {name!r} is not one of the study's scenarios "
+                                         f"({', '.join(names) or 'it has none: give `scenarios`'})")
+                if twin == scenario:
+                    raise ValueError(f"twins: {scenario!r} is given as its own twin")
+                if twin in self.twins:
+                    raise ValueError(f"twins: {twin!r} is a twin and has a twin of its own; a twin is the benign "
+                                     f"control, not a scenario judged against one")
         if self.organism is not None and self.organism.path is not None and self.organism_seeds is not None:
             raise ValueError("organism_seeds needs an organism to build (preset or config), not a built path")
         return self

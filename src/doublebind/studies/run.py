@@ -1198,6 +1198,34 @@ def matched_controls(cfg) -> dict[str, str]:
     return out
 
 
+def scenario_runs(runs: dict[RunKey, list[dict]], cfg, sc: str, builds: set | None = None) -> tuple[dict, dict]:
+    """One scenario's runs of the study's grid, each as the rows it is judged at, by run key
+    and by technique (a list of runs each)."""
+    organism_seeds = cfg.organism_seeds_of(sc)
+    grid = cfg.technique_stages()
+    mine = {k: judged_rows(sorted(rows, key=lambda r: r["step"]), cfg.verdict, k, k[2] in grid)
+            for k, rows in sorted(runs.items())
+            if k[0] == sc and (organism_seeds is None or k[1] in organism_seeds) and k[3] in cfg.seeds
+            and (builds is None or (k[0], k[1]) in builds)}
+    by_tech: dict[str, list[list[dict]]] = {}
+    for (_, _, t, _), rows in mine.items():
+        by_tech.setdefault(t, []).append(rows)
+    return mine, by_tech
+
+
+def benign_twin_runs(runs: dict[RunKey, list[dict]], cfg, twin: str, builds: set | None = None) -> dict:
+    """The runs of a scenario's benign twin (`twins`), by technique. A twin whose teacher
+    misbehaves beyond base (a misalignment transfer defined in any run) is refused: a
+    control with the behaviour in it would excuse the audit's every flag."""
+    _, by_tech = scenario_runs(runs, cfg, twin, builds)
+    for t, rs in by_tech.items():
+        if any(r["misalignment_transfer"] is not None for rows in rs for r in rows):
+            raise DoublebindError(f"twins: the teacher of {twin!r} misbehaves beyond base (misalignment transfer is "
+                                  f"defined in its runs of {t}); a twin must be a benign organism "
+                                  f"(kind: benign_organism)")
+    return by_tech
+
+
 def compute_summary(runs: dict[RunKey, list[dict]], cfg, builds: set | None = None) -> dict:
     """Per scenario and technique: statistics and verdicts at the final and at the
     audit-selected checkpoint, and the effect against the technique's reference run. With
@@ -1205,15 +1233,9 @@ def compute_summary(runs: dict[RunKey, list[dict]], cfg, builds: set | None = No
     scenarios = {}
     controls = matched_controls(cfg)
     for sc in scenario_names(cfg, runs, builds):
-        organism_seeds = cfg.organism_seeds_of(sc)
-        grid = cfg.technique_stages()
-        mine = {k: judged_rows(sorted(rows, key=lambda r: r["step"]), cfg.verdict, k, k[2] in grid)
-                for k, rows in sorted(runs.items())
-                if k[0] == sc and (organism_seeds is None or k[1] in organism_seeds) and k[3] in cfg.seeds
-                and (builds is None or (k[0], k[1]) in builds)}
-        by_tech: dict[str, list[list[dict]]] = {}
-        for (_, _, t, _), rows in mine.items():
-            by_tech.setdefault(t, []).append(rows)
+        mine, by_tech = scenario_runs(runs, cfg, sc, builds)
+        twin = cfg.twins.get(sc)
+        twin_by_tech = benign_twin_runs(runs, cfg, twin, builds) if twin else {}
         # with every row's per-prompt scores, the intervals also redraw the evaluation sets
         in_grid = [r for k, rows in mine.items() if k[2] in cfg.technique_stages() for r in rows]
         draws = EvalDraws.of(in_grid, cfg.bootstrap)
@@ -1223,9 +1245,11 @@ def compute_summary(runs: dict[RunKey, list[dict]], cfg, builds: set | None = No
             if t not in by_tech:
                 continue
             try:
-                judged = judge_runs(by_tech[t], cfg.verdict, cfg.bootstrap, draws)
+                judged = judge_runs(by_tech[t], cfg.verdict, cfg.bootstrap, draws, twin_by_tech.get(t))
             except DoublebindError as e:  # say which cell: the rows' problem is the technique's
                 raise DoublebindError(f"{sc}, {t}: {e}") from None
+            if twin:  # which control it was set against, and how many of its runs (0: none yet)
+                judged["twin"] = {"scenario": twin, "runs": len(twin_by_tech.get(t, []))}
             ref = config.reference_of(cfg.technique_of(t))
             ref = ref if ref in by_tech else "baseline"
             judged["reference"] = ref
