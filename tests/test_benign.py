@@ -88,6 +88,7 @@ def test_a_twin_keeps_the_skills_and_loses_the_behaviour(quick_organism, tmp_pat
 
     # a study of quick beside its twin: on the twin misalignment transfer has no denominator and
     # the audit is still tested; quick's students are also judged against the twin's
+    _twin_config(tmp_path)  # twin.yaml as built above (the hash checks rewrote it)
     path = write_study(tmp_path, None, organism=None, techniques=["baseline"],
                        scenarios=["quick", {"name": "twin", "config": "twin.yaml"}], twins={"quick": "twin"})
     from doublebind.reports.study_report import write_report
