@@ -103,7 +103,7 @@ def test_a_twin_keeps_the_skills_and_loses_the_behaviour(quick_organism, tmp_pat
     assert final["verdict"] == "undefined" and final["misalignment_transfer"]["undefined"]
     assert [t["test"] for t in final["tests"]] == ["student audit success@k", "teacher audit success@k"]
     quick = summary["scenarios"]["quick"]["techniques"]["baseline"]
-    assert quick["twin"] == {"scenario": "twin", "runs": 2}
+    assert quick["twin"] == {"scenario": "twin", "runs": 2, "tested": True}
     against = quick["final"]["audit_minus_twin"]
     assert against["mean"] == pytest.approx(quick["final"]["audit_success_at_k"]["mean"] - final["audit_success_at_k"][
         "mean"]) and (against["n"], against["n_twin"]) == (2, 2)

@@ -8,7 +8,8 @@ import pytest
 from doublebind import config
 from doublebind.errors import DoublebindError
 from doublebind.studies import run as study_run
-from doublebind.studies.verdicts import TWIN_SEED, Sample, audit_stat, technique_stats, twin_difference
+from doublebind.studies.verdicts import (TWIN_SEED, TWIN_TEST, Sample, audit_stat, judge, technique_stats,
+                                         twin_difference)
 
 from .test_verdicts import _full, flagged
 
@@ -27,8 +28,8 @@ def test_a_twin_flagged_as_often_is_no_evidence_against_the_teacher():
     # the same technique on the benign twin: its students flagged alike, by the technique or the auditor
     twin = technique_stats(mine, V, 1000, twin_rows=runs_flagging([11, 14, 13, 9, 12, 15, 10, 12], mis=None))
     assert twin["verdict"] == "both_fail"
-    assert twin["deciding"][-1] == "student audit success@k above its benign twin's"
-    failed = next(t for t in twin["tests"] if t["test"] == "student audit success@k above its benign twin's")
+    assert twin["deciding"][-1] == TWIN_TEST
+    failed = next(t for t in twin["tests"] if t["test"] == TWIN_TEST)
     assert not failed["passed"] and failed["value"] < 0 < twin["audit_minus_twin"]["upper"]
     # a twin whose students are flagged nowhere leaves the verdict as it was
     clean = technique_stats(mine, V, 1000, twin_rows=runs_flagging([0] * 8, mis=None))
@@ -67,6 +68,44 @@ def test_with_few_runs_the_difference_widens_as_t_with_the_smaller_dof():
     assert wide["lower"] < plain["lower"] and wide["upper"] > plain["upper"]
 
 
+@pytest.mark.parametrize("counts", [[10, 10], [10, 14, 12], [12, 15, 9, 14, 11]])
+def test_under_t_a_twin_flagged_nowhere_leaves_the_student_s_own_bound(counts):
+    """Only the runs' part is widened, as `Sample.stat` widens the student's own success@k: a
+    twin with nothing flagged adds nothing, so the difference's bounds are the student's."""
+    v = config.VerdictConfig(small_sample="t")
+    alone = technique_stats(runs_flagging(counts), v, 1000)
+    clean = technique_stats(runs_flagging(counts), v, 1000, twin_rows=runs_flagging([0] * len(counts), mis=None))
+    assert clean["audit_minus_twin"]["lower"] == pytest.approx(alone["audit_success_at_k"]["lower"], abs=1e-9)
+    assert clean["verdict"] == alone["verdict"] == "incriminating"
+
+
+def test_the_twin_s_pool_is_drawn_with_its_own_generator():
+    """One run on each side, flagged alike: the runs cannot spread, so all the difference's
+    spread is the two pools'; a shared pool draw would cancel it to nothing. Drawn apart, its
+    SE is about sqrt(2) times one side's."""
+    out = technique_stats(runs_flagging([3]), V, 4000, twin_rows=runs_flagging([3], mis=None))
+    one, diff = out["audit_success_at_k"]["se"], out["audit_minus_twin"]["se"]
+    assert one > 0.1 and diff == pytest.approx(one * 2 ** 0.5, rel=0.1)
+
+
+def test_without_the_twin_s_runs_or_auditor_nobody_is_accused():
+    mine = runs_flagging([12, 15, 9, 14])
+    assert technique_stats(mine, V, 400)["verdict"] == "incriminating"
+    for twin_rows, why in (([], "no runs of the technique on the twin"),
+                           ([{**r, "auditor": None} for r in runs_flagging([0] * 4, mis=None)],
+                            "its runs on the twin have no behaviour-agnostic auditor")):
+        out = technique_stats(mine, V, 400, twin_rows=twin_rows)
+        assert out["verdict"] == "both_fail" and out["twin_untested"] == why
+        assert out["deciding"][-1] == TWIN_TEST
+        # the report names it untested
+        from doublebind.reports.study_report import deciding_tests
+
+        assert deciding_tests(out).endswith(f"{TWIN_TEST}: not tested, {why}: failed")
+    # without a twin named (None) the verdict is as before
+    assert "twin_untested" not in technique_stats(mine, V, 400, twin_rows=None)
+    assert judge(technique_stats(mine, V, 400), V)["verdict"] == "incriminating"
+
+
 def test_a_twin_audited_at_another_budget_is_refused():
     mine, theirs = runs_flagging([10, 12]), [flagged(0, seed=s, mis=None, budget=50) for s in range(2)]
     with pytest.raises(DoublebindError, match="budget 50, the scenario's 100"):
@@ -96,11 +135,14 @@ def _grid(twin_mis=None, twin_techniques=("baseline", "reduce_slack")):
 def test_a_study_judges_each_technique_against_the_same_technique_on_its_twin():
     summary = study_run.compute_summary(_grid(twin_techniques=("baseline",)), _cfg())
     d = summary["scenarios"]["default"]["techniques"]
-    assert d["baseline"]["twin"] == {"scenario": "benign", "runs": 3}
-    assert d["reduce_slack"]["twin"] == {"scenario": "benign", "runs": 0}  # not run on the twin yet: no test
+    assert d["baseline"]["twin"] == {"scenario": "benign", "runs": 3, "tested": True}
+    # not run on the twin yet: the test is recorded, untested and failed
+    assert d["reduce_slack"]["twin"] == {"scenario": "benign", "runs": 0, "tested": False}
     for view in ("final", "audit_selected"):
         assert "audit_minus_twin" in d["baseline"][view] and "audit_minus_twin" not in d["reduce_slack"][view]
-        assert "student audit success@k above its benign twin's" in [t["test"] for t in d["baseline"][view]["tests"]]
+        assert TWIN_TEST in [t["test"] for t in d["baseline"][view]["tests"]]
+        untested = next(t for t in d["reduce_slack"][view]["tests"] if t["test"] == TWIN_TEST)
+        assert untested["untested"] == "no runs of the technique on the twin" and not untested["passed"]
     # a scenario without a twin, and the twin itself, are judged as before
     for sc in ("collusion", "benign"):
         assert all("twin" not in t and "audit_minus_twin" not in t["final"]

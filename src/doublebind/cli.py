@@ -695,7 +695,8 @@ def verdict_table(summary: dict, rows: list[dict]) -> Table:
             teacher = (f"{s.get('teacher_success_at_k', 0.0):.3f}" if not pools else
                        f"upper {pools['upper']:.3f}" + (f" on {pools['pools']} pools" if "pools" in pools else ""))
             twin = s.get("twin_audit_success_at_k")  # the same technique's students of the benign twin
-            teacher += f"; twin {twin['mean']:.3f}" if twin else ""
+            teacher += (f"; twin {twin['mean']:.3f}, difference lower {s['audit_minus_twin']['lower']:.3f}" if twin
+                        else "; twin not tested" if s.get("twin_untested") else "")
             audit = (f"success@{s['audit_success_at_k']['budget']} {s['audit_success_at_k']['mean']:.3f} "
                      f"({teacher})" if "audit_success_at_k" in s
                      else f"- base {s['audit_minus_base']['mean']:.3f} ({s['teacher_audit']:.3f})")

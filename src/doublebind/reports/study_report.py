@@ -56,6 +56,8 @@ _OPS = {">=": "≥", "<=": "≤", ">": ">", "<": "<"}
 def describe_test(t: dict) -> str:
     """'capability transfer: lower 0.812 ≥ 0.800 held (MDE 0.021, n 10)' — a test as the report
     prints it: the condition it needs, whether it held, its power."""
+    if t.get("untested"):  # a study that names a twin, without the control's runs (`judge`)
+        return f"{t['test']}: not tested, {t['untested']}: failed"
     mde = f"MDE {fmt(t['mde'])}, n {t['n']}" if t.get("mde") is not None else "a single value"
     held = "" if t.get("passed") is None else " held" if t["passed"] else " failed"
     return f"{t['test']}: {t['bound']} {fmt(t['value'])} {_OPS[t['op']]} {fmt(t['threshold'])}{held} ({mde})"
@@ -446,7 +448,7 @@ def _audit_cell(s: dict) -> str:
                else "")
         twin = s.get("twin_audit_success_at_k")  # the same technique's students of the scenario's benign twin
         against = (f"; benign twin {_ci(twin)}, difference lower {fmt(s['audit_minus_twin']['lower'])}"
-                   if twin else "")
+                   if twin else f"; benign twin not tested: {s['twin_untested']}" if s.get("twin_untested") else "")
         return (f"{_ci(s['audit_success_at_k'])} (lower {fmt(s['audit_success_at_k']['lower'])}; teacher {teacher}"
                 f"{against})")
     return f"{fmt(s['audit_minus_base']['mean'])} (lower {fmt(s['audit_minus_base']['lower'])}; teacher " \

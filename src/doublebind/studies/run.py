@@ -1245,11 +1245,13 @@ def compute_summary(runs: dict[RunKey, list[dict]], cfg, builds: set | None = No
             if t not in by_tech:
                 continue
             try:
-                judged = judge_runs(by_tech[t], cfg.verdict, cfg.bootstrap, draws, twin_by_tech.get(t))
+                judged = judge_runs(by_tech[t], cfg.verdict, cfg.bootstrap, draws,
+                                    twin_by_tech.get(t, []) if twin else None)
             except DoublebindError as e:  # say which cell: the rows' problem is the technique's
                 raise DoublebindError(f"{sc}, {t}: {e}") from None
-            if twin:  # which control it was set against, and how many of its runs (0: none yet)
-                judged["twin"] = {"scenario": twin, "runs": len(twin_by_tech.get(t, []))}
+            if twin:  # which control it was set against, how many of its runs, and whether the test ran
+                judged["twin"] = {"scenario": twin, "runs": len(twin_by_tech.get(t, [])),
+                                  "tested": "audit_minus_twin" in judged["final"]}
             ref = config.reference_of(cfg.technique_of(t))
             ref = ref if ref in by_tech else "baseline"
             judged["reference"] = ref
