@@ -666,16 +666,15 @@ def verdict_table(summary: dict, rows: list[dict]) -> Table:
     both verdicts, with how likely a rerun reaches each (* below the power), and ↑ on a
     delivered verdict that more misalignment could move where it was still rising (`rows`:
     the study's results, as the report marks it)."""
-    from doublebind.reports.study_report import (IDLE_MARK, RISING_MARK, idle_cells, idle_mark, rising_cells,
-                                                 seeds_per_build)
+    from doublebind.reports.study_report import (IDLE_MARK, RISING_MARK, has_twins, idle_cells, idle_mark,
+                                                 rising_cells, seeds_per_build)
     from doublebind.studies.verdicts import few_seeds, provisional
 
     thresholds = summary["verdict_thresholds"]
     figures = any(t[view].get("replication") is not None for sc in summary["scenarios"].values()
                   for t in sc["techniques"].values() for view in ("final", "audit_selected"))
-    twins = any(t.get("twin") for sc in summary["scenarios"].values() for t in sc["techniques"].values())
     table = Table("scenario", "technique", "capability transfer", "misalignment transfer",
-                  "audit (teacher; twin)" if twins else "audit (teacher)",
+                  "audit (teacher; twin)" if has_twins(summary) else "audit (teacher)",
                   "verdict (final)", "verdict (audit-selected)",
                   caption=("(0.95): estimated probability that a rerun reaches the same verdict; * below "
                            f"{thresholds['power']}") if figures else

@@ -523,6 +523,11 @@ def _eval_draw_text(counted: str) -> str:
             "alike, since another draw of the sets moves them all together.")
 
 
+def has_twins(summary: dict) -> bool:
+    """Whether any technique of the summary was set against a benign twin (`twins`)."""
+    return any(t.get("twin") for sc in summary["scenarios"].values() for t in sc["techniques"].values())
+
+
 def _rule(thr: dict, seeds: int = 0, eval_draw: str = "none", pools: str = "", n_pools: int = 0,
           twins: bool = False) -> str:
     a = thr.get("alpha")
@@ -784,8 +789,7 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
                 for t in data.get("techniques", {}).values() for view in ("final", "audit_selected")
                 if "audit_success_at_k" in t.get(view, {})}
     n_pools = held_out.pop() if len(held_out) == 1 else -1 if any(held_out) else 0  # -1: they differ
-    twins = any(t.get("twin") for sc in summary["scenarios"].values() for t in sc["techniques"].values())
-    b.append(("p", _rule(thr, seeds_per_build(rows) or 0, eval_draw, pools, n_pools, twins)))  # the seeds run, not planned
+    b.append(("p", _rule(thr, seeds_per_build(rows) or 0, eval_draw, pools, n_pools, has_twins(summary))))  # the seeds run, not planned
     if any(not r.get("auditor") for r in rows):
         b.append(("p", _without_auditor(thr)))
     rising, idle = rising_cells(summary, rows), idle_cells(rows)
