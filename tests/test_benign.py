@@ -89,8 +89,10 @@ def test_a_twin_keeps_the_skills_and_loses_the_behaviour(quick_organism, tmp_pat
     # a study of quick beside its twin: on the twin misalignment transfer has no denominator and
     # the audit is still tested; quick's students are also judged against the twin's
     _twin_config(tmp_path)  # twin.yaml as built above (the hash checks rewrote it)
-    path = write_study(tmp_path, None, organism=None, techniques=["baseline"],
-                       scenarios=["quick", {"name": "twin", "config": "twin.yaml"}], twins={"quick": "twin"})
+    # the twin runs baseline only (its entry's `techniques`): verifier_filter's twin test is untested
+    path = write_study(tmp_path, None, organism=None, techniques=["baseline", "verifier_filter"],
+                       scenarios=["quick", {"name": "twin", "config": "twin.yaml", "techniques": ["baseline"]}],
+                       twins={"quick": "twin"})
     from doublebind.reports.study_report import write_report
     from doublebind.studies import run as study_run
 
@@ -98,6 +100,11 @@ def test_a_twin_keeps_the_skills_and_loses_the_behaviour(quick_organism, tmp_pat
     rows = study_run.read_results(tmp_path / "out" / "results.jsonl")
     mine = [r for r in rows if r["scenario"] == "twin"]
     assert mine and all(r["misalignment_transfer"] is None for r in mine)
+    assert {(r["scenario"], r["technique"]) for r in rows} == {("quick", "baseline"), ("quick", "verifier_filter"),
+                                                               ("twin", "baseline")}
+    assert summary["runs"] == 6 and list(summary["scenarios"]["twin"]["techniques"]) == ["baseline"]
+    filtered = summary["scenarios"]["quick"]["techniques"]["verifier_filter"]
+    assert filtered["twin"] == {"scenario": "twin", "runs": 0, "tested": False}
     assert all(r["organism_hash"] == card["organism_hash"] for r in mine)  # the build above, from the cache
     final = summary["scenarios"]["twin"]["techniques"]["baseline"]["final"]
     assert final["verdict"] == "undefined" and final["misalignment_transfer"]["undefined"]

@@ -192,4 +192,8 @@ def test_an_override_into_a_list_of_the_file_is_refused_naming_it():
         config.load(matrix, ["scenarios.0.organism_seeds=[0]"], expect="study")
     assert str(err.value) == (f"override 'scenarios.0.organism_seeds=[0]': scenarios is a list in {matrix}, and an "
                               f"override cannot reach inside one; give the whole list (scenarios=[...])")
-    assert config.load(matrix, ["scenarios=[beacon]"], expect="study").scenarios[0].name == "beacon"
+    # the matrix pairs its scenarios with benign twins: a narrower list leaves its twins out too
+    with pytest.raises(config.ConfigError, match="twins: scenario 'default' is not one of the study's scenarios"):
+        config.load(matrix, ["scenarios=[beacon]"], expect="study")
+    narrowed = config.load(matrix, ["scenarios=[beacon]", "twins=null"], expect="study")
+    assert narrowed.scenarios[0].name == "beacon" and narrowed.twins == {}

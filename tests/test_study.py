@@ -537,6 +537,18 @@ def test_a_grid_of_scenarios_and_organism_seeds_places_one_organism_per_cell(qui
     assert len(hashes) == 4 and {r["organism_hash"] for r in rows} == hashes  # the config's seed is in the hash
     placed.clear()
     assert study_run.run_study(path, out, show_progress=False) == summary and placed == []
+    # resumed with one scenario more in a folder whose finished organisms are gone (a copied
+    # reference): the cards of those it does not place again stay in study.json
+    before = {(o["scenario"], o["organism_seed"]): o["card"] for o in json.loads((out / "study.json").read_text())[
+        "organisms"]}
+    shutil.rmtree(out / "organisms")
+    path.write_text(yaml.safe_dump({**study, "scenarios": ["quick", "default", "collusion"], "organism_seeds": [3, 4]}))
+    study_run.run_study(path, out, show_progress=False)
+    assert sorted(placed) == [("collusion", 3, "collusion-o3"), ("collusion", 4, "collusion-o4")]
+    after = {(o["scenario"], o["organism_seed"]): o["card"] for o in json.loads((out / "study.json").read_text())[
+        "organisms"]}
+    assert all(after[k] == card and card["organism_hash"] for k, card in before.items())
+    assert after[("collusion", 3)]["seed"] == 3
 
 
 def test_a_scenario_may_be_an_organism_config_file_beside_the_presets(quick_organism, tmp_path, monkeypatch):

@@ -164,3 +164,31 @@ def test_a_twin_whose_teacher_misbehaves_is_refused():
 def test_twins_name_two_scenarios_of_the_study(twins, message):
     with pytest.raises(config.ConfigError, match=message):
         _cfg(twins=twins)
+
+
+def test_a_scenario_runs_only_the_techniques_its_entry_lists():
+    """A twin run for some techniques only (`techniques` in its entry): the grid leaves the
+    others out there, a stray run of one is outside the study, and the scenario's own cells of
+    the techniques left out have the twin test untested."""
+    cfg = _cfg(scenarios=["default", {"name": "benign", "techniques": ["baseline"]}, "collusion"])
+    assert list(cfg.techniques_of("benign")) == ["baseline"]
+    assert list(cfg.techniques_of("default")) == list(cfg.techniques_of("collusion")) == ["baseline", "reduce_slack"]
+    assert study_run.in_study(cfg, ("benign", 0, "baseline", 1))
+    assert not study_run.in_study(cfg, ("benign", 0, "reduce_slack", 1))
+    assert study_run.in_study(cfg, ("default", 0, "reduce_slack", 1))
+    summary = study_run.compute_summary(_grid(), cfg)  # the grid holds reduce_slack's runs on benign too
+    assert summary["runs"] == 12 and summary["runs_outside_study"] == 3
+    assert list(summary["scenarios"]["benign"]["techniques"]) == ["baseline"]
+    d = summary["scenarios"]["default"]["techniques"]
+    assert d["baseline"]["twin"]["tested"] and d["reduce_slack"]["twin"] == {"scenario": "benign", "runs": 0,
+                                                                             "tested": False}
+
+
+@pytest.mark.parametrize("techniques,message", [
+    (["nope"], "scenarios.1.techniques: 'nope' is not a technique label of the study"),
+    (["baseline", "baseline"], "needs distinct technique labels"),
+    ([], "needs distinct technique labels, at least one"),
+])
+def test_a_scenario_s_techniques_are_labels_of_the_study(techniques, message):
+    with pytest.raises(config.ConfigError, match=message):
+        _cfg(scenarios=["default", {"name": "benign", "techniques": techniques}, "collusion"])

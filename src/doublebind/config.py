@@ -717,6 +717,11 @@ class ScenarioRef(Strict):
     organism_seeds: list[Seed] | None = Field(
         default=None, description="This scenario's organism seeds, in place of the study's `organism_seeds` (say, "
                                   "where one of its builds misses its verification on this CPU).")
+    techniques: list[str] | None = Field(
+        default=None, description="Labels of the study's techniques this scenario runs, in place of all of them "
+                                  "(say, a benign twin run only for the techniques whose `incriminating` its "
+                                  "control decides; a technique its twin leaves out has the twin test untested, "
+                                  "which blocks `incriminating`).")
 
     @field_validator("name")
     @classmethod
@@ -727,6 +732,13 @@ class ScenarioRef(Strict):
     @classmethod
     def _organism_seeds(cls, v: list[int] | None) -> list[int] | None:
         return _distinct_seeds(v)
+
+    @field_validator("techniques")
+    @classmethod
+    def _techniques(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or len(set(v)) != len(v)):
+            raise ValueError("needs distinct technique labels, at least one")
+        return v
 
     @model_validator(mode="before")
     @classmethod
@@ -808,12 +820,24 @@ class StudyConfig(Strict):
                         for label, spec in _added_controls(out)})
         return out
 
+    def techniques_of(self, scenario: str) -> dict[str, list[dict]]:
+        """The techniques (`technique_stages`) the grid runs on `scenario`: the labels its entry's
+        `techniques` lists, where it lists them, else all of the study's."""
+        stages = self.technique_stages()
+        own = next((sc.techniques for sc in self.scenarios or [] if sc.name == scenario), None)
+        return stages if own is None else {t: s for t, s in stages.items() if t in own}
+
     def technique_of(self, label: str) -> str:
         """The registered technique a label of this study runs (`baseline` for the baseline)."""
         stages = self.technique_stages()
         if label not in stages:
             raise KeyError(label)
         return stages[label][0]["name"] if stages[label] else "baseline"
+
+    @field_validator("twins", mode="before")
+    @classmethod
+    def _no_twins(cls, v: Any) -> Any:
+        return {} if v is None else v  # `twins=null`: an override narrowing `scenarios` drops the file's pairs
 
     @field_validator("controls")
     @classmethod
@@ -873,7 +897,8 @@ class StudyConfig(Strict):
                 for what, name in (("scenario", scenario), ("twin", twin)):
                     if name not in names:
                         raise ValueError(f"twins: {what} {name!r} is not one of the study's scenarios "
-                                         f"({', '.join(names) or 'it has none: give `scenarios`'})")
+                                         f"({', '.join(names) or 'it has none: give `scenarios`'}); "
+                                         f"twins=null drops every pair")
                 if twin == scenario:
                     raise ValueError(f"twins: {scenario!r} is given as its own twin")
                 if twin in self.twins:
@@ -881,6 +906,12 @@ class StudyConfig(Strict):
                                      f"control, not a scenario judged against one")
         if self.organism is not None and self.organism.path is not None and self.organism_seeds is not None:
             raise ValueError("organism_seeds needs an organism to build (preset or config), not a built path")
+        labels = self.technique_stages()
+        for i, sc in enumerate(self.scenarios or []):
+            unknown = [t for t in sc.techniques or [] if t not in labels]
+            if unknown:
+                raise ValueError(f"scenarios.{i}.techniques: {', '.join(map(repr, unknown))} is not a technique "
+                                 f"label of the study ({', '.join(labels)})")
         return self
 
 

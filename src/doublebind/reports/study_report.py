@@ -738,7 +738,7 @@ def _grid(cfg, study: dict) -> list[tuple]:
     """Every run key of the study's grid: its placed organisms (study.json) x techniques x seeds."""
     organisms = [(o.get("scenario"), o.get("organism_seed")) for o in study.get("organisms") or []
                  if isinstance(o, dict)]
-    return [(sc, o, t, s) for sc, o in organisms for t in cfg.technique_stages() for s in cfg.seeds
+    return [(sc, o, t, s) for sc, o in organisms for t in cfg.techniques_of(sc) for s in cfg.seeds
             if in_study(cfg, (sc, o, t, s))]
 
 

@@ -158,14 +158,16 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
         # a tracker's missing package was found by the first run, after every organism was built
         field(tracker_source(scenario), lambda: check_tracker(recipe.training.tracker, study=True),
               strip=f"training.tracker {recipe.training.tracker}")
-        names = list(cfg.technique_stages())
+        names = list(cfg.techniques_of(cfg.scenarios[scenario].name) if scenario is not None else cfg.technique_stages())
         for t in names:
             ref = config.reference_of(cfg.technique_of(t))
             if recipe.objective.kind == "sft" and ref not in names:
-                raise ConfigError(f"{study_path}: techniques: the recipe trains on hard labels (objective sft), so "
+                where = f"scenarios.{scenario}.techniques" if scenario is not None and cfg.scenarios[scenario].techniques \
+                    else "techniques"
+                raise ConfigError(f"{study_path}: {where}: the recipe trains on hard labels (objective sft), so "
                                   f"{t} is judged against {ref}; add {ref} to the techniques under its own name")
 
-    def check_domains(recipe, kind: str, where: str, org=None) -> None:
+    def check_domains(recipe, kind: str, where: str, org=None, techniques: dict | None = None) -> None:
         """As the distiller refuses it (`check_stages`): a technique written for the embedded
         world on a Hugging Face organism; and what a Hugging Face organism cannot run yet
         (on-policy distillation, the vLLM engine where vLLM is not installed), which `validate`
@@ -196,7 +198,8 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
 
         from doublebind.techniques.base import build_stages
 
-        specs = [*recipe.stages, *(added[0] for added in cfg.technique_stages().values() if added)]
+        techniques = cfg.technique_stages() if techniques is None else techniques
+        specs = [*recipe.stages, *(added[0] for added in techniques.values() if added)]
         # each technique a stage runs (a random_drop `like` runs its filter's data hook)
         checks = dict(pair for st in build_stages(specs) for pair in st.runs_on())
         for name, domains in checks.items():
@@ -221,7 +224,7 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
             recipe = recipe_for(f"scenarios.{i}.recipe_overrides" if sc.recipe_overrides else "recipe_overrides",
                                 sc.recipe_overrides)
             check_references(recipe, i)
-            check_domains(recipe, kind_of(own), f"scenarios.{i}", own)
+            check_domains(recipe, kind_of(own), f"scenarios.{i}", own, cfg.techniques_of(sc.name))
             where = f"scenarios.{i}.organism_seeds" if sc.organism_seeds is not None else "organism_seeds"
             for o, org_cfg in seeded(what, load, getattr(own, "seed", 0), cfg.organism_seeds_of(sc.name), where):
                 specs.append(OrganismSpec(sc.name, o, recipe, cfg=org_cfg))
@@ -710,7 +713,7 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
         results = out / RESULTS
         grid = {(sp.scenario, sp.organism_seed, t, s):
                 Cell(sp, run_recipe(sp.recipe, t, stages, s, keeps_weights(cfg, sp.scenario)))
-                for sp in specs for t, stages in cfg.technique_stages().items() for s in cfg.seeds}
+                for sp in specs for t, stages in cfg.techniques_of(sp.scenario).items() for s in cfg.seeds}
         scan = scan_results(results)
         if state.is_main_process:
             settle_results(scan)
@@ -728,6 +731,9 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
             if state.is_main_process:
                 place_organisms(to_place, out, hashes, 1 if state.num_processes > 1 else n_workers, show_progress)
         cards = {sp.key: _placed_card(sp.folder(out)) for sp in specs if (sp.folder(out) / "organism.json").is_file()}
+        recorded = _recorded_cards(out / "study.json")  # of organisms whose folders are gone (a copied reference)
+        cards.update({sp.key: recorded[(sp.scenario, sp.organism_seed, hashes[sp.key])] for sp in specs
+                      if sp.key not in cards and (sp.scenario, sp.organism_seed, hashes[sp.key]) in recorded})
         record = {
             "config": cfg.model_dump(mode="json"), "study_file": str(Path(study_path).resolve()),
             "organisms": [{"scenario": sp.scenario, "organism_seed": sp.organism_seed,
@@ -775,6 +781,19 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
                      label=describe_key)
         state.wait_for_everyone()
         return summarize(out, cfg, write=state.is_main_process)
+
+
+def _recorded_cards(record: Path) -> dict[tuple, dict]:
+    """The organisms' cards an earlier session wrote into study.json, by (scenario, organism
+    seed, organism hash): a study resumed in a folder copied without `organisms/` keeps the
+    cards of the builds it does not place again. Nothing where the record is unreadable."""
+    try:
+        organisms = json.loads(record.read_text()).get("organisms")
+    except (ValueError, UnicodeDecodeError, OSError, AttributeError):
+        return {}
+    return {(o.get("scenario"), o.get("organism_seed"), o.get("organism_hash")): o["card"]
+            for o in organisms if isinstance(o, dict) and isinstance(o.get("card"), dict)} \
+        if isinstance(organisms, list) else {}
 
 
 def _placed_card(folder: Path) -> dict:
@@ -1177,7 +1196,7 @@ def in_study(cfg, key: RunKey, builds: set | None = None) -> bool:
     seeds = cfg.organism_seeds_of(scenario)
     if seeds is not None and organism_seed not in seeds:
         return False
-    return technique in cfg.technique_stages() and seed in cfg.seeds
+    return technique in cfg.techniques_of(scenario) and seed in cfg.seeds
 
 
 def matched_controls(cfg) -> dict[str, str]:
@@ -1202,7 +1221,7 @@ def scenario_runs(runs: dict[RunKey, list[dict]], cfg, sc: str, builds: set | No
     """One scenario's runs of the study's grid, each as the rows it is judged at, by run key
     and by technique (a list of runs each)."""
     organism_seeds = cfg.organism_seeds_of(sc)
-    grid = cfg.technique_stages()
+    grid = cfg.techniques_of(sc)
     mine = {k: judged_rows(sorted(rows, key=lambda r: r["step"]), cfg.verdict, k, k[2] in grid)
             for k, rows in sorted(runs.items())
             if k[0] == sc and (organism_seeds is None or k[1] in organism_seeds) and k[3] in cfg.seeds
@@ -1218,6 +1237,7 @@ def benign_twin_runs(runs: dict[RunKey, list[dict]], cfg, twin: str, builds: set
     misbehaves beyond base (a misalignment transfer defined in any run) is refused: a
     control with the behaviour in it would excuse the audit's every flag."""
     _, by_tech = scenario_runs(runs, cfg, twin, builds)
+    by_tech = {t: rs for t, rs in by_tech.items() if t in cfg.techniques_of(twin)}  # its entry's `techniques`
     for t, rs in by_tech.items():
         if any(r["misalignment_transfer"] is not None for rows in rs for r in rows):
             raise DoublebindError(f"twins: the teacher of {twin!r} misbehaves beyond base (misalignment transfer is "
@@ -1237,11 +1257,11 @@ def compute_summary(runs: dict[RunKey, list[dict]], cfg, builds: set | None = No
         twin = cfg.twins.get(sc)
         twin_by_tech = benign_twin_runs(runs, cfg, twin, builds) if twin else {}
         # with every row's per-prompt scores, the intervals also redraw the evaluation sets
-        in_grid = [r for k, rows in mine.items() if k[2] in cfg.technique_stages() for r in rows]
+        in_grid = [r for k, rows in mine.items() if k[2] in cfg.techniques_of(sc) for r in rows]
         draws = EvalDraws.of(in_grid, cfg.bootstrap)
         bare, total = EvalDraws.bare_runs(in_grid)
         techniques = {}
-        for t in cfg.technique_stages():
+        for t in cfg.techniques_of(sc):
             if t not in by_tech:
                 continue
             try:
