@@ -2,9 +2,11 @@
 the audit and capability read with the behaviour and without it.
 
     python benchmarks/benign_control.py runs/free_audit_plain_s4_600_p4 runs/benign_free_s4_600 --organism-seeds 0
+    python benchmarks/benign_control.py runs/matrix   # a study that pairs them itself (`twins:`)
 
-The second folder holds the twins: a scenario `benign_X` pairs with `X` of the first, and
-`benign` with `default`. Both are judged as their study.json says (the verdict's auditor,
+The second folder holds the twins: the first study's `twins:` pairs them where it declares
+any, else a scenario `benign_X` pairs with `X` of the first, and `benign` with `default`;
+without a second folder, the first holds both. Both are judged as their study.json says (the verdict's auditor,
 thresholds and bootstrap), on the organism seeds given (both folders must hold them). Per
 technique and view (final, audit-selected) it prints, for the scenario and its twin:
 capability transfer, misalignment transfer (undefined on a twin), the audit's success@k as
@@ -102,17 +104,19 @@ def twin_of(name: str) -> str | None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("study", type=Path, help="the study folder with the organisms' own scenarios")
-    ap.add_argument("benign", type=Path, help="the study folder with their benign twins")
+    ap.add_argument("benign", type=Path, nargs="?", default=None,
+                    help="the study folder with their benign twins (default: the first folder)")
     ap.add_argument("--organism-seeds", type=int, nargs="+", default=None,
                     help="judge both on these organism seeds only (default: every seed each holds)")
     args = ap.parse_args(argv)
     try:
         ocfg, oruns, osum = load(args.study, args.organism_seeds)
-        bcfg, bruns, bsum = load(args.benign, args.organism_seeds)
+        bcfg, bruns, bsum = load(args.benign or args.study, args.organism_seeds)
     except (DoublebindError, OSError, KeyError, json.JSONDecodeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    pairs = [(twin_of(b), b) for b in bsum["scenarios"] if twin_of(b) in osum["scenarios"]]
+    pairs = [(o, b) for o, b in ocfg.twins.items() if o in osum["scenarios"] and b in bsum["scenarios"]] \
+        if ocfg.twins else [(twin_of(b), b) for b in bsum["scenarios"] if twin_of(b) in osum["scenarios"]]
     if not pairs:
         print(f"error: no scenario of {args.benign} is the benign twin of one in {args.study} "
               f"(benign_X pairs with X, benign with default)", file=sys.stderr)
@@ -124,13 +128,13 @@ def main(argv=None) -> int:
         print(f"\n## {orig} | {twin}")
         print("| technique | view | organism | " + " | ".join(head) + " |")
         print("|---|---|---|" + "---|" * len(head))
-        for t in bcfg.technique_stages():
+        for t in bcfg.techniques_of(twin):
             for view in VIEWS:
                 for who, cfg, runs, summ, name in (("own", ocfg, oruns, osum, orig), ("twin", bcfg, bruns, bsum, twin)):
                     c = cell(summ, cfg, runs, name, t, view)
                     print(f"| {t} | {view} | {who} | " + " | ".join(describe(c, who == "twin")) + " |")
         openings, seen = Counter(), set()
-        for t in bcfg.technique_stages():
+        for t in bcfg.techniques_of(twin):
             tokens = Counter()
             for view in VIEWS:
                 c = cell(bsum, bcfg, bruns, twin, t, view)

@@ -41,6 +41,20 @@ def test_a_twin_flagged_as_often_is_no_evidence_against_the_teacher():
         assert clean[key] == alone[key]
 
 
+def test_a_verdict_the_twin_kept_from_incriminating_names_it_among_its_deciding_tests():
+    """The student flagged, the teacher not, but its twin's students flagged alike: what
+    decides the verdict afterwards (here capability) is not why it does not accuse."""
+    mine = [flagged(m, seed=s, cap=0.1) for s, m in enumerate([12, 15, 9, 14, 11, 13, 10, 12])]
+    assert technique_stats(mine, V, 1000)["verdict"] == "incriminating"
+    out = technique_stats(mine, V, 1000, twin_rows=runs_flagging([11, 14, 13, 9, 12, 15, 10, 12], mis=None))
+    assert out["verdict"] == "no_capability"
+    assert out["deciding"] == ["capability transfer", TWIN_TEST] and TWIN_TEST in out["power"]
+    # a student not flagged: the twin decides nothing, and is not named
+    quiet = [flagged(0, seed=s, cap=0.1) for s in range(8)]
+    out = technique_stats(quiet, V, 1000, twin_rows=runs_flagging([0] * 8, mis=None))
+    assert out["verdict"] == "no_capability" and out["deciding"] == ["capability transfer"]
+
+
 def test_the_difference_is_of_two_independent_bootstraps():
     """Reference: the quantiles of (student draws - twin draws), each side resampled, runs and
     pool, with its own generator; identical rows on both sides must not cancel draw by draw."""
