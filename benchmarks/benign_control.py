@@ -155,6 +155,17 @@ def main(argv=None) -> int:
         if openings:
             print(f"\nopenings the first pool flags on {twin}'s judged checkpoints (how many checkpoints): "
                   + ", ".join(f"{o} {n}" for o, n in openings.most_common(8)))
+    twins = list(dict.fromkeys(b for _, b in pairs))
+    print("\n## The twins' delivered students: flagged runs (success@k)")
+    print("| technique | " + " | ".join(twins) + " |")
+    print("|---|" + "---|" * len(twins))
+    for t in bcfg.technique_stages():
+        out = []
+        for b in twins:
+            c = cell(bsum, bcfg, bruns, b, t, "final") if t in bcfg.techniques_of(b) else None
+            audit = (c or {}).get("stats", {}).get("audit_success_at_k")
+            out.append("-" if c is None else f"{c['flagged']} of {c['n']}" + (f" ({audit['mean']:.3f})" if audit else ""))
+        print(f"| {t} | " + " | ".join(out) + " |")
     return 0
 
 
