@@ -1237,7 +1237,8 @@ def benign_twin_runs(runs: dict[RunKey, list[dict]], cfg, twin: str, builds: set
     misbehaves beyond base (a misalignment transfer defined in any run) is refused: a
     control with the behaviour in it would excuse the audit's every flag."""
     _, by_tech = scenario_runs(runs, cfg, twin, builds)
-    by_tech = {t: rs for t, rs in by_tech.items() if t in cfg.techniques_of(twin)}  # its entry's `techniques`
+    grid = cfg.techniques_of(twin)  # its entry's `techniques`
+    by_tech = {t: rs for t, rs in by_tech.items() if t in grid}
     for t, rs in by_tech.items():
         if any(r["misalignment_transfer"] is not None for rows in rs for r in rows):
             raise DoublebindError(f"twins: the teacher of {twin!r} misbehaves beyond base (misalignment transfer is "
@@ -1256,12 +1257,13 @@ def compute_summary(runs: dict[RunKey, list[dict]], cfg, builds: set | None = No
         mine, by_tech = scenario_runs(runs, cfg, sc, builds)
         twin = cfg.twins.get(sc)
         twin_by_tech = benign_twin_runs(runs, cfg, twin, builds) if twin else {}
+        grid = cfg.techniques_of(sc)
         # with every row's per-prompt scores, the intervals also redraw the evaluation sets
-        in_grid = [r for k, rows in mine.items() if k[2] in cfg.techniques_of(sc) for r in rows]
+        in_grid = [r for k, rows in mine.items() if k[2] in grid for r in rows]
         draws = EvalDraws.of(in_grid, cfg.bootstrap)
         bare, total = EvalDraws.bare_runs(in_grid)
         techniques = {}
-        for t in cfg.techniques_of(sc):
+        for t in grid:
             if t not in by_tech:
                 continue
             try:
