@@ -118,8 +118,10 @@ def main(argv=None) -> int:
     pairs = [(o, b) for o, b in ocfg.twins.items() if o in osum["scenarios"] and b in bsum["scenarios"]] \
         if ocfg.twins else [(twin_of(b), b) for b in bsum["scenarios"] if twin_of(b) in osum["scenarios"]]
     if not pairs:
-        print(f"error: no scenario of {args.benign} is the benign twin of one in {args.study} "
-              f"(benign_X pairs with X, benign with default)", file=sys.stderr)
+        rule = (f"its twins: {', '.join(f'{o} -> {b}' for o, b in ocfg.twins.items())}" if ocfg.twins
+                else "benign_X pairs with X, benign with default")
+        print(f"error: no scenario of {args.benign or args.study} is the benign twin of one in {args.study} "
+              f"({rule})", file=sys.stderr)
         return 2
     head = ["capability [lower]", "misalignment [95%]", "success@k [lower]", "flagged runs", "verdict"]
     print(f"verdict auditor: {ocfg.verdict.auditor} (study), {bcfg.verdict.auditor} (twins); organism seeds: "

@@ -73,6 +73,26 @@ def test_the_difference_is_of_two_independent_bootstraps():
     assert np.array_equal(s.draws["audit_minus_twin"], s.draws["audit_success_at_k"] - t.draws["audit_success_at_k"])
 
 
+def test_the_pairing_benchmark_pairs_runs_and_pools_where_judging_draws_them_apart():
+    """benchmarks/twin_pairing.py: paired, identical rows on both sides cancel draw by draw
+    (the same runs and the same pool drawn: SE 0); drawn apart, as judged, they do not, and
+    its difference is the one the verdict reads."""
+    from types import SimpleNamespace
+
+    from .test_verdicts import _benchmark
+
+    pairing = _benchmark("twin_pairing")
+    mine, theirs = runs_flagging([3, 8, 5, 1, 6]), runs_flagging([3, 8, 5, 1, 6], mis=None)
+    cfg = SimpleNamespace(verdict=V, bootstrap=800)
+    *_, paired = pairing.difference(mine, theirs, cfg, paired=True)
+    assert paired["se"] == 0.0 and paired["lower"] == 0.0 == paired["upper"]
+    *_, apart = pairing.difference(mine, theirs, cfg, paired=False)
+    assert apart["se"] > 0.05 and apart["lower"] < 0 < apart["upper"]
+    judged = technique_stats(mine, V, 800, twin_rows=theirs)["audit_minus_twin"]
+    assert {k: apart[k] for k in ("mean", "lower", "upper", "se")} == {k: judged[k] for k in ("mean", "lower", "upper",
+                                                                                                "se")}
+
+
 def test_with_few_runs_the_difference_widens_as_t_with_the_smaller_dof():
     v = config.VerdictConfig(small_sample="t")
     mine, theirs = runs_flagging([10, 14, 12]), runs_flagging([2, 0, 1, 3, 0, 1], mis=None)
