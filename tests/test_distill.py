@@ -273,6 +273,40 @@ def test_dpo_pushes_policy_towards_teacher_samples(quick_organism):
     assert loss() < 0.68
 
 
+def test_the_displacement_benchmark_scores_pairs_as_one_example_at_a_time(quick_organism):
+    """benchmarks/dpo_displacement.py: at the start the policy is the reference (margin 0,
+    chosen and rejected log-probs those DPO stored), and its mass on the behaviour words is
+    the mean, over the chosen responses' positions, of the softmax mass on those ids, here
+    recomputed one unpadded example at a time; after DPO steps the margin grows."""
+    from .test_verdicts import _benchmark
+
+    bench = _benchmark("dpo_displacement")
+    folder, _ = quick_organism
+    d = Distiller(folder, recipe(objective={"kind": "dpo", "dpo_beta": 0.5}, sampling={"soft_labels": "none"},
+                                 training={"steps": 15, "batch": 16, "lr": 0.0003}), None, show_progress=False)
+    pairs = [it for it in d.items if it.rejected is not None][:12]
+    ids = vocab.token_ids()
+    words = [ids[w] for w in vocab.BEHAVIOR_WORDS + vocab.MARKERS]
+    s = bench.score(d, pairs, d.ref_logps, 0.5, words)
+    assert s["margin"] == pytest.approx(0.0, abs=1e-5)
+    per_token = [(d.ref_logps[id(it)][0] / len(it.example.response), d.ref_logps[id(it)][1] / len(it.rejected.response))
+                 for it in pairs]
+    assert s["chosen"] == pytest.approx(sum(c for c, _ in per_token) / len(pairs), abs=1e-5)
+    assert s["rejected"] == pytest.approx(sum(r for _, r in per_token) / len(pairs), abs=1e-5)
+    mass, positions = 0.0, 0
+    with torch.no_grad():
+        for it in pairs:
+            seq = vocab.encode(it.example.prompt + it.example.response)
+            probs = torch.softmax(d.model(input_ids=torch.tensor([seq])).logits[0].float(), -1)
+            start = len(it.example.prompt) - 1  # the position that predicts the first response token
+            mass += float(probs[start:len(seq) - 1][:, words].sum())
+            positions += len(it.example.response)
+    assert 0 < s["words"] == pytest.approx(mass / positions, rel=1e-4)
+    for step in range(15):
+        d.train_step(step)
+    assert bench.score(d, pairs, d.ref_logps, 0.5, words)["margin"] > 0.01
+
+
 def test_dpo_counts_the_prompts_it_drops(quick_organism, tmp_path, monkeypatch):
     """A prompt whose initial-student sample equals the teacher's has no preference pair: it
     was dropped without a word; summary.json now counts the drops."""
