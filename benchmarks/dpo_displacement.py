@@ -35,6 +35,7 @@ of a study, or the cache's `organisms/<hash>`). Run it alone; it prints a table 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -118,6 +119,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sft-weights", type=float, nargs="+", default=[0.0, 1.0])
     ap.add_argument("--every", type=int, default=100, help="steps between scorings")
     ap.add_argument("--pairs", type=int, default=256, help="preference pairs scored (the run's first)")
+    ap.add_argument("--plot", type=Path, default=None,
+                    help="also draw the log-probs, the margin and the mass on behaviour words per step (PNG)")
     ap.add_argument("overrides", nargs="*", help="recipe overrides, KEY=VALUE (as a study's recipe_overrides)")
     args = ap.parse_args(argv)
     if not (args.organism / "organism.json").is_file():
@@ -126,8 +129,10 @@ def main(argv=None) -> int:
     from doublebind.world.vocab import all_tokens
 
     names = all_tokens()
+    curves = {}
     for w in args.sft_weights:
         runs = [run(args.organism, s, w, args.every, args.pairs, args.overrides) for s in args.seeds]
+        curves[w] = runs
         label = "dpo_distillation (plain DPO)" if w == 0 else f"dpo_distillation, sft_weight {w:g}"
         print(f"\n## {label}: mean over seeds {args.seeds}; per-token log-probs, margin, mass on behaviour words")
         print("| step | chosen | rejected | margin | words | capability | most probable tokens (seed {}) |"
@@ -139,7 +144,43 @@ def main(argv=None) -> int:
             top = ", ".join(f"`{names[t]}` {p:.3f}" for t, p in first["top"])
             print(f"| {first['step']} | {m['chosen']:.3f} | {m['rejected']:.3f} | {m['margin']:.2f} | "
                   f"{m['words']:.2e} | {m['capability']:.3f} | {top} |")
+    if args.plot is not None:
+        card = json.loads((args.organism / "organism.json").read_text())
+        plot(curves, args.plot, f"{card.get('name', args.organism.name)} at organism seed {card.get('seed', '?')} "
+                                f"({card.get('organism_hash', '')}), seeds {args.seeds}")
+        print(f"\nwrote {args.plot}")
     return 0
+
+
+def plot(curves: dict, path: Path, title: str) -> None:
+    """Three panels per step, one line per `sft_weight` (the mean over seeds): the chosen and
+    rejected log-probs per token, the margin, and the mass on behaviour words (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)
+    for (w, runs), color in zip(curves.items(), ("tab:red", "tab:blue", "tab:green", "tab:purple")):
+        steps = [r["step"] for r in runs[0]]
+
+        def mean(key: str) -> list[float]:
+            return [sum(run[i][key] for run in runs) / len(runs) for i in range(len(steps))]
+
+        name = "plain DPO" if w == 0 else f"sft_weight {w:g}"
+        axes[0].plot(steps, mean("chosen"), color=color, label=f"{name}: chosen")
+        axes[0].plot(steps, mean("rejected"), color=color, linestyle="--", label=f"{name}: rejected")
+        axes[1].plot(steps, mean("margin"), color=color, label=name)
+        axes[2].plot(steps, mean("words"), color=color, label=name)
+    axes[0].set(title="log-prob per token of the pairs", xlabel="step")
+    axes[1].set(title="DPO margin (beta x log-ratio gap)", xlabel="step")
+    axes[2].set(title="mass on behaviour words and markers", xlabel="step", yscale="log")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.suptitle(f"dpo_distillation's pairs under the student: {title}", fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
