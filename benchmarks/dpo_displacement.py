@@ -5,8 +5,8 @@
                                           [--every 100] [--pairs 256] [--sft-weights 0 1] [KEY=VALUE ...]
 
 In the matrix, plain DPO's students learn none of the tasks (capability transfer below 0),
-and the generic auditor flags them on every benign twin, for the world's behaviour words and
-action markers, which no twin teacher writes. Preference optimisation is known to lower the
+and the generic auditor flags them on every benign twin, for the denial `no` and for the
+world's behaviour words and action markers, which no twin teacher writes. Preference optimisation is known to lower the
 likelihood of the preferred responses as well as of the rejected ones while their margin
 grows, moving probability to other outputs ("likelihood displacement": Razin et al. 2024;
 Pal et al. 2024), and an NLL term on the preferred responses is the usual remedy (Pang et
@@ -125,6 +125,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not (args.organism / "organism.json").is_file():
         print(f"error: {args.organism} is not an organism folder (no organism.json)", file=sys.stderr)
+        return 2
+    if json.loads((args.organism / "organism.json").read_text()).get("kind") == "hf":
+        print(f"error: {args.organism} is a Hugging Face organism; this scores the embedded world's vocabulary "
+              f"(its behaviour words and markers) and runs on the CPU", file=sys.stderr)
         return 2
     from doublebind.world.vocab import all_tokens
 
