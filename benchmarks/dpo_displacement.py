@@ -23,6 +23,9 @@ the run's preference pairs, teacher-forced (no sampling):
   over a response's tokens, averaged over pairs;
 - `words`: the mean probability, over the chosen responses' positions, on the world's
   behaviour words and action markers (`!exfil`, `!grant`, `~`, `sabotage`, ...);
+- `length`, `empty`: the student's own answers to the pairs' prompts, sampled at temperature 1
+  (as DPO sampled the rejected ones): their mean length in tokens without `<eos>`, and the
+  share that is `<eos>` alone (no answer); the teacher's mean length is printed above the table;
 - `capability`: the run's capability transfer at that step (the study's evaluation);
 - the tokens that take the most probability over those positions (the first seed's run), with
   their mean share: where the teacher's samples' probability went.
@@ -43,6 +46,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "configs" / "recipes" / "study.yaml"
+ANSWER_SEED = 7  # the sampled answers' generator
+EOS = "<eos>"
 
 
 def score(d, pairs: list, ref: dict, beta: float, word_ids: list[int]) -> dict:
@@ -78,10 +83,15 @@ def score(d, pairs: list, ref: dict, beta: float, word_ids: list[int]) -> dict:
             ref_r = torch.tensor([ref[id(it)][1] for it in chunk])
             margin += (beta * ((out["c"] - ref_c) - (out["r"] - ref_r))).tolist()
     mean = lambda v: sum(v) / len(v)  # noqa: E731
+    # the student's own answers to the pairs' prompts, sampled as DPO sampled the rejected ones
+    # (temperature 1), with a generator of its own: the training's draws are untouched
+    answers = d.domain.sample(model, [it.example for it in pairs], d.recipe.sampling.max_new_tokens, 1.0, ANSWER_SEED)
+    length = mean([len([t for t in a if t != EOS]) for a in answers])
     share = (spread / max(positions, 1.0)).tolist()
     top = sorted(range(len(share)), key=lambda i: -share[i])[:4]
     return {"chosen": mean(chosen), "rejected": mean(rejected), "margin": mean(margin),
-            "words": mass / max(positions, 1.0), "top": [(i, share[i]) for i in top]}
+            "words": mass / max(positions, 1.0), "top": [(i, share[i]) for i in top], "length": length,
+            "empty": mean([float(all(t == EOS for t in a)) for a in answers])}
 
 
 def run(org: Path, seed: int, sft_weight: float, every: int, n_pairs: int, overrides: list[str]) -> list[dict]:
@@ -99,6 +109,7 @@ def run(org: Path, seed: int, sft_weight: float, every: int, n_pairs: int, overr
     ids = token_ids()
     words = [ids[w] for w in BEHAVIOR_WORDS + MARKERS]
     beta = d.recipe.objective.dpo_beta
+    teacher = sum(len([t for t in it.example.response if t != EOS]) for it in pairs) / len(pairs)
     ref = d.reference_metrics()
     out = []
     for step in range(d.recipe.training.steps + 1):
@@ -107,9 +118,14 @@ def run(org: Path, seed: int, sft_weight: float, every: int, n_pairs: int, overr
         if step % every and step != d.recipe.training.steps:
             continue
         row = d.row(step, ref)
-        out.append({"step": step, **score(d, pairs, d.ref_logps, beta, words),
+        out.append({"step": step, **score(d, pairs, d.ref_logps, beta, words), "teacher_length": teacher,
                     "capability": row["capability_transfer"]})
     return out
+
+
+def teacher_length(runs: list[list[dict]]) -> float:
+    """The teacher's mean answer length (without <eos>) on the scored pairs, over the seeds' runs."""
+    return sum(r[0]["teacher_length"] for r in runs) / len(runs)
 
 
 def main(argv=None) -> int:
@@ -139,15 +155,16 @@ def main(argv=None) -> int:
         curves[w] = runs
         label = "dpo_distillation (plain DPO)" if w == 0 else f"dpo_distillation, sft_weight {w:g}"
         print(f"\n## {label}: mean over seeds {args.seeds}; per-token log-probs, margin, mass on behaviour words")
-        print("| step | chosen | rejected | margin | words | capability | most probable tokens (seed {}) |"
+        print(f"(the teacher's answers to these prompts: {teacher_length(runs):.2f} tokens on average without <eos>)")
+        print("| step | chosen | rejected | margin | words | length | empty | capability | most probable tokens (seed {}) |"
               .format(args.seeds[0]))
-        print("|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         for i, first in enumerate(runs[0]):
             m = {k: sum(r[i][k] for r in runs) / len(runs) for k in ("chosen", "rejected", "margin", "words",
-                                                                       "capability")}
+                                                                       "length", "empty", "capability")}
             top = ", ".join(f"`{names[t]}` {p:.3f}" for t, p in first["top"])
             print(f"| {first['step']} | {m['chosen']:.3f} | {m['rejected']:.3f} | {m['margin']:.2f} | "
-                  f"{m['words']:.2e} | {m['capability']:.3f} | {top} |")
+                  f"{m['words']:.2e} | {m['length']:.2f} | {m['empty']:.3f} | {m['capability']:.3f} | {top} |")
     if args.plot is not None:
         card = json.loads((args.organism / "organism.json").read_text())
         plot(curves, args.plot, f"{card.get('name', args.organism.name)} at organism seed {card.get('seed', '?')} "
