@@ -34,8 +34,9 @@ from doublebind.studies.verdicts import audit_selected, final_row
 VIEWS = ("final", "audit_selected")
 
 
-def load(folder: Path, organism_seeds: list[int] | None):
-    """(config, runs as the verdicts read them, summary) of a study folder, on `organism_seeds`."""
+def load(folder: Path, organism_seeds: list[int] | None, summarize: bool = True):
+    """(config, runs as the verdicts read them, summary) of a study folder, on `organism_seeds`
+    (the summary None without `summarize`: judging every cell is most of the time this takes)."""
     study = json.loads((folder / "study.json").read_text())
     cfg = config.build(config.StudyConfig, study["config"], f"{folder / 'study.json'}: config")
     scan = scan_results(folder / RESULTS)
@@ -45,7 +46,7 @@ def load(folder: Path, organism_seeds: list[int] | None):
     builds = study_builds(study)
     if builds is not None and organism_seeds is not None:
         builds = {b for b in builds if b[1] in organism_seeds}
-    summary = compute_summary(runs, cfg, builds)
+    summary = compute_summary(runs, cfg, builds) if summarize else None
     judged = {k: judged_rows(sorted(v, key=lambda r: r["step"]), cfg.verdict, k, False) for k, v in runs.items()}
     return cfg, judged, summary
 

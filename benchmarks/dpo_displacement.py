@@ -47,7 +47,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "configs" / "recipes" / "study.yaml"
 ANSWER_SEED = 7  # the sampled answers' generator
-EOS = "<eos>"
 
 
 def score(d, pairs: list, ref: dict, beta: float, word_ids: list[int]) -> dict:
@@ -57,6 +56,7 @@ def score(d, pairs: list, ref: dict, beta: float, word_ids: list[int]) -> dict:
     from doublebind.training import objectives as obj
     from doublebind.training.batching import collate
     from doublebind.training.distill import model_device, to_device
+    from doublebind.world.vocab import EOS
 
     model = d.accelerator.unwrap_model(d.model)
     model.eval()
@@ -99,7 +99,7 @@ def run(org: Path, seed: int, sft_weight: float, every: int, n_pairs: int, overr
 
     from doublebind import config
     from doublebind.training.distill import Distiller
-    from doublebind.world.vocab import BEHAVIOR_WORDS, MARKERS, token_ids
+    from doublebind.world.vocab import BEHAVIOR_WORDS, EOS, MARKERS, token_ids
 
     torch.set_num_threads(1)
     stage = f"stages=[{{name: dpo_distillation, sft_weight: {sft_weight}}}]"

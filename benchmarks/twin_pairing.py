@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     ap.add_argument("--view", choices=("final", "audit_selected"), default="final")
     args = ap.parse_args(argv)
     try:
-        cfg, runs, _ = load(args.study, None)
+        cfg, runs, _ = load(args.study, None, summarize=False)
     except (DoublebindError, OSError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
