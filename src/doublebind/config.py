@@ -452,6 +452,13 @@ class ObjectiveConfig(Strict):
         default=0.0, ge=0, le=100,
         description="α of DPO + α · NLL of the teacher's samples, length-normalised per item (RPO-style); "
                     "0 is plain DPO. With α > 0 prompts without a preference pair stay for the NLL term.")
+    normalise: Literal["token", "response"] = Field(
+        default="token",
+        description="What a step's loss averages over (sft and the soft objectives): every response token of the "
+                    "step alike (token), or each response's tokens first and then the responses, so that every "
+                    "response weighs the same whatever its length (response; as the NLL term of dpo_sft_weight, "
+                    "which is per response whatever this says). Per-token weights a stage sets count within "
+                    "their response.")
 
 
 class LoraConfig(Strict):

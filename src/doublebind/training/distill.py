@@ -83,6 +83,17 @@ def _item_weights(it: Item) -> torch.Tensor:
     return w
 
 
+def _per_response(items: list[Item], ocfg) -> torch.Tensor | None:
+    """With `objective.normalise: response`, each item's factor 1 / its weighted token count,
+    so that its tokens' weights sum to 1 and every response weighs the same (an item whose
+    weights are all 0 keeps them); None with `token`, the default. A micro-batch's weights
+    then sum to a whole number, as 0/1 weights do, so `micro_loss`'s mean times that sum is
+    the weighted sum (the objectives' means divide by at least 1)."""
+    if ocfg.normalise != "response":
+        return None
+    return torch.tensor([1.0 / u if u > 0 else 0.0 for u in (it.units() for it in items)])
+
+
 def _logits(model, **inputs) -> torch.Tensor:
     """The student's training forward: logits of a batch, no KV cache."""
     return model(**inputs, use_cache=False).logits
@@ -151,7 +162,9 @@ def micro_loss(model, items: list[Item], soft: dict[str, torch.Tensor], ocfg, re
         out = student_logits(model, compiled, input_ids=p.input_ids.to(device, non_blocking=True),
                              position_ids=p.position_ids.to(device, non_blocking=True))
         flat, targets = p.rows.to(device, non_blocking=True), p.targets
-        m = torch.cat([_item_weights(it) for it in items]).to(device, non_blocking=True)[None]  # [1, N]
+        scale = _per_response(items, ocfg)
+        m = torch.cat([_item_weights(it) * (1.0 if scale is None else scale[b])
+                       for b, it in enumerate(items)]).to(device, non_blocking=True)[None]  # [1, N]
     else:
         cpu = collate([it.example for it in items])
         batch = to_device(cpu, device)
@@ -164,6 +177,9 @@ def micro_loss(model, items: list[Item], soft: dict[str, torch.Tensor], ocfg, re
         flat = (rows_b * out.shape[1] + rows_t).to(device, non_blocking=True)  # [N]
         targets = cpu["input_ids"][:, 1:][keep]
         weighted = _weighted_mask(items, cpu["loss_mask"])  # [B, S-1]
+        scale = _per_response(items, ocfg)
+        if scale is not None:
+            weighted = weighted * scale.to(weighted.dtype)[:, None]
         m = weighted[keep].to(device, non_blocking=True)[None]  # [1, N]
     # fp32 losses whatever the forward's precision (bf16 autocast, bf16 weights)
     z = out.reshape(-1, out.shape[-1]).index_select(0, flat).float()[None]  # [1, N, V]
@@ -217,8 +233,13 @@ def _dpo_sum(model, items, ocfg, ref_logps) -> torch.Tensor:
 
 def _units(items: list[Item], ocfg) -> float:
     """What the step's loss is averaged over: (weighted) response tokens, or items for DPO
-    (its pairs, and with an NLL term the prompts without one)."""
-    return float(len(items)) if ocfg.kind == "dpo" else max(1e-8, sum(it.units() for it in items))
+    (its pairs, and with an NLL term the prompts without one) and with `objective.normalise:
+    response` (the items whose weights are not all 0)."""
+    if ocfg.kind == "dpo":
+        return float(len(items))
+    if ocfg.normalise == "response":
+        return max(1e-8, float(sum(it.units() > 0 for it in items)))
+    return max(1e-8, sum(it.units() for it in items))
 
 
 # ---- the run --------------------------------------------------------------------------
