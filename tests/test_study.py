@@ -3,6 +3,7 @@ verdicts follow their stated tests."""
 
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -380,13 +381,47 @@ def test_a_study_lists_a_technique_twice_under_labels_and_judges_a_filter_agains
         assert got == pytest.approx(want, abs=1e-4)
     md, _ = write_report(out)
     text = md.read_text()
-    assert "; vs pf_random: cap " in text and "matched control (`pf_random` for `perplexity_filter`" in text
+    assert "; vs pf_random: cap " in text and "with a control (`pf_random` for `perplexity_filter`)" in text
     # without a baseline the control's effect is still printed
     from doublebind.reports.study_report import _effect_cell
 
     alone = {**judged["perplexity_filter"], "final": {k: v for k, v in judged["perplexity_filter"]["final"].items()
                                                       if k != "vs_reference"}}
     assert _effect_cell(alone, "final").startswith("vs pf_random: cap ")
+
+
+def test_an_entry_is_judged_against_the_control_it_names(tmp_path, quick_organism):
+    """`control: <label>` sets a technique against another entry of the study (as a filter
+    against its matched random drop), paired by seed; a control that is no entry of the
+    study, or the entry itself, is refused at load."""
+    from statistics import fmean
+
+    path = write_study(tmp_path, quick_organism[0], techniques=[
+        "baseline", {"name": "random_drop", "share": 0.3, "label": "drop30", "control": "drop10"},
+        {"name": "random_drop", "share": 0.1, "label": "drop10"}])
+    cfg = config.load(path)
+    assert cfg.named_controls() == {"drop30": "drop10"} and study_run.matched_controls(cfg) == {"drop30": "drop10"}
+    assert cfg.technique_stages()["drop30"] == [{"name": "random_drop", "share": 0.3}]  # control is no option
+    out = tmp_path / "out"
+    summary = study_run.run_study(path, out, show_progress=False)
+    rows = study_run.read_results(out / "results.jsonl")
+    judged = summary["scenarios"][next(iter(summary["scenarios"]))]["techniques"]
+    assert judged["drop30"]["control"] == "drop10" and judged["drop30"]["reference"] == "baseline"
+    assert "control" not in judged["drop10"]
+
+    def final(t):
+        return {r["seed"]: r for r in rows if r["technique"] == t and r["step"] == 4}
+
+    for field in ("capability_transfer", "misalignment_transfer"):
+        want = fmean(final("drop30")[s][field] - final("drop10")[s][field] for s in (0, 1))
+        assert judged["drop30"]["final"]["vs_control"][field]["mean"] == pytest.approx(want, abs=1e-4)
+    for control, needle in (("drop5", "'drop5' is not a technique label of the study"),
+                            ("drop30", "'drop30' is the entry itself")):
+        bad = write_study(tmp_path, quick_organism[0], techniques=[
+            "baseline", {"name": "random_drop", "share": 0.3, "label": "drop30", "control": control},
+            {"name": "random_drop", "share": 0.1, "label": "drop10"}])
+        with pytest.raises(config.ConfigError, match=re.escape(needle)):
+            config.load(bad)
 
 
 def test_technique_labels_are_checked(tmp_path, quick_organism):

@@ -675,8 +675,13 @@ def _listed_stages(techniques: list) -> dict[str, list[dict]]:
     for e in techniques:
         label = _entry_label(e)
         out[label] = [] if label == "baseline" else [
-            {k: x for k, x in e.items() if k != "label"} if isinstance(e, dict) else {"name": e}]
+            {k: x for k, x in e.items() if k not in ENTRY_KEYS} if isinstance(e, dict) else {"name": e}]
     return out
+
+
+# A study's technique entry's own keys, beside its technique's name and options: the label its
+# rows go under, and the label of another entry it is also judged against
+ENTRY_KEYS = ("label", "control")
 
 
 def _entry_label(entry) -> str:
@@ -774,7 +779,10 @@ class StudyConfig(Strict):
                     "`baseline` runs the recipe alone. On a hard-label (SFT) recipe, hard_labels is judged "
                     "against logit_distillation (the recipe on soft labels), which must be listed too. "
                     "{name: <technique>, label: <label>, ...} lists it under its own label, so a study "
-                    "can run one technique at several settings; the label names its rows and folders.")
+                    "can run one technique at several settings; the label names its rows and folders. "
+                    "{..., control: <label>} also judges the entry against that other entry of the study "
+                    "(`vs_control`, as a filter against its matched random drop): say, a technique against "
+                    "itself with one of its parts turned off.")
     seeds: list[Seed] = Field(default=[0, 1, 2], description="Distillation seeds; each technique runs once per "
                                                                "seed on each organism.")
     controls: Literal["none", "matched"] = Field(
@@ -807,7 +815,7 @@ class StudyConfig(Strict):
             elif isinstance(entry, dict):
                 if "label" in entry:
                     check_technique_label(entry["label"], entry.get("name"), i)
-                validate_stage({k: x for k, x in entry.items() if k != "label"}, i)
+                validate_stage({k: x for k, x in entry.items() if k not in ENTRY_KEYS}, i)
             elif entry != "baseline":
                 _known("technique", entry)
         labels = [_entry_label(e) for e in v]
@@ -833,6 +841,10 @@ class StudyConfig(Strict):
         stages = self.technique_stages()
         own = next((sc.techniques for sc in self.scenarios or [] if sc.name == scenario), None)
         return stages if own is None else {t: s for t, s in stages.items() if t in own}
+
+    def named_controls(self) -> dict[str, str]:
+        """{label: the label of the entry it names as its `control`}, for the entries that name one."""
+        return {_entry_label(e): e["control"] for e in self.techniques if isinstance(e, dict) and "control" in e}
 
     def technique_of(self, label: str) -> str:
         """The registered technique a label of this study runs (`baseline` for the baseline)."""
@@ -914,6 +926,15 @@ class StudyConfig(Strict):
         if self.organism is not None and self.organism.path is not None and self.organism_seeds is not None:
             raise ValueError("organism_seeds needs an organism to build (preset or config), not a built path")
         labels = self.technique_stages()
+        for i, e in enumerate(self.techniques):
+            control = e.get("control") if isinstance(e, dict) else None
+            if control is None:
+                continue
+            if not isinstance(control, str) or control not in labels:
+                raise ValueError(f"techniques.{i}.control: {control!r} is not a technique label of the study "
+                                 f"({', '.join(labels)})")
+            if control == _entry_label(e):
+                raise ValueError(f"techniques.{i}.control: {control!r} is the entry itself; name another entry")
         for i, sc in enumerate(self.scenarios or []):
             unknown = [t for t in sc.techniques or [] if t not in labels]
             if unknown:

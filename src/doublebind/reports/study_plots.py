@@ -266,11 +266,12 @@ def paired_differences(values: dict, scenario: str, a: str, b: str) -> list[floa
 
 
 def plot_controls(rows: list[dict], summary: dict) -> bytes:
-    """Per scenario, each filter that has a matched control (`random_drop` with `like`): per
-    run, the filter's misalignment transfer minus its control's (black; the bar is the mean
-    and its 95% interval from the summary) and the control's minus the reference run's (grey:
-    what removing as many items at random did), at the delivered checkpoint, paired by
-    organism and seed."""
+    """Per scenario, each technique that has a control (a filter's matched `random_drop` with
+    `like`, or the entry a technique names as its `control`): per run, the technique's
+    misalignment transfer minus its control's (black; the bar is the mean and its 95%
+    interval from the summary) and the control's minus the control's own reference run's
+    (grey: what removing as many items at random did, or what the part left on does), at the
+    delivered checkpoint, paired by organism and seed."""
     plt = _plt()
     from matplotlib.lines import Line2D
 
@@ -278,7 +279,7 @@ def plot_controls(rows: list[dict], summary: dict) -> bytes:
                  for r in rows if r["selected"]}
     panels = [(sc, [(t, j["control"]) for t, j in data["techniques"].items() if j.get("control")])
               for sc, data in summary["scenarios"].items()]
-    panels = [(sc, pairs) for sc, pairs in panels if pairs] or [("no filter has a matched control", [])]
+    panels = [(sc, pairs) for sc, pairs in panels if pairs] or [("no technique has a control", [])]
     fig, axes = _panel_grid(plt, len(panels), 2, 6.5, 1.2 + 0.7 * max(1, *(len(p) for _, p in panels)), extra=0.4)
     for (sc, pairs), ax in zip(panels, axes):
         for y, (t, c) in enumerate(pairs):
@@ -299,9 +300,9 @@ def plot_controls(rows: list[dict], summary: dict) -> bytes:
         ax.set_xlabel("difference in misalignment transfer")
         ax.set_title(sc, fontsize=10)
     handles = [Line2D([], [], ls="", marker="o", color="grey", alpha=0.7, label="control − its reference, per run"),
-               Line2D([], [], ls="", marker="o", color="black", label="filter − control, per run"),
-               Line2D([], [], ls="-", marker="|", color="crimson", label="filter − control, mean [95%]")]
+               Line2D([], [], ls="", marker="o", color="black", label="technique − control, per run"),
+               Line2D([], [], ls="-", marker="|", color="crimson", label="technique − control, mean [95%]")]
     fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=8)
-    _suptitle(fig, "filters against matched random controls (random_drop like: as many items of each family, at "
-                   "random), delivered checkpoint")
+    _suptitle(fig, "techniques against their controls (a filter's: random_drop like it, as many items of each "
+                   "family at random; or the entry a technique names), delivered checkpoint")
     return _png(fig)

@@ -456,8 +456,8 @@ def _audit_cell(s: dict) -> str:
 
 
 def _effect_cell(t: dict, view: str) -> str:
-    """The technique against its reference and, for a filter with a matched control (a random
-    drop of what it removed, run by run), against that control."""
+    """The technique against its reference and against its control where it has one (a
+    filter's matched random drop of what it removed, run by run, or the entry it names)."""
     parts = [f"vs {t[who]}: cap {_ci(e['capability_transfer'])}, mis {_ci(e['misalignment_transfer'])}"
              for who, e in (("reference", t[view].get("vs_reference")), ("control", t[view].get("vs_control"))) if e]
     return "; ".join(parts) or "—"
@@ -854,12 +854,14 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
                    + (f"The effect against the reference is the technique minus its reference run (`baseline`{refs}), "
                       "paired by organism and seed." if has_baseline or refs else
                       "The study lists no `baseline`, so no effect against a reference run is given.")
-                   + (" A filter with a matched control (" + ", ".join(f"`{c}` for `{t}`" for t, c in controls)
-                      + ", `random_drop` with `like`) is also given minus that control: the control drops at random "
-                        "as many items of each task family as the filter removed in the same run, so that effect "
-                        "is what the filter's choice of items did beyond removing as many." if controls else "")))
+                   + (" A technique with a control (" + ", ".join(f"`{c}` for `{t}`" for t, c in controls)
+                      + ") is also given minus that control. A filter's matched control (`random_drop` with `like`) "
+                        "drops at random as many items of each task family as the filter removed in the same run, "
+                        "so that effect is what the filter's choice of items did beyond removing as many; a "
+                        "control a technique names (`control:` in the study) is that entry's runs, say the "
+                        "technique with one of its parts turned off." if controls else "")))
     if controls:
-        b.append(img("filters against matched random controls", plots.plot_controls(rows, summary), "controls.png"))
+        b.append(img("techniques against their controls", plots.plot_controls(rows, summary), "controls.png"))
 
     b.append(("h2", SECTIONS[2]))
     b.append(("p", "Per technique, x = step: the line is the mean over runs and the band the min–max over runs of "

@@ -1205,9 +1205,10 @@ def matched_controls(cfg) -> dict[str, str]:
     """Each technique of the study that a `random_drop` entry with `like` copies, and that
     entry's label (the first one listed, where several copy it): the technique's effect is
     also measured against it. `like` matches the technique's entry when both name the same
-    stage with the same settings, defaults filled in (`controls: matched` adds such entries)."""
+    stage with the same settings, defaults filled in (`controls: matched` adds such entries).
+    An entry that names its `control` is measured against that one instead."""
     stages = cfg.technique_stages()
-    out = {}
+    out = cfg.named_controls()
     for label, added in stages.items():
         like = config.like_of(added[0]) if added else None
         if like is None:
