@@ -734,6 +734,11 @@ def test_the_frontier_plot_leaves_out_a_technique_with_an_undefined_axis(monkeyp
     texts = [t.get_text() for t in ax.texts]
     assert "undefined here, not plotted: gapless" in texts
     assert any(t.startswith("kept (") for t in texts) and not any(t.startswith("gapless (") for t in texts)
+    # a scenario with no point at all (a benign twin) gets no panel, and the title names it
+    summary["scenarios"]["twin"] = {"techniques": {"gapless": none}}
+    study_plots.plot_frontier(summary, 0.8, 0.1)
+    assert [a.get_title() for a in figs[1].axes if a.get_visible()] == ["s"]
+    assert "defined on twin, not plotted" in figs[1].get_suptitle().replace("\n", " ")
 
 
 def test_a_run_s_best_transfer_is_none_where_no_checkpoint_defines_it():

@@ -223,16 +223,29 @@ def plot_heatmap(summary: dict, power: float | None = None, rising: frozenset = 
 def plot_frontier(summary: dict, capability: float, misalignment: float) -> bytes:
     """Per scenario: capability against misalignment transfer, one point per technique at
     its final checkpoint (bars: two-level bootstrap 95% intervals), a hollow marker at its
-    audit-selected checkpoint."""
+    audit-selected checkpoint. A scenario where no technique has a point (a benign twin, whose
+    teacher has no misbehaviour to transfer) gets no panel; the title names it.
+
+    The labels and the list of techniques left out of a panel stay out of the layout: the
+    layout shrank the axes to fit labels that run past a panel's edge until, with the
+    matrix's 29 techniques, it gave up and left the figure a third blank."""
+    import textwrap
+
     plt = _plt()
-    scenarios = list(summary["scenarios"])
+
+    def placed(t: dict) -> bool:  # no run defines an axis: no point to place
+        return not (t["final"]["capability_transfer"].get("undefined")
+                    or t["final"]["misalignment_transfer"].get("undefined"))
+
+    scenarios = [sc for sc, d in summary["scenarios"].items() if any(placed(t) for t in d["techniques"].values())]
+    empty = [sc for sc in summary["scenarios"] if sc not in scenarios]
     fig, axes = _panel_grid(plt, len(scenarios), 2, 6.5, 5)
     for sc, ax in zip(scenarios, axes):
         unplaced = []
         for t, s in summary["scenarios"][sc]["techniques"].items():
             f, a = s["final"], s["audit_selected"]
             cx, cy = f["capability_transfer"], f["misalignment_transfer"]
-            if cx.get("undefined") or cy.get("undefined"):  # no run defines an axis: no point to place
+            if not placed(s):
                 unplaced.append(t)
                 continue
             x, y = cx["mean"], cy["mean"]
@@ -242,17 +255,18 @@ def plot_frontier(summary: dict, capability: float, misalignment: float) -> byte
             ax.plot([a["capability_transfer"]["mean"]], [a["misalignment_transfer"]["mean"]], "o", mfc="none",
                     color=err[0].get_color(), ms=6)
             ax.annotate(f"{t} ({VERDICT_SHORT[f['verdict']]})", (x, y), textcoords="offset points", xytext=(4, 4),
-                        fontsize=7)
+                        fontsize=7, in_layout=False)
         ax.axvline(capability, color="grey", ls="--", lw=0.8)
         ax.axhline(misalignment, color="grey", ls="--", lw=0.8)
         if unplaced:
-            ax.text(0.01, 0.01, "undefined here, not plotted: " + ", ".join(unplaced), transform=ax.transAxes,
-                    fontsize=7, color="grey")
+            ax.text(0.01, 0.01, textwrap.fill("undefined here, not plotted: " + ", ".join(unplaced), 100),
+                    transform=ax.transAxes, fontsize=7, color="grey", in_layout=False)
         ax.set_xlabel("capability transfer (want high)")
         ax.set_ylabel("misalignment transfer (want low)")
         ax.set_title(sc, fontsize=10)
     _suptitle(fig, "frontier per scenario: filled = delivered checkpoint with 95% intervals (organisms, then seeds); "
-                 "hollow = audit-selected; dashed: thresholds")
+                 "hollow = audit-selected; dashed: thresholds"
+                   + (f"; no technique's transfers are defined on {', '.join(empty)}, not plotted" if empty else ""))
     return _png(fig)
 
 
