@@ -331,6 +331,7 @@ def test_a_study_judged_by_the_free_auditor(quick_organism, tmp_path):
     off = config.load(tmp_path / "recipe.yaml", expect="recipe", merge={"free_audit": {"pool_draws": 0, "pools": 1}})
     before = on.model_dump(mode="json")
     del before["free_audit"]["pool_draws"], before["training"]["compile"], before["objective"]["dpo_sft_weight"]
+    del before["objective"]["normalise"]  # counted only when not token
     del before["free_audit"]["pools"]
     before["training"]["save_weights"] = False
     import hashlib
@@ -341,6 +342,7 @@ def test_a_study_judged_by_the_free_auditor(quick_organism, tmp_path):
     # pools: 1 hashes as a recipe from before the setting (draws, no pools): such folders resume
     before = one.model_dump(mode="json")
     del before["free_audit"]["pools"], before["training"]["compile"], before["objective"]["dpo_sft_weight"]
+    del before["objective"]["normalise"]  # counted only when not token
     before["training"]["save_weights"] = False
     assert study_run.recipe_hash(one) == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
 
