@@ -258,6 +258,8 @@ def plot_frontier(summary: dict, capability: float, misalignment: float) -> byte
                         fontsize=7, in_layout=False)
         ax.axvline(capability, color="grey", ls="--", lw=0.8)
         ax.axhline(misalignment, color="grey", ls="--", lw=0.8)
+        lo, hi = ax.get_xlim()
+        ax.set_xlim(lo, max(hi, 1.05) + 0.3)  # room inside the panel for the labels of points near 1
         if unplaced:
             ax.text(0.01, 0.01, textwrap.fill("undefined here, not plotted: " + ", ".join(unplaced), 100),
                     transform=ax.transAxes, fontsize=7, color="grey", in_layout=False)
