@@ -120,6 +120,7 @@ def test_the_recipe_hash_moves_only_when_compile_is_on():
     del dump["training"]["compile"]
     del dump["objective"]["dpo_sft_weight"]  # a later knob, counted only when not 0
     del dump["objective"]["normalise"]  # a later knob, counted only when not token
+    del dump["training"]["ema"]  # a later knob, counted only when set
     del dump["free_audit"]  # a later knob, counted only when set
     dump["training"]["save_weights"] = False  # as every study run's recipe had it (`keeps_weights` changes no hash)
     import hashlib

@@ -519,6 +519,12 @@ class DistillTrainConfig(Strict):
                                    "on one CPU thread, after 7-31 s of compilation per process (the less with "
                                    "torch's on-disk cache warm). Numbers move by rounding, like packing; on the "
                                    "CPU it needs a C++ compiler. Left out of the recipe's hash while false.")
+    ema: float | None = Field(
+        default=None, gt=0, lt=1,
+        description="Evaluate, audit and save an exponential moving average of the weights, with this decay per "
+                    "step (0.95: about the last 20 steps; bias-corrected, no weight on the initial ones); training "
+                    "goes on from the trained weights. None: the last step's weights. Left out of the recipe's "
+                    "hash while unset.")
 
 
 class RecipeConfig(Strict):

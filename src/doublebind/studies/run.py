@@ -607,7 +607,8 @@ def verdict_thresholds(vcfg) -> dict:
 
 def recipe_hash(recipe) -> str:
     """What a study's rows record of the recipe that made them, and its resume check compares.
-    `training.compile` counts only when on (it changes rounding), `objective.dpo_sft_weight`
+    `training.compile` counts only when on (it changes rounding), `training.ema` only when set,
+    `objective.dpo_sft_weight`
     only when not 0, `objective.normalise` only when not `token` and `free_audit` only when
     set, so recipes from before those knobs existed keep their hash (`free_audit.pool_draws` counts unless 0: its draws change the rows, and a
     free-audit folder made before it resumes with `free_audit.pool_draws=0`; `free_audit.pools`
@@ -618,6 +619,8 @@ def recipe_hash(recipe) -> str:
     dump = recipe.model_dump(mode="json")
     if not dump["training"]["compile"]:
         del dump["training"]["compile"]
+    if dump["training"].get("ema") is None:
+        dump["training"].pop("ema", None)
     if not dump["objective"]["dpo_sft_weight"]:
         del dump["objective"]["dpo_sft_weight"]
     if dump["objective"]["normalise"] == "token":

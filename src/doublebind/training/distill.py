@@ -22,6 +22,7 @@ import random
 import shutil
 import time
 import types
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -39,6 +40,7 @@ from doublebind.training import tracking
 from doublebind.training import packing
 from doublebind.training.batching import _ids, collate, model_device, to_device
 from doublebind.training.parallel import any_process, reduce_sum, shard, sync_unless_last
+from doublebind.training.average import WeightAverage
 from doublebind.training.loop import Loop
 from doublebind.ui import progress_bar
 from doublebind.types import Example, Item
@@ -664,6 +666,8 @@ class Distiller:
         self._step = 0  # the step `train_step` takes, for `_clip`'s message
         self.model, self.loop.opt = self.accelerator.prepare(self.model, self.loop.opt)
         self.loop.params = [p for p in self.model.parameters() if p.requires_grad]
+        # what the checkpoints deliver: the trained weights, or their running average
+        self.average = WeightAverage(self.loop.params, tr.ema) if tr.ema is not None else None
         # Packing relies on the embedded world's Llama reading restarted position ids as
         # sequence boundaries; an HF organism's architecture may not, so it pads.
         self.pack = tr.packing and self.domain.kind == "world"
@@ -870,7 +874,15 @@ class Distiller:
     def train_step(self, step: int) -> float:
         """One optimiser step over `batch x grad_accum` examples; returns the mean loss."""
         self._step = step
-        return self.loop.step(step, lambda: self.accumulate_gradients(step))
+        loss = self.loop.step(step, lambda: self.accumulate_gradients(step))
+        if self.average is not None:
+            self.average.update()
+        return loss
+
+    def delivered(self):
+        """A context in which the student holds the weights a checkpoint delivers: the trained
+        ones, or their average (`training.ema`), put back on leaving."""
+        return self.average.delivered() if self.average is not None else nullcontext()
 
     def accumulate_gradients(self, step: int) -> float:
         """Backward over the step's micro-batches, each loss divided by the whole step's
@@ -1096,45 +1108,47 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
                 advance(1)
             if step not in schedule:
                 continue
-            row = d.row(step, ref)
-            bad = first_non_finite(row)
-            if bad is not None:  # an update after the last finite loss can still blow the weights up
-                raise DoublebindError(f"the evaluation at step {step} gave {bad[0]} = {bad[1]}: the weights "
-                                      f"diverged; {LR_HINT}")
-            model = d.accelerator.unwrap_model(d.model)
-            handed = d.admit(model) if d._hooked("checkpoint") else None
-            attached = _attachments(model) if d._hooked("checkpoint") else None
-            for st in d._hooked("checkpoint"):
-                verdict = st.checkpoint(d.view, step, model) or {}
-                # The attachments are read before the weights are checked and read twice: code the
-                # hook left behind that runs while they are read (a descriptor it put on a class)
-                # and changes the weights or what is read shows up then.
-                after = _attachments(model)
-                if _fingerprint(model) != handed:  # the run would train on from them
-                    changed = "weights"
-                else:  # what would steer the training that follows
-                    what = _attached(attached, after) or _attached(after, _attachments(model))
-                    changed = f"hooks or attributes ({what})" if what else None
-                if changed:
-                    raise DefenderError(f"stage {st.name} changed the student's {changed} in its checkpoint hook at "
-                                        f"step {step}: a checkpoint hook may audit the student, stop the run or "
-                                        f"select the checkpoint, not change it")
-                d.record(st, "checkpoint", step=step, **verdict)
-                if verdict.get("select"):
-                    selected = step
-                    steered.add(st.index)
-                if verdict.get("stop"):
-                    stopped = step
-                    steered.add(st.index)
-            rows.append(row)
-            tracker.checkpoint(step, row)
-            if main:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-            if main and tr.save_weights:
-                ckpt_meta = {**meta, "step": step, "tokens": d.tokens, "role": "student"}
-                save_student(model, out / "checkpoints" / f"step_{step:05d}", ckpt_meta,
-                             tokenizer=getattr(d.domain, "tokenizer", None))
+            # evaluated, audited, handed to the checkpoint hooks and saved: the delivered weights
+            with d.delivered():
+                row = d.row(step, ref)
+                bad = first_non_finite(row)
+                if bad is not None:  # an update after the last finite loss can still blow the weights up
+                    raise DoublebindError(f"the evaluation at step {step} gave {bad[0]} = {bad[1]}: the weights "
+                                          f"diverged; {LR_HINT}")
+                model = d.accelerator.unwrap_model(d.model)
+                handed = d.admit(model) if d._hooked("checkpoint") else None
+                attached = _attachments(model) if d._hooked("checkpoint") else None
+                for st in d._hooked("checkpoint"):
+                    verdict = st.checkpoint(d.view, step, model) or {}
+                    # The attachments are read before the weights are checked and read twice: code the
+                    # hook left behind that runs while they are read (a descriptor it put on a class)
+                    # and changes the weights or what is read shows up then.
+                    after = _attachments(model)
+                    if _fingerprint(model) != handed:  # the run would train on from them
+                        changed = "weights"
+                    else:  # what would steer the training that follows
+                        what = _attached(attached, after) or _attached(after, _attachments(model))
+                        changed = f"hooks or attributes ({what})" if what else None
+                    if changed:
+                        raise DefenderError(f"stage {st.name} changed the student's {changed} in its checkpoint hook at "
+                                            f"step {step}: a checkpoint hook may audit the student, stop the run or "
+                                            f"select the checkpoint, not change it")
+                    d.record(st, "checkpoint", step=step, **verdict)
+                    if verdict.get("select"):
+                        selected = step
+                        steered.add(st.index)
+                    if verdict.get("stop"):
+                        stopped = step
+                        steered.add(st.index)
+                rows.append(row)
+                tracker.checkpoint(step, row)
+                if main:
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                if main and tr.save_weights:
+                    ckpt_meta = {**meta, "step": step, "tokens": d.tokens, "role": "student"}
+                    save_student(model, out / "checkpoints" / f"step_{step:05d}", ckpt_meta,
+                                 tokenizer=getattr(d.domain, "tokenizer", None))
             if any_process(d.accelerator, stopped is not None):  # every process stops together
                 break
     chosen = next((r for r in rows if r["step"] == selected), rows[-1])
