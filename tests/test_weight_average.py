@@ -96,3 +96,21 @@ def test_the_knob_counts_in_the_recipe_hash_only_when_set():
     for bad in (0, 1, 1.5):
         with pytest.raises(config.ConfigError, match="ema"):
             tiny_recipe({}, training={"ema": bad})
+
+
+def test_the_jitter_benchmark_averages_the_changes_of_the_last_hundred_steps():
+    """benchmarks/checkpoint_jitter.py: jitter is the mean |change| between neighbouring
+    checkpoints over the last 100 steps, per run, then over runs; `final` is the last step's."""
+    from .test_verdicts import _benchmark
+
+    jitter = _benchmark("checkpoint_jitter")
+    steps = range(0, 401, 50)
+    runs = {("s", 0): {s: (0.1 * (s // 50 % 2), 0.9) for s in steps},  # 0, .1, 0, .1, ...: moves 0.1 a checkpoint
+            ("s", 1): {s: (0.3, 0.8) for s in steps},  # still
+            ("other", 0): {s: (1.0, 1.0) for s in steps}}
+    got = jitter.stats(runs, "s", 50)
+    assert got["runs"] == 2
+    assert got["jitter"] == pytest.approx((0.1 + 0.0) / 2)  # steps 350 and 400 against their neighbours
+    assert got["final"] == pytest.approx((0.0 + 0.3) / 2)  # step 400: 400 // 50 = 8, even
+    assert got["capability"] == pytest.approx(0.85)
+    assert got["at_300"] == pytest.approx((0.0 + 0.3) / 2)
