@@ -137,7 +137,9 @@ def test_report_files_sections_and_numbers(study):
                 runs.setdefault((r["organism_seed"], r["seed"]), {})[r["step"]] = r["misalignment_transfer"]
         changes = [m[STEPS[-1]] - m[STEPS[-2]] for m in runs.values()]
         up, n = sum(c > 0 for c in changes), len(changes)
-        consistent = sum(math.comb(n, k) for k in range(up, n + 1)) / 2 ** n < 0.05  # one-sided sign test
+        last = fmean(m[STEPS[-1]] for m in runs.values())
+        consistent = last < summary["verdict_thresholds"]["misalignment"] and \
+            sum(math.comb(n, k) for k in range(up, n + 1)) / 2 ** n < 0.05  # one-sided sign test, below the threshold
         return fmean(changes) > 0 and (fmean(changes) >= summary["verdict_thresholds"]["misalignment"] / 2 and
                                        2 * up > n or consistent)
 
@@ -385,12 +387,13 @@ def test_a_verdict_more_misalignment_could_move_is_marked_where_it_still_rose():
 
 
 def test_a_small_rise_every_run_shares_is_still_rising():
-    """Below half the threshold, a rise counts where so many runs rose that no trend would
-    make it likely (one-sided sign test at alpha): 9 of 10 and 5 of 5, not 8 of 10 or 4 of 4."""
+    """A rise below half the threshold counts, for a cell still below the threshold, where so
+    many runs rose that no trend would make it likely (one-sided sign test at alpha): 9 of 10
+    and 5 of 5, not 8 of 10 or 4 of 4."""
     from doublebind.reports.study_report import sign_test, still_rising
 
-    def interval(rising, runs, change=0.02):
-        return {"runs": runs, "rising": rising, "change": change}
+    def interval(rising, runs, change=0.02, last=0.05):
+        return {"runs": runs, "rising": rising, "change": change, "last": last}
 
     assert sign_test(9, 10) == pytest.approx(11 / 1024) and sign_test(8, 10) == pytest.approx(56 / 1024)
     assert sign_test(0, 7) == 1.0
@@ -402,6 +405,8 @@ def test_a_small_rise_every_run_shares_is_still_rising():
     assert not still_rising(interval(10, 10, change=0.0), 0.1)    # all rose, but the mean did not
     assert not still_rising(interval(10, 10, change=-0.01), 0.1)
     assert still_rising(interval(6, 10, change=0.05), 0.1)          # the first rule, unchanged
+    assert not still_rising(interval(10, 10, last=0.1), 0.1)        # at the threshold and above: the first rule's
+    assert still_rising(interval(6, 10, change=0.05, last=0.99), 0.1)
 
 
 def test_the_study_run_table_marks_the_verdicts_the_report_marks():
