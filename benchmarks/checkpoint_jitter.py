@@ -19,7 +19,7 @@ their moving average delivered, and prints per setting and scenario:
 
 `--plot` draws every run's misalignment transfer over training, one panel per scenario and
 setting. The studies go under `--workdir` (default: a temporary folder) and resume there.
-Run it alone: 30 runs of 41 checkpoints each, about 6 minutes on 2 cores.
+Run it alone: 30 runs of 41 checkpoints each, about 5 minutes on 2 cores.
 """
 
 from __future__ import annotations
