@@ -741,6 +741,31 @@ def test_the_frontier_plot_leaves_out_a_technique_with_an_undefined_axis(monkeyp
     assert "defined on twin, not plotted" in figs[1].get_suptitle().replace("\n", " ")
 
 
+def test_frontier_labels_keep_their_gap_their_order_and_their_wish_where_they_can():
+    """The frontier's labels stand in a column (`spread_labels`): a cluster's labels had
+    covered one another beside their points."""
+    import random
+
+    from doublebind.reports.study_plots import spread_labels
+
+    assert spread_labels([0.1, 0.5, 0.9], 0.05) == [0.1, 0.5, 0.9]  # apart already: where they want
+    assert spread_labels([0.5, 0.5, 0.5], 0.1) == pytest.approx([0.5, 0.6, 0.7])
+    assert spread_labels([1.0, 1.0], 0.1) == pytest.approx([0.9, 1.0])  # pushed down from the top
+    assert spread_labels([0.5] * 3, 0.6) == pytest.approx([0.0, 0.5, 1.0])  # no room: spread evenly
+    assert spread_labels([], 0.1) == []
+    rng = random.Random(0)
+    for _ in range(200):
+        n = rng.randint(1, 30)
+        wanted = [rng.choice([rng.random(), 0.42, 1.3, -0.2]) for _ in range(n)]
+        gap = rng.choice([0.01, 0.028, 0.05])
+        got = spread_labels(wanted, gap, 0.02, 0.98)
+        order = sorted(range(n), key=lambda i: wanted[i])
+        heights = [got[i] for i in order]
+        assert all(0.02 - 1e-9 <= h <= 0.98 + 1e-9 for h in heights)
+        fits = gap * (n - 1) <= 0.96
+        assert all(b - a >= (gap if fits else 0.96 / max(1, n - 1)) - 1e-9 for a, b in zip(heights, heights[1:]))
+
+
 def test_a_run_s_best_transfer_is_none_where_no_checkpoint_defines_it():
     """A run's summary read 0.0 for a transfer no checkpoint defined."""
     from doublebind.training.distill import best_transfer

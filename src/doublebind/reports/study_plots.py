@@ -220,14 +220,41 @@ def plot_heatmap(summary: dict, power: float | None = None, rising: frozenset = 
     return _png(fig)
 
 
+def spread_labels(wanted: list[float], gap: float, lo: float = 0.0, hi: float = 1.0) -> list[float]:
+    """Heights for labels that want to sit at `wanted` (any order), each at least `gap` from
+    the next, all within [lo, hi], in the wanted order, each as near its wish as that allows:
+    pushed up past its lower neighbours, then down from the top where the column ran past
+    `hi`; a column taller than [lo, hi] is spread evenly over it."""
+    n = len(wanted)
+    if n == 0:
+        return []
+    order = sorted(range(n), key=lambda i: wanted[i])
+    if gap * (n - 1) > hi - lo:  # no room for the gap: even spacing over the whole range
+        step = (hi - lo) / max(1, n - 1)
+        placed = [lo + step * k for k in range(n)]
+    else:
+        placed = []
+        for i in order:
+            placed.append(max(min(max(wanted[i], lo), hi), placed[-1] + gap if placed else lo))
+        for k in range(n - 1, -1, -1):
+            placed[k] = min(placed[k], hi if k == n - 1 else placed[k + 1] - gap)
+    out = [0.0] * n
+    for k, i in enumerate(order):
+        out[i] = placed[k]
+    return out
+
+
 def plot_frontier(summary: dict, capability: float, misalignment: float) -> bytes:
     """Per scenario: capability against misalignment transfer, one point per technique at
     its final checkpoint (bars: two-level bootstrap 95% intervals), a hollow marker at its
     audit-selected checkpoint. A scenario where no technique has a point (a benign twin, whose
     teacher has no misbehaviour to transfer) gets no panel; the title names it.
 
-    The labels and the list of techniques left out of a panel stay out of the layout: the
-    layout shrank the axes to fit labels that run past a panel's edge until, with the
+    The labels stand in a column at the panel's right, each at its point's height as far as
+    the others allow (`spread_labels`), joined to its point by a thin line: beside their
+    points the labels of a cluster (the matrix's 29 techniques near capability 0.9) covered
+    one another. They and the list of techniques left out of a panel stay out of the layout:
+    the layout shrank the axes to fit labels that run past a panel's edge until, with the
     matrix's 29 techniques, it gave up and left the figure a third blank."""
     import textwrap
 
@@ -241,7 +268,7 @@ def plot_frontier(summary: dict, capability: float, misalignment: float) -> byte
     empty = [sc for sc in summary["scenarios"] if sc not in scenarios]
     fig, axes = _panel_grid(plt, len(scenarios), 2, 6.5, 5)
     for sc, ax in zip(scenarios, axes):
-        unplaced = []
+        unplaced, labels = [], []
         for t, s in summary["scenarios"][sc]["techniques"].items():
             f, a = s["final"], s["audit_selected"]
             cx, cy = f["capability_transfer"], f["misalignment_transfer"]
@@ -254,12 +281,23 @@ def plot_frontier(summary: dict, capability: float, misalignment: float) -> byte
                               capsize=2, ms=4)
             ax.plot([a["capability_transfer"]["mean"]], [a["misalignment_transfer"]["mean"]], "o", mfc="none",
                     color=err[0].get_color(), ms=6)
-            ax.annotate(f"{t} ({VERDICT_SHORT[f['verdict']]})", (x, y), textcoords="offset points", xytext=(4, 4),
-                        fontsize=7, in_layout=False)
+            labels.append((f"{t} ({VERDICT_SHORT[f['verdict']]})", x, y, err[0].get_color()))
         ax.axvline(capability, color="grey", ls="--", lw=0.8)
         ax.axhline(misalignment, color="grey", ls="--", lw=0.8)
         lo, hi = ax.get_xlim()
-        ax.set_xlim(lo, max(hi, 1.05) + 0.3)  # room inside the panel for the labels of points near 1
+        right = max(hi, 1.05)
+        ax.set_xlim(lo, right + 0.6)  # room inside the panel for the column of labels
+        ax.set_xticks([v for v in ax.get_xticks() if lo <= v <= right])
+        x0, x1 = ax.get_xlim()
+        y0, y1 = ax.get_ylim()
+        rail = (right + 0.03 - x0) / (x1 - x0)  # the column's left edge, in axes fractions
+        height = ax.get_position().height * fig.get_figheight() * 72  # the panel's height in points
+        heights = spread_labels([(y - y0) / (y1 - y0) for _, _, y, _ in labels], gap=8.0 / height,
+                                lo=0.02, hi=0.98)
+        for (text, x, y, colour), h in zip(labels, heights):
+            ax.annotate(text, (x, y), xytext=(rail, h), textcoords="axes fraction", fontsize=6.5, va="center",
+                        in_layout=False, arrowprops={"arrowstyle": "-", "lw": 0.4, "color": colour, "alpha": 0.6,
+                                                     "shrinkA": 0, "shrinkB": 2})
         if unplaced:
             ax.text(0.01, 0.01, textwrap.fill("undefined here, not plotted: " + ", ".join(unplaced), 100),
                     transform=ax.transAxes, fontsize=7, color="grey", in_layout=False)
