@@ -87,6 +87,23 @@ def plot(settings: dict, scenarios: list[str], path: Path) -> None:
     plt.close(fig)
 
 
+def seed0_overrides(scenarios: list[str], script: str) -> list[str]:
+    """The study overrides that run matrix.yaml on the first organism build (seed 0) of each of
+    `scenarios`, each keeping its own recipe overrides (`collusion`'s prompt mix), without
+    benign twins or matched controls; exits naming `script` on a scenario the matrix lacks."""
+    from doublebind import config
+
+    entries = {s.name: s for s in config.load(MATRIX, expect="study").scenarios}
+    unknown = [s for s in scenarios if s not in entries]
+    if unknown:
+        raise SystemExit(f"{script}: {', '.join(unknown)} not a scenario of {MATRIX.name}")
+    scen = "[" + ", ".join(
+        json.dumps({"name": s, "organism_seeds": [0],
+                    **({"recipe_overrides": entries[s].recipe_overrides} if entries[s].recipe_overrides else {})})
+        for s in scenarios) + "]"
+    return [f"scenarios={scen}", "twins=null", "organism_seeds=[0]", "controls=none"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--decays", nargs="+", type=float, default=[0.95, 0.99])
@@ -100,23 +117,13 @@ def main() -> None:
     if any(not 0 < d < 1 for d in args.decays):
         raise SystemExit("checkpoint_jitter.py: every decay must lie strictly between 0 and 1")
 
-    from doublebind import config
     from doublebind.organisms.models import quiet_transformers
     from doublebind.studies.executor import workers_for
     from doublebind.studies.run import run_study
 
     quiet_transformers()
-    cfg = config.load(MATRIX, expect="study")
-    entries = {s.name: s for s in cfg.scenarios}
-    unknown = [s for s in args.scenarios if s not in entries]
-    if unknown:
-        raise SystemExit(f"checkpoint_jitter.py: {', '.join(unknown)} not a scenario of {MATRIX.name}")
-    scen = "[" + ", ".join(
-        json.dumps({"name": s, "organism_seeds": [0],
-                    **({"recipe_overrides": entries[s].recipe_overrides} if entries[s].recipe_overrides else {})})
-        for s in args.scenarios) + "]"
     work = args.workdir or Path(tempfile.mkdtemp(prefix="doublebind-jitter-"))
-    over = [f"scenarios={scen}", "twins=null", "organism_seeds=[0]", "techniques=[baseline]", "controls=none",
+    over = [*seed0_overrides(args.scenarios, "checkpoint_jitter.py"), "techniques=[baseline]",
             f"seeds={json.dumps(args.seeds)}", f"recipe_overrides.training.checkpoint_every={args.every}"]
     settings = {}
     for decay in [None, *args.decays]:
