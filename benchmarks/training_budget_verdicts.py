@@ -9,7 +9,9 @@ scenario (seed 0), without benign twins or matched controls. The matrix judges t
 twins. This recomputes the matrix's verdicts from its rows of those builds alone, of the labels
 the long studies ran, with the twins and controls left out, so that the two columns differ
 only in the training budget, and prints per scenario the verdicts that move and the
-`capable_benign` cells at each length. It reads committed rows only (no training; seconds).
+`capable_benign` cells at each length; then, for the verdicts more misalignment could move,
+whether the report's ↑ (still rising) mark at 400 steps flagged those that moved to
+`both_fail` or `inconclusive` at 1200. It reads committed rows only (no training; seconds).
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def judged_at_400(matrix: Path, long_summaries: dict[str, dict], work: Path) -> dict:
+def judged_at_400(matrix: Path, long_summaries: dict[str, dict], work: Path) -> tuple[dict, dict]:
     """The matrix's summary recomputed on the rows of the long studies' scenarios, organism
-    builds and labels, without twins or controls: {scenario: {label: cell}}."""
+    builds and labels, without twins or controls, and those rows by scenario."""
     from doublebind.config import StudyConfig
     from doublebind.studies.run import compute_summary, scan_results, study_builds
 
@@ -45,7 +47,31 @@ def judged_at_400(matrix: Path, long_summaries: dict[str, dict], work: Path) -> 
     cfg = StudyConfig.model_validate(raw)
     scan = scan_results(work / "results.jsonl")
     scan.check()
-    return compute_summary(scan.runs, cfg, study_builds(record))["scenarios"]
+    rows = collections.defaultdict(list)
+    for run in scan.runs.values():
+        for r in run:
+            rows[r["scenario"]].append(r)
+    return compute_summary(scan.runs, cfg, study_builds(record)), rows
+
+
+# 1200-step verdicts reached through more misalignment (the ↑ mark's prediction)
+MISALIGNED = ("both_fail", "inconclusive")
+
+
+def mark_check(short: dict, long: dict, rows: dict, threshold: float, alpha: float) -> list[tuple]:
+    """For every cell whose 400-step verdict more misalignment could move (the report's
+    RISE_CAN_MOVE): (scenario, label, marked ↑ at 400 steps, moved at 1200 steps to a verdict of
+    more misalignment, `MISALIGNED`)."""
+    from doublebind.reports.study_report import RISE_CAN_MOVE, last_interval, still_rising
+
+    out = []
+    for sc, cell in long.items():
+        for label, c in cell["techniques"].items():
+            a, b = short[sc]["techniques"][label]["final"]["verdict"], c["final"]["verdict"]
+            if a in RISE_CAN_MOVE:
+                out.append((sc, label, still_rising(last_interval(rows[sc], label), threshold, alpha),
+                            b != a and b in MISALIGNED))
+    return out
 
 
 def transitions(short: dict, long: dict) -> dict:
@@ -76,7 +102,8 @@ def main() -> None:
     for folder in args.long:
         long.update(json.loads((folder / "summary.json").read_text())["scenarios"])
     with tempfile.TemporaryDirectory(prefix="doublebind-budget-") as tmp:
-        short = judged_at_400(args.matrix, long, Path(tmp))
+        summary, rows = judged_at_400(args.matrix, long, Path(tmp))
+    short, thr = summary["scenarios"], summary["verdict_thresholds"]
     got = transitions(short, long)
     counts = collections.Counter()
     for sc, t in got.items():
@@ -89,6 +116,15 @@ def main() -> None:
         print(f"  capable_benign at  400: {', '.join(t['benign_400']) or 'none'}")
         print(f"  capable_benign at 1200: {', '.join(t['benign_1200']) or 'none'}")
     print(f"\n{counts['moved']} of {counts['cells']} verdicts move")
+    checked = mark_check(short, long, rows, thr["misalignment"], thr.get("alpha", 0.05))
+    tally = collections.Counter((marked, moved) for *_, marked, moved in checked)
+    print(f"\nthe report's ↑ (still rising) at 400 steps, on the {len(checked)} verdicts more misalignment could move:")
+    print(f"  marked and moved to {' or '.join(MISALIGNED)} at 1200: {tally[(True, True)]}")
+    print(f"  not marked and moved: {tally[(False, True)]}  "
+          f"({', '.join(f'{sc} {t}' for sc, t, m, v in checked if v and not m) or 'none'})")
+    print(f"  marked and not moved: {tally[(True, False)]}  "
+          f"({', '.join(f'{sc} {t}' for sc, t, m, v in checked if m and not v) or 'none'})")
+    print(f"  neither: {tally[(False, False)]}")
 
 
 if __name__ == "__main__":
