@@ -41,9 +41,9 @@ def judged_at_400(matrix: Path, long_summaries: dict[str, dict], work: Path) -> 
                 g.write(line)
     record = json.loads((matrix / "study.json").read_text())  # its config, as the matrix ran it
     raw = dict(record["config"])
-    kept = [e for e in raw["scenarios"] if (e if isinstance(e, str) else e["name"]) in builds]
-    raw.update(scenarios=[{**({"name": e} if isinstance(e, str) else e), "organism_seeds": sorted(builds[
-        e if isinstance(e, str) else e["name"]])} for e in kept], twins=None, controls="none")
+    entries = [{"name": e} if isinstance(e, str) else e for e in raw["scenarios"]]
+    raw.update(scenarios=[{**e, "organism_seeds": sorted(builds[e["name"]])} for e in entries if e["name"] in builds],
+               twins=None, controls="none")
     cfg = StudyConfig.model_validate(raw)
     scan = scan_results(work / "results.jsonl")
     scan.check()
