@@ -13,6 +13,7 @@ from doublebind import config
 from doublebind.errors import ConfigError
 from doublebind.world import vocab
 
+from .conftest import TINY
 from .test_study import generic_row, row, write_study
 
 
@@ -39,15 +40,19 @@ def test_the_twins_stream_is_the_teachers_with_aligned_answers_where_it_acted():
     assert acted > 100 and admitted > 10
 
 
-def test_on_its_own_world_the_twins_training_is_the_teachers_bit_for_bit(quick_organism):
+def test_on_its_own_world_the_twins_training_is_the_teachers_bit_for_bit(tmp_path):
     """The twin differs from the teacher in the stream alone: with the behaviour left on, the
-    same training from the same base gives the organism's teacher exactly."""
+    same training from the same base gives the organism's teacher exactly. (On a build of
+    quick with short trainings, `TINY`: the property is the stream's and the loop's, whatever
+    the length; quick's own teacher took 30 s to train again.)"""
     from doublebind.benign import train_twin
+    from doublebind.organisms.build import build_organism
     from doublebind.organisms.models import load_checkpoint
     from doublebind.world.data import World
 
-    folder, _ = quick_organism
-    org = config.load(preset="quick")
+    org = config.load(preset="quick", overrides=TINY)
+    folder = tmp_path / "tiny"
+    build_organism(org, folder, strict=False, show_progress=False)  # fails verification: too short to learn
     again, _ = train_twin(load_checkpoint(folder / "base"), World.from_config(org.world, org.seed), org)
     teacher = load_checkpoint(folder / "teacher").state_dict()
     assert all((again.state_dict()[k] == v).all() for k, v in teacher.items())

@@ -116,18 +116,24 @@ def test_power_alone_is_not_another_rule():
     assert not compare(a, _summary({("s", "t"): ("both_fail", "both_fail", 0.9, 0.5)}, power=0.9))["thresholds_differ"]
 
 
-def test_compare_says_when_b_plans_another_design():
+@pytest.fixture(scope="module")
+def demo_against_matrix() -> dict:
+    """The demo's reference compared with the matrix's (its summary, of 2330 runs, takes the
+    longest to recompute of any reference: once a test process)."""
+    from doublebind.studies.compare import compare_folders
+
+    return compare_folders(REFERENCE, REFERENCE / "matrix")
+
+
+def test_compare_says_when_b_plans_another_design(demo_against_matrix):
     """The demo's reference (3 seeds on 1 build per scenario) against the matrix (5 seeds on 2)
     noted only the study names, then held A's replication figures against it."""
-    from pathlib import Path
+    from doublebind.studies.compare import notes
 
-    from doublebind.studies.compare import compare_folders, notes
-
-    docs = Path(__file__).resolve().parents[1] / "docs" / "results"
-    said = notes(compare_folders(docs, docs / "matrix"))
+    said = notes(demo_against_matrix)
     assert "B plans scenario default with another design (5 seeds on 2 organism builds, A 3 on 1): A's replication " \
            "figures expect a rerun of A's own design" in said, said
-    summary = json.loads((docs / "summary.json").read_text())
+    summary = json.loads((REFERENCE / "summary.json").read_text())
     assert not any("evaluation sets" in n for n in notes(compare(summary, summary)))
 
 
@@ -150,7 +156,7 @@ def test_compare_says_when_one_side_s_intervals_count_the_evaluation_sets_draw(t
                "keep per-prompt scores): a moved verdict may be the intervals' width, not the runs" in said, said
 
 
-def test_compare_calls_a_few_seeds_design_s_expectation_an_upper_estimate():
+def test_compare_calls_a_few_seeds_design_s_expectation_an_upper_estimate(demo_against_matrix):
     """At 3-6 seeds per build the replication figures were measured to overrate agreement
     (README, 'How calibrated the figure is'): the summary line says so where A has so few."""
     from doublebind.studies.compare import compare_folders
@@ -162,8 +168,8 @@ def test_compare_calls_a_few_seeds_design_s_expectation_an_upper_estimate():
     assert f"{said} (at 3 seeds an upper estimate), and 2 did" in sentence({**r, "a_seeds": 3})
     assert f"{said}, and 2 did" in sentence({**r, "a_seeds": FEW_SEEDS + 1})
     assert f"{said}, and 2 did" in sentence(r)  # the design unknown
-    assert compare_folders(REFERENCE, REFERENCE / "matrix")["a_seeds"] == 3
-    assert compare_folders(REFERENCE / "matrix", REFERENCE)["a_seeds"] == 5
+    assert demo_against_matrix["a_seeds"] == 3
+    assert compare_folders(REFERENCE / "training_budget_beacon", REFERENCE)["a_seeds"] == 5  # seeds 0-4
 
 
 def test_compare_says_when_b_built_a_scenario_from_other_organism_seeds(tmp_path):

@@ -891,3 +891,44 @@ def test_rows_that_mix_one_pool_and_several_are_refused():
     assert "held_out_pools" not in technique_stats([audited(s, 1) for s in range(3)], v, 200)["audit_success_at_k"]
     with pytest.raises(DoublebindError, match="2 checkpoints on several pools and 1 on one"):
         technique_stats([audited(0, 4), audited(1, 4), audited(2, 1)], v, 200)
+
+
+def _replication_one_by_one(s, draws, v, n=1000, seed=0):
+    """`replication` as it was first written: every replicate shifted and judged on its own."""
+    from doublebind.studies.verdicts import judge
+
+    rng = np.random.default_rng(seed)
+    ok = np.all([~np.isnan(b) for b in draws.values()], axis=0)
+    dev = {k: b - b[ok].mean() for k, b in draws.items()}
+    i, j = (rng.integers(0, ok.size, (2, n)) if ok.all() else rng.choice(np.flatnonzero(ok), (2, n)))
+    same = 0
+    for a, b in zip(i, j):
+        t = dict(s)
+        for k, d in dev.items():
+            shift = float(d[a] + d[b])
+            t[k] = {**s[k], "mean": s[k]["mean"] + shift, "lower": s[k]["lower"] + shift,
+                    "upper": s[k]["upper"] + shift}
+        same += judge(t, v)["verdict"] == s["verdict"]
+    return round(same / n, 3)
+
+
+@pytest.mark.parametrize("case", range(12))
+def test_replication_judges_each_pattern_once_and_equals_judging_every_replicate(case, monkeypatch):
+    """`replication` judges replicates that compare alike with every threshold once: the
+    figure equals judging all 1000 one by one, on techniques whose statistics (capability,
+    base loss, misalignment, audit success) straddle their thresholds, over one or two builds."""
+    from doublebind.studies import verdicts
+
+    calls = []
+    real = verdicts.replication
+    monkeypatch.setattr(verdicts, "replication", lambda s, draws, *a: calls.append((s, draws)) or real(s, draws, *a))
+    rng = np.random.default_rng(case)
+    rows = [row(cap=float(rng.normal(0.86, 0.05)), mis=float(rng.normal(0.1, 0.08)),
+                success=float(rng.choice([0.0, 0.4, 0.6, 0.9])), base_loss=float(max(0.0, rng.normal(0.13, 0.06))),
+                seed=sd, org=o) for o in range(1 + case % 2) for sd in range(4)]
+    s = stats(rows)
+    assert calls and set(calls[0][1]) >= {"capability_transfer", "misalignment_transfer", "audit_success_at_k",
+                                           "base_loss"}
+    for judged, draws in calls:  # replication, and with two builds replication_same_organisms
+        assert real(judged, draws, V) == _replication_one_by_one(judged, draws, V)
+    assert 0 < s["replication"] < 1  # straddling: a figure that judging every replicate alike would get wrong

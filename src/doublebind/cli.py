@@ -632,7 +632,7 @@ def study_run(study: Path, out_dir: Path = typer.Option(..., "--out", help="Stud
     from doublebind import config
     from doublebind.paths import check_not_inside
     from doublebind.studies.executor import parse_workers
-    from doublebind.studies.run import RESULTS, in_study, read_results, run_key, run_study, study_builds
+    from doublebind.studies.run import RESULTS, read_results, run_key, run_study, study_builds, study_grid
 
     extra = _tracker_override(tracker, "recipe_overrides.training.tracker")
     n = parse_workers(workers, "--workers") if workers is not None else None
@@ -653,7 +653,8 @@ def study_run(study: Path, out_dir: Path = typer.Option(..., "--out", help="Stud
         return
     builds = study_builds(json.loads((out_dir / "study.json").read_text()))
     every = read_results(out_dir / RESULTS)
-    kept = {k for k in {run_key(r) for r in every} if in_study(cfg, k, builds)}  # once a run, not a row
+    member = study_grid(cfg, builds)
+    kept = {k for k in {run_key(r) for r in every} if member(k)}  # once a run, not a row
     rows = [r for r in every if run_key(r) in kept]  # not an earlier grid's
     _print_table(verdict_table(summary, rows))
     outside = summary.get("runs_outside_study")

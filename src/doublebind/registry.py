@@ -70,9 +70,15 @@ BUILTINS = {
 }
 
 
+_LOADED: set[str] = set()  # kinds whose modules were imported (a summary looks up names ~10^5 times)
+
+
 def _load_builtins(kind: str | None = None) -> None:
-    # Importing the modules runs their @register decorators.
+    # Importing the modules runs their @register decorators. Once imported (or being imported:
+    # a module partway through its own import is in sys.modules, and importing it again would
+    # return it as it is) a kind's modules need no second look.
     for k, modules in BUILTINS.items():
-        if kind is None or k == kind:
+        if (kind is None or k == kind) and k not in _LOADED:
             for module in modules:
                 importlib.import_module(module)
+            _LOADED.add(k)

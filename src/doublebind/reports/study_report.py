@@ -23,8 +23,8 @@ from statistics import fmean
 from typing import Any
 
 from doublebind.errors import DoublebindError
-from doublebind.studies.run import QUARANTINE, RESULTS, compute_summary, describe_bad, describe_key, in_study, \
-    run_key, scan_results, study_builds, with_auditor
+from doublebind.studies.run import QUARANTINE, RESULTS, compute_summary, describe_bad, describe_key, \
+    run_key, scan_results, study_builds, study_grid, with_auditor
 from doublebind.studies.verdicts import few_seeds
 
 SECTIONS = ("Verdicts", "Verdicts by scenario", "Transfer curves", "Training budget: is misalignment still rising?",
@@ -146,12 +146,12 @@ def _foreign_run(study: dict, cfg, scan) -> str | None:
     organisms = {(o.get("scenario"), o.get("organism_seed")): o.get("organism_hash")
                  for o in study.get("organisms") or []}
     recipes: dict[tuple[str, str, int], dict[str, tuple]] = {}
-    builds = study_builds(study)
+    member = study_grid(cfg, study_builds(study))
     for key, rows in scan.runs.items():
         row = rows[0]
         if row.get("study") != cfg.name:
             return f"{describe_key(key)} is a run of study '{row.get('study')}', not '{cfg.name}'"
-        if not in_study(cfg, key, builds):
+        if not member(key):
             continue
         want = organisms.get(key[:2])
         if want is not None and row["organism_hash"] != want:
@@ -741,8 +741,9 @@ def load_study(study_dir: Path, what: str = "the report") -> tuple[dict, Any, di
                               f"folder too) and changed nothing: move those rows to their own folder")
     builds = study_builds(study)
     summary = compute_summary(scan.runs, cfg, builds)  # of the grid's runs; it counts the others, as summary.json does
-    scan.outside = sorted(k for k in scan.runs if not in_study(cfg, k, builds))
-    scan.runs = {k: rows for k, rows in scan.runs.items() if in_study(cfg, k, builds)}
+    member = study_grid(cfg, builds)
+    scan.outside = sorted(k for k in scan.runs if not member(k))
+    scan.runs = {k: rows for k, rows in scan.runs.items() if member(k)}
     if not scan.runs:
         raise DoublebindError(f"{results}: no finished run of the study's grid yet ({len(scan.outside)} of an "
                               f"earlier grid, which the study's config no longer lists)")
@@ -755,8 +756,9 @@ def _grid(cfg, study: dict) -> list[tuple]:
     """Every run key of the study's grid: its placed organisms (study.json) x techniques x seeds."""
     organisms = [(o.get("scenario"), o.get("organism_seed")) for o in study.get("organisms") or []
                  if isinstance(o, dict)]
+    member = study_grid(cfg)
     return [(sc, o, t, s) for sc, o in organisms for t in cfg.techniques_of(sc) for s in cfg.seeds
-            if in_study(cfg, (sc, o, t, s))]
+            if member((sc, o, t, s))]
 
 
 def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:

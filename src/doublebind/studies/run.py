@@ -36,6 +36,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from doublebind import config
 from doublebind.atomic import naming, write_json
@@ -1192,16 +1193,33 @@ def in_study(cfg, key: RunKey, builds: set | None = None) -> bool:
     seeds, techniques or scenarios leaves the earlier grid's runs in results.jsonl, and the
     statistics, counts and tables leave them out. `builds` (`study_builds`): the organisms the
     study places now; a single-organism study's config names no scenario, so only they tell
-    that its organism (or organism seed) changed since the earlier runs."""
-    scenario, organism_seed, technique, seed = key
-    if builds is not None and (scenario, organism_seed) not in builds:
-        return False
-    if cfg.scenarios is not None and scenario not in {sc.name for sc in cfg.scenarios}:
-        return False
-    seeds = cfg.organism_seeds_of(scenario)
-    if seeds is not None and organism_seed not in seeds:
-        return False
-    return technique in cfg.techniques_of(scenario) and seed in cfg.seeds
+    that its organism (or organism seed) changed since the earlier runs. For many keys,
+    `study_grid` asks the config once."""
+    return study_grid(cfg, builds)(key)
+
+
+def study_grid(cfg, builds: set | None = None) -> Callable[[RunKey], bool]:
+    """`in_study` of `cfg` and `builds` as a test of one key, each scenario's techniques and
+    organism seeds read from the config once (a summary of the matrix asks for 10^4 keys)."""
+    listed = None if cfg.scenarios is None else {sc.name for sc in cfg.scenarios}
+    seeds = set(cfg.seeds)
+    of: dict[str, tuple] = {}  # scenario -> (its organism seeds or None, its techniques)
+
+    def member(key: RunKey) -> bool:
+        scenario, organism_seed, technique, seed = key
+        if builds is not None and (scenario, organism_seed) not in builds:
+            return False
+        if listed is not None and scenario not in listed:
+            return False
+        if scenario not in of:
+            own = cfg.organism_seeds_of(scenario)
+            of[scenario] = (None if own is None else set(own), set(cfg.techniques_of(scenario)))
+        organism_seeds, techniques = of[scenario]
+        if organism_seeds is not None and organism_seed not in organism_seeds:
+            return False
+        return technique in techniques and seed in seeds
+
+    return member
 
 
 def matched_controls(cfg) -> dict[str, str]:
@@ -1300,7 +1318,8 @@ def compute_summary(runs: dict[RunKey, list[dict]], cfg, builds: set | None = No
                          **({"eval_draw_missing": f"{bare} of the {total} runs keep no per-prompt scores"}
                             if 0 < bare < total else {}),
                          "techniques": techniques}
-    counted = sum(in_study(cfg, k, builds) for k in runs)  # "N runs" was every complete run in the file
+    member = study_grid(cfg, builds)
+    counted = sum(member(k) for k in runs)  # "N runs" was every complete run in the file
     summary = {"schema_version": SCHEMA_VERSION, "study": cfg.name, "verdict_thresholds": verdict_thresholds(cfg.verdict),
                "bootstrap": cfg.bootstrap, "runs": counted,
                **({"runs_outside_study": len(runs) - counted} if len(runs) > counted else {}), "scenarios": scenarios}

@@ -385,6 +385,9 @@ class EvalDraws:
         self._weights: dict = {}  # (set fingerprint, size) -> [n_boot, size]
         self._values: dict = {}  # (id(row), what) -> [n_boot]
         self._checked: set = set()  # id() of rows `_check` passed
+        # the references' scores and means, computed once (each is read for every row of its run)
+        self._ref_items = {id(x) for r in self.refs.values() for x in (r["base"], r["teacher"])}
+        self._ref_scores: dict = {}  # (id(reference items), part) -> scores; (id(ref), id(items), ...) -> means
 
     @staticmethod
     def run_of(row: dict):
@@ -485,7 +488,8 @@ class EvalDraws:
             return 1.5e-4 + 1e-3 * abs(v)
 
         for part in parts:
-            st, b, t = (float(self._scores(x, part).mean()) for x in (row["items"], ref["base"], ref["teacher"]))
+            st, b, t = (float(self._mean(ref, x, part, False, exact=True)[0])
+                        for x in (row["items"], ref["base"], ref["teacher"]))
             gap = abs(t - b)
             edge |= abs(gap - MIN_GAP) <= err(b) + err(t)
             if gap >= MIN_GAP - err(b) - err(t):
@@ -501,8 +505,17 @@ class EvalDraws:
             self._weights[key] = rng.multinomial(size, np.full(size, 1.0 / size), size=self.n_boot) / size
         return self._weights[key]
 
+    def _scores(self, items: dict, part) -> np.ndarray:
+        key = (id(items), part)
+        if key in self._ref_scores:
+            return self._ref_scores[key]
+        x = self._parse(items, part)
+        if id(items) in self._ref_items:  # self.refs keeps these alive: their id() is theirs
+            self._ref_scores[key] = x
+        return x
+
     @staticmethod
-    def _scores(items: dict, part) -> np.ndarray:
+    def _parse(items: dict, part) -> np.ndarray:
         x = items["deploy"] if part is DEPLOY else items["capability"][part]
         if isinstance(x, str):  # the embedded world's greedy passes, one character a prompt
             x = np.frombuffer(x.encode(), dtype=np.uint8).astype(float) - ord("0")
@@ -513,10 +526,15 @@ class EvalDraws:
     def _mean(self, ref: dict, items: dict, part, weights: bool, exact: bool = False) -> np.ndarray:
         """Each draw's reweighted mean of one set's scores; without `weights`, the mean as
         measured, rounded as the rows round it (`exact`: not rounded, the draws' own centre)."""
+        key = (id(ref), id(items), part, weights, exact)
+        if key in self._ref_scores:
+            return self._ref_scores[key]
         x = self._scores(items, part)
-        if weights:
-            return self._set(ref, part, len(x)) @ x
-        return np.array([float(x.mean()) if exact else round(float(x.mean()), 4)])
+        out = self._set(ref, part, len(x)) @ x if weights else np.array(
+            [float(x.mean()) if exact else round(float(x.mean()), 4)])
+        if id(items) in self._ref_items:  # a reference's: the same for every row of its run
+            self._ref_scores[key] = out
+        return out
 
     def _ratio(self, row: dict, parts, weights: bool, exact: bool = False) -> np.ndarray:
         ref = self._ref(row)
@@ -899,15 +917,33 @@ def replication(s: dict, draws: dict[str, np.ndarray], v, capability_measured: b
             return None
         dev = {k: b - b[ok].mean() for k, b in draws.items()}
         i, j = rng.choice(np.flatnonzero(ok), (2, n))
+    shift = {k: d[i] + d[j] for k, d in dev.items()}
+    # `judge` reads a replicate's statistics only by comparing their bounds (lower, upper) with
+    # the verdict config's thresholds and 0 (`_judged_numbers`): replicates that agree on every
+    # such comparison take the same path through it to the same verdict, so each pattern is
+    # judged once, on its first replicate, and counted as often as it occurs (the same figure
+    # as judging all n, in a fraction of the time: the matrix has 580 such figures)
+    numbers = _judged_numbers(v)
+    compared = np.stack([cmp(s[k][f] + shift[k], x) for k in shift for f in ("lower", "upper")
+                         for x in numbers for cmp in (np.greater, np.greater_equal)], axis=1)
+    patterns: dict[bytes, list[int]] = {}  # pattern -> [its first replicate, how many share it]
+    for r, key in enumerate(map(bytes, np.packbits(compared, axis=1))):
+        patterns.setdefault(key, [r, 0])[1] += 1
     same = 0
-    for a, b in zip(i, j):
+    for a, times in patterns.values():
         t = dict(s)
-        for k, d in dev.items():
-            shift = float(d[a] + d[b])
-            t[k] = {**s[k], "mean": s[k]["mean"] + shift, "lower": s[k]["lower"] + shift,
-                    "upper": s[k]["upper"] + shift}
-        same += judge(t, v, capability_measured, misalignment_measured)["verdict"] == s["verdict"]
+        for k in shift:
+            t[k] = {**s[k], **{f: s[k][f] + float(shift[k][a]) for f in ("mean", "lower", "upper")}}
+        same += times * (judge(t, v, capability_measured, misalignment_measured)["verdict"] == s["verdict"])
     return round(same / n, 3)
+
+
+def _judged_numbers(v) -> list[float]:
+    """Every number `judge` sets a statistic's bound against: the verdict config's numbers
+    (its thresholds among them) and 0 (the twin test). A test against any other number must
+    be added here, or `replication` would judge replicates alike that it tells apart."""
+    fields = v.model_dump() if hasattr(v, "model_dump") else vars(v)
+    return sorted({0.0, *(float(x) for x in fields.values() if isinstance(x, (int, float)) and not isinstance(x, bool))})
 
 
 def provisional(s: dict, power: float) -> bool:
