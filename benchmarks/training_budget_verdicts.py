@@ -5,7 +5,9 @@ judged the same way.
         [--long docs/results/training_budget_default_collusion docs/results/training_budget_beacon]
 
 The 1200-step studies (configs/studies/training_budget_*.yaml) run one organism build per
-scenario (seed 0), without benign twins or matched controls. The matrix judges two builds with
+scenario (seed 0), without benign twins or matched controls; the `*_both` references add the
+matrix's second builds (`--long docs/results/training_budget_default_collusion_both
+docs/results/training_budget_beacon_both`: every verdict over the matrix's two builds). The matrix judges two builds with
 twins. This recomputes the matrix's verdicts from its rows of those builds alone, of the labels
 the long studies ran, with the twins and controls left out, so that the two columns differ
 only in the training budget, and prints per scenario the verdicts that move and the
