@@ -20,7 +20,9 @@ Each build alone is judged on its own seeds only (5 in the matrix), so builds ca
 seed noise; a disagreement is counted `firm` where every build's verdict alone has a
 replication figure of at least 0.8 (a rerun of that build's seeds would reach it again). It
 prints the counts per scenario and, with `--long`, every cell that is not `agree`, each
-build's verdict with its replication figure. It reads committed rows only (no training); the
+build's verdict with its replication figure. The study's own replication figure resamples the
+builds too, so it should mark most firm disagreements provisional (*, below 0.8); the script
+counts how many it does. It reads committed rows only (no training); the
 matrix takes about a minute on one thread.
 """
 
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         over = judge(scan.runs, record, sc, seeds)
         alone = {s: judge(scan.runs, record, sc, [s]) for s in seeds}
         counts = collections.Counter()
-        firm = 0
+        firm = flagged = 0
         deciders = collections.Counter()
         lines = []
         for t, j in over.items():
@@ -107,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             sure = all(isinstance(r, (int, float)) and r >= FIRM for r in reps)
             if kind != "agree" and sure:
                 firm += 1
+                r = j[args.view].get("replication")
+                flagged += isinstance(r, (int, float)) and r < FIRM
             if kind != "agree":
                 def fig(x):
                     r = x.get("replication")
@@ -117,16 +121,18 @@ def main(argv: list[str] | None = None) -> int:
         n = sum(counts.values())
         totals.update(counts)
         totals["firm"] += firm
+        totals["flagged"] += flagged
         totals["verdicts"] += n
         who = ", ".join(f"build {b}: {c}" for b, c in sorted(deciders.items()))
         print(f"{sc} (organism seeds {', '.join(map(str, seeds))}): {n} verdicts; agree {counts['agree']}, "
               f"one build decides {counts['one build decides']}" + (f" ({who})" if who else "")
-              + f", split {counts['split']}; firm disagreements {firm}")
+              + f", split {counts['split']}; firm disagreements {firm}, {flagged} of them marked provisional over all builds")
         if args.long:
             print("\n".join(lines))
     print(f"all: {totals['verdicts']} verdicts; agree {totals['agree']}, one build decides "
           f"{totals['one build decides']}, split {totals['split']}; firm disagreements {totals['firm']} (every build "
-          f"alone replicating at {FIRM} or more)")
+          f"alone replicating at {FIRM} or more), {totals['flagged']} of them marked provisional (*) over all builds "
+          f"(replication below {FIRM})")
     return 0
 
 
