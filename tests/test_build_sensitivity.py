@@ -1,36 +1,110 @@
-"""benchmarks/build_sensitivity.py: each organism build of a scenario judged alone, and how
-the verdict over all of them relates to theirs."""
+"""Each organism build of a scenario judged alone (`studies.by_build`, the report's table of
+them and benchmarks/build_sensitivity.py), and how the verdict over all builds relates to
+theirs."""
 
 import json
 from pathlib import Path
 
+from doublebind.reports.study_report import _study_config, load_study, write_report
+from doublebind.studies import by_build as bb
+from doublebind.studies.run import RESULTS, read_results, scan_results, seal_run, study_builds, summarize
+
+from .test_report import _make_study
 from .test_verdicts import _benchmark
 
 REFS = Path(__file__).resolve().parent.parent / "docs" / "results"
 
 
 def test_a_verdict_is_agreed_decided_by_one_build_or_split():
-    bench = _benchmark("build_sensitivity")
-    assert bench.classify("both_fail", {0: "both_fail", 4: "both_fail"}) == ("agree", None)
-    assert bench.classify("no_capability", {0: "both_fail", 4: "no_capability"}) == ("one build decides", 4)
-    assert bench.classify("inconclusive", {0: "both_fail", 1: "capable_benign"}) == ("split", None)
+    assert bb.classify("both_fail", {0: "both_fail", 4: "both_fail"}) == ("agree", None)
+    assert bb.classify("no_capability", {0: "both_fail", 4: "no_capability"}) == ("one build decides", 4)
+    assert bb.classify("inconclusive", {0: "both_fail", 1: "capable_benign"}) == ("split", None)
     # three builds, two of them reaching the verdict over all: not one build's
-    assert bench.classify("both_fail", {0: "both_fail", 4: "both_fail", 5: "no_capability"}) == ("split", None)
+    assert bb.classify("both_fail", {0: "both_fail", 4: "both_fail", 5: "no_capability"}) == ("split", None)
 
 
 def test_one_build_judged_alone_is_the_one_build_study_of_the_same_runs():
     """training_budget_default_collusion_both was resumed from a copy of
     training_budget_default_collusion (organism seed 0 only): judging its collusion rows of
     build 0 alone must give that study's committed summary, figure for figure."""
-    from doublebind.studies.run import scan_results
-
-    bench = _benchmark("build_sensitivity")
     both = REFS / "training_budget_default_collusion_both"
-    scan = scan_results(both / "results.jsonl")
-    got = bench.judge(scan.runs, json.loads((both / "study.json").read_text()), "collusion", [0])
+    study = json.loads((both / "study.json").read_text())
+    scan = scan_results(both / RESULTS)
+    got = bb.alone(scan.runs, _study_config(both, study), "collusion", 0, study_builds(study))
     one = json.loads((REFS / "training_budget_default_collusion" / "summary.json").read_text())
     want = one["scenarios"]["collusion"]["techniques"]
     assert set(got) == set(want) and len(want) == 23
     for t in want:
         for view in ("final", "audit_selected", "reference"):
             assert got[t][view] == want[t][view], (t, view)
+
+
+def _one_bad_build(tmp_path):
+    """The report's hand-made study (two scenarios x organism seeds 0 and 1), with `default`'s
+    organism seed 0 students learning the tasks and seed 1's none of them: over both builds and
+    on seed 1 alone no_capability, on seed 0 alone not."""
+    out = _make_study(tmp_path)
+    rows = read_results(out / RESULTS)
+    runs: dict[str, list] = {}
+    for r in rows:
+        if r["scenario"] == "default":
+            r = {**r, "capability_transfer": (0.05 if r["organism_seed"] else 0.93) + 0.01 * r["seed"]}
+        runs.setdefault(r["run_id"], []).append({k: v for k, v in r.items() if k not in ("run_id", "checksum")})
+    (out / RESULTS).write_text("".join(json.dumps(r) + "\n" for rid, rs in runs.items() for r in seal_run(rs, rid)))
+    study = json.loads((out / "study.json").read_text())
+    summarize(out, _study_config(out, study))
+    return out
+
+
+def test_the_report_sets_each_verdict_beside_each_build_judged_alone(tmp_path):
+    out = _one_bad_build(tmp_path)
+    study, scan, summary = load_study(out)
+    found = bb.by_build(scan.runs, _study_config(out, study), summary, study_builds(study))
+    assert set(found) == {"default", "collusion"} and found["default"]["seeds"] == [0, 1]
+    cells = found["default"]["final"]
+    for t, x in cells.items():
+        assert x["verdict"] == summary["scenarios"]["default"]["techniques"][t]["final"]["verdict"] == "no_capability"
+        assert x["alone"][1][0] == "no_capability" and x["alone"][0][0] != "no_capability"
+        assert (x["kind"], x["decided_by"]) == ("one build decides", 1)
+    # a build judged alone is the study of that build alone: the same rows in a folder of their own
+    solo = tmp_path / "solo"
+    solo.mkdir()
+    keep = [r for r in read_results(out / RESULTS) if r["organism_seed"] == 0]
+    (solo / RESULTS).write_text("".join(json.dumps(r) + "\n" for r in keep))
+    record = json.loads((out / "study.json").read_text())
+    record["config"]["organism_seeds"] = [0]
+    record["organisms"] = [o for o in record["organisms"] if o["organism_seed"] == 0]
+    (solo / "study.json").write_text(json.dumps(record))
+    _, _, alone0 = load_study(solo)
+    for t, x in cells.items():
+        s = alone0["scenarios"]["default"]["techniques"][t]["final"]
+        assert x["alone"][0] == (s["verdict"], s["replication"])
+    md = write_report(out)[0].read_text()
+    section = md[md.find("### default"):md.find("### collusion")]
+    c = bb.counts(cells)
+    assert f"{c['agree']} of the {c['verdicts']} delivered verdicts above are every build's" in section
+    assert f"{c['one build decides']} one build's (seed 1: {c['one build decides']})" in section
+    for t in cells:
+        (line,) = [ln for ln in section.splitlines() if ln.startswith(f"| {t} | no_capability")]
+        assert "| seed 1 |" in line and "organism seed 1 alone" in section
+    # a study of one build has nothing to set beside it
+    assert "Each organism build alone" not in write_report(solo)[0].read_text()
+
+
+def test_the_script_prints_the_counts_and_cells_the_report_gives(tmp_path, capsys):
+    """benchmarks/build_sensitivity.py prints `by_build`'s counts and one line per cell that
+    is not every build's."""
+    out = _one_bad_build(tmp_path)
+    bench = _benchmark("build_sensitivity")
+    assert bench.main([str(out), "--long"]) == 0
+    printed = capsys.readouterr().out
+    study, scan, summary = load_study(out)
+    found = bb.by_build(scan.runs, _study_config(out, study), summary, study_builds(study))
+    n = 0
+    for sc, data in found.items():
+        c = bb.counts(data["final"])
+        assert (f"{sc} (organism seeds 0, 1): {c['verdicts']} verdicts; agree {c['agree']}, one build decides "
+                f"{c['one build decides']}") in printed
+        n += c["verdicts"] - c["agree"]
+    assert n >= 2 and sum(ln.startswith("    ") for ln in printed.splitlines()) == n
+    assert "baseline: over 0, 1: no_capability" in printed and "<- build 1" in printed

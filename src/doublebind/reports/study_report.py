@@ -457,6 +457,38 @@ def _verdict_cell(s: dict, href: str, power: float) -> str:
     return f"[{s['verdict']}]({href}){mark} (replicates {rep:.2f}{also})"
 
 
+def _build_blocks(found: dict, power: float) -> list[tuple]:
+    """A scenario's verdicts against each of its organism builds judged alone
+    (`studies.by_build`): the counts, and a row for every verdict the builds do not all reach."""
+    from doublebind.studies.by_build import FIRM, counts
+
+    def cell(verdict: str, replication) -> str:
+        if not isinstance(replication, (int, float)):
+            return verdict
+        return f"{verdict}{'*' if replication < power else ''} ({replication:.2f})"
+
+    seeds, cells = found["seeds"], found["final"]
+    c, a = counts(cells), counts(found["audit_selected"])
+    who = ", ".join(f"seed {s}: {n}" for s, n in c["decided_by"].items())
+    twin = f", beside its twin's build of the same organism seed ({found['twin']})" if found.get("twin") else ""
+    text = (f"Each organism build alone (judged as a study of that build alone would be{twin}): {c['agree']} of "
+            f"the {c['verdicts']} delivered verdicts above are every build's, {c['one build decides']} one "
+            f"build's{f' ({who})' if who else ''} and {c['split']} none's. A build alone is judged on fewer runs, so "
+            f"builds also disagree by seed noise. Firm disagreements (each build's own verdict replicating at {FIRM} "
+            f"or more): {c['firm']}, {c['firm_marked']} of them marked * above; there the verdict over all builds "
+            f"says which builds were drawn as much as what the technique did. Audit-selected: {a['agree']} every "
+            f"build's, {a['one build decides']} one build's, {a['split']} none's, {a['firm']} firm.")
+    blocks = [("p", text)]
+    rows = [[t, cell(x["verdict"], x["replication"]), *(cell(*x["alone"][s]) for s in seeds),
+             f"seed {x['decided_by']}" if x["decided_by"] is not None else "none",
+             "firm" if x["firm"] else ""] for t, x in cells.items() if x["kind"] != "agree"]
+    if rows:
+        blocks.append(("table", ["technique", "delivered verdict over all builds",
+                                 *(f"organism seed {s} alone" for s in seeds), "the verdict of", "disagreement"],
+                       rows))
+    return blocks
+
+
 def _audit_cell(s: dict) -> str:
     if "audit_success_at_k" in s:
         pools = s.get("teacher_success_at_k_pools")
@@ -816,6 +848,9 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
 
     # per scenario tables
     b.append(("h2", SECTIONS[1]))
+    from doublebind.studies.by_build import by_build
+
+    builds_alone = by_build(scan.runs, _study_config(study_dir, study), summary, study_builds(study))
     widths_shown = False
     for sc, data in scenarios.items():
         b.append(("h3", sc))
@@ -860,6 +895,8 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
                            "enough of the behaviour to move the verdict."))
         if idle_names:
             b.append(("p", idle_note(idle_names)))
+        if sc in builds_alone:
+            b.extend(_build_blocks(builds_alone[sc], thr["power"]))
         width = _width_blocks(data, by_scenario[sc], first=not widths_shown, n_boot=summary.get("bootstrap"))
         widths_shown = widths_shown or bool(width)
         b.extend(width)
