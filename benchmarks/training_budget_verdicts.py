@@ -9,8 +9,9 @@ scenario (seed 0), without benign twins or matched controls; the `*_both` refere
 matrix's second builds (`--long docs/results/training_budget_default_collusion_both
 docs/results/training_budget_beacon_both`: every verdict over the matrix's two builds). The matrix judges two builds with
 twins. This recomputes the matrix's verdicts from its rows of those builds alone, of the labels
-the long studies ran, with the twins and controls left out, so that the two columns differ
-only in the training budget, and prints per scenario the verdicts that move and the
+the long studies ran, with the twins and controls left out (and a long study's own verdicts
+without its twins, where it ran some), so that the two columns differ only in the training
+budget, and prints per scenario the verdicts that move and the
 `capable_benign` cells at each length; then, for the verdicts more misalignment could move,
 whether the report's ↑ (still rising) mark at 400 steps flagged those that moved to
 `both_fail` or `inconclusive` at 1200. It reads committed rows only (no training; seconds).
@@ -54,6 +55,24 @@ def judged_at_400(matrix: Path, long_summaries: dict[str, dict], work: Path) -> 
         for r in run:
             rows[r["scenario"]].append(r)
     return compute_summary(scan.runs, cfg, study_builds(record)), rows
+
+
+def long_summary(folder: Path) -> dict:
+    """A long study's scenarios as its summary.json judges them; a study that pairs them with
+    benign twins is judged again without them (the twins left out), as the 400-step side is."""
+    record = json.loads((folder / "study.json").read_text())
+    twins = set((record["config"].get("twins") or {}).values())
+    if not twins:
+        return json.loads((folder / "summary.json").read_text())["scenarios"]
+    from doublebind.config import StudyConfig
+    from doublebind.studies.run import compute_summary, scan_results, study_builds
+
+    raw = dict(record["config"])
+    entries = [{"name": e} if isinstance(e, str) else e for e in raw["scenarios"]]
+    raw.update(scenarios=[e for e in entries if e["name"] not in twins], twins=None)
+    scan = scan_results(folder / "results.jsonl")
+    scan.check()
+    return compute_summary(scan.runs, StudyConfig.model_validate(raw), study_builds(record))["scenarios"]
 
 
 # 1200-step verdicts reached through more misalignment (the ↑ mark's prediction)
@@ -102,7 +121,7 @@ def main() -> None:
     args = ap.parse_args()
     long = {}
     for folder in args.long:
-        long.update(json.loads((folder / "summary.json").read_text())["scenarios"])
+        long.update(long_summary(folder))
     with tempfile.TemporaryDirectory(prefix="doublebind-budget-") as tmp:
         summary, rows = judged_at_400(args.matrix, long, Path(tmp))
     short, thr = summary["scenarios"], summary["verdict_thresholds"]
