@@ -39,3 +39,27 @@ def test_the_mark_check_asks_the_reports_rule_of_the_verdicts_more_misalignment_
     # rose 0.02 < 0.05, and 3 of 5 is no trend, and its move is to no_capability, not more misalignment;
     # "done" (both_fail at 400) is not a verdict more misalignment could move
     assert got == {"up": (True, True), "flat": (False, False), "lost": (False, False)}
+
+
+def test_a_long_study_with_twins_is_judged_without_them_as_the_short_side_is(tmp_path):
+    """The 400-step side drops the matrix's twins; a 1200-step study that ran some is judged
+    without them too (its twin scenarios left out), where its summary.json sets them."""
+    import json
+
+    from doublebind.studies import run as study_run
+
+    from .test_twins import _cfg, _grid
+
+    bench = _benchmark("training_budget_verdicts")
+    runs, cfg = _grid(), _cfg(organism_seeds=[0])
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for rows in runs.values() for r in rows))
+    (tmp_path / "study.json").write_text(json.dumps({"config": cfg.model_dump(mode="json"), "organisms": [
+        {"scenario": sc, "organism_seed": 0} for sc in ("default", "benign", "collusion")]}))
+    with_twins = study_run.compute_summary(runs, cfg)
+    (tmp_path / "summary.json").write_text(json.dumps(with_twins))
+    got = bench.long_summary(tmp_path)
+    assert set(got) == {"default", "collusion"}
+    assert got == study_run.compute_summary(runs, _cfg(organism_seeds=[0], scenarios=["default", "collusion"],
+                                                       twins=None))["scenarios"]
+    assert "twin" in with_twins["scenarios"]["default"]["techniques"]["baseline"]
+    assert "twin" not in got["default"]["techniques"]["baseline"]
