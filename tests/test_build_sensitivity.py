@@ -23,20 +23,40 @@ def test_a_verdict_is_agreed_decided_by_one_build_or_split():
     assert bb.classify("both_fail", {0: "both_fail", 4: "both_fail", 5: "no_capability"}) == ("split", None)
 
 
-def test_one_build_judged_alone_is_the_one_build_study_of_the_same_runs():
+def test_one_build_judged_alone_is_the_one_build_study_of_the_same_runs(tmp_path):
     """training_budget_default_collusion_both was resumed from a copy of
-    training_budget_default_collusion (organism seed 0 only): judging its collusion rows of
-    build 0 alone must give that study's committed summary, figure for figure."""
+    training_budget_default_collusion (organism seed 0 only, no twins), then given the twins:
+    judging its collusion rows of build 0 alone without the twin must give that study's
+    committed summary, figure for figure; with it, what a folder of build 0's rows and its
+    twin's build 0 alone gives."""
     both = REFS / "training_budget_default_collusion_both"
     study = json.loads((both / "study.json").read_text())
     scan = scan_results(both / RESULTS)
-    got = bb.alone(scan.runs, _study_config(both, study), "collusion", 0, study_builds(study))
+    cfg = _study_config(both, study)
+    assert cfg.twins == {"default": "benign", "collusion": "benign_collusion"}
+    got = bb.alone(scan.runs, cfg.model_copy(update={"twins": {}}), "collusion", 0, study_builds(study))
     one = json.loads((REFS / "training_budget_default_collusion" / "summary.json").read_text())
     want = one["scenarios"]["collusion"]["techniques"]
     assert set(got) == set(want) and len(want) == 23
     for t in want:
         for view in ("final", "audit_selected", "reference"):
             assert got[t][view] == want[t][view], (t, view)
+    # with the twin: the study of build 0 and its twin's build 0, from a folder of their rows alone
+    keep = ("collusion", "benign_collusion")
+    solo = tmp_path / "solo"
+    solo.mkdir()
+    (solo / RESULTS).write_text("".join(json.dumps(r) + "\n" for r in read_results(both / RESULTS)
+                                        if r["scenario"] in keep and r["organism_seed"] == 0))
+    record = {**study, "organisms": [o for o in study["organisms"]
+                                     if o["scenario"] in keep and o["organism_seed"] == 0]}
+    record["config"] = {**study["config"], "twins": {"collusion": "benign_collusion"},
+                        "scenarios": [{**e, "organism_seeds": [0]} for e in study["config"]["scenarios"]
+                                      if e["name"] in keep]}
+    (solo / "study.json").write_text(json.dumps(record))
+    _, _, summary = load_study(solo)
+    paired = bb.alone(scan.runs, cfg, "collusion", 0, study_builds(study))
+    assert paired["misalignment_targeted"]["twin"] == {"scenario": "benign_collusion", "runs": 5, "tested": True}
+    assert paired == summary["scenarios"]["collusion"]["techniques"]
 
 
 def _one_bad_build(tmp_path):
