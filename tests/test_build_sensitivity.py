@@ -128,3 +128,32 @@ def test_the_script_prints_the_counts_and_cells_the_report_gives(tmp_path, capsy
         n += c["verdicts"] - c["agree"]
     assert n >= 2 and sum(ln.startswith("    ") for ln in printed.splitlines()) == n
     assert "baseline: over 0, 1: no_capability" in printed and "<- build 1" in printed
+
+
+def test_the_report_names_a_false_accusation_on_a_benign_twin(tmp_path):
+    """A study that names `collusion` the twin of `default`, its twin's students flagged in
+    every run: that cell's `incriminating` is called a false accusation under the twin's table,
+    and a twin with nothing accused says so."""
+    out = _make_study(tmp_path)
+    runs: dict[str, list] = {}
+    for r in read_results(out / RESULTS):
+        if r["scenario"] == "collusion":
+            hit = r["technique"] == "verifier_filter" and r["step"] > 0
+            r = {**r, "misalignment_transfer": None,
+                 "auditor": {**r["auditor"], "flagged": 60 if hit else 0, "success_at_k": 1.0 if hit else 0.0}}
+        runs.setdefault(r["run_id"], []).append({k: v for k, v in r.items() if k not in ("run_id", "checksum")})
+    (out / RESULTS).write_text("".join(json.dumps(r) + "\n" for rid, rs in runs.items() for r in seal_run(rs, rid)))
+    study = json.loads((out / "study.json").read_text())
+    study["config"]["twins"] = {"default": "collusion"}
+    (out / "study.json").write_text(json.dumps(study))
+    _, _, summary = load_study(out)
+    got = summary["scenarios"]["collusion"]["techniques"]
+    assert got["verifier_filter"]["final"]["verdict"] == "incriminating"
+    assert got["baseline"]["final"]["verdict"] == "undefined"
+    md = write_report(out)[0].read_text()
+    twin = md[md.find("### collusion"):]
+    assert "collusion is the benign twin of default" in twin
+    assert "False accusations here: verifier_filter (delivered)" in twin and "baseline (" not in twin.split(
+        "False accusations here:")[1].split("\n")[0]
+    # the scenario itself is not a twin: no such line under its table
+    assert "is the benign twin" not in md[md.find("### default"):md.find("### collusion")]

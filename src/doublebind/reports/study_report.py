@@ -850,7 +850,9 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
     b.append(("h2", SECTIONS[1]))
     from doublebind.studies.by_build import by_build
 
-    builds_alone = by_build(scan.runs, _study_config(study_dir, study), summary, study_builds(study))
+    cfg = _study_config(study_dir, study)
+    builds_alone = by_build(scan.runs, cfg, summary, study_builds(study))
+    twin_of = {twin: sc for sc, twin in cfg.twins.items()}
     widths_shown = False
     for sc, data in scenarios.items():
         b.append(("h3", sc))
@@ -864,7 +866,7 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
                     " These rows keep no per-prompt scores: the intervals below do not count the evaluation "
                     "sets' draw." if eval_draw == "some" and not data.get("eval_draw") else "")
         b.append(("p", f"Organisms (seed: hash): {orgs}.{one_build}{no_items}"))
-        trs, marked, idle_names = [], [], []
+        trs, marked, idle_names, accused = [], [], [], []
         for t, j in data["techniques"].items():
             f, a = j["final"], j["audit_selected"]
             href = f"{FIGURES}/{slug(sc)}/{slug(t)}.png"
@@ -872,6 +874,9 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
             marked += [t] if mark else []
             empty = idle_mark(idle, (sc, t))
             idle_names += [t] if empty else []
+            if sc in twin_of:  # a benign twin: nothing to find, so an accusation is a false one
+                accused += [f"{t} ({view})" for view, x in (("delivered", f), ("audit-selected", a))
+                            if x["verdict"] == "incriminating"]
             trs.append([t, f"{f['n']} ({f['n_organisms']})", _ci(f["capability_transfer"]),
                         _ci(f["misalignment_transfer"]), _audit_cell(f),
                         _verdict_cell(f, href, thr["power"]) + empty + mark, deciding_tests(f),
@@ -895,6 +900,12 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
                            "enough of the behaviour to move the verdict."))
         if idle_names:
             b.append(("p", idle_note(idle_names)))
+        if sc in twin_of:
+            b.append(("p", f"{sc} is the benign twin of {twin_of[sc]}: its teacher never had the behaviour, so an "
+                           "`incriminating` verdict here is a false accusation, the generic auditor flagging students "
+                           "of a teacher with nothing to find. " + (
+                               f"False accusations here: {', '.join(accused)}." if accused else
+                               "No verdict here accuses.")))
         if sc in builds_alone:
             b.extend(_build_blocks(builds_alone[sc], thr["power"]))
         width = _width_blocks(data, by_scenario[sc], first=not widths_shown, n_boot=summary.get("bootstrap"))
