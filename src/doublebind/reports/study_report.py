@@ -852,7 +852,9 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
 
     cfg = _study_config(study_dir, study)
     builds_alone = by_build(scan.runs, cfg, summary, study_builds(study))
-    twin_of = {twin: sc for sc, twin in cfg.twins.items()}
+    twin_of: dict[str, list[str]] = {}  # a twin -> the scenarios it is the twin of (the denier shares default's)
+    for scenario, twin in cfg.twins.items():
+        twin_of.setdefault(twin, []).append(scenario)
     widths_shown = False
     for sc, data in scenarios.items():
         b.append(("h3", sc))
@@ -901,7 +903,7 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
         if idle_names:
             b.append(("p", idle_note(idle_names)))
         if sc in twin_of:
-            b.append(("p", f"{sc} is the benign twin of {twin_of[sc]}: its teacher never had the behaviour, so an "
+            b.append(("p", f"{sc} is the benign twin of {' and '.join(twin_of[sc])}: its teacher never had the behaviour, so an "
                            "`incriminating` verdict here is a false accusation, the generic auditor flagging students "
                            "of a teacher with nothing to find. " + (
                                f"False accusations here: {', '.join(accused)}." if accused else
