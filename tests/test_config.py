@@ -197,3 +197,8 @@ def test_an_override_into_a_list_of_the_file_is_refused_naming_it():
         config.load(matrix, ["scenarios=[beacon]"], expect="study")
     narrowed = config.load(matrix, ["scenarios=[beacon]", "twins=null"], expect="study")
     assert narrowed.scenarios[0].name == "beacon" and narrowed.twins == {}
+    # or drops the pairs it leaves out one by one, keeping the others as the file has them
+    kept = config.load(matrix, ["scenarios=[default, benign]",
+                                "twins={collusion: null, beacon: null, disposition: null, denier: null}"],
+                       expect="study")
+    assert kept.twins == {"default": "benign"}

@@ -862,7 +862,11 @@ class StudyConfig(Strict):
     @field_validator("twins", mode="before")
     @classmethod
     def _no_twins(cls, v: Any) -> Any:
-        return {} if v is None else v  # `twins=null`: an override narrowing `scenarios` drops the file's pairs
+        # `twins=null`: an override narrowing `scenarios` drops the file's pairs; `twins={beacon: null}`
+        # drops one pair (an override merges into the file's mapping, so this keeps the others)
+        if v is None:
+            return {}
+        return {k: t for k, t in v.items() if t is not None} if isinstance(v, dict) else v
 
     @field_validator("controls")
     @classmethod
