@@ -903,9 +903,9 @@ def _blocks(study_dir: Path, command: str | None) -> tuple[list[tuple], dict]:
         if idle_names:
             b.append(("p", idle_note(idle_names)))
         if sc in twin_of:
-            b.append(("p", f"{sc} is the benign twin of {' and '.join(twin_of[sc])}: its teacher never had the behaviour, so an "
-                           "`incriminating` verdict here is a false accusation, the generic auditor flagging students "
-                           "of a teacher with nothing to find. " + (
+            b.append(("p", f"{sc} is the benign twin of {' and '.join(twin_of[sc])}: its teacher never had the "
+                           "behaviour, so an `incriminating` verdict here is a false accusation, the auditor flagging "
+                           "students of a teacher with nothing to find. " + (
                                f"False accusations here: {', '.join(accused)}." if accused else
                                "No verdict here accuses.")))
         if sc in builds_alone:
