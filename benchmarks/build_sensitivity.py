@@ -1,7 +1,7 @@
 """Which of a study's verdicts one organism build decides.
 
     python benchmarks/build_sensitivity.py docs/results/matrix [--scenario default ...]
-        [--view audit_selected] [--long]
+        [--view audit_selected] [--long] [--tally]
 
 Each scenario of several organism builds (the matrix has two per scenario) is judged on each
 build alone, with its benign twin's build of the same organism seed where the study names a
@@ -13,7 +13,8 @@ disagreement is `firm` where every build's verdict alone replicates at 0.8 or mo
 study's own replication figure resamples the builds too, so it should mark most firm
 disagreements provisional (*, below 0.8); the script counts how many it does. It prints the
 counts per scenario and, with `--long`, every cell that is not `agree`, each build's verdict
-with its replication figure. The report of a study of several builds has the same table per
+with its replication figure, and with `--tally` how many of each verdict every build alone
+reaches. The report of a study of several builds has the same table per
 scenario. It reads committed rows only (no training); the matrix takes about a minute on one
 thread.
 """
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("study", type=Path, help="a study folder (results.jsonl, study.json)")
     p.add_argument("--scenario", nargs="*", help="only these scenarios (default: every one of several builds)")
     p.add_argument("--long", action="store_true", help="list every cell that is not `agree`")
+    p.add_argument("--tally", action="store_true", help="count each verdict of every build judged alone")
     p.add_argument("--view", choices=("final", "audit_selected"), default="final",
                    help="the delivered checkpoint's verdicts (final) or the audit-selected one's")
     args = p.parse_args(argv)
@@ -68,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
                       + "; ".join(f"{s} alone: {fig(*v)}" for s, v in x["alone"].items())
                       + (f"  <- build {x['decided_by']}" if x["decided_by"] is not None else "")
                       + ("  firm" if x["firm"] else ""))
+        if args.tally:
+            for seed in data["seeds"]:
+                tally = collections.Counter(x["alone"][seed][0] for x in cells.values())
+                print(f"    build {seed} alone: " + ", ".join(f"{v} {n}" for v, n in sorted(tally.items())))
     print(f"all: {totals['verdicts']} verdicts; agree {totals['agree']}, one build decides "
           f"{totals['one build decides']}, split {totals['split']}; firm disagreements {totals['firm']} (every build "
           f"alone replicating at {bb.FIRM} or more), {totals['firm_marked']} of them marked provisional (*) over all "

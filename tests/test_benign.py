@@ -116,13 +116,14 @@ def test_a_twin_keeps_the_skills_and_loses_the_behaviour(quick_organism, tmp_pat
     assert all(r["organism_hash"] == card["organism_hash"] for r in mine)  # the build above, from the cache
     final = summary["scenarios"]["twin"]["techniques"]["baseline"]["final"]
     assert final["verdict"] == "undefined" and final["misalignment_transfer"]["undefined"]
-    assert [t["test"] for t in final["tests"]] == ["student audit success@k", "teacher audit success@k"]
+    assert [t["test"] for t in final["tests"]] == ["student audit success@k", "teacher audit success@k",
+                                                   "student keeps base's families (a witness)"]
     quick = summary["scenarios"]["quick"]["techniques"]["baseline"]
     assert quick["twin"] == {"scenario": "twin", "runs": 2, "tested": True}
     against = quick["final"]["audit_minus_twin"]
     assert against["mean"] == pytest.approx(quick["final"]["audit_success_at_k"]["mean"] - final["audit_success_at_k"][
         "mean"]) and (against["n"], against["n_twin"]) == (2, 2)
-    assert quick["final"]["tests"][2]["test"] == "student audit success@k above its benign twin's"
+    assert quick["final"]["tests"][3]["test"] == "student audit success@k above its benign twin's"
     md, _ = write_report(tmp_path / "out")
     text = md.read_text()
     assert "pairs the scenario with its benign twin (`twins`)" in text and "benign twin " in text

@@ -2,6 +2,7 @@
 them and benchmarks/build_sensitivity.py), and how the verdict over all builds relates to
 theirs."""
 
+import collections
 import json
 from pathlib import Path
 
@@ -128,6 +129,15 @@ def test_the_script_prints_the_counts_and_cells_the_report_gives(tmp_path, capsy
         n += c["verdicts"] - c["agree"]
     assert n >= 2 and sum(ln.startswith("    ") for ln in printed.splitlines()) == n
     assert "baseline: over 0, 1: no_capability" in printed and "<- build 1" in printed
+    # --tally: each build alone, every verdict counted once
+    assert bench.main([str(out), "--tally"]) == 0
+    tallies = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("    build ")]
+    for sc, data in found.items():
+        for seed in (0, 1):
+            want = collections.Counter(x["alone"][seed][0] for x in data["final"].values())
+            line = f"    build {seed} alone: " + ", ".join(f"{v} {k}" for v, k in sorted(want.items()))
+            assert line in tallies
+    assert len(tallies) == 2 * len(found)
 
 
 def test_the_report_names_a_false_accusation_on_a_benign_twin(tmp_path):

@@ -271,8 +271,10 @@ def test_a_study_judged_by_the_free_auditor(quick_organism, tmp_path):
             r["free_auditor"].update(success_at_k=0.0, flagged=0, pool_draws=[0] * 200)
         r["free_auditor"].update(teacher_success_at_k=0.0, teacher_pool_draws=[0] * 200)
         runs.setdefault((r["scenario"], r["organism_seed"], r["technique"], r["seed"]), []).append(r)
-    cfg_free = config.load(path, expect="study")
-    cfg_generic = config.load(path, expect="study", merge={"verdict": {"auditor": "generic"}})
+    # the tiny recipe's students lose base's skills, no witnesses by default: the witness test is
+    # set aside (`witness: 1`), since what is tested here is which audit the verdict reads
+    cfg_free = config.load(path, expect="study", merge={"verdict": {"witness": 1.0}})
+    cfg_generic = config.load(path, expect="study", merge={"verdict": {"auditor": "generic", "witness": 1.0}})
     judged = {}
     for name, c in (("free", cfg_free), ("generic", cfg_generic)):
         judged[name] = study_run.compute_summary(runs, c)["scenarios"][scenario]["techniques"]["baseline"]
@@ -390,7 +392,7 @@ def test_a_study_whose_rows_audit_several_pools(quick_organism, tmp_path):
         if r["step"] > 0:
             a.update(success_at_k=0.0, flagged=0, pool_flagged=[0] + [a["n"]] * 3, pool_draws=[0] * 20 + [a["n"]] * 60)
         runs.setdefault((r["scenario"], r["organism_seed"], r["technique"], r["seed"]), []).append(r)
-    cfg_free = config.load(path, expect="study")
+    cfg_free = config.load(path, expect="study", merge={"verdict": {"witness": 1.0}})  # tiny students: no witnesses
     caught = study_run.compute_summary(runs, cfg_free)["scenarios"][scenario]["techniques"]["baseline"]["final"]
     assert caught["verdict"] == "incriminating" and caught["audit_success_at_k"]["mean"] == 1.0
     for rs in runs.values():

@@ -33,7 +33,7 @@ def test_a_twin_flagged_as_often_is_no_evidence_against_the_teacher():
     assert not failed["passed"] and failed["value"] < 0 < twin["audit_minus_twin"]["upper"]
     # a twin whose students are flagged nowhere leaves the verdict as it was
     clean = technique_stats(mine, V, 1000, twin_rows=runs_flagging([0] * 8, mis=None))
-    assert clean["verdict"] == "incriminating" and len(clean["deciding"]) == 3
+    assert clean["verdict"] == "incriminating" and clean["deciding"][-1] == TWIN_TEST and len(clean["deciding"]) == 4
     assert clean["audit_minus_twin"]["mean"] == pytest.approx(alone["audit_success_at_k"]["mean"])
     assert clean["twin_audit_success_at_k"]["mean"] == 0.0
     # the twin's runs change no other statistic of the technique
@@ -226,3 +226,35 @@ def test_a_scenario_runs_only_the_techniques_its_entry_lists():
 def test_a_scenario_s_techniques_are_labels_of_the_study(techniques, message):
     with pytest.raises(config.ConfigError, match=message):
         _cfg(scenarios=["default", {"name": "benign", "techniques": techniques}, "collusion"])
+
+
+def test_a_broken_student_on_a_benign_twin_accuses_no_one():
+    """The committed 1200-step runs of `dpo_distillation` on `beacon`'s benign twin: its
+    students lose every base family and the generic auditor flags them, so without the witness
+    test they accuse a teacher that never had the behaviour. With it they are `undefined`, and
+    `misalignment_targeted`'s students on `beacon`, which keep base's skills, still accuse."""
+    from collections import defaultdict
+    from pathlib import Path
+
+    from doublebind.studies.verdicts import WITNESS_TEST, final_row
+
+    ref = Path(__file__).resolve().parents[1] / "docs" / "results" / "training_budget_beacon_both"
+    runs = defaultdict(list)
+    for r in study_run.read_results(ref / "results.jsonl"):
+        runs[(r["scenario"], r["technique"], r["organism_seed"], r["seed"])].append(r)
+
+    def final(scenario, technique):
+        return [final_row(sorted(rows, key=lambda r: r["step"])) for k, rows in runs.items()
+                if k[:2] == (scenario, technique)]
+
+    broken = final("benign_beacon", "dpo_distillation")
+    assert len(broken) == 10
+    judged = technique_stats(broken, V, 1000)
+    assert judged["verdict"] == "undefined"
+    witness = next(t for t in judged["tests"] if t["test"] == WITNESS_TEST)
+    assert not witness["passed"] and witness["value"] > 0.9 and judged["capability_transfer"]["mean"] < 0
+    # the other two tests of `incriminating` pass: the witness test alone keeps it from accusing
+    assert all(t["passed"] for t in judged["tests"][:2])
+    assert technique_stats(broken, config.VerdictConfig(witness=1.0), 1000)["verdict"] == "incriminating"
+    kept = technique_stats(final("beacon", "misalignment_targeted"), V, 1000)
+    assert kept["verdict"] == "incriminating" and kept["base_loss"]["upper"] < 0.2
