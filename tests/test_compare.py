@@ -117,20 +117,21 @@ def test_power_alone_is_not_another_rule():
 
 
 @pytest.fixture(scope="module")
-def demo_against_matrix() -> dict:
-    """The demo's reference compared with the matrix's (its summary, of 2330 runs, takes the
-    longest to recompute of any reference: once a test process)."""
+def demo_against_two_builds() -> dict:
+    """The demo's reference compared with a reference of the matrix's design on `default` (5
+    seeds on its 2 builds, 1200 steps: `training_budget_default_collusion_both`, recomputed in
+    a few seconds where the matrix's 2330 runs take about 20)."""
     from doublebind.studies.compare import compare_folders
 
-    return compare_folders(REFERENCE, REFERENCE / "matrix")
+    return compare_folders(REFERENCE, REFERENCE / "training_budget_default_collusion_both")
 
 
-def test_compare_says_when_b_plans_another_design(demo_against_matrix):
+def test_compare_says_when_b_plans_another_design(demo_against_two_builds):
     """The demo's reference (3 seeds on 1 build per scenario) against the matrix (5 seeds on 2)
     noted only the study names, then held A's replication figures against it."""
     from doublebind.studies.compare import notes
 
-    said = notes(demo_against_matrix)
+    said = notes(demo_against_two_builds)
     assert "B plans scenario default with another design (5 seeds on 2 organism builds, A 3 on 1): A's replication " \
            "figures expect a rerun of A's own design" in said, said
     summary = json.loads((REFERENCE / "summary.json").read_text())
@@ -156,7 +157,7 @@ def test_compare_says_when_one_side_s_intervals_count_the_evaluation_sets_draw(t
                "keep per-prompt scores): a moved verdict may be the intervals' width, not the runs" in said, said
 
 
-def test_compare_calls_a_few_seeds_design_s_expectation_an_upper_estimate(demo_against_matrix):
+def test_compare_calls_a_few_seeds_design_s_expectation_an_upper_estimate(demo_against_two_builds):
     """At 3-6 seeds per build the replication figures were measured to overrate agreement
     (README, 'How calibrated the figure is'): the summary line says so where A has so few."""
     from doublebind.studies.compare import compare_folders
@@ -168,7 +169,7 @@ def test_compare_calls_a_few_seeds_design_s_expectation_an_upper_estimate(demo_a
     assert f"{said} (at 3 seeds an upper estimate), and 2 did" in sentence({**r, "a_seeds": 3})
     assert f"{said}, and 2 did" in sentence({**r, "a_seeds": FEW_SEEDS + 1})
     assert f"{said}, and 2 did" in sentence(r)  # the design unknown
-    assert demo_against_matrix["a_seeds"] == 3
+    assert demo_against_two_builds["a_seeds"] == 3
     assert compare_folders(REFERENCE / "training_budget_beacon", REFERENCE)["a_seeds"] == 5  # seeds 0-4
 
 
