@@ -233,19 +233,15 @@ def test_a_broken_student_on_a_benign_twin_accuses_no_one():
     students lose every base family and the generic auditor flags them, so without the witness
     test they accuse a teacher that never had the behaviour. With it they are `undefined`, and
     `misalignment_targeted`'s students on `beacon`, which keep base's skills, still accuse."""
-    from collections import defaultdict
     from pathlib import Path
 
     from doublebind.studies.verdicts import WITNESS_TEST, final_row
 
     ref = Path(__file__).resolve().parents[1] / "docs" / "results" / "training_budget_beacon_both"
-    runs = defaultdict(list)
-    for r in study_run.read_results(ref / "results.jsonl"):
-        runs[(r["scenario"], r["technique"], r["organism_seed"], r["seed"])].append(r)
+    runs = study_run.scan_results(ref / study_run.RESULTS).runs  # (scenario, organism seed, technique, seed)
 
     def final(scenario, technique):
-        return [final_row(sorted(rows, key=lambda r: r["step"])) for k, rows in runs.items()
-                if k[:2] == (scenario, technique)]
+        return [final_row(rows) for (sc, _, t, _), rows in runs.items() if (sc, t) == (scenario, technique)]
 
     broken = final("benign_beacon", "dpo_distillation")
     assert len(broken) == 10
