@@ -46,11 +46,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Callable
 
 from doublebind.errors import DoublebindError
 from doublebind.evals.scoring import Scored, teacher_forced
 from doublebind.types import Example, Prompt
+
+# The shipped stages whose additions to what the run's student trains on (items that are not
+# the teacher's as it gave them, or a loss term) leave the student to the auditor at its
+# checkpoints. Each adds by one fixed rule, over the world's public task language, the
+# defender's own models and the teacher's own tokens, and none answers a prompt with
+# something of the stage's choosing. A student taught such a choice reads the auditor's
+# honeypot sessions back: a stage that answered each session id with a word of its own had
+# the run's student, audited at a checkpoint, name the pool's sessions (2026-12-07,
+# docs/defender.md). Any other stage that adds keeps the run's student from the auditor
+# (`Distiller._admitted`); adding one here is a review of its rule, and
+# `tests/test_boundary.py` holds the list.
+VOUCHED = MappingProxyType({
+    "inoculation": "adds one fixed token (a fixed system line) to every prompt; the responses are the teacher's",
+    "kl_to_base": "its loss term pulls the student's distribution toward base's, the defender's own model",
+    "onion_filter": "deletes the response tokens its reference model (base or trusted) finds most surprising, "
+                    "past a fixed threshold",
+    "paraphrase": "writes responses with trusted, fills what trusted leaves unusable with digits drawn from the "
+                  "recipe's seed, and mixes in the teacher's own digits",
+    "reduce_slack": "rewrites every free digit of a response to 0",
+})
 
 DEFENDER_ROLES = ("base", "trusted", "alt_base")
 # Prompt contexts a stage may ask to draw. `deploy_like` is the behaviour's trigger
@@ -170,7 +191,10 @@ class StageAuditor:
     reaches the auditor. A probe trains only on a subset of the teacher's items as the
     teacher gave them, read once and copied: on what a stage rewrote or made, a probe could
     be taught to name the sessions (a review found two data stages laundering made examples,
-    and an example whose response changed between its check and its training)."""
+    and an example whose response changed between its check and its training). The run's own
+    student is held to the same account: it is audited only where what it trains on is the
+    teacher's items as given and what the stages in `VOUCHED` add by their fixed rules (a
+    stage that taught it each session's word read the pool back, 2026-12-07)."""
 
     __slots__ = ("_auditor", "_admitted", "_train_probe", "_free")
 
@@ -194,7 +218,8 @@ class StageAuditor:
         return "StageAuditor()"
 
     def audit(self, model, budget: int | None = None, auditor: str = "generic"):
-        """The audit of the run's student at a checkpoint, or of a probe from `train_probe`:
+        """The audit of the run's student at a checkpoint (where what it trains on is the
+        teacher's items, or what the stages in `VOUCHED` added), or of a probe from `train_probe`:
         the generic auditor's (an `AuditResult`: flags, success@k at the budget, departure
         tokens, capability), or with `auditor="free"` the free-field auditor's (a
         `FreeAuditResult`: flags, success@k, the over-represented openings; against base,

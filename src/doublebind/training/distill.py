@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from doublebind.defender import BlackBoxTeacher, DefenderError, DefenderView, StageAuditor, StageTasks, unlabelled
+from doublebind.defender import (VOUCHED, BlackBoxTeacher, DefenderError, DefenderView, StageAuditor, StageTasks,
+                                 unlabelled)
 from doublebind.errors import DoublebindError, first_line
 from doublebind.memo import tensors_key
 from doublebind.threads import launcher_rank
@@ -321,6 +322,47 @@ def _example_key(e: Example) -> tuple:
     return tuple(e.prompt), tuple(e.response)
 
 
+def _copied(it: Item) -> Item:
+    """A training item with its example and weights read once into lists of the distiller's own."""
+    e = it.example
+    weights = None if it.weights is None else [float(w) for w in it.weights]
+    return Item(Example(list(e.prompt), list(e.response), str(e.kind)), it.row, weights=weights)
+
+
+def _vouched(stage) -> bool:
+    """Whether `stage` is the shipped technique `VOUCHED` names (its registered class, from
+    the package), not a stage of another making under its name."""
+    from doublebind.registry import get
+
+    cls = type(stage)
+    if stage.name not in VOUCHED or not cls.__module__.startswith("doublebind.techniques."):
+        return False
+    try:
+        return get("technique", stage.name) is cls
+    except Exception:
+        return False
+
+
+def _unvouched(items: list[Item], handed: set[tuple], makers: dict, losses: list) -> dict[str, str]:
+    """{"stage <name>": what it did} for the stages outside `VOUCHED` that made any of `items`
+    (not among the teacher's, `handed`) or add a loss term. `makers` holds the first stage that
+    handed each made example on; an example that read otherwise when copied has none."""
+    made: dict[str, int] = {}
+    for it in items:
+        key = _example_key(it.example)
+        if key not in handed:
+            st = makers.get(key)
+            if st is None or not _vouched(st):
+                who = "a stage's item that changed as it was copied:" if st is None else f"stage {st.name}"
+                made[who] = made.get(who, 0) + 1
+    out = {who: f"made {n} of the {len(items)} training items" for who, n in made.items()}
+    for st in losses:
+        if not _vouched(st):
+            who = f"stage {st.name}"
+            out[who] = (out[who] + " and adds" if who in out else "adds") + " a loss term"
+    return out
+
+
 def _behaviour_rows(domain, asked: list) -> set[int] | None:
     """The teacher rows (embedded world) whose prompt is one where the teacher's behaviour acts:
     its family, where it fires, with a scratch field where it writes there (the world's ground
@@ -609,6 +651,10 @@ class Distiller:
         # probe may train on, the teacher's own items as the teacher gave them
         self.auditable: dict[str, dict[str, torch.Tensor]] = {}
         self.handed: set[tuple] = set()
+        self.probes: set[str] = set()  # which of `auditable` are probes, the rest the run's checkpoints
+        # What keeps the run's own student from the auditor: the stages outside `VOUCHED`
+        # that made training items or add a loss term (`_unvouched`, `_admitted`)
+        self.unvouched: dict[str, str] = {}
         self.view = self._defender_view()
         # The stages that changed something: a setting, the prompt set, the training data; a
         # loss term always counts, and a checkpoint hook once it stops the run or selects a
@@ -646,6 +692,7 @@ class Distiller:
                 self.handed = {_example_key(it.example) for it in self.items}
             # ground truth, for the run's summary only: the teacher rows where its behaviour acts
             self.behaviour_rows = _behaviour_rows(self.domain, self.asked)
+            makers: dict[tuple, object] = {}  # a made example's content -> the first stage that handed it on
             for st in self._hooked("data"):
                 before = _contents(self.items)
                 self.items = st.data(self.view, self.items)
@@ -653,6 +700,15 @@ class Distiller:
                 if recipe.objective.kind == "dpo" and any(it.weights is not None for it in self.items):
                     raise DoublebindError(f"stage {st.name} weights the loss per token, which the DPO objective "
                                           f"does not use (it scores whole responses); use another objective")
+                if self.domain.kind == "world":
+                    for it in self.items:
+                        makers.setdefault(_example_key(it.example), st)
+            if self._hooked("data"):
+                # Each item read once and copied: what trains is what was checked, and a stage that
+                # kept the items it handed on cannot change them later (at a checkpoint)
+                self.items = [_copied(it) for it in self.items]
+            if self.domain.kind == "world":
+                self.unvouched = _unvouched(self.items, self.handed, makers, self._hooked("extra_loss"))
         if recipe.objective.kind == "dpo" and self._hooked("extra_loss"):
             names = ", ".join(st.name for st in self._hooked("extra_loss"))
             raise DoublebindError(f"stage {names} adds a term to the loss, which the DPO objective does not take; "
@@ -722,14 +778,17 @@ class Distiller:
                                               domain.load_model("trusted"), domain.teacher)
         return _FREE_AUDITORS[key]
 
-    def admit(self, model) -> str:
-        """Let the stages audit `model` as it is now (a checkpoint handed to their hooks);
-        returns its weights' fingerprint, which the hooks must leave as it is."""
+    def admit(self, model, probe: bool = False) -> str:
+        """Let the stages audit `model` as it is now (a checkpoint handed to their hooks, or a
+        probe from `_train_probe`); returns its weights' fingerprint, which the hooks must
+        leave as it is."""
         if self.domain.auditor() is None:
             return _fingerprint(model)
         tensors = _tensors(model)
         key = tensors_key(tensors)
         self.auditable[key] = tensors
+        if probe:
+            self.probes.add(key)
         return key
 
     def _admitted(self, model):
@@ -737,9 +796,16 @@ class Distiller:
         weights, if they are weights the distiller admitted, else None. The copy is what is
         audited, so a forward hook, a method set on the instance or a subclass of the stage's
         making does not reach the auditor with admitted weights."""
-        tensors = self.auditable.get(_fingerprint(model))
+        key = _fingerprint(model)
+        tensors = self.auditable.get(key)
         if tensors is None:
             return None
+        if key not in self.probes and self.unvouched:
+            what = "; ".join(f"{who} {did}" for who, did in self.unvouched.items())
+            raise DefenderError(f"the auditor audits the run's student only where it trains on the teacher's items "
+                                f"as given and on what the shipped stages that vouch for their rule add "
+                                f"({', '.join(VOUCHED)}): {what}; a student taught what a stage chose would read the "
+                                f"auditor's honeypot sessions back")
         clean = self.domain.student(self.recipe.student, 0)
         with torch.no_grad():
             for name, t in [*clean.named_parameters(), *clean.named_buffers()]:
@@ -765,7 +831,7 @@ class Distiller:
                                 f"or its own)")
         probe = self.domain.student(self.recipe.student, init_seed)
         train_sft(probe, lambda rng: pool[rng.randrange(len(pool))], cfg, seed)
-        self.admit(probe)
+        self.admit(probe, probe=True)
         return probe
 
     # -- stages -----------------------------------------------------------------------
