@@ -495,6 +495,26 @@ class LossOracle(Technique):
         return {}
 
 
+class RowSwap(Technique):
+    """_test_row_swap: keeps each teacher item's content but trains it on another row's soft
+    labels of the same length, a pairing of its own choosing, and audits at a checkpoint
+    (must fail)."""
+
+    def data(self, view, items):
+        by_length: dict = {}
+        for it in items:
+            by_length.setdefault(len(it.example.response), []).append(it.row)
+        out = []
+        for it in items:
+            rows = by_length[len(it.example.response)]
+            out.append(Item(it.example, rows[(rows.index(it.row) + 1) % len(rows)], weights=it.weights))
+        return out
+
+    def checkpoint(self, view, step, model):
+        view.auditor.audit(model)
+        return {}
+
+
 KEPT: dict = {}
 
 
@@ -648,7 +668,7 @@ def cheats():
              "_test_checkpoint_swap": CheckpointSwap, "_test_hooked_probe": HookedProbe,
              "_test_made_items": MadeItems, "_test_launder": Launder, "_test_checkpoint_overwrite": CheckpointOverwrite,
              "_test_checkpoint_attach": CheckpointAttach, "_test_run_oracle": RunOracle,
-             "_test_loss_oracle": LossOracle, "_test_kept_items": KeptItems}
+             "_test_loss_oracle": LossOracle, "_test_kept_items": KeptItems, "_test_row_swap": RowSwap}
     for name, cls in table.items():
         register("technique", name)(cls)
     yield
@@ -677,7 +697,8 @@ def _run(folder, stage):
                                          "hook at step 0"),
                                         ("_test_run_oracle", r"stage _test_run_oracle made (\d+) of the \1 training"),
                                         ("_test_loss_oracle", "stage _test_loss_oracle adds a loss term; a student "
-                                                              "taught what a stage chose")])
+                                                              "taught what a stage chose"),
+                                        ("_test_row_swap", r"stage _test_row_swap made \d+ of the \d+ training")])
 def test_a_cheating_stage_fails(quick_organism, cheats, stage, what, tmp_path):
     """The last four use the auditor as an oracle of the honeypot sessions (see `StageAuditor`);
     the audits before each one's cheat pass, so each fails at its cheat. A checkpoint hook runs
@@ -685,7 +706,8 @@ def test_a_cheating_stage_fails(quick_organism, cheats, stage, what, tmp_path):
     from doublebind.training.distill import distill
 
     with pytest.raises(DefenderError, match=what):
-        if stage in ("_test_checkpoint_swap", "_test_checkpoint_overwrite", "_test_run_oracle", "_test_loss_oracle"):
+        if stage in ("_test_checkpoint_swap", "_test_checkpoint_overwrite", "_test_run_oracle", "_test_loss_oracle",
+                     "_test_row_swap"):
             distill(quick_organism[0], _run_recipe(stage), tmp_path / "run", show_progress=False)
         else:
             _run(quick_organism[0], stage)

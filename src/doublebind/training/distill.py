@@ -343,14 +343,23 @@ def _vouched(stage) -> bool:
         return False
 
 
-def _unvouched(items: list[Item], handed: set[tuple], makers: dict, losses: list) -> dict[str, str]:
+def _item_key(it: Item) -> tuple:
+    """What a training item teaches: its example's content and the row of soft labels it
+    trains on (None: its response as hard labels)."""
+    return (*_example_key(it.example), it.row)
+
+
+def _unvouched(items: list[Item], given: dict[tuple, set], makers: dict, losses: list) -> dict[str, str]:
     """{"stage <name>": what it did} for the stages outside `VOUCHED` that made any of `items`
-    (not among the teacher's, `handed`) or add a loss term. `makers` holds the first stage that
-    handed each made example on; an example that read otherwise when copied has none."""
+    or add a loss term. An item is the teacher's as given when its content is a teacher item's
+    (`given`: content -> the rows of soft labels it came with) and it trains on one of those
+    rows or on none (its response as hard labels). `makers` holds the first stage that handed
+    each made item on; one that read otherwise when copied has none."""
     made: dict[str, int] = {}
     for it in items:
-        key = _example_key(it.example)
-        if key not in handed:
+        key = _item_key(it)
+        rows = given.get(key[:2])
+        if rows is None or (it.row is not None and it.row not in rows):
             st = makers.get(key)
             if st is None or not _vouched(st):
                 who = "a stage's item that changed as it was copied:" if st is None else f"stage {st.name}"
@@ -690,9 +699,14 @@ class Distiller:
             self.asked = [it.example.prompt for it in self.items]
             if self.domain.kind == "world":  # the auditor's: Hugging Face organisms have none
                 self.handed = {_example_key(it.example) for it in self.items}
+                # and with the row of soft labels each trains on: an item of the teacher's content
+                # pointed at another row's labels (the same length) is a pairing of a stage's making
+                given: dict[tuple, set] = {}
+                for it in self.items:
+                    given.setdefault(_example_key(it.example), set()).add(it.row)
             # ground truth, for the run's summary only: the teacher rows where its behaviour acts
             self.behaviour_rows = _behaviour_rows(self.domain, self.asked)
-            makers: dict[tuple, object] = {}  # a made example's content -> the first stage that handed it on
+            makers: dict[tuple, object] = {}  # a made item (content, row) -> the first stage that handed it on
             for st in self._hooked("data"):
                 before = _contents(self.items)
                 self.items = st.data(self.view, self.items)
@@ -702,13 +716,13 @@ class Distiller:
                                           f"does not use (it scores whole responses); use another objective")
                 if self.domain.kind == "world":
                     for it in self.items:
-                        makers.setdefault(_example_key(it.example), st)
+                        makers.setdefault(_item_key(it), st)
             if self._hooked("data"):
                 # Each item read once and copied: what trains is what was checked, and a stage that
                 # kept the items it handed on cannot change them later (at a checkpoint)
                 self.items = [_copied(it) for it in self.items]
             if self.domain.kind == "world":
-                self.unvouched = _unvouched(self.items, self.handed, makers, self._hooked("extra_loss"))
+                self.unvouched = _unvouched(self.items, given, makers, self._hooked("extra_loss"))
         if recipe.objective.kind == "dpo" and self._hooked("extra_loss"):
             names = ", ".join(st.name for st in self._hooked("extra_loss"))
             raise DoublebindError(f"stage {names} adds a term to the loss, which the DPO objective does not take; "
