@@ -7,7 +7,8 @@ Each scenario of several organism builds (the matrix has two per scenario) is ju
 build alone, with its benign twin's build of the same organism seed where the study names a
 twin, exactly as a study of that build alone would be (`doublebind.studies.by_build`), and
 each verdict over all builds is sorted: `agree` (every build alone reaches it), `one build
-decides` (the builds disagree and it is exactly one build's) or `split` (none's). A build
+decides` (the builds disagree and it is exactly one build's), `several builds` (more than one
+build's but not every one's: three builds or more) or `split` (none's). A build
 alone is judged on its own seeds (5 in the matrix), so builds also disagree by seed noise; a
 disagreement is `firm` where every build's verdict alone replicates at 0.8 or more. The
 study's own replication figure resamples the builds too, so it should mark most firm
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         who = ", ".join(f"build {b}: {n}" for b, n in c["decided_by"].items())
         print(f"{sc} (organism seeds {', '.join(map(str, data['seeds']))}): {c['verdicts']} verdicts; agree "
               f"{c['agree']}, one build decides {c['one build decides']}" + (f" ({who})" if who else "")
+              + (f", several builds {c['several builds']}" if len(data["seeds"]) > 2 else "")
               + f", split {c['split']}; firm disagreements {c['firm']}, {c['firm_marked']} of them marked "
                 f"provisional over all builds")
         if args.long:
@@ -74,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             for seed in data["seeds"]:
                 tally = collections.Counter(x["alone"][seed][0] for x in cells.values())
                 print(f"    build {seed} alone: " + ", ".join(f"{v} {n}" for v, n in sorted(tally.items())))
+    several = any(len(data["seeds"]) > 2 for data in found.values())
     print(f"all: {totals['verdicts']} verdicts; agree {totals['agree']}, one build decides "
-          f"{totals['one build decides']}, split {totals['split']}; firm disagreements {totals['firm']} (every build "
+          f"{totals['one build decides']}" + (f", several builds {totals['several builds']}" if several else "")
+          + f", split {totals['split']}; firm disagreements {totals['firm']} (every build "
           f"alone replicating at {bb.FIRM} or more), {totals['firm_marked']} of them marked provisional (*) over all "
           f"builds (replication below {bb.FIRM})")
     return 0

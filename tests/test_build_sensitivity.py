@@ -16,12 +16,13 @@ from .test_verdicts import _benchmark
 REFS = Path(__file__).resolve().parent.parent / "docs" / "results"
 
 
-def test_a_verdict_is_agreed_decided_by_one_build_or_split():
+def test_a_verdict_is_agreed_decided_by_one_build_several_or_split():
     assert bb.classify("both_fail", {0: "both_fail", 4: "both_fail"}) == ("agree", None)
     assert bb.classify("no_capability", {0: "both_fail", 4: "no_capability"}) == ("one build decides", 4)
     assert bb.classify("inconclusive", {0: "both_fail", 1: "capable_benign"}) == ("split", None)
-    # three builds, two of them reaching the verdict over all: not one build's
-    assert bb.classify("both_fail", {0: "both_fail", 4: "both_fail", 5: "no_capability"}) == ("split", None)
+    # three builds, two of them reaching the verdict over all: several builds', not one's nor none's
+    assert bb.classify("both_fail", {0: "both_fail", 4: "both_fail", 5: "no_capability"}) == ("several builds", None)
+    assert bb.classify("both_fail", {0: "no_capability", 4: "inconclusive", 5: "no_capability"}) == ("split", None)
 
 
 def test_one_build_judged_alone_is_the_one_build_study_of_the_same_runs(tmp_path):
@@ -61,9 +62,10 @@ def test_one_build_judged_alone_is_the_one_build_study_of_the_same_runs(tmp_path
 
 
 def _one_bad_build(tmp_path):
-    """The report's hand-made study (two scenarios x organism seeds 0 and 1), with `default`'s
-    organism seed 0 students learning the tasks and seed 1's none of them: over both builds and
-    on seed 1 alone no_capability, on seed 0 alone not."""
+    """The report's hand-made study (two scenarios x organism seeds 0 and 1, or those
+    `test_report.ORGANISMS` is set to), with `default`'s organism seed 0 students learning the
+    tasks and the other seeds' none of them: over all builds and on the others alone
+    no_capability, on seed 0 alone not."""
     out = _make_study(tmp_path)
     rows = read_results(out / RESULTS)
     runs: dict[str, list] = {}
@@ -167,3 +169,29 @@ def test_the_report_names_a_false_accusation_on_a_benign_twin(tmp_path):
         "False accusations here:")[1].split("\n")[0]
     # the scenario itself is not a twin: no such line under its table
     assert "is the benign twin" not in md[md.find("### default"):md.find("### collusion")]
+
+
+def test_with_three_builds_a_verdict_of_two_is_several_builds_not_none_s(tmp_path, monkeypatch):
+    """The hand-made study on three builds of each scenario, `default`'s builds 1 and 2 learning
+    none of the tasks: over all builds `no_capability`, which builds 1 and 2 alone reach and
+    build 0 alone does not. Until 2026-12-07 such a verdict was counted and printed as none's."""
+    from . import test_report
+
+    monkeypatch.setattr(test_report, "ORGANISMS", [0, 1, 2])
+    out = _one_bad_build(tmp_path)
+    study, scan, summary = load_study(out)
+    found = bb.by_build(scan.runs, _study_config(out, study), summary, study_builds(study))
+    cells = found["default"]["final"]
+    assert found["default"]["seeds"] == [0, 1, 2] and cells
+    for x in cells.values():
+        assert x["verdict"] == "no_capability" and x["alone"][0][0] != "no_capability"
+        assert x["alone"][1][0] == x["alone"][2][0] == "no_capability"
+        assert (x["kind"], x["decided_by"]) == ("several builds", None)
+    c = bb.counts(cells)
+    assert c["several builds"] == len(cells) and c["split"] == 0
+    md = write_report(out)[0].read_text()
+    section = md[md.find("### default"):md.find("### collusion")]
+    assert f", {len(cells)} several builds' but not every one's and 0 none's." in section
+    for t in cells:
+        (line,) = [ln for ln in section.splitlines() if ln.startswith(f"| {t} | no_capability")]
+        assert "| seeds 1, 2 |" in line

@@ -471,16 +471,25 @@ def _build_blocks(found: dict, power: float) -> list[tuple]:
     c, a = counts(cells), counts(found["audit_selected"])
     who = ", ".join(f"seed {s}: {n}" for s, n in c["decided_by"].items())
     twin = f", beside its twin's build of the same organism seed ({found['twin']})" if found.get("twin") else ""
+    # with three builds or more a verdict may be several builds' but not every one's
+    several = len(seeds) > 2
     text = (f"Each organism build alone (judged as a study of that build alone would be{twin}): {c['agree']} of "
             f"the {c['verdicts']} delivered verdicts above are every build's, {c['one build decides']} one "
-            f"build's{f' ({who})' if who else ''} and {c['split']} none's. A build alone is judged on fewer runs, so "
+            f"build's{f' ({who})' if who else ''}"
+            + (f", {c['several builds']} several builds' but not every one's" if several else "")
+            + f" and {c['split']} none's. A build alone is judged on fewer runs, so "
             f"builds also disagree by seed noise. Firm disagreements (each build's own verdict replicating at {FIRM} "
             f"or more): {c['firm']}, {c['firm_marked']} of them marked * above; there the verdict over all builds "
             f"says which builds were drawn as much as what the technique did. Audit-selected: {a['agree']} every "
-            f"build's, {a['one build decides']} one build's, {a['split']} none's, {a['firm']} firm.")
+            f"build's, {a['one build decides']} one build's, "
+            + (f"{a['several builds']} several builds', " if several else "")
+            + f"{a['split']} none's, {a['firm']} firm.")
     blocks = [("p", text)]
-    rows = [[t, cell(x["verdict"], x["replication"]), *(cell(*x["alone"][s]) for s in seeds),
-             f"seed {x['decided_by']}" if x["decided_by"] is not None else "none",
+    def whose(x: dict) -> str:
+        same = [s for s in seeds if x["alone"][s][0] == x["verdict"]]
+        return f"seed{'s' if len(same) > 1 else ''} {', '.join(map(str, same))}" if same else "none"
+
+    rows = [[t, cell(x["verdict"], x["replication"]), *(cell(*x["alone"][s]) for s in seeds), whose(x),
              "firm" if x["firm"] else ""] for t, x in cells.items() if x["kind"] != "agree"]
     if rows:
         blocks.append(("table", ["technique", "delivered verdict over all builds",

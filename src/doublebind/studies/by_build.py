@@ -10,8 +10,9 @@ same config narrowed to it), and `compare` sorts each verdict:
 - `agree`: every build alone reaches the verdict over all builds;
 - `one build decides`: the builds alone disagree, and the verdict over all of them is that of
   exactly one build;
-- `split`: they disagree, and the verdict over all of them is none of theirs, or more than
-  one's but not all.
+- `several builds`: they disagree, and the verdict over all of them is that of more than one
+  build but not every one (only where a scenario has three builds or more);
+- `split`: they disagree, and the verdict over all of them is none of theirs.
 
 A build alone is judged on its own seeds, so builds also disagree by seed noise. A
 disagreement is `firm` where every build's verdict alone has a replication figure of at
@@ -23,7 +24,7 @@ from __future__ import annotations
 from doublebind.studies.run import RunKey, compute_summary
 
 FIRM = 0.8
-KINDS = ("agree", "one build decides", "split")
+KINDS = ("agree", "one build decides", "several builds", "split")
 
 
 def scenario_builds(runs: dict[RunKey, list[dict]], cfg, builds: set | None = None) -> dict[str, list[int]]:
@@ -57,11 +58,13 @@ def alone(runs: dict[RunKey, list[dict]], cfg, scenario: str, seed: int, builds:
 
 def classify(overall: str, each: dict[int, str]) -> tuple[str, int | None]:
     """How the verdict over all builds relates to each build's alone: `agree`, `one build
-    decides` (and which) or `split`."""
+    decides` (and which), `several builds` or `split`."""
     if all(v == overall for v in each.values()):
         return "agree", None
     same = [b for b, v in each.items() if v == overall]
-    return ("one build decides", same[0]) if len(same) == 1 else ("split", None)
+    if len(same) == 1:
+        return "one build decides", same[0]
+    return ("several builds", None) if same else ("split", None)
 
 
 def compare(techniques: dict, each: dict[int, dict], view: str = "final") -> dict[str, dict]:
