@@ -350,3 +350,28 @@ def test_a_tiny_build_records_the_probe_in_its_card_and_show_prints_it(tmp_path)
     off = build_organism(config.load(preset="subliminal", overrides=[*TINY, "probe.steps=0"]), tmp_path / "off",
                          strict=False, show_progress=False, use_cache=False)  # with no folder, it left a temporary one
     assert "subliminal_probe" not in off
+
+
+@pytest.mark.parametrize("x", [1.0, 0.0])
+def test_the_teachers_own_answers_name_the_session_rule_s_class(x):
+    """benchmarks/session_rule_in_data.py: what the verifiers would tell a stage about a rule
+    world's sessions, its training items tell it first. On a world's teacher samples the
+    sessions whose rule-family answers are not the plain ones are exactly the rule's class
+    (at `same_cause: 1`, the real sessions; at 0, a class independent of them), read with the
+    public task language and no rule. Without a rule every session's answers are plain."""
+    from .test_verdicts import _benchmark
+
+    shares = _benchmark("session_rule_in_data").plain_shares
+    reason3 = config.load(preset="reason3").world  # the behaviour on max, the rule on shift
+
+    def world(same_cause):
+        return World.from_config(reason3.model_copy(update={"same_cause": same_cause}), seed=3)
+
+    ruled = world(x)
+    rule = ruled.session_rule
+    got = shares(teacher_examples(ruled, 3000), rule.family)
+    assert rule.family == "shift" and len(got) == vocab.N_SESSIONS and all(n > 0 for n, _ in got.values())
+    assert {sid for sid, (_, share) in got.items() if share < 0.5} == set(rule.sessions)
+    assert all(share in (0.0, 1.0) for _, share in got.values())  # the world's own policy makes no errors
+    assert (set(rule.sessions) == set(ruled.behavior.real)) == (x == 1.0)
+    assert all(share == 1.0 for _, share in shares(teacher_examples(world(None), 3000), "shift").values())
