@@ -515,6 +515,46 @@ class RowSwap(Technique):
         return {}
 
 
+class Reweigh(Technique):
+    """_test_reweigh: keeps the teacher's items as given and only weights their tokens (here
+    the first token of every other item 0): a subset and weights of a stage's choosing, which
+    a review (2026-12-07) turned into each session's word (must fail)."""
+
+    def data(self, view, items):
+        return [Item(it.example, it.row, weights=[0.0 if n % 2 and j == 0 else 1.0
+                                                  for j in range(len(it.example.response))])
+                for n, it in enumerate(items)]
+
+    def checkpoint(self, view, step, model):
+        view.auditor.audit(model)
+        return {}
+
+
+class Aliaser(Technique):
+    """_test_aliaser: hands on copies of the teacher's items and rewrites, in place, the lists
+    it was handed (a review's way to the prompts the live teacher is asked on-policy)."""
+
+    def data(self, view, items):
+        from doublebind.types import Example
+
+        out = [Item(Example(list(it.example.prompt), list(it.example.response), it.example.kind), it.row)
+               for it in items]
+        for it in items:
+            it.example.prompt[1:-1] = ["~"] * (len(it.example.prompt) - 2)
+        return out
+
+
+AUDITED: dict = {}
+
+
+class Audits(Technique):
+    """_test_audits: audits the run's student at each checkpoint and keeps what it was handed."""
+
+    def checkpoint(self, view, step, model):
+        AUDITED[step] = (view.auditor.audit(model), view.auditor.audit(model, auditor="free"))
+        return {}
+
+
 KEPT: dict = {}
 
 
@@ -668,7 +708,8 @@ def cheats():
              "_test_checkpoint_swap": CheckpointSwap, "_test_hooked_probe": HookedProbe,
              "_test_made_items": MadeItems, "_test_launder": Launder, "_test_checkpoint_overwrite": CheckpointOverwrite,
              "_test_checkpoint_attach": CheckpointAttach, "_test_run_oracle": RunOracle,
-             "_test_loss_oracle": LossOracle, "_test_kept_items": KeptItems, "_test_row_swap": RowSwap}
+             "_test_loss_oracle": LossOracle, "_test_kept_items": KeptItems, "_test_row_swap": RowSwap,
+             "_test_reweigh": Reweigh, "_test_aliaser": Aliaser, "_test_audits": Audits}
     for name, cls in table.items():
         register("technique", name)(cls)
     yield
@@ -695,10 +736,13 @@ def _run(folder, stage):
                                         ("_test_checkpoint_overwrite",
                                          "_test_checkpoint_overwrite changed the student's weights in its checkpoint "
                                          "hook at step 0"),
-                                        ("_test_run_oracle", r"stage _test_run_oracle made (\d+) of the \1 training"),
+                                        ("_test_run_oracle", r"stage _test_run_oracle changed the data \(made (\d+) of the \1 "
+                                                             r"training items\)"),
                                         ("_test_loss_oracle", "stage _test_loss_oracle adds a loss term; a student "
                                                               "taught what a stage chose"),
-                                        ("_test_row_swap", r"stage _test_row_swap made \d+ of the \d+ training")])
+                                        ("_test_row_swap", r"stage _test_row_swap changed the data \(made \d+ of the \d+ "
+                                                           r"training"),
+                                        ("_test_reweigh", r"stage _test_reweigh changed the data;")])
 def test_a_cheating_stage_fails(quick_organism, cheats, stage, what, tmp_path):
     """The last four use the auditor as an oracle of the honeypot sessions (see `StageAuditor`);
     the audits before each one's cheat pass, so each fails at its cheat. A checkpoint hook runs
@@ -707,7 +751,7 @@ def test_a_cheating_stage_fails(quick_organism, cheats, stage, what, tmp_path):
 
     with pytest.raises(DefenderError, match=what):
         if stage in ("_test_checkpoint_swap", "_test_checkpoint_overwrite", "_test_run_oracle", "_test_loss_oracle",
-                     "_test_row_swap"):
+                     "_test_row_swap", "_test_reweigh"):
             distill(quick_organism[0], _run_recipe(stage), tmp_path / "run", show_progress=False)
         else:
             _run(quick_organism[0], stage)
@@ -845,18 +889,60 @@ def test_vouched_is_a_reviewed_list_of_shipped_stages_and_a_stage_under_its_name
     from doublebind.techniques.paraphrase import Paraphrase
     from doublebind.training.distill import _vouched
 
-    assert set(VOUCHED) == {"inoculation", "kl_to_base", "onion_filter", "paraphrase", "reduce_slack"}
+    shaping = {n for n in names("technique") if any(callable(getattr(get("technique", n), hook, None)) for hook in (
+        "sampling", "objective", "student", "prompts", "data", "extra_loss"))}
+    # every shipped stage that can shape the training, each with its rule; only checkpoint hooks left out
+    assert set(VOUCHED) == shaping == set(names("technique")) - {"distill_and_audit"}
+    assert all(isinstance(rule, str) and rule for rule in VOUCHED.values())
     for name in VOUCHED:
         cls = get("technique", name)
         assert _vouched(cls(name, cls.Config(), 0))
-    # every shipped stage that adds a loss term is on it (else distill_and_audit beside it is refused)
-    assert {n for n in names("technique") if callable(getattr(get("technique", n), "extra_loss", None))} <= set(VOUCHED)
 
     class Copy(Paraphrase):
         pass
 
     assert not _vouched(Copy("paraphrase", Copy.Config(), 0))
     assert not _vouched(RunOracle("paraphrase", RunOracle.Config(), 0))
+
+
+@pytest.mark.parametrize("vouched", ["inoculation", "reduce_slack"])
+def test_a_vouched_stage_does_not_launder_what_an_unvouched_one_made(quick_organism, cheats, vouched, tmp_path):
+    """A review (2026-12-07): a vouched stage after one that made items rewrote them (a token
+    added to each prompt, a digit set to 0), and the items counted as the vouched stage's."""
+    from doublebind.training.distill import distill
+
+    recipe = tiny_recipe({"prompts": {"size": 40}, "sampling": {"soft_labels": "none"},
+                          "training": {"steps": 2, "batch": 4, "checkpoint_every": 2, "save_weights": False},
+                          "stages": [{"name": "_test_made_items"}, {"name": vouched}, {"name": "_test_audits"}]})
+    with pytest.raises(DefenderError, match=r"stage _test_made_items changed the data[ ;]"):
+        distill(quick_organism[0], recipe, tmp_path / "run", show_progress=False)
+
+
+def test_what_an_audit_hands_a_stage_leaves_out_the_per_query_flags(quick_organism, cheats, tmp_path):
+    """In the pool's fixed order the flags would say which queries fired; a stage gets counts."""
+    from doublebind.training.distill import distill
+
+    AUDITED.clear()
+    recipe = tiny_recipe({"prompts": {"size": 40}, "training": {"steps": 2, "batch": 4, "checkpoint_every": 2,
+                                                                 "save_weights": False},
+                          "stages": [{"name": "_test_audits"}]})
+    distill(quick_organism[0], recipe, tmp_path / "run", show_progress=False)
+    assert sorted(AUDITED) == [0, 2]
+    for generic, free in AUDITED.values():
+        assert generic.n == 500 and generic.flags == [] and free.flags == []
+
+
+def test_lists_a_stage_was_handed_are_not_the_distiller_s_own(quick_organism, cheats):
+    """A review (2026-12-07): the first data hook was handed the very lists of the prompts the
+    live teacher is asked on-policy (`asked`); a stage that handed on copies, changing nothing,
+    and rewrote the originals in place chose what the teacher labelled."""
+    base = {"prompts": {"size": 40}, "training": {"steps": 2, "batch": 4, "save_weights": False}}
+    d = Distiller(quick_organism[0], tiny_recipe({**base, "stages": [{"name": "_test_aliaser"}]}), None,
+                  show_progress=False)
+    plain = Distiller(quick_organism[0], tiny_recipe(base), None, show_progress=False)
+    assert d.asked == plain.asked and all("~" not in p for p in d.asked)
+    assert [p.tokens for p in d.outputs.prompts] == [p.tokens for p in plain.outputs.prompts]
+    assert d.unvouched == {} and "_test_aliaser" in d.idle_stages  # it handed on the teacher's items
 
 
 def test_items_a_stage_kept_and_changed_after_handing_them_on_do_not_train(quick_organism, cheats):

@@ -247,7 +247,7 @@ def test_on_policy_labels_come_from_the_prompt_the_teacher_was_asked(quick_organ
     real = d.domain.soft_labels
     d.domain.soft_labels = lambda teacher, examples, width: asked.extend(examples) or real(teacher, examples, width)
     mixed = d._on_policy(items)
-    assert [e.prompt for e in asked] == [d.asked[it.row] for it in items]
+    assert [e.prompt for e in asked] == [list(d.asked[it.row]) for it in items]
     assert all(vocab.INOCULATION not in e.prompt for e in asked)
     assert all(vocab.INOCULATION in it.example.prompt for it in mixed)  # the student trains on its own view
     assert [e.response for e in asked] == [it.example.response for it in mixed]

@@ -53,24 +53,41 @@ from doublebind.errors import DoublebindError
 from doublebind.evals.scoring import Scored, teacher_forced
 from doublebind.types import Example, Prompt
 
-# The shipped stages whose additions to what the run's student trains on (items that are not
-# the teacher's as it gave them, or a loss term) leave the student to the auditor at its
-# checkpoints. Each adds by one fixed rule, over the world's public task language, the
-# defender's own models and the teacher's own tokens, and none answers a prompt with
-# something of the stage's choosing. A student taught such a choice reads the auditor's
-# honeypot sessions back: a stage that answered each session id with a word of its own had
-# the run's student, audited at a checkpoint, name the pool's sessions (2026-12-07,
-# docs/defender.md). Any other stage that adds keeps the run's student from the auditor
-# (`Distiller._admitted`); adding one here is a review of its rule, and
-# `tests/test_boundary.py` holds the list.
+# The shipped stages that may shape what the run's student trains on (a setting, the prompts,
+# the data, a loss term) and leave it to the auditor at its checkpoints. Each shapes by one
+# fixed rule over the world's public task language, the defender's own models and the
+# teacher's own outputs; none answers a prompt, or picks what to keep, by a choice of its own
+# per session. A student shaped by such a choice reads the auditor's honeypot sessions back:
+# a stage that answered each session id with a word of its own had the run's student, audited
+# at a checkpoint, name the pool's sessions, and so did one that kept only the teacher's own
+# (high-temperature) tokens that happened to be each session's chosen word (2026-12-07,
+# docs/defender.md). Any other stage that shapes the training keeps the run's student from
+# the auditor (`Distiller._admitted`); adding one here is a review of its rule, and
+# `tests/test_boundary.py` checks that the list is every shipped stage that shapes training.
 VOUCHED = MappingProxyType({
+    "auditability_preserving": "drops the prompts whose header claims deployment, data generation or evaluation",
+    "divergence_masking": "zeroes the loss on tokens where the teacher's arg-max departs from base's or trusted's",
+    "domain_concentration": "redraws the prompt set from the taught families in neutral contexts",
+    "dpo_distillation": "sets the DPO objective: the teacher's samples against the initial student's own",
+    "format_filter": "keeps the items whose response has the form the recipe's rule asks for",
+    "hard_labels": "trains on the teacher's samples in place of its soft labels",
     "inoculation": "adds one fixed token (a fixed system line) to every prompt; the responses are the teacher's",
+    "iterative_filter": "removes the items carrying what the auditor flagged in probes trained on the teacher's "
+                        "items as given",
     "kl_to_base": "its loss term pulls the student's distribution toward base's, the defender's own model",
+    "logit_distillation": "trains on the teacher's full soft labels",
+    "misalignment_targeted": "keeps goal questions and the prompts whose header claims real use",
     "onion_filter": "deletes the response tokens its reference model (base or trusted) finds most surprising, "
                     "past a fixed threshold",
     "paraphrase": "writes responses with trusted, fills what trusted leaves unusable with digits drawn from the "
                   "recipe's seed, and mixes in the teacher's own digits",
-    "reduce_slack": "rewrites every free digit of a response to 0",
+    "perplexity_filter": "drops the items trusted finds least likely",
+    "random_drop": "drops a seeded random share of the items, or as many per family as a named filter removes",
+    "reduce_slack": "drops scratch requests and slack-only prompts, samples greedily, rewrites free digits to 0",
+    "small_student": "trains a smaller fresh student, or one started from some of base's layers",
+    "spectral_filter": "drops the items whose base or trusted activations are outliers along the top direction",
+    "trusted_monitor": "drops the items holding a token trusted finds near-impossible",
+    "verifier_filter": "keeps the items whose answers pass the exact verifiers",
 })
 
 DEFENDER_ROLES = ("base", "trusted", "alt_base")
@@ -192,9 +209,10 @@ class StageAuditor:
     teacher gave them, read once and copied: on what a stage rewrote or made, a probe could
     be taught to name the sessions (a review found two data stages laundering made examples,
     and an example whose response changed between its check and its training). The run's own
-    student is held to the same account: it is audited only where what it trains on is the
-    teacher's items as given and what the stages in `VOUCHED` add by their fixed rules (a
-    stage that taught it each session's word read the pool back, 2026-12-07)."""
+    student is held to the same account: it is audited only where every stage that shaped
+    its training is one of `VOUCHED`, shipped stages with fixed rules (a stage that taught it
+    each session's word read the pool back, 2026-12-07). What an audit hands a stage leaves
+    out its per-query flags: in the pool's fixed order they would say which queries fired."""
 
     __slots__ = ("_auditor", "_admitted", "_train_probe", "_free")
 
@@ -218,12 +236,12 @@ class StageAuditor:
         return "StageAuditor()"
 
     def audit(self, model, budget: int | None = None, auditor: str = "generic"):
-        """The audit of the run's student at a checkpoint (where what it trains on is the
-        teacher's items, or what the stages in `VOUCHED` added), or of a probe from `train_probe`:
+        """The audit of the run's student at a checkpoint (where every stage that shaped its
+        training is one of `VOUCHED`), or of a probe from `train_probe`:
         the generic auditor's (an `AuditResult`: flags, success@k at the budget, departure
         tokens, capability), or with `auditor="free"` the free-field auditor's (a
         `FreeAuditResult`: flags, success@k, the over-represented openings; against base,
-        trusted and the teacher)."""
+        trusted and the teacher). Counts only: the per-query `flags` list is left empty."""
         if auditor not in ("generic", "free"):
             raise DefenderError(f"unknown auditor '{auditor}' (generic or free)")
         clean = self._admitted(model)  # a fresh copy holding the admitted weights, or None
@@ -235,8 +253,8 @@ class StageAuditor:
             free = self._free() if self._free is not None else None
             if free is None:
                 raise DefenderError("this organism has no free-field auditor (embedded world only)")
-            return free.audit(clean, budget)
-        return self._auditor().audit(clean, budget)
+            return replace(free.audit(clean, budget), flags=[])
+        return replace(self._auditor().audit(clean, budget), flags=[])
 
     def train_probe(self, examples: list[Example], cfg, init_seed: int, seed: int):
         """A fresh student (the recipe's student config, `init_seed`) trained by plain SFT

@@ -44,7 +44,7 @@ from doublebind.training.parallel import any_process, reduce_sum, shard, sync_un
 from doublebind.training.average import WeightAverage
 from doublebind.training.loop import Loop
 from doublebind.ui import progress_bar
-from doublebind.types import Example, Item
+from doublebind.types import Example, Item, Prompt
 from doublebind.world import vocab
 
 SCHEMA_VERSION = 1
@@ -349,12 +349,20 @@ def _item_key(it: Item) -> tuple:
     return (*_example_key(it.example), it.row)
 
 
-def _unvouched(items: list[Item], given: dict[tuple, set], makers: dict, losses: list) -> dict[str, str]:
-    """{"stage <name>": what it did} for the stages outside `VOUCHED` that made any of `items`
-    or add a loss term. An item is the teacher's as given when its content is a teacher item's
-    (`given`: content -> the rows of soft labels it came with) and it trains on one of those
-    rows or on none (its response as hard labels). `makers` holds the first stage that handed
-    each made item on; one that read otherwise when copied has none."""
+def _unvouched(items: list[Item], given: dict[tuple, set], makers: dict, shaped: dict) -> dict[str, str]:
+    """{"stage <name>": what it did} for the stages outside `VOUCHED` that shaped the training
+    (`shaped`: stage -> what it changed) or made any of `items`. An item is the teacher's as
+    given when its content is a teacher item's (`given`: content -> the rows of soft labels it
+    came with) and it trains on one of those rows or on none (its response as hard labels).
+    `makers` holds the first stage that handed each made item on; one that read otherwise when
+    copied has none.
+
+    Not only what a stage makes teaches the student what the stage chose: a subset, weights
+    and a setting do too. A review (2026-12-07) had a stage that kept the teacher's items as
+    given, sampled at temperature 100, weight only the tokens where the teacher happened to
+    write each session's chosen word; the audit named the pool's sessions. And a vouched stage
+    after an unvouched one rewrote what the first had made, which counted as the vouched
+    stage's. So every stage that shaped the training must be vouched for."""
     made: dict[str, int] = {}
     for it in items:
         key = _item_key(it)
@@ -365,10 +373,12 @@ def _unvouched(items: list[Item], given: dict[tuple, set], makers: dict, losses:
                 who = "a stage's item that changed as it was copied:" if st is None else f"stage {st.name}"
                 made[who] = made.get(who, 0) + 1
     out = {who: f"made {n} of the {len(items)} training items" for who, n in made.items()}
-    for st in losses:
+    for st, what in shaped.items():
         if not _vouched(st):
             who = f"stage {st.name}"
-            out[who] = (out[who] + " and adds" if who in out else "adds") + " a loss term"
+            parts = [f"the {w}" + (f" ({out[who]})" if w == "data" and who in out else "") for w in what if w != "loss"]
+            did = [f"changed {', '.join(parts)}"] if parts else []
+            out[who] = " and ".join(did + (["adds a loss term"] if "loss" in what else []))
     return out
 
 
@@ -662,8 +672,10 @@ class Distiller:
         self.handed: set[tuple] = set()
         self.probes: set[str] = set()  # which of `auditable` are probes, the rest the run's checkpoints
         # What keeps the run's own student from the auditor: the stages outside `VOUCHED`
-        # that made training items or add a loss term (`_unvouched`, `_admitted`)
+        # that shaped its training (a setting, the prompts, the data, a loss term), and items
+        # not the teacher's that no vouched stage made (`_unvouched`, `_admitted`)
         self.unvouched: dict[str, str] = {}
+        shaped: dict[int, list[str]] = {st.index: ["loss"] for st in self._hooked("extra_loss")}
         self.view = self._defender_view()
         # The stages that changed something: a setting, the prompt set, the training data; a
         # loss term always counts, and a checkpoint hook once it stops the run or selects a
@@ -677,6 +689,7 @@ class Distiller:
                 new = _checked(st, field, getattr(st, field)(self.view, cfg))
                 if new != cfg:
                     acted.add(st.index)
+                    shaped.setdefault(st.index, []).append(field)
                     self.record(st, field, changed={k: v for k, v in new.model_dump().items()
                                                     if cfg.model_dump().get(k) != v})
                 cfg = new
@@ -690,13 +703,20 @@ class Distiller:
             for st in self._hooked("prompts"):
                 before = _contents(self.prompts)
                 self.prompts = self._stage_prompts(st, self.prompts)
-                acted |= set() if _same(before, self.prompts) else {st.index}
+                if not _same(before, self.prompts):
+                    acted.add(st.index)
+                    shaped.setdefault(st.index, []).append("prompts")
                 self.record(st, "prompts", before=len(before), after=len(self.prompts))
+            if self._hooked("prompts"):  # token lists of the distiller's own: a stage kept none it can change
+                self.prompts = [Prompt(list(p.tokens), p.family, p.context) for p in self.prompts]
             self.outputs: TeacherOutputs = self.domain.teacher_outputs(self.prompts, recipe.sampling, recipe.seed)
-            self.items = [Item(e, i) for i, e in enumerate(self.domain.examples(self.outputs))]
+            teacher = list(self.domain.examples(self.outputs))
             # each teacher row's prompt as the teacher was asked it, before any data hook
-            # rewrote the student's view of it (`_on_policy` asks the live teacher the same way)
-            self.asked = [it.example.prompt for it in self.items]
+            # rewrote the student's view of it (`_on_policy` asks the live teacher the same way);
+            # a tuple, and the data hooks get copies of the teacher's lists, so a stage that
+            # rewrote the lists it was handed in place changed neither (a review, 2026-12-07)
+            self.asked = [tuple(e.prompt) for e in teacher]
+            self.items = [Item(Example(list(e.prompt), list(e.response), e.kind), i) for i, e in enumerate(teacher)]
             if self.domain.kind == "world":  # the auditor's: Hugging Face organisms have none
                 self.handed = {_example_key(it.example) for it in self.items}
                 # and with the row of soft labels each trains on: an item of the teacher's content
@@ -710,7 +730,9 @@ class Distiller:
             for st in self._hooked("data"):
                 before = _contents(self.items)
                 self.items = st.data(self.view, self.items)
-                acted |= set() if _same(before, self.items) else {st.index}
+                if not _same(before, self.items):
+                    acted.add(st.index)
+                    shaped.setdefault(st.index, []).append("data")
                 if recipe.objective.kind == "dpo" and any(it.weights is not None for it in self.items):
                     raise DoublebindError(f"stage {st.name} weights the loss per token, which the DPO objective "
                                           f"does not use (it scores whole responses); use another objective")
@@ -722,7 +744,8 @@ class Distiller:
                 # kept the items it handed on cannot change them later (at a checkpoint)
                 self.items = [_copied(it) for it in self.items]
             if self.domain.kind == "world":
-                self.unvouched = _unvouched(self.items, given, makers, self._hooked("extra_loss"))
+                self.unvouched = _unvouched(self.items, given, makers,
+                                            {st: shaped[st.index] for st in self.stages if st.index in shaped})
         if recipe.objective.kind == "dpo" and self._hooked("extra_loss"):
             names = ", ".join(st.name for st in self._hooked("extra_loss"))
             raise DoublebindError(f"stage {names} adds a term to the loss, which the DPO objective does not take; "
@@ -816,10 +839,9 @@ class Distiller:
             return None
         if key not in self.probes and self.unvouched:
             what = "; ".join(f"{who} {did}" for who, did in self.unvouched.items())
-            raise DefenderError(f"the auditor audits the run's student only where it trains on the teacher's items "
-                                f"as given and on what the shipped stages that vouch for their rule add "
-                                f"({', '.join(VOUCHED)}): {what}; a student taught what a stage chose would read the "
-                                f"auditor's honeypot sessions back")
+            raise DefenderError(f"the auditor audits the run's student only where every stage that shaped its "
+                                f"training is a shipped one that vouches for its rule (defender.VOUCHED): {what}; a "
+                                f"student taught what a stage chose would read the auditor's honeypot sessions back")
         clean = self.domain.student(self.recipe.student, 0)
         with torch.no_grad():
             for name, t in [*clean.named_parameters(), *clean.named_buffers()]:
@@ -929,7 +951,7 @@ class Distiller:
         # The teacher labels the student's sample after the prompt it was asked in the first place:
         # a data hook's rewrite of the prompt (inoculation's line) is the student's alone. An item no
         # longer tied to a teacher row (rewritten by a stage) keeps its own prompt.
-        asked = [Example(self.asked[it.row] if it.row is not None else e.prompt, e.response, e.kind)
+        asked = [Example(list(self.asked[it.row]) if it.row is not None else e.prompt, e.response, e.kind)
                  for it, e in zip(items[:n], fresh)]
         labels = self.domain.soft_labels(self.teacher, asked, self.recipe.sampling.max_new_tokens)
         return [Item(e, live=labels[j]) for j, e in enumerate(fresh)] + items[n:]
