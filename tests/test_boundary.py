@@ -9,6 +9,7 @@ an error that says what a defender does not have, while every real stage runs.
 from __future__ import annotations
 
 import ast
+import re
 import copy
 import pickle
 from pathlib import Path
@@ -441,19 +442,6 @@ class ProbeTrainedOn(Technique):
         return items
 
 
-class CheckpointSwap(Technique):
-    """_test_checkpoint_swap: changes the checkpoint it is handed, then audits it (must fail)."""
-
-    def checkpoint(self, view, step, model):
-        import torch
-
-        view.auditor.audit(model)  # as handed over: audited
-        with torch.no_grad():
-            next(model.parameters()).add_(1.0)
-        view.auditor.audit(model)
-        return {}
-
-
 class CheckpointOverwrite(Technique):
     """_test_checkpoint_overwrite: writes weights of its own into the live student at a
     checkpoint, audits nothing (must fail: the run would train on from them, and the next
@@ -544,6 +532,59 @@ class Aliaser(Technique):
         return out
 
 
+class Tok(int):
+    """A token that equals anything (and hashes as an int): what a review passed off as the
+    teacher's tokens (2026-12-07)."""
+
+    def __eq__(self, other):
+        return True
+
+    __hash__ = int.__hash__
+
+
+class TokStage(Technique):
+    """_test_tok: hands on the teacher's items with responses of `Tok`s (must fail)."""
+
+    def data(self, view, items):
+        return [Item(type(it.example)(it.example.prompt, [Tok(3) for _ in it.example.response], it.example.kind),
+                     it.row) for it in items]
+
+
+class InplaceFilter(Technique):
+    """_test_inplace_filter: a filter (`removes_only`) that rewrites the items it is handed in
+    place and keeps them all."""
+
+    removes_only = True
+
+    def data(self, view, items):
+        for it in items:
+            it.example.response[:] = ["~", "<eos>"]
+        return items
+
+
+class TrainsTrusted(Technique):
+    """_test_trains_trusted: trains the defender's trusted model in place, as a review's stage
+    did around `paraphrase` (must fail), at the phase `TRAINS["when"]` names."""
+
+    def _train(self, view):
+        import torch
+
+        with torch.no_grad():
+            next(view.load_model("trusted").parameters()).mul_(0.5)
+
+    def data(self, view, items):
+        view.load_model("trusted")  # loaded, not changed
+        if TRAINS["when"] == "data":
+            self._train(view)
+        return items
+
+    def checkpoint(self, view, step, model):
+        if TRAINS["when"] == "checkpoint":
+            self._train(view)
+        return {}
+
+
+TRAINS: dict = {}
 AUDITED: dict = {}
 
 
@@ -705,11 +746,12 @@ def cheats():
     table = {"_test_cheat": Cheat, "_test_white_box": WhiteBox, "_test_card": CardReader, "_test_oracle": Oracle,
              "_test_free_oracle": FreeOracle,
              "_test_made_probe": MadeProbe, "_test_probe_trained_on": ProbeTrainedOn,
-             "_test_checkpoint_swap": CheckpointSwap, "_test_hooked_probe": HookedProbe,
+             "_test_hooked_probe": HookedProbe,
              "_test_made_items": MadeItems, "_test_launder": Launder, "_test_checkpoint_overwrite": CheckpointOverwrite,
              "_test_checkpoint_attach": CheckpointAttach, "_test_run_oracle": RunOracle,
              "_test_loss_oracle": LossOracle, "_test_kept_items": KeptItems, "_test_row_swap": RowSwap,
-             "_test_reweigh": Reweigh, "_test_aliaser": Aliaser, "_test_audits": Audits}
+             "_test_reweigh": Reweigh, "_test_aliaser": Aliaser, "_test_audits": Audits, "_test_tok": TokStage,
+             "_test_inplace_filter": InplaceFilter, "_test_trains_trusted": TrainsTrusted}
     for name, cls in table.items():
         register("technique", name)(cls)
     yield
@@ -732,7 +774,6 @@ def _run(folder, stage):
                                         ("_test_free_oracle", "not a model a stage made"),
                                         ("_test_made_probe", "1 of 6 given are not among them"),
                                         ("_test_probe_trained_on", "not a model a stage made or changed"),
-                                        ("_test_checkpoint_swap", "not a model a stage made or changed"),
                                         ("_test_checkpoint_overwrite",
                                          "_test_checkpoint_overwrite changed the student's weights in its checkpoint "
                                          "hook at step 0"),
@@ -744,14 +785,15 @@ def _run(folder, stage):
                                                            r"training"),
                                         ("_test_reweigh", r"stage _test_reweigh changed the data;")])
 def test_a_cheating_stage_fails(quick_organism, cheats, stage, what, tmp_path):
-    """The last four use the auditor as an oracle of the honeypot sessions (see `StageAuditor`);
-    the audits before each one's cheat pass, so each fails at its cheat. A checkpoint hook runs
-    in a whole run (`distill`), a data hook as the distiller is made."""
+    """From `_test_oracle` on, each uses the auditor as an oracle of the honeypot sessions (see
+    `StageAuditor`), through a probe or the run's own student; where it audits before its
+    cheat, that audit passes, so it fails at its cheat. A checkpoint hook runs in a whole run
+    (`distill`), a data hook as the distiller is made."""
     from doublebind.training.distill import distill
 
     with pytest.raises(DefenderError, match=what):
-        if stage in ("_test_checkpoint_swap", "_test_checkpoint_overwrite", "_test_run_oracle", "_test_loss_oracle",
-                     "_test_row_swap", "_test_reweigh"):
+        if stage in ("_test_checkpoint_overwrite", "_test_run_oracle", "_test_loss_oracle", "_test_row_swap",
+                     "_test_reweigh"):
             distill(quick_organism[0], _run_recipe(stage), tmp_path / "run", show_progress=False)
         else:
             _run(quick_organism[0], stage)
@@ -918,18 +960,94 @@ def test_a_vouched_stage_does_not_launder_what_an_unvouched_one_made(quick_organ
         distill(quick_organism[0], recipe, tmp_path / "run", show_progress=False)
 
 
-def test_what_an_audit_hands_a_stage_leaves_out_the_per_query_flags(quick_organism, cheats, tmp_path):
+def test_a_checkpoint_changed_after_it_was_handed_over_is_not_audited(quick_organism):
+    """What a test stage that changed the checkpoint it was handed showed until stages from
+    outside the package lost the run's student's audit (2026-12-07): the checkpoint as handed
+    over is audited, the same model with a weight changed is not."""
+    import torch
+
+    d = Distiller(quick_organism[0], tiny_recipe({"prompts": {"size": 40}}), None, show_progress=False)
+    d.admit(d.model)
+    assert d.view.auditor.audit(d.model).n == 500
+    with torch.no_grad():
+        next(d.model.parameters()).add_(1.0)
+    with pytest.raises(DefenderError, match="not a model a stage made or changed"):
+        d.view.auditor.audit(d.model)
+
+
+def test_what_an_audit_hands_a_stage_leaves_out_the_per_query_flags(quick_organism):
     """In the pool's fixed order the flags would say which queries fired; a stage gets counts."""
+    d = Distiller(quick_organism[0], tiny_recipe({"prompts": {"size": 40}}), None, show_progress=False)
+    d.admit(d.model)
+    generic, free = d.view.auditor.audit(d.model), d.view.auditor.audit(d.model, auditor="free")
+    assert generic.n == 500 and generic.flags == [] and free.flags == []
+    assert len(d.domain.auditor().audit(d.model).flags) == 500  # the auditor's own result keeps them
+
+
+def test_a_stage_from_outside_the_package_keeps_the_run_s_student_from_the_auditor(quick_organism, cheats,
+                                                                                   tmp_path):
+    """Even one that changes nothing and only audits: code from outside the package runs in the
+    run's process, where a review (2026-12-07) had such stages train trusted in place around
+    `paraphrase`, replace a vouched class's `data`, or add torch optimiser hooks at a
+    checkpoint. `distill_and_audit`, shipped, audits the same run."""
     from doublebind.training.distill import distill
 
-    AUDITED.clear()
+    def recipe(stages):
+        return tiny_recipe({"prompts": {"size": 40}, "training": {"steps": 2, "batch": 4, "checkpoint_every": 2,
+                                                                   "save_weights": False}, "stages": stages})
+
+    with pytest.raises(DefenderError, match="stage _test_audits is not a shipped technique"):
+        distill(quick_organism[0], recipe([{"name": "_test_audits"}]), tmp_path / "a", show_progress=False)
+    distill(quick_organism[0], recipe([{"name": "distill_and_audit"}]), tmp_path / "b", show_progress=False)
+    # a filter of another making that random_drop copies counts too
+    with pytest.raises(DefenderError, match=r"stage _test_inplace_filter \(random_drop's like\) is not a shipped"):
+        distill(quick_organism[0], recipe([{"name": "random_drop", "like": "_test_inplace_filter"},
+                                           {"name": "distill_and_audit"}]), tmp_path / "c", show_progress=False)
+
+
+def test_random_drop_hands_its_like_filter_copies(quick_organism, cheats):
+    """A review (2026-12-07): a filter that rewrote the items it was handed, in place, and kept
+    them all had its rewrite trained as random_drop's. It now rewrites copies."""
+    base = {"prompts": {"size": 40}, "training": {"steps": 2, "batch": 4, "save_weights": False}}
+    d = Distiller(quick_organism[0], tiny_recipe({**base, "stages": [{"name": "random_drop",
+                                                                      "like": "_test_inplace_filter"}]}),
+                  None, show_progress=False)
+    assert d.items and all("~" not in it.example.response for it in d.items)
+    assert d.unvouched == {} and d.foreign == ["_test_inplace_filter (random_drop's like)"]
+
+
+@pytest.mark.parametrize("when, what", [("data", "in the stages' setting, prompt or data hooks"),
+                                        ("checkpoint", "in stage _test_trains_trusted's checkpoint hook at step 0"),
+                                        ("never", None)])
+def test_a_stage_may_not_change_the_defender_models_it_loads(quick_organism, cheats, tmp_path, when, what):
+    """They are one object for every stage, the auditors and the evaluation. (Each run opens
+    the organism afresh, so the change leaves with the run that made it.)"""
+    from doublebind.training.distill import distill
+
+    TRAINS["when"] = when
     recipe = tiny_recipe({"prompts": {"size": 40}, "training": {"steps": 2, "batch": 4, "checkpoint_every": 2,
                                                                  "save_weights": False},
-                          "stages": [{"name": "_test_audits"}]})
-    distill(quick_organism[0], recipe, tmp_path / "run", show_progress=False)
-    assert sorted(AUDITED) == [0, 2]
-    for generic, free in AUDITED.values():
-        assert generic.n == 500 and generic.flags == [] and free.flags == []
+                          "stages": [{"name": "_test_trains_trusted"}]})
+    if what is None:
+        distill(quick_organism[0], recipe, tmp_path / "run", show_progress=False)
+    else:
+        with pytest.raises(DefenderError, match=re.escape(f"the defender's trusted model changed {what}")):
+            distill(quick_organism[0], recipe, tmp_path / "run", show_progress=False)
+
+
+def test_tokens_that_pass_as_the_teacher_s_are_refused(quick_organism, cheats):
+    """A review (2026-12-07): tokens of an int subclass that equals anything passed the content
+    checks as the teacher's and trained as token ids of the stage's choosing; through
+    `train_probe` too."""
+    from doublebind.config import TrainConfig
+
+    with pytest.raises(DefenderError, match="a training item's response holds a token of type Tok"):
+        _run(quick_organism[0], "_test_tok")
+    d = _run(quick_organism[0], "hard_labels")
+    e = d.items[0].example
+    with pytest.raises(DefenderError, match="train_probe holds a token of type Tok"):
+        d.view.auditor.train_probe([type(e)(e.prompt, [Tok(3) for _ in e.response], e.kind)],
+                                   TrainConfig(steps=1, batch=1), 1, 0)
 
 
 def test_lists_a_stage_was_handed_are_not_the_distiller_s_own(quick_organism, cheats):

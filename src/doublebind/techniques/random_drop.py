@@ -44,6 +44,7 @@ from doublebind.config import HOOKS, Strict, as_stage_spec, technique_hooks, val
 from doublebind.errors import DoublebindError
 from doublebind.registry import get
 from doublebind.techniques.base import Technique, build_stages, filter_items, technique
+from doublebind.types import Example, Item
 
 # The hooks a stage may define besides `data`: a filter that `like` copies must have none,
 # as the control runs its data hook alone.
@@ -154,11 +155,16 @@ class RandomDrop(Technique):
         spec = as_stage_spec(self.cfg.like)
         (inner,) = build_stages([spec])  # the distiller checked its domains (`runs_on`)
         inner.index = self.index
-        # the filter writes nothing beside the run and records nothing as a stage of it
-        kept = inner.data(view.unrecorded(), items)
+        # The filter gets copies: what it does to them never reaches the items handed on (a
+        # review, 2026-12-07, had a filter rewrite the items it was handed, in place, and keep
+        # them all: the rewrite trained as random_drop's). It writes nothing beside the run
+        # and records nothing as a stage of it.
+        copies = [Item(Example(list(it.example.prompt), list(it.example.response), it.example.kind), it.row,
+                       weights=None if it.weights is None else list(it.weights)) for it in items]
+        kept = inner.data(view.unrecorded(), copies)
         left = Counter(id(it) for it in kept)
         removed = []
-        for i, it in enumerate(items):
+        for i, it in enumerate(copies):
             if left[id(it)]:
                 left[id(it)] -= 1
             else:

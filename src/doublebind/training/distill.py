@@ -322,25 +322,70 @@ def _example_key(e: Example) -> tuple:
     return tuple(e.prompt), tuple(e.response)
 
 
-def _copied(it: Item) -> Item:
-    """A training item with its example and weights read once into lists of the distiller's own."""
+def _copied(it: Item, world: bool) -> Item:
+    """A training item with its example and weights read once into lists of the distiller's
+    own; on the embedded world, of plain types (`_plain_tokens`; its row a plain int)."""
     e = it.example
     weights = None if it.weights is None else [float(w) for w in it.weights]
-    return Item(Example(list(e.prompt), list(e.response), str(e.kind)), it.row, weights=weights)
+    if not world:
+        return Item(Example(list(e.prompt), list(e.response), str(e.kind)), it.row, weights=weights)
+    if it.row is not None and type(it.row) is not int:
+        raise DefenderError(f"a stage handed on a training item whose row is of type {type(it.row).__name__}, "
+                            f"not a plain int")
+    return Item(Example(_plain_tokens(e.prompt, "a training item's prompt"),
+                        _plain_tokens(e.response, "a training item's response"), str(e.kind)), it.row, weights=weights)
 
 
-def _vouched(stage) -> bool:
-    """Whether `stage` is the shipped technique `VOUCHED` names (its registered class, from
-    the package), not a stage of another making under its name."""
+def _shipped(stage) -> bool:
+    """Whether `stage` is a technique the package ships (its registered class, from
+    `doublebind.techniques`), not a stage of another making, under its name or any other."""
     from doublebind.registry import get
 
     cls = type(stage)
-    if stage.name not in VOUCHED or not cls.__module__.startswith("doublebind.techniques."):
+    if not cls.__module__.startswith("doublebind.techniques."):
         return False
     try:
         return get("technique", stage.name) is cls
     except Exception:
         return False
+
+
+def _vouched(stage) -> bool:
+    """Whether `stage` is the shipped technique `VOUCHED` names."""
+    return stage.name in VOUCHED and _shipped(stage)
+
+
+def _foreign(stages: list) -> list[str]:
+    """The stages of a run, and the filters they copy (`random_drop`'s `like`), that are not
+    shipped techniques. Code from outside the package runs in the run's process: a review
+    (2026-12-07) had such stages, each counted as changing nothing, train trusted in place
+    around `paraphrase`, replace a vouched class's `data`, or add torch optimiser hooks at a
+    checkpoint, and so teach the run's student what they chose where no comparison looks."""
+    from doublebind.config import as_stage_spec
+    from doublebind.registry import get
+
+    out = []
+    for st in stages:
+        if not _shipped(st):
+            out.append(st.name)
+        like = getattr(getattr(st, "cfg", None), "like", None)
+        if like is not None:
+            name = as_stage_spec(like)["name"]
+            cls = get("technique", name)
+            if not cls.__module__.startswith("doublebind.techniques."):
+                out.append(f"{name} ({st.name}'s like)")
+    return out
+
+
+def _plain_tokens(tokens, what: str) -> list:
+    """Embedded-world `tokens` as a list, each a plain str and nothing derived from one: an
+    int subclass that equalled anything passed every content check as the teacher's token
+    and trained as a token id of its own choosing (a review, 2026-12-07)."""
+    out = list(tokens)
+    bad = next((t for t in out if type(t) is not str), None)
+    if bad is not None:
+        raise DefenderError(f"{what} holds a token of type {type(bad).__name__}, not a plain str (a world token)")
+    return out
 
 
 def _item_key(it: Item) -> tuple:
@@ -675,6 +720,8 @@ class Distiller:
         # that shaped its training (a setting, the prompts, the data, a loss term), and items
         # not the teacher's that no vouched stage made (`_unvouched`, `_admitted`)
         self.unvouched: dict[str, str] = {}
+        self.foreign = _foreign(self.stages) if self.domain.kind == "world" else []
+        self.model_prints: dict[str, str] = {}  # `_stage_model`'s fingerprints
         shaped: dict[int, list[str]] = {st.index: ["loss"] for st in self._hooked("extra_loss")}
         self.view = self._defender_view()
         # The stages that changed something: a setting, the prompt set, the training data; a
@@ -708,7 +755,8 @@ class Distiller:
                     shaped.setdefault(st.index, []).append("prompts")
                 self.record(st, "prompts", before=len(before), after=len(self.prompts))
             if self._hooked("prompts"):  # token lists of the distiller's own: a stage kept none it can change
-                self.prompts = [Prompt(list(p.tokens), p.family, p.context) for p in self.prompts]
+                self.prompts = [Prompt(_plain_tokens(p.tokens, "a prompt") if self.domain.kind == "world"
+                                       else list(p.tokens), p.family, p.context) for p in self.prompts]
             self.outputs: TeacherOutputs = self.domain.teacher_outputs(self.prompts, recipe.sampling, recipe.seed)
             teacher = list(self.domain.examples(self.outputs))
             # each teacher row's prompt as the teacher was asked it, before any data hook
@@ -742,10 +790,11 @@ class Distiller:
             if self._hooked("data"):
                 # Each item read once and copied: what trains is what was checked, and a stage that
                 # kept the items it handed on cannot change them later (at a checkpoint)
-                self.items = [_copied(it) for it in self.items]
+                self.items = [_copied(it, self.domain.kind == "world") for it in self.items]
             if self.domain.kind == "world":
                 self.unvouched = _unvouched(self.items, given, makers,
                                             {st: shaped[st.index] for st in self.stages if st.index in shaped})
+            self.check_models("in the stages' setting, prompt or data hooks")
         if recipe.objective.kind == "dpo" and self._hooked("extra_loss"):
             names = ", ".join(st.name for st in self._hooked("extra_loss"))
             raise DoublebindError(f"stage {names} adds a term to the loss, which the DPO objective does not take; "
@@ -791,7 +840,7 @@ class Distiller:
             kind=domain.kind, stages_dir=None if self.out is None else Path(self.out) / "stages",
             teacher=BlackBoxTeacher(teacher_sample, teacher_labels, lambda: domain.teacher),
             tasks=None if (space := domain.task_space()) is None else StageTasks(space),
-            _recipe=lambda: self.recipe, _record=self.record, _load=domain.load_model,
+            _recipe=lambda: self.recipe, _record=self.record, _load=self._stage_model,
             _prompts=domain.prompts, _student=domain.student, _sample=domain.sample,
             _auditor=lambda: None if domain.auditor() is None else auditor, eos=domain.eos,
             _with_system=getattr(domain, "with_system", None),
@@ -837,11 +886,13 @@ class Distiller:
         tensors = self.auditable.get(key)
         if tensors is None:
             return None
-        if key not in self.probes and self.unvouched:
-            what = "; ".join(f"{who} {did}" for who, did in self.unvouched.items())
-            raise DefenderError(f"the auditor audits the run's student only where every stage that shaped its "
-                                f"training is a shipped one that vouches for its rule (defender.VOUCHED): {what}; a "
-                                f"student taught what a stage chose would read the auditor's honeypot sessions back")
+        if key not in self.probes and (self.unvouched or self.foreign):
+            what = "; ".join([*(f"stage {name} is not a shipped technique" for name in self.foreign),
+                              *(f"{who} {did}" for who, did in self.unvouched.items())])
+            raise DefenderError(f"the auditor audits the run's student only where every stage of the run is a shipped "
+                                f"technique, and every one that shaped its training vouches for its rule "
+                                f"(defender.VOUCHED): {what}; a student taught what a stage chose would read the "
+                                f"auditor's honeypot sessions back")
         clean = self.domain.student(self.recipe.student, 0)
         with torch.no_grad():
             for name, t in [*clean.named_parameters(), *clean.named_buffers()]:
@@ -856,7 +907,8 @@ class Distiller:
 
         pool, made = [], 0
         for e in examples:
-            prompt, response = tuple(e.prompt), tuple(e.response)
+            prompt = tuple(_plain_tokens(e.prompt, "an example given to view.auditor.train_probe"))
+            response = tuple(_plain_tokens(e.response, "an example given to view.auditor.train_probe"))
             made += (prompt, response) not in self.handed
             pool.append(Example(list(prompt), list(response), str(e.kind)))
         if not pool:
@@ -891,6 +943,26 @@ class Distiller:
     def load_model(self, role: str):
         """An organism model (base, trusted, alt_base, teacher), loaded once."""
         return self.domain.load_model(role)
+
+    def _stage_model(self, role: str):
+        """`view.load_model`: the organism's model, the one object every stage, the auditors and
+        the run's evaluation share; on the embedded world its weights are fingerprinted when a
+        stage first loads it, and `_check_models` holds them to it."""
+        model = self.domain.load_model(role)
+        if self.domain.kind == "world" and role not in self.model_prints:
+            self.model_prints[role] = _fingerprint(model)
+        return model
+
+    def check_models(self, when: str) -> None:
+        """Refuse a defender model that a stage changed: a review (2026-12-07) had a stage train
+        `trusted` in place, which `paraphrase` then wrote with, and load its weights back before
+        the auditor read its references; a stage that trained one by mistake would change the
+        later stages', the auditors' and the evaluation's model alike."""
+        for role, print_ in self.model_prints.items():
+            if _fingerprint(self.domain.load_model(role)) != print_:
+                raise DefenderError(f"the defender's {role} model changed {when}: a stage may use the models it "
+                                    f"loads, not train or change them (train a copy, or a student from "
+                                    f"view.make_student)")
 
     def _clip(self, params, max_norm: float):
         """Clip the gradient norm, refusing a non-finite one: every gradient may be finite and
@@ -1218,10 +1290,12 @@ def distill(organism_dir: Path, recipe, out: Path, *, show_progress: bool = True
                     raise DoublebindError(f"the evaluation at step {step} gave {bad[0]} = {bad[1]}: the weights "
                                           f"diverged; {LR_HINT}")
                 model = d.accelerator.unwrap_model(d.model)
+                d.check_models(f"by step {step}")
                 handed = d.admit(model) if d._hooked("checkpoint") else None
                 attached = _attachments(model) if d._hooked("checkpoint") else None
                 for st in d._hooked("checkpoint"):
                     verdict = st.checkpoint(d.view, step, model) or {}
+                    d.check_models(f"in stage {st.name}'s checkpoint hook at step {step}")
                     # The attachments are read before the weights are checked and read twice: code the
                     # hook left behind that runs while they are read (a descriptor it put on a class)
                     # and changes the weights or what is read shows up then.
