@@ -339,13 +339,17 @@ def _copied(it: Item, world: bool) -> Item:
 def _shipped(stage) -> bool:
     """Whether `stage` is a technique the package ships (its registered class, from
     `doublebind.techniques`), not a stage of another making, under its name or any other."""
+    return _shipped_class(type(stage), stage.name)
+
+
+def _shipped_class(cls, name: str) -> bool:
+    """Whether `cls` is the technique registered as `name`, from `doublebind.techniques`."""
     from doublebind.registry import get
 
-    cls = type(stage)
     if not cls.__module__.startswith("doublebind.techniques."):
         return False
     try:
-        return get("technique", stage.name) is cls
+        return get("technique", name) is cls
     except Exception:
         return False
 
@@ -371,8 +375,7 @@ def _foreign(stages: list) -> list[str]:
         like = getattr(getattr(st, "cfg", None), "like", None)
         if like is not None:
             name = as_stage_spec(like)["name"]
-            cls = get("technique", name)
-            if not cls.__module__.startswith("doublebind.techniques."):
+            if not _shipped_class(get("technique", name), name):
                 out.append(f"{name} ({st.name}'s like)")
     return out
 
@@ -716,9 +719,10 @@ class Distiller:
         self.auditable: dict[str, dict[str, torch.Tensor]] = {}
         self.handed: set[tuple] = set()
         self.probes: set[str] = set()  # which of `auditable` are probes, the rest the run's checkpoints
-        # What keeps the run's own student from the auditor: the stages outside `VOUCHED`
-        # that shaped its training (a setting, the prompts, the data, a loss term), and items
-        # not the teacher's that no vouched stage made (`_unvouched`, `_admitted`)
+        # What keeps the run's own student from the auditor (`_admitted`): stages that are not
+        # shipped techniques (`_foreign`), the stages outside `VOUCHED` that shaped its training
+        # (a setting, the prompts, the data, a loss term) and items not the teacher's that no
+        # vouched stage made (`_unvouched`)
         self.unvouched: dict[str, str] = {}
         self.foreign = _foreign(self.stages) if self.domain.kind == "world" else []
         self.model_prints: dict[str, str] = {}  # `_stage_model`'s fingerprints
@@ -766,12 +770,13 @@ class Distiller:
             self.asked = [tuple(e.prompt) for e in teacher]
             self.items = [Item(Example(list(e.prompt), list(e.response), e.kind), i) for i, e in enumerate(teacher)]
             if self.domain.kind == "world":  # the auditor's: Hugging Face organisms have none
-                self.handed = {_example_key(it.example) for it in self.items}
-                # and with the row of soft labels each trains on: an item of the teacher's content
-                # pointed at another row's labels (the same length) is a pairing of a stage's making
+                # each teacher item's content, with the rows of soft labels it came with: an item of
+                # the teacher's content pointed at another row's labels (the same length) is a
+                # pairing of a stage's making
                 given: dict[tuple, set] = {}
                 for it in self.items:
                     given.setdefault(_example_key(it.example), set()).add(it.row)
+                self.handed = set(given)
             # ground truth, for the run's summary only: the teacher rows where its behaviour acts
             self.behaviour_rows = _behaviour_rows(self.domain, self.asked)
             makers: dict[tuple, object] = {}  # a made item (content, row) -> the first stage that handed it on
@@ -947,7 +952,7 @@ class Distiller:
     def _stage_model(self, role: str):
         """`view.load_model`: the organism's model, the one object every stage, the auditors and
         the run's evaluation share; on the embedded world its weights are fingerprinted when a
-        stage first loads it, and `_check_models` holds them to it."""
+        stage first loads it, and `check_models` holds them to it."""
         model = self.domain.load_model(role)
         if self.domain.kind == "world" and role not in self.model_prints:
             self.model_prints[role] = _fingerprint(model)
