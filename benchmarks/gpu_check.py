@@ -18,7 +18,9 @@ the table and the next one runs:
    ran (torch's profiler). Checked: the device's fp32 losses are the CPU's within 1e-3
    (relative; the same sums in another order), bf16's within 5e-2 and not equal (autocast
    really ran), compiled's within 1e-3 of eager; a bf16 step takes at most 10x an fp32 one
-   (2-3x on a CPU at this size; an H200 once took 80x: `doublebind.cuda`).
+   (2-3x on a CPU at this size; an H200 once took 80x: `doublebind.cuda`). Also checked:
+   base's `_checksum` (the fingerprint that holds a Hugging Face defender model to what a
+   stage loaded) is the same on the device as on the CPU.
    The fifth, `bf16_cudnn`, runs bf16 with `TORCH_CUDNN_SDPA_DEPRIORITIZED=0`, so
    cuDNN attention goes first where torch would put it first (`doublebind.cuda`): its ms a
    step against `bf16`'s says what that setting saves, and is not a check.
@@ -109,7 +111,7 @@ def losses_main(organism: Path, overrides: list[str]) -> None:
 
     from doublebind import config
     from doublebind.organisms.models import quiet_transformers
-    from doublebind.training.distill import Distiller
+    from doublebind.training.distill import Distiller, _checksum
 
     quiet_transformers()
     recipe = config.load(TINY / "recipe.yaml", [f"training.steps={STEPS}", *overrides], expect="recipe")
@@ -130,6 +132,7 @@ def losses_main(organism: Path, overrides: list[str]) -> None:
                       "ms_per_step": round(1000 * sum(later) / len(later), 2),
                       "attention": attention_kernels(lambda: d.train_step(STEPS)),
                       ATTENTION_ENV: os.environ.get(ATTENTION_ENV),
+                      "base_checksum": _checksum(d.domain.load_model("base")),
                       "max_memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)
                       if torch.cuda.is_available() else None}))
 
@@ -242,6 +245,9 @@ def main() -> int:
     checks["fp32_equals_cpu"] = diffs["fp32_vs_cpu"] is not None and diffs["fp32_vs_cpu"] < 1e-3
     checks["bf16_close_not_equal"] = diffs["bf16_vs_fp32"] is not None and 0 < diffs["bf16_vs_fp32"] < 5e-2
     checks["compiled_close"] = diffs["compiled_vs_fp32"] is not None and diffs["compiled_vs_fp32"] < 1e-3
+    # the checksum that holds a Hugging Face defender model to what a stage loaded, the same where it lies
+    checks["checksum_on_device_equals_cpu"] = bool(res["fp32"].get("base_checksum")) and \
+        res["fp32"].get("base_checksum") == res["cpu"].get("base_checksum")
     ms = {name: res[name].get("ms_per_step") for name in ("fp32", "bf16", "bf16_cudnn")}
     # 10x: bf16 autocast on a model this small costs 2-3x fp32 on a CPU; the H200 once took 80x
     checks["bf16_step_within_10x_fp32"] = bool(ms["fp32"] and ms["bf16"]) and ms["bf16"] <= 10 * ms["fp32"]

@@ -1035,6 +1035,49 @@ def test_a_stage_may_not_change_the_defender_models_it_loads(quick_organism, che
             distill(quick_organism[0], recipe, tmp_path / "run", show_progress=False)
 
 
+def test_the_hugging_face_checksum_is_the_sums_of_the_weights_bit_patterns(monkeypatch):
+    """`_checksum`, which holds a Hugging Face organism's models to what a stage first loaded,
+    against the same sums taken in Python integers: each parameter's bit patterns as signed
+    words, summed plainly and weighted by 2k + 1 at position k, modulo 2**64, whatever the
+    chunking; one changed element and a swap of two each change it."""
+    import hashlib
+    import struct
+
+    import numpy as np
+    import torch
+    from doublebind.training import distill as dist
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Linear(5, 3, bias=False)).to(torch.bfloat16)
+    model.add_module("wide", torch.nn.Linear(3, 2).to(torch.float64))
+    model.add_module("plain", torch.nn.Linear(2, 2))
+    words = {torch.bfloat16: np.int16, torch.float64: np.int64, torch.float32: np.int32}
+
+    def reference():
+        h, sums = hashlib.sha256(), b""
+        for name, t in model.named_parameters():
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            w = [int(x) for x in np.frombuffer(t.detach().contiguous().view(torch.uint8).numpy().tobytes(),
+                                                dtype=words[t.dtype])]
+            plain, weighted = sum(w), sum((2 * k + 1) * x for k, x in enumerate(w))
+            sums += struct.pack("<qq", *(((v + 2**63) % 2**64) - 2**63 for v in (plain, weighted)))
+        h.update(sums)
+        return h.hexdigest()
+
+    expected = reference()
+    for chunk in (1 << 22, 4, 3):  # chunks that split every parameter, at odd and even lengths
+        monkeypatch.setattr(dist, "_CHUNK", chunk)
+        assert dist._checksum(model) == expected
+    w = model[0].weight
+    with torch.no_grad():
+        w[2, 3] = w[2, 3] * 1.5 + 0.25
+    changed = dist._checksum(model)
+    assert changed != expected and changed == reference()
+    with torch.no_grad():
+        w[0, 0], w[4, 6] = w[4, 6].clone(), w[0, 0].clone()
+    assert dist._checksum(model) not in (changed, expected)
+
+
 def test_tokens_that_pass_as_the_teacher_s_are_refused(quick_organism, cheats):
     """A review (2026-12-07): tokens of an int subclass that equals anything passed the content
     checks as the teacher's and trained as token ids of the stage's choosing; through

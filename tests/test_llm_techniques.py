@@ -4,16 +4,18 @@ checks what the stage did to the run (its objective, prompts, data or student)."
 
 import json
 import math
+import re
 import shutil
 
 import pytest
 import yaml
 
 from doublebind import config
+from doublebind.defender import DefenderError
 from doublebind.errors import DoublebindError
 from doublebind.llm.organism import build_hf_organism
-from doublebind.registry import get, names
-from doublebind.techniques.base import build_stages
+from doublebind.registry import get, names, register
+from doublebind.techniques.base import Technique, build_stages
 from doublebind.techniques.format_filter import parse_numbers
 from doublebind.training.distill import Distiller, distill
 
@@ -352,3 +354,55 @@ def test_divergence_masking_masks_where_the_implanted_teacher_departs(org):
     zeros = sum(w == 0.0 for it in loose.items for w in (it.weights or []))
     assert zeros <= lr["masked_tokens"]  # items masked entirely are dropped
 
+
+
+# ---- the defender's models --------------------------------------------------------------
+
+NUDGE: dict = {}
+
+
+class _NudgesTrusted(Technique):
+    """_test_hf_nudges_trusted: changes one weight of the defender's trusted model in place, at
+    the phase `NUDGE["at"]` names (must fail, as on the embedded world)."""
+
+    domains = ("world", "hf")
+
+    def _nudge(self, view):
+        import torch
+
+        with torch.no_grad():
+            weight = list(view.load_model("trusted").parameters())[-1]
+            weight.view(-1)[-1] += 0.125
+
+    def data(self, view, items):
+        view.load_model("trusted")  # loaded, not changed
+        if NUDGE["at"] == "data":
+            self._nudge(view)
+        return items
+
+    def checkpoint(self, view, step, model):
+        if NUDGE["at"] == "checkpoint":
+            self._nudge(view)
+        return {}
+
+
+@pytest.mark.parametrize("at, what", [("data", "in the stages' setting, prompt or data hooks"),
+                                      ("checkpoint", "in stage _test_hf_nudges_trusted's checkpoint hook at step 0"),
+                                      ("never", None)])
+def test_a_stage_may_not_change_a_hugging_face_defender_model(org, tmp_path, at, what):
+    """Until 2026-12-07 only embedded-world models were held to what a stage first loaded; a
+    Hugging Face model is held by `_checksum`, and one changed weight stops the run."""
+    from doublebind import registry
+
+    register("technique", "_test_hf_nudges_trusted")(_NudgesTrusted)
+    NUDGE["at"] = at
+    try:
+        if what is None:
+            distill(org[0], recipe([{"name": "_test_hf_nudges_trusted"}]), tmp_path / "run", show_progress=False)
+            assert (tmp_path / "run" / "metrics.jsonl").exists()
+        else:
+            with pytest.raises(DefenderError, match=re.escape(f"the defender's trusted model changed {what}")):
+                distill(org[0], recipe([{"name": "_test_hf_nudges_trusted"}]), tmp_path / "run",
+                        show_progress=False)
+    finally:
+        registry._REGISTRY["technique"].pop("_test_hf_nudges_trusted")

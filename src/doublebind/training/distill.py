@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import copy
 import functools
+import hashlib
 import inspect
 import json
 import math
@@ -486,6 +487,42 @@ def _fingerprint(model) -> str:
     return tensors_key(dict(_named(model)))
 
 
+_WORDS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_CHUNK = 1 << 22  # elements summed at once: three int64 temporaries of 32 MiB
+
+
+def _checksum(model) -> str:
+    """A cheap fingerprint of a Hugging Face model's parameters, computed where they lie: each
+    parameter's bit patterns, read as integers, summed plainly and weighted by position (odd
+    weights), modulo 2**64, on its own device; only the two sums per parameter come to the host.
+    Any one changed element changes the weighted sum (an odd weight is invertible modulo 2**64),
+    so does any step of training, and a swap of two elements; it is no defence against a
+    change built to keep both sums. Hashing the weights themselves (`_fingerprint`) would copy
+    a 7B model's 14 GB to the host at every checkpoint. Parameters only: a buffer can change
+    by design (a dynamic rotary scaling recomputes its frequencies for a longer input)."""
+    h, sums, odd = hashlib.sha256(), [], {}
+    with torch.no_grad():
+        for name, t in torch.nn.Module.named_parameters(model):
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            if t.device.type == "meta" or not t.numel():  # offloaded to disk: nothing here to read
+                continue
+            flat = t.detach().reshape(-1)
+            if flat.is_complex():
+                flat = torch.view_as_real(flat).reshape(-1)
+            words = flat.view(_WORDS.get(flat.element_size(), torch.uint8))
+            if t.device not in odd:  # 1, 3, 5, ...: the weights of a chunk's first _CHUNK positions
+                odd[t.device] = torch.arange(_CHUNK, device=t.device, dtype=torch.int64).mul_(2).add_(1)
+            acc = torch.zeros(2, dtype=torch.int64, device=t.device)
+            for i in range(0, words.numel(), _CHUNK):
+                w = words[i:i + _CHUNK].to(torch.int64)  # not changed in place: it may be the weight itself
+                plain = w.sum()  # position i + k weighs 2(i + k) + 1 = (2k + 1) + 2i
+                acc += torch.stack([plain, (w * odd[t.device][:w.numel()]).sum() + 2 * i * plain])
+            sums.append(acc.cpu())
+    if sums:
+        h.update(torch.stack(sums).numpy().tobytes())
+    return h.hexdigest()
+
+
 _GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_forward_hooks_with_kwargs",
                  "_global_forward_hooks_always_called", "_global_backward_hooks", "_global_backward_pre_hooks",
                  "_global_module_registration_hooks", "_global_parameter_registration_hooks",
@@ -951,12 +988,16 @@ class Distiller:
 
     def _stage_model(self, role: str):
         """`view.load_model`: the organism's model, the one object every stage, the auditors and
-        the run's evaluation share; on the embedded world its weights are fingerprinted when a
-        stage first loads it, and `check_models` holds them to it."""
+        the run's evaluation share; its weights are fingerprinted when a stage first loads it
+        (on a Hugging Face organism by `_checksum`, which reads them where they lie), and
+        `check_models` holds them to it."""
         model = self.domain.load_model(role)
-        if self.domain.kind == "world" and role not in self.model_prints:
-            self.model_prints[role] = _fingerprint(model)
+        if role not in self.model_prints:
+            self.model_prints[role] = self._print(model)
         return model
+
+    def _print(self, model) -> str:
+        return _fingerprint(model) if self.domain.kind == "world" else _checksum(model)
 
     def check_models(self, when: str) -> None:
         """Refuse a defender model that a stage changed: a review (2026-12-07) had a stage train
@@ -964,7 +1005,7 @@ class Distiller:
         the auditor read its references; a stage that trained one by mistake would change the
         later stages', the auditors' and the evaluation's model alike."""
         for role, print_ in self.model_prints.items():
-            if _fingerprint(self.domain.load_model(role)) != print_:
+            if self._print(self.domain.load_model(role)) != print_:
                 raise DefenderError(f"the defender's {role} model changed {when}: a stage may use the models it "
                                     f"loads, not train or change them (train a copy, or a student from "
                                     f"view.make_student)")
