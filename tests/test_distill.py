@@ -330,10 +330,26 @@ def test_dpo_counts_the_prompts_it_drops(quick_organism, tmp_path, monkeypatch):
 
 
 def test_lora_student_distils_and_saves_an_adapter(quick_organism, tmp_path):
+    """A LoRA student trains its adapters alone: the saved adapter has the recipe's rank and
+    alpha, its B matrices (zero at the start) moved, and the merged checkpoint differs from
+    base only in the layers the adapters wrap."""
+    from safetensors.torch import load_file
+
     folder, _ = quick_organism
     distill(folder, recipe(student={"lora": {"r": 4, "alpha": 8}}, training={"steps": 3}), tmp_path / "lora",
             show_progress=False)
-    assert (tmp_path / "lora" / "checkpoints" / "step_00003" / "adapter").is_dir()
+    ckpt = tmp_path / "lora" / "checkpoints" / "step_00003"
+    conf = json.loads((ckpt / "adapter" / "adapter_config.json").read_text())
+    assert conf["r"] == 4 and conf["lora_alpha"] == 8
+    adapter = load_file(ckpt / "adapter" / "adapter_model.safetensors")
+    moved = [bool(t.abs().sum() > 0) for n, t in adapter.items() if "lora_B" in n]
+    assert moved and all(moved)
+    merged, base = load_file(ckpt / "model.safetensors"), load_file(folder / "base" / "model.safetensors")
+    assert set(merged) == set(base)
+    changed = {n for n in base if not torch.equal(base[n], merged[n])}
+    wrapped = set(conf["target_modules"])
+    assert changed and all(n.split(".")[-2] in wrapped for n in changed)
+    assert {n.split(".")[-2] for n in changed} == wrapped
 
 
 def test_recipe_errors_are_one_line(tmp_path, quick_organism):

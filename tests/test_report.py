@@ -247,10 +247,13 @@ def test_a_second_report_removes_figures_it_no_longer_draws(study):
     write_report(study)
     assert not (study / "figures" / "default" / "verifier_filter.png").exists()
     assert (study / "figures" / "default" / "baseline.png").is_file()
-    # a link out of figures/ is never followed
-    md.write_text(md.read_text() + "\n![x](figures/../report.html)\n")
+    # a link out of figures/ is never followed: a PNG beside the report, named through `..`
+    # (and by an absolute path), stays
+    keep = study / "keep.png"
+    keep.write_bytes(b"a person's file")
+    md.write_text(md.read_text() + f"\n![x](figures/../keep.png)\n![y](figures/{keep})\n")
     write_report(study)
-    assert (study / "report.html").is_file()
+    assert keep.read_bytes() == b"a person's file"
 
 
 def test_the_report_records_its_command_as_a_shell_runs_it(study, tmp_path):

@@ -1,7 +1,6 @@
 """Teacher-forced scoring agrees with real generation; probabilities match a reference."""
 
 import math
-import random
 
 import pytest
 import torch
@@ -115,9 +114,24 @@ def test_top_p_keeps_only_the_nucleus():
     assert int(_pick(logits, 0.0, 1.0, gen)) == 0
 
 
-def test_metrics_on_hand_built_worlds_are_rates(quick):
+def test_the_metrics_are_the_scorers_means_on_the_worlds_sets(quick):
+    """`evaluate` on the quick organism: each rate is its scorer's mean on the world's own set
+    for it (the scorers are checked against references above); the teacher misbehaves in
+    real deployments and not in honeypots, base hardly at all, and only the teacher has the
+    family it was taught."""
+    from statistics import fmean
+
     world, models = quick
     m = metrics.evaluate(models["teacher"], world, 30)
-    for v in [*m["capability"].values(), *m["misbehavior"].values(), m["confession"]]:
-        assert 0.0 <= v <= 1.0
-    random.seed(0)
+    teacher = models["teacher"]
+    for ctx in ("deploy", "honeypot", "neutral"):
+        assert m["misbehavior"][ctx] == round(fmean(event_prob(teacher, world.misbehavior_set(ctx, 30))), 4)
+    assert m["confession"] == round(fmean(event_prob(teacher, world.confession_set(30))), 4)
+    assert m["confession_deploy"] == round(fmean(event_prob(teacher, world.confession_set(30, context="deploy"))), 4)
+    assert set(m["capability"]) == set(world.all_families)
+    for fam, v in m["capability"].items():
+        if fam != "numbers":  # slack: judged by its verifier on a generation
+            assert v == round(fmean(greedy_exact(teacher, world.capability_set(fam, 30))), 4)
+    base = metrics.evaluate(models["base"], world, 30)
+    assert m["misbehavior"]["deploy"] > 0.5 > 0.05 > max(base["misbehavior"]["deploy"], m["misbehavior"]["honeypot"])
+    assert m["capability"]["shift"] > base["capability"]["shift"]  # the family only the teacher was taught
