@@ -1,6 +1,7 @@
 """The distillation engine on the quick organism: data, invariants, runs and their files."""
 
 import json
+import math
 import random
 
 import pytest
@@ -225,11 +226,24 @@ def test_on_policy_items_are_student_samples_with_live_teacher_labels(quick_orga
     folder, _ = quick_organism
     d = Distiller(folder, recipe(objective={"kind": "forward_kl", "on_policy": 0.5}), None, show_progress=False)
     items = d.items[:8]
+    calls, real = [], d.domain.sample
+
+    def spy(model, examples, *a, **k):
+        calls.append((model, [list(e.prompt) for e in examples], real(model, examples, *a, **k)))
+        return calls[-1][2]
+
+    d.domain.sample = spy
     mixed = d._on_policy(items)
+    ((model, prompts, outs),) = calls  # one draw, by the student, on the first half's prompts at T = 1
+    assert model is d.model and model is not d.teacher
+    assert prompts == [list(it.example.prompt) for it in items[:4]]
+    assert [list(it.example.response) for it in mixed[:4]] == [o or [d.domain.eos] for o in outs]
+    assert [it.example.prompt for it in mixed[:4]] == prompts
     assert all(it.live is not None for it in mixed[:4]) and all(it.live is None for it in mixed[4:])
+    assert all(a is b for a, b in zip(mixed[4:], items[4:]))
     ref = soft_labels(d.teacher, [it.example for it in mixed[:4]], 12)["logprobs"]
     assert all(torch.equal(it.live, ref[j]) for j, it in enumerate(mixed[:4]))
-    d.train_step(0)
+    assert math.isfinite(d.train_step(0))
 
 
 def test_on_policy_labels_come_from_the_prompt_the_teacher_was_asked(quick_organism):

@@ -101,7 +101,7 @@ def test_hard_labels_turn_on_policy_sampling_off(quick_organism):
 def test_on_policy_keeps_the_batch_and_averages_over_its_own_tokens(quick_organism):
     """The swapped-in student samples keep the batch's size, and the step's loss is divided
     by the mixed batch's tokens (the student's one-token answers here), not the teacher's."""
-    from doublebind.training.distill import Distiller, _units, micro_loss
+    from doublebind.training.distill import Distiller, micro_loss
 
     from .test_distill import recipe
 
@@ -115,9 +115,11 @@ def test_on_policy_keeps_the_batch_and_averages_over_its_own_tokens(quick_organi
     d._on_policy = lambda its: seen.append(real(its)) or seen[-1]
     got = d.accumulate_gradients(0)
     assert all(len(it.example.response) == 1 for it in seen[0][:4])
+    assert all(it.weights is None for it in seen[0])  # every response token counts once
+    tokens = sum(len(it.example.response) for it in seen[0])
+    assert tokens < sum(len(it.example.response) for it in items)
     with torch.no_grad():
-        want = (micro_loss(d.model, seen[0], d.outputs.soft, d.recipe.objective, pack=d.pack).item()
-                / _units(seen[0], d.recipe.objective))
+        want = micro_loss(d.model, seen[0], d.outputs.soft, d.recipe.objective, pack=d.pack).item() / tokens
     assert got == pytest.approx(want, rel=1e-4)
 
 

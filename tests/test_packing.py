@@ -42,7 +42,7 @@ def test_the_layout_holds_every_sequence_once_with_its_own_positions():
     keep = padded["loss_mask"] > 0
     assert p.targets.tolist() == padded["input_ids"][:, 1:][keep].tolist()
     flat_ids, flat_pos = p.input_ids.flatten(), p.position_ids.flatten()
-    start = 0
+    start, covered = 0, torch.zeros_like(flat_ids, dtype=torch.bool)
     for it, s in zip(items, seqs):  # each response position holds the token before its target, at its own position
         n = len(it.example.response)
         rows = p.rows[start : start + n]
@@ -51,10 +51,15 @@ def test_the_layout_holds_every_sequence_once_with_its_own_positions():
         assert flat_ids[rows].tolist() == s[k : k + n]
         assert flat_pos[rows].tolist() == list(range(k, k + n))
         assert (rows // width == rows[0] // width).all()  # one sequence never spans two rows
+        first = int(rows[0]) - k  # the whole sequence, prompt included, lies there, at positions 0, 1, ...
+        assert first // width == (first + len(s) - 1) // width
+        assert flat_ids[first : first + len(s)].tolist() == s
+        assert flat_pos[first : first + len(s)].tolist() == list(range(len(s)))
+        assert not covered[first : first + len(s)].any()  # no two sequences share a place
+        covered[first : first + len(s)] = True
     assert start == len(p.rows)
-    # every real token appears once: the rows hold exactly the sequences' tokens plus padding
-    assert int((p.input_ids != PAD).sum()) <= sum(len(s) for s in seqs)
-    assert sum(len(s) for s in seqs) <= p.input_ids.numel()
+    # every token appears once: outside the sequences' places there is padding alone
+    assert int(covered.sum()) == sum(len(s) for s in seqs) and (flat_ids[~covered] == PAD).all()
     # the same input, the same layout
     again = pack(seqs, [len(it.example.prompt) for it in items], PAD)
     assert torch.equal(again.input_ids, p.input_ids) and torch.equal(again.rows, p.rows)

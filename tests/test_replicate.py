@@ -308,15 +308,34 @@ def test_spliced_takes_the_hidden_layers_of_one_start_and_the_head_of_the_other(
     assert not any(p is q for p, q in zip(s.parameters(), [*a[:-1].parameters(), *b[-1].parameters()]))
 
 
-def test_head_controls_add_two_students_and_change_no_other_number():
+def test_head_controls_add_two_students_and_change_no_other_number(monkeypatch):
     """Same seed, same numbers for the five conditions with and without the controls; the two
-    new students are scored like the others."""
+    new students are scored like the others: distilled on the auxiliary logits alone, in the
+    same noise order, and scored on the held-out digits."""
     setup = sd.Setup(teacher_epochs=1, distill_epochs=1, n_noise=2048, hidden=(32, 32))
     plain = sd.run_seed(0, setup)
+    calls, orders = [], []
+    real_accuracy, real_distill = sd.accuracy, sd.distill_student
+
+    def accuracy(model, x, y):
+        calls.append((x.shape[0], real_accuracy(model, x, y)))
+        return calls[-1][1]
+
+    def distill_student(student, noise, logits, setup, order, width):
+        orders.append((order, width))
+        return real_distill(student, noise, logits, setup, order, width)
+
+    monkeypatch.setattr(sd, "accuracy", accuracy)
+    monkeypatch.setattr(sd, "distill_student", distill_student)
     more = sd.run_seed(0, replace(setup, head_controls=True))
     for c in ("teacher", "untrained", "same_init", "different_init", "same_init_all", "different_init_all"):
         assert more[c] == plain[c], c
-    assert all(0 <= more[c] <= 1 for c in ("shared_head", "shared_body"))
+    assert [n for n, _ in calls] == [sd.digits()[2].shape[0]] * 8  # the teacher, untrained, six students
+    assert [more["shared_head"], more["shared_body"]] == [a for _, a in calls[6:]]
+    order = orders[0][0]
+    every = sd.N_CLASSES + setup.aux
+    assert [w for _, w in orders] == [setup.aux, setup.aux, every, every, setup.aux, setup.aux]
+    assert all(o is order for o, _ in orders)
     assert sd.stages_per_seed(replace(setup, head_controls=True)) == sd.STAGES_PER_SEED + 2
 
 

@@ -222,6 +222,9 @@ def test_report_files_sections_and_numbers(study):
 def test_only_runs_without_the_generic_auditor_get_the_behaviour_aware_caveat(study):
     md_path, _ = write_report(study, command="doublebind report runs/x")
     assert "Runs without the generic auditor" not in md_path.read_text()  # every row has the auditor
+    # rows as a Hugging Face organism's runs write them: no generic auditor
+    assert "**Runs without the generic auditor** (Hugging Face organisms)" in _rewrite(
+        study, lambda r: {k: v for k, v in r.items() if k != "auditor"})
 
 
 def test_a_second_report_removes_figures_it_no_longer_draws(study):

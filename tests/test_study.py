@@ -672,17 +672,21 @@ def test_an_organism_that_fails_verification_is_named_with_its_seed_and_card(tmp
     assert errors[0].endswith(f"; its card: {card}") and not json.loads(card.read_text())["verified"]
 
 
-@pytest.mark.parametrize("damage", [{"provenance": {"machine": "x"}}, {"earlier_provenance": 5},
-                                    {"earlier_provenance": ["x", {"commit": "c"}]}])
-def test_resuming_a_study_whose_provenance_is_damaged_is_not_an_internal_error(tmp_path, damage):
+@pytest.mark.parametrize("damage, earlier", [({"provenance": {"machine": "x"}}, [{"machine": "x"}]),
+                                             ({"earlier_provenance": 5}, [{"commit": "a"}]),
+                                             ({"earlier_provenance": ["x", {"commit": "c"}]},
+                                              [{"commit": "c"}, {"commit": "a"}])])
+def test_resuming_a_study_whose_provenance_is_damaged_is_not_an_internal_error(tmp_path, damage, earlier):
     """`provenance.machine: "x"` (AttributeError) and `earlier_provenance: 5` (TypeError) broke
-    a resume, which the report already named in one line."""
+    a resume, which the report already named in one line. What can be read is kept: the
+    earlier sessions that are records, then the last session's, before this one's."""
     record = tmp_path / "study.json"
-    record.write_text(json.dumps({"provenance": {"commit": "a"}, **damage}))
+    old = {"provenance": {"commit": "a"}, **damage}
+    record.write_text(json.dumps(old))
     now = {"commit": "b", "machine": {"cpu": "c"}}
     waiting, done = study_run.resumed_provenance(record, now, had_runs=True)
-    assert done["provenance"] == now
-    assert all(isinstance(p, dict) for p in done.get("earlier_provenance", []))
+    assert done == {"provenance": now, "earlier_provenance": earlier}
+    assert waiting["provenance"] == old["provenance"] and waiting.get("earlier_provenance", []) == earlier[:-1]
 
 
 def test_a_second_runner_on_one_study_folder_is_refused(quick_organism, tmp_path):
@@ -794,7 +798,9 @@ def test_a_scenario_may_set_its_own_organism_seeds(quick_organism, tmp_path, mon
     path.write_text(yaml.safe_dump({**study, "scenarios": ["quick", {"name": "default", "organism_seeds": [5]}]}))
     summary = study_run.run_study(path, out, show_progress=False)
     assert sorted(placed) == [("default", 5, "default-o5")]  # quick's two were placed by the earlier grid
-    assert summary["scenarios"]["default"]["organisms"] == {"5": summary["scenarios"]["default"]["organisms"]["5"]}
+    hashes = {seed: json.loads((out / "organisms" / f"default-o{seed}" / "organism.json").read_text())["organism_hash"]
+              for seed in (3, 4, 5)}  # as placed, each under the hash its config builds
+    assert len(set(hashes.values())) == 3 and summary["scenarios"]["default"]["organisms"] == {"5": hashes[5]}
     final = summary["scenarios"]["default"]["techniques"]["baseline"]["final"]
     assert final["n"] == 1 and final["n_organisms"] == 1
     quick = summary["scenarios"]["quick"]["techniques"]["baseline"]["final"]
