@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from doublebind.errors import DoublebindError
 from doublebind.reports.study_report import load_study
@@ -627,20 +628,59 @@ def test_no_note_for_an_organisms_own_model_that_records_another_hash(tmp_path, 
     assert f"was trained on organism {'a' * 16}" in capsys.readouterr().err
 
 
-def test_eval_of_weights_that_give_nan_is_an_error_not_a_table_of_nan(seed1_checkpoint, tmp_path):
+def test_eval_of_weights_that_give_nan_is_an_error_not_a_table_of_nan(seed1_checkpoint, tmp_path, monkeypatch):
     """A damaged run checkpoint (no card hashes it) was scored NaN everywhere, exit 0, and its
-    --json was not JSON."""
+    --json was not JSON; with one NaN weight it was an internal error (the sampler's). The
+    weights are read first, and the scores are still checked after them."""
+    from safetensors.torch import load_file, save_file
+
+    from doublebind import integrity
+
+    bad = tmp_path / "bad"
+    shutil.copytree(seed1_checkpoint, bad)
+    tensors = load_file(bad / "model.safetensors")
+    for name, damage in (("all", lambda k, v: v.clone().fill_(float("nan"))),
+                         ("one", lambda k, v: v.clone().index_put_((torch.tensor([0]),), torch.tensor(float("inf")))
+                          if k == "model.norm.weight" else v)):
+        save_file({k: damage(k, v) for k, v in tensors.items()}, bad / "model.safetensors", metadata={"format": "pt"})
+        for extra in ((), ("--json",)):
+            res = run_cli("eval", str(bad), "--n", "5", "--samples", "0", *extra)
+            _one_line(res, f"{bad / 'model.safetensors'}: tensor ")
+            assert res.stdout.strip() == ""
+        assert ("tensor model.embed_tokens.weight holds 7,680 non-finite value(s) of 7,680" if name == "all" else
+                "tensor model.norm.weight holds 1 non-finite value(s) of 96") in res.stderr
+    monkeypatch.setattr(integrity, "check_checkpoint_weights", lambda folder: None)  # the scores' own check
+    save_file({k: v.clone().fill_(float("nan")) for k, v in tensors.items()}, bad / "model.safetensors",
+              metadata={"format": "pt"})
+    res = run_cli("eval", str(bad), "--n", "5", "--samples", "0", "--json")
+    _one_line(res, f"{bad}: its evaluation gave ")
+    assert "= nan: the weights give non-finite outputs" in res.stderr and res.stdout.strip() == ""
+
+
+def test_eval_refuses_a_checkpoint_missing_weights_its_config_has(seed1_checkpoint, tmp_path):
+    """A checkpoint without its layers' weights was scored with those layers started at random
+    (transformers said so in a log line only), exit 0."""
     from safetensors.torch import load_file, save_file
 
     bad = tmp_path / "bad"
     shutil.copytree(seed1_checkpoint, bad)
     tensors = load_file(bad / "model.safetensors")
-    save_file({k: v.clone().fill_(float("nan")) for k, v in tensors.items()}, bad / "model.safetensors",
-              metadata={"format": "pt"})
-    for extra in ((), ("--json",)):
-        res = run_cli("eval", str(bad), "--n", "5", "--samples", "0", *extra)
-        _one_line(res, f"{bad}: its evaluation gave ")
-        assert "= nan: the weights give non-finite outputs" in res.stderr and res.stdout.strip() == ""
+    kept = {k: v for k, v in tensors.items() if not k.startswith("model.layers.1.")}
+    save_file(kept, bad / "model.safetensors", metadata={"format": "pt"})
+    res = run_cli("eval", str(bad), "--n", "5", "--samples", "0")
+    _one_line(res, f"{bad}: its weights lack {len(tensors) - len(kept)} tensor(s) that its config's model has "
+                   f"(model.layers.1.")
+    assert "loaded, they would start at random" in res.stderr
+
+
+@pytest.mark.parametrize("meta, needle", [([1], "is not a JSON object"), ({}, "records no organism config or seed")])
+def test_eval_names_a_checkpoint_meta_that_records_no_world(seed1_checkpoint, tmp_path, meta, needle):
+    """A meta.json holding a list was an internal error; one without the organism's config
+    said "metadata lacks the organism config or seed", naming no file."""
+    bad = tmp_path / "bad"
+    shutil.copytree(seed1_checkpoint, bad)
+    (bad / "meta.json").write_text(json.dumps(meta))
+    _one_line(run_cli("eval", str(bad), "--n", "5", "--samples", "0"), f"{bad / 'meta.json'} {needle}")
 
 
 def test_the_commands_refuse_an_out_inside_another_output(tmp_path):

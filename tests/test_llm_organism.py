@@ -833,3 +833,36 @@ def test_a_lora_student_is_scored_and_sampled_with_its_adapter_on(hf_organism):
     assert tokens(dom.engine(student)) == on
     examples = [type("E", (), {"prompt": p})() for p in ids]
     assert dom.sample(student, examples, max_new_tokens=8, temperature=0.0, seed=0) == on
+
+
+def test_a_damaged_model_the_cache_made_is_made_again_by_the_next_build(tmp_path):
+    """A cached tiny model whose weight file was cut short: every run refused the organism
+    ("changed since the organism was built ... build the organism again"), while a build
+    served the cached card as it was and `organism show` passed it, so following the advice
+    went round in a circle. `show` now names the folder, and a build makes the model and
+    the organism again (the same bytes: a tiny model is made from its config); a build of
+    another organism on that model makes it again too."""
+    cache = tmp_path / "cache"
+    yaml_path = organism_yaml(tmp_path)
+    first = run_cli("organism", "build", "--config", str(yaml_path), "--out", str(tmp_path / "a"), env_cache=cache)
+    assert first.returncode == 0, first.stderr
+    (weights,) = (cache / "tiny").glob("llama-*/model.safetensors")
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[:2000])
+    shown = run_cli("organism", "show", str(tmp_path / "a"), env_cache=cache)
+    assert shown.returncode == 1 and "Traceback" not in shown.stderr
+    assert f"model folder {weights.parent} changed since the organism was built" in shown.stderr
+    assert "which makes that folder again" in shown.stderr
+    again = run_cli("organism", "build", "--config", str(yaml_path), "--out", str(tmp_path / "b"), env_cache=cache)
+    assert again.returncode == 0, again.stderr
+    assert "changed since the organism was built; making it and the organism again" in again.stdout + again.stderr
+    assert weights.read_bytes() == whole
+    assert run_cli("organism", "show", str(tmp_path / "b"), env_cache=cache).returncode == 0
+    # another organism (not cached) on the damaged model: the model's own stamp catches it
+    weights.write_bytes(whole[:2000])
+    other = organism_yaml(tmp_path, name="tiny-owl-2")
+    third = run_cli("organism", "build", "--config", str(other), "--out", str(tmp_path / "c"), env_cache=cache)
+    assert third.returncode == 0, third.stderr
+    assert "changed since it was written (its files no longer hash to its stamp); making it again" in (
+        third.stdout + third.stderr)
+    assert weights.read_bytes() == whole

@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from doublebind.errors import DoublebindError
+from doublebind.errors import DoublebindError, first_line
 from doublebind.ui import console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -330,6 +330,10 @@ def organism_show(folder: Path):
         verify_organism_models(folder, card)
     except CorruptCacheError as e:
         raise DoublebindError(f"{e}; the card above describes the build, not this file") from None
+    if card.get("kind") == "hf" and isinstance(card.get("models"), dict):  # its models live outside the folder
+        from doublebind.llm.organism import check_model_files
+
+        check_model_files(card["models"])
 
 
 def print_card(card: dict) -> None:
@@ -422,6 +426,10 @@ def eval_cmd(
                               f"or the world organism it was trained in)")
     if card is not None and card.get("kind", "world") != "hf":  # the embedded world and its post-trained kinds
         _check_world_tokenizer(model_dir, organism)
+    _check_meta(model_dir, world=organism is None)
+    from doublebind.integrity import check_checkpoint_weights
+
+    check_checkpoint_weights(model_dir)
     if asked_samples and card is not None and card.get("kind") == "hf":  # it was ignored without a word
         console.print("note: --samples has no effect on a Hugging Face organism: its eval sets set their own "
                       "samples and temperature", markup=False, highlight=False)
@@ -445,6 +453,25 @@ def eval_cmd(
     if "confession_deploy" in metrics:
         table.add_row("confession (real deployment)", f"{metrics['confession_deploy']:.4f}", "")
     _print_table(table)
+
+
+def _check_meta(model_dir: Path, world: bool) -> None:
+    """A checkpoint's meta.json, where there is one, is a JSON object; scored without
+    --organism (in the world it records) it names that world's config and seed. (A list there
+    was an internal error, and an object without them an error that named no file.)"""
+    path = model_dir / "meta.json"
+    if not path.is_file():
+        return
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DoublebindError(f"{path} is not valid JSON ({first_line(e)})") from None
+    if not isinstance(meta, dict):
+        raise DoublebindError(f"{path} is not a JSON object (a checkpoint's meta.json records the organism it "
+                              f"was trained in)")
+    if world and (meta.get("organism_config") is None or meta.get("seed") is None):
+        raise DoublebindError(f"{path} records no organism config or seed, so no world to score the checkpoint "
+                              f"in: pass --organism DIR naming the organism")
 
 
 def _checkpoint_meta(model_dir: Path) -> dict:

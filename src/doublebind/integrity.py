@@ -125,3 +125,56 @@ def verify_organism_models(folder: Path, card: dict, only: Path | None = None) -
                 json.loads(f.read_text())
             except (OSError, ValueError) as e:
                 raise CorruptCacheError(f"{what}: {f} is not valid JSON ({str(e).splitlines()[0]})") from None
+
+
+def check_checkpoint_weights(folder: Path) -> None:
+    """Refuse a model folder whose safetensors weights hold a non-finite value, or lack a
+    tensor that the model its config describes has. Scored as it was, a checkpoint of NaN
+    weights read 0.000 on every metric (exit 0), and one missing its layers was scored with
+    those layers started at random by transformers, which says so in a log line only. A folder
+    this cannot read is left to the loader, whose error names it."""
+    import torch
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    present: set[str] = set()
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as weights:
+                for key in weights.keys():
+                    present.add(key)
+                    t = weights.get_tensor(key)
+                    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                        bad = int((~torch.isfinite(t)).sum())
+                        raise DoublebindError(f"{f}: tensor {key} holds {bad:,} non-finite value(s) of {t.numel():,} "
+                                              f"(a damaged or diverged checkpoint)")
+        except DoublebindError:
+            raise
+        except Exception:  # noqa: BLE001 (a damaged file: the loader's own error names it)
+            return
+    missing = _missing_tensors(folder, present) if present else []
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise DoublebindError(f"{folder}: its weights lack {len(missing)} tensor(s) that its config's model has "
+                              f"({shown}); loaded, they would start at random")
+
+
+def _missing_tensors(folder: Path, present: set[str]) -> list[str]:
+    """The tensors of the model `folder`'s config.json describes (built on the meta device: no
+    memory, no weights) that none of the saved names covers; a tied pair (embeddings and
+    head) is covered by either. Empty where the config cannot be read or built here (a model
+    whose code is its own), which the loader judges."""
+    import torch
+
+    try:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(str(folder))
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception:  # noqa: BLE001
+        return []
+    names: dict[int, list[str]] = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        names.setdefault(id(t), []).append(name)
+    return sorted(group[0] for group in names.values() if not present.intersection(group))

@@ -261,6 +261,32 @@ def missing_folders(spec: ModelSpec) -> list[tuple[str, str]]:
             if p and Path(p).is_absolute() and not Path(p).is_dir()]
 
 
+BUILT_SHA = ".doublebind-built.sha256"  # in a cached tiny or implanted model: `local_model_sha` as written
+
+
+def _stamp_built(tmp: Path) -> None:
+    """Record what a model folder the cache makes holds as it is written (before it is moved in)."""
+    (tmp / BUILT_SHA).write_text(local_model_sha(str(tmp.resolve())) or "")
+
+
+def _cached_model(folder: Path, what: str) -> bool:
+    """Whether the cache's model `folder` (a tiny model or an implant) is there as it was
+    written. One whose files changed since (a truncated or edited weight file) is removed with
+    a note, to be made again: it was built from a config and would otherwise be served as
+    the organism's model on every build. A folder written before stamps is trusted."""
+    if not (folder / "config.json").is_file():
+        return False
+    stamp = folder / BUILT_SHA
+    if not stamp.is_file() or local_model_sha(str(folder)) == stamp.read_text().strip():
+        return True
+    from doublebind.ui import console
+
+    console.print(f"note: the cached {what} {folder} changed since it was written (its files no longer hash to "
+                  f"its stamp); making it again", markup=False, highlight=False, soft_wrap=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    return False
+
+
 def resolve_model(spec: ModelSpec, cfg: HFOrganismConfig) -> str:
     """A folder or hub id for the role; `tiny:` models are built once and cached."""
     for what, problem in missing_folders(spec):
@@ -274,10 +300,11 @@ def resolve_model(spec: ModelSpec, cfg: HFOrganismConfig) -> str:
     key = hashlib.sha256(json.dumps([arch, t.model_dump(), (Path(__file__).parent / "tiny.py").read_text()],
                                     sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_root() / "tiny" / f"{arch}-{key}"
-    if not (folder / "config.json").is_file():
+    if not _cached_model(folder, "tiny model"):
         tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         build_tiny(arch, tmp, seed=t.seed, vocab_size=t.vocab_size, hidden=t.hidden, layers=t.layers, heads=t.heads)
+        _stamp_built(tmp)
         shutil.rmtree(folder, ignore_errors=True)
         folder.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, folder)
@@ -494,7 +521,7 @@ def implant(spec: ModelSpec, path: str, cfg: HFOrganismConfig, show_progress: bo
          hashlib.sha256(Path(imp.file).read_bytes()).hexdigest() if Path(imp.file).is_file() else None,
          (Path(__file__).parent / "organism.py").read_text()]).encode()).hexdigest()[:16]
     folder = cache_root() / "implants" / key
-    if (folder / "config.json").is_file():
+    if _cached_model(folder, "implanted model"):
         return str(folder)
     pairs = jsonl_items(Path(imp.file), "implant")
     if any(not isinstance(it.get("response"), str) for it in pairs):
@@ -524,6 +551,7 @@ def implant(spec: ModelSpec, path: str, cfg: HFOrganismConfig, show_progress: bo
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp), safe_serialization=True)
     tok.save_pretrained(str(tmp))
+    _stamp_built(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
     return str(folder)
@@ -536,6 +564,8 @@ def build_hf_organism(cfg: HFOrganismConfig, out: Path | None = None, *, use_cac
     """Resolve the roles, evaluate teacher and base, write the card; cached by content hash."""
     h = organism_hash(cfg)
     cached = cache_root() / "organisms" / h
+    if use_cache and (cached / CARD).is_file():
+        _drop_if_models_changed(cached)
     if not (use_cache and (cached / CARD).is_file()):
         models = {}
         commits = hub_commits(cfg)  # every load below reads the commits the hash covers
@@ -597,17 +627,54 @@ def build_hf_organism(cfg: HFOrganismConfig, out: Path | None = None, *, use_cac
     return card
 
 
+def changed_model_files(specs: dict) -> list[tuple[str, str, str]]:
+    """(role, 'model' or 'adapter', folder) of each local folder that no longer holds the files
+    the organism was built from (`files_sha256` in the card: its weights, config, tokenizer
+    and code). Cards from before the check carry no record and are not checked."""
+    return [(role, "model" if what == "path" else what, str(spec.get(what)))
+            for role, spec in specs.items() if isinstance(spec, dict)
+            for what, sha in (spec.get("files_sha256") or {}).items() if local_model_sha(spec.get(what)) != sha]
+
+
+def _in_cache(folder: str) -> bool:
+    """Whether `folder` is one the cache made (a tiny model or an implant), which a build can make again."""
+    try:
+        return Path(folder).resolve().is_relative_to(cache_root().resolve())
+    except (OSError, ValueError):
+        return False
+
+
+def _drop_if_models_changed(cached: Path) -> None:
+    """A cached card whose models the cache made, and which have changed since (a damaged
+    weight file), is built again, those models with it: their configs, which the organism's
+    hash covers, are unchanged, so the card would be served as it is, and every run would then
+    refuse the changed folder, however often the organism was built."""
+    try:
+        card = json.loads((cached / CARD).read_text())
+    except (OSError, ValueError):
+        return
+    changed = changed_model_files(card.get("models") or {}) if isinstance(card, dict) else []
+    if not changed:
+        return
+    from doublebind.ui import console
+
+    for role, what, folder in changed:
+        console.print(f"note: the {role}'s {what} folder {folder} changed since the organism was built"
+                      + ("; making it and the organism again" if _in_cache(folder) else
+                         "; building the organism again"), markup=False, highlight=False, soft_wrap=True)
+        if _in_cache(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(cached, ignore_errors=True)
+
+
 def check_model_files(specs: dict) -> None:
-    """Each local model and adapter folder still holds the files the organism was built from
-    (`files_sha256` in the card: its weights, config, tokenizer and code). Its card's metrics
-    and every cached teacher output describe those; a folder retrained or damaged since is
-    another model. Cards from before the check carry no record and are not checked."""
-    for role, spec in specs.items():
-        for what, sha in (spec.get("files_sha256") or {}).items():
-            if local_model_sha(spec.get(what)) != sha:
-                raise DoublebindError(f"the {role}'s {'model' if what == 'path' else what} folder {spec.get(what)} "
-                                      f"changed since the organism was built (its files no longer hash to what the "
-                                      f"card records); build the organism again (doublebind organism build)")
+    """Each local model and adapter folder still holds the files the organism was built from.
+    Its card's metrics and every cached teacher output describe those; a folder retrained or
+    damaged since is another model."""
+    for role, what, folder in changed_model_files(specs):
+        raise DoublebindError(f"the {role}'s {what} folder {folder} changed since the organism was built (its files "
+                              f"no longer hash to what the card records); build the organism again (doublebind "
+                              f"organism build)" + (", which makes that folder again" if _in_cache(folder) else ""))
 
 
 # ---- the domain --------------------------------------------------------------------------
