@@ -770,3 +770,40 @@ def test_study_files_that_are_not_utf8_or_nest_too_deep_are_one_error(tmp_path):
     res = run_cli("report", str(deep))
     assert res.returncode == 1 and "not valid JSON: nested too deep" in res.stderr, res.stderr
     assert "internal error" not in res.stderr
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("recipe_overrides={sampling: {soft_labels: topk, top_k: 81}}",
+     "sampling.top_k (81) is larger than the embedded world's vocabulary (80 tokens)"),
+    ("techniques=[baseline, {name: random_drop, share: {bogus: 0.5}}]",
+     "technique random_drop: share: no task family 'bogus' in the embedded world (known: copy,"),
+    ("techniques=[baseline, {name: misalignment_targeted, modes: [bogus]}]",
+     "technique misalignment_targeted: modes: no mode 'bogus' in the embedded world (known: train,"),
+    (f"recipe_overrides={{prompts: {{jsonl: {ROOT / 'configs/llm/tiny/prompts.jsonl'}}}}}",
+     "configs/llm/tiny/prompts.jsonl:1: unknown token 'Start:'"),
+])
+def test_validate_refuses_what_an_embedded_world_run_would_refuse_after_others_trained(tmp_path, override, needle):
+    """Each passed `validate` and `study run`'s checks, and stopped the study at its first run
+    of it, the runs before it trained (the top_k one as an internal error)."""
+    study = str(ROOT / "configs/studies/quick.yaml")
+    for args in (["validate", study], ["study", "run", study, "--out", str(tmp_path / "out")]):
+        _one_line(run_cli(*args, override), needle)
+    assert not (tmp_path / "out" / RESULTS).exists()
+
+
+def test_validate_refuses_a_world_student_start_on_a_hugging_face_study():
+    _one_line(run_cli("validate", str(ROOT / "configs/llm/tiny/study.yaml"),
+                      "recipe_overrides={student: {init: alt_base}}"),
+              "student.init alt_base is for embedded organisms; a Hugging Face student starts from base or fresh")
+
+
+def test_a_top_k_above_the_world_vocabulary_is_named_when_the_teacher_is_labelled(quick_organism, tmp_path):
+    """`distill` reaches the teacher's labels without a study's checks: an internal error there
+    (torch's topk), now one line."""
+    res = run_cli("distill", "--organism", str(quick_organism[0]), "--recipe",
+                  str(ROOT / "configs/recipes/hard_sft.yaml"), "--out", str(tmp_path / "d"),
+                  "sampling.soft_labels=topk", "sampling.top_k=81", "prompts.size=20")
+    _one_line(res, "sampling.top_k (81) is larger than the embedded world's vocabulary (80 tokens)")

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from doublebind.errors import DoublebindError
 from doublebind.integrity import CorruptCacheError, file_sha256, verify_file
 from doublebind.prompts import Prompt, prompts_hash
 from doublebind.sampling import generate
@@ -96,6 +97,9 @@ def teacher_outputs(teacher, organism_hash: str, prompts: list[Prompt], scfg, se
 
             console.print(f"[yellow]corrupt cache entry:[/] {e}; recomputing it", highlight=False, soft_wrap=True)
     ids = vocab.token_ids()
+    if scfg.soft_labels == "topk" and scfg.top_k > len(ids):  # it was an internal error, as the labels were taken
+        raise DoublebindError(f"sampling.top_k ({scfg.top_k}) is larger than the embedded world's vocabulary "
+                              f"({len(ids)} tokens); use soft_labels: full, or a top_k of at most {len(ids)}")
     outs = generate(teacher, [vocab.encode(p.tokens) for p in prompts], scfg.max_new_tokens,
                     eos_id=ids[vocab.EOS], pad_id=ids[vocab.PAD], temperature=scfg.temperature,
                     top_p=scfg.top_p, seed=seed)

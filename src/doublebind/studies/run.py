@@ -106,6 +106,35 @@ def _label(name: str, what: str) -> str:
         raise DoublebindError(f"{what}: {e}") from None
 
 
+def check_world_inputs(recipe, stages) -> None:
+    """What an embedded-world run would refuse only once it reached it, after the study's
+    earlier runs had trained (each was found so): a top_k above the world's vocabulary (an
+    internal error), a random_drop share of a family the world does not have, a
+    misalignment_targeted mode it does not have, and a prompt file that is not world prompts."""
+    from doublebind.prompts import read_jsonl
+    from doublebind.registry import names
+    from doublebind.world import vocab
+
+    size = len(vocab.token_ids())
+    if recipe.sampling.soft_labels == "topk" and recipe.sampling.top_k > size:
+        raise DoublebindError(f"sampling.top_k ({recipe.sampling.top_k}) is larger than the embedded world's "
+                              f"vocabulary ({size} tokens); use soft_labels: full, or a top_k of at most {size}")
+    families = set(names("family"))
+    for st in stages:
+        share = getattr(st.cfg, "share", None) if st.name == "random_drop" else None
+        unknown = sorted(set(share) - families) if isinstance(share, dict) else []
+        if unknown:
+            raise DoublebindError(f"technique random_drop: share: no task family '{unknown[0]}' in the embedded world "
+                                  f"(known: {', '.join(sorted(families))})")
+        modes = getattr(st.cfg, "modes", None) if st.name == "misalignment_targeted" else None
+        unknown = sorted(set(modes) - set(vocab.MODES)) if modes else []
+        if unknown:
+            raise DoublebindError(f"technique misalignment_targeted: modes: no mode '{unknown[0]}' in the embedded "
+                                  f"world (known: {', '.join(vocab.MODES)})")
+    if recipe.prompts.jsonl:
+        read_jsonl(Path(recipe.prompts.jsonl))
+
+
 def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
     """Check everything before training: each scenario's organism source, the base recipe
     and the recipe overrides (`doublebind validate` runs this too). Errors name the study field,
@@ -186,6 +215,9 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
         if kind == "hf" and org_field("dtype") == "float16":
             raise ConfigError(f"{study_path}: {where}: dtype float16 is for sampling and scoring only: a student "
                               f"trained in pure float16 diverges; use bfloat16 or float32")
+        if kind == "hf" and recipe.student.init not in ("base", "fresh"):
+            raise ConfigError(f"{study_path}: {where}: student.init {recipe.student.init} is for embedded organisms; "
+                              f"a Hugging Face student starts from base or fresh")
         if kind == "hf" and recipe.objective.on_policy > 0:
             raise ConfigError(f"{study_path}: {where}: objective.on_policy: on-policy distillation is not supported "
                               f"on Hugging Face organisms yet")
@@ -202,11 +234,17 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
         techniques = cfg.technique_stages() if techniques is None else techniques
         specs = [*recipe.stages, *(added[0] for added in techniques.values() if added)]
         # each technique a stage runs (a random_drop `like` runs its filter's data hook)
-        checks = dict(pair for st in build_stages(specs) for pair in st.runs_on())
+        stages = build_stages(specs)
+        checks = dict(pair for st in stages for pair in st.runs_on())
         for name, domains in checks.items():
             if kind not in domains:
                 raise ConfigError(f"{study_path}: {where}: technique {name} works on {' and '.join(domains)} "
                                   f"organisms only, not on this {kind} organism")
+        if kind == "world":
+            try:
+                check_world_inputs(recipe, stages)
+            except DoublebindError as e:
+                raise ConfigError(f"{study_path}: {where}: {e}") from None
 
     def kind_of(org_cfg) -> str:
         return "hf" if getattr(org_cfg, "kind", None) == "hf_organism" else "world"
