@@ -193,6 +193,44 @@ def test_a_torn_last_line_is_left_alone_by_report_and_set_aside_by_resume(study,
                   "source": study_run.RESULTS, "raw": '{"schema_version": 3, "technique": "basel'}]
 
 
+def test_a_whole_last_row_without_its_newline_is_kept_not_trained_again(study, monkeypatch, capsys):
+    """A write cut off just before its last newline left a whole row: the run was trained again
+    and the row quarantined. It is kept (its run's seal checked as any run's), the newline put
+    back, and the next row starts a line of its own."""
+    path, out = study
+    results = out / study_run.RESULTS
+    whole, rows = results.read_bytes(), study_run.read_results(results)
+    results.write_bytes(whole[:-1])
+    assert rows and study_run.read_results(results) == rows  # a reader keeps it too, writing nothing
+    assert results.read_bytes() == whole[:-1]
+    calls = _count_distills(monkeypatch)
+    study_run.run_study(path, out, show_progress=False)
+    assert calls == [] and results.read_bytes() == whole and not (out / study_run.QUARANTINE).exists()
+    # a torn line is moved aside with a note (it was silent)
+    with open(results, "ab") as f:
+        f.write(b"\x00\xff" * 150)
+    study_run.run_study(path, out, show_progress=False)
+    note = capsys.readouterr()
+    lines = whole.count(b"\n")
+    assert f"line {lines + 1} (300 bytes) was half-written" in note.out + note.err
+    assert results.read_bytes() == whole
+
+
+def test_the_report_says_why_a_results_file_has_no_runs(study, tmp_path):
+    """A results.jsonl that is a folder, and one whose only line is half-written, read as "no
+    finished runs yet", where `study run` named the folder."""
+    _, out = study
+    results = out / study_run.RESULTS
+    results.unlink()
+    results.mkdir()
+    res = run_cli("report", str(out))
+    assert res.returncode == 1 and f"error: {results} is a folder, not a file" in res.stderr
+    results.rmdir()
+    results.write_bytes(b"\x00\xff" * 150)
+    res = run_cli("report", str(out))
+    assert res.returncode == 1 and "no finished runs yet (its last line, 300 bytes, is half-written" in res.stderr
+
+
 def test_rows_of_an_older_schema_are_refused_in_one_line(study):
     _, out = study
     rows = [json.loads(ln) for ln in _lines(out)]

@@ -756,6 +756,8 @@ def results_file(study_dir: Path) -> Path:
         raise DoublebindError(f"{study_dir}: no such folder")
     if not Path(study_dir).is_dir():
         raise DoublebindError(f"{study_dir} is a file, not a study folder (doublebind study run ... --out DIR)")
+    if results.exists() and not results.is_file():
+        raise DoublebindError(f"{results} is a folder, not a file")
     if not results.is_file():
         if (Path(study_dir) / "study.json").is_file():  # a study stopped before its first run finished
             raise DoublebindError(f"{results}: no finished runs yet")
@@ -775,7 +777,9 @@ def load_study(study_dir: Path, what: str = "the report") -> tuple[dict, Any, di
                               f"{QUARANTINE} and stops, repair or remove them by hand")
     scan.check()
     if not scan.rows:
-        raise DoublebindError(f"{results}: no finished runs yet")
+        torn = (f" (its last line, {len(scan.torn[1]):,} bytes, is half-written: no newline ends it; `doublebind "
+                f"study run` on this folder moves it to {QUARANTINE})") if scan.torn else ""
+        raise DoublebindError(f"{results}: no finished runs yet{torn}")
     study = _load_json(study_dir / "study.json", "study record")
     _check_study_record(study_dir / "study.json", study)
     cfg = _study_config(study_dir, study)

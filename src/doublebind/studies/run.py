@@ -330,6 +330,7 @@ class Scan:
     missing: list = field(default_factory=list)  # cells of the grid with no complete run (set by the report)
     bad: list[tuple[int, bytes, str]] = field(default_factory=list)  # (line number, raw bytes, why)
     torn: tuple[int, bytes, int] | None = None  # half-written last line: (line number, raw bytes, byte offset)
+    unended: int | None = None  # the file's size, where its last line is a whole row that only lacks its newline
     legacy: list[int] = field(default_factory=list)  # lines of rows from an older schema
 
     @property
@@ -504,6 +505,9 @@ def scan_results(path: Path) -> Scan:
     data = path.read_bytes()
     pieces = data.split(b"\n")
     tail = pieces.pop()  # b"" when the file ends with a newline
+    if tail and _whole_row(tail):  # a write cut off just before its newline: the row itself is whole
+        pieces.append(tail)
+        tail, scan.unended = b"", len(data)
     groups: dict[str, list[tuple[int, dict]]] = {}
     offset = 0
     for n, raw in enumerate(pieces, start=1):
@@ -571,6 +575,17 @@ def scan_results(path: Path) -> Scan:
     return scan
 
 
+def _whole_row(raw: bytes) -> bool:
+    """Whether `raw` (a last line with no newline after it) is a whole, well-formed row: a
+    run whose rows are all there is then kept, its seal (`run_sha256`) checked as any run's,
+    instead of being trained again."""
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return False
+    return isinstance(obj, dict) and obj.get("schema_version") == SCHEMA_VERSION and not _row_problem(obj)
+
+
 def read_results(path: Path) -> list[dict]:
     """Rows of the complete runs in `results.jsonl` (one run per run key); raises
     on a corrupt line. Reads only: a half-written last line is left where it is, ignored."""
@@ -616,14 +631,25 @@ def settle_results(scan: Scan) -> Scan:
         raise DoublebindError(f"{results}: {describe_bad(scan.bad)}; copied to {q.name}, {results.name} left "
                               f"as it is; repair or remove the bad lines by hand, then rerun")
     scan.check()
+    if scan.unended is not None:  # end the whole last row's line, so the next row starts a line of its own
+        with open(results, "r+b") as f:
+            if f.seek(0, os.SEEK_END) == scan.unended:  # unchanged since the scan
+                f.write(b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+        scan.unended = None
     if scan.torn is not None:
         n, raw, offset = scan.torn
-        _quarantine(results, [_quarantine_record(n, raw, "half-written last line (a kill mid-append)", True)])
+        q = _quarantine(results, [_quarantine_record(n, raw, "half-written last line (a kill mid-append)", True)])
         with open(results, "r+b") as f:
             if f.seek(0, os.SEEK_END) == offset + len(raw):  # unchanged since the scan
                 f.truncate(offset)
                 f.flush()
                 os.fsync(f.fileno())
+        from doublebind.ui import console
+
+        console.print(f"note: {results}: line {n} ({len(raw):,} bytes) was half-written (no newline ends it: a "
+                      f"kill mid-append); moved to {q.name}", markup=False, highlight=False, soft_wrap=True)
         scan.torn = None
     return scan
 
