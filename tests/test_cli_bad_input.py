@@ -807,3 +807,17 @@ def test_a_top_k_above_the_world_vocabulary_is_named_when_the_teacher_is_labelle
                   str(ROOT / "configs/recipes/hard_sft.yaml"), "--out", str(tmp_path / "d"),
                   "sampling.soft_labels=topk", "sampling.top_k=81", "prompts.size=20")
     _one_line(res, "sampling.top_k (81) is larger than the embedded world's vocabulary (80 tokens)")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["validate", str(ROOT / "configs/studies/quick.yaml"), "name="],
+     "name: String should have at least 1 character (set by the override name=)"),
+    (["validate", str(ROOT / "configs/recipes/hard_sft.yaml"), "name="], "name: String should have at least 1"),
+    (["validate", "/dev/null"], "config file /dev/null is not a regular file"),
+    (["validate", str(ROOT / "configs/recipes/hard_sft.yaml"), f"prompts.jsonl={ROOT / 'configs'}"],
+     f"prompts.jsonl: {ROOT / 'configs'} is a folder, not a file"),
+])
+def test_empty_names_and_files_that_are_no_files_are_named(args, needle):
+    """`name=` (what `name=$UNSET` gives) ran a study named nothing; /dev/null and a folder
+    given as a prompt file read as "not found"."""
+    _one_line(run_cli(*args), needle)

@@ -186,6 +186,7 @@ def test_cli_writes_table_json_and_plots(tmp_path):
     (["--aux-sweep", "2,3,2"], "--aux-sweep lists 2 more than once"),
     (["--aux", "100000", "--n-noise", "10000000"], "GB for the teacher's logits on the noise images alone"),
     (["--aux-sweep", "3,100000", "--n-noise", "10000000"], "--aux-sweep values 100000 with --n-noise 10,000,000"),
+    (["--aux-sweep", "3,,4"], "--aux-sweep has an empty item in '3,,4'"),  # ran 3 and 4, two minutes, no word
 ])
 def test_cli_bad_input_is_one_error_line(tmp_path, args, message):
     res = run_cli("replicate", "subliminal-digits", *args, "--out", str(tmp_path / "x"))

@@ -847,12 +847,16 @@ def replicate_subliminal_digits(
         raise DoublebindError(f"--threads must be between 0 and {MAX_THREADS:,}, got {threads}")
     sweep = None
     if aux_sweep is not None:
+        items = aux_sweep.split(",")
+        if not aux_sweep.strip():
+            raise DoublebindError("--aux-sweep is empty")
+        if any(not v.strip() for v in items):  # "3,,4" ran 3 and 4 without a word about the gap
+            raise DoublebindError(f"--aux-sweep has an empty item in '{aux_sweep}' (comma-separated integers, "
+                                  f"e.g. 2,3,5)")
         try:
-            sweep = [int(v) for v in aux_sweep.split(",") if v.strip()]
+            sweep = [int(v) for v in items]
         except ValueError:
             raise DoublebindError(f"--aux-sweep takes comma-separated integers, got '{aux_sweep}'") from None
-        if not sweep:
-            raise DoublebindError("--aux-sweep is empty")
     setup = sd.Setup(aux=aux, noise=noise, teacher_epochs=teacher_epochs, distill_epochs=distill_epochs,
                      n_noise=n_noise, temperature=temperature, head_controls=head_controls)
     setup.check()

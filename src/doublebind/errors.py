@@ -28,6 +28,8 @@ def read_text_file(path, what: str = "file") -> str:
     path = Path(path)
     if path.is_dir():
         raise DoublebindError(f"{what} {path} is a folder, not a file")
+    if path.exists() and not path.is_file():  # a device, a pipe (which a read would wait on for ever), a socket
+        raise DoublebindError(f"{what} {path} is not a regular file")
     if not path.is_file():
         raise DoublebindError(f"{what} not found: {path}")
     try:
