@@ -671,6 +671,13 @@ def test_eval_refuses_a_checkpoint_missing_weights_its_config_has(seed1_checkpoi
     _one_line(res, f"{bad}: its weights lack {len(tensors) - len(kept)} tensor(s) that its config's model has "
                    f"(model.layers.1.")
     assert "loaded, they would start at random" in res.stderr
+    # every tensor there, the config of another width: named, where the loader pointed at a report not shown
+    save_file(tensors, bad / "model.safetensors", metadata={"format": "pt"})
+    cfg = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**cfg, "intermediate_size": 2 * cfg["intermediate_size"]}))
+    _one_line(run_cli("eval", str(bad), "--n", "5", "--samples", "0"),
+              f"{bad}: tensor model.layers.0.mlp.gate_proj.weight has shape [{cfg['intermediate_size']}, "
+              f"{cfg['hidden_size']}] in its weights and [{2 * cfg['intermediate_size']}, {cfg['hidden_size']}]")
 
 
 @pytest.mark.parametrize("meta, needle", [([1], "is not a JSON object"), ({}, "records no organism config or seed")])

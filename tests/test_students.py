@@ -120,7 +120,7 @@ def test_base_layers_is_base_with_a_layer_dropped(quick_organism, base):
 
 
 def test_base_layers_that_keep_every_layer_are_refused(quick_organism):
-    with pytest.raises(DoublebindError, match="keeps fewer of base's 2 layers than it has: model.layers is 2"):
+    with pytest.raises(DoublebindError, match="keeps fewer of base's 2 layers than it has, from 1 to 1: model.layers is 2 \(with small_student"):
         make_student(StudentConfig(init="base_layers", model=ModelConfig(layers=2)), quick_organism[0], seed=0)
 
 

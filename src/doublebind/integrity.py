@@ -128,22 +128,23 @@ def verify_organism_models(folder: Path, card: dict, only: Path | None = None) -
 
 
 def check_checkpoint_weights(folder: Path) -> None:
-    """Refuse a model folder whose safetensors weights hold a non-finite value, or lack a
-    tensor that the model its config describes has. Scored as it was, a checkpoint of NaN
-    weights read 0.000 on every metric (exit 0), and one missing its layers was scored with
-    those layers started at random by transformers, which says so in a log line only. A folder
-    this cannot read is left to the loader, whose error names it."""
+    """Refuse a model folder whose safetensors weights hold a non-finite value, lack a tensor
+    that the model its config describes has, or hold one of another shape. Scored as it was,
+    a checkpoint of NaN weights read 0.000 on every metric (exit 0), one missing its layers
+    was scored with those layers started at random by transformers, which says so in a log
+    line only, and a shape that disagreed with the config was an error that pointed at a
+    report nobody saw. A folder this cannot read is left to the loader, whose error names it."""
     import torch
     from safetensors import safe_open
 
     folder = Path(folder)
-    present: set[str] = set()
+    shapes: dict[str, tuple[int, ...]] = {}
     for f in sorted(folder.glob("*.safetensors")):
         try:
             with safe_open(str(f), framework="pt") as weights:
                 for key in weights.keys():
-                    present.add(key)
                     t = weights.get_tensor(key)
+                    shapes[key] = tuple(t.shape)
                     if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                         bad = int((~torch.isfinite(t)).sum())
                         raise DoublebindError(f"{f}: tensor {key} holds {bad:,} non-finite value(s) of {t.numel():,} "
@@ -152,18 +153,27 @@ def check_checkpoint_weights(folder: Path) -> None:
             raise
         except Exception:  # noqa: BLE001 (a damaged file: the loader's own error names it)
             return
-    missing = _missing_tensors(folder, present) if present else []
+    expected = _config_tensors(folder) if shapes else None
+    if not expected:
+        return
+    missing = sorted(group[0] for group, _ in expected if not any(n in shapes for n in group))
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise DoublebindError(f"{folder}: its weights lack {len(missing)} tensor(s) that its config's model has "
                               f"({shown}); loaded, they would start at random")
+    for group, shape in expected:
+        for name in group:
+            if name in shapes and shapes[name] != shape:
+                raise DoublebindError(f"{folder}: tensor {name} has shape {list(shapes[name])} in its weights and "
+                                      f"{list(shape)} in the model its config.json describes (a config and weights "
+                                      f"of two models?)")
 
 
-def _missing_tensors(folder: Path, present: set[str]) -> list[str]:
-    """The tensors of the model `folder`'s config.json describes (built on the meta device: no
-    memory, no weights) that none of the saved names covers; a tied pair (embeddings and
-    head) is covered by either. Empty where the config cannot be read or built here (a model
-    whose code is its own), which the loader judges."""
+def _config_tensors(folder: Path) -> list[tuple[list[str], tuple[int, ...]]]:
+    """The tensors of the model `folder`'s config.json describes, built on the meta device (no
+    memory, no weights): (the names one tensor goes by, a tied pair such as embeddings and
+    head counting once, its shape). Empty where the config cannot be read or built here (a
+    model whose code is its own), which the loader then judges."""
     import torch
 
     try:
@@ -174,7 +184,7 @@ def _missing_tensors(folder: Path, present: set[str]) -> list[str]:
             model = AutoModelForCausalLM.from_config(config)
     except Exception:  # noqa: BLE001
         return []
-    names: dict[int, list[str]] = {}
+    groups: dict[int, tuple[list[str], tuple[int, ...]]] = {}
     for name, t in model.state_dict(keep_vars=True).items():
-        names.setdefault(id(t), []).append(name)
-    return sorted(group[0] for group in names.values() if not present.intersection(group))
+        groups.setdefault(id(t), ([], tuple(t.shape)))[0].append(name)
+    return list(groups.values())

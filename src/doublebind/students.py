@@ -74,8 +74,9 @@ def base_layers(base, arch: ModelConfig, layers: int, seed: int):
     """A model of `arch` with `layers` decoder layers whose every weight is base's: embeddings,
     final norm and head as they are, layer i from base's layer `kept_layers(...)[i]`."""
     if not 1 <= layers < arch.layers:
-        raise DoublebindError(f"student.init base_layers keeps fewer of base's {arch.layers} layers than it has: "
-                              f"model.layers is {layers}")
+        raise DoublebindError(f"student.init base_layers keeps fewer of base's {arch.layers} layers than it has, "
+                              f"from 1 to {arch.layers - 1}: model.layers is {layers} (with small_student, "
+                              f"start: base_layers, its `layers`)")
     small = make_model(arch.model_copy(update={"layers": layers}), seed)
     keep, src = kept_layers(arch.layers, layers), base.state_dict()
     state = {}
