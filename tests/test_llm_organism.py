@@ -137,6 +137,25 @@ def test_teacher_outputs_topk_match_the_teacher_and_are_cached(hf_organism):
     assert again.responses == out.responses and torch.equal(again.soft["logprobs"], lp)
 
 
+def test_a_corrupt_hugging_face_teacher_output_entry_is_recomputed(hf_organism, capsys):
+    """As on the embedded world: it was refused with "delete the entry" instead."""
+    from doublebind.cards import cache_root
+
+    d = HFDomain(hf_organism[0], hf_organism[1])
+    r = recipe()
+    prompts = d.prompts(r.prompts, 0)
+    out = d.teacher_outputs(prompts, r.sampling, 0)
+    samples = cache_root() / "teacher" / out.key / "samples.jsonl"
+    text = samples.read_text()
+    samples.write_text(text.replace("[", "[9", 1))  # one token id changed: the file no longer hashes as written
+    capsys.readouterr()
+    again = d.teacher_outputs(prompts, r.sampling, 0)
+    err = capsys.readouterr().err
+    assert "corrupt cache entry" in err and "samples.jsonl" in err and "recomputing it" in err
+    assert again.responses == out.responses and torch.equal(again.soft["logprobs"], out.soft["logprobs"])
+    assert samples.read_text() == text
+
+
 def test_models_never_run_hub_code_unless_asked(hf_organism, monkeypatch):
     import transformers
 

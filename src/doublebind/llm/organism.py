@@ -866,12 +866,18 @@ class HFDomain:
                            **{"dtype": self.cfg.dtype, **self.cfg.vllm_options})
 
     def teacher_outputs(self, prompts, scfg, seed: int):
+        from doublebind.integrity import CorruptCacheError
         from doublebind.teacher import TeacherOutputs, _load, _save, outputs_key
 
         key = outputs_key(self.card["organism_hash"], prompts, scfg, seed)
         folder = cache_root() / "teacher" / key
         if (folder / "samples.jsonl").is_file():
-            return _load(folder, prompts, key)
+            try:
+                return _load(folder, prompts, key, hint="")
+            except CorruptCacheError as e:  # as the embedded world's: made again, with a note
+                from doublebind.ui import console
+
+                console.print(f"[yellow]corrupt cache entry:[/] {e}; recomputing it", highlight=False, soft_wrap=True)
         k = scfg.top_k if scfg.soft_labels == "topk" else 0
         if k > len(self.tokenizer):  # the engine cut it to the vocabulary, the label tensors did not
             raise DoublebindError(f"sampling.top_k ({k}) is larger than the vocabulary ({len(self.tokenizer)} "
