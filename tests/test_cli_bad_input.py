@@ -801,10 +801,14 @@ def test_validate_refuses_what_an_embedded_world_run_would_refuse_after_others_t
     assert not (tmp_path / "out" / RESULTS).exists()
 
 
-def test_validate_refuses_a_world_student_start_on_a_hugging_face_study():
-    _one_line(run_cli("validate", str(ROOT / "configs/llm/tiny/study.yaml"),
-                      "recipe_overrides={student: {init: alt_base}}"),
+def test_validate_refuses_a_world_student_start_or_a_broken_prompt_file_on_a_hugging_face_study(tmp_path):
+    study = str(ROOT / "configs/llm/tiny/study.yaml")
+    _one_line(run_cli("validate", study, "recipe_overrides={student: {init: alt_base}}"),
               "student.init alt_base is for embedded organisms; a Hugging Face student starts from base or fresh")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a"}\ngarbage\n')
+    _one_line(run_cli("validate", study, f"recipe_overrides={{prompts: {{jsonl: {prompts}}}}}"),
+              f"{prompts}:2: not valid JSON")
 
 
 def test_a_top_k_above_the_world_vocabulary_is_named_when_the_teacher_is_labelled(quick_organism, tmp_path):

@@ -240,11 +240,15 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
             if kind not in domains:
                 raise ConfigError(f"{study_path}: {where}: technique {name} works on {' and '.join(domains)} "
                                   f"organisms only, not on this {kind} organism")
-        if kind == "world":
-            try:
+        try:
+            if kind == "world":
                 check_world_inputs(recipe, stages)
-            except DoublebindError as e:
-                raise ConfigError(f"{study_path}: {where}: {e}") from None
+            elif recipe.prompts.jsonl:  # read as the organism's domain reads it, at the first run
+                from doublebind.llm.organism import jsonl_items
+
+                jsonl_items(Path(recipe.prompts.jsonl), "prompt")
+        except DoublebindError as e:
+            raise ConfigError(f"{study_path}: {where}: {e}") from None
 
     def kind_of(org_cfg) -> str:
         return "hf" if getattr(org_cfg, "kind", None) == "hf_organism" else "world"
