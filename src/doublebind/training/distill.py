@@ -495,10 +495,12 @@ def _checksum(model) -> str:
     """A cheap fingerprint of a Hugging Face model's parameters, computed where they lie: each
     parameter's bit patterns, read as integers, summed plainly and weighted by position (odd
     weights), modulo 2**64, on its own device; only the two sums per parameter come to the host.
-    Any one changed element changes the weighted sum (an odd weight is invertible modulo 2**64),
-    so does any step of training, and a swap of two elements; it is no defence against a
-    change built to keep both sums. Hashing the weights themselves (`_fingerprint`) would copy
-    a 7B model's 14 GB to the host at every checkpoint. Parameters only: a buffer can change
+    Any one changed element changes the weighted sum (an odd weight is invertible modulo 2**64).
+    Several changes can cancel in both sums (three 1-ulp changes to adjacent float32 weights
+    do, and so can a swap of two float64 ones), so it is a check against a model trained or
+    edited by mistake, not against a change built to pass. Hashing the weights themselves
+    (`_fingerprint`) would copy a 7B model's 14 GB to the host at every checkpoint.
+    Parameters only: a buffer can change
     by design (a dynamic rotary scaling recomputes its frequencies for a longer input)."""
     h, sums, odd = hashlib.sha256(), [], {}
     with torch.no_grad():
