@@ -422,6 +422,17 @@ def test_eval_scores_an_hf_checkpoint_with_the_organisms_evals(hf_organism, tmp_
     train_tokenizer(["a few other words to learn", "and a few more"], vocab_size=300).save_pretrained(str(other))
     res = run_cli("eval", str(other), "--organism", str(org), "--n", "10")
     assert res.returncode == 1 and "its tokenizer" in res.stderr and "is not the organism's" in res.stderr, res.stderr
+    # a checkpoint of NaN weights read 0.000 on every metric, exit 0
+    from safetensors.torch import load_file, save_file
+
+    nan = tmp_path / "nan"
+    shutil.copytree(ckpt, nan)
+    weights = load_file(nan / "model.safetensors")
+    save_file({k: v.clone().fill_(float("nan")) for k, v in weights.items()}, nan / "model.safetensors",
+              metadata={"format": "pt"})
+    res = run_cli("eval", str(nan), "--organism", str(org), "--n", "10", "--json")
+    assert res.returncode == 1 and res.stdout.strip() == "", res.stdout
+    assert f"{nan / 'model.safetensors'}: tensor " in res.stderr and "non-finite value(s)" in res.stderr
 
 
 def test_world_only_prompt_settings_are_refused(hf_organism):
