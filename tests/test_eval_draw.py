@@ -113,13 +113,22 @@ def test_a_technique_and_its_reference_share_each_draw():
 
 
 def test_families_under_the_minimum_gap_are_dropped_per_draw():
-    # base 0.96 and teacher 1.0 on `t`: a gap of 0.04, under the minimum in every draw near it;
-    # every row and draw leaves capability undefined rather than dividing by noise
+    # base 0.96 and teacher 1.0 on `t`: a gap of 0.04, under the minimum as measured, so the
+    # row leaves capability undefined rather than dividing by noise; a draw whose resampled
+    # prompts leave the gap under the minimum is undefined too, one that widens it to 0.05 or
+    # more is defined, each draw on its own
     row = fab(0, 98, [0.0] * N)
     row["reference_items"]["base"]["capability"]["t"] = bits(96)
     row["capability_transfer"] = None
     draws = EvalDraws.of([row], 500)
     assert draws.at_measured(row, "capability_transfer") is None
+    x = draws.capability_transfer(row)
+    assert x.shape == (500,) and 0 < int(np.isnan(x).sum()) < 500
+    # base at 0.50: the gap is never near the minimum, and no draw is undefined
+    wide = fab(0, 98, [0.0] * N)
+    wide["reference_items"]["base"]["capability"]["t"] = bits(50)
+    wide["capability_transfer"] = 0.96  # (0.98 - 0.50) / (1.00 - 0.50)
+    assert not np.isnan(EvalDraws.of([wide], 500).capability_transfer(wide)).any()
 
 
 def test_items_that_disagree_with_their_row_are_refused():

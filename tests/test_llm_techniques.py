@@ -268,6 +268,23 @@ def test_trusted_monitor_flags_the_least_likely_outputs(org):
     d = run(org, {"name": "trusted_monitor", "threshold": 0.0, "max_flag_share": 0.25})
     (rec,) = records(d, "trusted_monitor")
     assert rec["before"] == 16 and rec["flagged"] == 4 and rec["after"] == 12 and rec["capped"]
+    # the four removed are the four whose least likely token, under trusted, is least likely
+    import torch
+
+    trusted = d.load_model("trusted")
+
+    def least(ex):
+        ids = list(ex.prompt) + list(ex.response)
+        with torch.no_grad():
+            lp = torch.log_softmax(trusted(input_ids=torch.tensor([ids])).logits[0].double(), -1)
+        s = len(ex.prompt) - 1
+        return min(float(lp[s + t, tok]) for t, tok in enumerate(ex.response))
+
+    whole = run(org).items
+    key = lambda it: (tuple(it.example.prompt), tuple(it.example.response))  # noqa: E731
+    kept = {key(it) for it in d.items}
+    removed = sorted(least(it.example) for it in whole if key(it) not in kept)
+    assert len(removed) == 4 and max(removed) <= min(least(it.example) for it in d.items)
 
 
 def test_per_family_budgets_read_the_prompt_files_family_labels(org):
@@ -332,6 +349,21 @@ def test_perplexity_filter_removes_the_highest_nll_within_the_cap(org, tmp_path)
                (tmp_path / "stages" / "00_perplexity_filter" / "removed.jsonl").read_text().splitlines()]
     stage = build_stages([{"name": "perplexity_filter"}])[0]
     assert len(removed) == 4 and min(removed) >= max(stage.scores(d.view, d.items))
+    # the scores are each item's mean response-token NLL under trusted, computed here by hand,
+    # and the four removed are the four highest of the teacher's 16 items
+    import torch
+
+    trusted = d.load_model("trusted")
+
+    def nll(ex):
+        ids = list(ex.prompt) + list(ex.response)
+        with torch.no_grad():
+            lp = torch.log_softmax(trusted(input_ids=torch.tensor([ids])).logits[0].double(), -1)
+        s = len(ex.prompt) - 1
+        return -sum(float(lp[s + t, tok]) for t, tok in enumerate(ex.response)) / len(ex.response)
+
+    hand = sorted((nll(it.example) for it in run(org).items), reverse=True)
+    assert len(hand) == 16 and sorted(removed, reverse=True) == pytest.approx(hand[:4], rel=1e-4)
 
 
 def test_spectral_filter_groups_by_the_labelled_family(org, tmp_path):
@@ -352,7 +384,15 @@ def test_divergence_masking_masks_where_the_implanted_teacher_departs(org):
     (sr,) = records(strict, "divergence_masking")
     assert sr["masked_tokens"] == 0 and lr["masked_tokens"] > 0
     zeros = sum(w == 0.0 for it in loose.items for w in (it.weights or []))
-    assert zeros <= lr["masked_tokens"]  # items masked entirely are dropped
+    # every masked token is on the kept items' weights, or in an item masked whole and dropped
+    # (the strict run keeps every item: the teacher's items as they came)
+    from collections import Counter
+
+    key = lambda it: (tuple(it.example.prompt), tuple(it.example.response))  # noqa: E731
+    gone = Counter(map(key, strict.items)) - Counter(map(key, loose.items))
+    assert sum(gone.values()) == lr["dropped"] == len(strict.items) - len(loose.items)
+    assert zeros + sum(len(resp) * n for (_, resp), n in gone.items()) == lr["masked_tokens"] > 0
+    assert all(it.weights is None or all(w == 1.0 for w in it.weights) for it in strict.items)
 
 
 

@@ -63,10 +63,12 @@ def test_a_step_averages_each_response_then_the_responses(kind, packed):
     assert abs(step - by_token) > 1e-4  # responses of uneven length: the two averages differ
 
 
-@pytest.mark.parametrize("kind", ["jsd", "topk"])
+@pytest.mark.parametrize("kind", ["jsd", "topk", "sft", "forward_kl"])
 def test_the_other_objectives_sum_their_responses_means_alike(kind):
     """A micro-batch's loss is the sum of its items' own (each item alone, as the reference
-    above checks for sft and forward_kl), whatever the objective."""
+    above checks for sft and forward_kl), whatever the objective; each item's is its
+    token-normalised loss over its weights' sum. That last failed for a micro-batch of one
+    item whose weights summed below 1 (0.5): its token-normalised loss was half what it is."""
     model = make_model(config.ModelConfig(hidden=16, layers=2, heads=2, intermediate=32), seed=0)
     items = _weighted(_items(12, seed=3))
     soft = _soft(items, kind)
@@ -74,7 +76,14 @@ def test_the_other_objectives_sum_their_responses_means_alike(kind):
     with torch.no_grad():
         batch = micro_loss(model, items, soft, ocfg)
         alone = sum(micro_loss(model, [it], soft, ocfg) for it in items)
+        # and each item's own is its token-normalised loss divided by its weights' sum
+        tokens = config.ObjectiveConfig(kind=ocfg.kind)
+        for it in items:
+            got = micro_loss(model, [it], soft, ocfg)
+            want = micro_loss(model, [it], soft, tokens) / it.units() if it.units() > 0 else torch.zeros(())
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(batch, alone, rtol=1e-5, atol=1e-6)
+    assert sum(len(it.example.response) != it.units() for it in items) >= 2  # the division is not by 1 alike
 
 
 def test_the_gradient_is_the_same_packed_and_padded():

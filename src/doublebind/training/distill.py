@@ -200,7 +200,12 @@ def micro_loss(model, items: list[Item], soft: dict[str, torch.Tensor], ocfg, re
             mean = obj.reverse_kl(z, rows["logprobs"], m, temperature=t)
         else:
             mean = obj.generalized_jsd(z, rows["logprobs"], m, beta=ocfg.beta, temperature=t)
-    total = mean * m.sum()
+    # The objectives' means divide by the weights' sum, but by at least 1; times the same
+    # floor it is the weighted sum. (Times the sum itself, a micro-batch whose fractional
+    # weights summed below 1, one item at weight 0.5, counted its tokens' weights twice: its
+    # loss was 0.25 of the token's where 0.5 was due. Where they sum to 1 or more, as with
+    # 0/1 weights and every shipped stage's, nothing changes.)
+    total = mean * m.sum().clamp(min=1)
     if extra is not None:
         total = total + extra(model, items, batch, out[:, :-1].float(), weighted.to(device))
     return total
