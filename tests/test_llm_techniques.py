@@ -264,21 +264,26 @@ def test_onion_filter_deletes_tokens_by_reference_nll(org, tmp_path):
     assert records(none, "onion_filter")[0]["tokens_removed"] == 0
 
 
+def _response_logprobs(model, ex) -> list[float]:
+    """Each response token's log-probability under `model`, from one forward pass of the
+    whole sequence, done here apart from the stages' own scoring."""
+    import torch
+
+    ids = list(ex.prompt) + list(ex.response)
+    with torch.no_grad():
+        lp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].double(), -1)
+    return [float(lp[len(ex.prompt) - 1 + t, tok]) for t, tok in enumerate(ex.response)]
+
+
 def test_trusted_monitor_flags_the_least_likely_outputs(org):
     d = run(org, {"name": "trusted_monitor", "threshold": 0.0, "max_flag_share": 0.25})
     (rec,) = records(d, "trusted_monitor")
     assert rec["before"] == 16 and rec["flagged"] == 4 and rec["after"] == 12 and rec["capped"]
     # the four removed are the four whose least likely token, under trusted, is least likely
-    import torch
-
     trusted = d.load_model("trusted")
 
     def least(ex):
-        ids = list(ex.prompt) + list(ex.response)
-        with torch.no_grad():
-            lp = torch.log_softmax(trusted(input_ids=torch.tensor([ids])).logits[0].double(), -1)
-        s = len(ex.prompt) - 1
-        return min(float(lp[s + t, tok]) for t, tok in enumerate(ex.response))
+        return min(_response_logprobs(trusted, ex))
 
     whole = run(org).items
     key = lambda it: (tuple(it.example.prompt), tuple(it.example.response))  # noqa: E731
@@ -351,16 +356,11 @@ def test_perplexity_filter_removes_the_highest_nll_within_the_cap(org, tmp_path)
     assert len(removed) == 4 and min(removed) >= max(stage.scores(d.view, d.items))
     # the scores are each item's mean response-token NLL under trusted, computed here by hand,
     # and the four removed are the four highest of the teacher's 16 items
-    import torch
-
     trusted = d.load_model("trusted")
 
     def nll(ex):
-        ids = list(ex.prompt) + list(ex.response)
-        with torch.no_grad():
-            lp = torch.log_softmax(trusted(input_ids=torch.tensor([ids])).logits[0].double(), -1)
-        s = len(ex.prompt) - 1
-        return -sum(float(lp[s + t, tok]) for t, tok in enumerate(ex.response)) / len(ex.response)
+        lps = _response_logprobs(trusted, ex)
+        return -sum(lps) / len(lps)
 
     hand = sorted((nll(it.example) for it in run(org).items), reverse=True)
     assert len(hand) == 16 and sorted(removed, reverse=True) == pytest.approx(hand[:4], rel=1e-4)
