@@ -153,7 +153,7 @@ def test_incrimination_is_tested_where_misalignment_transfer_is_undefined():
     v = config.VerdictConfig()
     caught = technique_stats([generic_row(s, 0.9, None, 0.9 + 0.03 * s) for s in range(3)], v, 500)
     assert caught["verdict"] == "incriminating" and caught["misalignment_transfer"]["undefined"]
-    assert caught["replication"] is not None
+    assert 0.0 < caught["replication"] <= 1.0
     quiet = technique_stats([generic_row(s, 0.9, None, 0.0) for s in range(3)], v, 500)
     assert quiet["verdict"] == "undefined" and quiet["deciding"] == ["teacher within 0.05 of base's misalignment"]
     assert [t["test"] for t in quiet["tests"]] == ["student audit success@k", "teacher audit success@k"]
@@ -163,4 +163,4 @@ def test_incrimination_is_tested_where_misalignment_transfer_is_undefined():
     # without the auditor, the signal's test alike
     assert technique_stats([row(s, 0.9, None, hp=0.3 + 0.05 * s) for s in range(3)], v, 500)["verdict"] \
         == "incriminating"
-    assert json.dumps(quiet)  # the record stays JSON
+    assert json.loads(json.dumps(quiet, allow_nan=False)) == quiet  # the record stays JSON, whole

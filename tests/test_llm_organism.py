@@ -93,8 +93,10 @@ def test_a_card_from_the_cache_points_at_the_eval_files_where_they_are_now(hf_or
     on_disk = json.loads((moved / "organism" / "organism.json").read_text())
     for c in (again, on_disk):
         assert Path(c["config"]["evals"]["misalignment"]["file"]) == moved / "animal.jsonl"
-    HFDomain(moved / "organism", on_disk).evaluate(HFDomain(moved / "organism", on_disk).load_model("base"), 2,
-                                                    role="base")  # reads the files it names
+    moved_domain, here = HFDomain(moved / "organism", on_disk), HFDomain(org, card)
+    # it reads the files it names: the moved copies, which score as the originals do
+    assert moved_domain.evaluate(moved_domain.load_model("base"), 2, role="base") == here.evaluate(
+        here.load_model("base"), 2, role="base")
     build_hf_organism(config.load(org.parent / "organism.yaml"), None, show_progress=False)  # back, for the rest
 
 
@@ -169,6 +171,9 @@ def test_models_never_run_hub_code_unless_asked(hf_organism, monkeypatch):
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
     HFDomain(hf_organism[0], hf_organism[1]).load_model("base")
     assert seen == [False]
+    asked = {**hf_organism[1], "config": {**hf_organism[1]["config"], "trust_remote_code": True}}
+    HFDomain(hf_organism[0], asked).load_model("base")  # where the config asks, and only there
+    assert seen == [False, True]
 
 
 def test_distill_runs_on_hf_organisms_and_refuses_world_techniques(hf_organism, tmp_path):

@@ -85,9 +85,23 @@ def test_tensorboard_shows_one_run_with_its_hyperparameters(quick_organism, tmp_
     assert "train/loss" in _scalars(logs)
 
 
-def test_no_tracker_writes_only_the_runs_files(quick_organism, tmp_path):
+def test_no_tracker_writes_only_the_runs_files(quick_organism, tmp_path, monkeypatch):
+    """Without a tracker a run writes the files a tracked run writes, less its tracker/ folder,
+    and nothing in the working folder."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
     distill(quick_organism[0], recipe(), tmp_path / "run", show_progress=False, plot=False)
-    assert not (tmp_path / "run" / "tracker").exists()
+    distill(quick_organism[0], recipe(training={"tracker": "tensorboard"}), tmp_path / "tracked",
+            show_progress=False, plot=False)
+
+    def files(root):
+        return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+    plain, tracked = files(tmp_path / "run"), files(tmp_path / "tracked")
+    assert "metrics.jsonl" in plain and any(f.startswith("tracker/") for f in tracked)
+    assert plain == {f for f in tracked if not f.startswith("tracker/")}
+    assert list(cwd.iterdir()) == []
 
 
 def test_checkpoint_scalars_flatten_a_row():
