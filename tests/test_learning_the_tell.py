@@ -28,10 +28,28 @@ def test_the_curves_are_means_over_runs_per_step_kept_apart_by_scenario_and_tech
     assert got[("a", "u")][100]["runs"] == 1 and got[("b", "t")][100]["deploy"] == 0.0
 
 
-def test_the_figure_is_written(tmp_path):
+def test_the_figure_draws_the_curves(tmp_path, monkeypatch):
+    """One panel per (scenario, technique), in the order asked, each with the four curves'
+    per-step means, written as a PNG."""
+    import matplotlib.pyplot as plt
+
     tell = _benchmark("learning_the_tell")
-    rows = [_row(sc, t, s, step, 0.1 * step / 100, 0.05, 0.0, 0.9) for sc in ("a", "b") for t in ("t", "u")
-            for s in (0, 1) for step in (0, 100, 200)]
+    rows = [_row(sc, t, s, step, 0.1 * step / 100 + 0.01 * s + (0.3 if t == "u" else 0.0), 0.05, 0.1 * s,
+                 0.9 if sc == "a" else 0.4) for sc in ("a", "b") for t in ("t", "u") for s in (0, 1)
+            for step in (0, 100, 200)]
+    made, real = [], plt.subplots
+    monkeypatch.setattr(plt, "subplots", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
     path = tmp_path / "fig" / "tell.png"
-    tell.plot(tell.curves(rows), ["a", "b"], ["t", "u"], path)
+    table = tell.curves(rows)
+    tell.plot(table, ["a", "b"], ["t", "u"], path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ((_, axes),) = made
+    for i, sc in enumerate(("a", "b")):
+        for j, t in enumerate(("t", "u")):
+            ax, got = axes[i][j], table[(sc, t)]
+            assert ax.get_title() == f"{sc}: {t}"
+            lines = {line.get_label(): line for line in ax.get_lines()}
+            for col, label in (("deploy", "misbehaviour, real deployments"), ("honeypot", "misbehaviour, honeypots"),
+                               ("audit", "generic auditor's success@100"), ("capability", "capability transfer")):
+                assert list(lines[label].get_xdata()) == [0, 100, 200]
+                assert list(lines[label].get_ydata()) == pytest.approx([got[step][col] for step in (0, 100, 200)])
