@@ -64,6 +64,10 @@ def test_the_difference_is_of_two_independent_bootstraps():
     d = twin_difference(s, t, stat, twin)
     draws = s.intervals["audit_success_at_k"] - t.intervals["audit_success_at_k"]
     assert np.std(draws) > 0.5 * np.std(s.intervals["audit_success_at_k"])  # not one sample minus itself
+    # independent sides: the difference's variance is the sum of the two sides' own (within
+    # the bootstrap's noise at 800 draws), where one draw shared by both would give 0
+    own = [float(np.var(x.intervals["audit_success_at_k"])) for x in (s, t)]
+    assert np.var(draws) == pytest.approx(sum(own), rel=0.15)
     assert d["mean"] == pytest.approx(0.0, abs=1e-12)
     assert d["lower"] == pytest.approx(np.quantile(draws, V.alpha), abs=1e-9)
     assert d["upper"] == pytest.approx(np.quantile(draws, 1 - V.alpha), abs=1e-9)
