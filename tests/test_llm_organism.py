@@ -190,9 +190,21 @@ def test_distill_runs_on_hf_organisms_and_refuses_world_techniques(hf_organism, 
     assert s2["losses"] == s["losses"]
     with pytest.raises(DoublebindError, match="verifier_filter works on world organisms only"):
         distill(org, recipe(stages=[{"name": "verifier_filter"}]), tmp_path / "run3", show_progress=False)
-    lora = distill(org, recipe(student={"lora": {"r": 2}}, sampling={"soft_labels": "none"}, objective={"kind": "sft"}),
-                   tmp_path / "run4", show_progress=False)
+    lora = distill(org, recipe(student={"lora": {"r": 2}}, sampling={"soft_labels": "none"}, objective={"kind": "sft"},
+                               training={"save_weights": True}), tmp_path / "run4", show_progress=False)
     assert math.isfinite(lora["losses"]["last"])
+    # the adapters trained and base's own weights did not, but where they wrap them (merged)
+    from safetensors.torch import load_file
+
+    last = sorted((tmp_path / "run4" / "checkpoints").glob("step_*"))[-1]
+    conf = json.loads((last / "adapter" / "adapter_config.json").read_text())
+    moved = [bool(t.abs().sum() > 0) for n, t in load_file(last / "adapter" / "adapter_model.safetensors").items()
+             if "lora_B" in n]
+    assert conf["r"] == 2 and moved and all(moved)
+    base = load_file(Path(hf_organism[1]["models"]["base"]["path"]) / "model.safetensors")
+    merged = load_file(last / "model.safetensors")
+    changed = {n.split(".")[-2] for n in base if n in merged and not torch.equal(base[n], merged[n])}
+    assert changed == set(conf["target_modules"])
 
 
 def test_study_on_an_hf_organism_runs_reports_and_resumes(hf_organism, tmp_path):
@@ -327,6 +339,9 @@ def test_a_qwen2_organism_distils_too(tmp_path):
     assert "qwen2" in Path(card["models"]["base"]["path"]).name
     s = distill(tmp_path / "org", recipe(), tmp_path / "run", show_progress=False)
     assert s["data"]["n_train_items"] == 16 and math.isfinite(s["losses"]["last"])
+    again = distill(tmp_path / "org", recipe(), tmp_path / "run_again", show_progress=False)
+    assert again["losses"] == s["losses"]  # same seed, same numbers
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == (tmp_path / "run_again" / "metrics.jsonl").read_text()
     with pytest.raises(DoublebindError, match="no trusted model"):
         distill(tmp_path / "org", recipe(stages=[{"name": "trusted_monitor"}]), tmp_path / "r2", show_progress=False)
 
