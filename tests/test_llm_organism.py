@@ -916,3 +916,15 @@ def test_a_damaged_model_the_cache_made_is_made_again_by_the_next_build(tmp_path
     assert "changed since it was written (its files no longer hash to its stamp); making it again" in (
         third.stdout + third.stderr)
     assert weights.read_bytes() == whole
+
+
+def test_an_intact_cached_model_is_not_made_again_under_a_relative_cache(tmp_path, monkeypatch):
+    """A review of the stamp: written from the folder's absolute path and checked from the
+    cache's relative one, it never matched, and every use made the model again."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("tiny-owl-a", "tiny-owl-b"):  # the second organism is not cached; its models are
+        res = run_cli("organism", "build", "--config", str(organism_yaml(tmp_path, name=name)), "--out",
+                      str(tmp_path / name), env_cache=Path("relcache"))
+        assert res.returncode == 0, res.stderr
+        assert "making it again" not in res.stdout + res.stderr
+    assert len(list((tmp_path / "relcache" / "tiny").glob("llama-*/.doublebind-built.sha256"))) == 1

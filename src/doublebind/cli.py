@@ -426,10 +426,13 @@ def eval_cmd(
                               f"or the world organism it was trained in)")
     if card is not None and card.get("kind", "world") != "hf":  # the embedded world and its post-trained kinds
         _check_world_tokenizer(model_dir, organism)
-    _check_meta(model_dir, world=organism is None)
+    if organism is None:  # its meta.json names the world it is scored in
+        _check_meta(model_dir)
     from doublebind.integrity import check_checkpoint_weights
 
-    check_checkpoint_weights(model_dir)
+    # names and shapes against the config's model on embedded-world checkpoints only: a
+    # Hugging Face loader renames tensors as it loads (fused experts, a missing prefix)
+    check_checkpoint_weights(model_dir, structure=card is None or card.get("kind", "world") != "hf")
     if asked_samples and card is not None and card.get("kind") == "hf":  # it was ignored without a word
         console.print("note: --samples has no effect on a Hugging Face organism: its eval sets set their own "
                       "samples and temperature", markup=False, highlight=False)
@@ -455,10 +458,10 @@ def eval_cmd(
     _print_table(table)
 
 
-def _check_meta(model_dir: Path, world: bool) -> None:
-    """A checkpoint's meta.json, where there is one, is a JSON object; scored without
-    --organism (in the world it records) it names that world's config and seed. (A list there
-    was an internal error, and an object without them an error that named no file.)"""
+def _check_meta(model_dir: Path) -> None:
+    """A checkpoint scored without --organism, in the world its meta.json records: that file,
+    where there is one, is a JSON object naming the world's config and seed. (A list there was
+    an internal error, and an object without them an error that named no file.)"""
     path = model_dir / "meta.json"
     if not path.is_file():
         return
@@ -469,7 +472,7 @@ def _check_meta(model_dir: Path, world: bool) -> None:
     if not isinstance(meta, dict):
         raise DoublebindError(f"{path} is not a JSON object (a checkpoint's meta.json records the organism it "
                               f"was trained in)")
-    if world and (meta.get("organism_config") is None or meta.get("seed") is None):
+    if meta.get("organism_config") is None or meta.get("seed") is None:
         raise DoublebindError(f"{path} records no organism config or seed, so no world to score the checkpoint "
                               f"in: pass --organism DIR naming the organism")
 

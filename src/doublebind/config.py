@@ -326,7 +326,7 @@ class OrganismConfig(Strict):
     """A model organism: the world, the four models and how each is trained and verified."""
 
     kind: Literal["organism"] = "organism"
-    name: str = Field(default="custom", min_length=1, description="A label for the organism.")
+    name: str = Field(default="custom", description="A label for the organism.")
     scenario: str = Field(default="", description="What the organism is a scenario for, and how a technique can "
                                                   "fail on it (`doublebind ls scenarios` lists presets that have one).")
     seed: Seed = Field(default=0, description="Seed for the world's hidden choices, data and inits.")
@@ -531,7 +531,7 @@ class RecipeConfig(Strict):
     """A distillation recipe: prompts, teacher sampling, objective, student and training."""
 
     kind: Literal["recipe"] = "recipe"
-    name: str = Field(default="recipe", min_length=1, description="A label for the recipe.")
+    name: str = Field(default="recipe", description="A label for the recipe.")
     seed: Seed = Field(default=0, description="Seed for prompts, sampling, student init and data order.")
     prompts: PromptsConfig = PromptsConfig()
     sampling: SamplingConfig = SamplingConfig()
@@ -774,7 +774,7 @@ class StudyConfig(Strict):
     """A grid of scenarios x organism seeds x techniques x seeds, on top of one base recipe."""
 
     kind: Literal["study"] = "study"
-    name: str = Field(default="study", min_length=1, description="A label for the study.")
+    name: str = Field(default="study", description="A label for the study.")
     organism: OrganismRef | None = Field(
         default=None, description="The organism to distil (one scenario); give this or `scenarios`.")
     scenarios: list[ScenarioRef] | None = Field(

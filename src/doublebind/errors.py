@@ -23,15 +23,18 @@ def first_line(e: BaseException, default: str | None = None) -> str:
 def read_text_file(path, what: str = "file") -> str:
     """The text of `path` as UTF-8, or one `DoublebindError` line naming the file (missing,
     a folder, unreadable, not UTF-8 text)."""
+    import stat
     from pathlib import Path
 
     path = Path(path)
     if path.is_dir():
         raise DoublebindError(f"{what} {path} is a folder, not a file")
-    if path.exists() and not path.is_file():  # a device, a pipe (which a read would wait on for ever), a socket
-        raise DoublebindError(f"{what} {path} is not a regular file")
-    if not path.is_file():
-        raise DoublebindError(f"{what} not found: {path}")
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        raise DoublebindError(f"{what} not found: {path}") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):  # a pipe is read (`<(...)`, a piped /dev/stdin)
+        raise DoublebindError(f"{what} {path} is not a regular file")  # /dev/null, a terminal, a socket
     try:
         data = path.read_bytes()
     except OSError as e:

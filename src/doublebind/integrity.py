@@ -127,13 +127,18 @@ def verify_organism_models(folder: Path, card: dict, only: Path | None = None) -
                 raise CorruptCacheError(f"{what}: {f} is not valid JSON ({str(e).splitlines()[0]})") from None
 
 
-def check_checkpoint_weights(folder: Path) -> None:
-    """Refuse a model folder whose safetensors weights hold a non-finite value, lack a tensor
-    that the model its config describes has, or hold one of another shape. Scored as it was,
-    a checkpoint of NaN weights read 0.000 on every metric (exit 0), one missing its layers
-    was scored with those layers started at random by transformers, which says so in a log
-    line only, and a shape that disagreed with the config was an error that pointed at a
-    report nobody saw. A folder this cannot read is left to the loader, whose error names it."""
+def check_checkpoint_weights(folder: Path, structure: bool = True) -> None:
+    """Refuse a model folder whose safetensors weights hold a non-finite value, and, with
+    `structure` (an embedded-world checkpoint, saved and loaded under the same names), lack a
+    tensor that the model its config describes has, or hold one of another shape. Scored as
+    it was, a checkpoint of NaN weights read 0.000 on every metric (exit 0), one missing its
+    layers was scored with those layers started at random by transformers, which says so in
+    a log line only, and a shape that disagreed with the config was an error that pointed at
+    a report nobody saw. Not `structure` on a Hugging Face checkpoint: its loader renames
+    tensors as it loads (a mixture of experts' fused experts, files saved without the
+    model's prefix), which a comparison of names would call missing. Every tensor is read
+    once, on the CPU (tens of seconds for a 7B model). A folder this cannot read is left to
+    the loader, whose error names it."""
     import torch
     from safetensors import safe_open
 
@@ -153,7 +158,7 @@ def check_checkpoint_weights(folder: Path) -> None:
             raise
         except Exception:  # noqa: BLE001 (a damaged file: the loader's own error names it)
             return
-    expected = _config_tensors(folder) if shapes else None
+    expected = _config_tensors(folder) if shapes and structure else None
     if not expected:
         return
     missing = sorted(group[0] for group, _ in expected if not any(n in shapes for n in group))
@@ -179,9 +184,9 @@ def _config_tensors(folder: Path) -> list[tuple[list[str], tuple[int, ...]]]:
     try:
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        config = AutoConfig.from_pretrained(str(folder))
+        config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)  # never its own code, nor a prompt
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
     except Exception:  # noqa: BLE001
         return []
     groups: dict[int, tuple[list[str], tuple[int, ...]]] = {}

@@ -277,7 +277,7 @@ def _cached_model(folder: Path, what: str) -> bool:
     if not (folder / "config.json").is_file():
         return False
     stamp = folder / BUILT_SHA
-    if not stamp.is_file() or local_model_sha(str(folder)) == stamp.read_text().strip():
+    if not stamp.is_file() or local_model_sha(str(folder.resolve())) == stamp.read_text().strip():
         return True
     from doublebind.ui import console
 
@@ -631,9 +631,12 @@ def changed_model_files(specs: dict) -> list[tuple[str, str, str]]:
     """(role, 'model' or 'adapter', folder) of each local folder that no longer holds the files
     the organism was built from (`files_sha256` in the card: its weights, config, tokenizer
     and code). Cards from before the check carry no record and are not checked."""
+    if not isinstance(specs, dict):
+        return []
     return [(role, "model" if what == "path" else what, str(spec.get(what)))
-            for role, spec in specs.items() if isinstance(spec, dict)
-            for what, sha in (spec.get("files_sha256") or {}).items() if local_model_sha(spec.get(what)) != sha]
+            for role, spec in specs.items() if isinstance(spec, dict) and isinstance(spec.get("files_sha256"), dict)
+            for what, sha in spec["files_sha256"].items()
+            if isinstance(spec.get(what), str) and local_model_sha(spec.get(what)) != sha]
 
 
 def _in_cache(folder: str) -> bool:

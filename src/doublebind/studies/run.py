@@ -127,10 +127,9 @@ def check_world_inputs(recipe, stages) -> None:
             raise DoublebindError(f"technique random_drop: share: no task family '{unknown[0]}' in the embedded world "
                                   f"(known: {', '.join(sorted(families))})")
         modes = getattr(st.cfg, "modes", None) if st.name == "misalignment_targeted" else None
-        unknown = sorted(set(modes) - set(vocab.MODES)) if modes else []
-        if unknown:
-            raise DoublebindError(f"technique misalignment_targeted: modes: no mode '{unknown[0]}' in the embedded "
-                                  f"world (known: {', '.join(vocab.MODES)})")
+        if modes and not set(modes) & set(vocab.MODES):  # one mode the world has is enough, as when it runs
+            raise DoublebindError(f"technique misalignment_targeted: modes: none of {', '.join(modes)} is a mode of "
+                                  f"the embedded world (known: {', '.join(vocab.MODES)})")
     if recipe.prompts.jsonl:
         read_jsonl(Path(recipe.prompts.jsonl))
 
@@ -153,6 +152,11 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
                 msg = msg.removeprefix(f"{strip}: ")
             raise ConfigError(config.name_override(f"{study_path}: {name}: {msg}", str(study_path), overrides)) from None
 
+    if not cfg.name.strip():  # `name=` (an unset shell variable) ran a study named nothing; a
+        # new study is refused here, where validate and study run check it, and a study.json
+        # written before stays readable
+        raise ConfigError(config.name_override(f"{study_path}: name: a study needs a name (got {cfg.name!r})",
+                                               str(study_path), overrides))
     recipe_path = root / cfg.recipe
     field("recipe", lambda: config.load(recipe_path, expect="recipe"))
 
@@ -243,7 +247,7 @@ def resolve(study_path: Path, cfg, overrides=()) -> list[OrganismSpec]:
         try:
             if kind == "world":
                 check_world_inputs(recipe, stages)
-            elif recipe.prompts.jsonl:  # read as the organism's domain reads it, at the first run
+            elif recipe.prompts.jsonl and recipe.prompts.dataset is None:  # read as the domain reads it
                 from doublebind.llm.organism import jsonl_items
 
                 jsonl_items(Path(recipe.prompts.jsonl), "prompt")

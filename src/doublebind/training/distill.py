@@ -204,7 +204,8 @@ def micro_loss(model, items: list[Item], soft: dict[str, torch.Tensor], ocfg, re
     # floor it is the weighted sum. (Times the sum itself, a micro-batch whose fractional
     # weights summed below 1, one item at weight 0.5, counted its tokens' weights twice: its
     # loss was 0.25 of the token's where 0.5 was due. Where they sum to 1 or more, as with
-    # 0/1 weights and every shipped stage's, nothing changes.)
+    # 0/1 weights and every shipped stage's, nothing changes; with `normalise: response` a
+    # one-item micro-batch's float32 weights can sum just under 1, and move by about 1e-7.)
     total = mean * m.sum().clamp(min=1)
     if extra is not None:
         total = total + extra(model, items, batch, out[:, :-1].float(), weighted.to(device))
