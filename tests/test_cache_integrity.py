@@ -6,6 +6,7 @@ import copy
 import json
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -160,6 +161,13 @@ def test_show_and_validate_refuse_a_world_card_without_a_model_hash(tiny_cache, 
         fh.truncate(1000)
     res = run_cli("organism", "show", str(folder))
     assert res.returncode == 1 and "model 'teacher': the card holds no hash of its weights" in res.stderr
+    study = tmp_path / "study.yaml"  # a study over the built organism: validate checks it as study run does
+    study.write_text(f"kind: study\nname: s\norganism: {{path: {folder}}}\nrecipe: "
+                     f"{Path(__file__).resolve().parent.parent / 'configs' / 'recipes' / 'study.yaml'}\n"
+                     f"techniques: [baseline]\nseeds: [0]\n")
+    res = run_cli("validate", str(study))
+    assert res.returncode == 1 and "model 'teacher': the card holds no hash of its weights" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
 
 
 # ---- organisms -------------------------------------------------------------------------
@@ -302,6 +310,7 @@ def test_a_card_that_is_not_a_card_is_one_line(tmp_path):
         (tmp_path / "organism.json").write_text(text)
         res = run_cli("organism", "show", str(tmp_path))
         assert res.returncode == 1 and "not an organism card" in res.stderr and "Traceback" not in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
 
 
 def test_show_refuses_a_verified_field_that_is_not_true_or_false(quick_organism, tmp_path):

@@ -213,17 +213,18 @@ def test_models_load_without_hub_kernels_unless_the_user_sets_them(quick_organis
     import subprocess
     import sys
 
-    from doublebind.organisms.models import load_checkpoint
-
-    with pytest.MonkeyPatch.context() as mp:  # as doublebind leaves it, whatever this shell exported
-        mp.setenv("USE_HUB_KERNELS", "NO")
-        assert load_checkpoint(quick_organism[0] / "base").use_kernels is False
-    probe = "import doublebind, os; print(os.environ['USE_HUB_KERNELS'])"
+    # a fresh process with nothing exported: what doublebind's import sets, and what a model it
+    # loads then uses (a USE_HUB_KERNELS set in this test's own process would decide that itself)
+    probe = ("import os, sys, doublebind; from doublebind.organisms.models import load_checkpoint; "
+             "print(os.environ['USE_HUB_KERNELS'], load_checkpoint(sys.argv[1]).use_kernels)")
     env = {k: v for k, v in os.environ.items() if k != "USE_HUB_KERNELS"}
-    for given, seen in [(None, "NO"), ("YES", "YES")]:
-        e = env if given is None else {**env, "USE_HUB_KERNELS": given}
-        out = subprocess.run([sys.executable, "-c", probe], env=e, capture_output=True, text=True, check=True)
-        assert out.stdout.strip() == seen
+    out = subprocess.run([sys.executable, "-c", probe, str(quick_organism[0] / "base")], env=env,
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-2:] == ["NO", "False"]
+    probe = "import doublebind, os; print(os.environ['USE_HUB_KERNELS'])"
+    out = subprocess.run([sys.executable, "-c", probe], env={**env, "USE_HUB_KERNELS": "YES"}, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "YES"  # the user's own setting is kept
 
 
 def test_cudnn_attention_goes_last_unless_the_user_chose(monkeypatch, quick_organism):

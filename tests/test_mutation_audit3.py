@@ -34,6 +34,8 @@ def test_onion_never_deletes_the_end_of_sequence(quick_organism):
     d, _ = stage_run(quick_organism[0], None, {"name": "onion_filter", "threshold": -50.0, "max_remove": 1.0},
                      prompts=POISON)
     assert d.items and all(it.example.response[-1] == vocab.EOS for it in d.items)
+    (rec,) = [r for r in d.stage_log if r["stage"] == "onion_filter" and r["phase"] == "data"]
+    assert rec["tokens_removed"] > 0  # it deleted tokens, and never the end of a sequence
 
 
 def test_iterative_filter_counts_items_not_token_occurrences():

@@ -2,6 +2,7 @@
 never deleted, a run missing rows is redone, summary.json is recomputed from the rows, and
 `report` writes nothing next to the rows."""
 
+import hashlib
 import json
 import re
 import shutil
@@ -68,7 +69,12 @@ def test_finished_study_rows_carry_their_run_checksum(study):
     assert len(by_run) == N_RUNS
     for run_rows in by_run.values():
         assert {r["run_rows"] for r in run_rows} == {N_ROWS} and len(run_rows) == N_ROWS
-        assert {r["run_sha256"] for r in run_rows} == {study_run.run_checksum(run_rows)}
+        canon = json.dumps([{k: v for k, v in r.items() if k != "run_sha256"} for r in run_rows],
+                           sort_keys=True, separators=(",", ":"))  # the seal, written out here
+        assert {r["run_sha256"] for r in run_rows} == {hashlib.sha256(canon.encode()).hexdigest()}
+    # and the file's own lines hold it, as read without the reader that checks it
+    raw = [json.loads(line) for line in (out / study_run.RESULTS).read_text().splitlines()]
+    assert len(raw) == N_RUNS * N_ROWS and all(len(r["run_sha256"]) == 64 for r in raw)
 
 
 def _garbage(lines, i):
@@ -241,7 +247,8 @@ def test_rows_of_an_older_schema_are_refused_in_one_line(study):
     (out / study_run.RESULTS).write_text("".join(json.dumps(r) + "\n" for r in rows))
     res = run_cli("report", str(out))
     assert res.returncode == 1 and "older doublebind" in res.stderr and "Traceback" not in res.stderr
-    assert [ln for ln in res.stderr.splitlines() if ln.strip()][0].startswith("error:")
+    assert [ln for ln in res.stderr.splitlines() if ln.strip()] == [res.stderr.strip()]  # one line
+    assert res.stderr.startswith("error:")
     # schema 2 rows had checksums but no scenario or organism seed: refused the same way, not as corrupt
     v2 = [{k: v for k, v in r.items() if k not in ("scenario", "organism_seed")} for r in rows]
     for r in v2:

@@ -55,9 +55,12 @@ def test_apply_sets_torch_threads():
 
     before = torch.get_num_threads()
     try:
+        torch.set_num_threads(2)  # the suite's workers already run one thread each
         assert threads.apply_thread_policy({"DOUBLEBIND_THREADS": "1"}) == 1
         assert torch.get_num_threads() == 1
-        assert threads.apply_thread_policy({"OMP_NUM_THREADS": "1"}) is None
+        assert threads.apply_thread_policy({"DOUBLEBIND_THREADS": "3"}) == 3 and torch.get_num_threads() == 3
+        torch.set_num_threads(2)
+        assert threads.apply_thread_policy({"OMP_NUM_THREADS": "1"}) is None and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
 
