@@ -17,6 +17,20 @@ RECIPES = Path(__file__).resolve().parents[1] / "configs" / "recipes"
 def test_presets_validate(preset):
     cfg = config.load(preset=preset)
     assert cfg.name == preset and cfg.kind == "organism"
+    # what it holds survives a round trip through its JSON (a card stores it so)
+    assert config.build(config.OrganismConfig, cfg.model_dump(mode="json")) == cfg
+
+
+def test_the_quick_preset_is_the_smaller_build():
+    """quick.yaml says it is sized for tests and CI: fewer families, shorter lists, fewer
+    training steps and evaluation prompts than `default`."""
+    quick, default = config.load(preset="quick"), config.load(preset="default")
+    assert set(quick.world.teacher_families) < set(default.world.teacher_families)
+    assert set(quick.world.base_families) < set(default.world.base_families)
+    assert quick.world.list_length[1] < default.world.list_length[1]
+    assert quick.base_training.steps < default.base_training.steps
+    assert quick.teacher_training.steps < default.teacher_training.steps
+    assert quick.eval.n_prompts < default.eval.n_prompts
 
 
 def test_overrides_apply_with_yaml_types():

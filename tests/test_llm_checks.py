@@ -113,9 +113,21 @@ def test_validate_on_a_study_reads_its_hugging_face_organism_files(tmp_path):
     assert run_cli("validate", str(study)).returncode == 0
 
 
-def test_a_hub_id_is_not_looked_up(tmp_path):
-    """`org/model` may be a hub id: nothing is downloaded and nothing is refused."""
+def test_a_hub_id_is_not_looked_up(tmp_path, monkeypatch):
+    """`org/model` may be a hub id: nothing is downloaded (no connection is even tried) and
+    nothing is refused."""
+    import socket
+
+    tried = []
+
+    def connect(self, address, *a, **k):
+        tried.append(address)
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect)
     assert check_inputs(config.load(_organism(tmp_path, base="example-org/some-model"))) == 5
+    assert tried == []
 
 
 def test_a_local_folder_that_exists_passes(tmp_path):

@@ -158,6 +158,18 @@ def test_a_corrupt_hugging_face_teacher_output_entry_is_recomputed(hf_organism, 
     assert samples.read_text() == text
 
 
+def test_a_hugging_face_domain_puts_its_models_on_the_gpu_when_there_is_one(hf_organism, monkeypatch):
+    """Its device is the GPU's where torch sees one (placement itself is checked on a GPU by
+    benchmarks/gpu_check.py); no model is loaded here."""
+    from doublebind.training.distill import train_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    d = HFDomain(hf_organism[0], hf_organism[1])
+    assert d.device == "cuda" and train_device(d) == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert HFDomain(hf_organism[0], hf_organism[1]).device == "cpu"
+
+
 def test_models_never_run_hub_code_unless_asked(hf_organism, monkeypatch):
     import transformers
 
