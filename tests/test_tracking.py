@@ -144,6 +144,11 @@ def test_a_tracker_leaves_the_recipe_dump_and_hash_alone():
                                "tracker": "tensorboard"})
     assert tracked.training.tracker == "tensorboard"
     assert tracked.model_dump(mode="json") == plain.model_dump(mode="json")
+    from doublebind.studies.run import recipe_hash
+
+    assert recipe_hash(tracked) == recipe_hash(plain)  # what a resume compares
+    moved = recipe(training={"steps": 5, "batch": 8, "checkpoint_every": 2, "lr": 0.001, "save_weights": False})
+    assert recipe_hash(moved) != recipe_hash(plain)  # while a setting that changes the numbers counts
 
 
 def test_a_tracker_that_fails_to_start_is_one_line_naming_it(tmp_path):
