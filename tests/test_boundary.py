@@ -563,14 +563,18 @@ class InplaceFilter(Technique):
 
 
 class TrainsTrusted(Technique):
-    """_test_trains_trusted: trains the defender's trusted model in place, as a review's stage
-    did around `paraphrase` (must fail), at the phase `TRAINS["when"]` names."""
+    """_test_trains_trusted: changes the defender's trusted model in place, as a review's stage
+    did around `paraphrase` (must fail), at the phase `TRAINS["when"]` names: one weight, the
+    least a change can be, on either kind of organism (tests/test_llm_techniques.py runs it on
+    a Hugging Face one)."""
+
+    domains = ("world", "hf")
 
     def _train(self, view):
         import torch
 
         with torch.no_grad():
-            next(view.load_model("trusted").parameters()).mul_(0.5)
+            list(view.load_model("trusted").parameters())[-1].view(-1)[-1] += 0.125
 
     def data(self, view, items):
         view.load_model("trusted")  # loaded, not changed

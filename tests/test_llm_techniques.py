@@ -15,7 +15,7 @@ from doublebind.defender import DefenderError
 from doublebind.errors import DoublebindError
 from doublebind.llm.organism import build_hf_organism
 from doublebind.registry import get, names, register
-from doublebind.techniques.base import Technique, build_stages
+from doublebind.techniques.base import build_stages
 from doublebind.techniques.format_filter import parse_numbers
 from doublebind.training.distill import Distiller, distill
 
@@ -398,51 +398,25 @@ def test_divergence_masking_masks_where_the_implanted_teacher_departs(org):
 
 # ---- the defender's models --------------------------------------------------------------
 
-NUDGE: dict = {}
-
-
-class _NudgesTrusted(Technique):
-    """_test_hf_nudges_trusted: changes one weight of the defender's trusted model in place, at
-    the phase `NUDGE["at"]` names (must fail, as on the embedded world)."""
-
-    domains = ("world", "hf")
-
-    def _nudge(self, view):
-        import torch
-
-        with torch.no_grad():
-            weight = list(view.load_model("trusted").parameters())[-1]
-            weight.view(-1)[-1] += 0.125
-
-    def data(self, view, items):
-        view.load_model("trusted")  # loaded, not changed
-        if NUDGE["at"] == "data":
-            self._nudge(view)
-        return items
-
-    def checkpoint(self, view, step, model):
-        if NUDGE["at"] == "checkpoint":
-            self._nudge(view)
-        return {}
-
-
 @pytest.mark.parametrize("at, what", [("data", "in the stages' setting, prompt or data hooks"),
-                                      ("checkpoint", "in stage _test_hf_nudges_trusted's checkpoint hook at step 0"),
+                                      ("checkpoint", "in stage _test_trains_trusted's checkpoint hook at step 0"),
                                       ("never", None)])
 def test_a_stage_may_not_change_a_hugging_face_defender_model(org, tmp_path, at, what):
     """Until 2026-12-07 only embedded-world models were held to what a stage first loaded; a
-    Hugging Face model is held by `_checksum`, and one changed weight stops the run."""
+    Hugging Face model is held by `_checksum`, and one changed weight stops the run (the
+    embedded world's test stage, which changes one weight of trusted)."""
     from doublebind import registry
 
-    register("technique", "_test_hf_nudges_trusted")(_NudgesTrusted)
-    NUDGE["at"] = at
+    from .test_boundary import TRAINS, TrainsTrusted
+
+    register("technique", "_test_trains_trusted")(TrainsTrusted)
+    TRAINS["when"] = at
     try:
         if what is None:
-            distill(org[0], recipe([{"name": "_test_hf_nudges_trusted"}]), tmp_path / "run", show_progress=False)
+            distill(org[0], recipe([{"name": "_test_trains_trusted"}]), tmp_path / "run", show_progress=False)
             assert (tmp_path / "run" / "metrics.jsonl").exists()
         else:
             with pytest.raises(DefenderError, match=re.escape(f"the defender's trusted model changed {what}")):
-                distill(org[0], recipe([{"name": "_test_hf_nudges_trusted"}]), tmp_path / "run",
-                        show_progress=False)
+                distill(org[0], recipe([{"name": "_test_trains_trusted"}]), tmp_path / "run", show_progress=False)
     finally:
-        registry._REGISTRY["technique"].pop("_test_hf_nudges_trusted")
+        registry._REGISTRY["technique"].pop("_test_trains_trusted")
