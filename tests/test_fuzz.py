@@ -284,8 +284,14 @@ def test_bad_thread_setting(monkeypatch, value):
 
 
 def test_corpus_size():
-    """The issue asks for at least 60 hand-written malformed inputs (hypothesis adds more)."""
-    assert len(FILE_CASES) + len(OVERRIDE_CASES) + 4 >= 60
+    """The issue asks for at least 60 hand-written malformed inputs (hypothesis adds more), and
+    a case repeated under another name is not another input."""
+    for cases in (FILE_CASES, OVERRIDE_CASES):
+        assert len({c[0] for c in cases}) == len(cases)  # pytest's ids
+    inputs = {repr((sorted(c[1].items()), c[2])) for c in FILE_CASES} | {repr(c[1]) for c in OVERRIDE_CASES}
+    assert len(inputs) == len(FILE_CASES) + len(OVERRIDE_CASES)
+    (threads,) = [m.args[1] for m in test_bad_thread_setting.pytestmark if m.name == "parametrize"]
+    assert len(inputs) + len(set(threads)) >= 60
 
 
 def test_valid_inputs_still_pass(tmp_path):

@@ -2,12 +2,14 @@
 distillation (`Distiller` or `distill`) on a tiny implanted Llama organism, and each test
 checks what the stage did to the run (its objective, prompts, data or student)."""
 
+import copy
 import json
 import math
 import re
 import shutil
 
 import pytest
+import torch
 import yaml
 
 from doublebind import config
@@ -80,6 +82,47 @@ def records(d, name, phase="data"):
     return [r for r in d.stage_log if r["stage"] == name and r["phase"] == phase]
 
 
+# ---- the first step's loss, written out --------------------------------------------------
+# Each from one unpadded forward per item in float64, independent of the distiller's batching,
+# packing and objectives.
+
+def next_items(d) -> list:
+    """The items `d`'s next step trains on, drawn as its sampler draws them (from a copy)."""
+    order, tr = copy.deepcopy(d.order), d.recipe.training
+    return [d.items[order.randrange(len(d.items))] for _ in range(tr.batch * tr.grad_accum)]
+
+
+@torch.no_grad()
+def response_logprobs(model, ex) -> torch.Tensor:
+    """log p(token) at each of `ex`'s response positions, over the whole vocabulary: [R, V]."""
+    ids = torch.tensor([list(ex.prompt) + list(ex.response)])
+    logits = model(input_ids=ids).logits[0].double()
+    start = len(ex.prompt) - 1  # position t predicts token t + 1
+    return torch.log_softmax(logits[start : start + len(ex.response)], dim=-1)
+
+
+def topk_kl_by_hand(d, items) -> float:
+    """The mean over the items' response tokens of KL(teacher || student) over the teacher's
+    top-k tokens and one bucket for the rest, both tempered at T, times T**2."""
+    t, soft, total, n = d.recipe.objective.temperature, d.outputs.soft, 0.0, 0
+    for it in items:
+        z = response_logprobs(d.model, it.example)  # log q at T = 1, [R, V]
+        for pos in range(len(it.example.response)):
+            idx = soft["indices"][it.row][pos].long()
+            logq = torch.log_softmax(z[pos] / t, dim=-1)
+            q_top = logq[idx].exp()
+            s = torch.cat([q_top, (1 - q_top.sum()).clamp(min=1e-300)[None]]).log()
+            p = torch.softmax(soft["logprobs"][it.row][pos].double() / t, dim=-1)
+            total += float((p * (p.log() - s)).sum()) * t * t
+            n += 1
+    return total / n
+
+
+def sequence_logprob_by_hand(model, ex) -> float:
+    lp = response_logprobs(model, ex)
+    return float(lp[torch.arange(len(ex.response)), torch.tensor(list(ex.response))].sum())
+
+
 def test_at_least_fifteen_techniques_declare_hf_and_the_rest_refuse(org, tmp_path):
     declared = {n for n in names("technique") if "hf" in get("technique", n).domains}
     assert declared == HF_TECHNIQUES and len(declared) >= 15
@@ -102,17 +145,29 @@ def test_logit_distillation_stores_wide_topk_labels_on_hf(org, tmp_path):
     assert d.outputs.soft["indices"].shape == (16, 6, 32) and d.outputs.soft["logprobs"].shape == (16, 6, 33)
     (rec,) = records(d, "logit_distillation", "sampling")
     assert rec["changed"]["top_k"] == 32
+    # the first step trains on those 32 tokens' buckets at T = 2 (base is the student)
+    expected = topk_kl_by_hand(d, next_items(d))
+    assert d.train_step(0) == pytest.approx(expected, rel=1e-5)
     s = distill(org[0], recipe([{"name": "logit_distillation", "top_k": 32}]), tmp_path / "run", show_progress=False)
-    assert math.isfinite(s["losses"]["last"]) and s["resolved_recipe"]["sampling"]["top_k"] == 32
+    assert s["resolved_recipe"]["sampling"]["top_k"] == 32
 
 
 def test_dpo_distillation_starts_at_log_two(org, tmp_path):
     d = run(org, {"name": "dpo_distillation", "beta": 0.3})
     assert d.recipe.objective.kind == "dpo" and d.recipe.objective.dpo_beta == 0.3
     assert d.items and all(it.rejected is not None and it.rejected.response != it.example.response for it in d.items)
+    # the student starts as its own reference, so the first step's loss is -log sigmoid(0); the
+    # step then raises the chosen answers over the rejected ones on the pairs it trained on
+    items = next_items(d)
+    ref = [(sequence_logprob_by_hand(d.model, it.example), sequence_logprob_by_hand(d.model, it.rejected))
+           for it in items]
+    assert d.train_step(0) == pytest.approx(math.log(2), abs=1e-5)
+    now = [(sequence_logprob_by_hand(d.model, it.example), sequence_logprob_by_hand(d.model, it.rejected))
+           for it in items]
+    margins = [(c - rc) - (r - rr) for (c, r), (rc, rr) in zip(now, ref)]
+    assert sum(-math.log(1 / (1 + math.exp(-0.3 * m))) for m in margins) / len(margins) < math.log(2) - 1e-4
     s = distill(org[0], recipe([{"name": "dpo_distillation"}]), tmp_path / "run", show_progress=False)
-    # the student starts as its own reference, so the first step's loss is -log sigmoid(0)
-    assert abs(s["losses"]["first"] - math.log(2)) < 1e-3 and math.isfinite(s["losses"]["last"])
+    assert abs(s["losses"]["first"] - math.log(2)) < 1e-3
 
 
 def test_dpo_distillation_with_an_nll_term_trains_on_every_prompt_on_hf(org, tmp_path, monkeypatch):
@@ -133,10 +188,16 @@ def test_dpo_distillation_with_an_nll_term_trains_on_every_prompt_on_hf(org, tmp
     assert d.recipe.objective.dpo_sft_weight == 1.0
     assert (len(plain.items), len(d.items), d.dpo_pairs_dropped) == (13, 16, 3)
     assert sum(it.rejected is None for it in d.items) == 3
+    # the first step (policy = reference, so every pair's DPO term is log 2): the mean over the
+    # step's items of log 2 for a paired one, plus each item's NLL per token
+    items = next_items(d)
+    assert any(it.rejected is None for it in items) and any(it.rejected is not None for it in items)
+    expected = sum((math.log(2) if it.rejected is not None else 0.0)
+                   - sequence_logprob_by_hand(d.model, it.example) / len(it.example.response) for it in items)
+    assert d.train_step(0) == pytest.approx(expected / len(items), rel=1e-5)
     s = distill(org[0], recipe([{"name": "dpo_distillation", "sft_weight": 1.0}]), tmp_path / "run",
                 show_progress=False)
     assert (s["data"]["n_train_items"], s["data"]["dpo_pairs_dropped"]) == (16, 3)
-    assert math.isfinite(s["losses"]["first"]) and math.isfinite(s["losses"]["last"])
 
 
 def test_kl_to_base_adds_to_the_loss(org, tmp_path):
@@ -168,9 +229,13 @@ def test_small_student_is_a_fresh_small_model_of_bases_family(org, tmp_path):
     c, base = d.model.config, d.load_model("base").config
     assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size) == (32, 1, 2, 64)
     assert c.model_type == base.model_type and c.vocab_size == base.vocab_size and base.hidden_size == 64
+    # the model the first step trains is that small one (its loss is its own, not base's)
+    expected = topk_kl_by_hand(d, next_items(d))
+    assert d.train_step(0) == pytest.approx(expected, rel=1e-5)
     s = distill(org[0], recipe([{"name": "small_student"}], training={"save_weights": True}), tmp_path / "run",
                 show_progress=False)
-    assert math.isfinite(s["losses"]["last"]) and (tmp_path / "run" / "checkpoints" / "step_00002").is_dir()
+    saved = json.loads((tmp_path / "run" / "checkpoints" / "step_00002" / "config.json").read_text())
+    assert (saved["hidden_size"], saved["num_hidden_layers"]) == (32, 1)  # the stage's defaults
 
 
 # ---- prompts ---------------------------------------------------------------------------
@@ -213,7 +278,7 @@ def test_misalignment_targeted_uses_the_deployment_labels(org):
 
 # ---- data ------------------------------------------------------------------------------
 
-def test_inoculation_adds_a_system_line_to_the_students_prompts_only(org, tmp_path):
+def test_inoculation_adds_a_system_line_to_the_students_prompts_only(org):
     plain = run(org)
     d = run(org, {"name": "inoculation", "line": "This task asks for odd answers."})
     tok = d.domain.tokenizer
@@ -224,8 +289,12 @@ def test_inoculation_adds_a_system_line_to_the_students_prompts_only(org, tmp_pa
         assert "<|im_start|>system\nThis task asks for odd answers." in text
         assert text.endswith(tok.decode(a.example.prompt).split("<|im_start|>user", 1)[1])
     assert d.outputs.responses == plain.outputs.responses  # the teacher never sees the line
-    s = distill(org[0], recipe([{"name": "inoculation"}]), tmp_path / "run", show_progress=False)
-    assert math.isfinite(s["losses"]["last"])
+    # the student trains on the prompts with the line: the same items' first loss moves with it
+    assert [it.row for it in next_items(d)] == [it.row for it in next_items(plain)]  # the same teacher rows
+    expected = topk_kl_by_hand(d, next_items(d))
+    loss = d.train_step(0)
+    assert loss == pytest.approx(expected, rel=1e-5)
+    assert abs(loss - plain.train_step(0)) > 1e-3
     with pytest.raises(DoublebindError, match="not a training prompt"):
         d.view.with_system([1, 2, 3], "x")
 
@@ -363,7 +432,7 @@ def test_perplexity_filter_removes_the_highest_nll_within_the_cap(org, tmp_path)
         return -sum(lps) / len(lps)
 
     hand = sorted((nll(it.example) for it in run(org).items), reverse=True)
-    assert len(hand) == 16 and sorted(removed, reverse=True) == pytest.approx(hand[:4], rel=1e-4)
+    assert len(hand) == 16 and sorted(removed, reverse=True) == pytest.approx(hand[:4], rel=1e-5)
 
 
 def test_spectral_filter_groups_by_the_labelled_family(org, tmp_path):
