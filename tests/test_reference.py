@@ -59,3 +59,21 @@ def test_each_reference_organism_is_what_its_scenario_builds_now(which):
             assert kind_of_config(cfg).organism_hash(cfg) == recorded, (
                 f"{scenario} organism seed {seed}: the {which} reference has {recorded}, the preset and code now build "
                 f"{kind_of_config(cfg).organism_hash(cfg)}; {REGENERATE}")
+
+
+@pytest.mark.parametrize("which", REFERENCES)
+def test_validate_counts_the_runs_each_reference_holds(which, capsys):
+    """`doublebind validate` on a reference's study (its record's config, as run) states the
+    number of runs its results hold: every scenario, organism build, technique or control
+    label, twin and seed counted once."""
+    from doublebind import cli
+
+    folder = REFERENCES[which].parent
+    runs = {(r["scenario"], r["organism_seed"], r["technique"], r["seed"])
+            for r in map(json.loads, (folder / "results.jsonl").read_text().splitlines())}
+    name = json.loads((folder / "study.json").read_text())["config"]["name"]  # configs/studies/<name>.yaml
+    try:
+        cli.main(["validate", str(STUDIES / f"{name}.yaml")])
+    except SystemExit as e:
+        assert e.code in (0, None)
+    assert f"; {len(runs)} runs over " in capsys.readouterr().out

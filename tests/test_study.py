@@ -564,6 +564,9 @@ def test_a_grid_of_scenarios_and_organism_seeds_places_one_organism_per_cell(qui
     assert sorted(placed) == [("default", 3, "default-o3"), ("default", 4, "default-o4"),
                               ("quick", 3, "quick-o3"), ("quick", 4, "quick-o4")]
     rows = study_run.read_results(out / "results.jsonl")
+    # `validate` says how many runs the study trains, before it trains them
+    res = run_cli("validate", str(path))
+    assert res.returncode == 0 and res.stdout.strip().endswith("; 4 runs over 4 organism builds)"), res.stdout
     assert {study_run.run_key(r) for r in rows} == {(sc, o, "baseline", 0) for sc in ("quick", "default")
                                                     for o in (3, 4)}
     assert (out / "runs" / "default-o4" / "baseline-s0" / "metrics.jsonl").is_file()

@@ -131,11 +131,15 @@ def validate(file: Path, overrides: Optional[list[str]] = typer.Argument(None, h
 
         check_tracker(cfg.training.tracker)
     organisms = {None: cfg}  # scenario (None: the file itself) -> organism config
+    size = ""
     if cfg.kind == "study":  # as strict as `study run`: the organism, the recipe and its overrides
         from doublebind.studies.run import resolve
 
-        organisms = {f"{sp.scenario} (organism seed {sp.organism_seed})": sp.cfg
-                     for sp in resolve(file, cfg, overrides or [])}
+        specs = resolve(file, cfg, overrides or [])
+        organisms = {f"{sp.scenario} (organism seed {sp.organism_seed})": sp.cfg for sp in specs}
+        # the grid `study run` trains: each organism build x its techniques x the seeds
+        runs = sum(len(cfg.techniques_of(sp.scenario)) for sp in specs) * len(cfg.seeds)
+        size = f"; {runs} run{'s' * (runs != 1)} over {len(specs)} organism build{'s' * (len(specs) != 1)}"
     for scenario, org in organisms.items():  # a Hugging Face organism's files, read as a build reads them
         if getattr(org, "kind", None) == "organism":  # the world bound as a build binds it (a favoured user
             from doublebind.world.data import World  # of no name passed here and failed the build)
@@ -154,7 +158,7 @@ def validate(file: Path, overrides: Optional[list[str]] = typer.Argument(None, h
             raise DoublebindError(f"{file}: the organism of {scenario}: {e}" if scenario else str(e)) from None
         for note in unset_api_keys(org):
             console.print(f"note: {note}", markup=False, highlight=False)
-    out(f"ok: {file} is a valid {cfg.kind} config (name: {getattr(cfg, 'name', '-')})")
+    out(f"ok: {file} is a valid {cfg.kind} config (name: {getattr(cfg, 'name', '-')}{size})")
 
 
 @app.command("ls")
