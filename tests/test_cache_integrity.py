@@ -255,10 +255,12 @@ def test_show_prints_the_card_and_names_a_damaged_model_file(quick_organism, tmp
     shutil.copytree(quick_organism[0], org)
     res = run_cli("organism", "show", str(org))
     assert res.returncode == 0 and "hash" in res.stdout, res.stderr
+    assert res.stdout.strip().endswith("model files: base, teacher, trusted, alt_base as the card hashed them")
     truncate(org / "teacher" / "model.safetensors")
     res = run_cli("organism", "show", str(org))
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
     assert res.returncode == 1 and "hash" in res.stdout and len(errors) == 1, res.stderr
+    assert "model files:" not in res.stdout
     assert "model 'teacher'" in errors[0] and "describes the build, not this file" in errors[0]
 
 

@@ -334,10 +334,16 @@ def organism_show(folder: Path):
         verify_organism_models(folder, card)
     except CorruptCacheError as e:
         raise DoublebindError(f"{e}; the card above describes the build, not this file") from None
-    if card.get("kind") == "hf" and isinstance(card.get("models"), dict):  # its models live outside the folder
+    models = card.get("models") if isinstance(card.get("models"), dict) else {}
+    if card.get("kind") == "hf" and models:  # its models live outside the folder
         from doublebind.llm.organism import check_model_files
 
-        check_model_files(card["models"])
+        check_model_files(models)
+    hashed = [role for role, m in models.items() if isinstance(m, dict) and m.get("safetensors_sha256")]
+    if hashed:  # a check that passes says so, as one that fails does
+        out(f"model files: {', '.join(hashed)} as the card hashed them")
+    elif card.get("kind") == "hf" and models:
+        out("model files: local model folders unchanged since the build (hub models are not checked here)")
 
 
 def print_card(card: dict) -> None:
