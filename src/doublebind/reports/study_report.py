@@ -457,15 +457,23 @@ def _verdict_cell(s: dict, href: str, power: float) -> str:
     return f"[{s['verdict']}]({href}){mark} (replicates {rep:.2f}{also})"
 
 
+def build_cell(verdict: str, replication, power: float) -> str:
+    """A verdict of the by-build table with its replication, marked * as every other table
+    marks it (`provisional`: strictly below the power)."""
+    from doublebind.studies.verdicts import provisional
+
+    if not isinstance(replication, (int, float)):
+        return verdict
+    return f"{verdict}{'*' if provisional({'replication': replication}, power) else ''} ({replication:.2f})"
+
+
 def _build_blocks(found: dict, power: float) -> list[tuple]:
     """A scenario's verdicts against each of its organism builds judged alone
     (`studies.by_build`): the counts, and a row for every verdict the builds do not all reach."""
     from doublebind.studies.by_build import FIRM, counts
 
     def cell(verdict: str, replication) -> str:
-        if not isinstance(replication, (int, float)):
-            return verdict
-        return f"{verdict}{'*' if replication < power else ''} ({replication:.2f})"
+        return build_cell(verdict, replication, power)
 
     seeds, cells = found["seeds"], found["final"]
     c, a = counts(cells), counts(found["audit_selected"])
