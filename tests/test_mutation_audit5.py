@@ -139,3 +139,59 @@ def test_a_filter_s_control_is_the_first_listed_or_the_one_it_names():
     named = {"name": "perplexity_filter", "control": "drop10"}
     drop10 = {"name": "random_drop", "label": "drop10", "share": 0.1}
     assert controls(named, first, drop10) == {"perplexity_filter": "drop10"}
+
+
+# ---- the report's validity marks -----------------------------------------------------------
+
+def _rows(technique, seed, selected_step, mis=0.3):
+    return [{"scenario": "default", "technique": technique, "organism_seed": 0, "seed": seed, "step": step,
+             "selected": step == selected_step, "capability_transfer": 0.9, "misalignment_transfer": mis}
+            for step in (0, 100, 200)]
+
+
+def test_a_technique_that_delivers_another_checkpoint_than_the_baseline_is_not_idle():
+    """∅ means the technique trained and delivered what the recipe alone did. A run whose
+    checkpoints equal the baseline's but which delivers an earlier one (an audit's pick) did
+    something: it is not marked, where the same rows delivering the baseline's checkpoint are."""
+    from doublebind.reports.study_report import idle_cells
+
+    base = [r for s in (0, 1) for r in _rows("baseline", s, 200)]
+    same = [r for s in (0, 1) for r in _rows("distill_and_audit", s, 200)]
+    picked = [r for s in (0, 1) for r in _rows("distill_and_audit", s, 100 if s == 0 else 200)]
+    assert idle_cells(base + same) == {("default", "distill_and_audit"): (2, 2)}
+    assert idle_cells(base + picked) == {("default", "distill_and_audit"): (1, 2)}
+
+
+def test_half_the_runs_rising_is_not_still_rising_by_the_first_rule():
+    """The first rule of ↑ needs more than half the runs to rise (a mean pulled up by half of
+    them is no trend): 5 of 10 is not enough, 6 of 10 is; the cell sits above the threshold,
+    where the sign-test rule does not apply."""
+    from doublebind.reports.study_report import still_rising
+
+    def interval(rising, runs=10):
+        return {"runs": runs, "rising": rising, "change": 0.05, "last": 0.5}
+
+    assert still_rising(interval(6), 0.1) and not still_rising(interval(5), 0.1)
+
+
+def test_a_disagreement_is_firm_only_where_every_build_alone_replicates():
+    """A firm disagreement: the builds' verdicts differ and each build's own verdict would be
+    reached again (replication at least FIRM) by every build, not by one of them."""
+    from doublebind.studies.by_build import FIRM, compare, counts
+
+    def cell(verdict, replication):
+        return {"t": {"final": {"verdict": verdict, "replication": replication}}}
+
+    over = cell("both_fail", 0.6)
+    firm = compare(over, {0: cell("both_fail", 0.9), 4: cell("no_capability", FIRM)})["t"]
+    assert firm["kind"] == "one build decides" and firm["decided_by"] == 0 and firm["firm"]
+    loose = compare(over, {0: cell("both_fail", 0.9), 4: cell("no_capability", 0.7999)})["t"]
+    assert loose["kind"] == "one build decides" and not loose["firm"]
+    agree = compare(over, {0: cell("both_fail", 0.9), 4: cell("both_fail", 0.9)})["t"]
+    assert agree["kind"] == "agree" and not agree["firm"]
+    # a firm disagreement counts as marked where the verdict over all builds is provisional:
+    # strictly below FIRM, as the report's * is
+    each = {0: cell("both_fail", 0.9), 4: cell("no_capability", 0.9)}
+    for overall, marked in ((FIRM, 0), (0.7999, 1)):
+        c = counts({"t": compare(cell("both_fail", overall), each)["t"]})
+        assert (c["firm"], c["firm_marked"], c["decided_by"]) == (1, marked, {0: 1})
