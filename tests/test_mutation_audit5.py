@@ -195,3 +195,24 @@ def test_a_disagreement_is_firm_only_where_every_build_alone_replicates():
     for overall, marked in ((FIRM, 0), (0.7999, 1)):
         c = counts({"t": compare(cell("both_fail", overall), each)["t"]})
         assert (c["firm"], c["firm_marked"], c["decided_by"]) == (1, marked, {0: 1})
+
+
+def test_a_run_whose_misalignment_did_not_move_is_not_rising():
+    """`last_interval` counts a run as rising only where its misalignment rose (a flat run is no trend)."""
+    from doublebind.reports.study_report import last_interval
+
+    rows = [{"scenario": "s", "technique": "t", "organism_seed": 0, "seed": s, "step": step,
+             "misalignment_transfer": m} for s, (a, b) in enumerate([(0.1, 0.16), (0.1, 0.1), (0.1, 0.1)])
+            for step, m in ((100, a), (200, b))]
+    m = last_interval(rows, "t")
+    assert (m["runs"], m["rising"]) == (3, 1)
+
+
+def test_a_filter_that_kept_every_behaviour_item_and_dropped_others_is_listed():
+    """"What the stages kept" leaves out only a technique that kept everything; one that kept
+    every item of the behaviour's and dropped others is the case a reader most needs to see."""
+    from doublebind.reports.study_report import kept_rows
+
+    rows = [{"technique": "f", "selected": True,
+             "data": {"behaviour_items": [40, 40], "other_items": [2960, 2000]}}]
+    assert kept_rows(rows, ["f"]) == [["f", "1", "40 of 40 (1.000)", "2000 of 2960 (0.676)"]]
