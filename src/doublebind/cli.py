@@ -133,12 +133,11 @@ def validate(file: Path, overrides: Optional[list[str]] = typer.Argument(None, h
     organisms = {None: cfg}  # scenario (None: the file itself) -> organism config
     size = ""
     if cfg.kind == "study":  # as strict as `study run`: the organism, the recipe and its overrides
-        from doublebind.studies.run import resolve
+        from doublebind.studies.run import grid_of, resolve
 
         specs = resolve(file, cfg, overrides or [])
         organisms = {f"{sp.scenario} (organism seed {sp.organism_seed})": sp.cfg for sp in specs}
-        # the grid `study run` trains: each organism build x its techniques x the seeds
-        runs = sum(len(cfg.techniques_of(sp.scenario)) for sp in specs) * len(cfg.seeds)
+        runs = len(grid_of(specs, cfg))  # the grid `study run` trains
         size = f"; {runs} run{'s' * (runs != 1)} over {len(specs)} organism build{'s' * (len(specs) != 1)}"
     for scenario, org in organisms.items():  # a Hugging Face organism's files, read as a build reads them
         if getattr(org, "kind", None) == "organism":  # the world bound as a build binds it (a favoured user

@@ -472,9 +472,6 @@ def _build_blocks(found: dict, power: float) -> list[tuple]:
     (`studies.by_build`): the counts, and a row for every verdict the builds do not all reach."""
     from doublebind.studies.by_build import FIRM, counts
 
-    def cell(verdict: str, replication) -> str:
-        return build_cell(verdict, replication, power)
-
     seeds, cells = found["seeds"], found["final"]
     c, a = counts(cells), counts(found["audit_selected"])
     who = ", ".join(f"seed {s}: {n}" for s, n in c["decided_by"].items())
@@ -497,7 +494,8 @@ def _build_blocks(found: dict, power: float) -> list[tuple]:
         same = [s for s in seeds if x["alone"][s][0] == x["verdict"]]
         return f"seed{'s' if len(same) > 1 else ''} {', '.join(map(str, same))}" if same else "none"
 
-    rows = [[t, cell(x["verdict"], x["replication"]), *(cell(*x["alone"][s]) for s in seeds), whose(x),
+    rows = [[t, build_cell(x["verdict"], x["replication"], power), *(build_cell(*x["alone"][s], power)
+                                                                       for s in seeds), whose(x),
              "firm" if x["firm"] else ""] for t, x in cells.items() if x["kind"] != "agree"]
     if rows:
         blocks.append(("table", ["technique", "delivered verdict over all builds",

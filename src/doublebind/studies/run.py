@@ -760,6 +760,13 @@ def study_lock(out: Path, take: bool = True):
         handle.close()  # closing releases the lock
 
 
+def grid_of(specs: list, cfg) -> list[tuple]:
+    """The runs a study trains: (organism spec, technique label, its stages, seed) for each
+    organism build, each technique its scenario lists and each seed (`validate` counts them)."""
+    return [(sp, t, stages, s) for sp in specs for t, stages in cfg.techniques_of(sp.scenario).items()
+            for s in cfg.seeds]
+
+
 def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides: list[str] = (),
               workers: int | None = 1) -> dict:
     """Run the study's missing runs, `workers` at a time (None: `executor.workers_for`'s
@@ -791,7 +798,7 @@ def run_study(study_path: Path, out: Path, show_progress: bool = True, overrides
         results = out / RESULTS
         grid = {(sp.scenario, sp.organism_seed, t, s):
                 Cell(sp, run_recipe(sp.recipe, t, stages, s, keeps_weights(cfg, sp.scenario)))
-                for sp in specs for t, stages in cfg.techniques_of(sp.scenario).items() for s in cfg.seeds}
+                for sp, t, stages, s in grid_of(specs, cfg)}
         scan = scan_results(results)
         if state.is_main_process:
             settle_results(scan)
